@@ -1,0 +1,125 @@
+# godwit - one non-recursive Makefile.  `make V=1` shows full commands,
+# `make WERROR=0` stops treating warnings as errors, `make asan` builds
+# build-asan/ with AddressSanitizer and UBSan.
+
+BUILD   ?= build
+CC      ?= gcc
+PREFIX  ?= /usr/local
+WERROR  ?= 1
+V       ?= 0
+
+ifeq ($(V),0)
+Q := @
+quiet = @printf '  %-6s %s\n' $(1) $(2);
+else
+Q :=
+quiet =
+endif
+
+PKGS     := libmicrohttpd jansson libcurl
+CPPFLAGS += -Iinclude -D_GNU_SOURCE -MMD -MP
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=gnu11 -Wall -Wextra -Wshadow -Wno-unused-parameter -Wformat=2 \
+	    -Wmissing-prototypes -Wstrict-prototypes -fno-strict-aliasing
+ifeq ($(WERROR),1)
+CFLAGS   += -Werror
+endif
+CFLAGS   += $(EXTRA_CFLAGS)
+LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread
+
+# The VMM.  One object per line.
+OBJS += src/vmm/log.o
+OBJS += src/vmm/util.o
+OBJS += src/vmm/loop.o
+OBJS += src/vmm/vm.o
+OBJS += src/vmm/vcpu.o
+OBJS += src/vmm/api.o
+OBJS += src/arch/x86/cpuid.o
+OBJS += src/arch/x86/acpi.o
+OBJS += src/arch/x86/boot.o
+OBJS += src/arch/x86/regs.o
+OBJS += src/devices/serial.o
+OBJS += src/devices/rtc.o
+OBJS += src/devices/i8042.o
+OBJS += src/devices/pci.o
+OBJS += src/devices/acpi_pm.o
+OBJS += src/devices/platform.o
+OBJS += src/cmd/run.o
+OBJS += src/cmd/client.o
+MAIN_OBJ := src/main.o
+
+UNIT_SRCS := $(sort $(wildcard tests/unit/*.c))
+
+OBJS_B      := $(addprefix $(BUILD)/obj/,$(OBJS))
+MAIN_OBJ_B  := $(BUILD)/obj/$(MAIN_OBJ)
+UNIT_OBJS_B := $(addprefix $(BUILD)/obj/,$(UNIT_SRCS:.c=.o))
+
+.PHONY: all
+all: $(BUILD)/godwit guest
+
+$(BUILD)/godwit: $(MAIN_OBJ_B) $(OBJS_B)
+	$(call quiet,LINK,$@)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/unit-tests: $(UNIT_OBJS_B) $(OBJS_B)
+	@mkdir -p $(dir $@)
+	$(call quiet,LINK,$@)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(call quiet,CC,$<)$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
+
+# The test guest (freestanding; its own flags).
+include guest/guest.mk
+
+.PHONY: unit
+unit: $(BUILD)/tests/unit-tests
+
+.PHONY: deps
+deps:
+	$(Q)bash scripts/install-deps.sh
+
+.PHONY: asan
+asan:
+	$(Q)$(MAKE) --no-print-directory BUILD=build-asan \
+		EXTRA_CFLAGS="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+		LDFLAGS="-fsanitize=address,undefined" all unit
+
+.PHONY: linux-guest
+linux-guest: deps
+	$(Q)bash scripts/linux-guest.sh $(BUILD)/linux
+
+# Tests: `make test` installs what is missing and runs everything; the
+# sub-targets run one tier.
+.PHONY: test test-unit test-kvm test-hwhost
+test: deps
+	$(Q)$(MAKE) --no-print-directory all unit
+	$(Q)$(MAKE) --no-print-directory asan
+	$(Q)$(MAKE) --no-print-directory linux-guest
+	$(Q)bash tests/run.sh all
+test-unit: all unit asan
+	$(Q)bash tests/run.sh unit
+test-kvm: all unit asan
+	$(Q)bash tests/run.sh kvm
+test-hwhost: all linux-guest
+	$(Q)bash tests/run.sh hwhost
+
+GUEST ?= auto
+.PHONY: demo
+demo: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)bash scripts/demo.sh $(GUEST)
+
+.PHONY: bench-boot
+bench-boot: all linux-guest
+	$(Q)bash bench/boot/run.sh
+
+.PHONY: install
+install: $(BUILD)/godwit
+	install -D -m 0755 $(BUILD)/godwit $(DESTDIR)$(PREFIX)/bin/godwit
+	install -D -m 0644 $(GUEST_ELF) $(DESTDIR)$(PREFIX)/share/godwit/godwit-guest.elf
+
+.PHONY: clean
+clean:
+	rm -rf build build-asan
+
+-include $(OBJS_B:.o=.d) $(MAIN_OBJ_B:.o=.d) $(UNIT_OBJS_B:.o=.d)

@@ -1,0 +1,41 @@
+/*
+ * common.h - small helpers shared by every godwit subsystem.
+ */
+#ifndef GODWIT_COMMON_H
+#define GODWIT_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#define __must_check __attribute__((warn_unused_result))
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define ALIGN_UP(x, a) (((x) + ((a) - 1)) & ~((__typeof__(x))(a) - 1))
+#define ALIGN_DOWN(x, a) ((x) & ~((__typeof__(x))(a) - 1))
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
+
+#define KiB (1024ULL)
+#define MiB (1024ULL * KiB)
+#define GiB (1024ULL * MiB)
+
+/* SQLite-style defensive checks: true when the "impossible" happens. */
+#define NEVER(x) __builtin_expect(!!(x), 0)
+#define ALWAYS(x) __builtin_expect(!!(x), 1)
+
+/* Process exit codes of `godwit run` (documented in docs/cli.md). */
+enum godwit_exit {
+	EXIT_POWEROFF = 0,      /* guest powered off, or API shutdown */
+	EXIT_ERROR = 1,         /* could not start: bad config, missing file, no KVM */
+	EXIT_USAGE = 2,         /* command-line syntax error */
+	EXIT_REBOOT = 3,        /* guest asked for a reset/reboot */
+	EXIT_TRIPLE_FAULT = 4,  /* KVM_EXIT_SHUTDOWN: guest triple-faulted */
+	EXIT_INTERNAL = 5,      /* KVM internal error, emulation failure, VMM bug */
+	EXIT_MIGRATED = 6,      /* the VM now runs elsewhere (reserved) */
+	EXIT_KILLED = 7,        /* stopped by the console escape or a signal */
+};
+
+/* Parse "512M", "8G", "1048576", "64K"; returns 0 or -EINVAL/-ERANGE. */
+int parse_size(const char *s, uint64_t *out) __must_check;
+
+#endif

@@ -1,0 +1,137 @@
+/*
+ * vm.h - a virtual machine: its configuration, KVM file descriptors, guest
+ * memory, vCPU threads and the pause protocol.
+ *
+ * Threads: the loop thread (main) owns configuration, devices' backends and
+ * the API; each vCPU thread runs KVM_RUN and dispatches port and MMIO exits
+ * to devices (each device takes its own lock).  vm->lock protects state,
+ * the pause handshake and the exit request.
+ */
+#ifndef GODWIT_VM_H
+#define GODWIT_VM_H
+
+#include <pthread.h>
+#include <time.h>
+#include <linux/kvm.h>
+
+#include "godwit/common.h"
+#include "godwit/cpuid.h"
+
+struct loop;
+struct vm;
+
+struct vm_config {
+	const char *kernel;
+	const char *initrd;      /* NULL: none */
+	const char *cmdline;     /* NULL: empty */
+	uint64_t mem_size;
+	unsigned int ncpus;
+	char name[64];
+	uint8_t uuid[16];
+	enum cpu_model cpu_model;
+	const char *api_path;    /* NULL: no API */
+	bool console_raw;        /* stdin is a terminal put in raw mode */
+};
+
+enum vm_state {
+	VM_STATE_CREATED,
+	VM_STATE_RUNNING,
+	VM_STATE_PAUSED,
+	VM_STATE_STOPPING,       /* an exit was requested; threads winding down */
+};
+const char *vm_state_name(enum vm_state s);
+
+/* One contiguous piece of guest RAM. */
+struct mem_region {
+	uint64_t gpa;
+	uint64_t size;
+	uint8_t *host;
+	uint32_t slot;
+};
+
+struct vcpu {
+	struct vm *vm;
+	unsigned int index;
+	int fd;
+	struct kvm_run *run;
+	size_t run_size;
+	pthread_t thread;
+	bool thread_started;
+	bool exited;             /* under vm->lock: the thread has left its loop */
+};
+
+/* Port I/O and MMIO handlers registered by devices. */
+typedef void (*io_fn)(void *opaque, uint64_t addr, void *data, unsigned int len, bool is_write);
+struct io_range {
+	uint64_t base, len;
+	io_fn fn;
+	void *opaque;
+};
+#define VM_MAX_IO_RANGES 64
+
+struct vm {
+	struct vm_config cfg;
+	int kvm_fd, vm_fd;
+	uint32_t tsc_khz;
+	struct kvm_cpuid2 *cpuid;       /* filtered template, per-vCPU copies made */
+
+	struct mem_region mem[2];       /* below the MMIO hole, above 4 GiB */
+	unsigned int nr_mem;
+
+	struct vcpu *vcpus;
+	struct io_range pio[VM_MAX_IO_RANGES], mmio[VM_MAX_IO_RANGES];
+	unsigned int nr_pio, nr_mmio;
+
+	struct loop *loop;
+	struct timespec started;        /* CLOCK_MONOTONIC at the first KVM_RUN */
+
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	enum vm_state state;
+	unsigned int nr_parked;         /* vCPU threads waiting in the pause point */
+	unsigned int nr_alive;          /* vCPU threads started and not exited */
+	bool pause_requested;
+	int exit_efd;                   /* eventfd: readable once an exit is requested */
+	int exit_code;                  /* valid once state == STOPPING */
+	char exit_reason[128];
+
+	struct vm_devices *dev;         /* platform devices (vm_devices.h) */
+};
+
+int vm_create(struct vm *vm, const struct vm_config *cfg) __must_check;
+void vm_destroy(struct vm *vm);
+/* Translate a guest-physical range to a host pointer, or NULL if not all RAM. */
+void *vm_gpa_to_host(struct vm *vm, uint64_t gpa, uint64_t len);
+int vm_register_pio(struct vm *vm, uint64_t base, uint64_t len, io_fn fn, void *opaque) __must_check;
+int vm_register_mmio(struct vm *vm, uint64_t base, uint64_t len, io_fn fn, void *opaque) __must_check;
+int vm_irq_line(struct vm *vm, uint32_t irq, int level);
+/* Start the vCPU threads; the loop must already exist. */
+int vm_start(struct vm *vm) __must_check;
+/*
+ * The pause protocol.  vm_pause() kicks every vCPU out of KVM_RUN (a signal
+ * with KVM's immediate_exit) and returns once all of them are parked in
+ * vcpu_park(); vm_resume() releases them.  Both are called from the loop
+ * thread only.  Returns 0, or -EBUSY if the VM is stopping.
+ */
+int vm_pause(struct vm *vm) __must_check;
+int vm_resume(struct vm *vm) __must_check;
+/*
+ * vm_request_exit - ask the VM to stop with exit code `code` (EXIT_*) for
+ * reason `why`.  Callable from any thread; the first request wins.
+ */
+void vm_request_exit(struct vm *vm, int code, const char *why);
+/* Join the vCPU threads after an exit request. */
+void vm_join(struct vm *vm);
+/* Seconds since the first KVM_RUN, 0 before. */
+double vm_uptime(struct vm *vm);
+
+/* vcpu.c: create/destroy the vCPU fds (vm_create calls them). */
+int vcpus_create(struct vm *vm) __must_check;
+void vcpus_destroy(struct vm *vm);
+/* Set the boot vCPU's registers for the entry boot_load() chose. */
+struct boot_entry;
+int vcpu_set_boot_regs(struct vcpu *v, const struct boot_entry *e) __must_check;
+/* Print a vCPU's registers to stderr (triple faults, internal errors). */
+void vcpu_dump_regs(struct vcpu *v);
+
+#endif

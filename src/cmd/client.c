@@ -1,0 +1,270 @@
+/*
+ * client.c - `godwit status|pause|resume|shutdown --api SOCKET`: the CLI
+ * client of the control API (docs/api.md), over libcurl's UNIX socket
+ * support.
+ *
+ * Exit codes: 0 success; 1 the server refused (its "error" message is
+ * printed) or could not be reached; 2 usage error.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+
+#include "godwit/api.h"
+
+#define CLIENT_TIMEOUT_MS  10000
+#define CLIENT_REPLY_MAX   (1024 * 1024)
+
+struct client_cmd {
+	const char *name;
+	const char *method;      /* "GET" or "PUT" */
+	const char *path;        /* under http://localhost */
+	const char *done;        /* printed on success; NULL: print the JSON */
+	const char *summary;
+};
+
+static const struct client_cmd client_cmds[] = {
+	{ "status",   "GET", "/api/v1/vm",          NULL,
+	  "print the VM's name, state, size and uptime" },
+	{ "pause",    "PUT", "/api/v1/vm/pause",    "VM paused",
+	  "stop the vCPUs (the VM keeps its memory and devices)" },
+	{ "resume",   "PUT", "/api/v1/vm/resume",   "VM resumed",
+	  "restart the vCPUs of a paused VM" },
+	{ "shutdown", "PUT", "/api/v1/vm/shutdown", "VM shutdown requested",
+	  "stop the VM; `godwit run` exits with code 0" },
+};
+
+struct client_buf {
+	char *data;
+	size_t len;
+	bool overflow;
+};
+
+static size_t client_write(char *ptr, size_t size, size_t nmemb, void *opaque)
+{
+	struct client_buf *b = opaque;
+	size_t n = size * nmemb;
+	char *nd;
+
+	if (b->len + n > CLIENT_REPLY_MAX) {
+		b->overflow = true;
+		return 0;
+	}
+	nd = realloc(b->data, b->len + n + 1);
+	if (!nd)
+		return 0;
+	memcpy(nd + b->len, ptr, n);
+	b->data = nd;
+	b->len += n;
+	b->data[b->len] = '\0';
+	return n;
+}
+
+static void client_usage(const struct client_cmd *c, FILE *f)
+{
+	fprintf(f, "usage: godwit %s --api SOCKET%s\n"
+		"\n%s.\n\n"
+		"  --api SOCKET   the VM's API socket (godwit run --api SOCKET)\n",
+		c->name, c->done ? "" : " [--json]", c->summary);
+	if (!c->done)
+		fprintf(f, "  --json         print compact JSON instead of indented JSON\n");
+	fprintf(f, "  -h, --help     show this help\n"
+		"\nExit status: 0 ok, 1 error from the VM or no VM at SOCKET, 2 usage error.\n");
+}
+
+/*
+ * Send the request; on success *status is the HTTP status and *reply the
+ * body (NUL-terminated, may be empty).  Returns 0 or 1 (message printed).
+ */
+static int client_request(const struct client_cmd *c, const char *sock,
+			  long *status, struct client_buf *reply)
+{
+	char errbuf[CURL_ERROR_SIZE] = "";
+	char url[128];
+	CURLcode rc;
+	CURL *h;
+	int ret = 1;
+
+	if (curl_global_init(CURL_GLOBAL_DEFAULT)) {
+		fprintf(stderr, "godwit: %s: cannot initialise libcurl\n", c->name);
+		return 1;
+	}
+	h = curl_easy_init();
+	if (!h) {
+		fprintf(stderr, "godwit: %s: cannot initialise libcurl\n", c->name);
+		goto out_global;
+	}
+	snprintf(url, sizeof(url), "http://localhost%s", c->path);
+	curl_easy_setopt(h, CURLOPT_URL, url);
+	curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, sock);
+	curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, c->method);
+	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)CLIENT_TIMEOUT_MS);
+	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, client_write);
+	curl_easy_setopt(h, CURLOPT_WRITEDATA, reply);
+
+	rc = curl_easy_perform(h);
+	if (rc == CURLE_COULDNT_CONNECT) {
+		long oserr = 0;
+
+		curl_easy_getinfo(h, CURLINFO_OS_ERRNO, &oserr);
+		fprintf(stderr, "godwit: cannot connect to API socket %s: %s\n", sock,
+			oserr ? strerror((int)oserr) : (errbuf[0] ? errbuf : curl_easy_strerror(rc)));
+		goto out_easy;
+	}
+	if (rc != CURLE_OK) {
+		fprintf(stderr, "godwit: %s: request to API socket %s failed: %s\n", c->name,
+			sock, reply->overflow ? "reply too large" :
+			errbuf[0] ? errbuf : curl_easy_strerror(rc));
+		goto out_easy;
+	}
+	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
+	if (!reply->data) {
+		reply->data = strdup("");
+		if (!reply->data) {
+			fprintf(stderr, "godwit: %s: out of memory\n", c->name);
+			goto out_easy;
+		}
+	}
+	ret = 0;
+out_easy:
+	curl_easy_cleanup(h);
+out_global:
+	curl_global_cleanup();
+	return ret;
+}
+
+/* Print a server error reply: its "error" member, or the status. */
+static void client_print_error(const struct client_cmd *c, long status, const char *body)
+{
+	json_t *j = json_loads(body, 0, NULL);
+	const char *msg = j ? json_string_value(json_object_get(j, "error")) : NULL;
+
+	if (msg)
+		fprintf(stderr, "godwit: %s: %s\n", c->name, msg);
+	else
+		fprintf(stderr, "godwit: %s: the API answered HTTP %ld\n", c->name, status);
+	json_decref(j);
+}
+
+static int client_run(const struct client_cmd *c, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "api",  required_argument, NULL, 'a' },
+		{ "json", no_argument,       NULL, 'j' },
+		{ "help", no_argument,       NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct client_buf reply = { 0 };
+	const char *sock = NULL;
+	bool compact = false;
+	long status = 0;
+	int opt, ret;
+
+	optind = 0;      /* full getopt reset: commands may run more than once */
+	opterr = 0;
+	while ((opt = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+		switch (opt) {
+		case 'a':
+			sock = optarg;
+			break;
+		case 'j':
+			if (c->done)
+				goto bad_option;
+			compact = true;
+			break;
+		case 'h':
+			client_usage(c, stdout);
+			return 0;
+		case ':':
+			fprintf(stderr, "godwit: %s: option %s needs an argument\n",
+				c->name, argv[optind - 1]);
+			goto usage;
+		default:
+			goto bad_option;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "godwit: %s: unexpected argument '%s'\n", c->name, argv[optind]);
+		goto usage;
+	}
+	if (!sock || !*sock) {
+		fprintf(stderr, "godwit: %s: --api SOCKET is required\n", c->name);
+		goto usage;
+	}
+
+	ret = client_request(c, sock, &status, &reply);
+	if (ret)
+		goto out;
+	ret = 1;
+	if (status < 200 || status > 299) {
+		client_print_error(c, status, reply.data);
+		goto out;
+	}
+	if (c->done) {
+		printf("%s\n", c->done);
+	} else {
+		json_error_t jerr;
+		json_t *j = json_loads(reply.data, 0, &jerr);
+
+		if (!j) {
+			fprintf(stderr, "godwit: %s: invalid JSON from the API: %s\n",
+				c->name, jerr.text);
+			goto out;
+		}
+		json_dumpf(j, stdout, compact ? JSON_COMPACT : JSON_INDENT(2));
+		putchar('\n');
+		json_decref(j);
+	}
+	if (fflush(stdout) == EOF) {
+		fprintf(stderr, "godwit: %s: write error on stdout: %s\n", c->name,
+			strerror(errno));
+		goto out;
+	}
+	ret = 0;
+out:
+	free(reply.data);
+	return ret;
+
+bad_option:
+	if (optopt)
+		fprintf(stderr, "godwit: %s: unrecognized option '-%c'\n", c->name, optopt);
+	else
+		fprintf(stderr, "godwit: %s: unrecognized option '%s'\n", c->name,
+			argv[optind - 1]);
+usage:
+	fprintf(stderr, "Try 'godwit %s --help'.\n", c->name);
+	return 2;
+}
+
+/*
+ * cmd_status, cmd_pause, cmd_resume, cmd_shutdown - the client commands.
+ *   argc, argv: the command line from the subcommand name on (argv[0])
+ * Returns the process exit code: 0, 1 (error reported by or reaching the
+ * API) or 2 (usage).
+ */
+int cmd_status(int argc, char **argv)
+{
+	return client_run(&client_cmds[0], argc, argv);
+}
+
+int cmd_pause(int argc, char **argv)
+{
+	return client_run(&client_cmds[1], argc, argv);
+}
+
+int cmd_resume(int argc, char **argv)
+{
+	return client_run(&client_cmds[2], argc, argv);
+}
+
+int cmd_shutdown(int argc, char **argv)
+{
+	return client_run(&client_cmds[3], argc, argv);
+}

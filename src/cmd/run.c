@@ -1,0 +1,500 @@
+/*
+ * run.c - `godwit run`: parse the configuration, build the VM (memory,
+ * vCPUs, platform devices, ACPI tables), load the kernel, and run the event
+ * loop (console input, signals, the API) until the VM stops.  Returns the
+ * documented exit code (common.h, docs/cli.md).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "godwit/acpi.h"
+#include "godwit/api.h"
+#include "godwit/boot.h"
+#include "godwit/cmd.h"
+#include "godwit/devices.h"
+#include "godwit/layout.h"
+#include "godwit/log.h"
+#include "godwit/loop.h"
+#include "godwit/vm.h"
+
+#define RUN_DEFAULT_MEM   (512 * MiB)
+#define RUN_MIN_MEM       (32 * MiB)
+#define RUN_MAX_CPUS      255
+#define CONSOLE_ESCAPE    0x01   /* Ctrl-A, then 'x' quits, Ctrl-A again sends one */
+
+static const char run_usage[] =
+"usage: godwit run --kernel FILE [options]\n"
+"\n"
+"Boot a VM from a Linux bzImage or an ELF with a PVH entry note.\n"
+"\n"
+"  -k, --kernel FILE       kernel image (bzImage or PVH ELF); required\n"
+"  -i, --initrd FILE       initial ramdisk\n"
+"  -c, --cmdline STR       kernel command line (default: \"console=ttyS0\" for a\n"
+"                          bzImage, empty for a PVH ELF)\n"
+"  -m, --mem SIZE          guest RAM, e.g. 512M, 8G (default 512M, minimum 32M);\n"
+"                          refused if the host has less available\n"
+"  -p, --cpus N            vCPUs, 1-255 (default 1; limited by the host's KVM)\n"
+"  -n, --name NAME         VM name; its UUID is derived from it (default: a random\n"
+"                          UUID, and a name made from it)\n"
+"      --cpu-model MODEL   host, x86-64-v2 or x86-64-v3 (default x86-64-v2: a\n"
+"                          baseline the VM can migrate across)\n"
+"  -a, --api SOCKET        serve the HTTP/JSON control API on this UNIX socket\n"
+"  -v, --verbose           debug logging (unhandled ports, ...)\n"
+"  -h, --help              this text\n"
+"\n"
+"The serial console (COM1) is on stdin/stdout; on a terminal it is in raw\n"
+"mode and Ctrl-A x quits.\n"
+"\n"
+"Exit status: 0 guest powered off or API shutdown, 1 could not start,\n"
+"2 usage error, 3 guest reboot, 4 guest triple fault, 5 internal error,\n"
+"6 migrated away, 7 stopped by the console escape or a signal.\n";
+
+struct run_ctx {
+	struct vm vm;
+	struct loop *loop;
+	struct api_server *api;
+	int sig_fd;
+	bool stdin_tty;
+	struct termios saved_tio;
+	bool escape;
+	uint8_t *kernel, *initrd;
+	size_t kernel_size, initrd_size;
+};
+
+static int read_file(const char *what, const char *path, uint8_t **data, size_t *size)
+{
+	struct stat st;
+	uint8_t *buf;
+	size_t done = 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0) {
+		log_warn("cannot open %s %s", what, path);
+		return -1;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		log_warnx("%s %s is not a regular file", what, path);
+		close(fd);
+		return -1;
+	}
+	if (st.st_size == 0) {
+		log_warnx("%s %s is empty", what, path);
+		close(fd);
+		return -1;
+	}
+	buf = malloc((size_t)st.st_size);
+	if (!buf) {
+		log_warnx("%s %s: out of memory", what, path);
+		close(fd);
+		return -1;
+	}
+	while (done < (size_t)st.st_size) {
+		ssize_t n = read(fd, buf + done, (size_t)st.st_size - done);
+
+		if (n <= 0) {
+			log_warn("cannot read %s %s", what, path);
+			free(buf);
+			close(fd);
+			return -1;
+		}
+		done += (size_t)n;
+	}
+	close(fd);
+	*data = buf;
+	*size = done;
+	return 0;
+}
+
+/*
+ * A stable UUID from the VM's name (FNV-1a over the name, twice with
+ * different bases, formatted as an RFC 9562 version-8 UUID), so defaults
+ * derived from it (MAC addresses) survive restarts and migrations.
+ */
+static void uuid_from_name(const char *name, uint8_t uuid[16])
+{
+	uint64_t h[2] = { 0xcbf29ce484222325ULL, 0x84222325cbf29ce4ULL };
+
+	for (int k = 0; k < 2; k++)
+		for (const char *p = name; *p; p++)
+			h[k] = (h[k] ^ (uint8_t)*p) * 0x100000001b3ULL;
+	memcpy(uuid, &h[0], 8);
+	memcpy(uuid + 8, &h[1], 8);
+	uuid[6] = (uint8_t)((uuid[6] & 0x0f) | 0x80);
+	uuid[8] = (uint8_t)((uuid[8] & 0x3f) | 0x80);
+}
+
+static int uuid_random(uint8_t uuid[16])
+{
+	if (getrandom(uuid, 16, 0) != 16)
+		return -1;
+	uuid[6] = (uint8_t)((uuid[6] & 0x0f) | 0x40);
+	uuid[8] = (uint8_t)((uuid[8] & 0x3f) | 0x80);
+	return 0;
+}
+
+static int run_parse(int argc, char **argv, struct vm_config *cfg)
+{
+	static const struct option opts[] = {
+		{ "kernel",    required_argument, NULL, 'k' },
+		{ "initrd",    required_argument, NULL, 'i' },
+		{ "cmdline",   required_argument, NULL, 'c' },
+		{ "mem",       required_argument, NULL, 'm' },
+		{ "cpus",      required_argument, NULL, 'p' },
+		{ "name",      required_argument, NULL, 'n' },
+		{ "cpu-model", required_argument, NULL, 'M' },
+		{ "api",       required_argument, NULL, 'a' },
+		{ "verbose",   no_argument,       NULL, 'v' },
+		{ "help",      no_argument,       NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *name = NULL;
+	int c;
+
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->mem_size = RUN_DEFAULT_MEM;
+	cfg->ncpus = 1;
+	cfg->cpu_model = CPU_MODEL_DEFAULT;
+	optind = 1;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":k:i:c:m:p:n:a:vh", opts, NULL)) != -1) {
+		char *end;
+		long n;
+
+		switch (c) {
+		case 'k': cfg->kernel = optarg; break;
+		case 'i': cfg->initrd = optarg; break;
+		case 'c': cfg->cmdline = optarg; break;
+		case 'm':
+			if (parse_size(optarg, &cfg->mem_size)) {
+				log_warnx("run: --mem %s: not a size (e.g. 512M, 2G)", optarg);
+				return -1;
+			}
+			break;
+		case 'p':
+			errno = 0;
+			n = strtol(optarg, &end, 10);
+			if (errno || *end || end == optarg || n < 1 || n > RUN_MAX_CPUS) {
+				log_warnx("run: --cpus %s: expected a number from 1 to %d", optarg, RUN_MAX_CPUS);
+				return -1;
+			}
+			cfg->ncpus = (unsigned int)n;
+			break;
+		case 'n': name = optarg; break;
+		case 'M':
+			if (cpu_model_parse(optarg, &cfg->cpu_model)) {
+				log_warnx("run: --cpu-model %s: expected host, x86-64-v2 or x86-64-v3", optarg);
+				return -1;
+			}
+			break;
+		case 'a': cfg->api_path = optarg; break;
+		case 'v': log_verbose = 1; break;
+		case 'h':
+			fputs(run_usage, stdout);
+			return 1;
+		case ':':
+			log_warnx("run: %s needs an argument", argv[optind - 1]);
+			return -1;
+		default:
+			log_warnx("run: unknown option %s (see godwit run --help)", argv[optind - 1]);
+			return -1;
+		}
+	}
+	if (optind < argc) {
+		log_warnx("run: unexpected argument %s", argv[optind]);
+		return -1;
+	}
+	if (!cfg->kernel) {
+		log_warnx("run: --kernel is required (see godwit run --help)");
+		return -1;
+	}
+	if (cfg->mem_size < RUN_MIN_MEM) {
+		log_warnx("run: --mem must be at least %llu MiB", RUN_MIN_MEM >> 20);
+		return -1;
+	}
+	cfg->mem_size = ALIGN_UP(cfg->mem_size, 2 * MiB);
+	if (name) {
+		if (!*name || strlen(name) >= sizeof(cfg->name)) {
+			log_warnx("run: --name must be 1 to %zu characters", sizeof(cfg->name) - 1);
+			return -1;
+		}
+		snprintf(cfg->name, sizeof(cfg->name), "%s", name);
+		uuid_from_name(name, cfg->uuid);
+	} else {
+		if (uuid_random(cfg->uuid)) {
+			log_warn("run: getrandom");
+			return -1;
+		}
+		snprintf(cfg->name, sizeof(cfg->name), "godwit-%02x%02x%02x%02x",
+			 cfg->uuid[0], cfg->uuid[1], cfg->uuid[2], cfg->uuid[3]);
+	}
+	return 0;
+}
+
+/* ---- console ------------------------------------------------------------------ */
+
+static struct termios *tio_to_restore;
+
+static void run_restore_tty(void)
+{
+	if (tio_to_restore)
+		tcsetattr(STDIN_FILENO, TCSANOW, tio_to_restore);
+}
+
+static void run_on_stdin(struct loop *l, int fd, uint32_t events, void *opaque)
+{
+	struct run_ctx *ctx = opaque;
+	uint8_t buf[256], out[256];
+	size_t n_out = 0;
+	ssize_t n = read(fd, buf, sizeof(buf));
+
+	if (n <= 0) {
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			return;
+		/* EOF (or an error): stop reading; the guest keeps running. */
+		loop_del_fd(l, fd);
+		return;
+	}
+	for (ssize_t i = 0; i < n; i++) {
+		uint8_t ch = buf[i];
+
+		if (ctx->escape) {
+			ctx->escape = false;
+			if (ch == 'x' || ch == 'X') {
+				vm_request_exit(&ctx->vm, EXIT_KILLED, "console escape (Ctrl-A x)");
+				return;
+			}
+			if (ch != CONSOLE_ESCAPE)
+				continue;
+		} else if (ch == CONSOLE_ESCAPE && ctx->stdin_tty) {
+			ctx->escape = true;
+			continue;
+		}
+		out[n_out++] = ch;
+	}
+	if (n_out)
+		serial_input(&ctx->vm.dev->com1, out, n_out);
+}
+
+static void run_on_signal(struct loop *l, int fd, uint32_t events, void *opaque)
+{
+	struct run_ctx *ctx = opaque;
+	struct signalfd_siginfo si;
+	char why[64];
+
+	if (read(fd, &si, sizeof(si)) != sizeof(si))
+		return;
+	snprintf(why, sizeof(why), "stopped by signal %s", strsignal((int)si.ssi_signo));
+	vm_request_exit(&ctx->vm, EXIT_KILLED, why);
+}
+
+static void run_on_exit(struct loop *l, int fd, uint32_t events, void *opaque)
+{
+	uint64_t v;
+
+	if (read(fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+		log_warn("%s: eventfd", __func__);
+	loop_stop(l);
+}
+
+/* ---- set-up -------------------------------------------------------------------- */
+
+static int run_setup_acpi(struct vm *vm, uint64_t *rsdp)
+{
+	uint64_t low, high;
+	struct acpi_config ac = {
+		.ncpus = vm->cfg.ncpus,
+		.ioapic_addr = LAYOUT_IOAPIC,
+		.ioapic_id = (uint8_t)vm->cfg.ncpus,
+		.lapic_addr = LAYOUT_LAPIC,
+		.pm1a_evt_port = PORT_ACPI_PM1A_EVT,
+		.pm1a_cnt_port = PORT_ACPI_PM1A_CNT,
+		.pm_tmr_port = PORT_ACPI_PM_TMR,
+		.sci_irq = IRQ_ACPI_SCI,
+		.s5_slp_typ = ACPI_S5_SLP_TYP,
+		.reset_port = PORT_RESET,
+		.reset_value = 0x06,
+		.pci_mmio32_base = LAYOUT_PCI_MMIO32,
+		.pci_mmio32_size = LAYOUT_PCI_MMIO32_END - LAYOUT_PCI_MMIO32,
+	};
+	void *buf = vm_gpa_to_host(vm, LAYOUT_ACPI, LAYOUT_ACPI_SIZE);
+	long used;
+
+	mem_split(vm->cfg.mem_size, &low, &high);
+	ac.pci_mmio64_base = ALIGN_UP(LAYOUT_4G + high, GiB);
+	ac.pci_mmio64_size = LAYOUT_PCI_MMIO64_SIZE;
+	if (!buf)
+		return -EFAULT;
+	memset(buf, 0, LAYOUT_ACPI_SIZE);
+	used = acpi_build(&ac, buf, LAYOUT_ACPI, LAYOUT_ACPI_SIZE, rsdp);
+	if (used < 0) {
+		log_warnx("cannot build the ACPI tables: %s", strerror((int)-used));
+		return (int)used;
+	}
+	return 0;
+}
+
+static void *run_xlate(void *opaque, uint64_t gpa, uint64_t len)
+{
+	return vm_gpa_to_host(opaque, gpa, len);
+}
+
+static int run_load_kernel(struct run_ctx *ctx, uint64_t rsdp)
+{
+	struct vm *vm = &ctx->vm;
+	enum kernel_format fmt = KERNEL_PVH_ELF;
+	struct boot_entry entry;
+	char err[256] = "";
+	int ret;
+
+	if (boot_probe(ctx->kernel, ctx->kernel_size, &fmt, err, sizeof(err)))
+		return -ENOEXEC;  /* checked before; cannot happen */
+	struct boot_config bc = {
+		.kernel = ctx->kernel, .kernel_size = ctx->kernel_size,
+		.initrd = ctx->initrd, .initrd_size = ctx->initrd_size,
+		.cmdline = vm->cfg.cmdline ? vm->cfg.cmdline :
+			   (fmt == KERNEL_BZIMAGE ? "console=ttyS0" : ""),
+		.mem_size = vm->cfg.mem_size,
+		.rsdp_gpa = rsdp,
+		.xlate = run_xlate,
+		.opaque = vm,
+	};
+
+	ret = boot_load(&bc, &entry, err, sizeof(err));
+	if (ret) {
+		log_warnx("cannot boot %s: %s", vm->cfg.kernel, err[0] ? err : strerror(-ret));
+		return ret;
+	}
+	ret = vcpu_set_boot_regs(&vm->vcpus[0], &entry);
+	if (ret)
+		log_warnx("cannot set the boot vCPU's registers: %s", strerror(-ret));
+	return ret;
+}
+
+static int run_setup_loop(struct run_ctx *ctx)
+{
+	sigset_t set;
+	int ret;
+
+	ctx->loop = loop_new();
+	if (!ctx->loop)
+		return -ENOMEM;
+	ctx->vm.loop = ctx->loop;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGHUP);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	ctx->sig_fd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (ctx->sig_fd < 0)
+		return -errno;
+	ret = loop_add_fd(ctx->loop, ctx->sig_fd, EPOLLIN, run_on_signal, ctx);
+	if (!ret)
+		ret = loop_add_fd(ctx->loop, ctx->vm.exit_efd, EPOLLIN, run_on_exit, ctx);
+	if (ret)
+		return ret;
+
+	/* stdin: a terminal goes raw; a pipe or file is read; /dev/null just ends. */
+	ctx->stdin_tty = isatty(STDIN_FILENO);
+	if (ctx->stdin_tty && tcgetattr(STDIN_FILENO, &ctx->saved_tio) == 0) {
+		struct termios raw = ctx->saved_tio;
+
+		cfmakeraw(&raw);
+		tio_to_restore = &ctx->saved_tio;
+		atexit(run_restore_tty);
+		tcsetattr(STDIN_FILENO, TCSANOW, &raw);
+	}
+	if (loop_add_fd(ctx->loop, STDIN_FILENO, EPOLLIN, run_on_stdin, ctx))
+		log_debug("stdin cannot be polled; console input disabled");
+	return 0;
+}
+
+int cmd_run(int argc, char **argv)
+{
+	struct run_ctx *ctx = calloc(1, sizeof(*ctx));
+	struct vm_config cfg;
+	uint64_t rsdp = 0;
+	int ret, code = EXIT_ERROR;
+
+	if (!ctx)
+		return EXIT_ERROR;
+	ctx->sig_fd = -1;
+	ret = run_parse(argc, argv, &cfg);
+	if (ret) {
+		free(ctx);
+		return ret > 0 ? 0 : EXIT_USAGE;
+	}
+	/* Everything that can be checked without KVM is checked first. */
+	if (read_file("kernel", cfg.kernel, &ctx->kernel, &ctx->kernel_size))
+		goto out;
+	{
+		enum kernel_format fmt;
+		char err[256];
+
+		if (boot_probe(ctx->kernel, ctx->kernel_size, &fmt, err, sizeof(err))) {
+			log_warnx("cannot boot %s: %s", cfg.kernel, err);
+			goto out;
+		}
+	}
+	if (cfg.initrd && read_file("initrd", cfg.initrd, &ctx->initrd, &ctx->initrd_size))
+		goto out;
+
+	if (vm_create(&ctx->vm, &cfg))
+		goto out;
+	if (platform_init(&ctx->vm, STDOUT_FILENO))
+		goto out_vm;
+	if (run_setup_acpi(&ctx->vm, &rsdp) || run_load_kernel(ctx, rsdp))
+		goto out_vm;
+	if (run_setup_loop(ctx)) {
+		log_warnx("cannot set up the event loop");
+		goto out_vm;
+	}
+	if (cfg.api_path && api_start(&ctx->vm, ctx->loop, cfg.api_path, &ctx->api))
+		goto out_vm;
+	log_debug("%s: %u vCPU(s), %llu MiB, cpu model %s, TSC %u kHz", cfg.name, cfg.ncpus,
+		  (unsigned long long)(cfg.mem_size >> 20), cpu_model_name(cfg.cpu_model),
+		  ctx->vm.tsc_khz);
+	free(ctx->kernel);
+	free(ctx->initrd);
+	ctx->kernel = ctx->initrd = NULL;
+
+	if (vm_start(&ctx->vm))
+		goto out_vm;
+	ret = loop_run(ctx->loop);
+	if (ret)
+		vm_request_exit(&ctx->vm, EXIT_INTERNAL, "event loop failed");
+	vm_request_exit(&ctx->vm, EXIT_INTERNAL, "event loop ended"); /* no-op if already stopping */
+	vm_join(&ctx->vm);
+	code = ctx->vm.exit_code;
+	run_restore_tty();
+	tio_to_restore = NULL;
+	if (code == EXIT_POWEROFF)
+		log_debug("%s: %s", cfg.name, ctx->vm.exit_reason);
+	else
+		log_warnx("%s: %s (exit status %d)", cfg.name, ctx->vm.exit_reason, code);
+out_vm:
+	if (ctx->api)
+		api_stop(ctx->api);
+	platform_destroy(&ctx->vm);
+	vm_destroy(&ctx->vm);
+out:
+	if (ctx->loop)
+		loop_free(ctx->loop);
+	if (ctx->sig_fd >= 0)
+		close(ctx->sig_fd);
+	free(ctx->kernel);
+	free(ctx->initrd);
+	free(ctx);
+	return code;
+}

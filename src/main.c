@@ -1,0 +1,58 @@
+/*
+ * main.c - the godwit command table: `godwit COMMAND [options]`.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "godwit/api.h"
+#include "godwit/cmd.h"
+#include "godwit/common.h"
+#include "godwit/log.h"
+
+#ifndef GODWIT_VERSION
+#define GODWIT_VERSION "0.1.0"
+#endif
+
+struct command {
+	const char *name;
+	int (*fn)(int argc, char **argv);
+	const char *help;
+};
+
+static const struct command commands[] = {
+	{ "run",      cmd_run,      "boot a VM" },
+	{ "status",   cmd_status,   "show a running VM's state (through its API socket)" },
+	{ "pause",    cmd_pause,    "pause a running VM's vCPUs" },
+	{ "resume",   cmd_resume,   "resume a paused VM" },
+	{ "shutdown", cmd_shutdown, "stop a VM (exit status 0)" },
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: godwit COMMAND [options]\n\ncommands:\n");
+	for (size_t i = 0; i < ARRAY_SIZE(commands); i++)
+		fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
+	fprintf(f, "\n`godwit COMMAND --help` describes each; `godwit --version` prints the version.\n");
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+		usage(stdout);
+		return 0;
+	}
+	if (!strcmp(argv[1], "--version")) {
+		printf("godwit %s\n", GODWIT_VERSION);
+		return 0;
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(commands); i++)
+		if (!strcmp(argv[1], commands[i].name))
+			return commands[i].fn(argc - 1, argv + 1);
+	log_warnx("unknown command '%s'", argv[1]);
+	usage(stderr);
+	return EXIT_USAGE;
+}

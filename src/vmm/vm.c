@@ -1,0 +1,376 @@
+/*
+ * vm.c - the VM object: /dev/kvm and the VM fd, guest RAM and its memory
+ * slots, the in-kernel irqchip and PIT, the I/O dispatch tables, and the
+ * pause protocol shared with the vCPU threads (vcpu.c).
+ *
+ * Pause protocol (the one way to stop vCPUs; migration will use it too):
+ *   1. The loop thread takes vm->lock, sets pause_requested and kicks every
+ *      vCPU: run->immediate_exit = 1 plus SIGUSR1, so a vCPU inside KVM_RUN
+ *      returns with EINTR and one about to enter it returns at once.
+ *   2. Each vCPU thread, at the top of its run loop and under vm->lock,
+ *      clears immediate_exit and then checks pause_requested; if set it
+ *      parks (nr_parked++, broadcast) and waits on vm->cond.  Clearing
+ *      immediate_exit under the lock before the check is what makes a kick
+ *      impossible to lose.
+ *   3. vm_pause() returns when nr_parked == nr_running_vcpus.  At that point
+ *      no vCPU is inside KVM_RUN or a device handler, so vCPU and device
+ *      state may be read or written.
+ *   4. vm_resume() clears pause_requested and broadcasts.
+ * An exit request (vm_request_exit) uses the same kick, with state STOPPING,
+ * and wakes the loop through exit_efd.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "godwit/boot.h"
+#include "godwit/layout.h"
+#include "godwit/log.h"
+#include "godwit/vm.h"
+
+const char *vm_state_name(enum vm_state s)
+{
+	switch (s) {
+	case VM_STATE_CREATED:  return "created";
+	case VM_STATE_RUNNING:  return "running";
+	case VM_STATE_PAUSED:   return "paused";
+	case VM_STATE_STOPPING: return "stopping";
+	}
+	return "unknown";
+}
+
+/* Host memory we may use: MemAvailable from /proc/meminfo, in bytes (0 if unknown). */
+static uint64_t host_mem_available(void)
+{
+	FILE *f = fopen("/proc/meminfo", "re");
+	char line[256];
+	unsigned long long kib = 0;
+
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1)
+			break;
+	fclose(f);
+	return (uint64_t)kib * 1024;
+}
+
+static int vm_add_ram(struct vm *vm, uint64_t gpa, uint64_t size)
+{
+	struct mem_region *r = &vm->mem[vm->nr_mem];
+	struct kvm_userspace_memory_region kr;
+	void *p;
+
+	p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p == MAP_FAILED) {
+		log_warn("%s: mmap %llu MiB of guest RAM", __func__,
+			 (unsigned long long)(size >> 20));
+		return -ENOMEM;
+	}
+	/* Guest RAM never belongs in a core dump of the VMM. */
+	madvise(p, size, MADV_DONTDUMP);
+	r->gpa = gpa;
+	r->size = size;
+	r->host = p;
+	r->slot = vm->nr_mem;
+	kr = (struct kvm_userspace_memory_region){
+		.slot = r->slot,
+		.guest_phys_addr = gpa,
+		.memory_size = size,
+		.userspace_addr = (uint64_t)(uintptr_t)p,
+	};
+	if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &kr) < 0) {
+		int err = -errno;
+
+		log_warn("%s: KVM_SET_USER_MEMORY_REGION at %#llx", __func__,
+			 (unsigned long long)gpa);
+		munmap(p, size);
+		return err;
+	}
+	vm->nr_mem++;
+	return 0;
+}
+
+void *vm_gpa_to_host(struct vm *vm, uint64_t gpa, uint64_t len)
+{
+	for (unsigned int i = 0; i < vm->nr_mem; i++) {
+		struct mem_region *r = &vm->mem[i];
+
+		if (gpa >= r->gpa && gpa - r->gpa <= r->size && len <= r->size - (gpa - r->gpa))
+			return r->host + (gpa - r->gpa);
+	}
+	return NULL;
+}
+
+static int vm_register_io(struct io_range *tab, unsigned int *nr, uint64_t base,
+			  uint64_t len, io_fn fn, void *opaque)
+{
+	if (*nr >= VM_MAX_IO_RANGES || !len)
+		return -ENOSPC;
+	for (unsigned int i = 0; i < *nr; i++)
+		if (base < tab[i].base + tab[i].len && tab[i].base < base + len)
+			return -EBUSY;
+	tab[(*nr)++] = (struct io_range){ base, len, fn, opaque };
+	return 0;
+}
+
+int vm_register_pio(struct vm *vm, uint64_t base, uint64_t len, io_fn fn, void *opaque)
+{
+	return vm_register_io(vm->pio, &vm->nr_pio, base, len, fn, opaque);
+}
+
+int vm_register_mmio(struct vm *vm, uint64_t base, uint64_t len, io_fn fn, void *opaque)
+{
+	return vm_register_io(vm->mmio, &vm->nr_mmio, base, len, fn, opaque);
+}
+
+int vm_irq_line(struct vm *vm, uint32_t irq, int level)
+{
+	struct kvm_irq_level l = { .irq = irq, .level = (uint32_t)level };
+
+	if (ioctl(vm->vm_fd, KVM_IRQ_LINE, &l) < 0) {
+		log_warn("%s: irq %u", __func__, irq);
+		return -errno;
+	}
+	return 0;
+}
+
+static int kvm_check_cap(int fd, long cap)
+{
+	int r = ioctl(fd, KVM_CHECK_EXTENSION, cap);
+
+	return r < 0 ? 0 : r;
+}
+
+static struct kvm_cpuid2 *kvm_supported_cpuid(int kvm_fd)
+{
+	for (unsigned int n = 64; n <= 4096; n *= 2) {
+		struct kvm_cpuid2 *c = calloc(1, sizeof(*c) +
+					      (n + CPUID_EXTRA_ENTRIES) * sizeof(c->entries[0]));
+
+		if (!c)
+			return NULL;
+		c->nent = n;
+		if (ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, c) == 0)
+			return c;
+		free(c);
+		if (errno != E2BIG)
+			break;
+	}
+	return NULL;
+}
+
+int vm_create(struct vm *vm, const struct vm_config *cfg)
+{
+	struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
+	uint64_t low, high, avail;
+	char missing[256] = "";
+	int ret, max_vcpus;
+
+	memset(vm, 0, sizeof(*vm));
+	vm->cfg = *cfg;
+	vm->kvm_fd = vm->vm_fd = vm->exit_efd = -1;
+	pthread_mutex_init(&vm->lock, NULL);
+	pthread_cond_init(&vm->cond, NULL);
+
+	avail = host_mem_available();
+	if (avail && cfg->mem_size > avail) {
+		log_warnx("--mem %llu MiB is more than the host has available (%llu MiB)",
+			  (unsigned long long)(cfg->mem_size >> 20),
+			  (unsigned long long)(avail >> 20));
+		return -ENOMEM;
+	}
+
+	vm->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	if (vm->kvm_fd < 0) {
+		ret = -errno;
+		log_warn("cannot open /dev/kvm (is KVM enabled and accessible?)");
+		return ret;
+	}
+	if (ioctl(vm->kvm_fd, KVM_GET_API_VERSION, 0) != KVM_API_VERSION) {
+		log_warnx("/dev/kvm speaks an unknown API version");
+		ret = -ENOTSUP;
+		goto err;
+	}
+	max_vcpus = kvm_check_cap(vm->kvm_fd, KVM_CAP_MAX_VCPUS);
+	if (!max_vcpus)
+		max_vcpus = kvm_check_cap(vm->kvm_fd, KVM_CAP_NR_VCPUS);
+	if (max_vcpus && (int)cfg->ncpus > max_vcpus) {
+		log_warnx("--cpus %u is more than this host's KVM allows (%d)", cfg->ncpus, max_vcpus);
+		ret = -EINVAL;
+		goto err;
+	}
+	if (!kvm_check_cap(vm->kvm_fd, KVM_CAP_IRQCHIP) ||
+	    !kvm_check_cap(vm->kvm_fd, KVM_CAP_PIT2) ||
+	    !kvm_check_cap(vm->kvm_fd, KVM_CAP_USER_MEMORY) ||
+	    !kvm_check_cap(vm->kvm_fd, KVM_CAP_IMMEDIATE_EXIT)) {
+		log_warnx("this KVM lacks a required capability (irqchip, PIT2, user memory, immediate exit)");
+		ret = -ENOTSUP;
+		goto err;
+	}
+
+	vm->cpuid = kvm_supported_cpuid(vm->kvm_fd);
+	if (!vm->cpuid) {
+		log_warn("KVM_GET_SUPPORTED_CPUID");
+		ret = -EIO;
+		goto err;
+	}
+	ret = cpuid_filter(vm->cpuid, cfg->cpu_model, missing, sizeof(missing));
+	if (ret) {
+		log_warnx("this host cannot offer CPU model %s: missing %s",
+			  cpu_model_name(cfg->cpu_model), missing[0] ? missing : "features");
+		goto err;
+	}
+
+	vm->vm_fd = ioctl(vm->kvm_fd, KVM_CREATE_VM, 0);
+	if (vm->vm_fd < 0) {
+		ret = -errno;
+		log_warn("KVM_CREATE_VM");
+		goto err;
+	}
+	/* Only VMX uses these, but they must lie in the MMIO hole, away from RAM. */
+	if (ioctl(vm->vm_fd, KVM_SET_IDENTITY_MAP_ADDR, &(uint64_t){ 0xfeffc000 }) < 0 &&
+	    errno != ENOTTY && errno != EINVAL)
+		log_warn("KVM_SET_IDENTITY_MAP_ADDR");
+	if (ioctl(vm->vm_fd, KVM_SET_TSS_ADDR, 0xfeffd000UL) < 0 && errno != ENOTTY)
+		log_warn("KVM_SET_TSS_ADDR");
+	if (ioctl(vm->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0) {
+		ret = -errno;
+		log_warn("KVM_CREATE_IRQCHIP");
+		goto err;
+	}
+	if (ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit) < 0) {
+		ret = -errno;
+		log_warn("KVM_CREATE_PIT2");
+		goto err;
+	}
+
+	mem_split(cfg->mem_size, &low, &high);
+	ret = vm_add_ram(vm, 0, low);
+	if (ret)
+		goto err;
+	if (high) {
+		ret = vm_add_ram(vm, LAYOUT_4G, high);
+		if (ret)
+			goto err;
+	}
+
+	vm->exit_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (vm->exit_efd < 0) {
+		ret = -errno;
+		goto err;
+	}
+	ret = vcpus_create(vm);
+	if (ret)
+		goto err;
+	vm->state = VM_STATE_CREATED;
+	return 0;
+err:
+	vm_destroy(vm);
+	return ret;
+}
+
+void vm_destroy(struct vm *vm)
+{
+	vcpus_destroy(vm);
+	for (unsigned int i = 0; i < vm->nr_mem; i++)
+		munmap(vm->mem[i].host, vm->mem[i].size);
+	vm->nr_mem = 0;
+	if (vm->exit_efd >= 0)
+		close(vm->exit_efd);
+	if (vm->vm_fd >= 0)
+		close(vm->vm_fd);
+	if (vm->kvm_fd >= 0)
+		close(vm->kvm_fd);
+	vm->exit_efd = vm->vm_fd = vm->kvm_fd = -1;
+	free(vm->cpuid);
+	vm->cpuid = NULL;
+}
+
+/* Under vm->lock: make every vCPU leave KVM_RUN soon (see the protocol above). */
+static void vm_kick_locked(struct vm *vm)
+{
+	for (unsigned int i = 0; i < vm->cfg.ncpus; i++) {
+		struct vcpu *v = &vm->vcpus[i];
+
+		if (!v->thread_started || v->exited)
+			continue;
+		v->run->immediate_exit = 1;
+		pthread_kill(v->thread, SIGUSR1);
+	}
+}
+
+int vm_pause(struct vm *vm)
+{
+	int ret = 0;
+
+	pthread_mutex_lock(&vm->lock);
+	if (vm->state == VM_STATE_STOPPING) {
+		ret = -EBUSY;
+	} else if (vm->state == VM_STATE_PAUSED) {
+		ret = -EALREADY;
+	} else {
+		vm->pause_requested = true;
+		vm_kick_locked(vm);
+		while (vm->nr_parked < vm->nr_alive && vm->state != VM_STATE_STOPPING)
+			pthread_cond_wait(&vm->cond, &vm->lock);
+		if (vm->state == VM_STATE_STOPPING)
+			ret = -EBUSY;
+		else
+			vm->state = VM_STATE_PAUSED;
+	}
+	pthread_mutex_unlock(&vm->lock);
+	return ret;
+}
+
+int vm_resume(struct vm *vm)
+{
+	int ret = 0;
+
+	pthread_mutex_lock(&vm->lock);
+	if (vm->state == VM_STATE_STOPPING) {
+		ret = -EBUSY;
+	} else if (vm->state != VM_STATE_PAUSED) {
+		ret = -EALREADY;
+	} else {
+		vm->pause_requested = false;
+		vm->state = VM_STATE_RUNNING;
+		pthread_cond_broadcast(&vm->cond);
+	}
+	pthread_mutex_unlock(&vm->lock);
+	return ret;
+}
+
+void vm_request_exit(struct vm *vm, int code, const char *why)
+{
+	pthread_mutex_lock(&vm->lock);
+	if (vm->state != VM_STATE_STOPPING) {
+		vm->state = VM_STATE_STOPPING;
+		vm->exit_code = code;
+		snprintf(vm->exit_reason, sizeof(vm->exit_reason), "%s", why);
+		vm_kick_locked(vm);
+		pthread_cond_broadcast(&vm->cond);
+		if (vm->exit_efd >= 0 && write(vm->exit_efd, &(uint64_t){ 1 }, 8) < 0)
+			log_warn("%s: eventfd", __func__);
+	}
+	pthread_mutex_unlock(&vm->lock);
+}
+
+double vm_uptime(struct vm *vm)
+{
+	struct timespec now;
+
+	if (!vm->started.tv_sec && !vm->started.tv_nsec)
+		return 0;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (double)(now.tv_sec - vm->started.tv_sec) +
+	       (double)(now.tv_nsec - vm->started.tv_nsec) / 1e9;
+}

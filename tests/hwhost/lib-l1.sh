@@ -1,0 +1,155 @@
+# tests/hwhost/lib-l1.sh - helpers for tier-2 tests (tests/hwhost/t-*.sh), which run on a
+# host with hardware(-like) /dev/kvm: inside L1 or directly (see tests/hwhost/run.sh).
+# Source tests/lib.sh first.  Typical use:
+#
+#   hw_need_guest NAME || exit 0
+#   log=$T_TMP/guest.log
+#   hw_start "$log" "${HW_QEMU[@]}" -smp 2 -m 512M -append "$(hw_append godwit.workload=mem)"
+#   hw_wait "$log" 'linux-guest: poweroff' 180 "$HW_PID"; rc=$?
+#   hw_stop "$HW_PID"
+#   hw_check_memtest NAME "$log" 2
+#
+# Each hw_start starts one process (VMM) in the background, stdin from /dev/null, stdout
+# and stderr appended to LOG (give the VMM a serial port on stdout, e.g. QEMU's
+# `-serial stdio`), and sets HW_PID; lib.sh's EXIT trap kills whatever is left.
+
+HW_GUEST_KERNEL=${HW_GUEST_KERNEL:-$BUILD/linux/vmlinuz}
+HW_GUEST_INITRD=${HW_GUEST_INITRD:-$BUILD/linux/initramfs.cpio.gz}
+# The base of the guest's kernel command line (guest/linux/init documents godwit.*).
+HW_GUEST_APPEND=${HW_GUEST_APPEND:-console=ttyS0 quiet panic=-1}
+SCRATCH=${SCRATCH:-$T_TMP}
+QEMU=${QEMU:-qemu-system-x86_64}
+
+# A QEMU command line for the Linux guest; add -smp, -m and -append.
+HW_QEMU=("$QEMU" -enable-kvm -M pc -cpu host -nodefaults -display none -no-reboot
+	-serial stdio -monitor none -kernel "$HW_GUEST_KERNEL" -initrd "$HW_GUEST_INITRD")
+
+# hw_now: seconds since the epoch, with decimals.
+hw_now() { date +%s.%N; }
+
+# hw_since T: seconds since T (from hw_now), one decimal.
+hw_since() { echo "$1 $(date +%s.%N)" | awk '{printf "%.1f", $2 - $1}'; }
+
+# hw_need_guest NAME: true if /dev/kvm and the Linux guest (make linux-guest) are there;
+# otherwise prints SKIP (no /dev/kvm) or FAIL (guest not built) and returns 1.
+hw_need_guest() {
+	t_need_kvm "$1" || return 1
+	if [ ! -f "$HW_GUEST_KERNEL" ] || [ ! -f "$HW_GUEST_INITRD" ]; then
+		t_fail "$1" "no Linux guest at $HW_GUEST_KERNEL (run make linux-guest)"
+		return 1
+	fi
+	return 0
+}
+
+# hw_append ARG...: the guest's kernel command line: the base plus ARG...
+hw_append() { echo "$HW_GUEST_APPEND $*"; }
+
+# hw_start LOG CMD...: starts CMD in the background (output appended to LOG); sets HW_PID
+# and HW_T0 (start time, hw_now).
+hw_start() {
+	local log=$1
+	shift
+	HW_T0=$(hw_now)
+	echo "+ $*" >>"$log"
+	"$@" </dev/null >>"$log" 2>&1 &
+	HW_PID=$!
+}
+
+# hw_wait LOG REGEX TIMEOUT_S [PID]: waits until LOG has a line matching REGEX (grep -E).
+# Returns 0 on a match, 1 if PID exited first, 2 on timeout.  Sets HW_WAITED (seconds).
+hw_wait() {
+	local log=$1 re=$2 t=$3 pid=${4:-} t0 i
+	t0=$(hw_now)
+	for ((i = 0; i < t * 5; i++)); do
+		if grep -qE -- "$re" "$log" 2>/dev/null; then
+			HW_WAITED=$(hw_since "$t0")
+			return 0
+		fi
+		if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+			grep -qE -- "$re" "$log" 2>/dev/null && { HW_WAITED=$(hw_since "$t0"); return 0; }
+			HW_WAITED=$(hw_since "$t0")
+			return 1
+		fi
+		sleep 0.2
+	done
+	HW_WAITED=$(hw_since "$t0")
+	return 2
+}
+
+# hw_wait_exit PID TIMEOUT_S: waits for PID (a child of this shell) to exit; sets HW_RC
+# to its status.  Returns 0 if it exited, 2 on timeout (PID is left running).
+hw_wait_exit() {
+	local pid=$1 t=$2 i
+	for ((i = 0; i < t * 5; i++)); do
+		if ! kill -0 "$pid" 2>/dev/null; then
+			wait "$pid" 2>/dev/null
+			HW_RC=$?
+			return 0
+		fi
+		sleep 0.2
+	done
+	return 2
+}
+
+# hw_stop PID [GRACE_S]: stops PID: SIGTERM, then SIGKILL after GRACE_S (default 5); sets
+# HW_RC to its exit status.  Harmless if PID already exited.
+hw_stop() {
+	local pid=$1 grace=${2:-5}
+	kill -0 "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null
+	if ! hw_wait_exit "$pid" "$grace"; then
+		kill -KILL "$pid" 2>/dev/null
+		wait "$pid" 2>/dev/null
+		HW_RC=$?
+	fi
+}
+
+# hw_run LOG TIMEOUT_S REGEX CMD...: starts CMD, waits for REGEX, then for CMD to exit on its
+# own (up to 30 s more; a guest that printed its last line powers off), and stops it.
+# Returns hw_wait's status; sets HW_WAITED, HW_RC, HW_ELAPSED (seconds CMD ran).
+hw_run() {
+	local log=$1 t=$2 re=$3 rc
+	shift 3
+	hw_start "$log" "$@"
+	hw_wait "$log" "$re" "$t" "$HW_PID"
+	rc=$?
+	[ $rc -eq 0 ] && hw_wait_exit "$HW_PID" 30
+	hw_stop "$HW_PID"
+	HW_ELAPSED=$(hw_since "$HW_T0")
+	return $rc
+}
+
+# hw_tail LOG [N]: prints LOG's last N (default 20) lines, indented, for a failing test.
+hw_tail() {
+	tail -n "${2:-20}" "$1" 2>/dev/null | sed 's/^/  | /'
+}
+
+# hw_field LOG PREFIX KEY: the value of KEY=value on the last line of LOG starting with
+# PREFIX (e.g. hw_field log "memtest: t=" errors).
+hw_field() {
+	grep -a "^$2" "$1" 2>/dev/null | tail -n 1 | tr ' ' '\n' | sed -n "s/^$3=//p" | tr -d '\r'
+}
+
+# hw_check_memtest NAME LOG CPUS: checks a Linux guest's memtest run in LOG: the guest saw
+# CPUS CPUs, memtest finished with errors=0 and exit=0.  Prints PASS or FAIL (with the log's
+# tail); returns 0 on PASS.
+hw_check_memtest() {
+	local name=$1 log=$2 cpus=$3 why= got
+	got=$(hw_field "$log" "linux-guest: cpus=" cpus)
+	if [ -z "$got" ]; then
+		why="the guest never reached /init"
+	elif [ "$got" != "$cpus" ]; then
+		why="the guest saw cpus=$got, expected $cpus"
+	elif ! grep -aq '^memtest: done' "$log"; then
+		why="memtest did not finish"
+	elif [ "$(hw_field "$log" "memtest: done" errors)" != 0 ]; then
+		why="memtest errors=$(hw_field "$log" "memtest: done" errors)"
+	elif [ "$(hw_field "$log" "linux-guest: memtest exit" exit)" != 0 ]; then
+		why="memtest exit=$(hw_field "$log" "linux-guest: memtest exit" exit)"
+	fi
+	if [ -n "$why" ]; then
+		t_fail "$name" "$why"
+		hw_tail "$log" 30
+		return 1
+	fi
+	t_pass "$name"
+}

@@ -1,0 +1,40 @@
+#!/bin/bash
+# tests/hwhost/run-tests.sh RUNDIR TEST... - runs tier-2 test scripts one after another, on
+# a host with hardware-like /dev/kvm: inside L1 (tests/hwhost/l1-init runs it through the
+# job file run.sh writes) or directly (run.sh on a machine with VT-x/AMD-V).
+#
+# Each test runs as `bash TEST` with ROOT, BUILD, TIER=hwhost and SCRATCH set, its output in
+# RUNDIR/logs/NAME.log, under a timeout of HWHOST_TEST_TIMEOUT seconds (default 600).  Its
+# PASS/FAIL/SKIP and INFO lines are appended to RUNDIR/results as they come, then
+# "TIME NAME SECONDS"; a test that timed out or printed no result gets a FAIL line.  The
+# last line of RUNDIR/results is "DONE".
+set -u
+rundir=$1
+shift
+: "${ROOT:?}" "${BUILD:?}" "${SCRATCH:?}"
+export ROOT BUILD SCRATCH TIER=hwhost
+export HWHOST_TEST_TIMEOUT=${HWHOST_TEST_TIMEOUT:-600}
+results=$rundir/results
+mkdir -p "$rundir/logs" "$SCRATCH"
+cd "$ROOT" || exit 1
+
+for t in "$@"; do
+	name=$(basename "$t" .sh)
+	name=${name#t-}
+	log=$rundir/logs/$name.log
+	start=$(date +%s.%N)
+	echo "hwhost: running $name"
+	# Forward result lines while the test runs, so the outer host sees progress.
+	timeout -k 10 "$HWHOST_TEST_TIMEOUT" bash "$t" </dev/null 2>&1 |
+		tee "$log" | grep --line-buffered -E '^(PASS|FAIL|SKIP|INFO) ' >>"$results"
+	rc=${PIPESTATUS[0]}
+	secs=$(echo "$start $(date +%s.%N)" | awk '{printf "%.1f", $2 - $1}')
+	if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+		echo "FAIL hwhost/$name: timed out after ${HWHOST_TEST_TIMEOUT} s" >>"$results"
+	elif ! grep -qE '^(PASS|FAIL|SKIP) ' "$log"; then
+		echo "FAIL hwhost/$name: exited with status $rc and printed no result" >>"$results"
+	fi
+	echo "TIME $name $secs" >>"$results"
+	echo "hwhost: $name took $secs s (exit $rc)"
+done
+echo "DONE" >>"$results"
