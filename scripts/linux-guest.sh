@@ -5,7 +5,7 @@
 #   OUTDIR/initramfs.cpio.gz   busybox-static, the kernel's virtio modules, guest/linux/init
 #                              as /init and guest/linux/memtest.c (static) as /bin/memtest
 #   OUTDIR/modules/            the kernel's extracted modules tree (lib/modules/<kver>)
-#   OUTDIR/memtest             the memory-integrity workload
+#   OUTDIR/memtest             the memory-integrity workload (also OUTDIR/ttydrain)
 #
 # Idempotent: the kernel .deb is downloaded once (cached in $GODWIT_DEB_CACHE, default
 # build/cache/debs), extracted once per package version, and each output is rebuilt only
@@ -235,18 +235,21 @@ lg_main() {
 		lg_log "kernel $kver -> $out/vmlinuz"
 	fi
 
-	# 2. The workload.
-	local src=$LG_ROOT/guest/linux/memtest.c
-	if lg_newer "$out/memtest" "$src"; then
-		lg_log "CC $src"
-		${CC:-gcc} -static -O2 -std=gnu11 -Wall -Wextra -Werror -o "$out/memtest.tmp" "$src" &&
-			mv "$out/memtest.tmp" "$out/memtest" || lg_die "building memtest failed"
-	fi
+	# 2. The workload and its helper (static: the initramfs has no libc).
+	local prog src
+	for prog in memtest ttydrain; do
+		src=$LG_ROOT/guest/linux/$prog.c
+		if lg_newer "$out/$prog" "$src"; then
+			lg_log "CC $src"
+			${CC:-gcc} -static -O2 -std=gnu11 -Wall -Wextra -Werror -o "$out/$prog.tmp" "$src" &&
+				mv "$out/$prog.tmp" "$out/$prog" || lg_die "building $prog failed"
+		fi
+	done
 
 	# 3. The initramfs.
 	local bb init=$LG_ROOT/guest/linux/init
 	bb=$(lg_busybox)
-	if lg_newer "$out/initramfs.cpio.gz" "$pkgdir/.extracted" "$out/memtest" "$init" "$bb" \
+	if lg_newer "$out/initramfs.cpio.gz" "$pkgdir/.extracted" "$out/memtest" "$out/ttydrain" "$init" "$bb" \
 		"${BASH_SOURCE[0]}"; then
 		local stage=$out/initramfs
 		rm -rf "$stage"
@@ -254,7 +257,7 @@ lg_main() {
 		cp "$bb" "$stage/bin/busybox"
 		cp "$init" "$stage/init"
 		chmod 0755 "$stage/init"
-		cp "$out/memtest" "$stage/bin/memtest"
+		cp "$out/memtest" "$out/ttydrain" "$stage/bin/"
 		echo "$kver" >"$stage/etc/godwit-kernel"
 		# shellcheck disable=SC2086
 		lg_install_modules "$pkgdir/lib/modules/$kver" "$stage/lib/modules" $LG_GUEST_MODULES

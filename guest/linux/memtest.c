@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -318,5 +319,6 @@ int main(int argc, char **argv)
 	mt_print("memtest: done gen=%u verified=%llu dirtied=%llu errors=%llu max_stall_ms=%.3f\n",
 		 gen, (unsigned long long)verified, (unsigned long long)dirtied,
 		 (unsigned long long)mt_errors, max_stall * 1e3);
+	tcdrain(STDOUT_FILENO);	/* a slow (nested) serial console lags behind */
 	return mt_errors ? 1 : 0;
 }

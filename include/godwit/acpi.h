@@ -15,7 +15,7 @@
 struct acpi_config {
 	unsigned int ncpus;        /* 1..255; one LAPIC entry each, APIC IDs 0..ncpus-1 */
 	uint64_t ioapic_addr;      /* below 4 GiB */
-	uint8_t  ioapic_id;        /* not 0xff */
+	uint8_t  ioapic_id;
 	uint64_t lapic_addr;       /* below 4 GiB */
 	uint16_t pm1a_evt_port;    /* PM1a_EVT_BLK (4 bytes), required */
 	uint16_t pm1a_cnt_port;    /* PM1a_CNT_BLK (2 bytes), required */
@@ -25,7 +25,7 @@ struct acpi_config {
 	uint16_t reset_port;       /* FADT RESET_REG (system I/O), 0 if none */
 	uint8_t  reset_value;
 	uint8_t  rtc_century;      /* FADT CENTURY: CMOS index of the century byte, 0 if none */
-	bool     i8042;            /* a full i8042 (keyboard controller) the guest may probe */
+	bool     i8042;            /* IAPC_BOOT_ARCH_8042: let the guest probe 0x60/0x64 */
 	uint64_t pci_mmio32_base, pci_mmio32_size;  /* size 0: no window; must end <= 4 GiB */
 	uint64_t pci_mmio64_base, pci_mmio64_size;  /* size 0: no window */
 };
@@ -33,8 +33,9 @@ struct acpi_config {
 /*
  * acpi_build - lay out all tables in buf, which the guest sees at gpa.
  *   cfg:  platform description (see struct acpi_config for the limits)
- *   buf:  host pointer to the table area, size bytes.  Nothing at or past
- *         buf + size is ever written, even on failure.
+ *   buf:  host pointer to the table area, size bytes.  Every byte up to
+ *         the returned length is written (padding is zeroed); nothing at or
+ *         past buf + size is ever written, even on failure.
  *   gpa:  guest-physical address of buf[0], 16-byte aligned (the RSDP is at
  *         buf[0], where the legacy 0xe0000-0xfffff scan finds it)
  *   rsdp_gpa: out, the RSDP's guest-physical address (for the boot

@@ -28,6 +28,9 @@ int cpu_model_parse(const char *s, enum cpu_model *out) __must_check;
 /* The name cpu_model_parse() accepts for m, or "unknown". */
 const char *cpu_model_name(enum cpu_model m);
 
+/* A `missing` buffer of this size holds the names of every feature. */
+#define CPUID_MISSING_MAX 512
+
 /* Room for the topology and hypervisor leaves cpuid_set_vcpu() may add. */
 #define CPUID_EXTRA_ENTRIES 8
 /* APIC IDs are 0..ncpus-1 and must fit leaf 1's 8-bit field, 0xff excluded. */
@@ -48,8 +51,9 @@ int cpuid_get_supported(int kvm_fd, struct kvm_cpuid2 **out) __must_check;
  *   m:     the model
  *   missing: out (may be NULL), the features the model requires that the
  *          host lacks, space-separated ("avx2 bmi2"), written into a buffer
- *          of len bytes (truncated to fit, always NUL-terminated); "" on
- *          success
+ *          of len bytes, always NUL-terminated; names that do not fit are
+ *          replaced by "..." (CPUID_MISSING_MAX bytes hold any list); ""
+ *          on success
  * Returns 0; -ENOTSUP if the host cannot provide the model, and then c is
  * left unchanged; -EINVAL for an unknown model.
  */

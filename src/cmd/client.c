@@ -218,7 +218,8 @@ static int client_run(const struct client_cmd *c, int argc, char **argv)
 				c->name, jerr.text);
 			goto out;
 		}
-		json_dumpf(j, stdout, compact ? JSON_COMPACT : JSON_INDENT(2));
+		json_dumpf(j, stdout, JSON_REAL_PRECISION(15) |
+			   (compact ? JSON_COMPACT : JSON_INDENT(2)));
 		putchar('\n');
 		json_decref(j);
 	}

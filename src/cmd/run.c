@@ -314,7 +314,7 @@ static int run_setup_acpi(struct vm *vm, uint64_t *rsdp)
 	struct acpi_config ac = {
 		.ncpus = vm->cfg.ncpus,
 		.ioapic_addr = LAYOUT_IOAPIC,
-		.ioapic_id = (uint8_t)vm->cfg.ncpus,
+		.ioapic_id = 0,              /* what KVM's IOAPIC ID register holds */
 		.lapic_addr = LAYOUT_LAPIC,
 		.pm1a_evt_port = PORT_ACPI_PM1A_EVT,
 		.pm1a_cnt_port = PORT_ACPI_PM1A_CNT,
@@ -323,6 +323,7 @@ static int run_setup_acpi(struct vm *vm, uint64_t *rsdp)
 		.s5_slp_typ = ACPI_S5_SLP_TYP,
 		.reset_port = PORT_RESET,
 		.reset_value = 0x06,
+		.rtc_century = 0x32,         /* rtc.c keeps the century there */
 		.pci_mmio32_base = LAYOUT_PCI_MMIO32,
 		.pci_mmio32_size = LAYOUT_PCI_MMIO32_END - LAYOUT_PCI_MMIO32,
 	};

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -67,51 +68,59 @@ static const struct api_vm_ops api_default_ops = {
 
 /* ---- replies ---- */
 
+/* Serialise json (consumed) with a trailing newline; NULL if out of memory. */
+static char *api_dump(json_t *json, size_t *len)
+{
+	char *text, *nl;
+
+	if (!json)
+		return NULL;
+	/* 15 digits: the milliseconds of uptime_s print as such, not 1.1459999... */
+	text = json_dumps(json, JSON_COMPACT | JSON_REAL_PRECISION(15));
+	json_decref(json);
+	if (!text)
+		return NULL;
+	/* The newline is for people reading curl output. */
+	*len = strlen(text);
+	nl = realloc(text, *len + 2);
+	if (!nl) {
+		free(text);
+		return NULL;
+	}
+	nl[(*len)++] = '\n';
+	nl[*len] = '\0';
+	return nl;
+}
+
+/*
+ * Queue the reply: status with json (consumed; NULL only for 204, otherwise
+ * it means a failed allocation and becomes a 500) and an Allow header.
+ */
 static enum MHD_Result api_send(struct MHD_Connection *c, unsigned int status,
 				json_t *json, const char *allow)
 {
+	static const char oom[] = "{\"error\":\"out of memory\"}\n";
 	struct MHD_Response *resp;
 	enum MHD_Result ret;
-	char *text = NULL;
 	size_t len = 0;
+	char *text;
 
-	if (json) {
-		text = json_dumps(json, JSON_COMPACT);
-		json_decref(json);
-		if (text) {
-			char *nl;
-
-			/* A trailing newline, for people reading curl output. */
-			len = strlen(text);
-			nl = realloc(text, len + 2);
-			if (!nl) {
-				free(text);
-				text = NULL;
-			} else {
-				text = nl;
-				text[len++] = '\n';
-				text[len] = '\0';
-			}
-		}
-		if (!text) {
-			static const char oom[] = "{\"error\":\"out of memory\"}\n";
-
-			status = MHD_HTTP_INTERNAL_SERVER_ERROR;
-			resp = MHD_create_response_from_buffer(sizeof(oom) - 1, (void *)oom,
-							       MHD_RESPMEM_PERSISTENT);
-			goto have_resp;
-		}
-		/* json_dumps() memory is malloc()ed: MHD free()s it. */
+	if (status == MHD_HTTP_NO_CONTENT && !json) {
+		resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+	} else if ((text = api_dump(json, &len))) {
+		/* json_dumps() memory comes from malloc(): MHD free()s it. */
 		resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
 		if (!resp)
 			free(text);
 	} else {
-		resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+		status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+		len = sizeof(oom) - 1;
+		resp = MHD_create_response_from_buffer(len, (void *)oom,
+						       MHD_RESPMEM_PERSISTENT);
 	}
-have_resp:
 	if (!resp)
 		return MHD_NO;
-	if (len || status != MHD_HTTP_NO_CONTENT)
+	if (len)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
 	if (allow)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
@@ -173,7 +182,7 @@ static unsigned int api_vm_get(struct api_server *s, json_t **out)
 			 "memory_bytes", (json_int_t)cfg->mem_size,
 			 "cpu_model", cpu_model_name(cfg->cpu_model),
 			 "kernel", cfg->kernel,
-			 "uptime_s", vm_uptime(s->vm),
+			 "uptime_s", (double)(long long)(vm_uptime(s->vm) * 1000 + 0.5) / 1000,
 			 "pid", (json_int_t)getpid());
 	return MHD_HTTP_OK;
 }
@@ -332,8 +341,8 @@ static enum MHD_Result api_dispatch(struct api_server *s, struct MHD_Connection 
 /*
  * MHD calls this once when the headers are in, once per piece of body, and
  * once more with *upload_size == 0 when the request is complete: the reply
- * is sent then, except for a Content-Length over the limit (sent at once,
- * so the body is never read).
+ * is sent then.  A body over API_BODY_MAX is discarded as it arrives and
+ * answered with 413, at once if the client sent "Expect: 100-continue".
  */
 static enum MHD_Result api_handle(void *cls, struct MHD_Connection *c, const char *url,
 				  const char *method, const char *version,
@@ -343,7 +352,8 @@ static enum MHD_Result api_handle(void *cls, struct MHD_Connection *c, const cha
 	struct api_req *r = *con_cls;
 
 	if (!r) {
-		const char *cl;
+		const char *cl, *expect;
+		unsigned int status;
 		json_t *out;
 
 		r = calloc(1, sizeof(*r));
@@ -352,13 +362,24 @@ static enum MHD_Result api_handle(void *cls, struct MHD_Connection *c, const cha
 		*con_cls = r;
 		cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
 						 MHD_HTTP_HEADER_CONTENT_LENGTH);
-		if (cl && strtoull(cl, NULL, 10) > API_BODY_MAX) {
-			r->answered = true;
-			return api_send(c, api_error(&out, MHD_HTTP_CONTENT_TOO_LARGE,
-						     "request body is larger than %d bytes",
-						     API_BODY_MAX), out, NULL);
+		if (!cl || strtoull(cl, NULL, 10) <= API_BODY_MAX)
+			return MHD_YES;
+		expect = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+						     MHD_HTTP_HEADER_EXPECT);
+		if (!expect || strcasecmp(expect, "100-continue")) {
+			/*
+			 * The client is sending the body already: answering
+			 * now and closing would make its send() fail before it
+			 * reads our answer.  Discard the body, answer at the end.
+			 */
+			r->too_big = true;
+			return MHD_YES;
 		}
-		return MHD_YES;
+		/* It waits for "100 Continue": refuse instead, body unsent. */
+		r->answered = true;
+		status = api_error(&out, MHD_HTTP_CONTENT_TOO_LARGE,
+				   "request body is larger than %d bytes", API_BODY_MAX);
+		return api_send(c, status, out, NULL);
 	}
 	if (*upload_size) {
 		size_t n = *upload_size;
@@ -612,7 +633,7 @@ int api_start(struct vm *vm, struct loop *loop, const char *path, struct api_ser
 	const union MHD_DaemonInfo *info;
 	struct api_server *s;
 	struct stat sock_st;
-	int fd, ret;
+	int fd = -1, ret;
 
 	s = calloc(1, sizeof(*s));
 	if (!s)
@@ -695,6 +716,11 @@ void api_stop(struct api_server *s)
 {
 	if (!s)
 		return;
+	/*
+	 * Replies already queued are gone by now: MHD writes a response in the
+	 * MHD_run() whose handler queued it when the socket has room, and ours
+	 * are a few hundred bytes (test api_shutdown_reply_survives_stop).
+	 */
 	if (s->timer)
 		loop_del_timer(s->loop, s->timer);
 	loop_del_fd(s->loop, s->mhd_epfd);

@@ -9,14 +9,18 @@ name=qemu-smoke
 hw_need_guest "$name" || exit 0
 
 log=$T_TMP/$name.log
-hw_run "$log" 240 '^linux-guest: poweroff|Kernel panic' \
-	"${HW_QEMU[@]}" -smp 2 -m 512M \
+hw_start "$log" "${HW_QEMU[@]}" -smp 2 -m 512M \
 	-append "$(hw_append godwit.workload=mem godwit.mem=64 godwit.rate=16 godwit.runtime=5)"
-rc=$?
-cat "$log"
-case $rc in
-1) echo "QEMU exited (status $HW_RC) before the guest powered off" ;;
-2) echo "timed out after 240 s" ;;
+boot=timeout
+hw_wait "$log" '^linux-guest: cpus=' 180 "$HW_PID" && boot=$(hw_since "$HW_T0")
+hw_wait "$log" '^linux-guest: poweroff|Kernel panic' 120 "$HW_PID"
+case $? in
+1) echo "QEMU exited before the guest powered off" ;;
+2) echo "timed out waiting for the guest to power off" ;;
 esac
-echo "INFO $TIER/$name: QEMU ran $HW_ELAPSED s; guest uptime at /init $(hw_field "$log" "linux-guest: online=" uptime) s; memtest $(grep -a '^memtest: done' "$log" | tr -d '\r')"
+hw_wait_exit "$HW_PID" 30
+hw_stop "$HW_PID"
+cat "$log"
+echo "INFO $TIER/$name: guest /init after $boot s, QEMU ran $(hw_since "$HW_T0") s (status $HW_RC);" \
+	"memtest: $(grep -a '^memtest: done' "$log" | sed 's/^memtest: done //' | tr -d '\r')"
 hw_check_memtest "$name" "$log" 2

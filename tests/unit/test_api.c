@@ -27,7 +27,7 @@
 
 static struct fixture {
 	char dir[64];
-	char path[128];
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	struct vm vm;
 	struct loop *loop;
 	struct api_server *api;
@@ -36,6 +36,7 @@ static struct fixture {
 	bool running;
 	atomic_int pauses, resumes, exits;
 	atomic_int pause_ret;            /* what fake_pause returns if not 0 */
+	bool exit_stops_loop;            /* like godwit run: exit request ends the loop */
 	int exit_code;
 	char exit_why[128];
 } fx;
@@ -70,6 +71,8 @@ static void fake_request_exit(struct vm *vm, int code, const char *why)
 	vm->state = VM_STATE_STOPPING;
 	pthread_mutex_unlock(&vm->lock);
 	atomic_fetch_add(&fx.exits, 1);
+	if (fx.exit_stops_loop)
+		loop_stop(fx.loop);
 }
 
 static const struct api_vm_ops fake_ops = {
@@ -86,6 +89,11 @@ static void fx_stop_cb(struct loop *l, int fd, uint32_t events, void *opaque)
 static void *fx_loop_thread(void *opaque)
 {
 	CHECK_EQ(loop_run(fx.loop), 0);
+	if (fx.exit_stops_loop) {
+		/* What godwit run does once the loop ends. */
+		api_stop(fx.api);
+		fx.api = NULL;
+	}
 	return NULL;
 }
 
@@ -475,6 +483,29 @@ TEST(api_shutdown)
 	fx_finish();
 }
 
+/*
+ * As in godwit run: the exit request stops the loop in the very pass that
+ * handles the request, then api_stop() runs.  The 202 must still arrive.
+ */
+TEST(api_shutdown_reply_survives_stop)
+{
+	struct reply r;
+	struct stat st;
+
+	if (!fx_init())
+		return;
+	fx.exit_stops_loop = true;
+	if (!fx_serve())
+		return;
+	CHECK_EQ(http("PUT", "/api/v1/vm/shutdown", NULL, &r), CURLE_OK);
+	CHECK_EQ(r.status, 202);
+	pthread_join(fx.thread, NULL);
+	fx.running = false;
+	CHECK(!fx.api);
+	CHECK(lstat(fx.path, &st) < 0 && errno == ENOENT);
+	fx_finish();
+}
+
 TEST(api_not_found_and_bad_method)
 {
 	struct reply r;
@@ -608,6 +639,17 @@ TEST(api_body_too_large)
 		CHECK_ERROR(r, 413, "request body is larger than 65536 bytes");
 		free(big);
 	}
+	/* The same by hand: the whole body is read (and dropped) first. */
+	snprintf(head, sizeof(head), "PUT /api/v1/vm/pause HTTP/1.1\r\nHost: localhost\r\n"
+		 "Content-Length: %d\r\n\r\n", 80 * 1024);
+	CHECK_EQ(raw_request(head, 80 * 1024, false, out, sizeof(out)), 0);
+	CHECK(!strncmp(out, "HTTP/1.1 413 ", 13));
+	/* A client waiting for "100 Continue" gets the 413 instead. */
+	snprintf(head, sizeof(head), "PUT /api/v1/vm/pause HTTP/1.1\r\nHost: localhost\r\n"
+		 "Content-Length: %d\r\nExpect: 100-continue\r\n\r\n", 80 * 1024);
+	CHECK_EQ(raw_request(head, 0, false, out, sizeof(out)), 0);
+	CHECK(!strncmp(out, "HTTP/1.1 413 ", 13));
+	CHECK(strstr(out, "{\"error\":\"request body is larger than 65536 bytes\"}"));
 	/* Chunked, no length announced: refused once it passes the limit. */
 	snprintf(head, sizeof(head), "PUT /api/v1/vm/pause HTTP/1.1\r\nHost: localhost\r\n"
 		 "Transfer-Encoding: chunked\r\n\r\n");

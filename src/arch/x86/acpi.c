@@ -34,9 +34,10 @@
  * - IAPC_BOOT_ARCH: LEGACY_DEVICES (COM1 is an ISA device) and
  *   VGA_NOT_PRESENT.  8042 only if cfg->i8042: Linux probes the keyboard
  *   controller at 0x60/0x64 only when this bit is set (or a PNP0303 device
- *   exists), and godwit's i8042 implements only the reset command, so the
- *   probe would just time out.  Linux's reboot path still falls back to
- *   the 0x64 reset without the bit; it tries the FADT reset register first.
+ *   exists).  godwit's i8042 is there for its reset line and has no
+ *   keyboard or mouse behind it, so the probe would only cost boot time.
+ *   Rebooting needs neither: Linux tries the FADT reset register first and
+ *   still falls back to the 0x64 reset command without the bit.
  *   CMOS_RTC_NOT_PRESENT is clear: the RTC is there (Linux registers
  *   rtc_cmos itself when no PNP0B00 device exists).
  * - The FACS is referenced through FIRMWARE_CTRL when below 4 GiB, else
@@ -775,15 +776,19 @@ static size_t acpi_next(const struct acpi_area *ar, size_t align)
 	return pad > ar->size - ar->used ? (size_t)-1 : ar->used + pad;
 }
 
-/* Claim len zeroed bytes aligned to align; NULL if they do not fit. */
+/*
+ * Claim len bytes aligned to align; NULL if they do not fit.  They and the
+ * padding before them are zeroed, so the result never depends on what the
+ * buffer held.
+ */
 static void *acpi_alloc(struct acpi_area *ar, size_t len, size_t align)
 {
 	size_t off = acpi_next(ar, align);
 
 	if (off == (size_t)-1 || len > ar->size - off)
 		return NULL;
+	memset(ar->buf + ar->used, 0, off + len - ar->used);
 	ar->used = off + len;
-	memset(ar->buf + off, 0, len);
 	return ar->buf + off;
 }
 
@@ -836,17 +841,20 @@ static int acpi_dsdt(const struct acpi_config *cfg, struct acpi_area *ar, uint64
 
 	if (off == (size_t)-1)
 		return -ENOSPC;
+	memset(ar->buf + ar->used, 0, off - ar->used);
 	aml_init(&a, ar->buf + off, ar->size - off);
 	aml_bytes(&a, hdr, sizeof(hdr));
 
 	sb = aml_scope(&a, "\\_SB");
 
-	/* The host bridge: bus 0 of segment 0, config mechanism #1 at 0xcf8. */
+	/*
+	 * The host bridge: bus 0 of segment 0, config mechanism #1 at 0xcf8.
+	 * No _ADR: a device has _HID or _ADR, not both (ACPI 6.3 6.1; iasl
+	 * warns), and Linux identifies a root bridge by _SEG/_BBN/_CRS.
+	 */
 	dev = aml_device(&a, "PCI0");
 	aml_name(&a, "_HID");
 	aml_eisaid_obj(&a, "PNP0A03");
-	aml_name(&a, "_ADR");
-	aml_integer(&a, 0);
 	aml_name(&a, "_UID");
 	aml_integer(&a, 0);
 	aml_name(&a, "_SEG");
@@ -1024,7 +1032,7 @@ static int acpi_check(const struct acpi_config *cfg)
 {
 	if (cfg->ncpus < 1 || cfg->ncpus > 255)
 		return -EINVAL;    /* xAPIC IDs; 0xff is the broadcast ID */
-	if (cfg->ioapic_id == 0xff || !cfg->ioapic_addr || cfg->ioapic_addr >= LAYOUT_4G)
+	if (!cfg->ioapic_addr || cfg->ioapic_addr >= LAYOUT_4G)
 		return -EINVAL;
 	if (!cfg->lapic_addr || cfg->lapic_addr >= LAYOUT_4G)
 		return -EINVAL;

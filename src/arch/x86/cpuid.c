@@ -18,7 +18,9 @@
  *   CLFLUSH, MMX, FXSR, SSE, SSE2, SYSCALL, NX, LM) plus v2's CMPXCHG16B,
  *   LAHF/SAHF, POPCNT, SSE3, SSSE3, SSE4.1, SSE4.2.  This is QEMU's Nehalem
  *   (QEMU 7.2 has no x86-64-vN models; its docs map v2 to Nehalem and v3 to
- *   Haswell-noTSX), without VME as in QEMU's models.  Left out on purpose:
+ *   Haswell-noTSX), which has no VME either (virtual-8086 extensions: of no
+ *   use in long mode).  QEMU adds x2APIC to every model under KVM, as godwit
+ *   does (below).  Left out on purpose:
  *   AES and PCLMULQDQ (Nehalem, and Pentium/Celeron parts of later years, are
  *   v2 hosts without them: the default must run everywhere), XSAVE/AVX (not
  *   v2, same hosts), RDTSCP (as Nehalem in QEMU), 1 GiB pages (pdpe1gb: a
@@ -257,7 +259,6 @@ static const struct leaf_policy leaf_policy[] = {
 #define XSAVE_LEGACY_SIZE 576u
 #define XFEATURE_AVX      2
 
-#define KVM_SIGNATURE   "KVMKVMKVM\0\0\0"
 #define KVM_CPUID_TSC   0x40000010u
 #define APIC_BUS_KHZ    1000000u  /* KVM's APIC bus runs at 1 GHz */
 
@@ -373,17 +374,31 @@ static bool host_has(const struct kvm_cpuid2 *c, const struct cpu_feature *f)
 	return e && (*entry_reg(e, f->reg) & BIT(f->bit));
 }
 
-/* Append name to the space-separated list in buf (len bytes), truncating. */
-static void list_append(char *buf, size_t len, const char *name)
-{
+/* A space-separated list of names in a caller's buffer. */
+struct name_list {
+	char *buf;
+	size_t len;
 	size_t used;
+	bool full;      /* a name did not fit: the list ends with "..." */
+};
 
-	if (!buf || !len)
+/* Append name whole, or end the list with "..." if it does not fit. */
+static void list_append(struct name_list *l, const char *name)
+{
+	const char *sep = l->used ? " " : "";
+	size_t need = strlen(sep) + strlen(name);
+
+	if (!l->buf || !l->len || l->full)
 		return;
-	used = strlen(buf);
-	if (used + 1 >= len)
-		return;
-	snprintf(buf + used, len - used, "%s%s", used ? " " : "", name);
+	if (l->used + need >= l->len) {
+		l->full = true;
+		name = "...";
+		need = strlen(sep) + 3;
+		if (l->used + need >= l->len)
+			return;
+	}
+	snprintf(l->buf + l->used, l->len - l->used, "%s%s", sep, name);
+	l->used += need;
 }
 
 /*
@@ -393,6 +408,7 @@ static void list_append(char *buf, size_t len, const char *name)
 static int model_check(const struct kvm_cpuid2 *c, unsigned int mbit, char *missing,
 		       size_t len)
 {
+	struct name_list l = { missing, len, 0, false };
 	struct kvm_cpuid_entry2 *e;
 	int n = 0;
 
@@ -401,7 +417,7 @@ static int model_check(const struct kvm_cpuid2 *c, unsigned int mbit, char *miss
 
 		if (!(f->models & mbit) || f->kind != F_REQ || host_has(c, f))
 			continue;
-		list_append(missing, len, f->name);
+		list_append(&l, f->name);
 		n++;
 	}
 	/*
@@ -412,7 +428,7 @@ static int model_check(const struct kvm_cpuid2 *c, unsigned int mbit, char *miss
 	if ((mbit & M_V3) && e && (e->eax & BIT(XFEATURE_AVX))) {
 		e = cpuid_find(c, 0xd, XFEATURE_AVX);
 		if (!e || !e->eax || e->ebx < XSAVE_LEGACY_SIZE) {
-			list_append(missing, len, "xstate_avx_layout");
+			list_append(&l, "xstate_avx_layout");
 			n++;
 		}
 	}
@@ -632,6 +648,11 @@ static int set_x2apic_topology(struct cpuid_adder *a, uint32_t function, uint32_
 {
 	struct kvm_cpuid_entry2 *e;
 
+	/* Subleaves are told apart by index: say so if KVM did not. */
+	for (uint32_t i = 0; i < a->c->nent; i++) {
+		if (a->c->entries[i].function == function)
+			a->c->entries[i].flags |= KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
+	}
 	for (uint32_t sub = 0; sub < 3; sub++) {
 		e = get_entry(a, function, sub, true);
 		if (!e)
@@ -646,7 +667,7 @@ static int set_x2apic_topology(struct cpuid_adder *a, uint32_t function, uint32_
 		case 0:
 			e->eax = 0;
 			e->ebx = 1;
-			e->ecx = 0 | (1u << 8);        /* SMT */
+			e->ecx = 1u << 8;              /* SMT */
 			break;
 		case 1:
 			e->eax = core_bits;
@@ -674,6 +695,7 @@ static uint32_t cache_sharing(uint32_t eax, unsigned int ncpus)
 int cpuid_set_vcpu(struct kvm_cpuid2 *c, unsigned int index, unsigned int ncpus,
 		   uint32_t tsc_khz)
 {
+	static const char kvm_signature[12] = "KVMKVMKVM\0\0";
 	struct cpuid_adder a = { c, c->nent + CPUID_EXTRA_ENTRIES };
 	struct kvm_cpuid_entry2 *e;
 	unsigned int core_bits;
@@ -685,9 +707,9 @@ int cpuid_set_vcpu(struct kvm_cpuid2 *c, unsigned int index, unsigned int ncpus,
 	core_bits = order_base_2(ncpus);
 
 	/*
-	 * Leaf 1 EBX: CLFLUSH line size (in 8 bytes, 64 if KVM left it 0),
-	 * logical processors per package, initial APIC ID; HTT says the
-	 * count is meaningful.
+	 * Leaf 1 EBX: CLFLUSH line size (8-byte units, 64 bytes if KVM left
+	 * it 0), logical processors per package, initial APIC ID; HTT says
+	 * the count is meaningful.
 	 */
 	e = cpuid_find(c, 0x1, 0);
 	if (e) {
@@ -743,9 +765,9 @@ int cpuid_set_vcpu(struct kvm_cpuid2 *c, unsigned int index, unsigned int ncpus,
 	if (!e)
 		return -ENOSPC;
 	e->eax = tsc_khz ? KVM_CPUID_TSC : KVM_CPUID_FEATURES;
-	memcpy(&e->ebx, KVM_SIGNATURE + 0, 4);
-	memcpy(&e->ecx, KVM_SIGNATURE + 4, 4);
-	memcpy(&e->edx, KVM_SIGNATURE + 8, 4);
+	memcpy(&e->ebx, &kvm_signature[0], 4);
+	memcpy(&e->ecx, &kvm_signature[4], 4);
+	memcpy(&e->edx, &kvm_signature[8], 4);
 	e = tsc_khz ? get_entry(&a, KVM_CPUID_TSC, 0, false) : cpuid_find(c, KVM_CPUID_TSC, 0);
 	if (tsc_khz && !e)
 		return -ENOSPC;

@@ -1,0 +1,90 @@
+/*
+ * guest.h - what the test guest's parts share: the command-line
+ * configuration, the platform facts found at boot (RAM, ACPI, TSC), the
+ * online CPUs, and each part's entry points.
+ */
+#ifndef GUEST_GUEST_H
+#define GUEST_GUEST_H
+
+#include "lib.h"
+
+#define MAX_RAM_RANGES	32
+#define MAX_MADT_CPUS	64
+
+enum workload { WORKLOAD_MEM, WORKLOAD_IDLE };
+
+struct config {
+	enum workload workload;
+	u64 mem_mib;		/* memory workload size */
+	u64 rate_mib;		/* MiB/s rewritten; 0 = verify only */
+	u64 runtime_s;		/* power off after this; 0 = never */
+	u64 report_ms;		/* report interval */
+};
+
+struct ram_range {
+	u64 base, size;
+};
+
+/* ACPI Generic Address Structure, as found in the FADT. */
+struct gas {
+	u8 space;		/* 0 memory, 1 system I/O */
+	u8 bit_width, bit_offset, access_size;
+	u64 addr;
+} __attribute__((packed));
+
+struct platform {
+	/* From hvm_start_info's memory map (type 1 = RAM). */
+	struct ram_range ram[MAX_RAM_RANGES];
+	unsigned nram;
+	u64 ram_bytes;
+
+	u64 tsc_khz;
+	const char *tsc_source;	/* "cpuid" or "pit" */
+
+	/* From ACPI; acpi false means none was found. */
+	bool acpi;
+	unsigned madt_cpus;	/* enabled LAPIC/x2APIC entries */
+	u32 apic_ids[MAX_MADT_CPUS];
+	u16 pm1a_cnt;		/* PM1a_CNT_BLK port, 0 if none */
+	u8 s5_slp_typ;
+	bool hw_reduced;
+	bool have_sleep_ctl;
+	struct gas sleep_ctl;	/* hardware-reduced SLEEP_CONTROL_REG */
+};
+
+/* One per online CPU, indexed by slot (0 = BSP); cache-line separated. */
+struct cpu {
+	volatile bool online;
+	u32 apic_id;
+} __aligned(64);
+
+extern struct config cfg;
+extern struct platform plat;
+extern struct cpu cpus[GUEST_MAX_CPUS];
+extern unsigned ncpus_online;
+extern volatile bool all_stop;		/* set before power-off: APs halt */
+
+/* main.c */
+void user_start(unsigned slot) __noreturn;
+u64 ms_to_tsc(u64 ms);
+
+/* acpi.c: parse RSDP → XSDT/RSDT → MADT, FADT, DSDT's \_S5_. */
+void acpi_init(u64 rsdp_paddr);
+
+/* platform.c */
+void tsc_init(void);
+void tsc_wait_until(u64 deadline);
+void map_high_ram(void);
+u64 boot_alloc(u64 bytes);		/* page-aligned, zeroed, above the image */
+u64 boot_alloc_end(void);
+void intr_mask_all(void);
+void smp_start(void);
+void lapic_timer_calibrate(void);
+void lapic_timer_oneshot(u64 tsc_ticks);
+void power_off(void) __noreturn;
+
+/* memtest.c */
+void memtest_setup(void);
+void memtest_run(unsigned slot) __noreturn;
+
+#endif

@@ -1,0 +1,336 @@
+/*
+ * memtest.c - the memory-integrity workload (ring 3, every online CPU).
+ *
+ * mem MiB of RAM above the guest's image and tables are split into one
+ * contiguous run of 4 KiB pages per CPU.  Each page is
+ *   word 0: page index   word 1: generation   word 2: checksum of 4..511
+ *   word 3: PAGE_MAGIC   words 4..511: two interleaved xorshift64 streams
+ *                                      seeded from (index, generation)
+ * and the generation each page should hold is kept in gens[], a u32 per page.
+ * A CPU fills its pages (generation 1), then loops: verify one page, read
+ * the TSC, rewrite pages (generation + 1) as the rate allows, and on CPU 0
+ * report once per interval.  A page whose header or body disagrees with
+ * gens[] is reported, counted and repaired.  After a migration that lost a
+ * dirty page, that page still holds an older generation: "content=stale".
+ *
+ * The stall is the longest gap between consecutive TSC reads on one CPU.
+ * They come every page (~1 us of work), so a gap of milliseconds means the
+ * vCPU did not run: a VM pause, a migration's downtime, or host contention.
+ */
+#include "guest.h"
+
+#define PAGE_WORDS	512
+#define HDR_WORDS	4
+#define PAGE_MAGIC	0x2147505449574447ULL	/* "GDWITPG!" */
+#define ERR_PRINTS_PER_S 3
+
+struct extent {
+	u64 base;		/* guest-physical address of page `first` */
+	u64 first, npages;
+};
+
+/* Per CPU.  The counters are written by their CPU and read by CPU 0. */
+struct mt_cpu {
+	u64 first, count;	/* this CPU's pages: [first, first + count) */
+	u64 vcur, dcur;		/* next page to verify / rewrite, relative */
+	u64 last_tsc;
+	u64 next_dirty, dirty_ticks;
+	u64 err_window, err_prints;
+	volatile u64 verified, dirtied, errors, max_gen;
+	volatile u64 stall_cur;	/* longest gap this interval; CPU 0 resets it */
+	volatile u64 stall_max;	/* longest gap since the fill */
+} __aligned(64);
+
+static struct extent ext[MAX_RAM_RANGES];
+static unsigned next;
+static u32 *gens;
+static u64 total_pages;
+static struct mt_cpu mt[GUEST_MAX_CPUS];
+
+static u64 page_addr(u64 idx)
+{
+	for (unsigned i = 0; i < next; i++)
+		if (idx - ext[i].first < ext[i].npages)
+			return ext[i].base + (idx - ext[i].first) * 4096;
+	return 0;
+}
+
+static u64 mix64(u64 z)
+{
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+static inline u64 xorshift(u64 x)
+{
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	return x;
+}
+
+static inline u64 page_seed(u64 idx, u64 gen)
+{
+	u64 s = mix64(idx * 0x9e3779b97f4a7c15ULL + gen);
+
+	return s ? s : 1;
+}
+
+static inline u64 csum_fold(u64 s1, u64 s2)
+{
+	return s1 ^ ((s2 << 1) | (s2 >> 63));
+}
+
+static void page_fill(u64 *p, u64 idx, u64 gen)
+{
+	u64 x = page_seed(idx, gen), y = ~x, s1 = 0, s2 = 0;
+
+	for (unsigned i = HDR_WORDS; i < PAGE_WORDS; i += 2) {
+		x = xorshift(x);
+		y = xorshift(y);
+		p[i] = x;
+		p[i + 1] = y;
+		s1 += x;
+		s2 += y;
+	}
+	p[0] = idx;
+	p[1] = gen;
+	p[2] = csum_fold(s1, s2);
+	p[3] = PAGE_MAGIC;
+}
+
+/* Number of body words that differ from (idx, gen)'s, plus header checks. */
+static bool page_check(const u64 *p, u64 idx, u64 gen, unsigned *bad_words)
+{
+	u64 x = page_seed(idx, gen), y = ~x, s1 = 0, s2 = 0, diff = 0;
+
+	for (unsigned i = HDR_WORDS; i < PAGE_WORDS; i += 2) {
+		x = xorshift(x);
+		y = xorshift(y);
+		diff |= (p[i] ^ x) | (p[i + 1] ^ y);
+		s1 += p[i];
+		s2 += p[i + 1];
+	}
+	if (bad_words) {
+		unsigned n = 0;
+
+		x = page_seed(idx, gen);
+		y = ~x;
+		for (unsigned i = HDR_WORDS; i < PAGE_WORDS; i += 2) {
+			x = xorshift(x);
+			y = xorshift(y);
+			n += (p[i] != x) + (p[i + 1] != y);
+		}
+		*bad_words = n;
+	}
+	return !diff && p[0] == idx && p[1] == gen && p[3] == PAGE_MAGIC &&
+	       p[2] == csum_fold(s1, s2);
+}
+
+/* Read the TSC and account the gap since the last read as a stall. */
+static u64 tick(struct mt_cpu *c)
+{
+	u64 now = rdtsc(), gap = now - c->last_tsc;
+
+	c->last_tsc = now;
+	if ((int64_t)gap < 0)
+		return now;
+	if (gap > c->stall_cur) {
+		u64 cur = __atomic_load_n(&c->stall_cur, __ATOMIC_RELAXED);
+
+		while (gap > cur && !__atomic_compare_exchange_n(&c->stall_cur, &cur, gap, false,
+								 __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+			;
+	}
+	if (gap > c->stall_max)
+		c->stall_max = gap;
+	return now;
+}
+
+static void tick_cb(void *arg)
+{
+	tick(arg);
+}
+
+static void ticks_to_ms(u64 ticks, u64 *ms, u64 *frac)
+{
+	u64 us = ticks * 1000 / plat.tsc_khz;
+
+	*ms = us / 1000;
+	*frac = us % 1000;
+}
+
+static void report(struct mt_cpu *c, u64 now)
+{
+	u64 verified = 0, dirtied = 0, errors = 0, gen = 0, stall = 0, max_stall = 0;
+	u64 t10 = (now - boot_tsc) / (plat.tsc_khz * 100), s_ms, s_fr, m_ms, m_fr;
+
+	for (unsigned i = 0; i < ncpus_online; i++) {
+		struct mt_cpu *o = &mt[i];
+
+		u64 s = __atomic_exchange_n(&o->stall_cur, 0, __ATOMIC_RELAXED);
+
+		verified += o->verified;
+		dirtied += o->dirtied;
+		errors += o->errors;
+		gen = MAX(gen, o->max_gen);
+		stall = MAX(stall, s);
+		max_stall = MAX(max_stall, o->stall_max);
+	}
+	ticks_to_ms(stall, &s_ms, &s_fr);
+	ticks_to_ms(max_stall, &m_ms, &m_fr);
+	gprintf_tick(tick_cb, c,
+		     "memtest: t=%lu.%lu gen=%lu verified=%lu dirtied=%lu errors=%lu "
+		     "stall_ms=%lu.%03lu max_stall_ms=%lu.%03lu\n",
+		     t10 / 10, t10 % 10, gen, verified, dirtied, errors, s_ms, s_fr, m_ms, m_fr);
+}
+
+static void page_error(struct mt_cpu *c, unsigned slot, u64 *p, u64 idx)
+{
+	u64 now = c->last_tsc, found_gen = p[1], found_idx = p[0];
+	unsigned bad = 0;
+	const char *what;
+
+	c->errors++;
+	page_check(p, idx, gens[idx], &bad);
+	if (found_idx == idx && page_check(p, idx, found_gen, NULL))
+		what = found_gen < gens[idx] ? "stale" : "newer";
+	else
+		what = "corrupt";
+	if (now - c->err_window > ms_to_tsc(1000)) {
+		c->err_window = now;
+		c->err_prints = 0;
+	}
+	if (c->err_prints++ < ERR_PRINTS_PER_S)
+		gprintf_tick(tick_cb, c,
+			     "memtest: ERROR page=%lu expected gen=%u found gen=%lu index=%lu "
+			     "bad_words=%u content=%s addr=0x%lx cpu=%u\n",
+			     idx, gens[idx], found_gen, found_idx, bad, what, (u64)p, slot);
+	page_fill(p, idx, gens[idx]);
+}
+
+/*
+ * BSP, before the APs are released: take mem MiB (or what there is) after
+ * the boot allocations, allocate gens[], and split the pages among the
+ * online CPUs.
+ */
+void memtest_setup(void)
+{
+	u64 free = 0, want = cfg.mem_mib * 256, start, left, idx = 0;
+
+	start = boot_alloc_end();
+	for (unsigned i = 0; i < plat.nram; i++) {
+		u64 b = MAX(plat.ram[i].base, start), e = plat.ram[i].base + plat.ram[i].size;
+
+		if (e > b)
+			free += (e - b) / 4096;
+	}
+	/* Each page also costs 4 bytes of gens[], plus rounding. */
+	free = free > 2 ? (free - 2) * 4096 / 4100 : 0;
+	if (want > free) {
+		gprintf("godwit-guest: mem=%lu MiB is more than the %lu MiB free; using %lu MiB\n",
+			cfg.mem_mib, free / 256, free / 256);
+		want = free / 256 * 256;
+	}
+	total_pages = want;
+	gens = (u32 *)boot_alloc(want * 4 + 1);
+	start = boot_alloc_end();
+
+	left = total_pages;
+	for (unsigned i = 0; i < plat.nram && left; i++) {
+		u64 b = ALIGN_UP(MAX(plat.ram[i].base, start), 4096);
+		u64 e = plat.ram[i].base + plat.ram[i].size, n;
+
+		if (e <= b)
+			continue;
+		n = MIN((e - b) / 4096, left);
+		if (!n)
+			continue;
+		ext[next++] = (struct extent){ .base = b, .first = idx, .npages = n };
+		idx += n;
+		left -= n;
+	}
+	total_pages = idx;
+
+	for (unsigned i = 0; i < ncpus_online; i++) {
+		struct mt_cpu *c = &mt[i];
+		u64 share = total_pages / ncpus_online;
+
+		c->first = i * share;
+		c->count = i == ncpus_online - 1 ? total_pages - c->first : share;
+		if (cfg.rate_mib && c->count) {
+			/* Each CPU rewrites its share of rate at a steady pace. */
+			u64 per_s = cfg.rate_mib * 256 / ncpus_online;
+
+			c->dirty_ticks = MAX(plat.tsc_khz * 1000 / MAX(per_s, 1), 1);
+		}
+	}
+}
+
+void memtest_run(unsigned slot)
+{
+	struct mt_cpu *c = &mt[slot];
+	u64 report_ticks = ms_to_tsc(cfg.report_ms), backlog = ms_to_tsc(10);
+	u64 end = cfg.runtime_s ? boot_tsc + ms_to_tsc(cfg.runtime_s * 1000) : 0;
+	u64 next_report, now;
+
+	u64 t_fill0 = rdtsc();
+	for (u64 i = 0; i < c->count; i++) {
+		u64 idx = c->first + i;
+
+		page_fill((u64 *)page_addr(idx), idx, 1);
+		gens[idx] = 1;
+	}
+	c->max_gen = 1;
+	now = c->last_tsc = rdtsc();
+	if (slot == 0) gprintf("dbg: fill %lu us\n", (now - t_fill0) * 1000 / plat.tsc_khz);
+	c->next_dirty = now;
+	next_report = now + report_ticks;
+	if (slot == 0)
+		report(c, now);
+
+	for (;;) {
+		if (c->count) {
+			u64 idx = c->first + c->vcur;
+			u64 *p = (u64 *)page_addr(idx);
+
+			if (!page_check(p, idx, gens[idx], NULL))
+				page_error(c, slot, p, idx);
+			c->verified++;
+			if (++c->vcur == c->count)
+				c->vcur = 0;
+		}
+		now = tick(c);
+
+		while (c->dirty_ticks && (int64_t)(now - c->next_dirty) >= 0) {
+			u64 idx = c->first + c->dcur;
+			u32 gen = gens[idx] + 1;
+
+			page_fill((u64 *)page_addr(idx), idx, gen);
+			gens[idx] = gen;
+			c->dirtied++;
+			if (gen > c->max_gen)
+				c->max_gen = gen;
+			if (++c->dcur == c->count)
+				c->dcur = 0;
+			c->next_dirty += c->dirty_ticks;
+			now = tick(c);
+			/* After a pause, catch up by at most 10 ms' worth. */
+			if ((int64_t)(now - c->next_dirty) > (int64_t)backlog)
+				c->next_dirty = now - backlog;
+		}
+
+		if (slot == 0) {
+			if ((int64_t)(now - next_report) >= 0) {
+				report(c, now);
+				while ((int64_t)(now - next_report) >= 0)
+					next_report += report_ticks;
+			}
+			if (end && (int64_t)(now - end) >= 0)
+				power_off();
+		} else if (all_stop) {
+			sys_halt();
+		}
+	}
+}
