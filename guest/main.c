@@ -214,6 +214,13 @@ void user_start(unsigned slot)
 	rsdp = boot_info_read();
 	map_high_ram();
 	acpi_init(rsdp);
+	{
+		const struct hvm_start_info *si = (const void *)(u64)boot_info_paddr;
+		gprintf("dbg: info=0x%x ver=%u cmdline=0x%lx rsdp=0x%lx memmap=0x%lx n=%u acpi=%d madt=%u pm1a=0x%x s5=%u hwr=%d sleep=%d/0x%lx\n",
+			boot_info_paddr, si->version, si->cmdline_paddr, si->rsdp_paddr, si->memmap_paddr, si->memmap_entries,
+			plat.acpi, plat.madt_cpus, plat.pm1a_cnt, plat.s5_slp_typ, plat.hw_reduced, plat.have_sleep_ctl, plat.sleep_ctl.addr);
+		for (unsigned i = 0; i < plat.nram; i++) gprintf("dbg: ram 0x%lx+0x%lx\n", plat.ram[i].base, plat.ram[i].size);
+	}
 	tsc_init();
 	gprintf("godwit-guest: cpus=%u mem_mib=%lu tsc_khz=%lu tsc_source=%s\n",
 		plat.acpi && plat.madt_cpus ? plat.madt_cpus : 1, plat.ram_bytes / MiB,

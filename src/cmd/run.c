@@ -386,9 +386,6 @@ static int run_setup_loop(struct run_ctx *ctx)
 	sigset_t set;
 	int ret;
 
-	ctx->loop = loop_new();
-	if (!ctx->loop)
-		return -ENOMEM;
 	ctx->vm.loop = ctx->loop;
 
 	sigemptyset(&set);
@@ -451,6 +448,15 @@ int cmd_run(int argc, char **argv)
 	if (cfg.initrd && read_file("initrd", cfg.initrd, &ctx->initrd, &ctx->initrd_size))
 		goto out;
 
+	/*
+	 * The API socket is claimed before KVM is touched, so a busy socket fails
+	 * fast; no request is served until the loop runs.
+	 */
+	ctx->loop = loop_new();
+	if (!ctx->loop)
+		goto out;
+	if (cfg.api_path && api_start(&ctx->vm, ctx->loop, cfg.api_path, &ctx->api))
+		goto out;
 	if (vm_create(&ctx->vm, &cfg))
 		goto out;
 	if (platform_init(&ctx->vm, STDOUT_FILENO))
@@ -461,8 +467,6 @@ int cmd_run(int argc, char **argv)
 		log_warnx("cannot set up the event loop");
 		goto out_vm;
 	}
-	if (cfg.api_path && api_start(&ctx->vm, ctx->loop, cfg.api_path, &ctx->api))
-		goto out_vm;
 	log_debug("%s: %u vCPU(s), %llu MiB, cpu model %s, TSC %u kHz", cfg.name, cfg.ncpus,
 		  (unsigned long long)(cfg.mem_size >> 20), cpu_model_name(cfg.cpu_model),
 		  ctx->vm.tsc_khz);
@@ -485,11 +489,11 @@ int cmd_run(int argc, char **argv)
 	else
 		log_warnx("%s: %s (exit status %d)", cfg.name, ctx->vm.exit_reason, code);
 out_vm:
-	if (ctx->api)
-		api_stop(ctx->api);
 	platform_destroy(&ctx->vm);
 	vm_destroy(&ctx->vm);
 out:
+	if (ctx->api)
+		api_stop(ctx->api);
 	if (ctx->loop)
 		loop_free(ctx->loop);
 	if (ctx->sig_fd >= 0)
