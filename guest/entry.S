@@ -1,7 +1,7 @@
 /*
  * entry.S - everything the test guest runs in ring 0, and the tables it
  * needs: the PVH ELF note, the 32-bit PVH entry, the AP real-mode
- * trampoline, the 32→64-bit switch, the syscall entry (ring-3 requests),
+ * trampoline, the 32→64-bit switch, the ring-3 request entry (ud2),
  * the interrupt stubs, and the GDT, IDT, TSSs (with I/O permission bitmaps)
  * and identity page tables, all assembled as constant data.
  *
@@ -17,10 +17,6 @@
 #include "layout.h"
 
 #define MSR_EFER	0xc0000080
-#define MSR_STAR	0xc0000081
-#define MSR_LSTAR	0xc0000082
-#define MSR_FMASK	0xc0000084
-#define EFER_SCE	(1 << 0)
 #define EFER_LME	(1 << 8)
 #define CR0_PE		(1 << 0)
 #define CR0_PG		(1 << 31)
@@ -28,8 +24,6 @@
 
 /* Ring-3 RFLAGS: IF, IOPL=3 (PVM forces IOPL 0 and IF 1), reserved bit 1. */
 #define USER_RFLAGS	0x3202
-/* syscall clears TF, DF, IF, IOPL, NT, AC, as Linux does. */
-#define SYSCALL_FMASK	0x47700
 
 #define LAPIC_EOI	(LAPIC_BASE + 0xb0)
 #define LAPIC_TMCCT	(LAPIC_BASE + 0x390)
@@ -77,7 +71,7 @@ ap_entry32:
 	mov	%eax, %cr4
 	mov	$MSR_EFER, %ecx
 	rdmsr
-	or	$(EFER_LME | EFER_SCE), %eax
+	or	$EFER_LME, %eax
 	wrmsr
 	mov	%cr0, %eax
 	or	$(CR0_PG | CR0_PE), %eax
@@ -103,17 +97,6 @@ entry64:
 	lea	1(%rax), %rsp		/* ring-0 stack: top of this slot's kstack */
 	imul	$KSTACK_SIZE, %rsp, %rsp
 	add	$kstacks, %rsp
-	mov	$MSR_STAR, %ecx
-	xor	%eax, %eax
-	mov	$(((SEL_UCODE32 | 3) << 16) | SEL_KCODE), %edx
-	wrmsr
-	mov	$MSR_LSTAR, %ecx
-	mov	$syscall_entry, %eax
-	xor	%edx, %edx
-	wrmsr
-	mov	$MSR_FMASK, %ecx
-	mov	$SYSCALL_FMASK, %eax
-	wrmsr
 	/* Only the BSP touches the PICs: mask both 8259s, so nothing arrives
 	 * on the legacy vectors once ring 3 runs with IF=1. */
 	test	%esi, %esi
@@ -140,25 +123,40 @@ halt_forever:
 	jmp	1b
 
 /* ---------------------------------------------------------------------- */
-/* Requests from ring 3.  syscall leaves %rsp on the caller's stack, which
- * is fine: the caller is our own code, and any interrupt taken here (in the
- * sti;hlt window) pushes onto that same stack.  FMASK has cleared IF. */
-	.globl	syscall_entry
-syscall_entry:
+/* Requests from ring 3: "ud2" with %eax = SYS_* and %r11 = SYS_MAGIC.  Not
+ * syscall: under PVM a guest's syscall lands at LSTAR still in ring 3 (a
+ * "sti" there raised #GP with CS = 0x33).  Not int $0x80: PVM turns it into
+ * #UD anyway.  The #UD arrives through the IDT on this CPU's RSP0 stack.
+ * Stack: RIP, CS, RFLAGS, RSP, SS (no error code). */
+ud_entry:
+	testb	$3, 8(%rsp)		/* from ring 3? */
+	jz	1f
+	cmp	$SYS_MAGIC, %r11
+	jne	1f
+	push	%rdx
+	mov	8(%rsp), %rdx		/* the user's RIP */
+	cmpw	$0x0b0f, (%rdx)		/* ud2 */
+	jne	2f
 	cmp	$SYS_IDLE, %eax
 	jne	halt_forever
 	/* Sleep only while the one-shot LAPIC timer is still counting: it
-	 * may have fired while we were still in ring 3 (where PVM keeps IF
-	 * set), and then nothing would wake us.  IF=0 here, so a timer that
-	 * expires after this check stays pending until sti;hlt. */
+	 * may have fired while we were in ring 3 (where PVM keeps IF set),
+	 * and then nothing would wake us.  IF=0 here (interrupt gate), so a
+	 * timer that expires after this check stays pending until sti;hlt. */
 	mov	$LAPIC_TMCCT, %edx
 	mov	(%rdx), %edx
 	test	%edx, %edx
-	jz	1f
+	jz	3f
 	sti
 	hlt
 	cli
-1:	sysretq
+3:	addq	$2, 8(%rsp)		/* past the ud2 */
+	pop	%rdx
+	iretq
+2:	pop	%rdx
+1:	push	$0			/* a real #UD */
+	push	$6
+	jmp	trap_common
 
 /* ---------------------------------------------------------------------- */
 /* Interrupt stubs, one per vector, GUEST_STUB_SIZE bytes apart from
@@ -172,7 +170,9 @@ idt_stubs_start:
 	.set	vec, 0
 	.rept	256
 	.org	vec * GUEST_STUB_SIZE, 0xcc
-	.if	vec < 32
+	.if	vec == 6
+	jmp	ud_entry
+	.elseif	vec < 32
 	.if	(vec == 8) || (vec == 10) || (vec == 11) || (vec == 12) || (vec == 13) || (vec == 14) || (vec == 17) || (vec == 21) || (vec == 29) || (vec == 30)
 	push	$vec
 	.else

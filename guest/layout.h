@@ -31,7 +31,7 @@
 #define TSS_LIMIT         (TSS_IOPB_OFF + TSS_IOPB_PORTS / 8)   /* inclusive */
 #define TSS_STRIDE        0x400
 
-/* GDT selectors.  The order of USER_CS32/USER_DS/USER_CS is what sysret wants. */
+/* GDT selectors (0x20 and 0x28 in the order sysret would want, unused). */
 #define SEL_KCODE32       0x08
 #define SEL_KCODE         0x10
 #define SEL_KDATA         0x18
@@ -46,9 +46,10 @@
 
 /* Stacks (per CPU). */
 #define KSTACK_SIZE       0x2000     /* ring 0: exceptions and interrupts from ring 3 */
-#define USTACK_SIZE       0x4000     /* ring 3: the workloads; also syscalls */
+#define USTACK_SIZE       0x4000     /* ring 3: the workloads */
 
-/* Requests from ring 3 (syscall, number in %rax). */
+/* Requests from ring 3: ud2 with the number in %eax, SYS_MAGIC in %r11. */
+#define SYS_MAGIC         0x60d0171d
 #define SYS_IDLE          0          /* wait for an interrupt (sti; hlt) */
 #define SYS_HALT          1          /* cli; hlt forever */
 

@@ -58,16 +58,18 @@ static inline void cpuid(u32 leaf, u32 sub, u32 *a, u32 *b, u32 *c, u32 *d)
 static inline void cpu_relax(void) { __asm__ volatile("pause" ::: "memory"); }
 static inline void barrier(void) { __asm__ volatile("" ::: "memory"); }
 
-/* Ring-3 requests to ring 0 (entry.S syscall_entry). */
+/* Ring-3 requests to ring 0 (entry.S ud_entry). */
 static inline void sys_idle(void)
 {
-	u64 nr = SYS_IDLE;
-	__asm__ volatile("syscall" : "+a"(nr) :: "rcx", "r11", "rdx", "memory");
+	register u64 magic __asm__("r11") = SYS_MAGIC;
+
+	__asm__ volatile("ud2" :: "a"(SYS_IDLE), "r"(magic) : "memory");
 }
 static inline __noreturn void sys_halt(void)
 {
-	u64 nr = SYS_HALT;
-	__asm__ volatile("syscall" : "+a"(nr) :: "rcx", "r11", "rdx", "memory");
+	register u64 magic __asm__("r11") = SYS_MAGIC;
+
+	__asm__ volatile("ud2" :: "a"(SYS_HALT), "r"(magic) : "memory");
 	__builtin_unreachable();
 }
 

@@ -24,7 +24,12 @@ static const char *const trap_names[32] = {
 	"?", "?", "?", "?", "#HV", "#VC", "#SX", "?",
 };
 
-/* No lock: the CPU holding it may be the one that faulted. */
+/*
+ * Not the output lock: the CPU holding it may be the one that faulted.
+ * This one keeps two CPUs' reports apart.
+ */
+static volatile int trap_lock;
+
 static void trap_print(const char *fmt, ...) __printf(1, 2);
 static void trap_print(const char *fmt, ...)
 {
@@ -45,6 +50,8 @@ void trap_report(struct trap_frame *f)
 
 	__asm__ volatile("mov %%cr2, %0" : "=r"(cr2));
 	__asm__ volatile("str %0" : "=r"(tr));
+	while (__atomic_exchange_n(&trap_lock, 1, __ATOMIC_ACQUIRE))
+		cpu_relax();
 	trap_print("godwit-guest: EXCEPTION vec=%lu (%s) err=0x%lx rip=0x%lx cs=0x%lx "
 		   "rflags=0x%lx rsp=0x%lx ss=0x%lx cr2=0x%lx cpu=%d\n",
 		   f->vec, trap_names[f->vec & 31], f->err, f->rip, f->cs, f->rflags,
@@ -55,6 +62,7 @@ void trap_report(struct trap_frame *f)
 	trap_print("  r9 =%016lx r10=%016lx r11=%016lx r12=%016lx\n"
 		   "  r13=%016lx r14=%016lx r15=%016lx\n",
 		   f->r9, f->r10, f->r11, f->r12, f->r13, f->r14, f->r15);
+	__atomic_store_n(&trap_lock, 0, __ATOMIC_RELEASE);
 	for (;;)
 		__asm__ volatile("cli; hlt");
 }

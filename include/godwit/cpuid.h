@@ -14,14 +14,15 @@
 #include "godwit/common.h"
 
 enum cpu_model {
-	CPU_MODEL_X86_64_V2 = 0,   /* default: runs on any x86-64-v2 host */
+	CPU_MODEL_X86_64 = 0,      /* default: the psABI baseline, any x86-64 host */
+	CPU_MODEL_X86_64_V2,       /* + SSE3..SSE4.2, POPCNT, CX16, LAHF */
 	CPU_MODEL_X86_64_V3,
 	CPU_MODEL_HOST,            /* KVM's supported set: not migration-safe */
 };
-#define CPU_MODEL_DEFAULT CPU_MODEL_X86_64_V2
+#define CPU_MODEL_DEFAULT CPU_MODEL_X86_64
 
 /*
- * cpu_model_parse - "x86-64-v2", "x86-64-v3" or "host" (exactly; case
+ * cpu_model_parse - "x86-64", "x86-64-v2", "x86-64-v3" or "host" (exactly; case
  * matters) to a model.  Returns 0, or -EINVAL for anything else.
  */
 int cpu_model_parse(const char *s, enum cpu_model *out) __must_check;

@@ -46,8 +46,9 @@ static const char run_usage[] =
 "  -p, --cpus N            vCPUs, 1-255 (default 1; limited by the host's KVM)\n"
 "  -n, --name NAME         VM name; its UUID is derived from it (default: a random\n"
 "                          UUID, and a name made from it)\n"
-"      --cpu-model MODEL   host, x86-64-v2 or x86-64-v3 (default x86-64-v2: a\n"
-"                          baseline the VM can migrate across)\n"
+"      --cpu-model MODEL   x86-64, x86-64-v2, x86-64-v3 or host (default x86-64:\n"
+"                          the baseline every x86-64 host offers, so the VM can\n"
+"                          migrate anywhere; host passes everything through)\n"
 "  -a, --api SOCKET        serve the HTTP/JSON control API on this UNIX socket\n"
 "  -v, --verbose           debug logging (unhandled ports, ...)\n"
 "  -h, --help              this text\n"
@@ -192,7 +193,7 @@ static int run_parse(int argc, char **argv, struct vm_config *cfg)
 		case 'n': name = optarg; break;
 		case 'M':
 			if (cpu_model_parse(optarg, &cfg->cpu_model)) {
-				log_warnx("run: --cpu-model %s: expected host, x86-64-v2 or x86-64-v3", optarg);
+				log_warnx("run: --cpu-model %s: expected x86-64, x86-64-v2, x86-64-v3 or host", optarg);
 				return -1;
 			}
 			break;

@@ -7,7 +7,7 @@ t_need_kvm api || exit 0
 [ -f "$GUEST_ELF" ] || { t_fail api "test guest $GUEST_ELF not built"; exit 0; }
 S=$T_TMP/api.sock
 log=$T_TMP/vm.log
-timeout 120 "$GODWIT" run --cpu-model host --kernel "$GUEST_ELF" --name api-test --mem 256M \
+timeout 120 "$GODWIT" run --kernel "$GUEST_ELF" --name api-test --mem 256M \
 	--cmdline "workload=mem mem=64 rate=20 report=250" --api "$S" </dev/null >"$log" 2>&1 &
 vm_pid=$!
 if ! t_wait_for "$log" '^memtest: t=' 20; then

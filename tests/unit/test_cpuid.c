@@ -185,7 +185,7 @@ static int count_fn(const struct kvm_cpuid2 *c, uint32_t fn)
 static void check_named_model(const struct kvm_cpuid2 *h, const struct kvm_cpuid2 *f,
 			      enum cpu_model m)
 {
-	bool v3 = m == CPU_MODEL_X86_64_V3;
+	bool v3 = m == CPU_MODEL_X86_64_V3, v1 = m == CPU_MODEL_X86_64;
 	uint32_t max_basic = EAX(f, 0x0, 0), max_ext = EAX(f, 0x80000000, 0);
 	uint32_t xcr0 = EAX(f, 0xd, 0);
 
@@ -209,7 +209,7 @@ static void check_named_model(const struct kvm_cpuid2 *h, const struct kvm_cpuid
 		if (e->function == 0xd && e->index >= 2)
 			CHECK(e->index < 32 && (xcr0 & B(e->index)));
 	}
-	CHECK_EQ(ECX(f, 0x1, 0) & ~(v3 ? L1_ECX_V3 : L1_ECX_V2), 0);
+	CHECK_EQ(ECX(f, 0x1, 0) & ~(v3 ? L1_ECX_V3 : v1 ? L1_ECX_FORCED : L1_ECX_V2), 0);
 	CHECK_EQ(ECX(f, 0x1, 0) & ~(ECX(h, 0x1, 0) | L1_ECX_FORCED), 0);
 	CHECK_EQ(ECX(f, 0x1, 0) & L1_ECX_FORCED, L1_ECX_FORCED);
 	CHECK_EQ(EDX(f, 0x1, 0) & ~L1_EDX_BASE, 0);
@@ -221,7 +221,7 @@ static void check_named_model(const struct kvm_cpuid2 *h, const struct kvm_cpuid
 		CHECK_EQ(ECX(f, 0x7, 0), 0);
 		CHECK_EQ(EDX(f, 0x7, 0), 0);
 	}
-	CHECK_EQ(ECX(f, 0x80000001, 0) & ~(v3 ? E1_ECX_V3 : E1_ECX_V2), 0);
+	CHECK_EQ(ECX(f, 0x80000001, 0) & ~(v3 ? E1_ECX_V3 : v1 ? 0 : E1_ECX_V2), 0);
 	CHECK_EQ(EDX(f, 0x80000001, 0) & ~(v3 ? E1_EDX_V3 : E1_EDX_V2), 0);
 	CHECK_EQ(EDX(f, 0x80000001, 0) & ~EDX(h, 0x80000001, 0), 0);
 	CHECK_EQ(EDX(f, 0x80000001, 0) & (B(11) | B(20) | B(29)), B(11) | B(20) | B(29));
@@ -249,8 +249,8 @@ static void check_named_model(const struct kvm_cpuid2 *h, const struct kvm_cpuid
 
 TEST(cpuid_model_names)
 {
-	static const char *const names[] = { "host", "x86-64-v2", "x86-64-v3" };
-	static const char *const bad[] = { "x86-64-v4", "", "HOST", "host ", "x86-64",
+	static const char *const names[] = { "host", "x86-64", "x86-64-v2", "x86-64-v3" };
+	static const char *const bad[] = { "x86-64-v4", "", "HOST", "host ", "x86-64-v1",
 					   "X86-64-V2", "x86_64_v2", "v2" };
 	enum cpu_model m;
 
@@ -265,7 +265,7 @@ TEST(cpuid_model_names)
 		CHECK_EQ(m, CPU_MODEL_HOST);
 	}
 	CHECK_EQ(cpu_model_parse(NULL, &m), -EINVAL);
-	CHECK_STR(cpu_model_name(CPU_MODEL_DEFAULT), "x86-64-v2");
+	CHECK_STR(cpu_model_name(CPU_MODEL_DEFAULT), "x86-64");
 	CHECK_STR(cpu_model_name((enum cpu_model)42), "unknown");
 }
 
@@ -280,6 +280,33 @@ TEST(cpuid_find_significant_index)
 	/* No flag: the index does not count. */
 	CHECK_EQ(EDX(c, 0x80000001, 5), 0x2c100800);
 	CHECK(cpuid_find(c, 0x8, 0) == NULL);
+	free(c);
+}
+
+/*
+ * A PVM host (software nested virtualization) reports no SSE3 or later in
+ * KVM_GET_SUPPORTED_CPUID: x86-64 (the default) must be offered there, v2
+ * refused by name.
+ */
+TEST(cpuid_v1_on_pvm_like_host)
+{
+	struct kvm_cpuid2 *h = RICH(), *c;
+	struct kvm_cpuid_entry2 *e;
+	char missing[CPUID_MISSING_MAX];
+
+	e = cpuid_find(h, 0x1, 0);
+	e->ecx = B(13) | B(21) | B(24) | B(31);
+	e = cpuid_find(h, 0x80000001, 0);
+	e->ecx &= ~B(0);
+	c = cpuid_dup(h);
+	CHECK_EQ(cpuid_filter(c, CPU_MODEL_X86_64_V2, missing, sizeof(missing)), -ENOTSUP);
+	CHECK(strstr(missing, "sse3") != NULL);
+	CHECK_EQ(cpuid_filter(c, CPU_MODEL_X86_64, missing, sizeof(missing)), 0);
+	check_named_model(h, c, CPU_MODEL_X86_64);
+	CHECK_EQ(ECX(c, 0x1, 0), L1_ECX_FORCED);         /* no CX16 in v1 */
+	CHECK_EQ(EDX(c, 0x1, 0), L1_EDX_BASE);
+	CHECK_EQ(EBX(c, 0x7, 0) & B(5), 0);              /* no AVX2 */
+	free(h);
 	free(c);
 }
 
@@ -697,7 +724,7 @@ static int kvm_try_set(int kvm, const struct kvm_cpuid2 *c)
 TEST(cpuid_real_kvm)
 {
 	static const enum cpu_model models[] = {
-		CPU_MODEL_X86_64_V2, CPU_MODEL_X86_64_V3, CPU_MODEL_HOST,
+		CPU_MODEL_X86_64, CPU_MODEL_X86_64_V2, CPU_MODEL_X86_64_V3, CPU_MODEL_HOST,
 	};
 	struct kvm_cpuid2 *h;
 	char missing[256], v2_missing[256] = "";
@@ -724,7 +751,8 @@ TEST(cpuid_real_kvm)
 
 		r = cpuid_filter(c, models[i], missing, sizeof(missing));
 		if (r == -ENOTSUP) {
-			CHECK(models[i] != CPU_MODEL_HOST);
+			/* The default must run on every KVM, PVM's included. */
+			CHECK(models[i] != CPU_MODEL_HOST && models[i] != CPU_MODEL_X86_64);
 			CHECK(missing[0] != '\0');
 			CHECK(set_equal(c, h));
 			printf("# %s: not offered by this KVM, missing: %s\n",

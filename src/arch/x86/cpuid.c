@@ -13,7 +13,12 @@
  *
  * The policy, per model (bits in feature_table[], leaves in leaf_policy[]):
  *
- * x86-64-v2 (default) - the psABI level: the x86-64 baseline (FPU, DE, PSE,
+ * x86-64 (default) - the psABI baseline (x86-64-v1): what every x86-64
+ *   host's KVM offers, including PVM hosts (software nested virtualization),
+ *   whose KVM_GET_SUPPORTED_CPUID reports no SSE3 or later at all.  Debian
+ *   and most distributions need nothing more.  The list is v2's below
+ *   without CMPXCHG16B, LAHF/SAHF, POPCNT, SSE3, SSSE3, SSE4.1 and SSE4.2.
+ * x86-64-v2 - the psABI level: the x86-64 baseline (FPU, DE, PSE,
  *   TSC, MSR, PAE, MCE, CX8, APIC, SEP, MTRR, PGE, MCA, CMOV, PAT, PSE36,
  *   CLFLUSH, MMX, FXSR, SSE, SSE2, SYSCALL, NX, LM) plus v2's CMPXCHG16B,
  *   LAHF/SAHF, POPCNT, SSE3, SSSE3, SSE4.1, SSE4.2.  This is QEMU's Nehalem
@@ -80,9 +85,11 @@ enum { R_EAX, R_EBX, R_ECX, R_EDX };
 #define BIT(n) (1u << (n))
 
 /* Which models a feature belongs to. */
+#define M_V1 BIT(CPU_MODEL_X86_64)
 #define M_V2 BIT(CPU_MODEL_X86_64_V2)
 #define M_V3 BIT(CPU_MODEL_X86_64_V3)
 #define M_V2UP (M_V2 | M_V3)
+#define M_ALL (M_V1 | M_V2 | M_V3)
 
 enum feat_kind {
 	F_REQ,    /* the host must offer it, or the model is refused */
@@ -101,6 +108,7 @@ struct cpu_feature {
 };
 
 #define FEAT(n, fn, idx, r, b, k, m) { n, fn, idx, r, b, k, m }
+#define KVM_PV(n, b) FEAT(n, KVM_CPUID_FEATURES, 0, R_EAX, b, F_OPT, M_ALL)
 
 /*
  * Every feature bit a named model may keep.  Anything not listed is cleared
@@ -109,32 +117,32 @@ struct cpu_feature {
  */
 static const struct cpu_feature feature_table[] = {
 	/* Leaf 1 EDX: the x86-64 baseline. */
-	FEAT("fpu",       0x1, 0, R_EDX,  0, F_REQ, M_V2UP),
-	FEAT("de",        0x1, 0, R_EDX,  2, F_REQ, M_V2UP),
-	FEAT("pse",       0x1, 0, R_EDX,  3, F_REQ, M_V2UP),
-	FEAT("tsc",       0x1, 0, R_EDX,  4, F_REQ, M_V2UP),
-	FEAT("msr",       0x1, 0, R_EDX,  5, F_REQ, M_V2UP),
-	FEAT("pae",       0x1, 0, R_EDX,  6, F_REQ, M_V2UP),
-	FEAT("mce",       0x1, 0, R_EDX,  7, F_REQ, M_V2UP),
-	FEAT("cx8",       0x1, 0, R_EDX,  8, F_REQ, M_V2UP),
-	FEAT("apic",      0x1, 0, R_EDX,  9, F_REQ, M_V2UP),
-	FEAT("sep",       0x1, 0, R_EDX, 11, F_REQ, M_V2UP),
-	FEAT("mtrr",      0x1, 0, R_EDX, 12, F_REQ, M_V2UP),
-	FEAT("pge",       0x1, 0, R_EDX, 13, F_REQ, M_V2UP),
-	FEAT("mca",       0x1, 0, R_EDX, 14, F_REQ, M_V2UP),
-	FEAT("cmov",      0x1, 0, R_EDX, 15, F_REQ, M_V2UP),
-	FEAT("pat",       0x1, 0, R_EDX, 16, F_REQ, M_V2UP),
-	FEAT("pse36",     0x1, 0, R_EDX, 17, F_REQ, M_V2UP),
-	FEAT("clflush",   0x1, 0, R_EDX, 19, F_REQ, M_V2UP),
-	FEAT("mmx",       0x1, 0, R_EDX, 23, F_REQ, M_V2UP),
-	FEAT("fxsr",      0x1, 0, R_EDX, 24, F_REQ, M_V2UP),
-	FEAT("sse",       0x1, 0, R_EDX, 25, F_REQ, M_V2UP),
-	FEAT("sse2",      0x1, 0, R_EDX, 26, F_REQ, M_V2UP),
+	FEAT("fpu",       0x1, 0, R_EDX,  0, F_REQ, M_ALL),
+	FEAT("de",        0x1, 0, R_EDX,  2, F_REQ, M_ALL),
+	FEAT("pse",       0x1, 0, R_EDX,  3, F_REQ, M_ALL),
+	FEAT("tsc",       0x1, 0, R_EDX,  4, F_REQ, M_ALL),
+	FEAT("msr",       0x1, 0, R_EDX,  5, F_REQ, M_ALL),
+	FEAT("pae",       0x1, 0, R_EDX,  6, F_REQ, M_ALL),
+	FEAT("mce",       0x1, 0, R_EDX,  7, F_REQ, M_ALL),
+	FEAT("cx8",       0x1, 0, R_EDX,  8, F_REQ, M_ALL),
+	FEAT("apic",      0x1, 0, R_EDX,  9, F_REQ, M_ALL),
+	FEAT("sep",       0x1, 0, R_EDX, 11, F_REQ, M_ALL),
+	FEAT("mtrr",      0x1, 0, R_EDX, 12, F_REQ, M_ALL),
+	FEAT("pge",       0x1, 0, R_EDX, 13, F_REQ, M_ALL),
+	FEAT("mca",       0x1, 0, R_EDX, 14, F_REQ, M_ALL),
+	FEAT("cmov",      0x1, 0, R_EDX, 15, F_REQ, M_ALL),
+	FEAT("pat",       0x1, 0, R_EDX, 16, F_REQ, M_ALL),
+	FEAT("pse36",     0x1, 0, R_EDX, 17, F_REQ, M_ALL),
+	FEAT("clflush",   0x1, 0, R_EDX, 19, F_REQ, M_ALL),
+	FEAT("mmx",       0x1, 0, R_EDX, 23, F_REQ, M_ALL),
+	FEAT("fxsr",      0x1, 0, R_EDX, 24, F_REQ, M_ALL),
+	FEAT("sse",       0x1, 0, R_EDX, 25, F_REQ, M_ALL),
+	FEAT("sse2",      0x1, 0, R_EDX, 26, F_REQ, M_ALL),
 	/* (HTT, bit 28, is topology: cpuid_set_vcpu() sets it.) */
 	/* Leaf 0x80000001: the rest of the baseline, and v2's LAHF/SAHF. */
-	FEAT("syscall",   0x80000001, 0, R_EDX, 11, F_REQ, M_V2UP),
-	FEAT("nx",        0x80000001, 0, R_EDX, 20, F_REQ, M_V2UP),
-	FEAT("lm",        0x80000001, 0, R_EDX, 29, F_REQ, M_V2UP),
+	FEAT("syscall",   0x80000001, 0, R_EDX, 11, F_REQ, M_ALL),
+	FEAT("nx",        0x80000001, 0, R_EDX, 20, F_REQ, M_ALL),
+	FEAT("lm",        0x80000001, 0, R_EDX, 29, F_REQ, M_ALL),
 	FEAT("lahf_lm",   0x80000001, 0, R_ECX,  0, F_REQ, M_V2UP),
 	/* Leaf 1 ECX: v2. */
 	FEAT("sse3",      0x1, 0, R_ECX,  0, F_REQ, M_V2UP),
@@ -144,10 +152,10 @@ static const struct cpu_feature feature_table[] = {
 	FEAT("sse4_2",    0x1, 0, R_ECX, 20, F_REQ, M_V2UP),
 	FEAT("popcnt",    0x1, 0, R_ECX, 23, F_REQ, M_V2UP),
 	/* Emulated by KVM. */
-	FEAT("x2apic",    0x1, 0, R_ECX, 21, F_FORCE, M_V2UP),
-	FEAT("tsc_deadline_timer", 0x1, 0, R_ECX, 24, F_FORCE, M_V2UP),
-	FEAT("hypervisor", 0x1, 0, R_ECX, 31, F_FORCE, M_V2UP),
-	FEAT("arat",      0x6, 0, R_EAX,  2, F_FORCE, M_V2UP),
+	FEAT("x2apic",    0x1, 0, R_ECX, 21, F_FORCE, M_ALL),
+	FEAT("tsc_deadline_timer", 0x1, 0, R_ECX, 24, F_FORCE, M_ALL),
+	FEAT("hypervisor", 0x1, 0, R_ECX, 31, F_FORCE, M_ALL),
+	FEAT("arat",      0x6, 0, R_EAX,  2, F_FORCE, M_ALL),
 	/* v3. */
 	FEAT("fma",       0x1, 0, R_ECX, 12, F_REQ, M_V3),
 	FEAT("movbe",     0x1, 0, R_ECX, 22, F_REQ, M_V3),
@@ -168,8 +176,8 @@ static const struct cpu_feature feature_table[] = {
 	 * XSAVE's x87 and SSE components: in every XSAVE host.  v2 has no
 	 * XSAVE, so they are not required there, only described.
 	 */
-	FEAT("xstate_x87", 0xd, 0, R_EAX, 0, F_OPT, M_V2),
-	FEAT("xstate_sse", 0xd, 0, R_EAX, 1, F_OPT, M_V2),
+	FEAT("xstate_x87", 0xd, 0, R_EAX, 0, F_OPT, M_V1 | M_V2),
+	FEAT("xstate_sse", 0xd, 0, R_EAX, 1, F_OPT, M_V1 | M_V2),
 	FEAT("xstate_x87", 0xd, 0, R_EAX, 0, F_REQ, M_V3),
 	FEAT("xstate_sse", 0xd, 0, R_EAX, 1, F_REQ, M_V3),
 	/*
@@ -177,39 +185,39 @@ static const struct cpu_feature feature_table[] = {
 	 * them clear.  Kept as the host has them: the vendor never changes
 	 * under a guest, so neither do these.
 	 */
-	FEAT("fpu",       0x80000001, 0, R_EDX,  0, F_OPT, M_V2UP),
-	FEAT("de",        0x80000001, 0, R_EDX,  2, F_OPT, M_V2UP),
-	FEAT("pse",       0x80000001, 0, R_EDX,  3, F_OPT, M_V2UP),
-	FEAT("tsc",       0x80000001, 0, R_EDX,  4, F_OPT, M_V2UP),
-	FEAT("msr",       0x80000001, 0, R_EDX,  5, F_OPT, M_V2UP),
-	FEAT("pae",       0x80000001, 0, R_EDX,  6, F_OPT, M_V2UP),
-	FEAT("mce",       0x80000001, 0, R_EDX,  7, F_OPT, M_V2UP),
-	FEAT("cx8",       0x80000001, 0, R_EDX,  8, F_OPT, M_V2UP),
-	FEAT("apic",      0x80000001, 0, R_EDX,  9, F_OPT, M_V2UP),
-	FEAT("mtrr",      0x80000001, 0, R_EDX, 12, F_OPT, M_V2UP),
-	FEAT("pge",       0x80000001, 0, R_EDX, 13, F_OPT, M_V2UP),
-	FEAT("mca",       0x80000001, 0, R_EDX, 14, F_OPT, M_V2UP),
-	FEAT("cmov",      0x80000001, 0, R_EDX, 15, F_OPT, M_V2UP),
-	FEAT("pat",       0x80000001, 0, R_EDX, 16, F_OPT, M_V2UP),
-	FEAT("pse36",     0x80000001, 0, R_EDX, 17, F_OPT, M_V2UP),
-	FEAT("mmx",       0x80000001, 0, R_EDX, 23, F_OPT, M_V2UP),
-	FEAT("fxsr",      0x80000001, 0, R_EDX, 24, F_OPT, M_V2UP),
+	FEAT("fpu",       0x80000001, 0, R_EDX,  0, F_OPT, M_ALL),
+	FEAT("de",        0x80000001, 0, R_EDX,  2, F_OPT, M_ALL),
+	FEAT("pse",       0x80000001, 0, R_EDX,  3, F_OPT, M_ALL),
+	FEAT("tsc",       0x80000001, 0, R_EDX,  4, F_OPT, M_ALL),
+	FEAT("msr",       0x80000001, 0, R_EDX,  5, F_OPT, M_ALL),
+	FEAT("pae",       0x80000001, 0, R_EDX,  6, F_OPT, M_ALL),
+	FEAT("mce",       0x80000001, 0, R_EDX,  7, F_OPT, M_ALL),
+	FEAT("cx8",       0x80000001, 0, R_EDX,  8, F_OPT, M_ALL),
+	FEAT("apic",      0x80000001, 0, R_EDX,  9, F_OPT, M_ALL),
+	FEAT("mtrr",      0x80000001, 0, R_EDX, 12, F_OPT, M_ALL),
+	FEAT("pge",       0x80000001, 0, R_EDX, 13, F_OPT, M_ALL),
+	FEAT("mca",       0x80000001, 0, R_EDX, 14, F_OPT, M_ALL),
+	FEAT("cmov",      0x80000001, 0, R_EDX, 15, F_OPT, M_ALL),
+	FEAT("pat",       0x80000001, 0, R_EDX, 16, F_OPT, M_ALL),
+	FEAT("pse36",     0x80000001, 0, R_EDX, 17, F_OPT, M_ALL),
+	FEAT("mmx",       0x80000001, 0, R_EDX, 23, F_OPT, M_ALL),
+	FEAT("fxsr",      0x80000001, 0, R_EDX, 24, F_OPT, M_ALL),
 	/*
 	 * KVM's paravirtual features: kept where this KVM offers them (they
 	 * are KVM's, not the processor's; the migration stream's CPUID
 	 * comparison catches a destination kernel without one).
 	 */
-	FEAT("kvmclock",  KVM_CPUID_FEATURES, 0, R_EAX, KVM_FEATURE_CLOCKSOURCE, F_OPT, M_V2UP),
-	FEAT("kvm_nopiodelay", KVM_CPUID_FEATURES, 0, R_EAX, KVM_FEATURE_NOP_IO_DELAY, F_OPT, M_V2UP),
-	FEAT("kvmclock2", KVM_CPUID_FEATURES, 0, R_EAX, KVM_FEATURE_CLOCKSOURCE2, F_OPT, M_V2UP),
-	FEAT("kvm_steal_time", KVM_CPUID_FEATURES, 0, R_EAX, KVM_FEATURE_STEAL_TIME, F_OPT, M_V2UP),
-	FEAT("kvm_pv_eoi", KVM_CPUID_FEATURES, 0, R_EAX, KVM_FEATURE_PV_EOI, F_OPT, M_V2UP),
-	FEAT("kvm_pv_unhalt", KVM_CPUID_FEATURES, 0, R_EAX, KVM_FEATURE_PV_UNHALT, F_OPT, M_V2UP),
-	FEAT("kvm_pv_tlb_flush", KVM_CPUID_FEATURES, 0, R_EAX, KVM_FEATURE_PV_TLB_FLUSH, F_OPT, M_V2UP),
-	FEAT("kvm_pv_ipi", KVM_CPUID_FEATURES, 0, R_EAX, KVM_FEATURE_PV_SEND_IPI, F_OPT, M_V2UP),
-	FEAT("kvm_poll_control", KVM_CPUID_FEATURES, 0, R_EAX, KVM_FEATURE_POLL_CONTROL, F_OPT, M_V2UP),
-	FEAT("kvm_pv_sched_yield", KVM_CPUID_FEATURES, 0, R_EAX, KVM_FEATURE_PV_SCHED_YIELD, F_OPT, M_V2UP),
-	FEAT("kvmclock_stable", KVM_CPUID_FEATURES, 0, R_EAX, KVM_FEATURE_CLOCKSOURCE_STABLE_BIT, F_OPT, M_V2UP),
+	KVM_PV("kvmclock", KVM_FEATURE_CLOCKSOURCE),
+	KVM_PV("kvm_nopiodelay", KVM_FEATURE_NOP_IO_DELAY),
+	KVM_PV("kvmclock2", KVM_FEATURE_CLOCKSOURCE2),
+	KVM_PV("kvm_steal_time", KVM_FEATURE_STEAL_TIME),
+	KVM_PV("kvm_pv_eoi", KVM_FEATURE_PV_EOI),
+	KVM_PV("kvm_pv_unhalt", KVM_FEATURE_PV_UNHALT),
+	KVM_PV("kvm_pv_tlb_flush", KVM_FEATURE_PV_TLB_FLUSH),
+	KVM_PV("kvm_pv_ipi", KVM_FEATURE_PV_SEND_IPI),
+	KVM_PV("kvm_poll_control", KVM_FEATURE_POLL_CONTROL),
+	KVM_PV("kvm_pv_sched_yield", KVM_FEATURE_PV_SCHED_YIELD),
+	KVM_PV("kvmclock_stable", KVM_FEATURE_CLOCKSOURCE_STABLE_BIT),
 };
 
 /*
@@ -265,7 +273,7 @@ static const struct leaf_policy leaf_policy[] = {
 int cpu_model_parse(const char *s, enum cpu_model *out)
 {
 	static const enum cpu_model all[] = {
-		CPU_MODEL_X86_64_V2, CPU_MODEL_X86_64_V3, CPU_MODEL_HOST,
+		CPU_MODEL_X86_64, CPU_MODEL_X86_64_V2, CPU_MODEL_X86_64_V3, CPU_MODEL_HOST,
 	};
 
 	for (size_t i = 0; s && i < ARRAY_SIZE(all); i++) {
@@ -280,6 +288,8 @@ int cpu_model_parse(const char *s, enum cpu_model *out)
 const char *cpu_model_name(enum cpu_model m)
 {
 	switch (m) {
+	case CPU_MODEL_X86_64:
+		return "x86-64";
 	case CPU_MODEL_X86_64_V2:
 		return "x86-64-v2";
 	case CPU_MODEL_X86_64_V3:
@@ -574,6 +584,7 @@ int cpuid_filter(struct kvm_cpuid2 *c, enum cpu_model m, char *missing, size_t l
 	case CPU_MODEL_HOST:
 		set_hypervisor_bit(c);
 		return 0;
+	case CPU_MODEL_X86_64:
 	case CPU_MODEL_X86_64_V2:
 	case CPU_MODEL_X86_64_V3:
 		mbit = BIT(m);
