@@ -3,14 +3,14 @@
 # and the guest-initiated exits (poweroff, reset, triple fault) map to theirs.
 . "$(dirname "$0")/../lib.sh"
 
-# expect NAME STATUS REGEX CMD...: run CMD, check its status and stderr.
+# expect NAME STATUS REGEX CMD...: run CMD, check its status and stderr (REGEX - : any).
 expect() {
 	local name=$1 want=$2 re=$3; shift 3
 	local out=$T_TMP/$name.err rc
 	timeout 30 "$@" </dev/null >"$T_TMP/$name.out" 2>"$out"; rc=$?
 	if [ "$rc" -ne "$want" ]; then
 		t_fail "$name" "exit status $rc, expected $want; stderr: $(head -c 300 "$out")"
-	elif ! grep -qE "$re" "$out"; then
+	elif [ "$re" != - ] && ! grep -qE "$re" "$out"; then
 		t_fail "$name" "stderr lacks /$re/: $(head -c 300 "$out")"
 	else
 		t_pass "$name"
@@ -55,7 +55,7 @@ avail_kib=$(awk '/MemAvailable/ {print $2}' /proc/meminfo)
 expect mem-beyond-host 1 'more than the host has available' \
 	"$GODWIT" run --kernel "$T_TMP/s5.elf" --mem "$((avail_kib / 1024 + 4096))M"
 
-expect exit-poweroff 0 '^$|.' "$GODWIT" run --kernel "$T_TMP/s5.elf"
+expect exit-poweroff 0 - "$GODWIT" run --kernel "$T_TMP/s5.elf"
 expect exit-reset-i8042 3 'reset' "$GODWIT" run --kernel "$T_TMP/reset.elf"
 expect exit-reset-cf9 3 'reset' "$GODWIT" run --kernel "$T_TMP/cf9.elf"
 expect exit-triple-fault 4 'triple fault.*' "$GODWIT" run --kernel "$T_TMP/ud2.elf"
