@@ -64,27 +64,31 @@ extern struct cpu cpus[GUEST_MAX_CPUS];
 extern unsigned ncpus_online;
 extern volatile bool all_stop;		/* set before power-off: APs halt */
 
-/* main.c */
+/* main.c: every CPU's ring-3 entry (from entry.S), slot 0 = BSP. */
 void user_start(unsigned slot) __noreturn;
-u64 ms_to_tsc(u64 ms);
 
-/* acpi.c: parse RSDP → XSDT/RSDT → MADT, FADT, DSDT's \_S5_. */
+/*
+ * acpi.c: fill plat's ACPI fields from the RSDP at rsdp_paddr (0: scan
+ * 0xe0000-0xfffff): MADT CPUs, FADT power-off register, \_S5_ SLP_TYP.
+ */
 void acpi_init(u64 rsdp_paddr);
 
 /* platform.c */
-void tsc_init(void);
-void tsc_wait_until(u64 deadline);
-void map_high_ram(void);
-u64 boot_alloc(u64 bytes);		/* page-aligned, zeroed, above the image */
-u64 boot_alloc_end(void);
-void intr_mask_all(void);
-void smp_start(void);
+void tsc_init(void);			/* plat.tsc_khz, plat.tsc_source */
+u64 ms_to_tsc(u64 ms);
+void tsc_wait_until(u64 deadline);	/* spin until rdtsc() >= deadline */
+void map_high_ram(void);		/* identity-map RAM above 4 GiB */
+/* bytes rounded up to pages, zeroed, after the image; halts when out. */
+u64 boot_alloc(u64 bytes);
+u64 boot_alloc_end(void);		/* first byte boot_alloc has not used */
+void intr_mask_all(void);		/* IOAPIC and BSP LAPIC; sets cpus[0].apic_id */
+void smp_start(void);			/* INIT-SIPI-SIPI; sets ncpus_online */
 void lapic_timer_calibrate(void);
-void lapic_timer_oneshot(u64 tsc_ticks);
-void power_off(void) __noreturn;
+void lapic_timer_oneshot(u64 tsc_ticks);	/* this CPU, VEC_TIMER, <= 1 s */
+void power_off(void) __noreturn;	/* prints "poweroff"; halts if it fails */
 
 /* memtest.c */
-void memtest_setup(void);
+void memtest_setup(void);		/* BSP, after smp_start(): carve and split */
 void memtest_run(unsigned slot) __noreturn;
 
 #endif

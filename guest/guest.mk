@@ -16,12 +16,11 @@ GUEST_OBJS := $(patsubst guest/%,$(BUILD)/guest/%.o,$(basename $(GUEST_SRCS)))
 GUEST_LDS  := $(BUILD)/guest/guest.ld
 
 # -mgeneral-regs-only: no SSE/x87 state to set up or save; -mno-red-zone:
-# interrupts taken in ring 0 push onto the current stack.  No
-# -ftree-loop-distribute-patterns: it turns memcpy()'s loop into memcpy().
+# interrupts taken in ring 0 push onto the current stack.
 GUEST_CFLAGS := -std=gnu11 -O2 -g -m64 -ffreestanding -fno-builtin-printf -nostdlib \
 	-fno-pic -fno-pie -mcmodel=small -mno-red-zone -mgeneral-regs-only \
 	-fno-stack-protector -fno-asynchronous-unwind-tables -fno-unwind-tables \
-	-fcf-protection=none -fno-tree-loop-distribute-patterns \
+	-fcf-protection=none \
 	-Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 ifeq ($(WERROR),1)
 GUEST_CFLAGS += -Werror

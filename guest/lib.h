@@ -92,10 +92,13 @@ bool parse_u64(const char *s, size_t len, u64 *out);
  */
 typedef void (*serial_tick_fn)(void *arg);
 
+/* Program COM1 once: 115200 8N1, FIFOs on, no UART interrupts. */
 void serial_init(void);
+/* Write n bytes, polling LSR.THRE before each; tick(arg) after each if set. */
 void serial_write(const char *s, size_t n, serial_tick_fn tick, void *arg);
+/* snprintf-like (%c %s %d %i %u %x %X %p, '-', '0', width, l/ll/z);
+ * returns the length the output would have had. */
 int vformat(char *buf, size_t size, const char *fmt, va_list ap);
-int format(char *buf, size_t size, const char *fmt, ...) __printf(3, 4);
 /* Formats, then writes the whole line under the output lock. */
 void gprintf(const char *fmt, ...) __printf(1, 2);
 void gprintf_tick(serial_tick_fn tick, void *arg, const char *fmt, ...) __printf(3, 4);

@@ -207,20 +207,11 @@ void user_start(unsigned slot)
 	if (slot)
 		ap_main(slot);
 
-	u64 t_entry = rdtsc();
 	serial_init();
 	gprintf("godwit-guest: boot\n");
-	u64 t_boot = rdtsc();
 	rsdp = boot_info_read();
 	map_high_ram();
 	acpi_init(rsdp);
-	{
-		const struct hvm_start_info *si = (const void *)(u64)boot_info_paddr;
-		gprintf("dbg: info=0x%x ver=%u cmdline=0x%lx rsdp=0x%lx memmap=0x%lx n=%u acpi=%d madt=%u pm1a=0x%x s5=%u hwr=%d sleep=%d/0x%lx\n",
-			boot_info_paddr, si->version, si->cmdline_paddr, si->rsdp_paddr, si->memmap_paddr, si->memmap_entries,
-			plat.acpi, plat.madt_cpus, plat.pm1a_cnt, plat.s5_slp_typ, plat.hw_reduced, plat.have_sleep_ctl, plat.sleep_ctl.addr);
-		for (unsigned i = 0; i < plat.nram; i++) gprintf("dbg: ram 0x%lx+0x%lx\n", plat.ram[i].base, plat.ram[i].size);
-	}
 	tsc_init();
 	gprintf("godwit-guest: cpus=%u mem_mib=%lu tsc_khz=%lu tsc_source=%s\n",
 		plat.acpi && plat.madt_cpus ? plat.madt_cpus : 1, plat.ram_bytes / MiB,
@@ -229,16 +220,9 @@ void user_start(unsigned slot)
 		cfg.workload == WORKLOAD_MEM ? "mem" : "idle", cfg.mem_mib, cfg.rate_mib,
 		cfg.runtime_s, cfg.report_ms);
 
-	u64 t_info = rdtsc();
 	intr_mask_all();
 	cpus[0].online = true;
-	u64 t_mask = rdtsc();
 	smp_start();
-	u64 t_smp = rdtsc();
-	gprintf("dbg: entry->ring3 %lu us, boot line %lu us, info+tsc %lu us, mask %lu us, smp %lu us\n",
-		(t_entry - boot_tsc) * 1000 / plat.tsc_khz, (t_boot - t_entry) * 1000 / plat.tsc_khz,
-		(t_info - t_boot) * 1000 / plat.tsc_khz, (t_mask - t_info) * 1000 / plat.tsc_khz,
-		(t_smp - t_mask) * 1000 / plat.tsc_khz);
 
 	if (cfg.workload == WORKLOAD_IDLE) {
 		lapic_timer_calibrate();

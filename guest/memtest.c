@@ -275,7 +275,6 @@ void memtest_run(unsigned slot)
 	u64 end = cfg.runtime_s ? boot_tsc + ms_to_tsc(cfg.runtime_s * 1000) : 0;
 	u64 next_report, now;
 
-	u64 t_fill0 = rdtsc();
 	for (u64 i = 0; i < c->count; i++) {
 		u64 idx = c->first + i;
 
@@ -284,7 +283,6 @@ void memtest_run(unsigned slot)
 	}
 	c->max_gen = 1;
 	now = c->last_tsc = rdtsc();
-	if (slot == 0) gprintf("dbg: fill %lu us\n", (now - t_fill0) * 1000 / plat.tsc_khz);
 	c->next_dirty = now;
 	next_report = now + report_ticks;
 	if (slot == 0)

@@ -34,7 +34,7 @@
 #define PIT_CMD		0x43
 #define PIT_HZ		1193182
 
-u64 lapic_khz;
+static u64 lapic_khz;
 static u64 alloc_next, alloc_limit;
 
 static u32 lapic_read(u32 reg) { return mmio_read32(LAPIC_BASE + reg); }
@@ -158,19 +158,15 @@ void tsc_init(void)
 /* ---- memory ---- */
 
 /*
- * entry.S maps the first 4 GiB; map RAM above it with 1 GiB pages when the
- * CPU has them, else 2 MiB pages in page directories taken from boot_alloc.
- * Present bits only go from 0 to 1 here, so no TLB flush is needed.  RAM
- * beyond the one PDPT's 512 GiB is dropped from plat.ram.
+ * entry.S maps the first 4 GiB; map RAM above it with 2 MiB pages, in page
+ * directories taken from boot_alloc (4 KiB per GiB).  Not 1 GiB pages even
+ * when CPUID offers pdpe1gb: under PVM (QEMU -cpu host) the first access
+ * through such a PDPTE faulted with the reserved-bit error code.  Present
+ * bits only go from 0 to 1 here, so no TLB flush is needed.  RAM beyond
+ * the one PDPT's 512 GiB is dropped from plat.ram.
  */
 void map_high_ram(void)
 {
-	u32 a, b, c, d;
-	bool gbpages;
-
-	cpuid(0x80000001, 0, &a, &b, &c, &d);
-	gbpages = d & (1u << 26);
-
 	alloc_next = ALIGN_UP((u64)_end, 4096);
 	for (unsigned i = 0; i < plat.nram; i++) {
 		struct ram_range *r = &plat.ram[i];
@@ -193,17 +189,14 @@ void map_high_ram(void)
 			r->size = 512 * GiB - r->base;
 		end = r->base + r->size;
 		for (u64 g = MAX(r->base >> 30, 4); g < (end + GiB - 1) >> 30; g++) {
+			u64 *pd;
+
 			if (pdpt[g])
 				continue;
-			if (gbpages) {
-				pdpt[g] = (g << 30) | 0x87;		/* P RW US PS */
-			} else {
-				u64 *pd = (u64 *)boot_alloc(4096);
-
-				for (u64 j = 0; j < 512; j++)
-					pd[j] = (g << 30) + (j << 21) + 0x87;
-				pdpt[g] = (u64)pd | 0x7;
-			}
+			pd = (u64 *)boot_alloc(4096);
+			for (u64 j = 0; j < 512; j++)
+				pd[j] = (g << 30) + (j << 21) + 0x87;	/* P RW US PS */
+			pdpt[g] = (u64)pd | 0x7;
 		}
 	}
 }

@@ -59,13 +59,30 @@ lg_fetch_deb() {
 	deb=$(ls "$LG_DEB_CACHE/${pkg}"_*.deb 2>/dev/null | sort -V | tail -1)
 	if [ -z "$deb" ]; then
 		lg_log "downloading $pkg"
-		(cd "$LG_DEB_CACHE" && timeout 600 apt-get download -q "$pkg" >&2) ||
-			{ lg_apt_update; (cd "$LG_DEB_CACHE" && timeout 600 apt-get download -q "$pkg" >&2); } ||
+		_lg_download "$pkg" || { lg_apt_update; _lg_download "$pkg"; } ||
 			lg_die "apt-get download $pkg failed"
 		deb=$(ls "$LG_DEB_CACHE/${pkg}"_*.deb 2>/dev/null | sort -V | tail -1)
 		[ -n "$deb" ] || lg_die "apt-get download $pkg left no .deb in $LG_DEB_CACHE"
 	fi
 	echo "$deb"
+}
+
+_lg_download() {
+	# (root's apt warns that _apt cannot write to the cache directory: harmless)
+	(cd "$LG_DEB_CACHE" && timeout 600 apt-get download -q "$1" 2>&1 |
+		grep -v -e 'unsandboxed as root' -e '^Get:' -e '^Fetched' >&2
+	exit "${PIPESTATUS[0]}")
+}
+
+# lg_prune_debs KEEP GLOB [EXCLUDE]: removes cached .debs matching GLOB (but not EXCLUDE)
+# other than KEEP, e.g. the previous kernel ABI's package after an update.
+lg_prune_debs() {
+	local keep=$1 glob=$2 exclude=${3:-} f
+	for f in "$LG_DEB_CACHE"/$glob; do
+		[ -f "$f" ] && [ "$f" != "$keep" ] || continue
+		[ -n "$exclude" ] && [[ $f == $exclude ]] && continue
+		rm -f "$f"
+	done
 }
 
 # lg_extract_deb DEB DIR: dpkg -x DEB into DIR once (a stamp records which .deb).
@@ -220,6 +237,7 @@ lg_main() {
 	local pkg deb pkgdir kver
 	pkg=$(lg_resolve_pkg linux-image-cloud-amd64 'linux-image-[0-9][^ ]*-cloud-amd64')
 	deb=$(lg_fetch_deb "$pkg")
+	lg_prune_debs "$deb" 'linux-image-[0-9]*-cloud-amd64_*.deb'
 	pkgdir=$out/$pkg
 	lg_extract_deb "$deb" "$pkgdir"
 	# Drop trees of older kernel versions.

@@ -24,6 +24,7 @@ t0=$SECONDS
 
 pkg=$(lg_resolve_pkg linux-image-amd64 'linux-image-[0-9][^ ]*-amd64')
 deb=$(lg_fetch_deb "$pkg")
+lg_prune_debs "$deb" 'linux-image-[0-9]*-amd64_*.deb' '*-cloud-amd64_*'
 pkgdir=$out/$pkg
 lg_extract_deb "$deb" "$pkgdir"
 for d in "$out"/linux-image-*; do

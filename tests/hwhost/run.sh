@@ -90,7 +90,7 @@ fi
 
 # summary: timings, the tail of each failed test's log, and the exit status.
 summary() {
-	local name secs
+	local name secs f
 	while read -r _ name secs; do
 		say "test $name: $secs s"
 	done < <(grep '^TIME ' "$RUNDIR/results")
@@ -98,6 +98,11 @@ summary() {
 		[ -f "$RUNDIR/logs/$name.log" ] || continue
 		say "--- last lines of $RUNDIR/logs/$name.log"
 		tail -n 25 "$RUNDIR/logs/$name.log" | sed 's/^/  | /'
+		for f in "$RUNDIR/logs/$name"/*.log; do
+			[ -f "$f" ] || continue
+			say "--- last lines of $f"
+			tail -n 15 "$f" | sed 's/^/  | /'
+		done
 	done
 	local p f s
 	p=$(grep -c '^PASS ' "$RUNDIR/results")
@@ -117,7 +122,7 @@ if [ "$mode" = auto ]; then
 fi
 
 if [ "$mode" = direct ]; then
-	say "hardware virtualization present: running ${#tests[@]} test(s) directly"
+	say "running ${#tests[@]} test(s) directly on this host (HWHOST_MODE=$HWHOST_MODE)"
 	SCRATCH=$(mktemp -d /tmp/godwit-hwhost.XXXXXX)
 	ROOT=$ROOT BUILD=$BUILD SCRATCH=$SCRATCH \
 		timeout -k 10 "$HWHOST_TIMEOUT" bash "$ROOT/tests/hwhost/run-tests.sh" "$RUNDIR" "${tests[@]}" \
@@ -231,7 +236,7 @@ if ! grep -q '^DONE' "$RUNDIR/results"; then
 	harness_fail "$why"
 	say "--- last lines of $log"
 	tail -n 40 "$log" | sed 's/^/  | /'
-	[ -s "$RUNDIR/qemu.log" ] && tail -n 10 "$RUNDIR/qemu.log" | sed 's/^/  | qemu: /'
+	[ -s "$RUNDIR/qemu.log" ] && grep -v "TCG doesn.t support requested feature" "$RUNDIR/qemu.log" | tail -n 10 | sed 's/^/  | qemu: /'
 	summary L1
 	exit 1
 fi

@@ -22,5 +22,5 @@ hw_wait_exit "$HW_PID" 30
 hw_stop "$HW_PID"
 cat "$log"
 echo "INFO $TIER/$name: guest /init after $boot s, QEMU ran $(hw_since "$HW_T0") s (status $HW_RC);" \
-	"memtest: $(grep -a '^memtest: done' "$log" | sed 's/^memtest: done //' | tr -d '\r')"
+	"memtest:$(hw_line "$log" "memtest: done")"
 hw_check_memtest "$name" "$log" 2

@@ -41,6 +41,9 @@ check_run() {
 	if [ "$errs" != 0 ] || grep -q 'memtest: ERROR' "$log"; then
 		t_fail "$name" "memtest errors: $(grep -m3 'memtest: ERROR\|errors=[1-9]' "$log")"; return
 	fi
+	if grep -q 'godwit-guest: EXCEPTION\|only [0-9]* of [0-9]* cpus' "$log"; then
+		t_fail "$name" "$(grep -m2 'EXCEPTION\|cpus came online' "$log")"; return
+	fi
 	if ! grep -q '^godwit-guest: poweroff' "$log"; then
 		t_fail "$name" "no poweroff line"; return
 	fi
@@ -72,7 +75,7 @@ check_run guest-5g 1 5120
 # The idle workload halts in ring 0 and must not burn a host core.
 # cutime+cstime of this shell: CPU used by waited-for children.
 c0=$(awk '{print $16+$17}' /proc/$$/stat)
-( exec timeout 30 "$GODWIT" run --kernel "$GUEST_ELF" --cmdline "workload=idle runtime=3" \
+( timeout 30 "$GODWIT" run --kernel "$GUEST_ELF" --cmdline "workload=idle runtime=3" \
 	</dev/null >"$T_TMP/idle.log" 2>&1; echo $? >"$T_TMP/idle.rc" )
 cpu=$(awk -v t="$(getconf CLK_TCK)" -v c0="$c0" '{print ($16+$17-c0)/t}' /proc/$$/stat)
 rc=$(cat "$T_TMP/idle.rc")
