@@ -93,10 +93,10 @@ linux-guest: deps
 .PHONY: test test-unit test-kvm test-hwhost
 test: deps
 	$(Q)$(MAKE) --no-print-directory all unit
-	$(Q)$(MAKE) --no-print-directory asan
+	$(Q)$(MAKE) --no-print-directory asan fuzz
 	$(Q)$(MAKE) --no-print-directory linux-guest
 	$(Q)bash tests/run.sh all
-test-unit: all unit asan
+test-unit: all unit asan fuzz
 	$(Q)bash tests/run.sh unit
 test-kvm: all unit asan
 	$(Q)bash tests/run.sh kvm
@@ -120,6 +120,15 @@ install: $(BUILD)/godwit
 
 .PHONY: clean
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz
 
 -include $(OBJS_B:.o=.d) $(MAIN_OBJ_B:.o=.d) $(UNIT_OBJS_B:.o=.d)
+
+# libFuzzer targets (clang).  `make fuzz`, then e.g.
+#   build-fuzz/fuzz-boot -max_total_time=60 build-fuzz/corpus-boot
+FUZZ_CFLAGS := -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -D_GNU_SOURCE
+.PHONY: fuzz
+fuzz: build-fuzz/fuzz-boot
+build-fuzz/fuzz-boot: tests/fuzz/fuzz_boot.c src/arch/x86/boot.c include/godwit/boot.h
+	@mkdir -p $(dir $@)
+	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_boot.c src/arch/x86/boot.c

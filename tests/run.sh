@@ -38,8 +38,11 @@ run_suite() {
 if [ "$MODE" = all ] || [ "$MODE" = unit ]; then
 	run_suite unit build/tests/unit-tests
 	if [ -x build-asan/tests/unit-tests ]; then
-		run_suite unit-asan env ASAN_OPTIONS=detect_leaks=1 build-asan/tests/unit-tests
-		sed -i 's#^\(PASS\|FAIL\|SKIP\) unit/#\1 unit-asan/#' "$RESULTS"
+		run_suite unit-asan env UNIT_TIER=unit-asan ASAN_OPTIONS=detect_leaks=1 \
+			build-asan/tests/unit-tests
+	fi
+	if [ -x build-fuzz/fuzz-boot ]; then
+		run_suite fuzz bash tests/fuzz/run.sh 15
 	fi
 fi
 

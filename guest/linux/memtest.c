@@ -1,32 +1,44 @@
 /*
- * guest/linux/memtest.c - the memory-integrity workload of the Linux test guest.
+ * guest/linux/memtest.c - the memory-integrity workload of the Linux test guest
+ * (static; /bin/memtest in the initramfs that scripts/linux-guest.sh builds).
  *
- * Owns: a region of N MiB in which every 4 KiB page is self-describing, and a loop that
- * verifies pages and rewrites them at a given rate, so that a migration which loses,
- * misplaces or corrupts a page (or loses a dirty bit: the page then holds an older
- * generation) is detected inside the guest.  Same semantics as the freestanding test
- * guest's workload.
+ * Same semantics, page layout and output as the freestanding test guest's workload
+ * (guest/memtest.c, guest/README.md), so tests parse both alike.  N MiB of anonymous
+ * memory are split into one contiguous run of 4 KiB pages per thread.  Each page is
+ *   word 0: page index   word 1: generation   word 2: checksum of 4..511
+ *   word 3: PAGE_MAGIC   words 4..511: two interleaved xorshift64 streams
+ *                                      seeded from (index, generation)
+ * and the generation each page should hold is kept in gens[], a u32 per page.  A thread
+ * fills its pages (generation 1), then loops: verify one page, read the clock, rewrite
+ * pages (generation + 1) as the rate allows (a pause's backlog is capped at 10 ms' worth),
+ * and thread 0 reports once a second.  A page whose header or body disagrees with gens[]
+ * is reported, counted and repaired.  After a migration that lost a dirty page, that page
+ * still holds an older generation: "content=stale".
  *
- * Page layout (64-bit little-endian words):
- *   w[0] page index   w[1] generation   w[2] checksum of the body ^ index ^ gen<<32
- *   w[3] MT_MAGIC     w[4..511] body: xorshift64 sequence seeded from (index, generation)
- * The expected generation of each page is kept in a separate array (gens[]), so a page
- * that is self-consistent but stale is reported too.
+ * The stall is the longest gap between consecutive CLOCK_MONOTONIC reads of one thread
+ * (one per page, ~1 us of work natively): a gap of milliseconds means the vCPU did not
+ * run (a VM pause, a migration's downtime, host contention).  Thread 0's own printing is
+ * not counted (a write to a slow serial console can block).
  *
- * Usage: memtest [-m MiB (64)] [-r MiB/s rewritten (0)] [-t seconds (10)] [-i]
- * -i injects two faults after the first second (a flipped bit in one page, an older
- * generation of another), to show that the checker catches them: expect errors and exit 1.
- * Prints once a second:
- *   memtest: t=<s> gen=<g> verified=<pages> dirtied=<pages> errors=<n> stall_ms=<ms>
- *            max_stall_ms=<ms>
- * where the counters are totals since the loop started, stall_ms is the longest gap
- * between two consecutive CLOCK_MONOTONIC reads of the loop during the last interval and
- * max_stall_ms the longest overall (the time spent printing is not counted).  Mismatches
- * print "memtest: ERROR page=..." (at most MT_ERR_LINES a second).  Exits 0 if no error
- * was seen, 1 otherwise, 2 on a setup failure.  The loop runs for -t seconds after the
- * initial fill.
+ * Usage: memtest [-m MiB (64)] [-r MiB/s (0)] [-t seconds (10)] [-j threads (1; 0 = one
+ *                per online CPU)] [-i]
+ * -t counts from the program's start, like the freestanding guest's runtime from its
+ * entry.  -i injects two faults after the first report (a flipped bit, an older
+ * generation) to show that they are caught: expect errors and exit status 1.
+ *
+ * Output:
+ *   memtest: start mem_mib=<N> pages=<P> rate_mib_s=<R> runtime_s=<S> threads=<T>
+ *   memtest: t=<s.d> gen=<G> verified=<V> dirtied=<D> errors=<E> stall_ms=<x.xxx>
+ *            max_stall_ms=<y.yyy>                       (one line, every second)
+ *   memtest: ERROR page=<i> expected gen=<g> found gen=<g2> index=<i2> bad_words=<n>
+ *            content=<stale|newer|corrupt> addr=0x<a> cpu=<c>   (3 a second per thread)
+ *   memtest: done gen=<G> verified=<V> dirtied=<D> errors=<E> max_stall_ms=<y.yyy>
+ * Exit status: 0 if errors == 0, 1 otherwise, 2 on a setup failure.
  */
+#define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -38,17 +50,43 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MT_PAGE		4096u
-#define MT_WORDS	(MT_PAGE / 8)
-#define MT_HDR_WORDS	4
-#define MT_MAGIC	0x74736574776f6467ull /* "godwtest" */
-#define MT_ERR_LINES	10	/* error lines per interval */
-#define MT_DIRTY_BURST	16	/* pages rewritten per loop iteration at most */
+typedef uint64_t u64;
+typedef uint32_t u32;
 
-static uint64_t mt_errors, mt_err_printed_interval, mt_err_suppressed;
+#define PAGE_SIZE	4096
+#define PAGE_WORDS	512
+#define HDR_WORDS	4
+#define PAGE_MAGIC	0x2147505449574447ULL	/* "GDWITPG!" */
+#define ERR_PRINTS_PER_S 3
+#define NS		1000000000ULL
+#define BACKLOG_NS	(10 * 1000000ULL)
+#define MAX_THREADS	256
+#define MAX(a, b)	((a) > (b) ? (a) : (b))
 
-static void mt_print(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void mt_print(const char *fmt, ...)
+/* Per thread.  The counters are written by their thread and read by thread 0. */
+struct mt_thr {
+	pthread_t tid;
+	unsigned slot;
+	u64 first, count;	/* this thread's pages: [first, first + count) */
+	u64 vcur, dcur;		/* next page to verify / rewrite, relative */
+	u64 last_ns;
+	u64 next_dirty, dirty_ns;
+	u64 err_window, err_prints;
+	volatile u64 verified, dirtied, errors, max_gen;
+	volatile u64 stall_cur;	/* longest gap this interval; thread 0 resets it */
+	volatile u64 stall_max;	/* longest gap since the fill */
+} __attribute__((aligned(64)));
+
+static struct mt_thr thr[MAX_THREADS];
+static unsigned nthreads = 1;
+static unsigned char *mem;
+static u32 *gens;
+static u64 total_pages, start_ns, end_ns;
+static volatile int all_stop;
+static pthread_barrier_t filled;
+
+static void out(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void out(const char *fmt, ...)
 {
 	char buf[512];
 	va_list ap;
@@ -61,7 +99,7 @@ static void mt_print(const char *fmt, ...)
 		return;
 	if ((size_t)n >= sizeof(buf))
 		n = sizeof(buf) - 1;
-	for (char *p = buf; n > 0;) {
+	for (char *p = buf; n > 0;) {	/* one write per line: lines of threads don't mix */
 		ssize_t w = write(STDOUT_FILENO, p, n);
 		if (w < 0 && errno == EINTR)
 			continue;
@@ -72,26 +110,22 @@ static void mt_print(const char *fmt, ...)
 	}
 }
 
-static double mt_now(void)
+static u64 now_ns(void)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
+	return (u64)ts.tv_sec * NS + ts.tv_nsec;
 }
 
-/* The first body word's seed: a splitmix64 finalizer of (index, gen); never zero. */
-static uint64_t mt_seed(uint64_t index, uint64_t gen)
+static u64 mix64(u64 z)
 {
-	uint64_t z = index * 0x9e3779b97f4a7c15ull ^ (gen + 1) * 0xd1b54a32d192ed03ull;
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	z ^= z >> 31;
-	return z ? z : 0x676f64776974ull;
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
 }
 
-static inline uint64_t mt_xorshift(uint64_t x)
+static inline u64 xorshift(u64 x)
 {
 	x ^= x << 13;
 	x ^= x >> 7;
@@ -99,226 +133,335 @@ static inline uint64_t mt_xorshift(uint64_t x)
 	return x;
 }
 
-static inline uint64_t mt_fold(uint64_t c, uint64_t x)
+static inline u64 page_seed(u64 idx, u64 gen)
 {
-	c ^= x;
-	return (c << 5) | (c >> 59);
+	u64 s = mix64(idx * 0x9e3779b97f4a7c15ULL + gen);
+
+	return s ? s : 1;
 }
 
-static void mt_page_write(uint64_t *w, uint64_t index, uint64_t gen)
+static inline u64 csum_fold(u64 s1, u64 s2)
 {
-	uint64_t x = mt_seed(index, gen), c = 0;
+	return s1 ^ ((s2 << 1) | (s2 >> 63));
+}
 
-	for (unsigned i = MT_HDR_WORDS; i < MT_WORDS; i++) {
-		x = mt_xorshift(x);
-		w[i] = x;
-		c = mt_fold(c, x);
+static inline u64 *page_addr(u64 idx)
+{
+	return (u64 *)(mem + idx * PAGE_SIZE);
+}
+
+static void page_fill(u64 *p, u64 idx, u64 gen)
+{
+	u64 x = page_seed(idx, gen), y = ~x, s1 = 0, s2 = 0;
+
+	for (unsigned i = HDR_WORDS; i < PAGE_WORDS; i += 2) {
+		x = xorshift(x);
+		y = xorshift(y);
+		p[i] = x;
+		p[i + 1] = y;
+		s1 += x;
+		s2 += y;
 	}
-	w[0] = index;
-	w[1] = gen;
-	w[2] = c ^ index ^ (gen << 32);
-	w[3] = MT_MAGIC;
+	p[0] = idx;
+	p[1] = gen;
+	p[2] = csum_fold(s1, s2);
+	p[3] = PAGE_MAGIC;
 }
 
-/* Returns -1 if the page is a valid page for (w[0], w[1]), else the first bad word. */
-static int mt_page_check_self(const uint64_t *w)
+/* True if p is page (idx, gen); *bad_words (if asked) counts the body words that differ. */
+static bool page_check(const u64 *p, u64 idx, u64 gen, unsigned *bad_words)
 {
-	uint64_t x = mt_seed(w[0], w[1]), c = 0;
+	u64 x = page_seed(idx, gen), y = ~x, s1 = 0, s2 = 0, diff = 0;
 
-	if (w[3] != MT_MAGIC)
-		return 3;
-	for (unsigned i = MT_HDR_WORDS; i < MT_WORDS; i++) {
-		x = mt_xorshift(x);
-		if (w[i] != x)
-			return i;
-		c = mt_fold(c, x);
+	for (unsigned i = HDR_WORDS; i < PAGE_WORDS; i += 2) {
+		x = xorshift(x);
+		y = xorshift(y);
+		diff |= (p[i] ^ x) | (p[i + 1] ^ y);
+		s1 += p[i];
+		s2 += p[i + 1];
 	}
-	if (w[2] != (c ^ w[0] ^ (w[1] << 32)))
-		return 2;
-	return -1;
+	if (bad_words) {
+		unsigned n = 0;
+
+		x = page_seed(idx, gen);
+		y = ~x;
+		for (unsigned i = HDR_WORDS; i < PAGE_WORDS; i += 2) {
+			x = xorshift(x);
+			y = xorshift(y);
+			n += (p[i] != x) + (p[i + 1] != y);
+		}
+		*bad_words = n;
+	}
+	return !diff && p[0] == idx && p[1] == gen && p[3] == PAGE_MAGIC &&
+	       p[2] == csum_fold(s1, s2);
 }
 
-static void mt_report(const uint64_t *w, uint64_t index, uint64_t gen)
+/* Read the clock and account the gap since the last read as a stall. */
+static u64 tick(struct mt_thr *c)
 {
-	const char *kind;
-	int bad_self = mt_page_check_self(w);
+	u64 now = now_ns(), gap = now - c->last_ns;
+
+	c->last_ns = now;
+	if (gap > c->stall_cur) {
+		u64 cur = __atomic_load_n(&c->stall_cur, __ATOMIC_RELAXED);
+
+		while (gap > cur && !__atomic_compare_exchange_n(&c->stall_cur, &cur, gap, false,
+								 __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+			;
+	}
+	if (gap > c->stall_max)
+		c->stall_max = gap;
+	return now;
+}
+
+static void report(u64 now)
+{
+	u64 verified = 0, dirtied = 0, errors = 0, gen = 0, stall = 0, max_stall = 0;
+	u64 t10 = (now - start_ns) / (NS / 10);
+
+	for (unsigned i = 0; i < nthreads; i++) {
+		struct mt_thr *o = &thr[i];
+		u64 s = __atomic_exchange_n(&o->stall_cur, 0, __ATOMIC_RELAXED);
+
+		verified += o->verified;
+		dirtied += o->dirtied;
+		errors += o->errors;
+		gen = MAX(gen, o->max_gen);
+		stall = MAX(stall, s);
+		max_stall = MAX(max_stall, o->stall_max);
+	}
+	out("memtest: t=%llu.%llu gen=%llu verified=%llu dirtied=%llu errors=%llu "
+	    "stall_ms=%llu.%03llu max_stall_ms=%llu.%03llu\n",
+	    (unsigned long long)(t10 / 10), (unsigned long long)(t10 % 10),
+	    (unsigned long long)gen, (unsigned long long)verified,
+	    (unsigned long long)dirtied, (unsigned long long)errors,
+	    (unsigned long long)(stall / 1000000), (unsigned long long)(stall / 1000 % 1000),
+	    (unsigned long long)(max_stall / 1000000),
+	    (unsigned long long)(max_stall / 1000 % 1000));
+}
+
+static void page_error(struct mt_thr *c, u64 *p, u64 idx)
+{
+	u64 now = c->last_ns, found_gen = p[1], found_idx = p[0];
 	unsigned bad = 0;
-	uint64_t want = 0;
-	uint64_t exp[MT_WORDS];
+	const char *what;
 
-	mt_errors++;
-	if (mt_err_printed_interval >= MT_ERR_LINES) {
-		mt_err_suppressed++;
-		return;
-	}
-	mt_err_printed_interval++;
-	if (bad_self < 0 && w[0] == index)
-		kind = "stale";		/* a whole older (or newer) generation of this page */
-	else if (bad_self < 0)
-		kind = "misplaced";	/* a valid page of another index */
+	c->errors++;
+	page_check(p, idx, gens[idx], &bad);
+	if (found_idx == idx && page_check(p, idx, found_gen, NULL))
+		what = found_gen < gens[idx] ? "stale" : "newer";
 	else
-		kind = "corrupt";
-	mt_page_write(exp, index, gen);
-	for (unsigned i = 0; i < MT_WORDS; i++) {
-		if (w[i] != exp[i]) {
-			bad = i;
-			want = exp[i];
-			break;
+		what = "corrupt";
+	if (now - c->err_window > NS) {
+		c->err_window = now;
+		c->err_prints = 0;
+	}
+	if (c->err_prints++ < ERR_PRINTS_PER_S) {
+		out("memtest: ERROR page=%llu expected gen=%u found gen=%llu index=%llu "
+		    "bad_words=%u content=%s addr=%p cpu=%d\n",
+		    (unsigned long long)idx, gens[idx], (unsigned long long)found_gen,
+		    (unsigned long long)found_idx, bad, what, (void *)p, sched_getcpu());
+		c->last_ns = now_ns();	/* printing is not a stall */
+	}
+	page_fill(p, idx, gens[idx]);
+}
+
+static void *mt_run(void *arg)
+{
+	struct mt_thr *c = arg;
+	u64 now, next_report;
+
+	for (u64 i = 0; i < c->count; i++) {
+		u64 idx = c->first + i;
+
+		page_fill(page_addr(idx), idx, 1);
+		gens[idx] = 1;
+	}
+	c->max_gen = 1;
+	pthread_barrier_wait(&filled);
+	now = c->last_ns = now_ns();
+	c->next_dirty = now;
+	next_report = now + NS;
+	if (c->slot == 0) {
+		report(now);
+		c->last_ns = now_ns();
+	}
+
+	for (;;) {
+		if (c->count) {
+			u64 idx = c->first + c->vcur;
+			u64 *p = page_addr(idx);
+
+			if (!page_check(p, idx, gens[idx], NULL))
+				page_error(c, p, idx);
+			c->verified++;
+			if (++c->vcur == c->count)
+				c->vcur = 0;
+		}
+		now = tick(c);
+
+		while (c->dirty_ns && (int64_t)(now - c->next_dirty) >= 0) {
+			u64 idx = c->first + c->dcur;
+			u32 gen = gens[idx] + 1;
+
+			page_fill(page_addr(idx), idx, gen);
+			gens[idx] = gen;
+			c->dirtied++;
+			if (gen > c->max_gen)
+				c->max_gen = gen;
+			if (++c->dcur == c->count)
+				c->dcur = 0;
+			c->next_dirty += c->dirty_ns;
+			now = tick(c);
+			/* After a pause, catch up by at most 10 ms' worth. */
+			if ((int64_t)(now - c->next_dirty) > (int64_t)BACKLOG_NS)
+				c->next_dirty = now - BACKLOG_NS;
+		}
+
+		if (c->slot == 0) {
+			if ((int64_t)(now - next_report) >= 0 || (int64_t)(now - end_ns) >= 0) {
+				report(now);
+				c->last_ns = now_ns();	/* printing is not a stall */
+				while ((int64_t)(now - next_report) >= 0)
+					next_report += NS;
+			}
+			if ((int64_t)(now - end_ns) >= 0) {
+				all_stop = 1;
+				return NULL;
+			}
+		} else if (all_stop) {
+			return NULL;
 		}
 	}
-	mt_print("memtest: ERROR page=%llu kind=%s want_gen=%llu hdr_index=%llu hdr_gen=%llu "
-		 "word=%u got=%#llx want=%#llx\n",
-		 (unsigned long long)index, kind, (unsigned long long)gen,
-		 (unsigned long long)w[0], (unsigned long long)w[1], bad,
-		 (unsigned long long)w[bad], (unsigned long long)want);
 }
 
-static void mt_page_verify(const uint64_t *w, uint64_t index, uint64_t gen)
+/* After the first report: flip a bit in one page, write another one generation ahead. */
+static void *mt_inject(void *arg)
 {
-	uint64_t x;
+	u64 a = total_pages / 2, b = total_pages / 3;
 
-	if (w[0] != index || w[1] != gen || w[3] != MT_MAGIC)
-		goto bad;
-	x = mt_seed(index, gen);
-	uint64_t c = 0;
-	for (unsigned i = MT_HDR_WORDS; i < MT_WORDS; i++) {
-		x = mt_xorshift(x);
-		if (w[i] != x)
-			goto bad;
-		c = mt_fold(c, x);
-	}
-	if (w[2] != (c ^ index ^ (gen << 32)))
-		goto bad;
-	return;
-bad:
-	mt_report(w, index, gen);
+	(void)arg;
+	usleep(1500 * 1000);
+	if (all_stop)
+		return NULL;
+	((volatile unsigned char *)page_addr(a))[1000] ^= 0x10;
+	page_fill(page_addr(b), b, gens[b] + 1);
+	out("memtest: injected faults into pages %llu and %llu\n",
+	    (unsigned long long)a, (unsigned long long)b);
+	return NULL;
 }
 
-static void mt_usage(void)
+static void usage(void)
 {
-	fprintf(stderr, "usage: memtest [-m MiB] [-r MiB/s] [-t seconds] [-i]\n");
+	fprintf(stderr, "usage: memtest [-m MiB] [-r MiB/s] [-t seconds] [-j threads] [-i]\n");
 	exit(2);
 }
 
 int main(int argc, char **argv)
 {
-	unsigned long mib = 64, rate = 0;
+	unsigned long mib = 64, rate = 0, threads = 1;
 	double runtime = 10;
 	bool inject = false;
+	pthread_t injector;
 	int opt;
 
-	while ((opt = getopt(argc, argv, "m:r:t:i")) != -1) {
+	start_ns = now_ns();
+	while ((opt = getopt(argc, argv, "m:r:t:j:i")) != -1) {
 		char *end;
+
 		switch (opt) {
 		case 'm':
 			mib = strtoul(optarg, &end, 0);
 			if (*end || mib == 0)
-				mt_usage();
+				usage();
 			break;
 		case 'r':
 			rate = strtoul(optarg, &end, 0);
 			if (*end)
-				mt_usage();
+				usage();
 			break;
 		case 't':
 			runtime = strtod(optarg, &end);
 			if (*end || runtime < 0)
-				mt_usage();
+				usage();
+			break;
+		case 'j':
+			threads = strtoul(optarg, &end, 0);
+			if (*end)
+				usage();
 			break;
 		case 'i':
 			inject = true;
 			break;
 		default:
-			mt_usage();
+			usage();
 		}
 	}
+	if (threads == 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		threads = n > 0 ? (unsigned long)n : 1;
+	}
+	total_pages = (u64)mib * (1024 * 1024 / PAGE_SIZE);
+	nthreads = threads > MAX_THREADS ? MAX_THREADS : threads;
+	if (nthreads > total_pages)
+		nthreads = total_pages;
+	end_ns = start_ns + (u64)(runtime * NS);
 
-	size_t npages = mib * (1024 * 1024 / MT_PAGE);
-	uint8_t *mem = mmap(NULL, npages * MT_PAGE, PROT_READ | PROT_WRITE,
-			    MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-	uint32_t *gens = calloc(npages, sizeof(*gens));
+	mem = mmap(NULL, total_pages * PAGE_SIZE, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	gens = calloc(total_pages, sizeof(*gens));
 	if (mem == MAP_FAILED || !gens) {
-		mt_print("memtest: cannot allocate %lu MiB: %s\n", mib, strerror(errno));
+		out("memtest: cannot allocate %lu MiB: %s\n", mib, strerror(errno));
 		return 2;
 	}
-	mt_print("memtest: start mem_mib=%lu pages=%zu rate_mib_s=%lu runtime_s=%.1f\n",
-		 mib, npages, rate, runtime);
+	out("memtest: start mem_mib=%lu pages=%llu rate_mib_s=%lu runtime_s=%.1f threads=%u\n",
+	    mib, (unsigned long long)total_pages, rate, runtime, nthreads);
 
-	uint32_t gen = 1;
-	double t0 = mt_now();
-	for (size_t i = 0; i < npages; i++) {
-		mt_page_write((uint64_t *)(mem + i * MT_PAGE), i, gen);
-		gens[i] = gen;
-	}
-	double start = mt_now();
-	mt_print("memtest: filled pages=%zu gen=%u in %.3f s\n", npages, gen, start - t0);
+	pthread_barrier_init(&filled, NULL, nthreads);
+	for (unsigned i = 0; i < nthreads; i++) {
+		struct mt_thr *c = &thr[i];
+		u64 share = total_pages / nthreads;
 
-	/* Pages to rewrite per second; the dirty cursor starts generation 2. */
-	double dirty_rate = (double)rate * (1024 * 1024 / MT_PAGE);
-	uint64_t verified = 0, dirtied = 0;
-	size_t vcur = 0, dcur = 0;
-	double last = start, next_print = start + 1, stall = 0, max_stall = 0;
-	if (rate)
-		gen = 2;
+		c->slot = i;
+		c->first = i * share;
+		c->count = i == nthreads - 1 ? total_pages - c->first : share;
+		if (rate && c->count) {
+			/* Each thread rewrites its share of the rate at a steady pace. */
+			u64 per_s = MAX((u64)rate * 256 / nthreads, 1);
 
-	for (;;) {
-		double now = mt_now();
-		double gap = now - last;
-		last = now;
-		if (gap > stall)
-			stall = gap;
-		if (gap > max_stall)
-			max_stall = gap;
-		if (now >= next_print || now - start >= runtime) {
-			bool done = now - start >= runtime;
-			if (mt_err_suppressed) {
-				mt_print("memtest: ERROR %llu more error lines suppressed\n",
-					 (unsigned long long)mt_err_suppressed);
-				mt_err_suppressed = 0;
-			}
-			mt_print("memtest: t=%.1f gen=%u verified=%llu dirtied=%llu errors=%llu "
-				 "stall_ms=%.3f max_stall_ms=%.3f\n",
-				 now - start, gen, (unsigned long long)verified,
-				 (unsigned long long)dirtied, (unsigned long long)mt_errors,
-				 stall * 1e3, max_stall * 1e3);
-			if (done)
-				break;
-			mt_err_printed_interval = 0;
-			stall = 0;
-			while (next_print <= now)
-				next_print += 1;
-			if (inject) {
-				size_t a = npages / 2, b = npages / 3;
-				inject = false;
-				mem[a * MT_PAGE + 1000] ^= 0x10;
-				mt_page_write((uint64_t *)(mem + b * MT_PAGE), b, gens[b] + 1);
-				mt_print("memtest: injected faults into pages %zu and %zu\n", a, b);
-			}
-			last = mt_now();	/* printing is not a stall */
+			c->dirty_ns = MAX(NS / per_s, 1);
 		}
-
-		/* Rewrite the pages that are due, a burst at most per iteration. */
-		if (dirty_rate > 0) {
-			uint64_t due = (uint64_t)((now - start) * dirty_rate);
-			for (int n = 0; dirtied < due && n < MT_DIRTY_BURST; n++) {
-				mt_page_write((uint64_t *)(mem + dcur * MT_PAGE), dcur, gen);
-				gens[dcur] = gen;
-				dirtied++;
-				if (++dcur == npages) {
-					dcur = 0;
-					gen++;
-				}
-			}
-		}
-
-		mt_page_verify((const uint64_t *)(mem + vcur * MT_PAGE), vcur, gens[vcur]);
-		verified++;
-		if (++vcur == npages)
-			vcur = 0;
 	}
-	mt_print("memtest: done gen=%u verified=%llu dirtied=%llu errors=%llu max_stall_ms=%.3f\n",
-		 gen, (unsigned long long)verified, (unsigned long long)dirtied,
-		 (unsigned long long)mt_errors, max_stall * 1e3);
+	for (unsigned i = 1; i < nthreads; i++) {
+		cpu_set_t set;
+
+		if (pthread_create(&thr[i].tid, NULL, mt_run, &thr[i])) {
+			out("memtest: cannot start thread %u\n", i);
+			return 2;
+		}
+		CPU_ZERO(&set);
+		CPU_SET(i % CPU_SETSIZE, &set);
+		pthread_setaffinity_np(thr[i].tid, sizeof(set), &set);	/* best effort */
+	}
+	if (inject && pthread_create(&injector, NULL, mt_inject, NULL) == 0)
+		pthread_detach(injector);
+	mt_run(&thr[0]);
+	for (unsigned i = 1; i < nthreads; i++)
+		pthread_join(thr[i].tid, NULL);
+
+	u64 verified = 0, dirtied = 0, errors = 0, gen = 0, max_stall = 0;
+	for (unsigned i = 0; i < nthreads; i++) {
+		verified += thr[i].verified;
+		dirtied += thr[i].dirtied;
+		errors += thr[i].errors;
+		gen = MAX(gen, thr[i].max_gen);
+		max_stall = MAX(max_stall, thr[i].stall_max);
+	}
+	out("memtest: done gen=%llu verified=%llu dirtied=%llu errors=%llu "
+	    "max_stall_ms=%llu.%03llu\n",
+	    (unsigned long long)gen, (unsigned long long)verified, (unsigned long long)dirtied,
+	    (unsigned long long)errors, (unsigned long long)(max_stall / 1000000),
+	    (unsigned long long)(max_stall / 1000 % 1000));
 	tcdrain(STDOUT_FILENO);	/* a slow (nested) serial console lags behind */
-	return mt_errors ? 1 : 0;
+	return errors ? 1 : 0;
 }

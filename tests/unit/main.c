@@ -31,6 +31,7 @@ void unit_fail(const char *file, int line, const char *fmt, ...)
 int main(int argc, char **argv)
 {
 	int passed = 0, failed = 0;
+	const char *tier = getenv("UNIT_TIER") ? getenv("UNIT_TIER") : "unit";
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	for (struct unit_test *t = unit_head; t; t = t->next) {
@@ -44,10 +45,10 @@ int main(int argc, char **argv)
 		unit_cur_failed = 0;
 		t->fn();
 		if (unit_cur_failed) {
-			printf("FAIL unit/%s: %d check(s) failed\n", t->name, unit_cur_failed);
+			printf("FAIL %s/%s: %d check(s) failed\n", tier, t->name, unit_cur_failed);
 			failed++;
 		} else {
-			printf("PASS unit/%s\n", t->name);
+			printf("PASS %s/%s\n", tier, t->name);
 			passed++;
 		}
 	}
