@@ -80,6 +80,7 @@ lg_prune_debs() {
 	local keep=$1 glob=$2 exclude=${3:-} f
 	for f in "$LG_DEB_CACHE"/$glob; do
 		[ -f "$f" ] && [ "$f" != "$keep" ] || continue
+		# shellcheck disable=SC2053 # EXCLUDE is a pattern
 		[ -n "$exclude" ] && [[ $f == $exclude ]] && continue
 		rm -f "$f"
 	done
@@ -145,7 +146,7 @@ lg_module_order() {
 	local moddir=$1
 	shift
 	local -A seen=()
-	local -a out=()
+	local -a order=()
 	_lg_visit() {
 		local n=${1//-/_} f d
 		[ -n "${seen[$n]:-}" ] && return 0
@@ -162,12 +163,12 @@ lg_module_order() {
 		for d in $(lg_module_depends "$f" | tr ',' ' '); do
 			_lg_visit "$d"
 		done
-		out+=("$n $f")
+		order+=("$n $f")
 	}
 	local m
 	for m in "$@"; do _lg_visit "$m"; done
 	unset -f _lg_visit
-	printf '%s\n' "${out[@]}"
+	printf '%s\n' "${order[@]}"
 }
 
 # lg_install_modules MODDIR DESTDIR NAME...: copies NAME... and their dependencies,

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034 # HW_* results are read by the test scripts
 # tests/hwhost/lib-l1.sh - helpers for tier-2 tests (tests/hwhost/t-*.sh), which run on a
 # host with hardware(-like) /dev/kvm: inside L1 or directly (see tests/hwhost/run.sh).
 # Source tests/lib.sh first.  Typical use:
@@ -194,7 +195,7 @@ hw_line() {
 # CPUS CPUs, memtest finished with errors=0 and exit=0.  Prints PASS or FAIL (with the log's
 # tail); returns 0 on PASS.
 hw_check_memtest() {
-	local name=$1 log=$2 cpus=$3 why= got
+	local name=$1 log=$2 cpus=$3 why='' got
 	got=$(hw_field "$log" "linux-guest: cpus=" cpus)
 	if [ -z "$got" ]; then
 		why="the guest never reached /init"

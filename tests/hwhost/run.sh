@@ -124,10 +124,11 @@ fi
 if [ "$mode" = direct ]; then
 	say "running ${#tests[@]} test(s) directly on this host (HWHOST_MODE=$HWHOST_MODE)"
 	SCRATCH=$(mktemp -d /tmp/godwit-hwhost.XXXXXX)
-	ROOT=$ROOT BUILD=$BUILD SCRATCH=$SCRATCH \
-		timeout -k 10 "$HWHOST_TIMEOUT" bash "$ROOT/tests/hwhost/run-tests.sh" "$RUNDIR" "${tests[@]}" \
+	export ROOT BUILD SCRATCH
+	timeout -k 10 "$HWHOST_TIMEOUT" bash "$ROOT/tests/hwhost/run-tests.sh" "$RUNDIR" "${tests[@]}" \
 		>"$RUNDIR/runner.log" 2>&1 &
 	pid=$!
+	trap 'kill -TERM "$pid" 2>/dev/null; rm -rf "$SCRATCH"' EXIT
 	while kill -0 "$pid" 2>/dev/null; do forward; sleep 1; done
 	wait "$pid"
 	rc=$?
