@@ -23,7 +23,7 @@ QEMU = os.environ.get('QEMU', 'qemu-system-x86_64')
 def configs(tier):
     if tier == 1:
         elf = os.path.join(ROOT, 'build', 'guest', 'godwit-guest.elf')
-        cmd = 'workload=mem mem=64 rate=0 runtime=0 report=1000'
+        cmd = 'workload=mem mem=8 rate=0 runtime=0 report=1000'
         return 'memtest: t=', {
             'godwit': [GODWIT, 'run', '--kernel', elf, '--mem', '256M', '--cpus', '1',
                        '--cpu-model', 'host', '--cmdline', cmd],
@@ -37,6 +37,11 @@ def configs(tier):
     return 'memtest: t=', {
         'godwit': [GODWIT, 'run', '--kernel', kernel, '--initrd', initrd, '--mem', '512M',
                    '--cpus', '2', '--cmdline', cmd],
+        'qemu-pc-qboot': [QEMU, '-M', 'pc', '-enable-kvm', '-cpu', 'host', '-m', '512M',
+                          '-smp', '2', '-bios', '/usr/share/qemu/qboot.rom',
+                          '-nodefaults', '-no-user-config', '-display', 'none',
+                          '-serial', 'stdio', '-kernel', kernel, '-initrd', initrd,
+                          '-append', cmd],
         'qemu-pc': [QEMU, '-M', 'pc', '-enable-kvm', '-cpu', 'host', '-m', '512M', '-smp', '2',
                     '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio',
                     '-kernel', kernel, '-initrd', initrd, '-append', cmd],
@@ -78,7 +83,7 @@ def main():
     ap.add_argument('--out', default=None)
     ap.add_argument('--timeout', type=float, default=None)
     a = ap.parse_args()
-    timeout = a.timeout or (30 if a.tier == 1 else 300)
+    timeout = a.timeout or (30 if a.tier == 1 else 90)
     pattern, cfgs = configs(a.tier)
     times = {k: [] for k in cfgs}
     for i in range(a.runs):
@@ -86,6 +91,8 @@ def main():
         order = list(cfgs) if i % 2 == 0 else list(reversed(list(cfgs)))
         for k in order:
             t = time_one(cfgs[k], pattern, timeout)
+            sys.stderr.write('run %d %s: %s\n' % (i + 1, k, '%.3f s' % t if t is not None else 'failed'))
+            sys.stderr.flush()
             if t is not None:
                 times[k].append(t)
     res = {'bench': 'boot', 'tier': a.tier, 'runs': a.runs, 'host': platform.node(),
@@ -107,9 +114,12 @@ def main():
     r = res['results']
     names = list(cfgs)
     if all(r[n].get('ok') for n in names):
-        ratio = r[names[0]]['median_ms'] / r[names[1]]['median_ms']
-        res['ratio_godwit_to_qemu'] = round(ratio, 3)
-        print('godwit/qemu median ratio: %.3f (target <= 0.5)' % ratio)
+        # Against QEMU's fastest configuration measured.
+        best = min(names[1:], key=lambda n: r[n]['median_ms'])
+        ratio = r['godwit']['median_ms'] / r[best]['median_ms']
+        res['ratio_godwit_to_fastest_qemu'] = round(ratio, 3)
+        res['fastest_qemu'] = best
+        print('godwit/%s median ratio: %.3f (target <= 0.5)' % (best, ratio))
     out = a.out or os.path.join(ROOT, 'build', 'bench', 'boot-tier%d.json' % a.tier)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, 'w') as f:
