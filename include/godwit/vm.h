@@ -20,6 +20,13 @@
 struct loop;
 struct vm;
 
+#define VM_MAX_DEVICE_ARGS 16
+enum vm_dev_kind { VM_DEV_DISK, VM_DEV_NET };
+struct vm_device_arg {
+	enum vm_dev_kind kind;
+	const char *spec;        /* the option's argument, parsed by the device */
+};
+
 struct vm_config {
 	const char *kernel;
 	const char *initrd;      /* NULL: none */
@@ -31,6 +38,9 @@ struct vm_config {
 	enum cpu_model cpu_model;
 	const char *api_path;    /* NULL: no API */
 	bool console_raw;        /* stdin is a terminal put in raw mode */
+	struct vm_device_arg devices[VM_MAX_DEVICE_ARGS]; /* --disk/--net, in order */
+	unsigned int nr_devices;
+	bool rng;                /* --rng */
 };
 
 enum vm_state {
@@ -47,6 +57,11 @@ struct mem_region {
 	uint64_t size;
 	uint8_t *host;
 	uint32_t slot;
+	/*
+	 * Pages written by device emulation (one bit per 4 KiB page, set
+	 * atomically by any thread): KVM's dirty log sees only vCPU writes.
+	 */
+	uint64_t *dev_dirty;
 };
 
 struct vcpu {
@@ -95,7 +110,8 @@ struct vm {
 	int exit_code;                  /* valid once state == STOPPING */
 	char exit_reason[128];
 
-	struct vm_devices *dev;         /* platform devices (vm_devices.h) */
+	struct vm_devices *dev;         /* platform devices (devices.h) */
+	struct dev *devices;            /* every device, in save/load order (dev.h) */
 };
 
 int vm_create(struct vm *vm, const struct vm_config *cfg) __must_check;
@@ -105,6 +121,14 @@ void *vm_gpa_to_host(struct vm *vm, uint64_t gpa, uint64_t len);
 int vm_register_pio(struct vm *vm, uint64_t base, uint64_t len, io_fn fn, void *opaque) __must_check;
 int vm_register_mmio(struct vm *vm, uint64_t base, uint64_t len, io_fn fn, void *opaque) __must_check;
 int vm_irq_line(struct vm *vm, uint32_t irq, int level);
+/*
+ * vm_mark_dirty - record that emulation wrote guest bytes [gpa, gpa+len):
+ * sets their pages in the region's dev_dirty bitmap (thread-safe).  Bytes
+ * outside RAM are ignored.
+ */
+void vm_mark_dirty(struct vm *vm, uint64_t gpa, uint64_t len);
+/* Test-and-clear a page's device-dirty bit (migration reads these). */
+bool vm_test_clear_dirty(struct vm *vm, uint64_t gpa);
 /* Start the vCPU threads; the loop must already exist. */
 int vm_start(struct vm *vm) __must_check;
 /*

@@ -25,6 +25,7 @@
 #include "godwit/layout.h"
 #include "godwit/log.h"
 #include "godwit/loop.h"
+#include "godwit/virtio.h"
 #include "godwit/vm.h"
 
 #define RUN_DEFAULT_MEM   (512 * MiB)
@@ -50,6 +51,12 @@ static const char run_usage[] =
 "                          the baseline every x86-64 host offers, so the VM can\n"
 "                          migrate anywhere; host passes everything through)\n"
 "  -a, --api SOCKET        serve the HTTP/JSON control API on this UNIX socket\n"
+"  -d, --disk FILE[,readonly][,serial=ID]\n"
+"                          a virtio-blk disk on a raw image (repeatable)\n"
+"  -N, --net tap=NAME[,mac=MAC]\n"
+"                          a virtio-net NIC on a TAP device, created if absent\n"
+"                          (repeatable; default MAC derived from the VM's UUID)\n"
+"      --rng               a virtio-rng entropy device fed from getrandom()\n"
 "  -v, --verbose           debug logging (unhandled ports, ...)\n"
 "  -h, --help              this text\n"
 "\n"
@@ -154,6 +161,9 @@ static int run_parse(int argc, char **argv, struct vm_config *cfg)
 		{ "name",      required_argument, NULL, 'n' },
 		{ "cpu-model", required_argument, NULL, 'M' },
 		{ "api",       required_argument, NULL, 'a' },
+		{ "disk",      required_argument, NULL, 'd' },
+		{ "net",       required_argument, NULL, 'N' },
+		{ "rng",       no_argument,       NULL, 'R' },
 		{ "verbose",   no_argument,       NULL, 'v' },
 		{ "help",      no_argument,       NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -167,7 +177,7 @@ static int run_parse(int argc, char **argv, struct vm_config *cfg)
 	cfg->cpu_model = CPU_MODEL_DEFAULT;
 	optind = 1;
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":k:i:c:m:p:n:a:vh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":k:i:c:m:p:n:a:d:N:vh", opts, NULL)) != -1) {
 		char *end;
 		long n;
 
@@ -198,6 +208,16 @@ static int run_parse(int argc, char **argv, struct vm_config *cfg)
 			}
 			break;
 		case 'a': cfg->api_path = optarg; break;
+		case 'd':
+		case 'N':
+			if (cfg->nr_devices == VM_MAX_DEVICE_ARGS) {
+				log_warnx("run: at most %d --disk/--net options", VM_MAX_DEVICE_ARGS);
+				return -1;
+			}
+			cfg->devices[cfg->nr_devices].kind = c == 'd' ? VM_DEV_DISK : VM_DEV_NET;
+			cfg->devices[cfg->nr_devices++].spec = optarg;
+			break;
+		case 'R': cfg->rng = true; break;
 		case 'v': log_verbose = 1; break;
 		case 'h':
 			fputs(run_usage, stdout);
@@ -382,6 +402,31 @@ static int run_load_kernel(struct run_ctx *ctx, uint64_t rsdp)
 	return ret;
 }
 
+/* The PCI devices, in command-line order from slot 1 (slot 0: host bridge). */
+static int run_add_devices(struct vm *vm)
+{
+	unsigned int slot = 1;
+	int ret = 0;
+
+	for (unsigned int i = 0; i < vm->cfg.nr_devices && !ret; i++, slot++) {
+		const struct vm_device_arg *a = &vm->cfg.devices[i];
+
+		if (a->kind == VM_DEV_DISK)
+			ret = virtio_blk_add(vm, slot, a->spec);
+		else
+			ret = virtio_net_add(vm, slot, a->spec);
+		if (ret)
+			log_warnx("cannot add %s %s: %s", a->kind == VM_DEV_DISK ? "--disk" : "--net",
+				  a->spec, strerror(-ret));
+	}
+	if (!ret && vm->cfg.rng) {
+		ret = virtio_rng_add(vm, slot);
+		if (ret)
+			log_warnx("cannot add --rng: %s", strerror(-ret));
+	}
+	return ret;
+}
+
 static int run_setup_loop(struct run_ctx *ctx)
 {
 	sigset_t set;
@@ -460,7 +505,7 @@ int cmd_run(int argc, char **argv)
 		goto out;
 	if (vm_create(&ctx->vm, &cfg))
 		goto out;
-	if (platform_init(&ctx->vm, STDOUT_FILENO))
+	if (platform_init(&ctx->vm, STDOUT_FILENO) || run_add_devices(&ctx->vm))
 		goto out_vm;
 	if (run_setup_acpi(&ctx->vm, &rsdp) || run_load_kernel(ctx, rsdp))
 		goto out_vm;

@@ -77,6 +77,11 @@ static int vm_add_ram(struct vm *vm, uint64_t gpa, uint64_t size)
 	}
 	/* Guest RAM never belongs in a core dump of the VMM. */
 	madvise(p, size, MADV_DONTDUMP);
+	r->dev_dirty = calloc((size / 4096 + 63) / 64, sizeof(uint64_t));
+	if (!r->dev_dirty) {
+		munmap(p, size);
+		return -ENOMEM;
+	}
 	r->gpa = gpa;
 	r->size = size;
 	r->host = p;
@@ -92,6 +97,8 @@ static int vm_add_ram(struct vm *vm, uint64_t gpa, uint64_t size)
 
 		log_warn("%s: KVM_SET_USER_MEMORY_REGION at %#llx", __func__,
 			 (unsigned long long)gpa);
+		free(r->dev_dirty);
+		r->dev_dirty = NULL;
 		munmap(p, size);
 		return err;
 	}
@@ -108,6 +115,38 @@ void *vm_gpa_to_host(struct vm *vm, uint64_t gpa, uint64_t len)
 			return r->host + (gpa - r->gpa);
 	}
 	return NULL;
+}
+
+void vm_mark_dirty(struct vm *vm, uint64_t gpa, uint64_t len)
+{
+	if (!len)
+		return;
+	for (unsigned int i = 0; i < vm->nr_mem; i++) {
+		struct mem_region *r = &vm->mem[i];
+		uint64_t start, end;
+
+		if (gpa >= r->gpa + r->size || gpa + len <= r->gpa)
+			continue;
+		start = (MAX(gpa, r->gpa) - r->gpa) / 4096;
+		end = (MIN(gpa + len, r->gpa + r->size) - r->gpa - 1) / 4096;
+		for (uint64_t pg = start; pg <= end; pg++)
+			__atomic_fetch_or(&r->dev_dirty[pg / 64], 1ULL << (pg % 64), __ATOMIC_RELAXED);
+	}
+}
+
+bool vm_test_clear_dirty(struct vm *vm, uint64_t gpa)
+{
+	for (unsigned int i = 0; i < vm->nr_mem; i++) {
+		struct mem_region *r = &vm->mem[i];
+		uint64_t pg, bit;
+
+		if (gpa < r->gpa || gpa >= r->gpa + r->size)
+			continue;
+		pg = (gpa - r->gpa) / 4096;
+		bit = 1ULL << (pg % 64);
+		return __atomic_fetch_and(&r->dev_dirty[pg / 64], ~bit, __ATOMIC_RELAXED) & bit;
+	}
+	return false;
 }
 
 static int vm_register_io(struct io_range *tab, unsigned int *nr, uint64_t base,
@@ -281,8 +320,10 @@ err:
 void vm_destroy(struct vm *vm)
 {
 	vcpus_destroy(vm);
-	for (unsigned int i = 0; i < vm->nr_mem; i++)
+	for (unsigned int i = 0; i < vm->nr_mem; i++) {
 		munmap(vm->mem[i].host, vm->mem[i].size);
+		free(vm->mem[i].dev_dirty);
+	}
 	vm->nr_mem = 0;
 	if (vm->exit_efd >= 0)
 		close(vm->exit_efd);

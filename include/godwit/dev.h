@@ -1,0 +1,53 @@
+/*
+ * dev.h - the device interface: every device can save and load its state,
+ * so it is migratable by construction.  A device type that has neither
+ * save/load nor an `unmigratable` reason is refused at registration.
+ *
+ * Life cycle: realize -> (run) -> quiesce -> save -> ... ; on the receiving
+ * side: realize -> load -> resume.  quiesce() stops the device's backends
+ * and drains in-flight I/O, so after vm_pause() + quiesce() of every device
+ * nothing writes guest memory any more.
+ */
+#ifndef GODWIT_DEV_H
+#define GODWIT_DEV_H
+
+#include "godwit/common.h"
+#include "godwit/state.h"
+
+struct vm;
+struct dev;
+
+struct dev_ops {
+	const char *name;          /* stream id; never rename, never reuse */
+	uint16_t version;          /* bump when the saved layout changes */
+	uint16_t min_version;      /* oldest layout load() accepts */
+	const char *unmigratable;  /* non-NULL: why this device blocks migration */
+	void (*reset)(struct dev *d);
+	int (*quiesce)(struct dev *d);
+	int (*resume)(struct dev *d);
+	int (*save)(struct dev *d, struct state_out *out);
+	int (*load)(struct dev *d, struct state_in *in, uint16_t version);
+	void (*destroy)(struct dev *d);
+};
+
+struct dev {
+	const struct dev_ops *ops;
+	uint32_t instance;         /* distinguishes several devices of one type */
+	void *priv;                /* the device's own state */
+	struct dev *next;
+};
+
+/*
+ * dev_register - add a realized device to vm's list (in order: the order
+ * devices are saved and loaded in).  Returns 0, or -EINVAL if ops lack
+ * save/load and give no unmigratable reason.
+ */
+int dev_register(struct vm *vm, struct dev *d, const struct dev_ops *ops, void *priv,
+		 uint32_t instance) __must_check;
+/* The first device, or NULL; d->next walks on. */
+struct dev *dev_first(struct vm *vm);
+/* quiesce/resume every device; returns the first error (and stops there). */
+int dev_quiesce_all(struct vm *vm) __must_check;
+int dev_resume_all(struct vm *vm) __must_check;
+
+#endif

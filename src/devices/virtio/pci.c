@@ -1,0 +1,3 @@
+/* placeholder: being written */
+#include <errno.h>
+#include "godwit/virtio.h"
