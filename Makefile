@@ -33,11 +33,13 @@ OBJS += src/vmm/util.o
 OBJS += src/vmm/loop.o
 OBJS += src/vmm/vm.o
 OBJS += src/vmm/vcpu.o
+OBJS += src/vmm/irq.o
 OBJS += src/vmm/api.o
 OBJS += src/arch/x86/cpuid.o
 OBJS += src/arch/x86/acpi.o
 OBJS += src/arch/x86/boot.o
 OBJS += src/arch/x86/regs.o
+OBJS += src/arch/x86/cpu_state.o
 OBJS += src/devices/serial.o
 OBJS += src/devices/rtc.o
 OBJS += src/devices/i8042.o
@@ -50,7 +52,11 @@ OBJS += src/devices/virtio/pci.o
 OBJS += src/devices/virtio/blk.o
 OBJS += src/devices/virtio/net.o
 OBJS += src/devices/virtio/rng.o
+OBJS += src/net/tap.o
 OBJS += src/migration/state.o
+OBJS += src/migration/crc32c.o
+OBJS += src/migration/stream.o
+OBJS += src/cmd/stream_dump.o
 OBJS += src/cmd/run.o
 OBJS += src/cmd/client.o
 MAIN_OBJ := src/main.o
@@ -60,6 +66,8 @@ UNIT_SRCS := $(sort $(wildcard tests/unit/*.c))
 OBJS_B      := $(addprefix $(BUILD)/obj/,$(OBJS))
 MAIN_OBJ_B  := $(BUILD)/obj/$(MAIN_OBJ)
 UNIT_OBJS_B := $(addprefix $(BUILD)/obj/,$(UNIT_SRCS:.c=.o))
+# tests/kvm/state_test.c: vCPU/VM state save-load against /dev/kvm (t-state.sh runs it).
+STATE_TEST_OBJ_B := $(BUILD)/obj/tests/kvm/state_test.o
 
 .PHONY: all
 all: $(BUILD)/godwit guest
@@ -71,6 +79,10 @@ $(BUILD)/tests/unit-tests: $(UNIT_OBJS_B) $(OBJS_B)
 	@mkdir -p $(dir $@)
 	$(call quiet,LINK,$@)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+$(BUILD)/tests/state-test: $(STATE_TEST_OBJ_B) $(OBJS_B)
+	@mkdir -p $(dir $@)
+	$(call quiet,LINK,$@)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(call quiet,CC,$<)$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
@@ -79,7 +91,7 @@ $(BUILD)/obj/%.o: %.c
 include guest/guest.mk
 
 .PHONY: unit
-unit: $(BUILD)/tests/unit-tests
+unit: $(BUILD)/tests/unit-tests $(BUILD)/tests/state-test
 
 .PHONY: deps
 deps:
@@ -129,13 +141,22 @@ install: $(BUILD)/godwit
 clean:
 	rm -rf build build-asan build-fuzz
 
--include $(OBJS_B:.o=.d) $(MAIN_OBJ_B:.o=.d) $(UNIT_OBJS_B:.o=.d)
+-include $(OBJS_B:.o=.d) $(MAIN_OBJ_B:.o=.d) $(UNIT_OBJS_B:.o=.d) $(STATE_TEST_OBJ_B:.o=.d)
 
 # libFuzzer targets (clang).  `make fuzz`, then e.g.
 #   build-fuzz/fuzz-boot -max_total_time=60 build-fuzz/corpus-boot
 FUZZ_CFLAGS := -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -D_GNU_SOURCE
 .PHONY: fuzz
-fuzz: build-fuzz/fuzz-boot
+fuzz: build-fuzz/fuzz-boot build-fuzz/fuzz-virtq build-fuzz/fuzz-stream
 build-fuzz/fuzz-boot: tests/fuzz/fuzz_boot.c src/arch/x86/boot.c include/godwit/boot.h
 	@mkdir -p $(dir $@)
 	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_boot.c src/arch/x86/boot.c
+# The stream reader, with its checksums optional (the target's first byte decides).
+FUZZ_STREAM_SRCS := tests/fuzz/fuzz_stream.c src/migration/stream.c src/migration/crc32c.c \
+	src/migration/state.c src/arch/x86/cpuid.c
+build-fuzz/fuzz-stream: $(FUZZ_STREAM_SRCS) include/godwit/stream.h include/godwit/crc32c.h include/godwit/state.h
+	@mkdir -p $(dir $@)
+	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -o $@ $(FUZZ_STREAM_SRCS)
+build-fuzz/fuzz-virtq: tests/fuzz/fuzz_virtq.c src/devices/virtio/core.c src/vmm/log.c include/godwit/virtio.h include/godwit/vm.h
+	@mkdir -p $(dir $@)
+	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_virtq.c src/devices/virtio/core.c src/vmm/log.c -lpthread

@@ -11,14 +11,25 @@
 #define MAX_RAM_RANGES	32
 #define MAX_MADT_CPUS	64
 
-enum workload { WORKLOAD_MEM, WORKLOAD_IDLE };
+/* Workloads: a set, "workload=mem+net" on the command line. */
+#define WL_MEM		(1u << 0)
+#define WL_IDLE		(1u << 1)
+#define WL_DISK		(1u << 2)
+#define WL_RNG		(1u << 3)
+#define WL_NET		(1u << 4)
+#define WL_DEVICES	(WL_DISK | WL_RNG | WL_NET)
 
 struct config {
-	enum workload workload;
+	unsigned workload;	/* WL_* bits */
 	u64 mem_mib;		/* memory workload size */
 	u64 rate_mib;		/* MiB/s rewritten; 0 = verify only */
 	u64 runtime_s;		/* power off after this; 0 = never */
 	u64 report_ms;		/* report interval */
+	u64 disk_start_mib;	/* disk workload: first MiB of the range */
+	u64 disk_mib;		/* disk workload: MiB in the range */
+	u64 disk_ro_check;	/* 1: try one write, report the status */
+	u64 rng_kib;		/* rng workload: KiB to read */
+	u8 ip[4];		/* net workload: our IPv4 address */
 };
 
 struct ram_range {
@@ -88,7 +99,29 @@ void lapic_timer_oneshot(u64 tsc_ticks);	/* this CPU, VEC_TIMER, <= 1 s */
 void power_off(void) __noreturn;	/* prints "poweroff"; halts if it fails */
 
 /* memtest.c */
-void memtest_setup(void);		/* BSP, after smp_start(): carve and split */
+void memtest_setup(unsigned ncpu);	/* BSP, after smp_start(): carve, split among 0..ncpu-1 */
 void memtest_run(unsigned slot) __noreturn;
+/*
+ * The 4 KiB pattern of the memory and disk workloads: word 0 idx, word 1
+ * gen, word 2 checksum of words 4..511, word 3 magic, words 4..511 two
+ * interleaved xorshift64 streams seeded from (idx, gen).  pattern_check()
+ * is true if p holds exactly that; bad_words (if not NULL) counts the body
+ * words that differ.
+ */
+void pattern_fill(u64 *p, u64 idx, u64 gen, u64 magic);
+bool pattern_check(const u64 *p, u64 idx, u64 gen, u64 magic, unsigned *bad_words);
+
+/*
+ * devices.c: the device workloads (disk, rng, net).  devices_setup() (BSP,
+ * before memtest_setup(): it allocates) finds and starts the devices the
+ * command line asks for; false if none is usable.  devices_poll() is one
+ * round over them plus their reports when due, for a CPU that also runs
+ * the memory workload (devices_inline); devices_run() is a CPU of their
+ * own, sleeping on the LAPIC timer when nothing is happening.
+ */
+extern bool devices_inline;
+bool devices_setup(void);
+void devices_poll(u64 now);
+void devices_run(unsigned slot) __noreturn;
 
 #endif

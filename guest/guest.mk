@@ -11,6 +11,12 @@ GUEST_SRCS += guest/acpi.c
 GUEST_SRCS += guest/platform.c
 GUEST_SRCS += guest/memtest.c
 GUEST_SRCS += guest/trap.c
+GUEST_SRCS += guest/pci.c
+GUEST_SRCS += guest/virtio.c
+GUEST_SRCS += guest/devices.c
+GUEST_SRCS += guest/disk.c
+GUEST_SRCS += guest/rng.c
+GUEST_SRCS += guest/net.c
 
 GUEST_OBJS := $(patsubst guest/%,$(BUILD)/guest/%.o,$(basename $(GUEST_SRCS)))
 GUEST_LDS  := $(BUILD)/guest/guest.ld

@@ -38,9 +38,19 @@ static inline u8 inb(u16 port)
 	__asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
 	return v;
 }
+static inline u32 inl(u16 port)
+{
+	u32 v;
+	__asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
 
 /* ---- MMIO (identity mapped, uncached above 3 GiB) ---- */
+static inline u8 mmio_read8(u64 addr) { return *(volatile u8 *)addr; }
+static inline u16 mmio_read16(u64 addr) { return *(volatile u16 *)addr; }
 static inline u32 mmio_read32(u64 addr) { return *(volatile u32 *)addr; }
+static inline void mmio_write8(u64 addr, u8 v) { *(volatile u8 *)addr = v; }
+static inline void mmio_write16(u64 addr, u16 v) { *(volatile u16 *)addr = v; }
 static inline void mmio_write32(u64 addr, u32 v) { *(volatile u32 *)addr = v; }
 
 static inline u64 rdtsc(void)
@@ -57,6 +67,8 @@ static inline void cpuid(u32 leaf, u32 sub, u32 *a, u32 *b, u32 *c, u32 *d)
 
 static inline void cpu_relax(void) { __asm__ volatile("pause" ::: "memory"); }
 static inline void barrier(void) { __asm__ volatile("" ::: "memory"); }
+/* Full fence: orders earlier stores before later loads (x86 reorders only those). */
+static inline void mb(void) { __asm__ volatile("mfence" ::: "memory"); }
 
 /* Ring-3 requests to ring 0 (entry.S ud_entry). */
 static inline void sys_idle(void)

@@ -2,8 +2,9 @@
  * main.c - the test guest's ring-3 life: entry.S irets every CPU into
  * user_start(slot).  The BSP reads hvm_start_info (command line, memory
  * map), ACPI and the TSC frequency, prints the boot lines, masks interrupt
- * sources, starts the APs and releases everyone into the chosen workload;
- * the idle workload lives here too.
+ * sources, starts the APs and the virtio devices the command line asks
+ * for, decides which CPU runs which workload (memory, devices, idle) and
+ * releases everyone; the idle workload lives here too.
  */
 #include "guest.h"
 
@@ -22,11 +23,15 @@ struct hvm_memmap_entry {
 };
 
 struct config cfg = {
-	.workload = WORKLOAD_MEM,
+	.workload = WL_MEM,
 	.mem_mib = 64,
 	.rate_mib = 0,
 	.runtime_s = 0,
 	.report_ms = 1000,
+	.disk_start_mib = 0,
+	.disk_mib = 16,
+	.rng_kib = 64,
+	.ip = { 198, 18, 0, 2 },
 };
 struct platform plat;
 struct cpu cpus[GUEST_MAX_CPUS];
@@ -34,7 +39,80 @@ unsigned ncpus_online = 1;
 volatile bool all_stop;
 static volatile bool workload_go;
 
+/* Who runs what, decided by the BSP before workload_go. */
+static unsigned mem_cpus;		/* slots 0..mem_cpus-1 run memtest */
+static unsigned dev_slot = ~0u;		/* the slot running devices_run() */
+
+static const char *const wl_names[] = { "mem", "idle", "disk", "rng", "net" };
+
 /* ---- command line ---- */
+
+/* "mem+net" -> WL_MEM | WL_NET; false on an unknown name or an empty set. */
+static bool parse_workload(const char *v, size_t vlen, unsigned *out)
+{
+	unsigned set = 0;
+
+	while (vlen) {
+		size_t n = 0, i;
+
+		while (n < vlen && v[n] != '+')
+			n++;
+		for (i = 0; i < ARRAY_SIZE(wl_names); i++)
+			if (strlen(wl_names[i]) == n && !strncmp(v, wl_names[i], n))
+				break;
+		if (i == ARRAY_SIZE(wl_names))
+			return false;
+		set |= 1u << i;
+		v += n;
+		vlen -= n;
+		if (vlen) {		/* the '+' */
+			v++;
+			vlen--;
+		}
+	}
+	if (!set || ((set & WL_IDLE) && (set & WL_MEM)))
+		return false;
+	*out = set;
+	return true;
+}
+
+static void workload_string(unsigned set, char *buf, size_t size)
+{
+	size_t len = 0;
+
+	buf[0] = '\0';
+	for (unsigned i = 0; i < ARRAY_SIZE(wl_names); i++) {
+		size_t n = strlen(wl_names[i]);
+
+		if (!(set & (1u << i)) || len + n + 2 > size)
+			continue;
+		if (len)
+			buf[len++] = '+';
+		memcpy(buf + len, wl_names[i], n + 1);
+		len += n;
+	}
+}
+
+/* Dotted quad. */
+static bool parse_ip(const char *v, size_t vlen, u8 ip[4])
+{
+	u8 out[4];
+
+	for (unsigned i = 0; i < 4; i++) {
+		size_t n = 0;
+		u64 x;
+
+		while (n < vlen && v[n] != '.')
+			n++;
+		if ((i < 3) != (n < vlen) || !parse_u64(v, n, &x) || x > 255)
+			return false;
+		out[i] = (u8)x;
+		v += n + (i < 3);
+		vlen -= n + (i < 3);
+	}
+	memcpy(ip, out, 4);
+	return true;
+}
 
 static void opt_u64(const char *key, const char *v, size_t vlen, u64 *dst, u64 min)
 {
@@ -68,13 +146,23 @@ static void cmdline_parse(const char *s)
 		eq++;
 
 #define KEY(k) (klen == sizeof(k) - 1 && !strncmp(tok, k, klen) && eq <= s)
-		if (KEY("workload") && vlen == 3 && !strncmp(eq, "mem", 3))
-			cfg.workload = WORKLOAD_MEM;
-		else if (KEY("workload") && vlen == 4 && !strncmp(eq, "idle", 4))
-			cfg.workload = WORKLOAD_IDLE;
-		else if (KEY("workload"))
-			gprintf("godwit-guest: bad value for workload, using %s\n",
-				cfg.workload == WORKLOAD_MEM ? "mem" : "idle");
+		if (KEY("workload")) {
+			if (!parse_workload(eq, vlen, &cfg.workload)) {
+				workload_string(cfg.workload, word, sizeof(word));
+				gprintf("godwit-guest: bad value for workload, using %s\n", word);
+			}
+		} else if (KEY("ip")) {
+			if (!parse_ip(eq, vlen, cfg.ip))
+				gprintf("godwit-guest: bad value for ip, using %u.%u.%u.%u\n",
+					cfg.ip[0], cfg.ip[1], cfg.ip[2], cfg.ip[3]);
+		} else if (KEY("disk_start"))
+			opt_u64("disk_start", eq, vlen, &cfg.disk_start_mib, 0);
+		else if (KEY("disk_mib"))
+			opt_u64("disk_mib", eq, vlen, &cfg.disk_mib, 1);
+		else if (KEY("disk_ro_check"))
+			opt_u64("disk_ro_check", eq, vlen, &cfg.disk_ro_check, 0);
+		else if (KEY("rng_kib"))
+			opt_u64("rng_kib", eq, vlen, &cfg.rng_kib, 1);
 		else if (KEY("mem"))
 			opt_u64("mem", eq, vlen, &cfg.mem_mib, 0);
 		else if (KEY("rate"))
@@ -195,13 +283,17 @@ static __noreturn void ap_main(unsigned slot)
 		cpu_relax();
 	if (slot >= ncpus_online)	/* came up after the BSP gave up on it */
 		sys_halt();
-	if (cfg.workload == WORKLOAD_IDLE)
-		idle_run(slot);
-	memtest_run(slot);
+	if (slot == dev_slot)
+		devices_run(slot);
+	if (slot < mem_cpus)
+		memtest_run(slot);
+	idle_run(slot);
 }
 
 void user_start(unsigned slot)
 {
+	bool devs = false;
+	char wl[32];
 	u64 rsdp;
 
 	if (slot)
@@ -216,20 +308,38 @@ void user_start(unsigned slot)
 	gprintf("godwit-guest: cpus=%u mem_mib=%lu tsc_khz=%lu tsc_source=%s\n",
 		plat.acpi && plat.madt_cpus ? plat.madt_cpus : 1, plat.ram_bytes / MiB,
 		plat.tsc_khz, plat.tsc_source);
+	workload_string(cfg.workload, wl, sizeof(wl));
 	gprintf("godwit-guest: workload=%s mem=%lu rate=%lu runtime=%lu report=%lu\n",
-		cfg.workload == WORKLOAD_MEM ? "mem" : "idle", cfg.mem_mib, cfg.rate_mib,
-		cfg.runtime_s, cfg.report_ms);
+		wl, cfg.mem_mib, cfg.rate_mib, cfg.runtime_s, cfg.report_ms);
 
 	intr_mask_all();
 	cpus[0].online = true;
 	smp_start();
 
-	if (cfg.workload == WORKLOAD_IDLE) {
+	/*
+	 * Without the memory workload, CPU 0 runs the device workloads (or
+	 * idles) and the others idle.  With it, the devices get the last CPU
+	 * if there are two or more, else they take turns with memtest on CPU 0.
+	 */
+	if ((cfg.workload & WL_DEVICES) && !(devs = devices_setup()))
+		gprintf("godwit-guest: no device workload could start\n");
+	if (!(cfg.workload & WL_MEM)) {
 		lapic_timer_calibrate();
 		__atomic_store_n(&workload_go, true, __ATOMIC_RELEASE);
+		if (cfg.workload & WL_DEVICES)
+			devices_run(0);
 		idle_run(0);
 	}
-	memtest_setup();
+	mem_cpus = ncpus_online;
+	if (devs) {
+		if (ncpus_online >= 2) {
+			dev_slot = --mem_cpus;
+			lapic_timer_calibrate();	/* devices_run() sleeps */
+		} else {
+			devices_inline = true;
+		}
+	}
+	memtest_setup(mem_cpus);
 	__atomic_store_n(&workload_go, true, __ATOMIC_RELEASE);
 	memtest_run(0);
 }

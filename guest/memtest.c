@@ -45,6 +45,7 @@ static struct extent ext[MAX_RAM_RANGES];
 static unsigned next;
 static u32 *gens;
 static u64 total_pages;
+static unsigned mt_ncpus = 1;		/* CPUs 0..mt_ncpus-1 run the workload */
 static struct mt_cpu mt[GUEST_MAX_CPUS];
 
 static u64 page_addr(u64 idx)
@@ -82,7 +83,7 @@ static inline u64 csum_fold(u64 s1, u64 s2)
 	return s1 ^ ((s2 << 1) | (s2 >> 63));
 }
 
-static void page_fill(u64 *p, u64 idx, u64 gen)
+void pattern_fill(u64 *p, u64 idx, u64 gen, u64 magic)
 {
 	u64 x = page_seed(idx, gen), y = ~x, s1 = 0, s2 = 0;
 
@@ -97,11 +98,10 @@ static void page_fill(u64 *p, u64 idx, u64 gen)
 	p[0] = idx;
 	p[1] = gen;
 	p[2] = csum_fold(s1, s2);
-	p[3] = PAGE_MAGIC;
+	p[3] = magic;
 }
 
-/* Number of body words that differ from (idx, gen)'s, plus header checks. */
-static bool page_check(const u64 *p, u64 idx, u64 gen, unsigned *bad_words)
+bool pattern_check(const u64 *p, u64 idx, u64 gen, u64 magic, unsigned *bad_words)
 {
 	u64 x = page_seed(idx, gen), y = ~x, s1 = 0, s2 = 0, diff = 0;
 
@@ -124,8 +124,18 @@ static bool page_check(const u64 *p, u64 idx, u64 gen, unsigned *bad_words)
 		}
 		*bad_words = n;
 	}
-	return !diff && p[0] == idx && p[1] == gen && p[3] == PAGE_MAGIC &&
+	return !diff && p[0] == idx && p[1] == gen && p[3] == magic &&
 	       p[2] == csum_fold(s1, s2);
+}
+
+static inline void page_fill(u64 *p, u64 idx, u64 gen)
+{
+	pattern_fill(p, idx, gen, PAGE_MAGIC);
+}
+
+static inline bool page_check(const u64 *p, u64 idx, u64 gen, unsigned *bad_words)
+{
+	return pattern_check(p, idx, gen, PAGE_MAGIC, bad_words);
 }
 
 /* Read the TSC and account the gap since the last read as a stall. */
@@ -166,7 +176,7 @@ static void report(struct mt_cpu *c, u64 now)
 	u64 verified = 0, dirtied = 0, errors = 0, gen = 0, stall = 0, max_stall = 0;
 	u64 t10 = (now - boot_tsc) / (plat.tsc_khz * 100), s_ms, s_fr, m_ms, m_fr;
 
-	for (unsigned i = 0; i < ncpus_online; i++) {
+	for (unsigned i = 0; i < mt_ncpus; i++) {
 		struct mt_cpu *o = &mt[i];
 
 		u64 s = __atomic_exchange_n(&o->stall_cur, 0, __ATOMIC_RELAXED);
@@ -212,10 +222,10 @@ static void page_error(struct mt_cpu *c, unsigned slot, u64 *p, u64 idx)
 
 /*
  * BSP, before the APs are released: take mem MiB (or what there is) after
- * the boot allocations, allocate gens[], and split the pages among the
- * online CPUs.
+ * the boot allocations, allocate gens[], and split the pages among CPUs
+ * 0..ncpu-1.
  */
-void memtest_setup(void)
+void memtest_setup(unsigned ncpu)
 {
 	u64 free = 0, want = cfg.mem_mib * 256, start, left, idx = 0;
 
@@ -253,15 +263,16 @@ void memtest_setup(void)
 	}
 	total_pages = idx;
 
-	for (unsigned i = 0; i < ncpus_online; i++) {
+	mt_ncpus = MAX(ncpu, 1u);
+	for (unsigned i = 0; i < mt_ncpus; i++) {
 		struct mt_cpu *c = &mt[i];
-		u64 share = total_pages / ncpus_online;
+		u64 share = total_pages / mt_ncpus;
 
 		c->first = i * share;
-		c->count = i == ncpus_online - 1 ? total_pages - c->first : share;
+		c->count = i == mt_ncpus - 1 ? total_pages - c->first : share;
 		if (cfg.rate_mib && c->count) {
 			/* Each CPU rewrites its share of rate at a steady pace. */
-			u64 per_s = cfg.rate_mib * 256 / ncpus_online;
+			u64 per_s = cfg.rate_mib * 256 / mt_ncpus;
 
 			c->dirty_ticks = MAX(plat.tsc_khz * 1000 / MAX(per_s, 1), 1);
 		}
@@ -320,6 +331,11 @@ void memtest_run(unsigned slot)
 		}
 
 		if (slot == 0) {
+			/* One CPU for both: the device workloads take turns here. */
+			if (devices_inline) {
+				devices_poll(now);
+				now = tick(c);
+			}
 			if ((int64_t)(now - next_report) >= 0) {
 				report(c, now);
 				while ((int64_t)(now - next_report) >= 0)

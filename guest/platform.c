@@ -81,48 +81,72 @@ static struct pit_sample pit_read(void)
 }
 
 /*
+ * A gap between two samples longer than this may hide a wrap of the 16-bit
+ * count (54.9 ms): 50 M TSC ticks is under 54.9 ms for any TSC of 0.92 GHz
+ * or more.  On a busy host a vCPU can be descheduled that long, and a lost
+ * wrap would make the TSC look twice as fast: such a run is repeated.
+ */
+#define PIT_MAX_GAP_TSC	50000000ULL
+#define PIT_TRIES	5
+
+/* A calibration run: the latest sample and the PIT ticks counted so far. */
+struct pit_run {
+	struct pit_sample s;
+	u64 ticks, prev_tsc;
+	u16 prev;
+	bool disturbed;		/* two samples too far apart to trust the count */
+};
+
+static void pit_next(struct pit_run *r)
+{
+	r->s = pit_read();
+	r->ticks += (u16)(r->prev - r->s.count);
+	r->prev = r->s.count;
+	if (r->s.tsc - r->prev_tsc > PIT_MAX_GAP_TSC)
+		r->disturbed = true;
+	r->prev_tsc = r->s.tsc;
+}
+
+/*
  * ~50 ms against PIT channel 0 in mode 2 with a 65536 reload, read back
  * every ~75 us (three exits), so the 16-bit count never wraps unseen.  The
  * channel-2 gate at port 0x61 is not used: QEMU's microvm has no port 0x61.
  */
-static u64 pit_calibrate(void)
+static u64 pit_calibrate(bool *disturbed)
 {
-	struct pit_sample s, first, last;
-	u64 ticks = 0, first_ticks = 0, last_ticks = 0;
-	u16 prev;
+	struct pit_run r = { 0 };
+	struct pit_sample first, last;
+	u64 first_ticks = 0, last_ticks;
 
 	outb(PIT_CMD, 0x34);		/* channel 0, lo/hi byte, mode 2, binary */
 	outb(PIT_CH0, 0);
 	outb(PIT_CH0, 0);
-	s = pit_read();
-	prev = s.count;
-	first = s;
+	r.s = pit_read();
+	r.prev = r.s.count;
+	r.prev_tsc = r.s.tsc;
+	first = r.s;
 	/* Of the first few samples, keep the one with the tightest window. */
 	for (int i = 0; i < 4; i++) {
-		s = pit_read();
-		ticks += (u16)(prev - s.count);
-		prev = s.count;
-		if (s.window < first.window) {
-			first = s;
-			first_ticks = ticks;
+		pit_next(&r);
+		if (r.s.window < first.window) {
+			first = r.s;
+			first_ticks = r.ticks;
 		}
 	}
-	while (ticks - first_ticks < PIT_HZ / 20) {
-		s = pit_read();
-		ticks += (u16)(prev - s.count);
-		prev = s.count;
-	}
-	last = s;
-	last_ticks = ticks;
+	while (r.ticks - first_ticks < PIT_HZ / 20 && !r.disturbed)
+		pit_next(&r);
+	last = r.s;
+	last_ticks = r.ticks;
 	for (int i = 0; i < 4; i++) {
-		s = pit_read();
-		ticks += (u16)(prev - s.count);
-		prev = s.count;
-		if (s.window < last.window) {
-			last = s;
-			last_ticks = ticks;
+		pit_next(&r);
+		if (r.s.window < last.window) {
+			last = r.s;
+			last_ticks = r.ticks;
 		}
 	}
+	*disturbed = r.disturbed;
+	if (last_ticks == first_ticks)
+		return 0;
 	return (last.tsc - first.tsc) * PIT_HZ / (last_ticks - first_ticks) / 1000;
 }
 
@@ -151,7 +175,18 @@ void tsc_init(void)
 			return;
 		}
 	}
-	plat.tsc_khz = pit_calibrate();
+	for (int i = 0; i < PIT_TRIES; i++) {
+		bool disturbed;
+
+		plat.tsc_khz = pit_calibrate(&disturbed);
+		if (!disturbed && plat.tsc_khz)
+			break;
+		if (i == PIT_TRIES - 1)
+			gprintf("godwit-guest: TSC calibration disturbed %d times; tsc_khz may be wrong\n",
+				PIT_TRIES);
+	}
+	if (!plat.tsc_khz)
+		plat.tsc_khz = 1000000;		/* never 0: it divides */
 	plat.tsc_source = "pit";
 }
 

@@ -46,8 +46,14 @@ int dev_register(struct vm *vm, struct dev *d, const struct dev_ops *ops, void *
 		 uint32_t instance) __must_check;
 /* The first device, or NULL; d->next walks on. */
 struct dev *dev_first(struct vm *vm);
-/* quiesce/resume every device; returns the first error (and stops there). */
+/*
+ * dev_quiesce_all stops at the first error; dev_resume_all resumes every
+ * device (it runs on the path that keeps a source VM going) and returns the
+ * first error.
+ */
 int dev_quiesce_all(struct vm *vm) __must_check;
+/* Destroy every device with a destroy op; before guest RAM goes away. */
+void dev_destroy_all(struct vm *vm);
 int dev_resume_all(struct vm *vm) __must_check;
 
 #endif

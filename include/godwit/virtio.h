@@ -46,6 +46,17 @@ struct virtio_dev;
 #define VIRTIO_MAX_QUEUES 8
 #define VIRTIO_MSI_NO_VECTOR 0xffff
 
+/* Split-ring flags (virtio 1.2, 2.7). */
+#define VIRTQ_DESC_F_NEXT          1
+#define VIRTQ_DESC_F_WRITE         2
+#define VIRTQ_DESC_F_INDIRECT      4
+#define VIRTQ_AVAIL_F_NO_INTERRUPT 1
+#define VIRTQ_USED_F_NO_NOTIFY     1
+
+/* ISR status bits (virtio-pci, INTx only). */
+#define VIRTIO_ISR_QUEUE           1
+#define VIRTIO_ISR_CONFIG          2
+
 /* ---- split virtqueue ---------------------------------------------------------- */
 
 struct virtqueue {
@@ -64,6 +75,14 @@ struct virtqueue {
 	bool signalled_valid;
 	/* Host side, rebuilt on load. */
 	int kick_fd;                    /* ioeventfd, -1 if none */
+	/*
+	 * Additions (not guest-visible): interrupts raised by vq_notify(), and
+	 * the guest address the kick fd is registered at with KVM_IOEVENTFD
+	 * (0: none; MMIO writes to the notify area still reach kick_fd).
+	 */
+	uint64_t interrupts;
+	uint64_t kick_gpa;
+	char error[96];                 /* why vq_pop last returned -EINVAL ("" if never) */
 };
 
 /* One descriptor chain taken from the avail ring. */
@@ -84,7 +103,9 @@ struct vq_elem {
  * indirect table, a buffer outside guest RAM, a zero-length indirect table).
  * On -EINVAL the caller puts the device into NEEDS_RESET
  * (virtio_dev_set_needs_reset) and stops serving the queue; godwit logs one
- * line and never touches memory outside the guest.
+ * line and never touches memory outside the guest.  vq->error says why.
+ * Also 0 while the queue is not enabled or the device is in NEEDS_RESET.
+ * With EVENT_IDX it writes avail_event (marked dirty) to ask for kicks.
  */
 int vq_pop(struct virtqueue *vq, struct vq_elem *e) __must_check;
 /*
@@ -124,6 +145,8 @@ struct virtio_dev_ops {
 	/* Device-specific state beyond the transport's. */
 	int (*save)(struct virtio_dev *vdev, struct state_out *out);
 	int (*load)(struct virtio_dev *vdev, struct state_in *in, uint16_t version);
+	/* Addition: free the device's own state at teardown, after reset (may be NULL). */
+	void (*destroy)(struct virtio_dev *vdev);
 };
 
 struct virtio_dev {
@@ -149,17 +172,79 @@ static inline bool virtio_has_feature(const struct virtio_dev *vdev, unsigned in
 {
 	return (vdev->driver_features >> bit) & 1;
 }
-/* Put the device in NEEDS_RESET and raise a config interrupt (hostile chain, backend failure). */
+/*
+ * Put the device in NEEDS_RESET and raise a config interrupt (hostile chain,
+ * backend failure).  Lock-free: callable from any thread, with or without
+ * vdev->lock; logs one line per episode (with every queue's vq->error).
+ */
 void virtio_dev_set_needs_reset(struct virtio_dev *vdev, const char *why);
 /* The device's config space changed (e.g. capacity): bump generation, interrupt. */
 void virtio_config_changed(struct virtio_dev *vdev);
 
 /*
+ * virtio_worker - an optional helper for a device's queue thread: it polls
+ * the kick eventfds of the queues in queue_mask (and a stop eventfd) and
+ * calls fn(vq) for a queue whenever its kick fd fired (the eventfd is
+ * already drained; fn pops until vq_pop() returns 0).  The thread blocks
+ * every signal.  Start it from ops->activate, stop it from ops->reset and
+ * ops->quiesce: virtio_worker_stop() returns once the thread has exited,
+ * so nothing touches the queues after it.  Callable from any thread (a
+ * vCPU thread writing device_status), never from the worker itself.
+ */
+struct virtio_worker {
+	struct virtio_dev *vdev;
+	void (*fn)(struct virtqueue *vq);
+	uint32_t queue_mask;
+	pthread_t thread;
+	int stop_fd;                    /* eventfd, -1 when not running */
+	bool running;
+	char name[16];
+};
+int virtio_worker_start(struct virtio_worker *w, struct virtio_dev *vdev, const char *name,
+			uint32_t queue_mask, void (*fn)(struct virtqueue *vq)) __must_check;
+void virtio_worker_stop(struct virtio_worker *w);
+/* Wake the worker as if queue `index` had been kicked (e.g. to retry after a backend stall). */
+void virtio_worker_kick(struct virtio_dev *vdev, unsigned int index);
+
+/*
  * virtio_pci_add - create the virtio-pci transport for a device in PCI slot
  * `slot` (BAR placed in the 32-bit PCI window, MSI-X with nr_queues + 1
- * vectors routed through KVM irqfds, one ioeventfd per queue).
+ * vectors routed through KVM irqfds, one ioeventfd per queue).  The device
+ * sets vdev->ops and vdev->priv first; this initialises vdev->lock, vdev->vm
+ * and every transport field, and creates each queue's kick_fd (an eventfd,
+ * valid even without KVM).  Call it on the loop thread before the VM runs.
  */
 int virtio_pci_add(struct vm *vm, unsigned int slot, struct virtio_dev *vdev) __must_check;
+/*
+ * The transport registers the device with the VM's registry (dev.h) as
+ * stream id ops->name, instance = slot, so nothing else is needed for
+ * migration: its save/load/quiesce/resume/reset are the functions below,
+ * which call ops->save/load/quiesce/resume/reset for the device's part.
+ *
+ * virtio_pci_save - the transport state (status, features, selectors,
+ * queue registers and ring indices, MSI-X table and PBA, PCI config space)
+ * and ops->save's fields nested in one field.  Returns 0 or -errno.
+ * virtio_pci_load - the reverse on a freshly created device with the same
+ * configuration (device features must match); re-installs MSI routes and
+ * ioeventfds, and if the driver had set DRIVER_OK calls ops->activate.
+ * Both run with the VM paused and the device quiesced.
+ */
+int virtio_pci_save(struct virtio_dev *vdev, struct state_out *out) __must_check;
+int virtio_pci_load(struct virtio_dev *vdev, struct state_in *in, uint16_t version) __must_check;
+/*
+ * virtio_pci_irq - raise an interrupt for vdev (any thread, no lock held
+ * or needed): MSI-X vector `vector` if MSI-X is enabled (nothing for
+ * VIRTIO_MSI_NO_VECTOR; a masked vector is left pending), otherwise ISR
+ * bits `isr` and the INTx line.  vq_notify() and the config-change
+ * functions call it; devices normally do not.
+ */
+void virtio_pci_irq(struct virtio_dev *vdev, uint16_t vector, uint8_t isr);
+/*
+ * virtio_pci_destroy - teardown: stop the device (ops->reset), take it off
+ * the bus and the VM's device list, release the transport's fds and
+ * memory, then call ops->destroy.  The registry's destroy op calls it.
+ */
+void virtio_pci_destroy(struct virtio_dev *vdev);
 
 
 /* ---- devices: each parses its own command-line spec ------------------------------ */

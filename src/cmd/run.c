@@ -21,6 +21,7 @@
 #include "godwit/api.h"
 #include "godwit/boot.h"
 #include "godwit/cmd.h"
+#include "godwit/dev.h"
 #include "godwit/devices.h"
 #include "godwit/layout.h"
 #include "godwit/log.h"
@@ -535,6 +536,8 @@ int cmd_run(int argc, char **argv)
 	else
 		log_warnx("%s: %s (exit status %d)", cfg.name, ctx->vm.exit_reason, code);
 out_vm:
+	/* Device threads stop before guest RAM is unmapped. */
+	dev_destroy_all(&ctx->vm);
 	platform_destroy(&ctx->vm);
 	vm_destroy(&ctx->vm);
 out:

@@ -4,7 +4,11 @@
  * godwit with EXIT_REBOOT.  It answers the self-tests Linux's i8042 driver
  * runs, and reports no keyboard or mouse behind it.  Port 0x92 (fast A20 /
  * reset) is handled here too.
+ *
+ * Its guest-visible state (command byte, output buffer, a command waiting
+ * for its data byte) is saved by i8042_dev_ops.
  */
+#include <errno.h>
 #include <string.h>
 
 #include "godwit/common.h"
@@ -23,12 +27,14 @@ static void i8042_reply(struct i8042 *k, uint8_t v)
 	k->out_full = true;
 }
 
-static void i8042_reset(struct i8042 *k)
+/* The guest pulsed the reset line.  Without a VM (unit tests) nothing happens. */
+static void i8042_reset_line(struct i8042 *k)
 {
-	vm_request_exit(k->vm, EXIT_REBOOT, "guest reset through the keyboard controller");
+	if (k->vm)
+		vm_request_exit(k->vm, EXIT_REBOOT, "guest reset through the keyboard controller");
 }
 
-static void i8042_io(void *opaque, uint64_t addr, void *data, unsigned int len, bool is_write)
+void i8042_io(void *opaque, uint64_t addr, void *data, unsigned int len, bool is_write)
 {
 	struct i8042 *k = opaque;
 	uint8_t *p = data;
@@ -37,7 +43,7 @@ static void i8042_io(void *opaque, uint64_t addr, void *data, unsigned int len, 
 	pthread_mutex_lock(&k->lock);
 	if (addr == 0x92) {
 		if (is_write && (v & 1))
-			i8042_reset(k);
+			i8042_reset_line(k);
 		else if (!is_write)
 			p[0] = 0x02;                  /* A20 enabled */
 	} else if (addr == PORT_I8042_CMD) {
@@ -51,7 +57,7 @@ static void i8042_io(void *opaque, uint64_t addr, void *data, unsigned int len, 
 				k->pending_cmd = v; break;               /* a data byte follows */
 			case 0xaa: i8042_reply(k, 0x55); break;         /* controller self-test */
 			case 0xa9: case 0xab: i8042_reply(k, 0x00); break; /* port tests */
-			case 0xfe: i8042_reset(k); break;               /* pulse reset line */
+			case 0xfe: i8042_reset_line(k); break;               /* pulse reset line */
 			default: break;
 			}
 		}
@@ -64,7 +70,7 @@ static void i8042_io(void *opaque, uint64_t addr, void *data, unsigned int len, 
 			k->pending_cmd = 0;
 		} else if (k->pending_cmd == 0xd1) {
 			if (!(v & 1))
-				i8042_reset(k);
+				i8042_reset_line(k);
 			k->pending_cmd = 0;
 		} else if (k->pending_cmd == 0xd2 || k->pending_cmd == 0xd3) {
 			i8042_reply(k, v);                 /* loop back as if from a device */
@@ -80,6 +86,103 @@ static void i8042_io(void *opaque, uint64_t addr, void *data, unsigned int len, 
 	pthread_mutex_unlock(&k->lock);
 }
 
+/*
+ * Saved state, version 1.  Tags are never renumbered or reused.  The status
+ * register is computed (SYS, OBF from the output buffer), so it is not saved.
+ */
+#define I8042_F_CMD_BYTE 1  /* u8: the controller command byte */
+#define I8042_F_OUT      2  /* u8: the output buffer */
+#define I8042_F_OUT_FULL 3  /* u8 0/1: the output buffer holds a byte (OBF) */
+#define I8042_F_PENDING  4  /* u8: a command waiting for its data byte: 0, 0x60, 0xd1-0xd4 */
+#define I8042_F_LAST     I8042_F_PENDING
+
+static bool i8042_pending_valid(uint8_t c)
+{
+	return c == 0 || c == 0x60 || (c >= 0xd1 && c <= 0xd4);
+}
+
+static int i8042_save(struct dev *d, struct state_out *out)
+{
+	struct i8042 *k = d->priv;
+
+	pthread_mutex_lock(&k->lock);
+	state_put_u8(out, I8042_F_CMD_BYTE, k->cmd_byte);
+	state_put_u8(out, I8042_F_OUT, k->out);
+	state_put_u8(out, I8042_F_OUT_FULL, k->out_full);
+	state_put_u8(out, I8042_F_PENDING, k->pending_cmd);
+	pthread_mutex_unlock(&k->lock);
+	return out->err;
+}
+
+/* Checks every field before it changes anything: a failed load leaves k as it was. */
+static int i8042_load(struct dev *d, struct state_in *in, uint16_t version)
+{
+	struct i8042 *k = d->priv;
+	uint8_t v[I8042_F_LAST + 1] = { 0 };
+	struct state_field f;
+	uint32_t seen = 0;
+	int ret;
+
+	if (version < i8042_dev_ops.min_version || version > i8042_dev_ops.version) {
+		log_warnx("%s: version %u not in [%u, %u]", __func__, version,
+			  i8042_dev_ops.min_version, i8042_dev_ops.version);
+		return -EINVAL;
+	}
+	while ((ret = state_next(in, &f)) > 0) {
+		if (f.tag < I8042_F_CMD_BYTE || f.tag > I8042_F_LAST)
+			continue;                    /* a newer writer's optional field */
+		if (seen & (1u << f.tag))
+			return -EBADMSG;
+		seen |= 1u << f.tag;
+		if (state_get_u8(&f, &v[f.tag]))
+			return -EBADMSG;
+	}
+	if (ret < 0)
+		return ret;
+	if (seen != ((1u << (I8042_F_LAST + 1)) - (1u << I8042_F_CMD_BYTE)))
+		return -EBADMSG;
+	if (v[I8042_F_OUT_FULL] > 1 || !i8042_pending_valid(v[I8042_F_PENDING]))
+		return -EINVAL;
+
+	pthread_mutex_lock(&k->lock);
+	k->cmd_byte = v[I8042_F_CMD_BYTE];
+	k->out = v[I8042_F_OUT];
+	k->out_full = v[I8042_F_OUT_FULL];
+	k->pending_cmd = v[I8042_F_PENDING];
+	pthread_mutex_unlock(&k->lock);
+	return 0;
+}
+
+static void i8042_regs_reset(struct i8042 *k)
+{
+	k->cmd_byte = 0x30; /* both ports disabled, no interrupts */
+	k->status = k->out = k->pending_cmd = 0;
+	k->out_full = false;
+}
+
+static void i8042_dev_reset(struct dev *d)
+{
+	struct i8042 *k = d->priv;
+
+	pthread_mutex_lock(&k->lock);
+	i8042_regs_reset(k);
+	pthread_mutex_unlock(&k->lock);
+}
+
+/* Version history: 1 - first layout. */
+const struct dev_ops i8042_dev_ops = {
+	.name = "i8042",
+	.version = 1,
+	.min_version = 1,
+	.reset = i8042_dev_reset,
+	.save = i8042_save,
+	.load = i8042_load,
+};
+
+/*
+ * i8042_init - the controller in its power-on state; registers ports 0x60,
+ * 0x64 and 0x92 when vm is not NULL.  Returns 0 or -errno.
+ */
 int i8042_init(struct i8042 *k, struct vm *vm)
 {
 	int ret;
@@ -87,7 +190,9 @@ int i8042_init(struct i8042 *k, struct vm *vm)
 	memset(k, 0, sizeof(*k));
 	pthread_mutex_init(&k->lock, NULL);
 	k->vm = vm;
-	k->cmd_byte = 0x30; /* both ports disabled, no interrupts */
+	i8042_regs_reset(k);
+	if (!vm)
+		return 0;
 	ret = vm_register_pio(vm, PORT_I8042_DATA, 1, i8042_io, k);
 	if (!ret)
 		ret = vm_register_pio(vm, PORT_I8042_CMD, 1, i8042_io, k);

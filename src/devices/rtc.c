@@ -3,12 +3,18 @@
  * and time in BCD, 24-hour mode, read from the host's UTC clock plus an
  * offset the guest changes by setting the time; the rest of CMOS is 128
  * bytes of RAM.  No periodic/alarm interrupts (Linux does not need them).
+ *
+ * Migration (rtc_dev_ops): the guest's time is saved as an absolute time
+ * (host UTC + offset), not as the offset, so it stays right on a host whose
+ * clock differs; the destination derives its own offset from it.
  */
+#include <errno.h>
 #include <string.h>
 #include <time.h>
 
 #include "godwit/devices.h"
 #include "godwit/layout.h"
+#include "godwit/log.h"
 #include "godwit/vm.h"
 
 #define RTC_SECONDS 0x00
@@ -41,13 +47,57 @@ static int rtc_dec(const struct rtc *r, uint8_t v)
 	return (r->cmos[RTC_REG_B] & REG_B_DM) ? v : from_bcd(v);
 }
 
+#define NSEC_PER_SEC 1000000000L
+/*
+ * Bound on a guest time in seconds (either side of 1970, ~34,800 years):
+ * every time the guest can set through BCD/binary registers fits, gmtime_r()
+ * handles it, and timespec arithmetic on it cannot overflow.
+ */
+#define RTC_MAX_SEC (1LL << 40)
+
+/* Normalized timespec arithmetic: tv_nsec in [0, 1e9). */
+static struct timespec ts_add(struct timespec a, struct timespec b)
+{
+	a.tv_sec += b.tv_sec;
+	a.tv_nsec += b.tv_nsec;
+	if (a.tv_nsec >= NSEC_PER_SEC) {
+		a.tv_sec++;
+		a.tv_nsec -= NSEC_PER_SEC;
+	}
+	return a;
+}
+
+static struct timespec ts_sub(struct timespec a, struct timespec b)
+{
+	a.tv_sec -= b.tv_sec;
+	a.tv_nsec -= b.tv_nsec;
+	if (a.tv_nsec < 0) {
+		a.tv_sec--;
+		a.tv_nsec += NSEC_PER_SEC;
+	}
+	return a;
+}
+
+/* Host UTC, through the instance's clock (tests freeze it). */
+static struct timespec rtc_host_now(const struct rtc *r)
+{
+	struct timespec ts;
+
+	if (r->clock(CLOCK_REALTIME, &ts) || ts.tv_nsec < 0 || ts.tv_nsec >= NSEC_PER_SEC) {
+		ts.tv_sec = time(NULL);
+		ts.tv_nsec = 0;
+	}
+	return ts;
+}
+
 /* Refresh the time registers from host time + offset. */
 static void rtc_latch(struct rtc *r)
 {
-	time_t t = time(NULL) + r->offset;
+	time_t t = ts_add(rtc_host_now(r), r->offset).tv_sec;
 	struct tm tm;
 
-	gmtime_r(&t, &tm);
+	if (!gmtime_r(&t, &tm))
+		return;
 	r->cmos[RTC_SECONDS] = rtc_enc(r, tm.tm_sec);
 	r->cmos[RTC_MINUTES] = rtc_enc(r, tm.tm_min);
 	r->cmos[RTC_HOURS] = rtc_enc(r, tm.tm_hour);
@@ -72,8 +122,8 @@ static void rtc_commit(struct rtc *r)
 	};
 	time_t t = timegm(&tm);
 
-	if (t != (time_t)-1)
-		r->offset = (int64_t)(t - time(NULL));
+	if (t != (time_t)-1 && t < RTC_MAX_SEC && t > -RTC_MAX_SEC)
+		r->offset = ts_sub((struct timespec){ .tv_sec = t }, rtc_host_now(r));
 }
 
 void rtc_io(void *opaque, uint64_t addr, void *data, unsigned int len, bool is_write)
@@ -116,10 +166,118 @@ void rtc_io(void *opaque, uint64_t addr, void *data, unsigned int len, bool is_w
 	pthread_mutex_unlock(&r->lock);
 }
 
+/*
+ * Saved state, version 1.  Tags are never renumbered or reused.  The time
+ * registers in CMOS RAM are saved as they are: while the guest holds SET
+ * they are what it wrote, otherwise they are latched again on every read.
+ */
+#define RTC_F_INDEX     1  /* u8 < 128: the selected CMOS byte */
+#define RTC_F_CMOS      2  /* 128 bytes: CMOS RAM and registers */
+#define RTC_F_TIME_SEC  3  /* u64 (two's complement): guest UTC, seconds since 1970 */
+#define RTC_F_TIME_NSEC 4  /* u32 < 1e9: and nanoseconds */
+#define RTC_F_LAST      RTC_F_TIME_NSEC
+
+static int rtc_save(struct dev *d, struct state_out *out)
+{
+	struct rtc *r = d->priv;
+	struct timespec guest;
+
+	pthread_mutex_lock(&r->lock);
+	guest = ts_add(rtc_host_now(r), r->offset);
+	state_put_u8(out, RTC_F_INDEX, r->index);
+	state_put_bytes(out, RTC_F_CMOS, r->cmos, sizeof(r->cmos));
+	state_put_u64(out, RTC_F_TIME_SEC, (uint64_t)(int64_t)guest.tv_sec);
+	state_put_u32(out, RTC_F_TIME_NSEC, (uint32_t)guest.tv_nsec);
+	pthread_mutex_unlock(&r->lock);
+	return out->err;
+}
+
+/* Checks every field before it changes anything: a failed load leaves r as it was. */
+static int rtc_load(struct dev *d, struct state_in *in, uint16_t version)
+{
+	struct rtc *r = d->priv;
+	const uint8_t *cmos = NULL;
+	struct state_field f;
+	uint8_t index = 0;
+	uint64_t sec = 0;
+	uint32_t nsec = 0, seen = 0;
+	struct timespec guest;
+	int ret = 0;
+
+	if (version < rtc_dev_ops.min_version || version > rtc_dev_ops.version) {
+		log_warnx("%s: version %u not in [%u, %u]", __func__, version,
+			  rtc_dev_ops.min_version, rtc_dev_ops.version);
+		return -EINVAL;
+	}
+	while ((ret = state_next(in, &f)) > 0) {
+		if (f.tag < RTC_F_INDEX || f.tag > RTC_F_LAST)
+			continue;                    /* a newer writer's optional field */
+		if (seen & (1u << f.tag))
+			return -EBADMSG;
+		seen |= 1u << f.tag;
+		switch (f.tag) {
+		case RTC_F_INDEX:     ret = state_get_u8(&f, &index); break;
+		case RTC_F_CMOS:      ret = f.len == sizeof(r->cmos) ? 0 : -EBADMSG;
+				      cmos = f.val; break;
+		case RTC_F_TIME_SEC:  ret = state_get_u64(&f, &sec); break;
+		case RTC_F_TIME_NSEC: ret = state_get_u32(&f, &nsec); break;
+		}
+		if (ret)
+			return ret;
+	}
+	if (ret < 0)
+		return ret;
+	if (seen != ((1u << (RTC_F_LAST + 1)) - (1u << RTC_F_INDEX)))
+		return -EBADMSG;
+	if (index >= sizeof(r->cmos) || nsec >= NSEC_PER_SEC ||
+	    (int64_t)sec >= RTC_MAX_SEC || (int64_t)sec <= -RTC_MAX_SEC)
+		return -EINVAL;
+	guest.tv_sec = (time_t)(int64_t)sec;
+	guest.tv_nsec = (long)nsec;
+
+	pthread_mutex_lock(&r->lock);
+	r->index = index;
+	memcpy(r->cmos, cmos, sizeof(r->cmos));
+	r->offset = ts_sub(guest, rtc_host_now(r));
+	pthread_mutex_unlock(&r->lock);
+	return 0;
+}
+
+/*
+ * A machine reset: CMOS RAM and the clock are battery-backed and survive;
+ * the chip's RESET pin clears the interrupt enables and flags (as the
+ * MC146818 does) and the index.
+ */
+static void rtc_reset(struct dev *d)
+{
+	struct rtc *r = d->priv;
+
+	pthread_mutex_lock(&r->lock);
+	r->index = 0;
+	r->cmos[RTC_REG_B] &= (uint8_t)~0x78;  /* PIE, AIE, UIE, SQWE */
+	r->cmos[RTC_REG_C] = 0;
+	pthread_mutex_unlock(&r->lock);
+}
+
+/* Version history: 1 - first layout. */
+const struct dev_ops rtc_dev_ops = {
+	.name = "rtc",
+	.version = 1,
+	.min_version = 1,
+	.reset = rtc_reset,
+	.save = rtc_save,
+	.load = rtc_load,
+};
+
+/*
+ * rtc_init - an RTC showing host UTC; registers ports 0x70-0x71 when vm is
+ * not NULL.  Returns 0 or -errno from vm_register_pio().
+ */
 int rtc_init(struct rtc *r, struct vm *vm)
 {
 	memset(r, 0, sizeof(*r));
 	pthread_mutex_init(&r->lock, NULL);
+	r->clock = clock_gettime;
 	r->cmos[RTC_REG_A] = 0x26;           /* 32.768 kHz, 1024 Hz rate; UIP clear */
 	r->cmos[RTC_REG_B] = REG_B_24H;      /* BCD, 24-hour */
 	r->cmos[RTC_REG_D] = 0x80;           /* valid RAM and time */

@@ -4,6 +4,9 @@
  * Enough of the chip for Linux's 8250 driver to detect a 16550A (scratch
  * register, loopback, FIFO bits in IIR) and to run interrupt-driven.
  *
+ * Migration: serial_dev_ops saves the registers, the RX FIFO and the IRQ
+ * level field by field (tags below serial_input()).
+ *
  * Locking: s->lock; the port handler runs on vCPU threads, serial_input()
  * on the loop thread.
  */
@@ -192,6 +195,158 @@ size_t serial_input(struct serial *s, const uint8_t *buf, size_t len)
 	return n;
 }
 
+/* Under s->lock (or before the device is shared): power-on register values. */
+static void serial_regs_reset(struct serial *s)
+{
+	s->ier = s->iir_thri = s->lcr = s->mcr = s->lsr = s->msr = s->scr = s->fcr = 0;
+	s->dll = 0x0c; /* 9600 baud, as firmware leaves it */
+	s->dlm = 0;
+	s->rx_head = s->rx_len = 0;
+}
+
+/*
+ * Saved state, version 1.  Tags are never renumbered or reused; a new
+ * optional field gets a new tag.  Host-side state (the console fd, the VM,
+ * the IRQ number, the lock) is not saved: the destination configures it.
+ * LSR and MSR are computed from the fields below, so they are not saved.
+ */
+#define SERIAL_F_IER   1  /* u8, bits 0-3 */
+#define SERIAL_F_THRI  2  /* u8 0/1: a THR-empty interrupt is pending (cleared by reading IIR) */
+#define SERIAL_F_LCR   3  /* u8 */
+#define SERIAL_F_MCR   4  /* u8, bits 0-4 */
+#define SERIAL_F_SCR   5  /* u8 */
+#define SERIAL_F_DLL   6  /* u8 */
+#define SERIAL_F_DLM   7  /* u8 */
+#define SERIAL_F_FCR   8  /* u8, the bits FCR keeps (0xc9) */
+#define SERIAL_F_IRQ   9  /* u8 0/1: IRQ line level; must match the registers */
+#define SERIAL_F_RX    10 /* bytes: RX FIFO contents, oldest first, at most 4096 */
+#define SERIAL_F_LAST  SERIAL_F_RX
+
+static int serial_save(struct dev *d, struct state_out *out)
+{
+	struct serial *s = d->priv;
+	uint8_t rx[sizeof(s->rx)];
+	unsigned int n;
+
+	pthread_mutex_lock(&s->lock);
+	state_put_u8(out, SERIAL_F_IER, s->ier);
+	state_put_u8(out, SERIAL_F_THRI, s->iir_thri);
+	state_put_u8(out, SERIAL_F_LCR, s->lcr);
+	state_put_u8(out, SERIAL_F_MCR, s->mcr);
+	state_put_u8(out, SERIAL_F_SCR, s->scr);
+	state_put_u8(out, SERIAL_F_DLL, s->dll);
+	state_put_u8(out, SERIAL_F_DLM, s->dlm);
+	state_put_u8(out, SERIAL_F_FCR, s->fcr);
+	state_put_u8(out, SERIAL_F_IRQ, (uint8_t)s->irq_level);
+	/* The ring is saved in order, so its host-side head position is not state. */
+	n = MIN(s->rx_len, (unsigned int)sizeof(rx));
+	for (unsigned int i = 0; i < n; i++)
+		rx[i] = s->rx[(s->rx_head + i) % sizeof(s->rx)];
+	state_put_bytes(out, SERIAL_F_RX, rx, n);
+	pthread_mutex_unlock(&s->lock);
+	return out->err;
+}
+
+/*
+ * The fields are parsed and checked first and applied only if all of them
+ * are valid, so a failed load leaves the device as it was.
+ */
+static int serial_load(struct dev *d, struct state_in *in, uint16_t version)
+{
+	struct serial *s = d->priv;
+	uint8_t v[SERIAL_F_LAST + 1] = { 0 };
+	const uint8_t *rx = NULL;
+	uint32_t rx_len = 0;
+	struct state_field f;
+	uint32_t seen = 0;
+	bool level;
+	int ret;
+
+	if (version < serial_dev_ops.min_version || version > serial_dev_ops.version) {
+		log_warnx("%s: version %u not in [%u, %u]", __func__, version,
+			  serial_dev_ops.min_version, serial_dev_ops.version);
+		return -EINVAL;
+	}
+	while ((ret = state_next(in, &f)) > 0) {
+		if (f.tag < SERIAL_F_IER || f.tag > SERIAL_F_LAST)
+			continue;                    /* a newer writer's optional field */
+		if (seen & (1u << f.tag))
+			return -EBADMSG;
+		seen |= 1u << f.tag;
+		if (f.tag == SERIAL_F_RX) {
+			if (f.len > sizeof(s->rx))
+				return -EINVAL;
+			rx = f.val;
+			rx_len = f.len;
+		} else if (state_get_u8(&f, &v[f.tag])) {
+			return -EBADMSG;
+		}
+	}
+	if (ret < 0)
+		return ret;
+	if (seen != ((1u << (SERIAL_F_LAST + 1)) - (1u << SERIAL_F_IER)))
+		return -EBADMSG;                     /* a version-1 field is missing */
+	if ((v[SERIAL_F_IER] & ~0x0f) || v[SERIAL_F_THRI] > 1 || (v[SERIAL_F_MCR] & ~0x1f) ||
+	    (v[SERIAL_F_FCR] & ~0xc9) || v[SERIAL_F_IRQ] > 1)
+		return -EINVAL;
+	/* The IRQ level is a function of the registers: a mismatch is a corrupt save. */
+	level = ((v[SERIAL_F_IER] & IER_RDI) && rx_len) ||
+		((v[SERIAL_F_IER] & IER_THRI) && v[SERIAL_F_THRI]);
+	if (level != v[SERIAL_F_IRQ])
+		return -EINVAL;
+
+	pthread_mutex_lock(&s->lock);
+	s->ier = v[SERIAL_F_IER];
+	s->iir_thri = v[SERIAL_F_THRI];
+	s->lcr = v[SERIAL_F_LCR];
+	s->mcr = v[SERIAL_F_MCR];
+	s->scr = v[SERIAL_F_SCR];
+	s->dll = v[SERIAL_F_DLL];
+	s->dlm = v[SERIAL_F_DLM];
+	s->fcr = v[SERIAL_F_FCR];
+	s->rx_head = 0;
+	s->rx_len = rx_len;
+	if (rx_len)
+		memcpy(s->rx, rx, rx_len);
+	/*
+	 * Drive the line to the saved level: KVM's per-source line state is not
+	 * part of the irqchip state, so a raised line must be raised again here.
+	 * On the edge-triggered ISA line a raise while the irqchip's restored
+	 * IRR bit is set is coalesced.  A line low before and after is left alone.
+	 */
+	if (s->vm && (level || s->irq_level))
+		(void)vm_irq_line(s->vm, s->irq, level);
+	s->irq_level = level;
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
+
+/* Power-on state: registers as firmware leaves them, FIFO empty, IRQ low. */
+static void serial_reset(struct dev *d)
+{
+	struct serial *s = d->priv;
+
+	pthread_mutex_lock(&s->lock);
+	serial_regs_reset(s);
+	serial_update_irq(s);
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* Version history: 1 - first layout. */
+const struct dev_ops serial_dev_ops = {
+	.name = "serial",
+	.version = 1,
+	.min_version = 1,
+	.reset = serial_reset,
+	.save = serial_save,
+	.load = serial_load,
+};
+
+/*
+ * serial_init - a UART with power-on registers; registers ports
+ * [port, port + 8) when vm is not NULL (a unit test drives serial_io()
+ * directly).  Returns 0 or -errno from vm_register_pio().
+ */
 int serial_init(struct serial *s, struct vm *vm, uint16_t port, uint32_t irq, int out_fd)
 {
 	memset(s, 0, sizeof(*s));
@@ -199,8 +354,7 @@ int serial_init(struct serial *s, struct vm *vm, uint16_t port, uint32_t irq, in
 	s->vm = vm;
 	s->irq = irq;
 	s->out_fd = out_fd;
-	s->iir_thri = 0;
-	s->dll = 0x0c; /* 9600 baud, as firmware leaves it */
+	serial_regs_reset(s);
 	if (!vm)
 		return 0;
 	return vm_register_pio(vm, port, 8, serial_io, s);

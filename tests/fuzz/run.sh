@@ -31,3 +31,38 @@ else
 	echo "FAIL fuzz/boot-loaders: the fuzzer found a failure: $(grep -m3 -E 'ERROR|SUMMARY|Test unit written' "$log" | tr '\n' ' ')"
 fi
 rm -f "$log"
+
+# The split virtqueue parser (src/devices/virtio/core.c): seeds are small valid rings.
+corpus=$ROOT/build-fuzz/corpus-virtq
+mkdir -p "$corpus"
+python3 - "$corpus" <<'PY'
+import struct, sys
+def seed(name, qexp, flags, last, used, written, descs, avail, tables=()):
+    q = 1 << qexp
+    ram = bytearray(0x8000)
+    for i, (a, l, f, n) in enumerate(descs):
+        struct.pack_into('<QIHH', ram, 16 * i, a, l, f, n)
+    for base, ds in tables:
+        for i, (a, l, f, n) in enumerate(ds):
+            struct.pack_into('<QIHH', ram, base + 16 * i, a, l, f, n)
+    av = 16 * q
+    struct.pack_into('<HH', ram, av, 0, (last + len(avail)) & 0xffff)
+    for i, h in enumerate(avail):
+        struct.pack_into('<H', ram, av + 4 + 2 * ((last + i) % q), h)
+    hdr = bytes([qexp, flags]) + struct.pack('<HHH', last, used, written)
+    open(sys.argv[1] + '/' + name, 'wb').write(hdr + bytes(ram))
+NEXT, WRITE, INDIRECT = 1, 2, 4
+seed('seed-chain', 3, 3, 0, 0, 100,
+     [(0x2000, 16, NEXT, 1), (0x3000, 256, WRITE, 0), (0x4000, 48, INDIRECT, 0)], [0, 2],
+     [(0x4000, [(0x2100, 8, NEXT, 2), (0x3100, 64, WRITE, 0), (0x2200, 8, NEXT, 1)])])
+seed('seed-wrap', 4, 2, 0xfffe, 0xfffe, 8,
+     [(0x2000 + 64 * i, 64, WRITE, 0) for i in range(16)], [3, 4, 5, 6])
+PY
+log=$(mktemp)
+if timeout $((secs + 60)) "$ROOT/build-fuzz/fuzz-virtq" -max_total_time="$secs" -rss_limit_mb=2048 \
+	"$corpus" >"$log" 2>&1; then
+	echo "PASS fuzz/virtq: $(grep -o 'Done [0-9]* runs' "$log" | tail -1) in ${secs}s"
+else
+	echo "FAIL fuzz/virtq: the fuzzer found a failure: $(grep -m3 -E 'ERROR|SUMMARY|Test unit written' "$log" | tr '\n' ' ')"
+fi
+rm -f "$log"

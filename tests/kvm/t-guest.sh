@@ -60,8 +60,8 @@ boot guest-1cpu-rate50 1 256M "workload=mem mem=128 rate=50 runtime=3"
 check_run guest-1cpu-rate50 1 256
 # At 50 MiB/s for ~2 s the guest must really have rewritten pages.
 dirtied=$(grep '^memtest: t=' "$log" | tail -1 | sed -n 's/.*dirtied=\([0-9]*\).*/\1/p')
-if [ "${dirtied:-0}" -ge 12800 ]; then t_pass guest-dirty-rate
-else t_fail guest-dirty-rate "dirtied=${dirtied:-none} pages after ~2 s at 50 MiB/s (want >= 12800)"; fi
+if [ "${dirtied:-0}" -ge 6400 ]; then t_pass guest-dirty-rate
+else t_fail guest-dirty-rate "dirtied=${dirtied:-none} pages after ~2 s at 50 MiB/s (want >= 6400: half the paced rate, allowing for a loaded host)"; fi
 
 boot guest-2cpu 2 512M "workload=mem mem=128 rate=200 runtime=3"
 check_run guest-2cpu 2 512

@@ -1,3 +1,1086 @@
-/* placeholder: being written */
+/*
+ * pci.c - the modern virtio-pci transport (virtio 1.2, 4.1): a PCI function
+ * 1af4:(1040 + device id), revision 1, with one 64-bit memory BAR holding
+ * every register block, the vendor capabilities that point into it, the
+ * PCI configuration access capability, and MSI-X (nr_queues + 1 vectors).
+ * It also registers the device with the VM's registry and saves/loads the
+ * transport state.
+ *
+ * BAR 0 (16 KiB):
+ *   0x0000  common configuration (0x38 bytes)
+ *   0x1000  ISR status (read clears, lowers INTx)
+ *   0x2000  device-specific configuration (ops->config_size bytes)
+ *   0x3000  notifications: queue q at 0x3000 + 4 q (notify_off_multiplier 4)
+ *   0x3800  MSI-X table, 0x3c00 MSI-X PBA (emulated by the PCI bus)
+ *
+ * Notifications: each queue's kick_fd is an eventfd registered with
+ * KVM_IOEVENTFD (2-byte writes, no datamatch) at the queue's own notify
+ * address, re-registered when the guest moves the BAR; a notify write that
+ * arrives as an MMIO exit anyway (another width) is forwarded to the same
+ * eventfd, so the device's thread sees one kind of kick.
+ *
+ * Locks: register accesses run on vCPU threads.  A device-status write
+ * takes vp->status_lock (serialising resets and activations) and then
+ * vdev->lock for the fields; ops->reset and ops->activate are called with
+ * status_lock only, because a device's reset joins threads that may take
+ * vdev->lock.  Every other register access takes vdev->lock.  The device's
+ * threads raise interrupts through virtio_pci_irq(), which takes no
+ * transport lock (MSI-X has its own; ISR is atomic).
+ */
 #include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+#include <linux/kvm.h>
+
+#include "godwit/dev.h"
+#include "godwit/devices.h"
+#include "godwit/log.h"
 #include "godwit/virtio.h"
+#include "godwit/vm.h"
+
+#define VIRTIO_PCI_VENDOR        0x1af4
+#define VIRTIO_PCI_DEVICE_BASE   0x1040
+#define VIRTIO_PCI_SUBSYS        0x1100
+
+#define VPCI_CAP_COMMON  1
+#define VPCI_CAP_NOTIFY  2
+#define VPCI_CAP_ISR     3
+#define VPCI_CAP_DEVICE  4
+#define VPCI_CAP_PCI_CFG 5
+
+#define VPCI_BAR          0
+#define VPCI_BAR_SIZE     0x4000
+#define VPCI_COMMON_OFF   0x0000
+#define VPCI_COMMON_LEN   0x38
+#define VPCI_ISR_OFF      0x1000
+#define VPCI_ISR_LEN      4
+#define VPCI_DEVICE_OFF   0x2000
+#define VPCI_DEVICE_MAX   0x1000
+#define VPCI_NOTIFY_OFF   0x3000
+#define VPCI_NOTIFY_MULT  4
+#define VPCI_MSIX_TABLE   0x3800
+#define VPCI_MSIX_PBA     0x3c00
+
+/* Common configuration register offsets. */
+#define CC_DF_SELECT   0x00
+#define CC_DF          0x04
+#define CC_GF_SELECT   0x08
+#define CC_GF          0x0c
+#define CC_MSIX_CONFIG 0x10
+#define CC_NUM_QUEUES  0x12
+#define CC_STATUS      0x14
+#define CC_CFG_GEN     0x15
+#define CC_Q_SELECT    0x16
+#define CC_Q_SIZE      0x18
+#define CC_Q_MSIX      0x1a
+#define CC_Q_ENABLE    0x1c
+#define CC_Q_NOFF      0x1e
+#define CC_Q_DESC      0x20
+#define CC_Q_DRIVER    0x28
+#define CC_Q_DEVICE    0x30
+
+struct virtio_pci {
+	struct pci_dev pdev;
+	struct virtio_dev *vdev;
+	struct vm *vm;
+	unsigned int slot;
+	unsigned int nvec;               /* MSI-X vectors: nr_queues + 1 */
+	pthread_mutex_t status_lock;     /* serialises status transitions */
+	bool active;                     /* ops->activate succeeded; no reset since */
+	uint8_t pcicfg_cap;              /* offset of the PCI cfg access capability */
+	struct dev dev;                  /* registry entry */
+	struct dev_ops dev_ops;          /* stream id = ops->name */
+};
+
+static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
+static void put32(uint8_t *p, uint32_t v) { put16(p, (uint16_t)v); put16(p + 2, (uint16_t)(v >> 16)); }
+static void put64(uint8_t *p, uint64_t v) { put32(p, (uint32_t)v); put32(p + 4, (uint32_t)(v >> 32)); }
+static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
+static uint32_t get32(const uint8_t *p) { return get16(p) | (uint32_t)get16(p + 2) << 16; }
+static uint64_t get64(const uint8_t *p) { return get32(p) | (uint64_t)get32(p + 4) << 32; }
+
+/* ---- interrupts -------------------------------------------------------------------- */
+
+/* virtio_pci_irq - see virtio.h. */
+void virtio_pci_irq(struct virtio_dev *vdev, uint16_t vector, uint8_t isr)
+{
+	struct virtio_pci *vp = vdev->pci;
+
+	if (!vp)
+		return;
+	/* The config bit is set even with MSI-X (virtio 1.2, 4.1.4.5.1). */
+	if (isr & VIRTIO_ISR_CONFIG)
+		__atomic_fetch_or(&vdev->isr, VIRTIO_ISR_CONFIG, __ATOMIC_SEQ_CST);
+	if (pci_msix_enabled(&vp->pdev)) {
+		if (vector != VIRTIO_MSI_NO_VECTOR && vector < vp->nvec)
+			pci_msix_notify(&vp->pdev, vector);
+		return;
+	}
+	__atomic_fetch_or(&vdev->isr, isr, __ATOMIC_SEQ_CST);
+	pci_set_intx(&vp->pdev, 1);
+}
+
+/* ---- notifications ------------------------------------------------------------------ */
+
+static int vpci_ioeventfd(struct virtio_pci *vp, struct virtqueue *vq, uint64_t addr, bool assign)
+{
+	struct kvm_ioeventfd io = {
+		.addr = addr,
+		.len = 2,
+		.fd = vq->kick_fd,
+		.flags = assign ? 0 : KVM_IOEVENTFD_FLAG_DEASSIGN,
+	};
+
+	if (!vp->vm || vp->vm->vm_fd < 0 || vq->kick_fd < 0)
+		return -ENODEV;
+	if (ioctl(vp->vm->vm_fd, KVM_IOEVENTFD, &io) < 0) {
+		int err = -errno;
+
+		log_warn("%s: %s: KVM_IOEVENTFD %s %#llx", __func__, vp->vdev->ops->name,
+			 assign ? "assign" : "deassign", (unsigned long long)addr);
+		return err;
+	}
+	return 0;
+}
+
+/* The BAR moved (or decoding changed): move every queue's ioeventfd with it. */
+static void vpci_bar_moved(struct pci_dev *d, unsigned int bar, uint64_t old_addr, uint64_t new_addr)
+{
+	struct virtio_pci *vp = d->opaque;
+	struct virtio_dev *vdev = vp->vdev;
+
+	if (bar != VPCI_BAR)
+		return;
+	for (unsigned int q = 0; q < vdev->ops->nr_queues; q++) {
+		struct virtqueue *vq = &vdev->vqs[q];
+
+		if (vq->kick_gpa) {
+			if (vpci_ioeventfd(vp, vq, vq->kick_gpa, false))
+				log_warnx("%s: queue %u: stale ioeventfd", __func__, q);
+			vq->kick_gpa = 0;
+		}
+		if (new_addr) {
+			uint64_t a = new_addr + VPCI_NOTIFY_OFF + (uint64_t)q * VPCI_NOTIFY_MULT;
+
+			if (!vpci_ioeventfd(vp, vq, a, true))
+				vq->kick_gpa = a;
+		}
+	}
+}
+
+static void vpci_kick(struct virtio_dev *vdev, unsigned int q)
+{
+	uint64_t one = 1;
+
+	if (q < vdev->ops->nr_queues && vdev->vqs[q].kick_fd >= 0 &&
+	    write(vdev->vqs[q].kick_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		log_warn("%s: eventfd", __func__);
+}
+
+/* ---- reset and status --------------------------------------------------------------- */
+
+static void vpci_reset_queue(struct virtqueue *vq)
+{
+	__atomic_store_n(&vq->enabled, false, __ATOMIC_RELEASE);
+	vq->size = vq->max_size;
+	vq->desc_gpa = vq->avail_gpa = vq->used_gpa = 0;
+	vq->msix_vector = VIRTIO_MSI_NO_VECTOR;
+	vq->last_avail = vq->used_idx = vq->signalled_used = 0;
+	vq->signalled_valid = false;
+	vq->error[0] = 0;
+}
+
+/* Under vdev->lock: the transport's part of a device reset. */
+static void vpci_reset_fields(struct virtio_dev *vdev)
+{
+	__atomic_store_n(&vdev->status, 0, __ATOMIC_SEQ_CST);
+	vdev->driver_features = 0;
+	vdev->device_feature_sel = vdev->driver_feature_sel = 0;
+	vdev->queue_sel = 0;
+	vdev->msix_config = VIRTIO_MSI_NO_VECTOR;
+	__atomic_store_n(&vdev->isr, 0, __ATOMIC_SEQ_CST);
+	for (unsigned int q = 0; q < vdev->ops->nr_queues; q++)
+		vpci_reset_queue(&vdev->vqs[q]);
+}
+
+/* Under status_lock: stop the device (its threads are joined), then reset the registers. */
+static void vpci_reset(struct virtio_pci *vp)
+{
+	struct virtio_dev *vdev = vp->vdev;
+
+	if (vdev->ops->reset)
+		vdev->ops->reset(vdev);
+	vp->active = false;
+	pthread_mutex_lock(&vdev->lock);
+	vpci_reset_fields(vdev);
+	pthread_mutex_unlock(&vdev->lock);
+	pci_set_intx(&vp->pdev, 0);
+}
+
+/* Under status_lock: the driver wrote device_status. */
+static void vpci_set_status(struct virtio_pci *vp, uint8_t val)
+{
+	struct virtio_dev *vdev = vp->vdev;
+	uint8_t old, new;
+	bool activate = false;
+
+	if (val == 0) {
+		vpci_reset(vp);
+		return;
+	}
+	pthread_mutex_lock(&vdev->lock);
+	old = __atomic_load_n(&vdev->status, __ATOMIC_SEQ_CST);
+	do {
+		/* NEEDS_RESET is the device's bit: kept, whatever the driver writes. */
+		new = (uint8_t)((val & ~VIRTIO_STATUS_NEEDS_RESET) | (old & VIRTIO_STATUS_NEEDS_RESET));
+		if ((new & VIRTIO_STATUS_FEATURES_OK) && !(old & VIRTIO_STATUS_FEATURES_OK)) {
+			uint64_t extra = vdev->driver_features & ~vdev->device_features;
+
+			if (extra || !virtio_has_feature(vdev, VIRTIO_F_VERSION_1)) {
+				log_debug("%s: %s: FEATURES_OK refused (driver features %#llx, offered %#llx)",
+					  __func__, vdev->ops->name,
+					  (unsigned long long)vdev->driver_features,
+					  (unsigned long long)vdev->device_features);
+				new &= (uint8_t)~VIRTIO_STATUS_FEATURES_OK;
+			}
+		}
+		activate = false;
+		if ((new & VIRTIO_STATUS_DRIVER_OK) && !vp->active) {
+			if (!(new & VIRTIO_STATUS_FEATURES_OK)) {
+				log_debug("%s: %s: DRIVER_OK without FEATURES_OK refused", __func__,
+					  vdev->ops->name);
+				new &= (uint8_t)~VIRTIO_STATUS_DRIVER_OK;
+			} else if (!(new & VIRTIO_STATUS_NEEDS_RESET)) {
+				activate = true;
+			}
+		}
+	} while (!__atomic_compare_exchange_n(&vdev->status, &old, new, false,
+					      __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST));
+	pthread_mutex_unlock(&vdev->lock);
+	if (activate) {
+		int ret = vdev->ops->activate ? vdev->ops->activate(vdev) : 0;
+
+		if (ret)
+			virtio_dev_set_needs_reset(vdev, "the device could not start");
+		else
+			vp->active = true;
+	}
+}
+
+/* ---- common configuration ----------------------------------------------------------------- */
+
+static const struct { uint8_t off, size; } cc_fields[] = {
+	{ CC_DF_SELECT, 4 }, { CC_DF, 4 }, { CC_GF_SELECT, 4 }, { CC_GF, 4 },
+	{ CC_MSIX_CONFIG, 2 }, { CC_NUM_QUEUES, 2 }, { CC_STATUS, 1 }, { CC_CFG_GEN, 1 },
+	{ CC_Q_SELECT, 2 }, { CC_Q_SIZE, 2 }, { CC_Q_MSIX, 2 }, { CC_Q_ENABLE, 2 },
+	{ CC_Q_NOFF, 2 }, { CC_Q_DESC, 8 }, { CC_Q_DRIVER, 8 }, { CC_Q_DEVICE, 8 },
+};
+
+static struct virtqueue *vpci_selected(struct virtio_dev *vdev)
+{
+	return vdev->queue_sel < vdev->ops->nr_queues ? &vdev->vqs[vdev->queue_sel] : NULL;
+}
+
+/* Under vdev->lock: the register file as the driver reads it. */
+static void vpci_common_image(struct virtio_dev *vdev, uint8_t img[VPCI_COMMON_LEN])
+{
+	struct virtqueue *vq = vpci_selected(vdev);
+
+	memset(img, 0, VPCI_COMMON_LEN);
+	put32(img + CC_DF_SELECT, vdev->device_feature_sel);
+	if (vdev->device_feature_sel < 2)
+		put32(img + CC_DF, (uint32_t)(vdev->device_features >> (32 * vdev->device_feature_sel)));
+	put32(img + CC_GF_SELECT, vdev->driver_feature_sel);
+	if (vdev->driver_feature_sel < 2)
+		put32(img + CC_GF, (uint32_t)(vdev->driver_features >> (32 * vdev->driver_feature_sel)));
+	put16(img + CC_MSIX_CONFIG, vdev->msix_config);
+	put16(img + CC_NUM_QUEUES, (uint16_t)vdev->ops->nr_queues);
+	img[CC_STATUS] = __atomic_load_n(&vdev->status, __ATOMIC_SEQ_CST);
+	img[CC_CFG_GEN] = __atomic_load_n(&vdev->config_generation, __ATOMIC_SEQ_CST);
+	put16(img + CC_Q_SELECT, vdev->queue_sel);
+	if (vq) {
+		put16(img + CC_Q_SIZE, vq->size);
+		put16(img + CC_Q_MSIX, vq->msix_vector);
+		put16(img + CC_Q_ENABLE, vq->enabled);
+		put16(img + CC_Q_NOFF, vq->index);
+		put64(img + CC_Q_DESC, vq->desc_gpa);
+		put64(img + CC_Q_DRIVER, vq->avail_gpa);
+		put64(img + CC_Q_DEVICE, vq->used_gpa);
+	}
+}
+
+/* Under vdev->lock: apply the driver's value v to the field at off (not the status). */
+static void vpci_common_field(struct virtio_pci *vp, unsigned int off, uint64_t v)
+{
+	struct virtio_dev *vdev = vp->vdev;
+	struct virtqueue *vq = vpci_selected(vdev);
+	bool features_locked = __atomic_load_n(&vdev->status, __ATOMIC_SEQ_CST) &
+			       VIRTIO_STATUS_FEATURES_OK;
+
+	switch (off) {
+	case CC_DF_SELECT:
+		vdev->device_feature_sel = (uint32_t)v;
+		break;
+	case CC_GF_SELECT:
+		vdev->driver_feature_sel = (uint32_t)v;
+		break;
+	case CC_GF:
+		/* After FEATURES_OK the features are fixed (virtio 1.2, 3.1.1). */
+		if (features_locked || vdev->driver_feature_sel >= 2)
+			break;
+		if (vdev->driver_feature_sel == 0)
+			vdev->driver_features = (vdev->driver_features & ~0xffffffffULL) | (uint32_t)v;
+		else
+			vdev->driver_features = (vdev->driver_features & 0xffffffffULL) | v << 32;
+		break;
+	case CC_MSIX_CONFIG:
+		vdev->msix_config = v < vp->nvec ? (uint16_t)v : VIRTIO_MSI_NO_VECTOR;
+		break;
+	case CC_Q_SELECT:
+		vdev->queue_sel = (uint16_t)v;
+		break;
+	case CC_Q_SIZE:
+		/* The driver may shrink the queue to a power of 2, before enabling it. */
+		if (vq && !vq->enabled && v && v <= vq->max_size && !(v & (v - 1)))
+			vq->size = (uint16_t)v;
+		break;
+	case CC_Q_MSIX:
+		if (vq)
+			vq->msix_vector = v < vp->nvec ? (uint16_t)v : VIRTIO_MSI_NO_VECTOR;
+		break;
+	case CC_Q_ENABLE:
+		/* Writing 0 is not allowed (no RING_RESET); 1 starts the ring at index 0. */
+		if (vq && v == 1 && !vq->enabled) {
+			vq->last_avail = vq->used_idx = vq->signalled_used = 0;
+			vq->signalled_valid = false;
+			vq->error[0] = 0;
+			__atomic_store_n(&vq->enabled, true, __ATOMIC_RELEASE);
+		}
+		break;
+	case CC_Q_DESC:
+		if (vq && !vq->enabled)
+			vq->desc_gpa = v;
+		break;
+	case CC_Q_DRIVER:
+		if (vq && !vq->enabled)
+			vq->avail_gpa = v;
+		break;
+	case CC_Q_DEVICE:
+		if (vq && !vq->enabled)
+			vq->used_gpa = v;
+		break;
+	default:
+		break;             /* read-only */
+	}
+}
+
+static void vpci_common_io(struct virtio_pci *vp, unsigned int off, uint8_t *data,
+			   unsigned int len, bool is_write)
+{
+	struct virtio_dev *vdev = vp->vdev;
+	uint8_t img[VPCI_COMMON_LEN];
+	bool status_written = false;
+	uint8_t status = 0;
+
+	if (!is_write) {
+		pthread_mutex_lock(&vdev->lock);
+		vpci_common_image(vdev, img);
+		pthread_mutex_unlock(&vdev->lock);
+		memcpy(data, img + off, len);
+		return;
+	}
+	pthread_mutex_lock(&vp->status_lock);
+	pthread_mutex_lock(&vdev->lock);
+	/* Merge the written bytes into the current values, then apply each field touched. */
+	vpci_common_image(vdev, img);
+	memcpy(img + off, data, len);
+	for (unsigned int i = 0; i < ARRAY_SIZE(cc_fields); i++) {
+		unsigned int fo = cc_fields[i].off, fs = cc_fields[i].size;
+		uint64_t v;
+
+		if (fo >= off + len || fo + fs <= off)
+			continue;
+		v = fs == 1 ? img[fo] : fs == 2 ? get16(img + fo) : fs == 4 ? get32(img + fo) :
+		    get64(img + fo);
+		if (fo == CC_STATUS) {
+			status_written = true;
+			status = (uint8_t)v;
+		} else {
+			vpci_common_field(vp, fo, v);
+		}
+	}
+	pthread_mutex_unlock(&vdev->lock);
+	if (status_written)
+		vpci_set_status(vp, status);
+	pthread_mutex_unlock(&vp->status_lock);
+}
+
+/* ---- the BAR ------------------------------------------------------------------------------- */
+
+static void vpci_bar_io(void *opaque, uint64_t off, void *data, unsigned int len, bool is_write)
+{
+	struct virtio_pci *vp = opaque;
+	struct virtio_dev *vdev = vp->vdev;
+	uint8_t *p = data;
+
+	if (off < VPCI_COMMON_OFF + VPCI_COMMON_LEN && off + len <= VPCI_COMMON_OFF + VPCI_COMMON_LEN) {
+		vpci_common_io(vp, (unsigned int)(off - VPCI_COMMON_OFF), p, len, is_write);
+	} else if (off >= VPCI_ISR_OFF && off < VPCI_ISR_OFF + VPCI_ISR_LEN) {
+		if (is_write)
+			return;
+		memset(p, 0, len);
+		if (off == VPCI_ISR_OFF) {
+			/* Reading ISR clears it and lowers INTx (virtio 1.2, 4.1.4.5). */
+			p[0] = __atomic_exchange_n(&vdev->isr, 0, __ATOMIC_SEQ_CST);
+			if (!pci_msix_enabled(&vp->pdev))
+				pci_set_intx(&vp->pdev, 0);
+		}
+	} else if (off >= VPCI_DEVICE_OFF && off - VPCI_DEVICE_OFF < vdev->ops->config_size &&
+		   len <= vdev->ops->config_size - (off - VPCI_DEVICE_OFF)) {
+		uint32_t coff = (uint32_t)(off - VPCI_DEVICE_OFF);
+
+		pthread_mutex_lock(&vdev->lock);
+		if (is_write) {
+			if (vdev->ops->config_write)
+				vdev->ops->config_write(vdev, coff, p, len);
+		} else {
+			memset(p, 0, len);
+			if (vdev->ops->config_read)
+				vdev->ops->config_read(vdev, coff, p, len);
+		}
+		pthread_mutex_unlock(&vdev->lock);
+	} else if (off >= VPCI_NOTIFY_OFF &&
+		   off < VPCI_NOTIFY_OFF + (uint64_t)VPCI_NOTIFY_MULT * vdev->ops->nr_queues) {
+		if (is_write)
+			vpci_kick(vdev, (unsigned int)((off - VPCI_NOTIFY_OFF) / VPCI_NOTIFY_MULT));
+		else
+			memset(p, 0, len);
+	} else if (!is_write) {
+		memset(p, 0, len);
+	}
+}
+
+/* ---- config space: the PCI configuration access capability ------------------------------------ */
+
+/*
+ * Under the bus lock: an access to the capability's pci_cfg_data window
+ * becomes an access of `length` bytes at `offset` of BAR `bar` (virtio 1.2,
+ * 4.1.4.9).  Lengths other than 1, 2, 4, or a window outside BAR 0, do
+ * nothing.
+ */
+static void vpci_cfg_window(struct virtio_pci *vp, bool is_write)
+{
+	uint8_t *cap = vp->pdev.cfg + vp->pcicfg_cap;
+	uint32_t off = get32(cap + 8), len = get32(cap + 12);
+
+	if (cap[4] != VPCI_BAR || (len != 1 && len != 2 && len != 4) || off % len ||
+	    off >= VPCI_BAR_SIZE || len > VPCI_BAR_SIZE - off)
+		return;
+	if (is_write) {
+		vpci_bar_io(vp, off, cap + 16, len, true);
+	} else {
+		memset(cap + 16, 0, 4);
+		vpci_bar_io(vp, off, cap + 16, len, false);
+	}
+}
+
+static bool vpci_touches_window(struct virtio_pci *vp, unsigned int off, unsigned int len)
+{
+	unsigned int w = vp->pcicfg_cap + 16u;
+
+	return vp->pcicfg_cap && off < w + 4 && off + len > w;
+}
+
+static void vpci_cfg_write(struct pci_dev *d, unsigned int off, unsigned int len)
+{
+	struct virtio_pci *vp = d->opaque;
+
+	if (vpci_touches_window(vp, off, len))
+		vpci_cfg_window(vp, true);
+}
+
+static void vpci_cfg_read(struct pci_dev *d, unsigned int off, unsigned int len)
+{
+	struct virtio_pci *vp = d->opaque;
+
+	if (vpci_touches_window(vp, off, len))
+		vpci_cfg_window(vp, false);
+}
+
+/* ---- set-up ------------------------------------------------------------------------------------ */
+
+static uint8_t vpci_add_cap(struct virtio_pci *vp, uint8_t type, uint8_t caplen, uint32_t off,
+			    uint32_t len)
+{
+	uint8_t c = pci_add_cap(&vp->pdev, PCI_CAP_ID_VNDR, caplen);
+
+	if (!c)
+		return 0;
+	vp->pdev.cfg[c + 2] = caplen;
+	vp->pdev.cfg[c + 3] = type;
+	vp->pdev.cfg[c + 4] = VPCI_BAR;
+	vp->pdev.cfg[c + 5] = 0;              /* id: one capability of each type */
+	put32(vp->pdev.cfg + c + 8, off);
+	put32(vp->pdev.cfg + c + 12, len);
+	return c;
+}
+
+static int vpci_setup_config(struct virtio_pci *vp)
+{
+	struct pci_dev *d = &vp->pdev;
+	const struct virtio_dev_ops *ops = vp->vdev->ops;
+	uint8_t c;
+
+	put16(d->cfg + 0x00, VIRTIO_PCI_VENDOR);
+	put16(d->cfg + 0x02, (uint16_t)(VIRTIO_PCI_DEVICE_BASE + ops->device_id));
+	d->cfg[0x08] = 1;                          /* revision: modern */
+	d->cfg[0x09] = 0;                          /* prog-if */
+	d->cfg[0x0a] = (uint8_t)ops->pci_class;    /* subclass */
+	d->cfg[0x0b] = (uint8_t)(ops->pci_class >> 8);
+	d->cfg[0x0e] = 0;                          /* header type 0 */
+	put16(d->cfg + 0x2c, VIRTIO_PCI_VENDOR);
+	put16(d->cfg + 0x2e, VIRTIO_PCI_SUBSYS);
+	d->cfg[0x3d] = 1;                          /* INTA# */
+	pci_set_bar(d, VPCI_BAR, VPCI_BAR_SIZE, true, vpci_bar_io, vp);
+
+	if (!vpci_add_cap(vp, VPCI_CAP_COMMON, 16, VPCI_COMMON_OFF, VPCI_COMMON_LEN) ||
+	    !vpci_add_cap(vp, VPCI_CAP_ISR, 16, VPCI_ISR_OFF, VPCI_ISR_LEN))
+		return -ENOSPC;
+	if (ops->config_size &&
+	    !vpci_add_cap(vp, VPCI_CAP_DEVICE, 16, VPCI_DEVICE_OFF, ops->config_size))
+		return -ENOSPC;
+	c = vpci_add_cap(vp, VPCI_CAP_NOTIFY, 20, VPCI_NOTIFY_OFF, VPCI_NOTIFY_MULT * ops->nr_queues);
+	if (!c)
+		return -ENOSPC;
+	put32(d->cfg + c + 16, VPCI_NOTIFY_MULT);
+	c = vpci_add_cap(vp, VPCI_CAP_PCI_CFG, 20, 0, 0);
+	if (!c)
+		return -ENOSPC;
+	vp->pcicfg_cap = c;
+	d->wmask[c + 4] = 0xff;                    /* bar */
+	memset(d->wmask + c + 8, 0xff, 12);        /* offset, length, pci_cfg_data */
+	return pci_msix_init(d, vp->nvec, VPCI_BAR, VPCI_MSIX_TABLE, VPCI_MSIX_PBA);
+}
+
+static void vpci_teardown(struct virtio_pci *vp);
+
+/* ---- registry glue ------------------------------------------------------------------------------- */
+
+static void vpci_dev_reset(struct dev *d)
+{
+	struct virtio_pci *vp = d->priv;
+
+	pthread_mutex_lock(&vp->status_lock);
+	vpci_reset(vp);
+	pthread_mutex_unlock(&vp->status_lock);
+}
+
+static int vpci_dev_quiesce(struct dev *d)
+{
+	struct virtio_pci *vp = d->priv;
+
+	if (vp->active && vp->vdev->ops->quiesce)
+		return vp->vdev->ops->quiesce(vp->vdev);
+	return 0;
+}
+
+static int vpci_dev_resume(struct dev *d)
+{
+	struct virtio_pci *vp = d->priv;
+
+	if (vp->active && vp->vdev->ops->resume)
+		return vp->vdev->ops->resume(vp->vdev);
+	return 0;
+}
+
+static int vpci_dev_save(struct dev *d, struct state_out *out)
+{
+	struct virtio_pci *vp = d->priv;
+
+	return virtio_pci_save(vp->vdev, out);
+}
+
+static int vpci_dev_load(struct dev *d, struct state_in *in, uint16_t version)
+{
+	struct virtio_pci *vp = d->priv;
+
+	return virtio_pci_load(vp->vdev, in, version);
+}
+
+static void vpci_dev_destroy(struct dev *d)
+{
+	struct virtio_pci *vp = d->priv;
+
+	virtio_pci_destroy(vp->vdev);
+}
+
+/*
+ * virtio_pci_add - see virtio.h.  The device fills vdev->ops and
+ * vdev->priv first; this initialises vdev->lock and every transport field.
+ * Returns 0 or -errno (-EINVAL for ops out of range, -EBUSY for a taken
+ * slot, -ENOSPC when the PCI window or config space is full).
+ */
+int virtio_pci_add(struct vm *vm, unsigned int slot, struct virtio_dev *vdev)
+{
+	const struct virtio_dev_ops *ops = vdev->ops;
+	struct virtio_pci *vp;
+	int ret;
+
+	if (!ops || !ops->name || !ops->nr_queues || ops->nr_queues > VIRTIO_MAX_QUEUES ||
+	    !ops->queue_max_size || ops->queue_max_size > VIRTQ_MAX_SIZE ||
+	    (ops->queue_max_size & (ops->queue_max_size - 1)) || ops->config_size > VPCI_DEVICE_MAX)
+		return -EINVAL;
+	if (!vm->dev)
+		return -ENODEV;
+	vp = calloc(1, sizeof(*vp));
+	if (!vp)
+		return -ENOMEM;
+	vp->vdev = vdev;
+	vp->vm = vm;
+	vp->slot = slot;
+	vp->nvec = ops->nr_queues + 1;
+	pthread_mutex_init(&vp->status_lock, NULL);
+	pthread_mutex_init(&vdev->lock, NULL);
+	vdev->vm = vm;
+	vdev->pci = vp;
+	vdev->device_features = (ops->features ? ops->features(vdev) : 0) |
+				1ULL << VIRTIO_F_VERSION_1 | 1ULL << VIRTIO_F_INDIRECT_DESC |
+				1ULL << VIRTIO_F_EVENT_IDX;
+	vdev->config_generation = 0;
+	for (unsigned int q = 0; q < VIRTIO_MAX_QUEUES; q++) {
+		struct virtqueue *vq = &vdev->vqs[q];
+
+		memset(vq, 0, sizeof(*vq));
+		vq->vdev = vdev;
+		vq->index = (uint16_t)q;
+		vq->kick_fd = -1;
+		if (q >= ops->nr_queues)
+			continue;
+		vq->max_size = ops->queue_max_size;
+		vq->kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		if (vq->kick_fd < 0) {
+			ret = -errno;
+			goto err;
+		}
+	}
+	vpci_reset_fields(vdev);
+
+	vp->pdev.opaque = vp;
+	vp->pdev.cfg_write = vpci_cfg_write;
+	vp->pdev.cfg_read = vpci_cfg_read;
+	vp->pdev.bar_moved = vpci_bar_moved;
+	ret = vpci_setup_config(vp);
+	if (ret)
+		goto err;
+	ret = pci_add(&vm->dev->pci, slot, &vp->pdev);
+	if (ret)
+		goto err_msix;
+
+	vp->dev_ops = (struct dev_ops){
+		.name = ops->name,
+		.version = 1,
+		.min_version = 1,
+		.reset = vpci_dev_reset,
+		.quiesce = vpci_dev_quiesce,
+		.resume = vpci_dev_resume,
+		.save = vpci_dev_save,
+		.load = vpci_dev_load,
+		.destroy = vpci_dev_destroy,
+	};
+	ret = dev_register(vm, &vp->dev, &vp->dev_ops, vp, slot);
+	if (ret) {
+		log_warnx("%s: %s: cannot register for migration", __func__, ops->name);
+		vpci_teardown(vp);
+		return ret;
+	}
+	log_debug("%s: %s at 00:%02x.0, BAR0 %#llx", __func__, ops->name, slot,
+		  (unsigned long long)vp->pdev.bar[VPCI_BAR].addr);
+	return 0;
+err_msix:
+	pci_msix_destroy(&vp->pdev);
+err:
+	for (unsigned int q = 0; q < VIRTIO_MAX_QUEUES; q++)
+		if (vdev->vqs[q].kick_fd >= 0)
+			close(vdev->vqs[q].kick_fd);
+	vdev->pci = NULL;
+	free(vp);
+	return ret;
+}
+
+/*
+ * Stop the device and undo virtio_pci_add: ioeventfds, the bus slot, MSI-X,
+ * kick fds, the registry entry; frees the transport.  vdev stays.
+ */
+static void vpci_teardown(struct virtio_pci *vp)
+{
+	struct virtio_dev *vdev = vp->vdev;
+
+	pthread_mutex_lock(&vp->status_lock);
+	if (vdev->ops->reset)
+		vdev->ops->reset(vdev);
+	vp->active = false;
+	pthread_mutex_unlock(&vp->status_lock);
+	for (unsigned int q = 0; q < vdev->ops->nr_queues; q++) {
+		struct virtqueue *vq = &vdev->vqs[q];
+
+		if (vq->kick_gpa)
+			(void)vpci_ioeventfd(vp, vq, vq->kick_gpa, false);
+		vq->kick_gpa = 0;
+	}
+	if (vp->pdev.bus)
+		pci_remove(vp->pdev.bus, vp->slot);
+	pci_msix_destroy(&vp->pdev);
+	for (unsigned int q = 0; q < VIRTIO_MAX_QUEUES; q++) {
+		if (vdev->vqs[q].kick_fd >= 0)
+			close(vdev->vqs[q].kick_fd);
+		vdev->vqs[q].kick_fd = -1;
+	}
+	/* Off the registry list, so whoever walks it later does not meet freed memory. */
+	for (struct dev **pp = &vp->vm->devices; *pp; pp = &(*pp)->next) {
+		if (*pp == &vp->dev) {
+			*pp = vp->dev.next;
+			break;
+		}
+	}
+	vdev->pci = NULL;
+	pthread_mutex_destroy(&vp->status_lock);
+	free(vp);
+}
+
+/*
+ * virtio_pci_destroy - see virtio.h: stops the device, removes it from the
+ * bus and the registry, frees the transport, then calls ops->destroy (which
+ * may free vdev).  For teardown with the vCPUs stopped.
+ */
+void virtio_pci_destroy(struct virtio_dev *vdev)
+{
+	const struct virtio_dev_ops *ops = vdev->ops;
+
+	if (!vdev->pci)
+		return;
+	vpci_teardown(vdev->pci);
+	if (ops->destroy)
+		ops->destroy(vdev);
+}
+
+/* ---- save and load ------------------------------------------------------------------------------- */
+
+/* Transport fields.  Never renumber; retired tags stay reserved. */
+enum {
+	VPCI_F_STATUS = 1,          /* u8 */
+	VPCI_F_DEV_FEATURES = 2,    /* u64: checked against ours on load */
+	VPCI_F_DRV_FEATURES = 3,    /* u64 */
+	VPCI_F_DEV_FEAT_SEL = 4,    /* u32 */
+	VPCI_F_DRV_FEAT_SEL = 5,    /* u32 */
+	VPCI_F_QUEUE_SEL = 6,       /* u16 */
+	VPCI_F_MSIX_CONFIG = 7,     /* u16 */
+	VPCI_F_CONFIG_GEN = 8,      /* u8 */
+	VPCI_F_ISR = 9,             /* u8 */
+	VPCI_F_QUEUE = 10,          /* nested VQ_F_* fields, one per queue */
+	VPCI_F_PCI_CFG = 11,        /* 256 bytes of config space */
+	VPCI_F_MSIX_TABLE = 12,     /* nvec * 16 bytes */
+	VPCI_F_MSIX_PBA = 13,       /* u64 per 64 vectors, little-endian */
+	VPCI_F_DEVICE = 14,         /* nested: ops->save's fields */
+	VPCI_F_NR_QUEUES = 15,      /* u16: checked on load */
+};
+enum {
+	VQ_F_INDEX = 1,             /* u16 */
+	VQ_F_SIZE = 2,              /* u16 */
+	VQ_F_ENABLED = 3,           /* u8 */
+	VQ_F_DESC = 4,              /* u64 */
+	VQ_F_AVAIL = 5,             /* u64 */
+	VQ_F_USED = 6,              /* u64 */
+	VQ_F_MSIX = 7,              /* u16 */
+	VQ_F_LAST_AVAIL = 8,        /* u16 */
+	VQ_F_USED_IDX = 9,          /* u16 */
+	VQ_F_SIGNALLED = 10,        /* u16 */
+	VQ_F_SIGNALLED_VALID = 11,  /* u8 */
+};
+
+/* virtio_pci_save - see virtio.h. */
+int virtio_pci_save(struct virtio_dev *vdev, struct state_out *out)
+{
+	struct virtio_pci *vp = vdev->pci;
+	struct pci_msix *m = &vp->pdev.msix;
+	struct state_out sub;
+	uint8_t pba[8 * ((VIRTIO_MAX_QUEUES + 1 + 63) / 64)];
+	int ret;
+
+	pthread_mutex_lock(&vdev->lock);
+	state_put_u16(out, VPCI_F_NR_QUEUES, (uint16_t)vdev->ops->nr_queues);
+	state_put_u64(out, VPCI_F_DEV_FEATURES, vdev->device_features);
+	state_put_u8(out, VPCI_F_STATUS, __atomic_load_n(&vdev->status, __ATOMIC_SEQ_CST));
+	state_put_u64(out, VPCI_F_DRV_FEATURES, vdev->driver_features);
+	state_put_u32(out, VPCI_F_DEV_FEAT_SEL, vdev->device_feature_sel);
+	state_put_u32(out, VPCI_F_DRV_FEAT_SEL, vdev->driver_feature_sel);
+	state_put_u16(out, VPCI_F_QUEUE_SEL, vdev->queue_sel);
+	state_put_u16(out, VPCI_F_MSIX_CONFIG, vdev->msix_config);
+	state_put_u8(out, VPCI_F_CONFIG_GEN, __atomic_load_n(&vdev->config_generation, __ATOMIC_SEQ_CST));
+	state_put_u8(out, VPCI_F_ISR, __atomic_load_n(&vdev->isr, __ATOMIC_SEQ_CST));
+	for (unsigned int q = 0; q < vdev->ops->nr_queues; q++) {
+		const struct virtqueue *vq = &vdev->vqs[q];
+
+		state_out_init(&sub);
+		state_put_u16(&sub, VQ_F_INDEX, (uint16_t)q);
+		state_put_u16(&sub, VQ_F_SIZE, vq->size);
+		state_put_u8(&sub, VQ_F_ENABLED, vq->enabled);
+		state_put_u64(&sub, VQ_F_DESC, vq->desc_gpa);
+		state_put_u64(&sub, VQ_F_AVAIL, vq->avail_gpa);
+		state_put_u64(&sub, VQ_F_USED, vq->used_gpa);
+		state_put_u16(&sub, VQ_F_MSIX, vq->msix_vector);
+		state_put_u16(&sub, VQ_F_LAST_AVAIL, vq->last_avail);
+		state_put_u16(&sub, VQ_F_USED_IDX, vq->used_idx);
+		state_put_u16(&sub, VQ_F_SIGNALLED, vq->signalled_used);
+		state_put_u8(&sub, VQ_F_SIGNALLED_VALID, vq->signalled_valid);
+		if (sub.err && !out->err)
+			out->err = sub.err;
+		state_put_bytes(out, VPCI_F_QUEUE, sub.buf, (uint32_t)sub.len);
+		state_out_free(&sub);
+	}
+	pthread_mutex_unlock(&vdev->lock);
+
+	if (vp->pdev.bus)
+		pthread_mutex_lock(&vp->pdev.bus->lock);
+	state_put_bytes(out, VPCI_F_PCI_CFG, vp->pdev.cfg, sizeof(vp->pdev.cfg));
+	if (vp->pdev.bus)
+		pthread_mutex_unlock(&vp->pdev.bus->lock);
+	pthread_mutex_lock(&m->lock);
+	state_put_bytes(out, VPCI_F_MSIX_TABLE, m->table, m->nr * PCI_MSIX_ENTRY_SIZE);
+	for (unsigned int i = 0; i < (m->nr + 63) / 64; i++)
+		for (unsigned int b = 0; b < 8; b++)
+			pba[8 * i + b] = (uint8_t)(m->pba[i] >> (8 * b));
+	state_put_bytes(out, VPCI_F_MSIX_PBA, pba, 8 * ((m->nr + 63) / 64));
+	pthread_mutex_unlock(&m->lock);
+
+	if (vdev->ops->save) {
+		state_out_init(&sub);
+		ret = vdev->ops->save(vdev, &sub);
+		if (!ret)
+			ret = sub.err;
+		if (ret) {
+			state_out_free(&sub);
+			return ret;
+		}
+		state_put_bytes(out, VPCI_F_DEVICE, sub.buf, (uint32_t)sub.len);
+		state_out_free(&sub);
+	}
+	return out->err;
+}
+
+struct vpci_loaded_queue {
+	bool seen;
+	uint16_t size, msix, last_avail, used_idx, signalled;
+	uint8_t enabled, signalled_valid;
+	uint64_t desc, avail, used;
+};
+
+static int vpci_load_queue(struct virtio_dev *vdev, const struct state_field *f,
+			   struct vpci_loaded_queue *qs)
+{
+	struct state_in in;
+	struct state_field g;
+	struct vpci_loaded_queue lq = { .seen = true };
+	uint16_t index = 0xffff;
+	int ret;
+
+	state_in_init(&in, f->val, f->len);
+	while ((ret = state_next(&in, &g)) > 0) {
+		switch (g.tag) {
+		case VQ_F_INDEX:           ret = state_get_u16(&g, &index); break;
+		case VQ_F_SIZE:            ret = state_get_u16(&g, &lq.size); break;
+		case VQ_F_ENABLED:         ret = state_get_u8(&g, &lq.enabled); break;
+		case VQ_F_DESC:            ret = state_get_u64(&g, &lq.desc); break;
+		case VQ_F_AVAIL:           ret = state_get_u64(&g, &lq.avail); break;
+		case VQ_F_USED:            ret = state_get_u64(&g, &lq.used); break;
+		case VQ_F_MSIX:            ret = state_get_u16(&g, &lq.msix); break;
+		case VQ_F_LAST_AVAIL:      ret = state_get_u16(&g, &lq.last_avail); break;
+		case VQ_F_USED_IDX:        ret = state_get_u16(&g, &lq.used_idx); break;
+		case VQ_F_SIGNALLED:       ret = state_get_u16(&g, &lq.signalled); break;
+		case VQ_F_SIGNALLED_VALID: ret = state_get_u8(&g, &lq.signalled_valid); break;
+		default:                   ret = 0;
+		}
+		if (ret)
+			return ret;
+	}
+	if (ret < 0)
+		return ret;
+	if (index >= vdev->ops->nr_queues || qs[index].seen) {
+		log_warnx("%s: %s: queue %u is not a queue of this device, or appears twice", __func__,
+			  vdev->ops->name, index);
+		return -EINVAL;
+	}
+	if (!lq.size || lq.size > vdev->vqs[index].max_size || (lq.size & (lq.size - 1)) ||
+	    lq.enabled > 1 || lq.signalled_valid > 1) {
+		log_warnx("%s: %s: queue %u: size %u not allowed here", __func__, vdev->ops->name,
+			  index, lq.size);
+		return -EINVAL;
+	}
+	qs[index] = lq;
+	return 0;
+}
+
+/* virtio_pci_load - see virtio.h.  Nothing changes unless every field is valid. */
+int virtio_pci_load(struct virtio_dev *vdev, struct state_in *in, uint16_t version)
+{
+	struct virtio_pci *vp = vdev->pci;
+	struct pci_dev *d = &vp->pdev;
+	struct pci_msix *m = &d->msix;
+	struct vpci_loaded_queue qs[VIRTIO_MAX_QUEUES] = { 0 };
+	struct state_field f;
+	const uint8_t *cfg = NULL, *table = NULL, *pba = NULL, *dev_fields = NULL;
+	uint32_t dev_len = 0, dfs = 0, gfs = 0;
+	uint64_t dfeat = 0, gfeat = 0;
+	uint16_t nq = 0, qsel = 0, msix_config = VIRTIO_MSI_NO_VECTOR;
+	uint8_t status = 0, gen = 0, isr = 0;
+	uint32_t seen = 0, need;
+	int ret;
+
+	if (version != 1)
+		return -EINVAL;
+	while ((ret = state_next(in, &f)) > 0) {
+		if (f.tag < 32 && f.tag != VPCI_F_QUEUE) {
+			if (seen & (1u << f.tag))
+				return -EBADMSG;
+			seen |= 1u << f.tag;
+		}
+		switch (f.tag) {
+		case VPCI_F_STATUS:       ret = state_get_u8(&f, &status); break;
+		case VPCI_F_DEV_FEATURES: ret = state_get_u64(&f, &dfeat); break;
+		case VPCI_F_DRV_FEATURES: ret = state_get_u64(&f, &gfeat); break;
+		case VPCI_F_DEV_FEAT_SEL: ret = state_get_u32(&f, &dfs); break;
+		case VPCI_F_DRV_FEAT_SEL: ret = state_get_u32(&f, &gfs); break;
+		case VPCI_F_QUEUE_SEL:    ret = state_get_u16(&f, &qsel); break;
+		case VPCI_F_MSIX_CONFIG:  ret = state_get_u16(&f, &msix_config); break;
+		case VPCI_F_CONFIG_GEN:   ret = state_get_u8(&f, &gen); break;
+		case VPCI_F_ISR:          ret = state_get_u8(&f, &isr); break;
+		case VPCI_F_NR_QUEUES:    ret = state_get_u16(&f, &nq); break;
+		case VPCI_F_QUEUE:        ret = vpci_load_queue(vdev, &f, qs); break;
+		case VPCI_F_PCI_CFG:
+			ret = f.len == sizeof(d->cfg) ? 0 : -EBADMSG;
+			cfg = f.val;
+			break;
+		case VPCI_F_MSIX_TABLE:
+			ret = f.len == m->nr * PCI_MSIX_ENTRY_SIZE ? 0 : -EBADMSG;
+			table = f.val;
+			break;
+		case VPCI_F_MSIX_PBA:
+			ret = f.len == 8 * ((m->nr + 63) / 64) ? 0 : -EBADMSG;
+			pba = f.val;
+			break;
+		case VPCI_F_DEVICE:
+			dev_fields = f.val;
+			dev_len = f.len;
+			ret = 0;
+			break;
+		default:
+			ret = 0;   /* a newer writer's optional field */
+		}
+		if (ret)
+			return ret;
+	}
+	if (ret < 0)
+		return ret;
+	/* Every field version 1 writes must be there: a cut stream is not a shorter valid one. */
+	need = 1u << VPCI_F_STATUS | 1u << VPCI_F_DEV_FEATURES | 1u << VPCI_F_DRV_FEATURES |
+	       1u << VPCI_F_DEV_FEAT_SEL | 1u << VPCI_F_DRV_FEAT_SEL | 1u << VPCI_F_QUEUE_SEL |
+	       1u << VPCI_F_MSIX_CONFIG | 1u << VPCI_F_CONFIG_GEN | 1u << VPCI_F_ISR |
+	       1u << VPCI_F_PCI_CFG | 1u << VPCI_F_MSIX_TABLE | 1u << VPCI_F_MSIX_PBA |
+	       1u << VPCI_F_NR_QUEUES | (vdev->ops->save ? 1u << VPCI_F_DEVICE : 0);
+	if ((seen & need) != need) {
+		log_debug("%s: %s: fields missing (have %#x, need %#x)", __func__, vdev->ops->name,
+			  seen, need);
+		return -EBADMSG;
+	}
+	for (unsigned int q = 0; q < vdev->ops->nr_queues; q++)
+		if (!qs[q].seen)
+			return -EBADMSG;
+	if (nq != vdev->ops->nr_queues || dfeat != vdev->device_features) {
+		log_warnx("%s: %s: saved with %u queues and features %#llx; this device has %u and %#llx",
+			  __func__, vdev->ops->name, nq, (unsigned long long)dfeat,
+			  vdev->ops->nr_queues, (unsigned long long)vdev->device_features);
+		return -EINVAL;
+	}
+	if ((gfeat & ~dfeat) || (msix_config != VIRTIO_MSI_NO_VECTOR && msix_config >= vp->nvec))
+		return -EINVAL;
+	for (unsigned int q = 0; q < nq; q++)
+		if (qs[q].seen && qs[q].msix != VIRTIO_MSI_NO_VECTOR && qs[q].msix >= vp->nvec)
+			return -EINVAL;
+
+	/* Valid: stop whatever runs, then apply. */
+	pthread_mutex_lock(&vp->status_lock);
+	if (vp->active && vdev->ops->reset)
+		vdev->ops->reset(vdev);
+	vp->active = false;
+	pthread_mutex_lock(&vdev->lock);
+	vpci_reset_fields(vdev);
+	vdev->driver_features = gfeat;
+	vdev->device_feature_sel = dfs;
+	vdev->driver_feature_sel = gfs;
+	vdev->queue_sel = qsel;
+	vdev->msix_config = msix_config;
+	vdev->config_generation = gen;
+	vdev->isr = isr;
+	for (unsigned int q = 0; q < nq; q++) {
+		struct virtqueue *vq = &vdev->vqs[q];
+
+		if (!qs[q].seen)
+			continue;
+		vq->size = qs[q].size;
+		vq->desc_gpa = qs[q].desc;
+		vq->avail_gpa = qs[q].avail;
+		vq->used_gpa = qs[q].used;
+		vq->msix_vector = qs[q].msix;
+		vq->last_avail = qs[q].last_avail;
+		vq->used_idx = qs[q].used_idx;
+		vq->signalled_used = qs[q].signalled;
+		vq->signalled_valid = qs[q].signalled_valid;
+		__atomic_store_n(&vq->enabled, qs[q].enabled != 0, __ATOMIC_RELEASE);
+	}
+	__atomic_store_n(&vdev->status, status, __ATOMIC_SEQ_CST);
+	pthread_mutex_unlock(&vdev->lock);
+
+	if (d->bus)
+		pthread_mutex_lock(&d->bus->lock);
+	if (cfg)
+		for (unsigned int i = 0; i < sizeof(d->cfg); i++)
+			d->cfg[i] = (uint8_t)((d->cfg[i] & ~d->wmask[i]) | (cfg[i] & d->wmask[i]));
+	if (d->bus)
+		pthread_mutex_unlock(&d->bus->lock);
+	pthread_mutex_lock(&m->lock);
+	if (table) {
+		memcpy(m->table, table, m->nr * PCI_MSIX_ENTRY_SIZE);
+		for (unsigned int v = 0; v < m->nr; v++) {
+			uint8_t *e = m->table + v * PCI_MSIX_ENTRY_SIZE + 12;
+
+			put32(e, get32(e) & 1);   /* only the mask bit exists */
+		}
+	}
+	if (pba)
+		for (unsigned int i = 0; i < (m->nr + 63) / 64; i++)
+			m->pba[i] = get64(pba + 8 * i) & (i == (m->nr - 1) / 64 && m->nr % 64 ?
+							  (1ULL << (m->nr % 64)) - 1 : ~0ULL);
+	pthread_mutex_unlock(&m->lock);
+	/* Host-side state from the guest-visible: ioeventfds, MSI routes, INTx. */
+	pci_update_bars(d);
+	pci_msix_refresh(d);
+	if (!pci_msix_enabled(d))
+		pci_set_intx(d, isr != 0);
+
+	ret = 0;
+	if (dev_fields && vdev->ops->load) {
+		struct state_in sub;
+
+		state_in_init(&sub, dev_fields, dev_len);
+		ret = vdev->ops->load(vdev, &sub, version);
+	}
+	if (!ret && (status & VIRTIO_STATUS_DRIVER_OK) && !(status & VIRTIO_STATUS_NEEDS_RESET)) {
+		ret = vdev->ops->activate ? vdev->ops->activate(vdev) : 0;
+		if (!ret)
+			vp->active = true;
+	}
+	pthread_mutex_unlock(&vp->status_lock);
+	return ret;
+}

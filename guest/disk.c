@@ -1,0 +1,379 @@
+/*
+ * disk.c - the virtio-blk driver and the disk workload: generations of a
+ * self-checking pattern written over a range of the disk, flushed, read
+ * back and verified.
+ *
+ * The range is [disk_start, disk_start + disk_mib) MiB, clipped to the
+ * capacity, in 4 KiB blocks numbered from the start of the disk.  Each
+ * block holds the memory workload's pattern (pattern_fill) with its block
+ * number, the generation and BLK_MAGIC.  One pass: write every block with
+ * generation g, FLUSH (if the device offers it), read every block back and
+ * verify it against g; then g + 1.  A read-only device (VIRTIO_BLK_F_RO)
+ * gets read passes only, which check each block that holds the pattern
+ * against its own generation (gen then counts the passes).
+ *
+ * Requests are 64 KiB with one header, one data and one status descriptor
+ * each, in fixed descriptor triples (slot i uses 3i..3i+2), up to 16 in
+ * flight, and the device is kicked once per batch.
+ */
+#include "virtio.h"
+
+#define VIRTIO_BLK_F_RO		5
+#define VIRTIO_BLK_F_FLUSH	9
+
+#define BLK_T_IN		0
+#define BLK_T_OUT		1
+#define BLK_T_FLUSH		4
+#define BLK_T_GET_ID		8
+#define BLK_S_OK		0
+#define BLK_ID_BYTES		20
+
+#define BLOCK			4096
+#define CHUNK_BLOCKS		16		/* 64 KiB per request */
+#define MAX_SLOTS		16
+#define BLK_MAGIC		0x4b4c425449574447ULL	/* "GDWITBLK" */
+#define ERR_PRINTS_PER_S	3
+
+struct blk_hdr {
+	u32 type, reserved;
+	u64 sector;
+};
+
+struct dreq {
+	struct blk_hdr hdr;
+	volatile u8 status;
+	bool busy;
+	u64 block;		/* first block */
+	u32 nblocks;
+	u64 t_submit;
+	u64 *buf;		/* CHUNK_BLOCKS * BLOCK bytes */
+};
+
+enum phase { PH_WRITE, PH_FLUSH, PH_READ };
+
+static struct virtio_dev vd;
+static struct vq q;
+static struct dreq reqs[MAX_SLOTS];
+static unsigned nslots;
+
+static struct {
+	u64 capacity;			/* 512-byte sectors */
+	bool ro, flush;
+	char serial[BLK_ID_BYTES + 1];
+	u64 first, end;			/* blocks [first, end) */
+	enum phase phase;
+	u64 gen, cursor;
+	unsigned inflight;
+	u64 written, read, errors, flushes;
+	u64 err_window, err_prints;
+	bool stuck;			/* a timeout was reported */
+} d;
+
+static const char *type_name(u32 type)
+{
+	switch (type) {
+	case BLK_T_IN: return "read";
+	case BLK_T_OUT: return "write";
+	case BLK_T_FLUSH: return "flush";
+	case BLK_T_GET_ID: return "get_id";
+	}
+	return "?";
+}
+
+static bool err_print_ok(u64 now)
+{
+	if (now - d.err_window > ms_to_tsc(1000)) {
+		d.err_window = now;
+		d.err_prints = 0;
+	}
+	return d.err_prints++ < ERR_PRINTS_PER_S;
+}
+
+/* Queue request r: `len` data bytes at r->buf (none if 0) for sector `sector`. */
+static void submit(struct dreq *r, u32 type, u64 sector, u32 len)
+{
+	u16 h = (u16)(3 * (r - reqs));
+
+	r->hdr = (struct blk_hdr){ .type = type, .sector = sector };
+	r->status = 0xff;
+	q.desc[h] = (struct vring_desc){ (u64)&r->hdr, sizeof(r->hdr), VIRTQ_DESC_F_NEXT,
+					 (u16)(h + 1) };
+	if (len) {
+		u16 fl = VIRTQ_DESC_F_NEXT | (type == BLK_T_OUT ? 0 : VIRTQ_DESC_F_WRITE);
+
+		q.desc[h + 1] = (struct vring_desc){ (u64)r->buf, len, fl, (u16)(h + 2) };
+		q.desc[h + 2] = (struct vring_desc){ (u64)&r->status, 1, VIRTQ_DESC_F_WRITE, 0 };
+	} else {
+		q.desc[h + 1] = (struct vring_desc){ (u64)&r->status, 1, VIRTQ_DESC_F_WRITE, 0 };
+	}
+	r->busy = true;
+	r->t_submit = rdtsc();
+	d.inflight++;
+	vq_add(&q, h);
+}
+
+/* The request a used element names, or NULL (reported) if none. */
+static struct dreq *used_req(u32 id)
+{
+	if (id % 3 == 0 && id / 3 < nslots && reqs[id / 3].busy)
+		return &reqs[id / 3];
+	d.errors++;
+	gprintf("disk: ERROR device returned descriptor %u, which is not in flight\n", id);
+	return NULL;
+}
+
+/* One synchronous request at set-up (slot 0); its status, or -1 on timeout. */
+static int sync_request(u32 type, u64 sector, u32 len)
+{
+	struct dreq *r = &reqs[0];
+	u32 id, ulen;
+
+	submit(r, type, sector, len);
+	vq_kick(&q);
+	if (!vq_wait(&q, &id, &ulen, VIRTIO_TIMEOUT_MS)) {
+		vq_report_timeout(&q, VIRTIO_TIMEOUT_MS, 1);
+		return -1;
+	}
+	if (used_req(id) != r)
+		return -1;
+	r->busy = false;
+	d.inflight--;
+	return r->status;
+}
+
+static void read_serial(void)
+{
+	char *s = (char *)reqs[0].buf;
+	int st;
+
+	memset(s, 0, BLK_ID_BYTES);
+	st = sync_request(BLK_T_GET_ID, 0, BLK_ID_BYTES);
+	d.serial[0] = '\0';
+	if (st == BLK_S_OK) {
+		unsigned n = 0;
+
+		while (n < BLK_ID_BYTES && s[n]) {
+			/* Printed as one word: no spaces or control characters. */
+			d.serial[n] = s[n] > ' ' && s[n] < 0x7f ? s[n] : '_';
+			n++;
+		}
+		d.serial[n] = '\0';
+	}
+	if (!d.serial[0]) {
+		d.serial[0] = '-';
+		d.serial[1] = '\0';
+	}
+}
+
+/* disk_ro_check=1: one write of block `first` (generation 0). */
+static void ro_check(void)
+{
+	int st;
+
+	pattern_fill(reqs[0].buf, d.first, 0, BLK_MAGIC);
+	st = sync_request(BLK_T_OUT, d.first * (BLOCK / 512), BLOCK);
+	if (st == BLK_S_OK)
+		gprintf("disk: write to read-only disk ACCEPTED status=0\n");
+	else if (st >= 0)
+		gprintf("disk: write to read-only disk refused status=%d\n", st);
+}
+
+bool disk_setup(void)
+{
+	u64 cap_blocks;
+
+	if (!virtio_find(&vd, VIRTIO_ID_BLK, "blk")) {
+		gprintf("disk: no usable virtio-blk device\n");
+		return false;
+	}
+	if (!virtio_start(&vd, 1ULL << VIRTIO_BLK_F_RO | 1ULL << VIRTIO_BLK_F_FLUSH))
+		return false;
+	if (!vd.devcfg || !virtio_queue(&vd, &q, 0, 128)) {
+		gprintf("disk: virtio-blk has no %s\n", vd.devcfg ? "queue 0" : "device config");
+		return false;
+	}
+	virtio_ready(&vd);
+	virtio_cfg_read(&vd, 0, &d.capacity, 8);
+	d.ro = virtio_has(&vd, VIRTIO_BLK_F_RO);
+	d.flush = virtio_has(&vd, VIRTIO_BLK_F_FLUSH);
+	nslots = MIN((unsigned)MAX_SLOTS, q.size / 3u);
+	for (unsigned i = 0; i < nslots; i++)
+		reqs[i].buf = (u64 *)boot_alloc(CHUNK_BLOCKS * BLOCK);
+
+	read_serial();
+	gprintf("disk: found capacity_mib=%lu serial=%s ro=%u flush=%u queue_size=%u\n",
+		d.capacity >> 11, d.serial, d.ro, d.flush, q.size);
+
+	cap_blocks = d.capacity / (BLOCK / 512);
+	d.first = cfg.disk_start_mib * (MiB / BLOCK);
+	d.end = d.first + cfg.disk_mib * (MiB / BLOCK);
+	if (d.end > cap_blocks || d.end < d.first) {
+		d.end = cap_blocks;
+		if (d.first < d.end)
+			gprintf("disk: range clipped to the capacity: %lu MiB from %lu MiB\n",
+				(d.end - d.first) * BLOCK / MiB, cfg.disk_start_mib);
+	}
+	if (d.first >= d.end) {
+		gprintf("disk: disk_start=%lu MiB is beyond the capacity\n", cfg.disk_start_mib);
+		return false;
+	}
+	if (cfg.disk_ro_check)
+		ro_check();
+	d.gen = d.ro ? 0 : 1;
+	d.phase = d.ro ? PH_READ : PH_WRITE;
+	d.cursor = d.first;
+	return true;
+}
+
+static void verify_block(const u64 *p, u64 blk, u64 now)
+{
+	u64 found_gen = p[1], found_idx = p[0], expected = d.ro ? found_gen : d.gen;
+	const char *what;
+
+	if (d.ro) {
+		/* Only blocks that hold the pattern, against their own generation. */
+		if (p[3] != BLK_MAGIC || pattern_check(p, blk, found_gen, BLK_MAGIC, NULL))
+			return;
+		what = "corrupt";
+	} else {
+		if (pattern_check(p, blk, d.gen, BLK_MAGIC, NULL))
+			return;
+		if (found_idx == blk && pattern_check(p, blk, found_gen, BLK_MAGIC, NULL))
+			what = found_gen < d.gen ? "stale" : "newer";
+		else
+			what = "corrupt";
+	}
+	d.errors++;
+	if (err_print_ok(now))
+		gprintf("disk: ERROR block=%lu expected gen=%lu found gen=%lu index=%lu content=%s\n",
+			blk, expected, found_gen, found_idx, what);
+}
+
+static void complete(struct dreq *r, u64 now)
+{
+	r->busy = false;
+	d.inflight--;
+	if (r->status != BLK_S_OK) {
+		d.errors++;
+		if (err_print_ok(now))
+			gprintf("disk: ERROR %s sector=%lu blocks=%u status=%u\n",
+				type_name(r->hdr.type), r->hdr.sector, r->nblocks, r->status);
+		return;
+	}
+	switch (r->hdr.type) {
+	case BLK_T_OUT:
+		d.written += (u64)r->nblocks * BLOCK;
+		break;
+	case BLK_T_IN:
+		d.read += (u64)r->nblocks * BLOCK;
+		for (u32 i = 0; i < r->nblocks; i++)
+			verify_block(r->buf + i * (BLOCK / 8), r->block + i, now);
+		break;
+	case BLK_T_FLUSH:
+		d.flushes++;
+		break;
+	}
+}
+
+static struct dreq *free_slot(void)
+{
+	for (unsigned i = 0; i < nslots; i++)
+		if (!reqs[i].busy)
+			return &reqs[i];
+	return NULL;
+}
+
+/* Start the next data request of this pass; false if none is left or no slot. */
+static bool next_request(void)
+{
+	struct dreq *r;
+	u32 n;
+
+	if (d.cursor >= d.end || !(r = free_slot()))
+		return false;
+	n = (u32)MIN((u64)CHUNK_BLOCKS, d.end - d.cursor);
+	r->block = d.cursor;
+	r->nblocks = n;
+	if (d.phase == PH_WRITE) {
+		for (u32 i = 0; i < n; i++)
+			pattern_fill(r->buf + i * (BLOCK / 8), d.cursor + i, d.gen, BLK_MAGIC);
+		submit(r, BLK_T_OUT, d.cursor * (BLOCK / 512), n * BLOCK);
+	} else {
+		submit(r, BLK_T_IN, d.cursor * (BLOCK / 512), n * BLOCK);
+	}
+	d.cursor += n;
+	return true;
+}
+
+enum poll_result disk_poll(u64 now)
+{
+	bool progress = false, queued = false;
+	u32 id, len;
+
+	while (vq_used(&q, &id, &len)) {
+		struct dreq *r = used_req(id);
+
+		if (r)
+			complete(r, now);
+		progress = true;
+	}
+
+	switch (d.phase) {
+	case PH_WRITE:
+	case PH_READ:
+		while (next_request())
+			queued = true;
+		if (d.cursor < d.end || d.inflight)
+			break;
+		if (d.phase == PH_WRITE && d.flush) {
+			struct dreq *r = free_slot();
+
+			r->nblocks = 0;
+			submit(r, BLK_T_FLUSH, 0, 0);
+			queued = true;
+			d.phase = PH_FLUSH;
+		} else if (d.phase == PH_WRITE) {
+			d.phase = PH_READ;
+		} else {
+			d.gen++;
+			d.phase = d.ro ? PH_READ : PH_WRITE;
+		}
+		d.cursor = d.first;
+		progress = true;
+		break;
+	case PH_FLUSH:
+		if (!d.inflight) {
+			d.phase = PH_READ;
+			progress = true;
+		}
+		break;
+	}
+	if (queued)
+		vq_kick(&q);
+
+	if (progress) {
+		d.stuck = false;
+	} else if (d.inflight && !d.stuck) {
+		u64 oldest = now;
+
+		for (unsigned i = 0; i < nslots; i++)
+			if (reqs[i].busy && (int64_t)(reqs[i].t_submit - oldest) < 0)
+				oldest = reqs[i].t_submit;
+		if (now - oldest > ms_to_tsc(VIRTIO_TIMEOUT_MS)) {
+			vq_report_timeout(&q, VIRTIO_TIMEOUT_MS, d.inflight);
+			d.stuck = true;
+		}
+	}
+	if (progress || queued)
+		return POLL_PROGRESS;
+	return d.inflight && !d.stuck ? POLL_WAIT : POLL_IDLE;
+}
+
+void disk_report(u64 now)
+{
+	u64 t10 = t10_since_boot(now);
+
+	gprintf("disk: t=%lu.%lu gen=%lu written_mib=%lu read_mib=%lu errors=%lu flushes=%lu "
+		"serial=%s capacity_mib=%lu ro=%u\n", t10 / 10, t10 % 10, d.gen, d.written >> 20,
+		d.read >> 20, d.errors, d.flushes, d.serial, d.capacity >> 11, d.ro);
+}

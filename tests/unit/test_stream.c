@@ -1,0 +1,1529 @@
+/*
+ * test_stream.c - the migration stream (stream.c, crc32c.c): CRC values,
+ * write -> read round trips through a file, a pipe and memory, every
+ * truncation and bit flip of a small stream refused cleanly, unknown
+ * sections skipped or refused by name, RAM runs outside the layout or
+ * with lying lengths refused, lost/reordered sections caught by the EOF
+ * chain, the writer's own checks, configuration and CPUID compatibility,
+ * the golden streams in tests/data/, and a throughput figure.
+ *
+ * Decodes from memory run on heap copies of exactly the bytes given, so
+ * under ASan (`make asan`) a read past the end is a crash, not a pass.
+ * Hostile variants are made by editing a good stream and restamping its
+ * checksums with restamp(), an independent walker of the format, so the
+ * reader's semantic checks are reached, not only its CRC check.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/kvm.h>
+
+#include "unit.h"
+#include "godwit/crc32c.h"
+#include "godwit/state.h"
+#include "godwit/stream.h"
+
+#define PAGE      4096u
+#define GB_GPA    0x100000000ull       /* region B: at 4 GiB, as above the MMIO hole */
+
+/* ---- a fake guest: region A at 0, region B at 4 GiB --------------------------- */
+
+struct guest {
+	unsigned int n;
+	uint64_t gpa[2], size[2];
+	uint8_t *host[2];
+};
+
+static void guest_alloc(struct guest *g, uint64_t pages_a, uint64_t pages_b)
+{
+	memset(g, 0, sizeof(*g));
+	g->n = pages_b ? 2 : 1;
+	g->gpa[0] = 0;
+	g->size[0] = pages_a * PAGE;
+	g->gpa[1] = GB_GPA;
+	g->size[1] = pages_b * PAGE;
+	for (unsigned int i = 0; i < g->n; i++) {
+		g->host[i] = aligned_alloc(PAGE, g->size[i]);
+		if (g->host[i])
+			memset(g->host[i], 0, g->size[i]);
+	}
+}
+
+static void guest_free(struct guest *g)
+{
+	for (unsigned int i = 0; i < 2; i++)
+		free(g->host[i]);
+	memset(g, 0, sizeof(*g));
+}
+
+static void *guest_lookup(void *opaque, uint64_t gpa, uint64_t len)
+{
+	struct guest *g = opaque;
+
+	for (unsigned int i = 0; i < g->n; i++)
+		if (gpa >= g->gpa[i] && gpa - g->gpa[i] <= g->size[i] &&
+		    len <= g->size[i] - (gpa - g->gpa[i]))
+			return g->host[i] + (gpa - g->gpa[i]);
+	return NULL;
+}
+
+static bool guest_equal(const struct guest *a, const struct guest *b)
+{
+	for (unsigned int i = 0; i < a->n; i++)
+		if (a->size[i] != b->size[i] || memcmp(a->host[i], b->host[i], a->size[i]))
+			return false;
+	return a->n == b->n;
+}
+
+/* A deterministic non-zero page for (gpa, pass). */
+static void fill_page(uint8_t *p, uint64_t gpa, unsigned int pass)
+{
+	uint64_t x = (gpa >> 12) * 0x9e3779b97f4a7c15ull + pass * 0x632be59bd9b4e019ull + 1;
+
+	for (unsigned int i = 0; i < PAGE; i += 8) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		memcpy(p + i, &x, 8);
+	}
+}
+
+static void guest_config(const struct guest *g, struct stream_config *c)
+{
+	static const struct stream_cpuid_entry leaves[] = {
+		/* leaf 0: max 0xd, "GenuineIntel" */
+		{ 0x0, 0, 0, 0xd, 0x756e6547, 0x6c65746e, 0x49656e69 },
+		{ 0x1, 0, 0, 0x000306c3, 0x00010800, 0x80202001, 0x078bfbff },
+		{ 0x7, 0, 1, 0, 0x00000009, 0, 0 },
+		{ 0x80000001, 0, 0, 0, 0, 0x1, 0x2c100800 },
+	};
+
+	stream_config_init(c);
+	c->ncpus = 2;
+	snprintf(c->name, sizeof(c->name), "golden");
+	for (unsigned int i = 0; i < 16; i++)
+		c->uuid[i] = (uint8_t)(0xa0 + i);
+	snprintf(c->cpu_model, sizeof(c->cpu_model), "x86-64-v2");
+	snprintf(c->cpu_vendor, sizeof(c->cpu_vendor), "GenuineIntel");
+	c->tsc_khz = 2400000;
+	for (unsigned int i = 0; i < g->n; i++)
+		if (stream_config_add_region(c, g->gpa[i], g->size[i]))
+			abort();
+	c->nr_cpuid = ARRAY_SIZE(leaves);
+	memcpy(c->cpuid, leaves, sizeof(leaves));
+	if (stream_config_add_device(c, "test-uart", 0, 2, "") ||
+	    stream_config_add_device(c, "test-blk", 0, 1, "serial=disk0,readonly=off"))
+		abort();
+}
+
+/* ---- the sample stream (frozen: it wrote tests/data/golden-0.1.0-dev.gws) ----- */
+
+/*
+ * Payload k of the sample's non-RAM sections, and their headers.  Frozen
+ * like golden_v1_write(): the golden test compares the file against these.
+ */
+static const struct {
+	uint8_t type;
+	const char *id;
+	uint16_t version;
+	uint32_t instance;
+} sample_sections[] = {
+	{ STREAM_CPU,    "test-cpu",     1, 0 },
+	{ STREAM_CPU,    "test-cpu",     1, 1 },
+	{ STREAM_VM,     "test-irqchip", 1, 0 },
+	{ STREAM_DEVICE, "test-uart",    2, 0 },
+	{ STREAM_DEVICE, "test-blk",     1, 0 },
+};
+
+static void sample_payload(unsigned int k, struct state_out *o)
+{
+	uint8_t b[3000];
+
+	for (unsigned int i = 0; i < sizeof(b); i++)
+		b[i] = (uint8_t)(i * 13 + k);
+	state_put_u32(o, 1, 0x1000 + k);
+	state_put_u64(o, 2, 0x0123456789abcdefull ^ k);
+	state_put_bytes(o, 3, b, k == 4 ? 3000 : 40 + k);
+	if (k == 3)
+		state_put_bytes(o, 4, NULL, 0);
+}
+
+/* Extras, never used for the golden stream. */
+#define SAMPLE_OPTIONAL  0x1    /* an unknown optional section (type 0x70) */
+#define SAMPLE_REQUIRED  0x2    /* an unknown required section (type 0x71) */
+#define SAMPLE_NO_PASS2  0x4    /* stop after the device sections */
+
+/*
+ * golden_v1_write - the sample stream for guest g (its memory is set as it
+ * goes): the configuration; pass 1 = every page (page i of a region is
+ * zero if i % 4 == 1, else fill_page(gpa, 1)); the sections of
+ * sample_sections[]; pass 2 = region A's first page zeroed and its second
+ * filled (sent through a dirty bitmap), region B's last page refilled;
+ * EOF.  golden-0.1.0-dev.gws is this with an 8+4-page guest and
+ * SAMPLE_OPTIONAL.  Frozen: change it only by adding SAMPLE_* extras.
+ */
+static int golden_v1_write(struct stream_writer *w, struct guest *g, unsigned int extras)
+{
+	struct stream_config *c = malloc(sizeof(*c));
+	int ret;
+
+	if (!c)
+		return -ENOMEM;
+	guest_config(g, c);
+	ret = stream_begin(w, c);
+	free(c);
+	if (ret)
+		return ret;
+	for (unsigned int r = 0; r < g->n; r++) {
+		for (uint64_t i = 0; i < g->size[r] / PAGE; i++)
+			if (i % 4 != 1)
+				fill_page(g->host[r] + i * PAGE, g->gpa[r] + i * PAGE, 1);
+		ret = stream_put_ram(w, g->host[r], g->gpa[r], g->size[r] / PAGE);
+		if (ret)
+			return ret;
+	}
+	for (unsigned int k = 0; k < ARRAY_SIZE(sample_sections); k++) {
+		struct state_out o;
+
+		state_out_init(&o);
+		sample_payload(k, &o);
+		ret = stream_put_state(w, sample_sections[k].type, sample_sections[k].id,
+				       sample_sections[k].version, sample_sections[k].instance, &o);
+		state_out_free(&o);
+		if (ret)
+			return ret;
+		if (k == 2 && (extras & SAMPLE_OPTIONAL))
+			ret = stream_put_section(w, 0x70, STREAM_F_OPTIONAL, "test-future-opt", 3, 0,
+						 "ignore me", 9);
+		if (k == 2 && (extras & SAMPLE_REQUIRED))
+			ret = stream_put_section(w, 0x71, 0, "test-future-req", 1, 0, "need me", 7);
+		if (ret)
+			return ret;
+	}
+	if (!(extras & SAMPLE_NO_PASS2)) {
+		uint64_t bits = 0x3;
+		uint64_t last = g->size[g->n - 1] / PAGE - 1;
+
+		memset(g->host[0], 0, PAGE);
+		fill_page(g->host[0] + PAGE, g->gpa[0] + PAGE, 2);
+		ret = stream_put_ram_dirty(w, g->host[0], g->gpa[0], g->size[0] / PAGE, &bits);
+		if (ret)
+			return ret;
+		fill_page(g->host[g->n - 1] + last * PAGE, g->gpa[g->n - 1] + last * PAGE, 2);
+		ret = stream_put_ram(w, g->host[g->n - 1] + last * PAGE,
+				     g->gpa[g->n - 1] + last * PAGE, 1);
+		if (ret)
+			return ret;
+	}
+	return stream_end(w);
+}
+
+/* ---- helpers: write into memory, load everything, walk and restamp ------------ */
+
+/* The sample for a guest of (pa, pb) pages, as bytes (malloc()ed); g gets the memory. */
+static uint8_t *sample_bytes(struct guest *g, uint64_t pa, uint64_t pb, unsigned int extras,
+			     size_t *len)
+{
+	struct stream_writer *w;
+	struct stat st;
+	uint8_t *b = NULL;
+	int fd = memfd_create("stream", 0);
+
+	guest_alloc(g, pa, pb);
+	if (fd < 0 || stream_writer_new(fd, &w))
+		abort();
+	if (golden_v1_write(w, g, extras)) {
+		printf("#   sample: %s\n", stream_writer_error(w));
+		abort();
+	}
+	stream_writer_free(w);
+	if (fstat(fd, &st) || !(b = malloc((size_t)st.st_size + 1)) ||
+	    pread(fd, b, (size_t)st.st_size, 0) != st.st_size)
+		abort();
+	close(fd);
+	*len = (size_t)st.st_size;
+	return b;
+}
+
+struct rec {
+	uint8_t type, flags;
+	char id[STREAM_ID_MAX + 1];
+	uint16_t version;
+	uint32_t instance;
+	uint64_t len;
+	uint32_t payload_crc;
+};
+
+struct loaded {
+	struct stream_config cfg;
+	struct rec recs[32];
+	unsigned int n;
+	struct stream_ram_stats ram;
+	char err[512];
+};
+
+/* Read a whole stream: RAM into g (NULL: check only), payloads recorded. */
+static int load_all(struct stream_reader *r, struct guest *g, struct loaded *L)
+{
+	const struct stream_config *cfg;
+	struct stream_section s;
+	int ret;
+
+	memset(L, 0, sizeof(*L));
+	ret = stream_read_header(r, &cfg);
+	if (!ret)
+		L->cfg = *cfg;
+	while (!ret && (ret = stream_next_section(r, &s)) > 0) {
+		struct rec *rc = &L->recs[L->n < 32 ? L->n++ : 31];
+		const uint8_t *p;
+
+		rc->type = s.type;
+		rc->flags = s.flags;
+		memcpy(rc->id, s.id, sizeof(rc->id));
+		rc->version = s.version;
+		rc->instance = s.instance;
+		rc->len = s.len;
+		if (s.type == STREAM_RAM) {
+			ret = stream_read_ram(r, g ? guest_lookup : NULL, g, &L->ram);
+		} else {
+			ret = stream_read_payload(r, &p);
+			if (!ret)
+				rc->payload_crc = crc32c(0, p, s.len);
+		}
+	}
+	snprintf(L->err, sizeof(L->err), "%s", stream_reader_error(r));
+	return ret;
+}
+
+/* Load len bytes at b from an exact heap copy. */
+static int load_mem(const uint8_t *b, size_t len, struct guest *g, struct loaded *L)
+{
+	struct stream_reader *r;
+	uint8_t *c = malloc(len ? len : 1);
+	int ret;
+
+	if (!c)
+		abort();
+	memcpy(c, b, len);
+	if (stream_reader_new_mem(c, len, &r))
+		abort();
+	ret = load_all(r, g, L);
+	stream_reader_free(r);
+	free(c);
+	return ret;
+}
+
+/* What a correct load of the sample must have produced. */
+static void check_sample_loaded(const struct loaded *L, const struct guest *src,
+				const struct guest *dst, unsigned int extras)
+{
+	unsigned int k = 0, nram = 0;
+
+	CHECK_EQ(L->cfg.ncpus, 2);
+	CHECK_STR(L->cfg.arch, "x86_64");
+	CHECK_STR(L->cfg.name, "golden");
+	CHECK_STR(L->cfg.cpu_model, "x86-64-v2");
+	CHECK_STR(L->cfg.cpu_vendor, "GenuineIntel");
+	CHECK_EQ(L->cfg.tsc_khz, 2400000);
+	CHECK_EQ(L->cfg.uuid[15], 0xaf);
+	CHECK_EQ(L->cfg.nr_regions, src->n);
+	CHECK_EQ(L->cfg.regions[1].gpa, GB_GPA);
+	CHECK_EQ(L->cfg.regions[1].size, src->size[1]);
+	CHECK_EQ(L->cfg.nr_cpuid, 4);
+	CHECK_EQ(L->cfg.cpuid[1].edx, 0x078bfbff);
+	CHECK_EQ(L->cfg.cpuid[2].flags, 1);
+	CHECK_EQ(L->cfg.nr_devices, 2);
+	CHECK_STR(L->cfg.devices[1].type, "test-blk");
+	CHECK_STR(L->cfg.devices[1].options, "serial=disk0,readonly=off");
+	CHECK_EQ(L->cfg.devices[0].version, 2);
+	for (unsigned int i = 0; i < L->n; i++) {
+		const struct rec *rc = &L->recs[i];
+
+		if (rc->type == STREAM_RAM) {
+			CHECK_STR(rc->id, "ram");
+			nram++;
+			continue;
+		}
+		if (k >= ARRAY_SIZE(sample_sections)) {
+			CHECK(!"more non-RAM sections than written");
+			break;
+		}
+		struct state_out o;
+
+		state_out_init(&o);
+		sample_payload(k, &o);
+		CHECK_EQ(rc->type, sample_sections[k].type);
+		CHECK_STR(rc->id, sample_sections[k].id);
+		CHECK_EQ(rc->version, sample_sections[k].version);
+		CHECK_EQ(rc->instance, sample_sections[k].instance);
+		CHECK_EQ(rc->len, o.len);
+		CHECK_EQ(rc->payload_crc, crc32c(0, o.buf, o.len));
+		state_out_free(&o);
+		k++;
+	}
+	CHECK_EQ(k, ARRAY_SIZE(sample_sections));
+	CHECK(nram >= ((extras & SAMPLE_NO_PASS2) ? 1u : 2u));
+	CHECK_EQ(L->ram.sections, nram);
+	if (dst)
+		CHECK(guest_equal(src, dst));
+}
+
+/* A section as the test's own walker sees it. */
+struct wsec {
+	size_t off, payload;
+	uint8_t type;
+	uint64_t len;
+};
+
+static uint64_t le(const uint8_t *p, unsigned int n)
+{
+	uint64_t v = 0;
+
+	for (unsigned int i = 0; i < n; i++)
+		v |= (uint64_t)p[i] << (8 * i);
+	return v;
+}
+
+static void put_le(uint8_t *p, uint64_t v, unsigned int n)
+{
+	for (unsigned int i = 0; i < n; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* The sections of a well-formed stream (walker for the tests' edits). */
+static unsigned int walk(const uint8_t *b, size_t len, struct wsec *out, unsigned int max)
+{
+	size_t off = STREAM_PREAMBLE_LEN;
+	unsigned int n = 0;
+
+	while (off + 4 <= len && n < max) {
+		size_t idl = (size_t)le(b + off + 2, 2);
+		struct wsec *s = &out[n++];
+
+		s->off = off;
+		s->type = b[off];
+		s->payload = off + 18 + idl;
+		s->len = le(b + off + 10 + idl, 8);
+		off = s->payload + s->len + 4;
+	}
+	return n;
+}
+
+static void chain_put(uint32_t *chain, uint32_t crc)
+{
+	uint8_t c[4];
+
+	put_le(c, crc, 4);
+	*chain = crc32c(*chain, c, 4);
+}
+
+/*
+ * restamp - recompute every checksum of an edited stream: the preamble's,
+ * each section's, the chain in the EOF record (tag 3) and the EOF's own.
+ */
+static void restamp(uint8_t *b, size_t len)
+{
+	struct wsec s[64];
+	unsigned int n = walk(b, len, s, 64);
+	uint32_t chain = 0, crc = crc32c(0, b, 16);
+
+	put_le(b + 16, crc, 4);
+	chain_put(&chain, crc);
+	for (unsigned int i = 0; i < n; i++) {
+		size_t end = s[i].payload + s[i].len;
+
+		if (end + 4 > len)
+			break;
+		if (s[i].type == STREAM_EOF) {
+			for (size_t o = s[i].payload; o + 6 <= end;
+			     o += 6 + (size_t)le(b + o + 2, 4))
+				if (le(b + o, 2) == 3)
+					put_le(b + o + 6, chain, 4);
+		}
+		crc = crc32c(0, b + s[i].off, end - s[i].off);
+		put_le(b + end, crc, 4);
+		if (s[i].type != STREAM_EOF)
+			chain_put(&chain, crc);
+	}
+}
+
+static bool contains(const char *hay, const char *needle)
+{
+	return strstr(hay, needle) != NULL;
+}
+
+/* ---- CRC ------------------------------------------------------------------------ */
+
+TEST(crc32c_known_values)
+{
+	static const uint8_t zeros[32], ones[32] = {
+		0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+		0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+		0xff, 0xff, 0xff, 0xff };
+
+	/* RFC 3720 (iSCSI) B.4 test vectors, and the usual check value. */
+	CHECK_EQ(crc32c(0, "123456789", 9), 0xe3069283u);
+	CHECK_EQ(crc32c_sw(0, "123456789", 9), 0xe3069283u);
+	CHECK_EQ(crc32c(0, zeros, 32), 0x8a9136aau);
+	CHECK_EQ(crc32c_sw(0, ones, 32), 0x62a8ab43u);
+	CHECK_EQ(crc32c(0, ones, 32), 0x62a8ab43u);
+	CHECK_EQ(crc32c(0, NULL, 0), 0);
+	printf("# crc32c: %s\n", crc32c_hw() ? "SSE4.2 instruction" : "tables");
+}
+
+TEST(crc32c_hw_table_copy_agree)
+{
+	static uint8_t buf[1200 + 8], dst[1200 + 8];
+	uint64_t x = 88172645463325252ull;
+
+	for (size_t i = 0; i < sizeof(buf); i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		buf[i] = (uint8_t)x;
+	}
+	for (size_t off = 0; off < 8; off++)
+		for (size_t n = 0; n <= 1200; n += n < 80 ? 1 : 37) {
+			uint32_t a = crc32c(0, buf + off, n);
+			uint32_t split = crc32c(crc32c(7, buf + off, n / 3), buf + off + n / 3,
+						n - n / 3);
+
+			CHECK_EQ(a, crc32c_sw(0, buf + off, n));
+			CHECK_EQ(split, crc32c_sw(crc32c_sw(7, buf + off, n / 3),
+						  buf + off + n / 3, n - n / 3));
+			memset(dst, 0, sizeof(dst));
+			CHECK_EQ(crc32c_copy(0, dst + (7 - off), buf + off, n), a);
+			CHECK(!memcmp(dst + (7 - off), buf + off, n));
+		}
+}
+
+/* ---- round trips ---------------------------------------------------------------- */
+
+TEST(stream_round_trip_file)
+{
+	struct guest src, dst;
+	struct loaded *L = malloc(sizeof(*L));
+	struct stream_writer *w;
+	struct stream_reader *r;
+	struct stream_ram_stats st;
+	struct wsec s[32];
+	char path[] = "/tmp/godwit-stream-XXXXXX";
+	int fd = mkstemp(path);
+	struct stat sb;
+	uint8_t *map;
+	unsigned int n, ram_checked = 0;
+
+	CHECK(fd >= 0 && L);
+	if (fd < 0 || !L)
+		return;
+	unlink(path);
+	guest_alloc(&src, 512, 256);          /* 2 MiB + 1 MiB */
+	guest_alloc(&dst, 512, 256);
+	CHECK_EQ(stream_writer_new(fd, &w), 0);
+	CHECK_EQ(golden_v1_write(w, &src, 0), 0);
+	stream_writer_ram_stats(w, &st);
+	CHECK_EQ(st.pages, 768 + 3);
+	CHECK_EQ(st.zero_pages, 192 + 1);     /* pass 1: i % 4 == 1; pass 2: the zeroed page */
+	CHECK_EQ(fstat(fd, &sb), 0);
+	CHECK_EQ((uint64_t)sb.st_size, stream_writer_offset(w));
+	stream_writer_free(w);
+
+	CHECK_EQ(lseek(fd, 0, SEEK_SET), 0);
+	CHECK_EQ(stream_reader_new(fd, &r), 0);
+	CHECK_EQ(load_all(r, &dst, L), 0);
+	if (L->err[0])
+		printf("#   %s\n", L->err);
+	CHECK_EQ(stream_reader_offset(r), (uint64_t)sb.st_size);
+	CHECK_EQ(stream_reader_sections(r), 1 + ARRAY_SIZE(sample_sections) + L->ram.sections);
+	stream_reader_free(r);
+	check_sample_loaded(L, &src, &dst, 0);
+	CHECK_EQ(L->ram.pages, st.pages);
+	CHECK_EQ(L->ram.zero_pages, st.zero_pages);
+
+	/* Page data sits on 4 KiB file offsets: a restore could mmap() it. */
+	map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+	CHECK(map != MAP_FAILED);
+	n = map != MAP_FAILED ? walk(map, (size_t)sb.st_size, s, 32) : 0;
+	for (unsigned int i = 0; i < n; i++) {
+		const uint8_t *p = map + s[i].payload;
+		uint32_t nruns = (uint32_t)le(p, 4), pad = (uint32_t)le(p + 4, 4);
+		size_t data = s[i].payload + 8 + 16 * (size_t)nruns + pad;
+
+		if (s[i].type != STREAM_RAM)
+			continue;
+		CHECK_EQ(data % PAGE, 0);
+		/* the first data run's first page, straight from the mapping */
+		for (uint32_t k = 0; k < nruns; k++) {
+			uint64_t gpa = le(p + 8 + 16 * k, 8);
+			uint8_t want[PAGE];
+
+			if (le(p + 8 + 16 * k + 12, 4) & 1)
+				continue;
+			/* pass 1's first section, then pass 2's */
+			fill_page(want, gpa, ram_checked ? 2 : 1);
+			CHECK(!memcmp(map + data, want, PAGE));
+			ram_checked++;
+			break;
+		}
+	}
+	CHECK(ram_checked >= 2);
+	if (map != MAP_FAILED)
+		munmap(map, (size_t)sb.st_size);
+	close(fd);
+	guest_free(&src);
+	guest_free(&dst);
+	free(L);
+}
+
+struct pipe_job {
+	int fd;
+	struct guest *g;
+	int ret;
+	char err[256];
+};
+
+static void *pipe_writer(void *arg)
+{
+	struct pipe_job *j = arg;
+	struct stream_writer *w;
+
+	j->ret = stream_writer_new(j->fd, &w);
+	if (!j->ret) {
+		j->ret = golden_v1_write(w, j->g, 0);
+		snprintf(j->err, sizeof(j->err), "%s", stream_writer_error(w));
+		stream_writer_free(w);
+	}
+	close(j->fd);
+	return NULL;
+}
+
+TEST(stream_round_trip_pipe)
+{
+	struct guest src, dst, ref;
+	struct loaded *L = malloc(sizeof(*L));
+	struct stream_reader *r;
+	struct pipe_job job;
+	pthread_t t;
+	int p[2];
+	size_t len;
+	uint8_t *b;
+
+	CHECK(L && !pipe(p));
+	guest_alloc(&src, 512, 256);
+	guest_alloc(&dst, 512, 256);
+	job = (struct pipe_job){ .fd = p[1], .g = &src };
+	CHECK_EQ(pthread_create(&t, NULL, pipe_writer, &job), 0);
+	CHECK_EQ(stream_reader_new(p[0], &r), 0);
+	CHECK_EQ(load_all(r, &dst, L), 0);
+	if (L->err[0])
+		printf("#   %s\n", L->err);
+	stream_reader_free(r);
+	pthread_join(t, NULL);
+	close(p[0]);
+	CHECK_EQ(job.ret, 0);
+	check_sample_loaded(L, &src, &dst, 0);
+	/* Byte-identical to the same stream written to a file. */
+	b = sample_bytes(&ref, 512, 256, 0, &len);
+	CHECK(guest_equal(&ref, &dst));
+	free(b);
+	guest_free(&ref);
+	guest_free(&src);
+	guest_free(&dst);
+	free(L);
+}
+
+TEST(stream_round_trip_dirty_bitmap)
+{
+	struct guest src, dst;
+	struct loaded *L = malloc(sizeof(*L));
+	struct stream_writer *w;
+	struct stream_config *c = malloc(sizeof(*c));
+	uint64_t bitmap[3] = { 0x8000000000000001ull, 0, 0xf0ull | 1ull << 63 };
+	int fd = memfd_create("dirty", 0);
+	struct stat sb;
+	uint8_t *b;
+
+	guest_alloc(&src, 160, 0);             /* 2.5 words of bits: a partial last word */
+	guest_alloc(&dst, 160, 0);
+	for (unsigned int i = 0; i < 160; i++)
+		fill_page(src.host[0] + i * PAGE, i * PAGE, 1);
+	memset(src.host[0] + 135 * PAGE, 0, PAGE);
+	CHECK_EQ(stream_writer_new(fd, &w), 0);
+	guest_config(&src, c);
+	CHECK_EQ(stream_begin(w, c), 0);
+	/* bits 0, 63, 132..135; bit 191 is beyond 160 pages and must be ignored */
+	CHECK_EQ(stream_put_ram_dirty(w, src.host[0], 0, 160, bitmap), 0);
+	CHECK_EQ(stream_end(w), 0);
+	stream_writer_free(w);
+	CHECK_EQ(fstat(fd, &sb), 0);
+	b = malloc((size_t)sb.st_size);
+	CHECK_EQ(pread(fd, b, (size_t)sb.st_size, 0), sb.st_size);
+	close(fd);
+	memset(dst.host[0] + 135 * PAGE, 0xee, PAGE);   /* a zero run must clear it */
+	CHECK_EQ(load_mem(b, (size_t)sb.st_size, &dst, L), 0);
+	CHECK_EQ(L->ram.pages, 6);
+	CHECK_EQ(L->ram.zero_pages, 1);
+	CHECK_EQ(L->ram.runs, 4);             /* 0, 63, 132-134, 135 (zero) */
+	for (unsigned int i = 0; i < 160; i++) {
+		bool sent = i == 0 || i == 63 || (i >= 132 && i <= 135);
+		static const uint8_t zero[PAGE];
+
+		CHECK(!memcmp(dst.host[0] + i * PAGE, sent ? src.host[0] + i * PAGE : zero, PAGE));
+	}
+	free(b);
+	free(c);
+	free(L);
+	guest_free(&src);
+	guest_free(&dst);
+}
+
+/* ---- hostile input ---------------------------------------------------------------- */
+
+TEST(stream_truncated_every_byte)
+{
+	struct guest src, dst;
+	struct loaded *L = malloc(sizeof(*L));
+	size_t len, bad = 0;
+	uint8_t *b = sample_bytes(&src, 2, 1, SAMPLE_OPTIONAL, &len);
+
+	guest_alloc(&dst, 2, 1);
+	CHECK_EQ(load_mem(b, len, &dst, L), 0);
+	CHECK(guest_equal(&src, &dst));
+	for (size_t cut = 0; cut < len; cut++) {
+		int ret = load_mem(b, cut, &dst, L);
+
+		if (ret >= 0 || !L->err[0] || ret != -EBADMSG) {
+			if (bad++ < 3)
+				printf("#   cut at %zu: ret %d, '%s'\n", cut, ret, L->err);
+		}
+	}
+	CHECK_EQ(bad, 0);
+	/* The message names where: the header, or a section by id. */
+	CHECK_EQ(load_mem(b, 10, &dst, L), -EBADMSG);
+	CHECK(contains(L->err, "stream header: truncated"));
+	CHECK_EQ(load_mem(b, len - 5, &dst, L), -EBADMSG);
+	CHECK(contains(L->err, "section 'eof'"));
+
+	/* Through a pipe (no size known: the per-type limits and EOF of input apply). */
+	for (size_t cut = 0; cut < len; cut += cut < 200 ? 1 : 97) {
+		struct stream_reader *r;
+		int p[2];
+		int ret;
+
+		if (pipe(p))
+			break;
+		CHECK_EQ(write(p[1], b, cut), (ssize_t)cut);   /* < 64 KiB: fits the pipe */
+		close(p[1]);
+		CHECK_EQ(stream_reader_new(p[0], &r), 0);
+		ret = load_all(r, &dst, L);
+		if (ret != -EBADMSG && bad++ < 3)
+			printf("#   pipe cut at %zu: ret %d, '%s'\n", cut, ret, L->err);
+		stream_reader_free(r);
+		close(p[0]);
+	}
+	CHECK_EQ(bad, 0);
+	free(b);
+	free(L);
+	guest_free(&src);
+	guest_free(&dst);
+}
+
+TEST(stream_bit_flips_detected)
+{
+	struct guest src, dst;
+	struct loaded *L = malloc(sizeof(*L));
+	size_t len, bad = 0;
+	uint8_t *b = sample_bytes(&src, 2, 1, SAMPLE_OPTIONAL, &len);
+	uint64_t x = 0x2545f4914f6cdd1dull;
+
+	guest_alloc(&dst, 2, 1);
+	/* One flipped bit at every byte (a pseudo-random bit of it). */
+	for (size_t i = 0; i < len; i++) {
+		int ret;
+
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		b[i] ^= (uint8_t)(1u << (x % 8));
+		ret = load_mem(b, len, &dst, L);
+		b[i] ^= (uint8_t)(1u << (x % 8));
+		if ((ret >= 0 || !L->err[0]) && bad++ < 3)
+			printf("#   flip at %zu: ret %d\n", i, ret);
+	}
+	CHECK_EQ(bad, 0);
+	/* Random multi-byte damage: never accepted, never a crash. */
+	for (unsigned int round = 0; round < 300; round++) {
+		uint8_t *c = malloc(len);
+		int ret;
+
+		memcpy(c, b, len);
+		for (unsigned int k = 0; k < 1 + round % 8; k++) {
+			x ^= x << 13;
+			x ^= x >> 7;
+			x ^= x << 17;
+			c[x % len] = (uint8_t)(x >> 32);
+		}
+		ret = load_mem(c, len, &dst, L);
+		if (ret >= 0 && memcmp(c, b, len) && bad++ < 3)
+			printf("#   damage round %u accepted\n", round);
+		free(c);
+	}
+	CHECK_EQ(bad, 0);
+	/* A data-page flip is named as the RAM section's CRC mismatch. */
+	{
+		struct wsec s[16];
+		unsigned int n = walk(b, len, s, 16);
+
+		for (unsigned int i = 0; i < n; i++)
+			if (s[i].type == STREAM_RAM) {
+				b[s[i].payload + s[i].len - 1] ^= 0x10;
+				CHECK_EQ(load_mem(b, len, &dst, L), -EBADMSG);
+				CHECK(contains(L->err, "section 'ram' (ram, instance 0, offset 0x"));
+				CHECK(contains(L->err, "crc mismatch"));
+				b[s[i].payload + s[i].len - 1] ^= 0x10;
+				break;
+			}
+	}
+	free(b);
+	free(L);
+	guest_free(&src);
+	guest_free(&dst);
+}
+
+TEST(stream_unknown_sections)
+{
+	struct guest src, dst;
+	struct loaded *L = malloc(sizeof(*L));
+	size_t len;
+	uint8_t *b = sample_bytes(&src, 8, 4, SAMPLE_OPTIONAL, &len);
+
+	/* An unknown optional section is skipped: never returned, still checked. */
+	guest_alloc(&dst, 8, 4);
+	CHECK_EQ(load_mem(b, len, &dst, L), 0);
+	check_sample_loaded(L, &src, &dst, SAMPLE_OPTIONAL);
+	for (unsigned int i = 0; i < L->n; i++)
+		CHECK(L->recs[i].type != 0x70);
+	free(b);
+	guest_free(&src);
+	guest_free(&dst);
+
+	/* An unknown required one is refused, by name. */
+	b = sample_bytes(&src, 8, 4, SAMPLE_REQUIRED, &len);
+	guest_alloc(&dst, 8, 4);
+	CHECK_EQ(load_mem(b, len, &dst, L), -EPROTONOSUPPORT);
+	CHECK(contains(L->err, "section 'test-future-req' (unknown type 113"));
+	CHECK(contains(L->err, "unknown required section"));
+	free(b);
+	guest_free(&src);
+	guest_free(&dst);
+	free(L);
+}
+
+TEST(stream_refuse_names_section)
+{
+	struct guest src;
+	struct stream_reader *r;
+	struct stream_section s;
+	const struct stream_config *cfg;
+	size_t len;
+	uint8_t *b = sample_bytes(&src, 2, 1, 0, &len);
+	int ret;
+
+	CHECK_EQ(stream_reader_new_mem(b, len, &r), 0);
+	CHECK_EQ(stream_read_header(r, &cfg), 0);
+	while ((ret = stream_next_section(r, &s)) > 0)
+		if (s.type == STREAM_DEVICE)
+			break;
+	CHECK_EQ(ret, 1);
+	CHECK_STR(s.id, "test-uart");
+	/* the caller does not know this device */
+	CHECK_EQ(stream_refuse(r, -ENOENT, "no such device here"), -ENOENT);
+	CHECK(contains(stream_reader_error(r), "section 'test-uart' (device, instance 0, offset 0x"));
+	CHECK(contains(stream_reader_error(r), "): no such device here"));
+	/* sticky */
+	CHECK_EQ(stream_next_section(r, &s), -ENOENT);
+	stream_reader_free(r);
+	free(b);
+	guest_free(&src);
+}
+
+/* The first RAM section's run table entry k, in a copy of the sample. */
+static uint8_t *ram_run_at(uint8_t *b, size_t len, unsigned int k)
+{
+	struct wsec s[16];
+	unsigned int n = walk(b, len, s, 16);
+
+	for (unsigned int i = 0; i < n; i++)
+		if (s[i].type == STREAM_RAM)
+			return b + s[i].payload + 8 + 16 * k;
+	return NULL;
+}
+
+TEST(stream_ram_runs_checked)
+{
+	struct guest src, dst;
+	struct loaded *L = malloc(sizeof(*L));
+	size_t len;
+	uint8_t *b = sample_bytes(&src, 8, 4, 0, &len);
+	uint8_t *c = malloc(len), *run;
+
+	guest_alloc(&dst, 8, 4);
+	/* runs: [0] A0 data, [1] A1 zero, [2] A2-3 data, ... */
+	struct {
+		unsigned int k;
+		unsigned int field;   /* 0 gpa, 8 npages, 12 flags */
+		uint64_t v;
+		const char *msg;
+	} cases[] = {
+		{ 0, 0, 0x200000000ull, "run 0 (gpa 0x200000000, 1 pages) is outside the memory layout" },
+		{ 0, 0, 0x9000, "outside the memory layout" },      /* A is 8 pages: 0x9000 is past it */
+		{ 2, 0, 0x7000, "outside the memory layout" },      /* 2 pages from the last: straddles */
+		{ 0, 0, GB_GPA - PAGE, "outside the memory layout" },
+		{ 1, 0, 0x1001, "malformed" },
+		{ 1, 8, 0, "malformed" },
+		{ 1, 12, 0x3, "malformed" },
+		{ 1, 8, 0xffffffffu, "outside the memory layout" },
+		{ 0, 8, 2, "does not match its" },                  /* one more data page than sent */
+		{ 1, 12, 0, "does not match its" },                 /* a zero run turned data */
+	};
+
+	for (unsigned int i = 0; i < ARRAY_SIZE(cases); i++) {
+		int ret;
+
+		memcpy(c, b, len);
+		run = ram_run_at(c, len, cases[i].k);
+		CHECK(run != NULL);
+		if (!run)
+			break;
+		put_le(run + cases[i].field, cases[i].v, cases[i].field ? 4 : 8);
+		restamp(c, len);
+		ret = load_mem(c, len, &dst, L);
+		CHECK_EQ(ret, -EBADMSG);
+		CHECK(contains(L->err, "section 'ram' (ram, instance 0"));
+		if (!contains(L->err, cases[i].msg))
+			printf("#   case %u: '%s'\n", i, L->err);
+		CHECK(contains(L->err, cases[i].msg));
+	}
+	/* Runs are checked before any page is written: a bad last run leaves dst alone. */
+	memcpy(c, b, len);
+	{
+		uint8_t *r0 = ram_run_at(c, len, 0);
+		uint32_t nruns = (uint32_t)le(r0 - 8, 4);
+
+		put_le(r0 + 16 * (nruns - 1), 0x200000000ull, 8);
+		restamp(c, len);
+		guest_free(&dst);
+		guest_alloc(&dst, 8, 4);
+		CHECK_EQ(load_mem(c, len, &dst, L), -EBADMSG);
+		for (size_t i = 0; i < dst.size[0]; i++)
+			if (dst.host[0][i]) {
+				CHECK(!"a page was written before the run table was checked");
+				break;
+			}
+	}
+	/* Padding and the run count. */
+	memcpy(c, b, len);
+	run = ram_run_at(c, len, 0);
+	put_le(run - 4, le(run - 4, 4) + 1, 4);
+	restamp(c, len);
+	CHECK_EQ(load_mem(c, len, &dst, L), -EBADMSG);
+	CHECK(contains(L->err, "padding"));
+	memcpy(c, b, len);
+	run = ram_run_at(c, len, 0);
+	put_le(run - 8, 0x7fffffff, 4);
+	restamp(c, len);
+	CHECK_EQ(load_mem(c, len, &dst, L), -EBADMSG);
+	CHECK(contains(L->err, "runs do not fit"));
+
+	/* A destination that lacks region B: the lookup fails, by name. */
+	guest_free(&dst);
+	guest_alloc(&dst, 8, 0);
+	CHECK_EQ(load_mem(b, len, &dst, L), -EBADMSG);
+	CHECK(contains(L->err, "is not guest memory here"));
+	CHECK(contains(L->err, "gpa 0x100000000"));
+	free(c);
+	free(b);
+	free(L);
+	guest_free(&src);
+	guest_free(&dst);
+}
+
+TEST(stream_header_checked)
+{
+	struct guest src;
+	struct loaded *L = malloc(sizeof(*L));
+	size_t len;
+	uint8_t *b = sample_bytes(&src, 2, 1, 0, &len);
+	uint8_t *c = malloc(len);
+	struct wsec s[16];
+
+	memcpy(c, b, len);
+	c[0] = 'X';
+	CHECK_EQ(load_mem(c, len, NULL, L), -EBADMSG);
+	CHECK_STR(L->err, "stream header: bad magic: not a godwit stream");
+	/* a version from the future, with a correct preamble CRC */
+	memcpy(c, b, len);
+	put_le(c + 8, STREAM_FORMAT_VERSION + 1, 4);
+	restamp(c, len);
+	CHECK_EQ(load_mem(c, len, NULL, L), -EPROTONOSUPPORT);
+	CHECK(contains(L->err, "stream header: format version 2 is newer"));
+	put_le(c + 8, 0, 4);
+	restamp(c, len);
+	CHECK_EQ(load_mem(c, len, NULL, L), -EPROTONOSUPPORT);
+	CHECK(contains(L->err, "format version 0 is older"));
+	/* without the restamp: the CRC catches the change first */
+	memcpy(c, b, len);
+	put_le(c + 8, 7, 4);
+	CHECK_EQ(load_mem(c, len, NULL, L), -EBADMSG);
+	CHECK(contains(L->err, "stream header: crc mismatch"));
+	/* the config section's version */
+	memcpy(c, b, len);
+	walk(c, len, s, 16);
+	put_le(c + s[0].payload - 14, 9, 2);
+	restamp(c, len);
+	CHECK_EQ(load_mem(c, len, NULL, L), -EPROTONOSUPPORT);
+	CHECK(contains(L->err, "section 'config' (config, instance 0, offset 0x14): version 9"));
+	/* a config that is not one: vCPUs = 0 */
+	memcpy(c, b, len);
+	for (size_t o = s[0].payload; o + 6 <= s[0].payload + s[0].len; o += 6 + le(c + o + 2, 4))
+		if (le(c + o, 2) == 4)        /* CFG_NCPUS */
+			put_le(c + o + 6, 0, 4);
+	restamp(c, len);
+	CHECK_EQ(load_mem(c, len, NULL, L), -EBADMSG);
+	CHECK(contains(L->err, "section 'config'"));
+	CHECK(contains(L->err, "0 vCPUs"));
+	/* the first section is not the config */
+	memcpy(c, b, len);
+	c[s[0].off] = STREAM_CPU;
+	restamp(c, len);
+	CHECK_EQ(load_mem(c, len, NULL, L), -EBADMSG);
+	CHECK(contains(L->err, "the first section must be the configuration"));
+	/* unknown flags on a section */
+	memcpy(c, b, len);
+	c[s[1].off + 1] |= 0x80;
+	restamp(c, len);
+	CHECK_EQ(load_mem(c, len, NULL, L), -EPROTONOSUPPORT);
+	CHECK(contains(L->err, "unknown flags 0x80"));
+	/* an id with a character outside the set */
+	memcpy(c, b, len);
+	c[s[1].off + 4] = '/';
+	restamp(c, len);
+	CHECK_EQ(load_mem(c, len, NULL, L), -EBADMSG);
+	CHECK(contains(L->err, "the id is not"));
+	/* an empty input, and garbage */
+	CHECK_EQ(load_mem(b, 0, NULL, L), -EBADMSG);
+	CHECK(contains(L->err, "stream header: truncated"));
+	free(c);
+	free(b);
+	free(L);
+	guest_free(&src);
+}
+
+TEST(stream_chain_catches_lost_and_reordered_sections)
+{
+	struct guest src;
+	struct loaded *L = malloc(sizeof(*L));
+	size_t len;
+	/* no pass 2: a RAM section after the edits would fail its padding check first */
+	uint8_t *b = sample_bytes(&src, 2, 1, SAMPLE_NO_PASS2, &len);
+	uint8_t *c = malloc(2 * len);
+	struct wsec s[16];
+	unsigned int n = walk(b, len, s, 16), cpu0 = 0;
+	size_t slen;
+
+	for (unsigned int i = 0; i < n; i++)
+		if (s[i].type == STREAM_CPU) {
+			cpu0 = i;
+			break;
+		}
+	CHECK(cpu0 > 0 && s[cpu0 + 1].type == STREAM_CPU);
+	slen = s[cpu0 + 1].off - s[cpu0].off;
+	/* Drop vCPU 0's section (each section's own CRC is still right). */
+	memcpy(c, b, s[cpu0].off);
+	memcpy(c + s[cpu0].off, b + s[cpu0 + 1].off, len - s[cpu0 + 1].off);
+	CHECK_EQ(load_mem(c, len - slen, NULL, L), -EBADMSG);
+	CHECK(contains(L->err, "section 'eof'"));
+	CHECK(contains(L->err, "sections"));
+	/* Repeat it. */
+	memcpy(c, b, s[cpu0 + 1].off);
+	memcpy(c + s[cpu0 + 1].off, b + s[cpu0].off, len - s[cpu0].off);
+	CHECK_EQ(load_mem(c, len + slen, NULL, L), -EBADMSG);
+	CHECK(contains(L->err, "section 'eof'"));
+	/* Swap the two vCPU sections: each CRC, the count and the end offset still match. */
+	{
+		size_t l1 = s[cpu0 + 1].off - s[cpu0].off, l2 = s[cpu0 + 2].off - s[cpu0 + 1].off;
+
+		memcpy(c, b, len);
+		memcpy(c + s[cpu0].off, b + s[cpu0 + 1].off, l2);
+		memcpy(c + s[cpu0].off + l2, b + s[cpu0].off, l1);
+		CHECK_EQ(load_mem(c, len, NULL, L), -EBADMSG);
+		CHECK(contains(L->err, "stream checksum mismatch"));
+	}
+	/* A second config section. */
+	memcpy(c, b, len);
+	c[s[cpu0].off] = STREAM_CONFIG;
+	restamp(c, len);
+	CHECK_EQ(load_mem(c, len, NULL, L), -EBADMSG);
+	CHECK(contains(L->err, "a second configuration section"));
+	/* Bytes after EOF are not read; a stream that stops before EOF is truncated. */
+	CHECK_EQ(load_mem(b, s[n - 1].off, NULL, L), -EBADMSG);
+	CHECK(contains(L->err, "truncated"));
+	free(c);
+	free(b);
+	free(L);
+	guest_free(&src);
+}
+
+TEST(stream_pipe_lengths_limited)
+{
+	/* A device section claiming 1 TiB, from a pipe: refused before reading it. */
+	struct guest src;
+	struct loaded *L = malloc(sizeof(*L));
+	size_t len;
+	uint8_t *b = sample_bytes(&src, 2, 1, 0, &len);
+	struct wsec s[16];
+	unsigned int n = walk(b, len, s, 16);
+	struct stream_reader *r;
+	int p[2];
+
+	for (unsigned int i = 0; i < n; i++)
+		if (s[i].type == STREAM_DEVICE) {
+			put_le(b + s[i].payload - 8, 1ull << 40, 8);
+			len = s[i].payload + 64;
+			break;
+		}
+	restamp(b, len);
+	CHECK_EQ(pipe(p), 0);
+	CHECK_EQ(write(p[1], b, len), (ssize_t)len);
+	close(p[1]);
+	CHECK_EQ(stream_reader_new(p[0], &r), 0);
+	CHECK_EQ(load_all(r, NULL, L), -EBADMSG);
+	CHECK(contains(L->err, "section 'test-uart' (device"));
+	CHECK(contains(L->err, "more than a device section may have"));
+	stream_reader_free(r);
+	close(p[0]);
+	/* From memory the bytes left bound it. */
+	CHECK_EQ(load_mem(b, len, NULL, L), -EBADMSG);
+	CHECK(contains(L->err, "is more than the"));
+	free(b);
+	free(L);
+	guest_free(&src);
+}
+
+/* ---- the writer's own checks ---------------------------------------------------- */
+
+TEST(stream_writer_misuse)
+{
+	struct guest g;
+	struct stream_config *c = malloc(sizeof(*c));
+	struct stream_writer *w;
+	int fd = memfd_create("w", 0);
+	uint8_t page[PAGE] = { 1 };
+
+	guest_alloc(&g, 4, 0);
+	guest_config(&g, c);
+	CHECK_EQ(stream_writer_new(fd, &w), 0);
+	CHECK_EQ(stream_put_ram(w, page, 0, 1), -EINVAL);          /* before begin */
+	CHECK(contains(stream_writer_error(w), "outside stream_begin"));
+	CHECK_EQ(stream_begin(w, c), -EINVAL);                     /* sticky */
+	stream_writer_free(w);
+
+	struct {
+		int what;
+		const char *msg;
+	} cases[] = {
+		{ 0, "outside the configured memory" },
+		{ 1, "outside the configured memory" },
+		{ 2, "unaligned" },
+		{ 3, "is not 1 to 64" },
+		{ 4, "not allowed here" },
+		{ 5, "not allowed here" },
+		{ 6, "saving failed" },
+		{ 7, "configuration: 0 vCPUs" },
+		{ 8, "overlaps" },
+	};
+	for (unsigned int i = 0; i < ARRAY_SIZE(cases); i++) {
+		struct state_out o;
+		int ret;
+
+		guest_config(&g, c);
+		if (cases[i].what == 7)
+			c->ncpus = 0;
+		if (cases[i].what == 8)
+			CHECK_EQ(stream_config_add_region(c, 0x2000, 0x1000), 0);
+		CHECK_EQ(ftruncate(fd, 0), 0);
+		CHECK_EQ(stream_writer_new(fd, &w), 0);
+		ret = stream_begin(w, c);
+		if (cases[i].what < 7)
+			CHECK_EQ(ret, 0);
+		state_out_init(&o);
+		o.err = -ENOMEM;
+		switch (cases[i].what) {
+		case 0: ret = stream_put_ram(w, page, 4 * PAGE, 1); break;
+		case 1: ret = stream_put_ram(w, page, 3 * PAGE, 2); break;
+		case 2: ret = stream_put_ram(w, page, 100, 1); break;
+		case 3: ret = stream_put_section(w, STREAM_CPU, 0, "a b", 1, 0, "", 0); break;
+		case 4: ret = stream_put_section(w, STREAM_RAM, 0, "ram", 1, 0, "", 0); break;
+		case 5: ret = stream_put_section(w, STREAM_CPU, 0x2, "cpu", 1, 0, "", 0); break;
+		case 6: ret = stream_put_state(w, STREAM_DEVICE, "dev", 1, 0, &o); break;
+		default: break;
+		}
+		CHECK(ret < 0);
+		if (!contains(stream_writer_error(w), cases[i].msg))
+			printf("#   case %u: '%s'\n", i, stream_writer_error(w));
+		CHECK(contains(stream_writer_error(w), cases[i].msg));
+		CHECK_EQ(stream_end(w), ret);                       /* sticky */
+		stream_writer_free(w);
+	}
+	close(fd);
+	free(c);
+	guest_free(&g);
+}
+
+TEST(stream_writer_peer_gone)
+{
+	struct guest g;
+	struct stream_writer *w;
+	int sv[2];
+	int ret;
+
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	close(sv[1]);
+	CHECK_EQ(stream_writer_new(sv[0], &w), 0);
+	guest_alloc(&g, 2048, 0);                 /* 8 MiB: more than the buffer */
+	ret = golden_v1_write(w, &g, 0);
+	/* no SIGPIPE (sockets are written with MSG_NOSIGNAL), an error naming the write */
+	CHECK_EQ(ret, -EPIPE);
+	CHECK(contains(stream_writer_error(w), "write at stream offset 0: "));
+	stream_writer_free(w);
+	close(sv[0]);
+	guest_free(&g);
+}
+
+/* ---- configuration and CPUID checks ---------------------------------------------- */
+
+TEST(stream_config_compat_checks)
+{
+	struct guest g;
+	struct stream_config *a = malloc(sizeof(*a)), *b = malloc(sizeof(*b));
+	char err[256];
+
+	guest_alloc(&g, 4, 2);
+	guest_config(&g, a);
+	guest_config(&g, b);
+	snprintf(b->name, sizeof(b->name), "other");   /* not compared */
+	CHECK_EQ(stream_config_compat(a, b, err, sizeof(err)), 0);
+	b->ncpus = 3;
+	CHECK_EQ(stream_config_compat(a, b, err, sizeof(err)), -EINVAL);
+	CHECK_STR(err, "vCPUs: 2 here, 3 in the stream");
+	guest_config(&g, b);
+	b->regions[1].size += PAGE;
+	CHECK_EQ(stream_config_compat(a, b, err, sizeof(err)), -EINVAL);
+	CHECK(contains(err, "memory region 1"));
+	guest_config(&g, b);
+	b->nr_regions = 1;
+	CHECK_EQ(stream_config_compat(a, b, err, sizeof(err)), -EINVAL);
+	CHECK(contains(err, "memory region 1: present here, absent in the stream"));
+	guest_config(&g, b);
+	snprintf(b->cpu_model, sizeof(b->cpu_model), "host");
+	CHECK_EQ(stream_config_compat(a, b, err, sizeof(err)), -EINVAL);
+	CHECK_STR(err, "CPU model: x86-64-v2 here, host in the stream");
+	guest_config(&g, b);
+	CHECK_EQ(stream_config_add_device(b, "virtio-net", 1, 1, "mac=52:54:00:00:00:01"), 0);
+	CHECK_EQ(stream_config_compat(a, b, err, sizeof(err)), -EINVAL);
+	CHECK_STR(err, "device virtio-net.1 is in the stream but not configured here");
+	CHECK_EQ(stream_config_compat(b, a, err, sizeof(err)), -EINVAL);
+	CHECK_STR(err, "device virtio-net.1 is configured here but not in the stream");
+	guest_config(&g, b);
+	snprintf(b->devices[1].options, sizeof(b->devices[1].options), "serial=disk1");
+	CHECK_EQ(stream_config_compat(a, b, err, sizeof(err)), -EINVAL);
+	CHECK(contains(err, "device test-blk.0: options"));
+	/* device order does not matter */
+	guest_config(&g, b);
+	{
+		struct stream_device t = b->devices[0];
+
+		b->devices[0] = b->devices[1];
+		b->devices[1] = t;
+	}
+	CHECK_EQ(stream_config_compat(a, b, err, sizeof(err)), 0);
+	/* the helpers' own checks */
+	CHECK_EQ(stream_config_add_region(b, 0x1001, PAGE), -EINVAL);
+	CHECK_EQ(stream_config_add_device(b, "bad id", 0, 1, NULL), -EINVAL);
+	CHECK_EQ(stream_config_add_device(b, "ok", 0, 1, "tab\there"), -EINVAL);
+	free(a);
+	free(b);
+	guest_free(&g);
+}
+
+TEST(stream_cpuid_check_features)
+{
+	struct guest g;
+	struct stream_config *c = malloc(sizeof(*c));
+	struct kvm_cpuid2 *sup = calloc(1, sizeof(*sup) + 8 * sizeof(struct kvm_cpuid_entry2));
+	char err[256];
+
+	guest_alloc(&g, 1, 0);
+	guest_config(&g, c);
+	/* the host: the same leaves, with more features */
+	sup->nent = 4;
+	for (unsigned int i = 0; i < 4; i++) {
+		uint32_t more = i ? 0x1000 : 0;      /* leaf 0 is the vendor: as is */
+
+		sup->entries[i] = (struct kvm_cpuid_entry2){
+			.function = c->cpuid[i].function, .index = c->cpuid[i].index,
+			.flags = c->cpuid[i].flags, .eax = c->cpuid[i].eax,
+			.ebx = c->cpuid[i].ebx | more, .ecx = c->cpuid[i].ecx | more,
+			.edx = c->cpuid[i].edx | more,
+		};
+	}
+	CHECK_EQ(stream_cpuid_check(c, sup, err, sizeof(err)), 0);
+	/* a leaf-7 bit the host lacks */
+	c->cpuid[2].ebx |= 1u << 5;                    /* AVX2 */
+	CHECK_EQ(stream_cpuid_check(c, sup, err, sizeof(err)), -ENOTSUP);
+	CHECK_STR(err, "CPUID leaf 0x7.0 ebx bit 5 is used by the guest but not offered by this host");
+	c->cpuid[2].ebx &= ~(1u << 5);
+	/* emulated bits do not count: hypervisor, x2APIC */
+	c->cpuid[1].ecx |= 1u << 31 | 1u << 21;
+	sup->entries[1].ecx &= ~(1u << 31 | 1u << 21);
+	CHECK_EQ(stream_cpuid_check(c, sup, err, sizeof(err)), 0);
+	/* a leaf the host does not have at all */
+	sup->nent = 3;
+	CHECK_EQ(stream_cpuid_check(c, sup, err, sizeof(err)), -ENOTSUP);
+	CHECK(contains(err, "leaf 0x80000001.0 ecx bit 0"));
+	sup->nent = 4;
+	/* another vendor */
+	sup->entries[0].ebx = 0x68747541;              /* "Auth" */
+	sup->entries[0].edx = 0x69746e65;              /* "enti" */
+	sup->entries[0].ecx = 0x444d4163;              /* "cAMD" */
+	CHECK_EQ(stream_cpuid_check(c, sup, err, sizeof(err)), -ENOTSUP);
+	CHECK_STR(err, "CPU vendor: AuthenticAMD here, GenuineIntel in the stream");
+	/* set_cpuid takes the entries and the vendor from leaf 0 */
+	CHECK_EQ(stream_config_set_cpuid(c, sup), 0);
+	CHECK_EQ(c->nr_cpuid, 4);
+	CHECK_STR(c->cpu_vendor, "AuthenticAMD");
+	CHECK_EQ(c->cpuid[3].edx, sup->entries[3].edx);
+	free(sup);
+	free(c);
+	guest_free(&g);
+}
+
+/* ---- golden streams ---------------------------------------------------------------- */
+
+#define GOLDEN_V1 "golden-0.1.0-dev.gws"
+
+static const char *data_dir(void)
+{
+	static char dir[512];
+	const char *root = getenv("GODWIT_ROOT");
+	struct stat st;
+
+	snprintf(dir, sizeof(dir), "%s/tests/data", root ? root : ".");
+	if (!stat(dir, &st))
+		return dir;
+	/* __FILE__ is tests/unit/test_stream.c relative to the checkout */
+	snprintf(dir, sizeof(dir), "%s", __FILE__);
+	if (strstr(dir, "tests/unit/")) {
+		strcpy(strstr(dir, "tests/unit/"), "tests/data");
+		if (!stat(dir, &st))
+			return dir;
+	}
+	return NULL;
+}
+
+static uint8_t *read_file(const char *path, size_t *len)
+{
+	int fd = open(path, O_RDONLY);
+	struct stat st;
+	uint8_t *b = NULL;
+
+	if (fd >= 0 && !fstat(fd, &st) && (b = malloc((size_t)st.st_size + 1)) &&
+	    pread(fd, b, (size_t)st.st_size, 0) == st.st_size) {
+		*len = (size_t)st.st_size;
+	} else {
+		free(b);
+		b = NULL;
+	}
+	if (fd >= 0)
+		close(fd);
+	return b;
+}
+
+/*
+ * Every tests/data/*.gws must load, RAM and all, into memory laid out as
+ * its configuration says: streams from every release stay readable.
+ */
+TEST(stream_golden_files_load)
+{
+	const char *dir = data_dir();
+	struct loaded *L = malloc(sizeof(*L));
+	struct dirent *de;
+	unsigned int count = 0;
+	DIR *d;
+
+	CHECK(dir != NULL);
+	if (!dir || !(d = opendir(dir)))
+		return;
+	while ((de = readdir(d))) {
+		char path[1024];
+		size_t len, nl = strlen(de->d_name);
+		uint8_t *b;
+		struct stream_reader *r;
+		const struct stream_config *cfg;
+		struct guest g = { 0 };
+		int ret;
+
+		if (nl < 5 || strcmp(de->d_name + nl - 4, ".gws"))
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		b = read_file(path, &len);
+		CHECK(b != NULL);
+		if (!b)
+			continue;
+		/* pass 1: the layout; pass 2: load into it */
+		CHECK_EQ(stream_reader_new_mem(b, len, &r), 0);
+		ret = stream_read_header(r, &cfg);
+		CHECK_EQ(ret, 0);
+		if (!ret && cfg->nr_regions <= 2) {
+			g.n = cfg->nr_regions;
+			for (unsigned int i = 0; i < g.n; i++) {
+				g.gpa[i] = cfg->regions[i].gpa;
+				g.size[i] = cfg->regions[i].size;
+				g.host[i] = g.size[i] <= 64 * MiB ? calloc(1, g.size[i]) : NULL;
+			}
+		}
+		stream_reader_free(r);
+		ret = load_mem(b, len, g.n ? &g : NULL, L);
+		if (ret)
+			printf("#   %s: %s\n", de->d_name, L->err);
+		CHECK_EQ(ret, 0);
+		printf("# golden %s: %u sections, %llu pages\n", de->d_name, L->n,
+		       (unsigned long long)L->ram.pages);
+		for (unsigned int i = 0; i < 2; i++)
+			free(g.host[i]);
+		free(b);
+		count++;
+	}
+	closedir(d);
+	CHECK(count >= 1);
+	free(L);
+}
+
+/*
+ * The first golden stream, byte for byte what golden_v1_write() meant: its
+ * configuration, payloads and final memory.  Set GODWIT_GOLDEN_OUT=FILE to
+ * write a new one (tests/data/gen-golden.sh); it never overwrites a file.
+ */
+TEST(stream_golden_v1_content)
+{
+	const char *dir = data_dir(), *out = getenv("GODWIT_GOLDEN_OUT");
+	struct loaded *L = malloc(sizeof(*L));
+	struct guest src, dst;
+	char path[1024];
+	size_t len, glen;
+	uint8_t *gen = sample_bytes(&src, 8, 4, SAMPLE_OPTIONAL, &glen), *b;
+
+	if (out) {
+		int fd = open(out, O_WRONLY | O_CREAT | O_EXCL, 0644);
+
+		CHECK(fd >= 0);
+		if (fd >= 0) {
+			CHECK_EQ(write(fd, gen, glen), (ssize_t)glen);
+			close(fd);
+			printf("# wrote %s (%zu bytes)\n", out, glen);
+		}
+	}
+	snprintf(path, sizeof(path), "%s/%s", dir ? dir : ".", GOLDEN_V1);
+	b = read_file(path, &len);
+	CHECK(b != NULL);
+	guest_alloc(&dst, 8, 4);
+	if (b) {
+		CHECK_EQ(load_mem(b, len, &dst, L), 0);
+		if (L->err[0])
+			printf("#   %s\n", L->err);
+		check_sample_loaded(L, &src, &dst, SAMPLE_OPTIONAL);
+		CHECK_STR(L->cfg.writer, "godwit 0.1.0");
+		if (len != glen || memcmp(b, gen, len))
+			printf("# note: this writer no longer produces %s byte for byte "
+			       "(allowed; it must still load)\n", GOLDEN_V1);
+	}
+	free(b);
+	free(gen);
+	free(L);
+	guest_free(&src);
+	guest_free(&dst);
+}
+
+/* ---- throughput -------------------------------------------------------------------- */
+
+static double now_s(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+/*
+ * Not a timed assertion: prints MiB/s for writing a guest of mixed pages
+ * (a quarter zero) to a file in /tmp and reading it back (which is
+ * checked), e.g. "# stream write: 1800 MiB/s".
+ */
+TEST(stream_throughput)
+{
+#if defined(__SANITIZE_ADDRESS__)
+	const uint64_t pages = (64 * MiB) / PAGE;
+#else
+	const uint64_t pages = (256 * MiB) / PAGE;
+#endif
+	struct guest src, dst;
+	struct stream_config *c = malloc(sizeof(*c));
+	struct stream_writer *w;
+	struct stream_reader *r;
+	struct loaded *L = malloc(sizeof(*L));
+	char path[] = "/tmp/godwit-stream-bench-XXXXXX";
+	int fd = mkstemp(path);
+	double t0, tw, tr;
+
+	CHECK(fd >= 0);
+	if (fd < 0)
+		return;
+	unlink(path);
+	guest_alloc(&src, pages, 0);
+	guest_alloc(&dst, pages, 0);
+	CHECK(src.host[0] && dst.host[0]);
+	for (uint64_t i = 0; i < pages; i++)
+		if (i % 4 != 3)
+			fill_page(src.host[0] + i * PAGE, i * PAGE, 1);
+	guest_config(&src, c);
+	CHECK_EQ(stream_writer_new(fd, &w), 0);
+	t0 = now_s();
+	CHECK_EQ(stream_begin(w, c), 0);
+	CHECK_EQ(stream_put_ram(w, src.host[0], 0, pages), 0);
+	CHECK_EQ(stream_end(w), 0);
+	tw = now_s() - t0;
+	stream_writer_free(w);
+	CHECK_EQ(lseek(fd, 0, SEEK_SET), 0);
+	CHECK_EQ(stream_reader_new(fd, &r), 0);
+	t0 = now_s();
+	CHECK_EQ(load_all(r, &dst, L), 0);
+	tr = now_s() - t0;
+	stream_reader_free(r);
+	CHECK(guest_equal(&src, &dst));
+	printf("# stream write: %.0f MiB/s (%llu MiB guest, 1/4 zero pages, to a file in /tmp)\n",
+	       (double)(pages * PAGE) / MiB / tw, (unsigned long long)(pages * PAGE / MiB));
+	printf("# stream read: %.0f MiB/s (into guest memory, CRCs checked)\n",
+	       (double)(pages * PAGE) / MiB / tr);
+	close(fd);
+	free(c);
+	free(L);
+	guest_free(&src);
+	guest_free(&dst);
+}
