@@ -132,6 +132,10 @@ demo: deps
 bench-boot: all linux-guest
 	$(Q)bash bench/boot/run.sh
 
+.PHONY: bench-devices
+bench-devices: all linux-guest
+	$(Q)bash bench/devices/run.sh
+
 .PHONY: install
 install: $(BUILD)/godwit
 	install -D -m 0755 $(BUILD)/godwit $(DESTDIR)$(PREFIX)/bin/godwit

@@ -15,6 +15,16 @@
  * Requests are 64 KiB with one header, one data and one status descriptor
  * each, in fixed descriptor triples (slot i uses 3i..3i+2), up to 16 in
  * flight, and the device is kicked once per batch.
+ *
+ * Benchmark modes (disk_mode=seqwrite+seqread+randread+randwrite, any
+ * subset in any order) replace the verifying workload: each mode keeps
+ * disk_qd requests of disk_bs bytes in flight over the range for disk_secs
+ * seconds (sequential modes wrap around; random ones pick bs-aligned
+ * offsets), waits for the last ones, and prints one "diskbench:" line;
+ * after the last mode "diskbench: done".  Nothing is verified and nothing
+ * is flushed: the figures are the VMM's request path (the buffers hold a
+ * pattern written once, so writes are not zeros, with another magic, so
+ * read-only passes over them later ignore those blocks).
  */
 #include "virtio.h"
 
@@ -32,7 +42,11 @@
 #define CHUNK_BLOCKS		16		/* 64 KiB per request */
 #define MAX_SLOTS		16
 #define BLK_MAGIC		0x4b4c425449574447ULL	/* "GDWITBLK" */
+#define BENCH_MAGIC		0x484e454257444747ULL	/* "GGDWBENH": not verified */
 #define ERR_PRINTS_PER_S	3
+#define BENCH_MAX_BS		(1024 * 1024)
+#define BENCH_SEQ_BS		(1024 * 1024)	/* default request sizes */
+#define BENCH_RAND_BS		4096
 
 struct blk_hdr {
 	u32 type, reserved;
@@ -68,6 +82,25 @@ static struct {
 	u64 err_window, err_prints;
 	bool stuck;			/* a timeout was reported */
 } d;
+
+enum bench_mode { BM_NONE, BM_SEQWRITE, BM_SEQREAD, BM_RANDREAD, BM_RANDWRITE };
+
+static const char *const bench_names[] = {
+	[BM_SEQWRITE] = "seqwrite", [BM_SEQREAD] = "seqread",
+	[BM_RANDREAD] = "randread", [BM_RANDWRITE] = "randwrite",
+};
+
+/* The benchmark (cfg.disk_nbench modes); idx == disk_nbench when done. */
+static struct {
+	unsigned idx;
+	unsigned qd;
+	bool running;			/* the current mode has started */
+	u32 bs;
+	u64 t0, deadline;
+	u64 cursor;			/* sequential: next byte offset */
+	u64 rng;			/* random: xorshift64 state */
+	u64 ops, bytes, errors;
+} bm;
 
 static const char *type_name(u32 type)
 {
@@ -178,6 +211,50 @@ static void ro_check(void)
 		gprintf("disk: write to read-only disk refused status=%d\n", st);
 }
 
+bool disk_parse_modes(const char *v, size_t vlen)
+{
+	u8 modes[ARRAY_SIZE(cfg.disk_bench)];
+	unsigned n = 0;
+
+	while (vlen) {
+		size_t len = 0;
+		unsigned m;
+
+		while (len < vlen && v[len] != '+')
+			len++;
+		for (m = BM_SEQWRITE; m <= BM_RANDWRITE; m++)
+			if (strlen(bench_names[m]) == len && !strncmp(v, bench_names[m], len))
+				break;
+		if (m > BM_RANDWRITE || n == ARRAY_SIZE(modes))
+			return false;
+		modes[n++] = (u8)m;
+		v += len;
+		vlen -= len;
+		if (vlen) {		/* the '+' */
+			v++;
+			vlen--;
+		}
+	}
+	if (!n)
+		return false;
+	memcpy(cfg.disk_bench, modes, n);
+	cfg.disk_nbench = n;
+	return true;
+}
+
+static bool bench_is_write(unsigned m) { return m == BM_SEQWRITE || m == BM_RANDWRITE; }
+static bool bench_is_seq(unsigned m) { return m == BM_SEQWRITE || m == BM_SEQREAD; }
+
+/* The request size of mode m: disk_bs if it is usable, else the mode's default. */
+static u32 bench_bs(unsigned m)
+{
+	u64 bs = cfg.disk_bs, range = (d.end - d.first) * BLOCK;
+
+	if (!bs || bs % 512 || bs > BENCH_MAX_BS || bs > range)
+		bs = bench_is_seq(m) ? BENCH_SEQ_BS : BENCH_RAND_BS;
+	return (u32)MIN(bs, range);
+}
+
 bool disk_setup(void)
 {
 	u64 cap_blocks;
@@ -197,8 +274,8 @@ bool disk_setup(void)
 	d.ro = virtio_has(&vd, VIRTIO_BLK_F_RO);
 	d.flush = virtio_has(&vd, VIRTIO_BLK_F_FLUSH);
 	nslots = MIN((unsigned)MAX_SLOTS, q.size / 3u);
-	for (unsigned i = 0; i < nslots; i++)
-		reqs[i].buf = (u64 *)boot_alloc(CHUNK_BLOCKS * BLOCK);
+	/* Benchmark buffers (disk_qd of them) are sized once the range is known. */
+	reqs[0].buf = (u64 *)boot_alloc(CHUNK_BLOCKS * BLOCK);
 
 	read_serial();
 	gprintf("disk: found capacity_mib=%lu serial=%s ro=%u flush=%u queue_size=%u\n",
@@ -216,6 +293,27 @@ bool disk_setup(void)
 	if (d.first >= d.end) {
 		gprintf("disk: disk_start=%lu MiB is beyond the capacity\n", cfg.disk_start_mib);
 		return false;
+	}
+	if (cfg.disk_nbench) {
+		u32 maxbs = CHUNK_BLOCKS * BLOCK;
+
+		if (cfg.disk_bs && bench_bs(BM_SEQREAD) != cfg.disk_bs)
+			gprintf("godwit-guest: bad value for disk_bs, using the modes' defaults\n");
+		for (unsigned i = 0; i < cfg.disk_nbench; i++)
+			maxbs = MAX(maxbs, bench_bs(cfg.disk_bench[i]));
+		bm.qd = (unsigned)MIN(cfg.disk_qd, (u64)nslots);
+		if (bm.qd != cfg.disk_qd)
+			gprintf("godwit-guest: disk_qd clipped to %u\n", bm.qd);
+		for (unsigned i = 0; i < bm.qd; i++) {
+			if (i || maxbs > CHUNK_BLOCKS * BLOCK)
+				reqs[i].buf = (u64 *)boot_alloc(maxbs);
+			for (u32 b = 0; b < maxbs / BLOCK; b++)
+				pattern_fill(reqs[i].buf + b * (BLOCK / 8), b, i + 1, BENCH_MAGIC);
+		}
+		bm.rng = rdtsc() | 1;
+	} else {
+		for (unsigned i = 1; i < nslots; i++)
+			reqs[i].buf = (u64 *)boot_alloc(CHUNK_BLOCKS * BLOCK);
 	}
 	if (cfg.disk_ro_check)
 		ro_check();
@@ -305,10 +403,125 @@ static bool next_request(void)
 	return true;
 }
 
+/* Start the next benchmark request in r. */
+static void bench_submit(struct dreq *r, unsigned m)
+{
+	u64 base = d.first * BLOCK, range = (d.end - d.first) * BLOCK, off;
+
+	if (bench_is_seq(m)) {
+		if (bm.cursor + bm.bs > range)
+			bm.cursor = 0;
+		off = bm.cursor;
+		bm.cursor += bm.bs;
+	} else {
+		bm.rng ^= bm.rng << 13;
+		bm.rng ^= bm.rng >> 7;
+		bm.rng ^= bm.rng << 17;
+		off = bm.rng % (range / bm.bs) * bm.bs;
+	}
+	r->block = (base + off) / BLOCK;
+	r->nblocks = bm.bs / BLOCK;
+	submit(r, bench_is_write(m) ? BLK_T_OUT : BLK_T_IN, (base + off) / 512, bm.bs);
+}
+
+/*
+ * "diskbench: mode=M bs=B qd=Q ops=N mib=N secs=S.mmm iops=N mib_s=X.Y
+ * lat_us=X.Y errors=N"; lat_us is the mean time a request was in flight
+ * (qd / iops).
+ */
+static void bench_print(unsigned m, u64 t1)
+{
+	u64 us = (t1 - bm.t0) * 1000 / plat.tsc_khz, lat10, mibs10;
+
+	if (!us)
+		us = 1;
+	lat10 = bm.ops ? us * 10 * bm.qd / bm.ops : 0;
+	mibs10 = bm.bytes * 10000000 / us / MiB;	/* < 2^64 for hours at GB/s */
+	gprintf("diskbench: mode=%s bs=%u qd=%u ops=%lu mib=%lu secs=%lu.%03lu iops=%lu "
+		"mib_s=%lu.%lu lat_us=%lu.%lu errors=%lu\n", bench_names[m], bm.bs, bm.qd, bm.ops,
+		bm.bytes >> 20, us / 1000000, us / 1000 % 1000, bm.ops * 1000000 / us,
+		mibs10 / 10, mibs10 % 10, lat10 / 10, lat10 % 10, bm.errors);
+}
+
+/* disk_poll() for the benchmark modes. */
+static enum poll_result bench_poll(void)
+{
+	bool queued = false;
+	unsigned m;
+	u32 id, len;
+	u64 now;
+
+	if (bm.idx >= cfg.disk_nbench)
+		return POLL_IDLE;
+	m = cfg.disk_bench[bm.idx];
+	while (vq_used(&q, &id, &len)) {
+		struct dreq *r = used_req(id);
+
+		if (!r)
+			continue;
+		r->busy = false;
+		d.inflight--;
+		if (r->status != BLK_S_OK) {
+			bm.errors++;
+			d.errors++;
+			if (err_print_ok(rdtsc()))
+				gprintf("disk: ERROR %s sector=%lu blocks=%u status=%u\n",
+					type_name(r->hdr.type), r->hdr.sector, r->nblocks, r->status);
+			continue;
+		}
+		bm.ops++;
+		bm.bytes += bm.bs;
+		if (r->hdr.type == BLK_T_OUT)
+			d.written += bm.bs;
+		else
+			d.read += bm.bs;
+	}
+	now = rdtsc();
+	if (!bm.running) {
+		if (bench_is_write(m) && d.ro) {
+			gprintf("diskbench: mode=%s skipped: read-only disk\n", bench_names[m]);
+			goto next;
+		}
+		bm.bs = bench_bs(m);
+		bm.cursor = 0;
+		bm.ops = bm.bytes = bm.errors = 0;
+		bm.t0 = now;
+		bm.deadline = now + ms_to_tsc(cfg.disk_secs * 1000);
+		bm.running = true;
+	}
+	if ((int64_t)(now - bm.deadline) < 0) {
+		for (unsigned i = 0; i < bm.qd; i++) {
+			if (reqs[i].busy)
+				continue;
+			bench_submit(&reqs[i], m);
+			queued = true;
+		}
+		if (queued)
+			vq_kick(&q);
+		return POLL_WAIT;
+	}
+	if (d.inflight) {
+		if (now - bm.deadline > ms_to_tsc(VIRTIO_TIMEOUT_MS) && !d.stuck) {
+			vq_report_timeout(&q, VIRTIO_TIMEOUT_MS, d.inflight);
+			d.stuck = true;
+		}
+		return POLL_WAIT;
+	}
+	bench_print(m, now);
+	bm.running = false;
+next:
+	if (++bm.idx == cfg.disk_nbench)
+		gprintf("diskbench: done\n");
+	return POLL_PROGRESS;
+}
+
 enum poll_result disk_poll(u64 now)
 {
 	bool progress = false, queued = false;
 	u32 id, len;
+
+	if (cfg.disk_nbench)
+		return bench_poll();
 
 	while (vq_used(&q, &id, &len)) {
 		struct dreq *r = used_req(id);

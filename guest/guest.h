@@ -28,6 +28,11 @@ struct config {
 	u64 disk_start_mib;	/* disk workload: first MiB of the range */
 	u64 disk_mib;		/* disk workload: MiB in the range */
 	u64 disk_ro_check;	/* 1: try one write, report the status */
+	u8 disk_bench[4];	/* disk_mode=: benchmark modes in order (disk.c) */
+	unsigned disk_nbench;	/* 0: the verifying workload */
+	u64 disk_bs;		/* benchmark request bytes; 0: per mode */
+	u64 disk_qd;		/* benchmark requests in flight */
+	u64 disk_secs;		/* benchmark seconds per mode */
 	u64 rng_kib;		/* rng workload: KiB to read */
 	u8 ip[4];		/* net workload: our IPv4 address */
 };
@@ -110,6 +115,13 @@ void memtest_run(unsigned slot) __noreturn;
  */
 void pattern_fill(u64 *p, u64 idx, u64 gen, u64 magic);
 bool pattern_check(const u64 *p, u64 idx, u64 gen, u64 magic, unsigned *bad_words);
+
+/*
+ * disk.c: parse disk_mode=M[+M...] (seqwrite, seqread, randread,
+ * randwrite, at most 4) into cfg.disk_bench; false (cfg unchanged) if a
+ * name is unknown or the list is empty or too long.
+ */
+bool disk_parse_modes(const char *v, size_t vlen);
 
 /*
  * devices.c: the device workloads (disk, rng, net).  devices_setup() (BSP,

@@ -30,6 +30,8 @@ struct config cfg = {
 	.report_ms = 1000,
 	.disk_start_mib = 0,
 	.disk_mib = 16,
+	.disk_qd = 1,
+	.disk_secs = 2,
 	.rng_kib = 64,
 	.ip = { 198, 18, 0, 2 },
 };
@@ -161,6 +163,15 @@ static void cmdline_parse(const char *s)
 			opt_u64("disk_mib", eq, vlen, &cfg.disk_mib, 1);
 		else if (KEY("disk_ro_check"))
 			opt_u64("disk_ro_check", eq, vlen, &cfg.disk_ro_check, 0);
+		else if (KEY("disk_mode")) {
+			if (!disk_parse_modes(eq, vlen))
+				gprintf("godwit-guest: bad value for disk_mode, ignored\n");
+		} else if (KEY("disk_bs"))
+			opt_u64("disk_bs", eq, vlen, &cfg.disk_bs, 0);
+		else if (KEY("disk_qd"))
+			opt_u64("disk_qd", eq, vlen, &cfg.disk_qd, 1);
+		else if (KEY("disk_secs"))
+			opt_u64("disk_secs", eq, vlen, &cfg.disk_secs, 1);
 		else if (KEY("rng_kib"))
 			opt_u64("rng_kib", eq, vlen, &cfg.rng_kib, 1);
 		else if (KEY("mem"))

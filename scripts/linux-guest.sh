@@ -3,9 +3,11 @@
 #
 #   OUTDIR/vmlinuz             Debian's stock cloud kernel (bzImage)
 #   OUTDIR/initramfs.cpio.gz   busybox-static, the kernel's virtio modules, guest/linux/init
-#                              as /init and guest/linux/memtest.c (static) as /bin/memtest
+#                              as /init and guest/linux/memtest.c (static) as /bin/memtest,
+#                              guest/linux/devbench.c as /bin/devbench
 #   OUTDIR/modules/            the kernel's extracted modules tree (lib/modules/<kver>)
-#   OUTDIR/memtest             the memory-integrity workload (also OUTDIR/ttydrain)
+#   OUTDIR/memtest             the memory-integrity workload (also OUTDIR/ttydrain and
+#                              OUTDIR/devbench, which bench/devices also runs as the host peer)
 #
 # Idempotent: the kernel .deb is downloaded once (cached in $GODWIT_DEB_CACHE, default
 # build/cache/debs), extracted once per package version, and each output is rebuilt only
@@ -256,7 +258,7 @@ lg_main() {
 
 	# 2. The workload and its helper (static: the initramfs has no libc).
 	local prog src
-	for prog in memtest ttydrain; do
+	for prog in memtest ttydrain devbench; do
 		src=$LG_ROOT/guest/linux/$prog.c
 		if lg_newer "$out/$prog" "$src"; then
 			lg_log "CC $src"
@@ -268,7 +270,8 @@ lg_main() {
 	# 3. The initramfs.
 	local bb init=$LG_ROOT/guest/linux/init
 	bb=$(lg_busybox)
-	if lg_newer "$out/initramfs.cpio.gz" "$pkgdir/.extracted" "$out/memtest" "$out/ttydrain" "$init" "$bb" \
+	if lg_newer "$out/initramfs.cpio.gz" "$pkgdir/.extracted" "$out/memtest" "$out/ttydrain" \
+		"$out/devbench" "$init" "$bb" \
 		"${BASH_SOURCE[0]}"; then
 		local stage=$out/initramfs
 		rm -rf "$stage"
@@ -276,7 +279,7 @@ lg_main() {
 		cp "$bb" "$stage/bin/busybox"
 		cp "$init" "$stage/init"
 		chmod 0755 "$stage/init"
-		cp "$out/memtest" "$out/ttydrain" "$stage/bin/"
+		cp "$out/memtest" "$out/ttydrain" "$out/devbench" "$stage/bin/"
 		echo "$kver" >"$stage/etc/godwit-kernel"
 		# shellcheck disable=SC2086
 		lg_install_modules "$pkgdir/lib/modules/$kver" "$stage/lib/modules" $LG_GUEST_MODULES

@@ -25,13 +25,14 @@ static const struct command commands[] = {
 	{ "pause",    cmd_pause,    "pause a running VM's vCPUs" },
 	{ "resume",   cmd_resume,   "resume a paused VM" },
 	{ "shutdown", cmd_shutdown, "stop a VM (exit status 0)" },
+	{ "stream-dump", cmd_stream_dump, "list a snapshot/migration stream's sections, checking it" },
 };
 
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: godwit COMMAND [options]\n\ncommands:\n");
 	for (size_t i = 0; i < ARRAY_SIZE(commands); i++)
-		fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
+		fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].help);
 	fprintf(f, "\n`godwit COMMAND --help` describes each; `godwit --version` prints the version.\n");
 }
 

@@ -5,5 +5,6 @@
 #define GODWIT_CMD_H
 
 int cmd_run(int argc, char **argv);
+int cmd_stream_dump(int argc, char **argv);
 
 #endif

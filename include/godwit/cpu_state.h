@@ -26,6 +26,9 @@
  *                      its TSC is the real downtime.  Needs the two hosts'
  *                      clocks synchronised (NTP); a realtime clock that went
  *                      backwards counts as no time passing.
+ * Under PVM (this project's development hosts) a guest reads the host's TSC
+ * whatever the VMM writes, so the TSC follows the host in both modes; only
+ * kvmclock honours FROZEN there (see cpu_state.c).
  */
 #ifndef GODWIT_CPU_STATE_H
 #define GODWIT_CPU_STATE_H

@@ -179,7 +179,8 @@ int stream_config_compat(const struct stream_config *local, const struct stream_
  * every feature bit the guest saw in the feature registers (leaves 1, 6,
  * 7.0, 7.1, 0xd.0, 0xd.1, 0x80000001, 0x80000007, 0x80000008, 0x40000001)
  * must be supported, except the bits KVM emulates whatever the host has
- * (x2APIC, TSC deadline, hypervisor, OSXSAVE, OSPKE, ARAT).  Returns 0, or
+ * (x2APIC, TSC deadline, hypervisor, ARAT), the ones the guest OS controls
+ * (OSXSAVE, OSPKE) and topology (HTT, CmpLegacy).  Returns 0, or
  * -ENOTSUP with the first missing bit named in err.
  */
 int stream_cpuid_check(const struct stream_config *stream, const struct kvm_cpuid2 *supported,

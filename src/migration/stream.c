@@ -413,6 +413,7 @@ static int device_decode(const struct state_field *f, struct stream_device *d)
 	memset(d, 0, sizeof(*d));
 	state_in_init(&in, f->val, f->len);
 	while ((ret = state_next(&in, &g)) > 0) {
+		ret = 0;
 		switch (g.tag) {
 		case DEV_TYPE:
 			ret = get_text(&g, d->type, sizeof(d->type), false);
@@ -453,6 +454,7 @@ static int config_decode(const uint8_t *p, size_t len, struct stream_config *c,
 	memset(c, 0, sizeof(*c));
 	state_in_init(&in, p, len);
 	while ((ret = state_next(&in, &f)) > 0) {
+		ret = 0;
 		switch (f.tag) {
 		case CFG_ARCH:
 			ret = get_text(&f, c->arch, sizeof(c->arch), false);
@@ -621,7 +623,7 @@ static const struct cpuid_feature_reg {
 } cpuid_feature_regs[] = {
 	/* KVM emulates x2APIC (21), TSC deadline (24); OSXSAVE (27) follows CR4; hypervisor (31) */
 	{ 0x1, 0, R_ECX, ~((1u << 21) | (1u << 24) | (1u << 27) | (1u << 31)) },
-	{ 0x1, 0, R_EDX, ~0u },
+	{ 0x1, 0, R_EDX, ~(1u << 28) },                 /* HTT: topology, set by godwit */
 	{ 0x6, 0, R_EAX, ~(1u << 2) },                  /* ARAT: emulated */
 	{ 0x7, 0, R_EBX, ~0u },
 	{ 0x7, 0, R_ECX, ~(1u << 4) },                  /* OSPKE follows CR4 */
@@ -631,7 +633,7 @@ static const struct cpuid_feature_reg {
 	{ 0xd, 0, R_EDX, ~0u },
 	{ 0xd, 1, R_EAX, ~0u },
 	{ 0x40000001, 0, R_EAX, ~0u },                  /* KVM paravirtual features */
-	{ 0x80000001, 0, R_ECX, ~0u },
+	{ 0x80000001, 0, R_ECX, ~(1u << 1) },           /* CmpLegacy: topology */
 	{ 0x80000001, 0, R_EDX, ~0u },
 	{ 0x80000007, 0, R_EDX, ~0u },
 	{ 0x80000008, 0, R_EBX, ~0u },
@@ -728,6 +730,8 @@ struct stream_writer {
 	struct ram_run *runs;
 	unsigned int nruns;
 	unsigned int data_pages;
+	uint64_t pend_pages;      /* pages in the pending section, zero ones included */
+	uint64_t mem_pages;       /* the configured memory; no section holds more */
 	struct stream_ram_stats ram;
 };
 
@@ -928,6 +932,7 @@ static int ram_emit(struct stream_writer *w)
 	w->ram.sections++;
 	w->nruns = 0;
 	w->data_pages = 0;
+	w->pend_pages = 0;
 	return 0;
 }
 
@@ -936,7 +941,13 @@ static int ram_add(struct stream_writer *w, const uint8_t *host, uint64_t gpa, u
 {
 	for (uint64_t i = 0; i < npages; i++, host += STREAM_PAGE_SIZE, gpa += STREAM_PAGE_SIZE) {
 		bool zero = page_is_zero(host);
-		struct ram_run *last = w->nruns ? &w->runs[w->nruns - 1] : NULL;
+		struct ram_run *last;
+
+		/* a page queued twice must not make a section hold more than the guest */
+		if (w->pend_pages == w->mem_pages && ram_emit(w))
+			return w->err;
+		w->pend_pages++;
+		last = w->nruns ? &w->runs[w->nruns - 1] : NULL;
 
 		if (last && (last->flags & RUN_F_ZERO) == (zero ? RUN_F_ZERO : 0) &&
 		    last->npages < UINT32_MAX &&
@@ -1038,6 +1049,8 @@ int stream_begin(struct stream_writer *w, const struct stream_config *c)
 		return w_fail(w, -EINVAL, "configuration: %s", why);
 	memcpy(w->regions, c->regions, sizeof(w->regions));
 	w->nr_regions = c->nr_regions;
+	for (unsigned int i = 0; i < c->nr_regions; i++)
+		w->mem_pages += c->regions[i].size >> STREAM_PAGE_SHIFT;
 
 	memcpy(pre, STREAM_MAGIC, STREAM_MAGIC_LEN);
 	put_le(pre + 8, STREAM_FORMAT_VERSION, 4);
@@ -1624,6 +1637,7 @@ static int r_eof(struct stream_reader *r)
 	r->where = AT_SECTION;
 	state_in_init(&in, r->payload, r->cur.len);
 	while ((ret = state_next(&in, &f)) > 0) {
+		ret = 0;
 		if (f.tag == EOF_SECTIONS)
 			ret = state_get_u64(&f, &s_nsec), have |= 1;
 		else if (f.tag == EOF_OFFSET)
@@ -1754,8 +1768,16 @@ int stream_read_ram(struct stream_reader *r, stream_lookup_fn lookup, void *opaq
 			zero_pages += run->npages;
 		else
 			data_pages += run->npages;
+		/*
+		 * Runs may overlap, so bound the sums: a section never holds more
+		 * pages than the guest has (the writer splits before that), and its
+		 * data must fit its length.  Nothing below can then wrap.
+		 */
+		if (pages > r->mem_pages || data_pages > len >> STREAM_PAGE_SHIFT)
+			return r_fail(r, -EBADMSG, "runs 0 to %u hold %llu pages (%llu with data): "
+				      "more than the guest has or the length holds", i,
+				      (unsigned long long)pages, (unsigned long long)data_pages);
 	}
-	/* Each run is within the layout, so data_pages <= mem_pages and nothing wraps. */
 	want = data_pages ? (STREAM_PAGE_SIZE - (r->off & (STREAM_PAGE_SIZE - 1))) &
 			    (STREAM_PAGE_SIZE - 1) : 0;
 	if (pad != want)

@@ -66,3 +66,18 @@ else
 	echo "FAIL fuzz/virtq: the fuzzer found a failure: $(grep -m3 -E 'ERROR|SUMMARY|Test unit written' "$log" | tr '\n' ' ')"
 fi
 rm -f "$log"
+
+# The stream reader (src/migration/stream.c): seeds are the golden streams with each mode byte.
+corpus=$ROOT/build-fuzz/corpus-stream
+mkdir -p "$corpus"
+for g in "$ROOT"/tests/data/*.gws; do
+	for m in 00 01 03 05 08; do printf "\\x$m" | cat - "$g" >"$corpus/seed-$m-$(basename "$g")"; done
+done
+log=$(mktemp)
+if timeout $((secs + 60)) "$ROOT/build-fuzz/fuzz-stream" -max_total_time="$secs" -rss_limit_mb=2048 \
+	"$corpus" >"$log" 2>&1; then
+	echo "PASS fuzz/stream: $(grep -o 'Done [0-9]* runs' "$log" | tail -1) in ${secs}s"
+else
+	echo "FAIL fuzz/stream: the fuzzer found a failure: $(grep -m3 -E 'ERROR|SUMMARY|Test unit written' "$log" | tr '\n' ' ')"
+fi
+rm -f "$log"

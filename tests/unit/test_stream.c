@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -26,9 +27,12 @@
 #include <linux/kvm.h>
 
 #include "unit.h"
+#include "godwit/cmd.h"
 #include "godwit/crc32c.h"
+#include "godwit/dev.h"
 #include "godwit/state.h"
 #include "godwit/stream.h"
+#include "godwit/vm.h"
 
 #define PAGE      4096u
 #define GB_GPA    0x100000000ull       /* region B: at 4 GiB, as above the MMIO hole */
@@ -213,7 +217,8 @@ static int golden_v1_write(struct stream_writer *w, struct guest *g, unsigned in
 
 		memset(g->host[0], 0, PAGE);
 		fill_page(g->host[0] + PAGE, g->gpa[0] + PAGE, 2);
-		ret = stream_put_ram_dirty(w, g->host[0], g->gpa[0], g->size[0] / PAGE, &bits);
+		ret = stream_put_ram_dirty(w, g->host[0], g->gpa[0], MIN(64, g->size[0] / PAGE),
+					   &bits);
 		if (ret)
 			return ret;
 		fill_page(g->host[g->n - 1] + last * PAGE, g->gpa[g->n - 1] + last * PAGE, 2);
@@ -616,6 +621,8 @@ TEST(stream_round_trip_pipe)
 	uint8_t *b;
 
 	CHECK(L && !pipe(p));
+	/* if the reader gives up, the writer gets EPIPE instead of blocking or dying */
+	signal(SIGPIPE, SIG_IGN);
 	guest_alloc(&src, 512, 256);
 	guest_alloc(&dst, 512, 256);
 	job = (struct pipe_job){ .fd = p[1], .g = &src };
@@ -625,8 +632,10 @@ TEST(stream_round_trip_pipe)
 	if (L->err[0])
 		printf("#   %s\n", L->err);
 	stream_reader_free(r);
-	pthread_join(t, NULL);
 	close(p[0]);
+	pthread_join(t, NULL);
+	if (job.ret)
+		printf("#   writer: %s\n", job.err);
 	CHECK_EQ(job.ret, 0);
 	check_sample_loaded(L, &src, &dst, 0);
 	/* Byte-identical to the same stream written to a file. */
@@ -677,6 +686,46 @@ TEST(stream_round_trip_dirty_bitmap)
 
 		CHECK(!memcmp(dst.host[0] + i * PAGE, sent ? src.host[0] + i * PAGE : zero, PAGE));
 	}
+	free(b);
+	free(c);
+	free(L);
+	guest_free(&src);
+	guest_free(&dst);
+}
+
+TEST(stream_ram_queued_twice)
+{
+	/* The same pages queued twice in a row: the writer splits the section. */
+	struct guest src, dst;
+	struct loaded *L = malloc(sizeof(*L));
+	struct stream_config *c = malloc(sizeof(*c));
+	struct stream_writer *w;
+	int fd = memfd_create("twice", 0);
+	struct stat sb;
+	uint8_t *b;
+
+	guest_alloc(&src, 8, 4);
+	guest_alloc(&dst, 8, 4);
+	guest_config(&src, c);
+	CHECK_EQ(stream_writer_new(fd, &w), 0);
+	CHECK_EQ(stream_begin(w, c), 0);
+	for (unsigned int pass = 0; pass < 2; pass++)
+		for (unsigned int r = 0; r < 2; r++) {
+			fill_page(src.host[r] + PAGE, src.gpa[r] + PAGE, pass + 1);
+			CHECK_EQ(stream_put_ram(w, src.host[r], src.gpa[r], src.size[r] / PAGE), 0);
+		}
+	CHECK_EQ(stream_end(w), 0);
+	stream_writer_free(w);
+	CHECK_EQ(fstat(fd, &sb), 0);
+	b = malloc((size_t)sb.st_size);
+	CHECK_EQ(pread(fd, b, (size_t)sb.st_size, 0), sb.st_size);
+	close(fd);
+	CHECK_EQ(load_mem(b, (size_t)sb.st_size, &dst, L), 0);
+	if (L->err[0])
+		printf("#   %s\n", L->err);
+	CHECK_EQ(L->ram.sections, 2);
+	CHECK_EQ(L->ram.pages, 24);
+	CHECK(guest_equal(&src, &dst));
 	free(b);
 	free(c);
 	free(L);
@@ -890,8 +939,11 @@ TEST(stream_ram_runs_checked)
 		{ 1, 8, 0, "malformed" },
 		{ 1, 12, 0x3, "malformed" },
 		{ 1, 8, 0xffffffffu, "outside the memory layout" },
-		{ 0, 8, 2, "does not match its" },                  /* one more data page than sent */
-		{ 1, 12, 0, "does not match its" },                 /* a zero run turned data */
+		/* one more data page than sent, a zero run turned data: more than len holds */
+		{ 0, 8, 2, "or the length holds" },
+		{ 1, 12, 0, "or the length holds" },
+		{ 7, 8, 1, "does not match its" },                  /* one data page fewer */
+		{ 3, 8, 8, "outside the memory layout" },           /* A5 + 8 pages */
 	};
 
 	for (unsigned int i = 0; i < ARRAY_SIZE(cases); i++) {
@@ -928,6 +980,14 @@ TEST(stream_ram_runs_checked)
 				break;
 			}
 	}
+	/* Overlapping runs: more pages than the guest has (12) in one section. */
+	memcpy(c, b, len);
+	run = ram_run_at(c, len, 3);                 /* A5, zero, 1 page -> A0-7, zero */
+	put_le(run, 0, 8);
+	put_le(run + 8, 8, 4);
+	restamp(c, len);
+	CHECK_EQ(load_mem(c, len, &dst, L), -EBADMSG);
+	CHECK(contains(L->err, "more than the guest has"));
 	/* Padding and the run count. */
 	memcpy(c, b, len);
 	run = ram_run_at(c, len, 0);
@@ -1315,6 +1375,67 @@ TEST(stream_cpuid_check_features)
 	guest_free(&g);
 }
 
+TEST(stream_config_from_vm_fields)
+{
+	static const struct dev_ops uart_ops = { .name = "serial", .version = 3, .min_version = 1,
+						 .unmigratable = "test" };
+	static const struct dev_ops blk_ops = { .name = "virtio-blk", .version = 1,
+						.min_version = 1, .unmigratable = "test" };
+	struct vm *vm = calloc(1, sizeof(*vm));
+	struct stream_config *c = malloc(sizeof(*c));
+	struct dev d1 = { .ops = &uart_ops, .instance = 0 }, d2 = { .ops = &blk_ops, .instance = 1 };
+	char err[200];
+
+	vm->cfg.ncpus = 3;
+	snprintf(vm->cfg.name, sizeof(vm->cfg.name), "vm-a");
+	vm->cfg.uuid[0] = 0x42;
+	vm->cfg.cpu_model = CPU_MODEL_X86_64_V2;
+	vm->tsc_khz = 1999000;
+	vm->mem[0] = (struct mem_region){ .gpa = 0, .size = 3 * GiB };
+	vm->mem[1] = (struct mem_region){ .gpa = 4 * GiB, .size = 1 * GiB };
+	vm->nr_mem = 2;
+	vm->cpuid = calloc(1, sizeof(*vm->cpuid) + 2 * sizeof(struct kvm_cpuid_entry2));
+	vm->cpuid->nent = 2;
+	vm->cpuid->entries[0] = (struct kvm_cpuid_entry2){ .function = 0, .eax = 0xd,
+		.ebx = 0x756e6547, .edx = 0x49656e69, .ecx = 0x6c65746e };
+	vm->cpuid->entries[1] = (struct kvm_cpuid_entry2){ .function = 7, .index = 0,
+		.flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX, .ebx = 0x9 };
+	d1.next = &d2;
+	vm->devices = &d1;
+	CHECK_EQ(stream_config_from_vm(c, vm), 0);
+	CHECK_EQ(c->ncpus, 3);
+	CHECK_STR(c->name, "vm-a");
+	CHECK_EQ(c->uuid[0], 0x42);
+	CHECK_STR(c->cpu_model, "x86-64-v2");
+	CHECK_EQ(c->tsc_khz, 1999000);
+	CHECK_EQ(c->nr_regions, 2);
+	CHECK_EQ(c->regions[1].gpa, 4 * GiB);
+	CHECK_EQ(c->regions[0].size, 3 * GiB);
+	CHECK_EQ(c->nr_cpuid, 2);
+	CHECK_EQ(c->cpuid[1].flags, KVM_CPUID_FLAG_SIGNIFCANT_INDEX);
+	CHECK_STR(c->cpu_vendor, "GenuineIntel");
+	CHECK_EQ(c->nr_devices, 2);
+	CHECK_STR(c->devices[1].type, "virtio-blk");
+	CHECK_EQ(c->devices[1].instance, 1);
+	CHECK_EQ(c->devices[0].version, 3);
+	CHECK_STR(c->arch, "x86_64");
+	/* a VM's own configuration is compatible with itself, and writable */
+	CHECK_EQ(stream_config_compat(c, c, err, sizeof(err)), 0);
+	{
+		struct stream_writer *w;
+		int fd = open("/dev/null", O_WRONLY);
+
+		CHECK_EQ(stream_writer_new(fd, &w), 0);
+		CHECK_EQ(stream_begin(w, c), 0);
+		CHECK_EQ(stream_end(w), 0);
+		stream_writer_free(w);
+		close(fd);
+	}
+	free(vm->cpuid);
+	free(vm);
+	free(c);
+}
+
 /* ---- golden streams ---------------------------------------------------------------- */
 
 #define GOLDEN_V1 "golden-0.1.0-dev.gws"
@@ -1357,7 +1478,7 @@ static uint8_t *read_file(const char *path, size_t *len)
 }
 
 /*
- * Every tests/data/*.gws must load, RAM and all, into memory laid out as
+ * Every tests/data/ *.gws file must load, RAM and all, into memory laid out as
  * its configuration says: streams from every release stay readable.
  */
 TEST(stream_golden_files_load)
@@ -1490,7 +1611,7 @@ TEST(stream_throughput)
 	struct loaded *L = malloc(sizeof(*L));
 	char path[] = "/tmp/godwit-stream-bench-XXXXXX";
 	int fd = mkstemp(path);
-	double t0, tw, tr;
+	double t0, tw, tr, tn;
 
 	CHECK(fd >= 0);
 	if (fd < 0)
@@ -1510,6 +1631,19 @@ TEST(stream_throughput)
 	CHECK_EQ(stream_end(w), 0);
 	tw = now_s() - t0;
 	stream_writer_free(w);
+	/* the writer's own cost: the same to /dev/null */
+	{
+		int nfd = open("/dev/null", O_WRONLY);
+
+		CHECK_EQ(stream_writer_new(nfd, &w), 0);
+		t0 = now_s();
+		CHECK_EQ(stream_begin(w, c), 0);
+		CHECK_EQ(stream_put_ram(w, src.host[0], 0, pages), 0);
+		CHECK_EQ(stream_end(w), 0);
+		tn = now_s() - t0;
+		stream_writer_free(w);
+		close(nfd);
+	}
 	CHECK_EQ(lseek(fd, 0, SEEK_SET), 0);
 	CHECK_EQ(stream_reader_new(fd, &r), 0);
 	t0 = now_s();
@@ -1517,8 +1651,9 @@ TEST(stream_throughput)
 	tr = now_s() - t0;
 	stream_reader_free(r);
 	CHECK(guest_equal(&src, &dst));
-	printf("# stream write: %.0f MiB/s (%llu MiB guest, 1/4 zero pages, to a file in /tmp)\n",
-	       (double)(pages * PAGE) / MiB / tw, (unsigned long long)(pages * PAGE / MiB));
+	printf("# stream write: %.0f MiB/s (%llu MiB guest, 1/4 zero pages, to a file in /tmp; "
+	       "%.0f MiB/s to /dev/null)\n", (double)(pages * PAGE) / MiB / tw,
+	       (unsigned long long)(pages * PAGE / MiB), (double)(pages * PAGE) / MiB / tn);
 	printf("# stream read: %.0f MiB/s (into guest memory, CRCs checked)\n",
 	       (double)(pages * PAGE) / MiB / tr);
 	close(fd);
@@ -1526,4 +1661,104 @@ TEST(stream_throughput)
 	free(L);
 	guest_free(&src);
 	guest_free(&dst);
+}
+
+/* ---- `godwit stream-dump` ----------------------------------------------------------- */
+
+/* Run cmd_stream_dump(args) with stdout and stderr in a file; its text in out. */
+static int run_dump(char **args, int n, char *out, size_t len)
+{
+	char path[] = "/tmp/godwit-dump-XXXXXX";
+	int fd = mkstemp(path), o1, o2, ret;
+	ssize_t k;
+
+	if (fd < 0)
+		return -1;
+	unlink(path);
+	fflush(stdout);
+	fflush(stderr);
+	o1 = dup(1);
+	o2 = dup(2);
+	dup2(fd, 1);
+	dup2(fd, 2);
+	ret = cmd_stream_dump(n, args);
+	fflush(stdout);
+	fflush(stderr);
+	dup2(o1, 1);
+	dup2(o2, 2);
+	close(o1);
+	close(o2);
+	k = pread(fd, out, len - 1, 0);
+	out[k > 0 ? k : 0] = '\0';
+	close(fd);
+	return ret;
+}
+
+TEST(stream_dump_command)
+{
+	struct guest src;
+	size_t len;
+	uint8_t *b = sample_bytes(&src, 8, 4, SAMPLE_OPTIONAL, &len);
+	char path[] = "/tmp/godwit-dump-in-XXXXXX";
+	int fd = mkstemp(path);
+	static char out[65536];
+	char *args[4];
+
+	/* getopt permutes argv: set it before each run */
+#define DUMP_ARGS(f, j) (args[0] = "stream-dump", args[1] = (f), args[2] = (j), args[3] = NULL)
+
+	CHECK(fd >= 0);
+	CHECK_EQ(write(fd, b, len), (ssize_t)len);
+	DUMP_ARGS(path, NULL);
+	CHECK_EQ(run_dump(args, 2, out, sizeof(out)), 0);
+	CHECK(contains(out, "machine: x86_64, 2 vCPUs, 48 KiB in 2 regions, cpu model x86-64-v2"));
+	CHECK(contains(out, "device test-blk.0 version 1 options serial=disk0,readonly=off"));
+	CHECK(contains(out, "8 runs, 12 pages (3 zero)"));
+	CHECK(contains(out, "test-future-opt"));
+	CHECK(contains(out, "optional unknown type, skipped"));
+	CHECK(contains(out, "9 sections, "));
+	CHECK(contains(out, "every checksum matches"));
+	DUMP_ARGS(path, "--json");
+	CHECK_EQ(run_dump(args, 3, out, sizeof(out)), 0);
+	CHECK(contains(out, "\"ok\": true"));
+	CHECK(contains(out, "\"zero_pages\": 4"));
+	/* one flipped byte in vCPU 1's payload: exit 1, the section named */
+	{
+		struct wsec s[16];
+		unsigned int n = walk(b, len, s, 16);
+
+		for (unsigned int i = 0; i + 1 < n; i++)
+			if (s[i].type == STREAM_CPU) {
+				b[s[i + 1].payload + 3] ^= 0x40;
+				break;
+			}
+	}
+	CHECK_EQ(pwrite(fd, b, len, 0), (ssize_t)len);
+	DUMP_ARGS(path, NULL);
+	CHECK_EQ(run_dump(args, 2, out, sizeof(out)), 1);
+	CHECK(contains(out, "section 'test-cpu' (cpu, instance 1, offset 0x"));
+	CHECK(contains(out, "crc mismatch"));
+	DUMP_ARGS(path, "--json");
+	CHECK_EQ(run_dump(args, 3, out, sizeof(out)), 1);
+	CHECK(contains(out, "\"ok\": false"));
+	/* trailing bytes, a missing file, usage */
+	CHECK_EQ(ftruncate(fd, 0), 0);
+	free(b);
+	guest_free(&src);
+	b = sample_bytes(&src, 8, 4, 0, &len);
+	CHECK_EQ(pwrite(fd, b, len, 0), (ssize_t)len);
+	CHECK_EQ(pwrite(fd, "junk", 4, len), 4);
+	DUMP_ARGS(path, NULL);
+	CHECK_EQ(run_dump(args, 2, out, sizeof(out)), 1);
+	CHECK(contains(out, "4 bytes after the end of the stream"));
+	DUMP_ARGS("/nonexistent/stream", NULL);
+	CHECK_EQ(run_dump(args, 2, out, sizeof(out)), 1);
+	CHECK(contains(out, "No such file or directory"));
+	DUMP_ARGS(path, NULL);
+	CHECK_EQ(run_dump(args, 1, out, sizeof(out)), 2);
+#undef DUMP_ARGS
+	close(fd);
+	unlink(path);
+	free(b);
+	guest_free(&src);
 }

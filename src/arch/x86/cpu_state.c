@@ -61,9 +61,10 @@
  *
  * Load order (cpu_state_load), and why:
  *   regs; xsave; xcrs; sregs (CRs, EFER, APIC base: the LAPIC's mode);
- *   MSRs: IA32_TSC first (TSC_DEADLINE and kvmclock are relative to it),
- *     ASYNC_PF_INT before ASYNC_PF_EN (enabling interrupt delivery needs
- *     the vector), TSC_DEADLINE held back;
+ *   IA32_TSC (tsc_write), before the MSRs relative to it;
+ *   MSRs: ASYNC_PF_INT before ASYNC_PF_EN (enabling interrupt delivery
+ *     needs the vector), TSC_DEADLINE held back; a write KVM refuses is
+ *     an error unless the vCPU already holds the value;
  *   LAPIC, after the APIC base (x2APIC mode decides how the ID is read);
  *   TSC_DEADLINE, after the LAPIC: KVM ignores a deadline unless the LVT
  *     timer is already in TSC-deadline mode;
@@ -78,8 +79,18 @@
  * pass while stopped); CPU_CLOCK_ADVANCE adds the realtime elapsed since
  * the save (TSC: elapsed ns * tsc_khz / 10^6), so the guest's TSC and
  * kvmclock stay in step with the world and a TSC-measured stall equals the
- * downtime.  A second vCPU's TSC written within a second of the first's is
- * matched to it by KVM (kvm_synchronize_tsc), which keeps vCPUs in step.
+ * downtime.  IA32_TSC is written, then read back (tsc_write): KVM's
+ * kvm_synchronize_tsc() may replace a host write within a second of what
+ * it expects by its own value (kernels before 6.7 do, for any write, e.g.
+ * of a guest saved less than a second after it started), so an error over
+ * TSC_SLACK_MS is corrected with the vCPU's KVM_VCPU_TSC_OFFSET.  Under
+ * PVM neither works: its guests read the host's TSC whatever is written
+ * (measured: writes accepted, the offset stays 0), so there the guest's
+ * TSC always shows the host's time, FROZEN cannot hide a stop from it and
+ * a cross-host move shows the TSC difference of the two hosts; godwit logs
+ * that once.  kvmclock (KVM_SET_CLOCK) works under PVM.
+ * In FROZEN mode vCPUs restored one after another may differ by the time
+ * between their loads minus the time between their saves (sub-millisecond).
  *
  * Not saved: nested virtualisation state (godwit offers no VMX/SVM), the
  * kvm_run page (I/O in flight is completed before the save), KVM's PIT
@@ -383,6 +394,8 @@ static void events_get(struct rec *r, struct kvm_vcpu_events *e)
  * copy would run it again (an OUT to the UART printing a byte twice).
  * KVM_RUN with immediate_exit completes the access and returns EINTR
  * without running any guest instruction (KVM API, KVM_CAP_IMMEDIATE_EXIT).
+ * exit_reason may be stale (a KVM_RUN that returned EINTR at once leaves
+ * it as it was), in which case this KVM_RUN completes nothing: harmless.
  */
 static int cpu_complete_io(struct vcpu *v)
 {
@@ -439,8 +452,10 @@ static int msr_list(struct vm *vm, uint32_t **out, uint32_t *nout)
 	uint32_t *idx, n = 0;
 
 	if (ioctl(vm->kvm_fd, KVM_GET_MSR_INDEX_LIST, &probe) < 0 && errno != E2BIG) {
+		int err = -errno;
+
 		log_warn("%s: KVM_GET_MSR_INDEX_LIST", __func__);
-		return -errno;
+		return err;
 	}
 	if (probe.nmsrs > CPU_STATE_MAX_MSRS - ARRAY_SIZE(msr_extra)) {
 		log_warnx("%s: KVM lists %u MSRs, more than godwit saves (%u)", __func__,
@@ -1112,20 +1127,19 @@ static int msr_rank(uint32_t index)
 }
 
 /*
- * The MSRs in load order: IA32_TSC (value `tsc`), then every saved MSR but
- * TSC_DEADLINE, rank 0 before rank 1.  *deadline gets TSC_DEADLINE's value
- * if saved.
+ * The MSRs in load order (IA32_TSC is written before, by tsc_write): every
+ * saved MSR but TSC_DEADLINE, rank 0 before rank 1.  *deadline gets
+ * TSC_DEADLINE's value if saved.
  */
-static struct kvm_msrs *msrs_for_load(const struct cpu_state *s, uint64_t tsc,
-				      bool *has_deadline, uint64_t *deadline)
+static struct kvm_msrs *msrs_for_load(const struct cpu_state *s, bool *has_deadline,
+				      uint64_t *deadline)
 {
-	struct kvm_msrs *m = msrs_alloc(s->nr_msrs + 1);
+	struct kvm_msrs *m = msrs_alloc(s->nr_msrs);
 	uint32_t n = 0;
 
 	if (!m)
 		return NULL;
 	*has_deadline = false;
-	m->entries[n++] = (struct kvm_msr_entry){ .index = MSR_IA32_TSC, .data = tsc };
 	for (int rank = 0; rank <= 1; rank++)
 		for (uint32_t i = 0; i < s->nr_msrs; i++) {
 			if (s->msrs[i].index == MSR_IA32_TSC_DEADLINE) {
@@ -1140,6 +1154,62 @@ static struct kvm_msrs *msrs_for_load(const struct cpu_state *s, uint64_t tsc,
 	return m;
 }
 
+#define TSC_SLACK_MS 5
+
+/*
+ * Set the guest's TSC so that it reads `want` at host realtime want_ns and
+ * runs on from there.  IA32_TSC is written by the host and read back:
+ * kvm_synchronize_tsc() takes a host write within a second of what it
+ * expects (another vCPU's TSC, or the vCPU's creation-time 0 plus elapsed
+ * time) as an attempt to synchronise and may use its own value instead,
+ * and PVM ignores the write altogether (its guests read the host's TSC).
+ * An error beyond TSC_SLACK_MS is corrected through the vCPU's
+ * KVM_VCPU_TSC_OFFSET attribute where KVM has one.  What cannot be
+ * corrected is logged (once per process) and is not an error: the guest
+ * runs, but its TSC shows the host TSC's progress instead.
+ * Returns 0 or the -errno of a failed IA32_TSC access.
+ */
+static int tsc_write(struct vcpu *v, uint64_t want, uint64_t want_ns, uint32_t khz)
+{
+	static bool warned;
+	struct {
+		struct kvm_msrs h;
+		struct kvm_msr_entry e;
+	} m = { .h.nmsrs = 1, .e = { .index = MSR_IA32_TSC } };
+	struct kvm_device_attr attr = {
+		.group = KVM_VCPU_TSC_CTRL,
+		.attr = KVM_VCPU_TSC_OFFSET,
+	};
+	int64_t err, slack = (int64_t)TSC_SLACK_MS * khz;
+	uint64_t got, t;
+	__s64 offset;
+	int ret;
+
+	m.e.data = want + ns_to_cycles(realtime_since(want_ns), khz);
+	if (ioctl(v->fd, KVM_SET_MSRS, &m) != 1)
+		return piece_err(v, __func__, "msrs: IA32_TSC");
+	for (int tries = 0; ; tries++) {
+		ret = tsc_read(v, &got, &t);
+		if (ret)
+			return ret;
+		err = (int64_t)(got - (want + (t > want_ns ? ns_to_cycles(t - want_ns, khz) : 0)));
+		if (err <= slack && -err <= slack)
+			return 0;
+		attr.addr = (uint64_t)(uintptr_t)&offset;
+		if (tries == 2 || ioctl(v->fd, KVM_GET_DEVICE_ATTR, &attr) < 0)
+			break;
+		offset -= err;
+		if (ioctl(v->fd, KVM_SET_DEVICE_ATTR, &attr) < 0)
+			break;
+	}
+	if (!__atomic_exchange_n(&warned, true, __ATOMIC_RELAXED))
+		log_warnx("%s: vcpu%u: KVM does not let godwit set the guest's TSC "
+			  "(%.1f ms off after writing it; PVM's guests read the host's TSC): "
+			  "the guest's TSC shows the host's instead of the saved one",
+			  __func__, v->index, (double)err / khz);
+	return 0;
+}
+
 static int cpu_state_apply(struct vcpu *v, const struct cpu_state *s, enum cpu_clock_mode mode)
 {
 	struct vm *vm = v->vm;
@@ -1147,7 +1217,7 @@ static int cpu_state_apply(struct vcpu *v, const struct cpu_state *s, enum cpu_c
 	struct kvm_debugregs dr;
 	struct kvm_msrs *m;
 	bool has_deadline;
-	uint64_t deadline = 0, tsc, systime = 0;
+	uint64_t deadline = 0, systime = 0;
 	int ret;
 
 	if (s->tsc_khz != vm->tsc_khz) {
@@ -1156,7 +1226,8 @@ static int cpu_state_apply(struct vcpu *v, const struct cpu_state *s, enum cpu_c
 		    ioctl(v->fd, KVM_SET_TSC_KHZ, (unsigned long)s->tsc_khz) == 0)
 			log_debug("%s: vcpu%u: TSC scaled to %u kHz", __func__, v->index, s->tsc_khz);
 		else
-			log_warnx("%s: vcpu%u: the guest's TSC ran at %u kHz, this host's runs at %u kHz and KVM cannot scale it: the guest's clock rate changes",
+			log_warnx("%s: vcpu%u: the guest's TSC ran at %u kHz, this host's runs "
+				  "at %u kHz and KVM cannot scale it: the guest's clock rate changes",
 				  __func__, v->index, s->tsc_khz, vm->tsc_khz);
 	}
 
@@ -1172,10 +1243,12 @@ static int cpu_state_apply(struct vcpu *v, const struct cpu_state *s, enum cpu_c
 		return piece_err(v, __func__, "sregs: KVM_SET_SREGS");
 	}
 
-	tsc = s->tsc;
-	if (mode == CPU_CLOCK_ADVANCE)
-		tsc += ns_to_cycles(realtime_since(s->time_ns), s->tsc_khz);
-	m = msrs_for_load(s, tsc, &has_deadline, &deadline);
+	/* FROZEN: the saved TSC applies now; ADVANCE: at the save's realtime. */
+	ret = tsc_write(v, s->tsc, mode == CPU_CLOCK_ADVANCE ? s->time_ns : now_realtime_ns(),
+			s->tsc_khz);
+	if (ret)
+		return ret;
+	m = msrs_for_load(s, &has_deadline, &deadline);
 	if (!m)
 		return -ENOMEM;
 	ret = msrs_write(v, m->entries, m->nmsrs);
