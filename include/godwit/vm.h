@@ -73,6 +73,7 @@ struct vcpu {
 	pthread_t thread;
 	bool thread_started;
 	bool exited;             /* under vm->lock: the thread has left its loop */
+	bool io_pending;         /* vCPU thread only: last exit was PIO/MMIO, not yet completed */
 };
 
 /* Port I/O and MMIO handlers registered by devices. */

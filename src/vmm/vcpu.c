@@ -186,9 +186,11 @@ static bool vcpu_handle_exit(struct vcpu *v)
 	switch (run->exit_reason) {
 	case KVM_EXIT_IO:
 		vcpu_handle_pio(v);
+		v->io_pending = true;
 		return true;
 	case KVM_EXIT_MMIO:
 		vcpu_handle_mmio(v);
+		v->io_pending = true;
 		return true;
 	case KVM_EXIT_INTR:
 		return true;
@@ -249,6 +251,23 @@ static bool vcpu_pause_point(struct vcpu *v)
 
 	pthread_mutex_lock(&vm->lock);
 	v->run->immediate_exit = 0;
+	if (vm->pause_requested && vm->state != VM_STATE_STOPPING && v->io_pending) {
+		/*
+		 * The last exit was port I/O or MMIO: KVM completes the
+		 * instruction only on the next KVM_RUN.  Do that now, with
+		 * immediate_exit so the guest runs no further, so a paused
+		 * vCPU's registers are consistent (RIP past the instruction,
+		 * the read value in RAX) for whoever saves them.
+		 */
+		pthread_mutex_unlock(&vm->lock);
+		v->run->immediate_exit = 1;
+		if (ioctl(v->fd, KVM_RUN, 0) == 0 || (errno != EINTR && errno != EAGAIN))
+			log_warnx("vcpu%u: completing I/O before a pause did not stop", v->index);
+		v->run->exit_reason = KVM_EXIT_INTR;
+		v->io_pending = false;
+		pthread_mutex_lock(&vm->lock);
+		v->run->immediate_exit = 0;
+	}
 	while (vm->pause_requested && vm->state != VM_STATE_STOPPING) {
 		vm->nr_parked++;
 		pthread_cond_broadcast(&vm->cond);
@@ -274,9 +293,15 @@ static void *vcpu_thread(void *arg)
 	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 
 	while (vcpu_pause_point(v)) {
-		if (ioctl(v->fd, KVM_RUN, 0) < 0) {
-			if (errno == EINTR || errno == EAGAIN)
+		int r = ioctl(v->fd, KVM_RUN, 0);
+
+		v->io_pending = false;
+		if (r < 0) {
+			if (errno == EINTR || errno == EAGAIN) {
+				/* KVM leaves the previous exit_reason: do not reuse it. */
+				v->run->exit_reason = KVM_EXIT_INTR;
 				continue;
+			}
 			log_warn("vcpu%u: KVM_RUN", v->index);
 			vcpu_dump_regs(v);
 			vm_request_exit(vm, EXIT_INTERNAL, "KVM_RUN failed");
