@@ -56,9 +56,11 @@ OBJS += src/net/tap.o
 OBJS += src/migration/state.o
 OBJS += src/migration/crc32c.o
 OBJS += src/migration/stream.o
+OBJS += src/migration/snapshot.o
 OBJS += src/cmd/stream_dump.o
 OBJS += src/cmd/run.o
 OBJS += src/cmd/client.o
+OBJS += src/cmd/snapshot.o
 MAIN_OBJ := src/main.o
 
 UNIT_SRCS := $(sort $(wildcard tests/unit/*.c))

@@ -16,9 +16,10 @@
  * each, in fixed descriptor triples (slot i uses 3i..3i+2), up to 16 in
  * flight, and the device is kicked once per batch.
  *
- * Benchmark modes (disk_mode=seqwrite+seqread+randread+randwrite, any
- * subset in any order) replace the verifying workload: each mode keeps
- * disk_qd requests of disk_bs bytes in flight over the range for disk_secs
+ * Benchmark modes (disk_mode=seqwrite+seqread+randread+randwrite, up to 6
+ * in any order, each optionally with its own queue depth, randread:16)
+ * replace the verifying workload: each mode keeps disk_qd (or its own)
+ * requests of disk_bs bytes in flight over the range for disk_secs
  * seconds (sequential modes wrap around; random ones pick bs-aligned
  * offsets), waits for the last ones, and prints one "diskbench:" line;
  * after the last mode "diskbench: done".  Nothing is verified and nothing
@@ -100,6 +101,7 @@ static struct {
 	u64 cursor;			/* sequential: next byte offset */
 	u64 rng;			/* random: xorshift64 state */
 	u64 ops, bytes, errors;
+	u64 kicks0;			/* q.kicks when the mode started */
 } bm;
 
 static const char *type_name(u32 type)
@@ -213,20 +215,27 @@ static void ro_check(void)
 
 bool disk_parse_modes(const char *v, size_t vlen)
 {
-	u8 modes[ARRAY_SIZE(cfg.disk_bench)];
+	u8 modes[ARRAY_SIZE(cfg.disk_bench)], qds[ARRAY_SIZE(cfg.disk_bench)];
 	unsigned n = 0;
 
 	while (vlen) {
-		size_t len = 0;
+		size_t len = 0, nlen;
 		unsigned m;
+		u64 qd = 0;
 
 		while (len < vlen && v[len] != '+')
 			len++;
+		for (nlen = 0; nlen < len && v[nlen] != ':'; nlen++)
+			;
+		if (nlen < len && (!parse_u64(v + nlen + 1, len - nlen - 1, &qd) || !qd ||
+				   qd > 255))
+			return false;
 		for (m = BM_SEQWRITE; m <= BM_RANDWRITE; m++)
-			if (strlen(bench_names[m]) == len && !strncmp(v, bench_names[m], len))
+			if (strlen(bench_names[m]) == nlen && !strncmp(v, bench_names[m], nlen))
 				break;
 		if (m > BM_RANDWRITE || n == ARRAY_SIZE(modes))
 			return false;
+		qds[n] = (u8)qd;
 		modes[n++] = (u8)m;
 		v += len;
 		vlen -= len;
@@ -238,12 +247,21 @@ bool disk_parse_modes(const char *v, size_t vlen)
 	if (!n)
 		return false;
 	memcpy(cfg.disk_bench, modes, n);
+	memcpy(cfg.disk_bench_qd, qds, n);
 	cfg.disk_nbench = n;
 	return true;
 }
 
 static bool bench_is_write(unsigned m) { return m == BM_SEQWRITE || m == BM_RANDWRITE; }
 static bool bench_is_seq(unsigned m) { return m == BM_SEQWRITE || m == BM_SEQREAD; }
+
+/* The queue depth of the i-th mode, at most the slots there are. */
+static unsigned bench_qd(unsigned i)
+{
+	u64 qd = cfg.disk_bench_qd[i] ? cfg.disk_bench_qd[i] : cfg.disk_qd;
+
+	return (unsigned)MIN(qd, (u64)nslots);
+}
 
 /* The request size of mode m: disk_bs if it is usable, else the mode's default. */
 static u32 bench_bs(unsigned m)
@@ -296,15 +314,18 @@ bool disk_setup(void)
 	}
 	if (cfg.disk_nbench) {
 		u32 maxbs = CHUNK_BLOCKS * BLOCK;
+		unsigned maxqd = 1;
 
 		if (cfg.disk_bs && bench_bs(BM_SEQREAD) != cfg.disk_bs)
 			gprintf("godwit-guest: bad value for disk_bs, using the modes' defaults\n");
-		for (unsigned i = 0; i < cfg.disk_nbench; i++)
+		for (unsigned i = 0; i < cfg.disk_nbench; i++) {
 			maxbs = MAX(maxbs, bench_bs(cfg.disk_bench[i]));
-		bm.qd = (unsigned)MIN(cfg.disk_qd, (u64)nslots);
-		if (bm.qd != cfg.disk_qd)
-			gprintf("godwit-guest: disk_qd clipped to %u\n", bm.qd);
-		for (unsigned i = 0; i < bm.qd; i++) {
+			maxqd = MAX(maxqd, bench_qd(i));
+			if (bench_qd(i) < (cfg.disk_bench_qd[i] ? cfg.disk_bench_qd[i] : cfg.disk_qd))
+				gprintf("godwit-guest: %s queue depth clipped to %u\n",
+					bench_names[cfg.disk_bench[i]], bench_qd(i));
+		}
+		for (unsigned i = 0; i < maxqd; i++) {
 			if (i || maxbs > CHUNK_BLOCKS * BLOCK)
 				reqs[i].buf = (u64 *)boot_alloc(maxbs);
 			for (u32 b = 0; b < maxbs / BLOCK; b++)
@@ -426,8 +447,9 @@ static void bench_submit(struct dreq *r, unsigned m)
 
 /*
  * "diskbench: mode=M bs=B qd=Q ops=N mib=N secs=S.mmm iops=N mib_s=X.Y
- * lat_us=X.Y errors=N"; lat_us is the mean time a request was in flight
- * (qd / iops).
+ * lat_us=X.Y errors=N kicks=N"; lat_us is the mean time a request was in
+ * flight (qd / iops), kicks the notifications sent (the device may ask for
+ * none while it is busy: VIRTQ_USED_F_NO_NOTIFY).
  */
 static void bench_print(unsigned m, u64 t1)
 {
@@ -438,9 +460,9 @@ static void bench_print(unsigned m, u64 t1)
 	lat10 = bm.ops ? us * 10 * bm.qd / bm.ops : 0;
 	mibs10 = bm.bytes * 10000000 / us / MiB;	/* < 2^64 for hours at GB/s */
 	gprintf("diskbench: mode=%s bs=%u qd=%u ops=%lu mib=%lu secs=%lu.%03lu iops=%lu "
-		"mib_s=%lu.%lu lat_us=%lu.%lu errors=%lu\n", bench_names[m], bm.bs, bm.qd, bm.ops,
-		bm.bytes >> 20, us / 1000000, us / 1000 % 1000, bm.ops * 1000000 / us,
-		mibs10 / 10, mibs10 % 10, lat10 / 10, lat10 % 10, bm.errors);
+		"mib_s=%lu.%lu lat_us=%lu.%lu errors=%lu kicks=%lu\n", bench_names[m], bm.bs, bm.qd,
+		bm.ops, bm.bytes >> 20, us / 1000000, us / 1000 % 1000, bm.ops * 1000000 / us,
+		mibs10 / 10, mibs10 % 10, lat10 / 10, lat10 % 10, bm.errors, q.kicks - bm.kicks0);
 }
 
 /* disk_poll() for the benchmark modes. */
@@ -483,8 +505,10 @@ static enum poll_result bench_poll(void)
 			goto next;
 		}
 		bm.bs = bench_bs(m);
+		bm.qd = bench_qd(bm.idx);
 		bm.cursor = 0;
 		bm.ops = bm.bytes = bm.errors = 0;
+		bm.kicks0 = q.kicks;
 		bm.t0 = now;
 		bm.deadline = now + ms_to_tsc(cfg.disk_secs * 1000);
 		bm.running = true;

@@ -7,6 +7,7 @@
 #define GUEST_GUEST_H
 
 #include "lib.h"
+#include "pattern.h"	/* pattern_fill(), pattern_check(): the memory and disk workloads' pages */
 
 #define MAX_RAM_RANGES	32
 #define MAX_MADT_CPUS	64
@@ -28,7 +29,8 @@ struct config {
 	u64 disk_start_mib;	/* disk workload: first MiB of the range */
 	u64 disk_mib;		/* disk workload: MiB in the range */
 	u64 disk_ro_check;	/* 1: try one write, report the status */
-	u8 disk_bench[4];	/* disk_mode=: benchmark modes in order (disk.c) */
+	u8 disk_bench[6];	/* disk_mode=: benchmark modes in order (disk.c) */
+	u8 disk_bench_qd[6];	/* each one's queue depth, 0: disk_qd */
 	unsigned disk_nbench;	/* 0: the verifying workload */
 	u64 disk_bs;		/* benchmark request bytes; 0: per mode */
 	u64 disk_qd;		/* benchmark requests in flight */
@@ -106,20 +108,12 @@ void power_off(void) __noreturn;	/* prints "poweroff"; halts if it fails */
 /* memtest.c */
 void memtest_setup(unsigned ncpu);	/* BSP, after smp_start(): carve, split among 0..ncpu-1 */
 void memtest_run(unsigned slot) __noreturn;
-/*
- * The 4 KiB pattern of the memory and disk workloads: word 0 idx, word 1
- * gen, word 2 checksum of words 4..511, word 3 magic, words 4..511 two
- * interleaved xorshift64 streams seeded from (idx, gen).  pattern_check()
- * is true if p holds exactly that; bad_words (if not NULL) counts the body
- * words that differ.
- */
-void pattern_fill(u64 *p, u64 idx, u64 gen, u64 magic);
-bool pattern_check(const u64 *p, u64 idx, u64 gen, u64 magic, unsigned *bad_words);
 
 /*
- * disk.c: parse disk_mode=M[+M...] (seqwrite, seqread, randread,
- * randwrite, at most 4) into cfg.disk_bench; false (cfg unchanged) if a
- * name is unknown or the list is empty or too long.
+ * disk.c: parse disk_mode=M[:Q][+M[:Q]...] (M: seqwrite, seqread,
+ * randread, randwrite; Q: that mode's queue depth; at most 6) into
+ * cfg.disk_bench; false (cfg unchanged) if a name or depth is bad or the
+ * list is empty or too long.
  */
 bool disk_parse_modes(const char *v, size_t vlen);
 

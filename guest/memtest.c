@@ -2,11 +2,11 @@
  * memtest.c - the memory-integrity workload (ring 3, every online CPU).
  *
  * mem MiB of RAM above the guest's image and tables are split into one
- * contiguous run of 4 KiB pages per CPU.  Each page is
- *   word 0: page index   word 1: generation   word 2: checksum of 4..511
- *   word 3: PAGE_MAGIC   words 4..511: two interleaved xorshift64 streams
- *                                      seeded from (index, generation)
- * and the generation each page should hold is kept in gens[], a u32 per page.
+ * contiguous run of 4 KiB pages per CPU.  Each page holds pattern.h's
+ * pattern (index, generation, checksum, PATTERN_MEM_MAGIC, then two
+ * xorshift64 streams seeded from (index, generation): the same bytes as
+ * the Linux guest's memtest), and the generation each page should hold is
+ * kept in gens[], a u32 per page.
  * A CPU fills its pages (generation 1), then loops: verify one page, read
  * the TSC, rewrite pages (generation + 1) as the rate allows, and on CPU 0
  * report once per interval.  A page whose header or body disagrees with
@@ -19,9 +19,6 @@
  */
 #include "guest.h"
 
-#define PAGE_WORDS	512
-#define HDR_WORDS	4
-#define PAGE_MAGIC	0x2147505449574447ULL	/* "GDWITPG!" */
 #define ERR_PRINTS_PER_S 3
 
 struct extent {
@@ -56,86 +53,14 @@ static u64 page_addr(u64 idx)
 	return 0;
 }
 
-static u64 mix64(u64 z)
-{
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-	return z ^ (z >> 31);
-}
-
-static inline u64 xorshift(u64 x)
-{
-	x ^= x << 13;
-	x ^= x >> 7;
-	x ^= x << 17;
-	return x;
-}
-
-static inline u64 page_seed(u64 idx, u64 gen)
-{
-	u64 s = mix64(idx * 0x9e3779b97f4a7c15ULL + gen);
-
-	return s ? s : 1;
-}
-
-static inline u64 csum_fold(u64 s1, u64 s2)
-{
-	return s1 ^ ((s2 << 1) | (s2 >> 63));
-}
-
-void pattern_fill(u64 *p, u64 idx, u64 gen, u64 magic)
-{
-	u64 x = page_seed(idx, gen), y = ~x, s1 = 0, s2 = 0;
-
-	for (unsigned i = HDR_WORDS; i < PAGE_WORDS; i += 2) {
-		x = xorshift(x);
-		y = xorshift(y);
-		p[i] = x;
-		p[i + 1] = y;
-		s1 += x;
-		s2 += y;
-	}
-	p[0] = idx;
-	p[1] = gen;
-	p[2] = csum_fold(s1, s2);
-	p[3] = magic;
-}
-
-bool pattern_check(const u64 *p, u64 idx, u64 gen, u64 magic, unsigned *bad_words)
-{
-	u64 x = page_seed(idx, gen), y = ~x, s1 = 0, s2 = 0, diff = 0;
-
-	for (unsigned i = HDR_WORDS; i < PAGE_WORDS; i += 2) {
-		x = xorshift(x);
-		y = xorshift(y);
-		diff |= (p[i] ^ x) | (p[i + 1] ^ y);
-		s1 += p[i];
-		s2 += p[i + 1];
-	}
-	if (bad_words) {
-		unsigned n = 0;
-
-		x = page_seed(idx, gen);
-		y = ~x;
-		for (unsigned i = HDR_WORDS; i < PAGE_WORDS; i += 2) {
-			x = xorshift(x);
-			y = xorshift(y);
-			n += (p[i] != x) + (p[i + 1] != y);
-		}
-		*bad_words = n;
-	}
-	return !diff && p[0] == idx && p[1] == gen && p[3] == magic &&
-	       p[2] == csum_fold(s1, s2);
-}
-
 static inline void page_fill(u64 *p, u64 idx, u64 gen)
 {
-	pattern_fill(p, idx, gen, PAGE_MAGIC);
+	pattern_fill(p, idx, gen, PATTERN_MEM_MAGIC);
 }
 
 static inline bool page_check(const u64 *p, u64 idx, u64 gen, unsigned *bad_words)
 {
-	return pattern_check(p, idx, gen, PAGE_MAGIC, bad_words);
+	return pattern_check(p, idx, gen, PATTERN_MEM_MAGIC, bad_words);
 }
 
 /* Read the TSC and account the gap since the last read as a stall. */
@@ -198,16 +123,11 @@ static void report(struct mt_cpu *c, u64 now)
 
 static void page_error(struct mt_cpu *c, unsigned slot, u64 *p, u64 idx)
 {
-	u64 now = c->last_tsc, found_gen = p[1], found_idx = p[0];
-	unsigned bad = 0;
-	const char *what;
+	u64 now = c->last_tsc;
+	struct pattern_found f;
 
 	c->errors++;
-	page_check(p, idx, gens[idx], &bad);
-	if (found_idx == idx && page_check(p, idx, found_gen, NULL))
-		what = found_gen < gens[idx] ? "stale" : "newer";
-	else
-		what = "corrupt";
+	f = pattern_diagnose(p, idx, gens[idx], PATTERN_MEM_MAGIC);
 	if (now - c->err_window > ms_to_tsc(1000)) {
 		c->err_window = now;
 		c->err_prints = 0;
@@ -216,7 +136,7 @@ static void page_error(struct mt_cpu *c, unsigned slot, u64 *p, u64 idx)
 		gprintf_tick(tick_cb, c,
 			     "memtest: ERROR page=%lu expected gen=%u found gen=%lu index=%lu "
 			     "bad_words=%u content=%s addr=0x%lx cpu=%u\n",
-			     idx, gens[idx], found_gen, found_idx, bad, what, (u64)p, slot);
+			     idx, gens[idx], f.gen, f.idx, f.bad_words, f.what, (u64)p, slot);
 	page_fill(p, idx, gens[idx]);
 }
 

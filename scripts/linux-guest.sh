@@ -260,7 +260,8 @@ lg_main() {
 	local prog src
 	for prog in memtest ttydrain devbench; do
 		src=$LG_ROOT/guest/linux/$prog.c
-		if lg_newer "$out/$prog" "$src"; then
+		# memtest includes guest/pattern.h (the page format both test guests share).
+		if lg_newer "$out/$prog" "$src" "$LG_ROOT/guest/pattern.h"; then
 			lg_log "CC $src"
 			${CC:-gcc} -static -O2 -std=gnu11 -Wall -Wextra -Werror -o "$out/$prog.tmp" "$src" &&
 				mv "$out/$prog.tmp" "$out/$prog" || lg_die "building $prog failed"

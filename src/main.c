@@ -25,6 +25,8 @@ static const struct command commands[] = {
 	{ "pause",    cmd_pause,    "pause a running VM's vCPUs" },
 	{ "resume",   cmd_resume,   "resume a paused VM" },
 	{ "shutdown", cmd_shutdown, "stop a VM (exit status 0)" },
+	{ "snapshot", cmd_snapshot, "save a running VM to a file (through its API socket)" },
+	{ "restore",  cmd_restore,  "start a VM from a snapshot file" },
 	{ "stream-dump", cmd_stream_dump, "list a snapshot/migration stream's sections, checking it" },
 };
 

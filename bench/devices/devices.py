@@ -43,15 +43,23 @@ METRICS = {
         ('seqread_mib_s', 'disk seq read, 1 MiB, QD1', 'MiB/s', True),
         ('randread_iops', 'disk rand read, 4 KiB, QD1', 'IOPS', True),
         ('randwrite_iops', 'disk rand write, 4 KiB, QD1', 'IOPS', True),
+        ('randread_qd16_iops', 'disk rand read, 4 KiB, QD16', 'IOPS', True),
         ('udp_mib_s', 'net UDP echo, 1472 B, 128 in flight', 'MiB/s', True),
         ('udp_rtt_us', 'net UDP echo RTT p50, 64 B, 1 in flight', 'us', False)],
     2: [('seqwrite_mib_s', 'disk seq write, 1 MiB, QD1, O_DIRECT', 'MiB/s', True),
         ('seqread_mib_s', 'disk seq read, 1 MiB, QD1, O_DIRECT', 'MiB/s', True),
         ('randread_iops', 'disk rand read, 4 KiB, QD1, O_DIRECT', 'IOPS', True),
         ('randwrite_iops', 'disk rand write, 4 KiB, QD1, O_DIRECT', 'IOPS', True),
+        ('randread_qd16_iops', 'disk rand read, 4 KiB, QD16 (16 threads)', 'IOPS', True),
         ('tcp_rx_mib_s', 'net TCP peer -> guest', 'MiB/s', True),
-        ('tcp_tx_mib_s', 'net TCP guest -> peer', 'MiB/s', True)],
+        ('tcp_tx_mib_s', 'net TCP guest -> peer', 'MiB/s', True),
+        ('disk_exits_per_req', 'L2 exits per disk request', 'exits', False),
+        ('net_exits_per_mib', 'L2 exits per MiB, TCP phase', 'exits', False),
+        ('net_irqs_per_mib', 'L2 interrupts per MiB, TCP phase', 'irqs', False)],
 }
+# Figures that must be there for a run to count (the exit counts need KVM's debugfs).
+REQUIRED = {1: [m[0] for m in METRICS[1]], 2: [m[0] for m in METRICS[2][:6]]}
+KVM_DEBUGFS = '/sys/kernel/debug/kvm'
 
 
 def log(msg):
@@ -192,19 +200,21 @@ def disk_figures(vm, res):
         m = f.get('mode')
         if f.get('errors'):
             raise RuntimeError('disk errors: ' + line)
+        q = '' if f['qd'] == 1 else '_qd%d' % f['qd']
         if m in ('seqwrite', 'seqread'):
-            res[m + '_mib_s'] = f['mib_s']
+            res[m + q + '_mib_s'] = f['mib_s']
         elif m in ('randread', 'randwrite'):
-            res[m + '_iops'] = f['iops']
-            res[m + '_lat_us'] = f['lat_us']
+            res[m + q + '_iops'] = f['iops']
+            res[m + q + '_lat_us'] = f['lat_us']
 
 
 # ---- tier 1: the test guest ------------------------------------------------------------
 
 def tier1_configs(img):
     elf = os.path.join(ROOT, 'build', 'guest', 'godwit-guest.elf')
-    cmd = ('workload=disk+net ip=%s disk_mib=256 disk_mode=seqwrite+seqread+randread+randwrite '
-           'disk_secs=2 report=60000' % IP_GUEST)
+    cmd = ('workload=disk+net ip=%s disk_mib=256 '
+           'disk_mode=seqwrite+seqread+randread+randwrite+randread:16 disk_secs=2 report=60000'
+           % IP_GUEST)
     return {
         'godwit': [GODWIT, 'run', '--kernel', elf, '--mem', '256M', '--cpus', '1',
                    '--cpu-model', 'host', '--disk', img, '--net', 'tap=%s,mac=%s' % (TAP, MAC),
@@ -248,6 +258,26 @@ def tier1_run(argv, ns, udpecho):
 
 # ---- tier 2: the Linux guest -----------------------------------------------------------
 
+def kvm_stats():
+    """KVM's exit and interrupt counters summed over this host's VMs (debugfs), or {}."""
+    out = {}
+    for k in ('exits', 'irq_injections'):
+        try:
+            with open(os.path.join(KVM_DEBUGFS, k)) as f:
+                out[k] = int(f.read())
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def kvm_debugfs():
+    """Inside the tier-2 host (our own emulated L1), mount debugfs for the counters."""
+    if not os.path.isdir(KVM_DEBUGFS) and os.environ.get('TIER') == 'hwhost':
+        subprocess.run(['mount', '-t', 'debugfs', 'debugfs', '/sys/kernel/debug'],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+    return os.path.isdir(KVM_DEBUGFS)
+
+
 def tier2_configs(img):
     kernel = os.path.join(ROOT, 'build', 'linux', 'vmlinuz')
     initrd = os.path.join(ROOT, 'build', 'linux', 'initramfs.cpio.gz')
@@ -268,16 +298,33 @@ def tier2_configs(img):
 
 
 def tier2_run(argv, ns, _):
+    """One boot: the disk modes, then TCP both ways; KVM's counters are read as the
+    guest starts, after the last disk mode and after the last transfer (as the
+    console lines come: the phases last seconds, the lag is milliseconds)."""
     res = {}
+    snap = []
     vm = VM(argv, ns.name)
     try:
-        if not vm.wait_for(r'^linux-guest: poweroff|Kernel panic', 300):
+        for rx, t in ((r'^linux-guest: workload=bench', 240), (r'^diskbench: mode=randread bs=4096 qd=16', 120),
+                      (r'^devbench: tcp-send', 120)):
+            if vm.wait_for(rx + r'|^linux-guest: poweroff|Kernel panic', t):
+                snap.append(kvm_stats())
+        if not vm.wait_for(r'^linux-guest: poweroff|Kernel panic', 60):
             raise RuntimeError('the guest did not finish; console:\n' + vm.tail())
         disk_figures(vm, res)
+        net_mib = 0
         for line in vm.matching('devbench: tcp-'):
             f = kv(line)
             res['tcp_rx_mib_s' if 'tcp-recv' in line else 'tcp_tx_mib_s'] = f['mib_s']
-        missing = [k for k, *_ in METRICS[2] if k not in res]
+            net_mib += f['bytes'] / 2**20
+        disk_ops = sum(kv(x)['ops'] for x in vm.matching('diskbench: mode='))
+        if len(snap) == 3 and all('exits' in x for x in snap) and disk_ops and net_mib:
+            res['disk_exits_per_req'] = (snap[1]['exits'] - snap[0]['exits']) / disk_ops
+            res['net_exits_per_mib'] = (snap[2]['exits'] - snap[1]['exits']) / net_mib
+            if all('irq_injections' in x for x in snap):
+                res['net_irqs_per_mib'] = ((snap[2]['irq_injections'] - snap[1]['irq_injections'])
+                                           / net_mib)
+        missing = [k for k in REQUIRED[2] if k not in res]
         if missing:
             raise RuntimeError('no figure for %s; console:\n%s' % (', '.join(missing), vm.tail(25)))
     finally:
@@ -287,9 +334,18 @@ def tier2_run(argv, ns, _):
 
 # ---- the driver ------------------------------------------------------------------------
 
+def loadavg():
+    """The host's 1-minute load average: these 2 cores are shared with other jobs."""
+    try:
+        with open('/proc/loadavg') as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError):
+        return None
+
+
 def summary(vals):
     return {'median': round(statistics.median(vals), 1), 'min': round(min(vals), 1),
-            'max': round(max(vals), 1), 'n': len(vals), 'values': vals}
+            'max': round(max(vals), 1), 'n': len(vals), 'values': [round(v, 1) for v in vals]}
 
 
 def fmt(s):
@@ -305,7 +361,7 @@ def main():
     ap.add_argument('--runs', type=int, default=None)
     ap.add_argument('--out', default=None)
     a = ap.parse_args()
-    runs = a.runs or (5 if a.tier == 1 else 3)
+    runs = a.runs or (7 if a.tier == 1 else 3)
     tmp = tempfile.mkdtemp(prefix='gwbench-', dir=os.environ.get('SCRATCH') or None)
     ns = None
     peer = None
@@ -313,7 +369,10 @@ def main():
     img = os.path.join(tmp, 'disk.img')
     cfgs, run_one = (tier1_configs(img), tier1_run) if a.tier == 1 else \
         (tier2_configs(img), tier2_run)
-    values = {k: {} for k in cfgs}
+    names = list(cfgs)
+    per_run = []                # per_run[i][vmm] = {metric: value}
+    have_exits = False
+    load = {'start': loadavg()}
     try:
         make_image(img, 256 if a.tier == 1 else 128)
         ns = Netns()
@@ -321,26 +380,27 @@ def main():
         if a.tier == 1:
             helper = build_udpecho()
         else:
+            have_exits = kvm_debugfs()
             devbench = os.path.join(ROOT, 'build', 'linux', 'devbench')
             # The peer serves for at most 30 min; the namespace's deletion ends it anyway.
             peer = subprocess.Popen(['ip', 'netns', 'exec', ns.name, devbench, 'tcp-serve',
                                      '5001', '5002', '1800'], stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for i in range(runs):
+            per_run.append({})
             # Alternate the order each run so drift hits both sides alike.
-            order = list(cfgs) if i % 2 == 0 else list(reversed(list(cfgs)))
-            for k in order:
+            for k in names if i % 2 == 0 else list(reversed(names)):
                 t0 = time.monotonic()
                 try:
-                    res = run_one(cfgs[k], ns, helper)
+                    r = run_one(cfgs[k], ns, helper)
                 except (RuntimeError, subprocess.TimeoutExpired) as e:
                     failures.append('run %d %s: %s' % (i + 1, k, e))
                     log('run %d %s: FAILED: %s' % (i + 1, k, e))
                     continue
                 log('run %d %s (%.0f s): %s' % (i + 1, k, time.monotonic() - t0,
-                                                ' '.join('%s=%g' % kv_ for kv_ in res.items())))
-                for m, v in res.items():
-                    values[k].setdefault(m, []).append(v)
+                                                ' '.join('%s=%.1f' % x for x in r.items())))
+                per_run[i][k] = r
+        load['end'] = loadavg()
     finally:
         if peer:
             peer.kill()
@@ -356,28 +416,40 @@ def main():
                      % (256 if a.tier == 1 else 128),
                      'net': 'persistent TAP in a namespace; QEMU -netdev tap,vhost=off '
                             '(userspace virtio-net: godwit has no vhost equivalent)'},
-           'argv': cfgs, 'results': {}, 'failures': failures}
-    names = list(cfgs)
+           'loadavg': load, 'argv': cfgs, 'results': {}, 'failures': failures,
+           'per_run': per_run}
     title = ('test guest, 1 vCPU, 256 MiB' if a.tier == 1 else
              'Linux guest (Debian cloud kernel), 1 vCPU, 512 MiB, inside the emulated SVM host')
     print('devices, tier %d: %s; %d alternating runs; median (min-max)' % (a.tier, title, runs))
-    print('%-42s %-6s %-22s %-22s %s' % ('metric', 'unit', 'godwit', 'qemu', 'godwit/qemu'))
+    print('ratio: godwit/qemu of the medians; paired: median of the per-run ratios; '
+          'host load average %s at the start, %s at the end' % (load.get('start'), load.get('end')))
+    print('%-42s %-6s %-24s %-24s %-6s %s' % ('metric', 'unit', 'godwit', 'qemu', 'ratio',
+                                              'paired'))
     ok = not failures
     for key, label, unit, higher in METRICS[a.tier]:
-        s = {n: summary(values[n][key]) if values.get(n, {}).get(key) else None for n in names}
+        vals = {n: [r[n][key] for r in per_run if key in r.get(n, {})] for n in names}
+        s = {n: summary(vals[n]) if vals[n] else None for n in names}
         row = {'label': label, 'unit': unit, 'higher_is_better': higher}
         row.update({n: s[n] for n in names})
-        ratio = ''
+        ratio = paired = ''
         if s['godwit'] and s['qemu'] and s['qemu']['median']:
             r = s['godwit']['median'] / s['qemu']['median']
+            pr = [x['godwit'][key] / x['qemu'][key] for x in per_run
+                  if key in x.get('godwit', {}) and x.get('qemu', {}).get(key)]
             row['ratio'] = round(r, 3)
-            row['target_met'] = r >= 1 if higher else r <= 1
-            ratio = '%.2f%s' % (r, '' if row['target_met'] else ' (below QEMU)' if higher
-                                else ' (slower than QEMU)')
-        else:
+            row['paired_ratio'] = round(statistics.median(pr), 3) if pr else None
+            if key in REQUIRED[a.tier]:
+                row['target_met'] = r >= 1 if higher else r <= 1
+            ratio = '%.2f' % r
+            paired = '%.2f' % row['paired_ratio'] if pr else '-'
+            if 'target_met' in row and not row['target_met']:
+                paired += ' (worse than QEMU)'
+        elif key in REQUIRED[a.tier] or have_exits:
             ok = False
         res['results'][key] = row
-        print('%-42s %-6s %-22s %-22s %s' % (label, unit, fmt(s['godwit']), fmt(s['qemu']), ratio))
+        if s['godwit'] or s['qemu']:
+            print('%-42s %-6s %-24s %-24s %-6s %s' % (label, unit, fmt(s['godwit']),
+                                                      fmt(s['qemu']), ratio, paired))
     for f in failures:
         print('failed: ' + f.split('\n')[0])
     out = a.out or os.path.join(BENCH, 'devices-tier%d.json' % a.tier)

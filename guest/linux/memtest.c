@@ -4,11 +4,10 @@
  *
  * Same semantics, page layout and output as the freestanding test guest's workload
  * (guest/memtest.c, guest/README.md), so tests parse both alike.  N MiB of anonymous
- * memory are split into one contiguous run of 4 KiB pages per thread.  Each page is
- *   word 0: page index   word 1: generation   word 2: checksum of 4..511
- *   word 3: PAGE_MAGIC   words 4..511: two interleaved xorshift64 streams
- *                                      seeded from (index, generation)
- * and the generation each page should hold is kept in gens[], a u32 per page.  A thread
+ * memory are split into one contiguous run of 4 KiB pages per thread.  Each page holds
+ * the pattern of guest/pattern.h, which both guests include (index, generation, checksum,
+ * PATTERN_MEM_MAGIC, then two xorshift64 streams seeded from (index, generation)), and
+ * the generation each page should hold is kept in gens[], a u32 per page.  A thread
  * fills its pages (generation 1), then loops: verify one page, read the clock, rewrite
  * pages (generation + 1) as the rate allows (a pause's backlog is capped at 10 ms' worth),
  * and thread 0 reports once a second.  A page whose header or body disagrees with gens[]
@@ -50,13 +49,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../pattern.h"		/* relative: scripts/linux-guest.sh passes no -I */
+
 typedef uint64_t u64;
 typedef uint32_t u32;
 
-#define PAGE_SIZE	4096
-#define PAGE_WORDS	512
-#define HDR_WORDS	4
-#define PAGE_MAGIC	0x2147505449574447ULL	/* "GDWITPG!" */
+#define PAGE_SIZE	PATTERN_PAGE_SIZE
 #define ERR_PRINTS_PER_S 3
 #define NS		1000000000ULL
 #define BACKLOG_NS	(10 * 1000000ULL)
@@ -118,82 +116,20 @@ static u64 now_ns(void)
 	return (u64)ts.tv_sec * NS + ts.tv_nsec;
 }
 
-static u64 mix64(u64 z)
-{
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-	return z ^ (z >> 31);
-}
-
-static inline u64 xorshift(u64 x)
-{
-	x ^= x << 13;
-	x ^= x >> 7;
-	x ^= x << 17;
-	return x;
-}
-
-static inline u64 page_seed(u64 idx, u64 gen)
-{
-	u64 s = mix64(idx * 0x9e3779b97f4a7c15ULL + gen);
-
-	return s ? s : 1;
-}
-
-static inline u64 csum_fold(u64 s1, u64 s2)
-{
-	return s1 ^ ((s2 << 1) | (s2 >> 63));
-}
-
 static inline u64 *page_addr(u64 idx)
 {
 	return (u64 *)(mem + idx * PAGE_SIZE);
 }
 
-static void page_fill(u64 *p, u64 idx, u64 gen)
+static inline void page_fill(u64 *p, u64 idx, u64 gen)
 {
-	u64 x = page_seed(idx, gen), y = ~x, s1 = 0, s2 = 0;
-
-	for (unsigned i = HDR_WORDS; i < PAGE_WORDS; i += 2) {
-		x = xorshift(x);
-		y = xorshift(y);
-		p[i] = x;
-		p[i + 1] = y;
-		s1 += x;
-		s2 += y;
-	}
-	p[0] = idx;
-	p[1] = gen;
-	p[2] = csum_fold(s1, s2);
-	p[3] = PAGE_MAGIC;
+	pattern_fill(p, idx, gen, PATTERN_MEM_MAGIC);
 }
 
 /* True if p is page (idx, gen); *bad_words (if asked) counts the body words that differ. */
-static bool page_check(const u64 *p, u64 idx, u64 gen, unsigned *bad_words)
+static inline bool page_check(const u64 *p, u64 idx, u64 gen, unsigned *bad_words)
 {
-	u64 x = page_seed(idx, gen), y = ~x, s1 = 0, s2 = 0, diff = 0;
-
-	for (unsigned i = HDR_WORDS; i < PAGE_WORDS; i += 2) {
-		x = xorshift(x);
-		y = xorshift(y);
-		diff |= (p[i] ^ x) | (p[i + 1] ^ y);
-		s1 += p[i];
-		s2 += p[i + 1];
-	}
-	if (bad_words) {
-		unsigned n = 0;
-
-		x = page_seed(idx, gen);
-		y = ~x;
-		for (unsigned i = HDR_WORDS; i < PAGE_WORDS; i += 2) {
-			x = xorshift(x);
-			y = xorshift(y);
-			n += (p[i] != x) + (p[i + 1] != y);
-		}
-		*bad_words = n;
-	}
-	return !diff && p[0] == idx && p[1] == gen && p[3] == PAGE_MAGIC &&
-	       p[2] == csum_fold(s1, s2);
+	return pattern_check(p, idx, gen, PATTERN_MEM_MAGIC, bad_words);
 }
 
 /* Read the clock and account the gap since the last read as a stall. */
@@ -242,16 +178,11 @@ static void report(u64 now)
 
 static void page_error(struct mt_thr *c, u64 *p, u64 idx)
 {
-	u64 now = c->last_ns, found_gen = p[1], found_idx = p[0];
-	unsigned bad = 0;
-	const char *what;
+	u64 now = c->last_ns;
+	struct pattern_found f;
 
 	c->errors++;
-	page_check(p, idx, gens[idx], &bad);
-	if (found_idx == idx && page_check(p, idx, found_gen, NULL))
-		what = found_gen < gens[idx] ? "stale" : "newer";
-	else
-		what = "corrupt";
+	f = pattern_diagnose(p, idx, gens[idx], PATTERN_MEM_MAGIC);
 	if (now - c->err_window > NS) {
 		c->err_window = now;
 		c->err_prints = 0;
@@ -259,8 +190,8 @@ static void page_error(struct mt_thr *c, u64 *p, u64 idx)
 	if (c->err_prints++ < ERR_PRINTS_PER_S) {
 		out("memtest: ERROR page=%llu expected gen=%u found gen=%llu index=%llu "
 		    "bad_words=%u content=%s addr=%p cpu=%d\n",
-		    (unsigned long long)idx, gens[idx], (unsigned long long)found_gen,
-		    (unsigned long long)found_idx, bad, what, (void *)p, sched_getcpu());
+		    (unsigned long long)idx, gens[idx], (unsigned long long)f.gen,
+		    (unsigned long long)f.idx, f.bad_words, f.what, (void *)p, sched_getcpu());
 		c->last_ns = now_ns();	/* printing is not a stall */
 	}
 	page_fill(p, idx, gens[idx]);

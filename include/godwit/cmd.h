@@ -6,5 +6,9 @@
 
 int cmd_run(int argc, char **argv);
 int cmd_stream_dump(int argc, char **argv);
+/* `godwit restore --from FILE ...` (src/cmd/run.c) */
+int cmd_restore(int argc, char **argv);
+/* `godwit snapshot --api SOCKET --out FILE [--resume]` (src/cmd/snapshot.c) */
+int cmd_snapshot(int argc, char **argv);
 
 #endif

@@ -134,6 +134,7 @@ struct virtio_dev_ops {
 	uint32_t config_size;           /* device-specific config space */
 	uint64_t (*features)(struct virtio_dev *vdev);      /* device-specific bits offered */
 	void (*config_read)(struct virtio_dev *vdev, uint32_t off, void *data, uint32_t len);
+	/* NULL: the config space is read-only (the transport ignores writes). */
 	void (*config_write)(struct virtio_dev *vdev, uint32_t off, const void *data, uint32_t len);
 	/* The driver set DRIVER_OK: start serving the queues (kick fds are ready). */
 	int (*activate)(struct virtio_dev *vdev);
@@ -180,6 +181,18 @@ static inline bool virtio_has_feature(const struct virtio_dev *vdev, unsigned in
 void virtio_dev_set_needs_reset(struct virtio_dev *vdev, const char *why);
 /* The device's config space changed (e.g. capacity): bump generation, interrupt. */
 void virtio_config_changed(struct virtio_dev *vdev);
+/*
+ * True if the driver has the device running: DRIVER_OK set, neither
+ * NEEDS_RESET nor FAILED (read atomically; any thread).  A device's
+ * ops->resume restarts its backend only then.
+ */
+bool virtio_dev_driver_ok(const struct virtio_dev *vdev);
+/*
+ * For ops->config_read: copy bytes [off, off + len) of a device's config
+ * space `config` of `size` bytes into data; what lies beyond size reads 0.
+ */
+void virtio_config_read_bytes(const void *config, uint32_t size, uint32_t off, void *data,
+			      uint32_t len);
 
 /*
  * virtio_worker - an optional helper for a device's queue thread: it polls

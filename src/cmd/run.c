@@ -1,7 +1,9 @@
 /*
- * run.c - `godwit run`: parse the configuration, build the VM (memory,
- * vCPUs, platform devices, ACPI tables), load the kernel, and run the event
- * loop (console input, signals, the API) until the VM stops.  Returns the
+ * run.c - `godwit run` and `godwit restore`: parse the configuration, build
+ * the VM (memory, vCPUs, platform devices, the PCI devices), fill it (run:
+ * ACPI tables and the kernel; restore: a snapshot stream, snapshot.h), and
+ * run the event loop (console input, signals, the API) until the VM stops.
+ * Both share run_vm(), which does everything but the filling.  Returns the
  * documented exit code (common.h, docs/cli.md).
  */
 #include <errno.h>
@@ -26,6 +28,7 @@
 #include "godwit/layout.h"
 #include "godwit/log.h"
 #include "godwit/loop.h"
+#include "godwit/snapshot.h"
 #include "godwit/virtio.h"
 #include "godwit/vm.h"
 
@@ -465,11 +468,92 @@ static int run_setup_loop(struct run_ctx *ctx)
 	return 0;
 }
 
+/*
+ * Fills a created VM (devices added, not started): the kernel for run, the
+ * snapshot for restore.  Returns 0, or -errno after logging why.
+ */
+typedef int (*run_fill_fn)(struct run_ctx *ctx, void *opaque);
+
+/*
+ * run_vm - build the VM for cfg, fill it, and run it until it stops.
+ * Everything that fails before the first KVM_RUN gives EXIT_ERROR.
+ * Returns the process exit code.
+ */
+static int run_vm(struct run_ctx *ctx, const struct vm_config *cfg, run_fill_fn fill,
+		  void *opaque)
+{
+	int ret, code = EXIT_ERROR;
+
+	/*
+	 * The API socket is claimed before KVM is touched, so a busy socket fails
+	 * fast; no request is served until the loop runs.
+	 */
+	ctx->loop = loop_new();
+	if (!ctx->loop)
+		goto out;
+	if (cfg->api_path && api_start(&ctx->vm, ctx->loop, cfg->api_path, &ctx->api))
+		goto out;
+	if (vm_create(&ctx->vm, cfg))
+		goto out;
+	if (platform_init(&ctx->vm, STDOUT_FILENO) || run_add_devices(&ctx->vm))
+		goto out_vm;
+	if (fill(ctx, opaque))
+		goto out_vm;
+	if (run_setup_loop(ctx)) {
+		log_warnx("cannot set up the event loop");
+		goto out_vm;
+	}
+	log_debug("%s: %u vCPU(s), %llu MiB, cpu model %s, TSC %u kHz", cfg->name, cfg->ncpus,
+		  (unsigned long long)(cfg->mem_size >> 20), cpu_model_name(cfg->cpu_model),
+		  ctx->vm.tsc_khz);
+
+	if (vm_start(&ctx->vm))
+		goto out_vm;
+	ret = loop_run(ctx->loop);
+	if (ret)
+		vm_request_exit(&ctx->vm, EXIT_INTERNAL, "event loop failed");
+	vm_request_exit(&ctx->vm, EXIT_INTERNAL, "event loop ended"); /* no-op if already stopping */
+	vm_join(&ctx->vm);
+	code = ctx->vm.exit_code;
+	run_restore_tty();
+	tio_to_restore = NULL;
+	if (code == EXIT_POWEROFF)
+		log_debug("%s: %s", cfg->name, ctx->vm.exit_reason);
+	else
+		log_warnx("%s: %s (exit status %d)", cfg->name, ctx->vm.exit_reason, code);
+out_vm:
+	/* Device threads stop before guest RAM is unmapped. */
+	dev_destroy_all(&ctx->vm);
+	platform_destroy(&ctx->vm);
+	vm_destroy(&ctx->vm);
+out:
+	if (ctx->api)
+		api_stop(ctx->api);
+	if (ctx->loop)
+		loop_free(ctx->loop);
+	if (ctx->sig_fd >= 0)
+		close(ctx->sig_fd);
+	return code;
+}
+
+/* run: the ACPI tables and the kernel; the images are freed once loaded. */
+static int run_fill_boot(struct run_ctx *ctx, void *opaque)
+{
+	uint64_t rsdp = 0;
+	int ret = run_setup_acpi(&ctx->vm, &rsdp);
+
+	if (!ret)
+		ret = run_load_kernel(ctx, rsdp);
+	free(ctx->kernel);
+	free(ctx->initrd);
+	ctx->kernel = ctx->initrd = NULL;
+	return ret;
+}
+
 int cmd_run(int argc, char **argv)
 {
 	struct run_ctx *ctx = calloc(1, sizeof(*ctx));
 	struct vm_config cfg;
-	uint64_t rsdp = 0;
 	int ret, code = EXIT_ERROR;
 
 	if (!ctx)
@@ -494,61 +578,233 @@ int cmd_run(int argc, char **argv)
 	}
 	if (cfg.initrd && read_file("initrd", cfg.initrd, &ctx->initrd, &ctx->initrd_size))
 		goto out;
-
-	/*
-	 * The API socket is claimed before KVM is touched, so a busy socket fails
-	 * fast; no request is served until the loop runs.
-	 */
-	ctx->loop = loop_new();
-	if (!ctx->loop)
-		goto out;
-	if (cfg.api_path && api_start(&ctx->vm, ctx->loop, cfg.api_path, &ctx->api))
-		goto out;
-	if (vm_create(&ctx->vm, &cfg))
-		goto out;
-	if (platform_init(&ctx->vm, STDOUT_FILENO) || run_add_devices(&ctx->vm))
-		goto out_vm;
-	if (run_setup_acpi(&ctx->vm, &rsdp) || run_load_kernel(ctx, rsdp))
-		goto out_vm;
-	if (run_setup_loop(ctx)) {
-		log_warnx("cannot set up the event loop");
-		goto out_vm;
-	}
-	log_debug("%s: %u vCPU(s), %llu MiB, cpu model %s, TSC %u kHz", cfg.name, cfg.ncpus,
-		  (unsigned long long)(cfg.mem_size >> 20), cpu_model_name(cfg.cpu_model),
-		  ctx->vm.tsc_khz);
-	free(ctx->kernel);
-	free(ctx->initrd);
-	ctx->kernel = ctx->initrd = NULL;
-
-	if (vm_start(&ctx->vm))
-		goto out_vm;
-	ret = loop_run(ctx->loop);
-	if (ret)
-		vm_request_exit(&ctx->vm, EXIT_INTERNAL, "event loop failed");
-	vm_request_exit(&ctx->vm, EXIT_INTERNAL, "event loop ended"); /* no-op if already stopping */
-	vm_join(&ctx->vm);
-	code = ctx->vm.exit_code;
-	run_restore_tty();
-	tio_to_restore = NULL;
-	if (code == EXIT_POWEROFF)
-		log_debug("%s: %s", cfg.name, ctx->vm.exit_reason);
-	else
-		log_warnx("%s: %s (exit status %d)", cfg.name, ctx->vm.exit_reason, code);
-out_vm:
-	/* Device threads stop before guest RAM is unmapped. */
-	dev_destroy_all(&ctx->vm);
-	platform_destroy(&ctx->vm);
-	vm_destroy(&ctx->vm);
+	code = run_vm(ctx, &cfg, run_fill_boot, NULL);
 out:
-	if (ctx->api)
-		api_stop(ctx->api);
-	if (ctx->loop)
-		loop_free(ctx->loop);
-	if (ctx->sig_fd >= 0)
-		close(ctx->sig_fd);
 	free(ctx->kernel);
 	free(ctx->initrd);
+	free(ctx);
+	return code;
+}
+
+/* ---- restore ------------------------------------------------------------------------ */
+
+static const char restore_usage[] =
+"usage: godwit restore --from FILE [--api SOCKET] [--disk FILE]... [--net tap=NAME]...\n"
+"\n"
+"Start a VM from a snapshot (godwit snapshot), on this host or another one.\n"
+"The VM's configuration comes from the snapshot; only host-local settings\n"
+"are given here.\n"
+"\n"
+"  -f, --from FILE         the snapshot; required\n"
+"  -a, --api SOCKET        serve the HTTP/JSON control API on this UNIX socket\n"
+"  -d, --disk FILE         the image for the snapshot's next disk, in PCI slot\n"
+"                          order (repeatable; one per disk in the snapshot).\n"
+"                          readonly/serial= may be repeated, and must match\n"
+"  -N, --net tap=NAME      the TAP for the snapshot's next NIC (repeatable; one\n"
+"                          per NIC); mac= may be repeated, and must match\n"
+"  -m, --mem SIZE, -p, --cpus N, --cpu-model MODEL, --rng\n"
+"                          optional checks: refused unless they match the snapshot\n"
+"  -v, --verbose           debug logging\n"
+"  -h, --help              this text\n"
+"\n"
+"Time: the guest's kvmclock resumes where the snapshot left it (no time passes\n"
+"for the guest while it was stopped); see docs/cli.md.\n"
+"\n"
+"Exit status: as godwit run; 1 also when the snapshot is damaged, truncated,\n"
+"not for this host, or an option does not match it.\n";
+
+struct restore_args {
+	const char *from;
+	const char *api_path;
+	struct vm_device_arg devices[VM_MAX_DEVICE_ARGS];
+	unsigned int nr_devices;
+	bool has_mem, has_cpus, has_model, rng;
+	uint64_t mem;
+	unsigned int cpus;
+	enum cpu_model model;
+};
+
+static int restore_parse(int argc, char **argv, struct restore_args *a)
+{
+	static const struct option opts[] = {
+		{ "from",      required_argument, NULL, 'f' },
+		{ "api",       required_argument, NULL, 'a' },
+		{ "disk",      required_argument, NULL, 'd' },
+		{ "net",       required_argument, NULL, 'N' },
+		{ "mem",       required_argument, NULL, 'm' },
+		{ "cpus",      required_argument, NULL, 'p' },
+		{ "cpu-model", required_argument, NULL, 'M' },
+		{ "rng",       no_argument,       NULL, 'R' },
+		{ "verbose",   no_argument,       NULL, 'v' },
+		{ "help",      no_argument,       NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	int c;
+
+	memset(a, 0, sizeof(*a));
+	optind = 1;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":f:a:d:N:m:p:vh", opts, NULL)) != -1) {
+		char *end;
+		long n;
+
+		switch (c) {
+		case 'f': a->from = optarg; break;
+		case 'a': a->api_path = optarg; break;
+		case 'd':
+		case 'N':
+			if (a->nr_devices == VM_MAX_DEVICE_ARGS) {
+				log_warnx("restore: at most %d --disk/--net options", VM_MAX_DEVICE_ARGS);
+				return -1;
+			}
+			a->devices[a->nr_devices].kind = c == 'd' ? VM_DEV_DISK : VM_DEV_NET;
+			a->devices[a->nr_devices++].spec = optarg;
+			break;
+		case 'm':
+			if (parse_size(optarg, &a->mem)) {
+				log_warnx("restore: --mem %s: not a size (e.g. 512M, 2G)", optarg);
+				return -1;
+			}
+			a->mem = ALIGN_UP(a->mem, 2 * MiB);
+			a->has_mem = true;
+			break;
+		case 'p':
+			errno = 0;
+			n = strtol(optarg, &end, 10);
+			if (errno || *end || end == optarg || n < 1 || n > RUN_MAX_CPUS) {
+				log_warnx("restore: --cpus %s: expected a number from 1 to %d", optarg,
+					  RUN_MAX_CPUS);
+				return -1;
+			}
+			a->cpus = (unsigned int)n;
+			a->has_cpus = true;
+			break;
+		case 'M':
+			if (cpu_model_parse(optarg, &a->model)) {
+				log_warnx("restore: --cpu-model %s: expected x86-64, x86-64-v2, x86-64-v3 or host",
+					  optarg);
+				return -1;
+			}
+			a->has_model = true;
+			break;
+		case 'R': a->rng = true; break;
+		case 'v': log_verbose = 1; break;
+		case 'h':
+			fputs(restore_usage, stdout);
+			return 1;
+		case ':':
+			log_warnx("restore: %s needs an argument", argv[optind - 1]);
+			return -1;
+		default:
+			log_warnx("restore: unknown option %s (see godwit restore --help; the "
+				  "configuration comes from the snapshot)", argv[optind - 1]);
+			return -1;
+		}
+	}
+	if (optind < argc) {
+		log_warnx("restore: unexpected argument %s", argv[optind]);
+		return -1;
+	}
+	if (!a->from) {
+		log_warnx("restore: --from FILE is required (see godwit restore --help)");
+		return -1;
+	}
+	return 0;
+}
+
+/* The guest-visible options given on the command line must be the snapshot's. */
+static int restore_check(const struct restore_args *a, const struct vm_config *cfg)
+{
+	if (a->has_mem && a->mem != cfg->mem_size) {
+		log_warnx("restore: --mem %llu MiB differs from the snapshot's %llu MiB; a restored "
+			  "VM keeps its configuration (leave --mem out)",
+			  (unsigned long long)(a->mem >> 20), (unsigned long long)(cfg->mem_size >> 20));
+		return -1;
+	}
+	if (a->has_cpus && a->cpus != cfg->ncpus) {
+		log_warnx("restore: --cpus %u differs from the snapshot's %u vCPUs; a restored VM "
+			  "keeps its configuration (leave --cpus out)", a->cpus, cfg->ncpus);
+		return -1;
+	}
+	if (a->has_model && a->model != cfg->cpu_model) {
+		log_warnx("restore: --cpu-model %s differs from the snapshot's %s; a restored VM "
+			  "keeps its configuration (leave --cpu-model out)",
+			  cpu_model_name(a->model), cpu_model_name(cfg->cpu_model));
+		return -1;
+	}
+	if (a->rng && !cfg->rng) {
+		log_warnx("restore: --rng: the snapshot's VM has no virtio-rng");
+		return -1;
+	}
+	return 0;
+}
+
+struct restore_fill {
+	struct snapshot_restore *sr;
+	const char *from;
+};
+
+static int run_fill_restore(struct run_ctx *ctx, void *opaque)
+{
+	struct restore_fill *rf = opaque;
+	struct timespec t0, t1;
+	char err[512] = "";
+	int ret;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	ret = snapshot_restore_load(rf->sr, &ctx->vm, err, sizeof(err));
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	if (ret) {
+		log_warnx("restore: %s: %s", rf->from, err);
+		return ret;
+	}
+	log_debug("restore: %s loaded in %.1f ms", rf->from,
+		  (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
+	return 0;
+}
+
+/*
+ * cmd_restore - `godwit restore --from FILE ...`: a VM from a snapshot,
+ * then as `godwit run`.  Returns the process exit code.
+ */
+int cmd_restore(int argc, char **argv)
+{
+	struct restore_fill rf = { .sr = NULL };
+	struct run_ctx *ctx;
+	struct restore_args a;
+	struct vm_config cfg;
+	char err[512] = "";
+	int fd = -1, ret, code = EXIT_ERROR;
+
+	ret = restore_parse(argc, argv, &a);
+	if (ret)
+		return ret > 0 ? 0 : EXIT_USAGE;
+	ctx = calloc(1, sizeof(*ctx));
+	if (!ctx)
+		return EXIT_ERROR;
+	ctx->sig_fd = -1;
+	rf.from = a.from;
+	fd = open(a.from, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		log_warn("restore: cannot open %s", a.from);
+		goto out;
+	}
+	if (snapshot_restore_open(fd, &rf.sr, err, sizeof(err))) {
+		log_warnx("restore: %s: %s", a.from, err);
+		goto out;
+	}
+	if (snapshot_restore_config(rf.sr, a.devices, a.nr_devices, &cfg, err, sizeof(err))) {
+		log_warnx("restore: %s: %s", a.from, err);
+		goto out;
+	}
+	if (restore_check(&a, &cfg))
+		goto out;
+	cfg.api_path = a.api_path;
+	code = run_vm(ctx, &cfg, run_fill_restore, &rf);
+out:
+	snapshot_restore_free(rf.sr);
+	if (fd >= 0)
+		close(fd);
 	free(ctx);
 	return code;
 }

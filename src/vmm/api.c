@@ -30,8 +30,10 @@
 #include <microhttpd.h>
 
 #include "godwit/api.h"
+#include "godwit/dev.h"
 #include "godwit/log.h"
 #include "godwit/loop.h"
+#include "godwit/snapshot.h"
 #include "godwit/vm.h"
 
 #define API_PREFIX          "/api/v1"
@@ -145,7 +147,8 @@ static unsigned int api_error(json_t **out, unsigned int status, const char *fmt
 
 /* ---- handlers: return an HTTP status and set *out (NULL: no body) ---- */
 
-typedef unsigned int (*api_handler_fn)(struct api_server *s, json_t **out);
+/* body: the request's JSON object (only fields the route lists), or NULL. */
+typedef unsigned int (*api_handler_fn)(struct api_server *s, json_t *body, json_t **out);
 
 static enum vm_state api_vm_state(struct vm *vm)
 {
@@ -163,7 +166,7 @@ static unsigned int api_state_reply(struct api_server *s, unsigned int status, j
 	return status;
 }
 
-static unsigned int api_vm_get(struct api_server *s, json_t **out)
+static unsigned int api_vm_get(struct api_server *s, json_t *body, json_t **out)
 {
 	const struct vm_config *cfg = &s->vm->cfg;
 	const uint8_t *u = cfg->uuid;
@@ -187,7 +190,7 @@ static unsigned int api_vm_get(struct api_server *s, json_t **out)
 	return MHD_HTTP_OK;
 }
 
-static unsigned int api_vm_pause(struct api_server *s, json_t **out)
+static unsigned int api_vm_pause(struct api_server *s, json_t *body, json_t **out)
 {
 	/*
 	 * Only the loop thread pauses and resumes, so the state read here
@@ -219,7 +222,7 @@ static unsigned int api_vm_pause(struct api_server *s, json_t **out)
 	return api_state_reply(s, MHD_HTTP_OK, out);
 }
 
-static unsigned int api_vm_resume(struct api_server *s, json_t **out)
+static unsigned int api_vm_resume(struct api_server *s, json_t *body, json_t **out)
 {
 	switch (api_vm_state(s->vm)) {
 	case VM_STATE_PAUSED:
@@ -243,7 +246,7 @@ static unsigned int api_vm_resume(struct api_server *s, json_t **out)
 	return api_state_reply(s, MHD_HTTP_OK, out);
 }
 
-static unsigned int api_vm_shutdown(struct api_server *s, json_t **out)
+static unsigned int api_vm_shutdown(struct api_server *s, json_t *body, json_t **out)
 {
 	/* Idempotent: the first exit request wins, later ones are no-ops. */
 	log_info("shutdown requested over the API");
@@ -251,29 +254,148 @@ static unsigned int api_vm_shutdown(struct api_server *s, json_t **out)
 	return api_state_reply(s, MHD_HTTP_ACCEPTED, out);
 }
 
+static double api_ms_since(const struct timespec *t0)
+{
+	struct timespec t1;
+
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	return (double)(t1.tv_sec - t0->tv_sec) * 1e3 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+/*
+ * PUT /vm/snapshot {"path": "/abs/file", "resume": false}: the whole VM
+ * into path (snapshot.h).  The file is created (as a temporary beside it)
+ * before the VM is touched, so a bad path costs the guest nothing; then
+ * the vCPUs are paused and the devices quiesced, the stream written and
+ * synced, and the temporary renamed over path.  Then, with resume, the VM
+ * goes back to the state it had (running or paused); without, it stays
+ * stopped and godwit exits with status 0 (EXIT_POWEROFF) after the reply.
+ * On any failure the VM goes back to the state it had and keeps running.
+ */
+static unsigned int api_vm_snapshot(struct api_server *s, json_t *body, json_t **out)
+{
+	json_t *jp = body ? json_object_get(body, "path") : NULL;
+	json_t *jr = body ? json_object_get(body, "resume") : NULL;
+	struct snapshot_result res = { 0 };
+	struct snapshot_file f;
+	struct timespec t0;
+	enum vm_state state;
+	const char *path;
+	char err[512] = "", why[128];
+	bool resume, was_running;
+	unsigned int status;
+	double ms;
+	int ret;
+
+	if (!jp || !json_is_string(jp) || !*json_string_value(jp))
+		return api_error(out, MHD_HTTP_BAD_REQUEST,
+				 "\"path\" (the snapshot file, an absolute path) is required");
+	path = json_string_value(jp);
+	if (path[0] != '/')
+		return api_error(out, MHD_HTTP_BAD_REQUEST, "\"path\" must be absolute: %s", path);
+	if (jr && !json_is_boolean(jr))
+		return api_error(out, MHD_HTTP_BAD_REQUEST, "\"resume\" must be true or false");
+	resume = jr && json_is_true(jr);
+	state = api_vm_state(s->vm);
+	if (state == VM_STATE_STOPPING)
+		return api_error(out, MHD_HTTP_CONFLICT, "VM is stopping");
+	if (state != VM_STATE_RUNNING && state != VM_STATE_PAUSED)
+		return api_error(out, MHD_HTTP_CONFLICT, "VM is not running");
+	ret = snapshot_file_create(path, &f, err, sizeof(err));
+	if (ret)
+		return api_error(out, MHD_HTTP_BAD_REQUEST, "cannot write the snapshot: %s", err);
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	was_running = state == VM_STATE_RUNNING;
+	if (was_running) {
+		ret = s->ops->pause(s->vm);
+		if (ret) {
+			snapshot_file_abort(&f);
+			if (ret == -EBUSY)
+				return api_error(out, MHD_HTTP_CONFLICT, "VM is stopping");
+			return api_error(out, MHD_HTTP_INTERNAL_SERVER_ERROR,
+					 "pause failed: %s", strerror(-ret));
+		}
+	}
+	/* Nothing writes guest memory or the disks from here on. */
+	ret = dev_quiesce_all(s->vm);
+	if (ret)
+		snprintf(err, sizeof(err), "cannot quiesce the devices: %s", strerror(-ret));
+	if (!ret)
+		ret = snapshot_write(s->vm, f.fd, &res, err, sizeof(err));
+	if (!ret)
+		ret = snapshot_file_commit(&f, err, sizeof(err));
+	else
+		snapshot_file_abort(&f);
+	ms = api_ms_since(&t0);
+	if (ret || resume) {
+		/* Devices first: the vCPUs find them serving when they run. */
+		if (dev_resume_all(s->vm))
+			log_warnx("%s: a device did not resume", __func__);
+		if (was_running && s->ops->resume(s->vm))
+			log_warnx("%s: the VM did not resume", __func__);
+	}
+	if (ret) {
+		log_warnx("%s: snapshot to %s failed: %s", __func__, path, err);
+		return api_error(out, MHD_HTTP_INTERNAL_SERVER_ERROR, "snapshot failed: %s", err);
+	}
+	log_info("snapshot to %s: %llu bytes in %.1f ms%s", path, (unsigned long long)res.bytes, ms,
+		 resume ? "" : "; stopping");
+	if (!resume) {
+		snprintf(why, sizeof(why), "stopped after a snapshot");
+		s->ops->request_exit(s->vm, EXIT_POWEROFF, why);
+	}
+	status = MHD_HTTP_OK;
+	*out = json_pack("{s:s, s:I, s:f, s:I, s:I, s:s}",
+			 "path", path,
+			 "bytes", (json_int_t)res.bytes,
+			 "ms", (double)(long long)(ms * 1000 + 0.5) / 1000,
+			 "ram_pages", (json_int_t)res.ram.pages,
+			 "zero_pages", (json_int_t)res.ram.zero_pages,
+			 "state", vm_state_name(api_vm_state(s->vm)));
+	return status;
+}
+
+static const char *const api_snapshot_fields[] = { "path", "resume", NULL };
+
 static const struct api_route {
 	const char *path;        /* after API_PREFIX */
 	const char *method;
 	const char *allow;       /* the Allow header of a 405 on this path */
 	api_handler_fn fn;
+	const char *const *fields; /* body fields the endpoint takes; NULL: none */
 } api_routes[] = {
-	{ "/vm",          "GET", "GET, HEAD", api_vm_get },
-	{ "/vm/pause",    "PUT", "PUT",       api_vm_pause },
-	{ "/vm/resume",   "PUT", "PUT",       api_vm_resume },
-	{ "/vm/shutdown", "PUT", "PUT",       api_vm_shutdown },
+	{ "/vm",          "GET", "GET, HEAD", api_vm_get,      NULL },
+	{ "/vm/pause",    "PUT", "PUT",       api_vm_pause,    NULL },
+	{ "/vm/resume",   "PUT", "PUT",       api_vm_resume,   NULL },
+	{ "/vm/shutdown", "PUT", "PUT",       api_vm_shutdown, NULL },
+	{ "/vm/snapshot", "PUT", "PUT",       api_vm_snapshot, api_snapshot_fields },
 };
+
+static bool api_field_known(const char *const *fields, const char *key)
+{
+	for (; fields && *fields; fields++)
+		if (!strcmp(*fields, key))
+			return true;
+	return false;
+}
 
 /*
  * Every v1 endpoint takes an optional body that, when present, must be a
- * JSON object; none defines fields yet, so any member is rejected, and an
- * option a newer client sends to an older server fails visibly.
+ * JSON object with only the fields the endpoint defines (rt->fields); any
+ * other member is rejected, so an option a newer client sends to an older
+ * server fails visibly.  On success *bodyp is the object (or NULL without
+ * a body), for the caller to json_decref().
  */
-static unsigned int api_check_body(const struct api_req *r, json_t **out)
+static unsigned int api_check_body(const struct api_req *r, const struct api_route *rt,
+				   json_t **bodyp, json_t **out)
 {
 	json_error_t jerr;
 	const char *key;
 	json_t *body;
 	unsigned int status = 0;
+
+	*bodyp = NULL;
 
 	if (r->too_big)
 		return api_error(out, MHD_HTTP_CONTENT_TOO_LARGE,
@@ -289,15 +411,20 @@ static unsigned int api_check_body(const struct api_req *r, json_t **out)
 		status = api_error(out, MHD_HTTP_BAD_REQUEST,
 				   "request body must be a JSON object");
 	} else {
-		void *iter = json_object_iter(body);
-
-		if (iter) {
+		for (void *iter = json_object_iter(body); iter;
+		     iter = json_object_iter_next(body, iter)) {
 			key = json_object_iter_key(iter);
+			if (api_field_known(rt->fields, key))
+				continue;
 			status = api_error(out, MHD_HTTP_BAD_REQUEST,
 					   "unknown field \"%s\" in request body", key);
+			break;
 		}
 	}
-	json_decref(body);
+	if (status)
+		json_decref(body);
+	else
+		*bodyp = body;
 	return status;
 }
 
@@ -322,9 +449,12 @@ static enum MHD_Result api_dispatch(struct api_server *s, struct MHD_Connection 
 			path_match = rt;
 			if (strcmp(method, rt->method))
 				continue;
-			status = api_check_body(r, &out);
+			json_t *body = NULL;
+
+			status = api_check_body(r, rt, &body, &out);
 			if (!status)
-				status = rt->fn(s, &out);
+				status = rt->fn(s, body, &out);
+			json_decref(body);
 			log_debug("api: %s %s -> %u", method, url, status);
 			return api_send(c, status, out, NULL);
 		}

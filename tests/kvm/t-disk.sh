@@ -14,7 +14,7 @@ if [ ! -f "$GUEST_ELF" ]; then
 	exit 0
 fi
 
-# The guest's block layout (guest/disk.c, guest/memtest.c pattern_fill): 4 KiB
+# The guest's block layout (guest/disk.c, guest/pattern.h pattern_fill): 4 KiB
 # blocks numbered from the start of the disk; u64 words: 0 block number,
 # 1 generation, 2 checksum of words 4..511, 3 magic "GDWITBLK", 4..511 two
 # interleaved xorshift64 streams seeded from (block, generation).

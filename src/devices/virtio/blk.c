@@ -844,15 +844,7 @@ static void blk_config_read(struct virtio_dev *vdev, uint32_t off, void *data, u
 {
 	struct blk *b = vdev->priv;
 
-	memset(data, 0, len);
-	if (off < BLK_CONFIG_SIZE)
-		memcpy(data, b->config + off, MIN(len, BLK_CONFIG_SIZE - off));
-}
-
-/* Nothing is writable: `writeback` exists only with CONFIG_WCE, not offered. */
-static void blk_config_write(struct virtio_dev *vdev, uint32_t off, const void *data,
-			     uint32_t len)
-{
+	virtio_config_read_bytes(b->config, BLK_CONFIG_SIZE, off, data, len);
 }
 
 static int blk_activate(struct virtio_dev *vdev)
@@ -890,16 +882,7 @@ static int blk_quiesce(struct virtio_dev *vdev)
 /* Serve again if the driver had the device running (also after load). */
 static int blk_resume(struct virtio_dev *vdev)
 {
-	struct blk *b = vdev->priv;
-	uint8_t status = __atomic_load_n(&vdev->status, __ATOMIC_ACQUIRE);
-	int ret = 0;
-
-	pthread_mutex_lock(&b->ctl);
-	if ((status & VIRTIO_STATUS_DRIVER_OK) &&
-	    !(status & (VIRTIO_STATUS_NEEDS_RESET | VIRTIO_STATUS_FAILED)))
-		ret = blk_start_locked(b);
-	pthread_mutex_unlock(&b->ctl);
-	return ret;
+	return virtio_dev_driver_ok(vdev) ? blk_activate(vdev) : 0;
 }
 
 static int blk_save(struct virtio_dev *vdev, struct state_out *out)
@@ -984,7 +967,7 @@ static const struct virtio_dev_ops blk_vdev_ops = {
 	.config_size = BLK_CONFIG_SIZE,
 	.features = blk_features,
 	.config_read = blk_config_read,
-	.config_write = blk_config_write,
+	/* No config_write: `writeback` exists only with CONFIG_WCE, not offered. */
 	.activate = blk_activate,
 	.reset = blk_reset,
 	.quiesce = blk_quiesce,

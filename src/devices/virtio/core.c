@@ -427,6 +427,24 @@ void virtio_dev_set_needs_reset(struct virtio_dev *vdev, const char *why)
 	virtio_pci_irq(vdev, vdev->msix_config, VIRTIO_ISR_CONFIG);
 }
 
+/* virtio_dev_driver_ok - see virtio.h. */
+bool virtio_dev_driver_ok(const struct virtio_dev *vdev)
+{
+	uint8_t status = __atomic_load_n(&vdev->status, __ATOMIC_ACQUIRE);
+
+	return (status & VIRTIO_STATUS_DRIVER_OK) &&
+	       !(status & (VIRTIO_STATUS_NEEDS_RESET | VIRTIO_STATUS_FAILED));
+}
+
+/* virtio_config_read_bytes - see virtio.h. */
+void virtio_config_read_bytes(const void *config, uint32_t size, uint32_t off, void *data,
+			      uint32_t len)
+{
+	memset(data, 0, len);
+	if (off < size)
+		memcpy(data, (const uint8_t *)config + off, MIN(len, size - off));
+}
+
 /* virtio_config_changed - see virtio.h. */
 void virtio_config_changed(struct virtio_dev *vdev)
 {

@@ -719,15 +719,7 @@ static void net_config_read(struct virtio_dev *vdev, uint32_t off, void *data, u
 	memcpy(cfg + CFG_MAC, n->mac, 6);
 	put_le16(cfg + CFG_STATUS, n->status);
 	put_le16(cfg + CFG_MAX_VQ_PAIRS, 1);
-	memset(data, 0, len);
-	if (off < NET_CONFIG_SIZE)
-		memcpy(data, cfg + off, MIN(len, NET_CONFIG_SIZE - off));
-}
-
-/* Read-only for a VERSION_1 driver (the MAC is writable only in legacy mode). */
-static void net_config_write(struct virtio_dev *vdev, uint32_t off, const void *data,
-			     uint32_t len)
-{
+	virtio_config_read_bytes(cfg, NET_CONFIG_SIZE, off, data, len);
 }
 
 static int net_activate(struct virtio_dev *vdev)
@@ -768,17 +760,10 @@ static int net_quiesce(struct virtio_dev *vdev)
 	return 0;
 }
 
+/* Serve again if the driver had the device running (also after load). */
 static int net_resume(struct virtio_dev *vdev)
 {
-	struct net *n = vdev->priv;
-	int ret = 0;
-
-	pthread_mutex_lock(&n->ctl);
-	if ((vdev->status & VIRTIO_STATUS_DRIVER_OK) &&
-	    !(vdev->status & (VIRTIO_STATUS_NEEDS_RESET | VIRTIO_STATUS_FAILED)))
-		ret = net_start_locked(n);
-	pthread_mutex_unlock(&n->ctl);
-	return ret;
+	return virtio_dev_driver_ok(vdev) ? net_activate(vdev) : 0;
 }
 
 static int net_save(struct virtio_dev *vdev, struct state_out *out)
@@ -862,7 +847,7 @@ static const struct virtio_dev_ops net_vdev_ops = {
 	.config_size = NET_CONFIG_SIZE,
 	.features = net_features,
 	.config_read = net_config_read,
-	.config_write = net_config_write,
+	/* No config_write: read-only to a VERSION_1 driver (only a legacy one may write the MAC). */
 	.activate = net_activate,
 	.reset = net_reset,
 	.quiesce = net_quiesce,

@@ -99,13 +99,14 @@ static int rng_quiesce(struct virtio_dev *vdev)
 	return 0;
 }
 
+/* Restart the thread if the device was activated (and not reset) before the quiesce. */
 static int rng_resume(struct virtio_dev *vdev)
 {
 	struct virtio_rng *rng = vdev->priv;
 
 	if (!rng->active || rng->worker.running)
 		return 0;
-	return virtio_worker_start(&rng->worker, vdev, "virtio-rng", 1u << 0, rng_serve);
+	return rng_activate(vdev);
 }
 
 static void rng_destroy(struct virtio_dev *vdev)

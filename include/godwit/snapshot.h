@@ -1,0 +1,115 @@
+/*
+ * snapshot.h - the whole VM in one stream (docs/stream-format.md): writing a
+ * paused VM (configuration, VM state, vCPUs, devices, RAM, EOF) to a file,
+ * and restoring a VM from such a stream, here or on another host.
+ *
+ * Saving (loop thread):
+ *	snapshot_file_create(path, &f, ...)   before pausing: a bad path costs nothing
+ *	vm_pause(vm); dev_quiesce_all(vm);
+ *	snapshot_write(vm, f.fd, &res, ...);
+ *	snapshot_file_commit(&f, ...)         fdatasync + rename: all or nothing
+ *	(or snapshot_file_abort(&f))
+ *
+ * Restoring (godwit restore, src/cmd/run.c):
+ *	snapshot_restore_open(fd, &sr, ...)   header, CONFIG, CPUID vs this host
+ *	snapshot_restore_config(sr, disks/nets, &cfg, ...)
+ *	vm_create(cfg), platform_init, the PCI devices (as godwit run does)
+ *	snapshot_restore_load(sr, vm, ...)    compat, RAM, devices, VM, vCPUs
+ *	snapshot_restore_free(sr); vm_start(vm)
+ *
+ * Time: a restore loads kvmclock and the TSC with CPU_CLOCK_FROZEN, as QEMU
+ * freezes kvmclock while a VM is stopped: the guest sees no time pass
+ * between the snapshot and the restore.  Under PVM the guest's TSC is the
+ * host's whatever godwit writes, so there the guest's TSC shows the gap.
+ */
+#ifndef GODWIT_SNAPSHOT_H
+#define GODWIT_SNAPSHOT_H
+
+#include "godwit/common.h"
+#include "godwit/stream.h"
+#include "godwit/vm.h"
+
+struct snapshot_result {
+	uint64_t bytes;                 /* stream bytes written */
+	struct stream_ram_stats ram;    /* RAM sections, runs, pages, zero pages */
+};
+
+/*
+ * snapshot_write - the whole VM as one stream on fd: CONFIG (with each
+ * virtio device's guest-visible options), VM state, every vCPU, every
+ * device in vm->devices order, all RAM, EOF.  The VM must be paused and its
+ * devices quiesced; nothing of the VM is changed.
+ *   res: filled on success (may be NULL)
+ *   err: why it failed (len bytes, NUL-terminated)
+ * Returns 0 or -errno (-ENOTSUP: a device is not migratable).
+ */
+int snapshot_write(struct vm *vm, int fd, struct snapshot_result *res,
+		   char *err, size_t len) __must_check;
+
+/* A snapshot file being written: a temporary file beside its final path. */
+struct snapshot_file {
+	int fd;
+	char *path, *tmp;
+};
+/*
+ * snapshot_file_create - create "PATH.tmp-PID" (mode 0600, O_EXCL) for a
+ * snapshot to end up at path.  Refuses a path that is a directory or whose
+ * directory does not exist.  Returns 0 or -errno with err set.
+ */
+int snapshot_file_create(const char *path, struct snapshot_file *f,
+			 char *err, size_t len) __must_check;
+/* fdatasync, close, rename over path.  Returns 0 or -errno (the temporary is removed). */
+int snapshot_file_commit(struct snapshot_file *f, char *err, size_t len) __must_check;
+/* Close and remove the temporary file (f may be unused or committed). */
+void snapshot_file_abort(struct snapshot_file *f);
+
+/*
+ * snapshot_spec_options - the guest-visible options of a --disk or --net
+ * spec: everything but the image path (disk) or tap=NAME (net), in order,
+ * comma-separated, into buf.  Returns 0, or -ENOSPC if buf is too small.
+ */
+int snapshot_spec_options(enum vm_dev_kind kind, const char *spec, char *buf,
+			  size_t len) __must_check;
+/* stream_config_from_vm() plus the virtio devices' options. */
+int snapshot_config_from_vm(struct stream_config *c, const struct vm *vm) __must_check;
+
+struct snapshot_restore;
+
+/*
+ * snapshot_restore_open - read a stream's header and CONFIG from fd and
+ * check that this host's KVM offers every CPU feature the guest saw.
+ * Returns 0 and *out, or -errno with err set (naming the section).
+ */
+int snapshot_restore_open(int fd, struct snapshot_restore **out, char *err,
+			  size_t len) __must_check;
+/* The stream's configuration (valid until snapshot_restore_free()). */
+const struct stream_config *snapshot_restore_stream_config(const struct snapshot_restore *sr);
+/*
+ * snapshot_restore_config - the vm_config that rebuilds the stream's VM:
+ * vCPUs, memory, name, UUID, CPU model and, in PCI-slot order, its disks
+ * and NICs, each taking the host-local part of the matching user option
+ * (the n-th virtio-blk gets the n-th --disk, the n-th virtio-net the n-th
+ * --net) and its guest-visible options from the stream.  A user option
+ * whose guest-visible options differ from the stream's, a stream device
+ * without a user option and a user option without a stream device are
+ * refused.  The device specs are allocated in sr and live as long as it.
+ *   user/nr_user: the --disk/--net options, in command-line order
+ * Returns 0 or -EINVAL with err set.
+ */
+int snapshot_restore_config(struct snapshot_restore *sr, const struct vm_device_arg *user,
+			    unsigned int nr_user, struct vm_config *cfg,
+			    char *err, size_t len) __must_check;
+/*
+ * snapshot_restore_load - load the rest of the stream into vm, a VM created
+ * from snapshot_restore_config() with its devices added and not started:
+ * checks the VM against the stream's configuration, reads RAM into guest
+ * memory and every other section into memory, verifies the EOF record,
+ * then loads the devices (by name and instance), the VM state and the
+ * vCPUs (CPU_CLOCK_FROZEN), and resumes the devices.  On failure the VM is
+ * in an unknown state: discard it.  Returns 0 or -errno with err set.
+ */
+int snapshot_restore_load(struct snapshot_restore *sr, struct vm *vm, char *err,
+			  size_t len) __must_check;
+void snapshot_restore_free(struct snapshot_restore *sr);
+
+#endif

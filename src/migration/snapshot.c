@@ -1,0 +1,774 @@
+/*
+ * snapshot.c - the whole VM in one stream: snapshot_write() (a paused VM to
+ * a file descriptor), the snapshot file (a temporary file renamed into
+ * place once complete and synced), and restoring a VM from a stream
+ * (snapshot_restore_*: the configuration that rebuilds the VM, then RAM,
+ * devices, VM state and vCPUs).  docs/cli.md (snapshot, restore) and
+ * docs/stream-format.md describe what users and other readers see.
+ *
+ * Stream layout written here: CONFIG, VM ("vm", one vm_state_save()
+ * buffer), CPU ("cpu", instance = vCPU index), one DEVICE per entry of
+ * vm->devices (id = dev_ops name, instance), RAM (every region), EOF.
+ *
+ * The restore applies nothing but RAM before the EOF record has been
+ * verified: device, VM and vCPU sections are kept in memory (they are
+ * small) and loaded once the whole stream is known to be intact, in the
+ * order KVM and the devices need (RAM, devices, VM, vCPUs), whatever order
+ * the stream has them in.  RAM goes straight into the new VM's memory,
+ * which is discarded on any error.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <linux/kvm.h>
+
+#include "godwit/cpu_state.h"
+#include "godwit/cpuid.h"
+#include "godwit/dev.h"
+#include "godwit/log.h"
+#include "godwit/snapshot.h"
+#include "godwit/state.h"
+#include "godwit/stream.h"
+#include "godwit/vm.h"
+
+#define SNAP_ID_CPU "cpu"
+#define SNAP_ID_VM  "vm"
+
+__attribute__((format(printf, 3, 4)))
+static void snap_err(char *err, size_t len, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!len)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err, len, fmt, ap);
+	va_end(ap);
+}
+
+/* ---- options ------------------------------------------------------------------------ */
+
+/* Is tok (of a kind's spec, at position i) host-local? */
+static bool snap_tok_local(enum vm_dev_kind kind, const char *tok, unsigned int i)
+{
+	return kind == VM_DEV_DISK ? i == 0 : !strncmp(tok, "tap=", 4);
+}
+
+int snapshot_spec_options(enum vm_dev_kind kind, const char *spec, char *buf, size_t len)
+{
+	size_t used = 0;
+	unsigned int i = 0;
+
+	if (!len)
+		return -ENOSPC;
+	buf[0] = '\0';
+	for (const char *p = spec; ; i++) {
+		const char *end = strchr(p, ',');
+		size_t n = end ? (size_t)(end - p) : strlen(p);
+		char tok[256];
+
+		if (n < sizeof(tok)) {
+			memcpy(tok, p, n);
+			tok[n] = '\0';
+		} else {
+			tok[0] = '\0';
+		}
+		if (n && !snap_tok_local(kind, tok, i)) {
+			if (used + (used ? 1 : 0) + n + 1 > len)
+				return -ENOSPC;
+			if (used)
+				buf[used++] = ',';
+			memcpy(buf + used, p, n);
+			used += n;
+			buf[used] = '\0';
+		}
+		if (!end)
+			break;
+		p = end + 1;
+	}
+	return 0;
+}
+
+/* The --disk/--net option behind a virtio device of vm (godwit run: slot = index + 1). */
+static const struct vm_device_arg *snap_dev_arg(const struct vm *vm, const char *type,
+						uint32_t instance)
+{
+	enum vm_dev_kind kind;
+
+	if (!strcmp(type, "virtio-blk"))
+		kind = VM_DEV_DISK;
+	else if (!strcmp(type, "virtio-net"))
+		kind = VM_DEV_NET;
+	else
+		return NULL;
+	if (instance < 1 || instance > vm->cfg.nr_devices ||
+	    vm->cfg.devices[instance - 1].kind != kind)
+		return NULL;
+	return &vm->cfg.devices[instance - 1];
+}
+
+int snapshot_config_from_vm(struct stream_config *c, const struct vm *vm)
+{
+	int ret = stream_config_from_vm(c, vm);
+
+	if (ret)
+		return ret;
+	for (unsigned int i = 0; i < c->nr_devices; i++) {
+		struct stream_device *d = &c->devices[i];
+		const struct vm_device_arg *a = snap_dev_arg(vm, d->type, d->instance);
+
+		if (!a)
+			continue;
+		ret = snapshot_spec_options(a->kind, a->spec, d->options, sizeof(d->options));
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+/* ---- writing ------------------------------------------------------------------------ */
+
+int snapshot_write(struct vm *vm, int fd, struct snapshot_result *res, char *err, size_t len)
+{
+	struct stream_config *cfg = calloc(1, sizeof(*cfg));
+	struct stream_writer *w = NULL;
+	struct state_out o;
+	int ret;
+
+	state_out_init(&o);
+	if (!cfg) {
+		snap_err(err, len, "out of memory");
+		return -ENOMEM;
+	}
+	ret = snapshot_config_from_vm(cfg, vm);
+	if (ret) {
+		snap_err(err, len, "the VM's configuration does not fit a stream: %s", strerror(-ret));
+		goto out;
+	}
+	for (struct dev *d = dev_first(vm); d; d = d->next)
+		if (!d->ops->save) {
+			snap_err(err, len, "device %s.%u cannot be saved: %s", d->ops->name,
+				 d->instance, d->ops->unmigratable ? d->ops->unmigratable : "no save");
+			ret = -ENOTSUP;
+			goto out;
+		}
+	ret = stream_writer_new(fd, &w);
+	if (ret) {
+		snap_err(err, len, "out of memory");
+		goto out;
+	}
+	ret = stream_begin(w, cfg);
+	if (ret)
+		goto out_stream;
+
+	ret = vm_state_save(vm, &o);
+	if (ret) {
+		snap_err(err, len, "cannot read the VM state: %s", strerror(-ret));
+		goto out;
+	}
+	ret = stream_put_state(w, STREAM_VM, SNAP_ID_VM, VM_STATE_VERSION, 0, &o);
+	if (ret)
+		goto out_stream;
+	for (unsigned int i = 0; i < vm->cfg.ncpus; i++) {
+		state_out_free(&o);
+		state_out_init(&o);
+		ret = cpu_state_save(&vm->vcpus[i], &o);
+		if (ret) {
+			snap_err(err, len, "cannot read vCPU %u's state: %s", i, strerror(-ret));
+			goto out;
+		}
+		ret = stream_put_state(w, STREAM_CPU, SNAP_ID_CPU, CPU_STATE_VERSION, i, &o);
+		if (ret)
+			goto out_stream;
+	}
+	for (struct dev *d = dev_first(vm); d; d = d->next) {
+		state_out_free(&o);
+		state_out_init(&o);
+		ret = d->ops->save(d, &o);
+		if (ret) {
+			snap_err(err, len, "device %s.%u: save failed: %s", d->ops->name,
+				 d->instance, strerror(-ret));
+			goto out;
+		}
+		ret = stream_put_state(w, STREAM_DEVICE, d->ops->name, d->ops->version,
+				       d->instance, &o);
+		if (ret)
+			goto out_stream;
+	}
+	for (unsigned int i = 0; i < vm->nr_mem; i++) {
+		const struct mem_region *m = &vm->mem[i];
+
+		ret = stream_put_ram(w, m->host, m->gpa, m->size / STREAM_PAGE_SIZE);
+		if (ret)
+			goto out_stream;
+	}
+	ret = stream_end(w);
+	if (ret)
+		goto out_stream;
+	if (res) {
+		res->bytes = stream_writer_offset(w);
+		stream_writer_ram_stats(w, &res->ram);
+	}
+	goto out;
+
+out_stream:
+	snap_err(err, len, "%s", stream_writer_error(w)[0] ? stream_writer_error(w) :
+		 strerror(-ret));
+out:
+	stream_writer_free(w);
+	state_out_free(&o);
+	free(cfg);
+	return ret;
+}
+
+/* ---- the snapshot file ---------------------------------------------------------------- */
+
+int snapshot_file_create(const char *path, struct snapshot_file *f, char *err, size_t len)
+{
+	struct stat st;
+	int ret;
+
+	f->fd = -1;
+	f->path = f->tmp = NULL;
+	if (!*path) {
+		snap_err(err, len, "empty path");
+		return -EINVAL;
+	}
+	if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+		snap_err(err, len, "%s is a directory", path);
+		return -EISDIR;
+	}
+	f->path = strdup(path);
+	if (!f->path || asprintf(&f->tmp, "%s.tmp-%ld", path, (long)getpid()) < 0) {
+		f->tmp = NULL;
+		ret = -ENOMEM;
+		snap_err(err, len, "out of memory");
+		goto err;
+	}
+	/* 0600 from creation (open ignores the umask's extra bits only to remove more). */
+	f->fd = open(f->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (f->fd < 0) {
+		ret = -errno;
+		snap_err(err, len, "cannot create %s: %s", f->tmp, strerror(errno));
+		goto err;
+	}
+	return 0;
+err:
+	free(f->path);
+	free(f->tmp);
+	f->path = f->tmp = NULL;
+	return ret;
+}
+
+int snapshot_file_commit(struct snapshot_file *f, char *err, size_t len)
+{
+	int ret = 0;
+
+	if (fdatasync(f->fd) < 0) {
+		ret = -errno;
+		snap_err(err, len, "cannot sync %s: %s", f->tmp, strerror(errno));
+	}
+	if (close(f->fd) < 0 && !ret) {
+		ret = -errno;
+		snap_err(err, len, "cannot write %s: %s", f->tmp, strerror(errno));
+	}
+	f->fd = -1;
+	if (!ret && rename(f->tmp, f->path) < 0) {
+		ret = -errno;
+		snap_err(err, len, "cannot rename %s to %s: %s", f->tmp, f->path, strerror(errno));
+	}
+	if (ret) {
+		snapshot_file_abort(f);
+		return ret;
+	}
+	free(f->tmp);
+	free(f->path);
+	f->tmp = f->path = NULL;
+	return 0;
+}
+
+void snapshot_file_abort(struct snapshot_file *f)
+{
+	if (f->fd >= 0)
+		close(f->fd);
+	f->fd = -1;
+	if (f->tmp)
+		unlink(f->tmp);
+	free(f->tmp);
+	free(f->path);
+	f->tmp = f->path = NULL;
+}
+
+/* ---- restoring ------------------------------------------------------------------------ */
+
+struct snap_sec {
+	uint8_t type;
+	char id[STREAM_ID_MAX + 1];
+	uint16_t version;
+	uint32_t instance;
+	uint64_t offset;
+	uint8_t *buf;
+	size_t len;
+};
+
+struct snapshot_restore {
+	struct stream_reader *r;
+	const struct stream_config *cfg;
+	char *specs[VM_MAX_DEVICE_ARGS];
+	unsigned int nr_specs;
+	struct snap_sec *secs;
+	unsigned int nr_secs, cap_secs;
+};
+
+static struct kvm_cpuid2 *snap_supported_cpuid(void)
+{
+	int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+
+	if (fd < 0)
+		return NULL;
+	for (unsigned int n = 64; n <= 4096; n *= 2) {
+		struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + n * sizeof(c->entries[0]));
+
+		if (!c)
+			break;
+		c->nent = n;
+		if (ioctl(fd, KVM_GET_SUPPORTED_CPUID, c) == 0) {
+			close(fd);
+			return c;
+		}
+		free(c);
+		if (errno != E2BIG)
+			break;
+	}
+	close(fd);
+	return NULL;
+}
+
+int snapshot_restore_open(int fd, struct snapshot_restore **out, char *err, size_t len)
+{
+	struct snapshot_restore *sr = calloc(1, sizeof(*sr));
+	struct kvm_cpuid2 *sup;
+	char why[256] = "";
+	int ret;
+
+	if (!sr) {
+		snap_err(err, len, "out of memory");
+		return -ENOMEM;
+	}
+	ret = stream_reader_new(fd, &sr->r);
+	if (ret) {
+		snap_err(err, len, "out of memory");
+		goto err;
+	}
+	ret = stream_read_header(sr->r, &sr->cfg);
+	if (ret) {
+		snap_err(err, len, "%s", stream_reader_error(sr->r));
+		goto err;
+	}
+	sup = snap_supported_cpuid();
+	if (!sup) {
+		ret = -ENODEV;
+		snap_err(err, len, "cannot ask /dev/kvm which CPU features it offers: %s",
+			 strerror(errno));
+		goto err;
+	}
+	ret = stream_cpuid_check(sr->cfg, sup, why, sizeof(why));
+	free(sup);
+	if (ret) {
+		snap_err(err, len, "this host cannot run the snapshot's CPU: %s", why);
+		goto err;
+	}
+	*out = sr;
+	return 0;
+err:
+	snapshot_restore_free(sr);
+	return ret;
+}
+
+const struct stream_config *snapshot_restore_stream_config(const struct snapshot_restore *sr)
+{
+	return sr->cfg;
+}
+
+/* Split a comma-separated list into a sorted, NUL-separated canonical form. */
+static int snap_cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void snap_canon(const char *opts, char *out, size_t len)
+{
+	char copy[512], *toks[64], *save = NULL, *t;
+	unsigned int n = 0;
+	size_t used = 0;
+
+	snprintf(copy, sizeof(copy), "%s", opts);
+	for (t = strtok_r(copy, ",", &save); t && n < ARRAY_SIZE(toks); t = strtok_r(NULL, ",", &save))
+		toks[n++] = t;
+	qsort(toks, n, sizeof(toks[0]), snap_cmp_str);
+	out[0] = '\0';
+	for (unsigned int i = 0; i < n; i++)
+		used += (size_t)snprintf(out + used, used < len ? len - used : 0, "%s%s",
+					 i ? "," : "", toks[i]);
+}
+
+/* The host-local part of a user spec: the image path, or tap=NAME. */
+static int snap_local_part(enum vm_dev_kind kind, const char *spec, char *buf, size_t len)
+{
+	unsigned int i = 0;
+
+	buf[0] = '\0';
+	for (const char *p = spec; ; i++) {
+		const char *end = strchr(p, ',');
+		size_t n = end ? (size_t)(end - p) : strlen(p);
+		char tok[256];
+
+		if (n >= sizeof(tok))
+			return -EINVAL;
+		memcpy(tok, p, n);
+		tok[n] = '\0';
+		if (n && snap_tok_local(kind, tok, i)) {
+			if (buf[0] || n >= len)
+				return -EINVAL;      /* twice, or too long: the device says why */
+			memcpy(buf, tok, n + 1);
+		}
+		if (!end)
+			break;
+		p = end + 1;
+	}
+	return buf[0] ? 0 : -EINVAL;
+}
+
+int snapshot_restore_config(struct snapshot_restore *sr, const struct vm_device_arg *user,
+			    unsigned int nr_user, struct vm_config *cfg, char *err, size_t len)
+{
+	const struct stream_config *sc = sr->cfg;
+	const struct stream_device *pci[STREAM_MAX_DEVICES];
+	unsigned int nr_pci = 0, used_disk = 0, used_net = 0, nr_disk_user = 0, nr_net_user = 0;
+	uint64_t mem = 0;
+
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->ncpus = sc->ncpus;
+	for (unsigned int i = 0; i < sc->nr_regions; i++)
+		mem += sc->regions[i].size;
+	cfg->mem_size = mem;
+	snprintf(cfg->name, sizeof(cfg->name), "%s", sc->name);
+	memcpy(cfg->uuid, sc->uuid, sizeof(cfg->uuid));
+	if (cpu_model_parse(sc->cpu_model, &cfg->cpu_model)) {
+		snap_err(err, len, "the snapshot's CPU model '%s' is unknown to this godwit",
+			 sc->cpu_model);
+		return -EINVAL;
+	}
+	/* The disks and NICs in slot order (insertion sort: at most 64). */
+	for (unsigned int i = 0; i < sc->nr_devices; i++) {
+		const struct stream_device *d = &sc->devices[i];
+		unsigned int k;
+
+		if (!strcmp(d->type, "virtio-rng")) {
+			cfg->rng = true;
+			continue;
+		}
+		if (strcmp(d->type, "virtio-blk") && strcmp(d->type, "virtio-net"))
+			continue;
+		for (k = nr_pci; k > 0 && pci[k - 1]->instance > d->instance; k--)
+			pci[k] = pci[k - 1];
+		pci[k] = d;
+		nr_pci++;
+	}
+	for (unsigned int i = 0; i < nr_user; i++)
+		*(user[i].kind == VM_DEV_DISK ? &nr_disk_user : &nr_net_user) += 1;
+	if (nr_pci > VM_MAX_DEVICE_ARGS) {
+		snap_err(err, len, "the snapshot has %u disks and NICs, more than %d", nr_pci,
+			 VM_MAX_DEVICE_ARGS);
+		return -EINVAL;
+	}
+	for (unsigned int i = 0; i < nr_pci; i++) {
+		const struct stream_device *d = pci[i];
+		enum vm_dev_kind kind = strcmp(d->type, "virtio-blk") ? VM_DEV_NET : VM_DEV_DISK;
+		const char *opt = kind == VM_DEV_DISK ? "--disk" : "--net";
+		unsigned int want = kind == VM_DEV_DISK ? used_disk++ : used_net++;
+		const struct vm_device_arg *a = NULL;
+		char local[256], mine[256], ca[512], cb[512], *spec;
+
+		for (unsigned int k = 0, n = 0; k < nr_user; k++)
+			if (user[k].kind == kind && n++ == want) {
+				a = &user[k];
+				break;
+			}
+		if (!a) {
+			snap_err(err, len, "the snapshot has %s %u (%s in PCI slot %u%s%s): give %s for it "
+				 "(the %u%s %s option)", kind == VM_DEV_DISK ? "disk" : "NIC", want + 1,
+				 d->type, d->instance, d->options[0] ? ", options " : "", d->options,
+				 kind == VM_DEV_DISK ? "--disk FILE" : "--net tap=NAME", want + 1,
+				 want == 0 ? "st" : want == 1 ? "nd" : want == 2 ? "rd" : "th", opt);
+			return -EINVAL;
+		}
+		if (snap_local_part(kind, a->spec, local, sizeof(local)) ||
+		    snapshot_spec_options(kind, a->spec, mine, sizeof(mine))) {
+			snap_err(err, len, "%s %s: expected %s", opt, a->spec,
+				 kind == VM_DEV_DISK ? "FILE[,readonly][,serial=ID]" :
+				 "tap=NAME[,mac=MAC]");
+			return -EINVAL;
+		}
+		snap_canon(mine, ca, sizeof(ca));
+		snap_canon(d->options, cb, sizeof(cb));
+		if (mine[0] && strcmp(ca, cb)) {
+			snap_err(err, len, "%s %s: guest-visible options '%s' differ from the snapshot's "
+				 "'%s' (%s in PCI slot %u); give only the %s", opt, a->spec, mine,
+				 d->options, d->type, d->instance,
+				 kind == VM_DEV_DISK ? "image path" : "tap=NAME");
+			return -EINVAL;
+		}
+		if (asprintf(&spec, "%s%s%s", local, d->options[0] ? "," : "", d->options) < 0) {
+			snap_err(err, len, "out of memory");
+			return -ENOMEM;
+		}
+		sr->specs[sr->nr_specs++] = spec;
+		cfg->devices[cfg->nr_devices].kind = kind;
+		cfg->devices[cfg->nr_devices++].spec = spec;
+	}
+	if (used_disk < nr_disk_user || used_net < nr_net_user) {
+		bool disk = used_disk < nr_disk_user;
+
+		snap_err(err, len, "%s given %u time%s, but the snapshot has %u %s%s",
+			 disk ? "--disk" : "--net", disk ? nr_disk_user : nr_net_user,
+			 (disk ? nr_disk_user : nr_net_user) == 1 ? "" : "s",
+			 disk ? used_disk : used_net, disk ? "disk" : "NIC",
+			 (disk ? used_disk : used_net) == 1 ? "" : "s");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static void *snap_lookup(void *opaque, uint64_t gpa, uint64_t len)
+{
+	return vm_gpa_to_host(opaque, gpa, len);
+}
+
+static struct snap_sec *snap_find(struct snapshot_restore *sr, uint8_t type, const char *id,
+				  uint32_t instance)
+{
+	for (unsigned int i = 0; i < sr->nr_secs; i++) {
+		struct snap_sec *s = &sr->secs[i];
+
+		if (s->type == type && s->instance == instance && !strcmp(s->id, id))
+			return s;
+	}
+	return NULL;
+}
+
+/* Keep the current (non-RAM) section's payload for after EOF. */
+static int snap_keep(struct snapshot_restore *sr, const struct stream_section *s)
+{
+	const uint8_t *p;
+	struct snap_sec *k;
+	int ret;
+
+	if (snap_find(sr, s->type, s->id, s->instance))
+		return stream_refuse(sr->r, -EINVAL, "section given twice");
+	ret = stream_read_payload(sr->r, &p);
+	if (ret)
+		return ret;
+	if (sr->nr_secs == sr->cap_secs) {
+		unsigned int cap = sr->cap_secs ? sr->cap_secs * 2 : 16;
+		struct snap_sec *n = realloc(sr->secs, cap * sizeof(*n));
+
+		if (!n)
+			return stream_refuse(sr->r, -ENOMEM, "out of memory");
+		sr->secs = n;
+		sr->cap_secs = cap;
+	}
+	k = &sr->secs[sr->nr_secs];
+	memset(k, 0, sizeof(*k));
+	k->buf = malloc(s->len ? s->len : 1);
+	if (!k->buf)
+		return stream_refuse(sr->r, -ENOMEM, "out of memory");
+	memcpy(k->buf, p, s->len);
+	k->len = s->len;
+	k->type = s->type;
+	snprintf(k->id, sizeof(k->id), "%s", s->id);
+	k->version = s->version;
+	k->instance = s->instance;
+	k->offset = s->offset;
+	sr->nr_secs++;
+	return 0;
+}
+
+static const char *snap_sec_name(const struct snap_sec *s, char *buf, size_t len)
+{
+	snprintf(buf, len, "section '%s' (%s, instance %u, offset %#llx)", s->id,
+		 stream_type_name(s->type), s->instance, (unsigned long long)s->offset);
+	return buf;
+}
+
+static int snap_load(struct snapshot_restore *sr, struct vm *vm, char *err, size_t len)
+{
+	struct cpu_load_opts opts = { .clock = CPU_CLOCK_FROZEN };
+	struct stream_config *local = calloc(1, sizeof(*local));
+	struct stream_section s;
+	struct snap_sec *k;
+	char why[256] = "", name[128];
+	int ret;
+
+	if (!local) {
+		snap_err(err, len, "out of memory");
+		return -ENOMEM;
+	}
+	/* The VM built here must be the one the stream describes. */
+	ret = snapshot_config_from_vm(local, vm);
+	if (!ret)
+		ret = stream_config_compat(local, sr->cfg, why, sizeof(why));
+	free(local);
+	if (ret) {
+		snap_err(err, len, "this VM does not match the snapshot: %s", why[0] ? why : strerror(-ret));
+		return ret;
+	}
+	while ((ret = stream_next_section(sr->r, &s)) > 0) {
+		switch (s.type) {
+		case STREAM_RAM:
+			ret = stream_read_ram(sr->r, snap_lookup, vm, NULL);
+			break;
+		case STREAM_VM:
+			if (strcmp(s.id, SNAP_ID_VM) || s.instance)
+				ret = s.flags & STREAM_F_OPTIONAL ? stream_skip(sr->r) :
+				      stream_refuse(sr->r, -EPROTONOSUPPORT, "unknown required VM section");
+			else
+				ret = snap_keep(sr, &s);
+			break;
+		case STREAM_CPU:
+			if (strcmp(s.id, SNAP_ID_CPU))
+				ret = s.flags & STREAM_F_OPTIONAL ? stream_skip(sr->r) :
+				      stream_refuse(sr->r, -EPROTONOSUPPORT, "unknown required CPU section");
+			else if (s.instance >= vm->cfg.ncpus)
+				ret = stream_refuse(sr->r, -EINVAL, "no vCPU %u here (%u vCPUs)",
+						    s.instance, vm->cfg.ncpus);
+			else
+				ret = snap_keep(sr, &s);
+			break;
+		case STREAM_DEVICE: {
+			struct dev *d;
+
+			for (d = dev_first(vm); d; d = d->next)
+				if (!strcmp(d->ops->name, s.id) && d->instance == s.instance)
+					break;
+			if (d)
+				ret = snap_keep(sr, &s);
+			else if (s.flags & STREAM_F_OPTIONAL)
+				ret = stream_skip(sr->r);
+			else
+				ret = stream_refuse(sr->r, -EPROTONOSUPPORT,
+						    "unknown required device: this VM has no %s.%u",
+						    s.id, s.instance);
+			break;
+		}
+		default:
+			ret = s.flags & STREAM_F_OPTIONAL ? stream_skip(sr->r) :
+			      stream_refuse(sr->r, -EPROTONOSUPPORT, "unknown required section");
+			break;
+		}
+		if (ret < 0)
+			break;
+	}
+	if (ret < 0) {
+		snap_err(err, len, "%s", stream_reader_error(sr->r)[0] ? stream_reader_error(sr->r) :
+			 strerror(-ret));
+		return ret;
+	}
+
+	/* The whole stream is intact: everything must be there. */
+	if (!snap_find(sr, STREAM_VM, SNAP_ID_VM, 0)) {
+		snap_err(err, len, "the snapshot has no VM state section ('%s')", SNAP_ID_VM);
+		return -EBADMSG;
+	}
+	for (unsigned int i = 0; i < vm->cfg.ncpus; i++)
+		if (!snap_find(sr, STREAM_CPU, SNAP_ID_CPU, i)) {
+			snap_err(err, len, "the snapshot has no state for vCPU %u ('%s' instance %u)",
+				 i, SNAP_ID_CPU, i);
+			return -EBADMSG;
+		}
+	for (struct dev *d = dev_first(vm); d; d = d->next) {
+		struct state_in in;
+
+		k = snap_find(sr, STREAM_DEVICE, d->ops->name, d->instance);
+		if (!k) {
+			snap_err(err, len, "the snapshot has no state for device %s.%u",
+				 d->ops->name, d->instance);
+			return -EBADMSG;
+		}
+		if (k->version < d->ops->min_version || k->version > d->ops->version) {
+			snap_err(err, len, "%s: version %u; this godwit loads %u to %u",
+				 snap_sec_name(k, name, sizeof(name)), k->version,
+				 d->ops->min_version, d->ops->version);
+			return -EPROTONOSUPPORT;
+		}
+		state_in_init(&in, k->buf, k->len);
+		ret = d->ops->load(d, &in, k->version);
+		if (ret) {
+			snap_err(err, len, "%s: the device refused its state: %s",
+				 snap_sec_name(k, name, sizeof(name)), strerror(-ret));
+			return ret;
+		}
+	}
+	{
+		struct state_in in;
+
+		k = snap_find(sr, STREAM_VM, SNAP_ID_VM, 0);
+		state_in_init(&in, k->buf, k->len);
+		ret = vm_state_load(vm, &in, k->version, &opts);
+		if (ret) {
+			snap_err(err, len, "%s: cannot load the VM state: %s",
+				 snap_sec_name(k, name, sizeof(name)), strerror(-ret));
+			return ret;
+		}
+	}
+	for (unsigned int i = 0; i < vm->cfg.ncpus; i++) {
+		struct state_in in;
+
+		k = snap_find(sr, STREAM_CPU, SNAP_ID_CPU, i);
+		state_in_init(&in, k->buf, k->len);
+		ret = cpu_state_load(&vm->vcpus[i], &in, k->version, &opts);
+		if (ret) {
+			snap_err(err, len, "%s: cannot load vCPU %u: %s",
+				 snap_sec_name(k, name, sizeof(name)), i, strerror(-ret));
+			return ret;
+		}
+	}
+	ret = dev_resume_all(vm);
+	if (ret)
+		snap_err(err, len, "cannot start the devices: %s", strerror(-ret));
+	return ret;
+}
+
+int snapshot_restore_load(struct snapshot_restore *sr, struct vm *vm, char *err, size_t len)
+{
+	int ret = snap_load(sr, vm, err, len);
+
+	/* The sections and the reader's buffers are not needed any more; the specs are. */
+	for (unsigned int i = 0; i < sr->nr_secs; i++)
+		free(sr->secs[i].buf);
+	free(sr->secs);
+	sr->secs = NULL;
+	sr->nr_secs = sr->cap_secs = 0;
+	stream_reader_free(sr->r);
+	sr->r = NULL;
+	return ret;
+}
+
+void snapshot_restore_free(struct snapshot_restore *sr)
+{
+	if (!sr)
+		return;
+	stream_reader_free(sr->r);
+	for (unsigned int i = 0; i < sr->nr_specs; i++)
+		free(sr->specs[i]);
+	for (unsigned int i = 0; i < sr->nr_secs; i++)
+		free(sr->secs[i].buf);
+	free(sr->secs);
+	free(sr);
+}
