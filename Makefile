@@ -134,6 +134,10 @@ demo: deps
 bench-boot: all linux-guest
 	$(Q)bash bench/boot/run.sh
 
+.PHONY: bench-snapshot
+bench-snapshot: all
+	$(Q)bash bench/snapshot/run.sh
+
 .PHONY: bench-devices
 bench-devices: all linux-guest
 	$(Q)bash bench/devices/run.sh

@@ -64,7 +64,7 @@ void devices_run(unsigned slot)
 	u64 idle_since = 0;
 
 	for (;;) {
-		u64 now = rdtsc(), wake;
+		u64 now = gclock(), wake;
 
 		if (slot == 0 && end && (int64_t)(now - end) >= 0)
 			power_off();

@@ -142,7 +142,7 @@ static void submit(struct dreq *r, u32 type, u64 sector, u32 len)
 		q.desc[h + 1] = (struct vring_desc){ (u64)&r->status, 1, VIRTQ_DESC_F_WRITE, 0 };
 	}
 	r->busy = true;
-	r->t_submit = rdtsc();
+	r->t_submit = gclock();
 	d.inflight++;
 	vq_add(&q, h);
 }
@@ -486,7 +486,7 @@ static enum poll_result bench_poll(void)
 		if (r->status != BLK_S_OK) {
 			bm.errors++;
 			d.errors++;
-			if (err_print_ok(rdtsc()))
+			if (err_print_ok(gclock()))
 				gprintf("disk: ERROR %s sector=%lu blocks=%u status=%u\n",
 					type_name(r->hdr.type), r->hdr.sector, r->nblocks, r->status);
 			continue;
@@ -498,7 +498,7 @@ static enum poll_result bench_poll(void)
 		else
 			d.read += bm.bs;
 	}
-	now = rdtsc();
+	now = gclock();
 	if (!bm.running) {
 		if (bench_is_write(m) && d.ro) {
 			gprintf("diskbench: mode=%s skipped: read-only disk\n", bench_names[m]);

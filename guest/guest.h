@@ -94,7 +94,7 @@ void acpi_init(u64 rsdp_paddr);
 /* platform.c */
 void tsc_init(void);			/* plat.tsc_khz, plat.tsc_source */
 u64 ms_to_tsc(u64 ms);
-void tsc_wait_until(u64 deadline);	/* spin until rdtsc() >= deadline */
+void tsc_wait_until(u64 deadline);	/* spin until gclock() >= deadline */
 void map_high_ram(void);		/* identity-map RAM above 4 GiB */
 /* bytes rounded up to pages, zeroed, after the image; halts when out. */
 u64 boot_alloc(u64 bytes);

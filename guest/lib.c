@@ -17,6 +17,9 @@
 #define UART_LSR	5
 #define UART_LSR_THRE	0x20
 
+/* gclock()'s per-CPU state (lib.h, gclock.h), by slot; zero at boot. */
+struct gclock_state gclock_cpu[GUEST_MAX_CPUS];
+
 /* Ring 3 on several CPUs prints; one line at a time. */
 static volatile int out_lock;
 

@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gclock.h"
 #include "layout.h"
 
 typedef uint8_t u8;
@@ -58,6 +59,29 @@ static inline u64 rdtsc(void)
 	u32 lo, hi;
 	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
 	return ((u64)hi << 32) | lo;
+}
+
+/*
+ * The guest's clock: this CPU's TSC, made monotonic (gclock.h: a restore
+ * on a host with a smaller TSC makes the raw TSC go back; the clock stands
+ * still across that instead).  Everything that measures time, paces or
+ * waits uses gclock(); raw rdtsc() only for boot_tsc (entry.S), the PIT
+ * calibration and a random seed.  The CPU is found from the ring-3 stack
+ * (each slot has its own USTACK_SIZE stack in ustacks[]); off those stacks
+ * (never, in practice) it is the raw TSC.
+ */
+extern char ustacks[];
+extern struct gclock_state gclock_cpu[GUEST_MAX_CPUS];
+
+static inline u64 gclock(void)
+{
+	u64 sp, slot;
+
+	__asm__ volatile("mov %%rsp, %0" : "=r"(sp));
+	slot = (sp - (u64)ustacks) / USTACK_SIZE;
+	if (slot >= GUEST_MAX_CPUS)
+		return rdtsc();
+	return gclock_step(&gclock_cpu[slot], rdtsc());
 }
 
 static inline void cpuid(u32 leaf, u32 sub, u32 *a, u32 *b, u32 *c, u32 *d)

@@ -253,10 +253,10 @@ static __noreturn void idle_run(unsigned slot)
 {
 	u64 report_ticks = ms_to_tsc(cfg.report_ms);
 	u64 end = cfg.runtime_s ? boot_tsc + ms_to_tsc(cfg.runtime_s * 1000) : 0;
-	u64 next_report = rdtsc() + report_ticks;
+	u64 next_report = gclock() + report_ticks;
 
 	for (;;) {
-		u64 now = rdtsc(), deadline;
+		u64 now = gclock(), deadline;
 
 		if (all_stop)
 			sys_halt();

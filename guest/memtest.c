@@ -63,10 +63,16 @@ static inline bool page_check(const u64 *p, u64 idx, u64 gen, unsigned *bad_word
 	return pattern_check(p, idx, gen, PATTERN_MEM_MAGIC, bad_words);
 }
 
-/* Read the TSC and account the gap since the last read as a stall. */
+/*
+ * Read the clock (gclock()) and account the gap since the last read as a
+ * stall.  A restore onto a host whose TSC is behind shows as a gap of 0:
+ * the clock stands still across the backward jump, since the downtime
+ * cannot be known; one onto a host that is ahead shows as a stall of the
+ * whole difference, like a pause.
+ */
 static u64 tick(struct mt_cpu *c)
 {
-	u64 now = rdtsc(), gap = now - c->last_tsc;
+	u64 now = gclock(), gap = now - c->last_tsc;
 
 	c->last_tsc = now;
 	if ((int64_t)gap < 0)
@@ -213,7 +219,7 @@ void memtest_run(unsigned slot)
 		gens[idx] = 1;
 	}
 	c->max_gen = 1;
-	now = c->last_tsc = rdtsc();
+	now = c->last_tsc = gclock();
 	c->next_dirty = now;
 	next_report = now + report_ticks;
 	if (slot == 0)

@@ -103,13 +103,13 @@ static bool tx_reclaim(void)
 static u8 *tx_get(u16 *id)
 {
 	if (!ntx_free) {
-		u64 deadline = rdtsc() + ms_to_tsc(TX_WAIT_MS);
+		u64 deadline = gclock() + ms_to_tsc(TX_WAIT_MS);
 
 		if (tx_pending) {
 			vq_kick(&txq);
 			tx_pending = false;
 		}
-		while (!tx_reclaim() && (int64_t)(rdtsc() - deadline) < 0)
+		while (!tx_reclaim() && (int64_t)(gclock() - deadline) < 0)
 			cpu_relax();
 		if (!ntx_free) {
 			drops++;

@@ -49,7 +49,7 @@ u64 ms_to_tsc(u64 ms)
 
 void tsc_wait_until(u64 deadline)
 {
-	while ((int64_t)(rdtsc() - deadline) < 0)
+	while ((int64_t)(gclock() - deadline) < 0)
 		cpu_relax();
 }
 
@@ -307,10 +307,10 @@ void lapic_timer_calibrate(void)
 
 	lapic_write(LAPIC_LVT_TIMER, LVT_MASKED);
 	lapic_write(LAPIC_TMICT, 0xffffffff);
-	t0 = rdtsc();
+	t0 = gclock();
 	tsc_wait_until(t0 + ms_to_tsc(10));
 	left = lapic_read(LAPIC_TMCCT);
-	t1 = rdtsc();
+	t1 = gclock();
 	lapic_write(LAPIC_TMICT, 0);
 	lapic_khz = (u64)(0xffffffffu - left) * plat.tsc_khz / (t1 - t0);
 	if (!lapic_khz)
@@ -392,18 +392,18 @@ void smp_start(void)
 
 	for (unsigned i = 0; i < nap; i++)
 		icr_send(ids[i], ICR_INIT);
-	tsc_wait_until(rdtsc() + ms_to_tsc(10));
+	tsc_wait_until(gclock() + ms_to_tsc(10));
 	for (unsigned i = 0; i < nap; i++)
 		icr_send(ids[i], ICR_SIPI | (u32)(page >> 12));
-	tsc_wait_until(rdtsc() + ms_to_tsc(1));
+	tsc_wait_until(gclock() + ms_to_tsc(1));
 	/* The second SIPI is ignored by an AP that is already running. */
 	if (online_count() < nap + 1)
 		for (unsigned i = 0; i < nap; i++)
 			icr_send(ids[i], ICR_SIPI | (u32)(page >> 12));
 
 	/* Real mode and ring 0 are emulated under PVM: allow a second. */
-	deadline = rdtsc() + ms_to_tsc(1000);
-	while (printed < nap + 1 && (int64_t)(rdtsc() - deadline) < 0) {
+	deadline = gclock() + ms_to_tsc(1000);
+	while (printed < nap + 1 && (int64_t)(gclock() - deadline) < 0) {
 		if (cpus[printed].online) {
 			gprintf("godwit-guest: cpu %u online\n", printed);
 			printed++;
@@ -449,7 +449,7 @@ void power_off(void)
 			gprintf("godwit-guest: PM1a_CNT port 0x%x is not in the I/O bitmap\n", port);
 	}
 	/* The VMM may finish the write's consequences asynchronously. */
-	tsc_wait_until(rdtsc() + ms_to_tsc(500));
+	tsc_wait_until(gclock() + ms_to_tsc(500));
 	gprintf("godwit-guest: poweroff failed, halting\n");
 	sys_halt();
 }

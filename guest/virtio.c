@@ -126,12 +126,12 @@ static void status_set(struct virtio_dev *vd, u8 bits)
 
 bool virtio_start(struct virtio_dev *vd, u64 wanted)
 {
-	u64 deadline = rdtsc() + ms_to_tsc(1000), offered;
+	u64 deadline = gclock() + ms_to_tsc(1000), offered;
 	u8 st;
 
 	mmio_write8(vd->common + CC_STATUS, 0);
 	while ((st = virtio_status(vd)) != 0) {
-		if ((int64_t)(rdtsc() - deadline) >= 0) {
+		if ((int64_t)(gclock() - deadline) >= 0) {
 			gprintf("virtio: %s did not reset (status=0x%x)\n", vd->name, st);
 			return false;
 		}
@@ -249,10 +249,10 @@ void vq_kick(struct vq *q)
 
 bool vq_wait(struct vq *q, u32 *id, u32 *len, u64 timeout_ms)
 {
-	u64 deadline = rdtsc() + ms_to_tsc(timeout_ms);
+	u64 deadline = gclock() + ms_to_tsc(timeout_ms);
 
 	while (!vq_used(q, id, len)) {
-		if ((int64_t)(rdtsc() - deadline) >= 0)
+		if ((int64_t)(gclock() - deadline) >= 0)
 			return false;
 		cpu_relax();
 	}

@@ -260,6 +260,14 @@ void stream_writer_ram_stats(const struct stream_writer *w, struct stream_ram_st
  * until the EOF section.  Returns 0 and *out, or -ENOMEM.
  */
 int stream_reader_new(int fd, struct stream_reader **out) __must_check;
+/*
+ * stream_reader_target_zeroed - promise that every byte the reader's RAM
+ * lookups return is zero before the stream is read (fresh memory: a
+ * restore).  Zero runs are then skipped instead of being checked page by
+ * page, which would fault in every untouched page.  Never for a target
+ * that may hold data (pre-copy rounds re-sending a page as zero).
+ */
+void stream_reader_target_zeroed(struct stream_reader *r);
 /* A reader on len bytes at p (not copied; must outlive the reader). */
 int stream_reader_new_mem(const void *p, size_t len, struct stream_reader **out) __must_check;
 void stream_reader_free(struct stream_reader *r);

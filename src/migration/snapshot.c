@@ -362,6 +362,8 @@ int snapshot_restore_open(int fd, struct snapshot_restore **out, char *err, size
 		return -ENOMEM;
 	}
 	ret = stream_reader_new(fd, &sr->r);
+	if (!ret)
+		stream_reader_target_zeroed(sr->r);  /* guest RAM is freshly mapped */
 	if (ret) {
 		snap_err(err, len, "out of memory");
 		goto err;

@@ -1188,6 +1188,7 @@ struct stream_reader {
 	uint32_t chain;
 	uint32_t version;         /* the preamble's */
 	bool report_unknown;
+	bool target_zeroed;          /* stream_reader_target_zeroed(): skip zero-run checks */
 	struct stream_config cfg;
 	uint64_t mem_pages;
 	uint8_t *payload;
@@ -1805,6 +1806,9 @@ int stream_read_ram(struct stream_reader *r, stream_lookup_fn lookup, void *opaq
 		uint64_t bytes = (uint64_t)run->npages << STREAM_PAGE_SHIFT;
 
 		if (run->flags & RUN_F_ZERO) {
+			/* Reading untouched memory only to find it zero costs a fault a page. */
+			if (r->target_zeroed)
+				continue;
 			for (uint64_t o = 0; run->host && o < bytes; o += STREAM_PAGE_SIZE)
 				if (!page_is_zero(run->host + o))
 					memset(run->host + o, 0, STREAM_PAGE_SIZE);
@@ -1853,4 +1857,9 @@ uint64_t stream_reader_offset(const struct stream_reader *r)
 uint64_t stream_reader_sections(const struct stream_reader *r)
 {
 	return r->nsections - (r->state == R_DONE ? 1 : 0);
+}
+
+void stream_reader_target_zeroed(struct stream_reader *r)
+{
+	r->target_zeroed = true;
 }

@@ -68,13 +68,29 @@ static int vm_add_ram(struct vm *vm, uint64_t gpa, uint64_t size)
 	struct kvm_userspace_memory_region kr;
 	void *p;
 
-	p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+	/*
+	 * 2 MiB-aligned, with transparent huge pages where the host allows
+	 * them: fewer faults and TLB misses for the guest, and scanning RAM the
+	 * guest never touched (snapshot, migration) maps the huge zero page
+	 * instead of faulting 4 KiB at a time.  KVM still logs dirty pages at
+	 * 4 KiB.  The slack from aligning is unmapped again.
+	 */
+	p = mmap(NULL, size + 2 * MiB, PROT_READ | PROT_WRITE,
 		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (p == MAP_FAILED) {
 		log_warn("%s: mmap %llu MiB of guest RAM", __func__,
 			 (unsigned long long)(size >> 20));
 		return -ENOMEM;
+	} else {
+		uint8_t *raw = p, *aligned = (uint8_t *)ALIGN_UP((uintptr_t)raw, 2 * MiB);
+
+		if (aligned > raw)
+			munmap(raw, (size_t)(aligned - raw));
+		if (aligned + size < raw + size + 2 * MiB)
+			munmap(aligned + size, (size_t)(raw + size + 2 * MiB - (aligned + size)));
+		p = aligned;
 	}
+	madvise(p, size, MADV_HUGEPAGE);
 	/* Guest RAM never belongs in a core dump of the VMM. */
 	madvise(p, size, MADV_DONTDUMP);
 	r->dev_dirty = calloc((size / 4096 + 63) / 64, sizeof(uint64_t));

@@ -137,7 +137,7 @@ fi
 
 # ---- read-only: writes refused, reads verify the pattern, the image unchanged --------
 sum_before=$(sha256sum "$img" | cut -d' ' -f1)
-vm ro "$img,readonly" 'workload=disk runtime=2 disk_mib=16 disk_ro_check=1'
+vm ro "$img,readonly" 'workload=disk runtime=4 disk_mib=16 disk_ro_check=1'
 rc=$?
 refused=$(grep -a '^disk: write to read-only disk' "$T_TMP/ro.out" | head -n 1)
 sum_after=$(sha256sum "$img" | cut -d' ' -f1)

@@ -1,0 +1,387 @@
+#!/usr/bin/env python3
+"""bench/snapshot/snapshot.py - save a running test guest to a file and start
+it again from that file, godwit beside QEMU, alternating runs; prints a table
+and writes JSON.
+
+  snapshot.py [--runs N] [--runs-4g N] [--default-runs N] [--dir DIR] [--out FILE]
+
+Cases: 1 GiB and 4 GiB guests (1 vCPU, test guest), idle or with 512 MiB in use
+(`workload=mem mem=512 rate=0`, filled before the save: the first `memtest:`
+report is printed after the fill).
+
+- godwit: `godwit run --api S`, then the wall time of `godwit snapshot --api S
+  --out F` (returns once F is written, fdatasync()ed and renamed; godwit then
+  exits). Restore: `godwit restore --from F` from process start until the
+  guest prints a report line of its own, then `godwit shutdown`.
+- qemu-tuned / qemu-default: `qemu -M microvm ... -qmp unix:Q`, QMP
+  `migrate-set-parameters max-bandwidth` 10 GiB/s (tuned) or left at QEMU's
+  default 128 MiB/s (default), `migrate exec:cat > F`, from the command to
+  `query-migrate` saying `completed` (polled every 2 ms). QEMU does not sync
+  the file; the column `+sync` adds the time of a `fdatasync()` of F done
+  right after (what godwit's figure includes). Restore: the same command
+  line with `-incoming "exec:cat F"`, from process start until a report.
+
+Both write F in --dir (default /tmp, the same file system as /work here); the
+file is in the page cache when it is restored (nothing is dropped).
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+GODWIT = os.environ.get('GODWIT', os.path.join(ROOT, 'build', 'godwit'))
+QEMU = os.environ.get('QEMU', 'qemu-system-x86_64')
+ELF = os.path.join(ROOT, 'build', 'guest', 'godwit-guest.elf')
+REPORT_MS = 20
+TUNED_BW = 10 << 30
+
+CASES = [
+    ('1G-idle', '1G', 'workload=idle'),
+    ('1G-mem512', '1G', 'workload=mem mem=512 rate=0'),
+    ('4G-idle', '4G', 'workload=idle'),
+    ('4G-mem512', '4G', 'workload=mem mem=512 rate=0'),
+]
+
+
+class BenchError(Exception):
+    pass
+
+
+class Console:
+    """Drains a process's stdout+stderr on a thread; wait_line() waits for a
+    line that starts with one of the prefixes, from a given offset on."""
+
+    def __init__(self, argv):
+        self.t0 = time.monotonic()
+        self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT)
+        self.buf = b''
+        self.cv = threading.Condition()
+        self.eof = False
+        self.th = threading.Thread(target=self._reader, daemon=True)
+        self.th.start()
+
+    def _reader(self):
+        fd = self.p.stdout.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b''
+            with self.cv:
+                if not chunk:
+                    self.eof = True
+                    self.cv.notify_all()
+                    return
+                self.buf += chunk
+                self.cv.notify_all()
+
+    def wait_line(self, prefixes, timeout, start=0):
+        """Time (monotonic) at which a complete line starting with a prefix
+        showed up at or after offset start; raises BenchError otherwise."""
+        pat = re.compile(b'(?:^|\n)(?:' + b'|'.join(re.escape(p.encode()) for p in prefixes) +
+                         b')[^\n]*\n')
+        deadline = time.monotonic() + timeout
+        with self.cv:
+            while True:
+                m = pat.search(self.buf, start)
+                if m:
+                    return time.monotonic(), m.group(0).strip().decode(errors='replace')
+                left = deadline - time.monotonic()
+                if self.eof or left <= 0:
+                    raise BenchError('no %s line (%s); output tail: %r' %
+                                     ('/'.join(prefixes), 'exited' if self.eof else 'timeout',
+                                      self.buf[-600:].decode(errors='replace')))
+                self.cv.wait(min(left, 0.5))
+
+    def stop(self, timeout=10):
+        try:
+            self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+        self.th.join(timeout=2)
+
+
+def kill(con):
+    if con and con.p.poll() is None:
+        con.p.kill()
+        con.p.wait()
+
+
+def rm(*paths):
+    for p in paths:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+
+
+def report_prefix(cmd):
+    return ['idle: t='] if 'workload=idle' in cmd else ['memtest: t=']
+
+
+def guest_cmd(cmd):
+    return '%s report=%d' % (cmd, REPORT_MS)
+
+
+# ---- godwit ---------------------------------------------------------------
+
+def run_godwit(mem, cmd, d, tmo):
+    api, api2, snap = (os.path.join(d, n) for n in ('gw.sock', 'gw2.sock', 'gw.snap'))
+    rm(api, api2, snap)
+    pref = report_prefix(cmd)
+    src = dst = None
+    try:
+        src = Console([GODWIT, 'run', '--api', api, '--mem', mem, '--cpus', '1',
+                       '--cpu-model', 'host', '--kernel', ELF, '--cmdline', guest_cmd(cmd)])
+        src.wait_line(pref, tmo)
+        t0 = time.monotonic()
+        r = subprocess.run([GODWIT, 'snapshot', '--api', api, '--out', snap],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=tmo)
+        save = time.monotonic() - t0
+        out = r.stdout.decode(errors='replace')
+        if r.returncode != 0:
+            raise BenchError('godwit snapshot exited %d: %s' % (r.returncode, out.strip()))
+        m = re.search(r' in ([0-9.]+) ms', out)
+        src.stop(tmo)
+        size = os.path.getsize(snap)
+        dst = Console([GODWIT, 'restore', '--from', snap, '--api', api2])
+        t1, line = dst.wait_line(pref, tmo)
+        restore = t1 - dst.t0
+        r = subprocess.run([GODWIT, 'shutdown', '--api', api2], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=tmo)
+        dst.stop(tmo)
+        return {'save_ms': save * 1000, 'restore_ms': restore * 1000, 'size': size,
+                'vmm_pause_ms': float(m.group(1)) if m else None, 'first_line': line}
+    finally:
+        kill(src)
+        kill(dst)
+        rm(api, api2, snap)
+
+
+# ---- QEMU -----------------------------------------------------------------
+
+class QMP:
+    def __init__(self, path, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.s = socket.socket(socket.AF_UNIX)
+                self.s.connect(path)
+                break
+            except OSError:
+                self.s.close()
+                if time.monotonic() > deadline:
+                    raise BenchError('no QMP socket at %s' % path)
+                time.sleep(0.02)
+        self.s.settimeout(timeout)
+        self.f = self.s.makefile('rb')
+        self.f.readline()                      # greeting
+        self.cmd('qmp_capabilities')
+
+    def cmd(self, name, **args):
+        msg = {'execute': name}
+        if args:
+            msg['arguments'] = args
+        self.s.sendall(json.dumps(msg).encode() + b'\n')
+        while True:
+            line = self.f.readline()
+            if not line:
+                raise BenchError('QMP closed during %s' % name)
+            r = json.loads(line)
+            if 'event' in r:
+                continue
+            if 'error' in r:
+                raise BenchError('QMP %s: %s' % (name, r['error']))
+            return r['return']
+
+    def close(self):
+        self.f.close()
+        self.s.close()
+
+
+def qemu_argv(mem, cmd, extra):
+    return [QEMU, '-M', 'microvm', '-enable-kvm', '-cpu', 'host,-arch-capabilities',
+            '-m', mem, '-smp', '1', '-nodefaults', '-no-user-config', '-display', 'none',
+            '-serial', 'stdio', '-kernel', ELF, '-append', guest_cmd(cmd)] + extra
+
+
+def run_qemu(mem, cmd, d, tmo, tuned):
+    qs, snap = os.path.join(d, 'q.qmp'), os.path.join(d, 'q.snap')
+    rm(qs, snap)
+    pref = report_prefix(cmd)
+    src = dst = None
+    qmp = None
+    try:
+        src = Console(qemu_argv(mem, cmd, ['-qmp', 'unix:%s,server=on,wait=off' % qs]))
+        src.wait_line(pref, tmo)
+        qmp = QMP(qs, tmo)
+        if tuned:
+            qmp.cmd('migrate-set-parameters', **{'max-bandwidth': TUNED_BW})
+        t0 = time.monotonic()
+        qmp.cmd('migrate', uri='exec:cat > %s' % snap)
+        while True:
+            st = qmp.cmd('query-migrate')
+            if st.get('status') == 'completed':
+                break
+            if st.get('status') in ('failed', 'cancelled') or time.monotonic() - t0 > tmo:
+                raise BenchError('QEMU migrate: %s' % st)
+            time.sleep(0.002)
+        save = time.monotonic() - t0
+        # QEMU reports completed once the stream is written to the pipe;
+        # wait for cat to have written all of it before syncing and sizing.
+        prev, stable = -1, 0
+        while stable < 3 and time.monotonic() - t0 < tmo:
+            cur = os.path.getsize(snap)
+            stable = stable + 1 if cur == prev else 0
+            prev = cur
+            time.sleep(0.005)
+        t1 = time.monotonic()
+        fd = os.open(snap, os.O_RDONLY)
+        os.fdatasync(fd)
+        os.close(fd)
+        sync = time.monotonic() - t1
+        qmp.cmd('quit')
+        qmp.close()
+        qmp = None
+        src.stop(tmo)
+        size = os.path.getsize(snap)
+        dst = Console(qemu_argv(mem, cmd, ['-incoming', 'exec:cat %s' % snap]))
+        t2, line = dst.wait_line(pref, tmo)
+        restore = t2 - dst.t0
+        dst.p.kill()
+        dst.stop(tmo)
+        return {'save_ms': save * 1000, 'save_sync_ms': (save + sync) * 1000,
+                'restore_ms': restore * 1000, 'size': size,
+                'vmm_total_ms': st.get('total-time'), 'vmm_downtime_ms': st.get('downtime'),
+                'first_line': line}
+    finally:
+        if qmp:
+            qmp.close()
+        kill(src)
+        kill(dst)
+        rm(qs, snap)
+
+
+# ---- main -----------------------------------------------------------------
+
+def summary(vals):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None
+    return {'median': round(statistics.median(vals), 1), 'min': round(min(vals), 1),
+            'max': round(max(vals), 1), 'n': len(vals)}
+
+
+def fmt(s):
+    if not s:
+        return '-'
+    return '%.0f (%.0f-%.0f)' % (s['median'], s['min'], s['max'])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--runs', type=int, default=3, help='alternating runs per 1 GiB case')
+    ap.add_argument('--runs-4g', type=int, default=3, help='alternating runs per 4 GiB case')
+    ap.add_argument('--default-runs', type=int, default=1,
+                    help='runs of QEMU with its default bandwidth per case (0: none)')
+    ap.add_argument('--cases', default=','.join(c[0] for c in CASES))
+    ap.add_argument('--dir', default='/tmp')
+    ap.add_argument('--out', default=None)
+    ap.add_argument('--timeout', type=float, default=90)
+    a = ap.parse_args()
+    want = a.cases.split(',')
+    d = os.path.join(a.dir, 'gw-bench-snapshot.%d' % os.getpid())
+    os.makedirs(d)
+    res = {'bench': 'snapshot', 'host': platform.node(),
+           'date': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+           'dir': a.dir, 'report_ms': REPORT_MS, 'qemu_tuned_bandwidth': TUNED_BW,
+           'cases': {}}
+    t_start = time.monotonic()
+    try:
+        for name, mem, cmd in CASES:
+            if name not in want:
+                continue
+            runs = a.runs_4g if mem == '4G' else a.runs
+            vmms = {'godwit': lambda: run_godwit(mem, cmd, d, a.timeout),
+                    'qemu-tuned': lambda: run_qemu(mem, cmd, d, a.timeout, True),
+                    'qemu-default': lambda: run_qemu(mem, cmd, d, a.timeout, False)}
+            raw = {k: [] for k in vmms}
+            fails = {k: 0 for k in vmms}
+            for i in range(runs):
+                order = ['godwit', 'qemu-tuned']
+                if i % 2:
+                    order.reverse()
+                if i < a.default_runs:
+                    order.append('qemu-default')
+                for k in order:
+                    try:
+                        r = vmms[k]()
+                        raw[k].append(r)
+                        sys.stderr.write('%s run %d %s: save %.0f ms, restore %.0f ms, %.1f MiB\n' %
+                                         (name, i + 1, k, r['save_ms'], r['restore_ms'],
+                                          r['size'] / 2**20))
+                    except (BenchError, subprocess.TimeoutExpired, OSError) as e:
+                        fails[k] += 1
+                        sys.stderr.write('%s run %d %s: FAILED %s\n' % (name, i + 1, k, e))
+                    sys.stderr.flush()
+            c = {'mem': mem, 'cmdline': guest_cmd(cmd), 'runs': runs, 'vmm': {}}
+            for k, v in raw.items():
+                if not v and not fails[k]:
+                    continue
+                c['vmm'][k] = {
+                    'ok': len(v), 'failed': fails[k],
+                    'save_ms': summary([r['save_ms'] for r in v]),
+                    'save_sync_ms': summary([r.get('save_sync_ms', r['save_ms']) for r in v]),
+                    'restore_ms': summary([r['restore_ms'] for r in v]),
+                    'size_mib': summary([r['size'] / 2**20 for r in v]),
+                    'raw': v}
+            g, q = c['vmm'].get('godwit'), c['vmm'].get('qemu-tuned')
+            if g and q and g['ok'] and q['ok']:
+                c['ratio_save'] = round(g['save_ms']['median'] / q['save_ms']['median'], 3)
+                c['ratio_save_sync'] = round(g['save_ms']['median'] /
+                                             q['save_sync_ms']['median'], 3)
+                c['ratio_restore'] = round(g['restore_ms']['median'] /
+                                           q['restore_ms']['median'], 3)
+            res['cases'][name] = c
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    res['elapsed_s'] = round(time.monotonic() - t_start, 1)
+
+    print('snapshot save / restore, test guest 1 vCPU, files in %s, medians (min-max) in ms'
+          % a.dir)
+    print('%-10s %-13s %4s %20s %20s %20s %9s' % ('case', 'vmm', 'runs', 'save', 'save+sync',
+                                                  'restore', 'size_MiB'))
+    ok = True
+    for name, c in res['cases'].items():
+        for k, v in c['vmm'].items():
+            ok = ok and v['ok'] > 0 and not v['failed']
+            print('%-10s %-13s %2d/%d %20s %20s %20s %9s' %
+                  (name, k, v['ok'], v['ok'] + v['failed'], fmt(v['save_ms']),
+                   fmt(v['save_sync_ms']), fmt(v['restore_ms']),
+                   '%.1f' % v['size_mib']['median'] if v['size_mib'] else '-'))
+        if 'ratio_save' in c:
+            print('%-10s godwit/qemu-tuned: save %.2f, save vs save+sync %.2f, restore %.2f '
+                  '(target <= 0.5)' % (name, c['ratio_save'], c['ratio_save_sync'],
+                                       c['ratio_restore']))
+    print('elapsed %.0f s' % res['elapsed_s'])
+    out = a.out or os.path.join(ROOT, 'build', 'bench', 'snapshot.json')
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, 'w') as f:
+        json.dump(res, f, indent=2)
+    print('result: %s' % out)
+    return 0 if ok else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
