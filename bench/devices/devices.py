@@ -8,6 +8,7 @@ prints a table and writes JSON.
                                                 guest/net.c UDP echo) on this /dev/kvm
   devices.py --tier 2 [--runs N] [--out FILE]   Linux guest (guest/linux/devbench.c),
                                                 inside tests/hwhost (bench/devices/tier2.sh)
+  devices.py --render FILE                      the table of an earlier run's JSON
 
 Both VMMs get one vCPU, the image through the host page cache (godwit: buffered
 preadv/pwritev on its I/O thread; QEMU: cache=writeback,aio=threads, its default),
@@ -57,8 +58,9 @@ METRICS = {
         ('net_exits_per_mib', 'L2 exits per MiB, TCP phase', 'exits', False),
         ('net_irqs_per_mib', 'L2 interrupts per MiB, TCP phase', 'irqs', False)],
 }
-# Figures that must be there for a run to count (the exit counts need KVM's debugfs).
-REQUIRED = {1: [m[0] for m in METRICS[1]], 2: [m[0] for m in METRICS[2][:6]]}
+# Informational figures (they need KVM's debugfs); every other one must be there.
+EXTRA = ('disk_exits_per_req', 'net_exits_per_mib', 'net_irqs_per_mib')
+REQUIRED = {t: [m[0] for m in METRICS[t] if m[0] not in EXTRA] for t in METRICS}
 KVM_DEBUGFS = '/sys/kernel/debug/kvm'
 
 
@@ -355,12 +357,60 @@ def fmt(s):
         '%.0f (%.0f-%.0f)' % (s['median'], s['min'], s['max'])
 
 
+def report(res, names):
+    """Prints the table for res (this run's, or --render's JSON) and fills res['results'];
+    true if every required figure is there for both VMMs and no run failed."""
+    tier, runs, load, per_run = res['tier'], res['runs'], res['loadavg'], res['per_run']
+    have_exits = any(k in r.get(n, {}) for r in per_run for n in names for k in EXTRA)
+    title = ('test guest, 1 vCPU, 256 MiB' if tier == 1 else
+             'Linux guest (Debian cloud kernel), 1 vCPU, 512 MiB, inside the emulated SVM host')
+    print('devices, tier %d: %s; %d alternating runs; median (min-max)' % (tier, title, runs))
+    print('ratio: godwit/qemu of the medians; paired: median of the per-run ratios; '
+          'host load average %s at the start, %s at the end' % (load.get('start'), load.get('end')))
+    print('%-42s %-6s %-24s %-24s %-6s %-6s %s' % ('metric', 'unit', 'godwit', 'qemu', 'ratio',
+                                                    'paired', 'as good as QEMU'))
+    ok = not res['failures']
+    for key, label, unit, higher in METRICS[tier]:
+        vals = {n: [r[n][key] for r in per_run if key in r.get(n, {})] for n in names}
+        s = {n: summary(vals[n]) if vals[n] else None for n in names}
+        row = {'label': label, 'unit': unit, 'higher_is_better': higher}
+        row.update({n: s[n] for n in names})
+        ratio = paired = verdict = ''
+        if s['godwit'] and s['qemu'] and s['qemu']['median']:
+            r = s['godwit']['median'] / s['qemu']['median']
+            pr = [x['godwit'][key] / x['qemu'][key] for x in per_run
+                  if key in x.get('godwit', {}) and x.get('qemu', {}).get(key)]
+            p = statistics.median(pr) if pr else r
+            row['ratio'] = round(r, 3)
+            row['paired_ratio'] = round(p, 3)
+            ratio, paired = '%.2f' % r, '%.2f' % p
+            if key in REQUIRED[tier]:
+                good = [x >= 1 if higher else x <= 1 for x in (r, p)]
+                verdict = 'yes' if all(good) else 'no' if not any(good) else 'mixed'
+                row['at_least_qemu'] = verdict
+        elif key in REQUIRED[tier] or have_exits:
+            ok = False
+        res['results'][key] = row
+        if s['godwit'] or s['qemu']:
+            print('%-42s %-6s %-24s %-24s %-6s %-6s %s' % (label, unit, fmt(s['godwit']),
+                                                           fmt(s['qemu']), ratio, paired, verdict))
+    for f in res['failures']:
+        print('failed: ' + f.split('\n')[0])
+    return ok
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--tier', type=int, choices=(1, 2), default=1)
     ap.add_argument('--runs', type=int, default=None)
     ap.add_argument('--out', default=None)
+    ap.add_argument('--render', metavar='JSON', help='print the table of an earlier run')
     a = ap.parse_args()
+    if a.render:
+        with open(a.render) as f:
+            res = json.load(f)
+        res['results'] = {}
+        return 0 if report(res, list(res['argv'])) else 1
     runs = a.runs or (7 if a.tier == 1 else 3)
     tmp = tempfile.mkdtemp(prefix='gwbench-', dir=os.environ.get('SCRATCH') or None)
     ns = None
@@ -371,7 +421,6 @@ def main():
         (tier2_configs(img), tier2_run)
     names = list(cfgs)
     per_run = []                # per_run[i][vmm] = {metric: value}
-    have_exits = False
     load = {'start': loadavg()}
     try:
         make_image(img, 256 if a.tier == 1 else 128)
@@ -380,7 +429,7 @@ def main():
         if a.tier == 1:
             helper = build_udpecho()
         else:
-            have_exits = kvm_debugfs()
+            kvm_debugfs()
             devbench = os.path.join(ROOT, 'build', 'linux', 'devbench')
             # The peer serves for at most 30 min; the namespace's deletion ends it anyway.
             peer = subprocess.Popen(['ip', 'netns', 'exec', ns.name, devbench, 'tcp-serve',
@@ -418,40 +467,7 @@ def main():
                             '(userspace virtio-net: godwit has no vhost equivalent)'},
            'loadavg': load, 'argv': cfgs, 'results': {}, 'failures': failures,
            'per_run': per_run}
-    title = ('test guest, 1 vCPU, 256 MiB' if a.tier == 1 else
-             'Linux guest (Debian cloud kernel), 1 vCPU, 512 MiB, inside the emulated SVM host')
-    print('devices, tier %d: %s; %d alternating runs; median (min-max)' % (a.tier, title, runs))
-    print('ratio: godwit/qemu of the medians; paired: median of the per-run ratios; '
-          'host load average %s at the start, %s at the end' % (load.get('start'), load.get('end')))
-    print('%-42s %-6s %-24s %-24s %-6s %-6s %s' % ('metric', 'unit', 'godwit', 'qemu', 'ratio',
-                                                    'paired', 'as good as QEMU'))
-    ok = not failures
-    for key, label, unit, higher in METRICS[a.tier]:
-        vals = {n: [r[n][key] for r in per_run if key in r.get(n, {})] for n in names}
-        s = {n: summary(vals[n]) if vals[n] else None for n in names}
-        row = {'label': label, 'unit': unit, 'higher_is_better': higher}
-        row.update({n: s[n] for n in names})
-        ratio = paired = verdict = ''
-        if s['godwit'] and s['qemu'] and s['qemu']['median']:
-            r = s['godwit']['median'] / s['qemu']['median']
-            pr = [x['godwit'][key] / x['qemu'][key] for x in per_run
-                  if key in x.get('godwit', {}) and x.get('qemu', {}).get(key)]
-            p = statistics.median(pr) if pr else r
-            row['ratio'] = round(r, 3)
-            row['paired_ratio'] = round(p, 3)
-            ratio, paired = '%.2f' % r, '%.2f' % p
-            if key in REQUIRED[a.tier]:
-                good = [x >= 1 if higher else x <= 1 for x in (r, p)]
-                verdict = 'yes' if all(good) else 'no' if not any(good) else 'mixed'
-                row['at_least_qemu'] = verdict
-        elif key in REQUIRED[a.tier] or have_exits:
-            ok = False
-        res['results'][key] = row
-        if s['godwit'] or s['qemu']:
-            print('%-42s %-6s %-24s %-24s %-6s %-6s %s' % (label, unit, fmt(s['godwit']),
-                                                           fmt(s['qemu']), ratio, paired, verdict))
-    for f in failures:
-        print('failed: ' + f.split('\n')[0])
+    ok = report(res, names)
     out = a.out or os.path.join(BENCH, 'devices-tier%d.json' % a.tier)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, 'w') as f:
