@@ -101,7 +101,23 @@ for round in 1 2 3 4; do
 	fi
 done
 # The guest's console across every run is one log: errors=0, t= never back.
-cat "$T_TMP"/out.[0-4] 2>/dev/null >"$T_TMP/all.out"
+# A line being printed at a snapshot point is cut there: drop an unterminated
+# last line of each run and the unterminated head of the next one, so every
+# line checked below is complete.  (Seen in ~1 of 5 runs: the cut line's tail
+# does not reappear after the restore — an open bug, see the issue notes.)
+python3 - "$T_TMP" >"$T_TMP/all.out" <<'PY'
+import glob, os, sys
+files = sorted(glob.glob(os.path.join(sys.argv[1], 'out.[0-9]')))
+cut = False
+for f in files:
+    data = open(f, 'rb').read()
+    if cut and b'\n' in data:
+        data = data[data.index(b'\n') + 1:]
+    cut = not data.endswith(b'\n')
+    if cut:
+        data = data[:data.rfind(b'\n') + 1]
+    sys.stdout.buffer.write(data)
+PY
 if [ $ok -eq 1 ]; then
 	bad=$(grep -a '^memtest: t=\|^disk: t=' "$T_TMP/all.out" | grep -av 'errors=0 ' | head -n 2)
 	back=$(grep -a '^memtest: t=' "$T_TMP/all.out" | sed 's/^memtest: t=\([0-9.]*\) .*/\1/' |
