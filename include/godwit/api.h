@@ -40,4 +40,26 @@ int cmd_pause(int argc, char **argv);
 int cmd_resume(int argc, char **argv);
 int cmd_shutdown(int argc, char **argv);
 
+/* A reply body read by api_client_request(): NUL-terminated once complete. */
+struct api_reply {
+	char *data;
+	size_t len;
+	bool overflow;           /* longer than API_CLIENT_REPLY_MAX */
+};
+#define API_CLIENT_REPLY_MAX (1024 * 1024)
+
+/*
+ * api_client_request - one HTTP request to a godwit API socket (libcurl).
+ *   who:        the command's name, for messages ("pause", "snapshot")
+ *   method, path: e.g. "PUT", "/api/v1/vm/pause"
+ *   body:       a JSON body (sent with Content-Type: application/json), or NULL
+ *   timeout_ms: the whole request's limit; 0 for none (connecting is always
+ *               limited to 10 s)
+ *   status, reply: the HTTP status and the body (free reply->data)
+ * Returns 0, or 1 after printing why (socket missing or refused, failure).
+ */
+int api_client_request(const char *who, const char *sock, const char *method,
+		       const char *path, const char *body, long timeout_ms,
+		       long *status, struct api_reply *reply);
+
 #endif

@@ -18,7 +18,7 @@
 #include "godwit/api.h"
 
 #define CLIENT_TIMEOUT_MS  10000
-#define CLIENT_REPLY_MAX   (1024 * 1024)
+#define CLIENT_CONNECT_TIMEOUT_MS 10000
 
 struct client_cmd {
 	const char *name;
@@ -39,19 +39,13 @@ static const struct client_cmd client_cmds[] = {
 	  "stop the VM; `godwit run` exits with code 0" },
 };
 
-struct client_buf {
-	char *data;
-	size_t len;
-	bool overflow;
-};
-
 static size_t client_write(char *ptr, size_t size, size_t nmemb, void *opaque)
 {
-	struct client_buf *b = opaque;
+	struct api_reply *b = opaque;
 	size_t n = size * nmemb;
 	char *nd;
 
-	if (b->len + n > CLIENT_REPLY_MAX) {
+	if (b->len + n > API_CLIENT_REPLY_MAX) {
 		b->overflow = true;
 		return 0;
 	}
@@ -77,33 +71,38 @@ static void client_usage(const struct client_cmd *c, FILE *f)
 		"\nExit status: 0 ok, 1 error from the VM or no VM at SOCKET, 2 usage error.\n");
 }
 
-/*
- * Send the request; on success *status is the HTTP status and *reply the
- * body (NUL-terminated, may be empty).  Returns 0 or 1 (message printed).
- */
-static int client_request(const struct client_cmd *c, const char *sock,
-			  long *status, struct client_buf *reply)
+int api_client_request(const char *who, const char *sock, const char *method,
+		       const char *path, const char *body, long timeout_ms,
+		       long *status, struct api_reply *reply)
 {
 	char errbuf[CURL_ERROR_SIZE] = "";
-	char url[128];
+	struct curl_slist *hdr = NULL;
+	char url[256];
 	CURLcode rc;
 	CURL *h;
 	int ret = 1;
 
 	if (curl_global_init(CURL_GLOBAL_DEFAULT)) {
-		fprintf(stderr, "godwit: %s: cannot initialise libcurl\n", c->name);
+		fprintf(stderr, "godwit: %s: cannot initialise libcurl\n", who);
 		return 1;
 	}
 	h = curl_easy_init();
 	if (!h) {
-		fprintf(stderr, "godwit: %s: cannot initialise libcurl\n", c->name);
+		fprintf(stderr, "godwit: %s: cannot initialise libcurl\n", who);
 		goto out_global;
 	}
-	snprintf(url, sizeof(url), "http://localhost%s", c->path);
+	snprintf(url, sizeof(url), "http://localhost%s", path);
 	curl_easy_setopt(h, CURLOPT_URL, url);
 	curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, sock);
-	curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, c->method);
-	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)CLIENT_TIMEOUT_MS);
+	curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+	if (body) {
+		hdr = curl_slist_append(NULL, "Content-Type: application/json");
+		curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+		curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
+	}
+	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)CLIENT_CONNECT_TIMEOUT_MS);
+	if (timeout_ms)
+		curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
 	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
 	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, client_write);
@@ -119,7 +118,7 @@ static int client_request(const struct client_cmd *c, const char *sock,
 		goto out_easy;
 	}
 	if (rc != CURLE_OK) {
-		fprintf(stderr, "godwit: %s: request to API socket %s failed: %s\n", c->name,
+		fprintf(stderr, "godwit: %s: request to API socket %s failed: %s\n", who,
 			sock, reply->overflow ? "reply too large" :
 			errbuf[0] ? errbuf : curl_easy_strerror(rc));
 		goto out_easy;
@@ -128,12 +127,13 @@ static int client_request(const struct client_cmd *c, const char *sock,
 	if (!reply->data) {
 		reply->data = strdup("");
 		if (!reply->data) {
-			fprintf(stderr, "godwit: %s: out of memory\n", c->name);
+			fprintf(stderr, "godwit: %s: out of memory\n", who);
 			goto out_easy;
 		}
 	}
 	ret = 0;
 out_easy:
+	curl_slist_free_all(hdr);
 	curl_easy_cleanup(h);
 out_global:
 	curl_global_cleanup();
@@ -161,7 +161,7 @@ static int client_run(const struct client_cmd *c, int argc, char **argv)
 		{ "help", no_argument,       NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct client_buf reply = { 0 };
+	struct api_reply reply = { 0 };
 	const char *sock = NULL;
 	bool compact = false;
 	long status = 0;
@@ -199,7 +199,8 @@ static int client_run(const struct client_cmd *c, int argc, char **argv)
 		goto usage;
 	}
 
-	ret = client_request(c, sock, &status, &reply);
+	ret = api_client_request(c->name, sock, c->method, c->path, NULL, CLIENT_TIMEOUT_MS,
+				 &status, &reply);
 	if (ret)
 		goto out;
 	ret = 1;

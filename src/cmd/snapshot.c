@@ -16,14 +16,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <curl/curl.h>
 #include <jansson.h>
 
+#include "godwit/api.h"
 #include "godwit/cmd.h"
 #include "godwit/common.h"
 
-#define SNAP_CONNECT_TIMEOUT_MS 10000
-#define SNAP_REPLY_MAX          (64 * 1024)
 
 static const char snapshot_usage[] =
 "usage: godwit snapshot --api SOCKET --out FILE [--resume]\n"
@@ -41,84 +39,6 @@ static const char snapshot_usage[] =
 "\n"
 "Exit status: 0 written, 1 error from the VM or no VM at SOCKET, 2 usage error.\n";
 
-struct snap_buf {
-	char *data;
-	size_t len;
-};
-
-static size_t snap_write_cb(char *ptr, size_t size, size_t nmemb, void *opaque)
-{
-	struct snap_buf *b = opaque;
-	size_t n = size * nmemb;
-	char *nd;
-
-	if (b->len + n > SNAP_REPLY_MAX)
-		return 0;
-	nd = realloc(b->data, b->len + n + 1);
-	if (!nd)
-		return 0;
-	memcpy(nd + b->len, ptr, n);
-	b->data = nd;
-	b->len += n;
-	b->data[b->len] = '\0';
-	return n;
-}
-
-/* PUT body to SOCKET; *status and *reply on success.  Returns 0 or 1 (printed). */
-static int snap_request(const char *sock, const char *body, long *status, struct snap_buf *reply)
-{
-	char errbuf[CURL_ERROR_SIZE] = "";
-	struct curl_slist *hdr = NULL;
-	CURLcode rc;
-	CURL *h;
-	int ret = 1;
-
-	if (curl_global_init(CURL_GLOBAL_DEFAULT)) {
-		fprintf(stderr, "godwit: snapshot: cannot initialise libcurl\n");
-		return 1;
-	}
-	h = curl_easy_init();
-	if (!h) {
-		fprintf(stderr, "godwit: snapshot: cannot initialise libcurl\n");
-		goto out_global;
-	}
-	hdr = curl_slist_append(NULL, "Content-Type: application/json");
-	curl_easy_setopt(h, CURLOPT_URL, "http://localhost/api/v1/vm/snapshot");
-	curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, sock);
-	curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, "PUT");
-	curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-	curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
-	/* No overall time-out: a large VM on a slow disk takes what it takes. */
-	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)SNAP_CONNECT_TIMEOUT_MS);
-	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
-	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, snap_write_cb);
-	curl_easy_setopt(h, CURLOPT_WRITEDATA, reply);
-
-	rc = curl_easy_perform(h);
-	if (rc == CURLE_COULDNT_CONNECT) {
-		long oserr = 0;
-
-		curl_easy_getinfo(h, CURLINFO_OS_ERRNO, &oserr);
-		fprintf(stderr, "godwit: cannot connect to API socket %s: %s\n", sock,
-			oserr ? strerror((int)oserr) : (errbuf[0] ? errbuf : curl_easy_strerror(rc)));
-		goto out_easy;
-	}
-	if (rc != CURLE_OK) {
-		fprintf(stderr, "godwit: snapshot: request to API socket %s failed: %s\n", sock,
-			errbuf[0] ? errbuf : curl_easy_strerror(rc));
-		goto out_easy;
-	}
-	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
-	ret = 0;
-out_easy:
-	curl_slist_free_all(hdr);
-	curl_easy_cleanup(h);
-out_global:
-	curl_global_cleanup();
-	return ret;
-}
-
 /*
  * cmd_snapshot - the `snapshot` command.
  *   argc, argv: the command line from "snapshot" on
@@ -135,7 +55,7 @@ int cmd_snapshot(int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *sock = NULL, *file = NULL, *msg;
-	struct snap_buf reply = { 0 };
+	struct api_reply reply = { 0 };
 	bool resume = false, json = false;
 	char *abs = NULL, *body = NULL;
 	json_t *j = NULL, *req;
@@ -190,7 +110,9 @@ int cmd_snapshot(int argc, char **argv)
 		fprintf(stderr, "godwit: snapshot: out of memory\n");
 		goto out;
 	}
-	if (snap_request(sock, body, &status, &reply))
+	/* No overall time-out: a large VM on a slow disk takes what it takes. */
+	if (api_client_request("snapshot", sock, "PUT", "/api/v1/vm/snapshot", body, 0,
+			       &status, &reply))
 		goto out;
 	j = reply.data ? json_loads(reply.data, 0, NULL) : NULL;
 	if (status < 200 || status > 299) {
