@@ -57,10 +57,12 @@ OBJS += src/migration/state.o
 OBJS += src/migration/crc32c.o
 OBJS += src/migration/stream.o
 OBJS += src/migration/snapshot.o
+OBJS += src/migration/migrate.o
 OBJS += src/cmd/stream_dump.o
 OBJS += src/cmd/run.o
 OBJS += src/cmd/client.o
 OBJS += src/cmd/snapshot.o
+OBJS += src/cmd/migrate.o
 MAIN_OBJ := src/main.o
 
 UNIT_SRCS := $(sort $(wildcard tests/unit/*.c))

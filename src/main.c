@@ -27,6 +27,10 @@ static const struct command commands[] = {
 	{ "shutdown", cmd_shutdown, "stop a VM (exit status 0)" },
 	{ "snapshot", cmd_snapshot, "save a running VM to a file (through its API socket)" },
 	{ "restore",  cmd_restore,  "start a VM from a snapshot file" },
+	{ "migrate",  cmd_migrate,  "move a running VM to another godwit (run --incoming)" },
+	{ "migrate-status", cmd_migrate_status, "show a VM's migration progress or outcome" },
+	{ "migrate-cancel", cmd_migrate_cancel, "stop an outgoing migration; the VM stays" },
+	{ "migrate-resolve", cmd_migrate_resolve, "settle an in-doubt migration (--resume|--discard)" },
 	{ "stream-dump", cmd_stream_dump, "list a snapshot/migration stream's sections, checking it" },
 };
 
@@ -34,7 +38,7 @@ static void usage(FILE *f)
 {
 	fprintf(f, "usage: godwit COMMAND [options]\n\ncommands:\n");
 	for (size_t i = 0; i < ARRAY_SIZE(commands); i++)
-		fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].help);
+		fprintf(f, "  %-16s %s\n", commands[i].name, commands[i].help);
 	fprintf(f, "\n`godwit COMMAND --help` describes each; `godwit --version` prints the version.\n");
 }
 

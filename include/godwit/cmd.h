@@ -10,5 +10,10 @@ int cmd_stream_dump(int argc, char **argv);
 int cmd_restore(int argc, char **argv);
 /* `godwit snapshot --api SOCKET --out FILE [--resume]` (src/cmd/snapshot.c) */
 int cmd_snapshot(int argc, char **argv);
+/* `godwit migrate|migrate-status|migrate-cancel|migrate-resolve` (src/cmd/migrate.c) */
+int cmd_migrate(int argc, char **argv);
+int cmd_migrate_status(int argc, char **argv);
+int cmd_migrate_cancel(int argc, char **argv);
+int cmd_migrate_resolve(int argc, char **argv);
 
 #endif

@@ -26,6 +26,7 @@
 #define GODWIT_SNAPSHOT_H
 
 #include "godwit/common.h"
+#include "godwit/cpu_state.h"
 #include "godwit/stream.h"
 #include "godwit/vm.h"
 
@@ -45,6 +46,17 @@ struct snapshot_result {
  */
 int snapshot_write(struct vm *vm, int fd, struct snapshot_result *res,
 		   char *err, size_t len) __must_check;
+
+/* -ENOTSUP with err naming the first device that cannot be saved, or 0. */
+int snapshot_check_migratable(struct vm *vm, char *err, size_t len) __must_check;
+/*
+ * snapshot_write_state - the VM state, every vCPU and every device as
+ * sections on w (a stream begun with snapshot_config_from_vm()'s config).
+ * The VM must be paused and its devices quiesced.  Returns 0 or -errno.
+ */
+struct stream_writer;
+int snapshot_write_state(struct vm *vm, struct stream_writer *w, char *err,
+			 size_t len) __must_check;
 
 /* A snapshot file being written: a temporary file beside its final path. */
 struct snapshot_file {
@@ -84,6 +96,18 @@ int snapshot_restore_open(int fd, struct snapshot_restore **out, char *err,
 			  size_t len) __must_check;
 /* The stream's configuration (valid until snapshot_restore_free()). */
 const struct stream_config *snapshot_restore_stream_config(const struct snapshot_restore *sr);
+/* The clock mode the vCPUs and the VM are loaded with (default CPU_CLOCK_FROZEN). */
+void snapshot_restore_set_clock(struct snapshot_restore *sr, enum cpu_clock_mode mode);
+/* RAM totals and stream bytes read so far (either may be NULL). */
+void snapshot_restore_stats(const struct snapshot_restore *sr, struct stream_ram_stats *ram,
+			    uint64_t *bytes);
+/*
+ * A migration's source writes a required VM section with this id (empty
+ * payload) before each pre-copy round after the first: pages may be sent
+ * again from there on, so a zero page must be cleared, not skipped.
+ */
+#define SNAPSHOT_ID_PRECOPY "precopy"
+
 /*
  * snapshot_restore_config - the vm_config that rebuilds the stream's VM:
  * vCPUs, memory, name, UUID, CPU model and, in PCI-slot order, its disks

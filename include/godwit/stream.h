@@ -268,6 +268,8 @@ int stream_reader_new(int fd, struct stream_reader **out) __must_check;
  * that may hold data (pre-copy rounds re-sending a page as zero).
  */
 void stream_reader_target_zeroed(struct stream_reader *r);
+/* The same, on or off (a migration turns it off once pages may come again). */
+void stream_reader_set_target_zeroed(struct stream_reader *r, bool on);
 /* A reader on len bytes at p (not copied; must outlive the reader). */
 int stream_reader_new_mem(const void *p, size_t len, struct stream_reader **out) __must_check;
 void stream_reader_free(struct stream_reader *r);

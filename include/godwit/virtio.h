@@ -258,6 +258,12 @@ void virtio_pci_irq(struct virtio_dev *vdev, uint16_t vector, uint8_t isr);
  * memory, then call ops->destroy.  The registry's destroy op calls it.
  */
 void virtio_pci_destroy(struct virtio_dev *vdev);
+/*
+ * virtio_pci_announce - one gratuitous RARP from every virtio-net NIC of vm
+ * out of its TAP (after a migration: bridges learn the MAC's new port).
+ * Returns how many NICs announced.
+ */
+unsigned int virtio_pci_announce(struct vm *vm);
 
 
 /* ---- devices: each parses its own command-line spec ------------------------------ */

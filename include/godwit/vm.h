@@ -18,6 +18,7 @@
 #include "godwit/cpuid.h"
 
 struct loop;
+struct migration;
 struct vm;
 
 #define VM_MAX_DEVICE_ARGS 16
@@ -111,6 +112,10 @@ struct vm {
 	int exit_code;                  /* valid once state == STOPPING */
 	char exit_reason[128];
 
+	bool dirty_manual;              /* KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 enabled */
+	bool dirty_logging;             /* vm_dirty_log_start() is in effect */
+	struct migration *mig;          /* the outgoing migration, or NULL (migrate.h) */
+
 	struct vm_devices *dev;         /* platform devices (devices.h) */
 	struct dev *devices;            /* every device, in save/load order (dev.h) */
 };
@@ -130,6 +135,25 @@ int vm_irq_line(struct vm *vm, uint32_t irq, int level);
 void vm_mark_dirty(struct vm *vm, uint64_t gpa, uint64_t len);
 /* Test-and-clear a page's device-dirty bit (migration reads these). */
 bool vm_test_clear_dirty(struct vm *vm, uint64_t gpa);
+/*
+ * Dirty logging for migration.  vm_dirty_log_start() sets
+ * KVM_MEM_LOG_DIRTY_PAGES on every memory slot and forgets earlier device
+ * writes; vm_dirty_log_stop() turns it off again.
+ * vm_dirty_log_get() adds to bitmap (one bit per page of vm->mem[i], KVM's
+ * layout, (pages + 63) / 64 words) the pages dirtied by vCPUs and by
+ * device emulation (scratch: as big, for KVM's copy), and returns how many
+ * bits bitmap now has set, or -errno.  The device bits are
+ * cleared as they are read; KVM's are cleared by the get itself unless
+ * vm->dirty_manual, in which case vm_dirty_log_clear() clears (and
+ * re-protects) the set bits of pages [first, first + npages), first a
+ * multiple of 64: call it right before copying those pages.  With
+ * vm->dirty_manual the log starts all set.
+ */
+int vm_dirty_log_start(struct vm *vm) __must_check;
+void vm_dirty_log_stop(struct vm *vm);
+int64_t vm_dirty_log_get(struct vm *vm, unsigned int i, uint64_t *bitmap, uint64_t *scratch);
+int vm_dirty_log_clear(struct vm *vm, unsigned int i, uint64_t first, uint64_t npages,
+		       uint64_t *bitmap) __must_check;
 /* Start the vCPU threads; the loop must already exist. */
 int vm_start(struct vm *vm) __must_check;
 /*

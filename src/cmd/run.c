@@ -28,6 +28,7 @@
 #include "godwit/layout.h"
 #include "godwit/log.h"
 #include "godwit/loop.h"
+#include "godwit/migrate.h"
 #include "godwit/snapshot.h"
 #include "godwit/virtio.h"
 #include "godwit/vm.h"
@@ -81,6 +82,9 @@ struct run_ctx {
 	bool escape;
 	uint8_t *kernel, *initrd;
 	size_t kernel_size, initrd_size;
+	bool defer_start;        /* filled but not started (an in-doubt incoming VM) */
+	unsigned int announce_left;  /* RARP announcements still to send after a migration */
+	void (*started)(struct run_ctx *ctx, void *opaque);  /* after vm_start, or NULL */
 };
 
 static int read_file(const char *what, const char *path, uint8_t **data, size_t *size)
@@ -507,8 +511,10 @@ static int run_vm(struct run_ctx *ctx, const struct vm_config *cfg, run_fill_fn 
 		  (unsigned long long)(cfg->mem_size >> 20), cpu_model_name(cfg->cpu_model),
 		  ctx->vm.tsc_khz);
 
-	if (vm_start(&ctx->vm))
+	if (!ctx->defer_start && vm_start(&ctx->vm))
 		goto out_vm;
+	if (ctx->started)
+		ctx->started(ctx, opaque);
 	ret = loop_run(ctx->loop);
 	if (ret)
 		vm_request_exit(&ctx->vm, EXIT_INTERNAL, "event loop failed");
@@ -522,7 +528,8 @@ static int run_vm(struct run_ctx *ctx, const struct vm_config *cfg, run_fill_fn 
 	else
 		log_warnx("%s: %s (exit status %d)", cfg->name, ctx->vm.exit_reason, code);
 out_vm:
-	/* Device threads stop before guest RAM is unmapped. */
+	/* A migration thread and the device threads stop before guest RAM is unmapped. */
+	migrate_fini(&ctx->vm);
 	dev_destroy_all(&ctx->vm);
 	platform_destroy(&ctx->vm);
 	vm_destroy(&ctx->vm);
@@ -550,6 +557,8 @@ static int run_fill_boot(struct run_ctx *ctx, void *opaque)
 	return ret;
 }
 
+static int cmd_incoming(int argc, char **argv);
+
 int cmd_run(int argc, char **argv)
 {
 	struct run_ctx *ctx = calloc(1, sizeof(*ctx));
@@ -558,6 +567,11 @@ int cmd_run(int argc, char **argv)
 
 	if (!ctx)
 		return EXIT_ERROR;
+	for (int i = 1; i < argc && strcmp(argv[i], "--"); i++)
+		if (!strcmp(argv[i], "--incoming") || !strncmp(argv[i], "--incoming=", 11)) {
+			free(ctx);
+			return cmd_incoming(argc, argv);
+		}
 	ctx->sig_fd = -1;
 	ret = run_parse(argc, argv, &cfg);
 	if (ret) {
@@ -614,7 +628,9 @@ static const char restore_usage[] =
 "not for this host, or an option does not match it.\n";
 
 struct restore_args {
+	const char *cmd;         /* "restore" or "run" (--incoming) */
 	const char *from;
+	const char *incoming;
 	const char *api_path;
 	struct vm_device_arg devices[VM_MAX_DEVICE_ARGS];
 	unsigned int nr_devices;
@@ -624,10 +640,11 @@ struct restore_args {
 	enum cpu_model model;
 };
 
-static int restore_parse(int argc, char **argv, struct restore_args *a)
+static int restore_parse(int argc, char **argv, struct restore_args *a, bool incoming)
 {
 	static const struct option opts[] = {
 		{ "from",      required_argument, NULL, 'f' },
+		{ "incoming",  required_argument, NULL, 'I' },
 		{ "api",       required_argument, NULL, 'a' },
 		{ "disk",      required_argument, NULL, 'd' },
 		{ "net",       required_argument, NULL, 'N' },
@@ -642,19 +659,23 @@ static int restore_parse(int argc, char **argv, struct restore_args *a)
 	int c;
 
 	memset(a, 0, sizeof(*a));
+	a->cmd = incoming ? "run" : "restore";
 	optind = 1;
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":f:a:d:N:m:p:vh", opts, NULL)) != -1) {
 		char *end;
 		long n;
 
+		if ((c == 'f' && incoming) || (c == 'I' && !incoming))
+			c = '?';
 		switch (c) {
 		case 'f': a->from = optarg; break;
+		case 'I': a->incoming = optarg; break;
 		case 'a': a->api_path = optarg; break;
 		case 'd':
 		case 'N':
 			if (a->nr_devices == VM_MAX_DEVICE_ARGS) {
-				log_warnx("restore: at most %d --disk/--net options", VM_MAX_DEVICE_ARGS);
+				log_warnx("%s: at most %d --disk/--net options", a->cmd, VM_MAX_DEVICE_ARGS);
 				return -1;
 			}
 			a->devices[a->nr_devices].kind = c == 'd' ? VM_DEV_DISK : VM_DEV_NET;
@@ -662,7 +683,7 @@ static int restore_parse(int argc, char **argv, struct restore_args *a)
 			break;
 		case 'm':
 			if (parse_size(optarg, &a->mem)) {
-				log_warnx("restore: --mem %s: not a size (e.g. 512M, 2G)", optarg);
+				log_warnx("%s: --mem %s: not a size (e.g. 512M, 2G)", a->cmd, optarg);
 				return -1;
 			}
 			a->mem = ALIGN_UP(a->mem, 2 * MiB);
@@ -672,7 +693,7 @@ static int restore_parse(int argc, char **argv, struct restore_args *a)
 			errno = 0;
 			n = strtol(optarg, &end, 10);
 			if (errno || *end || end == optarg || n < 1 || n > RUN_MAX_CPUS) {
-				log_warnx("restore: --cpus %s: expected a number from 1 to %d", optarg,
+				log_warnx("%s: --cpus %s: expected a number from 1 to %d", a->cmd, optarg,
 					  RUN_MAX_CPUS);
 				return -1;
 			}
@@ -681,7 +702,7 @@ static int restore_parse(int argc, char **argv, struct restore_args *a)
 			break;
 		case 'M':
 			if (cpu_model_parse(optarg, &a->model)) {
-				log_warnx("restore: --cpu-model %s: expected x86-64, x86-64-v2, x86-64-v3 or host",
+				log_warnx("%s: --cpu-model %s: expected x86-64, x86-64-v2, x86-64-v3 or host", a->cmd,
 					  optarg);
 				return -1;
 			}
@@ -693,47 +714,59 @@ static int restore_parse(int argc, char **argv, struct restore_args *a)
 			fputs(restore_usage, stdout);
 			return 1;
 		case ':':
-			log_warnx("restore: %s needs an argument", argv[optind - 1]);
+			log_warnx("%s: %s needs an argument", a->cmd, argv[optind - 1]);
 			return -1;
 		default:
-			log_warnx("restore: unknown option %s (see godwit restore --help; the "
-				  "configuration comes from the snapshot)", argv[optind - 1]);
+			log_warnx("%s: unknown option %s (see godwit %s --help; the configuration "
+				  "comes from the %s)", a->cmd, argv[optind - 1], a->cmd,
+				  incoming ? "stream" : "snapshot");
 			return -1;
 		}
 	}
 	if (optind < argc) {
-		log_warnx("restore: unexpected argument %s", argv[optind]);
+		log_warnx("%s: unexpected argument %s", a->cmd, argv[optind]);
 		return -1;
 	}
-	if (!a->from) {
+	if (!incoming && !a->from) {
 		log_warnx("restore: --from FILE is required (see godwit restore --help)");
+		return -1;
+	}
+	if (incoming && !a->api_path) {
+		log_warnx("run: --incoming needs --api SOCKET (an in-doubt migration is settled "
+			  "through it)");
 		return -1;
 	}
 	return 0;
 }
 
-/* The guest-visible options given on the command line must be the snapshot's. */
-static int restore_check(const struct restore_args *a, const struct vm_config *cfg)
+/*
+ * The guest-visible options given on the command line must be the stream's.
+ * Returns 0, or -1 with why in err.
+ */
+static int restore_check(const struct restore_args *a, const struct vm_config *cfg,
+			 char *err, size_t len)
 {
+	const char *what = a->incoming ? "VM's" : "snapshot's";
+
 	if (a->has_mem && a->mem != cfg->mem_size) {
-		log_warnx("restore: --mem %llu MiB differs from the snapshot's %llu MiB; a restored "
-			  "VM keeps its configuration (leave --mem out)",
-			  (unsigned long long)(a->mem >> 20), (unsigned long long)(cfg->mem_size >> 20));
+		snprintf(err, len, "--mem %llu MiB differs from the %s %llu MiB (leave --mem out)",
+			 (unsigned long long)(a->mem >> 20), what,
+			 (unsigned long long)(cfg->mem_size >> 20));
 		return -1;
 	}
 	if (a->has_cpus && a->cpus != cfg->ncpus) {
-		log_warnx("restore: --cpus %u differs from the snapshot's %u vCPUs; a restored VM "
-			  "keeps its configuration (leave --cpus out)", a->cpus, cfg->ncpus);
+		snprintf(err, len, "--cpus %u differs from the %s %u vCPUs (leave --cpus out)",
+			 a->cpus, what, cfg->ncpus);
 		return -1;
 	}
 	if (a->has_model && a->model != cfg->cpu_model) {
-		log_warnx("restore: --cpu-model %s differs from the snapshot's %s; a restored VM "
-			  "keeps its configuration (leave --cpu-model out)",
-			  cpu_model_name(a->model), cpu_model_name(cfg->cpu_model));
+		snprintf(err, len, "--cpu-model %s differs from the %s %s (leave --cpu-model out)",
+			 cpu_model_name(a->model), what, cpu_model_name(cfg->cpu_model));
 		return -1;
 	}
 	if (a->rng && !cfg->rng) {
-		log_warnx("restore: --rng: the snapshot's VM has no virtio-rng");
+		snprintf(err, len, "--rng: the %s VM has no virtio-rng", a->incoming ? "incoming" :
+			 "snapshot's");
 		return -1;
 	}
 	return 0;
@@ -776,7 +809,7 @@ int cmd_restore(int argc, char **argv)
 	char err[512] = "";
 	int fd = -1, ret, code = EXIT_ERROR;
 
-	ret = restore_parse(argc, argv, &a);
+	ret = restore_parse(argc, argv, &a, false);
 	if (ret)
 		return ret > 0 ? 0 : EXIT_USAGE;
 	ctx = calloc(1, sizeof(*ctx));
@@ -797,14 +830,183 @@ int cmd_restore(int argc, char **argv)
 		log_warnx("restore: %s: %s", a.from, err);
 		goto out;
 	}
-	if (restore_check(&a, &cfg))
+	if (restore_check(&a, &cfg, err, sizeof(err))) {
+		log_warnx("restore: %s: %s; a restored VM keeps its configuration", a.from, err);
 		goto out;
+	}
 	cfg.api_path = a.api_path;
 	code = run_vm(ctx, &cfg, run_fill_restore, &rf);
 out:
 	snapshot_restore_free(rf.sr);
 	if (fd >= 0)
 		close(fd);
+	free(ctx);
+	return code;
+}
+
+/* ---- incoming migration ------------------------------------------------------------- */
+
+/*
+ * `godwit run --incoming ADDR`: the destination of a live migration
+ * (docs/migration.md).  The stream is a snapshot stream on a socket, so the
+ * VM is built as by restore; around it go the control messages: ACCEPT
+ * once the VM exists, READY once the whole stream is loaded, then COMMIT
+ * from the source starts the vCPUs here (and DONE goes back).  Without
+ * COMMIT after READY, the VM stays here paused, in doubt, for the operator.
+ */
+/*
+ * After a migration: announce the guest's MACs 5 times, 50 ms apart growing
+ * by 100 ms (as QEMU's announce-self), so bridges learn the new port even
+ * if a frame is lost.
+ */
+#define RUN_ANNOUNCE_ROUNDS 5
+
+static void run_announce(struct loop *l, void *opaque)
+{
+	struct run_ctx *ctx = opaque;
+	unsigned int done;
+
+	if (!ctx->announce_left)
+		return;
+	(void)virtio_pci_announce(&ctx->vm);
+	ctx->announce_left--;
+	done = RUN_ANNOUNCE_ROUNDS - ctx->announce_left;
+	if (ctx->announce_left && loop_add_timer(l, 50 + 100 * (done - 1), run_announce, ctx) < 0)
+		log_warnx("cannot schedule the next MAC announcement");
+}
+
+static void run_announce_start(struct run_ctx *ctx)
+{
+	ctx->announce_left = RUN_ANNOUNCE_ROUNDS;
+	run_announce(ctx->loop, ctx);
+}
+
+struct incoming {
+	struct snapshot_restore *sr;
+	bool accepted;           /* ACCEPT sent: the source heard about the VM */
+	const char *addr;
+	int fd;
+	bool in_doubt;
+	char why[256];
+	struct timespec t0;
+};
+
+static int run_fill_incoming(struct run_ctx *ctx, void *opaque)
+{
+	struct incoming *in = opaque;
+	char err[512] = "", text[MIG_MSG_TEXT_MAX + 1];
+	struct stream_ram_stats ram;
+	enum mig_msg type;
+	uint64_t bytes = 0;
+	int ret;
+
+	in->accepted = true;
+	ret = migrate_msg_send(in->fd, MIG_MSG_ACCEPT, NULL);
+	if (ret) {
+		log_warnx("incoming migration: the source went away before the memory came: %s",
+			  strerror(-ret));
+		return ret;
+	}
+	ret = snapshot_restore_load(in->sr, &ctx->vm, err, sizeof(err));
+	if (ret) {
+		(void)migrate_msg_send(in->fd, MIG_MSG_ERROR, err);
+		log_warnx("incoming migration failed: %s; the VM was discarded here", err);
+		return ret;
+	}
+	snapshot_restore_stats(in->sr, &ram, &bytes);
+	/* A READY that did not leave whole cannot be acted on: nothing to doubt yet. */
+	ret = migrate_msg_send(in->fd, MIG_MSG_READY, NULL);
+	if (ret) {
+		log_warnx("incoming migration failed: cannot tell the source we are ready (%s); "
+			  "the VM was discarded here", strerror(-ret));
+		return ret;
+	}
+	ret = migrate_msg_recv(in->fd, MIG_IO_TIMEOUT_MS, &type, text, sizeof(text));
+	if (ret == 0 && type == MIG_MSG_COMMIT) {
+		migrate_incoming_done(&ctx->vm, MIG_INCOMING, in->addr, bytes, NULL);
+		return 0;
+	}
+	snprintf(in->why, sizeof(in->why), "in doubt: no COMMIT after READY (%s); the VM is "
+		 "loaded and paused here and may be running at the source: check the source, "
+		 "then godwit migrate-resolve --resume or --discard",
+		 ret ? strerror(-ret) : "unexpected message");
+	log_warnx("incoming migration: %s", in->why);
+	in->in_doubt = true;
+	ctx->defer_start = true;
+	migrate_incoming_done(&ctx->vm, MIG_IN_DOUBT, in->addr, bytes, in->why);
+	return 0;
+}
+
+/* The vCPUs run: confirm to the source, then tell the network where the MACs are. */
+static void run_incoming_started(struct run_ctx *ctx, void *opaque)
+{
+	struct incoming *in = opaque;
+	struct timespec t1;
+	int ret;
+
+	if (in->in_doubt)
+		return;
+	ret = migrate_msg_send(in->fd, MIG_MSG_DONE, NULL);
+	if (ret)
+		log_warnx("incoming migration: the VM runs here, but the source did not hear it "
+			  "(%s): it stays paused in doubt there", strerror(-ret));
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	log_info("incoming migration from %s: the VM runs here (%.0f ms after the connection)",
+		 in->addr, (double)(t1.tv_sec - in->t0.tv_sec) * 1e3 +
+		 (double)(t1.tv_nsec - in->t0.tv_nsec) / 1e6);
+	run_announce_start(ctx);
+}
+
+static int cmd_incoming(int argc, char **argv)
+{
+	struct incoming in = { .fd = -1 };
+	struct run_ctx *ctx;
+	struct restore_args a;
+	struct vm_config cfg;
+	char err[512] = "";
+	int lfd = -1, ret, code = EXIT_ERROR;
+
+	ret = restore_parse(argc, argv, &a, true);
+	if (ret)
+		return ret > 0 ? 0 : EXIT_USAGE;
+	if (migrate_addr_check(a.incoming, err, sizeof(err))) {
+		log_warnx("run: --incoming %s", err);
+		return EXIT_USAGE;
+	}
+	ctx = calloc(1, sizeof(*ctx));
+	if (!ctx)
+		return EXIT_ERROR;
+	ctx->sig_fd = -1;
+	in.addr = a.incoming;
+	if (migrate_listen(a.incoming, &lfd, err, sizeof(err))) {
+		log_warnx("run: %s", err);
+		goto out;
+	}
+	log_info("waiting for an incoming migration on %s", a.incoming);
+	if (migrate_accept(lfd, a.incoming, &in.fd, err, sizeof(err))) {
+		log_warnx("run: %s", err);
+		close(lfd);
+		goto out;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &in.t0);
+	if (snapshot_restore_open(in.fd, &in.sr, err, sizeof(err)) ||
+	    snapshot_restore_config(in.sr, a.devices, a.nr_devices, &cfg, err, sizeof(err)) ||
+	    restore_check(&a, &cfg, err, sizeof(err))) {
+		(void)migrate_msg_send(in.fd, MIG_MSG_REFUSE, err);
+		log_warnx("incoming migration refused: %s", err);
+		goto out;
+	}
+	snapshot_restore_set_clock(in.sr, CPU_CLOCK_ADVANCE);
+	cfg.api_path = a.api_path;
+	ctx->started = run_incoming_started;
+	code = run_vm(ctx, &cfg, run_fill_incoming, &in);
+	if (!in.accepted)
+		(void)migrate_msg_send(in.fd, MIG_MSG_REFUSE, "the destination cannot build the VM "
+				       "(its log says why)");
+out:
+	snapshot_restore_free(in.sr);
+	if (in.fd >= 0)
+		close(in.fd);
 	free(ctx);
 	return code;
 }

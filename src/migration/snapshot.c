@@ -134,39 +134,23 @@ int snapshot_config_from_vm(struct stream_config *c, const struct vm *vm)
 
 /* ---- writing ------------------------------------------------------------------------ */
 
-int snapshot_write(struct vm *vm, int fd, struct snapshot_result *res, char *err, size_t len)
+int snapshot_check_migratable(struct vm *vm, char *err, size_t len)
 {
-	struct stream_config *cfg = calloc(1, sizeof(*cfg));
-	struct stream_writer *w = NULL;
-	struct state_out o;
-	int ret;
-
-	state_out_init(&o);
-	if (!cfg) {
-		snap_err(err, len, "out of memory");
-		return -ENOMEM;
-	}
-	ret = snapshot_config_from_vm(cfg, vm);
-	if (ret) {
-		snap_err(err, len, "the VM's configuration does not fit a stream: %s", strerror(-ret));
-		goto out;
-	}
 	for (struct dev *d = dev_first(vm); d; d = d->next)
 		if (!d->ops->save) {
 			snap_err(err, len, "device %s.%u cannot be saved: %s", d->ops->name,
 				 d->instance, d->ops->unmigratable ? d->ops->unmigratable : "no save");
-			ret = -ENOTSUP;
-			goto out;
+			return -ENOTSUP;
 		}
-	ret = stream_writer_new(fd, &w);
-	if (ret) {
-		snap_err(err, len, "out of memory");
-		goto out;
-	}
-	ret = stream_begin(w, cfg);
-	if (ret)
-		goto out_stream;
+	return 0;
+}
 
+int snapshot_write_state(struct vm *vm, struct stream_writer *w, char *err, size_t len)
+{
+	struct state_out o;
+	int ret;
+
+	state_out_init(&o);
 	ret = vm_state_save(vm, &o);
 	if (ret) {
 		snap_err(err, len, "cannot read the VM state: %s", strerror(-ret));
@@ -201,6 +185,47 @@ int snapshot_write(struct vm *vm, int fd, struct snapshot_result *res, char *err
 		if (ret)
 			goto out_stream;
 	}
+	ret = 0;
+	goto out;
+
+out_stream:
+	snap_err(err, len, "%s", stream_writer_error(w)[0] ? stream_writer_error(w) :
+		 strerror(-ret));
+out:
+	state_out_free(&o);
+	return ret;
+}
+
+int snapshot_write(struct vm *vm, int fd, struct snapshot_result *res, char *err, size_t len)
+{
+	struct stream_config *cfg = calloc(1, sizeof(*cfg));
+	struct stream_writer *w = NULL;
+	int ret;
+
+	if (!cfg) {
+		snap_err(err, len, "out of memory");
+		return -ENOMEM;
+	}
+	ret = snapshot_config_from_vm(cfg, vm);
+	if (ret) {
+		snap_err(err, len, "the VM's configuration does not fit a stream: %s", strerror(-ret));
+		goto out;
+	}
+	ret = snapshot_check_migratable(vm, err, len);
+	if (ret)
+		goto out;
+	ret = stream_writer_new(fd, &w);
+	if (ret) {
+		snap_err(err, len, "out of memory");
+		goto out;
+	}
+	ret = stream_begin(w, cfg);
+	if (ret)
+		goto out_stream;
+
+	ret = snapshot_write_state(vm, w, err, len);
+	if (ret)
+		goto out;
 	for (unsigned int i = 0; i < vm->nr_mem; i++) {
 		const struct mem_region *m = &vm->mem[i];
 
@@ -222,7 +247,6 @@ out_stream:
 		 strerror(-ret));
 out:
 	stream_writer_free(w);
-	state_out_free(&o);
 	free(cfg);
 	return ret;
 }
@@ -324,6 +348,10 @@ struct snapshot_restore {
 	unsigned int nr_specs;
 	struct snap_sec *secs;
 	unsigned int nr_secs, cap_secs;
+	enum cpu_clock_mode clock;
+	struct stream_ram_stats ram;
+	uint64_t precopy_rounds;
+	uint64_t bytes;                 /* stream bytes read, once the reader is gone */
 };
 
 static struct kvm_cpuid2 *snap_supported_cpuid(void)
@@ -396,6 +424,20 @@ err:
 const struct stream_config *snapshot_restore_stream_config(const struct snapshot_restore *sr)
 {
 	return sr->cfg;
+}
+
+void snapshot_restore_set_clock(struct snapshot_restore *sr, enum cpu_clock_mode mode)
+{
+	sr->clock = mode;
+}
+
+void snapshot_restore_stats(const struct snapshot_restore *sr, struct stream_ram_stats *ram,
+			    uint64_t *bytes)
+{
+	if (ram)
+		*ram = sr->ram;
+	if (bytes)
+		*bytes = sr->r ? stream_reader_offset(sr->r) : sr->bytes;
 }
 
 /* Split a comma-separated list into a sorted, NUL-separated canonical form. */
@@ -611,7 +653,7 @@ static const char *snap_sec_name(const struct snap_sec *s, char *buf, size_t len
 
 static int snap_load(struct snapshot_restore *sr, struct vm *vm, char *err, size_t len)
 {
-	struct cpu_load_opts opts = { .clock = CPU_CLOCK_FROZEN };
+	struct cpu_load_opts opts = { .clock = sr->clock };
 	struct stream_config *local = calloc(1, sizeof(*local));
 	struct stream_section s;
 	struct snap_sec *k;
@@ -634,10 +676,15 @@ static int snap_load(struct snapshot_restore *sr, struct vm *vm, char *err, size
 	while ((ret = stream_next_section(sr->r, &s)) > 0) {
 		switch (s.type) {
 		case STREAM_RAM:
-			ret = stream_read_ram(sr->r, snap_lookup, vm, NULL);
+			ret = stream_read_ram(sr->r, snap_lookup, vm, &sr->ram);
 			break;
 		case STREAM_VM:
-			if (strcmp(s.id, SNAP_ID_VM) || s.instance)
+			if (!strcmp(s.id, SNAPSHOT_ID_PRECOPY)) {
+				/* Pages may come again from here on, zero ones included. */
+				stream_reader_set_target_zeroed(sr->r, false);
+				sr->precopy_rounds++;
+				ret = stream_skip(sr->r);
+			} else if (strcmp(s.id, SNAP_ID_VM) || s.instance)
 				ret = s.flags & STREAM_F_OPTIONAL ? stream_skip(sr->r) :
 				      stream_refuse(sr->r, -EPROTONOSUPPORT, "unknown required VM section");
 			else
@@ -757,6 +804,7 @@ int snapshot_restore_load(struct snapshot_restore *sr, struct vm *vm, char *err,
 	free(sr->secs);
 	sr->secs = NULL;
 	sr->nr_secs = sr->cap_secs = 0;
+	sr->bytes = stream_reader_offset(sr->r);
 	stream_reader_free(sr->r);
 	sr->r = NULL;
 	return ret;

@@ -1863,3 +1863,8 @@ void stream_reader_target_zeroed(struct stream_reader *r)
 {
 	r->target_zeroed = true;
 }
+
+void stream_reader_set_target_zeroed(struct stream_reader *r, bool on)
+{
+	r->target_zeroed = on;
+}

@@ -33,6 +33,7 @@
 #include "godwit/dev.h"
 #include "godwit/log.h"
 #include "godwit/loop.h"
+#include "godwit/migrate.h"
 #include "godwit/snapshot.h"
 #include "godwit/vm.h"
 
@@ -135,7 +136,7 @@ static enum MHD_Result api_send(struct MHD_Connection *c, unsigned int status,
 __attribute__((format(printf, 3, 4)))
 static unsigned int api_error(json_t **out, unsigned int status, const char *fmt, ...)
 {
-	char msg[256];
+	char msg[640];
 	va_list ap;
 
 	va_start(ap, fmt);
@@ -190,8 +191,27 @@ static unsigned int api_vm_get(struct api_server *s, json_t *body, json_t **out)
 	return MHD_HTTP_OK;
 }
 
+/* 409 while a migration owns the VM's run state (migrate_busy()). */
+static unsigned int api_migration_busy(struct api_server *s, json_t **out)
+{
+	struct migrate_progress p;
+
+	if (!migrate_busy(s->vm))
+		return 0;
+	migrate_get_progress(s->vm, &p);
+	if (p.status == MIG_IN_DOUBT)
+		return api_error(out, MHD_HTTP_CONFLICT, "a migration is in doubt: settle it with "
+				 "PUT /vm/migrate-resolve first");
+	return api_error(out, MHD_HTTP_CONFLICT, "a migration is under way (%s)",
+			 migrate_status_name(p.status));
+}
+
 static unsigned int api_vm_pause(struct api_server *s, json_t *body, json_t **out)
 {
+	unsigned int busy = api_migration_busy(s, out);
+
+	if (busy)
+		return busy;
 	/*
 	 * Only the loop thread pauses and resumes, so the state read here
 	 * cannot turn PAUSED or RUNNING before the call below; it can turn
@@ -224,6 +244,10 @@ static unsigned int api_vm_pause(struct api_server *s, json_t *body, json_t **ou
 
 static unsigned int api_vm_resume(struct api_server *s, json_t *body, json_t **out)
 {
+	unsigned int busy = api_migration_busy(s, out);
+
+	if (busy)
+		return busy;
 	switch (api_vm_state(s->vm)) {
 	case VM_STATE_PAUSED:
 		break;
@@ -296,6 +320,9 @@ static unsigned int api_vm_snapshot(struct api_server *s, json_t *body, json_t *
 	if (jr && !json_is_boolean(jr))
 		return api_error(out, MHD_HTTP_BAD_REQUEST, "\"resume\" must be true or false");
 	resume = jr && json_is_true(jr);
+	status = api_migration_busy(s, out);
+	if (status)
+		return status;
 	state = api_vm_state(s->vm);
 	if (state == VM_STATE_STOPPING)
 		return api_error(out, MHD_HTTP_CONFLICT, "VM is stopping");
@@ -356,7 +383,161 @@ static unsigned int api_vm_snapshot(struct api_server *s, json_t *body, json_t *
 	return status;
 }
 
+static double api_round3(double v)
+{
+	return (double)(long long)(v * 1000 + 0.5) / 1000;
+}
+
+static json_t *api_progress_json(const struct migrate_progress *p)
+{
+	json_t *j = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:f, "
+			      "s:b, s:b}",
+			      "status", migrate_status_name(p->status),
+			      "round", (json_int_t)p->round,
+			      "bytes", (json_int_t)p->bytes,
+			      "pages", (json_int_t)p->pages,
+			      "zero_pages", (json_int_t)p->zero_pages,
+			      "remaining_bytes", (json_int_t)p->remaining_bytes,
+			      "dirty_rate_bps", api_round3(p->dirty_rate),
+			      "bandwidth_bps", api_round3(p->bandwidth),
+			      "expected_downtime_ms", api_round3(p->expected_downtime_ms),
+			      "setup_ms", api_round3(p->setup_ms),
+			      "total_ms", api_round3(p->total_ms),
+			      "downtime_ms", api_round3(p->downtime_ms),
+			      "converged", p->converged,
+			      "not_converging", p->not_converging);
+
+	if (j && p->to[0])
+		json_object_set_new(j, p->status == MIG_INCOMING ? "from" : "to",
+				    json_string(p->to));
+	if (j)
+		json_object_set_new(j, "rounds", json_integer(p->round));
+	if (j && p->error[0])
+		json_object_set_new(j, "error", json_string(p->error));
+	return j;
+}
+
+/* An optional non-negative integer field; false (and *out set) if present and invalid. */
+static bool api_get_uint(json_t *body, const char *key, uint64_t max, uint64_t *v,
+			 unsigned int *status, json_t **out)
+{
+	json_t *j = body ? json_object_get(body, key) : NULL;
+
+	if (!j)
+		return true;
+	if (!json_is_integer(j) || json_integer_value(j) < 0 ||
+	    (uint64_t)json_integer_value(j) > max) {
+		*status = api_error(out, MHD_HTTP_BAD_REQUEST, "\"%s\" must be an integer from 0 "
+				    "to %llu", key, (unsigned long long)max);
+		return false;
+	}
+	*v = (uint64_t)json_integer_value(j);
+	return true;
+}
+
+/*
+ * PUT /vm/migrate {"to": "tcp:HOST:PORT", "downtime_ms": 50, "max_bandwidth":
+ * bytes/s, "max_rounds": 30}: start migrating (migrate.h); 202 with the
+ * progress.  GET /vm/migration follows it.
+ */
+static unsigned int api_vm_migrate(struct api_server *s, json_t *body, json_t **out)
+{
+	struct migrate_params p = {
+		.downtime_ms = MIG_DEFAULT_DOWNTIME_MS,
+		.max_rounds = MIG_DEFAULT_MAX_ROUNDS,
+	};
+	struct migrate_progress prog;
+	json_t *jt = body ? json_object_get(body, "to") : NULL;
+	uint64_t dt = p.downtime_ms, rounds = p.max_rounds, bw = 0;
+	unsigned int status = 0;
+	char err[512] = "";
+	int ret;
+
+	if (!jt || !json_is_string(jt) || !*json_string_value(jt))
+		return api_error(out, MHD_HTTP_BAD_REQUEST,
+				 "\"to\" (tcp:HOST:PORT or unix:PATH) is required");
+	if (strlen(json_string_value(jt)) >= sizeof(p.to))
+		return api_error(out, MHD_HTTP_BAD_REQUEST, "\"to\" is too long");
+	snprintf(p.to, sizeof(p.to), "%s", json_string_value(jt));
+	if (!api_get_uint(body, "downtime_ms", 60000, &dt, &status, out) ||
+	    !api_get_uint(body, "max_rounds", 1000, &rounds, &status, out) ||
+	    !api_get_uint(body, "max_bandwidth", UINT64_C(1) << 50, &bw, &status, out))
+		return status;
+	if (!dt || !rounds)
+		return api_error(out, MHD_HTTP_BAD_REQUEST,
+				 "\"downtime_ms\" and \"max_rounds\" must be at least 1");
+	p.downtime_ms = (uint32_t)dt;
+	p.max_rounds = (uint32_t)rounds;
+	p.max_bandwidth = bw;
+	switch (api_vm_state(s->vm)) {
+	case VM_STATE_RUNNING:
+		break;
+	case VM_STATE_STOPPING:
+		return api_error(out, MHD_HTTP_CONFLICT, "VM is stopping");
+	default:
+		return api_error(out, MHD_HTTP_CONFLICT, "VM is not running (resume it first)");
+	}
+	ret = migrate_start(s->vm, &p, err, sizeof(err));
+	if (ret == -EBUSY)
+		return api_error(out, MHD_HTTP_CONFLICT, "%s", err);
+	if (ret)
+		return api_error(out, ret == -EINVAL ? MHD_HTTP_BAD_REQUEST :
+				 MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot migrate: %s", err);
+	migrate_get_progress(s->vm, &prog);
+	*out = api_progress_json(&prog);
+	return MHD_HTTP_ACCEPTED;
+}
+
+static unsigned int api_vm_migration(struct api_server *s, json_t *body, json_t **out)
+{
+	struct migrate_progress prog;
+
+	migrate_get_progress(s->vm, &prog);
+	*out = api_progress_json(&prog);
+	return MHD_HTTP_OK;
+}
+
+static unsigned int api_vm_migrate_cancel(struct api_server *s, json_t *body, json_t **out)
+{
+	struct migrate_progress prog;
+	char err[512] = "";
+	int ret = migrate_cancel(s->vm, err, sizeof(err));
+
+	if (ret)
+		return api_error(out, MHD_HTTP_CONFLICT, "%s", err);
+	migrate_get_progress(s->vm, &prog);
+	*out = api_progress_json(&prog);
+	return MHD_HTTP_OK;
+}
+
+/* PUT /vm/migrate-resolve {"action": "resume" | "discard"}. */
+static unsigned int api_vm_migrate_resolve(struct api_server *s, json_t *body, json_t **out)
+{
+	json_t *ja = body ? json_object_get(body, "action") : NULL;
+	struct migrate_progress prog;
+	const char *a = ja && json_is_string(ja) ? json_string_value(ja) : "";
+	char err[512] = "";
+	int ret;
+
+	if (strcmp(a, "resume") && strcmp(a, "discard"))
+		return api_error(out, MHD_HTTP_BAD_REQUEST,
+				 "\"action\" must be \"resume\" or \"discard\"");
+	ret = migrate_resolve(s->vm, !strcmp(a, "resume"), err, sizeof(err));
+	if (ret == -ENOENT)
+		return api_error(out, MHD_HTTP_CONFLICT, "%s", err);
+	if (ret)
+		return api_error(out, MHD_HTTP_INTERNAL_SERVER_ERROR, "%s", err);
+	migrate_get_progress(s->vm, &prog);
+	*out = api_progress_json(&prog);
+	json_object_set_new(*out, "state", json_string(vm_state_name(api_vm_state(s->vm))));
+	return MHD_HTTP_OK;
+}
+
 static const char *const api_snapshot_fields[] = { "path", "resume", NULL };
+static const char *const api_migrate_fields[] = {
+	"to", "downtime_ms", "max_bandwidth", "max_rounds", NULL
+};
+static const char *const api_resolve_fields[] = { "action", NULL };
 
 static const struct api_route {
 	const char *path;        /* after API_PREFIX */
@@ -370,6 +551,10 @@ static const struct api_route {
 	{ "/vm/resume",   "PUT", "PUT",       api_vm_resume,   NULL },
 	{ "/vm/shutdown", "PUT", "PUT",       api_vm_shutdown, NULL },
 	{ "/vm/snapshot", "PUT", "PUT",       api_vm_snapshot, api_snapshot_fields },
+	{ "/vm/migrate",  "PUT", "PUT",       api_vm_migrate,  api_migrate_fields },
+	{ "/vm/migration", "GET", "GET, HEAD", api_vm_migration, NULL },
+	{ "/vm/migrate-cancel", "PUT", "PUT", api_vm_migrate_cancel, NULL },
+	{ "/vm/migrate-resolve", "PUT", "PUT", api_vm_migrate_resolve, api_resolve_fields },
 };
 
 static bool api_field_known(const char *const *fields, const char *key)

@@ -165,6 +165,93 @@ bool vm_test_clear_dirty(struct vm *vm, uint64_t gpa)
 	return false;
 }
 
+/* ---- dirty logging (migration) ---------------------------------------------------------- */
+
+static int vm_slot_set_flags(struct vm *vm, struct mem_region *r, uint32_t flags)
+{
+	struct kvm_userspace_memory_region kr = {
+		.slot = r->slot,
+		.flags = flags,
+		.guest_phys_addr = r->gpa,
+		.memory_size = r->size,
+		.userspace_addr = (uint64_t)(uintptr_t)r->host,
+	};
+
+	return ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &kr) < 0 ? -errno : 0;
+}
+
+int vm_dirty_log_start(struct vm *vm)
+{
+	int ret;
+
+	for (unsigned int i = 0; i < vm->nr_mem; i++) {
+		struct mem_region *r = &vm->mem[i];
+		size_t words = (r->size / 4096 + 63) / 64;
+
+		/* Whatever devices wrote before goes out with the first full pass. */
+		for (size_t w = 0; w < words; w++)
+			__atomic_store_n(&r->dev_dirty[w], 0, __ATOMIC_RELAXED);
+		ret = vm_slot_set_flags(vm, r, KVM_MEM_LOG_DIRTY_PAGES);
+		if (ret) {
+			log_warnx("cannot enable dirty logging on memory slot %u: %s", r->slot,
+				  strerror(-ret));
+			while (i--)
+				(void)vm_slot_set_flags(vm, &vm->mem[i], 0);
+			return ret;
+		}
+	}
+	vm->dirty_logging = true;
+	return 0;
+}
+
+void vm_dirty_log_stop(struct vm *vm)
+{
+	if (!vm->dirty_logging)
+		return;
+	for (unsigned int i = 0; i < vm->nr_mem; i++) {
+		int ret = vm_slot_set_flags(vm, &vm->mem[i], 0);
+
+		if (ret)
+			log_warnx("cannot disable dirty logging on memory slot %u: %s",
+				  vm->mem[i].slot, strerror(-ret));
+	}
+	vm->dirty_logging = false;
+}
+
+int64_t vm_dirty_log_get(struct vm *vm, unsigned int i, uint64_t *bitmap, uint64_t *scratch)
+{
+	struct mem_region *r = &vm->mem[i];
+	struct kvm_dirty_log dl = { .slot = r->slot, .dirty_bitmap = scratch };
+	uint64_t npages = r->size / 4096, words = (npages + 63) / 64;
+	int64_t n = 0;
+
+	if (ioctl(vm->vm_fd, KVM_GET_DIRTY_LOG, &dl) < 0)
+		return -errno;
+	for (uint64_t w = 0; w < words; w++) {
+		bitmap[w] |= scratch[w] | __atomic_exchange_n(&r->dev_dirty[w], 0, __ATOMIC_RELAXED);
+		n += __builtin_popcountll(bitmap[w]);
+	}
+	return n;
+}
+
+int vm_dirty_log_clear(struct vm *vm, unsigned int i, uint64_t first, uint64_t npages,
+		       uint64_t *bitmap)
+{
+	struct mem_region *r = &vm->mem[i];
+	struct kvm_clear_dirty_log cl = {
+		.slot = r->slot,
+		.first_page = first,
+		.num_pages = (uint32_t)npages,
+		.dirty_bitmap = bitmap + first / 64,
+	};
+
+	if (!vm->dirty_manual || !npages)
+		return 0;
+	if (first % 64 || npages > UINT32_MAX)
+		return -EINVAL;
+	return ioctl(vm->vm_fd, KVM_CLEAR_DIRTY_LOG, &cl) < 0 ? -errno : 0;
+}
+
 static int vm_register_io(struct io_range *tab, unsigned int *nr, uint64_t base,
 			  uint64_t len, io_fn fn, void *opaque)
 {
@@ -306,6 +393,23 @@ int vm_create(struct vm *vm, const struct vm_config *cfg)
 		ret = -errno;
 		log_warn("KVM_CREATE_PIT2");
 		goto err;
+	}
+
+	/*
+	 * Manual dirty-log protection (migration clears dirty bits a chunk at a
+	 * time, right before copying the chunk) with the log initially all set,
+	 * so enabling it write-protects nothing.  Optional: without it,
+	 * KVM_GET_DIRTY_LOG clears the log as it reads it.
+	 */
+	{
+		int m = kvm_check_cap(vm->vm_fd, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2);
+		uint64_t want = KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET;
+		struct kvm_enable_cap ec = {
+			.cap = KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, .args = { want },
+		};
+
+		if ((m & want) == want && ioctl(vm->vm_fd, KVM_ENABLE_CAP, &ec) == 0)
+			vm->dirty_manual = true;
 	}
 
 	mem_split(cfg->mem_size, &low, &high);

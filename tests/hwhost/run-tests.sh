@@ -5,9 +5,10 @@
 #
 # Each test runs as `bash TEST` with ROOT, BUILD, TIER=hwhost and SCRATCH set, its output in
 # RUNDIR/logs/NAME.log (files it keeps, such as guest logs, in HW_ARTIFACTS=RUNDIR/logs/NAME/), under a timeout of HWHOST_TEST_TIMEOUT seconds (default 600).  Its
-# PASS/FAIL/SKIP and INFO lines are appended to RUNDIR/results as they come, then
-# "TIME NAME SECONDS"; a test that timed out or printed no result gets a FAIL line.  The
-# last line of RUNDIR/results is "DONE".
+# PASS/FAIL/SKIP and INFO lines are appended to RUNDIR/results as they come, with the
+# indented "  | " lines a test prints after a FAIL (lib-l1.sh's hw_tail: a bounded log
+# tail), then "TIME NAME SECONDS"; a test that timed out or printed no result gets a FAIL
+# line.  The last line of RUNDIR/results is "DONE".
 set -u
 rundir=$1
 shift
@@ -29,9 +30,10 @@ for t in "$@"; do
 	export HW_ARTIFACTS=$rundir/logs/$name
 	start=${EPOCHREALTIME/[.,]/}
 	echo "hwhost: running $name (uptime $(uptime) s)"
-	# Forward result lines while the test runs, so the outer host sees progress.
+	# Forward result lines while the test runs, so the outer host sees progress, and the
+	# log tails that follow a FAIL, so a failure can be diagnosed from CI output alone.
 	timeout -k 10 "$HWHOST_TEST_TIMEOUT" bash "$t" </dev/null 2>&1 |
-		tee "$log" | grep --line-buffered -E '^(PASS|FAIL|SKIP|INFO) ' >>"$results"
+		tee "$log" | grep --line-buffered -E '^(PASS|FAIL|SKIP|INFO) |^  \| ' >>"$results"
 	rc=${PIPESTATUS[0]}
 	secs=$(( (${EPOCHREALTIME/[.,]/} - start) / 100000 ))
 	secs=$((secs / 10)).$((secs % 10))

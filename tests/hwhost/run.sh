@@ -53,13 +53,15 @@ harness_fail() {
 	fi
 }
 
-# forward: prints the complete lines of the results file not printed yet.
+# forward: prints the complete lines of the results file not printed yet: PASS/FAIL/SKIP/
+# INFO and the indented "  | " log-tail lines a test prints after a FAIL (tests/run.sh
+# counts only PASS/FAIL/SKIP lines).
 FWD=0
 forward() {
 	local n
 	n=$(wc -l <"$RUNDIR/results" 2>/dev/null) || return 0
 	if [ "$n" -gt "$FWD" ]; then
-		sed -n "$((FWD + 1)),${n}p" "$RUNDIR/results" | grep -E '^(PASS|FAIL|SKIP|INFO) '
+		sed -n "$((FWD + 1)),${n}p" "$RUNDIR/results" | grep -E '^(PASS|FAIL|SKIP|INFO) |^  \| '
 		FWD=$n
 	fi
 }

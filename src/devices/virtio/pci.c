@@ -38,6 +38,7 @@
 #include "godwit/dev.h"
 #include "godwit/devices.h"
 #include "godwit/log.h"
+#include "godwit/tap.h"
 #include "godwit/virtio.h"
 #include "godwit/vm.h"
 
@@ -1083,4 +1084,24 @@ int virtio_pci_load(struct virtio_dev *vdev, struct state_in *in, uint16_t versi
 	}
 	pthread_mutex_unlock(&vp->status_lock);
 	return ret;
+}
+
+unsigned int virtio_pci_announce(struct vm *vm)
+{
+	unsigned int n = 0;
+
+	for (struct dev *d = dev_first(vm); d; d = d->next) {
+		struct virtio_pci *vp = d->priv;
+		int ret;
+
+		if (strcmp(d->ops->name, "virtio-net"))
+			continue;
+		ret = virtio_net_announce(vp->vdev);
+		if (ret)
+			log_warnx("virtio-net.%u: cannot announce the MAC: %s", d->instance,
+				  strerror(-ret));
+		else
+			n++;
+	}
+	return n;
 }

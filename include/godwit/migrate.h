@@ -1,0 +1,132 @@
+/*
+ * migrate.h - live migration (docs/migration.md): the source side runs in a
+ * thread of its own (pre-copy with the dirty log, stop-and-copy, the
+ * READY/COMMIT hand-off), started and watched through the API; the
+ * destination side is a handful of protocol helpers that `godwit run
+ * --incoming` (src/cmd/run.c) strings together around snapshot_restore_*.
+ *
+ * Who owns the VM: the source until it sends COMMIT (any failure before
+ * that resumes it there), the destination once it received COMMIT.  A side
+ * that cannot know whether the other crossed that line stays paused
+ * "in doubt" until migrate_resolve().
+ */
+#ifndef GODWIT_MIGRATE_H
+#define GODWIT_MIGRATE_H
+
+#include <sys/socket.h>
+
+#include "godwit/common.h"
+
+struct vm;
+
+enum mig_status {
+	MIG_NONE,                /* no migration was started */
+	MIG_SETUP,               /* connecting, configuration offered */
+	MIG_ACTIVE,              /* pre-copy */
+	MIG_STOP_COPY,           /* paused: last pages and the state, waiting for READY */
+	MIG_COMMITTING,          /* COMMIT sent, waiting for DONE */
+	MIG_COMPLETED,           /* the VM runs on the destination */
+	MIG_FAILED,              /* the VM runs here (error says why) */
+	MIG_CANCELLED,           /* the VM runs here (cancelled) */
+	MIG_IN_DOUBT,            /* paused: resolve with migrate_resolve() */
+	MIG_INCOMING,            /* destination: the VM came in and runs here */
+};
+/* "none", "setup", "active", "stop-and-copy", "committing", "completed", "failed", ... */
+const char *migrate_status_name(enum mig_status s);
+/* Final: completed, failed, cancelled (in doubt is not: it waits for the operator). */
+bool migrate_status_final(enum mig_status s);
+
+#define MIG_DEFAULT_DOWNTIME_MS 50
+#define MIG_DEFAULT_MAX_ROUNDS  30
+#define MIG_ADDR_MAX            256
+
+struct migrate_params {
+	char to[MIG_ADDR_MAX];   /* tcp:HOST:PORT or unix:PATH */
+	uint32_t downtime_ms;    /* 1..60000 */
+	uint64_t max_bandwidth;  /* bytes per second, 0: unlimited */
+	uint32_t max_rounds;     /* 1..1000 */
+};
+
+struct migrate_progress {
+	enum mig_status status;
+	char to[MIG_ADDR_MAX];
+	uint32_t round;              /* the pre-copy round under way (1-based), or the last */
+	uint64_t bytes;              /* stream bytes sent */
+	uint64_t pages, zero_pages;  /* RAM pages sent, of them zero (markers) */
+	uint64_t remaining_bytes;    /* dirty RAM not sent yet, as last measured */
+	double dirty_rate;           /* bytes dirtied per second, last round */
+	double bandwidth;            /* bytes sent per second, last round */
+	double expected_downtime_ms; /* remaining / bandwidth */
+	double setup_ms, total_ms, downtime_ms;
+	bool converged;              /* pre-copy ended under the downtime limit */
+	bool not_converging;         /* the last rounds did not shrink what is left */
+	char error[512];
+};
+
+/* Parse "tcp:HOST:PORT" / "unix:PATH"; 0 or -EINVAL with err set. */
+int migrate_addr_check(const char *addr, char *err, size_t len) __must_check;
+
+/* ---- source (API, loop thread) ---- */
+
+/*
+ * migrate_start - start migrating vm to p->to in a thread of its own.
+ * Returns 0, -EBUSY if a migration is under way or in doubt, -EINVAL for
+ * bad parameters or a VM that cannot migrate (err says why).
+ */
+int migrate_start(struct vm *vm, const struct migrate_params *p, char *err,
+		  size_t len) __must_check;
+/* A copy of the progress (status MIG_NONE if none).  Marks a final one as reported. */
+void migrate_get_progress(struct vm *vm, struct migrate_progress *out);
+/* True while a migration owns the VM's run state (between start and its end, or in doubt). */
+bool migrate_busy(struct vm *vm);
+/*
+ * migrate_cancel - stop an outgoing migration before COMMIT; the VM keeps
+ * running here.  Returns 0, -ENOENT if none is under way, -EALREADY once
+ * COMMIT was sent (err says why).
+ */
+int migrate_cancel(struct vm *vm, char *err, size_t len) __must_check;
+/*
+ * migrate_resolve - settle an in-doubt migration on this side: resume runs
+ * the VM here, !resume drops it (this godwit exits with EXIT_MIGRATED).
+ * Returns 0, or -ENOENT if nothing is in doubt here.
+ */
+int migrate_resolve(struct vm *vm, bool resume, char *err, size_t len) __must_check;
+/* Cancel whatever is under way and wait for the thread: before the VM goes away. */
+void migrate_fini(struct vm *vm);
+
+/* ---- destination (src/cmd/run.c) ---- */
+
+/* Control message types (docs/migration.md). */
+enum mig_msg {
+	MIG_MSG_ACCEPT = 1,
+	MIG_MSG_REFUSE = 2,
+	MIG_MSG_READY  = 3,
+	MIG_MSG_ERROR  = 4,
+	MIG_MSG_COMMIT = 5,
+	MIG_MSG_DONE   = 6,
+};
+#define MIG_MSG_TEXT_MAX    1024
+#define MIG_IO_TIMEOUT_MS   10000   /* a peer silent this long has failed */
+
+/* Listen on addr (one connection); 0 and *lfd, or -errno with err set. */
+int migrate_listen(const char *addr, int *lfd, char *err, size_t len) __must_check;
+/* Accept the one connection (waits for ever; EINTR returns -EINTR); closes lfd. */
+int migrate_accept(int lfd, const char *addr, int *fd, char *err, size_t len) __must_check;
+/* Send one control message (text may be NULL).  0 or -errno. */
+int migrate_msg_send(int fd, enum mig_msg type, const char *text);
+/*
+ * migrate_msg_recv - wait up to timeout_ms for one control message.
+ * Returns 0 with *type and text (NUL-terminated), -ETIMEDOUT, -ECONNRESET
+ * (the peer closed or reset the connection), -EBADMSG (not a message).
+ */
+int migrate_msg_recv(int fd, int timeout_ms, enum mig_msg *type, char *text,
+		     size_t len) __must_check;
+/*
+ * migrate_incoming_done - record on vm the outcome of an incoming migration
+ * (MIG_INCOMING: runs here; MIG_IN_DOUBT: paused, not started; the API
+ * resolves it), with the stream bytes received, for GET /vm/migration.
+ */
+void migrate_incoming_done(struct vm *vm, enum mig_status st, const char *from,
+			   uint64_t bytes, const char *why);
+
+#endif

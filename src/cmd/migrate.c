@@ -1,0 +1,452 @@
+/*
+ * migrate.c - the migration commands of the CLI (docs/migration.md): they
+ * speak to the VM's API (docs/api.md).
+ *
+ *   godwit migrate --api SOCKET --to ADDR [...]   start, follow, report
+ *   godwit migrate-status --api SOCKET [--json]   the progress, once
+ *   godwit migrate-cancel --api SOCKET            stop before COMMIT
+ *   godwit migrate-resolve --api SOCKET --resume|--discard
+ *
+ * Exit codes: 0 success (migrate: the VM runs on the destination); 1 the
+ * VM refused, the migration failed or is in doubt, or no VM at SOCKET;
+ * 2 usage error.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#include "godwit/api.h"
+#include "godwit/cmd.h"
+#include "godwit/common.h"
+#include "godwit/migrate.h"
+
+#define MIG_POLL_MS       50
+#define MIG_REQ_TIMEOUT   10000
+
+static const char migrate_usage[] =
+"usage: godwit migrate --api SOCKET --to tcp:HOST:PORT|unix:PATH [options]\n"
+"\n"
+"Move the running VM served at SOCKET to the godwit waiting at the address\n"
+"(godwit run --incoming ADDR --api SOCKET2 ...) while the guest runs: memory\n"
+"by pre-copy rounds, then a short pause for the last pages and the CPU and\n"
+"device state.  Prints one progress line per round (stderr) and a report.\n"
+"Once the destination runs the VM, the source godwit exits with status 6.\n"
+"\n"
+"  --api SOCKET            the VM's API socket\n"
+"  --to ADDR               tcp:HOST:PORT or unix:PATH of the destination\n"
+"  --downtime-ms N         longest pause to aim for (default 50)\n"
+"  --max-bandwidth RATE    bytes/s during pre-copy, e.g. 100M (K/M/G are powers\n"
+"                          of 1024; default unlimited)\n"
+"  --max-rounds N          pre-copy rounds before stopping anyway (default 30)\n"
+"  --json                  print one JSON object (status, total_ms, downtime_ms,\n"
+"                          setup_ms, bytes, pages, zero_pages, rounds, error)\n"
+"  -q, --quiet             no progress lines\n"
+"  -h, --help              this text\n"
+"\n"
+"A failure before the hand-off leaves the VM running here.  If the link\n"
+"breaks during the hand-off, both sides stay paused \"in doubt\": see\n"
+"godwit migrate-resolve --help.\n"
+"\n"
+"Exit status: 0 the VM runs on the destination; 1 it did not move (or the\n"
+"outcome is in doubt), or no VM at SOCKET; 2 usage error.\n";
+
+static const char status_usage[] =
+"usage: godwit migrate-status --api SOCKET [--json]\n"
+"\n"
+"Print the progress or outcome of the VM's last migration (outgoing, or the\n"
+"incoming one that brought it here).\n"
+"\n"
+"Exit status: 0 shown, 1 no VM at SOCKET, 2 usage error.\n";
+
+static const char cancel_usage[] =
+"usage: godwit migrate-cancel --api SOCKET\n"
+"\n"
+"Stop the VM's outgoing migration; it keeps running here.  Refused once the\n"
+"destination has been told to run the VM (COMMIT).\n"
+"\n"
+"Exit status: 0 cancelled, 1 nothing to cancel / too late / no VM, 2 usage error.\n";
+
+static const char resolve_usage[] =
+"usage: godwit migrate-resolve --api SOCKET --resume|--discard\n"
+"\n"
+"Settle a migration that is in doubt on this side (the link broke during the\n"
+"hand-off, so this side cannot know what the other did).  --resume runs the\n"
+"VM here; --discard drops it here (that godwit exits with status 6).  Check\n"
+"the other side first, and resolve one side --resume, the other --discard.\n"
+"\n"
+"Exit status: 0 done, 1 nothing in doubt / no VM at SOCKET, 2 usage error.\n";
+
+/* One API request; the reply's JSON in *out (2xx) or the error printed.  0 or 1. */
+static int mig_request(const char *who, const char *sock, const char *method, const char *path,
+		       const char *body, json_t **out)
+{
+	struct api_reply reply = { 0 };
+	long status = 0;
+	json_t *j;
+	const char *msg;
+
+	*out = NULL;
+	if (api_client_request(who, sock, method, path, body, MIG_REQ_TIMEOUT, &status, &reply))
+		return 1;
+	j = reply.data ? json_loads(reply.data, 0, NULL) : NULL;
+	free(reply.data);
+	if (status < 200 || status > 299) {
+		msg = j ? json_string_value(json_object_get(j, "error")) : NULL;
+		if (msg)
+			fprintf(stderr, "godwit: %s: %s\n", who, msg);
+		else
+			fprintf(stderr, "godwit: %s: the API answered HTTP %ld\n", who, status);
+		json_decref(j);
+		return 1;
+	}
+	if (!j) {
+		fprintf(stderr, "godwit: %s: invalid JSON from the API\n", who);
+		return 1;
+	}
+	*out = j;
+	return 0;
+}
+
+static double jnum(json_t *j, const char *k)
+{
+	return json_number_value(json_object_get(j, k));
+}
+
+static const char *jstr(json_t *j, const char *k)
+{
+	const char *s = json_string_value(json_object_get(j, k));
+
+	return s ? s : "";
+}
+
+static void mig_print_progress(json_t *j)
+{
+	fprintf(stderr, "migrate: round %.0f: sent %.1f MiB, remaining %.1f MiB, dirty rate "
+		"%.1f MiB/s, bandwidth %.0f MiB/s, expected downtime %.1f ms%s\n",
+		jnum(j, "round"), jnum(j, "bytes") / (double)MiB,
+		jnum(j, "remaining_bytes") / (double)MiB, jnum(j, "dirty_rate_bps") / (double)MiB,
+		jnum(j, "bandwidth_bps") / (double)MiB, jnum(j, "expected_downtime_ms"),
+		json_is_true(json_object_get(j, "not_converging")) ? " (not converging)" : "");
+}
+
+/* The --json report: the fields the issue names, from the final progress. */
+static void mig_print_json(json_t *p)
+{
+	const char *st = jstr(p, "status");
+	json_t *o = json_pack("{s:s, s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:O}",
+			      "status", !strcmp(st, "completed") ? "completed" :
+					!strcmp(st, "in-doubt") ? "in-doubt" : "failed",
+			      "total_ms", json_object_get(p, "total_ms"),
+			      "downtime_ms", json_object_get(p, "downtime_ms"),
+			      "setup_ms", json_object_get(p, "setup_ms"),
+			      "bytes", json_object_get(p, "bytes"),
+			      "pages", json_object_get(p, "pages"),
+			      "zero_pages", json_object_get(p, "zero_pages"),
+			      "rounds", json_object_get(p, "rounds"),
+			      "converged", json_object_get(p, "converged"));
+
+	if (!o)
+		return;
+	if (json_object_get(p, "error"))
+		json_object_set(o, "error", json_object_get(p, "error"));
+	if (json_object_get(p, "to"))
+		json_object_set(o, "to", json_object_get(p, "to"));
+	json_dumpf(o, stdout, JSON_COMPACT | JSON_REAL_PRECISION(15));
+	putchar('\n');
+	json_decref(o);
+}
+
+static void mig_print_report(json_t *p)
+{
+	const char *st = jstr(p, "status");
+
+	if (!strcmp(st, "completed")) {
+		printf("migration completed: total %.1f ms, downtime %.1f ms, setup %.1f ms, "
+		       "%.1f MiB sent, %.0f pages (%.0f zero), %.0f rounds%s\n",
+		       jnum(p, "total_ms"), jnum(p, "downtime_ms"), jnum(p, "setup_ms"),
+		       jnum(p, "bytes") / (double)MiB, jnum(p, "pages"), jnum(p, "zero_pages"),
+		       jnum(p, "rounds"),
+		       json_is_true(json_object_get(p, "converged")) ? "" :
+		       " (did not converge under the downtime limit)");
+	} else if (!strcmp(st, "in-doubt")) {
+		fprintf(stderr, "godwit: migrate: %s\n", jstr(p, "error"));
+	} else {
+		fprintf(stderr, "godwit: migrate: migration %s: %s; the VM keeps running here\n",
+			st, jstr(p, "error"));
+	}
+}
+
+static int mig_sleep_ms(long ms)
+{
+	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
+
+	return nanosleep(&ts, NULL);
+}
+
+int cmd_migrate(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "api",           required_argument, NULL, 'a' },
+		{ "to",            required_argument, NULL, 't' },
+		{ "downtime-ms",   required_argument, NULL, 'd' },
+		{ "max-bandwidth", required_argument, NULL, 'b' },
+		{ "max-rounds",    required_argument, NULL, 'r' },
+		{ "json",          no_argument,       NULL, 'j' },
+		{ "quiet",         no_argument,       NULL, 'q' },
+		{ "help",          no_argument,       NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *sock = NULL, *to = NULL;
+	uint64_t downtime = MIG_DEFAULT_DOWNTIME_MS, rounds = MIG_DEFAULT_MAX_ROUNDS, bw = 0;
+	bool json = false, quiet = false;
+	json_t *req, *j = NULL, *p = NULL;
+	char *body = NULL, err[256];
+	double last_round = 0;
+	int opt, ret = 1, misses = 0;
+
+	optind = 0;
+	opterr = 0;
+	while ((opt = getopt_long(argc, argv, ":qh", opts, NULL)) != -1) {
+		char *end;
+		unsigned long long v;
+
+		switch (opt) {
+		case 'a': sock = optarg; break;
+		case 't': to = optarg; break;
+		case 'd':
+		case 'r':
+			errno = 0;
+			v = strtoull(optarg, &end, 10);
+			if (errno || *end || end == optarg || !v ||
+			    v > (opt == 'd' ? 60000ULL : 1000ULL)) {
+				fprintf(stderr, "godwit: migrate: %s %s: expected a number from 1 to %s\n",
+					argv[optind - 1], optarg, opt == 'd' ? "60000" : "1000");
+				goto usage;
+			}
+			*(opt == 'd' ? &downtime : &rounds) = v;
+			break;
+		case 'b':
+			if (parse_size(optarg, &bw) || !bw) {
+				fprintf(stderr, "godwit: migrate: --max-bandwidth %s: expected bytes per "
+					"second, e.g. 100M\n", optarg);
+				goto usage;
+			}
+			break;
+		case 'j': json = true; break;
+		case 'q': quiet = true; break;
+		case 'h':
+			fputs(migrate_usage, stdout);
+			return 0;
+		case ':':
+			fprintf(stderr, "godwit: migrate: option %s needs an argument\n",
+				argv[optind - 1]);
+			goto usage;
+		default:
+			fprintf(stderr, "godwit: migrate: unrecognized option '%s'\n", argv[optind - 1]);
+			goto usage;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "godwit: migrate: unexpected argument '%s'\n", argv[optind]);
+		goto usage;
+	}
+	if (!sock || !*sock || !to || !*to) {
+		fprintf(stderr, "godwit: migrate: --api SOCKET and --to ADDR are required\n");
+		goto usage;
+	}
+	if (migrate_addr_check(to, err, sizeof(err))) {
+		fprintf(stderr, "godwit: migrate: --to %s\n", err);
+		goto usage;
+	}
+	req = json_pack("{s:s, s:I, s:I, s:I}", "to", to, "downtime_ms", (json_int_t)downtime,
+			"max_rounds", (json_int_t)rounds, "max_bandwidth", (json_int_t)bw);
+	body = req ? json_dumps(req, JSON_COMPACT) : NULL;
+	json_decref(req);
+	if (!body) {
+		fprintf(stderr, "godwit: migrate: out of memory\n");
+		return 1;
+	}
+	if (mig_request("migrate", sock, "PUT", "/api/v1/vm/migrate", body, &j))
+		goto out;
+	json_decref(j);
+	j = NULL;
+	/* Follow the progress until the migration ends. */
+	for (;;) {
+		const char *st;
+
+		if (mig_request("migrate", sock, "GET", "/api/v1/vm/migration", NULL, &p)) {
+			/*
+			 * The source exits once the report was read or after a few seconds;
+			 * a socket gone right after COMMIT most likely means that, but
+			 * say what is known only.
+			 */
+			if (++misses < 3) {
+				mig_sleep_ms(MIG_POLL_MS);
+				continue;
+			}
+			fprintf(stderr, "godwit: migrate: lost the VM's API during the migration; "
+				"check the destination\n");
+			goto out;
+		}
+		misses = 0;
+		st = jstr(p, "status");
+		if (!quiet && !json && jnum(p, "round") > last_round &&
+		    jnum(p, "round") >= 2 && strcmp(st, "setup")) {
+			/* The round that just finished. */
+			mig_print_progress(p);
+		}
+		if (jnum(p, "round") > last_round)
+			last_round = jnum(p, "round");
+		if (!strcmp(st, "completed") || !strcmp(st, "failed") ||
+		    !strcmp(st, "cancelled") || !strcmp(st, "in-doubt"))
+			break;
+		json_decref(p);
+		p = NULL;
+		mig_sleep_ms(MIG_POLL_MS);
+	}
+	if (json)
+		mig_print_json(p);
+	else
+		mig_print_report(p);
+	ret = !strcmp(jstr(p, "status"), "completed") ? 0 : 1;
+	if (fflush(stdout) == EOF) {
+		fprintf(stderr, "godwit: migrate: write error on stdout: %s\n", strerror(errno));
+		ret = 1;
+	}
+out:
+	json_decref(p);
+	free(body);
+	return ret;
+usage:
+	fprintf(stderr, "Try 'godwit migrate --help'.\n");
+	return 2;
+}
+
+/* The three small commands: --api SOCKET plus their own flags. */
+static int mig_simple(const char *who, const char *usage, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "api",     required_argument, NULL, 'a' },
+		{ "json",    no_argument,       NULL, 'j' },
+		{ "resume",  no_argument,       NULL, 'r' },
+		{ "discard", no_argument,       NULL, 'd' },
+		{ "help",    no_argument,       NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	bool is_status = !strcmp(who, "migrate-status"), is_resolve = !strcmp(who, "migrate-resolve");
+	const char *sock = NULL, *action = NULL;
+	bool json = false;
+	json_t *j = NULL;
+	char *body = NULL;
+	int opt, ret = 1;
+
+	optind = 0;
+	opterr = 0;
+	while ((opt = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+		switch (opt) {
+		case 'a': sock = optarg; break;
+		case 'j':
+			if (!is_status)
+				goto bad;
+			json = true;
+			break;
+		case 'r':
+		case 'd':
+			if (!is_resolve)
+				goto bad;
+			if (action) {
+				fprintf(stderr, "godwit: %s: give --resume or --discard, once\n", who);
+				goto usage;
+			}
+			action = opt == 'r' ? "resume" : "discard";
+			break;
+		case 'h':
+			fputs(usage, stdout);
+			return 0;
+		case ':':
+			fprintf(stderr, "godwit: %s: option %s needs an argument\n", who,
+				argv[optind - 1]);
+			goto usage;
+		default:
+bad:
+			fprintf(stderr, "godwit: %s: unrecognized option '%s'\n", who, argv[optind - 1]);
+			goto usage;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "godwit: %s: unexpected argument '%s'\n", who, argv[optind]);
+		goto usage;
+	}
+	if (!sock || !*sock) {
+		fprintf(stderr, "godwit: %s: --api SOCKET is required\n", who);
+		goto usage;
+	}
+	if (is_resolve && !action) {
+		fprintf(stderr, "godwit: %s: --resume or --discard is required\n", who);
+		goto usage;
+	}
+	if (is_status) {
+		if (mig_request(who, sock, "GET", "/api/v1/vm/migration", NULL, &j))
+			goto out;
+		if (json) {
+			json_dumpf(j, stdout, JSON_COMPACT | JSON_REAL_PRECISION(15));
+			putchar('\n');
+		} else if (!strcmp(jstr(j, "status"), "none")) {
+			printf("no migration\n");
+		} else {
+			printf("migration %s%s%s: round %.0f, %.1f MiB sent, %.1f MiB remaining, "
+			       "total %.0f ms, downtime %.1f ms%s%s\n", jstr(j, "status"),
+			       json_object_get(j, "to") ? " to " : json_object_get(j, "from") ?
+			       " from " : "", json_object_get(j, "to") ? jstr(j, "to") : jstr(j, "from"),
+			       jnum(j, "round"), jnum(j, "bytes") / (double)MiB,
+			       jnum(j, "remaining_bytes") / (double)MiB, jnum(j, "total_ms"),
+			       jnum(j, "downtime_ms"), json_object_get(j, "error") ? ": " : "",
+			       jstr(j, "error"));
+		}
+		ret = 0;
+	} else if (is_resolve) {
+		if (asprintf(&body, "{\"action\":\"%s\"}", action) < 0) {
+			body = NULL;
+			goto out;
+		}
+		if (mig_request(who, sock, "PUT", "/api/v1/vm/migrate-resolve", body, &j))
+			goto out;
+		printf("%s\n", !strcmp(action, "resume") ? "the VM runs here" :
+		       "the VM was discarded here");
+		ret = 0;
+	} else {
+		if (mig_request(who, sock, "PUT", "/api/v1/vm/migrate-cancel", NULL, &j))
+			goto out;
+		printf("migration cancelled; the VM runs here\n");
+		ret = 0;
+	}
+	if (fflush(stdout) == EOF)
+		ret = 1;
+out:
+	json_decref(j);
+	free(body);
+	return ret;
+usage:
+	fprintf(stderr, "Try 'godwit %s --help'.\n", who);
+	return 2;
+}
+
+int cmd_migrate_status(int argc, char **argv)
+{
+	return mig_simple("migrate-status", status_usage, argc, argv);
+}
+
+int cmd_migrate_cancel(int argc, char **argv)
+{
+	return mig_simple("migrate-cancel", cancel_usage, argc, argv);
+}
+
+int cmd_migrate_resolve(int argc, char **argv)
+{
+	return mig_simple("migrate-resolve", resolve_usage, argc, argv);
+}

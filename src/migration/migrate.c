@@ -1,0 +1,1148 @@
+/*
+ * migrate.c - live migration (docs/migration.md, migrate.h).
+ *
+ * Source: migrate_start() (API, loop thread) starts mig_thread(), which
+ * owns the connection and the stream writer:
+ *
+ *   connect; preamble + CONFIG; wait for ACCEPT
+ *   dirty logging on; round 1 = every page, round n = the pages dirtied
+ *     since round n-1 (dirty bits cleared chunk by chunk right before the
+ *     chunk is copied); until what is left fits the downtime limit
+ *   vm_pause, dev_quiesce_all; the last dirty pages, VM/CPU/DEVICE, EOF
+ *   READY -> COMMIT -> DONE: release the VM (exit EXIT_MIGRATED)
+ *
+ * The thread pauses and resumes the VM itself: while a migration is busy
+ * the API refuses pause, resume and snapshot (migrate_busy()), so nothing
+ * else does.  m->lock protects the progress and the status; the status
+ * changes to COMMITTING under it after checking `cancel`, so a cancel and
+ * the COMMIT never cross.
+ */
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "godwit/crc32c.h"
+#include "godwit/dev.h"
+#include "godwit/log.h"
+#include "godwit/migrate.h"
+#include "godwit/snapshot.h"
+#include "godwit/stream.h"
+#include "godwit/virtio.h"
+#include "godwit/vm.h"
+
+#define MIG_MSG_MAGIC        0x434d5747u     /* "GWMC" */
+#define MIG_MSG_HDR          8               /* magic, type, length */
+#define MIG_ACCEPT_TIMEOUT_MS 60000          /* the destination builds its VM meanwhile */
+#define MIG_CHUNK_PAGES      4096            /* 16 MiB: clear, copy, send */
+#define MIG_RELEASE_WAIT_MS  5000            /* for a client to read the final report */
+
+struct migration {
+	struct vm *vm;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	pthread_t thread;
+	bool thread_started;
+	bool incoming;
+	bool cancel;                 /* under lock */
+	bool reported;               /* a client read the final status (under lock) */
+	int fd;                      /* the connection (under lock for shutdown) */
+	struct migrate_params p;
+	struct migrate_progress prog;    /* under lock */
+	struct timespec t_start;
+	uint64_t *bitmap[2], *scratch[2];
+};
+
+const char *migrate_status_name(enum mig_status s)
+{
+	switch (s) {
+	case MIG_NONE:       return "none";
+	case MIG_SETUP:      return "setup";
+	case MIG_ACTIVE:     return "active";
+	case MIG_STOP_COPY:  return "stop-and-copy";
+	case MIG_COMMITTING: return "committing";
+	case MIG_COMPLETED:  return "completed";
+	case MIG_FAILED:     return "failed";
+	case MIG_CANCELLED:  return "cancelled";
+	case MIG_IN_DOUBT:   return "in-doubt";
+	case MIG_INCOMING:   return "incoming";
+	}
+	return "unknown";
+}
+
+bool migrate_status_final(enum mig_status s)
+{
+	return s == MIG_COMPLETED || s == MIG_FAILED || s == MIG_CANCELLED || s == MIG_INCOMING;
+}
+
+static double ms_since(const struct timespec *t0)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+/* ---- addresses and sockets ------------------------------------------------------------ */
+
+struct mig_addr {
+	bool unix_sock;
+	char host[MIG_ADDR_MAX], port[16];
+	struct sockaddr_un sun;
+};
+
+static int mig_addr_parse(const char *s, struct mig_addr *a, char *err, size_t len)
+{
+	memset(a, 0, sizeof(*a));
+	if (!strncmp(s, "unix:", 5)) {
+		const char *path = s + 5;
+
+		if (!*path || strlen(path) >= sizeof(a->sun.sun_path)) {
+			snprintf(err, len, "%s: a UNIX socket path of 1 to %zu bytes is needed", s,
+				 sizeof(a->sun.sun_path) - 1);
+			return -EINVAL;
+		}
+		a->unix_sock = true;
+		a->sun.sun_family = AF_UNIX;
+		memcpy(a->sun.sun_path, path, strlen(path) + 1);
+		return 0;
+	}
+	if (!strncmp(s, "tcp:", 4)) {
+		const char *h = s + 4, *colon = strrchr(h, ':');
+		const char *hend = colon;
+		char *end;
+		long port;
+
+		if (!colon)
+			goto bad;
+		if (*h == '[') {                /* [v6]:port */
+			h++;
+			if (hend == h || hend[-1] != ']')
+				goto bad;
+			hend--;
+		}
+		if ((size_t)(hend - h) >= sizeof(a->host))
+			goto bad;
+		memcpy(a->host, h, (size_t)(hend - h));
+		a->host[hend - h] = '\0';
+		errno = 0;
+		port = strtol(colon + 1, &end, 10);
+		if (errno || *end || end == colon + 1 || port < 1 || port > 65535)
+			goto bad;
+		snprintf(a->port, sizeof(a->port), "%ld", port);
+		return 0;
+	}
+bad:
+	snprintf(err, len, "%s: expected tcp:HOST:PORT or unix:PATH", s);
+	return -EINVAL;
+}
+
+int migrate_addr_check(const char *addr, char *err, size_t len)
+{
+	struct mig_addr a;
+
+	return mig_addr_parse(addr, &a, err, len);
+}
+
+static void mig_sock_opts(int fd, bool tcp)
+{
+	struct timeval tv = { .tv_sec = MIG_IO_TIMEOUT_MS / 1000 };
+	int one = 1, buf = 4 << 20;
+
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof(buf));
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof(buf));
+	if (tcp) {
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	}
+}
+
+/* Connect to addr (SO_SNDTIMEO bounds connect() too). */
+static int mig_connect(const char *addr, int *fdp, char *err, size_t len)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res = NULL, *ai;
+	struct mig_addr a;
+	int fd = -1, ret, e = 0;
+
+	ret = mig_addr_parse(addr, &a, err, len);
+	if (ret)
+		return ret;
+	if (a.unix_sock) {
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			goto fail;
+		mig_sock_opts(fd, false);
+		if (connect(fd, (struct sockaddr *)&a.sun, sizeof(a.sun)) < 0)
+			goto fail;
+		*fdp = fd;
+		return 0;
+	}
+	ret = getaddrinfo(a.host, a.port, &hints, &res);
+	if (ret) {
+		snprintf(err, len, "%s: %s", addr, gai_strerror(ret));
+		return -EHOSTUNREACH;
+	}
+	for (ai = res; ai; ai = ai->ai_next) {
+		fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0) {
+			e = errno;
+			continue;
+		}
+		mig_sock_opts(fd, true);
+		if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+			break;
+		e = errno;
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(res);
+	if (fd < 0) {
+		errno = e ? e : ECONNREFUSED;
+		goto fail;
+	}
+	*fdp = fd;
+	return 0;
+fail:
+	e = errno == EAGAIN || errno == EINPROGRESS ? ETIMEDOUT : errno;
+	snprintf(err, len, "cannot connect to %s: %s", addr, strerror(e));
+	if (fd >= 0)
+		close(fd);
+	return -e;
+}
+
+int migrate_listen(const char *addr, int *lfd, char *err, size_t len)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE }, *res = NULL;
+	struct mig_addr a;
+	int fd = -1, one = 1, ret;
+
+	ret = mig_addr_parse(addr, &a, err, len);
+	if (ret)
+		return ret;
+	if (a.unix_sock) {
+		struct stat st;
+
+		/* A stale socket file is replaced; any other file is not touched. */
+		if (lstat(a.sun.sun_path, &st) == 0) {
+			if (!S_ISSOCK(st.st_mode)) {
+				snprintf(err, len, "%s exists and is not a socket", a.sun.sun_path);
+				return -EEXIST;
+			}
+			fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+			if (fd >= 0 && connect(fd, (struct sockaddr *)&a.sun, sizeof(a.sun)) == 0) {
+				close(fd);
+				snprintf(err, len, "%s: another process is listening there", addr);
+				return -EADDRINUSE;
+			}
+			if (fd >= 0)
+				close(fd);
+			unlink(a.sun.sun_path);
+		}
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0 || bind(fd, (struct sockaddr *)&a.sun, sizeof(a.sun)) < 0 ||
+		    listen(fd, 1) < 0)
+			goto fail;
+		*lfd = fd;
+		return 0;
+	}
+	ret = getaddrinfo(a.host[0] ? a.host : NULL, a.port, &hints, &res);
+	if (ret) {
+		snprintf(err, len, "%s: %s", addr, gai_strerror(ret));
+		return -EINVAL;
+	}
+	fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		goto fail_ai;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 1) < 0)
+		goto fail_ai;
+	freeaddrinfo(res);
+	*lfd = fd;
+	return 0;
+fail_ai:
+	freeaddrinfo(res);
+fail:
+	ret = -errno;
+	snprintf(err, len, "cannot listen on %s: %s", addr, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	return ret;
+}
+
+int migrate_accept(int lfd, const char *addr, int *fdp, char *err, size_t len)
+{
+	struct mig_addr a;
+	int fd;
+
+	fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	if (fd < 0) {
+		int e = errno;
+
+		snprintf(err, len, "accept on %s: %s", addr, strerror(e));
+		return -e;
+	}
+	close(lfd);
+	if (mig_addr_parse(addr, &a, err, len) == 0 && a.unix_sock)
+		unlink(a.sun.sun_path);
+	mig_sock_opts(fd, !a.unix_sock);
+	*fdp = fd;
+	return 0;
+}
+
+/* ---- control messages ------------------------------------------------------------------ */
+
+static int mig_send_all(int fd, const void *buf, size_t n)
+{
+	const uint8_t *p = buf;
+
+	while (n) {
+		ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return k < 0 ? (errno == EAGAIN ? -ETIMEDOUT : -errno) : -EIO;
+		p += k;
+		n -= (size_t)k;
+	}
+	return 0;
+}
+
+int migrate_msg_send(int fd, enum mig_msg type, const char *text)
+{
+	uint8_t buf[MIG_MSG_HDR + MIG_MSG_TEXT_MAX + 4];
+	size_t n = text ? strnlen(text, MIG_MSG_TEXT_MAX) : 0;
+	uint32_t magic = MIG_MSG_MAGIC, crc;
+	uint16_t t = (uint16_t)type, l = (uint16_t)n;
+
+	memcpy(buf, &magic, 4);
+	memcpy(buf + 4, &t, 2);
+	memcpy(buf + 6, &l, 2);
+	if (n)
+		memcpy(buf + MIG_MSG_HDR, text, n);
+	crc = crc32c(0, buf, MIG_MSG_HDR + n);
+	memcpy(buf + MIG_MSG_HDR + n, &crc, 4);
+	return mig_send_all(fd, buf, MIG_MSG_HDR + n + 4);
+}
+
+/* Read exactly n bytes before the deadline (CLOCK_MONOTONIC ms). */
+static int mig_recv_all(int fd, void *buf, size_t n, const struct timespec *t0, int timeout_ms)
+{
+	uint8_t *p = buf;
+
+	while (n) {
+		int left = timeout_ms - (int)ms_since(t0);
+		struct pollfd pfd = { .fd = fd, .events = POLLIN };
+		ssize_t k;
+		int r;
+
+		if (left <= 0)
+			return -ETIMEDOUT;
+		r = poll(&pfd, 1, left);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			return -ETIMEDOUT;
+		k = recv(fd, p, n, MSG_DONTWAIT);
+		if (k < 0 && (errno == EINTR || errno == EAGAIN))
+			continue;
+		if (k < 0)
+			return errno == ECONNRESET || errno == EPIPE ? -ECONNRESET : -errno;
+		if (k == 0)
+			return -ECONNRESET;
+		p += k;
+		n -= (size_t)k;
+	}
+	return 0;
+}
+
+int migrate_msg_recv(int fd, int timeout_ms, enum mig_msg *type, char *text, size_t len)
+{
+	uint8_t buf[MIG_MSG_HDR + MIG_MSG_TEXT_MAX + 4];
+	uint32_t magic, crc;
+	uint16_t t, l;
+	struct timespec t0;
+	int ret;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	ret = mig_recv_all(fd, buf, MIG_MSG_HDR, &t0, timeout_ms);
+	if (ret)
+		return ret;
+	memcpy(&magic, buf, 4);
+	memcpy(&t, buf + 4, 2);
+	memcpy(&l, buf + 6, 2);
+	if (magic != MIG_MSG_MAGIC || l > MIG_MSG_TEXT_MAX || t < MIG_MSG_ACCEPT || t > MIG_MSG_DONE)
+		return -EBADMSG;
+	ret = mig_recv_all(fd, buf + MIG_MSG_HDR, (size_t)l + 4, &t0, timeout_ms);
+	if (ret)
+		return ret;
+	memcpy(&crc, buf + MIG_MSG_HDR + l, 4);
+	if (crc != crc32c(0, buf, MIG_MSG_HDR + (size_t)l))
+		return -EBADMSG;
+	/* Printable text only: it ends up in logs and error messages. */
+	for (unsigned int i = 0; i < l; i++)
+		if (buf[MIG_MSG_HDR + i] < 0x20 || buf[MIG_MSG_HDR + i] > 0x7e)
+			buf[MIG_MSG_HDR + i] = '?';
+	*type = (enum mig_msg)t;
+	if (len) {
+		size_t n = MIN((size_t)l, len - 1);
+
+		memcpy(text, buf + MIG_MSG_HDR, n);
+		text[n] = '\0';
+	}
+	return 0;
+}
+
+/* ---- the migration record --------------------------------------------------------------- */
+
+static struct migration *mig_get(struct vm *vm, bool create)
+{
+	struct migration *m = vm->mig;
+
+	if (m || !create)
+		return m;
+	m = calloc(1, sizeof(*m));
+	if (!m)
+		return NULL;
+	m->vm = vm;
+	m->fd = -1;
+	pthread_mutex_init(&m->lock, NULL);
+	pthread_cond_init(&m->cond, NULL);
+	vm->mig = m;
+	return m;
+}
+
+static void mig_set_status(struct migration *m, enum mig_status st)
+{
+	pthread_mutex_lock(&m->lock);
+	m->prog.status = st;
+	pthread_cond_broadcast(&m->cond);
+	pthread_mutex_unlock(&m->lock);
+}
+
+__attribute__((format(printf, 3, 4)))
+static void mig_fail(struct migration *m, enum mig_status st, const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&m->lock);
+	if (!m->prog.error[0]) {
+		va_start(ap, fmt);
+		vsnprintf(m->prog.error, sizeof(m->prog.error), fmt, ap);
+		va_end(ap);
+	}
+	m->prog.status = st;
+	m->prog.total_ms = ms_since(&m->t_start);
+	pthread_cond_broadcast(&m->cond);
+	pthread_mutex_unlock(&m->lock);
+}
+
+static bool mig_cancelled(struct migration *m)
+{
+	bool c;
+
+	pthread_mutex_lock(&m->lock);
+	c = m->cancel;
+	pthread_mutex_unlock(&m->lock);
+	return c;
+}
+
+static bool mig_vm_stopping(struct vm *vm)
+{
+	bool s;
+
+	pthread_mutex_lock(&vm->lock);
+	s = vm->state == VM_STATE_STOPPING;
+	pthread_mutex_unlock(&vm->lock);
+	return s;
+}
+
+/* ---- the source thread ------------------------------------------------------------------- */
+
+struct mig_run {
+	struct migration *m;
+	struct vm *vm;
+	struct stream_writer *w;
+	int fd;
+	char err[512];
+	bool paused;                 /* we paused the VM and quiesced its devices */
+	struct timespec t_pace;      /* bandwidth pacing: start of the current window */
+	uint64_t pace_bytes;         /* stream offset at t_pace */
+	bool pace;                   /* apply --max-bandwidth (not during stop-and-copy) */
+};
+
+/* Publish the writer's counters. */
+static void mig_publish(struct mig_run *r)
+{
+	struct stream_ram_stats st;
+
+	stream_writer_ram_stats(r->w, &st);
+	pthread_mutex_lock(&r->m->lock);
+	r->m->prog.bytes = stream_writer_offset(r->w);
+	r->m->prog.pages = st.pages;
+	r->m->prog.zero_pages = st.zero_pages;
+	pthread_mutex_unlock(&r->m->lock);
+}
+
+/* Sleep as needed to keep the average under max_bandwidth; false if cancelled. */
+static bool mig_pace(struct mig_run *r)
+{
+	uint64_t bw = r->m->p.max_bandwidth;
+
+	if (!r->pace || !bw)
+		return true;
+	for (;;) {
+		double sent = (double)(stream_writer_offset(r->w) - r->pace_bytes);
+		double due_ms = sent / (double)bw * 1e3, el = ms_since(&r->t_pace);
+		struct timespec ts;
+		double nap;
+
+		if (el >= due_ms)
+			return true;
+		if (mig_cancelled(r->m) || mig_vm_stopping(r->vm))
+			return false;
+		nap = MIN(due_ms - el, 100.0);
+		ts.tv_sec = (time_t)(nap / 1e3);
+		ts.tv_nsec = (long)((nap - (double)ts.tv_sec * 1e3) * 1e6);
+		nanosleep(&ts, NULL);
+	}
+}
+
+/* Dirty pages of every region into the bitmaps (accumulating); total pages set. */
+static int64_t mig_collect(struct mig_run *r)
+{
+	int64_t total = 0;
+
+	for (unsigned int i = 0; i < r->vm->nr_mem; i++) {
+		int64_t n = vm_dirty_log_get(r->vm, i, r->m->bitmap[i], r->m->scratch[i]);
+
+		if (n < 0) {
+			snprintf(r->err, sizeof(r->err), "cannot read the dirty log: %s",
+				 strerror((int)-n));
+			return n;
+		}
+		total += n;
+	}
+	return total;
+}
+
+/*
+ * Send the pages set in the bitmaps, chunk by chunk: clear the chunk's
+ * dirty bits in KVM (manual protection), queue its pages, flush (the pages
+ * are copied now), forget the chunk's bits.  Returns 0 or -errno.
+ */
+static int mig_send_dirty(struct mig_run *r, bool clear)
+{
+	struct vm *vm = r->vm;
+	int ret;
+
+	for (unsigned int i = 0; i < vm->nr_mem; i++) {
+		const struct mem_region *mr = &vm->mem[i];
+		uint64_t npages = mr->size / STREAM_PAGE_SIZE, *bm = r->m->bitmap[i];
+
+		for (uint64_t first = 0; first < npages; first += MIG_CHUNK_PAGES) {
+			uint64_t n = MIN((uint64_t)MIG_CHUNK_PAGES, npages - first);
+			uint64_t w0 = first / 64, nw = (n + 63) / 64, any = 0;
+
+			for (uint64_t k = 0; k < nw; k++)
+				any |= bm[w0 + k];
+			if (!any)
+				continue;
+			if (clear) {
+				ret = vm_dirty_log_clear(vm, i, first, n, bm);
+				if (ret) {
+					snprintf(r->err, sizeof(r->err), "cannot clear the dirty log: %s",
+						 strerror(-ret));
+					return ret;
+				}
+			}
+			ret = stream_put_ram_dirty(r->w, mr->host + first * STREAM_PAGE_SIZE,
+						   mr->gpa + first * STREAM_PAGE_SIZE, n, bm + w0);
+			if (!ret)
+				ret = stream_flush(r->w);
+			if (ret) {
+				snprintf(r->err, sizeof(r->err), "sending memory: %s",
+					 stream_writer_error(r->w));
+				return ret;
+			}
+			memset(bm + w0, 0, nw * sizeof(uint64_t));
+			mig_publish(r);
+			if (mig_cancelled(r->m))
+				return -ECANCELED;
+			if (mig_vm_stopping(vm)) {
+				snprintf(r->err, sizeof(r->err), "the VM stopped during the migration");
+				return -ESHUTDOWN;
+			}
+			if (!mig_pace(r))
+				return mig_cancelled(r->m) ? -ECANCELED : -ESHUTDOWN;
+		}
+	}
+	return 0;
+}
+
+static int mig_alloc_bitmaps(struct mig_run *r)
+{
+	for (unsigned int i = 0; i < r->vm->nr_mem; i++) {
+		size_t words = (r->vm->mem[i].size / STREAM_PAGE_SIZE + 63) / 64;
+
+		r->m->bitmap[i] = calloc(words, sizeof(uint64_t));
+		r->m->scratch[i] = calloc(words, sizeof(uint64_t));
+		if (!r->m->bitmap[i] || !r->m->scratch[i])
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+static void mig_free_bitmaps(struct migration *m)
+{
+	for (unsigned int i = 0; i < ARRAY_SIZE(m->bitmap); i++) {
+		free(m->bitmap[i]);
+		free(m->scratch[i]);
+		m->bitmap[i] = m->scratch[i] = NULL;
+	}
+}
+
+/* Handshake: preamble + CONFIG, then the destination's verdict. */
+static int mig_setup(struct mig_run *r)
+{
+	struct stream_config *cfg = calloc(1, sizeof(*cfg));
+	enum mig_msg type;
+	char text[MIG_MSG_TEXT_MAX + 1];
+	int ret;
+
+	if (!cfg)
+		return -ENOMEM;
+	ret = snapshot_config_from_vm(cfg, r->vm);
+	if (ret) {
+		snprintf(r->err, sizeof(r->err), "the VM's configuration does not fit a stream: %s",
+			 strerror(-ret));
+		free(cfg);
+		return ret;
+	}
+	ret = stream_begin(r->w, cfg);
+	free(cfg);
+	if (!ret)
+		ret = stream_flush(r->w);
+	if (ret) {
+		snprintf(r->err, sizeof(r->err), "sending the configuration: %s",
+			 stream_writer_error(r->w));
+		return ret;
+	}
+	ret = migrate_msg_recv(r->fd, MIG_ACCEPT_TIMEOUT_MS, &type, text, sizeof(text));
+	if (ret == -ECONNRESET) {
+		snprintf(r->err, sizeof(r->err), "the destination closed the connection before "
+			 "accepting the VM");
+		return ret;
+	}
+	if (ret) {
+		snprintf(r->err, sizeof(r->err), "no answer from the destination: %s",
+			 ret == -EBADMSG ? "not a godwit migration peer" : strerror(-ret));
+		return ret;
+	}
+	if (type == MIG_MSG_REFUSE || type == MIG_MSG_ERROR) {
+		snprintf(r->err, sizeof(r->err), "the destination refused the VM: %.400s", text);
+		return -EPERM;
+	}
+	if (type != MIG_MSG_ACCEPT) {
+		snprintf(r->err, sizeof(r->err), "the destination sent message %d instead of ACCEPT",
+			 type);
+		return -EPROTO;
+	}
+	return 0;
+}
+
+/* Pre-copy rounds until what is left fits the downtime limit (or the round limit). */
+static int mig_precopy(struct mig_run *r)
+{
+	struct migration *m = r->m;
+	struct vm *vm = r->vm;
+	double last_remaining = -1;
+	unsigned int worse = 0;
+	int64_t dirty;
+	int ret;
+
+	ret = vm_dirty_log_start(vm);
+	if (ret) {
+		snprintf(r->err, sizeof(r->err), "cannot track dirty memory: %s", strerror(-ret));
+		return ret;
+	}
+	/* Round 1: every page (with manual protection the log starts all set anyway). */
+	for (unsigned int i = 0; i < vm->nr_mem; i++) {
+		uint64_t npages = vm->mem[i].size / STREAM_PAGE_SIZE;
+
+		for (uint64_t p = 0; p < npages; p++)
+			m->bitmap[i][p / 64] |= 1ULL << (p % 64);
+		/* Without manual protection, this get starts KVM's log (clear + protect). */
+		if (vm_dirty_log_get(vm, i, m->bitmap[i], m->scratch[i]) < 0) {
+			snprintf(r->err, sizeof(r->err), "cannot read the dirty log");
+			return -EIO;
+		}
+	}
+	mig_set_status(m, MIG_ACTIVE);
+	for (uint32_t round = 1; ; round++) {
+		struct timespec t0;
+		uint64_t off0 = stream_writer_offset(r->w);
+		double ms, bw, remaining, expect;
+
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		r->t_pace = t0;
+		r->pace_bytes = off0;
+		pthread_mutex_lock(&m->lock);
+		m->prog.round = round;
+		pthread_mutex_unlock(&m->lock);
+		if (round > 1) {
+			ret = stream_put_section(r->w, STREAM_VM, 0, SNAPSHOT_ID_PRECOPY, 1, round,
+						 NULL, 0);
+			if (ret) {
+				snprintf(r->err, sizeof(r->err), "sending memory: %s",
+					 stream_writer_error(r->w));
+				return ret;
+			}
+		}
+		ret = mig_send_dirty(r, true);
+		if (ret)
+			return ret;
+		ms = MAX(ms_since(&t0), 0.001);
+		bw = (double)(stream_writer_offset(r->w) - off0) / ms * 1e3;
+		dirty = mig_collect(r);
+		if (dirty < 0)
+			return (int)dirty;
+		remaining = (double)dirty * STREAM_PAGE_SIZE;
+		expect = bw > 0 ? remaining / bw * 1e3 : 1e9;
+		pthread_mutex_lock(&m->lock);
+		m->prog.bandwidth = bw;
+		m->prog.dirty_rate = remaining / ms * 1e3;
+		m->prog.remaining_bytes = (uint64_t)remaining;
+		m->prog.expected_downtime_ms = expect;
+		if (last_remaining >= 0 && remaining >= last_remaining * 0.9)
+			worse++;
+		else
+			worse = 0;
+		m->prog.not_converging = worse >= 3;
+		pthread_mutex_unlock(&m->lock);
+		log_debug("migrate: round %u: %.1f MiB in %.1f ms (%.0f MiB/s), %lld dirty pages, "
+			  "expected downtime %.1f ms", round,
+			  (double)(stream_writer_offset(r->w) - off0) / (double)MiB, ms,
+			  bw / (double)MiB, (long long)dirty, expect);
+		if (expect <= (double)m->p.downtime_ms) {
+			pthread_mutex_lock(&m->lock);
+			m->prog.converged = true;
+			pthread_mutex_unlock(&m->lock);
+			return 0;
+		}
+		if (round >= m->p.max_rounds) {
+			log_warnx("migrate: no convergence after %u rounds (%.1f MiB dirty, expected "
+				  "downtime %.0f ms > %u ms): stopping anyway", round,
+				  remaining / (double)MiB, expect, m->p.downtime_ms);
+			return 0;
+		}
+		last_remaining = remaining;
+	}
+}
+
+/* Pause, the last pages and the whole state, EOF. */
+static int mig_stop_copy(struct mig_run *r, struct timespec *t_pause)
+{
+	struct migration *m = r->m;
+	int64_t dirty;
+	int ret;
+
+	mig_set_status(m, MIG_STOP_COPY);
+	clock_gettime(CLOCK_MONOTONIC, t_pause);
+	ret = vm_pause(r->vm);
+	if (ret && ret != -EALREADY) {
+		snprintf(r->err, sizeof(r->err), "the VM stopped during the migration");
+		return ret;
+	}
+	r->paused = true;
+	ret = dev_quiesce_all(r->vm);
+	if (ret) {
+		snprintf(r->err, sizeof(r->err), "cannot quiesce the devices: %s", strerror(-ret));
+		return ret;
+	}
+	r->pace = false;
+	dirty = mig_collect(r);
+	if (dirty < 0)
+		return (int)dirty;
+	ret = stream_put_section(r->w, STREAM_VM, 0, SNAPSHOT_ID_PRECOPY, 1, 0, NULL, 0);
+	if (ret) {
+		snprintf(r->err, sizeof(r->err), "sending memory: %s", stream_writer_error(r->w));
+		return ret;
+	}
+	ret = mig_send_dirty(r, false);
+	if (ret)
+		return ret;
+	ret = snapshot_write_state(r->vm, r->w, r->err, sizeof(r->err));
+	if (ret)
+		return ret;
+	ret = stream_end(r->w);
+	if (ret) {
+		snprintf(r->err, sizeof(r->err), "sending the state: %s", stream_writer_error(r->w));
+		return ret;
+	}
+	mig_publish(r);
+	return 0;
+}
+
+/* Before COMMIT: put the VM back as it was. */
+static void mig_unwind(struct mig_run *r)
+{
+	if (r->paused) {
+		if (dev_resume_all(r->vm))
+			log_warnx("migrate: a device did not resume");
+		if (vm_resume(r->vm) && !mig_vm_stopping(r->vm))
+			log_warnx("migrate: the VM did not resume");
+		r->paused = false;
+	}
+	vm_dirty_log_stop(r->vm);
+}
+
+static void *mig_thread(void *opaque)
+{
+	struct migration *m = opaque;
+	struct mig_run r = { .m = m, .vm = m->vm, .fd = -1, .pace = true };
+	struct timespec t_pause = { 0 };
+	enum mig_msg type;
+	char text[MIG_MSG_TEXT_MAX + 1];
+	int ret;
+
+	ret = mig_connect(m->p.to, &r.fd, r.err, sizeof(r.err));
+	if (ret)
+		goto fail;
+	pthread_mutex_lock(&m->lock);
+	m->fd = r.fd;
+	pthread_mutex_unlock(&m->lock);
+	if (mig_cancelled(m)) {
+		ret = -ECANCELED;
+		goto fail;
+	}
+	ret = stream_writer_new(r.fd, &r.w);
+	if (!ret)
+		ret = mig_alloc_bitmaps(&r);
+	if (ret) {
+		snprintf(r.err, sizeof(r.err), "out of memory");
+		goto fail;
+	}
+	ret = mig_setup(&r);
+	if (ret)
+		goto fail;
+	pthread_mutex_lock(&m->lock);
+	m->prog.setup_ms = ms_since(&m->t_start);
+	pthread_mutex_unlock(&m->lock);
+	ret = mig_precopy(&r);
+	if (ret)
+		goto fail;
+	ret = mig_stop_copy(&r, &t_pause);
+	if (ret)
+		goto fail;
+
+	ret = migrate_msg_recv(r.fd, MIG_IO_TIMEOUT_MS, &type, text, sizeof(text));
+	if (ret || type != MIG_MSG_READY) {
+		if (ret == -ECONNRESET)
+			snprintf(r.err, sizeof(r.err), "the destination closed the connection before "
+				 "it was ready");
+		else if (ret)
+			snprintf(r.err, sizeof(r.err), "waiting for the destination to be ready: %s",
+				 strerror(-ret));
+		else if (type == MIG_MSG_ERROR || type == MIG_MSG_REFUSE)
+			snprintf(r.err, sizeof(r.err), "the destination could not load the VM: %.400s",
+				 text);
+		else
+			snprintf(r.err, sizeof(r.err), "the destination sent message %d instead of "
+				 "READY", type);
+		ret = ret ? ret : -EPROTO;
+		goto fail;
+	}
+	/* The point of no return: a cancel either got in before it or is refused. */
+	pthread_mutex_lock(&m->lock);
+	if (m->cancel) {
+		pthread_mutex_unlock(&m->lock);
+		ret = -ECANCELED;
+		goto fail;
+	}
+	m->prog.status = MIG_COMMITTING;
+	pthread_mutex_unlock(&m->lock);
+	ret = migrate_msg_send(r.fd, MIG_MSG_COMMIT, NULL);
+	if (!ret)
+		ret = migrate_msg_recv(r.fd, MIG_IO_TIMEOUT_MS, &type, text, sizeof(text));
+	if (ret || type != MIG_MSG_DONE) {
+		mig_fail(m, MIG_IN_DOUBT, "in doubt: COMMIT was sent but the destination did not "
+			 "confirm (%s); the VM is paused here and may be running there: check the "
+			 "destination, then godwit migrate-resolve --resume or --discard",
+			 ret ? strerror(-ret) : "unexpected message");
+		log_warnx("migrate: %s", m->prog.error);
+		goto out;
+	}
+	pthread_mutex_lock(&m->lock);
+	m->prog.downtime_ms = ms_since(&t_pause);
+	m->prog.total_ms = ms_since(&m->t_start);
+	m->prog.status = MIG_COMPLETED;
+	m->prog.remaining_bytes = 0;
+	pthread_cond_broadcast(&m->cond);
+	log_info("migrate: the VM now runs at %s: %.0f ms in all, downtime %.1f ms, "
+		 "%.1f MiB sent, %u round(s)", m->p.to, m->prog.total_ms, m->prog.downtime_ms,
+		 (double)m->prog.bytes / (double)MiB, m->prog.round);
+	/* Give a client polling the progress a moment to read the report. */
+	{
+		struct timespec dl;
+
+		clock_gettime(CLOCK_REALTIME, &dl);
+		dl.tv_sec += MIG_RELEASE_WAIT_MS / 1000;
+		while (!m->reported &&
+		       pthread_cond_timedwait(&m->cond, &m->lock, &dl) != ETIMEDOUT)
+			;
+	}
+	pthread_mutex_unlock(&m->lock);
+	vm_request_exit(m->vm, EXIT_MIGRATED, "migrated away");
+	goto out;
+
+fail:
+	mig_unwind(&r);
+	if (ret == -ECANCELED) {
+		mig_fail(m, MIG_CANCELLED, "cancelled");
+		log_info("migrate: cancelled; the VM keeps running here");
+	} else {
+		if (!r.err[0])
+			snprintf(r.err, sizeof(r.err), "%s", strerror(-ret));
+		mig_fail(m, MIG_FAILED, "%s", r.err);
+		log_warnx("migrate: failed: %s; the VM keeps running here", r.err);
+	}
+out:
+	pthread_mutex_lock(&m->lock);
+	m->fd = -1;
+	pthread_mutex_unlock(&m->lock);
+	if (r.fd >= 0)
+		close(r.fd);
+	stream_writer_free(r.w);
+	mig_free_bitmaps(m);
+	return NULL;
+}
+
+/* ---- the API side ----------------------------------------------------------------------- */
+
+static void mig_join(struct migration *m)
+{
+	if (m->thread_started) {
+		pthread_join(m->thread, NULL);
+		m->thread_started = false;
+	}
+}
+
+bool migrate_busy(struct vm *vm)
+{
+	struct migration *m = vm->mig;
+	bool busy;
+
+	if (!m)
+		return false;
+	pthread_mutex_lock(&m->lock);
+	busy = m->prog.status != MIG_NONE && !migrate_status_final(m->prog.status);
+	pthread_mutex_unlock(&m->lock);
+	return busy;
+}
+
+int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size_t len)
+{
+	struct migration *m;
+	int ret;
+
+	ret = migrate_addr_check(p->to, err, len);
+	if (ret)
+		return ret;
+	if (!p->downtime_ms || p->downtime_ms > 60000 || !p->max_rounds || p->max_rounds > 1000) {
+		snprintf(err, len, "downtime_ms must be 1-60000 and max_rounds 1-1000");
+		return -EINVAL;
+	}
+	ret = snapshot_check_migratable(vm, err, len);
+	if (ret)
+		return -EINVAL;
+	if (migrate_busy(vm)) {
+		snprintf(err, len, "a migration is already %s",
+			 migrate_status_name(vm->mig->prog.status));
+		return -EBUSY;
+	}
+	m = mig_get(vm, true);
+	if (!m) {
+		snprintf(err, len, "out of memory");
+		return -ENOMEM;
+	}
+	if (m->incoming) {
+		snprintf(err, len, "this VM is still settling an incoming migration");
+		return -EBUSY;
+	}
+	mig_join(m);
+	pthread_mutex_lock(&m->lock);
+	m->p = *p;
+	memset(&m->prog, 0, sizeof(m->prog));
+	snprintf(m->prog.to, sizeof(m->prog.to), "%s", p->to);
+	m->prog.status = MIG_SETUP;
+	m->cancel = m->reported = false;
+	m->fd = -1;
+	clock_gettime(CLOCK_MONOTONIC, &m->t_start);
+	pthread_mutex_unlock(&m->lock);
+	ret = pthread_create(&m->thread, NULL, mig_thread, m);
+	if (ret) {
+		m->prog.status = MIG_NONE;
+		snprintf(err, len, "cannot start the migration thread: %s", strerror(ret));
+		return -ret;
+	}
+	m->thread_started = true;
+	log_info("migrate: to %s (downtime limit %u ms%s)", p->to, p->downtime_ms,
+		 p->max_bandwidth ? ", bandwidth limited" : "");
+	return 0;
+}
+
+void migrate_get_progress(struct vm *vm, struct migrate_progress *out)
+{
+	struct migration *m = vm->mig;
+
+	if (!m) {
+		memset(out, 0, sizeof(*out));
+		out->status = MIG_NONE;
+		return;
+	}
+	pthread_mutex_lock(&m->lock);
+	*out = m->prog;
+	if (out->status != MIG_COMPLETED && out->status != MIG_IN_DOUBT &&
+	    out->status != MIG_NONE && !migrate_status_final(out->status))
+		out->total_ms = ms_since(&m->t_start);
+	if (migrate_status_final(out->status)) {
+		m->reported = true;
+		pthread_cond_broadcast(&m->cond);
+	}
+	pthread_mutex_unlock(&m->lock);
+}
+
+int migrate_cancel(struct vm *vm, char *err, size_t len)
+{
+	struct migration *m = vm->mig;
+	int ret = 0;
+
+	if (!m || m->incoming) {
+		snprintf(err, len, "no outgoing migration is under way");
+		return -ENOENT;
+	}
+	pthread_mutex_lock(&m->lock);
+	switch (m->prog.status) {
+	case MIG_SETUP:
+	case MIG_ACTIVE:
+	case MIG_STOP_COPY:
+		m->cancel = true;
+		/* Unblock a send or receive in progress; the thread resumes the VM. */
+		if (m->fd >= 0)
+			shutdown(m->fd, SHUT_RDWR);
+		break;
+	case MIG_COMMITTING:
+	case MIG_COMPLETED:
+		snprintf(err, len, "too late: the destination has been told to run the VM");
+		ret = -EALREADY;
+		break;
+	case MIG_IN_DOUBT:
+		snprintf(err, len, "the migration is in doubt: use migrate-resolve");
+		ret = -EALREADY;
+		break;
+	default:
+		snprintf(err, len, "no outgoing migration is under way");
+		ret = -ENOENT;
+		break;
+	}
+	pthread_mutex_unlock(&m->lock);
+	if (!ret) {
+		/* Wait for the VM to run again, so the caller sees it running. */
+		mig_join(m);
+	}
+	return ret;
+}
+
+int migrate_resolve(struct vm *vm, bool resume, char *err, size_t len)
+{
+	struct migration *m = vm->mig;
+	int ret;
+
+	if (!m || m->prog.status != MIG_IN_DOUBT) {
+		snprintf(err, len, "no migration is in doubt here");
+		return -ENOENT;
+	}
+	mig_join(m);
+	if (!resume) {
+		mig_fail(m, MIG_COMPLETED, "in doubt; discarded here by the operator");
+		vm_request_exit(vm, EXIT_MIGRATED, "in-doubt migration discarded by the operator");
+		return 0;
+	}
+	if (m->incoming) {
+		ret = vm_start(vm);
+		if (ret) {
+			snprintf(err, len, "cannot start the VM: %s", strerror(-ret));
+			return ret;
+		}
+		(void)virtio_pci_announce(vm);
+	} else {
+		ret = dev_resume_all(vm);
+		if (ret)
+			log_warnx("migrate: a device did not resume: %s", strerror(-ret));
+		ret = vm_resume(vm);
+		if (ret && ret != -EALREADY) {
+			snprintf(err, len, "cannot resume the VM: %s", strerror(-ret));
+			return ret;
+		}
+		vm_dirty_log_stop(vm);
+	}
+	pthread_mutex_lock(&m->lock);
+	m->prog.status = m->incoming ? MIG_INCOMING : MIG_FAILED;
+	snprintf(m->prog.error, sizeof(m->prog.error), "in doubt; resumed here by the operator");
+	pthread_mutex_unlock(&m->lock);
+	log_info("migrate: in-doubt migration resolved: the VM runs here");
+	return 0;
+}
+
+void migrate_fini(struct vm *vm)
+{
+	struct migration *m = vm->mig;
+
+	if (!m)
+		return;
+	pthread_mutex_lock(&m->lock);
+	m->cancel = true;
+	m->reported = true;
+	if (m->fd >= 0 && m->prog.status != MIG_COMMITTING)
+		shutdown(m->fd, SHUT_RDWR);
+	pthread_cond_broadcast(&m->cond);
+	pthread_mutex_unlock(&m->lock);
+	mig_join(m);
+	mig_free_bitmaps(m);
+	pthread_mutex_destroy(&m->lock);
+	pthread_cond_destroy(&m->cond);
+	free(m);
+	vm->mig = NULL;
+}
+
+void migrate_incoming_done(struct vm *vm, enum mig_status st, const char *from,
+			   uint64_t bytes, const char *why)
+{
+	struct migration *m = mig_get(vm, true);
+
+	if (!m)
+		return;
+	pthread_mutex_lock(&m->lock);
+	m->incoming = true;
+	m->prog.status = st;
+	m->prog.bytes = bytes;
+	snprintf(m->prog.to, sizeof(m->prog.to), "%s", from);
+	snprintf(m->prog.error, sizeof(m->prog.error), "%s", why ? why : "");
+	pthread_mutex_unlock(&m->lock);
+}
