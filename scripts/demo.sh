@@ -19,15 +19,50 @@ fi
 
 case $GUEST in
 test)
-	echo "== godwit demo: the test guest (2 vCPUs, 512 MiB), memory-integrity workload"
-	echo "   dirtying 64 MiB/s of 256 MiB for 8 s, then power off"
-	echo "+ $GODWIT run --kernel build/guest/godwit-guest.elf --cpus 2 --mem 512M --cmdline 'workload=mem mem=256 rate=64 runtime=8'"
+	# The main job: a live migration between two godwits on this host.
+	D=$(mktemp -d /tmp/godwit-demo.XXXXXX)
+	pids=()
+	cleanup() {
+		for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+		wait 2>/dev/null || true
+		rm -rf "$D"
+	}
+	trap cleanup EXIT
+	CMDLINE="workload=mem mem=256 rate=64 report=500"
+	echo "== godwit demo: live migration of the test guest (2 vCPUs, 1 GiB) from host A to"
+	echo "   host B on this machine, while it rewrites and verifies 256 MiB at 64 MiB/s"
+	echo "+ godwit run --kernel build/guest/godwit-guest.elf --cpus 2 --mem 1G --api A.sock --cmdline '$CMDLINE'"
+	"$GODWIT" run --kernel build/guest/godwit-guest.elf --cpus 2 --mem 1G --name demo \
+		--api "$D/A.sock" --cmdline "$CMDLINE" </dev/null \
+		> >(sed -u 's/^/[host A] /') 2>&1 &
+	pids+=($!)
+	srcpid=$!
+	sleep 3
+	echo "+ godwit run --incoming unix:mig.sock --api B.sock          (host B waits)"
+	"$GODWIT" run --incoming "unix:$D/mig.sock" --api "$D/B.sock" </dev/null \
+		> >(sed -u 's/^/[host B] /') 2>&1 &
+	pids+=($!)
+	dstpid=$!
+	for _ in $(seq 50); do [ -S "$D/mig.sock" ] && break; sleep 0.1; done
+	echo "+ godwit migrate --api A.sock --to unix:mig.sock"
 	set +e
-	"$GODWIT" run --kernel build/guest/godwit-guest.elf --cpus 2 --mem 512M \
-		--cmdline "workload=mem mem=256 rate=64 runtime=8" </dev/null
-	rc=$?
-	echo "== godwit exited with status $rc (0: the guest powered off)"
-	exit $rc
+	"$GODWIT" migrate --api "$D/A.sock" --to "unix:$D/mig.sock"
+	mrc=$?
+	wait "$srcpid"
+	src_rc=$?
+	echo "== host A's godwit exited with status $src_rc (6: migrated away)"
+	echo "== the guest goes on at host B for 3 s:"
+	sleep 3
+	"$GODWIT" shutdown --api "$D/B.sock" >/dev/null
+	wait "$dstpid"
+	dst_rc=$?
+	echo "== host B's godwit exited with status $dst_rc after the shutdown request"
+	if [ $mrc -eq 0 ] && [ $src_rc -eq 6 ] && [ $dst_rc -eq 0 ]; then
+		echo "== demo OK: the VM moved, and its memory verified on host B (errors=0 above)"
+		exit 0
+	fi
+	echo "== demo FAILED (migrate $mrc, host A $src_rc, host B $dst_rc)"
+	exit 1
 	;;
 linux)
 	make --no-print-directory linux-guest

@@ -51,6 +51,7 @@ struct migrate_progress {
 	enum mig_status status;
 	char to[MIG_ADDR_MAX];
 	uint32_t round;              /* the pre-copy round under way (1-based), or the last */
+	uint32_t rounds_done;        /* pre-copy rounds finished (the figures below are theirs) */
 	uint64_t bytes;              /* stream bytes sent */
 	uint64_t pages, zero_pages;  /* RAM pages sent, of them zero (markers) */
 	uint64_t remaining_bytes;    /* dirty RAM not sent yet, as last measured */

@@ -126,9 +126,9 @@ static const char *jstr(json_t *j, const char *k)
 
 static void mig_print_progress(json_t *j)
 {
-	fprintf(stderr, "migrate: round %.0f: sent %.1f MiB, remaining %.1f MiB, dirty rate "
+	fprintf(stderr, "migrate: round %.0f done: sent %.1f MiB, remaining %.1f MiB, dirty rate "
 		"%.1f MiB/s, bandwidth %.0f MiB/s, expected downtime %.1f ms%s\n",
-		jnum(j, "round"), jnum(j, "bytes") / (double)MiB,
+		jnum(j, "rounds"), jnum(j, "bytes") / (double)MiB,
 		jnum(j, "remaining_bytes") / (double)MiB, jnum(j, "dirty_rate_bps") / (double)MiB,
 		jnum(j, "bandwidth_bps") / (double)MiB, jnum(j, "expected_downtime_ms"),
 		json_is_true(json_object_get(j, "not_converging")) ? " (not converging)" : "");
@@ -295,13 +295,12 @@ int cmd_migrate(int argc, char **argv)
 		}
 		misses = 0;
 		st = jstr(p, "status");
-		if (!quiet && !json && jnum(p, "round") > last_round &&
-		    jnum(p, "round") >= 2 && strcmp(st, "setup")) {
-			/* The round that just finished. */
-			mig_print_progress(p);
+		if (jnum(p, "rounds") > last_round) {
+			/* A pre-copy round finished since the last look. */
+			if (!quiet && !json)
+				mig_print_progress(p);
+			last_round = jnum(p, "rounds");
 		}
-		if (jnum(p, "round") > last_round)
-			last_round = jnum(p, "round");
 		if (!strcmp(st, "completed") || !strcmp(st, "failed") ||
 		    !strcmp(st, "cancelled") || !strcmp(st, "in-doubt"))
 			break;

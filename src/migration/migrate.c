@@ -671,7 +671,7 @@ static int mig_precopy(struct mig_run *r)
 {
 	struct migration *m = r->m;
 	struct vm *vm = r->vm;
-	double last_remaining = -1;
+	double last_remaining = -1, bw_est = 0;
 	unsigned int worse = 0;
 	int64_t dirty;
 	int ret;
@@ -719,13 +719,16 @@ static int mig_precopy(struct mig_run *r)
 			return ret;
 		ms = MAX(ms_since(&t0), 0.001);
 		bw = (double)(stream_writer_offset(r->w) - off0) / ms * 1e3;
+		/* A round too small to time says nothing about the link: keep the last estimate. */
+		if (stream_writer_offset(r->w) - off0 >= MiB || bw_est <= 0)
+			bw_est = bw;
 		dirty = mig_collect(r);
 		if (dirty < 0)
 			return (int)dirty;
 		remaining = (double)dirty * STREAM_PAGE_SIZE;
-		expect = bw > 0 ? remaining / bw * 1e3 : 1e9;
+		expect = !dirty ? 0 : bw_est > 0 ? remaining / bw_est * 1e3 : 1e9;
 		pthread_mutex_lock(&m->lock);
-		m->prog.bandwidth = bw;
+		m->prog.bandwidth = bw_est;
 		m->prog.dirty_rate = remaining / ms * 1e3;
 		m->prog.remaining_bytes = (uint64_t)remaining;
 		m->prog.expected_downtime_ms = expect;
@@ -734,6 +737,7 @@ static int mig_precopy(struct mig_run *r)
 		else
 			worse = 0;
 		m->prog.not_converging = worse >= 3;
+		m->prog.rounds_done = round;
 		pthread_mutex_unlock(&m->lock);
 		log_debug("migrate: round %u: %.1f MiB in %.1f ms (%.0f MiB/s), %lld dirty pages, "
 			  "expected downtime %.1f ms", round,

@@ -411,7 +411,7 @@ static json_t *api_progress_json(const struct migrate_progress *p)
 		json_object_set_new(j, p->status == MIG_INCOMING ? "from" : "to",
 				    json_string(p->to));
 	if (j)
-		json_object_set_new(j, "rounds", json_integer(p->round));
+		json_object_set_new(j, "rounds", json_integer(p->rounds_done));
 	if (j && p->error[0])
 		json_object_set_new(j, "error", json_string(p->error));
 	return j;

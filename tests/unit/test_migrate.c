@@ -1,0 +1,162 @@
+/*
+ * test_migrate.c - the migration protocol's small pieces (migrate.h):
+ * address parsing, control messages round-tripped over a socketpair, and
+ * every way a message can be damaged (bad magic, type, length, CRC,
+ * truncation, a peer that closes, a silent peer) answered with an error,
+ * never a hang or an overrun; a listener on a UNIX path.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "godwit/crc32c.h"
+#include "godwit/migrate.h"
+#include "unit.h"
+
+TEST(migrate_addr_parsing)
+{
+	char err[256];
+
+	CHECK_EQ(migrate_addr_check("tcp:127.0.0.1:4444", err, sizeof(err)), 0);
+	CHECK_EQ(migrate_addr_check("tcp:host.example:1", err, sizeof(err)), 0);
+	CHECK_EQ(migrate_addr_check("tcp:[::1]:65535", err, sizeof(err)), 0);
+	CHECK_EQ(migrate_addr_check("tcp::4444", err, sizeof(err)), 0);  /* any address */
+	CHECK_EQ(migrate_addr_check("unix:/tmp/x.sock", err, sizeof(err)), 0);
+	CHECK_EQ(migrate_addr_check("tcp:127.0.0.1", err, sizeof(err)), -EINVAL);
+	CHECK(strstr(err, "tcp:HOST:PORT") != NULL);
+	CHECK_EQ(migrate_addr_check("tcp:127.0.0.1:0", err, sizeof(err)), -EINVAL);
+	CHECK_EQ(migrate_addr_check("tcp:127.0.0.1:65536", err, sizeof(err)), -EINVAL);
+	CHECK_EQ(migrate_addr_check("tcp:127.0.0.1:44x", err, sizeof(err)), -EINVAL);
+	CHECK_EQ(migrate_addr_check("tcp:[::1:4444", err, sizeof(err)), -EINVAL);
+	CHECK_EQ(migrate_addr_check("unix:", err, sizeof(err)), -EINVAL);
+	CHECK_EQ(migrate_addr_check("udp:1.2.3.4:5", err, sizeof(err)), -EINVAL);
+	CHECK_EQ(migrate_addr_check("", err, sizeof(err)), -EINVAL);
+	{
+		char longp[200];
+
+		memset(longp, 'a', sizeof(longp) - 1);
+		longp[sizeof(longp) - 1] = '\0';
+		memcpy(longp, "unix:/", 6);
+		CHECK_EQ(migrate_addr_check(longp, err, sizeof(err)), -EINVAL);
+	}
+}
+
+TEST(migrate_msg_roundtrip)
+{
+	enum mig_msg type;
+	char text[64], big[MIG_MSG_TEXT_MAX + 100];
+	int sv[2];
+
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	CHECK_EQ(migrate_msg_send(sv[0], MIG_MSG_READY, NULL), 0);
+	CHECK_EQ(migrate_msg_send(sv[0], MIG_MSG_REFUSE, "vCPUs: 1 here, 2 in the stream"), 0);
+	CHECK_EQ(migrate_msg_recv(sv[1], 1000, &type, text, sizeof(text)), 0);
+	CHECK_EQ(type, MIG_MSG_READY);
+	CHECK_STR(text, "");
+	CHECK_EQ(migrate_msg_recv(sv[1], 1000, &type, text, sizeof(text)), 0);
+	CHECK_EQ(type, MIG_MSG_REFUSE);
+	CHECK_STR(text, "vCPUs: 1 here, 2 in the stream");
+	/* Text longer than the limit is cut, longer than the buffer truncated, NUL-terminated. */
+	memset(big, 'x', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	CHECK_EQ(migrate_msg_send(sv[0], MIG_MSG_ERROR, big), 0);
+	CHECK_EQ(migrate_msg_recv(sv[1], 1000, &type, text, sizeof(text)), 0);
+	CHECK_EQ(type, MIG_MSG_ERROR);
+	CHECK_EQ(strlen(text), sizeof(text) - 1);
+	/* Control characters from a peer never reach a log. */
+	CHECK_EQ(migrate_msg_send(sv[0], MIG_MSG_ERROR, "a\033[2Jb\n"), 0);
+	CHECK_EQ(migrate_msg_recv(sv[1], 1000, &type, text, sizeof(text)), 0);
+	CHECK_STR(text, "a?[2Jb?");
+	close(sv[0]);
+	close(sv[1]);
+}
+
+/* Send raw bytes, then expect migrate_msg_recv() to return want. */
+static void expect_raw(const void *buf, size_t n, bool close_after, int want)
+{
+	enum mig_msg type;
+	char text[64];
+	int sv[2];
+
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	CHECK_EQ(write(sv[0], buf, n), (ssize_t)n);
+	if (close_after)
+		close(sv[0]);
+	CHECK_EQ(migrate_msg_recv(sv[1], 200, &type, text, sizeof(text)), want);
+	if (!close_after)
+		close(sv[0]);
+	close(sv[1]);
+}
+
+static size_t make_msg(uint8_t *b, uint32_t magic, uint16_t type, uint16_t len,
+		       const char *text, bool good_crc)
+{
+	uint32_t crc;
+
+	memcpy(b, &magic, 4);
+	memcpy(b + 4, &type, 2);
+	memcpy(b + 6, &len, 2);
+	if (len)
+		memcpy(b + 8, text, len);
+	crc = crc32c(0, b, 8 + (size_t)len) ^ (good_crc ? 0 : 1);
+	memcpy(b + 8 + len, &crc, 4);
+	return 12 + (size_t)len;
+}
+
+TEST(migrate_msg_damaged)
+{
+	uint8_t b[64];
+	size_t n;
+
+	n = make_msg(b, 0x434d5747u, MIG_MSG_COMMIT, 0, NULL, true);
+	expect_raw(b, n, false, 0);
+	n = make_msg(b, 0x434d5748u, MIG_MSG_COMMIT, 0, NULL, true);
+	expect_raw(b, n, false, -EBADMSG);                /* magic */
+	n = make_msg(b, 0x434d5747u, 0, 0, NULL, true);
+	expect_raw(b, n, false, -EBADMSG);                /* type 0 */
+	n = make_msg(b, 0x434d5747u, 77, 0, NULL, true);
+	expect_raw(b, n, false, -EBADMSG);                /* unknown type */
+	n = make_msg(b, 0x434d5747u, MIG_MSG_DONE, 3, "abc", false);
+	expect_raw(b, n, false, -EBADMSG);                /* crc */
+	n = make_msg(b, 0x434d5747u, MIG_MSG_DONE, 3, "abc", true);
+	b[6] = 0xff;
+	b[7] = 0xff;                                      /* length over the limit */
+	expect_raw(b, n, false, -EBADMSG);
+	n = make_msg(b, 0x434d5747u, MIG_MSG_DONE, 3, "abc", true);
+	expect_raw(b, n - 2, true, -ECONNRESET);          /* truncated, peer gone */
+	expect_raw(b, n - 2, false, -ETIMEDOUT);          /* truncated, peer silent */
+	expect_raw(b, 0, true, -ECONNRESET);              /* nothing at all */
+}
+
+TEST(migrate_listen_unix)
+{
+	char dir[] = "/tmp/godwit-unit-mig.XXXXXX", addr[128], err[256];
+	struct stat st;
+	int lfd, lfd2, fd;
+
+	CHECK(mkdtemp(dir) != NULL);
+	snprintf(addr, sizeof(addr), "unix:%s/m.sock", dir);
+	CHECK_EQ(migrate_listen(addr, &lfd, err, sizeof(err)), 0);
+	/* A second listener on a live socket is refused, the first one untouched. */
+	CHECK_EQ(migrate_listen(addr, &lfd2, err, sizeof(err)), -EADDRINUSE);
+	close(lfd);
+	/* Now stale: replaced. */
+	CHECK_EQ(migrate_listen(addr, &lfd, err, sizeof(err)), 0);
+	close(lfd);
+	snprintf(addr, sizeof(addr), "%s/m.sock", dir);
+	unlink(addr);
+	/* A regular file is never replaced. */
+	fd = open(addr, O_CREAT | O_WRONLY, 0600);
+	CHECK(fd >= 0);
+	close(fd);
+	snprintf(addr, sizeof(addr), "unix:%s/m.sock", dir);
+	CHECK_EQ(migrate_listen(addr, &lfd, err, sizeof(err)), -EEXIST);
+	snprintf(addr, sizeof(addr), "%s/m.sock", dir);
+	CHECK_EQ(stat(addr, &st), 0);
+	CHECK(S_ISREG(st.st_mode));
+	unlink(addr);
+	rmdir(dir);
+}
