@@ -27,6 +27,9 @@ struct dev_ops {
 	int (*resume)(struct dev *d);
 	int (*save)(struct dev *d, struct state_out *out);
 	int (*load)(struct dev *d, struct state_in *in, uint16_t version);
+	/* Host resources passed between VMMs at a migration's COMMIT (may be NULL). */
+	int (*release)(struct dev *d);
+	int (*acquire)(struct dev *d);
 	void (*destroy)(struct dev *d);
 };
 
@@ -52,6 +55,14 @@ struct dev *dev_first(struct vm *vm);
  * first error.
  */
 int dev_quiesce_all(struct vm *vm) __must_check;
+/*
+ * dev_release_all - every device lets go of what another VMM must take over
+ * (disk locks, after flushing), for a migration source about to COMMIT;
+ * dev_acquire_all - takes it (the destination at COMMIT, or the source
+ * running the VM again).  Both go on past a failure and return the first.
+ */
+int dev_release_all(struct vm *vm) __must_check;
+int dev_acquire_all(struct vm *vm) __must_check;
 /* Destroy every device with a destroy op; before guest RAM goes away. */
 void dev_destroy_all(struct vm *vm);
 int dev_resume_all(struct vm *vm) __must_check;

@@ -146,6 +146,14 @@ struct virtio_dev_ops {
 	/* Device-specific state beyond the transport's. */
 	int (*save)(struct virtio_dev *vdev, struct state_out *out);
 	int (*load)(struct virtio_dev *vdev, struct state_in *in, uint16_t version);
+	/*
+	 * Migration hand-over of host resources (may be NULL): release() lets
+	 * another VMM take them (a source at COMMIT: flush and unlock disk
+	 * images), acquire() takes them (the destination at COMMIT, or a source
+	 * that runs again).  Called with the VM paused and the device quiesced.
+	 */
+	int (*release)(struct virtio_dev *vdev);
+	int (*acquire)(struct virtio_dev *vdev);
 	/* Addition: free the device's own state at teardown, after reset (may be NULL). */
 	void (*destroy)(struct virtio_dev *vdev);
 };

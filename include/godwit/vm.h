@@ -42,6 +42,7 @@ struct vm_config {
 	struct vm_device_arg devices[VM_MAX_DEVICE_ARGS]; /* --disk/--net, in order */
 	unsigned int nr_devices;
 	bool rng;                /* --rng */
+	bool incoming;           /* a migration destination: disks are locked only at COMMIT */
 };
 
 enum vm_state {

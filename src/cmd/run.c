@@ -931,6 +931,15 @@ static int run_fill_incoming(struct run_ctx *ctx, void *opaque)
 	}
 	ret = migrate_msg_recv(in->fd, MIG_IO_TIMEOUT_MS, &type, text, sizeof(text));
 	if (ret == 0 && type == MIG_MSG_COMMIT) {
+		/* The source let go of the disks before COMMIT: they are ours now. */
+		ret = dev_acquire_all(&ctx->vm);
+		if (ret) {
+			snprintf(err, sizeof(err), "cannot lock the disks: %s", strerror(-ret));
+			(void)migrate_msg_send(in->fd, MIG_MSG_ERROR, err);
+			log_warnx("incoming migration failed at COMMIT: %s; the VM was discarded "
+				  "here (the source runs it again)", err);
+			return ret;
+		}
 		migrate_incoming_done(&ctx->vm, MIG_INCOMING, in->addr, bytes, NULL);
 		return 0;
 	}
@@ -1006,6 +1015,7 @@ static int cmd_incoming(int argc, char **argv)
 	}
 	snapshot_restore_set_clock(in.sr, CPU_CLOCK_ADVANCE);
 	cfg.api_path = a.api_path;
+	cfg.incoming = true;
 	ctx->started = run_incoming_started;
 	code = run_vm(ctx, &cfg, run_fill_incoming, &in);
 	if (!in.accepted)

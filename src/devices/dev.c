@@ -138,6 +138,37 @@ int dev_resume_all(struct vm *vm)
 	return first;
 }
 
+static int dev_each(struct vm *vm, bool release)
+{
+	int first = 0;
+
+	for (struct dev *d = vm->devices; d; d = d->next) {
+		int (*fn)(struct dev *) = release ? d->ops->release : d->ops->acquire;
+		int ret;
+
+		if (!fn)
+			continue;
+		ret = fn(d);
+		if (ret) {
+			log_warnx("device %s.%u: cannot %s its host resources: %s", d->ops->name,
+				  d->instance, release ? "release" : "take", strerror(-ret));
+			if (!first)
+				first = ret;
+		}
+	}
+	return first;
+}
+
+int dev_release_all(struct vm *vm)
+{
+	return dev_each(vm, true);
+}
+
+int dev_acquire_all(struct vm *vm)
+{
+	return dev_each(vm, false);
+}
+
 /*
  * dev_destroy_all - call destroy() on every device that has one (each takes
  * itself off the list), in registration order: devices do not depend on

@@ -881,13 +881,31 @@ static void *mig_thread(void *opaque)
 	}
 	m->prog.status = MIG_COMMITTING;
 	pthread_mutex_unlock(&m->lock);
+	/* Disks: flushed and unlocked, for the destination to lock at COMMIT. */
+	ret = dev_release_all(r.vm);
+	if (ret) {
+		snprintf(r.err, sizeof(r.err), "cannot hand the disks over: %s", strerror(-ret));
+		if (dev_acquire_all(r.vm))
+			log_warnx("migrate: cannot take the disks back");
+		goto fail;
+	}
 	ret = migrate_msg_send(r.fd, MIG_MSG_COMMIT, NULL);
 	if (!ret)
 		ret = migrate_msg_recv(r.fd, MIG_IO_TIMEOUT_MS, &type, text, sizeof(text));
+	if (!ret && type == MIG_MSG_ERROR) {
+		/* The destination says it did not and will not run the VM: it is ours again. */
+		snprintf(r.err, sizeof(r.err), "the destination could not start the VM: %.400s", text);
+		if (dev_acquire_all(r.vm) == 0) {
+			ret = -EPROTO;
+			goto fail;
+		}
+		ret = -EBUSY;
+	}
 	if (ret || type != MIG_MSG_DONE) {
 		mig_fail(m, MIG_IN_DOUBT, "in doubt: COMMIT was sent but the destination did not "
 			 "confirm (%s); the VM is paused here and may be running there: check the "
 			 "destination, then godwit migrate-resolve --resume or --discard",
+			 ret == -EBUSY ? "and the disks cannot be locked again here" :
 			 ret ? strerror(-ret) : "unexpected message");
 		log_warnx("migrate: %s", m->prog.error);
 		goto out;
@@ -1087,6 +1105,12 @@ int migrate_resolve(struct vm *vm, bool resume, char *err, size_t len)
 		mig_fail(m, MIG_COMPLETED, "in doubt; discarded here by the operator");
 		vm_request_exit(vm, EXIT_MIGRATED, "in-doubt migration discarded by the operator");
 		return 0;
+	}
+	ret = dev_acquire_all(vm);
+	if (ret) {
+		snprintf(err, len, "cannot take the disks (%s): is the VM running on the other "
+			 "side?", strerror(-ret));
+		return ret;
 	}
 	if (m->incoming) {
 		ret = vm_start(vm);

@@ -113,6 +113,7 @@ struct blk {
 	char *path;
 	int fd;
 	bool readonly;
+	bool locked;                    /* holds the image's OFD lock (not on an incoming VM until COMMIT) */
 	char serial[BLK_ID_BYTES];      /* not NUL-terminated when 20 bytes long */
 	size_t serial_len;
 	uint64_t capacity;              /* sectors */
@@ -245,12 +246,76 @@ out:
 /* ---- the image ------------------------------------------------------------------ */
 
 /*
- * blk_open_image - open b->path, lock it, find the capacity and what
- * fallocate can do.  Returns 0 or -errno after logging why.
+ * blk_lock - the whole-file OFD lock: shared for read-only disks, exclusive
+ * otherwise.  OFD locks belong to this open file description, so they also
+ * stop the same image being given twice to one VM with a writer among them.
+ * A migration destination takes it only at COMMIT, once the source let it
+ * go (wait_ms: how long to retry a lock still held).  Returns 0, -EBUSY
+ * (held elsewhere) or -errno, after logging why.
  */
-static int blk_open_image(struct blk *b)
+static int blk_lock(struct blk *b, unsigned int wait_ms)
 {
 	struct flock fl = { .l_whence = SEEK_SET, .l_start = 0, .l_len = 0 };
+
+	fl.l_type = b->readonly ? F_RDLCK : F_WRLCK;
+	for (unsigned int waited = 0; ; waited += 10) {
+		if (fcntl(b->fd, F_OFD_SETLK, &fl) == 0) {
+			b->locked = true;
+			return 0;
+		}
+		if (errno != EAGAIN && errno != EACCES) {
+			int ret = -errno;
+
+			log_warn("--disk %s: cannot lock %s", b->spec, b->path);
+			return ret;
+		}
+		if (waited >= wait_ms) {
+			log_warnx("disk %s is in use by another VM (locked)", b->path);
+			return -EBUSY;
+		}
+		usleep(10000);
+	}
+}
+
+/* Flush what the guest wrote to the image and let another VM lock it (migration source). */
+static int blk_release(struct virtio_dev *vdev)
+{
+	struct blk *b = vdev->priv;
+	struct flock fl = { .l_type = F_UNLCK, .l_whence = SEEK_SET };
+
+	if (!b->locked)
+		return 0;
+	if (!b->readonly && fdatasync(b->fd)) {
+		int ret = -errno;
+
+		log_warn("disk %s: cannot flush before handing it over", b->path);
+		return ret;
+	}
+	if (fcntl(b->fd, F_OFD_SETLK, &fl)) {
+		int ret = -errno;
+
+		log_warn("disk %s: cannot unlock", b->path);
+		return ret;
+	}
+	b->locked = false;
+	return 0;
+}
+
+/* Take the lock (back): the destination at COMMIT, a source resuming. */
+static int blk_acquire(struct virtio_dev *vdev)
+{
+	struct blk *b = vdev->priv;
+
+	return b->locked ? 0 : blk_lock(b, 2000);
+}
+
+/*
+ * blk_open_image - open b->path, lock it (unless defer_lock: an incoming
+ * VM's), find the capacity and what fallocate can do.  Returns 0 or -errno
+ * after logging why.
+ */
+static int blk_open_image(struct blk *b, bool defer_lock)
+{
 	struct stat st;
 	uint64_t size;
 	int ret;
@@ -288,20 +353,10 @@ static int blk_open_image(struct blk *b)
 		return -EINVAL;
 	}
 
-	/*
-	 * Whole-file OFD lock: shared for read-only disks, exclusive otherwise.
-	 * OFD locks belong to this open file description, so they also stop the
-	 * same image being given twice to one VM with a writer among them.
-	 */
-	fl.l_type = b->readonly ? F_RDLCK : F_WRLCK;
-	if (fcntl(b->fd, F_OFD_SETLK, &fl)) {
-		ret = -errno;
-		if (errno == EAGAIN || errno == EACCES) {
-			log_warnx("disk %s is in use by another VM (locked)", b->path);
-			return -EBUSY;
-		}
-		log_warn("--disk %s: cannot lock %s", b->spec, b->path);
-		return ret;
+	if (!defer_lock) {
+		ret = blk_lock(b, 0);
+		if (ret)
+			return ret;
 	}
 
 	/*
@@ -398,7 +453,7 @@ void virtio_blk_close(struct blk *b)
  * option: -EINVAL (bad spec, bad size), -ENOENT/-EACCES/... (open),
  * -EISDIR, -EBUSY (locked by another VM), -ENOMEM.
  */
-int virtio_blk_open(const char *spec, struct blk **out)
+static int blk_open(const char *spec, bool defer_lock, struct blk **out)
 {
 	struct blk *b = calloc(1, sizeof(*b));
 	int ret = -ENOMEM;
@@ -417,7 +472,7 @@ int virtio_blk_open(const char *spec, struct blk **out)
 	ret = blk_parse(b, spec);
 	if (ret)
 		goto err;
-	ret = blk_open_image(b);
+	ret = blk_open_image(b, defer_lock);
 	if (ret)
 		goto err;
 	blk_build_config(b);
@@ -428,6 +483,11 @@ int virtio_blk_open(const char *spec, struct blk **out)
 err:
 	virtio_blk_close(b);
 	return ret;
+}
+
+int virtio_blk_open(const char *spec, struct blk **out)
+{
+	return blk_open(spec, false, out);
 }
 
 struct virtio_dev *virtio_blk_vdev(struct blk *b)
@@ -974,6 +1034,8 @@ static const struct virtio_dev_ops blk_vdev_ops = {
 	.resume = blk_resume,
 	.save = blk_save,
 	.load = blk_load,
+	.release = blk_release,
+	.acquire = blk_acquire,
 	.destroy = blk_destroy,
 };
 
@@ -987,7 +1049,7 @@ int virtio_blk_add(struct vm *vm, unsigned int slot, const char *spec)
 	struct blk *b;
 	int ret;
 
-	ret = virtio_blk_open(spec, &b);
+	ret = blk_open(spec, vm->cfg.incoming, &b);
 	if (ret)
 		return ret;
 	b->vdev.vm = vm;

@@ -597,6 +597,20 @@ static int vpci_dev_resume(struct dev *d)
 	return 0;
 }
 
+static int vpci_dev_release(struct dev *d)
+{
+	struct virtio_pci *vp = d->priv;
+
+	return vp->vdev->ops->release ? vp->vdev->ops->release(vp->vdev) : 0;
+}
+
+static int vpci_dev_acquire(struct dev *d)
+{
+	struct virtio_pci *vp = d->priv;
+
+	return vp->vdev->ops->acquire ? vp->vdev->ops->acquire(vp->vdev) : 0;
+}
+
 static int vpci_dev_save(struct dev *d, struct state_out *out)
 {
 	struct virtio_pci *vp = d->priv;
@@ -689,6 +703,8 @@ int virtio_pci_add(struct vm *vm, unsigned int slot, struct virtio_dev *vdev)
 		.resume = vpci_dev_resume,
 		.save = vpci_dev_save,
 		.load = vpci_dev_load,
+		.release = vpci_dev_release,
+		.acquire = vpci_dev_acquire,
 		.destroy = vpci_dev_destroy,
 	};
 	ret = dev_register(vm, &vp->dev, &vp->dev_ops, vp, slot);
