@@ -39,6 +39,7 @@ bool migrate_status_final(enum mig_status s);
 #define MIG_DEFAULT_DOWNTIME_MS 50
 #define MIG_DEFAULT_MAX_ROUNDS  30
 #define MIG_ADDR_MAX            256
+#define MIG_MIN_BANDWIDTH       (1024 * 1024)   /* bytes/s */
 
 struct migrate_params {
 	char to[MIG_ADDR_MAX];   /* tcp:HOST:PORT or unix:PATH */

@@ -231,9 +231,9 @@ int cmd_migrate(int argc, char **argv)
 			*(opt == 'd' ? &downtime : &rounds) = v;
 			break;
 		case 'b':
-			if (parse_size(optarg, &bw) || !bw) {
+			if (parse_size(optarg, &bw) || bw < MIG_MIN_BANDWIDTH) {
 				fprintf(stderr, "godwit: migrate: --max-bandwidth %s: expected bytes per "
-					"second, e.g. 100M\n", optarg);
+					"second, at least 1M, e.g. 100M\n", optarg);
 				goto usage;
 			}
 			break;

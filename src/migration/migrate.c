@@ -551,12 +551,17 @@ static int mig_send_dirty(struct mig_run *r, bool clear)
 	struct vm *vm = r->vm;
 	int ret;
 
+	uint64_t chunk = MIG_CHUNK_PAGES;
+
+	/* Paced: chunks of ~100 ms at the limit, so the peer never sees a long silence. */
+	if (r->pace && r->m->p.max_bandwidth)
+		chunk = MAX(64, MIN(chunk, r->m->p.max_bandwidth / 10 / STREAM_PAGE_SIZE / 64 * 64));
 	for (unsigned int i = 0; i < vm->nr_mem; i++) {
 		const struct mem_region *mr = &vm->mem[i];
 		uint64_t npages = mr->size / STREAM_PAGE_SIZE, *bm = r->m->bitmap[i];
 
-		for (uint64_t first = 0; first < npages; first += MIG_CHUNK_PAGES) {
-			uint64_t n = MIN((uint64_t)MIG_CHUNK_PAGES, npages - first);
+		for (uint64_t first = 0; first < npages; first += chunk) {
+			uint64_t n = MIN(chunk, npages - first);
 			uint64_t w0 = first / 64, nw = (n + 63) / 64, any = 0;
 
 			for (uint64_t k = 0; k < nw; k++)
@@ -988,6 +993,11 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 		return ret;
 	if (!p->downtime_ms || p->downtime_ms > 60000 || !p->max_rounds || p->max_rounds > 1000) {
 		snprintf(err, len, "downtime_ms must be 1-60000 and max_rounds 1-1000");
+		return -EINVAL;
+	}
+	if (p->max_bandwidth && p->max_bandwidth < MIG_MIN_BANDWIDTH) {
+		snprintf(err, len, "max_bandwidth below 1 MiB/s (%llu bytes/s)",
+			 (unsigned long long)p->max_bandwidth);
 		return -EINVAL;
 	}
 	ret = snapshot_check_migratable(vm, err, len);
