@@ -1018,9 +1018,13 @@ static int cmd_incoming(int argc, char **argv)
 	cfg.incoming = true;
 	ctx->started = run_incoming_started;
 	code = run_vm(ctx, &cfg, run_fill_incoming, &in);
-	if (!in.accepted)
-		(void)migrate_msg_send(in.fd, MIG_MSG_REFUSE, "the destination cannot build the VM "
-				       "(its log says why)");
+	if (!in.accepted) {
+		char why[600];
+
+		snprintf(why, sizeof(why), "the destination cannot build the VM: %s",
+			 log_last_warning()[0] ? log_last_warning() : "see its log");
+		(void)migrate_msg_send(in.fd, MIG_MSG_REFUSE, why);
+	}
 out:
 	snapshot_restore_free(in.sr);
 	if (in.fd >= 0)
