@@ -1013,11 +1013,9 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 		snprintf(err, len, "out of memory");
 		return -ENOMEM;
 	}
-	if (m->incoming) {
-		snprintf(err, len, "this VM is still settling an incoming migration");
-		return -EBUSY;
-	}
+	/* An incoming migration that ended (not in doubt: migrate_busy) is history. */
 	mig_join(m);
+	m->incoming = false;
 	pthread_mutex_lock(&m->lock);
 	m->p = *p;
 	memset(&m->prog, 0, sizeof(m->prog));

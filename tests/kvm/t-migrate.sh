@@ -1,0 +1,518 @@
+#!/bin/bash
+# Tier 1: live migration (docs/migration.md) between two godwit processes on
+# this host, with the test guest's memory-integrity workload running.  Each
+# migration: `godwit migrate --json` exits 0 with status completed and
+# plausible figures (downtime_ms, bytes, pages, zero_pages > 0, rounds >= 1),
+# the source godwit exits 6, and the destination's console goes on with the
+# guest's memtest lines: errors=0, no ERROR/EXCEPTION/boot line, t= and gen
+# never going back, then at least one full verification pass over every page
+# on the destination (verified grows by >= pages x CPUs) and, when the guest
+# rewrites memory, a new generation (gen + 1).
+#
+#   migrate-idle-tcp  rate=0 over tcp:127.0.0.1:PORT
+#   migrate-50/-200   mem=128 at 50 and 200 MiB/s over unix: (200 may end
+#                     without converging under 50 ms: allowed, reported)
+#   migrate-2cpu      --cpus 2, 50 MiB/s
+#   migrate-devices   mem+disk+net: a read-only disk (both sides hold a shared
+#                     lock on the same image, filled beforehand by a writable
+#                     run), the guest's read passes land in its memory through
+#                     the device; a TAP per side on a bridge in a namespace of
+#                     its own, with UDP echo traffic from the host during the
+#                     migration, every echo compared; afterwards disk and net
+#                     reports go on without errors
+#   migrate-pingpong  A -> B -> A -> B, each destination a fresh godwit
+#   migrate-progress  --max-bandwidth 20M, 256M guest: migrate-status shows
+#                     status active, round >= 1, bytes growing; pause refused
+#                     (exit 1, "migration")
+. "$(dirname "$0")/../lib.sh"
+
+NS=gwt-mig-$$
+net_cleanup() {
+	ip netns pids "$NS" 2>/dev/null | xargs -r kill -KILL 2>/dev/null
+	ip netns del "$NS" 2>/dev/null
+}
+trap 'net_cleanup; t_cleanup' EXIT
+
+t_need_kvm migrate || exit 0
+if [ ! -f "$GUEST_ELF" ]; then
+	t_fail migrate "no test guest at $GUEST_ELF (make guest)"
+	exit 0
+fi
+T0=$(date +%s.%N)
+# MIGRATE_CASES="idle-tcp 50 ...": run only these cases (default: all).
+want() { [ -z "${MIGRATE_CASES:-}" ] || [[ " $MIGRATE_CASES " == *" $1 "* ]]; }
+# elapsed SINCE: seconds since SINCE (date +%s.%N), one decimal.
+elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+
+# mt_lines FILE: the complete memtest report lines of a console log.
+MT_RE='^memtest: t=[0-9.]+ gen=[0-9]+ verified=[0-9]+ dirtied=[0-9]+ errors=[0-9]+ stall_ms=[0-9.]+ max_stall_ms=[0-9]+\.[0-9]{3}$'
+mt_lines() { tr -d '\r' 2>/dev/null <"$1" | grep -aE "$MT_RE"; }
+# field LINE KEY: the number after " KEY=" in LINE.
+field() { sed -n "s/.* $2=\([0-9.]*\).*/\1/p" <<<"$1"; }
+# jget FILE KEY...: the values of KEYs in the compact JSON object in FILE,
+# space-separated (sed, not python: python's start-up takes seconds here
+# while the guest and the migration keep both cores busy).
+jget() {
+	local f=$1 k v out=
+	shift
+	for k in "$@"; do
+		v=$(sed -n "s/.*[{,]\"$k\":\"\{0,1\}\([^\",}]*\).*/\1/p" "$f" 2>/dev/null | head -n 1)
+		out="$out ${v:-?}"
+	done
+	echo "${out# }"
+}
+# wait_exit PID: its exit status, within 20 s (124 if it did not exit).
+wait_exit() {
+	local i
+	for ((i = 0; i < 200; i++)); do
+		if ! kill -0 "$1" 2>/dev/null; then wait "$1"; return $?; fi
+		sleep 0.1
+	done
+	kill "$1" 2>/dev/null
+	wait "$1"
+	return 124
+}
+# wait_lines FILE N [RE...]: until FILE has N memtest reports and a line
+# matching each RE (20 s).
+wait_lines() {
+	local f=$1 n=$2 i re ok
+	shift 2
+	for ((i = 0; i < 200; i++)); do
+		ok=1
+		[ "$(mt_lines "$f" | wc -l)" -ge "$n" ] || ok=0
+		for re in "$@"; do grep -qaE "$re" "$f" || ok=0; done
+		[ $ok -eq 1 ] && return 0
+		sleep 0.1
+	done
+	return 1
+}
+# sanitizer FILE...: the first sanitizer report line in FILEs, if any.
+sanitizer() { grep -haE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$@" 2>/dev/null | head -n 1; }
+
+PFX=()	# a prefix for godwit run (ip netns exec NS), for migrate-devices
+
+# start_src NAME ARGS...: `godwit run` with the API at $T_TMP/NAME.api; sets
+# SRC_PID, SRC_SOCK, SRC_OUT, SRC_ERR.
+start_src() {
+	local name=$1
+	shift
+	SRC_SOCK=$T_TMP/$name.api SRC_OUT=$T_TMP/$name.out SRC_ERR=$T_TMP/$name.err
+	"${PFX[@]}" timeout 180 "$GODWIT" run --kernel "$GUEST_ELF" --api "$SRC_SOCK" "$@" \
+		</dev/null >"$SRC_OUT" 2>"$SRC_ERR" &
+	SRC_PID=$!
+}
+# start_dst NAME ADDR ARGS...: `godwit run --incoming ADDR`; sets DST_PID,
+# DST_SOCK, DST_OUT, DST_ERR; false if it is not waiting within 10 s.
+start_dst() {
+	local name=$1 addr=$2
+	shift 2
+	DST_SOCK=$T_TMP/$name.api DST_OUT=$T_TMP/$name.out DST_ERR=$T_TMP/$name.err
+	"${PFX[@]}" timeout 180 "$GODWIT" run --incoming "$addr" --api "$DST_SOCK" "$@" \
+		</dev/null >"$DST_OUT" 2>"$DST_ERR" &
+	DST_PID=$!
+	t_wait_for "$DST_ERR" 'waiting for an incoming migration' 10
+}
+# migrate NAME ADDR ARGS...: godwit migrate --json from SRC_SOCK; sets MIG_RC,
+# MIG_JSON, MIG_ERR.
+migrate() {
+	local name=$1 addr=$2
+	shift 2
+	MIG_JSON=$T_TMP/$name.json MIG_ERR=$T_TMP/$name.migerr
+	timeout 60 "$GODWIT" migrate --api "$SRC_SOCK" --to "$addr" --json "$@" \
+		>"$MIG_JSON" 2>"$MIG_ERR"
+	MIG_RC=$?
+}
+
+# check_report: the migrate exit status and --json report; sets WHY on failure.
+check_report() {
+	local st dt by pg zp rd
+	read -r st dt by pg zp rd <<<"$(jget "$MIG_JSON" status downtime_ms bytes pages zero_pages rounds)"
+	if [ "$MIG_RC" -ne 0 ]; then
+		WHY="godwit migrate exited $MIG_RC: $(tail -c 300 "$MIG_ERR") $(cat "$MIG_JSON"); destination: $(tail -c 300 "$DST_ERR")"
+	elif [ "$st" != completed ]; then
+		WHY="report status '$st', expected completed: $(cat "$MIG_JSON")"
+	elif ! awk -v d="$dt" -v b="$by" -v p="$pg" -v z="$zp" -v r="$rd" \
+		'BEGIN { exit !(d > 0 && b > 0 && p > 0 && z > 0 && r >= 1) }'; then
+		WHY="implausible report (want downtime_ms, bytes, pages, zero_pages > 0, rounds >= 1): $(cat "$MIG_JSON")"
+	else
+		return 0
+	fi
+	return 1
+}
+
+# check_guest SRC_OUT DST_OUT NEED_VERIFIED RATE: the guest goes on at the
+# destination: complete memtest lines, errors=0 everywhere, t and gen not
+# going back, then NEED_VERIFIED more pages verified and (RATE > 0) a newer
+# generation, within 20 s.  Sets WHY and DST_LAST.
+check_guest() {
+	local src=$1 dst=$2 need=$3 rate=$4 last first g0 v0 t0 g1 v1 t1 i bad
+	last=$(mt_lines "$src" | tail -n 1)
+	DST_LAST=
+	if ! wait_lines "$dst" 1; then
+		WHY="no memtest line on the destination's console: $(tail -c 300 "$dst" | tr '\n' '|')"
+		return 1
+	fi
+	first=$(mt_lines "$dst" | head -n 1)
+	g0=$(field "$last" gen) t0=$(field "$last" t)
+	g1=$(field "$first" gen) v1=$(field "$first" verified) t1=$(field "$first" t)
+	if [ -z "$last" ]; then
+		WHY="no memtest line from the source before the migration"
+		return 1
+	fi
+	if [ "$g1" -lt "$g0" ] || awk -v a="$t1" -v b="$t0" 'BEGIN { exit !(a < b) }'; then
+		WHY="the guest went back: source's last '$last', destination's first '$first'"
+		return 1
+	fi
+	for ((i = 0; i < 200; i++)); do
+		DST_LAST=$(mt_lines "$dst" | tail -n 1)
+		if [ "$(field "$DST_LAST" verified)" -ge $((v1 + need)) ] &&
+			{ [ "$rate" -eq 0 ] || [ "$(field "$DST_LAST" gen)" -gt "$g1" ]; }; then
+			break
+		fi
+		sleep 0.1
+	done
+	bad=$( { mt_lines "$src"; mt_lines "$dst"; } | grep -v ' errors=0 ' | head -n 1)
+	if grep -qa 'memtest: ERROR\|EXCEPTION' "$src" "$dst"; then
+		WHY="guest errors: $(grep -ha 'ERROR\|EXCEPTION' "$src" "$dst" | head -n 2 | tr '\n' '|')"
+	elif grep -qa 'godwit-guest: boot' "$dst"; then
+		WHY="the guest booted again on the destination: $(head -c 200 "$dst" | tr '\n' '|')"
+	elif [ -n "$bad" ]; then
+		WHY="errors in a report: $bad"
+	elif [ "$(field "$DST_LAST" verified)" -lt $((v1 + need)) ]; then
+		WHY="no full verification pass on the destination within 20 s (need $need more pages verified): first '$first', last '$DST_LAST'"
+	elif [ "$rate" -ne 0 ] && [ "$(field "$DST_LAST" gen)" -le "$g1" ]; then
+		WHY="no new generation on the destination within 20 s: first '$first', last '$DST_LAST'"
+	else
+		return 0
+	fi
+	return 1
+}
+
+# check_all SRC_PID: report, source exit 6, the guest at the destination,
+# the destination still running, no sanitizer report.  Sets WHY.
+check_all() {
+	local spid=$1 need=$2 rate=$3 rc s
+	WHY=
+	check_report || return 1
+	wait_exit "$spid"
+	rc=$?
+	if [ $rc -ne 6 ]; then
+		WHY="the source godwit exited $rc, expected 6: $(tail -c 300 "$SRC_ERR")"
+		return 1
+	fi
+	check_guest "$SRC_OUT" "$DST_OUT" "$need" "$rate" || return 1
+	if ! kill -0 "$DST_PID" 2>/dev/null; then
+		WHY="the destination godwit is gone: $(tail -c 300 "$DST_ERR")"
+		return 1
+	fi
+	s=$(sanitizer "$SRC_ERR" "$DST_ERR" "$MIG_ERR")
+	if [ -n "$s" ]; then
+		WHY="sanitizer: $s"
+		return 1
+	fi
+	return 0
+}
+
+# report_line NAME: one "#" line with the report's figures.
+report_line() {
+	local tt dt st by rd cv
+	read -r tt dt st by rd cv <<<"$(jget "$MIG_JSON" total_ms downtime_ms setup_ms bytes rounds converged)"
+	echo "# $1: total ${tt} ms, downtime ${dt} ms, setup ${st} ms, $((${by:-0} / 1048576)) MiB, ${rd} rounds, converged=${cv}"
+}
+
+# stop_dst: shut the destination down.
+stop_dst() {
+	kill "$DST_PID" 2>/dev/null
+	wait "$DST_PID" 2>/dev/null
+}
+
+# simple_case NAME tcp|unix CMDLINE NEED_VERIFIED RATE RUN_ARGS...: one migration.
+simple_case() {
+	local name=$1 tr=$2 addr port start
+	shift 2
+	local cmdline=$1 need=$2 rate=$3
+	shift 3
+	start=$(date +%s.%N)
+	if [ "$tr" = tcp ]; then
+		port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+		addr=tcp:127.0.0.1:$port
+	else
+		addr=unix:$T_TMP/$name.mig
+	fi
+	start_src "$name.src" "$@" --cmdline "$cmdline"
+	if ! wait_lines "$SRC_OUT" 3; then
+		t_fail "$name" "the guest did not start: $(tail -c 300 "$SRC_ERR")"
+		kill "$SRC_PID" 2>/dev/null
+		return
+	fi
+	if ! start_dst "$name.dst" "$addr"; then
+		t_fail "$name" "the destination is not waiting: $(tail -c 300 "$DST_ERR")"
+		kill "$SRC_PID" "$DST_PID" 2>/dev/null
+		return
+	fi
+	migrate "$name" "$addr"
+	if check_all "$SRC_PID" "$need" "$rate"; then
+		t_pass "$name"
+	else
+		t_fail "$name" "$WHY"
+	fi
+	report_line "$name"
+	echo "#   destination: $DST_LAST; case took $(elapsed "$start") s"
+	kill "$SRC_PID" 2>/dev/null
+	stop_dst
+}
+
+# ---- 1-3: one migration each ---------------------------------------------------------------
+want idle-tcp && simple_case migrate-idle-tcp tcp 'workload=mem mem=32 rate=0 report=200' $((32 * 256)) 0 \
+	--mem 128M --cpus 1
+want 50 && simple_case migrate-50 unix 'workload=mem mem=128 rate=50 report=200' $((128 * 256)) 50 \
+	--mem 256M --cpus 1
+want 200 && simple_case migrate-200 unix 'workload=mem mem=128 rate=200 report=200' $((128 * 256)) 200 \
+	--mem 256M --cpus 1
+want 2cpu && simple_case migrate-2cpu unix 'workload=mem mem=128 rate=50 report=200' $((2 * 128 * 256)) 50 \
+	--mem 256M --cpus 2
+
+# ---- 4: devices: a read-only disk shared by both sides, a TAP each on a bridge ---------------
+devices_case() {
+	local name=migrate-devices start img mac=02:00:5e:00:20:01 ip_guest=198.18.0.2 rc
+	local dlast d1 dl nlast nl u0 u1 res
+	start=$(date +%s.%N)
+	img=$T_TMP/disk.img
+	truncate -s 16M "$img"
+	# Fill 8 MiB with the guest's block pattern: one writable pass (gen 1
+	# written, read back and verified; gen=2 in a report).
+	timeout 60 "$GODWIT" run --kernel "$GUEST_ELF" --mem 64M --cpus 1 --disk "$img" \
+		--cmdline 'workload=disk disk_mib=8 report=100' </dev/null >"$T_TMP/fill.out" 2>"$T_TMP/fill.err" &
+	local fpid=$!
+	t_wait_for "$T_TMP/fill.out" '^disk: t=.* gen=[2-9] .* errors=0 ' 30
+	rc=$?
+	kill "$fpid" 2>/dev/null
+	wait "$fpid" 2>/dev/null
+	if [ $rc -ne 0 ]; then
+		t_fail $name "could not fill the disk image: $(tail -c 300 "$T_TMP/fill.out") $(tail -c 200 "$T_TMP/fill.err")"
+		return
+	fi
+
+	if ! ip netns add "$NS" 2>"$T_TMP/netns.err"; then
+		t_fail $name "cannot create network namespace $NS: $(cat "$T_TMP/netns.err")"
+		return
+	fi
+	ip -n "$NS" link set lo up &&
+	ip -n "$NS" link add gwmbr type bridge &&
+	ip -n "$NS" addr add 198.18.0.1/15 dev gwmbr &&
+	ip -n "$NS" link set gwmbr up &&
+	ip -n "$NS" tuntap add gwm0 mode tap &&
+	ip -n "$NS" tuntap add gwm1 mode tap &&
+	ip -n "$NS" link set gwm0 master gwmbr up &&
+	ip -n "$NS" link set gwm1 master gwmbr up 2>"$T_TMP/netns.err"
+	if [ $? -ne 0 ]; then
+		t_fail $name "cannot set up the bridge in $NS: $(cat "$T_TMP/netns.err")"
+		return
+	fi
+	PFX=(ip netns exec "$NS")
+	start_src $name.src --mem 128M --cpus 1 --disk "$img,readonly" --net "tap=gwm0,mac=$mac" \
+		--cmdline "workload=mem+disk+net mem=32 rate=20 report=200 disk_mib=8 ip=$ip_guest"
+	if ! wait_lines "$SRC_OUT" 3 '^disk: t=.* gen=[1-9]' '^net: t='; then
+		t_fail $name "the guest's workloads did not start: $(tail -c 300 "$SRC_OUT" | tr '\n' '|') $(tail -c 300 "$SRC_ERR")"
+		PFX=()
+		return
+	fi
+	if ! grep -qa '^disk: found .* ro=1' "$SRC_OUT"; then
+		t_fail $name "the guest does not see a read-only disk: $(grep -a '^disk: found' "$SRC_OUT")"
+	fi
+	if command -v ping >/dev/null 2>&1; then PING=(ping); else PING=(busybox ping); fi
+	if ! ip netns exec "$NS" "${PING[@]}" -c 2 -i 0.2 -W 2 -w 10 "$ip_guest" >"$T_TMP/ping.out" 2>&1; then
+		t_fail $name "no ping reply before the migration: $(tail -2 "$T_TMP/ping.out" | tr '\n' ' ')"
+		PFX=()
+		return
+	fi
+	# UDP echo, one datagram in flight (lost ones are not resent: the next
+	# one goes), every echo compared with what was sent; counts the echoes
+	# after the marker file appears; stops after 300 of those or 40 s.
+	cat >"$T_TMP/udpload.py" <<'EOF'
+import os, socket, sys, time
+ip, marker, deadline = sys.argv[1], sys.argv[2], time.time() + float(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((ip, 7))
+s.settimeout(0.05)
+sent = {}
+seq = echoed = bad = late = after = 0
+last = time.time()
+gap = 0.0
+while time.time() < deadline and after < 300:
+    seq += 1
+    p = seq.to_bytes(4, 'big') + os.urandom(64 + seq % 1200)
+    sent[seq] = p
+    sent.pop(seq - 200, None)
+    s.send(p)
+    while True:
+        try:
+            r = s.recv(4096)
+        except socket.timeout:
+            break
+        except ConnectionRefusedError:
+            break
+        k = int.from_bytes(r[:4], 'big')
+        if sent.get(k) != r:
+            bad += 1
+            print('bad echo: seq %d len %d' % (k, len(r)), flush=True)
+        elif k != seq:
+            late += 1
+        else:
+            echoed += 1
+            now = time.time()
+            gap = max(gap, now - last)
+            last = now
+            if os.path.exists(marker):
+                after += 1
+            break
+print('udp sent=%d echoed=%d late=%d bad=%d after=%d longest_gap_ms=%.0f' % (seq, echoed, late, bad, after, gap * 1000))
+sys.exit(0 if bad == 0 and after >= 300 else 1)
+EOF
+	ip netns exec "$NS" timeout 60 python3 "$T_TMP/udpload.py" "$ip_guest" "$T_TMP/migrated" 40 \
+		>"$T_TMP/udp.out" 2>&1 &
+	local upid=$!
+	sleep 0.5
+	if ! start_dst $name.dst unix:$T_TMP/$name.mig --disk "$img,readonly" --net tap=gwm1; then
+		t_fail $name "the destination is not waiting: $(tail -c 300 "$DST_ERR")"
+		PFX=()
+		return
+	fi
+	u0=$(grep -a '^net: t=' "$SRC_OUT" | tail -n 1 | sed -n 's/.* udp=\([0-9]*\) .*/\1/p')
+	migrate $name unix:$T_TMP/$name.mig
+	touch "$T_TMP/migrated"
+	if ! check_all "$SRC_PID" $((32 * 256)) 20; then
+		t_fail $name "$WHY"
+	else
+		# Disk: a full read pass on the destination, errors=0 throughout.
+		d1=$(grep -a '^disk: t=' "$DST_OUT" | head -n 1)
+		for ((i = 0; i < 100; i++)); do
+			dl=$(grep -a '^disk: t=' "$DST_OUT" | tail -n 1)
+			[ -n "$d1" ] && [ "$(field "$dl" gen)" -ge $(($(field "$d1" gen) + 2)) ] && break
+			sleep 0.1
+			d1=$(grep -a '^disk: t=' "$DST_OUT" | head -n 1)
+		done
+		wait_exit $upid
+		rc=$?
+		nl=$(grep -a '^net: t=' "$DST_OUT" | tail -n 1)
+		u1=$(sed -n 's/.* udp=\([0-9]*\) .*/\1/p' <<<"$nl")
+		res=$(grep -a '^udp sent' "$T_TMP/udp.out")
+		if grep -qa '^disk: ERROR\|^virtio:\|^net: ERROR' "$SRC_OUT" "$DST_OUT" ||
+			grep -ha '^disk: t=' "$SRC_OUT" "$DST_OUT" | grep -qv ' errors=0 '; then
+			t_fail $name "disk errors: $(grep -ha '^disk: ERROR\|^virtio:\|^disk: t=.* errors=[1-9]' "$SRC_OUT" "$DST_OUT" | head -n 2 | tr '\n' '|')"
+		elif [ -z "$d1" ] || [ "$(field "$dl" gen)" -lt $(($(field "$d1" gen) + 2)) ]; then
+			t_fail $name "no complete read pass of the disk on the destination: first '$d1', last '$dl'"
+		elif [ $rc -ne 0 ]; then
+			t_fail $name "UDP echo through the migration (exit $rc): $(tr '\n' '|' <"$T_TMP/udp.out" | head -c 400)"
+		elif [ -z "$u0" ] || [ -z "$u1" ] || [ "$u1" -lt $((u0 + 300)) ]; then
+			t_fail $name "the guest's UDP count did not go on: before '$u0', destination's last '$nl'"
+		else
+			t_pass $name
+		fi
+		echo "#   disk on the destination: $dl"
+		echo "#   net: $res; guest: $nl"
+	fi
+	report_line $name
+	echo "#   case took $(elapsed "$start") s"
+	kill "$SRC_PID" "$upid" 2>/dev/null
+	stop_dst
+	PFX=()
+}
+want devices && devices_case
+
+# ---- 5: A -> B -> A -> B -----------------------------------------------------------------------
+pingpong_case() {
+	local name=migrate-pingpong start hop ok=1 side gens=
+	start=$(date +%s.%N)
+	start_src $name.0 --mem 128M --cpus 1 --cmdline 'workload=mem mem=32 rate=50 report=200'
+	if ! wait_lines "$SRC_OUT" 3; then
+		t_fail $name "the guest did not start: $(tail -c 300 "$SRC_ERR")"
+		return
+	fi
+	gens=$(field "$(mt_lines "$SRC_OUT" | tail -n 1)" gen)
+	for hop in 1 2 3; do
+		side=B
+		[ $hop -eq 2 ] && side=A
+		if ! start_dst $name.$hop unix:$T_TMP/$name.mig.$hop; then
+			t_fail $name "hop $hop: the destination is not waiting: $(tail -c 300 "$DST_ERR")"
+			ok=0
+			break
+		fi
+		migrate $name.$hop unix:$T_TMP/$name.mig.$hop
+		if ! check_all "$SRC_PID" $((32 * 256)) 50; then
+			t_fail $name "hop $hop (to $side): $WHY"
+			ok=0
+			break
+		fi
+		report_line "$name hop $hop to $side"
+		gens="$gens -> $(field "$(mt_lines "$DST_OUT" | head -n 1)" gen)..$(field "$DST_LAST" gen)"
+		SRC_PID=$DST_PID SRC_SOCK=$DST_SOCK SRC_OUT=$DST_OUT SRC_ERR=$DST_ERR
+	done
+	[ $ok -eq 1 ] && t_pass $name
+	echo "#   gen: $gens; case took $(elapsed "$start") s"
+	kill "$SRC_PID" 2>/dev/null
+	stop_dst
+}
+want pingpong && pingpong_case
+
+# ---- 6: progress under --max-bandwidth, pause refused -----------------------------------------
+progress_case() {
+	local name=migrate-progress start addr mpid i st rd by prev=-1 active=0 grew=0 prc=- pmsg= n=0 nf=0 t1 slow=0 polls=
+	start=$(date +%s.%N)
+	addr=unix:$T_TMP/$name.mig
+	start_src $name.src --mem 256M --cpus 1 --cmdline 'workload=mem mem=64 rate=4 report=200'
+	if ! wait_lines "$SRC_OUT" 3; then
+		t_fail $name "the guest did not start: $(tail -c 300 "$SRC_ERR")"
+		return
+	fi
+	if ! start_dst $name.dst "$addr"; then
+		t_fail $name "the destination is not waiting: $(tail -c 300 "$DST_ERR")"
+		return
+	fi
+	MIG_JSON=$T_TMP/$name.json MIG_ERR=$T_TMP/$name.migerr
+	timeout 60 "$GODWIT" migrate --api "$SRC_SOCK" --to "$addr" --json --max-bandwidth 20M \
+		>"$MIG_JSON" 2>"$MIG_ERR" &
+	mpid=$!
+	for ((i = 0; i < 300; i++)); do
+		kill -0 $mpid 2>/dev/null || break
+		t1=$(date +%s.%N)
+		timeout 5 "$GODWIT" migrate-status --api "$SRC_SOCK" --json >"$T_TMP/st.new" 2>"$T_TMP/st.err" || { nf=$((nf + 1)); sleep 0.1; continue; }
+		mv "$T_TMP/st.new" "$T_TMP/st.json"
+		slow=$(awk -v a="$t1" -v b="$(date +%s.%N)" -v m="$slow" 'BEGIN { d = b - a; printf "%.2f", (d > m ? d : m) }')
+		polls="$polls $(elapsed "$start")"
+		read -r st rd by <<<"$(jget "$T_TMP/st.json" status round bytes)"
+		n=$((n + 1))
+		if [ "$st" = active ] && [ "${rd:-0}" -ge 1 ]; then
+			active=$((active + 1))
+			[ "$prev" -ge 0 ] && [ "$by" -gt "$prev" ] && grew=$((grew + 1))
+			prev=$by
+			if [ "$prc" = - ]; then
+				timeout 10 "$GODWIT" pause --api "$SRC_SOCK" >"$T_TMP/pause.out" 2>&1
+				prc=$?
+				pmsg=$(tr '\n' ' ' <"$T_TMP/pause.out")
+			fi
+		fi
+		sleep 0.2
+	done
+	wait $mpid
+	MIG_RC=$?
+	echo "# $name: $n status polls ($nf failed: $(head -c 150 "$T_TMP/st.err"); at$polls s; slowest $slow s), $active active with round >= 1, bytes grew $grew times; last: $(jget "$T_TMP/st.json" status round bytes)"
+	echo "#   pause during the migration: exit $prc: $pmsg"
+	if [ $active -lt 2 ] || [ $grew -lt 1 ]; then
+		t_fail $name "migrate-status showed $active active polls with round >= 1 and growing bytes $grew times (want >= 2 and >= 1)"
+	elif [ "$prc" != 1 ] || ! grep -qi 'migration' <<<"$pmsg"; then
+		t_fail $name "pause during the migration: exit $prc (expected 1, a message naming the migration): $pmsg"
+	elif ! check_all "$SRC_PID" $((64 * 256)) 0; then	# (a new gen would take 16 s)
+		t_fail $name "$WHY"
+	else
+		t_pass $name
+	fi
+	report_line $name
+	echo "#   case took $(elapsed "$start") s"
+	kill "$SRC_PID" 2>/dev/null
+	stop_dst
+}
+want progress && progress_case
+
+echo "# t-migrate: $(elapsed "$T0") s in all"
+exit 0
