@@ -175,6 +175,8 @@ static void mig_print_report(json_t *p)
 		       " (did not converge under the downtime limit)");
 	} else if (!strcmp(st, "in-doubt")) {
 		fprintf(stderr, "godwit: migrate: %s\n", jstr(p, "error"));
+	} else if (!strcmp(st, "cancelled")) {
+		fprintf(stderr, "godwit: migrate: migration cancelled; the VM keeps running here\n");
 	} else {
 		fprintf(stderr, "godwit: migrate: migration %s: %s; the VM keeps running here\n",
 			st, jstr(p, "error"));

@@ -940,7 +940,8 @@ static void *mig_thread(void *opaque)
 
 fail:
 	mig_unwind(&r);
-	if (ret == -ECANCELED) {
+	/* A cancel shuts the socket down: whatever failed next is the cancel. */
+	if (ret == -ECANCELED || mig_cancelled(m)) {
 		mig_fail(m, MIG_CANCELLED, "cancelled");
 		log_info("migrate: cancelled; the VM keeps running here");
 	} else {
