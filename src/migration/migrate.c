@@ -484,6 +484,7 @@ struct mig_run {
 	struct timespec t_pace;      /* bandwidth pacing: start of the current window */
 	uint64_t pace_bytes;         /* stream offset at t_pace */
 	bool pace;                   /* apply --max-bandwidth (not during stop-and-copy) */
+	double ms_ram, ms_state, ms_ready, ms_released;   /* downtime phases, from the pause */
 };
 
 /* Publish the writer's counters. */
@@ -796,6 +797,7 @@ static int mig_stop_copy(struct mig_run *r, struct timespec *t_pause)
 	ret = mig_send_dirty(r, false);
 	if (ret)
 		return ret;
+	r->ms_ram = ms_since(t_pause);
 	ret = snapshot_write_state(r->vm, r->w, r->err, sizeof(r->err));
 	if (ret)
 		return ret;
@@ -804,6 +806,7 @@ static int mig_stop_copy(struct mig_run *r, struct timespec *t_pause)
 		snprintf(r->err, sizeof(r->err), "sending the state: %s", stream_writer_error(r->w));
 		return ret;
 	}
+	r->ms_state = ms_since(t_pause);
 	mig_publish(r);
 	return 0;
 }
@@ -877,6 +880,7 @@ static void *mig_thread(void *opaque)
 		ret = ret ? ret : -EPROTO;
 		goto fail;
 	}
+	r.ms_ready = ms_since(&t_pause);
 	/* The point of no return: a cancel either got in before it or is refused. */
 	pthread_mutex_lock(&m->lock);
 	if (m->cancel) {
@@ -894,6 +898,7 @@ static void *mig_thread(void *opaque)
 			log_warnx("migrate: cannot take the disks back");
 		goto fail;
 	}
+	r.ms_released = ms_since(&t_pause);
 	ret = migrate_msg_send(r.fd, MIG_MSG_COMMIT, NULL);
 	if (!ret)
 		ret = migrate_msg_recv(r.fd, MIG_IO_TIMEOUT_MS, &type, text, sizeof(text));
@@ -917,6 +922,9 @@ static void *mig_thread(void *opaque)
 	}
 	pthread_mutex_lock(&m->lock);
 	m->prog.downtime_ms = ms_since(&t_pause);
+	log_debug("migrate: downtime %.2f ms: last pages %.2f, state+EOF %.2f, READY %.2f, "
+		  "disks released %.2f, DONE %.2f (ms from the pause)", m->prog.downtime_ms,
+		  r.ms_ram, r.ms_state, r.ms_ready, r.ms_released, m->prog.downtime_ms);
 	m->prog.total_ms = ms_since(&m->t_start);
 	m->prog.status = MIG_COMPLETED;
 	m->prog.remaining_bytes = 0;
