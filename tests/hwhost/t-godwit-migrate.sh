@@ -1,0 +1,343 @@
+#!/bin/bash
+# Tier 2: live migration of a stock Linux guest (Debian's cloud kernel, 2 vCPUs,
+# 512 MiB, virtio-blk + virtio-net over MSI-X) while it does disk and network I/O
+# (guest/linux/init, godwit.workload=migrate):
+#   - disk: 64 KiB batches of sequence-numbered units written to /dev/vda with
+#     O_DIRECT + fsync (a FLUSH each), each read back and compared; at the end the
+#     whole written region is read back against the expected content;
+#   - network: one TCP connection to a peer, which streams random data paced at
+#     MIGRATE_KIBS KiB/s; the guest echoes it (nc -e tee) and keeps a copy.
+# Network: a namespace with a bridge joining two persistent TAPs (one per godwit)
+# and a veth to the peer's namespace (198.18.0.1; the guest is 198.18.0.2), so the
+# destination's RARP announce (and the guest's own frames) move the MAC to its TAP.
+# Storage: both godwits get the SAME --disk image (shared storage: the source
+# flushes and unlocks it right before COMMIT, the destination locks it then).
+# Once the guest's I/O runs, `godwit migrate` moves it to `godwit run --incoming
+# unix:...`; after a few progress reports on the destination the peer is told to
+# end the stream, the guest verifies and powers off.
+# PASS: migrate exits 0 (its report is printed), the source exits 6; the guest's
+# I/O went on on the destination; disk verify errors=0 (and the host finds the
+# same content in the image); the TCP stream is complete and intact: the peer's
+# sent bytes and SHA-256 equal the guest's received ones and the echo, nc exited
+# 0, no reset; the destination exits 0 at the guest's poweroff.
+. "$(dirname "$0")/../lib.sh"
+. "$(dirname "$0")/lib-l1.sh"
+
+name=godwit-migrate
+NSB=gwt-migbr-$$
+NSP=gwt-migpeer-$$
+KIBS=${MIGRATE_KIBS:-512}
+hw_need_guest "$name" || exit 0
+
+slog=$T_TMP/godwit-migrate-src.log
+dlog=$T_TMP/godwit-migrate-dst.log
+mlog=$T_TMP/godwit-migrate-client.log
+plog=$T_TMP/godwit-migrate-peer.log
+img=$SCRATCH/godwit-migrate.img
+ssock=$SCRATCH/mig-src.sock
+dsock=$SCRATCH/mig-dst.sock
+msock=$SCRATCH/mig-stream.sock
+stop=$T_TMP/peer.stop
+rm -f "$img" "$ssock" "$dsock" "$msock"
+truncate -s 32M "$img"
+# One build for the source, the destination and the client, even if the checkout's is
+# rebuilt meanwhile (a binary replaced between the source's start and the client's start
+# once crashed the client).
+if ! cp "$GODWIT" "$SCRATCH/godwit-migrate.bin"; then
+	t_fail "$name" "cannot copy $GODWIT to $SCRATCH"
+	exit 0
+fi
+GODWIT=$SCRATCH/godwit-migrate.bin
+
+net_cleanup() {
+	local ns
+	for ns in "$NSP" "$NSB"; do
+		ip netns pids "$ns" 2>/dev/null | xargs -r kill -KILL 2>/dev/null
+	done
+	ip -n "$NSB" link del gwmtapA 2>/dev/null
+	ip -n "$NSB" link del gwmtapB 2>/dev/null
+	ip netns del "$NSP" 2>/dev/null
+	ip netns del "$NSB" 2>/dev/null
+	rm -f "$img" "$ssock" "$dsock" "$msock" "$SCRATCH/godwit-migrate.bin"
+}
+trap 'net_cleanup; hw_save_logs; t_cleanup' EXIT
+
+# fail WHY LOG...: FAIL with the tails of LOG...
+fail() {
+	local why=$1 f
+	shift
+	t_fail "$name" "$why"
+	for f in "$@"; do
+		[ -s "$f" ] || continue
+		echo "  | --- ${f##*/}"
+		hw_tail "$f" 15
+	done
+}
+
+# ---- the network: bridge (TAP A, TAP B, veth) in NSB, the peer in NSP -----------------
+setup_err=$T_TMP/setup.err
+mk() { "$@" 2>>"$setup_err" || { echo "$*: $(tail -n 1 "$setup_err")"; return 1; }; }
+setup_net() {
+	mk ip netns add "$NSB" && mk ip netns add "$NSP" &&
+		mk ip -n "$NSB" link set lo up && mk ip -n "$NSP" link set lo up &&
+		mk ip -n "$NSB" link add br0 type bridge &&
+		mk ip -n "$NSB" tuntap add dev gwmtapA mode tap &&
+		mk ip -n "$NSB" tuntap add dev gwmtapB mode tap &&
+		mk ip -n "$NSB" link add gwmveth type veth peer name eth0 netns "$NSP" &&
+		mk ip -n "$NSB" link set gwmtapA master br0 up &&
+		mk ip -n "$NSB" link set gwmtapB master br0 up &&
+		mk ip -n "$NSB" link set gwmveth master br0 up &&
+		mk ip -n "$NSB" link set br0 up &&
+		mk ip -n "$NSP" addr add 198.18.0.1/24 dev eth0 &&
+		mk ip -n "$NSP" link set eth0 up
+}
+if ! why=$(setup_net); then
+	t_fail "$name" "network setup: $why"
+	exit 0
+fi
+
+# ---- the peer: streams KIBS KiB/s on :5003 until $stop exists, takes the echo back ------
+cat >"$T_TMP/peer.py" <<'EOF'
+# peer OUT STOPFILE KIB_PER_S MAX_S: accepts one connection on :5003, streams random
+# data paced at KIB_PER_S until STOPFILE exists (or MAX_S), reads the guest's echo, then
+# shuts its side down once everything came back and waits for the guest's close.
+import hashlib, os, socket, sys, threading, time
+out, stopfile, kibs, max_s = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+f = open(out, 'w', buffering=1)
+def say(s): print('peer: ' + s, file=f, flush=True)
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(('0.0.0.0', 5003))
+l.listen(1)
+l.settimeout(400)
+say('listening')
+c, addr = l.accept()
+l.close()
+t0 = time.monotonic()
+say('connected from %s:%d' % addr)
+hs, he = hashlib.sha256(), hashlib.sha256()
+st = {'sent': 0, 'echoed': 0, 'last': None, 'gap': 0.0, 'gap_at': 0.0, 'eof': 0, 'err': ''}
+def rx():
+    try:
+        while True:
+            d = c.recv(1 << 16)
+            if not d:
+                break
+            now = time.monotonic()
+            he.update(d)
+            st['echoed'] += len(d)
+            # The longest pause between echoes, from the first one on.
+            if st['last'] is not None and now - st['last'] > st['gap']:
+                st['gap'], st['gap_at'] = now - st['last'], st['last'] - t0
+            st['last'] = now
+        st['eof'] = 1
+    except Exception as e:
+        st['err'] = st['err'] or 'recv: %r' % e
+th = threading.Thread(target=rx, daemon=True)
+th.start()
+chunk = 16384
+tick = chunk / (kibs * 1024.0)
+nxt, rep = time.monotonic(), 0.0
+try:
+    while not os.path.exists(stopfile) and time.monotonic() - t0 < max_s and not st['err']:
+        d = os.urandom(chunk)
+        hs.update(d)
+        c.sendall(d)
+        st['sent'] += len(d)
+        nxt += tick
+        now = time.monotonic()
+        if now - t0 - rep >= 5:
+            rep = now - t0
+            say('t=%.1f sent=%d echoed=%d' % (rep, st['sent'], st['echoed']))
+        if nxt > now:
+            time.sleep(nxt - now)
+    say('stopping t=%.1f sent=%d echoed=%d' % (time.monotonic() - t0, st['sent'], st['echoed']))
+    # Everything must come back before our side closes.
+    end = time.monotonic() + 60
+    while st['echoed'] < st['sent'] and time.monotonic() < end and not st['err'] and not st['eof']:
+        time.sleep(0.05)
+    c.shutdown(socket.SHUT_WR)
+    th.join(60)
+except Exception as e:
+    st['err'] = st['err'] or 'send: %r' % e
+c.close()
+say('done secs=%.1f sent=%d sent_sha=%s echoed=%d echo_sha=%s eof=%d max_gap_ms=%d gap_at=%.1f error=%s' % (
+    time.monotonic() - t0, st['sent'], hs.hexdigest(), st['echoed'], he.hexdigest(),
+    st['eof'], st['gap'] * 1000, st['gap_at'], (st['err'] or 'none').replace(' ', '_')))
+EOF
+ip netns exec "$NSP" timeout 500 python3 "$T_TMP/peer.py" "$plog" "$stop" "$KIBS" 300 &
+if ! hw_wait "$plog" '^peer: listening' 60; then
+	fail "the peer did not start" "$plog"
+	exit 0
+fi
+
+# ---- the source: boots the guest, which starts its I/O --------------------------------
+hw_start "$slog" ip netns exec "$NSB" "$GODWIT" run --kernel "$HW_GUEST_KERNEL" \
+	--initrd "$HW_GUEST_INITRD" --cpus 2 --mem 512M --name tier2-migrate --api "$ssock" \
+	--disk "$img" --net tap=gwmtapA \
+	--cmdline "$(hw_append godwit.workload=migrate godwit.ip=198.18.0.2/24 godwit.peer=198.18.0.1 godwit.runtime=300)"
+spid=$HW_PID
+t_boot=$(hw_now)
+hw_wait "$slog" '^linux-guest: migrate started|^linux-guest: poweroff|Kernel panic' 240 "$spid"
+rc=$?
+if [ $rc -ne 0 ] || [ -z "$(hw_line "$slog" 'linux-guest: migrate started')" ]; then
+	fail "the guest's migrate workload did not start (wait status $rc)" "$slog" "$plog"
+	exit 0
+fi
+echo "# guest workload started $(hw_since "$t_boot") s after godwit started"
+
+# ---- the destination ---------------------------------------------------------------
+hw_start "$dlog" ip netns exec "$NSB" "$GODWIT" run --incoming "unix:$msock" --api "$dsock" \
+	--disk "$img" --net tap=gwmtapB
+dpid=$HW_PID
+if ! hw_wait "$dlog" 'waiting for an incoming migration' 60 "$dpid"; then
+	fail "the destination is not waiting for a migration" "$dlog"
+	exit 0
+fi
+
+# count_lines LOG PREFIX: sets N to the number of LOG's lines starting with PREFIX.
+count_lines() {
+	local l
+	local -a lines
+	N=0
+	[ -f "$1" ] || return 0
+	mapfile -t lines <"$1"
+	for l in "${lines[@]}"; do [[ $l == "$2"* ]] && N=$((N + 1)); done
+}
+# wait_count LOG PREFIX COUNT TIMEOUT_S PID: waits for COUNT lines starting with PREFIX.
+wait_count() {
+	local deadline=$(( ${EPOCHREALTIME/[.,]/} + $4 * 1000000 ))
+	for (( ; ; )); do
+		count_lines "$1" "$2"
+		[ "$N" -ge "$3" ] && return 0
+		kill -0 "$5" 2>/dev/null || return 1
+		[ "${EPOCHREALTIME/[.,]/}" -ge "$deadline" ] && return 2
+		hw_sleep 0.3
+	done
+}
+
+# Two progress reports (~10 s of I/O) before the migration.
+if ! wait_count "$slog" "linux-guest: migrate disk " 2 90 "$spid"; then
+	fail "no I/O progress reports from the guest before the migration" "$slog" "$plog"
+	exit 0
+fi
+if [ -z "$(hw_line "$plog" 'peer: connected')" ]; then
+	fail "the guest did not connect to the peer" "$slog" "$plog"
+	exit 0
+fi
+seq0=$(hw_field "$slog" "linux-guest: migrate disk " seq)
+if ! kill -0 "$spid" 2>/dev/null; then
+	hw_wait_exit "$spid" 1
+	fail "the source godwit exited $HW_RC before the migration" "$slog" "$plog"
+	exit 0
+fi
+
+# ---- migrate -------------------------------------------------------------------------
+t_mig=$(hw_now)
+timeout -k 5 240 "$GODWIT" migrate --api "$ssock" --to "unix:$msock" >"$mlog" 2>&1
+mrc=$?
+mig_s=$(hw_since "$t_mig")
+report=$(hw_line "$mlog" "migration completed: ")
+echo "# migrate: exit $mrc after $mig_s s${report:+: $report}"
+if [ $mrc -ne 0 ]; then
+	if hw_wait_exit "$spid" 0; then
+		why="the source godwit exited $HW_RC"
+	else
+		why="the source godwit still runs"
+	fi
+	fail "godwit migrate exited $mrc; $why" "$mlog" "$slog" "$dlog"
+	exit 0
+fi
+t_pass "$name-migrate"
+echo "INFO $name: migration completed: $report (client ran $mig_s s; guest I/O batches before it: $seq0)"
+if hw_wait_exit "$spid" 30; then srcrc=$HW_RC; else srcrc="still running"; fi
+if [ "$srcrc" = 6 ]; then
+	t_pass "$name-source-exit"
+else
+	t_fail "$name-source-exit" "the source godwit: $srcrc after the migration, expected exit status 6"
+	hw_tail "$slog" 15
+	hw_stop "$spid"
+fi
+
+# ---- the guest goes on on the destination; then end the stream ------------------------
+wait_count "$dlog" "linux-guest: migrate disk " 2 120 "$dpid"
+wrc=$?
+: >"$stop"
+if [ $wrc -ne 0 ]; then
+	fail "no I/O progress reports from the guest on the destination (wait status $wrc)" "$dlog" "$plog"
+	exit 0
+fi
+hw_wait "$dlog" '^linux-guest: poweroff|Kernel panic' 180 "$dpid"
+wrc=$?
+[ $wrc -eq 0 ] && hw_wait_exit "$dpid" 60
+hw_stop "$dpid"
+dstrc=$HW_RC
+hw_wait "$plog" '^peer: done' 30
+echo "# destination: exit $dstrc; guest: $(hw_line "$dlog" 'linux-guest: migrate done ')"
+echo "# peer: $(hw_line "$plog" 'peer: done ')"
+if [ $wrc -ne 0 ]; then
+	fail "the guest did not finish on the destination (wait status $wrc)" "$dlog" "$plog"
+	exit 0
+fi
+
+# ---- checks ----------------------------------------------------------------------------
+# Disk: no error in the loop nor in the final verify, writes went on on the destination,
+# and the host finds every batch's content in the image.
+batches=$(hw_field "$dlog" "linux-guest: migrate verify" batches)
+verr=$(hw_field "$dlog" "linux-guest: migrate verify" errors)
+derr=$(hw_field "$dlog" "linux-guest: migrate done" disk_errors)
+maxit=$(hw_field "$dlog" "linux-guest: migrate disk " max_iter_ms)
+host_check=$(python3 - "$img" "${batches:-0}" <<'EOF' 2>&1
+import sys
+img, total, slots = sys.argv[1], int(sys.argv[2]), 256
+bad = []
+with open(img, 'rb') as f:
+    for i in range(min(total, slots)):
+        seq = i + (total - 1 - i) // slots * slots
+        want = b''.join((b'gwmig seq=%08d blk=%04d ###\n' % (seq, i * 16 + k)) * 128 for k in range(16))
+        f.seek(i * 65536)
+        got = f.read(65536)
+        if got != want:
+            bad.append('slot %d: %r' % (i, got[:31]))
+print('ok' if total > 0 and not bad else 'bad %d slots (of %d): %s' % (len(bad), min(total, slots), '; '.join(bad[:3])))
+EOF
+)
+if [ "$derr" = 0 ] && [ "$verr" = 0 ] && [ "${batches:-0}" -gt "${seq0:-0}" ] && [ "$host_check" = ok ]; then
+	t_pass "$name-disk"
+else
+	t_fail "$name-disk" "guest: disk_errors=${derr:-?} verify errors=${verr:-?}, batches ${batches:-?} (${seq0:-?} before the migration); host: $host_check"
+	hw_tail "$slog" 10
+	hw_tail "$dlog" 20
+fi
+
+# TCP: the same bytes and SHA-256 at the peer (sent, echoed) and in the guest; no reset.
+sent=$(hw_field "$plog" "peer: done" sent)
+sent_sha=$(hw_field "$plog" "peer: done" sent_sha)
+echoed=$(hw_field "$plog" "peer: done" echoed)
+echo_sha=$(hw_field "$plog" "peer: done" echo_sha)
+perr=$(hw_field "$plog" "peer: done" error)
+peof=$(hw_field "$plog" "peer: done" eof)
+gap=$(hw_field "$plog" "peer: done" max_gap_ms)
+gap_at=$(hw_field "$plog" "peer: done" gap_at)
+rxb=$(hw_field "$dlog" "linux-guest: migrate net" rx_bytes)
+rxsha=$(hw_field "$dlog" "linux-guest: migrate net" rx_sha)
+ncrc=$(hw_field "$dlog" "linux-guest: migrate net" nc_exit)
+count_lines "$plog" "peer: connected"
+conns=$N
+if [ -n "$sent" ] && [ "$sent" -gt 0 ] && [ "$rxb" = "$sent" ] && [ "$echoed" = "$sent" ] &&
+	[ "$rxsha" = "$sent_sha" ] && [ "$echo_sha" = "$sent_sha" ] && [ "$perr" = none ] &&
+	[ "$peof" = 1 ] && [ "$ncrc" = 0 ] && [ "$conns" = 1 ]; then
+	t_pass "$name-tcp"
+else
+	t_fail "$name-tcp" "peer: sent=${sent:-?} echoed=${echoed:-?} error=${perr:-?} eof=${peof:-?} connections=$conns; guest: rx_bytes=${rxb:-?} nc_exit=${ncrc:-?}; sha sent/guest/echo ${sent_sha:0:12}/${rxsha:0:12}/${echo_sha:0:12}"
+	hw_tail "$plog" 10
+	hw_tail "$dlog" 10
+fi
+echo "INFO $name: stream $((${sent:-0} >> 10)) KiB at $KIBS KiB/s, longest echo gap ${gap:-?} ms at t=${gap_at:-?} s; disk ${batches:-?} batches of 64 KiB (${seq0:-?} before the migration), longest I/O iteration ${maxit:-?} ms"
+
+if [ "$dstrc" = 0 ]; then
+	t_pass "$name-poweroff"
+else
+	t_fail "$name-poweroff" "the destination godwit exited $dstrc after the guest's poweroff, expected 0"
+	hw_tail "$dlog" 15
+fi
