@@ -58,6 +58,7 @@ OBJS += src/migration/crc32c.o
 OBJS += src/migration/stream.o
 OBJS += src/migration/snapshot.o
 OBJS += src/migration/migrate.o
+OBJS += src/migration/disk.o
 OBJS += src/cmd/stream_dump.o
 OBJS += src/cmd/run.o
 OBJS += src/cmd/client.o

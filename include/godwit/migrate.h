@@ -46,6 +46,8 @@ struct migrate_params {
 	uint32_t downtime_ms;    /* 1..60000 */
 	uint64_t max_bandwidth;  /* bytes per second, 0: unlimited */
 	uint32_t max_rounds;     /* 1..1000 */
+	bool with_disks;         /* copy disk images too (storage migration) */
+	char disks[256];         /* with_disks: comma-separated serials; "": every disk */
 };
 
 struct migrate_progress {
@@ -60,6 +62,10 @@ struct migrate_progress {
 	double bandwidth;            /* bytes sent per second, last round */
 	double expected_downtime_ms; /* remaining / bandwidth */
 	double setup_ms, total_ms, downtime_ms;
+	uint64_t disk_bytes;         /* disk extents sent (data and zero) */
+	uint64_t disk_remaining_bytes;   /* written blocks not sent yet, as last measured */
+	double disk_dirty_rate;      /* bytes of blocks written per second, last round */
+	uint32_t disk_rounds;        /* disk passes */
 	bool converged;              /* pre-copy ended under the downtime limit */
 	bool not_converging;         /* the last rounds did not shrink what is left */
 	char error[512];

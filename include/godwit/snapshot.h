@@ -98,6 +98,10 @@ int snapshot_restore_open(int fd, struct snapshot_restore **out, char *err,
 const struct stream_config *snapshot_restore_stream_config(const struct snapshot_restore *sr);
 /* The clock mode the vCPUs and the VM are loaded with (default CPU_CLOCK_FROZEN). */
 void snapshot_restore_set_clock(struct snapshot_restore *sr, enum cpu_clock_mode mode);
+/* Storage migration: DISK sections for device instance d[i].instance go to d[i]. */
+struct disk_recv;
+void snapshot_restore_set_disks(struct snapshot_restore *sr, struct disk_recv *d,
+				unsigned int n);
 /* RAM totals and stream bytes read so far (either may be NULL). */
 void snapshot_restore_stats(const struct snapshot_restore *sr, struct stream_ram_stats *ram,
 			    uint64_t *bytes);

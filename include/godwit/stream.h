@@ -62,6 +62,7 @@ enum stream_type {
 	STREAM_DEVICE = 4,         /* one device, id = dev_ops name, instance */
 	STREAM_VM     = 5,         /* VM-wide KVM state: irqchip, pit, clock */
 	STREAM_EOF    = 6,         /* last section: counts and the chain CRC */
+	STREAM_DISK   = 7,         /* an extent of a disk image (storage migration) */
 };
 /* Section flags. */
 #define STREAM_F_OPTIONAL   0x01   /* a reader that does not know it skips it */
@@ -72,7 +73,18 @@ enum stream_type {
 #define STREAM_MAX_DEVICES  64
 #define STREAM_MAX_VCPUS    1024
 #define STREAM_OPTIONS_MAX  191
+#define STREAM_MAX_DISKS    16
+#define STREAM_DISK_MAX_SIZE (1ULL << 50)  /* bytes */
 
+/*
+ * DISK payload (id "disk", instance = the virtio-blk device's instance):
+ * u64 offset | u64 length | u32 flags | u32 0 | data (length bytes, none if
+ * ZERO).  offset and length are multiples of 512; the extent lies in the
+ * disk (CONFIG's size for it).  ZERO: the extent reads as zeroes.
+ */
+#define STREAM_DISK_HDR      24
+#define STREAM_DISK_MAX_DATA (4u << 20)
+#define STREAM_DISK_F_ZERO   0x1
 struct stream_region {
 	uint64_t gpa, size;        /* page-aligned, size > 0 */
 };
@@ -80,6 +92,12 @@ struct stream_region {
 struct stream_cpuid_entry {
 	uint32_t function, index, flags;   /* flags: KVM_CPUID_FLAG_* */
 	uint32_t eax, ebx, ecx, edx;
+};
+
+/* A disk whose image travels in the stream (DISK sections). */
+struct stream_disk {
+	uint32_t instance;                 /* the virtio-blk device's instance */
+	uint64_t size;                     /* bytes, a multiple of 512 */
 };
 
 struct stream_device {
@@ -110,6 +128,8 @@ struct stream_config {
 	struct stream_cpuid_entry cpuid[STREAM_MAX_CPUID];  /* the template, before per-vCPU fix-ups */
 	unsigned int nr_devices;
 	struct stream_device devices[STREAM_MAX_DEVICES];   /* in save order */
+	unsigned int nr_disks;
+	struct stream_disk disks[STREAM_MAX_DISKS];         /* images sent as DISK sections */
 	uint32_t digest;                   /* reader only: CRC32C of the CONFIG payload */
 };
 
@@ -240,6 +260,18 @@ int stream_put_ram(struct stream_writer *w, const void *host, uint64_t gpa,
  */
 int stream_put_ram_dirty(struct stream_writer *w, const void *host, uint64_t gpa,
 			 uint64_t npages, const uint64_t *bitmap) __must_check;
+/*
+ * stream_put_disk - one DISK section: len bytes at data (NULL: a ZERO
+ * extent) for disk `instance` at byte offset off; len <= STREAM_DISK_MAX_DATA.
+ */
+int stream_put_disk(struct stream_writer *w, uint32_t instance, uint64_t off,
+		    const void *data, uint64_t len) __must_check;
+/*
+ * stream_disk_parse - check a DISK payload (p, n bytes) against a disk of
+ * size bytes: 0 with the extent, or -EBADMSG (err says why).
+ */
+int stream_disk_parse(const uint8_t *p, uint64_t n, uint64_t size, uint64_t *off,
+		      uint64_t *len, const uint8_t **data, char *err, size_t errlen) __must_check;
 /* stream_flush - close the pending RAM section and write everything buffered. */
 int stream_flush(struct stream_writer *w) __must_check;
 /* stream_end - the EOF section, then flush.  No call but free after it. */

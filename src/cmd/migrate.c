@@ -43,6 +43,11 @@ static const char migrate_usage[] =
 "  --max-bandwidth RATE    bytes/s during pre-copy, e.g. 100M (K/M/G are powers\n"
 "                          of 1024; default unlimited)\n"
 "  --max-rounds N          pre-copy rounds before stopping anyway (default 30)\n"
+"  --with-disks[=ID,...]   copy the disk images too (all, or those with these\n"
+"                          serials) while memory is copied; the destination\n"
+"                          names its files with --disk (created sparse).\n"
+"                          Without it, disks are shared storage: the same image\n"
+"                          must be reachable there, and its lock moves at COMMIT\n"
 "  --json                  print one JSON object (status, total_ms, downtime_ms,\n"
 "                          setup_ms, bytes, pages, zero_pages, rounds, error)\n"
 "  -q, --quiet             no progress lines\n"
@@ -132,6 +137,11 @@ static void mig_print_progress(json_t *j)
 		jnum(j, "remaining_bytes") / (double)MiB, jnum(j, "dirty_rate_bps") / (double)MiB,
 		jnum(j, "bandwidth_bps") / (double)MiB, jnum(j, "expected_downtime_ms"),
 		json_is_true(json_object_get(j, "not_converging")) ? " (not converging)" : "");
+	if (json_object_get(j, "disk_bytes"))
+		fprintf(stderr, "migrate:   disks: sent %.1f MiB in %.0f passes, remaining %.1f MiB, "
+			"written %.1f MiB/s\n", jnum(j, "disk_bytes") / (double)MiB,
+			jnum(j, "disk_rounds"), jnum(j, "disk_remaining_bytes") / (double)MiB,
+			jnum(j, "disk_dirty_rate_bps") / (double)MiB);
 }
 
 /* The --json report: the fields the issue names, from the final progress. */
@@ -156,6 +166,10 @@ static void mig_print_json(json_t *p)
 		json_object_set(o, "error", json_object_get(p, "error"));
 	if (json_object_get(p, "to"))
 		json_object_set(o, "to", json_object_get(p, "to"));
+	if (json_object_get(p, "disk_bytes")) {
+		json_object_set(o, "disk_bytes", json_object_get(p, "disk_bytes"));
+		json_object_set(o, "disk_rounds", json_object_get(p, "disk_rounds"));
+	}
 	json_dumpf(o, stdout, JSON_COMPACT | JSON_REAL_PRECISION(15));
 	putchar('\n');
 	json_decref(o);
@@ -173,6 +187,9 @@ static void mig_print_report(json_t *p)
 		       jnum(p, "rounds"),
 		       json_is_true(json_object_get(p, "converged")) ? "" :
 		       " (did not converge under the downtime limit)");
+		if (json_object_get(p, "disk_bytes"))
+			printf("disks: %.1f MiB sent in %.0f passes\n",
+			       jnum(p, "disk_bytes") / (double)MiB, jnum(p, "disk_rounds"));
 	} else if (!strcmp(st, "in-doubt")) {
 		fprintf(stderr, "godwit: migrate: %s\n", jstr(p, "error"));
 	} else if (!strcmp(st, "cancelled")) {
@@ -198,6 +215,7 @@ int cmd_migrate(int argc, char **argv)
 		{ "downtime-ms",   required_argument, NULL, 'd' },
 		{ "max-bandwidth", required_argument, NULL, 'b' },
 		{ "max-rounds",    required_argument, NULL, 'r' },
+		{ "with-disks",    optional_argument, NULL, 'D' },
 		{ "json",          no_argument,       NULL, 'j' },
 		{ "quiet",         no_argument,       NULL, 'q' },
 		{ "help",          no_argument,       NULL, 'h' },
@@ -206,6 +224,7 @@ int cmd_migrate(int argc, char **argv)
 	const char *sock = NULL, *to = NULL;
 	uint64_t downtime = MIG_DEFAULT_DOWNTIME_MS, rounds = MIG_DEFAULT_MAX_ROUNDS, bw = 0;
 	bool json = false, quiet = false;
+	const char *disks = NULL;
 	json_t *req, *j = NULL, *p = NULL;
 	char *body = NULL, err[256];
 	double last_round = 0;
@@ -239,6 +258,13 @@ int cmd_migrate(int argc, char **argv)
 				goto usage;
 			}
 			break;
+		case 'D':
+			disks = optarg ? optarg : "";
+			if (strlen(disks) >= 256) {
+				fprintf(stderr, "godwit: migrate: --with-disks: list too long\n");
+				goto usage;
+			}
+			break;
 		case 'j': json = true; break;
 		case 'q': quiet = true; break;
 		case 'h':
@@ -267,6 +293,8 @@ int cmd_migrate(int argc, char **argv)
 	}
 	req = json_pack("{s:s, s:I, s:I, s:I}", "to", to, "downtime_ms", (json_int_t)downtime,
 			"max_rounds", (json_int_t)rounds, "max_bandwidth", (json_int_t)bw);
+	if (req && disks)
+		json_object_set_new(req, "with_disks", *disks ? json_string(disks) : json_true());
 	body = req ? json_dumps(req, JSON_COMPACT) : NULL;
 	json_decref(req);
 	if (!body) {

@@ -25,6 +25,7 @@
 #include "godwit/cmd.h"
 #include "godwit/dev.h"
 #include "godwit/devices.h"
+#include "godwit/disk.h"
 #include "godwit/layout.h"
 #include "godwit/log.h"
 #include "godwit/loop.h"
@@ -64,6 +65,9 @@ static const char run_usage[] =
 "  -a, --api SOCKET        serve the HTTP/JSON control API on this UNIX socket\n"
 "      --incoming ADDR     wait for a live migration instead of booting (above;\n"
 "                          docs/migration.md)\n"
+"      --overwrite         with --incoming: a disk image the source sends\n"
+"                          (migrate --with-disks) may replace a non-empty --disk\n"
+"                          file (by default only a new or empty one is taken)\n"
 "  -d, --disk FILE[,readonly][,serial=ID]\n"
 "                          a virtio-blk disk on a raw image (repeatable)\n"
 "  -N, --net tap=NAME[,mac=MAC]\n"
@@ -643,6 +647,7 @@ struct restore_args {
 	struct vm_device_arg devices[VM_MAX_DEVICE_ARGS];
 	unsigned int nr_devices;
 	bool has_mem, has_cpus, has_model, rng;
+	bool overwrite;          /* --incoming: a migrated disk may replace a non-empty file */
 	uint64_t mem;
 	unsigned int cpus;
 	enum cpu_model model;
@@ -653,6 +658,7 @@ static int restore_parse(int argc, char **argv, struct restore_args *a, bool inc
 	static const struct option opts[] = {
 		{ "from",      required_argument, NULL, 'f' },
 		{ "incoming",  required_argument, NULL, 'I' },
+		{ "overwrite", no_argument,       NULL, 'O' },
 		{ "api",       required_argument, NULL, 'a' },
 		{ "disk",      required_argument, NULL, 'd' },
 		{ "net",       required_argument, NULL, 'N' },
@@ -674,11 +680,12 @@ static int restore_parse(int argc, char **argv, struct restore_args *a, bool inc
 		char *end;
 		long n;
 
-		if ((c == 'f' && incoming) || (c == 'I' && !incoming))
+		if ((c == 'f' && incoming) || ((c == 'I' || c == 'O') && !incoming))
 			c = '?';
 		switch (c) {
 		case 'f': a->from = optarg; break;
 		case 'I': a->incoming = optarg; break;
+		case 'O': a->overwrite = true; break;
 		case 'a': a->api_path = optarg; break;
 		case 'd':
 		case 'N':
@@ -892,6 +899,9 @@ static void run_announce_start(struct run_ctx *ctx)
 struct incoming {
 	struct snapshot_restore *sr;
 	bool accepted;           /* ACCEPT sent: the source heard about the VM */
+	bool failed;             /* discarded before READY: partial disk copies go */
+	struct disk_recv disks[STREAM_MAX_DISKS];
+	unsigned int nr_disks;
 	const char *addr;
 	int fd;
 	bool in_doubt;
@@ -916,9 +926,13 @@ static int run_fill_incoming(struct run_ctx *ctx, void *opaque)
 		return ret;
 	}
 	ret = snapshot_restore_load(in->sr, &ctx->vm, err, sizeof(err));
+	/* Migrated disks on stable storage before we say READY. */
+	for (unsigned int i = 0; !ret && i < in->nr_disks; i++)
+		ret = disk_recv_sync(&in->disks[i], err, sizeof(err));
 	if (ret) {
 		(void)migrate_msg_send(in->fd, MIG_MSG_ERROR, err);
 		log_warnx("incoming migration failed: %s; the VM was discarded here", err);
+		in->failed = true;
 		return ret;
 	}
 	snapshot_restore_stats(in->sr, &ram, &bytes);
@@ -927,6 +941,7 @@ static int run_fill_incoming(struct run_ctx *ctx, void *opaque)
 	if (ret) {
 		log_warnx("incoming migration failed: cannot tell the source we are ready (%s); "
 			  "the VM was discarded here", strerror(-ret));
+		in->failed = true;
 		return ret;
 	}
 	ret = migrate_msg_recv(in->fd, MIG_IO_TIMEOUT_MS, &type, text, sizeof(text));
@@ -934,6 +949,7 @@ static int run_fill_incoming(struct run_ctx *ctx, void *opaque)
 		/* The source let go of the disks before COMMIT: they are ours now. */
 		ret = dev_acquire_all(&ctx->vm);
 		if (ret) {
+			in->failed = true;
 			snprintf(err, sizeof(err), "cannot lock the disks: %s", strerror(-ret));
 			(void)migrate_msg_send(in->fd, MIG_MSG_ERROR, err);
 			log_warnx("incoming migration failed at COMMIT: %s; the VM was discarded "
@@ -972,6 +988,48 @@ static void run_incoming_started(struct run_ctx *ctx, void *opaque)
 		 in->addr, (double)(t1.tv_sec - in->t0.tv_sec) * 1e3 +
 		 (double)(t1.tv_nsec - in->t0.tv_nsec) / 1e6);
 	run_announce_start(ctx);
+}
+
+/*
+ * The files for the disks the stream carries (storage migration): the n-th
+ * virtio-blk is in PCI slot n's --disk (cfg from snapshot_restore_config).
+ */
+static int incoming_disks(struct incoming *in, const struct vm_config *cfg, bool overwrite,
+			  char *err, size_t len)
+{
+	const struct stream_config *sc = snapshot_restore_stream_config(in->sr);
+
+	for (unsigned int i = 0; i < sc->nr_disks; i++) {
+		const struct stream_disk *sd = &sc->disks[i];
+		const struct vm_device_arg *a;
+		char path[256];
+		const char *comma;
+		size_t n;
+
+		if (sd->instance < 1 || sd->instance > cfg->nr_devices ||
+		    cfg->devices[sd->instance - 1].kind != VM_DEV_DISK) {
+			snprintf(err, len, "the stream carries the image of device %u, which is not "
+				 "a disk", sd->instance);
+			return -1;
+		}
+		a = &cfg->devices[sd->instance - 1];
+		comma = strchr(a->spec, ',');
+		n = comma ? (size_t)(comma - a->spec) : strlen(a->spec);
+		if (n >= sizeof(path)) {
+			snprintf(err, len, "--disk %s: path too long", a->spec);
+			return -1;
+		}
+		memcpy(path, a->spec, n);
+		path[n] = '\0';
+		in->disks[in->nr_disks].instance = sd->instance;
+		if (disk_recv_open(&in->disks[in->nr_disks], path, sd->size, overwrite, err, len))
+			return -1;
+		in->disks[in->nr_disks].instance = sd->instance;
+		in->nr_disks++;
+		log_info("incoming migration: disk %u (%llu MiB) goes to %s", sd->instance,
+			 (unsigned long long)(sd->size >> 20), path);
+	}
+	return 0;
 }
 
 static int cmd_incoming(int argc, char **argv)
@@ -1013,11 +1071,20 @@ static int cmd_incoming(int argc, char **argv)
 		log_warnx("incoming migration refused: %s", err);
 		goto out;
 	}
+	if (incoming_disks(&in, &cfg, a.overwrite, err, sizeof(err))) {
+		(void)migrate_msg_send(in.fd, MIG_MSG_REFUSE, err);
+		log_warnx("incoming migration refused: %s", err);
+		in.failed = true;
+		goto out;
+	}
+	snapshot_restore_set_disks(in.sr, in.disks, in.nr_disks);
 	snapshot_restore_set_clock(in.sr, CPU_CLOCK_ADVANCE);
 	cfg.api_path = a.api_path;
 	cfg.incoming = true;
 	ctx->started = run_incoming_started;
 	code = run_vm(ctx, &cfg, run_fill_incoming, &in);
+	if (!in.accepted)
+		in.failed = true;
 	if (!in.accepted) {
 		char why[600];
 
@@ -1026,6 +1093,8 @@ static int cmd_incoming(int argc, char **argv)
 		(void)migrate_msg_send(in.fd, MIG_MSG_REFUSE, why);
 	}
 out:
+	for (unsigned int i = 0; i < in.nr_disks; i++)
+		disk_recv_close(&in.disks[i], in.failed);
 	snapshot_restore_free(in.sr);
 	if (in.fd >= 0)
 		close(in.fd);

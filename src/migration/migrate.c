@@ -35,6 +35,7 @@
 
 #include "godwit/crc32c.h"
 #include "godwit/dev.h"
+#include "godwit/disk.h"
 #include "godwit/log.h"
 #include "godwit/migrate.h"
 #include "godwit/snapshot.h"
@@ -62,6 +63,7 @@ struct migration {
 	struct migrate_progress prog;    /* under lock */
 	struct timespec t_start;
 	uint64_t *bitmap[2], *scratch[2];
+	struct disk_mig *dm;         /* --with-disks: the images copied (thread's) */
 };
 
 const char *migrate_status_name(enum mig_status s)
@@ -162,8 +164,11 @@ static void mig_sock_opts(int fd, bool tcp)
 
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof(buf));
-	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof(buf));
+	/* TCP sizes its buffers itself (setting them turns that off); UNIX sockets do not. */
+	if (!tcp) {
+		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof(buf));
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof(buf));
+	}
 	if (tcp) {
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
@@ -497,6 +502,13 @@ static void mig_publish(struct mig_run *r)
 	r->m->prog.bytes = stream_writer_offset(r->w);
 	r->m->prog.pages = st.pages;
 	r->m->prog.zero_pages = st.zero_pages;
+	if (r->m->dm) {
+		struct disk_mig_stats ds;
+
+		disk_mig_stats(r->m->dm, &ds);
+		r->m->prog.disk_bytes = ds.bytes + ds.zero_bytes;
+		r->m->prog.disk_rounds = ds.rounds;
+	}
 	pthread_mutex_unlock(&r->m->lock);
 }
 
@@ -522,6 +534,23 @@ static bool mig_pace(struct mig_run *r)
 		ts.tv_nsec = (long)((nap - (double)ts.tv_sec * 1e3) * 1e6);
 		nanosleep(&ts, NULL);
 	}
+}
+
+/* Between disk pieces: stop on cancel or a stopping VM; pace; publish. */
+static int mig_disk_check(void *opaque)
+{
+	struct mig_run *r = opaque;
+
+	mig_publish(r);
+	if (mig_cancelled(r->m))
+		return -ECANCELED;
+	if (mig_vm_stopping(r->vm)) {
+		snprintf(r->err, sizeof(r->err), "the VM stopped during the migration");
+		return -ESHUTDOWN;
+	}
+	if (!mig_pace(r))
+		return mig_cancelled(r->m) ? -ECANCELED : -ESHUTDOWN;
+	return 0;
 }
 
 /* Dirty pages of every region into the bitmaps (accumulating); total pages set. */
@@ -634,6 +663,8 @@ static int mig_setup(struct mig_run *r)
 	if (!cfg)
 		return -ENOMEM;
 	ret = snapshot_config_from_vm(cfg, r->vm);
+	if (!ret && r->m->dm)
+		ret = disk_mig_config(r->m->dm, cfg);
 	if (ret) {
 		snprintf(r->err, sizeof(r->err), "the VM's configuration does not fit a stream: %s",
 			 strerror(-ret));
@@ -680,8 +711,25 @@ static int mig_precopy(struct mig_run *r)
 	double last_remaining = -1, bw_est = 0;
 	unsigned int worse = 0;
 	int64_t dirty;
+	uint64_t disk_dirty = 0;
 	int ret;
 
+	if (m->dm) {
+		/* Disks first: every data extent, with the blocks written meanwhile tracked. */
+		ret = disk_mig_start(m->dm);
+		if (ret) {
+			snprintf(r->err, sizeof(r->err), "cannot track disk writes: %s", strerror(-ret));
+			return ret;
+		}
+		mig_set_status(m, MIG_ACTIVE);
+		clock_gettime(CLOCK_MONOTONIC, &r->t_pace);
+		r->pace_bytes = stream_writer_offset(r->w);
+		ret = disk_mig_first_pass(m->dm, r->w, mig_disk_check, r, r->err, sizeof(r->err));
+		if (!ret)
+			ret = stream_flush(r->w);
+		if (ret)
+			return ret;
+	}
 	ret = vm_dirty_log_start(vm);
 	if (ret) {
 		snprintf(r->err, sizeof(r->err), "cannot track dirty memory: %s", strerror(-ret));
@@ -723,6 +771,15 @@ static int mig_precopy(struct mig_run *r)
 		ret = mig_send_dirty(r, true);
 		if (ret)
 			return ret;
+		if (m->dm) {
+			disk_mig_collect(m->dm);
+			ret = disk_mig_send_dirty(m->dm, r->w, mig_disk_check, r, r->err,
+						  sizeof(r->err));
+			if (!ret)
+				ret = stream_flush(r->w);
+			if (ret)
+				return ret;
+		}
 		ms = MAX(ms_since(&t0), 0.001);
 		bw = (double)(stream_writer_offset(r->w) - off0) / ms * 1e3;
 		/* A round too small to time says nothing about the link: keep the last estimate. */
@@ -731,9 +788,13 @@ static int mig_precopy(struct mig_run *r)
 		dirty = mig_collect(r);
 		if (dirty < 0)
 			return (int)dirty;
-		remaining = (double)dirty * STREAM_PAGE_SIZE;
-		expect = !dirty ? 0 : bw_est > 0 ? remaining / bw_est * 1e3 : 1e9;
+		if (m->dm)
+			disk_dirty = disk_mig_collect(m->dm);
+		remaining = (double)dirty * STREAM_PAGE_SIZE + (double)disk_dirty;
+		expect = !remaining ? 0 : bw_est > 0 ? remaining / bw_est * 1e3 : 1e9;
 		pthread_mutex_lock(&m->lock);
+		m->prog.disk_remaining_bytes = disk_dirty;
+		m->prog.disk_dirty_rate = (double)disk_dirty / ms * 1e3;
 		m->prog.bandwidth = bw_est;
 		m->prog.dirty_rate = remaining / ms * 1e3;
 		m->prog.remaining_bytes = (uint64_t)remaining;
@@ -749,7 +810,14 @@ static int mig_precopy(struct mig_run *r)
 			  "expected downtime %.1f ms", round,
 			  (double)(stream_writer_offset(r->w) - off0) / (double)MiB, ms,
 			  bw / (double)MiB, (long long)dirty, expect);
-		if (expect <= (double)m->p.downtime_ms) {
+		/*
+		 * Under the limit, one more round costs about the downtime it
+		 * saves; take it while rounds still shrink what is left fast (to
+		 * half or less), until the rest takes under a millisecond.
+		 */
+		if (expect <= (double)m->p.downtime_ms &&
+		    (expect < 1.0 || round >= m->p.max_rounds || last_remaining < 0 ||
+		     remaining > last_remaining / 2)) {
 			pthread_mutex_lock(&m->lock);
 			m->prog.converged = true;
 			pthread_mutex_unlock(&m->lock);
@@ -797,6 +865,13 @@ static int mig_stop_copy(struct mig_run *r, struct timespec *t_pause)
 	ret = mig_send_dirty(r, false);
 	if (ret)
 		return ret;
+	if (r->m->dm) {
+		/* The devices are quiesced: no write is in flight any more. */
+		disk_mig_collect(r->m->dm);
+		ret = disk_mig_send_dirty(r->m->dm, r->w, mig_disk_check, r, r->err, sizeof(r->err));
+		if (ret)
+			return ret;
+	}
 	r->ms_ram = ms_since(t_pause);
 	ret = snapshot_write_state(r->vm, r->w, r->err, sizeof(r->err));
 	if (ret)
@@ -822,6 +897,7 @@ static void mig_unwind(struct mig_run *r)
 		r->paused = false;
 	}
 	vm_dirty_log_stop(r->vm);
+	disk_mig_stop(r->m->dm);
 }
 
 static void *mig_thread(void *opaque)
@@ -966,6 +1042,10 @@ out:
 		close(r.fd);
 	stream_writer_free(r.w);
 	mig_free_bitmaps(m);
+	if (m->prog.status != MIG_IN_DOUBT && m->prog.status != MIG_COMPLETED) {
+		disk_mig_free(m->dm);
+		m->dm = NULL;
+	}
 	return NULL;
 }
 
@@ -1022,6 +1102,18 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 		snprintf(err, len, "out of memory");
 		return -ENOMEM;
 	}
+	mig_join(m);
+	disk_mig_free(m->dm);
+	m->dm = NULL;
+	if (p->with_disks) {
+		char why[256];
+
+		ret = disk_mig_select(vm, p->disks[0] ? p->disks : NULL, &m->dm, why, sizeof(why));
+		if (ret) {
+			snprintf(err, len, "--with-disks: %s", why);
+			return -EINVAL;
+		}
+	}
 	/* An incoming migration that ended (not in doubt: migrate_busy) is history. */
 	mig_join(m);
 	m->incoming = false;
@@ -1041,8 +1133,8 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 		return -ret;
 	}
 	m->thread_started = true;
-	log_info("migrate: to %s (downtime limit %u ms%s)", p->to, p->downtime_ms,
-		 p->max_bandwidth ? ", bandwidth limited" : "");
+	log_info("migrate: to %s (downtime limit %u ms%s%s)", p->to, p->downtime_ms,
+		 p->max_bandwidth ? ", bandwidth limited" : "", p->with_disks ? ", with disks" : "");
 	return 0;
 }
 
@@ -1137,6 +1229,9 @@ int migrate_resolve(struct vm *vm, bool resume, char *err, size_t len)
 		}
 		(void)virtio_pci_announce(vm);
 	} else {
+		disk_mig_stop(m->dm);
+		disk_mig_free(m->dm);
+		m->dm = NULL;
 		ret = dev_resume_all(vm);
 		if (ret)
 			log_warnx("migrate: a device did not resume: %s", strerror(-ret));
@@ -1170,6 +1265,7 @@ void migrate_fini(struct vm *vm)
 	pthread_mutex_unlock(&m->lock);
 	mig_join(m);
 	mig_free_bitmaps(m);
+	disk_mig_free(m->dm);
 	pthread_mutex_destroy(&m->lock);
 	pthread_cond_destroy(&m->cond);
 	free(m);

@@ -31,6 +31,7 @@
 #include "godwit/cpu_state.h"
 #include "godwit/cpuid.h"
 #include "godwit/dev.h"
+#include "godwit/disk.h"
 #include "godwit/log.h"
 #include "godwit/snapshot.h"
 #include "godwit/state.h"
@@ -352,6 +353,8 @@ struct snapshot_restore {
 	struct stream_ram_stats ram;
 	uint64_t precopy_rounds;
 	uint64_t bytes;                 /* stream bytes read, once the reader is gone */
+	struct disk_recv *disks;        /* storage migration: where DISK sections go */
+	unsigned int nr_disks;
 };
 
 static struct kvm_cpuid2 *snap_supported_cpuid(void)
@@ -429,6 +432,40 @@ const struct stream_config *snapshot_restore_stream_config(const struct snapshot
 void snapshot_restore_set_clock(struct snapshot_restore *sr, enum cpu_clock_mode mode)
 {
 	sr->clock = mode;
+}
+
+void snapshot_restore_set_disks(struct snapshot_restore *sr, struct disk_recv *d, unsigned int n)
+{
+	sr->disks = d;
+	sr->nr_disks = n;
+}
+
+/* A DISK section: checked against its disk's size, then written to its copy. */
+static int snap_disk(struct snapshot_restore *sr, const struct stream_section *s)
+{
+	struct disk_recv *d = NULL;
+	const uint8_t *p, *data;
+	uint64_t off, len;
+	char why[256];
+	int ret;
+
+	for (unsigned int i = 0; i < sr->nr_disks; i++)
+		if (sr->disks[i].instance == s->instance)
+			d = &sr->disks[i];
+	if (!d)
+		return stream_refuse(sr->r, -EINVAL, "disk data for device %u, whose image "
+				     "this side does not receive", s->instance);
+	if (s->version != 1)
+		return stream_refuse(sr->r, -EPROTONOSUPPORT, "version %u is not one this godwit "
+				     "reads (1)", s->version);
+	ret = stream_read_payload(sr->r, &p);
+	if (ret)
+		return ret;
+	if (stream_disk_parse(p, s->len, d->size, &off, &len, &data, why, sizeof(why)))
+		return stream_refuse(sr->r, -EBADMSG, "%s", why);
+	if (disk_recv_extent(d, off, len, data, why, sizeof(why)))
+		return stream_refuse(sr->r, -EIO, "%s", why);
+	return 0;
 }
 
 void snapshot_restore_stats(const struct snapshot_restore *sr, struct stream_ram_stats *ram,
@@ -678,11 +715,17 @@ static int snap_load(struct snapshot_restore *sr, struct vm *vm, char *err, size
 		case STREAM_RAM:
 			ret = stream_read_ram(sr->r, snap_lookup, vm, &sr->ram);
 			break;
+		case STREAM_DISK:
+			ret = snap_disk(sr, &s);
+			break;
 		case STREAM_VM:
 			if (!strcmp(s.id, SNAPSHOT_ID_PRECOPY)) {
 				/* Pages may come again from here on, zero ones included. */
 				stream_reader_set_target_zeroed(sr->r, false);
 				sr->precopy_rounds++;
+				/* Start writing disk copies back now: less to sync before READY. */
+				for (unsigned int i = 0; i < sr->nr_disks; i++)
+					disk_recv_writeback(&sr->disks[i]);
 				ret = stream_skip(sr->r);
 			} else if (strcmp(s.id, SNAP_ID_VM) || s.instance)
 				ret = s.flags & STREAM_F_OPTIONAL ? stream_skip(sr->r) :

@@ -69,7 +69,7 @@
 enum {
 	CFG_ARCH = 1, CFG_WRITER = 2, CFG_PAGE_SIZE = 3, CFG_NCPUS = 4, CFG_REGION = 5,
 	CFG_NAME = 6, CFG_UUID = 7, CFG_CPU_MODEL = 8, CFG_CPU_VENDOR = 9, CFG_CPUID = 10,
-	CFG_TSC_KHZ = 11, CFG_DEVICE = 12,
+	CFG_TSC_KHZ = 11, CFG_DEVICE = 12, CFG_DISK = 13,
 };
 /* Fields of a CFG_DEVICE value (itself a tagged encoding). */
 enum { DEV_TYPE = 1, DEV_INSTANCE = 2, DEV_VERSION = 3, DEV_OPTIONS = 4 };
@@ -130,13 +130,14 @@ const char *stream_type_name(unsigned int type)
 	case STREAM_DEVICE: return "device";
 	case STREAM_VM:     return "vm";
 	case STREAM_EOF:    return "eof";
+	case STREAM_DISK:   return "disk";
 	default:            return "unknown";
 	}
 }
 
 static bool type_known(unsigned int type)
 {
-	return type >= STREAM_CONFIG && type <= STREAM_EOF;
+	return type >= STREAM_CONFIG && type <= STREAM_DISK;
 }
 
 static bool id_valid(const char *id, size_t len)
@@ -391,6 +392,13 @@ static void config_encode(const struct stream_config *c, struct state_out *o)
 		state_put_bytes(o, CFG_DEVICE, dv.buf, (uint32_t)dv.len);
 		state_out_free(&dv);
 	}
+	for (unsigned int i = 0; i < c->nr_disks; i++) {
+		uint8_t b[12];
+
+		put_le(b, c->disks[i].instance, 4);
+		put_le(b + 4, c->disks[i].size, 8);
+		state_put_bytes(o, CFG_DISK, b, sizeof(b));
+	}
 }
 
 /* A text field into dst (cap bytes with the NUL); -EBADMSG if bad. */
@@ -520,6 +528,18 @@ static int config_decode(const uint8_t *p, size_t len, struct stream_config *c,
 			ret = device_decode(&f, &c->devices[c->nr_devices]);
 			if (!ret)
 				c->nr_devices++;
+			break;
+		case CFG_DISK:
+			if (f.len != 12 || c->nr_disks >= STREAM_MAX_DISKS) {
+				ret = -EBADMSG;
+				break;
+			}
+			c->disks[c->nr_disks].instance = (uint32_t)get_le(f.val, 4);
+			c->disks[c->nr_disks].size = get_le(f.val + 4, 8);
+			if (!c->disks[c->nr_disks].size || c->disks[c->nr_disks].size % 512 ||
+			    c->disks[c->nr_disks].size > STREAM_DISK_MAX_SIZE)
+				ret = -EBADMSG;
+			c->nr_disks++;
 			break;
 		default:
 			ret = 0;        /* a newer writer's field */
@@ -1094,6 +1114,64 @@ int stream_put_section(struct stream_writer *w, unsigned int type, unsigned int 
 	return w_section(w, type, flags, id, version, instance, payload, len);
 }
 
+int stream_put_disk(struct stream_writer *w, uint32_t instance, uint64_t off,
+		    const void *data, uint64_t len)
+{
+	uint8_t h[STREAM_DISK_HDR] = { 0 };
+
+	if (w->err)
+		return w->err;
+	if (w->state != W_OPEN)
+		return w_fail(w, -EINVAL, "disk section written outside stream_begin/stream_end");
+	if (off % 512 || len % 512 || !len || len > STREAM_DISK_MAX_DATA)
+		return w_fail(w, -EINVAL, "disk extent at %llu, %llu bytes: not whole sectors "
+			      "or too long", (unsigned long long)off, (unsigned long long)len);
+	put_le(h, off, 8);
+	put_le(h + 8, len, 8);
+	put_le(h + 16, data ? 0 : STREAM_DISK_F_ZERO, 4);
+	if (ram_emit(w))
+		return w->err;
+	if (sec_begin(w, STREAM_DISK, 0, "disk", 1, instance,
+		      STREAM_DISK_HDR + (data ? len : 0)) ||
+	    w_put(w, h, sizeof(h), true) || (data && w_put(w, data, len, true)) || sec_end(w))
+		return w->err;
+	return 0;
+}
+
+int stream_disk_parse(const uint8_t *p, uint64_t n, uint64_t size, uint64_t *off,
+		      uint64_t *len, const uint8_t **data, char *err, size_t errlen)
+{
+	uint32_t flags;
+
+	if (n < STREAM_DISK_HDR) {
+		snprintf(err, errlen, "%llu bytes: shorter than a disk extent header",
+			 (unsigned long long)n);
+		return -EBADMSG;
+	}
+	*off = get_le(p, 8);
+	*len = get_le(p + 8, 8);
+	flags = (uint32_t)get_le(p + 16, 4);
+	if ((flags & ~STREAM_DISK_F_ZERO) || get_le(p + 20, 4)) {
+		snprintf(err, errlen, "unknown extent flags 0x%x", flags);
+		return -EBADMSG;
+	}
+	if (*off % 512 || *len % 512 || !*len || *len > STREAM_DISK_MAX_DATA ||
+	    *off > size || *len > size - *off) {
+		snprintf(err, errlen, "extent at %llu, %llu bytes, does not fit a %llu-byte disk "
+			 "in whole sectors", (unsigned long long)*off, (unsigned long long)*len,
+			 (unsigned long long)size);
+		return -EBADMSG;
+	}
+	if (n != STREAM_DISK_HDR + ((flags & STREAM_DISK_F_ZERO) ? 0 : *len)) {
+		snprintf(err, errlen, "payload of %llu bytes for a %s extent of %llu bytes",
+			 (unsigned long long)n, (flags & STREAM_DISK_F_ZERO) ? "zero" : "data",
+			 (unsigned long long)*len);
+		return -EBADMSG;
+	}
+	*data = (flags & STREAM_DISK_F_ZERO) ? NULL : p + STREAM_DISK_HDR;
+	return 0;
+}
+
 int stream_put_state(struct stream_writer *w, unsigned int type, const char *id,
 		     uint16_t version, uint32_t instance, const struct state_out *o)
 {
@@ -1492,6 +1570,7 @@ static uint64_t type_max(const struct stream_reader *r, unsigned int type)
 	case STREAM_DEVICE: return STREAM_MAX_DEVICE;
 	case STREAM_VM:     return STREAM_MAX_VM;
 	case STREAM_EOF:    return STREAM_MAX_EOF;
+	case STREAM_DISK:   return STREAM_DISK_HDR + STREAM_DISK_MAX_DATA;
 	case STREAM_RAM:
 		return RAM_HDR + (uint64_t)STREAM_R_RAM_RUNS * RAM_RUN + STREAM_PAGE_SIZE +
 		       (r->mem_pages << STREAM_PAGE_SHIFT);

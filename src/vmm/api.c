@@ -412,6 +412,13 @@ static json_t *api_progress_json(const struct migrate_progress *p)
 				    json_string(p->to));
 	if (j)
 		json_object_set_new(j, "rounds", json_integer(p->rounds_done));
+	if (j && (p->disk_bytes || p->disk_rounds)) {
+		json_object_set_new(j, "disk_bytes", json_integer((json_int_t)p->disk_bytes));
+		json_object_set_new(j, "disk_rounds", json_integer(p->disk_rounds));
+		json_object_set_new(j, "disk_remaining_bytes",
+				    json_integer((json_int_t)p->disk_remaining_bytes));
+		json_object_set_new(j, "disk_dirty_rate_bps", json_real(api_round3(p->disk_dirty_rate)));
+	}
 	if (j && p->error[0])
 		json_object_set_new(j, "error", json_string(p->error));
 	return j;
@@ -469,6 +476,20 @@ static unsigned int api_vm_migrate(struct api_server *s, json_t *body, json_t **
 	p.downtime_ms = (uint32_t)dt;
 	p.max_rounds = (uint32_t)rounds;
 	p.max_bandwidth = bw;
+	{
+		json_t *jd = body ? json_object_get(body, "with_disks") : NULL;
+
+		if (jd && json_is_boolean(jd)) {
+			p.with_disks = json_is_true(jd);
+		} else if (jd && json_is_string(jd) && *json_string_value(jd) &&
+			   strlen(json_string_value(jd)) < sizeof(p.disks)) {
+			p.with_disks = true;
+			snprintf(p.disks, sizeof(p.disks), "%s", json_string_value(jd));
+		} else if (jd) {
+			return api_error(out, MHD_HTTP_BAD_REQUEST, "\"with_disks\" must be true, "
+					 "false or a list of disk serials (\"ID,ID\")");
+		}
+	}
 	switch (api_vm_state(s->vm)) {
 	case VM_STATE_RUNNING:
 		break;
@@ -535,7 +556,7 @@ static unsigned int api_vm_migrate_resolve(struct api_server *s, json_t *body, j
 
 static const char *const api_snapshot_fields[] = { "path", "resume", NULL };
 static const char *const api_migrate_fields[] = {
-	"to", "downtime_ms", "max_bandwidth", "max_rounds", NULL
+	"to", "downtime_ms", "max_bandwidth", "max_rounds", "with_disks", NULL
 };
 static const char *const api_resolve_fields[] = { "action", NULL };
 

@@ -114,6 +114,10 @@ struct blk {
 	int fd;
 	bool readonly;
 	bool locked;                    /* holds the image's OFD lock (not on an incoming VM until COMMIT) */
+	bool moving;                    /* storage migration: the image is copied, not handed over */
+	/* Storage migration: blocks written since tracking began (BLK_TRACK_SHIFT). */
+	_Atomic(uint64_t *) track;      /* allocated once, freed at close */
+	atomic_bool tracking;
 	char serial[BLK_ID_BYTES];      /* not NUL-terminated when 20 bytes long */
 	size_t serial_len;
 	uint64_t capacity;              /* sectors */
@@ -141,6 +145,7 @@ struct virtio_dev *virtio_blk_vdev(struct blk *b);
 uint32_t virtio_blk_handle(struct blk *b, const struct vq_elem *e, uint8_t *status);
 
 static const uint8_t blk_zeros[64 * KiB];
+#define BLK_TRACK_SHIFT 16              /* dirty-block granularity: 64 KiB */
 static const struct virtio_dev_ops blk_vdev_ops;
 static void blk_stop_locked(struct blk *b);
 
@@ -283,7 +288,8 @@ static int blk_release(struct virtio_dev *vdev)
 	struct blk *b = vdev->priv;
 	struct flock fl = { .l_type = F_UNLCK, .l_whence = SEEK_SET };
 
-	if (!b->locked)
+	/* A copied image stays this VM's: the destination has its own. */
+	if (!b->locked || b->moving)
 		return 0;
 	if (!b->readonly && fdatasync(b->fd)) {
 		int ret = -errno;
@@ -439,6 +445,7 @@ void virtio_blk_close(struct blk *b)
 	if (b->fd >= 0)
 		close(b->fd);
 	pthread_mutex_destroy(&b->ctl);
+	free(atomic_load(&b->track));
 	free(b->elem);
 	free(b->slice);
 	free(b->path);
@@ -617,6 +624,18 @@ static int blk_write_zeroes_slow(struct blk *b, off_t off, uint64_t len)
 	return 0;
 }
 
+/* Storage migration: the blocks of [off, off + len) were (maybe) written. */
+static void blk_track_mark(struct blk *b, uint64_t off, uint64_t len)
+{
+	uint64_t *map;
+
+	if (!len || !atomic_load_explicit(&b->tracking, memory_order_acquire))
+		return;
+	map = atomic_load(&b->track);
+	for (uint64_t blk = off >> BLK_TRACK_SHIFT; blk <= (off + len - 1) >> BLK_TRACK_SHIFT; blk++)
+		__atomic_fetch_or(&map[blk / 64], 1ULL << (blk % 64), __ATOMIC_RELEASE);
+}
+
 static void blk_ioerr(struct blk *b, const char *what, uint64_t sector, int err)
 {
 	if (b->ioerr_logs >= BLK_MAX_IOERR_LOGS)
@@ -689,6 +708,7 @@ static uint8_t blk_discard_wz(struct blk *b, const struct vq_elem *e, uint64_t d
 				if (ret == -EOPNOTSUPP)
 					ret = blk_write_zeroes_slow(b, off, (uint64_t)nsec * BLK_SECTOR);
 			}
+			blk_track_mark(b, (uint64_t)off, (uint64_t)nsec * BLK_SECTOR);
 			if (ret) {
 				blk_ioerr(b, discard ? "discard" : "write-zeroes", sector, ret);
 				return VIRTIO_BLK_S_IOERR;
@@ -760,6 +780,9 @@ uint32_t virtio_blk_handle(struct blk *b, const struct vq_elem *e, uint8_t *stat
 		if (n < 0)
 			break;
 		ret = blk_rw(b, b->slice, n, (off_t)(sector * BLK_SECTOR), write);
+		/* After the write: a copier that read the block before it sees the bit. */
+		if (write)
+			blk_track_mark(b, sector * BLK_SECTOR, len);
 		if (!ret && write && !virtio_has_feature(&b->vdev, VIRTIO_BLK_F_FLUSH))
 			ret = fdatasync(b->fd) ? -errno : 0;    /* no FLUSH: write-through */
 		if (ret) {
@@ -1063,4 +1086,64 @@ int virtio_blk_add(struct vm *vm, unsigned int slot, const char *spec)
 		  b->serial_len ? ", serial " : "", (int)b->serial_len, b->serial,
 		  b->can_punch ? ", discard" : "", slot);
 	return 0;
+}
+
+/* ---- storage migration (src/migration/disk.c) ------------------------------------- */
+
+struct blk *virtio_blk_of(struct virtio_dev *vdev)
+{
+	return vdev && vdev->ops == &blk_vdev_ops ? vdev->priv : NULL;
+}
+
+void virtio_blk_image(struct blk *b, struct virtio_blk_image *img)
+{
+	img->fd = b->fd;
+	img->size = b->capacity * BLK_SECTOR;
+	img->path = b->path;
+	img->readonly = b->readonly;
+	memcpy(img->serial, b->serial, b->serial_len);
+	img->serial[b->serial_len] = '\0';
+	img->block_shift = BLK_TRACK_SHIFT;
+}
+
+int virtio_blk_track_start(struct blk *b)
+{
+	uint64_t words = ((b->capacity * BLK_SECTOR >> BLK_TRACK_SHIFT) + 64) / 64;
+	uint64_t *map = atomic_load(&b->track);
+
+	if (!map) {
+		map = calloc(words, sizeof(uint64_t));
+		if (!map)
+			return -ENOMEM;
+		atomic_store(&b->track, map);
+	} else {
+		for (uint64_t w = 0; w < words; w++)
+			__atomic_store_n(&map[w], 0, __ATOMIC_RELAXED);
+	}
+	b->moving = true;
+	atomic_store_explicit(&b->tracking, true, memory_order_release);
+	return 0;
+}
+
+void virtio_blk_track_stop(struct blk *b)
+{
+	atomic_store(&b->tracking, false);
+	b->moving = false;
+}
+
+uint64_t virtio_blk_track_take(struct blk *b, uint64_t *bitmap)
+{
+	uint64_t words = ((b->capacity * BLK_SECTOR >> BLK_TRACK_SHIFT) + 64) / 64, n = 0;
+	uint64_t *map = atomic_load(&b->track);
+
+	for (uint64_t w = 0; map && w < words; w++) {
+		bitmap[w] |= __atomic_exchange_n(&map[w], 0, __ATOMIC_ACQ_REL);
+		n += (uint64_t)__builtin_popcountll(bitmap[w]);
+	}
+	return n;
+}
+
+void virtio_blk_track_mark(struct blk *b, uint64_t off, uint64_t len)
+{
+	blk_track_mark(b, off, len);
 }

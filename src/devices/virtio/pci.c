@@ -1102,6 +1102,16 @@ int virtio_pci_load(struct virtio_dev *vdev, struct state_in *in, uint16_t versi
 	return ret;
 }
 
+struct virtio_dev *virtio_pci_vdev(struct dev *d)
+{
+	struct virtio_pci *vp;
+
+	if (!d || d->ops->destroy != vpci_dev_destroy)
+		return NULL;
+	vp = d->priv;
+	return vp->vdev;
+}
+
 unsigned int virtio_pci_announce(struct vm *vm)
 {
 	unsigned int n = 0;
