@@ -141,6 +141,10 @@ bench-boot: all linux-guest
 bench-snapshot: all
 	$(Q)bash bench/snapshot/run.sh
 
+.PHONY: bench-migrate
+bench-migrate: all
+	$(Q)bash bench/migrate/run.sh
+
 .PHONY: bench-devices
 bench-devices: all linux-guest
 	$(Q)bash bench/devices/run.sh

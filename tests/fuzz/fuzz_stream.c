@@ -92,7 +92,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			ret = stream_skip(r);
 		} else {
 			ret = stream_read_payload(r, &p);
-			if (!ret) {
+			if (!ret && s.type == STREAM_DISK) {
+				uint64_t off, len, dsize = cfg->nr_disks ? cfg->disks[0].size : 1 << 20;
+				const uint8_t *d;
+
+				/* a parsed extent lies in the disk and its data in the payload */
+				if (!stream_disk_parse(p, s.len, dsize, &off, &len, &d, err, sizeof(err)) &&
+				    (off + len > dsize || (d && (d < p || d + len > p + s.len))))
+					abort();
+			} else if (!ret) {
 				struct state_in in;
 				struct state_field f;
 				volatile uint8_t sink = 0;
