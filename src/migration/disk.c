@@ -387,6 +387,16 @@ int disk_recv_open(struct disk_recv *d, const char *path, uint64_t size, bool ov
 			close(fd);
 			return -EINVAL;
 		}
+		/* Never empty an image a VM has open (the source's own, on this host). */
+		{
+			struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+
+			if (fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type != F_UNLCK) {
+				snprintf(err, len, "%s is in use by a VM (locked): not overwritten", path);
+				close(fd);
+				return -EBUSY;
+			}
+		}
 		if (st.st_size && !overwrite) {
 			snprintf(err, len, "%s exists and is not empty (give --overwrite to replace "
 				 "it with the migrated disk)", path);
