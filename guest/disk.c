@@ -26,6 +26,11 @@
  * is flushed: the figures are the VMM's request path (the buffers hold a
  * pattern written once, so writes are not zeros, with another magic, so
  * read-only passes over them later ignore those blocks).
+ *
+ * disk_mode=journal replaces it with the journal workload (below, and
+ * guest/README.md): checksummed 4 KiB records appended over the range in
+ * seq order, a FLUSH every journal_flush records, read back and checked
+ * between groups, all checked once more before a runtime= power-off.
  */
 #include "virtio.h"
 
@@ -218,6 +223,11 @@ bool disk_parse_modes(const char *v, size_t vlen)
 	u8 modes[ARRAY_SIZE(cfg.disk_bench)], qds[ARRAY_SIZE(cfg.disk_bench)];
 	unsigned n = 0;
 
+	if (vlen == 7 && !strncmp(v, "journal", 7)) {
+		cfg.disk_journal = true;
+		cfg.disk_nbench = 0;
+		return true;
+	}
 	while (vlen) {
 		size_t len = 0, nlen;
 		unsigned m;
@@ -249,6 +259,7 @@ bool disk_parse_modes(const char *v, size_t vlen)
 	memcpy(cfg.disk_bench, modes, n);
 	memcpy(cfg.disk_bench_qd, qds, n);
 	cfg.disk_nbench = n;
+	cfg.disk_journal = false;
 	return true;
 }
 
@@ -271,6 +282,422 @@ static u32 bench_bs(unsigned m)
 	if (!bs || bs % 512 || bs > BENCH_MAX_BS || bs > range)
 		bs = bench_is_seq(m) ? BENCH_SEQ_BS : BENCH_RAND_BS;
 	return (u32)MIN(bs, range);
+}
+
+static struct dreq *free_slot(void);
+
+/* ---- the journal (disk_mode=journal) ------------------------------------------------ */
+
+/*
+ * Records of one 4 KiB block each, appended over the range in seq order
+ * (seq 1, 2, ... at blocks first, first + 1, ..., wrapping around: seq s
+ * lives at block first + (s - 1) % records), JRNL_GROUP = journal_flush
+ * records per group.  One group: write its records (up to 16 per request),
+ * FLUSH, read back the scanner's next 16 blocks and verify them; then the
+ * next group (paced by journal_rate).  Nothing else is in flight while the
+ * scanner reads, so every seq below next_seq has been written: a block
+ * whose newest seq was written by this boot must hold exactly that record.
+ * Record layout (little-endian u64 words):
+ *   0 JRNL_MAGIC  1 seq  2 sector (of the block it lives at)
+ *   3..510 payload: x = pattern_seed(seq, JRNL_SEED); x = xorshift64(x) per word
+ *   511 CRC-32 (zlib's polynomial) of bytes 0..4087, zero-extended
+ * tests/kvm/journal_check.py checks an image on the host with the same rules.
+ */
+#define JRNL_MAGIC		0x314c4e524a574447ULL	/* "GDWJRNL1" */
+#define JRNL_SEED		0x4a524e4cULL
+#define JRNL_W_SEQ		1
+#define JRNL_W_SECTOR		2
+#define JRNL_W_PAYLOAD		3
+#define JRNL_W_CRC		(PATTERN_WORDS - 1)
+#define JRNL_BACKLOG_MS		10
+#define JRNL_FINAL_WAIT_MS	30000
+
+enum jphase { J_IDLE, J_WRITE, J_FLUSH, J_SCAN };
+enum jrec { JR_EMPTY, JR_BAD, JR_OK };
+
+static struct {
+	bool on;
+	enum jphase phase;
+	u64 nrec;		/* records the range holds (d.end - d.first) */
+	u64 next_seq;		/* next seq to submit */
+	u64 first_seq;		/* the first seq this boot writes (after what it found) */
+	u64 group_end;		/* seq after the current group's last */
+	u64 flushed_seq;	/* newest seq a completed FLUSH covers */
+	u64 written;		/* records whose write completed */
+	u64 verified, passes;	/* records the scanner checked, its full passes */
+	u64 scan;		/* the scanner's next block, from d.first */
+	u64 next_t, rec_ticks;	/* journal_rate pacing */
+	volatile bool stop_req, final_done;
+	bool stopped;
+} jr;
+
+static u32 crc_table[256];
+
+static void crc32_init(void)
+{
+	for (u32 i = 0; i < 256; i++) {
+		u32 c = i;
+
+		for (int k = 0; k < 8; k++)
+			c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
+		crc_table[i] = c;
+	}
+}
+
+static u32 crc32(const void *p, size_t n)
+{
+	const u8 *b = p;
+	u32 c = 0xffffffffu;
+
+	while (n--)
+		c = crc_table[(c ^ *b++) & 0xff] ^ (c >> 8);
+	return c ^ 0xffffffffu;
+}
+
+static void jrnl_fill(u64 *w, u64 seq, u64 blk)
+{
+	u64 x = pattern_seed(seq, JRNL_SEED);
+
+	w[0] = JRNL_MAGIC;
+	w[JRNL_W_SEQ] = seq;
+	w[JRNL_W_SECTOR] = blk * (BLOCK / 512);
+	for (unsigned i = JRNL_W_PAYLOAD; i < JRNL_W_CRC; i++) {
+		x = pattern_xorshift(x);
+		w[i] = x;
+	}
+	w[JRNL_W_CRC] = crc32(w, JRNL_W_CRC * 8);
+}
+
+/* What block blk holds: no record (no magic), a damaged or misplaced one, a good one. */
+static enum jrec jrnl_check(const u64 *w, u64 blk)
+{
+	u64 x;
+
+	if (w[0] != JRNL_MAGIC)
+		return JR_EMPTY;
+	if (w[JRNL_W_SECTOR] != blk * (BLOCK / 512) || !w[JRNL_W_SEQ] ||
+	    w[JRNL_W_CRC] != crc32(w, JRNL_W_CRC * 8))
+		return JR_BAD;
+	x = pattern_seed(w[JRNL_W_SEQ], JRNL_SEED);
+	for (unsigned i = JRNL_W_PAYLOAD; i < JRNL_W_CRC; i++) {
+		x = pattern_xorshift(x);
+		if (w[i] != x)
+			return JR_BAD;
+	}
+	return JR_OK;
+}
+
+/* The newest seq below next_seq that lives at range offset off; 0 if none. */
+static u64 jrnl_expected(u64 off)
+{
+	u64 last = jr.next_seq - 1;
+
+	if (last < off + 1)
+		return 0;
+	return last - (last - 1 - off) % jr.nrec;
+}
+
+/*
+ * Verify block blk (nothing in flight): a block this boot wrote last must
+ * hold exactly its newest record; any other record must be intact and not
+ * newer than what was written.  True if it holds a good record.
+ */
+static bool jrnl_verify(const u64 *w, u64 blk, u64 now, u64 *newest)
+{
+	u64 exp = jrnl_expected(blk - d.first), seq = w[JRNL_W_SEQ];
+	enum jrec st = jrnl_check(w, blk);
+	const char *what = NULL;
+
+	if (exp && exp >= jr.first_seq) {
+		if (st == JR_EMPTY)
+			what = "missing";
+		else if (st == JR_BAD)
+			what = "corrupt";
+		else if (seq != exp)
+			what = seq < exp ? "stale" : "newer";
+	} else if (st == JR_BAD) {
+		what = "corrupt";
+	} else if (st == JR_OK && seq >= jr.next_seq) {
+		what = "newer";
+	}
+	if (st == JR_OK && seq > *newest)
+		*newest = seq;
+	if (what) {
+		d.errors++;
+		if (err_print_ok(now))
+			gprintf("journal: ERROR block=%lu expected seq=%lu found seq=%lu content=%s\n",
+				blk, exp, st == JR_EMPTY ? 0 : seq, what);
+	}
+	return st == JR_OK;
+}
+
+/* Read the whole range once at start-up: where the journal goes on from. */
+static void jrnl_recover(void)
+{
+	u64 newest = 0, found = 0, bad = 0, now = gclock();
+
+	for (u64 blk = d.first; blk < d.end; ) {
+		u32 n = (u32)MIN((u64)CHUNK_BLOCKS, d.end - blk);
+		int st = sync_request(BLK_T_IN, blk * (BLOCK / 512), n * BLOCK);
+
+		if (st != BLK_S_OK) {
+			d.errors++;
+			gprintf("disk: ERROR read sector=%lu blocks=%u status=%d\n",
+				blk * (BLOCK / 512), n, st);
+		} else {
+			d.read += (u64)n * BLOCK;
+			for (u32 i = 0; i < n; i++) {
+				const u64 *w = reqs[0].buf + i * (BLOCK / 8);
+				enum jrec r = jrnl_check(w, blk + i);
+
+				if (r == JR_OK) {
+					found++;
+					newest = MAX(newest, w[JRNL_W_SEQ]);
+				} else if (r == JR_BAD) {
+					bad++;
+					d.errors++;
+					if (err_print_ok(now))
+						gprintf("journal: ERROR block=%lu expected seq=0 found "
+							"seq=%lu content=corrupt\n", blk + i,
+							w[JRNL_W_SEQ]);
+				}
+			}
+		}
+		blk += n;
+	}
+	jr.next_seq = jr.first_seq = newest + 1;
+	jr.flushed_seq = newest;
+	jr.scan = (jr.next_seq - 1) % jr.nrec;	/* the oldest records first */
+	gprintf("journal: start first_block=%lu records=%lu found=%lu damaged=%lu newest=%lu "
+		"flush_every=%lu rate=%lu\n", d.first, jr.nrec, found, bad, newest,
+		cfg.journal_flush, cfg.journal_rate);
+}
+
+static void jrnl_setup(void)
+{
+	if (d.ro) {
+		gprintf("journal: read-only disk: read passes instead\n");
+		return;
+	}
+	jr.on = true;
+	jr.nrec = d.end - d.first;
+	if (cfg.journal_rate)
+		jr.rec_ticks = MAX(plat.tsc_khz * 1000 / cfg.journal_rate, 1);
+	crc32_init();
+	jrnl_recover();
+	jr.phase = J_IDLE;
+}
+
+static void jrnl_complete(struct dreq *r, u64 now, u64 *newest)
+{
+	r->busy = false;
+	d.inflight--;
+	if (r->status != BLK_S_OK) {
+		d.errors++;
+		if (err_print_ok(now))
+			gprintf("disk: ERROR %s sector=%lu blocks=%u status=%u\n",
+				type_name(r->hdr.type), r->hdr.sector, r->nblocks, r->status);
+		return;
+	}
+	switch (r->hdr.type) {
+	case BLK_T_OUT:
+		d.written += (u64)r->nblocks * BLOCK;
+		jr.written += r->nblocks;
+		break;
+	case BLK_T_FLUSH:
+		d.flushes++;
+		if (r->block > jr.flushed_seq)	/* the newest seq it covers */
+			jr.flushed_seq = r->block;
+		break;
+	case BLK_T_IN:
+		d.read += (u64)r->nblocks * BLOCK;
+		for (u32 i = 0; i < r->nblocks; i++)
+			jrnl_verify(r->buf + i * (BLOCK / 8), r->block + i, now, newest);
+		jr.verified += r->nblocks;
+		jr.scan += r->nblocks;
+		if (jr.scan >= jr.nrec) {
+			jr.scan = 0;
+			jr.passes++;
+		}
+		break;
+	}
+}
+
+/*
+ * The end (runtime= expired): the journal stops, what is in flight
+ * completes, a last FLUSH, then every block of the range is verified.
+ */
+static void jrnl_final(void)
+{
+	u64 t0 = gclock(), newest = 0, records = 0, e0 = d.errors;
+	u32 id, len;
+
+	while (d.inflight && gclock() - t0 < ms_to_tsc(VIRTIO_TIMEOUT_MS)) {
+		struct dreq *r;
+
+		if (!vq_used(&q, &id, &len)) {
+			cpu_relax();
+			continue;
+		}
+		if ((r = used_req(id)))
+			jrnl_complete(r, gclock(), &newest);
+	}
+	jr.stopped = true;
+	if (d.inflight) {
+		d.errors++;
+		gprintf("journal: verify skipped: %u requests did not complete\n", d.inflight);
+		goto out;
+	}
+	if (d.flush && jr.flushed_seq < jr.next_seq - 1) {
+		int st = sync_request(BLK_T_FLUSH, 0, 0);
+
+		if (st == BLK_S_OK) {
+			d.flushes++;
+			jr.flushed_seq = jr.next_seq - 1;
+		} else {
+			d.errors++;
+			gprintf("disk: ERROR flush sector=0 blocks=0 status=%d\n", st);
+		}
+	} else if (!d.flush) {
+		jr.flushed_seq = jr.next_seq - 1;
+	}
+	newest = 0;
+	for (u64 blk = d.first; blk < d.end; ) {
+		u32 n = (u32)MIN((u64)CHUNK_BLOCKS, d.end - blk);
+		int st = sync_request(BLK_T_IN, blk * (BLOCK / 512), n * BLOCK);
+
+		if (st != BLK_S_OK) {
+			d.errors++;
+			gprintf("disk: ERROR read sector=%lu blocks=%u status=%d\n",
+				blk * (BLOCK / 512), n, st);
+		} else {
+			d.read += (u64)n * BLOCK;
+			for (u32 i = 0; i < n; i++)
+				records += jrnl_verify(reqs[0].buf + i * (BLOCK / 8), blk + i,
+						       gclock(), &newest);
+		}
+		blk += n;
+	}
+	gprintf("journal: verify records=%lu newest=%lu errors=%lu flushed=%lu verify_errors=%lu\n",
+		records, newest, d.errors, jr.flushed_seq, d.errors - e0);
+out:
+	__atomic_store_n(&jr.final_done, true, __ATOMIC_RELEASE);
+}
+
+void disk_before_poweroff(void)
+{
+	u64 t0;
+
+	if (!jr.on || jr.final_done)
+		return;
+	/* Power-off comes from CPU 0: is that the CPU that polls the disk? */
+	if (devices_inline || !(cfg.workload & WL_MEM)) {
+		jrnl_final();
+		return;
+	}
+	jr.stop_req = true;
+	t0 = gclock();
+	while (!__atomic_load_n(&jr.final_done, __ATOMIC_ACQUIRE) &&
+	       gclock() - t0 < ms_to_tsc(JRNL_FINAL_WAIT_MS))
+		cpu_relax();
+}
+
+static enum poll_result jrnl_poll(u64 now)
+{
+	bool progress = false, queued = false;
+	u64 newest = 0;
+	struct dreq *r;
+	u32 id, len;
+
+	while (vq_used(&q, &id, &len)) {
+		if ((r = used_req(id)))
+			jrnl_complete(r, now, &newest);
+		progress = true;
+	}
+	if (jr.stop_req && !jr.final_done) {
+		jrnl_final();
+		return POLL_PROGRESS;
+	}
+	if (jr.stopped)
+		return POLL_IDLE;
+
+	switch (jr.phase) {
+	case J_IDLE:
+		if (jr.rec_ticks) {
+			if ((int64_t)(now - jr.next_t) < 0)
+				return progress ? POLL_PROGRESS : POLL_WAIT;
+			/* After a pause, catch up by at most 10 ms' worth. */
+			if ((int64_t)(now - jr.next_t) > (int64_t)ms_to_tsc(JRNL_BACKLOG_MS))
+				jr.next_t = now - ms_to_tsc(JRNL_BACKLOG_MS);
+			jr.next_t += cfg.journal_flush * jr.rec_ticks;
+		}
+		jr.group_end = jr.next_seq + cfg.journal_flush;
+		jr.phase = J_WRITE;
+		/* fall through */
+	case J_WRITE:
+		while (jr.next_seq < jr.group_end && (r = free_slot())) {
+			u64 blk = d.first + (jr.next_seq - 1) % jr.nrec;
+			u32 n = (u32)MIN(MIN((u64)CHUNK_BLOCKS, jr.group_end - jr.next_seq),
+					 d.end - blk);
+
+			for (u32 i = 0; i < n; i++)
+				jrnl_fill(r->buf + i * (BLOCK / 8), jr.next_seq + i, blk + i);
+			r->block = blk;
+			r->nblocks = n;
+			submit(r, BLK_T_OUT, blk * (BLOCK / 512), n * BLOCK);
+			jr.next_seq += n;
+			queued = true;
+		}
+		if (jr.next_seq < jr.group_end || d.inflight)
+			break;
+		progress = true;
+		if (d.flush) {
+			r = free_slot();
+			r->block = jr.group_end - 1;
+			r->nblocks = 0;
+			submit(r, BLK_T_FLUSH, 0, 0);
+			queued = true;
+			jr.phase = J_FLUSH;
+			break;
+		}
+		jr.flushed_seq = jr.group_end - 1;	/* no FLUSH: write-through */
+		/* fall through */
+	case J_FLUSH:
+		if (d.inflight)
+			break;
+		r = free_slot();
+		r->block = d.first + jr.scan;
+		r->nblocks = (u32)MIN((u64)CHUNK_BLOCKS, jr.nrec - jr.scan);
+		submit(r, BLK_T_IN, r->block * (BLOCK / 512), r->nblocks * BLOCK);
+		queued = true;
+		progress = true;
+		jr.phase = J_SCAN;
+		break;
+	case J_SCAN:
+		if (!d.inflight) {
+			jr.phase = J_IDLE;
+			progress = true;
+		}
+		break;
+	}
+	if (queued)
+		vq_kick(&q);
+	if (progress) {
+		d.stuck = false;
+	} else if (d.inflight && !d.stuck) {
+		u64 oldest = now;
+
+		for (unsigned i = 0; i < nslots; i++)
+			if (reqs[i].busy && (int64_t)(reqs[i].t_submit - oldest) < 0)
+				oldest = reqs[i].t_submit;
+		if (now - oldest > ms_to_tsc(VIRTIO_TIMEOUT_MS)) {
+			vq_report_timeout(&q, VIRTIO_TIMEOUT_MS, d.inflight);
+			d.stuck = true;
+		}
+	}
+	if (progress || queued)
+		return POLL_PROGRESS;
+	return POLL_WAIT;
 }
 
 bool disk_setup(void)
@@ -341,6 +768,8 @@ bool disk_setup(void)
 	d.gen = d.ro ? 0 : 1;
 	d.phase = d.ro ? PH_READ : PH_WRITE;
 	d.cursor = d.first;
+	if (cfg.disk_journal)
+		jrnl_setup();
 	return true;
 }
 
@@ -546,6 +975,8 @@ enum poll_result disk_poll(u64 now)
 
 	if (cfg.disk_nbench)
 		return bench_poll();
+	if (jr.on)
+		return jrnl_poll(now);
 
 	while (vq_used(&q, &id, &len)) {
 		struct dreq *r = used_req(id);
@@ -610,6 +1041,12 @@ void disk_report(u64 now)
 {
 	u64 t10 = t10_since_boot(now);
 
+	if (jr.on) {
+		gprintf("journal: t=%lu.%lu seq=%lu written=%lu flushed=%lu errors=%lu verified=%lu "
+			"passes=%lu\n", t10 / 10, t10 % 10, jr.flushed_seq, jr.written,
+			jr.flushed_seq - (jr.first_seq - 1), d.errors, jr.verified, jr.passes);
+		return;
+	}
 	gprintf("disk: t=%lu.%lu gen=%lu written_mib=%lu read_mib=%lu errors=%lu flushes=%lu "
 		"serial=%s capacity_mib=%lu ro=%u\n", t10 / 10, t10 % 10, d.gen, d.written >> 20,
 		d.read >> 20, d.errors, d.flushes, d.serial, d.capacity >> 11, d.ro);

@@ -35,6 +35,9 @@ struct config {
 	u64 disk_bs;		/* benchmark request bytes; 0: per mode */
 	u64 disk_qd;		/* benchmark requests in flight */
 	u64 disk_secs;		/* benchmark seconds per mode */
+	bool disk_journal;	/* disk_mode=journal: the journal workload (disk.c) */
+	u64 journal_flush;	/* journal: a FLUSH every this many records */
+	u64 journal_rate;	/* journal: records per second; 0 = as fast as it goes */
 	u64 rng_kib;		/* rng workload: KiB to read */
 	u8 ip[4];		/* net workload: our IPv4 address */
 };
@@ -116,6 +119,13 @@ void memtest_run(unsigned slot) __noreturn;
  * list is empty or too long.
  */
 bool disk_parse_modes(const char *v, size_t vlen);
+/*
+ * disk.c: called by power_off() (CPU 0) before it powers off: with
+ * disk_mode=journal, stops the journal, flushes it and verifies the whole
+ * range ("journal: verify ..."), on the CPU running the device workloads
+ * (waits up to 30 s for it if that is another CPU).  Nothing otherwise.
+ */
+void disk_before_poweroff(void);
 
 /*
  * devices.c: the device workloads (disk, rng, net).  devices_setup() (BSP,

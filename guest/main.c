@@ -32,6 +32,7 @@ struct config cfg = {
 	.disk_mib = 16,
 	.disk_qd = 1,
 	.disk_secs = 2,
+	.journal_flush = 16,
 	.rng_kib = 64,
 	.ip = { 198, 18, 0, 2 },
 };
@@ -172,6 +173,10 @@ static void cmdline_parse(const char *s)
 			opt_u64("disk_qd", eq, vlen, &cfg.disk_qd, 1);
 		else if (KEY("disk_secs"))
 			opt_u64("disk_secs", eq, vlen, &cfg.disk_secs, 1);
+		else if (KEY("journal_flush"))
+			opt_u64("journal_flush", eq, vlen, &cfg.journal_flush, 1);
+		else if (KEY("journal_rate"))
+			opt_u64("journal_rate", eq, vlen, &cfg.journal_rate, 0);
 		else if (KEY("rng_kib"))
 			opt_u64("rng_kib", eq, vlen, &cfg.rng_kib, 1);
 		else if (KEY("mem"))

@@ -431,6 +431,7 @@ static bool port_open(u16 port)
  */
 void power_off(void)
 {
+	disk_before_poweroff();
 	gprintf("godwit-guest: poweroff\n");
 	all_stop = true;
 	if (plat.hw_reduced && plat.have_sleep_ctl) {
