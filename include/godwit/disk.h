@@ -60,6 +60,7 @@ struct disk_recv {
 	uint32_t instance;
 	int fd;
 	uint64_t size, bytes;
+	uint64_t wb_bytes;       /* bytes when writeback was last started */
 	bool created;            /* this godwit made the file: removed on failure */
 	char path[256];
 };

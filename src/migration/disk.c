@@ -32,6 +32,7 @@
 #include "godwit/virtio.h"
 
 #define DISK_PIECE  (1u << 20)          /* bytes read and sent at a time */
+#define DISK_WRITEBACK (32u << 20)      /* destination: start writeback this often */
 
 struct disk_src {
 	struct blk *b;
@@ -462,6 +463,11 @@ int disk_recv_extent(struct disk_recv *d, uint64_t off, uint64_t len, const uint
 		done += (uint64_t)r;
 	}
 	d->bytes += len;
+	/* Keep the page cache's dirty share small: the final sync is in the downtime. */
+	if (d->bytes - d->wb_bytes >= DISK_WRITEBACK) {
+		disk_recv_writeback(d);
+		d->wb_bytes = d->bytes;
+	}
 	return 0;
 fail:
 	snprintf(err, errlen, "writing %s at %llu: %s", d->path, (unsigned long long)(off + done),

@@ -723,10 +723,21 @@ static int snap_load(struct snapshot_restore *sr, struct vm *vm, char *err, size
 				/* Pages may come again from here on, zero ones included. */
 				stream_reader_set_target_zeroed(sr->r, false);
 				sr->precopy_rounds++;
-				/* Start writing disk copies back now: less to sync before READY. */
-				for (unsigned int i = 0; i < sr->nr_disks; i++)
-					disk_recv_writeback(&sr->disks[i]);
-				ret = stream_skip(sr->r);
+				/*
+				 * Between pre-copy rounds, put the disk copies on stable
+				 * storage (the source is still running: this costs no
+				 * downtime); at the last one (instance 0, paused) only
+				 * start the writeback of what came since.
+				 */
+				ret = 0;
+				for (unsigned int i = 0; !ret && i < sr->nr_disks; i++) {
+					if (s.instance == 0)
+						disk_recv_writeback(&sr->disks[i]);
+					else if (disk_recv_sync(&sr->disks[i], why, sizeof(why)))
+						ret = stream_refuse(sr->r, -EIO, "%s", why);
+				}
+				if (!ret)
+					ret = stream_skip(sr->r);
 			} else if (strcmp(s.id, SNAP_ID_VM) || s.instance)
 				ret = s.flags & STREAM_F_OPTIONAL ? stream_skip(sr->r) :
 				      stream_refuse(sr->r, -EPROTONOSUPPORT, "unknown required VM section");
