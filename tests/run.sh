@@ -25,7 +25,11 @@ run_suite() {
 	echo "== $name" >&2
 	"$@" >"$log" 2>&1
 	local rc=$?
-	grep -E '^(PASS|FAIL|SKIP) ' "$log" | tee -a "$RESULTS" | grep -E '^(FAIL|SKIP) ' >&2
+	grep -E '^(PASS|FAIL|SKIP) ' "$log" >>"$RESULTS"
+	# FAIL/SKIP lines, each with the indented log tail ("  | ...") a test prints after it.
+	awk '/^(FAIL|SKIP) / { tail = 1; n = 0; print; next }
+	     /^  \| / && tail && n < 40 { n++; print; next }
+	     { tail = 0 }' "$log" >&2
 	local n; n=$(grep -cE '^(PASS|FAIL|SKIP) ' "$log")
 	if [ "$rc" -ne 0 ] && ! grep -qE '^FAIL ' "$log"; then
 		echo "FAIL $name: exited with status $rc without naming a failed test (see $log)" | tee -a "$RESULTS" >&2

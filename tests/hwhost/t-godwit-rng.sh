@@ -8,9 +8,72 @@
 
 name=godwit-rng
 hw_need_guest "$name" || exit 0
+# Seconds per guest run: it takes ~10-20 s, ~40 s on a loaded host.
+wait_s=300
+
+# why_unfinished LOG WAIT_STATUS: why run_guest saw no poweroff line, with the guest's last
+# output line, so the FAIL line alone (all that CI shows) says where the guest stopped.
+why_unfinished() {
+	local -a lines
+	local i last='(none)' why
+	mapfile -t lines 2>/dev/null <"$1"
+	for ((i = ${#lines[@]} - 1; i >= 0; i--)); do
+		last=${lines[i]%$'\r'}
+		# Not blank lines, godwit's line about hw_stop's SIGTERM, or the command (hw_start's).
+		[[ -n ${last// /} && $last != "godwit: "*"stopped by signal"* && $last != "+ "* ]] && break
+		last='(none)'
+	done
+	case $2 in
+	1) why="godwit exited with status ${HW_RC:-?} before the guest's poweroff line" ;;
+	2) why="no poweroff line within $wait_s s (godwit still running; stopped, status ${HW_RC:-?})" ;;
+	*) why="wait status $2" ;;
+	esac
+	echo "$why after ${HW_ELAPSED:-?} s; last output line: '${last:0:200}'"
+}
+
+# hang_state PID: what godwit's threads are doing (state, CPU used over 2 s, kernel wait
+# channel: a halted guest sleeps, a spinning one burns CPU) and the host kernel's last
+# messages (KVM's, inside L1).  Builtins except dmesg: it runs only for a hung guest.
+hang_state() {
+	local t st comm w
+	local -A used
+	local -a f
+	for t in /proc/"$1"/task/*; do
+		read -r st <"$t/stat" 2>/dev/null || continue
+		read -ra f <<<"${st##*) }"
+		used[$t]=$((f[11] + f[12]))
+	done
+	hw_sleep 2
+	for t in /proc/"$1"/task/*; do
+		read -r st <"$t/stat" 2>/dev/null || continue
+		read -ra f <<<"${st##*) }"
+		comm=? w=
+		read -r comm <"$t/comm"
+		read -r w <"$t/wchan"
+		echo "godwit thread $comm: state ${f[0]}, cpu $(((f[11] + f[12] - ${used[$t]:-0}) / 2))% over 2 s, wchan ${w:-?}"
+	done
+	echo "host kernel's last messages:"
+	dmesg 2>/dev/null | tail -n 8
+}
+
+# run_guest LOG CMD...: hw_run with its usual wait for the poweroff line, but a guest still
+# running at the deadline has its state written to $T_TMP/hang-state.log before the stop.
+run_guest() {
+	local log=$1 rc
+	shift
+	rm -f "$T_TMP/hang-state.log"
+	hw_start "$log" "$@"
+	hw_wait "$log" 'linux-guest: poweroff' "$wait_s" "$HW_PID"
+	rc=$?
+	[ $rc -eq 2 ] && hang_state "$HW_PID" >"$T_TMP/hang-state.log" 2>&1
+	[ $rc -eq 0 ] && hw_wait_exit "$HW_PID" 30
+	hw_stop "$HW_PID"
+	HW_ELAPSED=$(hw_since "$HW_T0")
+	return $rc
+}
+
 log=$T_TMP/godwit-rng.log
-hw_run "$log" 300 'linux-guest: poweroff' \
-	"$GODWIT" run --kernel "$HW_GUEST_KERNEL" --initrd "$HW_GUEST_INITRD" \
+run_guest "$log" "$GODWIT" run --kernel "$HW_GUEST_KERNEL" --initrd "$HW_GUEST_INITRD" \
 	--cpus 2 --mem 512M --name tier2-rng --rng \
 	--cmdline "$(hw_append godwit.workload=devices)"
 wrc=$?
@@ -23,8 +86,9 @@ while IFS= read -r l; do
 	esac
 done <"$log"
 if [ "$wrc" -ne 0 ]; then
-	t_fail "$name" "the guest did not finish within 300 s (wait status $wrc); log tail:"
+	t_fail "$name" "$(why_unfinished "$log" "$wrc"); log tail:"
 	hw_tail "$log" 40
+	[ -f "$T_TMP/hang-state.log" ] && hw_tail "$T_TMP/hang-state.log" 30
 	exit 0
 fi
 
@@ -82,8 +146,7 @@ fi
 # INTx: with MSI disabled in the guest (pci=nomsi) the driver falls back to the legacy
 # line (ISR status register + a level-triggered IOAPIC pin from config byte 0x3c).
 log=$T_TMP/godwit-rng-intx.log
-hw_run "$log" 300 'linux-guest: poweroff' \
-	"$GODWIT" run --kernel "$HW_GUEST_KERNEL" --initrd "$HW_GUEST_INITRD" \
+run_guest "$log" "$GODWIT" run --kernel "$HW_GUEST_KERNEL" --initrd "$HW_GUEST_INITRD" \
 	--cpus 1 --mem 256M --name tier2-rng-intx --rng \
 	--cmdline "$(hw_append pci=nomsi godwit.workload=devices)"
 wrc=$?
@@ -93,6 +156,11 @@ echo "# INTx run: ${HW_ELAPSED}s, exit ${HW_RC}, hwrng bytes=${bytes:-?}, irq li
 if [ "$wrc" -eq 0 ] && [ "$bytes" = 4096 ] && [[ $intx == *IO-APIC* ]] && [ "$HW_RC" = 0 ]; then
 	t_pass godwit-rng-intx
 else
-	t_fail godwit-rng-intx "pci=nomsi: hwrng bytes=${bytes:-?} irq '${intx:-none}' exit ${HW_RC:-?} (wait $wrc)"
+	if [ "$wrc" -ne 0 ]; then
+		t_fail godwit-rng-intx "pci=nomsi: $(why_unfinished "$log" "$wrc"); log tail:"
+	else
+		t_fail godwit-rng-intx "pci=nomsi: hwrng bytes=${bytes:-?} irq '${intx:-none}' exit ${HW_RC:-?}"
+	fi
 	hw_tail "$log" 30
+	[ -f "$T_TMP/hang-state.log" ] && hw_tail "$T_TMP/hang-state.log" 30
 fi
