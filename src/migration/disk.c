@@ -222,9 +222,12 @@ static int disk_send_piece(struct disk_mig *dm, struct disk_src *s, struct strea
 	bool run_zero = false;
 	int ret;
 
-	for (uint64_t o = 0; o <= len; o += bs) {
-		uint64_t n = o < len ? MIN(bs, len - o) : 0;
-		bool z = n && zero_block(dm->buf + o, n);
+	/* One step past the end (n == 0) flushes the last run. */
+	for (uint64_t o = 0, n; ; o += n) {
+		bool z;
+
+		n = o < len ? MIN(bs - (off + o) % bs, len - o) : 0;
+		z = n && zero_block(dm->buf + o, n);
 
 		/* Flush the run when its kind changes or at the end. */
 		if (run_len && (!n || z != run_zero)) {
