@@ -83,8 +83,12 @@ int migrate_addr_check(const char *addr, char *err, size_t len) __must_check;
  */
 int migrate_start(struct vm *vm, const struct migrate_params *p, char *err,
 		  size_t len) __must_check;
-/* A copy of the progress (status MIG_NONE if none).  Marks a final one as reported. */
-void migrate_get_progress(struct vm *vm, struct migrate_progress *out);
+/*
+ * A copy of the progress (status MIG_NONE if none).  release: the reader is
+ * the client that follows the migration; once it has seen a final status, a
+ * completed source exits (it waits up to 5 s for that).
+ */
+void migrate_get_progress(struct vm *vm, struct migrate_progress *out, bool release);
 /* True while a migration owns the VM's run state (between start and its end, or in doubt). */
 bool migrate_busy(struct vm *vm);
 /*

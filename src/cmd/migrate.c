@@ -309,7 +309,7 @@ int cmd_migrate(int argc, char **argv)
 	for (;;) {
 		const char *st;
 
-		if (mig_request("migrate", sock, "GET", "/api/v1/vm/migration", NULL, &p)) {
+		if (mig_request("migrate", sock, "GET", "/api/v1/vm/migration?release=1", NULL, &p)) {
 			/*
 			 * The source exits once the report was read or after a few seconds;
 			 * a socket gone right after COMMIT most likely means that, but

@@ -1138,7 +1138,7 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 	return 0;
 }
 
-void migrate_get_progress(struct vm *vm, struct migrate_progress *out)
+void migrate_get_progress(struct vm *vm, struct migrate_progress *out, bool release)
 {
 	struct migration *m = vm->mig;
 
@@ -1152,7 +1152,7 @@ void migrate_get_progress(struct vm *vm, struct migrate_progress *out)
 	if (out->status != MIG_COMPLETED && out->status != MIG_IN_DOUBT &&
 	    out->status != MIG_NONE && !migrate_status_final(out->status))
 		out->total_ms = ms_since(&m->t_start);
-	if (migrate_status_final(out->status)) {
+	if (release && migrate_status_final(out->status)) {
 		m->reported = true;
 		pthread_cond_broadcast(&m->cond);
 	}

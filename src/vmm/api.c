@@ -53,6 +53,7 @@ struct api_server {
 	char *path;
 	dev_t dev;               /* the socket file we bound: unlink only it */
 	ino_t ino;
+	struct MHD_Connection *conn;  /* the request being handled (query arguments) */
 };
 
 /* Per-request state, from the first call of api_handle() to completion. */
@@ -198,7 +199,7 @@ static unsigned int api_migration_busy(struct api_server *s, json_t **out)
 
 	if (!migrate_busy(s->vm))
 		return 0;
-	migrate_get_progress(s->vm, &p);
+	migrate_get_progress(s->vm, &p, false);
 	if (p.status == MIG_IN_DOUBT)
 		return api_error(out, MHD_HTTP_CONFLICT, "a migration is in doubt: settle it with "
 				 "PUT /vm/migrate-resolve first");
@@ -504,16 +505,23 @@ static unsigned int api_vm_migrate(struct api_server *s, json_t *body, json_t **
 	if (ret)
 		return api_error(out, ret == -EINVAL ? MHD_HTTP_BAD_REQUEST :
 				 MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot migrate: %s", err);
-	migrate_get_progress(s->vm, &prog);
+	migrate_get_progress(s->vm, &prog, false);
 	*out = api_progress_json(&prog);
 	return MHD_HTTP_ACCEPTED;
 }
 
+/*
+ * GET /vm/migration[?release=1]: the progress.  With release=1 (what
+ * `godwit migrate` sends), reading a final status lets a completed source
+ * exit at once; other readers (migrate-status, monitoring) do not.
+ */
 static unsigned int api_vm_migration(struct api_server *s, json_t *body, json_t **out)
 {
 	struct migrate_progress prog;
+	const char *rel = s->conn ? MHD_lookup_connection_value(s->conn, MHD_GET_ARGUMENT_KIND,
+								"release") : NULL;
 
-	migrate_get_progress(s->vm, &prog);
+	migrate_get_progress(s->vm, &prog, rel && !strcmp(rel, "1"));
 	*out = api_progress_json(&prog);
 	return MHD_HTTP_OK;
 }
@@ -526,7 +534,7 @@ static unsigned int api_vm_migrate_cancel(struct api_server *s, json_t *body, js
 
 	if (ret)
 		return api_error(out, MHD_HTTP_CONFLICT, "%s", err);
-	migrate_get_progress(s->vm, &prog);
+	migrate_get_progress(s->vm, &prog, false);
 	*out = api_progress_json(&prog);
 	return MHD_HTTP_OK;
 }
@@ -548,7 +556,7 @@ static unsigned int api_vm_migrate_resolve(struct api_server *s, json_t *body, j
 		return api_error(out, MHD_HTTP_CONFLICT, "%s", err);
 	if (ret)
 		return api_error(out, MHD_HTTP_INTERNAL_SERVER_ERROR, "%s", err);
-	migrate_get_progress(s->vm, &prog);
+	migrate_get_progress(s->vm, &prog, false);
 	*out = api_progress_json(&prog);
 	json_object_set_new(*out, "state", json_string(vm_state_name(api_vm_state(s->vm))));
 	return MHD_HTTP_OK;
@@ -658,8 +666,10 @@ static enum MHD_Result api_dispatch(struct api_server *s, struct MHD_Connection 
 			json_t *body = NULL;
 
 			status = api_check_body(r, rt, &body, &out);
+			s->conn = c;
 			if (!status)
 				status = rt->fn(s, body, &out);
+			s->conn = NULL;
 			json_decref(body);
 			log_debug("api: %s %s -> %u", method, url, status);
 			return api_send(c, status, out, NULL);
