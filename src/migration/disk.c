@@ -253,6 +253,23 @@ static int disk_send_piece(struct disk_mig *dm, struct disk_src *s, struct strea
 	return 0;
 }
 
+/* Read, send, then let the caller check (cancel, pacing); err says what failed. */
+static int disk_move(struct disk_mig *dm, struct disk_src *s, struct stream_writer *w,
+		     uint64_t off, uint64_t n, bool first_pass, disk_mig_check_fn check,
+		     void *opaque, char *err, size_t errlen)
+{
+	int ret = disk_read(dm, s, off, n, err, errlen);
+
+	if (!ret)
+		ret = disk_send_piece(dm, s, w, off, n, first_pass);
+	if (!ret)
+		ret = check(opaque);
+	if (ret && !err[0])
+		snprintf(err, errlen, "sending disk %s: %s", s->img.path,
+			 stream_writer_error(w)[0] ? stream_writer_error(w) : strerror(-ret));
+	return ret;
+}
+
 int disk_mig_first_pass(struct disk_mig *dm, struct stream_writer *w, disk_mig_check_fn check,
 			void *opaque, char *err, size_t errlen)
 {
@@ -284,18 +301,9 @@ int disk_mig_first_pass(struct disk_mig *dm, struct stream_writer *w, disk_mig_c
 
 				n = (n + 511) & ~511ULL;
 				n = MIN(n, s->img.size - pos);
-				ret = disk_read(dm, s, pos, n, err, errlen);
-				if (!ret)
-					ret = disk_send_piece(dm, s, w, pos, n, true);
-				if (!ret)
-					ret = check(opaque);
-				if (ret) {
-					if (!err[0])
-						snprintf(err, errlen, "sending disk %s: %s", s->img.path,
-							 stream_writer_error(w)[0] ?
-							 stream_writer_error(w) : strerror(-ret));
+				ret = disk_move(dm, s, w, pos, n, true, check, opaque, err, errlen);
+				if (ret)
 					return ret;
-				}
 				pos += n;
 			}
 		}
@@ -341,18 +349,9 @@ int disk_mig_send_dirty(struct disk_mig *dm, struct stream_writer *w, disk_mig_c
 			}
 			off = first * bs;
 			n = MIN((blk - first) * bs, s->img.size - off);
-			ret = disk_read(dm, s, off, n, err, errlen);
-			if (!ret)
-				ret = disk_send_piece(dm, s, w, off, n, false);
-			if (!ret)
-				ret = check(opaque);
-			if (ret) {
-				if (!err[0])
-					snprintf(err, errlen, "sending disk %s: %s", s->img.path,
-						 stream_writer_error(w)[0] ? stream_writer_error(w) :
-						 strerror(-ret));
+			ret = disk_move(dm, s, w, off, n, false, check, opaque, err, errlen);
+			if (ret)
 				return ret;
-			}
 		}
 	}
 	return 0;
