@@ -97,8 +97,11 @@ else
 fi
 
 # ---- the source: boots the guest, which starts writing ----------------------------------
+# One vCPU: this test is about the disk.  With two, one CI run (of ~6) saw the guest's CPU 1
+# stall (RCU stall, no progress) right after the migration: an open bug, recorded in the
+# issue notes; t-godwit-migrate.sh keeps migrating a 2-vCPU Linux guest.
 hw_start "$slog" "$GODWIT" run --kernel "$HW_GUEST_KERNEL" --initrd "$HW_GUEST_INITRD" \
-	--cpus 2 --mem 256M --name tier2-migrate-disk --api "$ssock" --disk "$simg,serial=data" \
+	--cpus 1 --mem 256M --name tier2-migrate-disk --api "$ssock" --disk "$simg,serial=data" \
 	--cmdline "$(hw_append godwit.workload=ext4 godwit.runtime=240)"
 spid=$HW_PID
 t_boot=$(hw_now)
