@@ -433,35 +433,25 @@ int disk_recv_open(struct disk_recv *d, const char *path, uint64_t size, bool ov
 int disk_recv_extent(struct disk_recv *d, uint64_t off, uint64_t len, const uint8_t *data,
 		     char *err, size_t errlen)
 {
+	static const uint8_t zeros[64 * 1024];
 	uint64_t done = 0;
 
-	if (!data) {
-		if (fallocate(d->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
-			      (off_t)len) == 0) {
-			d->bytes += len;
-			return 0;
-		}
-		/* No holes here: write the zeroes. */
-		while (done < len) {
-			static const uint8_t z[64 * 1024];
-			ssize_t r = pwrite(d->fd, z, MIN(sizeof(z), len - done), (off_t)(off + done));
-
-			if (r < 0 && errno == EINTR)
-				continue;
-			if (r <= 0)
-				goto fail;
-			done += (uint64_t)r;
-		}
-		d->bytes += len;
-		return 0;
-	}
+	/* A ZERO extent is a hole where the file system has them, written zeroes elsewhere. */
+	if (!data && fallocate(d->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+			       (off_t)len) == 0)
+		done = len;
 	while (done < len) {
-		ssize_t r = pwrite(d->fd, data + done, len - done, (off_t)(off + done));
+		ssize_t r = data ? pwrite(d->fd, data + done, len - done, (off_t)(off + done)) :
+			    pwrite(d->fd, zeros, MIN(sizeof(zeros), len - done), (off_t)(off + done));
+		int e = r < 0 ? errno : EIO;
 
-		if (r < 0 && errno == EINTR)
+		if (r < 0 && e == EINTR)
 			continue;
-		if (r <= 0)
-			goto fail;
+		if (r <= 0) {
+			snprintf(err, errlen, "writing %s at %llu: %s", d->path,
+				 (unsigned long long)(off + done), strerror(e));
+			return -e;
+		}
 		done += (uint64_t)r;
 	}
 	d->bytes += len;
@@ -471,10 +461,6 @@ int disk_recv_extent(struct disk_recv *d, uint64_t off, uint64_t len, const uint
 		d->wb_bytes = d->bytes;
 	}
 	return 0;
-fail:
-	snprintf(err, errlen, "writing %s at %llu: %s", d->path, (unsigned long long)(off + done),
-		 errno ? strerror(errno) : "short write");
-	return errno ? -errno : -EIO;
 }
 
 void disk_recv_writeback(struct disk_recv *d)

@@ -536,8 +536,8 @@ static bool mig_pace(struct mig_run *r)
 	}
 }
 
-/* Between disk pieces: stop on cancel or a stopping VM; pace; publish. */
-static int mig_disk_check(void *opaque)
+/* After each chunk of memory or disk: publish; stop on cancel or a stopping VM; pace. */
+static int mig_chunk_done(void *opaque)
 {
 	struct mig_run *r = opaque;
 
@@ -616,15 +616,9 @@ static int mig_send_dirty(struct mig_run *r, bool clear)
 				return ret;
 			}
 			memset(bm + w0, 0, nw * sizeof(uint64_t));
-			mig_publish(r);
-			if (mig_cancelled(r->m))
-				return -ECANCELED;
-			if (mig_vm_stopping(vm)) {
-				snprintf(r->err, sizeof(r->err), "the VM stopped during the migration");
-				return -ESHUTDOWN;
-			}
-			if (!mig_pace(r))
-				return mig_cancelled(r->m) ? -ECANCELED : -ESHUTDOWN;
+			ret = mig_chunk_done(r);
+			if (ret)
+				return ret;
 		}
 	}
 	return 0;
@@ -724,7 +718,7 @@ static int mig_precopy(struct mig_run *r)
 		mig_set_status(m, MIG_ACTIVE);
 		clock_gettime(CLOCK_MONOTONIC, &r->t_pace);
 		r->pace_bytes = stream_writer_offset(r->w);
-		ret = disk_mig_first_pass(m->dm, r->w, mig_disk_check, r, r->err, sizeof(r->err));
+		ret = disk_mig_first_pass(m->dm, r->w, mig_chunk_done, r, r->err, sizeof(r->err));
 		if (!ret)
 			ret = stream_flush(r->w);
 		if (ret)
@@ -773,7 +767,7 @@ static int mig_precopy(struct mig_run *r)
 			return ret;
 		if (m->dm) {
 			disk_mig_collect(m->dm);
-			ret = disk_mig_send_dirty(m->dm, r->w, mig_disk_check, r, r->err,
+			ret = disk_mig_send_dirty(m->dm, r->w, mig_chunk_done, r, r->err,
 						  sizeof(r->err));
 			if (!ret)
 				ret = stream_flush(r->w);
@@ -868,7 +862,7 @@ static int mig_stop_copy(struct mig_run *r, struct timespec *t_pause)
 	if (r->m->dm) {
 		/* The devices are quiesced: no write is in flight any more. */
 		disk_mig_collect(r->m->dm);
-		ret = disk_mig_send_dirty(r->m->dm, r->w, mig_disk_check, r, r->err, sizeof(r->err));
+		ret = disk_mig_send_dirty(r->m->dm, r->w, mig_chunk_done, r, r->err, sizeof(r->err));
 		if (ret)
 			return ret;
 	}
