@@ -61,5 +61,14 @@ struct api_reply {
 int api_client_request(const char *who, const char *sock, const char *method,
 		       const char *path, const char *body, long timeout_ms,
 		       long *status, struct api_reply *reply);
+/*
+ * api_client_json - api_client_request() for a 2xx JSON reply: *out is the
+ * decoded object (json_decref it).  A non-2xx answer prints the server's
+ * "error" ("godwit: WHO: ...") and a reply that is not JSON says so.
+ * Returns 0, or 1 after printing why.
+ */
+struct json_t;
+int api_client_json(const char *who, const char *sock, const char *method, const char *path,
+		    const char *body, long timeout_ms, struct json_t **out);
 
 #endif

@@ -141,16 +141,40 @@ out_global:
 }
 
 /* Print a server error reply: its "error" member, or the status. */
-static void client_print_error(const struct client_cmd *c, long status, const char *body)
+/* The server's {"error": ...}, or the bare status when the body says nothing. */
+static void client_print_error(const char *who, long status, json_t *j)
 {
-	json_t *j = json_loads(body, 0, NULL);
 	const char *msg = j ? json_string_value(json_object_get(j, "error")) : NULL;
 
 	if (msg)
-		fprintf(stderr, "godwit: %s: %s\n", c->name, msg);
+		fprintf(stderr, "godwit: %s: %s\n", who, msg);
 	else
-		fprintf(stderr, "godwit: %s: the API answered HTTP %ld\n", c->name, status);
-	json_decref(j);
+		fprintf(stderr, "godwit: %s: the API answered HTTP %ld\n", who, status);
+}
+
+int api_client_json(const char *who, const char *sock, const char *method, const char *path,
+		    const char *body, long timeout_ms, json_t **out)
+{
+	struct api_reply reply = { 0 };
+	long status = 0;
+	json_t *j;
+
+	*out = NULL;
+	if (api_client_request(who, sock, method, path, body, timeout_ms, &status, &reply))
+		return 1;
+	j = reply.data ? json_loads(reply.data, 0, NULL) : NULL;
+	free(reply.data);
+	if (status < 200 || status > 299) {
+		client_print_error(who, status, j);
+		json_decref(j);
+		return 1;
+	}
+	if (!j) {
+		fprintf(stderr, "godwit: %s: invalid JSON from the API\n", who);
+		return 1;
+	}
+	*out = j;
+	return 0;
 }
 
 static int client_run(const struct client_cmd *c, int argc, char **argv)
@@ -205,7 +229,10 @@ static int client_run(const struct client_cmd *c, int argc, char **argv)
 		goto out;
 	ret = 1;
 	if (status < 200 || status > 299) {
-		client_print_error(c, status, reply.data);
+		json_t *j = reply.data ? json_loads(reply.data, 0, NULL) : NULL;
+
+		client_print_error(c->name, status, j);
+		json_decref(j);
 		goto out;
 	}
 	if (c->done) {

@@ -90,31 +90,7 @@ static const char resolve_usage[] =
 static int mig_request(const char *who, const char *sock, const char *method, const char *path,
 		       const char *body, json_t **out)
 {
-	struct api_reply reply = { 0 };
-	long status = 0;
-	json_t *j;
-	const char *msg;
-
-	*out = NULL;
-	if (api_client_request(who, sock, method, path, body, MIG_REQ_TIMEOUT, &status, &reply))
-		return 1;
-	j = reply.data ? json_loads(reply.data, 0, NULL) : NULL;
-	free(reply.data);
-	if (status < 200 || status > 299) {
-		msg = j ? json_string_value(json_object_get(j, "error")) : NULL;
-		if (msg)
-			fprintf(stderr, "godwit: %s: %s\n", who, msg);
-		else
-			fprintf(stderr, "godwit: %s: the API answered HTTP %ld\n", who, status);
-		json_decref(j);
-		return 1;
-	}
-	if (!j) {
-		fprintf(stderr, "godwit: %s: invalid JSON from the API\n", who);
-		return 1;
-	}
-	*out = j;
-	return 0;
+	return api_client_json(who, sock, method, path, body, MIG_REQ_TIMEOUT, out);
 }
 
 static double jnum(json_t *j, const char *k)

@@ -54,12 +54,10 @@ int cmd_snapshot(int argc, char **argv)
 		{ "help",   no_argument,       NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *sock = NULL, *file = NULL, *msg;
-	struct api_reply reply = { 0 };
+	const char *sock = NULL, *file = NULL;
 	bool resume = false, json = false;
 	char *abs = NULL, *body = NULL;
 	json_t *j = NULL, *req;
-	long status = 0;
 	int opt, ret = 1;
 
 	optind = 0;
@@ -111,22 +109,8 @@ int cmd_snapshot(int argc, char **argv)
 		goto out;
 	}
 	/* No overall time-out: a large VM on a slow disk takes what it takes. */
-	if (api_client_request("snapshot", sock, "PUT", "/api/v1/vm/snapshot", body, 0,
-			       &status, &reply))
+	if (api_client_json("snapshot", sock, "PUT", "/api/v1/vm/snapshot", body, 0, &j))
 		goto out;
-	j = reply.data ? json_loads(reply.data, 0, NULL) : NULL;
-	if (status < 200 || status > 299) {
-		msg = j ? json_string_value(json_object_get(j, "error")) : NULL;
-		if (msg)
-			fprintf(stderr, "godwit: snapshot: %s\n", msg);
-		else
-			fprintf(stderr, "godwit: snapshot: the API answered HTTP %ld\n", status);
-		goto out;
-	}
-	if (!j) {
-		fprintf(stderr, "godwit: snapshot: invalid JSON from the API\n");
-		goto out;
-	}
 	if (json) {
 		json_dumpf(j, stdout, JSON_COMPACT | JSON_REAL_PRECISION(15));
 		putchar('\n');
@@ -146,7 +130,6 @@ int cmd_snapshot(int argc, char **argv)
 	ret = 0;
 out:
 	json_decref(j);
-	free(reply.data);
 	free(body);
 	free(abs);
 	return ret;
