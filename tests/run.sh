@@ -26,8 +26,9 @@ run_suite() {
 	"$@" >"$log" 2>&1
 	local rc=$?
 	grep -E '^(PASS|FAIL|SKIP) ' "$log" >>"$RESULTS"
-	# FAIL/SKIP lines, each with the indented log tail ("  | ...") a test prints after it.
-	awk '/^(FAIL|SKIP) / { tail = 1; n = 0; print; next }
+	# FAIL/SKIP lines (and the tier-2 harness's INFO lines: an emulated host that froze),
+	# each with the indented log tail ("  | ...") printed after it.
+	awk '/^(FAIL|SKIP) |^INFO hwhost\/harness: / { tail = 1; n = 0; print; next }
 	     /^  \| / && tail && n < 40 { n++; print; next }
 	     { tail = 0 }' "$log" >&2
 	local n; n=$(grep -cE '^(PASS|FAIL|SKIP) ' "$log")

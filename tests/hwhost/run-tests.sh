@@ -1,22 +1,23 @@
 #!/bin/bash
-# tests/hwhost/run-tests.sh RUNDIR TEST... - runs tier-2 test scripts one after another, on
-# a host with hardware-like /dev/kvm: inside L1 (tests/hwhost/l1-init runs it through the
-# job file run.sh writes) or directly (run.sh on a machine with VT-x/AMD-V).
+# tests/hwhost/run-tests.sh RESULTS LOGDIR TEST... - runs tier-2 test scripts one after
+# another, on a host with hardware-like /dev/kvm: inside L1 (tests/hwhost/l1-init runs it
+# through the job file run.sh writes) or directly (run.sh on a machine with VT-x/AMD-V).
 #
 # Each test runs as `bash TEST` with ROOT, BUILD, TIER=hwhost and SCRATCH set, its output in
-# RUNDIR/logs/NAME.log (files it keeps, such as guest logs, in HW_ARTIFACTS=RUNDIR/logs/NAME/), under a timeout of HWHOST_TEST_TIMEOUT seconds (default 600).  Its
-# PASS/FAIL/SKIP and INFO lines are appended to RUNDIR/results as they come, with the
-# indented "  | " lines a test prints after a FAIL (lib-l1.sh's hw_tail: a bounded log
-# tail), then "TIME NAME SECONDS"; a test that timed out or printed no result gets a FAIL
-# line.  The last line of RUNDIR/results is "DONE".
+# LOGDIR/NAME.log (files it keeps, such as guest logs, in HW_ARTIFACTS=LOGDIR/NAME/), under
+# a timeout of HWHOST_TEST_TIMEOUT seconds (default 600).  Its PASS/FAIL/SKIP and INFO lines
+# are appended to the file RESULTS as they come, with the indented "  | " lines a test
+# prints after a FAIL (lib-l1.sh's hw_tail: a bounded log tail), then "TIME NAME SECONDS";
+# a test that timed out or printed no result gets a FAIL line.  The last line of RESULTS is
+# "DONE".
 set -u
-rundir=$1
-shift
+results=$1
+logdir=$2
+shift 2
 : "${ROOT:?}" "${BUILD:?}" "${SCRATCH:?}"
 export ROOT BUILD SCRATCH TIER=hwhost
 export HWHOST_TEST_TIMEOUT=${HWHOST_TEST_TIMEOUT:-600}
-results=$rundir/results
-mkdir -p "$rundir/logs" "$SCRATCH"
+mkdir -p "$logdir" "$SCRATCH"
 cd "$ROOT" || exit 1
 
 # Starting a process costs 0.1-0.3 s inside L1: builtins where possible.
@@ -26,8 +27,8 @@ for t in "$@"; do
 	name=${t##*/}
 	name=${name%.sh}
 	name=${name#t-}
-	log=$rundir/logs/$name.log
-	export HW_ARTIFACTS=$rundir/logs/$name
+	log=$logdir/$name.log
+	export HW_ARTIFACTS=$logdir/$name
 	start=${EPOCHREALTIME/[.,]/}
 	echo "hwhost: running $name (uptime $(uptime) s)"
 	# Forward result lines while the test runs, so the outer host sees progress, and the
