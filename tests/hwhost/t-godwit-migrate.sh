@@ -1,5 +1,5 @@
 #!/bin/bash
-# Tier 2: live migration of a stock Linux guest (Debian's cloud kernel, 2 vCPUs,
+# Tier 2: live migration of a stock Linux guest (Debian's cloud kernel, 1 vCPU,
 # 512 MiB, virtio-blk + virtio-net over MSI-X) while it does disk and network I/O
 # (guest/linux/init, godwit.workload=migrate):
 #   - disk: 64 KiB batches of sequence-numbered units written to /dev/vda with
@@ -20,6 +20,17 @@
 # same content in the image); the TCP stream is complete and intact: the peer's
 # sent bytes and SHA-256 equal the guest's received ones and the echo, nc exited
 # 0, no reset; the destination exits 0 at the guest's poweroff.
+#
+# One vCPU (HW_MIGRATE_CPUS=2 for two): with two, the guest triple-faulted or
+# stalled in about half of the runs inside the emulated L1 (QEMU 7.2 TCG + SVM),
+# after the migration and, less often, before any.  The source's and the
+# destination's guest memory were compared page by page at the hand-off (a debug
+# build): every difference was the destination's own later writes (kvmclock page,
+# RX buffers and used ring of frames it received), none a page missed.  The same
+# L1 panics by itself ("stack guard page was hit", a #PF loop on a bad GS base in a
+# vCPU thread) when the 2-vCPU guest runs with `nopv`: an emulator fault, not a
+# guest or godwit one.  Two-vCPU state transfer stays covered by tier 1
+# (t-migrate.sh migrate-2cpu, memory verified) and by t-godwit-snapshot.sh here.
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/lib-l1.sh"
 
@@ -173,7 +184,7 @@ fi
 
 # ---- the source: boots the guest, which starts its I/O --------------------------------
 hw_start "$slog" ip netns exec "$NSB" "$GODWIT" run --kernel "$HW_GUEST_KERNEL" \
-	--initrd "$HW_GUEST_INITRD" --cpus 2 --mem 512M --name tier2-migrate --api "$ssock" \
+	--initrd "$HW_GUEST_INITRD" --cpus "${HW_MIGRATE_CPUS:-1}" --mem 512M --name tier2-migrate --api "$ssock" \
 	--disk "$img" --net tap=gwmtapA \
 	--cmdline "$(hw_append godwit.workload=migrate godwit.ip=198.18.0.2/24 godwit.peer=198.18.0.1 godwit.runtime=300)"
 spid=$HW_PID
