@@ -133,8 +133,10 @@ int snapshot_restore_config(struct snapshot_restore *sr, const struct vm_device_
  * checks the VM against the stream's configuration, reads RAM into guest
  * memory and every other section into memory, verifies the EOF record,
  * then loads the devices (by name and instance), the VM state and the
- * vCPUs (CPU_CLOCK_FROZEN), and resumes the devices.  On failure the VM is
- * in an unknown state: discard it.  Returns 0 or -errno with err set.
+ * vCPUs (CPU_CLOCK_FROZEN).  The devices are left stopped: the caller
+ * starts them (dev_resume_all()) when the VM is its to run, so a migration
+ * destination does no I/O before COMMIT.  On failure the VM is in an
+ * unknown state: discard it.  Returns 0 or -errno with err set.
  */
 int snapshot_restore_load(struct snapshot_restore *sr, struct vm *vm, char *err,
 			  size_t len) __must_check;

@@ -247,11 +247,17 @@ int virtio_pci_add(struct vm *vm, unsigned int slot, struct virtio_dev *vdev) __
  * and ops->save's fields nested in one field.  Returns 0 or -errno.
  * virtio_pci_load - the reverse on a freshly created device with the same
  * configuration (device features must match); re-installs MSI routes and
- * ioeventfds, and if the driver had set DRIVER_OK calls ops->activate.
+ * ioeventfds.  A device whose driver had set DRIVER_OK is not started: the
+ * next virtio_pci_resume() calls ops->activate (nothing may serve a queue
+ * or raise an interrupt before the vCPUs' LAPICs are loaded).
  * Both run with the VM paused and the device quiesced.
+ * virtio_pci_resume - the registry's resume (dev_resume_all): activates a
+ * loaded device, else calls ops->resume of an active one.  Returns 0 or
+ * -errno.
  */
 int virtio_pci_save(struct virtio_dev *vdev, struct state_out *out) __must_check;
 int virtio_pci_load(struct virtio_dev *vdev, struct state_in *in, uint16_t version) __must_check;
+int virtio_pci_resume(struct virtio_dev *vdev) __must_check;
 /*
  * virtio_pci_irq - raise an interrupt for vdev (any thread, no lock held
  * or needed): MSI-X vector `vector` if MSI-X is enabled (nothing for

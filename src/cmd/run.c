@@ -801,6 +801,11 @@ static int run_fill_restore(struct run_ctx *ctx, void *opaque)
 
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	ret = snapshot_restore_load(rf->sr, &ctx->vm, err, sizeof(err));
+	if (!ret) {
+		ret = dev_resume_all(&ctx->vm);
+		if (ret)
+			snprintf(err, sizeof(err), "cannot start the devices: %s", strerror(-ret));
+	}
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	if (ret) {
 		log_warnx("restore: %s: %s", rf->from, err);
@@ -946,11 +951,18 @@ static int run_fill_incoming(struct run_ctx *ctx, void *opaque)
 	}
 	ret = migrate_msg_recv(in->fd, MIG_IO_TIMEOUT_MS, &type, text, sizeof(text));
 	if (ret == 0 && type == MIG_MSG_COMMIT) {
-		/* The source let go of the disks before COMMIT: they are ours now. */
+		/*
+		 * The source let go of the disks before COMMIT: they are ours now,
+		 * and only now do the devices start (no I/O, on disks or networks,
+		 * while the source may still take the VM back).
+		 */
 		ret = dev_acquire_all(&ctx->vm);
+		if (ret)
+			snprintf(err, sizeof(err), "cannot lock the disks: %s", strerror(-ret));
+		else if ((ret = dev_resume_all(&ctx->vm)))
+			snprintf(err, sizeof(err), "cannot start the devices: %s", strerror(-ret));
 		if (ret) {
 			in->failed = true;
-			snprintf(err, sizeof(err), "cannot lock the disks: %s", strerror(-ret));
 			(void)migrate_msg_send(in->fd, MIG_MSG_ERROR, err);
 			log_warnx("incoming migration failed at COMMIT: %s; the VM was discarded "
 				  "here (the source runs it again)", err);

@@ -1216,6 +1216,11 @@ int migrate_resolve(struct vm *vm, bool resume, char *err, size_t len)
 		return ret;
 	}
 	if (m->incoming) {
+		ret = dev_resume_all(vm);
+		if (ret) {
+			snprintf(err, len, "cannot start the devices: %s", strerror(-ret));
+			return ret;
+		}
 		ret = vm_start(vm);
 		if (ret) {
 			snprintf(err, len, "cannot start the VM: %s", strerror(-ret));

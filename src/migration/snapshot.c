@@ -842,10 +842,7 @@ static int snap_load(struct snapshot_restore *sr, struct vm *vm, char *err, size
 			return ret;
 		}
 	}
-	ret = dev_resume_all(vm);
-	if (ret)
-		snap_err(err, len, "cannot start the devices: %s", strerror(-ret));
-	return ret;
+	return 0;
 }
 
 int snapshot_restore_load(struct snapshot_restore *sr, struct vm *vm, char *err, size_t len)

@@ -13,8 +13,9 @@
 # O_DIRECT work anywhere under /tmp).
 #
 # L1 is emulated, and the emulator is not flawless: an L1 that stops printing its
-# heartbeat (l1-init, every 10 s) for HWHOST_L1_STALL seconds is called frozen, and an L1
-# kernel panic ends QEMU.  The test that was running then is run again in a fresh L1 (at
+# heartbeat (l1-init, every 10 s) for HWHOST_L1_STALL seconds is called frozen, one whose
+# kernel reports a soft lockup or an RCU stall (a CPU stuck in kernel mode) locked up,
+# and an L1 kernel panic ends QEMU.  The test that was running then is run again in a fresh L1 (at
 # most HWHOST_L1_RETRIES times, said by an "INFO hwhost/harness:" line with L1's log
 # tail); only its results from an attempt that ran to the end count.  A test that fails
 # inside a working L1 is never run again.
@@ -201,6 +202,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'harness_fail "interrupted"; exit 1' INT TERM
 
+# What L1's kernel prints when one of its CPUs is stuck in kernel mode.
+L1_LOCKUP_RE='watchdog: BUG: soft lockup.*|rcu: INFO: rcu_[a-z]+ (self-)?detected stall.*'
+
 # l1_take SDIR: moves the lines of the tests that ended (up to the last "TIME" line) from
 # L1 boot SDIR's results to the batch's, and adds their names to $finished.  The lines of
 # a test still running stay behind: they count only once it ends.
@@ -259,7 +263,7 @@ l1_boot() {
 		</dev/null >"$sdir/qemu.log" 2>&1 &
 	qemu_pid=$!
 
-	local ready='' frozen='' heard=$SECONDS size=0 s
+	local ready='' frozen='' lockup='' heard=$SECONDS size=0 s
 	while kill -0 "$qemu_pid" 2>/dev/null; do
 		if [ -z "$ready" ] && grep -q '^hwhost-l1: ready' "$l1_log" 2>/dev/null; then
 			ready=$(since "$tq")
@@ -267,18 +271,22 @@ l1_boot() {
 		fi
 		l1_take "$sdir"
 		grep -q '^DONE' "$sdir/results" && break
-		# Anything on L1's console (its heartbeat at least) says it is alive.
+		# Anything on L1's console (its heartbeat at least) says it is alive; a lockup
+		# its kernel reports (a CPU stuck in kernel mode: no user process can cause
+		# that) says it is not, even while its other CPU keeps the heartbeat going.
 		s=$(stat -c %s "$l1_log" 2>/dev/null || echo 0)
 		if [ "$s" != "$size" ]; then
 			size=$s heard=$SECONDS
+			lockup=$(grep -m1 -aoE "$L1_LOCKUP_RE" "$l1_log" | tr -d '\r' | cut -c1-120)
+			[ -n "$lockup" ] && break
 		elif [ $((SECONDS - heard)) -ge "$HWHOST_L1_STALL" ]; then
 			frozen=$((SECONDS - heard))
 			break
 		fi
 		sleep 1
 	done
-	# The job is done or L1 is gone or frozen: give L1 a moment to power off.
-	if [ -z "$frozen" ]; then
+	# The job is done or L1 is gone, frozen or locked up: give L1 a moment to power off.
+	if [ -z "$frozen$lockup" ]; then
 		for _ in $(seq 20); do kill -0 "$qemu_pid" 2>/dev/null || break; sleep 0.5; done
 	fi
 	if kill -0 "$qemu_pid" 2>/dev/null; then
@@ -296,6 +304,8 @@ l1_boot() {
 	grep -q '^DONE' "$sdir/results" && return
 	if [ -n "$frozen" ]; then
 		l1_why="L1 froze (its console silent for $frozen s)"
+	elif [ -n "$lockup" ]; then
+		l1_why="L1's kernel locked up ($lockup)"
 	elif [ "$qrc" -eq 124 ] || [ "$qrc" -eq 137 ]; then
 		l1_why="L1 ran out of its $limit s"
 	elif grep -q '^hwhost-l1: FAILED' "$l1_log" 2>/dev/null; then

@@ -77,8 +77,13 @@ trap 'net_cleanup; hw_save_logs; t_cleanup' EXIT
 fail() {
 	local why=$1 f
 	shift
+	# The bridge's view: which port the guest's MAC is on, each TAP's counters.
+	{
+		bridge -n "$NSB" fdb show br br0 2>&1 | grep -v permanent
+		ip -n "$NSB" -s link show 2>&1 | grep -A5 -E 'gwmtap|gwmveth'
+	} >"$T_TMP/godwit-migrate-bridge.log" 2>&1
 	t_fail "$name" "$why"
-	for f in "$@"; do
+	for f in "$@" "$T_TMP/godwit-migrate-bridge.log"; do
 		[ -s "$f" ] || continue
 		echo "  | --- ${f##*/}"
 		hw_tail "$f" 15

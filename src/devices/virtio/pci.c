@@ -91,6 +91,7 @@ struct virtio_pci {
 	unsigned int nvec;               /* MSI-X vectors: nr_queues + 1 */
 	pthread_mutex_t status_lock;     /* serialises status transitions */
 	bool active;                     /* ops->activate succeeded; no reset since */
+	bool start_pending;              /* loaded with DRIVER_OK: activate at resume */
 	uint8_t pcicfg_cap;              /* offset of the PCI cfg access capability */
 	struct dev dev;                  /* registry entry */
 	struct dev_ops dev_ops;          /* stream id = ops->name */
@@ -215,6 +216,7 @@ static void vpci_reset(struct virtio_pci *vp)
 	if (vdev->ops->reset)
 		vdev->ops->reset(vdev);
 	vp->active = false;
+	vp->start_pending = false;
 	pthread_mutex_lock(&vdev->lock);
 	vpci_reset_fields(vdev);
 	pthread_mutex_unlock(&vdev->lock);
@@ -588,13 +590,32 @@ static int vpci_dev_quiesce(struct dev *d)
 	return 0;
 }
 
+/* virtio_pci_resume - see virtio.h. */
+int virtio_pci_resume(struct virtio_dev *vdev)
+{
+	struct virtio_pci *vp = vdev->pci;
+	int ret = 0;
+
+	if (!vp)
+		return -ENODEV;
+	pthread_mutex_lock(&vp->status_lock);
+	if (vp->start_pending) {
+		vp->start_pending = false;
+		ret = vdev->ops->activate ? vdev->ops->activate(vdev) : 0;
+		if (!ret)
+			vp->active = true;
+	} else if (vp->active && vdev->ops->resume) {
+		ret = vdev->ops->resume(vdev);
+	}
+	pthread_mutex_unlock(&vp->status_lock);
+	return ret;
+}
+
 static int vpci_dev_resume(struct dev *d)
 {
 	struct virtio_pci *vp = d->priv;
 
-	if (vp->active && vp->vdev->ops->resume)
-		return vp->vdev->ops->resume(vp->vdev);
-	return 0;
+	return virtio_pci_resume(vp->vdev);
 }
 
 static int vpci_dev_release(struct dev *d)
@@ -1031,6 +1052,7 @@ int virtio_pci_load(struct virtio_dev *vdev, struct state_in *in, uint16_t versi
 	if (vp->active && vdev->ops->reset)
 		vdev->ops->reset(vdev);
 	vp->active = false;
+	vp->start_pending = false;
 	pthread_mutex_lock(&vdev->lock);
 	vpci_reset_fields(vdev);
 	vdev->driver_features = gfeat;
@@ -1093,11 +1115,17 @@ int virtio_pci_load(struct virtio_dev *vdev, struct state_in *in, uint16_t versi
 		state_in_init(&sub, dev_fields, dev_len);
 		ret = vdev->ops->load(vdev, &sub, version);
 	}
-	if (!ret && (status & VIRTIO_STATUS_DRIVER_OK) && !(status & VIRTIO_STATUS_NEEDS_RESET)) {
-		ret = vdev->ops->activate ? vdev->ops->activate(vdev) : 0;
-		if (!ret)
-			vp->active = true;
-	}
+	/*
+	 * A device the driver had running is not started here:
+	 * dev_resume_all() (virtio_pci_resume) activates it once the whole VM is
+	 * loaded.  Started here,
+	 * its thread could serve a request and raise an interrupt before the
+	 * vCPUs' LAPICs and the irqchip are loaded, which would then erase it
+	 * (a guest waiting forever for that interrupt), and a migration
+	 * destination would do I/O before it owns the VM.
+	 */
+	if (!ret && (status & VIRTIO_STATUS_DRIVER_OK) && !(status & VIRTIO_STATUS_NEEDS_RESET))
+		vp->start_pending = true;
 	pthread_mutex_unlock(&vp->status_lock);
 	return ret;
 }
