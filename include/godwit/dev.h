@@ -6,11 +6,13 @@
  * Life cycle: realize -> (run) -> quiesce -> save -> ... ; on the receiving
  * side: realize -> load -> resume.  quiesce() stops the device's backends
  * and drains in-flight I/O, so after vm_pause() + quiesce() of every device
- * nothing writes guest memory any more.  load() only sets state: nothing
- * may run (serve a queue, raise an interrupt) before resume(), which comes
- * after every device, the irqchip and the vCPUs are loaded (an interrupt
- * raised earlier is erased by the LAPIC's load) and, on a migration
- * destination, only once it owns the VM (COMMIT).
+ * nothing writes guest memory any more.  load() only sets state: no thread
+ * may start and no request be served before resume(), which comes after
+ * every device, the irqchip and the vCPUs are loaded (an interrupt raised
+ * earlier reaches a LAPIC whose load then erases it) and, on a migration
+ * destination, only once it owns the VM (COMMIT).  (The UART's load sets
+ * KVM's line level to the saved one: the interrupt that level stands for
+ * was delivered on the source and comes back with the LAPIC.)
  */
 #ifndef GODWIT_DEV_H
 #define GODWIT_DEV_H

@@ -21,16 +21,16 @@
 # sent bytes and SHA-256 equal the guest's received ones and the echo, nc exited
 # 0, no reset; the destination exits 0 at the guest's poweroff.
 #
-# One vCPU (HW_MIGRATE_CPUS=2 for two): with two, the guest triple-faulted or
-# stalled in about half of the runs inside the emulated L1 (QEMU 7.2 TCG + SVM),
-# after the migration and, less often, before any.  The source's and the
-# destination's guest memory were compared page by page at the hand-off (a debug
-# build): every difference was the destination's own later writes (kvmclock page,
-# RX buffers and used ring of frames it received), none a page missed.  The same
-# L1 panics by itself ("stack guard page was hit", a #PF loop on a bad GS base in a
-# vCPU thread) when the 2-vCPU guest runs with `nopv`: an emulator fault, not a
-# guest or godwit one.  Two-vCPU state transfer stays covered by tier 1
-# (t-migrate.sh migrate-2cpu, memory verified) and by t-godwit-snapshot.sh here.
+# One vCPU (HW_MIGRATE_CPUS=2 for two).  With two, the guest triple-faulted in
+# about one run in three inside the emulated L1 (QEMU 7.2 TCG + SVM), after the
+# migration and also before any; the same load makes L1 itself freeze, lock up in
+# KVM_RUN or panic ("stack guard page was hit") now and then.  Source and
+# destination guest memory, compared page by page at the hand-off (a debug
+# build), differed only by the destination's own later writes.  A network stall
+# after the migration that looked like the same flakiness was godwit's (a device
+# started before the LAPICs were loaded lost its interrupt; fixed).  Two-vCPU
+# state transfer stays covered by tier 1 (t-migrate.sh migrate-2cpu, memory
+# verified) and by t-godwit-snapshot.sh here.
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/lib-l1.sh"
 
