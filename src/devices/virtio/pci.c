@@ -1116,11 +1116,10 @@ int virtio_pci_load(struct virtio_dev *vdev, struct state_in *in, uint16_t versi
 		ret = vdev->ops->load(vdev, &sub, version);
 	}
 	/*
-	 * A device the driver had running is not started here:
-	 * dev_resume_all() (virtio_pci_resume) activates it once the whole VM is
-	 * loaded.  Started here,
-	 * its thread could serve a request and raise an interrupt before the
-	 * vCPUs' LAPICs and the irqchip are loaded, which would then erase it
+	 * A device the driver had running is not started here: dev_resume_all()
+	 * (virtio_pci_resume) activates it once the whole VM is loaded.  Started
+	 * here, its thread could serve a request and raise an interrupt before
+	 * the vCPUs' LAPICs and the irqchip are loaded, whose load would erase it
 	 * (a guest waiting forever for that interrupt), and a migration
 	 * destination would do I/O before it owns the VM.
 	 */
