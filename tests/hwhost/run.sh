@@ -346,8 +346,13 @@ while [ ${#queue[@]} -gt 0 ]; do
 	done
 	queue=("${rest[@]}")
 	[ -z "$l1_why" ] && continue
-	if [ "$l1_setup" = 1 ] || [ ${#queue[@]} -eq 0 ]; then
+	if [ "$l1_setup" = 1 ]; then
 		harness_fail "$l1_why" "$l1_log" 40
+		break
+	fi
+	if [ ${#queue[@]} -eq 0 ]; then
+		# Every test ended (its results are in) before L1 went wrong.
+		harness_line INFO "$l1_why after its last test ended (L1 #$boots)" "$l1_log" 25
 		break
 	fi
 	# The test L1 was running when it failed: the first of the group not finished.
