@@ -159,6 +159,41 @@ hw_tail() {
 	tail -n "${2:-20}" "$1" 2>/dev/null | sed 's/^/  | /'
 }
 
+# hw_fail NAME WHY LOG...: FAIL NAME with WHY, then the tail of each non-empty LOG.
+hw_fail() {
+	local name=$1 why=$2 f
+	shift 2
+	t_fail "$name" "$why"
+	for f in "$@"; do
+		[ -s "$f" ] || continue
+		echo "  | --- ${f##*/}"
+		hw_tail "$f" 15
+	done
+}
+
+# hw_count_lines LOG PREFIX: sets HW_N to the number of LOG's lines starting with PREFIX.
+hw_count_lines() {
+	local l
+	local -a lines
+	HW_N=0
+	[ -f "$1" ] || return 0
+	mapfile -t lines <"$1"
+	for l in "${lines[@]}"; do [[ $l == "$2"* ]] && HW_N=$((HW_N + 1)); done
+}
+
+# hw_wait_count LOG PREFIX COUNT TIMEOUT_S PID: waits for COUNT lines of LOG starting with
+# PREFIX.  Returns 0 once there, 1 if PID died first, 2 on the timeout.
+hw_wait_count() {
+	local deadline=$(( ${EPOCHREALTIME/[.,]/} + $4 * 1000000 ))
+	for (( ; ; )); do
+		hw_count_lines "$1" "$2"
+		[ "$HW_N" -ge "$3" ] && return 0
+		kill -0 "$5" 2>/dev/null || return 1
+		[ "${EPOCHREALTIME/[.,]/}" -ge "$deadline" ] && return 2
+		hw_sleep 0.3
+	done
+}
+
 # hw_field LOG PREFIX KEY: the value of KEY=value on the last line of LOG starting with
 # PREFIX (e.g. hw_field log "memtest: done" errors); empty if there is none.
 hw_field() {

@@ -49,37 +49,7 @@ fi
 GODWIT=$SCRATCH/migrate-disk.bin
 
 # fail WHY LOG...: FAIL with the tails of LOG...
-fail() {
-	local why=$1 f
-	shift
-	t_fail "$name" "$why"
-	for f in "$@"; do
-		[ -s "$f" ] || continue
-		echo "  | --- ${f##*/}"
-		hw_tail "$f" 15
-	done
-}
-
-# count_lines LOG PREFIX: sets N to the number of LOG's lines starting with PREFIX.
-count_lines() {
-	local l
-	local -a lines
-	N=0
-	[ -f "$1" ] || return 0
-	mapfile -t lines <"$1"
-	for l in "${lines[@]}"; do [[ $l == "$2"* ]] && N=$((N + 1)); done
-}
-# wait_count LOG PREFIX COUNT TIMEOUT_S PID: waits for COUNT lines starting with PREFIX.
-wait_count() {
-	local deadline=$(( ${EPOCHREALTIME/[.,]/} + $4 * 1000000 ))
-	for (( ; ; )); do
-		count_lines "$1" "$2"
-		[ "$N" -ge "$3" ] && return 0
-		kill -0 "$5" 2>/dev/null || return 1
-		[ "${EPOCHREALTIME/[.,]/}" -ge "$deadline" ] && return 2
-		hw_sleep 0.3
-	done
-}
+fail() { hw_fail "$name" "$@"; }
 
 # ---- the source image: 128 MiB, ext4 made here ----------------------------------------
 truncate -s 128M "$simg"
@@ -132,7 +102,7 @@ if ! hw_wait "$dlog" 'waiting for an incoming migration' 60 "$dpid"; then
 fi
 
 # Two progress reports (~10 s of writing) before the migration.
-if ! wait_count "$slog" "linux-guest: ext4 t=" 2 90 "$spid"; then
+if ! hw_wait_count "$slog" "linux-guest: ext4 t=" 2 90 "$spid"; then
 	fail "no progress reports from the guest before the migration" "$slog"
 	exit 0
 fi
@@ -187,12 +157,10 @@ else
 	hw_tail "$slog" 15
 	hw_stop "$spid"
 fi
-count_lines "$slog" "linux-guest: ext4 t="
-nsrc=$N
 files1=$(hw_field "$slog" "linux-guest: ext4 t=" files)
 
 # ---- the guest goes on writing on the destination; then stop it -------------------------
-wait_count "$dlog" "linux-guest: ext4 t=" 2 120 "$dpid"
+hw_wait_count "$dlog" "linux-guest: ext4 t=" 2 120 "$dpid"
 wrc=$?
 echo "please ext4-stop" >&"$cfd"
 if [ $wrc -ne 0 ]; then

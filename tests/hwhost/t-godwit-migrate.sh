@@ -75,19 +75,12 @@ trap 'net_cleanup; hw_save_logs; t_cleanup' EXIT
 
 # fail WHY LOG...: FAIL with the tails of LOG...
 fail() {
-	local why=$1 f
-	shift
 	# The bridge's view: which port the guest's MAC is on, each TAP's counters.
 	{
 		bridge -n "$NSB" fdb show br br0 2>&1 | grep -v permanent
 		ip -n "$NSB" -s link show 2>&1 | grep -A5 -E 'gwmtap|gwmveth'
 	} >"$T_TMP/godwit-migrate-bridge.log" 2>&1
-	t_fail "$name" "$why"
-	for f in "$@" "$T_TMP/godwit-migrate-bridge.log"; do
-		[ -s "$f" ] || continue
-		echo "  | --- ${f##*/}"
-		hw_tail "$f" 15
-	done
+	hw_fail "$name" "$@" "$T_TMP/godwit-migrate-bridge.log"
 }
 
 # ---- the network: bridge (TAP A, TAP B, veth) in NSB, the peer in NSP -----------------
@@ -211,29 +204,8 @@ if ! hw_wait "$dlog" 'waiting for an incoming migration' 60 "$dpid"; then
 	exit 0
 fi
 
-# count_lines LOG PREFIX: sets N to the number of LOG's lines starting with PREFIX.
-count_lines() {
-	local l
-	local -a lines
-	N=0
-	[ -f "$1" ] || return 0
-	mapfile -t lines <"$1"
-	for l in "${lines[@]}"; do [[ $l == "$2"* ]] && N=$((N + 1)); done
-}
-# wait_count LOG PREFIX COUNT TIMEOUT_S PID: waits for COUNT lines starting with PREFIX.
-wait_count() {
-	local deadline=$(( ${EPOCHREALTIME/[.,]/} + $4 * 1000000 ))
-	for (( ; ; )); do
-		count_lines "$1" "$2"
-		[ "$N" -ge "$3" ] && return 0
-		kill -0 "$5" 2>/dev/null || return 1
-		[ "${EPOCHREALTIME/[.,]/}" -ge "$deadline" ] && return 2
-		hw_sleep 0.3
-	done
-}
-
 # Two progress reports (~10 s of I/O) before the migration.
-if ! wait_count "$slog" "linux-guest: migrate disk " 2 90 "$spid"; then
+if ! hw_wait_count "$slog" "linux-guest: migrate disk " 2 90 "$spid"; then
 	fail "no I/O progress reports from the guest before the migration" "$slog" "$plog"
 	exit 0
 fi
@@ -276,7 +248,7 @@ else
 fi
 
 # ---- the guest goes on on the destination; then end the stream ------------------------
-wait_count "$dlog" "linux-guest: migrate disk " 2 120 "$dpid"
+hw_wait_count "$dlog" "linux-guest: migrate disk " 2 120 "$dpid"
 wrc=$?
 : >"$stop"
 if [ $wrc -ne 0 ]; then
@@ -338,8 +310,8 @@ gap_at=$(hw_field "$plog" "peer: done" gap_at)
 rxb=$(hw_field "$dlog" "linux-guest: migrate net" rx_bytes)
 rxsha=$(hw_field "$dlog" "linux-guest: migrate net" rx_sha)
 ncrc=$(hw_field "$dlog" "linux-guest: migrate net" nc_exit)
-count_lines "$plog" "peer: connected"
-conns=$N
+hw_count_lines "$plog" "peer: connected"
+conns=$HW_N
 if [ -n "$sent" ] && [ "$sent" -gt 0 ] && [ "$rxb" = "$sent" ] && [ "$echoed" = "$sent" ] &&
 	[ "$rxsha" = "$sent_sha" ] && [ "$echo_sha" = "$sent_sha" ] && [ "$perr" = none ] &&
 	[ "$peof" = 1 ] && [ "$ncrc" = 0 ] && [ "$conns" = 1 ]; then
