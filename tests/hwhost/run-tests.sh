@@ -10,6 +10,12 @@
 # prints after a FAIL (lib-l1.sh's hw_tail: a bounded log tail), then "TIME NAME SECONDS";
 # a test that timed out or printed no result gets a FAIL line.  The last line of RESULTS is
 # "DONE".
+#
+# With HWHOST_EMULATED=1 (run.sh sets it inside the emulated L1) a test that failed while
+# its guest crashed (godwit's "triple fault (KVM_EXIT_SHUTDOWN)" or a guest "Kernel panic"
+# in its log or its saved logs) gets, instead of its results, one line "RETRY hwhost/NAME:
+# why" and its FAIL lines as "RETRIED NAME FAIL ..." lines: run.sh runs it again in a fresh
+# L1 (see there why).  On real hardware the FAIL stands.
 set -u
 results=$1
 logdir=$2
@@ -19,6 +25,9 @@ export ROOT BUILD SCRATCH TIER=hwhost
 export HWHOST_TEST_TIMEOUT=${HWHOST_TEST_TIMEOUT:-600}
 mkdir -p "$logdir" "$SCRATCH"
 cd "$ROOT" || exit 1
+
+# What a crashed guest leaves in its VMM's log (godwit: src/vmm/vcpu.c; the guest's console).
+GUEST_CRASH_RE='vcpu[0-9]+: triple fault \(KVM_EXIT_SHUTDOWN\)|Kernel panic - not syncing.*'
 
 # Starting a process costs 0.1-0.3 s inside L1: builtins where possible.
 uptime() { local up _; read -r up _ </proc/uptime; echo "$up"; }
@@ -33,9 +42,24 @@ for t in "$@"; do
 	echo "hwhost: running $name (uptime $(uptime) s)"
 	# Forward result lines while the test runs, so the outer host sees progress, and the
 	# log tails that follow a FAIL, so a failure can be diagnosed from CI output alone.
+	# A test's lines go to RESULTS when it ends (run.sh takes only ended tests' lines).
 	timeout -k 10 "$HWHOST_TEST_TIMEOUT" bash "$t" </dev/null 2>&1 |
-		tee "$log" | grep --line-buffered -E '^(PASS|FAIL|SKIP|INFO) |^  \| ' >>"$results"
+		tee "$log" | grep --line-buffered -E '^(PASS|FAIL|SKIP|INFO) |^  \| ' >"$results.test"
 	rc=${PIPESTATUS[0]}
+	crash=''
+	if [ "${HWHOST_EMULATED:-0}" = 1 ] && grep -q '^FAIL ' "$results.test"; then
+		crash=$(grep -h -m1 -aoE "$GUEST_CRASH_RE" "$log" "$HW_ARTIFACTS"/*.log 2>/dev/null |
+			head -n 1 | tr -d '\r' | cut -c1-100)
+	fi
+	if [ -n "$crash" ]; then
+		{
+			echo "RETRY hwhost/$name: its guest crashed ($crash)"
+			grep -E '^FAIL ' "$results.test" | head -n 5 | cut -c1-300 | sed "s/^/RETRIED $name /"
+		} >>"$results"
+	else
+		cat "$results.test" >>"$results"
+	fi
+	rm -f "$results.test"
 	secs=$(( (${EPOCHREALTIME/[.,]/} - start) / 100000 ))
 	secs=$((secs / 10)).$((secs % 10))
 	if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then

@@ -17,8 +17,16 @@
 # kernel reports a soft lockup or an RCU stall (a CPU stuck in kernel mode) locked up,
 # and an L1 kernel panic ends QEMU.  The test that was running then is run again in a fresh
 # L1 (at most HWHOST_L1_RETRIES more times, said by an "INFO hwhost/harness:" line with L1's log
-# tail); only its results from an attempt that ran to the end count.  A test that fails
-# inside a working L1 is never run again.
+# tail); only its results from an attempt that ran to the end count.
+#
+# The same emulator fault also crashes the nested guest ("L2"): measured with QEMU itself
+# as L2's VMM in the same L1 (workload=migrate, disk and TCP), its guest hung (a vCPU
+# thread spinning in guest mode) and L1 then panicked in that vCPU thread ("stack guard
+# page was hit", a page-fault loop in the exception entry), as it does in godwit's vCPU
+# threads; QEMU 10.0 (bookworm-backports) as the emulator panicked the same way.  So a
+# test that FAILs while its guest triple-faulted or panicked (run-tests.sh's RETRY line)
+# is also run again in a fresh L1, with the same limit, said by an INFO line with its FAIL
+# lines; any other FAIL inside a working L1 stands, and is never run again.
 #
 # Prints each test's PASS/FAIL/SKIP (and INFO) lines when the test ends, then timings; if
 # L1 fails past the retries or the batch runs out of time, one "FAIL hwhost/harness: why"
@@ -32,7 +40,10 @@
 #   HWHOST_TESTS_PER_L1=1    tests per L1 boot (an L1 boots in ~10 s)
 #   HWHOST_L1_STALL=90       seconds of silence on L1's console that mean it froze
 #   HWHOST_L1_RETRIES=2      more fresh-L1 attempts for a test whose L1 froze, locked up
-#                            or died (measured: about one L1 panic per 8-test batch)
+#                            or died (measured: about one L1 panic per 8-test batch), or
+#                            whose guest crashed while it failed
+#   HWHOST_PIN=1             pin each VMM a test starts to one of L1's CPUs (lib-l1.sh's
+#                            hw_start says why); 0: let L1's scheduler move its threads
 #   HWHOST_L1_TCG=multi      QEMU's TCG threading: multi (one host thread per CPU) | single
 #   HWHOST_SCRATCH_GB=8      size of L1's sparse scratch disk
 #   HWHOST_L1_MEM=6144 HWHOST_L1_CPUS=2  (with 1 CPU the 2-vCPU guests run, but the guest's
@@ -242,8 +253,8 @@ l1_boot() {
 	local job=$sdir/job.sh
 	{
 		echo "# written by tests/hwhost/run.sh; run by tests/hwhost/l1-init in chroot /host"
-		printf 'export ROOT=%q BUILD=%q TIER=hwhost SCRATCH=/tmp/scratch HWHOST_TEST_TIMEOUT=%q\n' \
-			"$ROOT" "$BUILD" "$HWHOST_TEST_TIMEOUT"
+		printf 'export ROOT=%q BUILD=%q TIER=hwhost SCRATCH=/tmp/scratch HWHOST_TEST_TIMEOUT=%q HWHOST_EMULATED=1 HWHOST_PIN=%q\n' \
+			"$ROOT" "$BUILD" "$HWHOST_TEST_TIMEOUT" "${HWHOST_PIN:-1}"
 		printf 'exec bash %q %q %q' "$ROOT/tests/hwhost/run-tests.sh" "$sdir/results" "$RUNDIR/logs"
 		printf ' %q' "$@"
 		echo
@@ -326,6 +337,15 @@ l1_boot() {
 	fi
 }
 
+# keep_attempt_logs NAME: moves the logs of NAME's failed attempt aside (NAME.attemptN),
+# beside the next attempt's.
+keep_attempt_logs() {
+	local a=${attempts[$1]}
+	[ -e "$RUNDIR/logs/$1.log" ] && mv "$RUNDIR/logs/$1.log" "$RUNDIR/logs/$1.attempt$a.log"
+	[ -e "$RUNDIR/logs/$1" ] && mv "$RUNDIR/logs/$1" "$RUNDIR/logs/$1.attempt$a"
+	return 0
+}
+
 # The tests, HWHOST_TESTS_PER_L1 per L1 boot; a test whose L1 froze or died goes back to
 # the front of the queue (HWHOST_L1_RETRIES times), the tests after it stay queued.
 queue=("${tests[@]}")
@@ -345,29 +365,46 @@ while [ ${#queue[@]} -gt 0 ]; do
 		case " $finished " in *" $name "*) ;; *) rest+=("$t") ;; esac
 	done
 	queue=("${rest[@]}")
-	[ -z "$l1_why" ] && continue
-	if [ "$l1_setup" = 1 ]; then
+	# Tests that ended but whose guest crashed (run-tests.sh's RETRY lines): the same
+	# emulator fault as an L1 that dies (see the top), so the same retries.
+	again=()
+	while IFS= read -r line; do
+		name=${line#RETRY hwhost/} name=${name%%:*}
+		for t in "${group[@]}"; do
+			case $t in */t-"$name".sh) ;; *) continue ;; esac
+			attempts[$name]=$((${attempts[$name]:-0} + 1))
+			keep_attempt_logs "$name"
+			why="${line#RETRY hwhost/"$name": } (L1 #$boots)"
+			fails=$RUNDIR/logs/$name.attempt${attempts[$name]}.fails
+			sed -n "s/^RETRIED $name //p" "$RUNDIR/l1-$boots/results" >"$fails"
+			if [ "${attempts[$name]}" -le "$HWHOST_L1_RETRIES" ]; then
+				harness_line INFO "$name: $why; running $name again in a fresh L1" "$fails" 5
+				again+=("$t")
+			else
+				harness_fail "$name: $why, attempt ${attempts[$name]}; not run again" "$fails" 5
+			fi
+		done
+	done < <(grep '^RETRY hwhost/' "$RUNDIR/l1-$boots/results")
+	if [ -n "$l1_why" ] && [ "$l1_setup" = 1 ]; then
 		harness_fail "$l1_why" "$l1_log" 40
 		break
-	fi
-	if [ ${#queue[@]} -eq 0 ]; then
+	elif [ -n "$l1_why" ] && [ ${#queue[@]} -eq 0 ]; then
 		# Every test ended (its results are in) before L1 went wrong.
 		harness_line INFO "$l1_why after its last test ended (L1 #$boots)" "$l1_log" 25
-		break
+	elif [ -n "$l1_why" ]; then
+		# The test L1 was running when it failed: the first of the group not finished.
+		t=${queue[0]}
+		name=${t##*/} name=${name%.sh} name=${name#t-}
+		attempts[$name]=$((${attempts[$name]:-0} + 1))
+		keep_attempt_logs "$name"
+		if [ "${attempts[$name]}" -le "$HWHOST_L1_RETRIES" ]; then
+			harness_line INFO "$l1_why while running $name at L1 uptime ${l1_up:-?} s (L1 #$boots); running $name again in a fresh L1" "$l1_log" 25
+		else
+			harness_fail "$l1_why while running $name at L1 uptime ${l1_up:-?} s (L1 #$boots), attempt ${attempts[$name]}; not run again" "$l1_log" 40
+			queue=("${queue[@]:1}")
+		fi
 	fi
-	# The test L1 was running when it failed: the first of the group not finished.
-	t=${queue[0]}
-	name=${t##*/} name=${name%.sh} name=${name#t-}
-	attempts[$name]=$((${attempts[$name]:-0} + 1))
-	# Keep the failed attempt's logs beside the next attempt's.
-	[ -e "$RUNDIR/logs/$name.log" ] && mv "$RUNDIR/logs/$name.log" "$RUNDIR/logs/$name.attempt${attempts[$name]}.log"
-	[ -e "$RUNDIR/logs/$name" ] && mv "$RUNDIR/logs/$name" "$RUNDIR/logs/$name.attempt${attempts[$name]}"
-	if [ "${attempts[$name]}" -le "$HWHOST_L1_RETRIES" ]; then
-		harness_line INFO "$l1_why while running $name at L1 uptime ${l1_up:-?} s (L1 #$boots); running $name again in a fresh L1" "$l1_log" 25
-	else
-		harness_fail "$l1_why while running $name at L1 uptime ${l1_up:-?} s (L1 #$boots), attempt ${attempts[$name]}; not run again" "$l1_log" 40
-		queue=("${queue[@]:1}")
-	fi
+	queue=("${again[@]}" "${queue[@]}")
 done
 echo DONE >>"$RUNDIR/results"
 summary "L1 ($boots boot(s))"
