@@ -75,33 +75,11 @@ hw_need_guest() {
 # hw_append ARG...: the guest's kernel command line: the base plus ARG...
 hw_append() { echo "$HW_GUEST_APPEND $*"; }
 
-# Inside the emulated L1 (HWHOST_EMULATED=1, set by run.sh) each process hw_start starts
-# (a VMM) is pinned to one of L1's CPUs, the last one first, then the others in turn (a
-# migration's source and destination get different CPUs).  Measured (2-CPU L1, a 2-vCPU
-# guest under disk and TCP load, 60 s runs one after another in one L1): unpinned, both
-# L1s tried panicked, after 200 s (godwit's vCPU thread) and 320 s (QEMU's, whose guest
-# had hung); pinned, six runs (9 min) without a fault.  HWHOST_PIN=0 turns it off.
-HW_PIN_CPUS=()
-HW_PIN_N=0
-if [ "${HWHOST_EMULATED:-0}" = 1 ] && [ "${HWHOST_PIN:-1}" = 1 ]; then
-	hw_online=
-	read -r hw_online </sys/devices/system/cpu/online 2>/dev/null
-	IFS=, read -ra hw_ranges <<<"$hw_online"
-	for hw_r in "${hw_ranges[@]}"; do
-		for ((hw_c = ${hw_r%-*}; hw_c <= ${hw_r#*-}; hw_c++)); do HW_PIN_CPUS=("$hw_c" "${HW_PIN_CPUS[@]}"); done
-	done
-	unset hw_online hw_ranges hw_r hw_c
-fi
-
 # hw_start LOG CMD...: starts CMD in the background (output appended to LOG); sets HW_PID
-# and HW_T0 (start time, hw_now).  Inside L1, CMD runs pinned to one CPU (above).
+# and HW_T0 (start time, hw_now).
 hw_start() {
 	local log=$1
 	shift
-	if [ ${#HW_PIN_CPUS[@]} -gt 1 ]; then
-		set -- taskset -c "${HW_PIN_CPUS[HW_PIN_N % ${#HW_PIN_CPUS[@]}]}" "$@"
-		HW_PIN_N=$((HW_PIN_N + 1))
-	fi
 	HW_T0=${EPOCHREALTIME/,/.}
 	echo "+ $*" >>"$log"
 	"$@" </dev/null >>"$log" 2>&1 &

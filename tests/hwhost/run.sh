@@ -42,8 +42,6 @@
 #   HWHOST_L1_RETRIES=2      more fresh-L1 attempts for a test whose L1 froze, locked up
 #                            or died (measured: about one L1 panic per 8-test batch), or
 #                            whose guest crashed while it failed
-#   HWHOST_PIN=1             pin each VMM a test starts to one of L1's CPUs (lib-l1.sh's
-#                            hw_start says why); 0: let L1's scheduler move its threads
 #   HWHOST_L1_TCG=multi      QEMU's TCG threading: multi (one host thread per CPU) | single
 #   HWHOST_SCRATCH_GB=8      size of L1's sparse scratch disk
 #   HWHOST_L1_MEM=6144 HWHOST_L1_CPUS=2  (with 1 CPU the 2-vCPU guests run, but the guest's
@@ -253,8 +251,8 @@ l1_boot() {
 	local job=$sdir/job.sh
 	{
 		echo "# written by tests/hwhost/run.sh; run by tests/hwhost/l1-init in chroot /host"
-		printf 'export ROOT=%q BUILD=%q TIER=hwhost SCRATCH=/tmp/scratch HWHOST_TEST_TIMEOUT=%q HWHOST_EMULATED=1 HWHOST_PIN=%q\n' \
-			"$ROOT" "$BUILD" "$HWHOST_TEST_TIMEOUT" "${HWHOST_PIN:-1}"
+		printf 'export ROOT=%q BUILD=%q TIER=hwhost SCRATCH=/tmp/scratch HWHOST_TEST_TIMEOUT=%q HWHOST_EMULATED=1\n' \
+			"$ROOT" "$BUILD" "$HWHOST_TEST_TIMEOUT"
 		printf 'exec bash %q %q %q' "$ROOT/tests/hwhost/run-tests.sh" "$sdir/results" "$RUNDIR/logs"
 		printf ' %q' "$@"
 		echo

@@ -63,11 +63,6 @@ ip netns exec "$NS" timeout 500 python3 "$T_TMP/peer.py" "$MIB" "$peer_out" &
 hw_wait "$peer_out" '^peer: listening' 60 || { t_fail "$name" "the peer did not start"; exit 0; }
 
 log=$T_TMP/godwit-net.log
-# Unpinned (lib-l1.sh pins VMMs inside L1): on one L1 CPU with its vCPUs, godwit's
-# virtio-net thread runs only when a vCPU thread lets it, the guest's TCP then sends at
-# ~0.3 MiB/s and TSO autosizing makes mostly MSS-sized frames (measured: 16 MiB in 48 s,
-# 9492 frames for 11586 MSS-sized), which says nothing about godwit's offloads.
-HW_PIN_CPUS=()
 hw_start "$log" ip netns exec "$NS" "$GODWIT" run --kernel "$HW_GUEST_KERNEL" \
 	--initrd "$HW_GUEST_INITRD" --cpus 2 --mem 512M --name tier2-net --net tap=gwt0 \
 	--cmdline "$(hw_append godwit.workload=net godwit.ip=198.18.0.2/24 godwit.peer=198.18.0.1 godwit.netmib="$MIB")"
