@@ -29,6 +29,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <unistd.h>
 #include <linux/kvm.h>
 
@@ -798,6 +799,29 @@ void stream_writer_free(struct stream_writer *w)
 	free(w);
 }
 
+/*
+ * io_err - what failed I/O on fd means: a socket's SO_RCVTIMEO or SO_SNDTIMEO
+ * (the migration sets both) ends a blocked call with EAGAIN, which says
+ * "Resource temporarily unavailable"; that is a silent peer, said so with the
+ * timeout, and *e becomes ETIMEDOUT.  Anything else is strerror(*e).
+ */
+static const char *io_err(int fd, bool rd, int *e, char *buf, size_t len)
+{
+	struct timeval tv;
+	socklen_t tl = sizeof(tv);
+
+	if ((*e == EAGAIN || *e == EWOULDBLOCK) &&
+	    getsockopt(fd, SOL_SOCKET, rd ? SO_RCVTIMEO : SO_SNDTIMEO, &tv, &tl) == 0 &&
+	    (tv.tv_sec || tv.tv_usec)) {
+		snprintf(buf, len, "timed out: the peer %s for %lld.%03lld s",
+			 rd ? "sent nothing" : "took nothing", (long long)tv.tv_sec,
+			 (long long)tv.tv_usec / 1000);
+		*e = ETIMEDOUT;
+		return buf;
+	}
+	return strerror(*e);
+}
+
 /* Write out the buffer: all of it, retrying short writes and EINTR. */
 static int w_drain(struct stream_writer *w)
 {
@@ -814,9 +838,11 @@ static int w_drain(struct stream_writer *w)
 			continue;
 		if (n <= 0) {
 			int e = n < 0 ? errno : EIO;
+			char buf[64];
+			const char *why = io_err(w->fd, false, &e, buf, sizeof(buf));
 
 			return w_fail(w, -e, "write at stream offset %llu: %s",
-				      (unsigned long long)(w->off - w->len + done), strerror(e));
+				      (unsigned long long)(w->off - w->len + done), why);
 		}
 		done += (size_t)n;
 	}
@@ -1398,9 +1424,11 @@ static ssize_t r_read(struct stream_reader *r, void *dst, size_t n)
 			return k;
 		if (errno != EINTR) {
 			int e = errno;
+			char buf[64];
+			const char *why = io_err(r->fd, true, &e, buf, sizeof(buf));
 
 			return r_fail(r, -e, "read at offset 0x%llx: %s",
-				      (unsigned long long)(r->off + (r->end - r->pos)), strerror(e));
+				      (unsigned long long)(r->off + (r->end - r->pos)), why);
 		}
 	}
 }

@@ -22,6 +22,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 #include <linux/kvm.h>
@@ -646,6 +647,25 @@ TEST(stream_round_trip_pipe)
 	guest_free(&src);
 	guest_free(&dst);
 	free(L);
+}
+
+/* A silent peer on a socket with a receive timeout (as migrations set): ETIMEDOUT, said so. */
+TEST(stream_read_timeout_said)
+{
+	struct timeval tv = { .tv_sec = 0, .tv_usec = 200000 };
+	const struct stream_config *cfg;
+	struct stream_reader *r;
+	int sv[2];
+
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	CHECK_EQ(setsockopt(sv[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+	CHECK_EQ(write(sv[1], "GODW", 4), 4);   /* part of a preamble, then nothing */
+	CHECK_EQ(stream_reader_new(sv[0], &r), 0);
+	CHECK_EQ(stream_read_header(r, &cfg), -ETIMEDOUT);
+	CHECK(contains(stream_reader_error(r), "read at offset 0x4: timed out: the peer sent nothing for 0.200 s"));
+	stream_reader_free(r);
+	close(sv[0]);
+	close(sv[1]);
 }
 
 TEST(stream_round_trip_dirty_bitmap)
