@@ -22,6 +22,7 @@
 # plus: a VM that arrived by migration migrates on (onward).
 # The proxy (tests/kvm/migproxy.py) sits between source and destination.
 . "$(dirname "$0")/../lib.sh"
+. "$(dirname "$0")/lib-migrate.sh"
 
 N=migrate-faults
 t_need_kvm $N || exit 0
@@ -41,27 +42,6 @@ wait_reports() {
 	local i
 	for ((i = 0; i < $3 * 10; i++)); do
 		[ "$(reports "$1")" -ge "$2" ] && return 0
-		sleep 0.1
-	done
-	return 1
-}
-# wait_exit PID SECS: its exit status (124 and killed if it did not exit in time).
-wait_exit() {
-	local i
-	for ((i = 0; i < $2 * 10; i++)); do
-		if ! kill -0 "$1" 2>/dev/null; then wait "$1" 2>/dev/null; return $?; fi
-		sleep 0.1
-	done
-	kill "$1" 2>/dev/null
-	wait "$1" 2>/dev/null
-	return 124
-}
-# godwit_pid TIMEOUT_PID: the godwit that timeout(1) runs.
-godwit_pid() {
-	local i p
-	for ((i = 0; i < 50; i++)); do
-		p=$(pgrep -P "$1" | head -n 1)
-		[ -n "$p" ] && { echo "$p"; return 0; }
 		sleep 0.1
 	done
 	return 1
@@ -127,8 +107,6 @@ src_ok() {
 	fi
 	return 0
 }
-# kill_pid PID: end a process this script started, and reap it.
-kill_pid() { kill "$1" 2>/dev/null; wait "$1" 2>/dev/null; }
 
 # migrate_ok CASE: the VM at S_* migrates to a fresh destination (exit 0, the source
 # exits 6, the guest goes on there with errors=0).  The destination becomes S_* (WHY).

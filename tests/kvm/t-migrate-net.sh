@@ -28,6 +28,7 @@
 # announce: a request already in the guest's ring when the source paused is
 # answered by the destination, and that answer alone can teach the switch.
 . "$(dirname "$0")/../lib.sh"
+. "$(dirname "$0")/lib-migrate.sh"
 
 T=migrate-net
 SFX=$$
@@ -138,17 +139,6 @@ if command -v ping >/dev/null 2>&1; then PING=(ping); else PING=(busybox ping); 
 fdb_port() {
 	bridge -n "$NS_S" fdb show br brS 2>/dev/null |
 		awk -v m="$MAC" '$1 == m && $2 == "dev" { print $3; exit }'
-}
-# wait_exit PID SECS: its exit status (124 if it did not exit in time; then killed).
-wait_exit() {
-	local i
-	for ((i = 0; i < $2 * 10; i++)); do
-		if ! kill -0 "$1" 2>/dev/null; then wait "$1"; return $?; fi
-		sleep 0.1
-	done
-	kill "$1" 2>/dev/null
-	wait "$1"
-	return 124
 }
 now() { date +%s.%N; }
 # net_lines FILE: the complete net: reports in FILE (a console line being

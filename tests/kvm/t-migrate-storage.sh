@@ -31,6 +31,7 @@
 #                    refused without --overwrite (exit 1, the file and
 #                    --overwrite named, the file unchanged), done with it
 . "$(dirname "$0")/../lib.sh"
+. "$(dirname "$0")/lib-migrate.sh"
 
 N=storage
 t_need_kvm $N || exit 0
@@ -44,32 +45,17 @@ JCHECK=$HERE/journal_check.py
 T0=$(date +%s.%N)
 # STORAGE_CASES="journal sparse ...": run only these cases (default: all).
 want() { [ -z "${STORAGE_CASES:-}" ] || [[ " $STORAGE_CASES " == *" $1 "* ]]; }
-elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 
 # jlines FILE: the complete journal report lines of a console log.
 JL_RE='^journal: t=[0-9.]+ seq=[0-9]+ written=[0-9]+ flushed=[0-9]+ errors=[0-9]+ verified=[0-9]+ passes=[0-9]+$'
 jlines() { tr -d '\r' 2>/dev/null <"$1" | grep -aE "$JL_RE"; }
 njl() { jlines "$1" | wc -l; }
-# field LINE KEY: the number after " KEY=" in LINE.
-field() { sed -n "s/.* $2=\([0-9.]*\).*/\1/p" <<<"$1"; }
 # jget FILE KEY: a value of the compact JSON object in FILE.
 jget() { sed -n "s/.*[{,]\"$2\":\"\{0,1\}\([^\",}]*\).*/\1/p" "$1" 2>/dev/null | head -n 1; }
 # guest_bad FILE...: the guest's error lines, if any.
 guest_bad() {
 	grep -haE 'journal: ERROR|disk: ERROR|memtest: ERROR|EXCEPTION|virtio: .*did not answer|journal: verify skipped' "$@" 2>/dev/null | head -n 3
 	{ for f in "$@"; do jlines "$f"; done; } | grep -v ' errors=0 ' | head -n 2
-}
-sanitizer() { grep -haE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$@" 2>/dev/null | head -n 1; }
-# wait_exit PID SECS: its exit status (124 and killed if it did not exit in time).
-wait_exit() {
-	local i
-	for ((i = 0; i < $2 * 10; i++)); do
-		if ! kill -0 "$1" 2>/dev/null; then wait "$1" 2>/dev/null; return $?; fi
-		sleep 0.1
-	done
-	kill "$1" 2>/dev/null
-	wait "$1" 2>/dev/null
-	return 124
 }
 # wait_jl FILE N SECS: until FILE has N journal lines.
 wait_jl() {
@@ -80,17 +66,6 @@ wait_jl() {
 	done
 	return 1
 }
-# godwit_pid TIMEOUT_PID: the godwit that timeout(1) runs.
-godwit_pid() {
-	local i p
-	for ((i = 0; i < 50; i++)); do
-		p=$(pgrep -P "$1" | head -n 1)
-		[ -n "$p" ] && { echo "$p"; return 0; }
-		sleep 0.1
-	done
-	return 1
-}
-kill_pid() { kill "$1" 2>/dev/null; wait "$1" 2>/dev/null; }
 
 # start_src NAME ARGS...: a source VM; S_PID, S_SOCK, S_OUT, S_ERR.
 start_src() {

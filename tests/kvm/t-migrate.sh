@@ -25,6 +25,7 @@
 #                     status active, round >= 1, bytes growing; pause refused
 #                     (exit 1, "migration")
 . "$(dirname "$0")/../lib.sh"
+. "$(dirname "$0")/lib-migrate.sh"
 
 NS=gwt-mig-$$
 net_cleanup() {
@@ -41,14 +42,10 @@ fi
 T0=$(date +%s.%N)
 # MIGRATE_CASES="idle-tcp 50 ...": run only these cases (default: all).
 want() { [ -z "${MIGRATE_CASES:-}" ] || [[ " $MIGRATE_CASES " == *" $1 "* ]]; }
-# elapsed SINCE: seconds since SINCE (date +%s.%N), one decimal.
-elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 
 # mt_lines FILE: the complete memtest report lines of a console log.
 MT_RE='^memtest: t=[0-9.]+ gen=[0-9]+ verified=[0-9]+ dirtied=[0-9]+ errors=[0-9]+ stall_ms=[0-9.]+ max_stall_ms=[0-9]+\.[0-9]{3}$'
 mt_lines() { tr -d '\r' 2>/dev/null <"$1" | grep -aE "$MT_RE"; }
-# field LINE KEY: the number after " KEY=" in LINE.
-field() { sed -n "s/.* $2=\([0-9.]*\).*/\1/p" <<<"$1"; }
 # jget FILE KEY...: the values of KEYs in the compact JSON object in FILE,
 # space-separated (sed, not python: python's start-up takes seconds here
 # while the guest and the migration keep both cores busy).
@@ -60,17 +57,6 @@ jget() {
 		out="$out ${v:-?}"
 	done
 	echo "${out# }"
-}
-# wait_exit PID: its exit status, within 20 s (124 if it did not exit).
-wait_exit() {
-	local i
-	for ((i = 0; i < 200; i++)); do
-		if ! kill -0 "$1" 2>/dev/null; then wait "$1"; return $?; fi
-		sleep 0.1
-	done
-	kill "$1" 2>/dev/null
-	wait "$1"
-	return 124
 }
 # wait_lines FILE N [RE...]: until FILE has N memtest reports and a line
 # matching each RE (20 s).
@@ -86,8 +72,6 @@ wait_lines() {
 	done
 	return 1
 }
-# sanitizer FILE...: the first sanitizer report line in FILEs, if any.
-sanitizer() { grep -haE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$@" 2>/dev/null | head -n 1; }
 
 PFX=()	# a prefix for godwit run (ip netns exec NS), for migrate-devices
 
