@@ -171,6 +171,38 @@ hw_fail() {
 	done
 }
 
+# hw_diag PID OUT: what a VMM that stopped making progress is doing, into OUT: each of
+# its threads' state, CPU ticks (user+system) and wait channel, and KVM's counters for
+# its VM (debugfs, mounted by l1-init; summed over the vCPUs), sampled twice 2 s apart,
+# one line per thread and one for the VM ("A->B": first and second sample).  A vCPU thread running with its exits
+# stalled: the guest spins (or the emulator wedged it); halted, no interrupt injected:
+# the guest waits for an interrupt that does not come.
+hw_diag() {
+	local pid=$1 t d f st comm wchan v k line=
+	local -a w
+	local -A one=()
+	for k in 1 2; do
+		for t in /proc/"$pid"/task/*; do
+			read -r comm <"$t/comm" 2>/dev/null || continue
+			read -r st <"$t/stat" 2>/dev/null || continue
+			read -ra w <<<"${st##*) }"
+			read -r wchan <"$t/wchan" 2>/dev/null
+			v="state=${w[0]} ticks=$((w[11] + w[12])) wchan=${wchan:-?}"
+			if [ $k = 1 ]; then one[${t##*/}]=$v; else echo "${t##*/} $comm: ${one[${t##*/}]:-} -> $v"; fi
+		done
+		for d in /sys/kernel/debug/kvm/"$pid"-*; do
+			[ -d "$d" ] || continue
+			for f in exits halt_exits irq_injections irq_exits io_exits mmio_exits; do
+				[ -r "$d/$f" ] || continue
+				read -r v <"$d/$f"
+				if [ $k = 1 ]; then one[$d/$f]=$v; else line+=" $f=${one[$d/$f]:-}->$v"; fi
+			done
+			[ $k = 2 ] && echo "kvm VM ${d##*/} (all vCPUs):$line" && line=
+		done
+		[ $k = 1 ] && hw_sleep 2
+	done >"$2" 2>&1
+}
+
 # hw_count_lines LOG PREFIX: sets HW_N to the number of LOG's lines starting with PREFIX.
 hw_count_lines() {
 	local l

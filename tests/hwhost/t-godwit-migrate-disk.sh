@@ -49,7 +49,16 @@ fi
 GODWIT=$SCRATCH/migrate-disk.bin
 
 # fail WHY LOG...: FAIL with the tails of LOG...
-fail() { hw_fail "$name" "$@"; }
+# fail WHY LOG...: FAIL with the tails of LOG... and what the running godwit (the
+# destination if it runs, else the source) is doing.
+fail() {
+	if [ -n "${dpid:-}" ] && kill -0 "$dpid" 2>/dev/null; then
+		hw_diag "$dpid" "$T_TMP/migrate-disk-dst-diag.log"
+	elif [ -n "${spid:-}" ] && kill -0 "$spid" 2>/dev/null; then
+		hw_diag "$spid" "$T_TMP/migrate-disk-src-diag.log"
+	fi
+	hw_fail "$name" "$@" "$T_TMP"/migrate-disk-*-diag.log
+}
 
 # ---- the source image: 128 MiB, ext4 made here ----------------------------------------
 truncate -s 128M "$simg"

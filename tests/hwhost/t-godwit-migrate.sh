@@ -80,7 +80,13 @@ fail() {
 		bridge -n "$NSB" fdb show br br0 2>&1 | grep -v permanent
 		ip -n "$NSB" -s link show 2>&1 | grep -A5 -E 'gwmtap|gwmveth'
 	} >"$T_TMP/godwit-migrate-bridge.log" 2>&1
-	hw_fail "$name" "$@" "$T_TMP/godwit-migrate-bridge.log"
+	# The destination's threads and vCPUs if it runs, else the source's.
+	if [ -n "${dpid:-}" ] && kill -0 "$dpid" 2>/dev/null; then
+		hw_diag "$dpid" "$T_TMP/godwit-migrate-dst-diag.log"
+	elif [ -n "${spid:-}" ] && kill -0 "$spid" 2>/dev/null; then
+		hw_diag "$spid" "$T_TMP/godwit-migrate-src-diag.log"
+	fi
+	hw_fail "$name" "$@" "$T_TMP/godwit-migrate-bridge.log" "$T_TMP"/godwit-migrate-*-diag.log
 }
 
 # ---- the network: bridge (TAP A, TAP B, veth) in NSB, the peer in NSP -----------------
