@@ -171,16 +171,21 @@ hw_fail() {
 	done
 }
 
-# hw_diag PID OUT: what a VMM that stopped making progress is doing, into OUT: each of
-# its threads' state, CPU ticks (user+system) and wait channel, and KVM's counters for
-# its VM (debugfs, mounted by l1-init; summed over the vCPUs), sampled twice 2 s apart,
-# one line per thread and one for the VM ("A->B": first and second sample).  A vCPU thread running with its exits
-# stalled: the guest spins (or the emulator wedged it); halted, no interrupt injected:
-# the guest waits for an interrupt that does not come.
+# hw_diag PID OUT: what a VMM whose guest stopped making progress is doing, into OUT:
+# each of its threads' state, CPU ticks (user+system) and wait channel, and KVM's
+# counters for its VM (debugfs, mounted by l1-init; summed over the vCPUs), sampled twice
+# 2 s apart, one line per thread and one for the VM ("A -> B": the two samples).  A vCPU
+# thread halted with no interrupt injected: the guest waits for an interrupt that does
+# not come (godwit's bug class: a lost interrupt).  A vCPU thread on a CPU most of the
+# time adds a line "verdict: a vCPU thread ran while the guest made no progress": how
+# the emulated L1 wedges a guest (seen with QEMU as the VMM: its vCPU thread at 100%,
+# the guest silent, not even its soft-lockup watchdog printing, then L1 panicked), which
+# run-tests.sh treats like a crashed guest.  Call it only once the test has seen no
+# progress: a busy guest that makes progress also keeps its vCPU threads running.
 hw_diag() {
-	local pid=$1 t d f st comm wchan v k line=
+	local pid=$1 t d f st comm wchan v k line= busy=
 	local -a w
-	local -A one=()
+	local -A one=() ticks=()
 	for k in 1 2; do
 		for t in /proc/"$pid"/task/*; do
 			read -r comm <"$t/comm" 2>/dev/null || continue
@@ -188,7 +193,16 @@ hw_diag() {
 			read -ra w <<<"${st##*) }"
 			read -r wchan <"$t/wchan" 2>/dev/null
 			v="state=${w[0]} ticks=$((w[11] + w[12])) wchan=${wchan:-?}"
-			if [ $k = 1 ]; then one[${t##*/}]=$v; else echo "${t##*/} $comm: ${one[${t##*/}]:-} -> $v"; fi
+			if [ $k = 1 ]; then
+				one[${t##*/}]=$v ticks[${t##*/}]=$((w[11] + w[12]))
+				continue
+			fi
+			echo "${t##*/} $comm: ${one[${t##*/}]:-} -> $v"
+			# A vCPU thread on a CPU for over half of the 2 s (ticks are 1/100 s).
+			if [[ $comm == vcpu* ]] && [ -n "${ticks[${t##*/}]:-}" ] &&
+				[ $((w[11] + w[12] - ticks[${t##*/}])) -gt 100 ]; then
+				busy+=" $comm ($((w[11] + w[12] - ticks[${t##*/}])) ticks)"
+			fi
 		done
 		for d in /sys/kernel/debug/kvm/"$pid"-*; do
 			[ -d "$d" ] || continue
@@ -201,6 +215,22 @@ hw_diag() {
 		done
 		[ $k = 1 ] && hw_sleep 2
 	done >"$2" 2>&1
+	# Why the vCPUs exit: KVM's kvm_exit trace event for 0.5 s, the commonest reasons and
+	# guest addresses first (tracing is L1-wide: the other VM, if any, shows up too).
+	local tr=/sys/kernel/debug/tracing
+	if [ -w "$tr/events/kvm/kvm_exit/enable" ]; then
+		{
+			: >"$tr/trace"
+			echo 1 >"$tr/events/kvm/kvm_exit/enable"
+			hw_sleep 0.5
+			echo 0 >"$tr/events/kvm/kvm_exit/enable"
+			grep -oE 'reason [A-Za-z_]+ rip 0x[0-9a-f]+' "$tr/trace" | sort | uniq -c | sort -rn |
+				head -n 4 | sed 's/^ */kvm_exit in 0.5 s: /'
+			: >"$tr/trace"
+		} >>"$2" 2>&1
+	fi
+	[ -n "$busy" ] && echo "verdict: a vCPU thread ran while the guest made no progress:$busy in 2 s" >>"$2"
+	return 0
 }
 
 # hw_count_lines LOG PREFIX: sets HW_N to the number of LOG's lines starting with PREFIX.

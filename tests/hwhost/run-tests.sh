@@ -12,8 +12,8 @@
 # "DONE".
 #
 # With HWHOST_EMULATED=1 (run.sh sets it inside the emulated L1) a test that failed while
-# its guest crashed (godwit's "triple fault (KVM_EXIT_SHUTDOWN)" or a guest "Kernel panic"
-# in its log or its saved logs) gets, instead of its results, one line "RETRY hwhost/NAME:
+# its guest crashed (godwit's "triple fault (KVM_EXIT_SHUTDOWN)", a guest "Kernel panic" or
+# hw_diag's verdict of a wedged guest in its log or its saved logs) gets, instead of its results, one line "RETRY hwhost/NAME:
 # why" and its FAIL lines as "RETRIED NAME FAIL ..." lines: run.sh runs it again in a fresh
 # L1 (see there why).  On real hardware the FAIL stands.
 set -u
@@ -26,8 +26,9 @@ export HWHOST_TEST_TIMEOUT=${HWHOST_TEST_TIMEOUT:-600}
 mkdir -p "$logdir" "$SCRATCH"
 cd "$ROOT" || exit 1
 
-# What a crashed guest leaves in its VMM's log (godwit: src/vmm/vcpu.c; the guest's console).
-GUEST_CRASH_RE='vcpu[0-9]+: triple fault \(KVM_EXIT_SHUTDOWN\)|Kernel panic - not syncing.*'
+# What a crashed guest leaves in its VMM's log (godwit: src/vmm/vcpu.c; the guest's console),
+# and lib-l1.sh's hw_diag for a guest the emulator wedged.
+GUEST_CRASH_RE='vcpu[0-9]+: triple fault \(KVM_EXIT_SHUTDOWN\)|Kernel panic - not syncing.*|verdict: a vCPU thread ran while the guest made no progress.*'
 
 # Starting a process costs 0.1-0.3 s inside L1: builtins where possible.
 uptime() { local up _; read -r up _ </proc/uptime; echo "$up"; }

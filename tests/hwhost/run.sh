@@ -24,9 +24,10 @@
 # thread spinning in guest mode) and L1 then panicked in that vCPU thread ("stack guard
 # page was hit", a page-fault loop in the exception entry), as it does in godwit's vCPU
 # threads; QEMU 10.0 (bookworm-backports) as the emulator panicked the same way.  So a
-# test that FAILs while its guest triple-faulted or panicked (run-tests.sh's RETRY line)
-# is also run again in a fresh L1, with the same limit, said by an INFO line with its FAIL
-# lines; any other FAIL inside a working L1 stands, and is never run again.
+# test that FAILs while its guest triple-faulted, panicked or was wedged (no progress while
+# its vCPU thread kept running: lib-l1.sh's hw_diag; run-tests.sh's RETRY line) is also
+# run again in a fresh L1, with the same limit, said by an INFO line with its FAIL lines;
+# any other FAIL inside a working L1 stands, and is never run again.
 #
 # Prints each test's PASS/FAIL/SKIP (and INFO) lines when the test ends, then timings; if
 # L1 fails past the retries or the batch runs out of time, one "FAIL hwhost/harness: why"

@@ -49,15 +49,13 @@ fi
 GODWIT=$SCRATCH/migrate-disk.bin
 
 # fail WHY LOG...: FAIL with the tails of LOG...
-# fail WHY LOG...: FAIL with the tails of LOG... and what the running godwit (the
-# destination if it runs, else the source) is doing.
-fail() {
-	if [ -n "${dpid:-}" ] && kill -0 "$dpid" 2>/dev/null; then
-		hw_diag "$dpid" "$T_TMP/migrate-disk-dst-diag.log"
-	elif [ -n "${spid:-}" ] && kill -0 "$spid" 2>/dev/null; then
-		hw_diag "$spid" "$T_TMP/migrate-disk-src-diag.log"
-	fi
-	hw_fail "$name" "$@" "$T_TMP"/migrate-disk-*-diag.log
+fail() { hw_fail "$name" "$@"; }
+# stuck WHY LOG...: fail, for a guest that stopped making progress, with what each godwit
+# still running is doing (lib-l1.sh's hw_diag).
+stuck() {
+	[ -n "${spid:-}" ] && kill -0 "$spid" 2>/dev/null && hw_diag "$spid" "$T_TMP/migrate-disk-src-diag.log"
+	[ -n "${dpid:-}" ] && kill -0 "$dpid" 2>/dev/null && hw_diag "$dpid" "$T_TMP/migrate-disk-dst-diag.log"
+	fail "$@" "$T_TMP"/migrate-disk-*-diag.log
 }
 
 # ---- the source image: 128 MiB, ext4 made here ----------------------------------------
@@ -88,7 +86,7 @@ hw_wait "$slog" '^linux-guest: ext4 (started|mount failed)|^linux-guest: powerof
 rc=$?
 started=$(hw_line "$slog" 'linux-guest: ext4 started ')
 if [ $rc -ne 0 ] || [ -z "$started" ]; then
-	fail "the guest's ext4 workload did not start (wait status $rc)" "$slog"
+	stuck "the guest's ext4 workload did not start (wait status $rc)" "$slog"
 	exit 0
 fi
 echo "# guest workload started $(hw_since "$t_boot") s after godwit started: $started"
@@ -112,7 +110,7 @@ fi
 
 # Two progress reports (~10 s of writing) before the migration.
 if ! hw_wait_count "$slog" "linux-guest: ext4 t=" 2 90 "$spid"; then
-	fail "no progress reports from the guest before the migration" "$slog"
+	stuck "no progress reports from the guest before the migration" "$slog"
 	exit 0
 fi
 if ! kill -0 "$spid" 2>/dev/null; then
@@ -173,7 +171,7 @@ hw_wait_count "$dlog" "linux-guest: ext4 t=" 2 120 "$dpid"
 wrc=$?
 echo "please ext4-stop" >&"$cfd"
 if [ $wrc -ne 0 ]; then
-	fail "no progress reports from the guest on the destination (wait status $wrc)" "$dlog"
+	stuck "no progress reports from the guest on the destination (wait status $wrc)" "$dlog"
 	exit 0
 fi
 hw_wait "$dlog" '^linux-guest: poweroff|Kernel panic' 180 "$dpid"
@@ -184,7 +182,7 @@ dstrc=$HW_RC
 echo "# destination: exit $dstrc; guest: $(hw_line "$dlog" 'linux-guest: ext4 stopped ')"
 echo "# guest: $(hw_line "$dlog" 'linux-guest: ext4 verify ')"
 if [ $wrc -ne 0 ]; then
-	fail "the guest did not finish on the destination (wait status $wrc)" "$dlog"
+	stuck "the guest did not finish on the destination (wait status $wrc)" "$dlog"
 	exit 0
 fi
 

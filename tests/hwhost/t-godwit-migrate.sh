@@ -80,13 +80,14 @@ fail() {
 		bridge -n "$NSB" fdb show br br0 2>&1 | grep -v permanent
 		ip -n "$NSB" -s link show 2>&1 | grep -A5 -E 'gwmtap|gwmveth'
 	} >"$T_TMP/godwit-migrate-bridge.log" 2>&1
-	# The destination's threads and vCPUs if it runs, else the source's.
-	if [ -n "${dpid:-}" ] && kill -0 "$dpid" 2>/dev/null; then
-		hw_diag "$dpid" "$T_TMP/godwit-migrate-dst-diag.log"
-	elif [ -n "${spid:-}" ] && kill -0 "$spid" 2>/dev/null; then
-		hw_diag "$spid" "$T_TMP/godwit-migrate-src-diag.log"
-	fi
 	hw_fail "$name" "$@" "$T_TMP/godwit-migrate-bridge.log" "$T_TMP"/godwit-migrate-*-diag.log
+}
+# stuck WHY LOG...: fail, for a guest that stopped making progress, with what each godwit
+# still running is doing (lib-l1.sh's hw_diag).
+stuck() {
+	[ -n "${spid:-}" ] && kill -0 "$spid" 2>/dev/null && hw_diag "$spid" "$T_TMP/godwit-migrate-src-diag.log"
+	[ -n "${dpid:-}" ] && kill -0 "$dpid" 2>/dev/null && hw_diag "$dpid" "$T_TMP/godwit-migrate-dst-diag.log"
+	fail "$@"
 }
 
 # ---- the network: bridge (TAP A, TAP B, veth) in NSB, the peer in NSP -----------------
@@ -196,7 +197,7 @@ t_boot=$(hw_now)
 hw_wait "$slog" '^linux-guest: migrate started|^linux-guest: poweroff|Kernel panic' 240 "$spid"
 rc=$?
 if [ $rc -ne 0 ] || [ -z "$(hw_line "$slog" 'linux-guest: migrate started')" ]; then
-	fail "the guest's migrate workload did not start (wait status $rc)" "$slog" "$plog"
+	stuck "the guest's migrate workload did not start (wait status $rc)" "$slog" "$plog"
 	exit 0
 fi
 echo "# guest workload started $(hw_since "$t_boot") s after godwit started"
@@ -212,7 +213,7 @@ fi
 
 # Two progress reports (~10 s of I/O) before the migration.
 if ! hw_wait_count "$slog" "linux-guest: migrate disk " 2 90 "$spid"; then
-	fail "no I/O progress reports from the guest before the migration" "$slog" "$plog"
+	stuck "no I/O progress reports from the guest before the migration" "$slog" "$plog"
 	exit 0
 fi
 if [ -z "$(hw_line "$plog" 'peer: connected')" ]; then
@@ -258,7 +259,7 @@ hw_wait_count "$dlog" "linux-guest: migrate disk " 2 120 "$dpid"
 wrc=$?
 : >"$stop"
 if [ $wrc -ne 0 ]; then
-	fail "no I/O progress reports from the guest on the destination (wait status $wrc)" "$dlog" "$plog"
+	stuck "no I/O progress reports from the guest on the destination (wait status $wrc)" "$dlog" "$plog"
 	exit 0
 fi
 hw_wait "$dlog" '^linux-guest: poweroff|Kernel panic' 180 "$dpid"
@@ -270,7 +271,7 @@ hw_wait "$plog" '^peer: done' 30
 echo "# destination: exit $dstrc; guest: $(hw_line "$dlog" 'linux-guest: migrate done ')"
 echo "# peer: $(hw_line "$plog" 'peer: done ')"
 if [ $wrc -ne 0 ]; then
-	fail "the guest did not finish on the destination (wait status $wrc)" "$dlog" "$plog"
+	stuck "the guest did not finish on the destination (wait status $wrc)" "$dlog" "$plog"
 	exit 0
 fi
 
