@@ -48,14 +48,14 @@ if ! cp "$GODWIT" "$SCRATCH/migrate-disk.bin"; then
 fi
 GODWIT=$SCRATCH/migrate-disk.bin
 
-# fail WHY LOG...: FAIL with the tails of LOG...
-fail() { hw_fail "$name" "$@"; }
+# fail WHY LOG...: FAIL with the tails of LOG... (and of hw_diag's files, if any)
+fail() { hw_fail "$name" "$@" "$T_TMP"/migrate-disk-*-diag.log; }
 # stuck WHY LOG...: fail, for a guest that stopped making progress, with what each godwit
 # still running is doing (lib-l1.sh's hw_diag).
 stuck() {
 	[ -n "${spid:-}" ] && kill -0 "$spid" 2>/dev/null && hw_diag "$spid" "$T_TMP/migrate-disk-src-diag.log"
 	[ -n "${dpid:-}" ] && kill -0 "$dpid" 2>/dev/null && hw_diag "$dpid" "$T_TMP/migrate-disk-dst-diag.log"
-	fail "$@" "$T_TMP"/migrate-disk-*-diag.log
+	fail "$@"
 }
 
 # ---- the source image: 128 MiB, ext4 made here ----------------------------------------
@@ -176,13 +176,15 @@ if [ $wrc -ne 0 ]; then
 fi
 hw_wait "$dlog" '^linux-guest: poweroff|Kernel panic' 180 "$dpid"
 wrc=$?
+# Timed out: what the destination is doing, before it is stopped.
+[ $wrc -eq 2 ] && hw_diag "$dpid" "$T_TMP/migrate-disk-dst-diag.log"
 [ $wrc -eq 0 ] && hw_wait_exit "$dpid" 60
 hw_stop "$dpid"
 dstrc=$HW_RC
 echo "# destination: exit $dstrc; guest: $(hw_line "$dlog" 'linux-guest: ext4 stopped ')"
 echo "# guest: $(hw_line "$dlog" 'linux-guest: ext4 verify ')"
 if [ $wrc -ne 0 ]; then
-	stuck "the guest did not finish on the destination (wait status $wrc)" "$dlog"
+	fail "the guest did not finish on the destination (wait status $wrc)" "$dlog"
 	exit 0
 fi
 

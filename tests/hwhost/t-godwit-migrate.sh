@@ -264,6 +264,8 @@ if [ $wrc -ne 0 ]; then
 fi
 hw_wait "$dlog" '^linux-guest: poweroff|Kernel panic' 180 "$dpid"
 wrc=$?
+# Timed out: what the destination is doing, before it is stopped.
+[ $wrc -eq 2 ] && hw_diag "$dpid" "$T_TMP/godwit-migrate-dst-diag.log"
 [ $wrc -eq 0 ] && hw_wait_exit "$dpid" 60
 hw_stop "$dpid"
 dstrc=$HW_RC
@@ -271,7 +273,7 @@ hw_wait "$plog" '^peer: done' 30
 echo "# destination: exit $dstrc; guest: $(hw_line "$dlog" 'linux-guest: migrate done ')"
 echo "# peer: $(hw_line "$plog" 'peer: done ')"
 if [ $wrc -ne 0 ]; then
-	stuck "the guest did not finish on the destination (wait status $wrc)" "$dlog" "$plog"
+	fail "the guest did not finish on the destination (wait status $wrc)" "$dlog" "$plog"
 	exit 0
 fi
 
