@@ -235,6 +235,18 @@ hw_diag() {
 	return 0
 }
 
+# hw_diag_live PREFIX ROLE=PID...: hw_diag of each PID still running, into
+# $T_TMP/PREFIX-ROLE-diag.log (e.g. hw_diag_live godwit-migrate src="$spid" dst="$dpid").
+hw_diag_live() {
+	local prefix=$1 a
+	shift
+	for a in "$@"; do
+		[ -n "${a#*=}" ] && kill -0 "${a#*=}" 2>/dev/null &&
+			hw_diag "${a#*=}" "$T_TMP/$prefix-${a%%=*}-diag.log"
+	done
+	return 0
+}
+
 # hw_count_lines LOG PREFIX: sets HW_N to the number of LOG's lines starting with PREFIX.
 hw_count_lines() {
 	local l

@@ -12,10 +12,11 @@
 # "DONE".
 #
 # With HWHOST_EMULATED=1 (run.sh sets it inside the emulated L1) a test that failed while
-# its guest crashed (godwit's "triple fault (KVM_EXIT_SHUTDOWN)", a guest "Kernel panic" or
-# hw_diag's verdict of a wedged guest in its log or its saved logs) gets, instead of its results, one line "RETRY hwhost/NAME:
-# why" and its FAIL lines as "RETRIED NAME FAIL ..." lines: run.sh runs it again in a fresh
-# L1 (see there why).  On real hardware the FAIL stands.
+# its guest crashed (godwit's "triple fault (KVM_EXIT_SHUTDOWN)", a guest "Kernel panic")
+# or was wedged (lib-l1.sh's hw_diag verdict), in its log or its saved logs, gets instead
+# of its results one line "RETRY hwhost/NAME: why" and its FAIL lines as "RETRIED NAME
+# FAIL ..." lines: run.sh runs it again in a fresh L1 (see there why).  On real hardware
+# the FAIL stands.
 set -u
 results=$1
 logdir=$2
@@ -54,7 +55,7 @@ for t in "$@"; do
 	fi
 	if [ -n "$crash" ]; then
 		{
-			echo "RETRY hwhost/$name: its guest crashed ($crash)"
+			echo "RETRY hwhost/$name: its guest crashed or wedged ($crash)"
 			grep -E '^FAIL ' "$results.test" | head -n 5 | cut -c1-300 | sed "s/^/RETRIED $name /"
 		} >>"$results"
 	else

@@ -85,8 +85,7 @@ fail() {
 # stuck WHY LOG...: fail, for a guest that stopped making progress, with what each godwit
 # still running is doing (lib-l1.sh's hw_diag).
 stuck() {
-	[ -n "${spid:-}" ] && kill -0 "$spid" 2>/dev/null && hw_diag "$spid" "$T_TMP/godwit-migrate-src-diag.log"
-	[ -n "${dpid:-}" ] && kill -0 "$dpid" 2>/dev/null && hw_diag "$dpid" "$T_TMP/godwit-migrate-dst-diag.log"
+	hw_diag_live godwit-migrate src="${spid:-}" dst="${dpid:-}"
 	fail "$@"
 }
 
@@ -265,7 +264,7 @@ fi
 hw_wait "$dlog" '^linux-guest: poweroff|Kernel panic' 180 "$dpid"
 wrc=$?
 # Timed out: what the destination is doing, before it is stopped.
-[ $wrc -eq 2 ] && hw_diag "$dpid" "$T_TMP/godwit-migrate-dst-diag.log"
+[ $wrc -eq 2 ] && hw_diag_live godwit-migrate dst="$dpid"
 [ $wrc -eq 0 ] && hw_wait_exit "$dpid" 60
 hw_stop "$dpid"
 dstrc=$HW_RC

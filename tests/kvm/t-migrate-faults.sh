@@ -22,7 +22,7 @@
 # plus: a VM that arrived by migration migrates on (onward).
 # The proxy (tests/kvm/migproxy.py) sits between source and destination.
 . "$(dirname "$0")/../lib.sh"
-. "$(dirname "$0")/lib-migrate.sh"
+. "$(dirname "$0")/lib-vm.sh"
 
 N=migrate-faults
 t_need_kvm $N || exit 0

@@ -28,7 +28,7 @@
 # announce: a request already in the guest's ring when the source paused is
 # answered by the destination, and that answer alone can teach the switch.
 . "$(dirname "$0")/../lib.sh"
-. "$(dirname "$0")/lib-migrate.sh"
+. "$(dirname "$0")/lib-vm.sh"
 
 T=migrate-net
 SFX=$$

@@ -31,7 +31,7 @@
 #                    refused without --overwrite (exit 1, the file and
 #                    --overwrite named, the file unchanged), done with it
 . "$(dirname "$0")/../lib.sh"
-. "$(dirname "$0")/lib-migrate.sh"
+. "$(dirname "$0")/lib-vm.sh"
 
 N=storage
 t_need_kvm $N || exit 0

@@ -25,7 +25,7 @@
 #                     status active, round >= 1, bytes growing; pause refused
 #                     (exit 1, "migration")
 . "$(dirname "$0")/../lib.sh"
-. "$(dirname "$0")/lib-migrate.sh"
+. "$(dirname "$0")/lib-vm.sh"
 
 NS=gwt-mig-$$
 net_cleanup() {

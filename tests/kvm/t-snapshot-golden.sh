@@ -20,6 +20,7 @@
 # logs how far off the TSC is; the test prints it.  On hosts that honour TSC
 # writes (real VT-x/AMD-V) the clock continues exactly.
 . "$(dirname "$0")/../lib.sh"
+. "$(dirname "$0")/lib-vm.sh"
 
 t_need_kvm snapshot-golden || exit 0
 shopt -s nullglob
@@ -29,21 +30,10 @@ if [ ${#goldens[@]} -eq 0 ]; then
 	exit 0
 fi
 
-# field LINE KEY: the value of KEY=value in LINE.
+# field LINE KEY: the value of KEY=value in LINE (any value, not only lib-vm.sh's numbers).
 field() { sed -n "s/.* $2=\\([^ ]*\\).*/\\1/p" <<<" $1"; }
 # tenths T: "12.3" -> 123
 tenths() { local a=${1%.*} b=${1#*.}; echo $((10#$a * 10 + 10#$b)); }
-# wait_exit PID: its exit status, within 20 s (124 if it did not exit).
-wait_exit() {
-	local i
-	for ((i = 0; i < 200; i++)); do
-		if ! kill -0 "$1" 2>/dev/null; then wait "$1"; return $?; fi
-		sleep 0.1
-	done
-	kill "$1" 2>/dev/null
-	wait "$1"
-	return 124
-}
 
 for g in "${goldens[@]}"; do
 	base=$(basename "$g" .gws)

@@ -11,6 +11,7 @@
 # echo; after snapshot and restore onto a new TAP it answers again, with the
 # MAC from the stream (the host learns it afresh by ARP on the new TAP).
 . "$(dirname "$0")/../lib.sh"
+. "$(dirname "$0")/lib-vm.sh"
 
 t_need_kvm snapshot || exit 0
 if [ ! -f "$GUEST_ELF" ]; then
@@ -33,17 +34,6 @@ wait_reports() {
 		sleep 0.1
 	done
 	return 1
-}
-# wait_exit PID: its exit status, within 20 s (124 if it did not exit).
-wait_exit() {
-	local i
-	for ((i = 0; i < 200; i++)); do
-		if ! kill -0 "$1" 2>/dev/null; then wait "$1"; return $?; fi
-		sleep 0.1
-	done
-	kill "$1" 2>/dev/null
-	wait "$1"
-	return 124
 }
 
 # ---- the first run: snapshot --resume, a refused path, snapshot (stop) -----------------

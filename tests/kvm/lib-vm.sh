@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# tests/kvm/lib-migrate.sh - helpers the tier-1 migration tests (t-migrate*.sh) share.
+# tests/kvm/lib-vm.sh - helpers the tier-1 tests that start and stop godwit VMs share
+# (t-migrate*.sh, t-snapshot*.sh).
 # Source tests/lib.sh first.
 
 # elapsed SINCE: seconds since SINCE (date +%s.%N), one decimal.
