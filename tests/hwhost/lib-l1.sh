@@ -107,7 +107,15 @@ hw_wait() {
 		# The last line may be incomplete: look at it again next time.
 		[ ${#lines[@]} -gt 1 ] && n=$((n + ${#lines[@]} - 1))
 		HW_WAITED=$(hw_since "$t0")
-		[ $dead = 1 ] && return 1
+		if [ $dead = 1 ]; then
+			# PID is gone and LOG final: one more look at all of it.  (Seen once in
+			# L1: a poweroff line in the final log that this loop had not matched.)
+			mapfile -t lines <"$log"
+			for l in "${lines[@]}"; do
+				[[ $l =~ $re ]] && return 0
+			done
+			return 1
+		fi
 		[ "${EPOCHREALTIME/[.,]/}" -ge "$deadline" ] && return 2
 		hw_sleep 0.2
 	done
