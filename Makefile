@@ -57,7 +57,9 @@ OBJS += src/migration/state.o
 OBJS += src/migration/crc32c.o
 OBJS += src/migration/stream.o
 OBJS += src/migration/snapshot.o
+OBJS += src/migration/handoff.o
 OBJS += src/migration/migrate.o
+OBJS += src/migration/incoming.o
 OBJS += src/migration/disk.o
 OBJS += src/cmd/stream_dump.o
 OBJS += src/cmd/run.o
@@ -164,16 +166,22 @@ clean:
 #   build-fuzz/fuzz-boot -max_total_time=60 build-fuzz/corpus-boot
 FUZZ_CFLAGS := -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -D_GNU_SOURCE
 .PHONY: fuzz
-fuzz: build-fuzz/fuzz-boot build-fuzz/fuzz-virtq build-fuzz/fuzz-stream
+fuzz: build-fuzz/fuzz-boot build-fuzz/fuzz-virtq build-fuzz/fuzz-stream build-fuzz/fuzz-handoff
 build-fuzz/fuzz-boot: tests/fuzz/fuzz_boot.c src/arch/x86/boot.c include/godwit/boot.h
 	@mkdir -p $(dir $@)
 	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_boot.c src/arch/x86/boot.c
 # The stream reader, with its checksums optional (the target's first byte decides).
 FUZZ_STREAM_SRCS := tests/fuzz/fuzz_stream.c src/migration/stream.c src/migration/crc32c.c \
-	src/migration/state.c src/arch/x86/cpuid.c
+	src/migration/state.c src/arch/x86/cpuid.c src/vmm/util.c
 build-fuzz/fuzz-stream: $(FUZZ_STREAM_SRCS) include/godwit/stream.h include/godwit/crc32c.h include/godwit/state.h
 	@mkdir -p $(dir $@)
 	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -o $@ $(FUZZ_STREAM_SRCS)
+# The control messages and both sides' hand-off (the first byte: side and failures).
+FUZZ_HANDOFF_SRCS := tests/fuzz/fuzz_handoff.c src/migration/handoff.c src/migration/crc32c.c \
+	src/vmm/log.c
+build-fuzz/fuzz-handoff: $(FUZZ_HANDOFF_SRCS) include/godwit/handoff.h
+	@mkdir -p $(dir $@)
+	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ $(FUZZ_HANDOFF_SRCS)
 build-fuzz/fuzz-virtq: tests/fuzz/fuzz_virtq.c src/devices/virtio/core.c src/vmm/log.c include/godwit/virtio.h include/godwit/vm.h
 	@mkdir -p $(dir $@)
 	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_virtq.c src/devices/virtio/core.c src/vmm/log.c -lpthread

@@ -28,6 +28,16 @@ t_need_kvm() {
 	return 1
 }
 
+# t_netns_del NS...: kills every process in each network namespace NS, then deletes it.
+t_netns_del() {
+	local ns
+	for ns in "$@"; do
+		ip netns pids "$ns" 2>/dev/null | xargs -r kill -KILL 2>/dev/null
+		ip netns del "$ns" 2>/dev/null
+	done
+	return 0
+}
+
 # t_wait_for FILE REGEX TIMEOUT_S: wait until FILE has a line matching REGEX.
 t_wait_for() {
 	local f=$1 re=$2 t=$3 i

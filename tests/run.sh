@@ -3,7 +3,9 @@
 #
 # Every test program prints one line per test: "PASS name", "FAIL name: why"
 # or "SKIP name: why".  This script runs them, keeps their output in
-# build/test-logs/, and ends with the line "N passed, N failed[, N skipped]".
+# build/test-logs/, and ends with the line "N passed, N failed[, N skipped][, N retried]"
+# (retried: tier-2 tests run again because their emulated host or its guest crashed;
+# said whenever tier 2 ran).
 # A SKIP of a tier-1 (kvm) test while /dev/kvm exists counts as a failure:
 # tier-1 tests may skip only where there is no KVM.
 set -u
@@ -26,6 +28,8 @@ run_suite() {
 	"$@" >"$log" 2>&1
 	local rc=$?
 	grep -E '^(PASS|FAIL|SKIP) ' "$log" >>"$RESULTS"
+	# Tier 2 runs a test again when its emulated host or its guest crashed: count each.
+	sed -n 's/^INFO hwhost\/harness: \(.*running .* again in a fresh L1\)$/RETRY \1/p' "$log" >>"$RESULTS"
 	# FAIL/SKIP lines (and the tier-2 harness's INFO lines: an emulated host that froze),
 	# each with the indented log tail ("  | ...") printed after it.
 	awk '/^(FAIL|SKIP) |^INFO hwhost\/harness: / { tail = 1; n = 0; print; next }
@@ -83,7 +87,10 @@ if [ "$have_kvm" -eq 1 ]; then
 		skipped=$((skipped - bad_skips))
 	fi
 fi
+retried=$(grep -c '^RETRY ' "$RESULTS")
 line="$passed passed, $failed failed"
 [ "$skipped" -gt 0 ] && line="$line, $skipped skipped"
+# Tier 2's reruns (an emulated L1 that failed, a guest that crashed in it), always said.
+{ [ "$MODE" = all ] || [ "$MODE" = hwhost ]; } && line="$line, $retried retried"
 echo "$line"
 [ "$failed" -eq 0 ]

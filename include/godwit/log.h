@@ -13,8 +13,6 @@ void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_warnx(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* The calling thread's last log_warn/log_warnx message ("" if none), e.g. to pass on to a peer. */
-const char *log_last_warning(void);
 /* Only before the first KVM_RUN. */
 noreturn void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

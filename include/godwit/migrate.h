@@ -1,9 +1,8 @@
 /*
  * migrate.h - live migration (docs/migration.md): the source side runs in a
  * thread of its own (pre-copy with the dirty log, stop-and-copy, the
- * READY/COMMIT hand-off), started and watched through the API; the
- * destination side is a handful of protocol helpers that `godwit run
- * --incoming` (src/cmd/run.c) strings together around snapshot_restore_*.
+ * READY/COMMIT hand-off, handoff.h), started and watched through the API;
+ * the destination side is incoming.h.
  *
  * Who owns the VM: the source until it sends COMMIT (any failure before
  * that resumes it there), the destination once it received COMMIT.  A side
@@ -16,6 +15,7 @@
 #include <sys/socket.h>
 
 #include "godwit/common.h"
+#include "godwit/handoff.h"
 
 struct vm;
 
@@ -106,33 +106,12 @@ int migrate_resolve(struct vm *vm, bool resume, char *err, size_t len) __must_ch
 /* Cancel whatever is under way and wait for the thread: before the VM goes away. */
 void migrate_fini(struct vm *vm);
 
-/* ---- destination (src/cmd/run.c) ---- */
-
-/* Control message types (docs/migration.md). */
-enum mig_msg {
-	MIG_MSG_ACCEPT = 1,
-	MIG_MSG_REFUSE = 2,
-	MIG_MSG_READY  = 3,
-	MIG_MSG_ERROR  = 4,
-	MIG_MSG_COMMIT = 5,
-	MIG_MSG_DONE   = 6,
-};
-#define MIG_MSG_TEXT_MAX    1024
-#define MIG_IO_TIMEOUT_MS   10000   /* a peer silent this long has failed */
+/* ---- connections, and the destination's record (incoming.c) ---- */
 
 /* Listen on addr (one connection); 0 and *lfd, or -errno with err set. */
 int migrate_listen(const char *addr, int *lfd, char *err, size_t len) __must_check;
 /* Accept the one connection (waits for ever; EINTR returns -EINTR); closes lfd. */
 int migrate_accept(int lfd, const char *addr, int *fd, char *err, size_t len) __must_check;
-/* Send one control message (text may be NULL).  0 or -errno. */
-int migrate_msg_send(int fd, enum mig_msg type, const char *text);
-/*
- * migrate_msg_recv - wait up to timeout_ms for one control message.
- * Returns 0 with *type and text (NUL-terminated), -ETIMEDOUT, -ECONNRESET
- * (the peer closed or reset the connection), -EBADMSG (not a message).
- */
-int migrate_msg_recv(int fd, int timeout_ms, enum mig_msg *type, char *text,
-		     size_t len) __must_check;
 /*
  * migrate_incoming_done - record on vm the outcome of an incoming migration
  * (MIG_INCOMING: runs here; MIG_IN_DOUBT: paused, not started; the API

@@ -89,11 +89,13 @@ struct snapshot_restore;
 
 /*
  * snapshot_restore_open - read a stream's header and CONFIG from fd and
- * check that this host's KVM offers every CPU feature the guest saw.
+ * check that this host's KVM offers every CPU feature the guest saw.  wd
+ * (may be NULL): a watchdog on the peer for the whole stream (a migration).
  * Returns 0 and *out, or -errno with err set (naming the section).
  */
-int snapshot_restore_open(int fd, struct snapshot_restore **out, char *err,
-			  size_t len) __must_check;
+struct stream_watchdog;
+int snapshot_restore_open(int fd, const struct stream_watchdog *wd,
+			  struct snapshot_restore **out, char *err, size_t len) __must_check;
 /* The stream's configuration (valid until snapshot_restore_free()). */
 const struct stream_config *snapshot_restore_stream_config(const struct snapshot_restore *sr);
 /* The clock mode the vCPUs and the VM are loaded with (default CPU_CLOCK_FROZEN). */

@@ -71,7 +71,7 @@ enum stream_type {
 #define STREAM_MAX_REGIONS  8
 #define STREAM_MAX_CPUID    256
 #define STREAM_MAX_DEVICES  64
-#define STREAM_MAX_VCPUS    1024
+#define STREAM_MAX_VCPUS    255          /* godwit run --cpus' limit */
 #define STREAM_OPTIONS_MAX  191
 #define STREAM_MAX_DISKS    16
 #define STREAM_DISK_MAX_SIZE (1ULL << 50)  /* bytes */
@@ -215,6 +215,9 @@ int stream_cpuid_check(const struct stream_config *stream, const struct kvm_cpui
  * Returns 0 and *out, or -ENOMEM.
  */
 int stream_writer_new(int fd, struct stream_writer **out) __must_check;
+struct stream_watchdog;
+/* The same watchdog as a reader's (below), on the writer's peer taking the bytes. */
+void stream_writer_set_watchdog(struct stream_writer *w, const struct stream_watchdog *wd);
 /* Free w (NULL is fine); does not flush or close the fd. */
 void stream_writer_free(struct stream_writer *w);
 /*
@@ -292,6 +295,21 @@ void stream_writer_ram_stats(const struct stream_writer *w, struct stream_ram_st
  * until the EOF section.  Returns 0 and *out, or -ENOMEM.
  */
 int stream_reader_new(int fd, struct stream_reader **out) __must_check;
+/*
+ * A watchdog on a reader's (or writer's) peer, for a migration socket: the
+ * whole stream must pass within deadline_ms of stream_*_set_watchdog() (0:
+ * no deadline), and in every window_ms spent waiting in read() (write())
+ * at least min_bytes must pass (0: no minimum), so a peer that trickles a
+ * byte now and then cannot hold this side for ever.  Only the time blocked
+ * on the peer counts, not this side's own work.  A read or write that hits
+ * either limit fails with -ETIMEDOUT and says which.
+ */
+struct stream_watchdog {
+	uint64_t deadline_ms;
+	uint64_t min_bytes;
+	uint32_t window_ms;
+};
+void stream_reader_set_watchdog(struct stream_reader *r, const struct stream_watchdog *wd);
 /*
  * stream_reader_target_zeroed - promise that every byte the reader's RAM
  * lookups return is zero before the stream is read (fresh memory: a

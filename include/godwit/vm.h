@@ -121,6 +121,12 @@ struct vm {
 	struct dev *devices;            /* every device, in save/load order (dev.h) */
 };
 
+/*
+ * vm_host_check - can this host run cfg (memory available, /dev/kvm, vCPUs,
+ * capabilities, the CPU model)?  0, or -errno with why in err.  vm_create()
+ * checks the same; a migration destination asks before it accepts.
+ */
+int vm_host_check(const struct vm_config *cfg, char *err, size_t len) __must_check;
 int vm_create(struct vm *vm, const struct vm_config *cfg) __must_check;
 void vm_destroy(struct vm *vm);
 /* Translate a guest-physical range to a host pointer, or NULL if not all RAM. */

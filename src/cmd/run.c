@@ -26,6 +26,7 @@
 #include "godwit/dev.h"
 #include "godwit/devices.h"
 #include "godwit/disk.h"
+#include "godwit/incoming.h"
 #include "godwit/layout.h"
 #include "godwit/log.h"
 #include "godwit/loop.h"
@@ -68,6 +69,13 @@ static const char run_usage[] =
 "      --overwrite         with --incoming: a disk image the source sends\n"
 "                          (migrate --with-disks) may replace a non-empty --disk\n"
 "                          file (by default only a new or empty one is taken)\n"
+"      --incoming-timeout S  with --incoming: the whole stream must arrive\n"
+"                          within S seconds of the connection (default 3600;\n"
+"                          0: no limit)\n"
+"      --incoming-min-rate RATE  with --incoming: in every 10 s spent waiting\n"
+"                          on the source, at least 10 x RATE bytes must come\n"
+"                          (default 64K per second; 0: no minimum); a peer\n"
+"                          silent for 10 s always fails\n"
 "  -d, --disk FILE[,readonly][,serial=ID]\n"
 "                          a virtio-blk disk on a raw image (repeatable)\n"
 "  -N, --net tap=NAME[,mac=MAC]\n"
@@ -97,6 +105,7 @@ struct run_ctx {
 	bool defer_start;        /* filled but not started (an in-doubt incoming VM) */
 	unsigned int announce_left;  /* RARP announcements still to send after a migration */
 	void (*started)(struct run_ctx *ctx, void *opaque);  /* after vm_start, or NULL */
+	char err[512];           /* run_vm: why the VM could not be built or started */
 };
 
 static int read_file(const char *what, const char *path, uint8_t **data, size_t *size)
@@ -265,7 +274,16 @@ static int run_parse(int argc, char **argv, struct vm_config *cfg)
 	cfg->mem_size = ALIGN_UP(cfg->mem_size, 2 * MiB);
 	if (name) {
 		if (!*name || strlen(name) >= sizeof(cfg->name)) {
-			log_warnx("run: --name must be 1 to %zu characters", sizeof(cfg->name) - 1);
+			log_warnx("run: --name must be 1 to %zu bytes", sizeof(cfg->name) - 1);
+			return -1;
+		}
+		for (const char *p = name; *p; p++)
+			if ((unsigned char)*p < 0x20 || *p == 0x7f) {
+				log_warnx("run: --name must not hold control characters");
+				return -1;
+			}
+		if (!utf8_valid(name, strlen(name))) {
+			log_warnx("run: --name is not valid UTF-8");
 			return -1;
 		}
 		snprintf(cfg->name, sizeof(cfg->name), "%s", name);
@@ -505,26 +523,40 @@ static int run_vm(struct run_ctx *ctx, const struct vm_config *cfg, run_fill_fn 
 	 * fast; no request is served until the loop runs.
 	 */
 	ctx->loop = loop_new();
-	if (!ctx->loop)
+	if (!ctx->loop) {
+		snprintf(ctx->err, sizeof(ctx->err), "out of memory");
 		goto out;
-	if (cfg->api_path && api_start(&ctx->vm, ctx->loop, cfg->api_path, &ctx->api))
+	}
+	if (cfg->api_path && (ret = api_start(&ctx->vm, ctx->loop, cfg->api_path, &ctx->api))) {
+		snprintf(ctx->err, sizeof(ctx->err), "cannot serve the API on %s: %s",
+			 cfg->api_path, strerror(-ret));
 		goto out;
-	if (vm_create(&ctx->vm, cfg))
+	}
+	if ((ret = vm_create(&ctx->vm, cfg))) {
+		snprintf(ctx->err, sizeof(ctx->err), "cannot create the VM: %s", strerror(-ret));
 		goto out;
-	if (platform_init(&ctx->vm, STDOUT_FILENO) || run_add_devices(&ctx->vm))
+	}
+	if ((ret = platform_init(&ctx->vm, STDOUT_FILENO)) || (ret = run_add_devices(&ctx->vm))) {
+		snprintf(ctx->err, sizeof(ctx->err), "cannot add the devices: %s", strerror(-ret));
 		goto out_vm;
+	}
+	/* The fill says why it failed itself (an incoming one to the source too). */
 	if (fill(ctx, opaque))
 		goto out_vm;
-	if (run_setup_loop(ctx)) {
-		log_warnx("cannot set up the event loop");
+	if ((ret = run_setup_loop(ctx))) {
+		snprintf(ctx->err, sizeof(ctx->err), "cannot set up the event loop: %s",
+			 strerror(-ret));
+		log_warnx("%s", ctx->err);
 		goto out_vm;
 	}
 	log_debug("%s: %u vCPU(s), %llu MiB, cpu model %s, TSC %u kHz", cfg->name, cfg->ncpus,
 		  (unsigned long long)(cfg->mem_size >> 20), cpu_model_name(cfg->cpu_model),
 		  ctx->vm.tsc_khz);
 
-	if (!ctx->defer_start && vm_start(&ctx->vm))
+	if (!ctx->defer_start && (ret = vm_start(&ctx->vm))) {
+		snprintf(ctx->err, sizeof(ctx->err), "cannot start the vCPUs: %s", strerror(-ret));
 		goto out_vm;
+	}
 	if (ctx->started)
 		ctx->started(ctx, opaque);
 	ret = loop_run(ctx->loop);
@@ -648,6 +680,8 @@ struct restore_args {
 	unsigned int nr_devices;
 	bool has_mem, has_cpus, has_model, rng;
 	bool overwrite;          /* --incoming: a migrated disk may replace a non-empty file */
+	uint32_t timeout_s;      /* --incoming-timeout */
+	uint64_t min_rate;       /* --incoming-min-rate */
 	uint64_t mem;
 	unsigned int cpus;
 	enum cpu_model model;
@@ -659,6 +693,8 @@ static int restore_parse(int argc, char **argv, struct restore_args *a, bool inc
 		{ "from",      required_argument, NULL, 'f' },
 		{ "incoming",  required_argument, NULL, 'I' },
 		{ "overwrite", no_argument,       NULL, 'O' },
+		{ "incoming-timeout",  required_argument, NULL, 'T' },
+		{ "incoming-min-rate", required_argument, NULL, 'r' },
 		{ "api",       required_argument, NULL, 'a' },
 		{ "disk",      required_argument, NULL, 'd' },
 		{ "net",       required_argument, NULL, 'N' },
@@ -670,22 +706,45 @@ static int restore_parse(int argc, char **argv, struct restore_args *a, bool inc
 		{ "help",      no_argument,       NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	int c;
+	int c, li = 0;
 
 	memset(a, 0, sizeof(*a));
 	a->cmd = incoming ? "run" : "restore";
+	a->timeout_s = INCOMING_DEFAULT_TIMEOUT_S;
+	a->min_rate = INCOMING_DEFAULT_MIN_RATE;
 	optind = 1;
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":f:a:d:N:m:p:vh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":f:a:d:N:m:p:vh", opts, &li)) != -1) {
 		char *end;
 		long n;
 
-		if ((c == 'f' && incoming) || ((c == 'I' || c == 'O') && !incoming))
-			c = '?';
+		if ((c == 'f' && incoming) ||
+		    ((c == 'I' || c == 'O' || c == 'T' || c == 'r') && !incoming)) {
+			log_warnx("%s: --%s is only for %s", a->cmd, opts[li].name,
+				  incoming ? "godwit restore" : "godwit run --incoming");
+			return -1;
+		}
 		switch (c) {
 		case 'f': a->from = optarg; break;
 		case 'I': a->incoming = optarg; break;
 		case 'O': a->overwrite = true; break;
+		case 'T':
+			errno = 0;
+			n = strtol(optarg, &end, 10);
+			if (errno || *end || end == optarg || n < 0 || n > 86400) {
+				log_warnx("run: --incoming-timeout %s: expected seconds, 0 (none) to "
+					  "86400", optarg);
+				return -1;
+			}
+			a->timeout_s = (uint32_t)n;
+			break;
+		case 'r':
+			if (parse_size(optarg, &a->min_rate) || a->min_rate > GiB) {
+				log_warnx("run: --incoming-min-rate %s: expected bytes per second, e.g. "
+					  "64K, 1M, or 0 (none)", optarg);
+				return -1;
+			}
+			break;
 		case 'a': a->api_path = optarg; break;
 		case 'd':
 		case 'N':
@@ -726,7 +785,7 @@ static int restore_parse(int argc, char **argv, struct restore_args *a, bool inc
 		case 'R': a->rng = true; break;
 		case 'v': log_verbose = 1; break;
 		case 'h':
-			fputs(restore_usage, stdout);
+			fputs(incoming ? run_usage : restore_usage, stdout);
 			return 1;
 		case ':':
 			log_warnx("%s: %s needs an argument", a->cmd, argv[optind - 1]);
@@ -842,7 +901,7 @@ int cmd_restore(int argc, char **argv)
 		log_warn("restore: cannot open %s", a.from);
 		goto out;
 	}
-	if (snapshot_restore_open(fd, &rf.sr, err, sizeof(err))) {
+	if (snapshot_restore_open(fd, NULL, &rf.sr, err, sizeof(err))) {
 		log_warnx("restore: %s: %s", a.from, err);
 		goto out;
 	}
@@ -901,157 +960,45 @@ static void run_announce_start(struct run_ctx *ctx)
 	run_announce(ctx->loop, ctx);
 }
 
-struct incoming {
-	struct snapshot_restore *sr;
-	bool accepted;           /* ACCEPT sent: the source heard about the VM */
-	bool failed;             /* discarded before READY: partial disk copies go */
-	struct disk_recv disks[STREAM_MAX_DISKS];
-	unsigned int nr_disks;
-	const char *addr;
-	int fd;
+struct run_incoming {
+	struct incoming *in;
 	bool in_doubt;
-	char why[256];
-	struct timespec t0;
 };
 
 static int run_fill_incoming(struct run_ctx *ctx, void *opaque)
 {
-	struct incoming *in = opaque;
-	char err[512] = "", text[MIG_MSG_TEXT_MAX + 1];
-	struct stream_ram_stats ram;
-	enum mig_msg type;
-	uint64_t bytes = 0;
+	struct run_incoming *ri = opaque;
+	char err[1024];
 	int ret;
 
-	in->accepted = true;
-	ret = migrate_msg_send(in->fd, MIG_MSG_ACCEPT, NULL);
-	if (ret) {
-		log_warnx("incoming migration: the source went away before the memory came: %s",
-			  strerror(-ret));
+	ri->in_doubt = false;
+	ret = incoming_load(ri->in, &ctx->vm, &ri->in_doubt, err, sizeof(err));
+	if (ret)
 		return ret;
-	}
-	ret = snapshot_restore_load(in->sr, &ctx->vm, err, sizeof(err));
-	/* Migrated disks on stable storage before we say READY. */
-	for (unsigned int i = 0; !ret && i < in->nr_disks; i++)
-		ret = disk_recv_sync(&in->disks[i], err, sizeof(err));
-	if (ret) {
-		(void)migrate_msg_send(in->fd, MIG_MSG_ERROR, err);
-		log_warnx("incoming migration failed: %s; the VM was discarded here", err);
-		in->failed = true;
-		return ret;
-	}
-	snapshot_restore_stats(in->sr, &ram, &bytes);
-	/* A READY that did not leave whole cannot be acted on: nothing to doubt yet. */
-	ret = migrate_msg_send(in->fd, MIG_MSG_READY, NULL);
-	if (ret) {
-		log_warnx("incoming migration failed: cannot tell the source we are ready (%s); "
-			  "the VM was discarded here", strerror(-ret));
-		in->failed = true;
-		return ret;
-	}
-	ret = migrate_msg_recv(in->fd, MIG_IO_TIMEOUT_MS, &type, text, sizeof(text));
-	if (ret == 0 && type == MIG_MSG_COMMIT) {
-		/*
-		 * The source let go of the disks before COMMIT: they are ours now,
-		 * and only now do the devices start (no I/O, on disks or networks,
-		 * while the source may still take the VM back).
-		 */
-		ret = dev_acquire_all(&ctx->vm);
-		if (ret)
-			snprintf(err, sizeof(err), "cannot lock the disks: %s", strerror(-ret));
-		else if ((ret = dev_resume_all(&ctx->vm)))
-			snprintf(err, sizeof(err), "cannot start the devices: %s", strerror(-ret));
-		if (ret) {
-			in->failed = true;
-			(void)migrate_msg_send(in->fd, MIG_MSG_ERROR, err);
-			log_warnx("incoming migration failed at COMMIT: %s; the VM was discarded "
-				  "here (the source runs it again)", err);
-			return ret;
-		}
-		migrate_incoming_done(&ctx->vm, MIG_INCOMING, in->addr, bytes, NULL);
-		return 0;
-	}
-	snprintf(in->why, sizeof(in->why), "in doubt: no COMMIT after READY (%s); the VM is "
-		 "loaded and paused here and may be running at the source: check the source, "
-		 "then godwit migrate-resolve --resume or --discard",
-		 ret ? strerror(-ret) : "unexpected message");
-	log_warnx("incoming migration: %s", in->why);
-	in->in_doubt = true;
-	ctx->defer_start = true;
-	migrate_incoming_done(&ctx->vm, MIG_IN_DOUBT, in->addr, bytes, in->why);
+	ctx->defer_start = ri->in_doubt;
 	return 0;
 }
 
 /* The vCPUs run: confirm to the source, then tell the network where the MACs are. */
 static void run_incoming_started(struct run_ctx *ctx, void *opaque)
 {
-	struct incoming *in = opaque;
-	struct timespec t1;
-	int ret;
+	struct run_incoming *ri = opaque;
 
-	if (in->in_doubt)
+	if (ri->in_doubt)
 		return;
-	ret = migrate_msg_send(in->fd, MIG_MSG_DONE, NULL);
-	if (ret)
-		log_warnx("incoming migration: the VM runs here, but the source did not hear it "
-			  "(%s): it stays paused in doubt there", strerror(-ret));
-	clock_gettime(CLOCK_MONOTONIC, &t1);
-	log_info("incoming migration from %s: the VM runs here (%.0f ms after the connection)",
-		 in->addr, (double)(t1.tv_sec - in->t0.tv_sec) * 1e3 +
-		 (double)(t1.tv_nsec - in->t0.tv_nsec) / 1e6);
+	incoming_started(ri->in);
 	run_announce_start(ctx);
-}
-
-/*
- * The files for the disks the stream carries (storage migration): the n-th
- * virtio-blk is in PCI slot n's --disk (cfg from snapshot_restore_config).
- */
-static int incoming_disks(struct incoming *in, const struct vm_config *cfg, bool overwrite,
-			  char *err, size_t len)
-{
-	const struct stream_config *sc = snapshot_restore_stream_config(in->sr);
-
-	for (unsigned int i = 0; i < sc->nr_disks; i++) {
-		const struct stream_disk *sd = &sc->disks[i];
-		const struct vm_device_arg *a;
-		char path[256];
-		const char *comma;
-		size_t n;
-
-		if (sd->instance < 1 || sd->instance > cfg->nr_devices ||
-		    cfg->devices[sd->instance - 1].kind != VM_DEV_DISK) {
-			snprintf(err, len, "the stream carries the image of device %u, which is not "
-				 "a disk", sd->instance);
-			return -1;
-		}
-		a = &cfg->devices[sd->instance - 1];
-		comma = strchr(a->spec, ',');
-		n = comma ? (size_t)(comma - a->spec) : strlen(a->spec);
-		if (n >= sizeof(path)) {
-			snprintf(err, len, "--disk %s: path too long", a->spec);
-			return -1;
-		}
-		memcpy(path, a->spec, n);
-		path[n] = '\0';
-		in->disks[in->nr_disks].instance = sd->instance;
-		if (disk_recv_open(&in->disks[in->nr_disks], path, sd->size, overwrite, err, len))
-			return -1;
-		in->disks[in->nr_disks].instance = sd->instance;
-		in->nr_disks++;
-		log_info("incoming migration: disk %u (%llu MiB) goes to %s", sd->instance,
-			 (unsigned long long)(sd->size >> 20), path);
-	}
-	return 0;
 }
 
 static int cmd_incoming(int argc, char **argv)
 {
-	struct incoming in = { .fd = -1 };
-	struct run_ctx *ctx;
+	struct run_incoming ri = { .in = NULL };
+	struct incoming_params p;
+	struct run_ctx *ctx = NULL;
 	struct restore_args a;
 	struct vm_config cfg;
-	char err[512] = "";
-	int lfd = -1, ret, code = EXIT_ERROR;
+	char err[1024] = "";
+	int ret, code = EXIT_ERROR;
 
 	ret = restore_parse(argc, argv, &a, true);
 	if (ret)
@@ -1060,56 +1007,42 @@ static int cmd_incoming(int argc, char **argv)
 		log_warnx("run: --incoming %s", err);
 		return EXIT_USAGE;
 	}
-	ctx = calloc(1, sizeof(*ctx));
-	if (!ctx)
+	p = (struct incoming_params){
+		.timeout_s = a.timeout_s,
+		.min_rate = a.min_rate,
+		.handoff_ms = MIG_IO_TIMEOUT_MS,
+		.overwrite = a.overwrite,
+	};
+	if (incoming_accept(a.incoming, &p, &ri.in, err, sizeof(err))) {
+		log_warnx("run: %s", err);
 		return EXIT_ERROR;
+	}
+	if (snapshot_restore_config(incoming_restore(ri.in), a.devices, a.nr_devices, &cfg, err,
+				    sizeof(err)) ||
+	    restore_check(&a, &cfg, err, sizeof(err)) ||
+	    vm_host_check(&cfg, err, sizeof(err))) {
+		incoming_refuse(ri.in, err);
+		goto out;
+	}
+	if (incoming_open_disks(ri.in, &cfg, err, sizeof(err))) {
+		incoming_refuse(ri.in, err);
+		goto out;
+	}
+	ctx = calloc(1, sizeof(*ctx));
+	if (!ctx) {
+		incoming_refuse(ri.in, "out of memory");
+		goto out;
+	}
 	ctx->sig_fd = -1;
-	in.addr = a.incoming;
-	if (migrate_listen(a.incoming, &lfd, err, sizeof(err))) {
-		log_warnx("run: %s", err);
-		goto out;
-	}
-	log_info("waiting for an incoming migration on %s", a.incoming);
-	if (migrate_accept(lfd, a.incoming, &in.fd, err, sizeof(err))) {
-		log_warnx("run: %s", err);
-		close(lfd);
-		goto out;
-	}
-	clock_gettime(CLOCK_MONOTONIC, &in.t0);
-	if (snapshot_restore_open(in.fd, &in.sr, err, sizeof(err)) ||
-	    snapshot_restore_config(in.sr, a.devices, a.nr_devices, &cfg, err, sizeof(err)) ||
-	    restore_check(&a, &cfg, err, sizeof(err))) {
-		(void)migrate_msg_send(in.fd, MIG_MSG_REFUSE, err);
-		log_warnx("incoming migration refused: %s", err);
-		goto out;
-	}
-	if (incoming_disks(&in, &cfg, a.overwrite, err, sizeof(err))) {
-		(void)migrate_msg_send(in.fd, MIG_MSG_REFUSE, err);
-		log_warnx("incoming migration refused: %s", err);
-		in.failed = true;
-		goto out;
-	}
-	snapshot_restore_set_disks(in.sr, in.disks, in.nr_disks);
-	snapshot_restore_set_clock(in.sr, CPU_CLOCK_ADVANCE);
 	cfg.api_path = a.api_path;
 	cfg.incoming = true;
 	ctx->started = run_incoming_started;
-	code = run_vm(ctx, &cfg, run_fill_incoming, &in);
-	if (!in.accepted)
-		in.failed = true;
-	if (!in.accepted) {
-		char why[600];
-
-		snprintf(why, sizeof(why), "the destination cannot build the VM: %s",
-			 log_last_warning()[0] ? log_last_warning() : "see its log");
-		(void)migrate_msg_send(in.fd, MIG_MSG_REFUSE, why);
-	}
+	code = run_vm(ctx, &cfg, run_fill_incoming, &ri);
+	/* The VM could not be built (ACCEPT never went) or loaded: tell the source. */
+	if (code == EXIT_ERROR && ctx->err[0])
+		incoming_failed(ri.in, ctx->err);
 out:
-	for (unsigned int i = 0; i < in.nr_disks; i++)
-		disk_recv_close(&in.disks[i], in.failed);
-	snapshot_restore_free(in.sr);
-	if (in.fd >= 0)
-		close(in.fd);
+	incoming_close(ri.in);
 	free(ctx);
 	return code;
 }

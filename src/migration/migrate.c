@@ -36,6 +36,7 @@
 #include "godwit/crc32c.h"
 #include "godwit/dev.h"
 #include "godwit/disk.h"
+#include "godwit/incoming.h"
 #include "godwit/log.h"
 #include "godwit/migrate.h"
 #include "godwit/snapshot.h"
@@ -43,8 +44,6 @@
 #include "godwit/virtio.h"
 #include "godwit/vm.h"
 
-#define MIG_MSG_MAGIC        0x434d5747u     /* "GWMC" */
-#define MIG_MSG_HDR          8               /* magic, type, length */
 #define MIG_ACCEPT_TIMEOUT_MS 60000          /* the destination builds its VM meanwhile */
 #define MIG_CHUNK_PAGES      4096            /* 16 MiB: clear, copy, send */
 #define MIG_RELEASE_WAIT_MS  5000            /* for a client to read the final report */
@@ -57,6 +56,7 @@ struct migration {
 	bool thread_started;
 	bool incoming;
 	bool cancel;                 /* under lock */
+	bool in_handoff;             /* the stream is sent: a cancel leaves writing open (lock) */
 	bool reported;               /* a client read the final status (under lock) */
 	int fd;                      /* the connection (under lock for shutdown) */
 	struct migrate_params p;
@@ -304,112 +304,6 @@ int migrate_accept(int lfd, const char *addr, int *fdp, char *err, size_t len)
 		unlink(a.sun.sun_path);
 	mig_sock_opts(fd, !a.unix_sock);
 	*fdp = fd;
-	return 0;
-}
-
-/* ---- control messages ------------------------------------------------------------------ */
-
-static int mig_send_all(int fd, const void *buf, size_t n)
-{
-	const uint8_t *p = buf;
-
-	while (n) {
-		ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
-
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0)
-			return k < 0 ? (errno == EAGAIN ? -ETIMEDOUT : -errno) : -EIO;
-		p += k;
-		n -= (size_t)k;
-	}
-	return 0;
-}
-
-int migrate_msg_send(int fd, enum mig_msg type, const char *text)
-{
-	uint8_t buf[MIG_MSG_HDR + MIG_MSG_TEXT_MAX + 4];
-	size_t n = text ? strnlen(text, MIG_MSG_TEXT_MAX) : 0;
-	uint32_t magic = MIG_MSG_MAGIC, crc;
-	uint16_t t = (uint16_t)type, l = (uint16_t)n;
-
-	memcpy(buf, &magic, 4);
-	memcpy(buf + 4, &t, 2);
-	memcpy(buf + 6, &l, 2);
-	if (n)
-		memcpy(buf + MIG_MSG_HDR, text, n);
-	crc = crc32c(0, buf, MIG_MSG_HDR + n);
-	memcpy(buf + MIG_MSG_HDR + n, &crc, 4);
-	return mig_send_all(fd, buf, MIG_MSG_HDR + n + 4);
-}
-
-/* Read exactly n bytes before the deadline (CLOCK_MONOTONIC ms). */
-static int mig_recv_all(int fd, void *buf, size_t n, const struct timespec *t0, int timeout_ms)
-{
-	uint8_t *p = buf;
-
-	while (n) {
-		int left = timeout_ms - (int)ms_since(t0);
-		struct pollfd pfd = { .fd = fd, .events = POLLIN };
-		ssize_t k;
-		int r;
-
-		if (left <= 0)
-			return -ETIMEDOUT;
-		r = poll(&pfd, 1, left);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -errno;
-		if (r == 0)
-			return -ETIMEDOUT;
-		k = recv(fd, p, n, MSG_DONTWAIT);
-		if (k < 0 && (errno == EINTR || errno == EAGAIN))
-			continue;
-		if (k < 0)
-			return errno == ECONNRESET || errno == EPIPE ? -ECONNRESET : -errno;
-		if (k == 0)
-			return -ECONNRESET;
-		p += k;
-		n -= (size_t)k;
-	}
-	return 0;
-}
-
-int migrate_msg_recv(int fd, int timeout_ms, enum mig_msg *type, char *text, size_t len)
-{
-	uint8_t buf[MIG_MSG_HDR + MIG_MSG_TEXT_MAX + 4];
-	uint32_t magic, crc;
-	uint16_t t, l;
-	struct timespec t0;
-	int ret;
-
-	clock_gettime(CLOCK_MONOTONIC, &t0);
-	ret = mig_recv_all(fd, buf, MIG_MSG_HDR, &t0, timeout_ms);
-	if (ret)
-		return ret;
-	memcpy(&magic, buf, 4);
-	memcpy(&t, buf + 4, 2);
-	memcpy(&l, buf + 6, 2);
-	if (magic != MIG_MSG_MAGIC || l > MIG_MSG_TEXT_MAX || t < MIG_MSG_ACCEPT || t > MIG_MSG_DONE)
-		return -EBADMSG;
-	ret = mig_recv_all(fd, buf + MIG_MSG_HDR, (size_t)l + 4, &t0, timeout_ms);
-	if (ret)
-		return ret;
-	memcpy(&crc, buf + MIG_MSG_HDR + l, 4);
-	if (crc != crc32c(0, buf, MIG_MSG_HDR + (size_t)l))
-		return -EBADMSG;
-	/* Printable text only: it ends up in logs and error messages. */
-	for (unsigned int i = 0; i < l; i++)
-		if (buf[MIG_MSG_HDR + i] < 0x20 || buf[MIG_MSG_HDR + i] > 0x7e)
-			buf[MIG_MSG_HDR + i] = '?';
-	*type = (enum mig_msg)t;
-	if (len) {
-		size_t n = MIN((size_t)l, len - 1);
-
-		memcpy(text, buf + MIG_MSG_HDR, n);
-		text[n] = '\0';
-	}
 	return 0;
 }
 
@@ -894,13 +788,82 @@ static void mig_unwind(struct mig_run *r)
 	disk_mig_stop(r->m->dm);
 }
 
+/* The source's side of the hand-off (handoff.h) on the real VM. */
+struct src_handoff {
+	struct mig_run *r;
+	const struct timespec *t_pause;
+};
+
+static bool src_cancelled(void *opaque)
+{
+	struct src_handoff *sh = opaque;
+
+	return mig_cancelled(sh->r->m);
+}
+
+static int src_release(void *opaque, char *err, size_t len)
+{
+	struct src_handoff *sh = opaque;
+	int ret = dev_release_all(sh->r->vm);
+
+	if (ret)
+		snprintf(err, len, "%s", strerror(-ret));
+	return ret;
+}
+
+static int src_reacquire(void *opaque, char *err, size_t len)
+{
+	struct src_handoff *sh = opaque;
+	int ret = dev_acquire_all(sh->r->vm);
+
+	if (ret)
+		snprintf(err, len, "cannot lock the disks again: %s", strerror(-ret));
+	return ret;
+}
+
+static void src_state(void *opaque, enum handoff_state st)
+{
+	struct src_handoff *sh = opaque;
+	struct migration *m = sh->r->m;
+
+	switch (st) {
+	case HO_SRC_WAIT_READY:
+		/* A cancel from here shuts down only our reading: ABORT can still go. */
+		pthread_mutex_lock(&m->lock);
+		m->in_handoff = true;
+		pthread_mutex_unlock(&m->lock);
+		break;
+	case HO_SRC_RELEASING:
+		sh->r->ms_ready = ms_since(sh->t_pause);
+		break;
+	case HO_SRC_COMMITTED:
+		sh->r->ms_released = ms_since(sh->t_pause);
+		break;
+	default:
+		break;
+	}
+}
+
+/* The point of no return: a cancel either got in before it or is refused. */
+static bool src_may_commit(void *opaque)
+{
+	struct src_handoff *sh = opaque;
+	struct migration *m = sh->r->m;
+	bool ok;
+
+	pthread_mutex_lock(&m->lock);
+	ok = !m->cancel;
+	if (ok)
+		m->prog.status = MIG_COMMITTING;
+	pthread_mutex_unlock(&m->lock);
+	return ok;
+}
+
 static void *mig_thread(void *opaque)
 {
 	struct migration *m = opaque;
 	struct mig_run r = { .m = m, .vm = m->vm, .fd = -1, .pace = true };
 	struct timespec t_pause = { 0 };
-	enum mig_msg type;
-	char text[MIG_MSG_TEXT_MAX + 1];
 	int ret;
 
 	ret = mig_connect(m->p.to, &r.fd, r.err, sizeof(r.err));
@@ -914,8 +877,16 @@ static void *mig_thread(void *opaque)
 		goto fail;
 	}
 	ret = stream_writer_new(r.fd, &r.w);
-	if (!ret)
+	if (!ret) {
+		/* A destination that takes the stream a trickle at a time has failed. */
+		static const struct stream_watchdog wd = {
+			.min_bytes = INCOMING_DEFAULT_MIN_RATE * (INCOMING_RATE_WINDOW_MS / 1000),
+			.window_ms = INCOMING_RATE_WINDOW_MS,
+		};
+
+		stream_writer_set_watchdog(r.w, &wd);
 		ret = mig_alloc_bitmaps(&r);
+	}
 	if (ret) {
 		snprintf(r.err, sizeof(r.err), "out of memory");
 		goto fail;
@@ -933,62 +904,29 @@ static void *mig_thread(void *opaque)
 	if (ret)
 		goto fail;
 
-	ret = migrate_msg_recv(r.fd, MIG_IO_TIMEOUT_MS, &type, text, sizeof(text));
-	if (ret || type != MIG_MSG_READY) {
-		if (ret == -ECONNRESET)
-			snprintf(r.err, sizeof(r.err), "the destination closed the connection before "
-				 "it was ready");
-		else if (ret)
-			snprintf(r.err, sizeof(r.err), "waiting for the destination to be ready: %s",
-				 strerror(-ret));
-		else if (type == MIG_MSG_ERROR || type == MIG_MSG_REFUSE)
-			snprintf(r.err, sizeof(r.err), "the destination could not load the VM: %.400s",
-				 text);
-		else
-			snprintf(r.err, sizeof(r.err), "the destination sent message %d instead of "
-				 "READY", type);
-		ret = ret ? ret : -EPROTO;
-		goto fail;
-	}
-	r.ms_ready = ms_since(&t_pause);
-	/* The point of no return: a cancel either got in before it or is refused. */
-	pthread_mutex_lock(&m->lock);
-	if (m->cancel) {
-		pthread_mutex_unlock(&m->lock);
-		ret = -ECANCELED;
-		goto fail;
-	}
-	m->prog.status = MIG_COMMITTING;
-	pthread_mutex_unlock(&m->lock);
-	/* Disks: flushed and unlocked, for the destination to lock at COMMIT. */
-	ret = dev_release_all(r.vm);
-	if (ret) {
-		snprintf(r.err, sizeof(r.err), "cannot hand the disks over: %s", strerror(-ret));
-		if (dev_acquire_all(r.vm))
-			log_warnx("migrate: cannot take the disks back");
-		goto fail;
-	}
-	r.ms_released = ms_since(&t_pause);
-	ret = migrate_msg_send(r.fd, MIG_MSG_COMMIT, NULL);
-	if (!ret)
-		ret = migrate_msg_recv(r.fd, MIG_IO_TIMEOUT_MS, &type, text, sizeof(text));
-	if (!ret && type == MIG_MSG_ERROR) {
-		/* The destination says it did not and will not run the VM: it is ours again. */
-		snprintf(r.err, sizeof(r.err), "the destination could not start the VM: %.400s", text);
-		if (dev_acquire_all(r.vm) == 0) {
-			ret = -EPROTO;
+	{
+		static const struct handoff_src_ops ops = {
+			.cancelled = src_cancelled, .may_commit = src_may_commit,
+			.release = src_release, .reacquire = src_reacquire, .state = src_state,
+		};
+		struct src_handoff sh = { .r = &r, .t_pause = &t_pause };
+		bool cancelled;
+
+		switch (handoff_source(r.fd, MIG_IO_TIMEOUT_MS, &ops, &sh, &cancelled, r.err,
+				       sizeof(r.err))) {
+		case HANDOFF_THERE:
+			break;
+		case HANDOFF_HERE:
+			/* The disks are back with this side (handoff_source reacquired them). */
+			ret = cancelled ? -ECANCELED : -EPROTO;
 			goto fail;
+		case HANDOFF_IN_DOUBT:
+			mig_fail(m, MIG_IN_DOUBT, "%s; the VM is paused here and may be running "
+				 "there: check the destination, then godwit migrate-resolve --resume "
+				 "or --discard", r.err);
+			log_warnx("migrate: %s", m->prog.error);
+			goto out;
 		}
-		ret = -EBUSY;
-	}
-	if (ret || type != MIG_MSG_DONE) {
-		mig_fail(m, MIG_IN_DOUBT, "in doubt: COMMIT was sent but the destination did not "
-			 "confirm (%s); the VM is paused here and may be running there: check the "
-			 "destination, then godwit migrate-resolve --resume or --discard",
-			 ret == -EBUSY ? "and the disks cannot be locked again here" :
-			 ret ? strerror(-ret) : "unexpected message");
-		log_warnx("migrate: %s", m->prog.error);
-		goto out;
 	}
 	pthread_mutex_lock(&m->lock);
 	m->prog.downtime_ms = ms_since(&t_pause);
@@ -1116,7 +1054,7 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 	memset(&m->prog, 0, sizeof(m->prog));
 	snprintf(m->prog.to, sizeof(m->prog.to), "%s", p->to);
 	m->prog.status = MIG_SETUP;
-	m->cancel = m->reported = false;
+	m->cancel = m->reported = m->in_handoff = false;
 	m->fd = -1;
 	clock_gettime(CLOCK_MONOTONIC, &m->t_start);
 	pthread_mutex_unlock(&m->lock);
@@ -1168,9 +1106,12 @@ int migrate_cancel(struct vm *vm, char *err, size_t len)
 	case MIG_ACTIVE:
 	case MIG_STOP_COPY:
 		m->cancel = true;
-		/* Unblock a send or receive in progress; the thread resumes the VM. */
+		/*
+		 * Unblock a send or receive in progress; the thread resumes the VM.
+		 * In the hand-off, only the wait for READY: the ABORT still goes out.
+		 */
 		if (m->fd >= 0)
-			shutdown(m->fd, SHUT_RDWR);
+			shutdown(m->fd, m->in_handoff ? SHUT_RD : SHUT_RDWR);
 		break;
 	case MIG_COMMITTING:
 	case MIG_COMPLETED:

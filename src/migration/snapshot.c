@@ -381,7 +381,8 @@ static struct kvm_cpuid2 *snap_supported_cpuid(void)
 	return NULL;
 }
 
-int snapshot_restore_open(int fd, struct snapshot_restore **out, char *err, size_t len)
+int snapshot_restore_open(int fd, const struct stream_watchdog *wd,
+			  struct snapshot_restore **out, char *err, size_t len)
 {
 	struct snapshot_restore *sr = calloc(1, sizeof(*sr));
 	struct kvm_cpuid2 *sup;
@@ -393,8 +394,10 @@ int snapshot_restore_open(int fd, struct snapshot_restore **out, char *err, size
 		return -ENOMEM;
 	}
 	ret = stream_reader_new(fd, &sr->r);
-	if (!ret)
+	if (!ret) {
 		stream_reader_target_zeroed(sr->r);  /* guest RAM is freshly mapped */
+		stream_reader_set_watchdog(sr->r, wd);
+	}
 	if (ret) {
 		snap_err(err, len, "out of memory");
 		goto err;

@@ -12,16 +12,6 @@
 #include "godwit/log.h"
 
 int log_verbose;
-/* This thread's last warning, without the prefix and newline (log_last_warning()). */
-static _Thread_local char log_last[512];
-
-const char *log_last_warning(void)
-{
-	return log_last;
-}
-
-/* Distinct objects, both printed as nothing: only warnings are remembered. */
-static const char log_warn_level[] = "", log_info_level[] = "";
 
 static void log_emit(const char *level, int err, const char *fmt, va_list ap)
 {
@@ -35,8 +25,6 @@ static void log_emit(const char *level, int err, const char *fmt, va_list ap)
 		n = (int)sizeof(buf) - 64;
 	if (err)
 		n += snprintf(buf + n, sizeof(buf) - (size_t)n, ": %s", strerror(err));
-	if (level == log_warn_level)
-		snprintf(log_last, sizeof(log_last), "%.*s", n - 8, buf + 8);  /* after "godwit: " */
 	buf[n++] = '\n';
 	/* Best effort: nothing useful to do if stderr is gone. */
 	if (write(STDERR_FILENO, buf, (size_t)n) < 0)
@@ -49,7 +37,7 @@ void log_warn(const char *fmt, ...)
 	va_list ap;
 
 	va_start(ap, fmt);
-	log_emit(log_warn_level, err, fmt, ap);
+	log_emit("", err, fmt, ap);
 	va_end(ap);
 	errno = err;
 }
@@ -59,7 +47,7 @@ void log_warnx(const char *fmt, ...)
 	va_list ap;
 
 	va_start(ap, fmt);
-	log_emit(log_warn_level, 0, fmt, ap);
+	log_emit("", 0, fmt, ap);
 	va_end(ap);
 }
 
@@ -68,7 +56,7 @@ void log_info(const char *fmt, ...)
 	va_list ap;
 
 	va_start(ap, fmt);
-	log_emit(log_info_level, 0, fmt, ap);
+	log_emit("", 0, fmt, ap);
 	va_end(ap);
 }
 

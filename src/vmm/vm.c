@@ -310,12 +310,68 @@ static struct kvm_cpuid2 *kvm_supported_cpuid(int kvm_fd)
 	return NULL;
 }
 
+int vm_host_check(const struct vm_config *cfg, char *err, size_t len)
+{
+	struct kvm_cpuid2 *cpuid = NULL;
+	char missing[256] = "";
+	uint64_t avail = host_mem_available();
+	int fd, ret = 0, max_vcpus;
+
+	if (avail && cfg->mem_size > avail) {
+		snprintf(err, len, "guest RAM of %llu MiB (--mem) is more than the host has available (%llu MiB)",
+			 (unsigned long long)(cfg->mem_size >> 20), (unsigned long long)(avail >> 20));
+		return -ENOMEM;
+	}
+	fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		ret = -errno;
+		snprintf(err, len, "cannot open /dev/kvm (is KVM enabled and accessible?): %s",
+			 strerror(-ret));
+		return ret;
+	}
+	if (ioctl(fd, KVM_GET_API_VERSION, 0) != KVM_API_VERSION) {
+		snprintf(err, len, "/dev/kvm speaks an unknown API version");
+		ret = -ENOTSUP;
+		goto out;
+	}
+	max_vcpus = kvm_check_cap(fd, KVM_CAP_MAX_VCPUS);
+	if (!max_vcpus)
+		max_vcpus = kvm_check_cap(fd, KVM_CAP_NR_VCPUS);
+	if (max_vcpus && (int)cfg->ncpus > max_vcpus) {
+		snprintf(err, len, "%u vCPUs is more than this host's KVM allows (%d)", cfg->ncpus,
+			 max_vcpus);
+		ret = -EINVAL;
+		goto out;
+	}
+	if (!kvm_check_cap(fd, KVM_CAP_IRQCHIP) || !kvm_check_cap(fd, KVM_CAP_PIT2) ||
+	    !kvm_check_cap(fd, KVM_CAP_USER_MEMORY) || !kvm_check_cap(fd, KVM_CAP_IMMEDIATE_EXIT)) {
+		snprintf(err, len, "this KVM lacks a required capability (irqchip, PIT2, user "
+			 "memory, immediate exit)");
+		ret = -ENOTSUP;
+		goto out;
+	}
+	cpuid = kvm_supported_cpuid(fd);
+	if (!cpuid) {
+		ret = -EIO;
+		snprintf(err, len, "KVM_GET_SUPPORTED_CPUID: %s", strerror(errno));
+		goto out;
+	}
+	ret = cpuid_filter(cpuid, cfg->cpu_model, missing, sizeof(missing));
+	if (ret)
+		snprintf(err, len, "this host cannot offer CPU model %s: missing %s",
+			 cpu_model_name(cfg->cpu_model), missing[0] ? missing : "features");
+out:
+	free(cpuid);
+	close(fd);
+	return ret;
+}
+
 int vm_create(struct vm *vm, const struct vm_config *cfg)
 {
 	struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
-	uint64_t low, high, avail;
-	char missing[256] = "";
-	int ret, max_vcpus;
+	uint64_t low, high;
+	char missing[256] = "", why[512];
+	int ret;
 
 	memset(vm, 0, sizeof(*vm));
 	vm->cfg = *cfg;
@@ -323,42 +379,17 @@ int vm_create(struct vm *vm, const struct vm_config *cfg)
 	pthread_mutex_init(&vm->lock, NULL);
 	pthread_cond_init(&vm->cond, NULL);
 
-	avail = host_mem_available();
-	if (avail && cfg->mem_size > avail) {
-		log_warnx("--mem %llu MiB is more than the host has available (%llu MiB)",
-			  (unsigned long long)(cfg->mem_size >> 20),
-			  (unsigned long long)(avail >> 20));
-		return -ENOMEM;
+	ret = vm_host_check(cfg, why, sizeof(why));
+	if (ret) {
+		log_warnx("%s", why);
+		return ret;
 	}
-
 	vm->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 	if (vm->kvm_fd < 0) {
 		ret = -errno;
 		log_warn("cannot open /dev/kvm (is KVM enabled and accessible?)");
 		return ret;
 	}
-	if (ioctl(vm->kvm_fd, KVM_GET_API_VERSION, 0) != KVM_API_VERSION) {
-		log_warnx("/dev/kvm speaks an unknown API version");
-		ret = -ENOTSUP;
-		goto err;
-	}
-	max_vcpus = kvm_check_cap(vm->kvm_fd, KVM_CAP_MAX_VCPUS);
-	if (!max_vcpus)
-		max_vcpus = kvm_check_cap(vm->kvm_fd, KVM_CAP_NR_VCPUS);
-	if (max_vcpus && (int)cfg->ncpus > max_vcpus) {
-		log_warnx("--cpus %u is more than this host's KVM allows (%d)", cfg->ncpus, max_vcpus);
-		ret = -EINVAL;
-		goto err;
-	}
-	if (!kvm_check_cap(vm->kvm_fd, KVM_CAP_IRQCHIP) ||
-	    !kvm_check_cap(vm->kvm_fd, KVM_CAP_PIT2) ||
-	    !kvm_check_cap(vm->kvm_fd, KVM_CAP_USER_MEMORY) ||
-	    !kvm_check_cap(vm->kvm_fd, KVM_CAP_IMMEDIATE_EXIT)) {
-		log_warnx("this KVM lacks a required capability (irqchip, PIT2, user memory, immediate exit)");
-		ret = -ENOTSUP;
-		goto err;
-	}
-
 	vm->cpuid = kvm_supported_cpuid(vm->kvm_fd);
 	if (!vm->cpuid) {
 		log_warn("KVM_GET_SUPPORTED_CPUID");

@@ -81,3 +81,41 @@ else
 	echo "FAIL fuzz/stream: the fuzzer found a failure: $(grep -m3 -E 'ERROR|SUMMARY|Test unit written' "$log" | tr '\n' ' ')"
 fi
 rm -f "$log"
+
+# The control messages and the hand-off (src/migration/handoff.c): seeds are each side's
+# good exchanges (GWMC messages: READY then DONE for the source; COMMIT, ABORT for the
+# destination), with and without failing operations.
+corpus=$ROOT/build-fuzz/corpus-handoff
+mkdir -p "$corpus"
+python3 - "$corpus" <<'PY'
+import struct, sys
+def crc32c(b):
+    c = 0xffffffff
+    for x in b:
+        c ^= x
+        for _ in range(8):
+            c = (c >> 1) ^ (0x82f63b78 & -(c & 1))
+    return c ^ 0xffffffff
+def msg(t, text=b""):
+    h = b"GWMC" + struct.pack("<HH", t, len(text)) + text
+    return h + struct.pack("<I", crc32c(h))
+seeds = {
+    "src-ok": b"\x00" + msg(3) + msg(6),
+    "src-error": b"\x00" + msg(3) + msg(4, b"cannot lock"),
+    "src-refused": b"\x00" + msg(4, b"no"),
+    "src-release-fails": b"\x02" + msg(3),
+    "dst-commit": b"\x01" + msg(5),
+    "dst-abort": b"\x01" + msg(7, b"cancelled"),
+    "dst-commit-fails": b"\x09" + msg(5),
+}
+for k, v in seeds.items():
+    open(sys.argv[1] + "/seed-" + k, "wb").write(v)
+PY
+log=$(mktemp)
+if timeout $((secs + 60)) "$ROOT/build-fuzz/fuzz-handoff" -max_total_time="$secs" -rss_limit_mb=2048 \
+	"$corpus" >"$log" 2>&1; then
+	echo "PASS fuzz/handoff: $(grep -o 'Done [0-9]* runs' "$log" | tail -1) in ${secs}s"
+else
+	echo "FAIL fuzz/handoff: the fuzzer found a failure: $(grep -m3 -E 'ERROR|SUMMARY|Test unit written' "$log" | tr '\n' ' ')"
+fi
+rm -f "$log"

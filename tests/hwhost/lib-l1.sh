@@ -334,3 +334,23 @@ hw_check_memtest() {
 	fi
 	t_pass "$name"
 }
+
+# hw_bridge_net NSB NSP TAP...: two network namespaces: NSB with a bridge br0 joining
+# persistent TAPs TAP... (for the VMMs, which run in NSB) and a veth to NSP, where the peer
+# is 198.18.0.1/24 on eth0 (the guest takes 198.18.0.2).  Prints what failed and returns 1.
+hw_bridge_net() {
+	local nsb=$1 nsp=$2 tap out
+	shift 2
+	# _hw_ip ARGS...: ip ARGS, or its message and false.
+	_hw_ip() { out=$(ip "$@" 2>&1) || { echo "ip $*: $out"; return 1; }; }
+	_hw_ip netns add "$nsb" && _hw_ip netns add "$nsp" &&
+		_hw_ip -n "$nsb" link set lo up && _hw_ip -n "$nsp" link set lo up &&
+		_hw_ip -n "$nsb" link add br0 type bridge || return 1
+	for tap in "$@"; do
+		_hw_ip -n "$nsb" tuntap add dev "$tap" mode tap &&
+			_hw_ip -n "$nsb" link set "$tap" master br0 up || return 1
+	done
+	_hw_ip -n "$nsb" link add gwmveth type veth peer name eth0 netns "$nsp" &&
+		_hw_ip -n "$nsb" link set gwmveth master br0 up && _hw_ip -n "$nsb" link set br0 up &&
+		_hw_ip -n "$nsp" addr add 198.18.0.1/24 dev eth0 && _hw_ip -n "$nsp" link set eth0 up
+}

@@ -254,6 +254,11 @@ l1_boot() {
 		echo "# written by tests/hwhost/run.sh; run by tests/hwhost/l1-init in chroot /host"
 		printf 'export ROOT=%q BUILD=%q TIER=hwhost SCRATCH=/tmp/scratch HWHOST_TEST_TIMEOUT=%q HWHOST_EMULATED=1\n' \
 			"$ROOT" "$BUILD" "$HWHOST_TEST_TIMEOUT"
+		# The tests' own settings (HW_MIGRATE_CPUS, MIGRATE_KIBS, NET_MIB, SOAK_*) go along.
+		local v
+		for v in $(compgen -v | grep -E '^(HW_[A-Z_]+|SOAK_[A-Z_]+|MIGRATE_KIBS|NET_MIB)$'); do
+			printf 'export %s=%q\n' "$v" "${!v}"
+		done
 		printf 'exec bash %q %q %q' "$ROOT/tests/hwhost/run-tests.sh" "$sdir/results" "$RUNDIR/logs"
 		printf ' %q' "$@"
 		echo

@@ -61,14 +61,9 @@ fi
 GODWIT=$SCRATCH/godwit-migrate.bin
 
 net_cleanup() {
-	local ns
-	for ns in "$NSP" "$NSB"; do
-		ip netns pids "$ns" 2>/dev/null | xargs -r kill -KILL 2>/dev/null
-	done
 	ip -n "$NSB" link del gwmtapA 2>/dev/null
 	ip -n "$NSB" link del gwmtapB 2>/dev/null
-	ip netns del "$NSP" 2>/dev/null
-	ip netns del "$NSB" 2>/dev/null
+	t_netns_del "$NSP" "$NSB"
 	rm -f "$img" "$ssock" "$dsock" "$msock" "$SCRATCH/godwit-migrate.bin"
 }
 trap 'net_cleanup; hw_save_logs; t_cleanup' EXIT
@@ -90,97 +85,13 @@ stuck() {
 }
 
 # ---- the network: bridge (TAP A, TAP B, veth) in NSB, the peer in NSP -----------------
-setup_err=$T_TMP/setup.err
-mk() { "$@" 2>>"$setup_err" || { echo "$*: $(tail -n 1 "$setup_err")"; return 1; }; }
-setup_net() {
-	mk ip netns add "$NSB" && mk ip netns add "$NSP" &&
-		mk ip -n "$NSB" link set lo up && mk ip -n "$NSP" link set lo up &&
-		mk ip -n "$NSB" link add br0 type bridge &&
-		mk ip -n "$NSB" tuntap add dev gwmtapA mode tap &&
-		mk ip -n "$NSB" tuntap add dev gwmtapB mode tap &&
-		mk ip -n "$NSB" link add gwmveth type veth peer name eth0 netns "$NSP" &&
-		mk ip -n "$NSB" link set gwmtapA master br0 up &&
-		mk ip -n "$NSB" link set gwmtapB master br0 up &&
-		mk ip -n "$NSB" link set gwmveth master br0 up &&
-		mk ip -n "$NSB" link set br0 up &&
-		mk ip -n "$NSP" addr add 198.18.0.1/24 dev eth0 &&
-		mk ip -n "$NSP" link set eth0 up
-}
-if ! why=$(setup_net); then
+if ! why=$(hw_bridge_net "$NSB" "$NSP" gwmtapA gwmtapB 2>&1); then
 	t_fail "$name" "network setup: $why"
 	exit 0
 fi
 
 # ---- the peer: streams KIBS KiB/s on :5003 until $stop exists, takes the echo back ------
-cat >"$T_TMP/peer.py" <<'EOF'
-# peer OUT STOPFILE KIB_PER_S MAX_S: accepts one connection on :5003, streams random
-# data paced at KIB_PER_S until STOPFILE exists (or MAX_S), reads the guest's echo, then
-# shuts its side down once everything came back and waits for the guest's close.
-import hashlib, os, socket, sys, threading, time
-out, stopfile, kibs, max_s = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-f = open(out, 'w', buffering=1)
-def say(s): print('peer: ' + s, file=f, flush=True)
-l = socket.socket()
-l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-l.bind(('0.0.0.0', 5003))
-l.listen(1)
-l.settimeout(400)
-say('listening')
-c, addr = l.accept()
-l.close()
-t0 = time.monotonic()
-say('connected from %s:%d' % addr)
-hs, he = hashlib.sha256(), hashlib.sha256()
-st = {'sent': 0, 'echoed': 0, 'last': None, 'gap': 0.0, 'gap_at': 0.0, 'eof': 0, 'err': ''}
-def rx():
-    try:
-        while True:
-            d = c.recv(1 << 16)
-            if not d:
-                break
-            now = time.monotonic()
-            he.update(d)
-            st['echoed'] += len(d)
-            # The longest pause between echoes, from the first one on.
-            if st['last'] is not None and now - st['last'] > st['gap']:
-                st['gap'], st['gap_at'] = now - st['last'], st['last'] - t0
-            st['last'] = now
-        st['eof'] = 1
-    except Exception as e:
-        st['err'] = st['err'] or 'recv: %r' % e
-th = threading.Thread(target=rx, daemon=True)
-th.start()
-chunk = 16384
-tick = chunk / (kibs * 1024.0)
-nxt, rep = time.monotonic(), 0.0
-try:
-    while not os.path.exists(stopfile) and time.monotonic() - t0 < max_s and not st['err']:
-        d = os.urandom(chunk)
-        hs.update(d)
-        c.sendall(d)
-        st['sent'] += len(d)
-        nxt += tick
-        now = time.monotonic()
-        if now - t0 - rep >= 5:
-            rep = now - t0
-            say('t=%.1f sent=%d echoed=%d' % (rep, st['sent'], st['echoed']))
-        if nxt > now:
-            time.sleep(nxt - now)
-    say('stopping t=%.1f sent=%d echoed=%d' % (time.monotonic() - t0, st['sent'], st['echoed']))
-    # Everything must come back before our side closes.
-    end = time.monotonic() + 60
-    while st['echoed'] < st['sent'] and time.monotonic() < end and not st['err'] and not st['eof']:
-        time.sleep(0.05)
-    c.shutdown(socket.SHUT_WR)
-    th.join(60)
-except Exception as e:
-    st['err'] = st['err'] or 'send: %r' % e
-c.close()
-say('done secs=%.1f sent=%d sent_sha=%s echoed=%d echo_sha=%s eof=%d max_gap_ms=%d gap_at=%.1f error=%s' % (
-    time.monotonic() - t0, st['sent'], hs.hexdigest(), st['echoed'], he.hexdigest(),
-    st['eof'], st['gap'] * 1000, st['gap_at'], (st['err'] or 'none').replace(' ', '_')))
-EOF
-ip netns exec "$NSP" timeout 500 python3 "$T_TMP/peer.py" "$plog" "$stop" "$KIBS" 300 &
+ip netns exec "$NSP" timeout 500 python3 "$(dirname "$0")/stream-peer.py" "$plog" "$stop" "$KIBS" 300 &
 if ! hw_wait "$plog" '^peer: listening' 60; then
 	fail "the peer did not start" "$plog"
 	exit 0

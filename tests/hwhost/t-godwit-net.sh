@@ -15,11 +15,7 @@ NS=gwt-l1net-$$
 MIB=${NET_MIB:-16}
 hw_need_guest "$name" || exit 0
 
-net_cleanup() {
-	ip netns pids "$NS" 2>/dev/null | xargs -r kill -KILL 2>/dev/null
-	ip netns del "$NS" 2>/dev/null
-}
-trap 'net_cleanup; hw_save_logs; t_cleanup' EXIT
+trap 't_netns_del "$NS"; hw_save_logs; t_cleanup' EXIT
 if ! ip netns add "$NS" 2>"$T_TMP/netns.err"; then
 	t_fail "$name" "cannot create network namespace $NS: $(cat "$T_TMP/netns.err")"
 	exit 0

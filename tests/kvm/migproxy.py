@@ -16,6 +16,15 @@ MODE:
                 the source closes it; the destination's side is left alone
   drop-commit   READY is forwarded; the source's next bytes (its COMMIT) are
                 dropped and both sides closed
+  hold TYPE     the first control message of TYPE (accept, ready, error,
+                done from the destination; commit, abort from the source,
+                after READY) is held with all that follows it in that
+                direction ("held TYPE"); the other direction flows on.  On
+                SIGUSR1 it is released ("released") and everything flows.
+  hold-bytes N  the same after N bytes from the source (mid-stream)
+  drop TYPE     that message is dropped and both sides closed ("dropped TYPE")
+A side that closes is passed on: the other's write side is shut down (both sides
+are closed if what was held was bound for the side that closed).
 
 Events go to stdout, one line each, flushed: "listening", "accepted",
 "connected", "ready" (READY seen), "held", "dropped-ready", "cut BYTES",
@@ -26,12 +35,14 @@ exits after 90 s whatever happens.
 """
 import os
 import select
+import signal
 import socket
 import sys
 import time
 
 MAGIC = b"GWMC"
 READY, COMMIT = 3, 5
+TYPES = {"accept": 1, "refuse": 2, "ready": 3, "error": 4, "commit": 5, "done": 6, "abort": 7}
 LIFETIME = 90.0
 
 
@@ -52,33 +63,13 @@ def main():
     if len(sys.argv) < 4:
         raise SystemExit(__doc__)
     listen, to, mode = sys.argv[1:4]
+    if mode in ("hold", "hold-bytes", "drop"):
+        return general(listen, to, mode, sys.argv[4])
     limit = int(sys.argv[4]) if len(sys.argv) > 4 else 0
     if mode not in ("pass", "cut-bytes", "drop-ready", "hold-ready", "drop-commit"):
         raise SystemExit("unknown mode " + mode)
+    src, dst = connect_pair(listen, to)
     deadline = time.monotonic() + LIFETIME
-
-    fam, la = parse_addr(listen)
-    ls = socket.socket(fam, socket.SOCK_STREAM)
-    if fam == socket.AF_INET:
-        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    elif os.path.exists(la):
-        os.unlink(la)
-    ls.bind(la)
-    ls.listen(1)
-    ls.settimeout(LIFETIME)
-    ev("listening")
-    src, _ = ls.accept()
-    ls.close()
-    if fam == socket.AF_UNIX:
-        os.unlink(la)
-    ev("accepted")
-    fam, ta = parse_addr(to)
-    dst = socket.socket(fam, socket.SOCK_STREAM)
-    dst.settimeout(10)
-    dst.connect(ta)
-    ev("connected")
-    for s in (src, dst):
-        s.setblocking(False)
 
     sent_from_src = 0
     ctl = b""           # unparsed bytes from the destination
@@ -86,22 +77,8 @@ def main():
     holding = False
     open_src, open_dst = True, True
 
-    def sendall(s, data):
-        s.setblocking(True)
-        s.settimeout(10)
-        try:
-            s.sendall(data)
-        finally:
-            s.setblocking(False)
-
     def close_both():
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-        ev("closed")
+        close_pair(src, dst)
 
     while time.monotonic() < deadline:
         rl = ([src] if open_src else []) + ([dst] if open_dst and not holding else [])
@@ -132,16 +109,11 @@ def main():
                 return
             if mode == "cut-bytes" and sent_from_src + len(data) >= limit:
                 data = data[:limit - sent_from_src]
-                try:
-                    sendall(dst, data)
-                except OSError:
-                    pass
+                sendall(dst, data)
                 ev("cut", sent_from_src + len(data))
                 close_both()
                 return
-            try:
-                sendall(dst, data)
-            except OSError:
+            if not sendall(dst, data):
                 close_both()
                 return
             sent_from_src += len(data)
@@ -182,12 +154,182 @@ def main():
                         holding = True
                         break
                 out += msg
-            if out:
+            if out and not sendall(src, out):
+                close_both()
+                return
+    ev("timeout" if time.monotonic() >= deadline else "done")
+    close_both()
+
+
+
+def sendall(s, data):
+    """Send all of data on a non-blocking socket (10 s at most); False if it failed."""
+    s.setblocking(True)
+    s.settimeout(10)
+    try:
+        s.sendall(data)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.setblocking(False)
+
+
+def close_pair(a, b):
+    for s in (a, b):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        s.close()
+    ev("closed")
+
+
+def connect_pair(listen, to):
+    """Accept the source on LISTEN, connect to the destination at TO."""
+    fam, la = parse_addr(listen)
+    ls = socket.socket(fam, socket.SOCK_STREAM)
+    if fam == socket.AF_INET:
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    elif os.path.exists(la):
+        os.unlink(la)
+    ls.bind(la)
+    ls.listen(1)
+    ls.settimeout(LIFETIME)
+    ev("listening")
+    src, _ = ls.accept()
+    ls.close()
+    if fam == socket.AF_UNIX:
+        os.unlink(la)
+    ev("accepted")
+    fam, ta = parse_addr(to)
+    dst = socket.socket(fam, socket.SOCK_STREAM)
+    dst.settimeout(10)
+    dst.connect(ta)
+    ev("connected")
+    for s in (src, dst):
+        s.setblocking(False)
+    return src, dst
+
+
+def general(listen, to, mode, arg):
+    """The hold/hold-bytes/drop modes (see the module's text)."""
+    want = None if mode == "hold-bytes" else TYPES.get(arg)
+    if mode != "hold-bytes" and want is None:
+        raise SystemExit("unknown message type " + arg)
+    limit = int(arg) if mode == "hold-bytes" else 0
+    released = [False]
+    signal.signal(signal.SIGUSR1, lambda *a: released.__setitem__(0, True))
+    src, dst = connect_pair(listen, to)
+    deadline = time.monotonic() + LIFETIME
+    # Per direction: the socket it comes from, where it goes, parse state.
+    d = {
+        "s2d": {"frm": src, "to": dst, "open": True, "buf": b"", "held": None, "n": 0},
+        "d2s": {"frm": dst, "to": src, "open": True, "buf": b"", "held": None, "n": 0},
+    }
+    state = {"ready": False, "hit": False}
+
+    def close_both():
+        close_pair(src, dst)
+
+    def messages(x):
+        """Whole control messages at the head of x["buf"]: (type, bytes), and the rest."""
+        out = []
+        while len(x["buf"]) >= 8 and x["buf"][:4] == MAGIC:
+            n = 8 + int.from_bytes(x["buf"][6:8], "little") + 4
+            if len(x["buf"]) < n:
+                break
+            out.append((int.from_bytes(x["buf"][4:6], "little"), x["buf"][:n]))
+            x["buf"] = x["buf"][n:]
+        return out
+
+    while time.monotonic() < deadline:
+        if released[0] and state["hit"]:
+            released[0] = False
+            state["hit"] = False
+            want = -1               # nothing more to catch
+            limit = -1
+            ev("released")
+            for x in d.values():
+                if x["held"] is not None:
+                    if not sendall(x["to"], x["held"]):
+                        close_both()
+                        return
+                    x["held"] = None
+        if not any(x["open"] for x in d.values()):
+            break
+        # Held directions are not read, but a sender that goes away is still seen.
+        pl = select.poll()
+        for x in d.values():
+            if x["open"]:
+                pl.register(x["frm"], select.POLLIN | select.POLLRDHUP
+                            if x["held"] is None else select.POLLRDHUP)
+        ready = {fd: e for fd, e in pl.poll(100)}
+        for name, x in d.items():
+            e = ready.get(x["frm"].fileno(), 0) if x["open"] else 0
+            if not e:
+                continue
+            if x["held"] is not None or not e & select.POLLIN:
+                data = b""              # gone (RDHUP, HUP or ERR)
+            else:
                 try:
-                    sendall(src, out)
+                    data = x["frm"].recv(1 << 16)
                 except OSError:
+                    data = b""
+            if not data:
+                ev("source-eof" if name == "s2d" else "destination-eof")
+                x["open"] = False
+                x["held"] = None        # its sender is gone: nothing to release
+                other = d["d2s" if name == "s2d" else "s2d"]
+                if other["held"] is not None:
+                    # What was held towards the side that is gone never arrives.
                     close_both()
                     return
+                try:
+                    x["to"].shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                continue
+            out = b""
+            if name == "s2d" and not state["ready"]:
+                # The stream: bytes, not messages, until READY went back.
+                if mode == "hold-bytes" and limit >= 0 and x["n"] + len(data) >= limit:
+                    k = limit - x["n"]
+                    out, x["held"] = data[:k], data[k:]
+                    state["hit"] = True
+                    ev("held bytes", limit)
+                else:
+                    out = data
+                x["n"] += len(out)
+            else:
+                x["buf"] += data
+                for typ, msg in messages(x):
+                    if x["held"] is not None:
+                        x["held"] += msg
+                        continue
+                    if typ == READY:
+                        state["ready"] = True
+                    if typ == want:
+                        ev(("dropped " if mode == "drop" else "held ") + arg)
+                        if mode == "drop":
+                            if out:
+                                sendall(x["to"], out)
+                            close_both()
+                            return
+                        x["held"] = msg
+                        state["hit"] = True
+                        continue
+                    ev("passed", typ)
+                    out += msg
+                if x["buf"][:4] != MAGIC[:len(x["buf"][:4])]:
+                    out += x["buf"]     # not a control message: pass it on as is
+                    x["buf"] = b""
+                if x["held"] is not None:
+                    x["held"] += x["buf"]
+                    x["buf"] = b""
+            if out and not sendall(x["to"], out):
+                close_both()
+                return
     ev("timeout" if time.monotonic() >= deadline else "done")
     close_both()
 

@@ -31,6 +31,14 @@ expect usage-bad-mem 2 'not a size' "$GODWIT" run --kernel x --mem lots
 expect usage-small-mem 2 'at least 32 MiB' "$GODWIT" run --kernel x --mem 1M
 expect usage-bad-model 2 'cpu-model x86-64-v9' "$GODWIT" run --kernel x --cpu-model x86-64-v9
 expect usage-bad-command 2 "unknown command 'frobnicate'" "$GODWIT" frobnicate
+expect usage-name-not-utf8 2 'name is not valid UTF-8' "$GODWIT" run --kernel x --name $'web\xc3\x28'
+expect usage-name-control 2 'name must not hold control characters' "$GODWIT" run --kernel x --name $'web\e[2J'
+expect usage-incoming-timeout 2 'incoming-timeout soon: expected seconds' \
+	"$GODWIT" run --incoming "unix:$T_TMP/x.sock" --api "$T_TMP/x.api" --incoming-timeout soon
+expect usage-incoming-min-rate 2 'incoming-min-rate fast: expected bytes per second' \
+	"$GODWIT" run --incoming "unix:$T_TMP/x.sock" --api "$T_TMP/x.api" --incoming-min-rate fast
+expect usage-restore-incoming-opt 2 'overwrite is only for godwit run --incoming' \
+	"$GODWIT" restore --from x --overwrite
 
 # Bad kernels: status 1, before any KVM work.
 expect kernel-missing 1 'cannot open kernel /nonexistent' "$GODWIT" run --kernel /nonexistent

@@ -23,6 +23,7 @@
 # The proxy (tests/kvm/migproxy.py) sits between source and destination.
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/lib-vm.sh"
+. "$(dirname "$0")/lib-migrate.sh"
 
 N=migrate-faults
 t_need_kvm $N || exit 0
@@ -30,83 +31,7 @@ if [ ! -f "$GUEST_ELF" ]; then
 	t_fail $N "no test guest at $GUEST_ELF (make guest)"
 	exit 0
 fi
-PROXY=$(cd "$(dirname "$0")" && pwd)/migproxy.py
-CMDLINE='workload=mem mem=64 rate=20 report=200'
 T0=$(date +%s%3N)
-
-now_ms() { date +%s%3N; }
-# reports FILE: number of memtest lines.
-reports() { local n; n=$(grep -ac "^memtest: t=" "$1" 2>/dev/null); echo "${n:-0}"; }
-# wait_reports FILE N SECS: until FILE has N memtest lines.
-wait_reports() {
-	local i
-	for ((i = 0; i < $3 * 10; i++)); do
-		[ "$(reports "$1")" -ge "$2" ] && return 0
-		sleep 0.1
-	done
-	return 1
-}
-# mstat SOCK: migrate-status --json of the VM at SOCK.
-mstat() { "$GODWIT" migrate-status --api "$1" --json 2>&1; }
-# jfield JSON KEY: a number or string field of compact JSON.
-jfield() { grep -o "\"$2\": *\"\?[^,\"}]*" <<<"$1" | head -n 1 | sed 's/.*: *"\?//'; }
-# last_gen FILE: gen= of the last complete memtest line.
-last_gen() { grep -a '^memtest: t=.* max_stall_ms=' "$1" | tail -n 1 | sed 's/.* gen=\([0-9]*\) .*/\1/'; }
-# guest_errors FILE: the guest's error lines, if any.
-guest_errors() { grep -a 'memtest: ERROR\|EXCEPTION\|errors=[1-9]' "$1" | head -n 3; }
-
-# start_src NAME: a fresh source VM; S_PID, S_SOCK, S_OUT, S_ERR.  Waits for 2 reports.
-start_src() {
-	S_SOCK=$T_TMP/$1.sock S_OUT=$T_TMP/$1.out S_ERR=$T_TMP/$1.err
-	timeout 150 "$GODWIT" run --kernel "$GUEST_ELF" --mem 256M --api "$S_SOCK" \
-		--cmdline "$CMDLINE" </dev/null >"$S_OUT" 2>"$S_ERR" &
-	S_PID=$!
-	wait_reports "$S_OUT" 2 20
-}
-# start_dst NAME [OPTIONS...]: a destination on unix:$T_TMP/NAME.msock; D_PID, D_SOCK,
-# D_OUT, D_ERR, D_ADDR.  Waits until it listens.
-start_dst() {
-	local name=$1
-	shift
-	D_SOCK=$T_TMP/$name.sock D_OUT=$T_TMP/$name.out D_ERR=$T_TMP/$name.err
-	D_ADDR=unix:$T_TMP/$name.msock
-	timeout 150 "$GODWIT" run --incoming "$D_ADDR" --api "$D_SOCK" "$@" \
-		</dev/null >"$D_OUT" 2>"$D_ERR" &
-	D_PID=$!
-	t_wait_for "$D_ERR" 'waiting for an incoming migration' 10
-}
-# start_proxy NAME MODE [N]: migproxy from unix:$T_TMP/NAME.px to $D_ADDR; P_PID, P_OUT, P_ADDR.
-start_proxy() {
-	P_OUT=$T_TMP/$1.px.out P_ADDR=unix:$T_TMP/$1.px
-	timeout 100 python3 "$PROXY" "$P_ADDR" "$D_ADDR" "$2" ${3:+"$3"} >"$P_OUT" 2>&1 &
-	P_PID=$!
-	t_wait_for "$P_OUT" '^listening' 10
-}
-# src_ok PID SOCK OUT: the VM at SOCK runs and its guest reports on, errors=0 (else WHY).
-src_ok() {
-	local n st
-	WHY=
-	if ! kill -0 "$1" 2>/dev/null; then
-		wait "$1"
-		WHY="the godwit exited with status $?: $(tail -c 300 "${3%.out}.err")"
-		return 1
-	fi
-	st=$("$GODWIT" status --api "$2" --json 2>&1)
-	if ! grep -q '"state": *"running"' <<<"$st"; then
-		WHY="godwit status: $(head -c 300 <<<"$st")"
-		return 1
-	fi
-	n=$(reports "$3")
-	if ! wait_reports "$3" $((n + 3)) 10; then
-		WHY="the guest printed $(($(reports "$3") - n)) memtest lines in 10 s (expected 3): $(tail -c 200 "$3")"
-		return 1
-	fi
-	if [ -n "$(guest_errors "$3")" ]; then
-		WHY="guest errors: $(guest_errors "$3")"
-		return 1
-	fi
-	return 0
-}
 
 # migrate_ok CASE: the VM at S_* migrates to a fresh destination (exit 0, the source
 # exits 6, the guest goes on there with errors=0).  The destination becomes S_* (WHY).
@@ -148,12 +73,6 @@ after_fault() {
 	fi
 	end_vm
 }
-# end_vm: stop the current VM (S_*).
-end_vm() {
-	"$GODWIT" shutdown --api "$S_SOCK" >/dev/null 2>&1
-	wait_exit "$S_PID" 10 >/dev/null
-}
-
 # ---- 1: kill -9 of the destination during pre-copy ------------------------------------------
 if ! start_src c1.src; then
 	t_fail $N "the source VM did not start: $(tail -c 400 "$S_ERR")"

@@ -32,6 +32,7 @@
 #                    --overwrite named, the file unchanged), done with it
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/lib-vm.sh"
+. "$(dirname "$0")/lib-migrate.sh"
 
 N=storage
 t_need_kvm $N || exit 0
@@ -40,7 +41,6 @@ if [ ! -f "$GUEST_ELF" ]; then
 	exit 0
 fi
 HERE=$(cd "$(dirname "$0")" && pwd)
-PROXY=$HERE/migproxy.py
 JCHECK=$HERE/journal_check.py
 T0=$(date +%s.%N)
 # STORAGE_CASES="journal sparse ...": run only these cases (default: all).
@@ -50,8 +50,6 @@ want() { [ -z "${STORAGE_CASES:-}" ] || [[ " $STORAGE_CASES " == *" $1 "* ]]; }
 JL_RE='^journal: t=[0-9.]+ seq=[0-9]+ written=[0-9]+ flushed=[0-9]+ errors=[0-9]+ verified=[0-9]+ passes=[0-9]+$'
 jlines() { tr -d '\r' 2>/dev/null <"$1" | grep -aE "$JL_RE"; }
 njl() { jlines "$1" | wc -l; }
-# jget FILE KEY: a value of the compact JSON object in FILE.
-jget() { sed -n "s/.*[{,]\"$2\":\"\{0,1\}\([^\",}]*\).*/\1/p" "$1" 2>/dev/null | head -n 1; }
 # guest_bad FILE...: the guest's error lines, if any.
 guest_bad() {
 	grep -haE 'journal: ERROR|disk: ERROR|memtest: ERROR|EXCEPTION|virtio: .*did not answer|journal: verify skipped' "$@" 2>/dev/null | head -n 3
@@ -67,27 +65,6 @@ wait_jl() {
 	return 1
 }
 
-# start_src NAME ARGS...: a source VM; S_PID, S_SOCK, S_OUT, S_ERR.
-start_src() {
-	local name=$1
-	shift
-	S_SOCK=$T_TMP/$name.sock S_OUT=$T_TMP/$name.out S_ERR=$T_TMP/$name.err
-	timeout 120 "$GODWIT" run --kernel "$GUEST_ELF" --mem 128M --cpus 1 --api "$S_SOCK" "$@" \
-		</dev/null >"$S_OUT" 2>"$S_ERR" &
-	S_PID=$!
-}
-# start_dst NAME ARGS...: a destination on unix:$T_TMP/NAME.msock; D_PID, D_SOCK,
-# D_OUT, D_ERR, D_ADDR.  False if it is not waiting within 10 s.
-start_dst() {
-	local name=$1
-	shift
-	D_SOCK=$T_TMP/$name.sock D_OUT=$T_TMP/$name.out D_ERR=$T_TMP/$name.err
-	D_ADDR=unix:$T_TMP/$name.msock
-	timeout 120 "$GODWIT" run --incoming "$D_ADDR" --api "$D_SOCK" "$@" \
-		</dev/null >"$D_OUT" 2>"$D_ERR" &
-	D_PID=$!
-	t_wait_for "$D_ERR" 'waiting for an incoming migration' 10
-}
 # migrate NAME ARGS...: godwit migrate --json from S_SOCK to D_ADDR (unless
 # ARGS has its own --to); M_RC, M_JSON, M_ERR.
 migrate() {
@@ -115,18 +92,8 @@ mig_ok() {
 # runs_on PID SOCK OUT N: the VM at SOCK runs and its guest prints N more
 # journal lines within 10 s, no errors (else WHY).
 runs_on() {
-	local n st
-	WHY=
-	if ! kill -0 "$1" 2>/dev/null; then
-		wait "$1"
-		WHY="the godwit exited with status $?: $(tail -c 300 "${3%.out}.err")"
-		return 1
-	fi
-	st=$("$GODWIT" status --api "$2" --json 2>&1)
-	if ! grep -q '"state": *"running"' <<<"$st"; then
-		WHY="godwit status: $(head -c 300 <<<"$st")"
-		return 1
-	fi
+	local n
+	vm_running "$1" "$2" "$3" || return 1
 	n=$(njl "$3")
 	if ! wait_jl "$3" $((n + $4)) 10; then
 		WHY="the guest printed $(($(njl "$3") - n)) journal lines in 10 s (expected $4): $(tail -c 200 "$3")"
@@ -149,11 +116,6 @@ jcheck() {
 	WHY="journal_check $(basename "$img") $*: exit $rc: $(tr '\n' '|' <"$T_TMP/$name.jc" | head -c 500)"
 	return 1
 }
-# end_vm PID SOCK: godwit shutdown, and reap it.
-end_vm() {
-	"$GODWIT" shutdown --api "$2" >/dev/null 2>&1
-	wait_exit "$1" 10 >/dev/null
-}
 
 # ---- storage-journal -------------------------------------------------------------------------
 journal_case() {
@@ -161,7 +123,7 @@ journal_case() {
 	local s_last d_first d_last vline F W DJC
 	start=$(date +%s.%N)
 	truncate -s 64M "$img"
-	start_src j.src --disk "$img,serial=d0" \
+	start_vm j.src --mem 128M --cpus 1 --disk "$img,serial=d0" \
 		--cmdline 'workload=mem+disk disk_mode=journal mem=32 rate=20 report=200 runtime=10'
 	if ! wait_jl "$S_OUT" 3 20; then
 		t_fail $name "the journal did not start: $(tail -c 300 "$S_OUT" | tr '\n' '|') $(tail -c 300 "$S_ERR")"
@@ -277,7 +239,7 @@ sparse_case() {
 	dd if=/dev/urandom of="$img" bs=4K seek=$((6000 * 256 + 17)) count=1 conv=notrunc status=none
 	sync "$img" 2>/dev/null
 	sdu_k=$(du -k "$img" | cut -f1)
-	start_src sp.src --disk "$img,serial=big" --cmdline 'workload=mem mem=32 rate=20 report=200'
+	start_vm sp.src --mem 128M --cpus 1 --disk "$img,serial=big" --cmdline 'workload=mem mem=32 rate=20 report=200'
 	if ! t_wait_for "$S_OUT" '^memtest: t=' 20; then
 		t_fail $name "the guest did not start: $(tail -c 300 "$S_ERR")"
 		kill_pid "$S_PID"
@@ -330,7 +292,7 @@ faults_case() {
 	# 128 MiB: the journal in the first 4 MiB, 64 MiB of data at 32 MiB.
 	truncate -s 128M "$img"
 	dd if=/dev/urandom of="$img" bs=1M seek=32 count=64 conv=notrunc status=none
-	start_src f.src --disk "$img,serial=d0" \
+	start_vm f.src --mem 128M --cpus 1 --disk "$img,serial=d0" \
 		--cmdline 'workload=mem+disk disk_mode=journal disk_mib=4 journal_rate=2000 mem=32 rate=20 report=200'
 	if ! wait_jl "$S_OUT" 2 20; then
 		t_fail $name "the journal did not start: $(tail -c 300 "$S_OUT" | tr '\n' '|') $(tail -c 300 "$S_ERR")"
@@ -443,7 +405,7 @@ refuse_case() {
 	local h0 h1 rc drc msg d_first d_last
 	start=$(date +%s.%N)
 	truncate -s 16M "$img"
-	start_src r.src --disk "$img,serial=d0" \
+	start_vm r.src --mem 128M --cpus 1 --disk "$img,serial=d0" \
 		--cmdline 'workload=mem+disk disk_mode=journal disk_mib=2 journal_rate=500 mem=16 rate=5 report=200'
 	if ! wait_jl "$S_OUT" 2 20; then
 		t_fail $N-serial "the journal did not start: $(tail -c 300 "$S_OUT" | tr '\n' '|') $(tail -c 300 "$S_ERR")"

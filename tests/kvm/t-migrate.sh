@@ -26,13 +26,10 @@
 #                     (exit 1, "migration")
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/lib-vm.sh"
+. "$(dirname "$0")/lib-migrate.sh"
 
 NS=gwt-mig-$$
-net_cleanup() {
-	ip netns pids "$NS" 2>/dev/null | xargs -r kill -KILL 2>/dev/null
-	ip netns del "$NS" 2>/dev/null
-}
-trap 'net_cleanup; t_cleanup' EXIT
+trap 't_netns_del "$NS"; t_cleanup' EXIT
 
 t_need_kvm migrate || exit 0
 if [ ! -f "$GUEST_ELF" ]; then
@@ -46,17 +43,16 @@ want() { [ -z "${MIGRATE_CASES:-}" ] || [[ " $MIGRATE_CASES " == *" $1 "* ]]; }
 # mt_lines FILE: the complete memtest report lines of a console log.
 MT_RE='^memtest: t=[0-9.]+ gen=[0-9]+ verified=[0-9]+ dirtied=[0-9]+ errors=[0-9]+ stall_ms=[0-9.]+ max_stall_ms=[0-9]+\.[0-9]{3}$'
 mt_lines() { tr -d '\r' 2>/dev/null <"$1" | grep -aE "$MT_RE"; }
-# jget FILE KEY...: the values of KEYs in the compact JSON object in FILE,
-# space-separated (sed, not python: python's start-up takes seconds here
-# while the guest and the migration keep both cores busy).
-jget() {
-	local f=$1 k v out=
+# jvals FILE KEY...: the values of KEYs in the JSON object in FILE, space-separated, "?"
+# for a missing one.
+jvals() {
+	local f=$1 out
 	shift
-	for k in "$@"; do
-		v=$(sed -n "s/.*[{,]\"$k\":\"\{0,1\}\([^\",}]*\).*/\1/p" "$f" 2>/dev/null | head -n 1)
-		out="$out ${v:-?}"
-	done
-	echo "${out# }"
+	out=$(jq -r '[. as $o | $ARGS.positional[] as $k |
+		if ($o | has($k)) then ($o[$k] | tostring) else "?" end] | join(" ")' \
+		"$f" --args "$@" 2>/dev/null)
+	[ -n "$out" ] || out=$(printf '? %.0s' "$@")
+	echo "$out"
 }
 # wait_lines FILE N [RE...]: until FILE has N memtest reports and a line
 # matching each RE (20 s).
@@ -73,36 +69,14 @@ wait_lines() {
 	return 1
 }
 
-PFX=()	# a prefix for godwit run (ip netns exec NS), for migrate-devices
 
-# start_src NAME ARGS...: `godwit run` with the API at $T_TMP/NAME.api; sets
-# SRC_PID, SRC_SOCK, SRC_OUT, SRC_ERR.
-start_src() {
-	local name=$1
-	shift
-	SRC_SOCK=$T_TMP/$name.api SRC_OUT=$T_TMP/$name.out SRC_ERR=$T_TMP/$name.err
-	"${PFX[@]}" timeout 180 "$GODWIT" run --kernel "$GUEST_ELF" --api "$SRC_SOCK" "$@" \
-		</dev/null >"$SRC_OUT" 2>"$SRC_ERR" &
-	SRC_PID=$!
-}
-# start_dst NAME ADDR ARGS...: `godwit run --incoming ADDR`; sets DST_PID,
-# DST_SOCK, DST_OUT, DST_ERR; false if it is not waiting within 10 s.
-start_dst() {
-	local name=$1 addr=$2
-	shift 2
-	DST_SOCK=$T_TMP/$name.api DST_OUT=$T_TMP/$name.out DST_ERR=$T_TMP/$name.err
-	"${PFX[@]}" timeout 180 "$GODWIT" run --incoming "$addr" --api "$DST_SOCK" "$@" \
-		</dev/null >"$DST_OUT" 2>"$DST_ERR" &
-	DST_PID=$!
-	t_wait_for "$DST_ERR" 'waiting for an incoming migration' 10
-}
-# migrate NAME ADDR ARGS...: godwit migrate --json from SRC_SOCK; sets MIG_RC,
+# migrate NAME ADDR ARGS...: godwit migrate --json from S_SOCK; sets MIG_RC,
 # MIG_JSON, MIG_ERR.
 migrate() {
 	local name=$1 addr=$2
 	shift 2
 	MIG_JSON=$T_TMP/$name.json MIG_ERR=$T_TMP/$name.migerr
-	timeout 60 "$GODWIT" migrate --api "$SRC_SOCK" --to "$addr" --json "$@" \
+	timeout 60 "$GODWIT" migrate --api "$S_SOCK" --to "$addr" --json "$@" \
 		>"$MIG_JSON" 2>"$MIG_ERR"
 	MIG_RC=$?
 }
@@ -110,9 +84,9 @@ migrate() {
 # check_report: the migrate exit status and --json report; sets WHY on failure.
 check_report() {
 	local st dt by pg zp rd
-	read -r st dt by pg zp rd <<<"$(jget "$MIG_JSON" status downtime_ms bytes pages zero_pages rounds)"
+	read -r st dt by pg zp rd <<<"$(jvals "$MIG_JSON" status downtime_ms bytes pages zero_pages rounds)"
 	if [ "$MIG_RC" -ne 0 ]; then
-		WHY="godwit migrate exited $MIG_RC: $(tail -c 300 "$MIG_ERR") $(cat "$MIG_JSON"); destination: $(tail -c 300 "$DST_ERR")"
+		WHY="godwit migrate exited $MIG_RC: $(tail -c 300 "$MIG_ERR") $(cat "$MIG_JSON"); destination: $(tail -c 300 "$D_ERR")"
 	elif [ "$st" != completed ]; then
 		WHY="report status '$st', expected completed: $(cat "$MIG_JSON")"
 	elif ! awk -v d="$dt" -v b="$by" -v p="$pg" -v z="$zp" -v r="$rd" \
@@ -124,14 +98,14 @@ check_report() {
 	return 1
 }
 
-# check_guest SRC_OUT DST_OUT NEED_VERIFIED RATE: the guest goes on at the
+# check_guest S_OUT D_OUT NEED_VERIFIED RATE: the guest goes on at the
 # destination: complete memtest lines, errors=0 everywhere, t and gen not
 # going back, then NEED_VERIFIED more pages verified and (RATE > 0) a newer
-# generation, within 20 s.  Sets WHY and DST_LAST.
+# generation, within 20 s.  Sets WHY and D_LAST.
 check_guest() {
 	local src=$1 dst=$2 need=$3 rate=$4 last first g0 v0 t0 g1 v1 t1 i bad
 	last=$(mt_lines "$src" | tail -n 1)
-	DST_LAST=
+	D_LAST=
 	if ! wait_lines "$dst" 1; then
 		WHY="no memtest line on the destination's console: $(tail -c 300 "$dst" | tr '\n' '|')"
 		return 1
@@ -148,9 +122,9 @@ check_guest() {
 		return 1
 	fi
 	for ((i = 0; i < 200; i++)); do
-		DST_LAST=$(mt_lines "$dst" | tail -n 1)
-		if [ "$(field "$DST_LAST" verified)" -ge $((v1 + need)) ] &&
-			{ [ "$rate" -eq 0 ] || [ "$(field "$DST_LAST" gen)" -gt "$g1" ]; }; then
+		D_LAST=$(mt_lines "$dst" | tail -n 1)
+		if [ "$(field "$D_LAST" verified)" -ge $((v1 + need)) ] &&
+			{ [ "$rate" -eq 0 ] || [ "$(field "$D_LAST" gen)" -gt "$g1" ]; }; then
 			break
 		fi
 		sleep 0.1
@@ -162,17 +136,17 @@ check_guest() {
 		WHY="the guest booted again on the destination: $(head -c 200 "$dst" | tr '\n' '|')"
 	elif [ -n "$bad" ]; then
 		WHY="errors in a report: $bad"
-	elif [ "$(field "$DST_LAST" verified)" -lt $((v1 + need)) ]; then
-		WHY="no full verification pass on the destination within 20 s (need $need more pages verified): first '$first', last '$DST_LAST'"
-	elif [ "$rate" -ne 0 ] && [ "$(field "$DST_LAST" gen)" -le "$g1" ]; then
-		WHY="no new generation on the destination within 20 s: first '$first', last '$DST_LAST'"
+	elif [ "$(field "$D_LAST" verified)" -lt $((v1 + need)) ]; then
+		WHY="no full verification pass on the destination within 20 s (need $need more pages verified): first '$first', last '$D_LAST'"
+	elif [ "$rate" -ne 0 ] && [ "$(field "$D_LAST" gen)" -le "$g1" ]; then
+		WHY="no new generation on the destination within 20 s: first '$first', last '$D_LAST'"
 	else
 		return 0
 	fi
 	return 1
 }
 
-# check_all SRC_PID: report, source exit 6, the guest at the destination,
+# check_all S_PID: report, source exit 6, the guest at the destination,
 # the destination still running, no sanitizer report.  Sets WHY.
 check_all() {
 	local spid=$1 need=$2 rate=$3 rc s
@@ -181,15 +155,15 @@ check_all() {
 	wait_exit "$spid"
 	rc=$?
 	if [ $rc -ne 6 ]; then
-		WHY="the source godwit exited $rc, expected 6: $(tail -c 300 "$SRC_ERR")"
+		WHY="the source godwit exited $rc, expected 6: $(tail -c 300 "$S_ERR")"
 		return 1
 	fi
-	check_guest "$SRC_OUT" "$DST_OUT" "$need" "$rate" || return 1
-	if ! kill -0 "$DST_PID" 2>/dev/null; then
-		WHY="the destination godwit is gone: $(tail -c 300 "$DST_ERR")"
+	check_guest "$S_OUT" "$D_OUT" "$need" "$rate" || return 1
+	if ! kill -0 "$D_PID" 2>/dev/null; then
+		WHY="the destination godwit is gone: $(tail -c 300 "$D_ERR")"
 		return 1
 	fi
-	s=$(sanitizer "$SRC_ERR" "$DST_ERR" "$MIG_ERR")
+	s=$(sanitizer "$S_ERR" "$D_ERR" "$MIG_ERR")
 	if [ -n "$s" ]; then
 		WHY="sanitizer: $s"
 		return 1
@@ -200,14 +174,14 @@ check_all() {
 # report_line NAME: one "#" line with the report's figures.
 report_line() {
 	local tt dt st by rd cv
-	read -r tt dt st by rd cv <<<"$(jget "$MIG_JSON" total_ms downtime_ms setup_ms bytes rounds converged)"
+	read -r tt dt st by rd cv <<<"$(jvals "$MIG_JSON" total_ms downtime_ms setup_ms bytes rounds converged)"
 	echo "# $1: total ${tt} ms, downtime ${dt} ms, setup ${st} ms, $((${by:-0} / 1048576)) MiB, ${rd} rounds, converged=${cv}"
 }
 
 # stop_dst: shut the destination down.
 stop_dst() {
-	kill "$DST_PID" 2>/dev/null
-	wait "$DST_PID" 2>/dev/null
+	kill "$D_PID" 2>/dev/null
+	wait "$D_PID" 2>/dev/null
 }
 
 # simple_case NAME tcp|unix CMDLINE NEED_VERIFIED RATE RUN_ARGS...: one migration.
@@ -223,26 +197,26 @@ simple_case() {
 	else
 		addr=unix:$T_TMP/$name.mig
 	fi
-	start_src "$name.src" "$@" --cmdline "$cmdline"
-	if ! wait_lines "$SRC_OUT" 3; then
-		t_fail "$name" "the guest did not start: $(tail -c 300 "$SRC_ERR")"
-		kill "$SRC_PID" 2>/dev/null
+	start_vm "$name.src" "$@" --cmdline "$cmdline"
+	if ! wait_lines "$S_OUT" 3; then
+		t_fail "$name" "the guest did not start: $(tail -c 300 "$S_ERR")"
+		kill "$S_PID" 2>/dev/null
 		return
 	fi
-	if ! start_dst "$name.dst" "$addr"; then
-		t_fail "$name" "the destination is not waiting: $(tail -c 300 "$DST_ERR")"
-		kill "$SRC_PID" "$DST_PID" 2>/dev/null
+	if ! D_AT="$addr" start_dst "$name.dst"; then
+		t_fail "$name" "the destination is not waiting: $(tail -c 300 "$D_ERR")"
+		kill "$S_PID" "$D_PID" 2>/dev/null
 		return
 	fi
 	migrate "$name" "$addr"
-	if check_all "$SRC_PID" "$need" "$rate"; then
+	if check_all "$S_PID" "$need" "$rate"; then
 		t_pass "$name"
 	else
 		t_fail "$name" "$WHY"
 	fi
 	report_line "$name"
-	echo "#   destination: $DST_LAST; case took $(elapsed "$start") s"
-	kill "$SRC_PID" 2>/dev/null
+	echo "#   destination: $D_LAST; case took $(elapsed "$start") s"
+	kill "$S_PID" 2>/dev/null
 	stop_dst
 }
 
@@ -294,15 +268,15 @@ devices_case() {
 		return
 	fi
 	PFX=(ip netns exec "$NS")
-	start_src $name.src --mem 128M --cpus 1 --disk "$img,readonly" --net "tap=gwm0,mac=$mac" \
+	start_vm $name.src --mem 128M --cpus 1 --disk "$img,readonly" --net "tap=gwm0,mac=$mac" \
 		--cmdline "workload=mem+disk+net mem=32 rate=20 report=200 disk_mib=8 ip=$ip_guest"
-	if ! wait_lines "$SRC_OUT" 3 '^disk: t=.* gen=[1-9]' '^net: t='; then
-		t_fail $name "the guest's workloads did not start: $(tail -c 300 "$SRC_OUT" | tr '\n' '|') $(tail -c 300 "$SRC_ERR")"
+	if ! wait_lines "$S_OUT" 3 '^disk: t=.* gen=[1-9]' '^net: t='; then
+		t_fail $name "the guest's workloads did not start: $(tail -c 300 "$S_OUT" | tr '\n' '|') $(tail -c 300 "$S_ERR")"
 		PFX=()
 		return
 	fi
-	if ! grep -qa '^disk: found .* ro=1' "$SRC_OUT"; then
-		t_fail $name "the guest does not see a read-only disk: $(grep -a '^disk: found' "$SRC_OUT")"
+	if ! grep -qa '^disk: found .* ro=1' "$S_OUT"; then
+		t_fail $name "the guest does not see a read-only disk: $(grep -a '^disk: found' "$S_OUT")"
 	fi
 	if command -v ping >/dev/null 2>&1; then PING=(ping); else PING=(busybox ping); fi
 	if ! ip netns exec "$NS" "${PING[@]}" -c 2 -i 0.2 -W 2 -w 10 "$ip_guest" >"$T_TMP/ping.out" 2>&1; then
@@ -357,34 +331,34 @@ EOF
 		>"$T_TMP/udp.out" 2>&1 &
 	local upid=$!
 	sleep 0.5
-	if ! start_dst $name.dst unix:$T_TMP/$name.mig --disk "$img,readonly" --net tap=gwm1; then
-		t_fail $name "the destination is not waiting: $(tail -c 300 "$DST_ERR")"
+	if ! D_AT=unix:$T_TMP/$name.mig start_dst $name.dst --disk "$img,readonly" --net tap=gwm1; then
+		t_fail $name "the destination is not waiting: $(tail -c 300 "$D_ERR")"
 		PFX=()
 		return
 	fi
-	u0=$(grep -a '^net: t=' "$SRC_OUT" | tail -n 1 | sed -n 's/.* udp=\([0-9]*\) .*/\1/p')
+	u0=$(grep -a '^net: t=' "$S_OUT" | tail -n 1 | sed -n 's/.* udp=\([0-9]*\) .*/\1/p')
 	migrate $name unix:$T_TMP/$name.mig
 	touch "$T_TMP/migrated"
-	if ! check_all "$SRC_PID" $((32 * 256)) 20; then
+	if ! check_all "$S_PID" $((32 * 256)) 20; then
 		t_fail $name "$WHY"
 	else
 		# Disk: a full read pass on the destination, errors=0 throughout.
-		d1=$(grep -a '^disk: t=' "$DST_OUT" | head -n 1)
+		d1=$(grep -a '^disk: t=' "$D_OUT" | head -n 1)
 		for ((i = 0; i < 100; i++)); do
-			dl=$(grep -a '^disk: t=' "$DST_OUT" | tail -n 1)
+			dl=$(grep -a '^disk: t=' "$D_OUT" | tail -n 1)
 			[ -n "$d1" ] && [ "$(field "$dl" gen)" -ge $(($(field "$d1" gen) + 2)) ] && break
 			sleep 0.1
-			d1=$(grep -a '^disk: t=' "$DST_OUT" | head -n 1)
+			d1=$(grep -a '^disk: t=' "$D_OUT" | head -n 1)
 		done
 		wait_exit $upid
 		rc=$?
-		nl=$(grep -a '^net: t=' "$DST_OUT" | tail -n 1)
+		nl=$(grep -a '^net: t=' "$D_OUT" | tail -n 1)
 		u1=$(sed -n 's/.* udp=\([0-9]*\) .*/\1/p' <<<"$nl")
 		res=$(grep -a '^udp sent' "$T_TMP/udp.out")
-		if grep -qa '^disk: ERROR\|^virtio:\|^net: ERROR' "$SRC_OUT" "$DST_OUT" ||
-			grep -ha '^disk: t=.* ro=[01]$' "$SRC_OUT" "$DST_OUT" | grep -qv ' errors=0 '; then
+		if grep -qa '^disk: ERROR\|^virtio:\|^net: ERROR' "$S_OUT" "$D_OUT" ||
+			grep -ha '^disk: t=.* ro=[01]$' "$S_OUT" "$D_OUT" | grep -qv ' errors=0 '; then
 			# (complete lines only: the line being printed at the pause ends on the destination)
-			t_fail $name "disk errors: $(grep -ha '^disk: ERROR\|^virtio:\|^disk: t=.* errors=[1-9]' "$SRC_OUT" "$DST_OUT" | head -n 2 | tr '\n' '|')"
+			t_fail $name "disk errors: $(grep -ha '^disk: ERROR\|^virtio:\|^disk: t=.* errors=[1-9]' "$S_OUT" "$D_OUT" | head -n 2 | tr '\n' '|')"
 		elif [ -z "$d1" ] || [ "$(field "$dl" gen)" -lt $(($(field "$d1" gen) + 2)) ]; then
 			t_fail $name "no complete read pass of the disk on the destination: first '$d1', last '$dl'"
 		elif [ $rc -ne 0 ]; then
@@ -399,7 +373,7 @@ EOF
 	fi
 	report_line $name
 	echo "#   case took $(elapsed "$start") s"
-	kill "$SRC_PID" "$upid" 2>/dev/null
+	kill "$S_PID" "$upid" 2>/dev/null
 	stop_dst
 	PFX=()
 }
@@ -409,33 +383,33 @@ want devices && devices_case
 pingpong_case() {
 	local name=migrate-pingpong start hop ok=1 side gens=
 	start=$(date +%s.%N)
-	start_src $name.0 --mem 128M --cpus 1 --cmdline 'workload=mem mem=32 rate=50 report=200'
-	if ! wait_lines "$SRC_OUT" 3; then
-		t_fail $name "the guest did not start: $(tail -c 300 "$SRC_ERR")"
+	start_vm $name.0 --mem 128M --cpus 1 --cmdline 'workload=mem mem=32 rate=50 report=200'
+	if ! wait_lines "$S_OUT" 3; then
+		t_fail $name "the guest did not start: $(tail -c 300 "$S_ERR")"
 		return
 	fi
-	gens=$(field "$(mt_lines "$SRC_OUT" | tail -n 1)" gen)
+	gens=$(field "$(mt_lines "$S_OUT" | tail -n 1)" gen)
 	for hop in 1 2 3; do
 		side=B
 		[ $hop -eq 2 ] && side=A
-		if ! start_dst $name.$hop unix:$T_TMP/$name.mig.$hop; then
-			t_fail $name "hop $hop: the destination is not waiting: $(tail -c 300 "$DST_ERR")"
+		if ! D_AT=unix:$T_TMP/$name.mig.$hop start_dst $name.$hop; then
+			t_fail $name "hop $hop: the destination is not waiting: $(tail -c 300 "$D_ERR")"
 			ok=0
 			break
 		fi
 		migrate $name.$hop unix:$T_TMP/$name.mig.$hop
-		if ! check_all "$SRC_PID" $((32 * 256)) 50; then
+		if ! check_all "$S_PID" $((32 * 256)) 50; then
 			t_fail $name "hop $hop (to $side): $WHY"
 			ok=0
 			break
 		fi
 		report_line "$name hop $hop to $side"
-		gens="$gens -> $(field "$(mt_lines "$DST_OUT" | head -n 1)" gen)..$(field "$DST_LAST" gen)"
-		SRC_PID=$DST_PID SRC_SOCK=$DST_SOCK SRC_OUT=$DST_OUT SRC_ERR=$DST_ERR
+		gens="$gens -> $(field "$(mt_lines "$D_OUT" | head -n 1)" gen)..$(field "$D_LAST" gen)"
+		S_PID=$D_PID S_SOCK=$D_SOCK S_OUT=$D_OUT S_ERR=$D_ERR
 	done
 	[ $ok -eq 1 ] && t_pass $name
 	echo "#   gen: $gens; case took $(elapsed "$start") s"
-	kill "$SRC_PID" 2>/dev/null
+	kill "$S_PID" 2>/dev/null
 	stop_dst
 }
 want pingpong && pingpong_case
@@ -445,34 +419,34 @@ progress_case() {
 	local name=migrate-progress start addr mpid i st rd by prev=-1 active=0 grew=0 prc=- pmsg= n=0 nf=0 t1 slow=0 polls=
 	start=$(date +%s.%N)
 	addr=unix:$T_TMP/$name.mig
-	start_src $name.src --mem 256M --cpus 1 --cmdline 'workload=mem mem=64 rate=4 report=200'
-	if ! wait_lines "$SRC_OUT" 3; then
-		t_fail $name "the guest did not start: $(tail -c 300 "$SRC_ERR")"
+	start_vm $name.src --mem 256M --cpus 1 --cmdline 'workload=mem mem=64 rate=4 report=200'
+	if ! wait_lines "$S_OUT" 3; then
+		t_fail $name "the guest did not start: $(tail -c 300 "$S_ERR")"
 		return
 	fi
-	if ! start_dst $name.dst "$addr"; then
-		t_fail $name "the destination is not waiting: $(tail -c 300 "$DST_ERR")"
+	if ! D_AT="$addr" start_dst $name.dst; then
+		t_fail $name "the destination is not waiting: $(tail -c 300 "$D_ERR")"
 		return
 	fi
 	MIG_JSON=$T_TMP/$name.json MIG_ERR=$T_TMP/$name.migerr
-	timeout 60 "$GODWIT" migrate --api "$SRC_SOCK" --to "$addr" --json --max-bandwidth 20M \
+	timeout 60 "$GODWIT" migrate --api "$S_SOCK" --to "$addr" --json --max-bandwidth 20M \
 		>"$MIG_JSON" 2>"$MIG_ERR" &
 	mpid=$!
 	for ((i = 0; i < 300; i++)); do
 		kill -0 $mpid 2>/dev/null || break
 		t1=$(date +%s.%N)
-		timeout 5 "$GODWIT" migrate-status --api "$SRC_SOCK" --json >"$T_TMP/st.new" 2>"$T_TMP/st.err" || { nf=$((nf + 1)); sleep 0.1; continue; }
+		timeout 5 "$GODWIT" migrate-status --api "$S_SOCK" --json >"$T_TMP/st.new" 2>"$T_TMP/st.err" || { nf=$((nf + 1)); sleep 0.1; continue; }
 		mv "$T_TMP/st.new" "$T_TMP/st.json"
 		slow=$(awk -v a="$t1" -v b="$(date +%s.%N)" -v m="$slow" 'BEGIN { d = b - a; printf "%.2f", (d > m ? d : m) }')
 		polls="$polls $(elapsed "$start")"
-		read -r st rd by <<<"$(jget "$T_TMP/st.json" status round bytes)"
+		read -r st rd by <<<"$(jvals "$T_TMP/st.json" status round bytes)"
 		n=$((n + 1))
 		if [ "$st" = active ] && [ "${rd:-0}" -ge 1 ]; then
 			active=$((active + 1))
 			[ "$prev" -ge 0 ] && [ "$by" -gt "$prev" ] && grew=$((grew + 1))
 			prev=$by
 			if [ "$prc" = - ]; then
-				timeout 10 "$GODWIT" pause --api "$SRC_SOCK" >"$T_TMP/pause.out" 2>&1
+				timeout 10 "$GODWIT" pause --api "$S_SOCK" >"$T_TMP/pause.out" 2>&1
 				prc=$?
 				pmsg=$(tr '\n' ' ' <"$T_TMP/pause.out")
 			fi
@@ -481,20 +455,20 @@ progress_case() {
 	done
 	wait $mpid
 	MIG_RC=$?
-	echo "# $name: $n status polls ($nf failed: $(head -c 150 "$T_TMP/st.err"); at$polls s; slowest $slow s), $active active with round >= 1, bytes grew $grew times; last: $(jget "$T_TMP/st.json" status round bytes)"
+	echo "# $name: $n status polls ($nf failed: $(head -c 150 "$T_TMP/st.err"); at$polls s; slowest $slow s), $active active with round >= 1, bytes grew $grew times; last: $(jvals "$T_TMP/st.json" status round bytes)"
 	echo "#   pause during the migration: exit $prc: $pmsg"
 	if [ $active -lt 2 ] || [ $grew -lt 1 ]; then
 		t_fail $name "migrate-status showed $active active polls with round >= 1 and growing bytes $grew times (want >= 2 and >= 1)"
 	elif [ "$prc" != 1 ] || ! grep -qi 'migration' <<<"$pmsg"; then
 		t_fail $name "pause during the migration: exit $prc (expected 1, a message naming the migration): $pmsg"
-	elif ! check_all "$SRC_PID" $((64 * 256)) 0; then	# (a new gen would take 16 s)
+	elif ! check_all "$S_PID" $((64 * 256)) 0; then	# (a new gen would take 16 s)
 		t_fail $name "$WHY"
 	else
 		t_pass $name
 	fi
 	report_line $name
 	echo "#   case took $(elapsed "$start") s"
-	kill "$SRC_PID" 2>/dev/null
+	kill "$S_PID" 2>/dev/null
 	stop_dst
 }
 want progress && progress_case

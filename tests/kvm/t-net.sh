@@ -18,11 +18,7 @@ IP_GUEST=198.18.0.2
 UDP_MIB=${NET_UDP_MIB:-100}
 NAME=gwt-net-test
 
-net_cleanup() {
-	ip netns pids "$NS" 2>/dev/null | xargs -r kill -KILL 2>/dev/null
-	ip netns del "$NS" 2>/dev/null
-}
-trap 'net_cleanup; t_cleanup' EXIT
+trap 't_netns_del "$NS"; t_cleanup' EXIT
 
 t_need_kvm net || exit 0
 if [ ! -f "$GUEST_ELF" ]; then

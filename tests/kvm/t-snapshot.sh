@@ -187,11 +187,7 @@ wait $pid 2>/dev/null
 NS=gwt-snap-$$
 IP_HOST=198.18.0.1
 IP_GUEST=198.18.0.2
-net_cleanup() {
-	ip netns pids "$NS" 2>/dev/null | xargs -r kill -KILL 2>/dev/null
-	ip netns del "$NS" 2>/dev/null
-}
-trap 'net_cleanup; t_cleanup' EXIT
+trap 't_netns_del "$NS"; t_cleanup' EXIT
 if ! ip netns add "$NS" 2>"$T_TMP/netns.err"; then
 	t_fail snapshot-net "cannot create network namespace $NS: $(cat "$T_TMP/netns.err")"
 	exit 0

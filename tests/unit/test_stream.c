@@ -1782,3 +1782,154 @@ TEST(stream_dump_command)
 	free(b);
 	guest_free(&src);
 }
+
+/* ---- limits a migration peer cannot talk its way past ----------------------------- */
+
+/* stream_begin with c: 0, or the error; the same config_check() the reader runs on CONFIG. */
+static int begin_with(const struct stream_config *c, char *msg, size_t len)
+{
+	struct stream_writer *w;
+	int fd = memfd_create("w", 0), ret;
+
+	CHECK_EQ(stream_writer_new(fd, &w), 0);
+	ret = stream_begin(w, c);
+	snprintf(msg, len, "%s", stream_writer_error(w));
+	stream_writer_free(w);
+	close(fd);
+	return ret;
+}
+
+TEST(stream_config_limits)
+{
+	struct guest g;
+	struct stream_config *c = malloc(sizeof(*c));
+	char msg[256];
+
+	guest_alloc(&g, 4, 0);
+	guest_config(&g, c);
+	c->ncpus = 255;                                   /* godwit run --cpus' limit */
+	CHECK_EQ(begin_with(c, msg, sizeof(msg)), 0);
+	c->ncpus = 256;
+	CHECK_EQ(begin_with(c, msg, sizeof(msg)), -EINVAL);
+	CHECK(contains(msg, "256 vCPUs (1 to 255)"));
+	c->ncpus = 2;
+	/* Names: UTF-8 yes, anything else no. */
+	snprintf(c->name, sizeof(c->name), "caf\xc3\xa9-\xe2\x82\xac");
+	CHECK_EQ(begin_with(c, msg, sizeof(msg)), 0);
+	snprintf(c->name, sizeof(c->name), "bad\xc3\x28");
+	CHECK_EQ(begin_with(c, msg, sizeof(msg)), -EINVAL);
+	CHECK(contains(msg, "control characters"));
+	snprintf(c->name, sizeof(c->name), "golden");
+	/* The same disk image twice. */
+	c->nr_disks = 2;
+	c->disks[0] = (struct stream_disk){ .instance = 1, .size = 1 << 20 };
+	c->disks[1] = (struct stream_disk){ .instance = 1, .size = 1 << 20 };
+	CHECK_EQ(begin_with(c, msg, sizeof(msg)), -EINVAL);
+	CHECK(contains(msg, "disk 1 is listed twice"));
+	c->disks[1].instance = 2;
+	CHECK_EQ(begin_with(c, msg, sizeof(msg)), 0);
+	free(c);
+	guest_free(&g);
+}
+
+TEST(utf8_validation)
+{
+	CHECK(utf8_valid("plain", 5));
+	CHECK(utf8_valid("\xc3\xa9\xe2\x82\xac\xf0\x9f\x90\xa6", 9));  /* é € 🐦 */
+	CHECK(!utf8_valid("\xc3", 1));                 /* truncated */
+	CHECK(!utf8_valid("\xc3\x28", 2));             /* bad continuation */
+	CHECK(!utf8_valid("\x80", 1));                 /* lone continuation */
+	CHECK(!utf8_valid("\xc0\xaf", 2));             /* overlong '/' */
+	CHECK(!utf8_valid("\xe0\x80\xaf", 3));         /* overlong, 3 bytes */
+	CHECK(!utf8_valid("\xed\xa0\x80", 3));         /* a surrogate */
+	CHECK(!utf8_valid("\xf4\x90\x80\x80", 4));     /* beyond U+10FFFF */
+	CHECK(!utf8_valid("\xff", 1));
+}
+
+/* A CPU section one byte over its cap (64 KiB) is refused before it is buffered. */
+TEST(stream_section_caps)
+{
+	struct guest g;
+	struct stream_config *c = malloc(sizeof(*c));
+	struct stream_writer *w;
+	struct loaded *L = malloc(sizeof(*L));
+	static uint8_t big[(64 << 10) + 1];
+	int fd = memfd_create("w", 0);
+	off_t len;
+	uint8_t *b;
+
+	guest_alloc(&g, 4, 0);
+	guest_config(&g, c);
+	CHECK_EQ(stream_writer_new(fd, &w), 0);
+	CHECK_EQ(stream_begin(w, c), 0);
+	CHECK_EQ(stream_put_section(w, STREAM_CPU, 0, "cpu", 1, 0, big, sizeof(big)), 0);
+	CHECK_EQ(stream_end(w), 0);
+	stream_writer_free(w);
+	len = lseek(fd, 0, SEEK_END);
+	b = malloc((size_t)len);
+	CHECK_EQ(pread(fd, b, (size_t)len, 0), (ssize_t)len);
+	CHECK_EQ(load_mem(b, (size_t)len, &g, L), -EBADMSG);
+	CHECK(contains(L->err, "more than a cpu section may have (65536)"));
+	free(b);
+	free(L);
+	free(c);
+	close(fd);
+	guest_free(&g);
+}
+
+struct trickler {
+	int fd;
+	int bytes, gap_ms;
+};
+
+static void *trickle_thread(void *arg)
+{
+	struct trickler *t = arg;
+	static const char pre[] = "GODWITSTREAM.....";
+
+	for (int i = 0; i < t->bytes; i++) {
+		if (send(t->fd, pre + (i % 16), 1, MSG_NOSIGNAL) != 1)
+			break;
+		usleep((useconds_t)t->gap_ms * 1000);
+	}
+	return NULL;
+}
+
+/* The watchdog: a peer that trickles fails the minimum rate; one that is slow, the deadline. */
+TEST(stream_watchdog)
+{
+	const struct stream_config *cfg;
+	struct stream_reader *r;
+	struct trickler t;
+	pthread_t th;
+	int sv[2];
+
+	/* 1 byte per 20 ms, 100 bytes wanted per 200 ms of waiting: too slow. */
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	t = (struct trickler){ .fd = sv[1], .bytes = 60, .gap_ms = 20 };
+	pthread_create(&th, NULL, trickle_thread, &t);
+	CHECK_EQ(stream_reader_new(sv[0], &r), 0);
+	stream_reader_set_watchdog(r, &(struct stream_watchdog){ .min_bytes = 100,
+								.window_ms = 200 });
+	CHECK_EQ(stream_read_header(r, &cfg), -ETIMEDOUT);
+	CHECK(contains(stream_reader_error(r), "too slow: the peer sent"));
+	stream_reader_free(r);
+	shutdown(sv[0], SHUT_RDWR);
+	pthread_join(th, NULL);
+	close(sv[0]);
+	close(sv[1]);
+
+	/* Fast enough for the rate, but the whole stream has 300 ms. */
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	t = (struct trickler){ .fd = sv[1], .bytes = 60, .gap_ms = 20 };
+	pthread_create(&th, NULL, trickle_thread, &t);
+	CHECK_EQ(stream_reader_new(sv[0], &r), 0);
+	stream_reader_set_watchdog(r, &(struct stream_watchdog){ .deadline_ms = 300 });
+	CHECK_EQ(stream_read_header(r, &cfg), -ETIMEDOUT);
+	CHECK(contains(stream_reader_error(r), "longer than its deadline"));
+	stream_reader_free(r);
+	shutdown(sv[0], SHUT_RDWR);
+	pthread_join(th, NULL);
+	close(sv[0]);
+	close(sv[1]);
+}

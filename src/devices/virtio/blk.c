@@ -282,7 +282,11 @@ static int blk_lock(struct blk *b, unsigned int wait_ms)
 	}
 }
 
-/* Flush what the guest wrote to the image and let another VM lock it (migration source). */
+/*
+ * Let another VM lock the image (migration source, at COMMIT).  blk_quiesce
+ * already flushed it; the fdatasync here finds nothing left in the normal
+ * case and only guards a write that came after.
+ */
 static int blk_release(struct virtio_dev *vdev)
 {
 	struct blk *b = vdev->priv;
@@ -955,11 +959,21 @@ static void blk_reset(struct virtio_dev *vdev)
 static int blk_quiesce(struct virtio_dev *vdev)
 {
 	struct blk *b = vdev->priv;
+	int ret = 0;
 
 	pthread_mutex_lock(&b->ctl);
 	blk_stop_locked(b);
 	pthread_mutex_unlock(&b->ctl);
-	return 0;
+	/*
+	 * What the guest wrote goes to stable storage now, while the VM is paused
+	 * and before the state is sent: a migration's COMMIT then only hands the
+	 * lock over (blk_release has nothing left to flush).
+	 */
+	if (b->locked && !b->readonly && !b->moving && fdatasync(b->fd)) {
+		ret = -errno;
+		log_warn("disk %s: cannot flush", b->path);
+	}
+	return ret;
 }
 
 /* Serve again if the driver had the device running (also after load). */

@@ -1,0 +1,71 @@
+/*
+ * incoming.h - the destination of a live migration (`godwit run --incoming`,
+ * docs/migration.md): one connection, the stream's configuration, ACCEPT or
+ * REFUSE, the disks the stream carries, the load, and the hand-off
+ * (handoff.h).  The caller builds and runs the VM (src/cmd/run.c); every
+ * step here returns its error as text, which also goes to the source.
+ *
+ *	incoming_accept(addr, &params, &in, err)   listen, one connection, CONFIG
+ *	snapshot_restore_config(incoming_restore(in), ...)  -> the VM's config
+ *	incoming_refuse(in, why) on a mismatch, or incoming_open_disks(in, cfg, ...)
+ *	create the VM, then incoming_load(in, vm, ...): ACCEPT, load, READY, COMMIT
+ *	start the vCPUs (unless in doubt), incoming_started(in, vm)
+ *	incoming_close(in)
+ */
+#ifndef GODWIT_INCOMING_H
+#define GODWIT_INCOMING_H
+
+#include "godwit/common.h"
+
+struct vm;
+struct vm_config;
+struct snapshot_restore;
+struct incoming;
+
+#define INCOMING_DEFAULT_TIMEOUT_S  3600       /* from the connection to READY */
+#define INCOMING_DEFAULT_MIN_RATE   (64 * KiB) /* bytes/s while waiting on the source */
+#define INCOMING_RATE_WINDOW_MS     10000
+
+struct incoming_params {
+	uint32_t timeout_s;          /* whole stream; 0: none */
+	uint64_t min_rate;           /* bytes/s over each 10 s of waiting; 0: none */
+	int handoff_ms;              /* wait for COMMIT after READY */
+	bool overwrite;              /* a migrated disk may replace a non-empty file */
+};
+
+/*
+ * incoming_accept - listen on addr, take one connection, read the stream's
+ * header and configuration (with the watchdog of p).  Returns 0 and *out, or
+ * -errno with err set; a connection that brought no valid stream was answered
+ * with REFUSE.
+ */
+int incoming_accept(const char *addr, const struct incoming_params *p,
+		    struct incoming **out, char *err, size_t len) __must_check;
+struct snapshot_restore *incoming_restore(struct incoming *in);
+/* Refuse the VM (REFUSE with why, before any memory moves); logged. */
+void incoming_refuse(struct incoming *in, const char *why);
+/*
+ * incoming_open_disks - the files for the disks the stream carries (storage
+ * migration): the n-th virtio-blk is cfg's n-th disk option.  0, or -errno
+ * with err set (then incoming_refuse()).
+ */
+int incoming_open_disks(struct incoming *in, const struct vm_config *cfg, char *err,
+			size_t len) __must_check;
+/*
+ * incoming_load - the VM is created, its devices added, not started:
+ * ACCEPT, load the stream, sync the migrated disks, then the hand-off.
+ * Returns 0 with *in_doubt false (the VM is ours: start the vCPUs, then
+ * incoming_started()), 0 with *in_doubt true (keep it paused; the API's
+ * migrate-resolve settles it), or -errno: discard the VM (err says why, and
+ * the source was told or runs it).
+ */
+int incoming_load(struct incoming *in, struct vm *vm, bool *in_doubt, char *err,
+		  size_t len) __must_check;
+/* The vCPUs run: DONE to the source, logged. */
+void incoming_started(struct incoming *in);
+/* The VM could not be built: REFUSE with why (before ACCEPT) or ERROR. */
+void incoming_failed(struct incoming *in, const char *why);
+/* Close the connection; migrated disk copies go if the VM was not taken. */
+void incoming_close(struct incoming *in);
+
+#endif

@@ -1,0 +1,97 @@
+/*
+ * fuzz_handoff.c - libFuzzer target for the control messages and the
+ * hand-off state machines (handoff.c): whatever a peer sends, each side
+ * ends HERE, THERE or IN_DOUBT with a reason, never reads or writes out of
+ * bounds, and never gives the VM up without the message that says the
+ * other side has it (the source: DONE; the destination: ABORT, or its own
+ * commit failing).
+ *
+ * The first byte picks the side (bit 0: destination) and how the fake VM's
+ * operations fail (bits 1-3: release, reacquire, commit).  The rest is what
+ * the peer sent, followed by the end of the connection.
+ *   make fuzz && build-fuzz/fuzz-handoff -max_total_time=60 build-fuzz/corpus-handoff
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "godwit/handoff.h"
+
+static uint8_t fail_bits;
+
+static int f_release(void *o, char *err, size_t len)
+{
+	(void)o;
+	snprintf(err, len, "fuzz");
+	return fail_bits & 2 ? -5 : 0;
+}
+
+static int f_reacquire(void *o, char *err, size_t len)
+{
+	(void)o;
+	snprintf(err, len, "fuzz");
+	return fail_bits & 4 ? -5 : 0;
+}
+
+static int f_commit(void *o, char *err, size_t len)
+{
+	(void)o;
+	snprintf(err, len, "fuzz");
+	return fail_bits & 8 ? -5 : 0;
+}
+
+static bool f_no(void *o)
+{
+	(void)o;
+	return false;
+}
+
+static bool f_yes(void *o)
+{
+	(void)o;
+	return true;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	static const struct handoff_src_ops sops = {
+		.cancelled = f_no, .may_commit = f_yes, .release = f_release,
+		.reacquire = f_reacquire,
+	};
+	static const struct handoff_dst_ops dops = { .commit = f_commit };
+	char why[512] = "";
+	enum handoff_result r;
+	bool cancelled;
+	int sv[2];
+
+	if (!size || size > 16384)
+		return 0;
+	fail_bits = data[0];
+	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv))
+		abort();
+	/* All of the peer's bytes are there before the side starts: no waiting. */
+	if (write(sv[1], data + 1, size - 1) != (ssize_t)(size - 1))
+		abort();
+	shutdown(sv[1], SHUT_WR);
+	if (data[0] & 1) {
+		r = handoff_dest(sv[0], 1000, &dops, NULL, why, sizeof(why));
+		if (r == HANDOFF_THERE && !strstr(why, "the source aborted") &&
+		    !strstr(why, "cannot start the VM at COMMIT"))
+			abort();    /* dropped without being told */
+		if (r != HANDOFF_HERE && !why[0])
+			abort();
+	} else {
+		r = handoff_source(sv[0], 1000, &sops, NULL, &cancelled, why, sizeof(why));
+		if (r != HANDOFF_THERE && !why[0])
+			abort();
+	}
+	(void)r;
+	close(sv[0]);
+	close(sv[1]);
+	return 0;
+}
