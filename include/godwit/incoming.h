@@ -16,6 +16,7 @@
 #define GODWIT_INCOMING_H
 
 #include "godwit/common.h"
+#include "godwit/migrate.h"
 
 struct vm;
 struct vm_config;
@@ -23,8 +24,8 @@ struct snapshot_restore;
 struct incoming;
 
 #define INCOMING_DEFAULT_TIMEOUT_S  3600       /* from the connection to READY */
-#define INCOMING_DEFAULT_MIN_RATE   (64 * KiB) /* bytes/s while waiting on the source */
-#define INCOMING_RATE_WINDOW_MS     10000
+#define INCOMING_DEFAULT_MIN_RATE   MIG_DEFAULT_MIN_RATE  /* bytes/s while waiting on the source */
+#define INCOMING_RATE_WINDOW_MS     MIG_RATE_WINDOW_MS
 
 struct incoming_params {
 	uint32_t timeout_s;          /* whole stream; 0: none */

@@ -40,12 +40,16 @@ bool migrate_status_final(enum mig_status s);
 #define MIG_DEFAULT_MAX_ROUNDS  30
 #define MIG_ADDR_MAX            256
 #define MIG_MIN_BANDWIDTH       (1024 * 1024)   /* bytes/s */
+#define MIG_DEFAULT_MIN_RATE    (64 * 1024)     /* bytes/s, as incoming.h's */
+#define MIG_RATE_WINDOW_MS      10000
 
 struct migrate_params {
 	char to[MIG_ADDR_MAX];   /* tcp:HOST:PORT or unix:PATH */
 	uint32_t downtime_ms;    /* 1..60000 */
 	uint64_t max_bandwidth;  /* bytes per second, 0: unlimited */
 	uint32_t max_rounds;     /* 1..1000 */
+	uint64_t min_rate;       /* bytes/s the destination must take, over each 10 s of
+				    waiting on it; 0: no minimum (MIG_DEFAULT_MIN_RATE) */
 	bool with_disks;         /* copy disk images too (storage migration) */
 	char disks[256];         /* with_disks: comma-separated serials; "": every disk */
 };

@@ -43,6 +43,10 @@ static const char migrate_usage[] =
 "  --max-bandwidth RATE    bytes/s during pre-copy, e.g. 100M (K/M/G are powers\n"
 "                          of 1024; default unlimited)\n"
 "  --max-rounds N          pre-copy rounds before stopping anyway (default 30)\n"
+"  --min-rate RATE         the destination must take at least 10 x RATE bytes\n"
+"                          in every 10 s spent waiting on it, or the migration\n"
+"                          fails (default 64K per second; 0: no minimum); one\n"
+"                          that takes nothing for 10 s always fails\n"
 "  --with-disks[=ID,...]   copy the disk images too (all, or those with these\n"
 "                          serials) while memory is copied; the destination\n"
 "                          names its files with --disk (created sparse).\n"
@@ -191,6 +195,7 @@ int cmd_migrate(int argc, char **argv)
 		{ "downtime-ms",   required_argument, NULL, 'd' },
 		{ "max-bandwidth", required_argument, NULL, 'b' },
 		{ "max-rounds",    required_argument, NULL, 'r' },
+		{ "min-rate",      required_argument, NULL, 'm' },
 		{ "with-disks",    optional_argument, NULL, 'D' },
 		{ "json",          no_argument,       NULL, 'j' },
 		{ "quiet",         no_argument,       NULL, 'q' },
@@ -199,6 +204,7 @@ int cmd_migrate(int argc, char **argv)
 	};
 	const char *sock = NULL, *to = NULL;
 	uint64_t downtime = MIG_DEFAULT_DOWNTIME_MS, rounds = MIG_DEFAULT_MAX_ROUNDS, bw = 0;
+	uint64_t min_rate = MIG_DEFAULT_MIN_RATE;
 	bool json = false, quiet = false;
 	const char *disks = NULL;
 	json_t *req, *j = NULL, *p = NULL;
@@ -231,6 +237,13 @@ int cmd_migrate(int argc, char **argv)
 			if (parse_size(optarg, &bw) || bw < MIG_MIN_BANDWIDTH) {
 				fprintf(stderr, "godwit: migrate: --max-bandwidth %s: expected bytes per "
 					"second, at least 1M, e.g. 100M\n", optarg);
+				goto usage;
+			}
+			break;
+		case 'm':
+			if (parse_size(optarg, &min_rate) || min_rate > GiB) {
+				fprintf(stderr, "godwit: migrate: --min-rate %s: expected bytes per second, "
+					"e.g. 64K, or 0 (no minimum)\n", optarg);
 				goto usage;
 			}
 			break;
@@ -267,8 +280,9 @@ int cmd_migrate(int argc, char **argv)
 		fprintf(stderr, "godwit: migrate: --to %s\n", err);
 		goto usage;
 	}
-	req = json_pack("{s:s, s:I, s:I, s:I}", "to", to, "downtime_ms", (json_int_t)downtime,
-			"max_rounds", (json_int_t)rounds, "max_bandwidth", (json_int_t)bw);
+	req = json_pack("{s:s, s:I, s:I, s:I, s:I}", "to", to, "downtime_ms", (json_int_t)downtime,
+			"max_rounds", (json_int_t)rounds, "max_bandwidth", (json_int_t)bw,
+			"min_rate", (json_int_t)min_rate);
 	if (req && disks)
 		json_object_set_new(req, "with_disks", *disks ? json_string(disks) : json_true());
 	body = req ? json_dumps(req, JSON_COMPACT) : NULL;

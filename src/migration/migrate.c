@@ -36,7 +36,6 @@
 #include "godwit/crc32c.h"
 #include "godwit/dev.h"
 #include "godwit/disk.h"
-#include "godwit/incoming.h"
 #include "godwit/log.h"
 #include "godwit/migrate.h"
 #include "godwit/snapshot.h"
@@ -879,9 +878,9 @@ static void *mig_thread(void *opaque)
 	ret = stream_writer_new(r.fd, &r.w);
 	if (!ret) {
 		/* A destination that takes the stream a trickle at a time has failed. */
-		static const struct stream_watchdog wd = {
-			.min_bytes = INCOMING_DEFAULT_MIN_RATE * (INCOMING_RATE_WINDOW_MS / 1000),
-			.window_ms = INCOMING_RATE_WINDOW_MS,
+		struct stream_watchdog wd = {
+			.min_bytes = m->p.min_rate * (MIG_RATE_WINDOW_MS / 1000),
+			.window_ms = MIG_RATE_WINDOW_MS,
 		};
 
 		stream_writer_set_watchdog(r.w, &wd);
@@ -1014,6 +1013,10 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 		return ret;
 	if (!p->downtime_ms || p->downtime_ms > 60000 || !p->max_rounds || p->max_rounds > 1000) {
 		snprintf(err, len, "downtime_ms must be 1-60000 and max_rounds 1-1000");
+		return -EINVAL;
+	}
+	if (p->min_rate > GiB) {
+		snprintf(err, len, "min_rate above 1 GiB/s");
 		return -EINVAL;
 	}
 	if (p->max_bandwidth && p->max_bandwidth < MIG_MIN_BANDWIDTH) {

@@ -23,16 +23,19 @@
  * sticky.
  */
 #include <errno.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
 #include <linux/kvm.h>
+#include <linux/sockios.h>
 
 #include "godwit/crc32c.h"
 #include "godwit/dev.h"
@@ -904,14 +907,40 @@ static const char *io_err(int fd, bool rd, int *e, char *buf, size_t len)
 	return strerror(*e);
 }
 
-/* Write out the buffer: all of it, retrying short writes and EINTR. */
+/* Bytes queued on a socket that its peer has not taken (SIOCOUTQ); 0 if unknown. */
+static uint64_t w_outq(int fd)
+{
+	int q = 0;
+
+	return ioctl(fd, SIOCOUTQ, &q) == 0 && q > 0 ? (uint64_t)q : 0;
+}
+
+/*
+ * w_drain - write out the buffer: all of it, retrying short writes and EINTR.
+ * A watched socket (a migration's, stream_writer_set_watchdog) is written
+ * without blocking, and waited on a second at a time: a blocking send()
+ * would sit in one call for as long as each piece of the peer's queue drains
+ * within SO_SNDTIMEO, out of the watchdog's sight.  What the watchdog counts
+ * there is what the peer took (the socket's queue, before and after), not
+ * what went into the queue; a peer that takes nothing for SO_SNDTIMEO is the
+ * usual silent-peer timeout ("took nothing for 10.000 s").
+ */
 static int w_drain(struct stream_writer *w)
 {
+	bool watched = w->sock && w->wd.on;
+	uint64_t stalled = 0, limit = 0, q0 = watched ? w_outq(w->fd) : 0;
 	size_t done = 0;
 
+	if (watched) {
+		struct timeval tv = { 0 };
+		socklen_t tl = sizeof(tv);
+
+		if (getsockopt(w->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, &tl) == 0)
+			limit = (uint64_t)tv.tv_sec * 1000000000ull + (uint64_t)tv.tv_usec * 1000ull;
+	}
 	while (done < w->len) {
 		char wd_why[160];
-		uint64_t t0;
+		uint64_t t0, moved;
 		ssize_t n;
 		int saved;
 
@@ -920,16 +949,38 @@ static int w_drain(struct stream_writer *w)
 				      (unsigned long long)(w->off - w->len + done), wd_why);
 		t0 = wd_now_ns();
 		if (w->sock)
-			n = send(w->fd, w->buf + done, w->len - done, MSG_NOSIGNAL);
+			n = send(w->fd, w->buf + done, w->len - done,
+				 MSG_NOSIGNAL | (watched ? MSG_DONTWAIT : 0));
 		else
 			n = write(w->fd, w->buf + done, w->len - done);
 		saved = errno;
 		if (n < 0 && saved == EINTR)
 			continue;
-		if (wd_after(&w->wd, wd_now_ns() - t0, n > 0 ? (uint64_t)n : 0, false, wd_why,
-			     sizeof(wd_why)))
+		moved = n > 0 ? (uint64_t)n : 0;
+		if (watched) {
+			uint64_t q1;
+
+			if (n < 0 && (saved == EAGAIN || saved == EWOULDBLOCK)) {
+				struct pollfd pfd = { .fd = w->fd, .events = POLLOUT };
+
+				if (limit && stalled >= limit)
+					goto failed;     /* io_err(): "took nothing for 10.000 s" */
+				if (poll(&pfd, 1, 1000) < 0 && errno != EINTR) {
+					saved = errno;
+					goto failed;
+				}
+			}
+			q1 = w_outq(w->fd);
+			moved = q0 + moved > q1 ? q0 + moved - q1 : 0;
+			q0 = q1;
+			stalled = moved ? 0 : stalled + (wd_now_ns() - t0);
+		}
+		if (wd_after(&w->wd, wd_now_ns() - t0, moved, false, wd_why, sizeof(wd_why)))
 			return w_fail(w, -ETIMEDOUT, "write at stream offset %llu: %s",
 				      (unsigned long long)(w->off - w->len + done), wd_why);
+		if (n < 0 && watched && (saved == EAGAIN || saved == EWOULDBLOCK))
+			continue;
+failed:
 		if (n <= 0) {
 			int e = n < 0 ? saved : EIO;
 			char buf[64];

@@ -445,7 +445,7 @@ static bool api_get_uint(json_t *body, const char *key, uint64_t max, uint64_t *
 
 /*
  * PUT /vm/migrate {"to": "tcp:HOST:PORT", "downtime_ms": 50, "max_bandwidth":
- * bytes/s, "max_rounds": 30}: start migrating (migrate.h); 202 with the
+ * bytes/s, "max_rounds": 30, "min_rate": bytes/s}: start migrating (migrate.h); 202 with the
  * progress.  GET /vm/migration follows it.
  */
 static unsigned int api_vm_migrate(struct api_server *s, json_t *body, json_t **out)
@@ -453,6 +453,7 @@ static unsigned int api_vm_migrate(struct api_server *s, json_t *body, json_t **
 	struct migrate_params p = {
 		.downtime_ms = MIG_DEFAULT_DOWNTIME_MS,
 		.max_rounds = MIG_DEFAULT_MAX_ROUNDS,
+		.min_rate = MIG_DEFAULT_MIN_RATE,
 	};
 	struct migrate_progress prog;
 	json_t *jt = body ? json_object_get(body, "to") : NULL;
@@ -469,7 +470,8 @@ static unsigned int api_vm_migrate(struct api_server *s, json_t *body, json_t **
 	snprintf(p.to, sizeof(p.to), "%s", json_string_value(jt));
 	if (!api_get_uint(body, "downtime_ms", 60000, &dt, &status, out) ||
 	    !api_get_uint(body, "max_rounds", 1000, &rounds, &status, out) ||
-	    !api_get_uint(body, "max_bandwidth", UINT64_C(1) << 50, &bw, &status, out))
+	    !api_get_uint(body, "max_bandwidth", UINT64_C(1) << 50, &bw, &status, out) ||
+	    !api_get_uint(body, "min_rate", GiB, &p.min_rate, &status, out))
 		return status;
 	if (!dt || !rounds)
 		return api_error(out, MHD_HTTP_BAD_REQUEST,
@@ -564,7 +566,7 @@ static unsigned int api_vm_migrate_resolve(struct api_server *s, json_t *body, j
 
 static const char *const api_snapshot_fields[] = { "path", "resume", NULL };
 static const char *const api_migrate_fields[] = {
-	"to", "downtime_ms", "max_bandwidth", "max_rounds", "with_disks", NULL
+	"to", "downtime_ms", "max_bandwidth", "max_rounds", "min_rate", "with_disks", NULL
 };
 static const char *const api_resolve_fields[] = { "action", NULL };
 

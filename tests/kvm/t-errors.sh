@@ -37,6 +37,8 @@ expect usage-incoming-timeout 2 'incoming-timeout soon: expected seconds' \
 	"$GODWIT" run --incoming "unix:$T_TMP/x.sock" --api "$T_TMP/x.api" --incoming-timeout soon
 expect usage-incoming-min-rate 2 'incoming-min-rate fast: expected bytes per second' \
 	"$GODWIT" run --incoming "unix:$T_TMP/x.sock" --api "$T_TMP/x.api" --incoming-min-rate fast
+expect usage-migrate-min-rate 2 'min-rate fast: expected bytes per second' \
+	"$GODWIT" migrate --api "$T_TMP/x.api" --to "unix:$T_TMP/x.sock" --min-rate fast
 expect usage-restore-incoming-opt 2 'overwrite is only for godwit run --incoming' \
 	"$GODWIT" restore --from x --overwrite
 

@@ -8,7 +8,8 @@
 # doubt and then resolved), that its guest goes on with errors=0, and what the operator
 # was told.  Also: DONE lost; ERROR at COMMIT (another process holds the shared disk's
 # lock); a cancel after READY (ABORT: the destination discards without doubt); a second
-# migrate-resolve --resume refused; a trickling peer and the overall deadline.
+# migrate-resolve --resume refused; a trickling peer and the overall deadline; a destination
+# that takes the stream at 8 KiB/s (the source's minimum rate).
 # MATRIX_TRANSPORTS="unix tcp" (default both), MATRIX_ROWS="..." (default all).
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/lib-vm.sh"
@@ -101,6 +102,39 @@ try:
         s.send(data[i:i + 1]); time.sleep(0.5)
 except OSError:
     pass
+EOF
+}
+# slow_destination ADDR: a peer that reads the configuration, answers ACCEPT, then takes
+# the stream 4 KiB every 0.5 s, for at most 60 s.
+slow_destination() {
+	python3 - "$1" <<'EOF'
+import socket, struct, sys, time
+def crc32c(b):
+    c = 0xffffffff
+    for x in b:
+        c ^= x
+        for _ in range(8):
+            c = (c >> 1) ^ (0x82f63b78 & -(c & 1))
+    return c ^ 0xffffffff
+a = sys.argv[1]
+if a.startswith("unix:"):
+    l = socket.socket(socket.AF_UNIX); l.bind(a[5:])
+else:
+    h, _, p = a[4:].rpartition(":"); l = socket.socket(); l.bind((h, int(p)))
+l.listen(1)
+print("listening", flush=True)
+c, _ = l.accept()
+c.recv(65536)                          # the preamble and CONFIG
+m = b"GWMC" + struct.pack("<HH", 1, 0)
+c.sendall(m + struct.pack("<I", crc32c(m)))
+t, n = time.monotonic() + 60, 0
+while time.monotonic() < t:
+    d = c.recv(4096)
+    if not d:
+        break
+    n += len(d)
+    time.sleep(0.5)
+print("done read=%d" % n, flush=True)
 EOF
 }
 # row_line ROW TEXT: the row's outcome, for the docs' table.
@@ -415,6 +449,28 @@ while not os.path.exists(sys.argv[2]) and time.monotonic() < t:
 		trickle_case "$c" 'too slow: the peer sent' 20000
 		trickle_case "$c-deadline" 'longer than its deadline of 3 s' 8000 \
 			--incoming-timeout 3 --incoming-min-rate 0
+		settle
+		# A destination that accepts the VM, then takes the stream at 8 KiB/s.
+		c=$N-$T-slow-destination
+		if start_src "$c.src"; then
+			D_ADDR=$(mig_addr "$c.slow")
+			slow_destination "$D_ADDR" >"$T_TMP/$c.slow" 2>&1 &
+			P_PID=$!
+			t_wait_for "$T_TMP/$c.slow" '^listening' 10
+			t1=$(date +%s%3N)
+			timeout 60 "$GODWIT" migrate -q --api "$S_SOCK" --to "$D_ADDR" >"$T_TMP/$c.mig" 2>&1
+			rc=$?
+			t2=$(date +%s%3N)
+			if [ $rc -ne 1 ] || ! grep -q 'too slow: the peer took' "$T_TMP/$c.mig" ||
+				! grep -q 'keeps running here' "$T_TMP/$c.mig"; then
+				t_fail "$c" "migrate exit $rc after $((t2 - t1)) ms (expected 1, too slow, keeps running): $(tail_of "$T_TMP/$c.mig"); peer: $(tail_of "$T_TMP/$c.slow")"
+			else
+				runs_here "$c" "$S_PID" "$S_SOCK" "$S_OUT"
+				row_line "$c" "source, after $((t2 - t1)) ms: $(tail -n 1 "$T_TMP/$c.mig" | cut -c1-150)"
+			fi
+		else
+			t_fail "$c" "the source did not start: $(tail_of "$S_ERR")"
+		fi
 		settle
 	fi
 }
