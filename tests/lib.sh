@@ -28,6 +28,20 @@ t_need_kvm() {
 	return 1
 }
 
+# t_complete FILE: FILE's lines without a last one that is not ended by a newline yet (a
+# guest's console line being printed); read once, so a growing file cannot slip a partial
+# line in.  For "the last report line" checks: t_complete LOG | grep '^net: t=' | tail -n 1.
+t_complete() {
+	local c
+	c=$(cat "$1" 2>/dev/null; echo .)
+	c=${c%.}
+	if [[ $c != *$'\n'* ]]; then
+		return 0
+	fi
+	[[ $c == *$'\n' ]] || c=${c%$'\n'*}$'\n'
+	printf '%s' "$c"
+}
+
 # t_netns_del NS...: kills every process in each network namespace NS, then deletes it.
 t_netns_del() {
 	local ns

@@ -81,7 +81,7 @@ fi
 
 # field FILE PREFIX KEY: KEY=value from the last line of FILE starting with PREFIX.
 field() {
-	grep -a "^$2" "$1" | tail -n 1 | tr ' ' '\n' | sed -n "s/^$3=//p" | tr -d '\r'
+	t_complete "$1" | grep -a "^$2" | tail -n 1 | tr ' ' '\n' | sed -n "s/^$3=//p" | tr -d '\r'
 }
 
 # vm NAME DISKSPEC CMDLINE: run the guest with one disk, output in $T_TMP/NAME.{out,err}.

@@ -37,7 +37,7 @@ check_run() {
 	if [ "$reports" -lt 2 ]; then
 		t_fail "$name" "only $reports memtest reports; log tail: $(tail -c 400 "$log")"; return
 	fi
-	errs=$(grep '^memtest: t=' "$log" | tail -1 | sed -n 's/.*errors=\([0-9]*\).*/\1/p')
+	errs=$(t_complete "$log" | grep -a '^memtest: t=' | tail -1 | sed -n 's/.*errors=\([0-9]*\).*/\1/p')
 	if [ "$errs" != 0 ] || grep -q 'memtest: ERROR' "$log"; then
 		t_fail "$name" "memtest errors: $(grep -m3 'memtest: ERROR\|errors=[1-9]' "$log")"; return
 	fi
@@ -59,7 +59,7 @@ check_run guest-1cpu 1 256
 boot guest-1cpu-rate50 1 256M "workload=mem mem=128 rate=50 runtime=3"
 check_run guest-1cpu-rate50 1 256
 # At 50 MiB/s for ~2 s the guest must really have rewritten pages.
-dirtied=$(grep '^memtest: t=' "$log" | tail -1 | sed -n 's/.*dirtied=\([0-9]*\).*/\1/p')
+dirtied=$(t_complete "$log" | grep -a '^memtest: t=' | tail -1 | sed -n 's/.*dirtied=\([0-9]*\).*/\1/p')
 if [ "${dirtied:-0}" -ge 6400 ]; then t_pass guest-dirty-rate
 else t_fail guest-dirty-rate "dirtied=${dirtied:-none} pages after ~2 s at 50 MiB/s (want >= 6400: half the paced rate, allowing for a loaded host)"; fi
 

@@ -336,7 +336,7 @@ EOF
 		PFX=()
 		return
 	fi
-	u0=$(grep -a '^net: t=' "$S_OUT" | tail -n 1 | sed -n 's/.* udp=\([0-9]*\) .*/\1/p')
+	u0=$(t_complete "$S_OUT" | grep -a '^net: t=' | tail -n 1 | sed -n 's/.* udp=\([0-9]*\) .*/\1/p')
 	migrate $name unix:$T_TMP/$name.mig
 	touch "$T_TMP/migrated"
 	if ! check_all "$S_PID" $((32 * 256)) 20; then
@@ -345,14 +345,14 @@ EOF
 		# Disk: a full read pass on the destination, errors=0 throughout.
 		d1=$(grep -a '^disk: t=' "$D_OUT" | head -n 1)
 		for ((i = 0; i < 100; i++)); do
-			dl=$(grep -a '^disk: t=' "$D_OUT" | tail -n 1)
+			dl=$(t_complete "$D_OUT" | grep -a '^disk: t=' | tail -n 1)
 			[ -n "$d1" ] && [ "$(field "$dl" gen)" -ge $(($(field "$d1" gen) + 2)) ] && break
 			sleep 0.1
 			d1=$(grep -a '^disk: t=' "$D_OUT" | head -n 1)
 		done
 		wait_exit $upid
 		rc=$?
-		nl=$(grep -a '^net: t=' "$D_OUT" | tail -n 1)
+		nl=$(t_complete "$D_OUT" | grep -a '^net: t=' | tail -n 1)
 		u1=$(sed -n 's/.* udp=\([0-9]*\) .*/\1/p' <<<"$nl")
 		res=$(grep -a '^udp sent' "$T_TMP/udp.out")
 		if grep -qa '^disk: ERROR\|^virtio:\|^net: ERROR' "$S_OUT" "$D_OUT" ||

@@ -217,7 +217,7 @@ if nsx timeout 400 python3 "$T_TMP/udpecho.py" "$IP_GUEST" $((UDP_MIB << 20)) 36
 	>"$T_TMP/udp.out" 2>&1; then
 	# The guest's own count of echoed payload bytes must cover what we sent.
 	sleep 1.2
-	ub=$(grep '^net: t=' "$log" | tail -1 | sed -n 's/.*udp_bytes=\([0-9]*\).*/\1/p')
+	ub=$(t_complete "$log" | grep -a '^net: t=' | tail -1 | sed -n 's/.*udp_bytes=\([0-9]*\).*/\1/p')
 	if [ -n "$ub" ] && [ "$ub" -ge $((UDP_MIB << 20)) ]; then
 		t_pass net-udp-echo
 	else
@@ -227,7 +227,7 @@ else
 	t_fail net-udp-echo "$(tail -3 "$T_TMP/udp.out" | tr '\n' ' '); guest: $(grep '^net: t=' "$log" | tail -1)"
 fi
 echo "# udp: $(tail -1 "$T_TMP/udp.out")"
-echo "# guest: $(grep '^net: t=' "$log" | tail -1)"
+echo "# guest: $(t_complete "$log" | grep -a '^net: t=' | tail -1)"
 
 # Stopping godwit removes the TAP it created.
 kill -TERM "$gpid" 2>/dev/null
