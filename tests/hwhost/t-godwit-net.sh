@@ -76,16 +76,20 @@ if [ $ok = 0 ]; then
 	exit 0
 fi
 
-hw_wait "$log" '^linux-guest: (net tx_status|poweroff)|Kernel panic' 900 "$gpid"
+# A run takes ~16 s in L1; 240 s is far beyond that and well inside the test's timeout
+# (HWHOST_TEST_TIMEOUT, 600 s), so a wedged guest is diagnosed (and, if the emulator wedged
+# it, run again) instead of holding L1 until its time runs out (seen once: 740 s).
+hw_wait "$log" '^linux-guest: (net tx_status|poweroff)|Kernel panic' 240 "$gpid"
 wrc=$?
+[ $wrc -eq 2 ] && hw_diag_live godwit-net vm="$gpid"
 [ $wrc -eq 0 ] && hw_wait_exit "$gpid" 60
 hw_stop "$gpid"
 echo "# godwit: exit status $HW_RC; guest: $(hw_line "$log" 'linux-guest: net features=')"
 
 feat=$(hw_field "$log" "linux-guest: net features=" features)
 if [ "$wrc" -ne 0 ]; then
-	t_fail "$name" "the guest's net workload did not finish (wait status $wrc)"
-	hw_tail "$log" 40
+	hw_fail "$name" "the guest's net workload did not finish (wait status $wrc)" "$log" \
+		"$T_TMP"/godwit-net-*-diag.log
 	exit 0
 fi
 # virtio feature bits as the guest's driver accepted them (one character per bit, bit 0 first).
