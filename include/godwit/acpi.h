@@ -31,6 +31,13 @@ struct acpi_config {
 };
 
 /*
+ * acpi_platform_config - godwit's platform (layout.h: IOAPIC, LAPIC, ACPI PM
+ * ports, reset port, RTC century, PCI windows) for ncpus vCPUs and mem_size
+ * bytes of RAM (the 64-bit PCI window starts at the first GiB above RAM).
+ */
+void acpi_platform_config(struct acpi_config *ac, unsigned int ncpus, uint64_t mem_size);
+
+/*
  * acpi_build - lay out all tables in buf, which the guest sees at gpa.
  *   cfg:  platform description (see struct acpi_config for the limits)
  *   buf:  host pointer to the table area, size bytes.  Every byte up to

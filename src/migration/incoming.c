@@ -72,7 +72,13 @@ int incoming_accept(const char *addr, const struct incoming_params *p,
 	clock_gettime(CLOCK_MONOTONIC, &in->t0);
 	ret = snapshot_restore_open(in->fd, &wd, &in->sr, err, len);
 	if (ret) {
-		incoming_refuse(in, err);
+		/* Told to the source here, logged once by the caller. */
+		char why[512];
+
+		snprintf(why, sizeof(why), "%s", err);
+		snprintf(err, len, "incoming migration refused: %s%s", why,
+			 migrate_msg_send(in->fd, MIG_MSG_REFUSE, why) ?
+			 " (the source did not hear it)" : "");
 		goto fail;
 	}
 	*out = in;

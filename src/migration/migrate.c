@@ -791,6 +791,7 @@ static void mig_unwind(struct mig_run *r)
 struct src_handoff {
 	struct mig_run *r;
 	const struct timespec *t_pause;
+	bool committed;         /* COMMIT was (at least partly) sent */
 };
 
 static bool src_cancelled(void *opaque)
@@ -837,6 +838,7 @@ static void src_state(void *opaque, enum handoff_state st)
 		break;
 	case HO_SRC_COMMITTED:
 		sh->r->ms_released = ms_since(sh->t_pause);
+		sh->committed = true;
 		break;
 	default:
 		break;
@@ -920,9 +922,16 @@ static void *mig_thread(void *opaque)
 			ret = cancelled ? -ECANCELED : -EPROTO;
 			goto fail;
 		case HANDOFF_IN_DOUBT:
-			mig_fail(m, MIG_IN_DOUBT, "%s; the VM is paused here and may be running "
-				 "there: check the destination, then godwit migrate-resolve --resume "
-				 "or --discard", r.err);
+			if (sh.committed)
+				mig_fail(m, MIG_IN_DOUBT, "%s; the VM is paused here and may be "
+					 "running there: check the destination, then godwit "
+					 "migrate-resolve --resume or --discard", r.err);
+			else
+				/* No COMMIT went: the destination discards; only the disks are
+				 * not held here. */
+				mig_fail(m, MIG_IN_DOUBT, "%s; the VM is paused here and not "
+					 "running there (no COMMIT was sent): check the disks, then "
+					 "godwit migrate-resolve --resume or --discard", r.err);
 			log_warnx("migrate: %s", m->prog.error);
 			goto out;
 		}

@@ -4,6 +4,19 @@
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 secs=${1:-15}
+# fuzz_target NAME TARGET CORPUS: build-fuzz/fuzz-TARGET for $secs seconds from CORPUS;
+# PASS fuzz/NAME, or FAIL with the fuzzer's report (a crash, leak or sanitizer finding).
+fuzz_target() {
+	local log
+	log=$(mktemp)
+	if timeout $((secs + 60)) "$ROOT/build-fuzz/fuzz-$2" -max_total_time="$secs" -rss_limit_mb=2048 \
+		"$3" >"$log" 2>&1; then
+		echo "PASS fuzz/$1: $(grep -o 'Done [0-9]* runs' "$log" | tail -1) in ${secs}s"
+	else
+		echo "FAIL fuzz/$1: the fuzzer found a failure: $(grep -m3 -E 'ERROR|SUMMARY|Test unit written' "$log" | tr '\n' ' ')"
+	fi
+	rm -f "$log"
+}
 corpus=$ROOT/build-fuzz/corpus-boot
 mkdir -p "$corpus"
 # Seeds: the test guest, a tiny PVH image, and a bzImage-shaped header.
@@ -23,14 +36,7 @@ struct.pack_into('<IIBxH I', d, 0x22c, 0x7fffffff, 0x200000, 1, 3, 2047)
 struct.pack_into('<I', d, 0x260, 0x100000)
 open(sys.argv[1], 'wb').write(b'\x01\x40' + bytes(d))
 PY
-log=$(mktemp)
-if timeout $((secs + 60)) "$ROOT/build-fuzz/fuzz-boot" -max_total_time="$secs" -rss_limit_mb=2048 \
-	"$corpus" >"$log" 2>&1; then
-	echo "PASS fuzz/boot-loaders: $(grep -o 'Done [0-9]* runs' "$log" | tail -1) in ${secs}s"
-else
-	echo "FAIL fuzz/boot-loaders: the fuzzer found a failure: $(grep -m3 -E 'ERROR|SUMMARY|Test unit written' "$log" | tr '\n' ' ')"
-fi
-rm -f "$log"
+fuzz_target boot-loaders boot "$corpus"
 
 # The split virtqueue parser (src/devices/virtio/core.c): seeds are small valid rings.
 corpus=$ROOT/build-fuzz/corpus-virtq
@@ -58,14 +64,7 @@ seed('seed-chain', 3, 3, 0, 0, 100,
 seed('seed-wrap', 4, 2, 0xfffe, 0xfffe, 8,
      [(0x2000 + 64 * i, 64, WRITE, 0) for i in range(16)], [3, 4, 5, 6])
 PY
-log=$(mktemp)
-if timeout $((secs + 60)) "$ROOT/build-fuzz/fuzz-virtq" -max_total_time="$secs" -rss_limit_mb=2048 \
-	"$corpus" >"$log" 2>&1; then
-	echo "PASS fuzz/virtq: $(grep -o 'Done [0-9]* runs' "$log" | tail -1) in ${secs}s"
-else
-	echo "FAIL fuzz/virtq: the fuzzer found a failure: $(grep -m3 -E 'ERROR|SUMMARY|Test unit written' "$log" | tr '\n' ' ')"
-fi
-rm -f "$log"
+fuzz_target virtq virtq "$corpus"
 
 # The stream reader (src/migration/stream.c): seeds are the golden streams with each mode byte.
 corpus=$ROOT/build-fuzz/corpus-stream
@@ -73,49 +72,12 @@ mkdir -p "$corpus"
 for g in "$ROOT"/tests/data/*.gws; do
 	for m in 00 01 03 05 08; do printf "\\x$m" | cat - "$g" >"$corpus/seed-$m-$(basename "$g")"; done
 done
-log=$(mktemp)
-if timeout $((secs + 60)) "$ROOT/build-fuzz/fuzz-stream" -max_total_time="$secs" -rss_limit_mb=2048 \
-	"$corpus" >"$log" 2>&1; then
-	echo "PASS fuzz/stream: $(grep -o 'Done [0-9]* runs' "$log" | tail -1) in ${secs}s"
-else
-	echo "FAIL fuzz/stream: the fuzzer found a failure: $(grep -m3 -E 'ERROR|SUMMARY|Test unit written' "$log" | tr '\n' ' ')"
-fi
-rm -f "$log"
+fuzz_target stream stream "$corpus"
 
 # The control messages and the hand-off (src/migration/handoff.c): seeds are each side's
 # good exchanges (GWMC messages: READY then DONE for the source; COMMIT, ABORT for the
 # destination), with and without failing operations.
 corpus=$ROOT/build-fuzz/corpus-handoff
 mkdir -p "$corpus"
-python3 - "$corpus" <<'PY'
-import struct, sys
-def crc32c(b):
-    c = 0xffffffff
-    for x in b:
-        c ^= x
-        for _ in range(8):
-            c = (c >> 1) ^ (0x82f63b78 & -(c & 1))
-    return c ^ 0xffffffff
-def msg(t, text=b""):
-    h = b"GWMC" + struct.pack("<HH", t, len(text)) + text
-    return h + struct.pack("<I", crc32c(h))
-seeds = {
-    "src-ok": b"\x00" + msg(3) + msg(6),
-    "src-error": b"\x00" + msg(3) + msg(4, b"cannot lock"),
-    "src-refused": b"\x00" + msg(4, b"no"),
-    "src-release-fails": b"\x02" + msg(3),
-    "dst-commit": b"\x01" + msg(5),
-    "dst-abort": b"\x01" + msg(7, b"cancelled"),
-    "dst-commit-fails": b"\x09" + msg(5),
-}
-for k, v in seeds.items():
-    open(sys.argv[1] + "/seed-" + k, "wb").write(v)
-PY
-log=$(mktemp)
-if timeout $((secs + 60)) "$ROOT/build-fuzz/fuzz-handoff" -max_total_time="$secs" -rss_limit_mb=2048 \
-	"$corpus" >"$log" 2>&1; then
-	echo "PASS fuzz/handoff: $(grep -o 'Done [0-9]* runs' "$log" | tail -1) in ${secs}s"
-else
-	echo "FAIL fuzz/handoff: the fuzzer found a failure: $(grep -m3 -E 'ERROR|SUMMARY|Test unit written' "$log" | tr '\n' ' ')"
-fi
-rm -f "$log"
+python3 "$ROOT/tests/kvm/gwmc.py" handoff-seeds "$corpus"
+fuzz_target handoff handoff "$corpus"

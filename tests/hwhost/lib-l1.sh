@@ -255,6 +255,33 @@ hw_diag_live() {
 	return 0
 }
 
+# hw_pin_godwit NAME: GODWIT becomes a copy of itself in $SCRATCH/NAME.bin, so that the source,
+# the destination and the client of a migration run one build even if the checkout's is
+# rebuilt meanwhile (a binary replaced between the source's start and the client's once
+# crashed the client).  FAIL NAME and return 1 if it cannot be copied; remove it at exit.
+hw_pin_godwit() {
+	if ! cp "$GODWIT" "$SCRATCH/$1.bin"; then
+		t_fail "$1" "cannot copy $GODWIT to $SCRATCH"
+		return 1
+	fi
+	GODWIT=$SCRATCH/$1.bin
+}
+
+# hw_finish PREFIX ROLE PID LOG SECS [REGEX]: waits SECS for the Linux guest in LOG to power
+# off or panic (or for a line matching REGEX, default '^linux-guest: poweroff|Kernel panic');
+# on the timeout, hw_diag_live PREFIX ROLE=PID first; then the VMM is given 60 s to
+# exit and stopped.  HW_RC is its exit status; returns hw_wait's status (0 powered off or
+# panicked, 1 exited first, 2 timed out).
+hw_finish() {
+	local wrc
+	hw_wait "$4" "${6:-^linux-guest: poweroff|Kernel panic}" "$5" "$3"
+	wrc=$?
+	[ $wrc -eq 2 ] && hw_diag_live "$1" "$2=$3"
+	[ $wrc -eq 0 ] && hw_wait_exit "$3" 60
+	hw_stop "$3"
+	return $wrc
+}
+
 # hw_count_lines LOG PREFIX: sets HW_N to the number of LOG's lines starting with PREFIX.
 hw_count_lines() {
 	local l
@@ -278,23 +305,6 @@ hw_wait_count() {
 	done
 }
 
-# hw_field LOG PREFIX KEY: the value of KEY=value on the last line of LOG starting with
-# PREFIX (e.g. hw_field log "memtest: done" errors); empty if there is none.
-hw_field() {
-	local prefix=$2 key=$3 i w
-	local -a lines words
-	[ -f "$1" ] || return 0
-	mapfile -t lines <"$1"
-	for ((i = ${#lines[@]} - 1; i >= 0; i--)); do
-		[[ ${lines[i]} == "$prefix"* ]] || continue
-		read -ra words <<<"${lines[i]%$'\r'}"
-		for w in "${words[@]}"; do
-			[[ $w == "$key="* ]] && { echo "${w#*=}"; return 0; }
-		done
-		return 0
-	done
-}
-
 # hw_line LOG PREFIX: the last line of LOG starting with PREFIX, without it.
 hw_line() {
 	local prefix=$2 i
@@ -315,17 +325,17 @@ hw_line() {
 # tail); returns 0 on PASS.
 hw_check_memtest() {
 	local name=$1 log=$2 cpus=$3 why='' got
-	got=$(hw_field "$log" "linux-guest: cpus=" cpus)
+	got=$(t_last_field "$log" "linux-guest: cpus=" cpus)
 	if [ -z "$got" ]; then
 		why="the guest never reached /init"
 	elif [ "$got" != "$cpus" ]; then
 		why="the guest saw cpus=$got, expected $cpus"
 	elif [ -z "$(hw_line "$log" "memtest: done")" ]; then
 		why="memtest did not finish"
-	elif [ "$(hw_field "$log" "memtest: done" errors)" != 0 ]; then
-		why="memtest errors=$(hw_field "$log" "memtest: done" errors)"
-	elif [ "$(hw_field "$log" "linux-guest: memtest exit" exit)" != 0 ]; then
-		why="memtest exit=$(hw_field "$log" "linux-guest: memtest exit" exit)"
+	elif [ "$(t_last_field "$log" "memtest: done" errors)" != 0 ]; then
+		why="memtest errors=$(t_last_field "$log" "memtest: done" errors)"
+	elif [ "$(t_last_field "$log" "linux-guest: memtest exit" exit)" != 0 ]; then
+		why="memtest exit=$(t_last_field "$log" "linux-guest: memtest exit" exit)"
 	fi
 	if [ -n "$why" ]; then
 		t_fail "$name" "$why"

@@ -44,7 +44,7 @@ else
 	t_fail "$name-bind" "guest saw '$info', expected $want"
 fi
 
-got_md5=$(hw_field "$log" "linux-guest: disk read_md5=" read_md5)
+got_md5=$(t_last_field "$log" "linux-guest: disk read_md5=" read_md5)
 if [ "$got_md5" = "$want_md5" ]; then
 	t_pass "$name-read"
 else

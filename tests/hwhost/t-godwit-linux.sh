@@ -22,7 +22,7 @@ if [ "$wrc" -ne 0 ]; then
 fi
 hw_check_memtest "$name" "$log" 2 || { hw_tail "$log" 40; exit 0; }
 
-mem_kib=$(hw_field "$log" "linux-guest: cpus=" mem_kib)
+mem_kib=$(t_last_field "$log" "linux-guest: cpus=" mem_kib)
 # MemTotal excludes what the kernel reserves for itself; expect 440-512 MiB.
 if [ -n "$mem_kib" ] && [ "$mem_kib" -gt $((440 * 1024)) ] && [ "$mem_kib" -le $((512 * 1024)) ]; then
 	t_pass godwit-linux-memory

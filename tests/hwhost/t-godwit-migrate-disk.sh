@@ -39,16 +39,10 @@ dump=$SCRATCH/migrate-disk-dump
 cin=$T_TMP/dst-console.in
 rm -rf "$simg" "$dimg" "$ssock" "$dsock" "$msock" "$dump"
 cleanup() {
-	rm -rf "$simg" "$dimg" "$ssock" "$dsock" "$msock" "$dump" "$SCRATCH/migrate-disk.bin"
+	rm -rf "$simg" "$dimg" "$ssock" "$dsock" "$msock" "$dump" "$SCRATCH/$name.bin"
 }
 trap 'cleanup; hw_save_logs; t_cleanup' EXIT
-# One build for the source, the destination and the client, even if the checkout's is
-# rebuilt meanwhile.
-if ! cp "$GODWIT" "$SCRATCH/migrate-disk.bin"; then
-	t_fail "$name" "cannot copy $GODWIT to $SCRATCH"
-	exit 0
-fi
-GODWIT=$SCRATCH/migrate-disk.bin
+hw_pin_godwit "$name" || exit 0
 
 # fail WHY LOG...: FAIL with the tails of LOG... (and of hw_diag's files, if any)
 fail() { hw_fail "$name" "$@" "$T_TMP"/migrate-disk-*-diag.log; }
@@ -91,9 +85,9 @@ if [ $rc -ne 0 ] || [ -z "$started" ]; then
 	exit 0
 fi
 echo "# guest workload started $(hw_since "$t_boot") s after godwit started: $started"
-gfs=$(hw_field "$slog" 'linux-guest: ext4 started ' fs)
-gmade=$(hw_field "$slog" 'linux-guest: ext4 started ' made)
-gkept=$(hw_field "$slog" 'linux-guest: ext4 started ' kept)
+gfs=$(t_last_field "$slog" 'linux-guest: ext4 started ' fs)
+gmade=$(t_last_field "$slog" 'linux-guest: ext4 started ' made)
+gkept=$(t_last_field "$slog" 'linux-guest: ext4 started ' kept)
 if [ "$gmade" != "$made" ] || [ "$gfs" != ext4 ] || [ "${gkept:-0}" -lt 1 ]; then
 	fail "the guest mounted fs=$gfs made=$gmade with ${gkept:-no} kept files, expected fs=ext4 made=$made and kept files" "$slog"
 	exit 0
@@ -120,7 +114,7 @@ if ! kill -0 "$spid" 2>/dev/null; then
 	fail "the source godwit exited $HW_RC before the migration" "$slog"
 	exit 0
 fi
-files0=$(hw_field "$slog" "linux-guest: ext4 t=" files)
+files0=$(t_last_field "$slog" "linux-guest: ext4 t=" files)
 
 # ---- migrate ---------------------------------------------------------------------------
 t_mig=$(hw_now)
@@ -141,10 +135,9 @@ print(' '.join('%s=%s' % (k, str(o.get(k)).replace(' ', '_')) for k in
                 'disk_rounds', 'rounds', 'converged', 'error')))
 EOF
 )
-field() { local w; for w in $report; do [[ $w == "$1="* ]] && { echo "${w#*=}"; return; }; done; }
 echo "# migrate: exit $mrc after $mig_s s: $report"
-mstatus=$(field status)
-dbytes=$(field disk_bytes)
+mstatus=$(t_field "$report" status)
+dbytes=$(t_field "$report" disk_bytes)
 if [ $mrc -ne 0 ] || [ "$mstatus" != completed ]; then
 	if hw_wait_exit "$spid" 0; then why="the source godwit exited $HW_RC"; else why="the source godwit still runs"; fi
 	fail "godwit migrate exited $mrc ($report); $why" "$mlog" "$mjson" "$slog" "$dlog"
@@ -155,9 +148,9 @@ if [[ ${dbytes:-x} =~ ^[0-9]+$ ]] && [ "$dbytes" -gt 0 ]; then
 else
 	t_fail "$name-migrate" "migrate exited 0 but disk_bytes=${dbytes:-none} ($report)"
 fi
-echo "INFO $name: migration completed: total $(field total_ms) ms, downtime $(field downtime_ms) ms," \
-	"$(( $(field bytes) >> 20 )) MiB in $(field rounds) rounds, disks $(( ${dbytes:-0} >> 20 )) MiB in" \
-	"$(field disk_rounds) passes (client ran $mig_s s; guest files before it: $files0)"
+echo "INFO $name: migration completed: total $(t_field "$report" total_ms) ms, downtime $(t_field "$report" downtime_ms) ms," \
+	"$(( $(t_field "$report" bytes) >> 20 )) MiB in $(t_field "$report" rounds) rounds, disks $(( ${dbytes:-0} >> 20 )) MiB in" \
+	"$(t_field "$report" disk_rounds) passes (client ran $mig_s s; guest files before it: $files0)"
 if hw_wait_exit "$spid" 30; then srcrc=$HW_RC; else srcrc="still running"; fi
 if [ "$srcrc" = 6 ]; then
 	t_pass "$name-source-exit"
@@ -166,7 +159,7 @@ else
 	hw_tail "$slog" 15
 	hw_stop "$spid"
 fi
-files1=$(hw_field "$slog" "linux-guest: ext4 t=" files)
+files1=$(t_last_field "$slog" "linux-guest: ext4 t=" files)
 
 # ---- the guest goes on writing on the destination; then stop it -------------------------
 hw_wait_count "$dlog" "linux-guest: ext4 t=" 2 120 "$dpid"
@@ -176,12 +169,8 @@ if [ $wrc -ne 0 ]; then
 	stuck "no progress reports from the guest on the destination (wait status $wrc)" "$dlog"
 	exit 0
 fi
-hw_wait "$dlog" '^linux-guest: poweroff|Kernel panic' 180 "$dpid"
+hw_finish migrate-disk dst "$dpid" "$dlog" 180
 wrc=$?
-# Timed out: what the destination is doing, before it is stopped.
-[ $wrc -eq 2 ] && hw_diag_live migrate-disk dst="$dpid"
-[ $wrc -eq 0 ] && hw_wait_exit "$dpid" 60
-hw_stop "$dpid"
 dstrc=$HW_RC
 echo "# destination: exit $dstrc; guest: $(hw_line "$dlog" 'linux-guest: ext4 stopped ')"
 echo "# guest: $(hw_line "$dlog" 'linux-guest: ext4 verify ')"
@@ -191,17 +180,17 @@ if [ $wrc -ne 0 ]; then
 fi
 
 # ---- checks ------------------------------------------------------------------------------
-stopby=$(hw_field "$dlog" "linux-guest: ext4 stopped " by)
-files=$(hw_field "$dlog" "linux-guest: ext4 stopped " files)
-live=$(hw_field "$dlog" "linux-guest: ext4 verify " files)
-vok=$(hw_field "$dlog" "linux-guest: ext4 verify " ok)
-vkept=$(hw_field "$dlog" "linux-guest: ext4 verify " kept)
-verr=$(hw_field "$dlog" "linux-guest: ext4 verify " errors)
-vum=$(hw_field "$dlog" "linux-guest: ext4 verify " umount)
-derr=$(hw_field "$dlog" "linux-guest: ext4 done " errors)
-kib=$(hw_field "$dlog" "linux-guest: ext4 stopped " kib)
-lkib=$(hw_field "$dlog" "linux-guest: ext4 stopped " live_kib)
-first=$(hw_field "$dlog" "linux-guest: ext4 stopped " first_live)
+stopby=$(t_last_field "$dlog" "linux-guest: ext4 stopped " by)
+files=$(t_last_field "$dlog" "linux-guest: ext4 stopped " files)
+live=$(t_last_field "$dlog" "linux-guest: ext4 verify " files)
+vok=$(t_last_field "$dlog" "linux-guest: ext4 verify " ok)
+vkept=$(t_last_field "$dlog" "linux-guest: ext4 verify " kept)
+verr=$(t_last_field "$dlog" "linux-guest: ext4 verify " errors)
+vum=$(t_last_field "$dlog" "linux-guest: ext4 verify " umount)
+derr=$(t_last_field "$dlog" "linux-guest: ext4 done " errors)
+kib=$(t_last_field "$dlog" "linux-guest: ext4 stopped " kib)
+lkib=$(t_last_field "$dlog" "linux-guest: ext4 stopped " live_kib)
+first=$(t_last_field "$dlog" "linux-guest: ext4 stopped " first_live)
 if [ "$verr" = 0 ] && [ "$derr" = 0 ] && [ "$vum" = ok ] && [ "${live:-0}" -gt 0 ] &&
 	[ "$vok" = "$live" ] && [ "${files:-0}" -gt "${files1:-0}" ] && [ "${files1:-0}" -gt 0 ] &&
 	[ "${vkept:-0}" = "$gkept" ]; then

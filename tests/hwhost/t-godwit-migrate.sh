@@ -51,20 +51,13 @@ msock=$SCRATCH/mig-stream.sock
 stop=$T_TMP/peer.stop
 rm -f "$img" "$ssock" "$dsock" "$msock"
 truncate -s 32M "$img"
-# One build for the source, the destination and the client, even if the checkout's is
-# rebuilt meanwhile (a binary replaced between the source's start and the client's start
-# once crashed the client).
-if ! cp "$GODWIT" "$SCRATCH/godwit-migrate.bin"; then
-	t_fail "$name" "cannot copy $GODWIT to $SCRATCH"
-	exit 0
-fi
-GODWIT=$SCRATCH/godwit-migrate.bin
+hw_pin_godwit "$name" || exit 0
 
 net_cleanup() {
 	ip -n "$NSB" link del gwmtapA 2>/dev/null
 	ip -n "$NSB" link del gwmtapB 2>/dev/null
 	t_netns_del "$NSP" "$NSB"
-	rm -f "$img" "$ssock" "$dsock" "$msock" "$SCRATCH/godwit-migrate.bin"
+	rm -f "$img" "$ssock" "$dsock" "$msock" "$SCRATCH/$name.bin"
 }
 trap 'net_cleanup; hw_save_logs; t_cleanup' EXIT
 
@@ -130,7 +123,7 @@ if [ -z "$(hw_line "$plog" 'peer: connected')" ]; then
 	fail "the guest did not connect to the peer" "$slog" "$plog"
 	exit 0
 fi
-seq0=$(hw_field "$slog" "linux-guest: migrate disk " seq)
+seq0=$(t_last_field "$slog" "linux-guest: migrate disk " seq)
 if ! kill -0 "$spid" 2>/dev/null; then
 	hw_wait_exit "$spid" 1
 	fail "the source godwit exited $HW_RC before the migration" "$slog" "$plog"
@@ -172,12 +165,8 @@ if [ $wrc -ne 0 ]; then
 	stuck "no I/O progress reports from the guest on the destination (wait status $wrc)" "$dlog" "$plog"
 	exit 0
 fi
-hw_wait "$dlog" '^linux-guest: poweroff|Kernel panic' 180 "$dpid"
+hw_finish godwit-migrate dst "$dpid" "$dlog" 180
 wrc=$?
-# Timed out: what the destination is doing, before it is stopped.
-[ $wrc -eq 2 ] && hw_diag_live godwit-migrate dst="$dpid"
-[ $wrc -eq 0 ] && hw_wait_exit "$dpid" 60
-hw_stop "$dpid"
 dstrc=$HW_RC
 hw_wait "$plog" '^peer: done' 30
 echo "# destination: exit $dstrc; guest: $(hw_line "$dlog" 'linux-guest: migrate done ')"
@@ -190,10 +179,10 @@ fi
 # ---- checks ----------------------------------------------------------------------------
 # Disk: no error in the loop nor in the final verify, writes went on on the destination,
 # and the host finds every batch's content in the image.
-batches=$(hw_field "$dlog" "linux-guest: migrate verify" batches)
-verr=$(hw_field "$dlog" "linux-guest: migrate verify" errors)
-derr=$(hw_field "$dlog" "linux-guest: migrate done" disk_errors)
-maxit=$(hw_field "$dlog" "linux-guest: migrate disk " max_iter_ms)
+batches=$(t_last_field "$dlog" "linux-guest: migrate verify" batches)
+verr=$(t_last_field "$dlog" "linux-guest: migrate verify" errors)
+derr=$(t_last_field "$dlog" "linux-guest: migrate done" disk_errors)
+maxit=$(t_last_field "$dlog" "linux-guest: migrate disk " max_iter_ms)
 host_check=$(python3 - "$img" "${batches:-0}" <<'EOF' 2>&1
 import sys
 img, total, slots = sys.argv[1], int(sys.argv[2]), 256
@@ -218,17 +207,17 @@ else
 fi
 
 # TCP: the same bytes and SHA-256 at the peer (sent, echoed) and in the guest; no reset.
-sent=$(hw_field "$plog" "peer: done" sent)
-sent_sha=$(hw_field "$plog" "peer: done" sent_sha)
-echoed=$(hw_field "$plog" "peer: done" echoed)
-echo_sha=$(hw_field "$plog" "peer: done" echo_sha)
-perr=$(hw_field "$plog" "peer: done" error)
-peof=$(hw_field "$plog" "peer: done" eof)
-gap=$(hw_field "$plog" "peer: done" max_gap_ms)
-gap_at=$(hw_field "$plog" "peer: done" gap_at)
-rxb=$(hw_field "$dlog" "linux-guest: migrate net" rx_bytes)
-rxsha=$(hw_field "$dlog" "linux-guest: migrate net" rx_sha)
-ncrc=$(hw_field "$dlog" "linux-guest: migrate net" nc_exit)
+sent=$(t_last_field "$plog" "peer: done" sent)
+sent_sha=$(t_last_field "$plog" "peer: done" sent_sha)
+echoed=$(t_last_field "$plog" "peer: done" echoed)
+echo_sha=$(t_last_field "$plog" "peer: done" echo_sha)
+perr=$(t_last_field "$plog" "peer: done" error)
+peof=$(t_last_field "$plog" "peer: done" eof)
+gap=$(t_last_field "$plog" "peer: done" max_gap_ms)
+gap_at=$(t_last_field "$plog" "peer: done" gap_at)
+rxb=$(t_last_field "$dlog" "linux-guest: migrate net" rx_bytes)
+rxsha=$(t_last_field "$dlog" "linux-guest: migrate net" rx_sha)
+ncrc=$(t_last_field "$dlog" "linux-guest: migrate net" nc_exit)
 hw_count_lines "$plog" "peer: connected"
 conns=$HW_N
 if [ -n "$sent" ] && [ "$sent" -gt 0 ] && [ "$rxb" = "$sent" ] && [ "$echoed" = "$sent" ] &&

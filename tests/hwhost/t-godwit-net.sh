@@ -79,14 +79,11 @@ fi
 # A run takes ~16 s in L1; 240 s is far beyond that and well inside the test's timeout
 # (HWHOST_TEST_TIMEOUT, 600 s), so a wedged guest is diagnosed (and, if the emulator wedged
 # it, run again) instead of holding L1 until its time runs out (seen once: 740 s).
-hw_wait "$log" '^linux-guest: (net tx_status|poweroff)|Kernel panic' 240 "$gpid"
+hw_finish godwit-net vm "$gpid" "$log" 240 '^linux-guest: (net tx_status|poweroff)|Kernel panic'
 wrc=$?
-[ $wrc -eq 2 ] && hw_diag_live godwit-net vm="$gpid"
-[ $wrc -eq 0 ] && hw_wait_exit "$gpid" 60
-hw_stop "$gpid"
 echo "# godwit: exit status $HW_RC; guest: $(hw_line "$log" 'linux-guest: net features=')"
 
-feat=$(hw_field "$log" "linux-guest: net features=" features)
+feat=$(t_last_field "$log" "linux-guest: net features=" features)
 if [ "$wrc" -ne 0 ]; then
 	hw_fail "$name" "the guest's net workload did not finish (wait status $wrc)" "$log" \
 		"$T_TMP"/godwit-net-*-diag.log
@@ -99,7 +96,7 @@ if bit 0 && bit 1 && bit 5 && bit 7 && bit 11 && bit 15 && bit 16; then
 else
 	t_fail godwit-net-features "driver features '$feat' lack CSUM/GUEST_CSUM/MAC/GUEST_TSO4/HOST_TSO4/MRG_RXBUF/STATUS"
 fi
-if [ "$(hw_field "$log" "linux-guest: net ping" ping)" = ok ]; then
+if [ "$(t_last_field "$log" "linux-guest: net ping" ping)" = ok ]; then
 	t_pass godwit-net-ping
 else
 	t_fail godwit-net-ping "the guest could not ping the peer"
@@ -108,12 +105,12 @@ fi
 
 want=$((MIB << 20))
 mapfile -t plines <"$peer_out"
-peer_tx_sha=$(hw_field "$peer_out" "peer: listening" tx_sha)
-peer_rx_sha=$(hw_field "$peer_out" "peer: received" rx_sha)
-peer_rx_bytes=$(hw_field "$peer_out" "peer: received" rx_bytes)
-g_rx_sha=$(hw_field "$log" "linux-guest: net rx_bytes" rx_sha)
-g_rx_bytes=$(hw_field "$log" "linux-guest: net rx_bytes" rx_bytes)
-g_tx_sha=$(hw_field "$log" "linux-guest: net tx_bytes" tx_sha)
+peer_tx_sha=$(t_last_field "$peer_out" "peer: listening" tx_sha)
+peer_rx_sha=$(t_last_field "$peer_out" "peer: received" rx_sha)
+peer_rx_bytes=$(t_last_field "$peer_out" "peer: received" rx_bytes)
+g_rx_sha=$(t_last_field "$log" "linux-guest: net rx_bytes" rx_sha)
+g_rx_bytes=$(t_last_field "$log" "linux-guest: net rx_bytes" rx_bytes)
+g_tx_sha=$(t_last_field "$log" "linux-guest: net tx_bytes" tx_sha)
 echo "# peer->guest: $g_rx_bytes bytes; guest->peer: $peer_rx_bytes bytes"
 if [ "$g_rx_bytes" = "$want" ] && [ -n "$g_rx_sha" ] && [ "$g_rx_sha" = "$peer_tx_sha" ]; then
 	t_pass godwit-net-tcp-rx
@@ -128,7 +125,7 @@ fi
 
 # Offloads at work: without TSO (and GSO from the TAP) each direction needs one frame per
 # ~1448 bytes; with them a frame carries up to 64 KiB.  Count the guest's frames per phase.
-f() { local v; v=$(hw_field "$log" "linux-guest: net $1" "$2"); echo "${v:-0}"; }
+f() { local v; v=$(t_last_field "$log" "linux-guest: net $1" "$2"); echo "${v:-0}"; }
 rx_frames=$(( $(f rx_bytes rxp) - $(f ping rxp) ))
 tx_frames=$(( $(f tx_status txp) - $(f tx_bytes txp) ))
 mss_frames=$(( want / 1448 ))

@@ -109,8 +109,8 @@ fi
 
 cur=$(hw_line "$log" "linux-guest: hwrng=")
 cur=${cur%% *}
-bytes=$(hw_field "$log" "linux-guest: hwrng=" bytes)
-nonzero=$(hw_field "$log" "linux-guest: hwrng=" nonzero)
+bytes=$(t_last_field "$log" "linux-guest: hwrng=" bytes)
+nonzero=$(t_last_field "$log" "linux-guest: hwrng=" nonzero)
 if [[ $cur == virtio_rng* ]] && [ "$bytes" = 4096 ] && [ "${nonzero:-0}" -gt 3900 ]; then
 	t_pass godwit-rng-entropy
 else
@@ -150,7 +150,7 @@ run_guest "$log" "$GODWIT" run --kernel "$HW_GUEST_KERNEL" --initrd "$HW_GUEST_I
 	--cpus 1 --mem 256M --name tier2-rng-intx --rng \
 	--cmdline "$(hw_append pci=nomsi godwit.workload=devices)"
 wrc=$?
-bytes=$(hw_field "$log" "linux-guest: hwrng=" bytes)
+bytes=$(t_last_field "$log" "linux-guest: hwrng=" bytes)
 intx=$(hw_line "$log" "linux-guest: irq")
 echo "# INTx run: ${HW_ELAPSED}s, exit ${HW_RC}, hwrng bytes=${bytes:-?}, irq line: ${intx:-none}"
 if [ "$wrc" -eq 0 ] && [ "$bytes" = 4096 ] && [[ $intx == *IO-APIC* ]] && [ "$HW_RC" = 0 ]; then

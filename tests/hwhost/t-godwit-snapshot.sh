@@ -41,8 +41,6 @@ bad_reports() {
 		[[ $l =~ ^memtest:\ t=.*\ errors=([0-9]+) ]] && [ "${BASH_REMATCH[1]}" != 0 ] && echo "$l"
 	done
 }
-# tenths T: "12.3" -> 123
-tenths() { local a=${1%.*} b=${1#*.}; echo $((10#$a * 10 + 10#$b)); }
 
 # ---- run, wait for memtest, snapshot (stop) ------------------------------------------------
 hw_start "$log0" "$GODWIT" run --kernel "$HW_GUEST_KERNEL" --initrd "$HW_GUEST_INITRD" \
@@ -104,9 +102,9 @@ if [ ${#ts1[@]} -lt 2 ]; then
 fi
 # t= counts from memtest's start: after the restore it continues from the last report
 # before the snapshot (kvmclock frozen across the stop), it does not start again from 0.
-if [ "$(tenths "${ts1[0]}")" -lt "$(tenths "$last0")" ]; then
+if [ "$(t_tenths "${ts1[0]}")" -lt "$(t_tenths "$last0")" ]; then
 	t_fail "$name-restore" "the guest's clock went back: t=${ts1[0]} after the restore, t=$last0 before"
-elif [ "$(tenths "${ts1[0]}")" -gt $(($(tenths "$last0") + 50)) ]; then
+elif [ "$(t_tenths "${ts1[0]}")" -gt $(($(t_tenths "$last0") + 50)) ]; then
 	t_fail "$name-restore" "the guest's clock jumped: t=${ts1[0]} after the restore, t=$last0 before"
 else
 	t_pass "$name-restore"

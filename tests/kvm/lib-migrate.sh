@@ -9,17 +9,17 @@ PROXY=${PROXY:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/migproxy.py}
 CMDLINE=${CMDLINE:-'workload=mem mem=64 rate=20 report=200'}
 
 now_ms() { date +%s%3N; }
-# reports FILE: number of memtest lines.
-reports() { local n; n=$(grep -ac "^memtest: t=" "$1" 2>/dev/null); echo "${n:-0}"; }
-# wait_reports FILE N SECS: until FILE has N memtest lines.
-wait_reports() {
+# wait_count COUNT FILE N SECS: until the function COUNT FILE says N or more (SECS at most).
+wait_count() {
 	local i
-	for ((i = 0; i < $3 * 10; i++)); do
-		[ "$(reports "$1")" -ge "$2" ] && return 0
+	for ((i = 0; i < $4 * 10; i++)); do
+		[ "$("$1" "$2")" -ge "$3" ] && return 0
 		sleep 0.1
 	done
 	return 1
 }
+# wait_reports FILE N SECS: until FILE has N memtest lines.
+wait_reports() { wait_count reports "$@"; }
 # mstat SOCK: migrate-status --json of the VM at SOCK.
 mstat() { "$GODWIT" migrate-status --api "$1" --json 2>&1; }
 # jfield JSON KEY: a top-level field of a JSON object (empty if absent or not JSON);
@@ -95,21 +95,25 @@ vm_running() {
 	fi
 	return 0
 }
-# src_ok PID SOCK OUT: the VM at SOCK runs and its guest reports on, errors=0 (else WHY).
-src_ok() {
+# goes_on PID SOCK OUT N COUNT ERRS WHAT: the VM at SOCK runs, its guest prints N more
+# lines (as the function COUNT OUT counts them; WHAT names them) within 10 s, and the
+# function ERRS OUT finds no error line (else WHY).
+goes_on() {
 	local n
-	vm_running "$@" || return 1
-	n=$(reports "$3")
-	if ! wait_reports "$3" $((n + 3)) 10; then
-		WHY="the guest printed $(($(reports "$3") - n)) memtest lines in 10 s (expected 3): $(tail -c 200 "$3")"
+	vm_running "$1" "$2" "$3" || return 1
+	n=$("$5" "$3")
+	if ! wait_count "$5" "$3" $((n + $4)) 10; then
+		WHY="the guest printed $(($("$5" "$3") - n)) $7 in 10 s (expected $4): $(tail -c 200 "$3")"
 		return 1
 	fi
-	if [ -n "$(guest_errors "$3")" ]; then
-		WHY="guest errors: $(guest_errors "$3")"
+	if [ -n "$("$6" "$3")" ]; then
+		WHY="guest errors: $("$6" "$3" | tr '\n' '|')"
 		return 1
 	fi
 	return 0
 }
+# src_ok PID SOCK OUT: the VM at SOCK runs and its guest reports on, errors=0 (else WHY).
+src_ok() { goes_on "$1" "$2" "$3" 3 reports guest_errors "memtest lines"; }
 
 # end_vm [PID SOCK]: godwit shutdown of the VM (default: S_PID, S_SOCK), and reap it.
 end_vm() {

@@ -6,8 +6,11 @@
 # elapsed SINCE: seconds since SINCE (date +%s.%N), one decimal.
 elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 
-# field LINE KEY: the number after " KEY=" in LINE.
-field() { sed -n "s/.* $2=\([0-9.]*\).*/\1/p" <<<"$1"; }
+# field LINE KEY: the value of KEY= in LINE (t_field).
+field() { t_field "$@"; }
+
+# reports FILE: number of the test guest's memtest lines in FILE.
+reports() { local n; n=$(grep -ac "^memtest: t=" "$1" 2>/dev/null); echo "${n:-0}"; }
 
 # wait_exit PID [SECS]: PID's exit status, within SECS (default 20); 124 if it did not
 # exit in time (it is then killed).

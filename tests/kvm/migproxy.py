@@ -40,23 +40,14 @@ import socket
 import sys
 import time
 
-MAGIC = b"GWMC"
-READY, COMMIT = 3, 5
-TYPES = {"accept": 1, "refuse": 2, "ready": 3, "error": 4, "commit": 5, "done": 6, "abort": 7}
+from gwmc import MAGIC, TYPES, listen as gw_listen, connect as gw_connect, split
+
+READY, COMMIT = TYPES["ready"], TYPES["commit"]
 LIFETIME = 90.0
 
 
 def ev(*a):
     print(*a, flush=True)
-
-
-def parse_addr(s):
-    if s.startswith("unix:"):
-        return socket.AF_UNIX, s[5:]
-    if s.startswith("tcp:"):
-        host, _, port = s[4:].rpartition(":")
-        return socket.AF_INET, (host.strip("[]") or "127.0.0.1", int(port))
-    raise SystemExit("bad address %r" % s)
 
 
 def main():
@@ -130,18 +121,12 @@ def main():
                 except OSError:
                     pass
                 continue
-            ctl += data
+            msgs, ctl = split(ctl + data)
+            tail = b""
+            if len(ctl) >= 8 and ctl[:4] != MAGIC:    # not a control message: pass it on as is
+                tail, ctl = ctl, b""
             out = b""
-            while len(ctl) >= 8:
-                if ctl[:4] != MAGIC:        # not a control message: pass it on as is
-                    out += ctl
-                    ctl = b""
-                    break
-                typ = int.from_bytes(ctl[4:6], "little")
-                n = 8 + int.from_bytes(ctl[6:8], "little") + 4
-                if len(ctl) < n:
-                    break
-                msg, ctl = ctl[:n], ctl[n:]
+            for typ, msg in msgs:
                 if typ == READY:
                     ev("ready")
                     ready_seen = True
@@ -152,8 +137,10 @@ def main():
                     if mode == "hold-ready":
                         ev("held")
                         holding = True
+                        tail = b""              # nothing after READY goes on either
                         break
                 out += msg
+            out += tail
             if out and not sendall(src, out):
                 close_both()
                 return
@@ -187,25 +174,15 @@ def close_pair(a, b):
 
 def connect_pair(listen, to):
     """Accept the source on LISTEN, connect to the destination at TO."""
-    fam, la = parse_addr(listen)
-    ls = socket.socket(fam, socket.SOCK_STREAM)
-    if fam == socket.AF_INET:
-        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    elif os.path.exists(la):
-        os.unlink(la)
-    ls.bind(la)
-    ls.listen(1)
+    ls = gw_listen(listen)
     ls.settimeout(LIFETIME)
     ev("listening")
     src, _ = ls.accept()
     ls.close()
-    if fam == socket.AF_UNIX:
-        os.unlink(la)
+    if listen.startswith("unix:"):
+        os.unlink(listen[5:])
     ev("accepted")
-    fam, ta = parse_addr(to)
-    dst = socket.socket(fam, socket.SOCK_STREAM)
-    dst.settimeout(10)
-    dst.connect(ta)
+    dst = gw_connect(to)
     ev("connected")
     for s in (src, dst):
         s.setblocking(False)
@@ -233,14 +210,8 @@ def general(listen, to, mode, arg):
         close_pair(src, dst)
 
     def messages(x):
-        """Whole control messages at the head of x["buf"]: (type, bytes), and the rest."""
-        out = []
-        while len(x["buf"]) >= 8 and x["buf"][:4] == MAGIC:
-            n = 8 + int.from_bytes(x["buf"][6:8], "little") + 4
-            if len(x["buf"]) < n:
-                break
-            out.append((int.from_bytes(x["buf"][4:6], "little"), x["buf"][:n]))
-            x["buf"] = x["buf"][n:]
+        """Whole control messages at the head of x["buf"]: [(type, bytes)]."""
+        out, x["buf"] = split(x["buf"])
         return out
 
     while time.monotonic() < deadline:

@@ -242,28 +242,10 @@ static double guest_khz(struct con *c)
 
 static int setup_acpi(struct vm *vm, uint64_t *rsdp)
 {
-	uint64_t low, high;
-	struct acpi_config ac = {
-		.ncpus = vm->cfg.ncpus,
-		.ioapic_addr = LAYOUT_IOAPIC,
-		.ioapic_id = 0,
-		.lapic_addr = LAYOUT_LAPIC,
-		.pm1a_evt_port = PORT_ACPI_PM1A_EVT,
-		.pm1a_cnt_port = PORT_ACPI_PM1A_CNT,
-		.pm_tmr_port = PORT_ACPI_PM_TMR,
-		.sci_irq = IRQ_ACPI_SCI,
-		.s5_slp_typ = ACPI_S5_SLP_TYP,
-		.reset_port = PORT_RESET,
-		.reset_value = 0x06,
-		.rtc_century = 0x32,
-		.pci_mmio32_base = LAYOUT_PCI_MMIO32,
-		.pci_mmio32_size = LAYOUT_PCI_MMIO32_END - LAYOUT_PCI_MMIO32,
-	};
+	struct acpi_config ac;
 	void *buf = vm_gpa_to_host(vm, LAYOUT_ACPI, LAYOUT_ACPI_SIZE);
 
-	mem_split(vm->cfg.mem_size, &low, &high);
-	ac.pci_mmio64_base = ALIGN_UP(LAYOUT_4G + high, GiB);
-	ac.pci_mmio64_size = LAYOUT_PCI_MMIO64_SIZE;
+	acpi_platform_config(&ac, vm->cfg.ncpus, vm->cfg.mem_size);
 	if (!buf)
 		return -EFAULT;
 	memset(buf, 0, LAYOUT_ACPI_SIZE);

@@ -21,15 +21,16 @@ mode=$(stat -c %a "$S")
 
 # status through the CLI and through curl.
 st=$("$GODWIT" status --api "$S" --json 2>&1)
-if grep -q '"state": *"running"' <<<"$st" && grep -q '"name": *"api-test"' <<<"$st" &&
-   grep -q '"vcpus": *1' <<<"$st" && grep -q '"memory_bytes": *268435456' <<<"$st"; then
+if jq -e '.state == "running" and .name == "api-test" and .vcpus == 1 and
+	.memory_bytes == 268435456' <<<"$st" >/dev/null 2>&1; then
 	t_pass api-status
 else
 	t_fail api-status "unexpected status: $st"
 fi
 if command -v curl >/dev/null; then
 	c=$(curl -s --max-time 5 --unix-socket "$S" http://localhost/api/v1/vm)
-	grep -q '"uuid"' <<<"$c" && t_pass api-curl || t_fail api-curl "curl got: $c"
+	jq -e '.uuid | test("^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")' <<<"$c" >/dev/null 2>&1 &&
+		t_pass api-curl || t_fail api-curl "curl got: $c"
 	code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --unix-socket "$S" http://localhost/api/v1/nope)
 	[ "$code" = 404 ] && t_pass api-404 || t_fail api-404 "GET /api/v1/nope gave $code"
 fi
@@ -48,7 +49,7 @@ if "$GODWIT" pause --api "$S" >/dev/null 2>"$T_TMP/pause.err"; then
 	n1=$(grep -c '^memtest: t=' "$log")
 	out=$("$GODWIT" pause --api "$S" 2>&1); prc=$?
 	"$GODWIT" resume --api "$S" >/dev/null 2>"$T_TMP/resume.err"; rrc=$?
-	if ! grep -q '"state": *"paused"' <<<"$st"; then
+	if [ "$(jq -r .state <<<"$st" 2>/dev/null)" != paused ]; then
 		t_fail api-pause "status while paused: $st"
 	elif [ "$n1" -ne "$n0" ]; then
 		t_fail api-pause "guest kept reporting while paused ($n0 -> $n1)"

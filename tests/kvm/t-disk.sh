@@ -8,11 +8,7 @@
 # message.
 . "$(dirname "$0")/../lib.sh"
 
-t_need_kvm disk || exit 0
-if [ ! -f "$GUEST_ELF" ]; then
-	t_fail disk "no test guest at $GUEST_ELF (make guest)"
-	exit 0
-fi
+t_need_guest disk || exit 0
 
 # The guest's block layout (guest/disk.c, guest/pattern.h pattern_fill): 4 KiB
 # blocks numbered from the start of the disk; u64 words: 0 block number,
@@ -79,10 +75,6 @@ if ! cc -O2 -o "$T_TMP/diskcheck" "$T_TMP/diskcheck.c" 2>"$T_TMP/cc.err"; then
 	exit 0
 fi
 
-# field FILE PREFIX KEY: KEY=value from the last line of FILE starting with PREFIX.
-field() {
-	t_complete "$1" | grep -a "^$2" | tail -n 1 | tr ' ' '\n' | sed -n "s/^$3=//p" | tr -d '\r'
-}
 
 # vm NAME DISKSPEC CMDLINE: run the guest with one disk, output in $T_TMP/NAME.{out,err}.
 vm() {
@@ -102,11 +94,11 @@ if [ "$rc" -ne 0 ]; then
 elif [[ $found != *"capacity_mib=64 serial=godwit-disk-1 ro=0"* ]]; then
 	t_fail disk-rw "guest saw '${found:-no disk}', expected capacity_mib=64 serial=godwit-disk-1 ro=0"
 else
-	gen=$(field "$T_TMP/rw.out" 'disk: t=' gen)
-	errors=$(field "$T_TMP/rw.out" 'disk: t=' errors)
-	wmib=$(field "$T_TMP/rw.out" 'disk: t=' written_mib)
-	rmib=$(field "$T_TMP/rw.out" 'disk: t=' read_mib)
-	flushes=$(field "$T_TMP/rw.out" 'disk: t=' flushes)
+	gen=$(t_last_field "$T_TMP/rw.out" 'disk: t=' gen)
+	errors=$(t_last_field "$T_TMP/rw.out" 'disk: t=' errors)
+	wmib=$(t_last_field "$T_TMP/rw.out" 'disk: t=' written_mib)
+	rmib=$(t_last_field "$T_TMP/rw.out" 'disk: t=' read_mib)
+	flushes=$(t_last_field "$T_TMP/rw.out" 'disk: t=' flushes)
 	if [ -z "$gen" ]; then
 		t_fail disk-rw "no 'disk: t=' report; stdout tail: $(tail -n 5 "$T_TMP/rw.out")"
 	elif [ "$errors" != 0 ] || grep -qa '^disk: ERROR' "$T_TMP/rw.out"; then
@@ -149,8 +141,8 @@ elif ! grep -qa '^disk: found .*ro=1' "$T_TMP/ro.out"; then
 	t_fail disk-readonly "the guest did not see a read-only disk: $(grep -a '^disk: found' "$T_TMP/ro.out")"
 elif [ "$sum_before" != "$sum_after" ]; then
 	t_fail disk-readonly "the image changed under a read-only disk"
-elif [ "$(field "$T_TMP/ro.out" 'disk: t=' errors)" != 0 ] ||
-     [ "$(field "$T_TMP/ro.out" 'disk: t=' read_mib)" -lt 16 ]; then
+elif [ "$(t_last_field "$T_TMP/ro.out" 'disk: t=' errors)" != 0 ] ||
+     [ "$(t_last_field "$T_TMP/ro.out" 'disk: t=' read_mib)" -lt 16 ]; then
 	t_fail disk-readonly "read passes: $(grep -a '^disk: t=' "$T_TMP/ro.out" | tail -n 1)"
 else
 	t_pass disk-readonly

@@ -26,11 +26,7 @@
 . "$(dirname "$0")/lib-migrate.sh"
 
 N=migrate-faults
-t_need_kvm $N || exit 0
-if [ ! -f "$GUEST_ELF" ]; then
-	t_fail $N "no test guest at $GUEST_ELF (make guest)"
-	exit 0
-fi
+t_need_guest $N || exit 0
 T0=$(date +%s%3N)
 
 # migrate_ok CASE: the VM at S_* migrates to a fresh destination (exit 0, the source

@@ -16,12 +16,8 @@
 . "$(dirname "$0")/lib-migrate.sh"
 
 N=migrate-matrix
-t_need_kvm $N || exit 0
-if [ ! -f "$GUEST_ELF" ]; then
-	t_fail $N "no test guest at $GUEST_ELF (make guest)"
-	exit 0
-fi
-want() { [ -z "${MATRIX_ROWS:-}" ] || [[ " $MATRIX_ROWS " == *" $1 "* ]]; }
+t_need_guest $N || exit 0
+want() { t_want MATRIX_ROWS "$1"; }
 T0=$(date +%s%3N)
 
 # paused SOCK OUT: the VM at SOCK prints no memtest line for 1 s.
@@ -86,57 +82,11 @@ second_resume() {
 # trickle ADDR: a peer that sends a real stream (the golden one), a byte every 0.5 s, for
 # at most 40 s.
 trickle() {
-	python3 - "$1" "$ROOT/tests/data/golden-0.1.0-dev.gws" <<'EOF' >/dev/null 2>&1
-import socket, sys, time
-a = sys.argv[1]
-data = open(sys.argv[2], "rb").read()
-if a.startswith("unix:"):
-    s = socket.socket(socket.AF_UNIX); s.connect(a[5:])
-else:
-    h, _, p = a[4:].rpartition(":"); s = socket.create_connection((h, int(p)))
-t = time.monotonic() + 40
-try:
-    for i in range(len(data)):
-        if time.monotonic() > t:
-            break
-        s.send(data[i:i + 1]); time.sleep(0.5)
-except OSError:
-    pass
-EOF
+	python3 "$ROOT/tests/kvm/gwmc.py" trickle "$1" "$ROOT/tests/data/golden-0.1.0-dev.gws" >/dev/null 2>&1
 }
 # slow_destination ADDR: a peer that reads the configuration, answers ACCEPT, then takes
 # the stream 4 KiB every 0.5 s, for at most 60 s.
-slow_destination() {
-	python3 - "$1" <<'EOF'
-import socket, struct, sys, time
-def crc32c(b):
-    c = 0xffffffff
-    for x in b:
-        c ^= x
-        for _ in range(8):
-            c = (c >> 1) ^ (0x82f63b78 & -(c & 1))
-    return c ^ 0xffffffff
-a = sys.argv[1]
-if a.startswith("unix:"):
-    l = socket.socket(socket.AF_UNIX); l.bind(a[5:])
-else:
-    h, _, p = a[4:].rpartition(":"); l = socket.socket(); l.bind((h, int(p)))
-l.listen(1)
-print("listening", flush=True)
-c, _ = l.accept()
-c.recv(65536)                          # the preamble and CONFIG
-m = b"GWMC" + struct.pack("<HH", 1, 0)
-c.sendall(m + struct.pack("<I", crc32c(m)))
-t, n = time.monotonic() + 60, 0
-while time.monotonic() < t:
-    d = c.recv(4096)
-    if not d:
-        break
-    n += len(d)
-    time.sleep(0.5)
-print("done read=%d" % n, flush=True)
-EOF
-}
+slow_destination() { python3 "$ROOT/tests/kvm/gwmc.py" slow-destination "$1"; }
 # row_line ROW TEXT: the row's outcome, for the docs' table.
 row_line() { echo "# matrix $T: $1: $2"; }
 
@@ -231,135 +181,78 @@ src_in_doubt() {
 	return 0
 }
 
+# The source killed after COMMIT: the destination that got it runs the VM.
+dst_runs() {
+	local c=$1
+	if [ "$(status "$D_SOCK")" != incoming ]; then
+		t_fail "$c" "the destination that got COMMIT does not run the VM: status '$(status "$D_SOCK")'; $(tail_of "$D_ERR")"
+		return
+	fi
+	runs_here "$c" "$D_PID" "$D_SOCK" "$D_OUT"
+	row_line "$c" "destination (it had COMMIT); nothing to resolve"
+}
+
+# The destination killed before COMMIT reached it: the source, in doubt, is resumed by the
+# operator; a second resume is refused.
+src_in_doubt_then_resume() {
+	local c=$1
+	src_in_doubt "$c" || return
+	if ! resolve "$S_SOCK" resume; then
+		t_fail "$c" "migrate-resolve --resume on the source: $RESOLVED"
+		return
+	fi
+	runs_here "$c" "$S_PID" "$S_SOCK" "$S_OUT"
+	second_resume "$c-second-resume" "$S_SOCK"
+	row_line "$c" "source in doubt, resumed there by the operator"
+}
+
+# The destination ran the VM and died with it: the source must not resume a stale copy by
+# itself; the operator discards it (exit 6).
+src_in_doubt_then_discard() {
+	local c=$1
+	src_in_doubt "$c" || return
+	if resolve "$S_SOCK" discard && wait_exit "$S_PID" 10; [ $? -eq 6 ]; then
+		t_pass "$c"
+		row_line "$c" "nowhere (the destination died running it); source in doubt, discarded (exit 6)"
+	else
+		t_fail "$c" "migrate-resolve --discard did not end the source with status 6: $RESOLVED"
+	fi
+}
+
+# kill_row ROW KILLED OUTCOME [EXPECT] -- MODE ARG [MIGRATE OPTIONS...]: hold the migration
+# where the proxy's MODE ARG says (hold_at), SIGKILL the source or the destination (KILLED),
+# then check the OUTCOME (a function: ROW's test name, EXPECT).
+kill_row() {
+	local row=$1 c=$N-$T-$1 killed=$2 outcome=$3 expect=
+	shift 3
+	[ "$1" != -- ] && { expect=$1; shift; }
+	shift
+	want "$row" || return 0
+	if hold_at "$c" "$@"; then
+		if [ "$killed" = src ]; then kill_vm "$S_PID"; else kill_vm "$D_PID"; fi
+		"$outcome" "$c" "$expect"
+	else
+		t_fail "$c" "$WHY"
+	fi
+	settle
+}
+
 matrix() {
 	local c
+	local pre=(hold-bytes $((16 << 20)) --max-bandwidth 64M)
 
-	# ---- the source killed -----------------------------------------------------------
-	c=$N-$T-kill-src-setup
-	if want kill-src-setup; then
-		if hold_at "$c" hold accept; then
-			kill_vm "$S_PID"
-			dst_discards "$c"
-		else
-			t_fail "$c" "$WHY"
-		fi
-		settle
-	fi
-	c=$N-$T-kill-src-precopy
-	if want kill-src-precopy; then
-		if hold_at "$c" hold-bytes $((16 << 20)) --max-bandwidth 64M; then
-			kill_vm "$S_PID"
-			dst_discards "$c"
-		else
-			t_fail "$c" "$WHY"
-		fi
-		settle
-	fi
-	c=$N-$T-kill-src-stopcopy
-	if want kill-src-stopcopy; then
-		if hold_at "$c" hold ready; then
-			kill_vm "$S_PID"
-			dst_in_doubt_then_resume "$c"
-		else
-			t_fail "$c" "$WHY"
-		fi
-		settle
-	fi
-	c=$N-$T-kill-src-after-ready
-	if want kill-src-after-ready; then
-		if hold_at "$c" hold commit; then
-			kill_vm "$S_PID"
-			dst_in_doubt_then_resume "$c"
-		else
-			t_fail "$c" "$WHY"
-		fi
-		settle
-	fi
-	c=$N-$T-kill-src-after-commit
-	if want kill-src-after-commit; then
-		if hold_at "$c" hold done; then
-			kill_vm "$S_PID"
-			if [ "$(status "$D_SOCK")" != incoming ]; then
-				t_fail "$c" "the destination that got COMMIT does not run the VM: status '$(status "$D_SOCK")'; $(tail_of "$D_ERR")"
-			else
-				runs_here "$c" "$D_PID" "$D_SOCK" "$D_OUT"
-				row_line "$c" "destination (it had COMMIT); nothing to resolve"
-			fi
-		else
-			t_fail "$c" "$WHY"
-		fi
-		settle
-	fi
-
-	# ---- the destination killed ------------------------------------------------------
-	c=$N-$T-kill-dst-setup
-	if want kill-dst-setup; then
-		if hold_at "$c" hold accept; then
-			kill_vm "$D_PID"
-			src_resumed "$c" 'closed the connection before accepting'
-		else
-			t_fail "$c" "$WHY"
-		fi
-		settle
-	fi
-	c=$N-$T-kill-dst-precopy
-	if want kill-dst-precopy; then
-		if hold_at "$c" hold-bytes $((16 << 20)) --max-bandwidth 64M; then
-			kill_vm "$D_PID"
-			src_resumed "$c" 'sending memory'
-		else
-			t_fail "$c" "$WHY"
-		fi
-		settle
-	fi
-	c=$N-$T-kill-dst-stopcopy
-	if want kill-dst-stopcopy; then
-		if hold_at "$c" hold ready; then
-			kill_vm "$D_PID"
-			src_resumed "$c" 'no READY from the destination'
-		else
-			t_fail "$c" "$WHY"
-		fi
-		settle
-	fi
-	c=$N-$T-kill-dst-after-ready
-	if want kill-dst-after-ready; then
-		# COMMIT never reached the destination: the source, in doubt, is resumed.
-		if hold_at "$c" hold commit; then
-			kill_vm "$D_PID"
-			if src_in_doubt "$c"; then
-				if resolve "$S_SOCK" resume; then
-					runs_here "$c" "$S_PID" "$S_SOCK" "$S_OUT"
-					second_resume "$c-second-resume" "$S_SOCK"
-					row_line "$c" "source in doubt, resumed there by the operator"
-				else
-					t_fail "$c" "migrate-resolve --resume on the source: $RESOLVED"
-				fi
-			fi
-		else
-			t_fail "$c" "$WHY"
-		fi
-		settle
-	fi
-	c=$N-$T-kill-dst-after-commit
-	if want kill-dst-after-commit; then
-		# The destination ran the VM and died with it: the source must not resume a stale
-		# copy by itself; the operator discards it.
-		if hold_at "$c" hold done; then
-			kill_vm "$D_PID"
-			if src_in_doubt "$c"; then
-				if resolve "$S_SOCK" discard && wait_exit "$S_PID" 10; [ $? -eq 6 ]; then
-					t_pass "$c"
-					row_line "$c" "nowhere (the destination died running it); source in doubt, discarded (exit 6)"
-				else
-					t_fail "$c" "migrate-resolve --discard did not end the source with status 6: $RESOLVED"
-				fi
-			fi
-		else
-			t_fail "$c" "$WHY"
-		fi
-		settle
-	fi
+	# ---- the source or the destination killed ----------------------------------------
+	#        row                    killed outcome (expected message)        held at
+	kill_row kill-src-setup         src dst_discards                      -- hold accept
+	kill_row kill-src-precopy       src dst_discards                      -- "${pre[@]}"
+	kill_row kill-src-stopcopy      src dst_in_doubt_then_resume          -- hold ready
+	kill_row kill-src-after-ready   src dst_in_doubt_then_resume          -- hold commit
+	kill_row kill-src-after-commit  src dst_runs                          -- hold done
+	kill_row kill-dst-setup         dst src_resumed 'closed the connection before accepting' -- hold accept
+	kill_row kill-dst-precopy       dst src_resumed 'sending memory'      -- "${pre[@]}"
+	kill_row kill-dst-stopcopy      dst src_resumed 'no READY from the destination' -- hold ready
+	kill_row kill-dst-after-ready   dst src_in_doubt_then_resume          -- hold commit
+	kill_row kill-dst-after-commit  dst src_in_doubt_then_discard         -- hold done
 
 	# ---- lost and refused messages ---------------------------------------------------
 	c=$N-$T-done-lost

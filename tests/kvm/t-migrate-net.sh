@@ -59,11 +59,7 @@ mn_cleanup() {
 mn_keep() { [ -n "${MIGNET_KEEP:-}" ] && mkdir -p "$MIGNET_KEEP" && cp -r "$T_TMP"/. "$MIGNET_KEEP"/ 2>/dev/null; }
 trap 'mn_cleanup; mn_keep; t_cleanup' EXIT
 
-t_need_kvm "$T" || exit 0
-if [ ! -f "$GUEST_ELF" ]; then
-	t_fail "$T" "no test guest at $GUEST_ELF (make guest)"
-	exit 0
-fi
+t_need_guest "$T" || exit 0
 if [ ! -f "$PINGER" ]; then
 	t_fail "$T" "no $PINGER"
 	exit 0

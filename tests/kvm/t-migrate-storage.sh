@@ -35,16 +35,12 @@
 . "$(dirname "$0")/lib-migrate.sh"
 
 N=storage
-t_need_kvm $N || exit 0
-if [ ! -f "$GUEST_ELF" ]; then
-	t_fail $N "no test guest at $GUEST_ELF (make guest)"
-	exit 0
-fi
+t_need_guest $N || exit 0
 HERE=$(cd "$(dirname "$0")" && pwd)
 JCHECK=$HERE/journal_check.py
 T0=$(date +%s.%N)
 # STORAGE_CASES="journal sparse ...": run only these cases (default: all).
-want() { [ -z "${STORAGE_CASES:-}" ] || [[ " $STORAGE_CASES " == *" $1 "* ]]; }
+want() { t_want STORAGE_CASES "$1"; }
 
 # jlines FILE: the complete journal report lines of a console log.
 JL_RE='^journal: t=[0-9.]+ seq=[0-9]+ written=[0-9]+ flushed=[0-9]+ errors=[0-9]+ verified=[0-9]+ passes=[0-9]+$'
@@ -56,14 +52,7 @@ guest_bad() {
 	{ for f in "$@"; do jlines "$f"; done; } | grep -v ' errors=0 ' | head -n 2
 }
 # wait_jl FILE N SECS: until FILE has N journal lines.
-wait_jl() {
-	local i
-	for ((i = 0; i < $3 * 10; i++)); do
-		[ "$(njl "$1")" -ge "$2" ] && return 0
-		sleep 0.1
-	done
-	return 1
-}
+wait_jl() { wait_count njl "$@"; }
 
 # migrate NAME ARGS...: godwit migrate --json from S_SOCK to D_ADDR (unless
 # ARGS has its own --to); M_RC, M_JSON, M_ERR.
@@ -91,20 +80,7 @@ mig_ok() {
 }
 # runs_on PID SOCK OUT N: the VM at SOCK runs and its guest prints N more
 # journal lines within 10 s, no errors (else WHY).
-runs_on() {
-	local n
-	vm_running "$1" "$2" "$3" || return 1
-	n=$(njl "$3")
-	if ! wait_jl "$3" $((n + $4)) 10; then
-		WHY="the guest printed $(($(njl "$3") - n)) journal lines in 10 s (expected $4): $(tail -c 200 "$3")"
-		return 1
-	fi
-	if [ -n "$(guest_bad "$3")" ]; then
-		WHY="guest errors: $(guest_bad "$3" | tr '\n' '|')"
-		return 1
-	fi
-	return 0
-}
+runs_on() { goes_on "$1" "$2" "$3" "$4" njl guest_bad "journal lines"; }
 # jcheck NAME IMAGE ARGS...: journal_check.py; JC holds its last line (WHY on failure).
 jcheck() {
 	local name=$1 img=$2 rc

@@ -31,14 +31,10 @@
 NS=gwt-mig-$$
 trap 't_netns_del "$NS"; t_cleanup' EXIT
 
-t_need_kvm migrate || exit 0
-if [ ! -f "$GUEST_ELF" ]; then
-	t_fail migrate "no test guest at $GUEST_ELF (make guest)"
-	exit 0
-fi
+t_need_guest migrate || exit 0
 T0=$(date +%s.%N)
 # MIGRATE_CASES="idle-tcp 50 ...": run only these cases (default: all).
-want() { [ -z "${MIGRATE_CASES:-}" ] || [[ " $MIGRATE_CASES " == *" $1 "* ]]; }
+want() { t_want MIGRATE_CASES "$1"; }
 
 # mt_lines FILE: the complete memtest report lines of a console log.
 MT_RE='^memtest: t=[0-9.]+ gen=[0-9]+ verified=[0-9]+ dirtied=[0-9]+ errors=[0-9]+ stall_ms=[0-9.]+ max_stall_ms=[0-9]+\.[0-9]{3}$'

@@ -20,11 +20,7 @@ NAME=gwt-net-test
 
 trap 't_netns_del "$NS"; t_cleanup' EXIT
 
-t_need_kvm net || exit 0
-if [ ! -f "$GUEST_ELF" ]; then
-	t_fail net "no test guest at $GUEST_ELF (make guest)"
-	exit 0
-fi
+t_need_guest net || exit 0
 if ! ip netns add "$NS" 2>"$T_TMP/netns.err"; then
 	t_fail net "cannot create network namespace $NS: $(cat "$T_TMP/netns.err")"
 	exit 0
@@ -34,28 +30,9 @@ nsx() { ip netns exec "$NS" "$@"; }
 # iputils ping, or busybox's (same options here)
 if command -v ping >/dev/null 2>&1; then PING=(ping); else PING=(busybox ping); fi
 
-# expect NAME STATUS REGEX CMD...: run CMD (in the namespace), check status and stderr.
-expect() {
-	local name=$1 want=$2 re=$3 rc; shift 3
-	nsx timeout 30 "$@" </dev/null >"$T_TMP/$name.out" 2>"$T_TMP/$name.err"; rc=$?
-	if [ "$rc" -ne "$want" ]; then
-		t_fail "$name" "exit status $rc, expected $want; stderr: $(head -c 300 "$T_TMP/$name.err")"
-	elif ! grep -qE "$re" "$T_TMP/$name.err"; then
-		t_fail "$name" "stderr lacks /$re/: $(head -c 300 "$T_TMP/$name.err")"
-	else
-		t_pass "$name"
-	fi
-}
+# expect NAME STATUS REGEX CMD...: t_expect with CMD run in the namespace.
+expect() { local n=$1 w=$2 r=$3; shift 3; t_expect "$n" "$w" "$r" ip netns exec "$NS" "$@"; }
 
-# wait_link NAME TIMEOUT_S: until interface NAME exists in the namespace.
-wait_link() {
-	local i
-	for ((i = 0; i < $2 * 10; i++)); do
-		ip -n "$NS" link show "$1" >/dev/null 2>&1 && return 0
-		sleep 0.1
-	done
-	return 1
-}
 
 # The default MAC for --name NAME and NIC 0, computed independently of godwit:
 # uuid_from_name (src/cmd/run.c) then tap_mac_default (src/net/tap.c).
@@ -101,7 +78,7 @@ log=$T_TMP/net.log
 ip netns exec "$NS" "$GODWIT" run --kernel "$GUEST_ELF" --mem 128M --name "$NAME" \
 	--net tap=gwt0 --cmdline "workload=net ip=$IP_GUEST" </dev/null >"$log" 2>&1 &
 gpid=$!
-if ! wait_link gwt0 10; then
+if ! t_wait_link "$NS" gwt0 10; then
 	t_fail net-tap-created "no interface gwt0 in the namespace 10 s after start; log: $(tail -c 500 "$log")"
 	exit 0
 fi

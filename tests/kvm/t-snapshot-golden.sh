@@ -32,10 +32,6 @@ if [ ${#goldens[@]} -eq 0 ]; then
 	exit 0
 fi
 
-# field LINE KEY: the value of KEY=value in LINE (any value, not only lib-vm.sh's numbers).
-field() { sed -n "s/.* $2=\\([^ ]*\\).*/\\1/p" <<<" $1"; }
-# tenths T: "12.3" -> 123
-tenths() { local a=${1%.*} b=${1#*.}; echo $((10#$a * 10 + 10#$b)); }
 
 HOST_VENDOR=$(sed -n 's/^vendor_id[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 ran=0
@@ -123,7 +119,7 @@ for g in "${goldens[@]}"; do
 		t_fail "$n-continues" "$nrep memtest reports after the restore; stderr: $(tail -c 300 "$err")"
 	elif [ -n "$bad" ]; then
 		t_fail "$n-continues" "memtest errors: $bad"
-	elif [ "$(tenths "$(field "$first" t)")" -lt "$(tenths "$t0")" ]; then
+	elif [ "$(t_tenths "$(field "$first" t)")" -lt "$(t_tenths "$t0")" ]; then
 		t_fail "$n-continues" "the guest's clock went back: '$first' after '$last'"
 	elif ! awk '{ sub(/.* t=/, ""); sub(/ .*/, ""); if ($0 + 0 < prev) exit 1; prev = $0 + 0 }' <<<"$reports"; then
 		t_fail "$n-continues" "the guest's clock went back between reports: $(tr '\n' '|' <<<"$reports")"

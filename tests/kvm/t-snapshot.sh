@@ -13,21 +13,15 @@
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/lib-vm.sh"
 
-t_need_kvm snapshot || exit 0
-if [ ! -f "$GUEST_ELF" ]; then
-	t_fail snapshot "no test guest at $GUEST_ELF (make guest)"
-	exit 0
-fi
+t_need_guest snapshot || exit 0
 
 CMDLINE='workload=mem+disk mem=32 rate=20 report=200 disk_mib=8'
 img=$T_TMP/disk.img
 sock=$T_TMP/api.sock
 truncate -s 64M "$img"
 
-# reports FILE: number of complete memtest lines.
-reports() { grep -ac '^memtest: t=' "$1" 2>/dev/null; }
-# wait_reports FILE N: until FILE has N memtest lines and a disk report (20 s).
-wait_reports() {
+# wait_ready FILE N: until FILE has N memtest lines and a disk report (20 s).
+wait_ready() {
 	local i
 	for ((i = 0; i < 200; i++)); do
 		if [ "$(reports "$1")" -ge "$2" ] && grep -qa '^disk: t=' "$1"; then return 0; fi
@@ -40,7 +34,7 @@ wait_reports() {
 timeout 120 "$GODWIT" run --kernel "$GUEST_ELF" --mem 128M --cpus 2 --api "$sock" \
 	--disk "$img" --cmdline "$CMDLINE" </dev/null >"$T_TMP/out.0" 2>"$T_TMP/err.0" &
 pid=$!
-if ! wait_reports "$T_TMP/out.0" 3; then
+if ! wait_ready "$T_TMP/out.0" 3; then
 	t_fail snapshot "the guest did not start its workloads; stderr: $(head -c 300 "$T_TMP/err.0")"
 	exit 0
 fi
@@ -50,7 +44,7 @@ n=$(reports "$T_TMP/out.0")
 mode=$(stat -c %a "$T_TMP/live.gws" 2>/dev/null)
 if [ $rc -ne 0 ] || [ "$mode" != 600 ]; then
 	t_fail snapshot-resume "exit status $rc, file mode '${mode:-none}': $(cat "$T_TMP/snap.live")"
-elif ! wait_reports "$T_TMP/out.0" $((n + 2)) || ! kill -0 $pid 2>/dev/null; then
+elif ! wait_ready "$T_TMP/out.0" $((n + 2)) || ! kill -0 $pid 2>/dev/null; then
 	t_fail snapshot-resume "the VM did not go on after snapshot --resume"
 else
 	t_pass snapshot-resume
@@ -84,7 +78,7 @@ for round in 1 2 3 4; do
 	timeout 120 "$GODWIT" restore --from "$T_TMP/s.$round" --api "$sock" --disk "$img" \
 		</dev/null >"$T_TMP/out.$round" 2>"$T_TMP/err.$round" &
 	pid=$!
-	if ! wait_reports "$T_TMP/out.$round" 3; then
+	if ! wait_ready "$T_TMP/out.$round" 3; then
 		t_fail restore "round $round: no new reports after the restore; stderr: $(tail -c 300 "$T_TMP/err.$round")"
 		ok=0
 		break
@@ -175,7 +169,7 @@ refused restore-extra-disk "--disk given 2 times" --from "$snap" --disk "$img" -
 timeout 120 "$GODWIT" restore --from "$snap" --disk "$img" --mem 128M --cpus 2 \
 	</dev/null >"$T_TMP/same.out" 2>"$T_TMP/same.err" &
 pid=$!
-if wait_reports "$T_TMP/same.out" 2 && kill -0 $pid 2>/dev/null; then
+if wait_ready "$T_TMP/same.out" 2 && kill -0 $pid 2>/dev/null; then
 	t_pass restore-same-options
 else
 	t_fail restore-same-options "stderr: $(head -c 300 "$T_TMP/same.err")"
@@ -195,15 +189,6 @@ fi
 ip -n "$NS" link set lo up
 nsx() { ip netns exec "$NS" "$@"; }
 if command -v ping >/dev/null 2>&1; then PING=(ping); else PING=(busybox ping); fi
-# wait_link NAME: until interface NAME exists in the namespace (10 s).
-wait_link() {
-	local i
-	for ((i = 0; i < 100; i++)); do
-		ip -n "$NS" link show "$1" >/dev/null 2>&1 && return 0
-		sleep 0.1
-	done
-	return 1
-}
 # lladdr TAP: the MAC the host learnt for the guest on TAP.
 lladdr() { ip -n "$NS" neigh show "$IP_GUEST" dev "$1" | sed -n 's/.*lladdr \([0-9a-f:]*\).*/\1/p'; }
 # udp_echo: 50 datagrams to the guest's port 7, each echo compared; prints a summary.
@@ -245,7 +230,7 @@ ip netns exec "$NS" timeout 120 "$GODWIT" run --kernel "$GUEST_ELF" --mem 64M --
 	--name gwt-snap-net --api "$nsock" --net tap=gwn0,mac=$MAC \
 	--cmdline "workload=mem+net mem=8 rate=8 report=200 ip=$IP_GUEST" </dev/null >"$nlog0" 2>&1 &
 pid=$!
-if ! wait_link gwn0; then
+if ! t_wait_link "$NS" gwn0 10; then
 	t_fail snapshot-net "no TAP gwn0 10 s after start: $(tail -c 400 "$nlog0")"
 	exit 0
 fi
@@ -273,7 +258,7 @@ nlog1=$T_TMP/net.1
 ip netns exec "$NS" timeout 120 "$GODWIT" restore --from "$T_TMP/net.gws" --api "$nsock" \
 	--net tap=gwn1 </dev/null >"$nlog1" 2>&1 &
 pid=$!
-if ! wait_link gwn1; then
+if ! t_wait_link "$NS" gwn1 10; then
 	t_fail snapshot-net-restore "no TAP gwn1 10 s after the restore: $(tail -c 400 "$nlog1")"
 	exit 0
 fi

@@ -23,24 +23,12 @@ static uint8_t area[LAYOUT_ACPI_SIZE];
 
 static struct acpi_config cfg_for(unsigned int ncpus)
 {
-	struct acpi_config c = {
-		.ncpus = ncpus,
-		.ioapic_addr = LAYOUT_IOAPIC,
-		.ioapic_id = 0,
-		.lapic_addr = LAYOUT_LAPIC,
-		.pm1a_evt_port = PORT_ACPI_PM1A_EVT,
-		.pm1a_cnt_port = PORT_ACPI_PM1A_CNT,
-		.pm_tmr_port = PORT_ACPI_PM_TMR,
-		.sci_irq = IRQ_ACPI_SCI,
-		.s5_slp_typ = ACPI_S5_SLP_TYP,
-		.reset_port = PORT_RESET,
-		.reset_value = 0x06,
-		.pci_mmio32_base = LAYOUT_PCI_MMIO32,
-		.pci_mmio32_size = LAYOUT_PCI_MMIO32_END - LAYOUT_PCI_MMIO32,
-		.pci_mmio64_base = MMIO64_BASE,
-		.pci_mmio64_size = LAYOUT_PCI_MMIO64_SIZE,
-	};
+	struct acpi_config c;
 
+	/* The platform's, with the optional parts off and the 64-bit window at a fixed place. */
+	acpi_platform_config(&c, ncpus, 256ULL << 20);
+	c.rtc_century = 0;
+	c.pci_mmio64_base = MMIO64_BASE;
 	return c;
 }
 

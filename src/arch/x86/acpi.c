@@ -50,6 +50,8 @@
 #include <string.h>
 
 #include "godwit/acpi.h"
+#include "godwit/boot.h"
+#include "godwit/common.h"
 #include "godwit/layout.h"
 
 #define ACPI_OEM_ID        "GODWIT"
@@ -1135,4 +1137,29 @@ long acpi_build(const struct acpi_config *cfg, void *buf, uint64_t gpa, size_t s
 	if (rsdp_gpa)
 		*rsdp_gpa = gpa;
 	return (long)ar.used;
+}
+
+void acpi_platform_config(struct acpi_config *ac, unsigned int ncpus, uint64_t mem_size)
+{
+	uint64_t low, high;
+
+	mem_split(mem_size, &low, &high);
+	*ac = (struct acpi_config){
+		.ncpus = ncpus,
+		.ioapic_addr = LAYOUT_IOAPIC,
+		.ioapic_id = 0,              /* what KVM's IOAPIC ID register holds */
+		.lapic_addr = LAYOUT_LAPIC,
+		.pm1a_evt_port = PORT_ACPI_PM1A_EVT,
+		.pm1a_cnt_port = PORT_ACPI_PM1A_CNT,
+		.pm_tmr_port = PORT_ACPI_PM_TMR,
+		.sci_irq = IRQ_ACPI_SCI,
+		.s5_slp_typ = ACPI_S5_SLP_TYP,
+		.reset_port = PORT_RESET,
+		.reset_value = 0x06,
+		.rtc_century = 0x32,         /* rtc.c keeps the century there */
+		.pci_mmio32_base = LAYOUT_PCI_MMIO32,
+		.pci_mmio32_size = LAYOUT_PCI_MMIO32_END - LAYOUT_PCI_MMIO32,
+		.pci_mmio64_base = ALIGN_UP(LAYOUT_4G + high, GiB),
+		.pci_mmio64_size = LAYOUT_PCI_MMIO64_SIZE,
+	};
 }
