@@ -25,6 +25,7 @@
 #include "godwit/devices.h"
 #include "godwit/irq.h"
 #include "godwit/layout.h"
+#include "godwit/le.h"
 #include "godwit/log.h"
 #include "godwit/vm.h"
 
@@ -43,10 +44,6 @@
 #define MSIX_CTRL_FMASK     0x4000
 #define MSIX_ENTRY_MASKED   1u
 
-static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
-static void put32(uint8_t *p, uint32_t v) { put16(p, (uint16_t)v); put16(p + 2, (uint16_t)(v >> 16)); }
-static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
-static uint32_t get32(const uint8_t *p) { return get16(p) | (uint32_t)get16(p + 2) << 16; }
 
 static bool overlaps(unsigned int off, unsigned int len, unsigned int start, unsigned int end)
 {
@@ -87,11 +84,11 @@ static uint64_t pci_bar_decoded(const struct pci_dev *d, unsigned int idx)
 	const struct pci_bar *bar = &d->bar[idx];
 	uint64_t addr;
 
-	if (!bar->size || !(get16(d->cfg + PCI_CFG_COMMAND) & PCI_COMMAND_MEMORY))
+	if (!bar->size || !(le16_get(d->cfg + PCI_CFG_COMMAND) & PCI_COMMAND_MEMORY))
 		return 0;
-	addr = get32(d->cfg + PCI_CFG_BAR0 + 4 * idx) & ~0xfULL;
+	addr = le32_get(d->cfg + PCI_CFG_BAR0 + 4 * idx) & ~0xfULL;
 	if (bar->mem64)
-		addr |= (uint64_t)get32(d->cfg + PCI_CFG_BAR0 + 4 * (idx + 1)) << 32;
+		addr |= (uint64_t)le32_get(d->cfg + PCI_CFG_BAR0 + 4 * (idx + 1)) << 32;
 	/* Mid-sizing (all ones) or wrapping: decodes nothing useful. */
 	if (!addr || addr + bar->size < addr || addr + bar->size > (1ULL << 52))
 		return 0;
@@ -128,11 +125,11 @@ static void pci_bar_program(struct pci_dev *d, unsigned int idx, uint64_t addr)
 	uint32_t lo = (uint32_t)addr | (bar->mem64 ? 0x4 : 0) | (bar->prefetch ? 0x8 : 0);
 	uint64_t mask = ~(bar->size - 1);
 
-	put32(d->cfg + PCI_CFG_BAR0 + 4 * idx, lo);
-	put32(d->wmask + PCI_CFG_BAR0 + 4 * idx, (uint32_t)mask & ~0xfu);
+	le32_put(d->cfg + PCI_CFG_BAR0 + 4 * idx, lo);
+	le32_put(d->wmask + PCI_CFG_BAR0 + 4 * idx, (uint32_t)mask & ~0xfu);
 	if (bar->mem64) {
-		put32(d->cfg + PCI_CFG_BAR0 + 4 * (idx + 1), (uint32_t)(addr >> 32));
-		put32(d->wmask + PCI_CFG_BAR0 + 4 * (idx + 1), (uint32_t)(mask >> 32));
+		le32_put(d->cfg + PCI_CFG_BAR0 + 4 * (idx + 1), (uint32_t)(addr >> 32));
+		le32_put(d->wmask + PCI_CFG_BAR0 + 4 * (idx + 1), (uint32_t)(mask >> 32));
 	}
 }
 
@@ -150,7 +147,7 @@ uint8_t pci_add_cap(struct pci_dev *d, uint8_t id, uint8_t len)
 		d->cfg[d->cap_last + 1] = (uint8_t)off;
 	else
 		d->cfg[PCI_CFG_CAP_PTR] = (uint8_t)off;
-	put16(d->cfg + PCI_CFG_STATUS, get16(d->cfg + PCI_CFG_STATUS) | PCI_STATUS_CAP_LIST);
+	le16_put(d->cfg + PCI_CFG_STATUS, le16_get(d->cfg + PCI_CFG_STATUS) | PCI_STATUS_CAP_LIST);
 	d->cap_last = (uint8_t)off;
 	d->cap_end = (uint8_t)(off + len);
 	return (uint8_t)off;
@@ -181,7 +178,7 @@ int pci_msix_init(struct pci_dev *d, unsigned int nr, uint8_t bar, uint32_t tabl
 		return -ENOMEM;
 	}
 	for (unsigned int v = 0; v < nr; v++) {
-		put32(m->table + v * PCI_MSIX_ENTRY_SIZE + 12, MSIX_ENTRY_MASKED);
+		le32_put(m->table + v * PCI_MSIX_ENTRY_SIZE + 12, MSIX_ENTRY_MASKED);
 		m->gsi[v] = m->irqfd[v] = -1;
 		m->route_stale[v] = true;
 	}
@@ -190,10 +187,10 @@ int pci_msix_init(struct pci_dev *d, unsigned int nr, uint8_t bar, uint32_t tabl
 	m->bar = bar;
 	m->table_off = table_off;
 	m->pba_off = pba_off;
-	put16(d->cfg + cap + 2, (uint16_t)(nr - 1));
+	le16_put(d->cfg + cap + 2, (uint16_t)(nr - 1));
 	d->wmask[cap + 3] = (MSIX_CTRL_ENABLE | MSIX_CTRL_FMASK) >> 8;
-	put32(d->cfg + cap + 4, table_off | bar);
-	put32(d->cfg + cap + 8, pba_off | bar);
+	le32_put(d->cfg + cap + 4, table_off | bar);
+	le32_put(d->cfg + cap + 8, pba_off | bar);
 	return 0;
 }
 
@@ -255,17 +252,17 @@ static uint64_t msix_addr(const struct pci_msix *m, unsigned int v)
 {
 	const uint8_t *e = m->table + v * PCI_MSIX_ENTRY_SIZE;
 
-	return get32(e) | (uint64_t)get32(e + 4) << 32;
+	return le32_get(e) | (uint64_t)le32_get(e + 4) << 32;
 }
 
 static uint32_t msix_data(const struct pci_msix *m, unsigned int v)
 {
-	return get32(m->table + v * PCI_MSIX_ENTRY_SIZE + 8);
+	return le32_get(m->table + v * PCI_MSIX_ENTRY_SIZE + 8);
 }
 
 static bool msix_masked(const struct pci_msix *m, unsigned int v)
 {
-	return m->fmask || (get32(m->table + v * PCI_MSIX_ENTRY_SIZE + 12) & MSIX_ENTRY_MASKED);
+	return m->fmask || (le32_get(m->table + v * PCI_MSIX_ENTRY_SIZE + 12) & MSIX_ENTRY_MASKED);
 }
 
 /* Under m->lock: make vector v's KVM route match its table entry. */
@@ -347,7 +344,7 @@ bool pci_msix_enabled(struct pci_dev *d)
 static void msix_ctrl_written(struct pci_dev *d)
 {
 	struct pci_msix *m = &d->msix;
-	uint16_t ctrl = get16(d->cfg + m->cap + 2);
+	uint16_t ctrl = le16_get(d->cfg + m->cap + 2);
 
 	pthread_mutex_lock(&m->lock);
 	m->enabled = ctrl & MSIX_CTRL_ENABLE;
@@ -391,11 +388,11 @@ static void msix_io(struct pci_dev *d, uint64_t off, uint8_t *data, unsigned int
 			memcpy(data, m->table + t, len);
 		} else {
 			uint8_t *e = m->table + v * PCI_MSIX_ENTRY_SIZE;
-			uint32_t old_ctrl = get32(e + 12);
+			uint32_t old_ctrl = le32_get(e + 12);
 
 			memcpy(m->table + t, data, len);
 			/* Only the mask bit of vector control is writable. */
-			put32(e + 12, (get32(e + 12) & MSIX_ENTRY_MASKED) | (old_ctrl & ~MSIX_ENTRY_MASKED));
+			le32_put(e + 12, (le32_get(e + 12) & MSIX_ENTRY_MASKED) | (old_ctrl & ~MSIX_ENTRY_MASKED));
 			if (in < 12)
 				m->route_stale[v] = true;
 			msix_unmasked(d, v);
@@ -574,8 +571,8 @@ int pci_add(struct pci_bus *b, unsigned int slot, struct pci_dev *d)
 	d->bus = b;
 	d->slot = slot;
 	/* Firmware's job: memory decoding on; the driver may toggle these bits. */
-	put16(d->cfg + PCI_CFG_COMMAND, get16(d->cfg + PCI_CFG_COMMAND) | PCI_COMMAND_MEMORY);
-	put16(d->wmask + PCI_CFG_COMMAND, 0x0406);    /* memory, bus master, INTx disable */
+	le16_put(d->cfg + PCI_CFG_COMMAND, le16_get(d->cfg + PCI_CFG_COMMAND) | PCI_COMMAND_MEMORY);
+	le16_put(d->wmask + PCI_CFG_COMMAND, 0x0406);    /* memory, bus master, INTx disable */
 	d->wmask[0x0c] = 0xff;                        /* cache line size */
 	d->wmask[0x0d] = 0xff;                        /* latency timer */
 	d->wmask[PCI_CFG_INT_LINE] = 0xff;
@@ -677,15 +674,15 @@ int pci_init(struct pci_bus *b, struct vm *vm)
 	b->vm = vm;
 	b->mmio32_next = LAYOUT_PCI_MMIO32;
 	irq_router_init(&b->irq, vm ? vm->vm_fd : -1);
-	put16(h->cfg + 0x00, PCI_VENDOR_REDHAT);
-	put16(h->cfg + 0x02, PCI_DEVICE_HOST);
-	put16(h->cfg + 0x04, 0x0006);            /* command: memory + bus master */
+	le16_put(h->cfg + 0x00, PCI_VENDOR_REDHAT);
+	le16_put(h->cfg + 0x02, PCI_DEVICE_HOST);
+	le16_put(h->cfg + 0x04, 0x0006);            /* command: memory + bus master */
 	h->cfg[0x0b] = 0x06;                     /* class: bridge */
 	h->cfg[0x0a] = 0x00;                     /* subclass: host bridge */
 	h->cfg[0x0e] = 0x00;                     /* header type 0, single function */
-	put16(h->cfg + 0x2c, PCI_VENDOR_REDHAT); /* subsystem vendor */
-	put16(h->cfg + 0x2e, 0x1100);
-	put16(h->wmask + 0x04, 0x0146);          /* command bits a driver may toggle */
+	le16_put(h->cfg + 0x2c, PCI_VENDOR_REDHAT); /* subsystem vendor */
+	le16_put(h->cfg + 0x2e, 0x1100);
+	le16_put(h->wmask + 0x04, 0x0146);          /* command bits a driver may toggle */
 	h->wmask[0x0c] = 0xff;                   /* cache line size */
 	h->wmask[0x0d] = 0xff;                   /* latency timer */
 	h->wmask[0x3c] = 0xff;                   /* interrupt line */

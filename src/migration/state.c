@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "godwit/le.h"
 #include "godwit/state.h"
 
 #define STATE_HDR_LEN 6u      /* u16 tag + u32 len */
@@ -59,29 +60,15 @@ static bool state_reserve(struct state_out *o, size_t n)
 	return true;
 }
 
-static void put_le(uint8_t *p, uint64_t v, unsigned int n)
-{
-	for (unsigned int i = 0; i < n; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t get_le(const uint8_t *p, unsigned int n)
-{
-	uint64_t v = 0;
-
-	for (unsigned int i = 0; i < n; i++)
-		v |= (uint64_t)p[i] << (8 * i);
-	return v;
-}
 
 /* One field whose value is the n-byte little-endian integer v. */
 static void state_put_int(struct state_out *o, uint16_t tag, uint64_t v, unsigned int n)
 {
 	if (!state_reserve(o, STATE_HDR_LEN + n))
 		return;
-	put_le(o->buf + o->len, tag, 2);
-	put_le(o->buf + o->len + 2, n, 4);
-	put_le(o->buf + o->len + STATE_HDR_LEN, v, n);
+	le_put(o->buf + o->len, tag, 2);
+	le_put(o->buf + o->len + 2, n, 4);
+	le_put(o->buf + o->len + STATE_HDR_LEN, v, n);
 	o->len += STATE_HDR_LEN + n;
 }
 
@@ -117,8 +104,8 @@ void state_put_bytes(struct state_out *o, uint16_t tag, const void *p, uint32_t 
 	}
 	if (!state_reserve(o, STATE_HDR_LEN + (size_t)len))
 		return;
-	put_le(o->buf + o->len, tag, 2);
-	put_le(o->buf + o->len + 2, len, 4);
+	le_put(o->buf + o->len, tag, 2);
+	le_put(o->buf + o->len + 2, len, 4);
 	if (len)
 		memcpy(o->buf + o->len + STATE_HDR_LEN, p, len);
 	o->len += STATE_HDR_LEN + (size_t)len;
@@ -147,10 +134,10 @@ int state_next(struct state_in *in, struct state_field *f)
 		return 0;
 	if (left < STATE_HDR_LEN)
 		return -EBADMSG;
-	flen = (uint32_t)get_le(in->p + in->off + 2, 4);
+	flen = (uint32_t)le_get(in->p + in->off + 2, 4);
 	if (flen > left - STATE_HDR_LEN)
 		return -EBADMSG;
-	f->tag = (uint16_t)get_le(in->p + in->off, 2);
+	f->tag = (uint16_t)le_get(in->p + in->off, 2);
 	f->len = flen;
 	f->val = in->p + in->off + STATE_HDR_LEN;
 	in->off += STATE_HDR_LEN + (size_t)flen;
@@ -161,7 +148,7 @@ static int state_get_int(const struct state_field *f, uint64_t *v, unsigned int 
 {
 	if (f->len != n)
 		return -EBADMSG;
-	*v = get_le(f->val, n);
+	*v = le_get(f->val, n);
 	return 0;
 }
 

@@ -39,6 +39,7 @@
 
 #include "godwit/crc32c.h"
 #include "godwit/dev.h"
+#include "godwit/le.h"
 #include "godwit/stream.h"
 #include "godwit/vm.h"
 
@@ -95,26 +96,12 @@ bool stream_fuzz_ignore_crc;
 #define CRC_DIFFERS(a, b) ((a) != (b))
 #endif
 
-static void put_le(uint8_t *p, uint64_t v, unsigned int n)
-{
-	for (unsigned int i = 0; i < n; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t get_le(const uint8_t *p, unsigned int n)
-{
-	uint64_t v = 0;
-
-	for (unsigned int i = 0; i < n; i++)
-		v |= (uint64_t)p[i] << (8 * i);
-	return v;
-}
 
 static uint32_t chain_add(uint32_t chain, uint32_t crc)
 {
 	uint8_t b[4];
 
-	put_le(b, crc, 4);
+	le_put(b, crc, 4);
 	return crc32c(chain, b, 4);
 }
 
@@ -363,8 +350,8 @@ static void config_encode(const struct stream_config *c, struct state_out *o)
 	for (unsigned int i = 0; i < c->nr_regions; i++) {
 		uint8_t b[16];
 
-		put_le(b, c->regions[i].gpa, 8);
-		put_le(b + 8, c->regions[i].size, 8);
+		le_put(b, c->regions[i].gpa, 8);
+		le_put(b + 8, c->regions[i].size, 8);
 		state_put_bytes(o, CFG_REGION, b, sizeof(b));
 	}
 	put_str(o, CFG_NAME, c->name);
@@ -383,13 +370,13 @@ static void config_encode(const struct stream_config *c, struct state_out *o)
 			const struct stream_cpuid_entry *e = &c->cpuid[i];
 			uint8_t *q = b + (size_t)i * CPUID_ENTRY_LEN;
 
-			put_le(q, e->function, 4);
-			put_le(q + 4, e->index, 4);
-			put_le(q + 8, e->flags, 4);
-			put_le(q + 12, e->eax, 4);
-			put_le(q + 16, e->ebx, 4);
-			put_le(q + 20, e->ecx, 4);
-			put_le(q + 24, e->edx, 4);
+			le_put(q, e->function, 4);
+			le_put(q + 4, e->index, 4);
+			le_put(q + 8, e->flags, 4);
+			le_put(q + 12, e->eax, 4);
+			le_put(q + 16, e->ebx, 4);
+			le_put(q + 20, e->ecx, 4);
+			le_put(q + 24, e->edx, 4);
 		}
 		state_put_bytes(o, CFG_CPUID, b, c->nr_cpuid * CPUID_ENTRY_LEN);
 		free(b);
@@ -412,8 +399,8 @@ static void config_encode(const struct stream_config *c, struct state_out *o)
 	for (unsigned int i = 0; i < c->nr_disks; i++) {
 		uint8_t b[12];
 
-		put_le(b, c->disks[i].instance, 4);
-		put_le(b + 4, c->disks[i].size, 8);
+		le_put(b, c->disks[i].instance, 4);
+		le_put(b + 4, c->disks[i].size, 8);
 		state_put_bytes(o, CFG_DISK, b, sizeof(b));
 	}
 }
@@ -501,8 +488,8 @@ static int config_decode(const uint8_t *p, size_t len, struct stream_config *c,
 				ret = -EBADMSG;
 				break;
 			}
-			c->regions[c->nr_regions].gpa = get_le(f.val, 8);
-			c->regions[c->nr_regions].size = get_le(f.val + 8, 8);
+			c->regions[c->nr_regions].gpa = le_get(f.val, 8);
+			c->regions[c->nr_regions].size = le_get(f.val + 8, 8);
 			c->nr_regions++;
 			break;
 		case CFG_NAME:
@@ -527,10 +514,10 @@ static int config_decode(const uint8_t *p, size_t len, struct stream_config *c,
 				const uint8_t *q = f.val + (size_t)i * CPUID_ENTRY_LEN;
 
 				c->cpuid[i] = (struct stream_cpuid_entry){
-					(uint32_t)get_le(q, 4), (uint32_t)get_le(q + 4, 4),
-					(uint32_t)get_le(q + 8, 4), (uint32_t)get_le(q + 12, 4),
-					(uint32_t)get_le(q + 16, 4), (uint32_t)get_le(q + 20, 4),
-					(uint32_t)get_le(q + 24, 4),
+					(uint32_t)le_get(q, 4), (uint32_t)le_get(q + 4, 4),
+					(uint32_t)le_get(q + 8, 4), (uint32_t)le_get(q + 12, 4),
+					(uint32_t)le_get(q + 16, 4), (uint32_t)le_get(q + 20, 4),
+					(uint32_t)le_get(q + 24, 4),
 				};
 			}
 			break;
@@ -551,8 +538,8 @@ static int config_decode(const uint8_t *p, size_t len, struct stream_config *c,
 				ret = -EBADMSG;
 				break;
 			}
-			c->disks[c->nr_disks].instance = (uint32_t)get_le(f.val, 4);
-			c->disks[c->nr_disks].size = get_le(f.val + 4, 8);
+			c->disks[c->nr_disks].instance = (uint32_t)le_get(f.val, 4);
+			c->disks[c->nr_disks].size = le_get(f.val + 4, 8);
 			if (!c->disks[c->nr_disks].size || c->disks[c->nr_disks].size % 512 ||
 			    c->disks[c->nr_disks].size > STREAM_DISK_MAX_SIZE)
 				ret = -EBADMSG;
@@ -1041,11 +1028,11 @@ static int sec_begin(struct stream_writer *w, unsigned int type, unsigned int fl
 
 	h[0] = (uint8_t)type;
 	h[1] = (uint8_t)flags;
-	put_le(h + 2, idl, 2);
+	le_put(h + 2, idl, 2);
 	memcpy(h + 4, id, idl);
-	put_le(h + 4 + idl, version, 2);
-	put_le(h + 6 + idl, instance, 4);
-	put_le(h + 10 + idl, len, 8);
+	le_put(h + 4 + idl, version, 2);
+	le_put(h + 6 + idl, instance, 4);
+	le_put(h + 10 + idl, len, 8);
 	w->crc = 0;
 	return w_put(w, h, SEC_FIXED + idl, true);
 }
@@ -1055,7 +1042,7 @@ static int sec_end(struct stream_writer *w)
 {
 	uint8_t b[4];
 
-	put_le(b, w->crc, 4);
+	le_put(b, w->crc, 4);
 	if (w_put(w, b, 4, false))
 		return w->err;
 	w->chain = chain_add(w->chain, w->crc);
@@ -1093,14 +1080,14 @@ static int ram_emit(struct stream_writer *w)
 	      ((uint64_t)w->data_pages << STREAM_PAGE_SHIFT);
 	if (sec_begin(w, STREAM_RAM, 0, "ram", RAM_VERSION, 0, len))
 		return w->err;
-	put_le(b, w->nruns, 4);
-	put_le(b + 4, pad, 4);
+	le_put(b, w->nruns, 4);
+	le_put(b + 4, pad, 4);
 	if (w_put(w, b, RAM_HDR, true))
 		return w->err;
 	for (unsigned int i = 0; i < w->nruns; i++) {
-		put_le(b, w->runs[i].gpa, 8);
-		put_le(b + 8, w->runs[i].npages, 4);
-		put_le(b + 12, w->runs[i].flags, 4);
+		le_put(b, w->runs[i].gpa, 8);
+		le_put(b + 8, w->runs[i].npages, 4);
+		le_put(b + 12, w->runs[i].flags, 4);
 		if (w_put(w, b, RAM_RUN, true))
 			return w->err;
 	}
@@ -1244,10 +1231,10 @@ int stream_begin(struct stream_writer *w, const struct stream_config *c)
 		w->mem_pages += c->regions[i].size >> STREAM_PAGE_SHIFT;
 
 	memcpy(pre, STREAM_MAGIC, STREAM_MAGIC_LEN);
-	put_le(pre + 8, STREAM_FORMAT_VERSION, 4);
-	put_le(pre + 12, 0, 4);
+	le_put(pre + 8, STREAM_FORMAT_VERSION, 4);
+	le_put(pre + 12, 0, 4);
 	crc = crc32c(0, pre, 16);
-	put_le(pre + 16, crc, 4);
+	le_put(pre + 16, crc, 4);
 	if (w_put(w, pre, sizeof(pre), false))
 		return w->err;
 	w->chain = chain_add(0, crc);
@@ -1297,9 +1284,9 @@ int stream_put_disk(struct stream_writer *w, uint32_t instance, uint64_t off,
 	if (off % 512 || len % 512 || !len || len > STREAM_DISK_MAX_DATA)
 		return w_fail(w, -EINVAL, "disk extent at %llu, %llu bytes: not whole sectors "
 			      "or too long", (unsigned long long)off, (unsigned long long)len);
-	put_le(h, off, 8);
-	put_le(h + 8, len, 8);
-	put_le(h + 16, data ? 0 : STREAM_DISK_F_ZERO, 4);
+	le_put(h, off, 8);
+	le_put(h + 8, len, 8);
+	le_put(h + 16, data ? 0 : STREAM_DISK_F_ZERO, 4);
 	if (ram_emit(w))
 		return w->err;
 	if (sec_begin(w, STREAM_DISK, 0, "disk", 1, instance,
@@ -1319,10 +1306,10 @@ int stream_disk_parse(const uint8_t *p, uint64_t n, uint64_t size, uint64_t *off
 			 (unsigned long long)n);
 		return -EBADMSG;
 	}
-	*off = get_le(p, 8);
-	*len = get_le(p + 8, 8);
-	flags = (uint32_t)get_le(p + 16, 4);
-	if ((flags & ~STREAM_DISK_F_ZERO) || get_le(p + 20, 4)) {
+	*off = le_get(p, 8);
+	*len = le_get(p + 8, 8);
+	flags = (uint32_t)le_get(p + 16, 4);
+	if ((flags & ~STREAM_DISK_F_ZERO) || le_get(p + 20, 4)) {
 		snprintf(err, errlen, "unknown extent flags 0x%x", flags);
 		return -EBADMSG;
 	}
@@ -1686,7 +1673,7 @@ static int r_end_section(struct stream_reader *r)
 
 	if (r_fill(r, 4))
 		return r->err;
-	stored = (uint32_t)get_le(r_take(r, 4, false), 4);
+	stored = (uint32_t)le_get(r_take(r, 4, false), 4);
 	if (CRC_DIFFERS(stored, r->crc))
 		return r_fail(r, -EBADMSG, "crc mismatch (stored 0x%08x, computed 0x%08x)",
 			      stored, r->crc);
@@ -1793,7 +1780,7 @@ static int r_section_header(struct stream_reader *r)
 	if (r_fill(r, 4))
 		return r->err;
 	h = r->data + r->pos;
-	idl = (size_t)get_le(h + 2, 2);
+	idl = (size_t)le_get(h + 2, 2);
 	if (!idl || idl > STREAM_ID_MAX)
 		return r_fail(r, -EBADMSG, "id length %zu (1 to %u)", idl, STREAM_ID_MAX);
 	if (r_fill(r, SEC_FIXED + idl))
@@ -1806,9 +1793,9 @@ static int r_section_header(struct stream_reader *r)
 		return r_fail(r, -EBADMSG, "the id is not [A-Za-z0-9._-]");
 	memcpy(s->id, h + 4, idl);
 	s->id[idl] = '\0';
-	s->version = (uint16_t)get_le(h + 4 + idl, 2);
-	s->instance = (uint32_t)get_le(h + 6 + idl, 4);
-	s->len = get_le(h + 10 + idl, 8);
+	s->version = (uint16_t)le_get(h + 4 + idl, 2);
+	s->instance = (uint32_t)le_get(h + 6 + idl, 4);
+	s->len = le_get(h + 10 + idl, 8);
 	s->offset = r->hdr_off;
 	r->nsections++;
 	r->where = AT_SECTION;
@@ -1849,9 +1836,9 @@ int stream_read_header(struct stream_reader *r, const struct stream_config **cfg
 	pre = r_take(r, STREAM_PREAMBLE_LEN, false);
 	if (memcmp(pre, STREAM_MAGIC, STREAM_MAGIC_LEN))
 		return r_fail(r, -EBADMSG, "bad magic: not a godwit stream");
-	version = (uint32_t)get_le(pre + 8, 4);
-	flags = (uint32_t)get_le(pre + 12, 4);
-	stored = (uint32_t)get_le(pre + 16, 4);
+	version = (uint32_t)le_get(pre + 8, 4);
+	flags = (uint32_t)le_get(pre + 12, 4);
+	stored = (uint32_t)le_get(pre + 16, 4);
 	crc = crc32c(0, pre, 16);
 	if (CRC_DIFFERS(stored, crc))
 		return r_fail(r, -EBADMSG, "crc mismatch (stored 0x%08x, computed 0x%08x)",
@@ -2005,8 +1992,8 @@ int stream_read_ram(struct stream_reader *r, stream_lookup_fn lookup, void *opaq
 	if (r_fill(r, RAM_HDR))
 		return r->err;
 	h = r_take(r, RAM_HDR, true);
-	nruns = (uint32_t)get_le(h, 4);
-	pad = get_le(h + 4, 4);
+	nruns = (uint32_t)le_get(h, 4);
+	pad = le_get(h + 4, 4);
 	if (nruns > STREAM_R_RAM_RUNS || (uint64_t)nruns * RAM_RUN > len - RAM_HDR)
 		return r_fail(r, -EBADMSG, "%u runs do not fit its length %llu (at most %u runs)",
 			      nruns, (unsigned long long)len, STREAM_R_RAM_RUNS);
@@ -2024,9 +2011,9 @@ int stream_read_ram(struct stream_reader *r, stream_lookup_fn lookup, void *opaq
 		if (r_fill(r, RAM_RUN))
 			return r->err;
 		h = r_take(r, RAM_RUN, true);
-		run->gpa = get_le(h, 8);
-		run->npages = (uint32_t)get_le(h + 8, 4);
-		run->flags = (uint32_t)get_le(h + 12, 4);
+		run->gpa = le_get(h, 8);
+		run->npages = (uint32_t)le_get(h + 8, 4);
+		run->flags = (uint32_t)le_get(h + 12, 4);
 		run->host = NULL;
 		if (run->flags & ~RUN_F_ZERO || !run->npages || run->gpa & (STREAM_PAGE_SIZE - 1))
 			return r_fail(r, -EBADMSG, "run %u (gpa 0x%llx, %u pages, flags 0x%x) is "

@@ -15,6 +15,7 @@
 #include "unit.h"
 #include "godwit/acpi.h"
 #include "godwit/layout.h"
+#include "godwit/le.h"
 
 #define GPA LAYOUT_ACPI
 #define MMIO64_BASE (64ULL << 30)
@@ -32,9 +33,6 @@ static struct acpi_config cfg_for(unsigned int ncpus)
 	return c;
 }
 
-static uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
-static uint32_t rd32(const uint8_t *p) { return rd16(p) | (uint32_t)rd16(p + 2) << 16; }
-static uint64_t rd64(const uint8_t *p) { return rd32(p) | (uint64_t)rd32(p + 4) << 32; }
 
 static uint8_t sum8(const uint8_t *p, size_t n)
 {
@@ -69,18 +67,18 @@ static const uint8_t *at(uint64_t gpa, long used)
 /* The table with signature sig, found through RSDP -> XSDT (and FADT). */
 static const uint8_t *table(const char *sig, long used)
 {
-	const uint8_t *xsdt = at(rd64(area + 24), used), *t;
+	const uint8_t *xsdt = at(le64_get(area + 24), used), *t;
 
 	if (!xsdt)
 		return NULL;
-	for (uint32_t off = 36; off + 8 <= rd32(xsdt + 4); off += 8) {
-		t = at(rd64(xsdt + off), used);
+	for (uint32_t off = 36; off + 8 <= le32_get(xsdt + 4); off += 8) {
+		t = at(le64_get(xsdt + off), used);
 		if (t && !memcmp(t, sig, 4))
 			return t;
 		if (t && !memcmp(t, "FACP", 4) && !strcmp(sig, "DSDT"))
-			return at(rd64(t + 140), used);
+			return at(le64_get(t + 140), used);
 		if (t && !memcmp(t, "FACP", 4) && !strcmp(sig, "FACS"))
-			return at(rd32(t + 36), used);
+			return at(le32_get(t + 36), used);
 	}
 	return NULL;
 }
@@ -94,8 +92,8 @@ static void check_header(const uint8_t *t, const char *sig, uint8_t rev, long us
 		return;
 	CHECK(!memcmp(t, sig, 4));
 	CHECK_EQ(t[8], rev);
-	CHECK(t - area + (long)rd32(t + 4) <= used);
-	CHECK_EQ(sum8(t, rd32(t + 4)), 0);
+	CHECK(t - area + (long)le32_get(t + 4) <= used);
+	CHECK_EQ(sum8(t, le32_get(t + 4)), 0);
 	CHECK(!memcmp(t + 10, "GODWIT", 6));
 	snprintf(id, sizeof(id), "GDWT%s", sig);
 	CHECK(!memcmp(t + 16, id, 8));
@@ -111,39 +109,39 @@ TEST(acpi_rsdp)
 	CHECK_EQ(sum8(area, 20), 0);
 	CHECK_EQ(sum8(area, 36), 0);
 	CHECK_EQ(area[15], 2);                  /* revision */
-	CHECK_EQ(rd32(area + 20), 36);          /* length */
+	CHECK_EQ(le32_get(area + 20), 36);          /* length */
 	CHECK(!memcmp(area + 9, "GODWIT", 6));
 	CHECK_EQ(GPA % 16, 0);                  /* found by the legacy scan */
-	check_header(at(rd64(area + 24), used), "XSDT", 1, used);
-	check_header(at(rd32(area + 16), used), "RSDT", 1, used);
+	check_header(at(le64_get(area + 24), used), "XSDT", 1, used);
+	check_header(at(le32_get(area + 16), used), "RSDT", 1, used);
 }
 
 TEST(acpi_tables)
 {
 	struct acpi_config c = cfg_for(2);
 	long used = build(&c);
-	const uint8_t *xsdt = at(rd64(area + 24), used), *rsdt = at(rd32(area + 16), used);
+	const uint8_t *xsdt = at(le64_get(area + 24), used), *rsdt = at(le32_get(area + 16), used);
 	const uint8_t *fadt, *facs, *dsdt;
 	bool seen_facp = false, seen_apic = false;
 
 	CHECK(xsdt && rsdt);
 	if (!xsdt || !rsdt)
 		return;
-	CHECK_EQ(rd32(xsdt + 4), 36 + 2 * 8);
-	CHECK_EQ(rd32(rsdt + 4), 36 + 2 * 4);
+	CHECK_EQ(le32_get(xsdt + 4), 36 + 2 * 8);
+	CHECK_EQ(le32_get(rsdt + 4), 36 + 2 * 4);
 	for (int i = 0; i < 2; i++) {
-		const uint8_t *t = at(rd64(xsdt + 36 + 8 * i), used);
+		const uint8_t *t = at(le64_get(xsdt + 36 + 8 * i), used);
 
 		CHECK(t != NULL);
 		if (!t)
 			continue;
 		/* The RSDT lists the same tables in the same order. */
-		CHECK_EQ(rd32(rsdt + 36 + 4 * i), rd64(xsdt + 36 + 8 * i));
-		CHECK_EQ(rd64(xsdt + 36 + 8 * i) % 16, 0);
+		CHECK_EQ(le32_get(rsdt + 36 + 4 * i), le64_get(xsdt + 36 + 8 * i));
+		CHECK_EQ(le64_get(xsdt + 36 + 8 * i) % 16, 0);
 		seen_facp |= !memcmp(t, "FACP", 4);
 		seen_apic |= !memcmp(t, "APIC", 4);
-		CHECK_EQ(sum8(t, rd32(t + 4)), 0);
-		CHECK(t - area + (long)rd32(t + 4) <= used);
+		CHECK_EQ(sum8(t, le32_get(t + 4)), 0);
+		CHECK(t - area + (long)le32_get(t + 4) <= used);
 	}
 	CHECK(seen_facp && seen_apic);
 
@@ -157,11 +155,11 @@ TEST(acpi_tables)
 	if (!fadt || !facs || !dsdt)
 		return;
 	CHECK(!memcmp(facs, "FACS", 4));
-	CHECK_EQ(rd32(facs + 4), 64);
+	CHECK_EQ(le32_get(facs + 4), 64);
 	CHECK_EQ(facs[32], 2);                  /* version */
 	CHECK_EQ((GPA + (uint64_t)(facs - area)) % 64, 0);
 	/* The last table ends where acpi_build() says. */
-	CHECK_EQ(table("APIC", used) - area + rd32(table("APIC", used) + 4), used);
+	CHECK_EQ(table("APIC", used) - area + le32_get(table("APIC", used) + 4), used);
 	CHECK(dsdt < table("APIC", used));
 }
 
@@ -169,7 +167,7 @@ TEST(acpi_tables)
 static void madt_count(const uint8_t *m, unsigned int count[8])
 {
 	static const uint8_t len[8] = { 8, 12, 10, 0, 6, 0, 0, 0 };
-	uint32_t off = 44, end = rd32(m + 4);
+	uint32_t off = 44, end = le32_get(m + 4);
 
 	memset(count, 0, 8 * sizeof(count[0]));
 	while (off + 2 <= end) {
@@ -194,9 +192,9 @@ static void check_madt(unsigned int ncpus)
 	check_header(m, "APIC", 5, used);
 	if (!m)
 		return;
-	CHECK_EQ(rd32(m + 4), 44 + 8 * ncpus + 12 + 2 * 10 + 6);
-	CHECK_EQ(rd32(m + 36), LAYOUT_LAPIC);
-	CHECK_EQ(rd32(m + 40), 1);              /* PCAT_COMPAT */
+	CHECK_EQ(le32_get(m + 4), 44 + 8 * ncpus + 12 + 2 * 10 + 6);
+	CHECK_EQ(le32_get(m + 36), LAYOUT_LAPIC);
+	CHECK_EQ(le32_get(m + 40), 1);              /* PCAT_COMPAT */
 	madt_count(m, count);
 	CHECK_EQ(count[0], ncpus);
 	CHECK_EQ(count[1], 1);
@@ -207,28 +205,28 @@ static void check_madt(unsigned int ncpus)
 	for (unsigned int i = 0; i < ncpus; i++, e += 8) {
 		CHECK_EQ(e[2], i);                  /* ACPI processor UID */
 		CHECK_EQ(e[3], i);                  /* APIC ID */
-		CHECK_EQ(rd32(e + 4), 1);           /* enabled */
+		CHECK_EQ(le32_get(e + 4), 1);           /* enabled */
 	}
 	CHECK_EQ(e[0], 1);
 	CHECK_EQ(e[2], c.ioapic_id);
-	CHECK_EQ(rd32(e + 4), LAYOUT_IOAPIC);
-	CHECK_EQ(rd32(e + 8), 0);               /* GSI base */
+	CHECK_EQ(le32_get(e + 4), LAYOUT_IOAPIC);
+	CHECK_EQ(le32_get(e + 8), 0);               /* GSI base */
 	e += 12;
 	CHECK_EQ(e[2], 0);                      /* ISA */
 	CHECK_EQ(e[3], 0);                      /* IRQ0 ... */
-	CHECK_EQ(rd32(e + 4), 2);               /* ... is GSI2 */
-	CHECK_EQ(rd16(e + 8), 0);               /* conforms: edge, high */
+	CHECK_EQ(le32_get(e + 4), 2);               /* ... is GSI2 */
+	CHECK_EQ(le16_get(e + 8), 0);               /* conforms: edge, high */
 	e += 10;
 	CHECK_EQ(e[3], IRQ_ACPI_SCI);
-	CHECK_EQ(rd32(e + 4), IRQ_ACPI_SCI);
-	CHECK_EQ(rd16(e + 8), 0x000d);          /* level, active-high */
+	CHECK_EQ(le32_get(e + 4), IRQ_ACPI_SCI);
+	CHECK_EQ(le16_get(e + 8), 0x000d);          /* level, active-high */
 	e += 10;
 	CHECK_EQ(e[2], 0xff);                   /* all processors */
-	CHECK_EQ(rd16(e + 3), 0);
+	CHECK_EQ(le16_get(e + 3), 0);
 	CHECK_EQ(e[5], 1);                      /* LINT1 */
 
 	/* Flat logical APIC mode stops at 8 CPUs. */
-	CHECK_EQ(!!(rd32(table("FACP", used) + 112) & (1u << 19)), ncpus > 8);
+	CHECK_EQ(!!(le32_get(table("FACP", used) + 112) & (1u << 19)), ncpus > 8);
 }
 
 TEST(acpi_madt_1cpu) { check_madt(1); }
@@ -243,7 +241,7 @@ static void check_gas(const uint8_t *g, unsigned int bits, unsigned int access, 
 	CHECK_EQ(g[1], bits);
 	CHECK_EQ(g[2], 0);
 	CHECK_EQ(g[3], access);
-	CHECK_EQ(rd64(g + 4), port);
+	CHECK_EQ(le64_get(g + 4), port);
 }
 
 TEST(acpi_fadt)
@@ -257,30 +255,30 @@ TEST(acpi_fadt)
 	check_header(f, "FACP", 6, used);
 	if (!f || !dsdt || !facs)
 		return;
-	CHECK_EQ(rd32(f + 4), 276);
+	CHECK_EQ(le32_get(f + 4), 276);
 	CHECK_EQ(f[131], 3);                            /* FADT 6.3 */
-	CHECK_EQ(rd32(f + 36), GPA + (uint64_t)(facs - area));
-	CHECK_EQ(rd64(f + 132), 0);                     /* X_FIRMWARE_CTRL: one or the other */
-	CHECK_EQ(rd32(f + 40), GPA + (uint64_t)(dsdt - area));
-	CHECK_EQ(rd64(f + 140), rd32(f + 40));          /* X_DSDT == DSDT */
-	CHECK_EQ(rd16(f + 46), IRQ_ACPI_SCI);           /* SCI_INT */
-	CHECK_EQ(rd32(f + 48), 0);                      /* SMI_CMD: always ACPI mode */
+	CHECK_EQ(le32_get(f + 36), GPA + (uint64_t)(facs - area));
+	CHECK_EQ(le64_get(f + 132), 0);                     /* X_FIRMWARE_CTRL: one or the other */
+	CHECK_EQ(le32_get(f + 40), GPA + (uint64_t)(dsdt - area));
+	CHECK_EQ(le64_get(f + 140), le32_get(f + 40));          /* X_DSDT == DSDT */
+	CHECK_EQ(le16_get(f + 46), IRQ_ACPI_SCI);           /* SCI_INT */
+	CHECK_EQ(le32_get(f + 48), 0);                      /* SMI_CMD: always ACPI mode */
 	CHECK_EQ(f[52], 0);
 	CHECK_EQ(f[53], 0);
-	CHECK_EQ(rd32(f + 56), PORT_ACPI_PM1A_EVT);
-	CHECK_EQ(rd32(f + 60), 0);                      /* no PM1b */
-	CHECK_EQ(rd32(f + 64), PORT_ACPI_PM1A_CNT);
-	CHECK_EQ(rd32(f + 76), PORT_ACPI_PM_TMR);
-	CHECK_EQ(rd32(f + 80), 0);                      /* no GPE0 */
+	CHECK_EQ(le32_get(f + 56), PORT_ACPI_PM1A_EVT);
+	CHECK_EQ(le32_get(f + 60), 0);                      /* no PM1b */
+	CHECK_EQ(le32_get(f + 64), PORT_ACPI_PM1A_CNT);
+	CHECK_EQ(le32_get(f + 76), PORT_ACPI_PM_TMR);
+	CHECK_EQ(le32_get(f + 80), 0);                      /* no GPE0 */
 	CHECK_EQ(f[88], 4);                             /* PM1_EVT_LEN */
 	CHECK_EQ(f[89], 2);                             /* PM1_CNT_LEN */
 	CHECK_EQ(f[91], 4);                             /* PM_TMR_LEN */
 	CHECK_EQ(f[92], 0);                             /* GPE0_BLK_LEN */
-	CHECK(rd16(f + 96) > 100);                      /* no C2 */
-	CHECK(rd16(f + 98) > 1000);                     /* no C3 */
-	CHECK_EQ(rd16(f + 109), 0x0005);                /* LEGACY_DEVICES | NO_VGA, no 8042 */
+	CHECK(le16_get(f + 96) > 100);                      /* no C2 */
+	CHECK(le16_get(f + 98) > 1000);                     /* no C3 */
+	CHECK_EQ(le16_get(f + 109), 0x0005);                /* LEGACY_DEVICES | NO_VGA, no 8042 */
 	/* WBINVD | PROC_C1 | SLP_BUTTON | RESET_REG_SUP; fixed power button. */
-	CHECK_EQ(rd32(f + 112), 0x00000425);
+	CHECK_EQ(le32_get(f + 112), 0x00000425);
 	check_gas(f + 116, 8, 1, PORT_RESET);
 	CHECK_EQ(f[128], 0x06);
 	check_gas(f + 148, 32, 2, PORT_ACPI_PM1A_EVT);  /* X_PM1a_EVT_BLK */
@@ -300,12 +298,12 @@ TEST(acpi_fadt)
 	CHECK(f != NULL);
 	if (!f)
 		return;
-	CHECK_EQ(rd16(f + 109), 0x0007);
+	CHECK_EQ(le16_get(f + 109), 0x0007);
 	CHECK_EQ(f[108], 0x32);
-	CHECK_EQ(rd32(f + 76), 0);
+	CHECK_EQ(le32_get(f + 76), 0);
 	CHECK_EQ(f[91], 0);
 	CHECK(!memcmp(f + 208, zero, 12));
-	CHECK_EQ(rd32(f + 112), 0x00000025);
+	CHECK_EQ(le32_get(f + 112), 0x00000025);
 	CHECK(!memcmp(f + 116, zero, 12));
 	CHECK_EQ(sum8(f, 276), 0);
 }
@@ -323,17 +321,17 @@ TEST(acpi_high_area)
 	if (n <= 0)
 		return;
 	CHECK_EQ(rsdp, gpa);
-	CHECK_EQ(rd32(buf + 16), 0);
+	CHECK_EQ(le32_get(buf + 16), 0);
 	CHECK_EQ(sum8(buf, 20), 0);
 	CHECK_EQ(sum8(buf, 36), 0);
-	xsdt = buf + (rd64(buf + 24) - gpa);
-	f = buf + (rd64(xsdt + 36) - gpa);
+	xsdt = buf + (le64_get(buf + 24) - gpa);
+	f = buf + (le64_get(xsdt + 36) - gpa);
 	CHECK(!memcmp(f, "FACP", 4));
-	CHECK_EQ(rd32(f + 36), 0);
-	CHECK(rd64(f + 132) > gpa);
-	CHECK_EQ(rd64(f + 132) % 64, 0);
-	CHECK_EQ(rd32(f + 40), 0);
-	CHECK(rd64(f + 140) > gpa);
+	CHECK_EQ(le32_get(f + 36), 0);
+	CHECK(le64_get(f + 132) > gpa);
+	CHECK_EQ(le64_get(f + 132) % 64, 0);
+	CHECK_EQ(le32_get(f + 40), 0);
+	CHECK(le64_get(f + 140) > gpa);
 	CHECK_EQ(sum8(f, 276), 0);
 }
 
@@ -418,7 +416,7 @@ static bool dsdt_has(long used, const void *needle, size_t n)
 {
 	const uint8_t *d = table("DSDT", used);
 
-	return d && memmem(d, rd32(d + 4), needle, n) != NULL;
+	return d && memmem(d, le32_get(d + 4), needle, n) != NULL;
 }
 
 TEST(acpi_dsdt_windows)
@@ -742,7 +740,7 @@ static char *read_file(const char *dir, const char *name, size_t *n)
 static char *iasl_roundtrip(const char *dir, const char *name, const uint8_t *t, bool is_aml)
 {
 	char cmd[128], out[8192], file[64];
-	uint32_t len = rd32(t + 4);
+	uint32_t len = le32_get(t + 4);
 	char *dsl, *aml;
 	size_t n = 0, m = 0;
 
@@ -896,8 +894,8 @@ TEST(acpi_iasl)
 		free(dsl);
 	}
 	free(iasl_roundtrip(dir, "facs", table("FACS", used), false));
-	free(iasl_roundtrip(dir, "xsdt", at(rd64(area + 24), used), false));
-	free(iasl_roundtrip(dir, "rsdt", at(rd32(area + 16), used), false));
+	free(iasl_roundtrip(dir, "xsdt", at(le64_get(area + 24), used), false));
+	free(iasl_roundtrip(dir, "rsdt", at(le32_get(area + 16), used), false));
 
 	/* What the builder can do beyond today's DSDT: Method, String, _PRT. */
 	ssdt_extras(ssdt, sizeof(ssdt));

@@ -8,6 +8,7 @@
 
 #include "godwit/boot.h"
 #include "godwit/layout.h"
+#include "godwit/le.h"
 #include "unit.h"
 
 /* ---- a fake guest RAM of 64 MiB ---------------------------------------------- */
@@ -31,11 +32,6 @@ static void ram_reset(void)
 	memset(ram, 0xcc, FAKE_RAM);
 }
 
-static uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-static uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
-static void wr16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
-static void wr32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
-static void wr64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
 
 /* ---- e820 --------------------------------------------------------------------- */
 
@@ -98,17 +94,17 @@ static uint8_t *bz_make(size_t *size)
 	uint8_t *d = calloc(1, setup + BZ_PAYLOAD);
 
 	d[0x1f1] = BZ_SETUP_SECTS;
-	wr32(d + 0x1f4, BZ_PAYLOAD / 16);         /* syssize */
-	wr16(d + 0x1fe, 0xaa55);
+	le32_put(d + 0x1f4, BZ_PAYLOAD / 16);         /* syssize */
+	le16_put(d + 0x1fe, 0xaa55);
 	d[0x201] = 0x6a;                          /* header ends at 0x26c */
-	wr32(d + 0x202, 0x53726448);
-	wr16(d + 0x206, 0x020f);
-	wr32(d + 0x22c, 0x7fffffff);              /* initrd_addr_max */
-	wr32(d + 0x230, 0x200000);                /* kernel_alignment */
+	le32_put(d + 0x202, 0x53726448);
+	le16_put(d + 0x206, 0x020f);
+	le32_put(d + 0x22c, 0x7fffffff);              /* initrd_addr_max */
+	le32_put(d + 0x230, 0x200000);                /* kernel_alignment */
 	d[0x234] = 1;
-	wr16(d + 0x236, 0x3);                     /* XLF_KERNEL_64 | above 4G */
-	wr32(d + 0x238, 2047);                    /* cmdline_size */
-	wr32(d + 0x260, 0x400000);                /* init_size */
+	le16_put(d + 0x236, 0x3);                     /* XLF_KERNEL_64 | above 4G */
+	le32_put(d + 0x238, 2047);                    /* cmdline_size */
+	le32_put(d + 0x260, 0x400000);                /* init_size */
 	for (size_t i = 0; i < BZ_PAYLOAD; i++)
 		d[setup + i] = (uint8_t)(i * 7 + 3);
 	*size = setup + BZ_PAYLOAD;
@@ -150,21 +146,21 @@ TEST(bzimage_load)
 	CHECK(!memcmp(ram + LAYOUT_KERNEL, k + (BZ_SETUP_SECTS + 1) * 512, BZ_PAYLOAD));
 	CHECK_EQ(bp[0x210], 0xff);                                  /* type_of_loader */
 	CHECK(bp[0x211] & 0x01);                                   /* LOADED_HIGH */
-	CHECK_EQ(rd32(bp + 0x202), 0x53726448);                     /* header copied */
-	CHECK_EQ(rd32(bp + 0x228), LAYOUT_CMDLINE);
+	CHECK_EQ(le32_get(bp + 0x202), 0x53726448);                     /* header copied */
+	CHECK_EQ(le32_get(bp + 0x228), LAYOUT_CMDLINE);
 	CHECK_STR((const char *)ram + LAYOUT_CMDLINE, "console=ttyS0 quiet");
-	CHECK_EQ(rd32(bp + 0x21c), sizeof(initrd));
-	CHECK_EQ(rd32(bp + 0x218) % 4096, 0);
-	CHECK(rd32(bp + 0x218) >= LAYOUT_KERNEL + 0x400000);
-	CHECK(!memcmp(ram + rd32(bp + 0x218), initrd, sizeof(initrd)));
-	CHECK_EQ(rd64(bp + 0x070), 0xe0000);                        /* acpi_rsdp_addr */
+	CHECK_EQ(le32_get(bp + 0x21c), sizeof(initrd));
+	CHECK_EQ(le32_get(bp + 0x218) % 4096, 0);
+	CHECK(le32_get(bp + 0x218) >= LAYOUT_KERNEL + 0x400000);
+	CHECK(!memcmp(ram + le32_get(bp + 0x218), initrd, sizeof(initrd)));
+	CHECK_EQ(le64_get(bp + 0x070), 0xe0000);                        /* acpi_rsdp_addr */
 	CHECK_EQ(bp[0x1e8], 4);                                     /* e820 entries */
-	CHECK_EQ(rd64(bp + 0x2d0 + 3 * 20 + 8), FAKE_RAM - LAYOUT_HIGH_RAM);
+	CHECK_EQ(le64_get(bp + 0x2d0 + 3 * 20 + 8), FAKE_RAM - LAYOUT_HIGH_RAM);
 	/* Identity map: PML4[0] -> PDPT, PDPT[1] -> PD1, PD1[1] maps 1 GiB + 2 MiB. */
-	CHECK_EQ(rd64(ram + LAYOUT_PML4) & ~0xfffULL, LAYOUT_PML4 + 0x1000);
-	CHECK_EQ(rd64(ram + LAYOUT_PML4 + 0x1000 + 8) & ~0xfffULL, LAYOUT_PML4 + 0x3000);
-	CHECK_EQ(rd64(ram + LAYOUT_PML4 + 0x3000 + 8), (1ULL << 30) + (2ULL << 20) + 0x83);
-	CHECK_EQ(rd64(ram + LAYOUT_GDT + BOOT_GDT_CS), 0x00af9b000000ffffULL);
+	CHECK_EQ(le64_get(ram + LAYOUT_PML4) & ~0xfffULL, LAYOUT_PML4 + 0x1000);
+	CHECK_EQ(le64_get(ram + LAYOUT_PML4 + 0x1000 + 8) & ~0xfffULL, LAYOUT_PML4 + 0x3000);
+	CHECK_EQ(le64_get(ram + LAYOUT_PML4 + 0x3000 + 8), (1ULL << 30) + (2ULL << 20) + 0x83);
+	CHECK_EQ(le64_get(ram + LAYOUT_GDT + BOOT_GDT_CS), 0x00af9b000000ffffULL);
 	free(k);
 }
 
@@ -182,26 +178,26 @@ TEST(bzimage_errors)
 	CHECK_EQ(boot_load(&bc, &e, err, sizeof(err)), -ENOEXEC);
 	CHECK(strstr(err, "truncated") != NULL);
 	/* Old protocol. */
-	wr16(k + 0x206, 0x0204);
+	le16_put(k + 0x206, 0x0204);
 	bc = bc_make(k, size, NULL, 0, "");
 	CHECK_EQ(boot_load(&bc, &e, err, sizeof(err)), -ENOEXEC);
 	CHECK(strstr(err, "too old") != NULL);
-	wr16(k + 0x206, 0x020f);
+	le16_put(k + 0x206, 0x020f);
 	/* No 64-bit entry. */
-	wr16(k + 0x236, 0);
+	le16_put(k + 0x236, 0);
 	CHECK_EQ(boot_load(&bc, &e, err, sizeof(err)), -ENOEXEC);
 	CHECK(strstr(err, "64-bit") != NULL);
-	wr16(k + 0x236, 3);
+	le16_put(k + 0x236, 3);
 	/* Command line longer than cmdline_size. */
 	memset(longcmd, 'a', sizeof(longcmd) - 1);
 	longcmd[sizeof(longcmd) - 1] = 0;
 	bc = bc_make(k, size, NULL, 0, longcmd);
 	CHECK_EQ(boot_load(&bc, &e, err, sizeof(err)), -E2BIG);
 	/* Kernel init_size beyond RAM. */
-	wr32(k + 0x260, 0x7000000);
+	le32_put(k + 0x260, 0x7000000);
 	bc = bc_make(k, size, NULL, 0, "");
 	CHECK_EQ(boot_load(&bc, &e, err, sizeof(err)), -E2BIG);
-	wr32(k + 0x260, 0x400000);
+	le32_put(k + 0x260, 0x400000);
 	/* Initrd larger than the room left. */
 	{
 		size_t big = FAKE_RAM - LAYOUT_KERNEL - 0x100000;
@@ -249,11 +245,11 @@ static uint8_t *elf_make(size_t *size, uint64_t paddr, uint64_t entry, bool with
 			      .p_memsz = ELF_CODE_LEN + 0x3000, .p_align = 0x1000 };
 	ph[1] = (Elf64_Phdr){ .p_type = PT_NOTE, .p_offset = 0x200, .p_filesz = 24, .p_align = 4 };
 	/* namesz 4 "Xen\0", descsz 8, type 18 (PHYS32_ENTRY) */
-	wr32(note, 4);
-	wr32(note + 4, 8);
-	wr32(note + 8, with_note ? 18 : 17);
+	le32_put(note, 4);
+	le32_put(note + 4, 8);
+	le32_put(note + 8, with_note ? 18 : 17);
 	memcpy(note + 12, "Xen", 4);
-	wr64(note + 16, entry);
+	le64_put(note + 16, entry);
 	for (size_t i = 0; i < ELF_CODE_LEN; i++)
 		d[ELF_CODE_OFF + i] = (uint8_t)(i * 13 + 1);
 	*size = total;
@@ -281,27 +277,27 @@ TEST(pvh_load)
 	CHECK_EQ(ram[0x100000 + ELF_CODE_LEN], 0);                 /* bss zeroed */
 	CHECK_EQ(ram[0x100000 + ELF_CODE_LEN + 0x2fff], 0);
 	si = ram + LAYOUT_PVH_INFO;
-	CHECK_EQ(rd32(si), 0x336ec578);
-	CHECK_EQ(rd32(si + 4), 1);
-	CHECK_EQ(rd32(si + 12), 1);                                /* nr_modules */
-	CHECK_STR((const char *)ram + rd64(si + 24), "workload=mem mem=64");
-	CHECK_EQ(rd64(si + 32), 0xe0000);                          /* rsdp */
-	CHECK_EQ(rd32(si + 48), 4);                                /* memmap entries */
+	CHECK_EQ(le32_get(si), 0x336ec578);
+	CHECK_EQ(le32_get(si + 4), 1);
+	CHECK_EQ(le32_get(si + 12), 1);                                /* nr_modules */
+	CHECK_STR((const char *)ram + le64_get(si + 24), "workload=mem mem=64");
+	CHECK_EQ(le64_get(si + 32), 0xe0000);                          /* rsdp */
+	CHECK_EQ(le32_get(si + 48), 4);                                /* memmap entries */
 	{
-		const uint8_t *mm = ram + rd64(si + 40);
-		const uint8_t *mod = ram + rd64(si + 16);
+		const uint8_t *mm = ram + le64_get(si + 40);
+		const uint8_t *mod = ram + le64_get(si + 16);
 
-		CHECK_EQ(rd64(mm + 3 * 24), LAYOUT_HIGH_RAM);
-		CHECK_EQ(rd32(mm + 3 * 24 + 16), E820_RAM);
-		CHECK_EQ(rd64(mod + 8), sizeof(initrd));
-		CHECK(!memcmp(ram + rd64(mod), initrd, sizeof(initrd)));
+		CHECK_EQ(le64_get(mm + 3 * 24), LAYOUT_HIGH_RAM);
+		CHECK_EQ(le32_get(mm + 3 * 24 + 16), E820_RAM);
+		CHECK_EQ(le64_get(mod + 8), sizeof(initrd));
+		CHECK(!memcmp(ram + le64_get(mod), initrd, sizeof(initrd)));
 	}
 	free(k);
 
 	/* A 4-byte entry note works too. */
 	k = elf_make(&size, 0x100000, 0, true);
-	wr32(k + 0x200 + 4, 4);
-	wr32(k + 0x200 + 16, 0x100020);
+	le32_put(k + 0x200 + 4, 4);
+	le32_put(k + 0x200 + 16, 0x100020);
 	bc = bc_make(k, size, NULL, 0, "");
 	CHECK_EQ(boot_load(&bc, &e, err, sizeof(err)), 0);
 	CHECK_EQ(e.rip, 0x100020);

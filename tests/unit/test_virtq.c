@@ -15,6 +15,7 @@
 
 #include "godwit/devices.h"
 #include "godwit/layout.h"
+#include "godwit/le.h"
 #include "godwit/virtio.h"
 #include "godwit/vm.h"
 #include "unit.h"
@@ -62,31 +63,26 @@ static uint8_t *G(struct vm *vm, uint64_t gpa)
 	return vm_gpa_to_host(vm, gpa, 1);
 }
 
-static void put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
-static void put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
-static void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
-static uint16_t get16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
-static uint32_t get32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 
 static void set_desc(struct vm *vm, uint64_t table, unsigned int i, uint64_t addr, uint32_t len,
 		     uint16_t flags, uint16_t next)
 {
 	uint8_t *d = G(vm, table + 16ULL * i);
 
-	put64(d, addr);
-	put32(d + 8, len);
-	put16(d + 12, flags);
-	put16(d + 14, next);
+	le64_put(d, addr);
+	le32_put(d + 8, len);
+	le16_put(d + 12, flags);
+	le16_put(d + 14, next);
 }
 
 /* Driver side: make `head` available and bump avail->idx. */
 static void avail_add(struct vm *vm, uint16_t qsize, uint16_t head)
 {
 	uint8_t *a = G(vm, AVAIL_GPA);
-	uint16_t idx = get16(a + 2);
+	uint16_t idx = le16_get(a + 2);
 
-	put16(a + 4 + 2 * (idx % qsize), head);
-	put16(a + 2, (uint16_t)(idx + 1));
+	le16_put(a + 4 + 2 * (idx % qsize), head);
+	le16_put(a + 2, (uint16_t)(idx + 1));
 }
 
 static const struct virtio_dev_ops bare_ops = { .name = "test-bare", .nr_queues = 1 };
@@ -198,12 +194,12 @@ TEST(virtq_wrap_16bit)
 	/* Both sides near the 16-bit wrap: avail idx 0xfffd, three chains to 0x0000. */
 	f->vq->last_avail = 0xfffd;
 	f->vq->used_idx = 0xfffd;
-	put16(G(&f->vm, AVAIL_GPA) + 2, 0xfffd);
+	le16_put(G(&f->vm, AVAIL_GPA) + 2, 0xfffd);
 	avail_add(&f->vm, QSIZE, 4);
 	avail_add(&f->vm, QSIZE, 5);
 	avail_add(&f->vm, QSIZE, 6);
 	avail_add(&f->vm, QSIZE, 7);
-	CHECK_EQ(get16(G(&f->vm, AVAIL_GPA) + 2), 0x0001);
+	CHECK_EQ(le16_get(G(&f->vm, AVAIL_GPA) + 2), 0x0001);
 	for (unsigned int i = 0; i < 4; i++) {
 		CHECK_EQ(vq_pop(f->vq, &f->e), 1);
 		CHECK_EQ(f->e.head, 4 + i);
@@ -211,11 +207,11 @@ TEST(virtq_wrap_16bit)
 	}
 	CHECK_EQ(vq_pop(f->vq, &f->e), 0);
 	CHECK_EQ(f->vq->last_avail, 0x0001);
-	CHECK_EQ(get16(used + 2), 0x0001);
+	CHECK_EQ(le16_get(used + 2), 0x0001);
 	/* Slots (0xfffd..0x0000) % 16 = 13, 14, 15, 0. */
-	CHECK_EQ(get32(used + 4 + 8 * 13), 4);
-	CHECK_EQ(get32(used + 4 + 8 * 15), 6);
-	CHECK_EQ(get32(used + 4 + 8 * 0), 7);
+	CHECK_EQ(le32_get(used + 4 + 8 * 13), 4);
+	CHECK_EQ(le32_get(used + 4 + 8 * 15), 6);
+	CHECK_EQ(le32_get(used + 4 + 8 * 0), 7);
 	qfix_free(f);
 }
 
@@ -342,11 +338,11 @@ static void bad_buffer_wraps(struct qfix *f)
 static void bad_avail_jump(struct qfix *f)
 {
 	set_desc(&f->vm, DESC_GPA, 0, DATA_GPA, 8, 0, 0);
-	put16(G(&f->vm, AVAIL_GPA) + 2, QSIZE + 1);
+	le16_put(G(&f->vm, AVAIL_GPA) + 2, QSIZE + 1);
 }
 static void bad_avail_backwards(struct qfix *f)
 {
-	put16(G(&f->vm, AVAIL_GPA) + 2, 0xffff);       /* 65535 ahead of 0 */
+	le16_put(G(&f->vm, AVAIL_GPA) + 2, 0xffff);       /* 65535 ahead of 0 */
 }
 static void bad_desc_outside(struct qfix *f)
 {
@@ -412,7 +408,7 @@ TEST(virtq_malformed)
 			CHECK(0);
 		}
 		/* Nothing was written to guest memory by the failed pop. */
-		CHECK_EQ(get16(G(&f->vm, USED_GPA) + 2), 0);
+		CHECK_EQ(le16_get(G(&f->vm, USED_GPA) + 2), 0);
 		qfix_free(f);
 	}
 }
@@ -463,14 +459,14 @@ TEST(virtq_used_ring)
 	avail_add(&f->vm, QSIZE, 11);
 	CHECK_EQ(vq_pop(f->vq, &f->e), 1);
 	vq_push(f->vq, &f->e, 60);
-	CHECK_EQ(get16(used + 2), 1);
-	CHECK_EQ(get32(used + 4), 9);
-	CHECK_EQ(get32(used + 8), 60);
+	CHECK_EQ(le16_get(used + 2), 1);
+	CHECK_EQ(le32_get(used + 4), 9);
+	CHECK_EQ(le32_get(used + 8), 60);
 	CHECK_EQ(vq_pop(f->vq, &f->e), 1);
 	vq_push(f->vq, &f->e, 1000);              /* clamped to the 50 writable bytes */
-	CHECK_EQ(get16(used + 2), 2);
-	CHECK_EQ(get32(used + 12), 11);
-	CHECK_EQ(get32(used + 16), 50);
+	CHECK_EQ(le16_get(used + 2), 2);
+	CHECK_EQ(le32_get(used + 12), 11);
+	CHECK_EQ(le32_get(used + 16), 50);
 	CHECK_EQ(f->vq->used_idx, 2);
 	qfix_free(f);
 }
@@ -528,12 +524,12 @@ TEST(virtq_event_idx)
 	for (unsigned int i = 0; i < QSIZE; i++)
 		set_desc(&f->vm, DESC_GPA, i, DATA_GPA, 8, VIRTQ_DESC_F_WRITE, 0);
 	/* The driver wants an interrupt when used idx passes 2 (used_event = 2). */
-	put16(avail + 4 + 2 * QSIZE, 2);
+	le16_put(avail + 4 + 2 * QSIZE, 2);
 	for (unsigned int i = 0; i < 5; i++)
 		avail_add(&f->vm, QSIZE, (uint16_t)i);
 	CHECK_EQ(vq_pop(f->vq, &f->e), 1);
 	/* avail_event tells the driver how far the device has read. */
-	CHECK_EQ(get16(used + 4 + 8 * QSIZE), 1);
+	CHECK_EQ(le16_get(used + 4 + 8 * QSIZE), 1);
 	vq_push(f->vq, &f->e, 1);
 	vq_notify(f->vq);                         /* first notify: always (nothing signalled yet) */
 	CHECK_EQ(f->vq->interrupts, 1);
@@ -549,16 +545,16 @@ TEST(virtq_event_idx)
 	vq_push(f->vq, &f->e, 1);                 /* event still 2: already signalled past it */
 	vq_notify(f->vq);
 	CHECK_EQ(f->vq->interrupts, 2);
-	put16(avail + 4 + 2 * QSIZE, 4);
+	le16_put(avail + 4 + 2 * QSIZE, 4);
 	CHECK_EQ(vq_pop(f->vq, &f->e), 1);
 	vq_push(f->vq, &f->e, 1);                 /* used idx 5 passes 4 */
 	vq_notify(f->vq);
 	CHECK_EQ(f->vq->interrupts, 3);
 	/* Ring empty: avail_event = last_avail asks for the next kick. */
 	CHECK_EQ(vq_pop(f->vq, &f->e), 0);
-	CHECK_EQ(get16(used + 4 + 8 * QSIZE), 5);
+	CHECK_EQ(le16_get(used + 4 + 8 * QSIZE), 5);
 	/* Batching: two pushes then one notify crossing the event interrupt once. */
-	put16(avail + 4 + 2 * QSIZE, 5);
+	le16_put(avail + 4 + 2 * QSIZE, 5);
 	avail_add(&f->vm, QSIZE, 5);
 	avail_add(&f->vm, QSIZE, 6);
 	CHECK_EQ(vq_pop(f->vq, &f->e), 1);
@@ -579,14 +575,14 @@ TEST(virtq_no_interrupt_flag)
 	avail_add(&f->vm, QSIZE, 0);
 	CHECK_EQ(vq_pop(f->vq, &f->e), 1);
 	vq_push(f->vq, &f->e, 8);
-	put16(avail, VIRTQ_AVAIL_F_NO_INTERRUPT);
+	le16_put(avail, VIRTQ_AVAIL_F_NO_INTERRUPT);
 	vq_notify(f->vq);
 	CHECK_EQ(f->vq->interrupts, 0);
-	put16(avail, 0);
+	le16_put(avail, 0);
 	vq_notify(f->vq);
 	CHECK_EQ(f->vq->interrupts, 1);
 	/* Without EVENT_IDX the device never writes avail_event. */
-	CHECK_EQ(get16(G(&f->vm, USED_GPA) + 4 + 8 * QSIZE), 0);
+	CHECK_EQ(le16_get(G(&f->vm, USED_GPA) + 4 + 8 * QSIZE), 0);
 	qfix_free(f);
 }
 
@@ -882,7 +878,7 @@ TEST(vpci_features)
 	/* Device config space through the BAR, bounded by config_size. */
 	mmio_write(t, 0x2000 + 4, 4, 0xdeadbeef);
 	CHECK_EQ(mmio_read(t, 0x2000 + 4, 4), 0xdeadbeef);
-	CHECK_EQ(get32(t->st.config + 4), 0xdeadbeef);
+	CHECK_EQ(le32_get(t->st.config + 4), 0xdeadbeef);
 	CHECK_EQ(mmio_read(t, 0x2000 + 6, 4), 0);                 /* crosses the end */
 	tfix_free(t);
 }
@@ -1093,8 +1089,8 @@ TEST(vpci_rng_end_to_end)
 	(void)dirty_pages(&t->vm, &first);
 	mmio_write(t, 0x3000, 2, 0);                              /* notify queue 0 (an MMIO exit) */
 	CHECK(wait_used(&t->vm, 2, 2000));
-	CHECK_EQ(get32(G(&t->vm, USED_GPA) + 8), 4096);
-	CHECK_EQ(get32(G(&t->vm, USED_GPA) + 16), 100);
+	CHECK_EQ(le32_get(G(&t->vm, USED_GPA) + 8), 4096);
+	CHECK_EQ(le32_get(G(&t->vm, USED_GPA) + 16), 100);
 	CHECK(memcmp(G(&t->vm, DATA_GPA), zero, 4096) != 0);
 	CHECK(vm_test_clear_dirty(&t->vm, DATA_GPA));
 	CHECK(vm_test_clear_dirty(&t->vm, DATA_GPA + 8192));
@@ -1109,7 +1105,7 @@ TEST(vpci_rng_end_to_end)
 		usleep(1000);
 	CHECK(mmio_read(t, STATUS, 1) & VIRTIO_STATUS_NEEDS_RESET);
 	CHECK(wait_isr(t, VIRTIO_ISR_CONFIG) & VIRTIO_ISR_CONFIG);
-	CHECK_EQ(get16(G(&t->vm, USED_GPA) + 2), 2);
+	CHECK_EQ(le16_get(G(&t->vm, USED_GPA) + 2), 2);
 	/* The driver resets: the device is usable again from index 0. */
 	mmio_write(t, STATUS, 1, 0);
 	CHECK_EQ(mmio_read(t, STATUS, 1), 0);

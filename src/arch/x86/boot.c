@@ -23,6 +23,7 @@
 
 #include "godwit/boot.h"
 #include "godwit/layout.h"
+#include "godwit/le.h"
 
 /* ---- memory map ---------------------------------------------------------- */
 
@@ -59,12 +60,6 @@ unsigned int e820_build(uint64_t mem_size, struct e820_entry *e, unsigned int ma
 
 /* ---- little-endian accessors on untrusted bytes --------------------------- */
 
-static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
-static uint32_t get32(const uint8_t *p) { return get16(p) | (uint32_t)get16(p + 2) << 16; }
-static uint64_t get64(const uint8_t *p) { return get32(p) | (uint64_t)get32(p + 4) << 32; }
-static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
-static void put32(uint8_t *p, uint32_t v) { put16(p, (uint16_t)v); put16(p + 2, (uint16_t)(v >> 16)); }
-static void put64(uint8_t *p, uint64_t v) { put32(p, (uint32_t)v); put32(p + 4, (uint32_t)(v >> 32)); }
 
 #define BOOT_ERR(...) do { if (errlen) snprintf(err, errlen, __VA_ARGS__); } while (0)
 
@@ -107,18 +102,18 @@ static int bz_check(const uint8_t *d, size_t size, char *err, size_t errlen)
 	unsigned int setup_sects;
 	uint16_t version;
 
-	if (size < BP_INIT_SIZE + 4 || get16(d + BP_BOOT_FLAG) != 0xaa55 ||
-	    get32(d + BP_HEADER) != HDRS_MAGIC) {
+	if (size < BP_INIT_SIZE + 4 || le16_get(d + BP_BOOT_FLAG) != 0xaa55 ||
+	    le32_get(d + BP_HEADER) != HDRS_MAGIC) {
 		BOOT_ERR("not a Linux bzImage (no boot header)");
 		return -ENOEXEC;
 	}
-	version = get16(d + BP_VERSION);
+	version = le16_get(d + BP_VERSION);
 	if (version < 0x020c) {
 		BOOT_ERR("boot protocol %u.%02u is too old (need 2.12 for the 64-bit entry)",
 			 version >> 8, version & 0xff);
 		return -ENOEXEC;
 	}
-	if (!(get16(d + BP_XLOADFLAGS) & XLF_KERNEL_64)) {
+	if (!(le16_get(d + BP_XLOADFLAGS) & XLF_KERNEL_64)) {
 		BOOT_ERR("kernel has no 64-bit entry point (XLF_KERNEL_64 unset)");
 		return -ENOEXEC;
 	}
@@ -128,9 +123,9 @@ static int bz_check(const uint8_t *d, size_t size, char *err, size_t errlen)
 		return -ENOEXEC;
 	}
 	/* syssize: the protected-mode code's size in 16-byte paragraphs. */
-	if ((uint64_t)get32(d + BP_SYSSIZE) * 16 > size - (size_t)(setup_sects + 1) * 512) {
+	if ((uint64_t)le32_get(d + BP_SYSSIZE) * 16 > size - (size_t)(setup_sects + 1) * 512) {
 		BOOT_ERR("bzImage is truncated (%zu bytes, the header promises %llu more)", size,
-			 (unsigned long long)get32(d + BP_SYSSIZE) * 16);
+			 (unsigned long long)le32_get(d + BP_SYSSIZE) * 16);
 		return -ENOEXEC;
 	}
 	if (BP_HEADER + (size_t)d[BP_JUMP + 1] > BP_SIZE) {
@@ -149,18 +144,18 @@ static int boot_write_pagetables(const struct boot_config *cfg)
 	if (!pml4 || !gdt)
 		return -E2BIG;
 	memset(pml4, 0, 6 * 4096);
-	put64(pml4, (LAYOUT_PML4 + 0x1000) | 0x3);              /* P | RW */
+	le64_put(pml4, (LAYOUT_PML4 + 0x1000) | 0x3);              /* P | RW */
 	for (int i = 0; i < 4; i++) {
 		uint8_t *pd = pml4 + 0x2000 + i * 0x1000;
 
-		put64(pml4 + 0x1000 + i * 8, (LAYOUT_PML4 + 0x2000 + i * 0x1000) | 0x3);
+		le64_put(pml4 + 0x1000 + i * 8, (LAYOUT_PML4 + 0x2000 + i * 0x1000) | 0x3);
 		for (int j = 0; j < 512; j++)
-			put64(pd + j * 8, ((uint64_t)i << 30 | (uint64_t)j << 21) | 0x83); /* PS */
+			le64_put(pd + j * 8, ((uint64_t)i << 30 | (uint64_t)j << 21) | 0x83); /* PS */
 	}
-	put64(gdt + 0x00, 0);
-	put64(gdt + 0x08, 0);
-	put64(gdt + BOOT_GDT_CS, 0x00af9b000000ffffULL); /* 64-bit code, DPL0 */
-	put64(gdt + BOOT_GDT_DS, 0x00cf93000000ffffULL); /* flat data, DPL0 */
+	le64_put(gdt + 0x00, 0);
+	le64_put(gdt + 0x08, 0);
+	le64_put(gdt + BOOT_GDT_CS, 0x00af9b000000ffffULL); /* 64-bit code, DPL0 */
+	le64_put(gdt + BOOT_GDT_DS, 0x00cf93000000ffffULL); /* flat data, DPL0 */
 	return 0;
 }
 
@@ -182,12 +177,12 @@ static int bz_load(const struct boot_config *cfg, struct boot_entry *out,
 
 	setup_size = (size_t)((d[BP_SETUP_SECTS] ? d[BP_SETUP_SECTS] : 4) + 1) * 512;
 	kernel_size = cfg->kernel_size - setup_size;
-	align = get32(d + BP_KERNEL_ALIGN);
+	align = le32_get(d + BP_KERNEL_ALIGN);
 	if (align && (LAYOUT_KERNEL % align)) {
 		BOOT_ERR("kernel wants %#llx alignment", (unsigned long long)align);
 		return -ENOEXEC;
 	}
-	init_size = MAX((uint64_t)get32(d + BP_INIT_SIZE), (uint64_t)kernel_size);
+	init_size = MAX((uint64_t)le32_get(d + BP_INIT_SIZE), (uint64_t)kernel_size);
 	kernel_end = LAYOUT_KERNEL + init_size;
 	if (kernel_end > low) {
 		BOOT_ERR("kernel needs %llu MiB from %llu MiB but RAM below 4 GiB ends at %llu MiB",
@@ -208,11 +203,11 @@ static int bz_load(const struct boot_config *cfg, struct boot_entry *out,
 	       BP_HEADER + d[BP_JUMP + 1] - BP_SETUP_SECTS);
 	bp[BP_TYPE_OF_LOADER] = 0xff;                   /* undefined loader */
 	bp[BP_LOADFLAGS] |= LOADED_HIGH | CAN_USE_HEAP;
-	put16(bp + BP_HEAP_END, 0xfe00);
+	le16_put(bp + BP_HEAP_END, 0xfe00);
 
 	/* Command line. */
 	{
-		uint32_t maxlen = get32(d + BP_CMDLINE_SIZE);
+		uint32_t maxlen = le32_get(d + BP_CMDLINE_SIZE);
 		char *cl;
 
 		if (!maxlen)
@@ -226,7 +221,7 @@ static int bz_load(const struct boot_config *cfg, struct boot_entry *out,
 		if (!cl)
 			return -E2BIG;
 		memcpy(cl, cfg->cmdline, cmdlen + 1);
-		put32(bp + BP_CMDLINE_PTR, (uint32_t)LAYOUT_CMDLINE);
+		le32_put(bp + BP_CMDLINE_PTR, (uint32_t)LAYOUT_CMDLINE);
 	}
 
 	/* Initrd: as high as allowed below the hole, page aligned. */
@@ -234,7 +229,7 @@ static int bz_load(const struct boot_config *cfg, struct boot_entry *out,
 		uint64_t addr;
 		void *p;
 
-		initrd_max = get32(d + BP_INITRD_MAX);
+		initrd_max = le32_get(d + BP_INITRD_MAX);
 		if (!initrd_max)
 			initrd_max = 0x37ffffff;
 		initrd_max = MIN(initrd_max + 1, low);
@@ -249,23 +244,23 @@ static int bz_load(const struct boot_config *cfg, struct boot_entry *out,
 		if (!p)
 			return -E2BIG;
 		memcpy(p, cfg->initrd, cfg->initrd_size);
-		put32(bp + BP_RAMDISK_IMAGE, (uint32_t)addr);
-		put32(bp + BP_RAMDISK_SIZE, (uint32_t)cfg->initrd_size);
-		put32(bp + BP_EXT_RAMDISK_IMG, (uint32_t)(addr >> 32));
-		put32(bp + BP_EXT_RAMDISK_SZ, (uint32_t)((uint64_t)cfg->initrd_size >> 32));
+		le32_put(bp + BP_RAMDISK_IMAGE, (uint32_t)addr);
+		le32_put(bp + BP_RAMDISK_SIZE, (uint32_t)cfg->initrd_size);
+		le32_put(bp + BP_EXT_RAMDISK_IMG, (uint32_t)(addr >> 32));
+		le32_put(bp + BP_EXT_RAMDISK_SZ, (uint32_t)((uint64_t)cfg->initrd_size >> 32));
 	}
 
-	if (get16(d + BP_VERSION) >= 0x020e)
-		put64(bp + BP_ACPI_RSDP, cfg->rsdp_gpa);
+	if (le16_get(d + BP_VERSION) >= 0x020e)
+		le64_put(bp + BP_ACPI_RSDP, cfg->rsdp_gpa);
 
 	n = e820_build(cfg->mem_size, e820, E820_MAX);
 	bp[BP_E820_ENTRIES] = (uint8_t)n;
 	for (unsigned int i = 0; i < n; i++) {
 		uint8_t *ent = bp + BP_E820_TABLE + i * 20;
 
-		put64(ent, e820[i].addr);
-		put64(ent + 8, e820[i].size);
-		put32(ent + 16, e820[i].type);
+		le64_put(ent, e820[i].addr);
+		le64_put(ent + 8, e820[i].size);
+		le32_put(ent + 16, e820[i].type);
 	}
 
 	ret = boot_write_pagetables(cfg);
@@ -288,17 +283,17 @@ static int pvh_find_entry(const uint8_t *d, size_t size, const Elf64_Ehdr *eh,
 {
 	for (unsigned int i = 0; i < eh->e_phnum; i++) {
 		const uint8_t *ph = d + eh->e_phoff + (size_t)i * eh->e_phentsize;
-		uint64_t off = get64(ph + offsetof(Elf64_Phdr, p_offset));
-		uint64_t fsz = get64(ph + offsetof(Elf64_Phdr, p_filesz));
+		uint64_t off = le64_get(ph + offsetof(Elf64_Phdr, p_offset));
+		uint64_t fsz = le64_get(ph + offsetof(Elf64_Phdr, p_filesz));
 		uint64_t pos;
 
-		if (get32(ph + offsetof(Elf64_Phdr, p_type)) != PT_NOTE)
+		if (le32_get(ph + offsetof(Elf64_Phdr, p_type)) != PT_NOTE)
 			continue;
 		if (off > size || fsz > size - off)
 			return -ENOEXEC;
 		for (pos = 0; pos + 12 <= fsz;) {
 			const uint8_t *n = d + off + pos;
-			uint32_t namesz = get32(n), descsz = get32(n + 4), type = get32(n + 8);
+			uint32_t namesz = le32_get(n), descsz = le32_get(n + 4), type = le32_get(n + 8);
 			uint64_t name_off = pos + 12;
 			uint64_t desc_off = name_off + ALIGN_UP((uint64_t)namesz, 4);
 			uint64_t next = desc_off + ALIGN_UP((uint64_t)descsz, 4);
@@ -308,9 +303,9 @@ static int pvh_find_entry(const uint8_t *d, size_t size, const Elf64_Ehdr *eh,
 			if (type == XEN_ELFNOTE_PHYS32_ENTRY && namesz == 4 &&
 			    !memcmp(d + off + name_off, "Xen", 4)) {
 				if (descsz == 4)
-					*entry = get32(d + off + desc_off);
+					*entry = le32_get(d + off + desc_off);
 				else if (descsz == 8)
-					*entry = get64(d + off + desc_off);
+					*entry = le64_get(d + off + desc_off);
 				else
 					return -ENOEXEC;
 				return 0;
@@ -412,19 +407,19 @@ static int pvh_load(const struct boot_config *cfg, struct boot_entry *out,
 	if (!si)
 		return -E2BIG;
 	memset(si, 0, 0x1000);
-	put32(si + 0, HVM_START_MAGIC);
-	put32(si + 4, 1);                          /* version: has memmap */
+	le32_put(si + 0, HVM_START_MAGIC);
+	le32_put(si + 4, 1);                          /* version: has memmap */
 	n = e820_build(cfg->mem_size, e820, E820_MAX);
 	for (unsigned int i = 0; i < n; i++) {
 		uint8_t *m = si + 0x40 + i * 24;
 
-		put64(m, e820[i].addr);
-		put64(m + 8, e820[i].size);
-		put32(m + 16, e820[i].type);
+		le64_put(m, e820[i].addr);
+		le64_put(m + 8, e820[i].size);
+		le32_put(m + 16, e820[i].type);
 	}
-	put64(si + 40, LAYOUT_PVH_INFO + 0x40);    /* memmap_paddr */
-	put32(si + 48, n);                         /* memmap_entries */
-	put64(si + 32, cfg->rsdp_gpa);             /* rsdp_paddr */
+	le64_put(si + 40, LAYOUT_PVH_INFO + 0x40);    /* memmap_paddr */
+	le32_put(si + 48, n);                         /* memmap_entries */
+	le64_put(si + 32, cfg->rsdp_gpa);             /* rsdp_paddr */
 
 	if (cmdlen >= LAYOUT_CMDLINE_MAX) {
 		BOOT_ERR("command line is too long (%zu bytes)", cmdlen);
@@ -435,7 +430,7 @@ static int pvh_load(const struct boot_config *cfg, struct boot_entry *out,
 		if (!cl)
 			return -E2BIG;
 		memcpy(cl, cfg->cmdline, cmdlen + 1);
-		put64(si + 24, LAYOUT_CMDLINE);        /* cmdline_paddr */
+		le64_put(si + 24, LAYOUT_CMDLINE);        /* cmdline_paddr */
 	}
 
 	if (cfg->initrd_size) {
@@ -453,10 +448,10 @@ static int pvh_load(const struct boot_config *cfg, struct boot_entry *out,
 		if (!p)
 			return -E2BIG;
 		memcpy(p, cfg->initrd, cfg->initrd_size);
-		put64(mod, addr);
-		put64(mod + 8, cfg->initrd_size);
-		put32(si + 12, 1);                     /* nr_modules */
-		put64(si + 16, LAYOUT_PVH_INFO + 0x400);
+		le64_put(mod, addr);
+		le64_put(mod + 8, cfg->initrd_size);
+		le32_put(si + 12, 1);                     /* nr_modules */
+		le64_put(si + 16, LAYOUT_PVH_INFO + 0x400);
 	}
 
 	out->fmt = KERNEL_PVH_ELF;
@@ -474,7 +469,7 @@ int boot_probe(const uint8_t *data, size_t size, enum kernel_format *fmt,
 		*fmt = KERNEL_PVH_ELF;
 		return 0;
 	}
-	if (size >= BP_HEADER + 4 && get32(data + BP_HEADER) == HDRS_MAGIC) {
+	if (size >= BP_HEADER + 4 && le32_get(data + BP_HEADER) == HDRS_MAGIC) {
 		*fmt = KERNEL_BZIMAGE;
 		return 0;
 	}

@@ -46,6 +46,7 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 
+#include "godwit/le.h"
 #include "godwit/log.h"
 #include "godwit/virtio.h"
 #include "godwit/vm.h"
@@ -148,34 +149,6 @@ static const uint8_t blk_zeros[64 * KiB];
 #define BLK_TRACK_SHIFT 16              /* dirty-block granularity: 64 KiB */
 static const struct virtio_dev_ops blk_vdev_ops;
 static void blk_stop_locked(struct blk *b);
-
-static void put_le16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
-
-static void put_le32(uint8_t *p, uint32_t v)
-{
-	put_le16(p, (uint16_t)v);
-	put_le16(p + 2, (uint16_t)(v >> 16));
-}
-
-static void put_le64(uint8_t *p, uint64_t v)
-{
-	put_le32(p, (uint32_t)v);
-	put_le32(p + 4, (uint32_t)(v >> 32));
-}
-
-static uint32_t get_le32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t get_le64(const uint8_t *p)
-{
-	return (uint64_t)get_le32(p) | (uint64_t)get_le32(p + 4) << 32;
-}
 
 /* ---- the spec: FILE[,readonly][,serial=ID] ------------------------------------ */
 
@@ -419,18 +392,18 @@ static void blk_build_config(struct blk *b)
 		align = (unsigned int)(st.st_blksize / BLK_SECTOR);
 
 	memset(b->config, 0, sizeof(b->config));
-	put_le64(b->config + CFG_CAPACITY, b->capacity);
+	le64_put(b->config + CFG_CAPACITY, b->capacity);
 	/* No SIZE_MAX: a single segment may be any size. */
-	put_le32(b->config + CFG_SEG_MAX, BLK_SEG_MAX);
-	put_le32(b->config + CFG_BLK_SIZE, BLK_SECTOR);
+	le32_put(b->config + CFG_SEG_MAX, BLK_SEG_MAX);
+	le32_put(b->config + CFG_BLK_SIZE, BLK_SECTOR);
 	if (b->can_punch) {
-		put_le32(b->config + CFG_MAX_DISCARD_SECTORS, BLK_MAX_DWZ_SECTORS);
-		put_le32(b->config + CFG_MAX_DISCARD_SEG, BLK_MAX_DWZ_SEG);
-		put_le32(b->config + CFG_DISCARD_ALIGNMENT, align);
+		le32_put(b->config + CFG_MAX_DISCARD_SECTORS, BLK_MAX_DWZ_SECTORS);
+		le32_put(b->config + CFG_MAX_DISCARD_SEG, BLK_MAX_DWZ_SEG);
+		le32_put(b->config + CFG_DISCARD_ALIGNMENT, align);
 	}
 	if (!b->readonly) {
-		put_le32(b->config + CFG_MAX_WZ_SECTORS, BLK_MAX_DWZ_SECTORS);
-		put_le32(b->config + CFG_MAX_WZ_SEG, BLK_MAX_DWZ_SEG);
+		le32_put(b->config + CFG_MAX_WZ_SECTORS, BLK_MAX_DWZ_SECTORS);
+		le32_put(b->config + CFG_MAX_WZ_SEG, BLK_MAX_DWZ_SEG);
 		b->config[CFG_WZ_MAY_UNMAP] = b->can_punch;
 	}
 }
@@ -682,9 +655,9 @@ static uint8_t blk_discard_wz(struct blk *b, const struct vq_elem *e, uint64_t d
 			if (!iov_copy_from(e->iov, e->n_out, BLK_HDR_LEN + i * BLK_DWZ_SEG_LEN,
 					   seg, sizeof(seg)))
 				return VIRTIO_BLK_S_IOERR;   /* cannot happen: out_len checked */
-			sector = get_le64(seg);
-			nsec = get_le32(seg + 8);
-			flags = get_le32(seg + 12);
+			sector = le64_get(seg);
+			nsec = le32_get(seg + 8);
+			flags = le32_get(seg + 12);
 			if (pass == 0) {
 				/* 5.2.6.2: unmap on discard and unknown flags are UNSUPP. */
 				if ((flags & ~VIRTIO_BLK_WZ_UNMAP) ||
@@ -756,8 +729,8 @@ uint32_t virtio_blk_handle(struct blk *b, const struct vq_elem *e, uint8_t *stat
 	out_data = e->out_len - BLK_HDR_LEN;
 	if (!iov_copy_from(e->iov, e->n_out, 0, hdr, sizeof(hdr)))
 		goto done;      /* cannot happen: out_len covers it */
-	type = get_le32(hdr);
-	sector = get_le64(hdr + 8);
+	type = le32_get(hdr);
+	sector = le64_get(hdr + 8);
 
 	switch (type) {
 	case VIRTIO_BLK_T_IN:

@@ -66,6 +66,7 @@
 #include <sys/uio.h>
 #include <linux/if_tun.h>
 
+#include "godwit/le.h"
 #include "godwit/log.h"
 #include "godwit/tap.h"
 #include "godwit/virtio.h"
@@ -177,12 +178,6 @@ struct net {
 };
 
 static const struct virtio_dev_ops net_vdev_ops;
-
-static void put_le16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
 
 /* Log one of the first NET_MAX_LOGS problems of this NIC. */
 #define net_log(n, fmt, ...) do {                                              \
@@ -348,7 +343,7 @@ static int net_rx_place(struct net *n, struct virtqueue *vq, unsigned int *pushe
 	if (off < len)
 		return 0;               /* wait for buffers; the written ones stay held */
 
-	put_le16(hdr, (uint16_t)k);
+	le16_put(hdr, (uint16_t)k);
 	iov_copy_to(n->rx_iov + n->held[0].seg, n->held[0].nseg, NET_HDR_NUM_BUFFERS, hdr, 2);
 	if (!n->guest_csum) {
 		/* 5.1.6.4.1: without GUEST_CSUM the device sets flags to zero. */
@@ -717,8 +712,8 @@ static void net_config_read(struct virtio_dev *vdev, uint32_t off, void *data, u
 	uint8_t cfg[NET_CONFIG_SIZE];
 
 	memcpy(cfg + CFG_MAC, n->mac, 6);
-	put_le16(cfg + CFG_STATUS, n->status);
-	put_le16(cfg + CFG_MAX_VQ_PAIRS, 1);
+	le16_put(cfg + CFG_STATUS, n->status);
+	le16_put(cfg + CFG_MAX_VQ_PAIRS, 1);
 	virtio_config_read_bytes(cfg, NET_CONFIG_SIZE, off, data, len);
 }
 

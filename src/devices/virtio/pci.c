@@ -37,6 +37,7 @@
 
 #include "godwit/dev.h"
 #include "godwit/devices.h"
+#include "godwit/le.h"
 #include "godwit/log.h"
 #include "godwit/tap.h"
 #include "godwit/virtio.h"
@@ -97,12 +98,6 @@ struct virtio_pci {
 	struct dev_ops dev_ops;          /* stream id = ops->name */
 };
 
-static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
-static void put32(uint8_t *p, uint32_t v) { put16(p, (uint16_t)v); put16(p + 2, (uint16_t)(v >> 16)); }
-static void put64(uint8_t *p, uint64_t v) { put32(p, (uint32_t)v); put32(p + 4, (uint32_t)(v >> 32)); }
-static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
-static uint32_t get32(const uint8_t *p) { return get16(p) | (uint32_t)get16(p + 2) << 16; }
-static uint64_t get64(const uint8_t *p) { return get32(p) | (uint64_t)get32(p + 4) << 32; }
 
 /* ---- interrupts -------------------------------------------------------------------- */
 
@@ -293,25 +288,25 @@ static void vpci_common_image(struct virtio_dev *vdev, uint8_t img[VPCI_COMMON_L
 	struct virtqueue *vq = vpci_selected(vdev);
 
 	memset(img, 0, VPCI_COMMON_LEN);
-	put32(img + CC_DF_SELECT, vdev->device_feature_sel);
+	le32_put(img + CC_DF_SELECT, vdev->device_feature_sel);
 	if (vdev->device_feature_sel < 2)
-		put32(img + CC_DF, (uint32_t)(vdev->device_features >> (32 * vdev->device_feature_sel)));
-	put32(img + CC_GF_SELECT, vdev->driver_feature_sel);
+		le32_put(img + CC_DF, (uint32_t)(vdev->device_features >> (32 * vdev->device_feature_sel)));
+	le32_put(img + CC_GF_SELECT, vdev->driver_feature_sel);
 	if (vdev->driver_feature_sel < 2)
-		put32(img + CC_GF, (uint32_t)(vdev->driver_features >> (32 * vdev->driver_feature_sel)));
-	put16(img + CC_MSIX_CONFIG, vdev->msix_config);
-	put16(img + CC_NUM_QUEUES, (uint16_t)vdev->ops->nr_queues);
+		le32_put(img + CC_GF, (uint32_t)(vdev->driver_features >> (32 * vdev->driver_feature_sel)));
+	le16_put(img + CC_MSIX_CONFIG, vdev->msix_config);
+	le16_put(img + CC_NUM_QUEUES, (uint16_t)vdev->ops->nr_queues);
 	img[CC_STATUS] = __atomic_load_n(&vdev->status, __ATOMIC_SEQ_CST);
 	img[CC_CFG_GEN] = __atomic_load_n(&vdev->config_generation, __ATOMIC_SEQ_CST);
-	put16(img + CC_Q_SELECT, vdev->queue_sel);
+	le16_put(img + CC_Q_SELECT, vdev->queue_sel);
 	if (vq) {
-		put16(img + CC_Q_SIZE, vq->size);
-		put16(img + CC_Q_MSIX, vq->msix_vector);
-		put16(img + CC_Q_ENABLE, vq->enabled);
-		put16(img + CC_Q_NOFF, vq->index);
-		put64(img + CC_Q_DESC, vq->desc_gpa);
-		put64(img + CC_Q_DRIVER, vq->avail_gpa);
-		put64(img + CC_Q_DEVICE, vq->used_gpa);
+		le16_put(img + CC_Q_SIZE, vq->size);
+		le16_put(img + CC_Q_MSIX, vq->msix_vector);
+		le16_put(img + CC_Q_ENABLE, vq->enabled);
+		le16_put(img + CC_Q_NOFF, vq->index);
+		le64_put(img + CC_Q_DESC, vq->desc_gpa);
+		le64_put(img + CC_Q_DRIVER, vq->avail_gpa);
+		le64_put(img + CC_Q_DEVICE, vq->used_gpa);
 	}
 }
 
@@ -406,8 +401,8 @@ static void vpci_common_io(struct virtio_pci *vp, unsigned int off, uint8_t *dat
 
 		if (fo >= off + len || fo + fs <= off)
 			continue;
-		v = fs == 1 ? img[fo] : fs == 2 ? get16(img + fo) : fs == 4 ? get32(img + fo) :
-		    get64(img + fo);
+		v = fs == 1 ? img[fo] : fs == 2 ? le16_get(img + fo) : fs == 4 ? le32_get(img + fo) :
+		    le64_get(img + fo);
 		if (fo == CC_STATUS) {
 			status_written = true;
 			status = (uint8_t)v;
@@ -477,7 +472,7 @@ static void vpci_bar_io(void *opaque, uint64_t off, void *data, unsigned int len
 static void vpci_cfg_window(struct virtio_pci *vp, bool is_write)
 {
 	uint8_t *cap = vp->pdev.cfg + vp->pcicfg_cap;
-	uint32_t off = get32(cap + 8), len = get32(cap + 12);
+	uint32_t off = le32_get(cap + 8), len = le32_get(cap + 12);
 
 	if (cap[4] != VPCI_BAR || (len != 1 && len != 2 && len != 4) || off % len ||
 	    off >= VPCI_BAR_SIZE || len > VPCI_BAR_SIZE - off)
@@ -526,8 +521,8 @@ static uint8_t vpci_add_cap(struct virtio_pci *vp, uint8_t type, uint8_t caplen,
 	vp->pdev.cfg[c + 3] = type;
 	vp->pdev.cfg[c + 4] = VPCI_BAR;
 	vp->pdev.cfg[c + 5] = 0;              /* id: one capability of each type */
-	put32(vp->pdev.cfg + c + 8, off);
-	put32(vp->pdev.cfg + c + 12, len);
+	le32_put(vp->pdev.cfg + c + 8, off);
+	le32_put(vp->pdev.cfg + c + 12, len);
 	return c;
 }
 
@@ -537,15 +532,15 @@ static int vpci_setup_config(struct virtio_pci *vp)
 	const struct virtio_dev_ops *ops = vp->vdev->ops;
 	uint8_t c;
 
-	put16(d->cfg + 0x00, VIRTIO_PCI_VENDOR);
-	put16(d->cfg + 0x02, (uint16_t)(VIRTIO_PCI_DEVICE_BASE + ops->device_id));
+	le16_put(d->cfg + 0x00, VIRTIO_PCI_VENDOR);
+	le16_put(d->cfg + 0x02, (uint16_t)(VIRTIO_PCI_DEVICE_BASE + ops->device_id));
 	d->cfg[0x08] = 1;                          /* revision: modern */
 	d->cfg[0x09] = 0;                          /* prog-if */
 	d->cfg[0x0a] = (uint8_t)ops->pci_class;    /* subclass */
 	d->cfg[0x0b] = (uint8_t)(ops->pci_class >> 8);
 	d->cfg[0x0e] = 0;                          /* header type 0 */
-	put16(d->cfg + 0x2c, VIRTIO_PCI_VENDOR);
-	put16(d->cfg + 0x2e, VIRTIO_PCI_SUBSYS);
+	le16_put(d->cfg + 0x2c, VIRTIO_PCI_VENDOR);
+	le16_put(d->cfg + 0x2e, VIRTIO_PCI_SUBSYS);
 	d->cfg[0x3d] = 1;                          /* INTA# */
 	pci_set_bar(d, VPCI_BAR, VPCI_BAR_SIZE, true, vpci_bar_io, vp);
 
@@ -558,7 +553,7 @@ static int vpci_setup_config(struct virtio_pci *vp)
 	c = vpci_add_cap(vp, VPCI_CAP_NOTIFY, 20, VPCI_NOTIFY_OFF, VPCI_NOTIFY_MULT * ops->nr_queues);
 	if (!c)
 		return -ENOSPC;
-	put32(d->cfg + c + 16, VPCI_NOTIFY_MULT);
+	le32_put(d->cfg + c + 16, VPCI_NOTIFY_MULT);
 	c = vpci_add_cap(vp, VPCI_CAP_PCI_CFG, 20, 0, 0);
 	if (!c)
 		return -ENOSPC;
@@ -1094,12 +1089,12 @@ int virtio_pci_load(struct virtio_dev *vdev, struct state_in *in, uint16_t versi
 		for (unsigned int v = 0; v < m->nr; v++) {
 			uint8_t *e = m->table + v * PCI_MSIX_ENTRY_SIZE + 12;
 
-			put32(e, get32(e) & 1);   /* only the mask bit exists */
+			le32_put(e, le32_get(e) & 1);   /* only the mask bit exists */
 		}
 	}
 	if (pba)
 		for (unsigned int i = 0; i < (m->nr + 63) / 64; i++)
-			m->pba[i] = get64(pba + 8 * i) & (i == (m->nr - 1) / 64 && m->nr % 64 ?
+			m->pba[i] = le64_get(pba + 8 * i) & (i == (m->nr - 1) / 64 && m->nr % 64 ?
 							  (1ULL << (m->nr % 64)) - 1 : ~0ULL);
 	pthread_mutex_unlock(&m->lock);
 	/* Host-side state from the guest-visible: ioeventfds, MSI routes, INTx. */
