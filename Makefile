@@ -53,7 +53,7 @@ OBJS += src/devices/virtio/blk.o
 OBJS += src/devices/virtio/net.o
 OBJS += src/devices/virtio/rng.o
 OBJS += src/net/tap.o
-OBJS += src/migration/state.o
+OBJS += src/lib/state.o
 OBJS += src/migration/crc32c.o
 OBJS += src/migration/stream.o
 OBJS += src/migration/snapshot.o
@@ -172,7 +172,7 @@ build-fuzz/fuzz-boot: tests/fuzz/fuzz_boot.c src/arch/x86/boot.c include/godwit/
 	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_boot.c src/arch/x86/boot.c
 # The stream reader, with its checksums optional (the target's first byte decides).
 FUZZ_STREAM_SRCS := tests/fuzz/fuzz_stream.c src/migration/stream.c src/migration/crc32c.c \
-	src/migration/state.c src/arch/x86/cpuid.c src/vmm/util.c
+	src/lib/state.c src/arch/x86/cpuid.c src/vmm/util.c
 build-fuzz/fuzz-stream: $(FUZZ_STREAM_SRCS) include/godwit/stream.h include/godwit/crc32c.h include/godwit/state.h
 	@mkdir -p $(dir $@)
 	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -o $@ $(FUZZ_STREAM_SRCS)

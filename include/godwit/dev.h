@@ -53,6 +53,12 @@ struct dev {
  */
 int dev_register(struct vm *vm, struct dev *d, const struct dev_ops *ops, void *priv,
 		 uint32_t instance) __must_check;
+/*
+ * dev_load - d's load() with a saved state of `version`; the one place
+ * versions are checked: -EPROTONOSUPPORT outside [min_version, version],
+ * else load()'s result (a device's load never sees another version).
+ */
+int dev_load(struct dev *d, struct state_in *in, uint16_t version) __must_check;
 /* The first device, or NULL; d->next walks on. */
 struct dev *dev_first(struct vm *vm);
 /*

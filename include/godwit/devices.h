@@ -24,6 +24,8 @@ struct vm;
 typedef int (*dev_clock_fn)(clockid_t clk, struct timespec *ts);
 
 /* ---- 16550 UART -------------------------------------------------------------- */
+#define SERIAL_RX_SIZE 4096u
+
 struct serial {
 	pthread_mutex_t lock;
 	struct vm *vm;
@@ -31,7 +33,7 @@ struct serial {
 	int out_fd;                   /* guest output goes here; -1 drops it */
 	uint8_t ier, iir_thri, lcr, mcr, lsr, msr, scr, dll, dlm, fcr;
 	int irq_level;
-	uint8_t rx[4096];             /* input FIFO (beyond the 16550's 16 bytes) */
+	uint8_t rx[SERIAL_RX_SIZE];   /* input FIFO (beyond the 16550's 16 bytes) */
 	unsigned int rx_head, rx_len;
 	struct dev dev;               /* registry entry (platform_init) */
 };
@@ -44,10 +46,12 @@ size_t serial_input(struct serial *s, const uint8_t *buf, size_t len);
 void serial_io(void *opaque, uint64_t addr, void *data, unsigned int len, bool is_write);
 
 /* ---- CMOS RTC ------------------------------------------------------------------ */
+#define RTC_CMOS_SIZE 128u
+
 struct rtc {
 	pthread_mutex_t lock;
 	uint8_t index;
-	uint8_t cmos[128];
+	uint8_t cmos[RTC_CMOS_SIZE];
 	struct timespec offset;       /* guest time minus host UTC (tv_nsec in [0, 1e9)) */
 	dev_clock_fn clock;           /* host UTC: CLOCK_REALTIME through this */
 	struct dev dev;

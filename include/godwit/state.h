@@ -1,9 +1,16 @@
 /*
- * state.h - device state as tagged fields: `u16 tag | u32 len | bytes`,
- * little-endian.  A device's save() writes its guest-visible state field by
- * field; load() walks the fields, skips tags it does not know (a newer
- * writer's optional fields) and checks lengths.  Never write raw structs.
- * Tags are never renumbered or reused; retired tags stay reserved.
+ * state.h - saved state as tagged fields: `u16 tag | u32 len | bytes`,
+ * little-endian (src/lib/state.c).  Devices, vCPUs, the VM and the stream's
+ * configuration all use it.  Never write raw structs.  Tags are never
+ * renumbered or reused; retired tags stay reserved.
+ *
+ * Most users describe their fields once, as a table (struct state_desc), and
+ * let state_save_fields()/state_load_fields() do both directions: save copies
+ * the live state into an "image" struct and writes it; load fills an image,
+ * refusing what the table says cannot be (a duplicate tag, a wrong length, a
+ * value out of bounds, a required field missing), then the owner checks what
+ * spans fields and applies the image.  The put/get calls below are the layer
+ * underneath, for encodings a table cannot say.
  */
 #ifndef GODWIT_STATE_H
 #define GODWIT_STATE_H
@@ -48,5 +55,64 @@ int state_get_u32(const struct state_field *f, uint32_t *v) __must_check;
 int state_get_u64(const struct state_field *f, uint64_t *v) __must_check;
 /* Exactly len bytes into p. */
 int state_get_bytes(const struct state_field *f, void *p, uint32_t len) __must_check;
+
+/* ---- described state ------------------------------------------------------------- */
+
+/* A run of bytes: where save reads it from, and a view into the input after load. */
+struct state_bytes {
+	const uint8_t *p;
+	uint32_t len;
+};
+
+enum state_kind {
+	STATE_KIND_INT,        /* an unsigned integer of `width` bytes at `offset` */
+	STATE_KIND_BYTES,      /* a struct state_bytes at `offset`, min..max bytes long */
+	STATE_KIND_EACH,       /* repeated (or nested): `put` writes every occurrence, `get`
+	                        * takes one; the owner keeps count */
+};
+
+struct state_desc {
+	uint16_t tag;
+	uint8_t kind;                /* enum state_kind */
+	uint8_t width;               /* INT: 1, 2, 4 or 8 (the member's size) */
+	uint16_t since;              /* required in versions >= since; 0: optional */
+	size_t offset;               /* INT, BYTES: in the image */
+	uint64_t max;                /* INT: the largest valid value; BYTES: the longest */
+	uint32_t min;                /* BYTES: the shortest */
+	int (*put)(struct state_out *o, uint16_t tag, const void *img);       /* EACH */
+	int (*get)(void *img, const struct state_field *f);                 /* EACH */
+	const char *name;
+};
+
+/*
+ * Table entries.  T is the image type, M its member: an unsigned integer of
+ * 1, 2, 4 or 8 bytes (STATE_INT: any value up to MAX, STATE_ANY for all) or a
+ * struct state_bytes (STATE_BYTES: MIN..MAX bytes).  SINCE: the version that
+ * first wrote the field (then it is required from there on), or STATE_OPT.
+ */
+#define STATE_ANY UINT64_MAX
+#define STATE_OPT 0
+#define STATE_INT(TAG, T, M, MAX, SINCE)                                                \
+	{ .tag = (TAG), .kind = STATE_KIND_INT, .width = sizeof(((T *)0)->M),          \
+	  .since = (SINCE), .offset = offsetof(T, M), .max = (MAX), .name = #M }
+#define STATE_BYTES(TAG, T, M, MIN, MAX, SINCE)                                         \
+	{ .tag = (TAG), .kind = STATE_KIND_BYTES, .since = (SINCE),                     \
+	  .offset = offsetof(T, M), .min = (MIN), .max = (MAX), .name = #M }
+#define STATE_EACH(TAG, PUT, GET, SINCE, NAME)                                          \
+	{ .tag = (TAG), .kind = STATE_KIND_EACH, .since = (SINCE), .put = (PUT),        \
+	  .get = (GET), .name = (NAME) }
+
+/* Writes img's fields in table order; returns o->err. */
+int state_save_fields(struct state_out *o, const struct state_desc *d, size_t n,
+		      const void *img);
+/*
+ * Reads fields into img (which the caller zeroed or filled with defaults):
+ * unknown tags are skipped (a newer writer's optional fields); -EBADMSG for a
+ * malformed encoding, a wrong length, a tag twice (but EACH) or a field that
+ * `version` requires missing; -EINVAL for a value beyond its bounds; an EACH
+ * get's error as it is.  Tables hold at most 64 entries.
+ */
+int state_load_fields(struct state_in *in, const struct state_desc *d, size_t n, void *img,
+		      uint16_t version) __must_check;
 
 #endif

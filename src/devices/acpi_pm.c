@@ -85,66 +85,53 @@ void acpi_pm_io(void *opaque, uint64_t port, void *data, unsigned int len, bool 
 #define PM_F_EN     2  /* u16: PM1a_EN */
 #define PM_F_CNT    3  /* u16: PM1a_CNT, SCI_EN set and SLP_EN clear */
 #define PM_F_TIMER  4  /* u32 <= 0xffffff: the PM timer value the guest reads */
-#define PM_F_LAST   PM_F_TIMER
 
 /* TMR, BM, GBL, PWRBTN, SLPBTN, RTC, PCIEXP_WAKE, WAK status bits. */
 #define PM_STS_MASK 0xc731u
 
+struct acpi_pm_image {
+	uint16_t sts, en, cnt;
+	uint32_t timer;
+};
+#define IMG struct acpi_pm_image
+static const struct state_desc acpi_pm_fields[] = {
+	STATE_INT(PM_F_STS, IMG, sts, PM_STS_MASK, 1),
+	STATE_INT(PM_F_EN, IMG, en, STATE_ANY, 1),
+	STATE_INT(PM_F_CNT, IMG, cnt, STATE_ANY, 1),
+	STATE_INT(PM_F_TIMER, IMG, timer, PM_TIMER_MASK, 1),
+};
+#undef IMG
+
 static int acpi_pm_save(struct dev *d, struct state_out *out)
 {
 	struct acpi_pm *p = d->priv;
+	struct acpi_pm_image img;
 
 	pthread_mutex_lock(&p->lock);
-	state_put_u16(out, PM_F_STS, p->sts);
-	state_put_u16(out, PM_F_EN, p->en);
-	state_put_u16(out, PM_F_CNT, p->cnt);
-	state_put_u32(out, PM_F_TIMER, pm_timer_now(p));
+	img = (struct acpi_pm_image){ p->sts, p->en, p->cnt, pm_timer_now(p) };
 	pthread_mutex_unlock(&p->lock);
-	return out->err;
+	return state_save_fields(out, acpi_pm_fields, ARRAY_SIZE(acpi_pm_fields), &img);
 }
 
 /* Checks every field before it changes anything: a failed load leaves p as it was. */
 static int acpi_pm_load(struct dev *d, struct state_in *in, uint16_t version)
 {
 	struct acpi_pm *p = d->priv;
-	uint16_t sts = 0, en = 0, cnt = 0;
-	uint32_t timer = 0, seen = 0;
-	struct state_field f;
-	int ret = 0;
+	struct acpi_pm_image v = { 0 };
+	int ret;
 
-	if (version < acpi_pm_dev_ops.min_version || version > acpi_pm_dev_ops.version) {
-		log_warnx("%s: version %u not in [%u, %u]", __func__, version,
-			  acpi_pm_dev_ops.min_version, acpi_pm_dev_ops.version);
-		return -EINVAL;
-	}
-	while ((ret = state_next(in, &f)) > 0) {
-		if (f.tag < PM_F_STS || f.tag > PM_F_LAST)
-			continue;                    /* a newer writer's optional field */
-		if (seen & (1u << f.tag))
-			return -EBADMSG;
-		seen |= 1u << f.tag;
-		switch (f.tag) {
-		case PM_F_STS:   ret = state_get_u16(&f, &sts); break;
-		case PM_F_EN:    ret = state_get_u16(&f, &en); break;
-		case PM_F_CNT:   ret = state_get_u16(&f, &cnt); break;
-		case PM_F_TIMER: ret = state_get_u32(&f, &timer); break;
-		}
-		if (ret)
-			return ret;
-	}
-	if (ret < 0)
+	ret = state_load_fields(in, acpi_pm_fields, ARRAY_SIZE(acpi_pm_fields), &v, version);
+	if (ret)
 		return ret;
-	if (seen != ((1u << (PM_F_LAST + 1)) - (1u << PM_F_STS)))
-		return -EBADMSG;
-	if ((sts & ~PM_STS_MASK) || !(cnt & ACPI_PM1_SCI_EN) || (cnt & ACPI_PM1_SLP_EN) ||
-	    timer > PM_TIMER_MASK)
+	/* sts: only defined bits (a mask, and PM_STS_MASK's top bit is its largest). */
+	if ((v.sts & ~PM_STS_MASK) || !(v.cnt & ACPI_PM1_SCI_EN) || (v.cnt & ACPI_PM1_SLP_EN))
 		return -EINVAL;
 
 	pthread_mutex_lock(&p->lock);
-	p->sts = sts;
-	p->en = en;
-	p->cnt = cnt;
-	p->tmr_offset = (timer - pm_timer_host(p)) & PM_TIMER_MASK;
+	p->sts = v.sts;
+	p->en = v.en;
+	p->cnt = v.cnt;
+	p->tmr_offset = (v.timer - pm_timer_host(p)) & PM_TIMER_MASK;
 	pthread_mutex_unlock(&p->lock);
 	return 0;
 }

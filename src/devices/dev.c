@@ -186,3 +186,12 @@ void dev_destroy_all(struct vm *vm)
 			d->ops->destroy(d);
 	}
 }
+
+int dev_load(struct dev *d, struct state_in *in, uint16_t version)
+{
+	if (!d->ops->load)
+		return -EOPNOTSUPP;
+	if (version < d->ops->min_version || version > d->ops->version)
+		return -EPROTONOSUPPORT;
+	return d->ops->load(d, in, version);
+}

@@ -94,61 +94,53 @@ void i8042_io(void *opaque, uint64_t addr, void *data, unsigned int len, bool is
 #define I8042_F_OUT      2  /* u8: the output buffer */
 #define I8042_F_OUT_FULL 3  /* u8 0/1: the output buffer holds a byte (OBF) */
 #define I8042_F_PENDING  4  /* u8: a command waiting for its data byte: 0, 0x60, 0xd1-0xd4 */
-#define I8042_F_LAST     I8042_F_PENDING
 
 static bool i8042_pending_valid(uint8_t c)
 {
 	return c == 0 || c == 0x60 || (c >= 0xd1 && c <= 0xd4);
 }
 
+struct i8042_image {
+	uint8_t cmd_byte, out, out_full, pending;
+};
+#define IMG struct i8042_image
+static const struct state_desc i8042_fields[] = {
+	STATE_INT(I8042_F_CMD_BYTE, IMG, cmd_byte, STATE_ANY, 1),
+	STATE_INT(I8042_F_OUT, IMG, out, STATE_ANY, 1),
+	STATE_INT(I8042_F_OUT_FULL, IMG, out_full, 1, 1),
+	STATE_INT(I8042_F_PENDING, IMG, pending, STATE_ANY, 1),
+};
+#undef IMG
+
 static int i8042_save(struct dev *d, struct state_out *out)
 {
 	struct i8042 *k = d->priv;
+	struct i8042_image img;
 
 	pthread_mutex_lock(&k->lock);
-	state_put_u8(out, I8042_F_CMD_BYTE, k->cmd_byte);
-	state_put_u8(out, I8042_F_OUT, k->out);
-	state_put_u8(out, I8042_F_OUT_FULL, k->out_full);
-	state_put_u8(out, I8042_F_PENDING, k->pending_cmd);
+	img = (struct i8042_image){ k->cmd_byte, k->out, k->out_full, k->pending_cmd };
 	pthread_mutex_unlock(&k->lock);
-	return out->err;
+	return state_save_fields(out, i8042_fields, ARRAY_SIZE(i8042_fields), &img);
 }
 
 /* Checks every field before it changes anything: a failed load leaves k as it was. */
 static int i8042_load(struct dev *d, struct state_in *in, uint16_t version)
 {
 	struct i8042 *k = d->priv;
-	uint8_t v[I8042_F_LAST + 1] = { 0 };
-	struct state_field f;
-	uint32_t seen = 0;
+	struct i8042_image v = { 0 };
 	int ret;
 
-	if (version < i8042_dev_ops.min_version || version > i8042_dev_ops.version) {
-		log_warnx("%s: version %u not in [%u, %u]", __func__, version,
-			  i8042_dev_ops.min_version, i8042_dev_ops.version);
-		return -EINVAL;
-	}
-	while ((ret = state_next(in, &f)) > 0) {
-		if (f.tag < I8042_F_CMD_BYTE || f.tag > I8042_F_LAST)
-			continue;                    /* a newer writer's optional field */
-		if (seen & (1u << f.tag))
-			return -EBADMSG;
-		seen |= 1u << f.tag;
-		if (state_get_u8(&f, &v[f.tag]))
-			return -EBADMSG;
-	}
-	if (ret < 0)
+	ret = state_load_fields(in, i8042_fields, ARRAY_SIZE(i8042_fields), &v, version);
+	if (ret)
 		return ret;
-	if (seen != ((1u << (I8042_F_LAST + 1)) - (1u << I8042_F_CMD_BYTE)))
-		return -EBADMSG;
-	if (v[I8042_F_OUT_FULL] > 1 || !i8042_pending_valid(v[I8042_F_PENDING]))
+	if (!i8042_pending_valid(v.pending))
 		return -EINVAL;
 
 	pthread_mutex_lock(&k->lock);
-	k->cmd_byte = v[I8042_F_CMD_BYTE];
-	k->out = v[I8042_F_OUT];
-	k->out_full = v[I8042_F_OUT_FULL];
-	k->pending_cmd = v[I8042_F_PENDING];
+	k->cmd_byte = v.cmd_byte;
+	k->out = v.out;
+	k->out_full = v.out_full;
+	k->pending_cmd = v.pending;
 	pthread_mutex_unlock(&k->lock);
 	return 0;
 }

@@ -175,19 +175,37 @@ void rtc_io(void *opaque, uint64_t addr, void *data, unsigned int len, bool is_w
 #define RTC_F_CMOS      2  /* 128 bytes: CMOS RAM and registers */
 #define RTC_F_TIME_SEC  3  /* u64 (two's complement): guest UTC, seconds since 1970 */
 #define RTC_F_TIME_NSEC 4  /* u32 < 1e9: and nanoseconds */
-#define RTC_F_LAST      RTC_F_TIME_NSEC
+
+struct rtc_image {
+	uint8_t index;
+	struct state_bytes cmos;
+	uint64_t sec;
+	uint32_t nsec;
+};
+#define IMG struct rtc_image
+static const struct state_desc rtc_fields[] = {
+	STATE_INT(RTC_F_INDEX, IMG, index, RTC_CMOS_SIZE - 1, 1),
+	STATE_BYTES(RTC_F_CMOS, IMG, cmos, RTC_CMOS_SIZE, RTC_CMOS_SIZE, 1),
+	STATE_INT(RTC_F_TIME_SEC, IMG, sec, STATE_ANY, 1),
+	STATE_INT(RTC_F_TIME_NSEC, IMG, nsec, NSEC_PER_SEC - 1, 1),
+};
+#undef IMG
 
 static int rtc_save(struct dev *d, struct state_out *out)
 {
 	struct rtc *r = d->priv;
 	struct timespec guest;
+	struct rtc_image img;
 
 	pthread_mutex_lock(&r->lock);
 	guest = ts_add(rtc_host_now(r), r->offset);
-	state_put_u8(out, RTC_F_INDEX, r->index);
-	state_put_bytes(out, RTC_F_CMOS, r->cmos, sizeof(r->cmos));
-	state_put_u64(out, RTC_F_TIME_SEC, (uint64_t)(int64_t)guest.tv_sec);
-	state_put_u32(out, RTC_F_TIME_NSEC, (uint32_t)guest.tv_nsec);
+	img = (struct rtc_image){
+		.index = r->index,
+		.cmos = { r->cmos, sizeof(r->cmos) },
+		.sec = (uint64_t)(int64_t)guest.tv_sec,
+		.nsec = (uint32_t)guest.tv_nsec,
+	};
+	state_save_fields(out, rtc_fields, ARRAY_SIZE(rtc_fields), &img);
 	pthread_mutex_unlock(&r->lock);
 	return out->err;
 }
@@ -196,48 +214,21 @@ static int rtc_save(struct dev *d, struct state_out *out)
 static int rtc_load(struct dev *d, struct state_in *in, uint16_t version)
 {
 	struct rtc *r = d->priv;
-	const uint8_t *cmos = NULL;
-	struct state_field f;
-	uint8_t index = 0;
-	uint64_t sec = 0;
-	uint32_t nsec = 0, seen = 0;
+	struct rtc_image v = { 0 };
 	struct timespec guest;
-	int ret = 0;
+	int ret;
 
-	if (version < rtc_dev_ops.min_version || version > rtc_dev_ops.version) {
-		log_warnx("%s: version %u not in [%u, %u]", __func__, version,
-			  rtc_dev_ops.min_version, rtc_dev_ops.version);
-		return -EINVAL;
-	}
-	while ((ret = state_next(in, &f)) > 0) {
-		if (f.tag < RTC_F_INDEX || f.tag > RTC_F_LAST)
-			continue;                    /* a newer writer's optional field */
-		if (seen & (1u << f.tag))
-			return -EBADMSG;
-		seen |= 1u << f.tag;
-		switch (f.tag) {
-		case RTC_F_INDEX:     ret = state_get_u8(&f, &index); break;
-		case RTC_F_CMOS:      ret = f.len == sizeof(r->cmos) ? 0 : -EBADMSG;
-				      cmos = f.val; break;
-		case RTC_F_TIME_SEC:  ret = state_get_u64(&f, &sec); break;
-		case RTC_F_TIME_NSEC: ret = state_get_u32(&f, &nsec); break;
-		}
-		if (ret)
-			return ret;
-	}
-	if (ret < 0)
+	ret = state_load_fields(in, rtc_fields, ARRAY_SIZE(rtc_fields), &v, version);
+	if (ret)
 		return ret;
-	if (seen != ((1u << (RTC_F_LAST + 1)) - (1u << RTC_F_INDEX)))
-		return -EBADMSG;
-	if (index >= sizeof(r->cmos) || nsec >= NSEC_PER_SEC ||
-	    (int64_t)sec >= RTC_MAX_SEC || (int64_t)sec <= -RTC_MAX_SEC)
+	if ((int64_t)v.sec >= RTC_MAX_SEC || (int64_t)v.sec <= -RTC_MAX_SEC)
 		return -EINVAL;
-	guest.tv_sec = (time_t)(int64_t)sec;
-	guest.tv_nsec = (long)nsec;
+	guest.tv_sec = (time_t)(int64_t)v.sec;
+	guest.tv_nsec = (long)v.nsec;
 
 	pthread_mutex_lock(&r->lock);
-	r->index = index;
-	memcpy(r->cmos, cmos, sizeof(r->cmos));
+	r->index = v.index;
+	memcpy(r->cmos, v.cmos.p, sizeof(r->cmos));
 	r->offset = ts_sub(guest, rtc_host_now(r));
 	pthread_mutex_unlock(&r->lock);
 	return 0;

@@ -220,29 +220,45 @@ static void serial_regs_reset(struct serial *s)
 #define SERIAL_F_FCR   8  /* u8, the bits FCR keeps (0xc9) */
 #define SERIAL_F_IRQ   9  /* u8 0/1: IRQ line level; must match the registers */
 #define SERIAL_F_RX    10 /* bytes: RX FIFO contents, oldest first, at most 4096 */
-#define SERIAL_F_LAST  SERIAL_F_RX
+
+/* The saved state, described once for save and load. */
+struct serial_image {
+	uint8_t ier, thri, lcr, mcr, scr, dll, dlm, fcr, irq;
+	struct state_bytes rx;
+};
+#define IMG struct serial_image
+static const struct state_desc serial_fields[] = {
+	STATE_INT(SERIAL_F_IER, IMG, ier, 0x0f, 1),
+	STATE_INT(SERIAL_F_THRI, IMG, thri, 1, 1),
+	STATE_INT(SERIAL_F_LCR, IMG, lcr, STATE_ANY, 1),
+	STATE_INT(SERIAL_F_MCR, IMG, mcr, 0x1f, 1),
+	STATE_INT(SERIAL_F_SCR, IMG, scr, STATE_ANY, 1),
+	STATE_INT(SERIAL_F_DLL, IMG, dll, STATE_ANY, 1),
+	STATE_INT(SERIAL_F_DLM, IMG, dlm, STATE_ANY, 1),
+	STATE_INT(SERIAL_F_FCR, IMG, fcr, STATE_ANY, 1),
+	STATE_INT(SERIAL_F_IRQ, IMG, irq, 1, 1),
+	STATE_BYTES(SERIAL_F_RX, IMG, rx, 0, SERIAL_RX_SIZE, 1),
+};
+#undef IMG
 
 static int serial_save(struct dev *d, struct state_out *out)
 {
 	struct serial *s = d->priv;
-	uint8_t rx[sizeof(s->rx)];
+	uint8_t rx[SERIAL_RX_SIZE];
+	struct serial_image img;
 	unsigned int n;
 
 	pthread_mutex_lock(&s->lock);
-	state_put_u8(out, SERIAL_F_IER, s->ier);
-	state_put_u8(out, SERIAL_F_THRI, s->iir_thri);
-	state_put_u8(out, SERIAL_F_LCR, s->lcr);
-	state_put_u8(out, SERIAL_F_MCR, s->mcr);
-	state_put_u8(out, SERIAL_F_SCR, s->scr);
-	state_put_u8(out, SERIAL_F_DLL, s->dll);
-	state_put_u8(out, SERIAL_F_DLM, s->dlm);
-	state_put_u8(out, SERIAL_F_FCR, s->fcr);
-	state_put_u8(out, SERIAL_F_IRQ, (uint8_t)s->irq_level);
+	img = (struct serial_image){
+		.ier = s->ier, .thri = s->iir_thri, .lcr = s->lcr, .mcr = s->mcr, .scr = s->scr,
+		.dll = s->dll, .dlm = s->dlm, .fcr = s->fcr, .irq = (uint8_t)s->irq_level,
+	};
 	/* The ring is saved in order, so its host-side head position is not state. */
 	n = MIN(s->rx_len, (unsigned int)sizeof(rx));
 	for (unsigned int i = 0; i < n; i++)
 		rx[i] = s->rx[(s->rx_head + i) % sizeof(s->rx)];
-	state_put_bytes(out, SERIAL_F_RX, rx, n);
+	img.rx = (struct state_bytes){ rx, n };
+	state_save_fields(out, serial_fields, ARRAY_SIZE(serial_fields), &img);
 	pthread_mutex_unlock(&s->lock);
 	return out->err;
 }
@@ -254,60 +270,33 @@ static int serial_save(struct dev *d, struct state_out *out)
 static int serial_load(struct dev *d, struct state_in *in, uint16_t version)
 {
 	struct serial *s = d->priv;
-	uint8_t v[SERIAL_F_LAST + 1] = { 0 };
-	const uint8_t *rx = NULL;
-	uint32_t rx_len = 0;
-	struct state_field f;
-	uint32_t seen = 0;
+	struct serial_image v = { 0 };
 	bool level;
 	int ret;
 
-	if (version < serial_dev_ops.min_version || version > serial_dev_ops.version) {
-		log_warnx("%s: version %u not in [%u, %u]", __func__, version,
-			  serial_dev_ops.min_version, serial_dev_ops.version);
-		return -EINVAL;
-	}
-	while ((ret = state_next(in, &f)) > 0) {
-		if (f.tag < SERIAL_F_IER || f.tag > SERIAL_F_LAST)
-			continue;                    /* a newer writer's optional field */
-		if (seen & (1u << f.tag))
-			return -EBADMSG;
-		seen |= 1u << f.tag;
-		if (f.tag == SERIAL_F_RX) {
-			if (f.len > sizeof(s->rx))
-				return -EINVAL;
-			rx = f.val;
-			rx_len = f.len;
-		} else if (state_get_u8(&f, &v[f.tag])) {
-			return -EBADMSG;
-		}
-	}
-	if (ret < 0)
+	ret = state_load_fields(in, serial_fields, ARRAY_SIZE(serial_fields), &v, version);
+	if (ret)
 		return ret;
-	if (seen != ((1u << (SERIAL_F_LAST + 1)) - (1u << SERIAL_F_IER)))
-		return -EBADMSG;                     /* a version-1 field is missing */
-	if ((v[SERIAL_F_IER] & ~0x0f) || v[SERIAL_F_THRI] > 1 || (v[SERIAL_F_MCR] & ~0x1f) ||
-	    (v[SERIAL_F_FCR] & ~0xc9) || v[SERIAL_F_IRQ] > 1)
+	if (v.fcr & ~0xc9)
 		return -EINVAL;
 	/* The IRQ level is a function of the registers: a mismatch is a corrupt save. */
-	level = ((v[SERIAL_F_IER] & IER_RDI) && rx_len) ||
-		((v[SERIAL_F_IER] & IER_THRI) && v[SERIAL_F_THRI]);
-	if (level != v[SERIAL_F_IRQ])
+	level = ((v.ier & IER_RDI) && v.rx.len) || ((v.ier & IER_THRI) && v.thri);
+	if (level != v.irq)
 		return -EINVAL;
 
 	pthread_mutex_lock(&s->lock);
-	s->ier = v[SERIAL_F_IER];
-	s->iir_thri = v[SERIAL_F_THRI];
-	s->lcr = v[SERIAL_F_LCR];
-	s->mcr = v[SERIAL_F_MCR];
-	s->scr = v[SERIAL_F_SCR];
-	s->dll = v[SERIAL_F_DLL];
-	s->dlm = v[SERIAL_F_DLM];
-	s->fcr = v[SERIAL_F_FCR];
+	s->ier = v.ier;
+	s->iir_thri = v.thri;
+	s->lcr = v.lcr;
+	s->mcr = v.mcr;
+	s->scr = v.scr;
+	s->dll = v.dll;
+	s->dlm = v.dlm;
+	s->fcr = v.fcr;
 	s->rx_head = 0;
-	s->rx_len = rx_len;
-	if (rx_len)
-		memcpy(s->rx, rx, rx_len);
+	s->rx_len = v.rx.len;
+	if (v.rx.len)
+		memcpy(s->rx, v.rx.p, v.rx.len);
 	/*
 	 * Drive the line to the saved level: KVM's per-source line state is not
 	 * part of the irqchip state, so a raised line must be raised again here.

@@ -814,7 +814,7 @@ static int snap_load(struct snapshot_restore *sr, struct vm *vm, char *err, size
 			return -EPROTONOSUPPORT;
 		}
 		state_in_init(&in, k->buf, k->len);
-		ret = d->ops->load(d, &in, k->version);
+		ret = dev_load(d, &in, k->version);
 		if (ret) {
 			snap_err(err, len, "%s: the device refused its state: %s",
 				 snap_sec_name(k, name, sizeof(name)), strerror(-ret));

@@ -302,7 +302,7 @@ static int load_exact(struct inst *i, const uint8_t *p, size_t len, uint16_t ver
 	if (len)
 		memcpy(c, p, len);
 	state_in_init(&in, c, len);
-	ret = i->dev.ops->load(&i->dev, &in, version);
+	ret = dev_load(&i->dev, &in, version);
 	free(c);
 	return ret;
 }

@@ -1,7 +1,8 @@
 /*
- * state.c - the tagged-field encoding of device state (state.h): a writer
- * into a growable buffer with a sticky error, and a reader that never
- * trusts a length beyond the bytes it was given.
+ * state.c - the tagged-field encoding of saved state (state.h): a writer
+ * into a growable buffer with a sticky error, a reader that never trusts a
+ * length beyond the bytes it was given, and the tables (struct state_desc)
+ * that drive both for devices, vCPUs, the VM and the stream's configuration.
  *
  * Encoding: a sequence of fields `u16 tag | u32 len | len bytes`, all
  * integers little-endian whatever the host's byte order.  The writer never
@@ -14,6 +15,7 @@
 #include <string.h>
 
 #include "godwit/le.h"
+#include "godwit/log.h"
 #include "godwit/state.h"
 
 #define STATE_HDR_LEN 6u      /* u16 tag + u32 len */
@@ -193,5 +195,136 @@ int state_get_bytes(const struct state_field *f, void *p, uint32_t len)
 		return -EBADMSG;
 	if (len)
 		memcpy(p, f->val, len);
+	return 0;
+}
+
+/* ---- described state ------------------------------------------------------------- */
+
+/* An image's unsigned integer member of w (1, 2, 4, 8) bytes, in host order. */
+static uint64_t host_uint_get(const void *p, unsigned int w)
+{
+	uint8_t u8;
+	uint16_t u16;
+	uint32_t u32;
+	uint64_t u64;
+
+	switch (w) {
+	case 1: memcpy(&u8, p, 1); return u8;
+	case 2: memcpy(&u16, p, 2); return u16;
+	case 4: memcpy(&u32, p, 4); return u32;
+	default: memcpy(&u64, p, 8); return u64;
+	}
+}
+
+static void host_uint_put(void *p, uint64_t v, unsigned int w)
+{
+	uint8_t u8 = (uint8_t)v;
+	uint16_t u16 = (uint16_t)v;
+	uint32_t u32 = (uint32_t)v;
+
+	switch (w) {
+	case 1: memcpy(p, &u8, 1); break;
+	case 2: memcpy(p, &u16, 2); break;
+	case 4: memcpy(p, &u32, 4); break;
+	default: memcpy(p, &v, 8); break;
+	}
+}
+
+int state_save_fields(struct state_out *o, const struct state_desc *d, size_t n,
+		      const void *img)
+{
+	const uint8_t *base = img;
+
+	for (size_t i = 0; i < n && !o->err; i++) {
+		const struct state_bytes *b;
+		int ret;
+
+		switch (d[i].kind) {
+		case STATE_KIND_INT:
+			state_put_int(o, d[i].tag, host_uint_get(base + d[i].offset, d[i].width),
+				      d[i].width);
+			break;
+		case STATE_KIND_BYTES:
+			b = (const struct state_bytes *)(const void *)(base + d[i].offset);
+			state_put_bytes(o, d[i].tag, b->p, b->len);
+			break;
+		case STATE_KIND_EACH:
+			ret = d[i].put(o, d[i].tag, img);
+			if (ret && !o->err)
+				o->err = ret;
+			break;
+		default:
+			o->err = -EINVAL;
+		}
+	}
+	return o->err;
+}
+
+static int state_load_one(const struct state_desc *d, const struct state_field *f, void *img)
+{
+	uint8_t *base = img;
+	struct state_bytes *b;
+	uint64_t v;
+
+	switch (d->kind) {
+	case STATE_KIND_INT:
+		if (f->len != d->width)
+			return -EBADMSG;
+		v = le_get(f->val, d->width);
+		if (v > d->max) {
+			log_debug("state: %s (tag %u) = %#llx, more than %#llx", d->name, d->tag,
+				  (unsigned long long)v, (unsigned long long)d->max);
+			return -EINVAL;
+		}
+		host_uint_put(base + d->offset, v, d->width);
+		return 0;
+	case STATE_KIND_BYTES:
+		if (f->len < d->min || f->len > d->max) {
+			log_debug("state: %s (tag %u) is %u bytes, not %u to %llu", d->name,
+				  d->tag, f->len, d->min, (unsigned long long)d->max);
+			return f->len > d->max && d->min != d->max ? -EINVAL : -EBADMSG;
+		}
+		b = (struct state_bytes *)(void *)(base + d->offset);
+		b->p = f->val;
+		b->len = f->len;
+		return 0;
+	case STATE_KIND_EACH:
+		return d->get(img, f);
+	}
+	return -EINVAL;
+}
+
+int state_load_fields(struct state_in *in, const struct state_desc *d, size_t n, void *img,
+		      uint16_t version)
+{
+	struct state_field f;
+	uint64_t seen = 0;
+	int ret;
+
+	if (NEVER(n > 64))
+		return -EINVAL;
+	while ((ret = state_next(in, &f)) > 0) {
+		size_t i;
+
+		for (i = 0; i < n && d[i].tag != f.tag; i++)
+			;
+		if (i == n)
+			continue;                    /* a newer writer's optional field */
+		if ((seen & (1ULL << i)) && d[i].kind != STATE_KIND_EACH) {
+			log_debug("state: %s (tag %u) twice", d[i].name, d[i].tag);
+			return -EBADMSG;
+		}
+		seen |= 1ULL << i;
+		ret = state_load_one(&d[i], &f, img);
+		if (ret)
+			return ret;
+	}
+	if (ret < 0)
+		return ret;
+	for (size_t i = 0; i < n; i++)
+		if (d[i].since && d[i].since <= version && !(seen & (1ULL << i))) {
+			log_debug("state: %s (tag %u) missing", d[i].name, d[i].tag);
+			return -EBADMSG;
+		}
 	return 0;
 }
