@@ -127,9 +127,11 @@ struct pci_msix {
 	unsigned long fired;          /* messages sent (tests, stats) */
 };
 
+#define PCI_CFG_SIZE 256u
+
 struct pci_dev {
-	uint8_t cfg[256];
-	uint8_t wmask[256];           /* writable bits of each config byte */
+	uint8_t cfg[PCI_CFG_SIZE];
+	uint8_t wmask[PCI_CFG_SIZE];  /* writable bits of each config byte */
 	/* After a guest config write (under the bus lock; may be NULL). */
 	void (*cfg_write)(struct pci_dev *d, unsigned int off, unsigned int len);
 	void *opaque;

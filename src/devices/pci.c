@@ -603,13 +603,25 @@ enum {
 	PCI_BUS_F_HOST_CFG = 2,        /* 256 bytes: the host bridge's config space */
 };
 
+struct pci_bus_image {
+	uint32_t addr;
+	struct state_bytes cfg;
+};
+#define IMG struct pci_bus_image
+static const struct state_desc pci_bus_fields[] = {
+	STATE_INT(PCI_BUS_F_ADDR, IMG, addr, STATE_ANY, 1),
+	STATE_BYTES(PCI_BUS_F_HOST_CFG, IMG, cfg, PCI_CFG_SIZE, PCI_CFG_SIZE, 1),
+};
+#undef IMG
+
 static int pci_bus_save(struct dev *dv, struct state_out *out)
 {
 	struct pci_bus *b = dv->priv;
+	struct pci_bus_image img;
 
 	pthread_mutex_lock(&b->lock);
-	state_put_u32(out, PCI_BUS_F_ADDR, b->addr);
-	state_put_bytes(out, PCI_BUS_F_HOST_CFG, b->host_bridge.cfg, sizeof(b->host_bridge.cfg));
+	img = (struct pci_bus_image){ b->addr, { b->host_bridge.cfg, PCI_CFG_SIZE } };
+	state_save_fields(out, pci_bus_fields, ARRAY_SIZE(pci_bus_fields), &img);
 	pthread_mutex_unlock(&b->lock);
 	return out->err;
 }
@@ -617,39 +629,18 @@ static int pci_bus_save(struct dev *dv, struct state_out *out)
 static int pci_bus_load(struct dev *dv, struct state_in *in, uint16_t version)
 {
 	struct pci_bus *b = dv->priv;
-	struct state_field f;
-	uint8_t cfg[256];
-	uint32_t addr = 0;
-	bool have_cfg = false;
+	struct pci_dev *h = &b->host_bridge;
+	struct pci_bus_image v = { 0 };
 	int ret;
 
-	if (version != 1)
-		return -EINVAL;
-	while ((ret = state_next(in, &f)) > 0) {
-		switch (f.tag) {
-		case PCI_BUS_F_ADDR:
-			ret = state_get_u32(&f, &addr);
-			break;
-		case PCI_BUS_F_HOST_CFG:
-			ret = state_get_bytes(&f, cfg, sizeof(cfg));
-			have_cfg = true;
-			break;
-		default:
-			ret = 0;       /* a newer writer's optional field */
-		}
-		if (ret)
-			return ret;
-	}
-	if (ret < 0)
+	ret = state_load_fields(in, pci_bus_fields, ARRAY_SIZE(pci_bus_fields), &v, version);
+	if (ret)
 		return ret;
 	pthread_mutex_lock(&b->lock);
-	b->addr = addr & 0x80fffffcu;
-	if (have_cfg) {
-		/* Only the bytes a guest could have changed; the IDs are ours. */
-		for (unsigned int i = 0; i < sizeof(cfg); i++)
-			b->host_bridge.cfg[i] = (uint8_t)((b->host_bridge.cfg[i] & ~b->host_bridge.wmask[i]) |
-							  (cfg[i] & b->host_bridge.wmask[i]));
-	}
+	b->addr = v.addr & 0x80fffffcu;
+	/* Only the bytes a guest could have changed; the IDs are ours. */
+	for (unsigned int i = 0; i < PCI_CFG_SIZE; i++)
+		h->cfg[i] = (uint8_t)((h->cfg[i] & ~h->wmask[i]) | (v.cfg.p[i] & h->wmask[i]));
 	pthread_mutex_unlock(&b->lock);
 	return 0;
 }

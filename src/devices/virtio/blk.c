@@ -955,71 +955,63 @@ static int blk_resume(struct virtio_dev *vdev)
 	return virtio_dev_driver_ok(vdev) ? blk_activate(vdev) : 0;
 }
 
+struct blk_image {
+	uint64_t capacity;
+	uint8_t readonly;
+	struct state_bytes serial;
+	uint64_t features;
+};
+#define IMG struct blk_image
+static const struct state_desc blk_fields[] = {
+	STATE_INT(BLK_TAG_CAPACITY, IMG, capacity, STATE_ANY, 1),
+	STATE_INT(BLK_TAG_READONLY, IMG, readonly, 1, 1),
+	STATE_BYTES(BLK_TAG_SERIAL, IMG, serial, 0, BLK_ID_BYTES, 1),
+	/* The transport checks the offered features as a whole. */
+	STATE_INT(BLK_TAG_FEATURES, IMG, features, STATE_ANY, 1),
+};
+#undef IMG
+
 static int blk_save(struct virtio_dev *vdev, struct state_out *out)
 {
 	struct blk *b = vdev->priv;
+	struct blk_image img = {
+		.capacity = b->capacity,
+		.readonly = b->readonly,
+		.serial = { (const uint8_t *)b->serial, (uint32_t)b->serial_len },
+		.features = b->features,
+	};
 
-	state_put_u64(out, BLK_TAG_CAPACITY, b->capacity);
-	state_put_u8(out, BLK_TAG_READONLY, b->readonly);
-	state_put_bytes(out, BLK_TAG_SERIAL, b->serial, (uint32_t)b->serial_len);
-	state_put_u64(out, BLK_TAG_FEATURES, b->features);
-	return out->err;
+	return state_save_fields(out, blk_fields, ARRAY_SIZE(blk_fields), &img);
 }
 
 /*
  * The guest keeps the disk it had: the destination's image must have the
  * same capacity, read-only flag and serial (config invariants, bhyve's
- * SNAPSHOT_VAR_CMP_OR_LEAVE).  Unknown tags are a newer writer's: skipped.
+ * SNAPSHOT_VAR_CMP_OR_LEAVE).
  */
 static int blk_load(struct virtio_dev *vdev, struct state_in *in, uint16_t version)
 {
 	struct blk *b = vdev->priv;
-	struct state_field f;
-	char serial[BLK_ID_BYTES];
-	uint64_t u64;
-	uint8_t u8;
+	struct blk_image v = { 0 };
 	int ret;
 
-	while ((ret = state_next(in, &f)) > 0) {
-		switch (f.tag) {
-		case BLK_TAG_CAPACITY:
-			ret = state_get_u64(&f, &u64);
-			if (!ret && u64 != b->capacity) {
-				log_warnx("virtio-blk %s: the source's disk has %llu sectors, this one %llu",
-					  b->path, (unsigned long long)u64,
-					  (unsigned long long)b->capacity);
-				return -EINVAL;
-			}
-			break;
-		case BLK_TAG_READONLY:
-			ret = state_get_u8(&f, &u8);
-			if (!ret && (bool)u8 != b->readonly) {
-				log_warnx("virtio-blk %s: readonly differs from the source's disk",
-					  b->path);
-				return -EINVAL;
-			}
-			break;
-		case BLK_TAG_SERIAL:
-			if (f.len > BLK_ID_BYTES)
-				return -EBADMSG;
-			ret = state_get_bytes(&f, serial, f.len);
-			if (!ret && (f.len != b->serial_len || memcmp(serial, b->serial, f.len))) {
-				log_warnx("virtio-blk %s: serial differs from the source's disk",
-					  b->path);
-				return -EINVAL;
-			}
-			break;
-		case BLK_TAG_FEATURES:
-			/* The transport checks the offered features as a whole. */
-			ret = state_get_u64(&f, &u64);
-			break;
-		default:
-			break;
-		}
-		if (ret)
-			return ret;
+	ret = state_load_fields(in, blk_fields, ARRAY_SIZE(blk_fields), &v, version);
+	if (ret)
+		return ret;
+	if (v.capacity != b->capacity) {
+		log_warnx("virtio-blk %s: the source's disk has %llu sectors, this one %llu",
+			  b->path, (unsigned long long)v.capacity, (unsigned long long)b->capacity);
+		return -EINVAL;
 	}
-	return ret;
+	if ((bool)v.readonly != b->readonly) {
+		log_warnx("virtio-blk %s: readonly differs from the source's disk", b->path);
+		return -EINVAL;
+	}
+	if (v.serial.len != b->serial_len || memcmp(v.serial.p, b->serial, v.serial.len)) {
+		log_warnx("virtio-blk %s: serial differs from the source's disk", b->path);
+		return -EINVAL;
+	}
+	return 0;
 }
 
 /* Teardown, after reset: close the image (dropping its lock) and free the device. */

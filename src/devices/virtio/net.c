@@ -761,14 +761,26 @@ static int net_resume(struct virtio_dev *vdev)
 	return virtio_dev_driver_ok(vdev) ? net_activate(vdev) : 0;
 }
 
+struct net_image {
+	struct state_bytes mac;
+	uint16_t status;
+	uint64_t features;
+};
+#define IMG struct net_image
+static const struct state_desc net_fields[] = {
+	STATE_BYTES(NET_TAG_MAC, IMG, mac, 6, 6, 1),
+	STATE_INT(NET_TAG_STATUS, IMG, status, STATE_ANY, 1),
+	/* The transport checks the offered features as a whole. */
+	STATE_INT(NET_TAG_FEATURES, IMG, features, STATE_ANY, 1),
+};
+#undef IMG
+
 static int net_save(struct virtio_dev *vdev, struct state_out *out)
 {
 	struct net *n = vdev->priv;
+	struct net_image img = { { n->mac, 6 }, n->status, n->features };
 
-	state_put_bytes(out, NET_TAG_MAC, n->mac, 6);
-	state_put_u16(out, NET_TAG_STATUS, n->status);
-	state_put_u64(out, NET_TAG_FEATURES, n->features);
-	return out->err;
+	return state_save_fields(out, net_fields, ARRAY_SIZE(net_fields), &img);
 }
 
 /*
@@ -779,50 +791,30 @@ static int net_save(struct virtio_dev *vdev, struct state_out *out)
 static int net_load(struct virtio_dev *vdev, struct state_in *in, uint16_t version)
 {
 	struct net *n = vdev->priv;
-	struct state_field f;
-	uint8_t mac[6];
-	uint64_t u64;
-	uint16_t u16;
+	struct net_image v = { 0 };
+	const uint8_t *mac;
 	int ret;
 
-	while ((ret = state_next(in, &f)) > 0) {
-		switch (f.tag) {
-		case NET_TAG_MAC:
-			ret = state_get_bytes(&f, mac, 6);
-			if (ret)
-				break;
-			if ((mac[0] & 1) || !(mac[0] | mac[1] | mac[2] | mac[3] | mac[4] | mac[5])) {
-				ret = -EBADMSG;
-				break;
-			}
-			if (memcmp(mac, n->mac, 6)) {
-				char a[18], b[18];
+	ret = state_load_fields(in, net_fields, ARRAY_SIZE(net_fields), &v, version);
+	if (ret)
+		return ret;
+	mac = v.mac.p;
+	if ((mac[0] & 1) || !(mac[0] | mac[1] | mac[2] | mac[3] | mac[4] | mac[5]))
+		return -EBADMSG;
+	if (memcmp(mac, n->mac, 6)) {
+		char a[18], b[18];
 
-				tap_mac_format(mac, a);
-				tap_mac_format(n->mac, b);
-				if (n->mac_given)
-					log_warnx("virtio-net %s: the guest keeps its MAC %s (not mac=%s)",
-						  n->tap.name, a, b);
-				else
-					log_debug("virtio-net %s: the guest keeps its MAC %s", n->tap.name, a);
-				memcpy(n->mac, mac, 6);
-			}
-			break;
-		case NET_TAG_STATUS:
-			ret = state_get_u16(&f, &u16);
-			if (!ret)
-				n->status = u16;
-			break;
-		case NET_TAG_FEATURES:
-			ret = state_get_u64(&f, &u64);
-			break;
-		default:
-			break;
-		}
-		if (ret)
-			return ret;
+		tap_mac_format(mac, a);
+		tap_mac_format(n->mac, b);
+		if (n->mac_given)
+			log_warnx("virtio-net %s: the guest keeps its MAC %s (not mac=%s)",
+				  n->tap.name, a, b);
+		else
+			log_debug("virtio-net %s: the guest keeps its MAC %s", n->tap.name, a);
+		memcpy(n->mac, mac, 6);
 	}
-	return ret;
+	n->status = v.status;
+	return 0;
 }
 
 static void net_free(struct net *n);

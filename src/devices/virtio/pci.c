@@ -833,126 +833,179 @@ enum {
 	VQ_F_SIGNALLED_VALID = 11,  /* u8 */
 };
 
+/* One queue's saved state (a nested record of VQ_F_* fields). */
+struct vpci_queue_image {
+	uint16_t index, size, msix, last_avail, used_idx, signalled;
+	uint8_t enabled, signalled_valid;
+	uint64_t desc, avail, used;
+};
+#define IMG struct vpci_queue_image
+static const struct state_desc vpci_queue_fields[] = {
+	STATE_INT(VQ_F_INDEX, IMG, index, VIRTIO_MAX_QUEUES - 1, 1),
+	STATE_INT(VQ_F_SIZE, IMG, size, STATE_ANY, 1),
+	STATE_INT(VQ_F_ENABLED, IMG, enabled, 1, 1),
+	STATE_INT(VQ_F_DESC, IMG, desc, STATE_ANY, 1),
+	STATE_INT(VQ_F_AVAIL, IMG, avail, STATE_ANY, 1),
+	STATE_INT(VQ_F_USED, IMG, used, STATE_ANY, 1),
+	STATE_INT(VQ_F_MSIX, IMG, msix, STATE_ANY, 1),
+	STATE_INT(VQ_F_LAST_AVAIL, IMG, last_avail, STATE_ANY, 1),
+	STATE_INT(VQ_F_USED_IDX, IMG, used_idx, STATE_ANY, 1),
+	STATE_INT(VQ_F_SIGNALLED, IMG, signalled, STATE_ANY, 1),
+	STATE_INT(VQ_F_SIGNALLED_VALID, IMG, signalled_valid, 1, 1),
+};
+#undef IMG
+
+/* The transport's saved state; the queues and the device's own fields are nested. */
+struct vpci_image {
+	uint16_t nr_queues, queue_sel, msix_config;
+	uint8_t status, config_gen, isr;
+	uint32_t dev_feat_sel, drv_feat_sel;
+	uint64_t dev_features, drv_features;
+	struct state_bytes cfg, msix_table, msix_pba, device;
+	/* the queues: what save writes, what load read (seen: loaded once) */
+	struct virtio_dev *vdev;
+	struct vpci_queue_image qs[VIRTIO_MAX_QUEUES];
+	bool seen[VIRTIO_MAX_QUEUES];
+	unsigned int nq;
+};
+
+static int vpci_put_queues(struct state_out *o, uint16_t tag, const void *img)
+{
+	const struct vpci_image *v = img;
+	struct state_out sub;
+
+	for (unsigned int q = 0; q < v->nq && !o->err; q++) {
+		state_out_init(&sub);
+		state_save_fields(&sub, vpci_queue_fields, ARRAY_SIZE(vpci_queue_fields), &v->qs[q]);
+		if (sub.err)
+			o->err = sub.err;
+		state_put_bytes(o, tag, sub.buf, (uint32_t)sub.len);
+		state_out_free(&sub);
+	}
+	return o->err;
+}
+
+static int vpci_get_queue(void *img, const struct state_field *f)
+{
+	struct vpci_image *v = img;
+	struct virtio_dev *vdev = v->vdev;
+	struct vpci_queue_image lq = { .index = 0xffff };
+	struct state_in in;
+	int ret;
+
+	state_in_init(&in, f->val, f->len);
+	ret = state_load_fields(&in, vpci_queue_fields, ARRAY_SIZE(vpci_queue_fields), &lq, 1);
+	if (ret)
+		return ret;
+	if (lq.index >= vdev->ops->nr_queues || v->seen[lq.index]) {
+		log_warnx("%s: %s: queue %u is not a queue of this device, or appears twice", __func__,
+			  vdev->ops->name, lq.index);
+		return -EINVAL;
+	}
+	if (!lq.size || lq.size > vdev->vqs[lq.index].max_size || (lq.size & (lq.size - 1))) {
+		log_warnx("%s: %s: queue %u: size %u not allowed here", __func__, vdev->ops->name,
+			  lq.index, lq.size);
+		return -EINVAL;
+	}
+	v->qs[lq.index] = lq;
+	v->seen[lq.index] = true;
+	return 0;
+}
+
+#define IMG struct vpci_image
+#define MSIX_TABLE_MAX ((VIRTIO_MAX_QUEUES + 1) * PCI_MSIX_ENTRY_SIZE)
+#define MSIX_PBA_MAX (8 * ((VIRTIO_MAX_QUEUES + 1 + 63) / 64))
+static const struct state_desc vpci_fields[] = {
+	STATE_INT(VPCI_F_NR_QUEUES, IMG, nr_queues, VIRTIO_MAX_QUEUES, 1),
+	STATE_INT(VPCI_F_DEV_FEATURES, IMG, dev_features, STATE_ANY, 1),
+	STATE_INT(VPCI_F_STATUS, IMG, status, STATE_ANY, 1),
+	STATE_INT(VPCI_F_DRV_FEATURES, IMG, drv_features, STATE_ANY, 1),
+	STATE_INT(VPCI_F_DEV_FEAT_SEL, IMG, dev_feat_sel, STATE_ANY, 1),
+	STATE_INT(VPCI_F_DRV_FEAT_SEL, IMG, drv_feat_sel, STATE_ANY, 1),
+	STATE_INT(VPCI_F_QUEUE_SEL, IMG, queue_sel, STATE_ANY, 1),
+	STATE_INT(VPCI_F_MSIX_CONFIG, IMG, msix_config, STATE_ANY, 1),
+	STATE_INT(VPCI_F_CONFIG_GEN, IMG, config_gen, STATE_ANY, 1),
+	STATE_INT(VPCI_F_ISR, IMG, isr, STATE_ANY, 1),
+	STATE_EACH(VPCI_F_QUEUE, vpci_put_queues, vpci_get_queue, STATE_OPT, "queue"),
+	STATE_BYTES(VPCI_F_PCI_CFG, IMG, cfg, PCI_CFG_SIZE, PCI_CFG_SIZE, 1),
+	/* The MSI-X sizes are this device's: checked after the load. */
+	STATE_BYTES(VPCI_F_MSIX_TABLE, IMG, msix_table, 0, MSIX_TABLE_MAX, 1),
+	STATE_BYTES(VPCI_F_MSIX_PBA, IMG, msix_pba, 0, MSIX_PBA_MAX, 1),
+	/* Required when the device saves state (checked after the load). */
+	STATE_BYTES(VPCI_F_DEVICE, IMG, device, 0, UINT32_MAX, STATE_OPT),
+};
+#undef IMG
+
 /* virtio_pci_save - see virtio.h. */
 int virtio_pci_save(struct virtio_dev *vdev, struct state_out *out)
 {
 	struct virtio_pci *vp = vdev->pci;
 	struct pci_msix *m = &vp->pdev.msix;
-	struct state_out sub;
-	uint8_t pba[8 * ((VIRTIO_MAX_QUEUES + 1 + 63) / 64)];
+	uint8_t cfg[PCI_CFG_SIZE], table[MSIX_TABLE_MAX], pba[MSIX_PBA_MAX];
+	struct vpci_image *v;
+	struct state_out dev = { 0 };
 	int ret;
 
+	if (NEVER(m->nr * PCI_MSIX_ENTRY_SIZE > sizeof(table)))
+		return -EINVAL;
+	v = calloc(1, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
 	pthread_mutex_lock(&vdev->lock);
-	state_put_u16(out, VPCI_F_NR_QUEUES, (uint16_t)vdev->ops->nr_queues);
-	state_put_u64(out, VPCI_F_DEV_FEATURES, vdev->device_features);
-	state_put_u8(out, VPCI_F_STATUS, __atomic_load_n(&vdev->status, __ATOMIC_SEQ_CST));
-	state_put_u64(out, VPCI_F_DRV_FEATURES, vdev->driver_features);
-	state_put_u32(out, VPCI_F_DEV_FEAT_SEL, vdev->device_feature_sel);
-	state_put_u32(out, VPCI_F_DRV_FEAT_SEL, vdev->driver_feature_sel);
-	state_put_u16(out, VPCI_F_QUEUE_SEL, vdev->queue_sel);
-	state_put_u16(out, VPCI_F_MSIX_CONFIG, vdev->msix_config);
-	state_put_u8(out, VPCI_F_CONFIG_GEN, __atomic_load_n(&vdev->config_generation, __ATOMIC_SEQ_CST));
-	state_put_u8(out, VPCI_F_ISR, __atomic_load_n(&vdev->isr, __ATOMIC_SEQ_CST));
-	for (unsigned int q = 0; q < vdev->ops->nr_queues; q++) {
+	v->nr_queues = (uint16_t)vdev->ops->nr_queues;
+	v->dev_features = vdev->device_features;
+	v->status = __atomic_load_n(&vdev->status, __ATOMIC_SEQ_CST);
+	v->drv_features = vdev->driver_features;
+	v->dev_feat_sel = vdev->device_feature_sel;
+	v->drv_feat_sel = vdev->driver_feature_sel;
+	v->queue_sel = vdev->queue_sel;
+	v->msix_config = vdev->msix_config;
+	v->config_gen = __atomic_load_n(&vdev->config_generation, __ATOMIC_SEQ_CST);
+	v->isr = __atomic_load_n(&vdev->isr, __ATOMIC_SEQ_CST);
+	v->nq = vdev->ops->nr_queues;
+	for (unsigned int q = 0; q < v->nq; q++) {
 		const struct virtqueue *vq = &vdev->vqs[q];
 
-		state_out_init(&sub);
-		state_put_u16(&sub, VQ_F_INDEX, (uint16_t)q);
-		state_put_u16(&sub, VQ_F_SIZE, vq->size);
-		state_put_u8(&sub, VQ_F_ENABLED, vq->enabled);
-		state_put_u64(&sub, VQ_F_DESC, vq->desc_gpa);
-		state_put_u64(&sub, VQ_F_AVAIL, vq->avail_gpa);
-		state_put_u64(&sub, VQ_F_USED, vq->used_gpa);
-		state_put_u16(&sub, VQ_F_MSIX, vq->msix_vector);
-		state_put_u16(&sub, VQ_F_LAST_AVAIL, vq->last_avail);
-		state_put_u16(&sub, VQ_F_USED_IDX, vq->used_idx);
-		state_put_u16(&sub, VQ_F_SIGNALLED, vq->signalled_used);
-		state_put_u8(&sub, VQ_F_SIGNALLED_VALID, vq->signalled_valid);
-		if (sub.err && !out->err)
-			out->err = sub.err;
-		state_put_bytes(out, VPCI_F_QUEUE, sub.buf, (uint32_t)sub.len);
-		state_out_free(&sub);
+		v->qs[q] = (struct vpci_queue_image){
+			.index = (uint16_t)q, .size = vq->size, .enabled = vq->enabled,
+			.desc = vq->desc_gpa, .avail = vq->avail_gpa, .used = vq->used_gpa,
+			.msix = vq->msix_vector, .last_avail = vq->last_avail,
+			.used_idx = vq->used_idx, .signalled = vq->signalled_used,
+			.signalled_valid = vq->signalled_valid,
+		};
 	}
 	pthread_mutex_unlock(&vdev->lock);
 
 	if (vp->pdev.bus)
 		pthread_mutex_lock(&vp->pdev.bus->lock);
-	state_put_bytes(out, VPCI_F_PCI_CFG, vp->pdev.cfg, sizeof(vp->pdev.cfg));
+	memcpy(cfg, vp->pdev.cfg, sizeof(cfg));
 	if (vp->pdev.bus)
 		pthread_mutex_unlock(&vp->pdev.bus->lock);
+	v->cfg = (struct state_bytes){ cfg, sizeof(cfg) };
 	pthread_mutex_lock(&m->lock);
-	state_put_bytes(out, VPCI_F_MSIX_TABLE, m->table, m->nr * PCI_MSIX_ENTRY_SIZE);
+	memcpy(table, m->table, m->nr * PCI_MSIX_ENTRY_SIZE);
+	v->msix_table = (struct state_bytes){ table, m->nr * PCI_MSIX_ENTRY_SIZE };
 	for (unsigned int i = 0; i < (m->nr + 63) / 64; i++)
-		for (unsigned int b = 0; b < 8; b++)
-			pba[8 * i + b] = (uint8_t)(m->pba[i] >> (8 * b));
-	state_put_bytes(out, VPCI_F_MSIX_PBA, pba, 8 * ((m->nr + 63) / 64));
+		le64_put(pba + 8 * i, m->pba[i]);
+	v->msix_pba = (struct state_bytes){ pba, 8 * ((m->nr + 63) / 64) };
 	pthread_mutex_unlock(&m->lock);
 
 	if (vdev->ops->save) {
-		state_out_init(&sub);
-		ret = vdev->ops->save(vdev, &sub);
+		state_out_init(&dev);
+		ret = vdev->ops->save(vdev, &dev);
 		if (!ret)
-			ret = sub.err;
-		if (ret) {
-			state_out_free(&sub);
-			return ret;
-		}
-		state_put_bytes(out, VPCI_F_DEVICE, sub.buf, (uint32_t)sub.len);
-		state_out_free(&sub);
-	}
-	return out->err;
-}
-
-struct vpci_loaded_queue {
-	bool seen;
-	uint16_t size, msix, last_avail, used_idx, signalled;
-	uint8_t enabled, signalled_valid;
-	uint64_t desc, avail, used;
-};
-
-static int vpci_load_queue(struct virtio_dev *vdev, const struct state_field *f,
-			   struct vpci_loaded_queue *qs)
-{
-	struct state_in in;
-	struct state_field g;
-	struct vpci_loaded_queue lq = { .seen = true };
-	uint16_t index = 0xffff;
-	int ret;
-
-	state_in_init(&in, f->val, f->len);
-	while ((ret = state_next(&in, &g)) > 0) {
-		switch (g.tag) {
-		case VQ_F_INDEX:           ret = state_get_u16(&g, &index); break;
-		case VQ_F_SIZE:            ret = state_get_u16(&g, &lq.size); break;
-		case VQ_F_ENABLED:         ret = state_get_u8(&g, &lq.enabled); break;
-		case VQ_F_DESC:            ret = state_get_u64(&g, &lq.desc); break;
-		case VQ_F_AVAIL:           ret = state_get_u64(&g, &lq.avail); break;
-		case VQ_F_USED:            ret = state_get_u64(&g, &lq.used); break;
-		case VQ_F_MSIX:            ret = state_get_u16(&g, &lq.msix); break;
-		case VQ_F_LAST_AVAIL:      ret = state_get_u16(&g, &lq.last_avail); break;
-		case VQ_F_USED_IDX:        ret = state_get_u16(&g, &lq.used_idx); break;
-		case VQ_F_SIGNALLED:       ret = state_get_u16(&g, &lq.signalled); break;
-		case VQ_F_SIGNALLED_VALID: ret = state_get_u8(&g, &lq.signalled_valid); break;
-		default:                   ret = 0;
-		}
+			ret = dev.err;
 		if (ret)
-			return ret;
+			goto out;
+		v->device = (struct state_bytes){ dev.buf, (uint32_t)dev.len };
 	}
-	if (ret < 0)
-		return ret;
-	if (index >= vdev->ops->nr_queues || qs[index].seen) {
-		log_warnx("%s: %s: queue %u is not a queue of this device, or appears twice", __func__,
-			  vdev->ops->name, index);
-		return -EINVAL;
-	}
-	if (!lq.size || lq.size > vdev->vqs[index].max_size || (lq.size & (lq.size - 1)) ||
-	    lq.enabled > 1 || lq.signalled_valid > 1) {
-		log_warnx("%s: %s: queue %u: size %u not allowed here", __func__, vdev->ops->name,
-			  index, lq.size);
-		return -EINVAL;
-	}
-	qs[index] = lq;
-	return 0;
+	/* No device state: the field is left out (as version 1 has always done). */
+	ret = state_save_fields(out, vpci_fields,
+				ARRAY_SIZE(vpci_fields) - (vdev->ops->save ? 0 : 1), v);
+out:
+	state_out_free(&dev);
+	free(v);
+	return ret;
 }
 
 /* virtio_pci_load - see virtio.h.  Nothing changes unless every field is valid. */
@@ -961,86 +1014,44 @@ int virtio_pci_load(struct virtio_dev *vdev, struct state_in *in, uint16_t versi
 	struct virtio_pci *vp = vdev->pci;
 	struct pci_dev *d = &vp->pdev;
 	struct pci_msix *m = &d->msix;
-	struct vpci_loaded_queue qs[VIRTIO_MAX_QUEUES] = { 0 };
-	struct state_field f;
-	const uint8_t *cfg = NULL, *table = NULL, *pba = NULL, *dev_fields = NULL;
-	uint32_t dev_len = 0, dfs = 0, gfs = 0;
-	uint64_t dfeat = 0, gfeat = 0;
-	uint16_t nq = 0, qsel = 0, msix_config = VIRTIO_MSI_NO_VECTOR;
-	uint8_t status = 0, gen = 0, isr = 0;
-	uint32_t seen = 0, need;
+	struct vpci_image *v;
+	unsigned int nq;
 	int ret;
 
-	if (version != 1)
-		return -EINVAL;
-	while ((ret = state_next(in, &f)) > 0) {
-		if (f.tag < 32 && f.tag != VPCI_F_QUEUE) {
-			if (seen & (1u << f.tag))
-				return -EBADMSG;
-			seen |= 1u << f.tag;
-		}
-		switch (f.tag) {
-		case VPCI_F_STATUS:       ret = state_get_u8(&f, &status); break;
-		case VPCI_F_DEV_FEATURES: ret = state_get_u64(&f, &dfeat); break;
-		case VPCI_F_DRV_FEATURES: ret = state_get_u64(&f, &gfeat); break;
-		case VPCI_F_DEV_FEAT_SEL: ret = state_get_u32(&f, &dfs); break;
-		case VPCI_F_DRV_FEAT_SEL: ret = state_get_u32(&f, &gfs); break;
-		case VPCI_F_QUEUE_SEL:    ret = state_get_u16(&f, &qsel); break;
-		case VPCI_F_MSIX_CONFIG:  ret = state_get_u16(&f, &msix_config); break;
-		case VPCI_F_CONFIG_GEN:   ret = state_get_u8(&f, &gen); break;
-		case VPCI_F_ISR:          ret = state_get_u8(&f, &isr); break;
-		case VPCI_F_NR_QUEUES:    ret = state_get_u16(&f, &nq); break;
-		case VPCI_F_QUEUE:        ret = vpci_load_queue(vdev, &f, qs); break;
-		case VPCI_F_PCI_CFG:
-			ret = f.len == sizeof(d->cfg) ? 0 : -EBADMSG;
-			cfg = f.val;
-			break;
-		case VPCI_F_MSIX_TABLE:
-			ret = f.len == m->nr * PCI_MSIX_ENTRY_SIZE ? 0 : -EBADMSG;
-			table = f.val;
-			break;
-		case VPCI_F_MSIX_PBA:
-			ret = f.len == 8 * ((m->nr + 63) / 64) ? 0 : -EBADMSG;
-			pba = f.val;
-			break;
-		case VPCI_F_DEVICE:
-			dev_fields = f.val;
-			dev_len = f.len;
-			ret = 0;
-			break;
-		default:
-			ret = 0;   /* a newer writer's optional field */
-		}
-		if (ret)
-			return ret;
+	v = calloc(1, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	v->vdev = vdev;
+	v->msix_config = VIRTIO_MSI_NO_VECTOR;
+	ret = state_load_fields(in, vpci_fields, ARRAY_SIZE(vpci_fields), v, version);
+	if (ret) {
+		log_debug("%s: %s: %s", __func__, vdev->ops->name, strerror(-ret));
+		goto out;
 	}
-	if (ret < 0)
-		return ret;
-	/* Every field version 1 writes must be there: a cut stream is not a shorter valid one. */
-	need = 1u << VPCI_F_STATUS | 1u << VPCI_F_DEV_FEATURES | 1u << VPCI_F_DRV_FEATURES |
-	       1u << VPCI_F_DEV_FEAT_SEL | 1u << VPCI_F_DRV_FEAT_SEL | 1u << VPCI_F_QUEUE_SEL |
-	       1u << VPCI_F_MSIX_CONFIG | 1u << VPCI_F_CONFIG_GEN | 1u << VPCI_F_ISR |
-	       1u << VPCI_F_PCI_CFG | 1u << VPCI_F_MSIX_TABLE | 1u << VPCI_F_MSIX_PBA |
-	       1u << VPCI_F_NR_QUEUES | (vdev->ops->save ? 1u << VPCI_F_DEVICE : 0);
-	if ((seen & need) != need) {
-		log_debug("%s: %s: fields missing (have %#x, need %#x)", __func__, vdev->ops->name,
-			  seen, need);
-		return -EBADMSG;
-	}
+	/* Every queue, the device's fields and the MSI-X sizes are this device's. */
+	ret = -EBADMSG;
+	if (vdev->ops->save && !v->device.p)
+		goto out;
 	for (unsigned int q = 0; q < vdev->ops->nr_queues; q++)
-		if (!qs[q].seen)
-			return -EBADMSG;
-	if (nq != vdev->ops->nr_queues || dfeat != vdev->device_features) {
+		if (!v->seen[q])
+			goto out;
+	if (v->msix_table.len != m->nr * PCI_MSIX_ENTRY_SIZE ||
+	    v->msix_pba.len != 8 * ((m->nr + 63) / 64))
+		goto out;
+	ret = -EINVAL;
+	if (v->nr_queues != vdev->ops->nr_queues || v->dev_features != vdev->device_features) {
 		log_warnx("%s: %s: saved with %u queues and features %#llx; this device has %u and %#llx",
-			  __func__, vdev->ops->name, nq, (unsigned long long)dfeat,
+			  __func__, vdev->ops->name, v->nr_queues, (unsigned long long)v->dev_features,
 			  vdev->ops->nr_queues, (unsigned long long)vdev->device_features);
-		return -EINVAL;
+		goto out;
 	}
-	if ((gfeat & ~dfeat) || (msix_config != VIRTIO_MSI_NO_VECTOR && msix_config >= vp->nvec))
-		return -EINVAL;
+	if ((v->drv_features & ~v->dev_features) ||
+	    (v->msix_config != VIRTIO_MSI_NO_VECTOR && v->msix_config >= vp->nvec))
+		goto out;
+	nq = v->nr_queues;
 	for (unsigned int q = 0; q < nq; q++)
-		if (qs[q].seen && qs[q].msix != VIRTIO_MSI_NO_VECTOR && qs[q].msix >= vp->nvec)
-			return -EINVAL;
+		if (v->qs[q].msix != VIRTIO_MSI_NO_VECTOR && v->qs[q].msix >= vp->nvec)
+			goto out;
 
 	/* Valid: stop whatever runs, then apply. */
 	pthread_mutex_lock(&vp->status_lock);
@@ -1050,64 +1061,59 @@ int virtio_pci_load(struct virtio_dev *vdev, struct state_in *in, uint16_t versi
 	vp->start_pending = false;
 	pthread_mutex_lock(&vdev->lock);
 	vpci_reset_fields(vdev);
-	vdev->driver_features = gfeat;
-	vdev->device_feature_sel = dfs;
-	vdev->driver_feature_sel = gfs;
-	vdev->queue_sel = qsel;
-	vdev->msix_config = msix_config;
-	vdev->config_generation = gen;
-	vdev->isr = isr;
+	vdev->driver_features = v->drv_features;
+	vdev->device_feature_sel = v->dev_feat_sel;
+	vdev->driver_feature_sel = v->drv_feat_sel;
+	vdev->queue_sel = v->queue_sel;
+	vdev->msix_config = v->msix_config;
+	vdev->config_generation = v->config_gen;
+	vdev->isr = v->isr;
 	for (unsigned int q = 0; q < nq; q++) {
 		struct virtqueue *vq = &vdev->vqs[q];
+		const struct vpci_queue_image *lq = &v->qs[q];
 
-		if (!qs[q].seen)
-			continue;
-		vq->size = qs[q].size;
-		vq->desc_gpa = qs[q].desc;
-		vq->avail_gpa = qs[q].avail;
-		vq->used_gpa = qs[q].used;
-		vq->msix_vector = qs[q].msix;
-		vq->last_avail = qs[q].last_avail;
-		vq->used_idx = qs[q].used_idx;
-		vq->signalled_used = qs[q].signalled;
-		vq->signalled_valid = qs[q].signalled_valid;
-		__atomic_store_n(&vq->enabled, qs[q].enabled != 0, __ATOMIC_RELEASE);
+		vq->size = lq->size;
+		vq->desc_gpa = lq->desc;
+		vq->avail_gpa = lq->avail;
+		vq->used_gpa = lq->used;
+		vq->msix_vector = lq->msix;
+		vq->last_avail = lq->last_avail;
+		vq->used_idx = lq->used_idx;
+		vq->signalled_used = lq->signalled;
+		vq->signalled_valid = lq->signalled_valid;
+		__atomic_store_n(&vq->enabled, lq->enabled != 0, __ATOMIC_RELEASE);
 	}
-	__atomic_store_n(&vdev->status, status, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&vdev->status, v->status, __ATOMIC_SEQ_CST);
 	pthread_mutex_unlock(&vdev->lock);
 
 	if (d->bus)
 		pthread_mutex_lock(&d->bus->lock);
-	if (cfg)
-		for (unsigned int i = 0; i < sizeof(d->cfg); i++)
-			d->cfg[i] = (uint8_t)((d->cfg[i] & ~d->wmask[i]) | (cfg[i] & d->wmask[i]));
+	for (unsigned int i = 0; i < sizeof(d->cfg); i++)
+		d->cfg[i] = (uint8_t)((d->cfg[i] & ~d->wmask[i]) | (v->cfg.p[i] & d->wmask[i]));
 	if (d->bus)
 		pthread_mutex_unlock(&d->bus->lock);
 	pthread_mutex_lock(&m->lock);
-	if (table) {
-		memcpy(m->table, table, m->nr * PCI_MSIX_ENTRY_SIZE);
-		for (unsigned int v = 0; v < m->nr; v++) {
-			uint8_t *e = m->table + v * PCI_MSIX_ENTRY_SIZE + 12;
+	memcpy(m->table, v->msix_table.p, m->nr * PCI_MSIX_ENTRY_SIZE);
+	for (unsigned int e = 0; e < m->nr; e++) {
+		uint8_t *ctl = m->table + e * PCI_MSIX_ENTRY_SIZE + 12;
 
-			le32_put(e, le32_get(e) & 1);   /* only the mask bit exists */
-		}
+		le32_put(ctl, le32_get(ctl) & 1);   /* only the mask bit exists */
 	}
-	if (pba)
-		for (unsigned int i = 0; i < (m->nr + 63) / 64; i++)
-			m->pba[i] = le64_get(pba + 8 * i) & (i == (m->nr - 1) / 64 && m->nr % 64 ?
-							  (1ULL << (m->nr % 64)) - 1 : ~0ULL);
+	for (unsigned int i = 0; i < (m->nr + 63) / 64; i++)
+		m->pba[i] = le64_get(v->msix_pba.p + 8 * i) & (i == (m->nr - 1) / 64 && m->nr % 64 ?
+							 (1ULL << (m->nr % 64)) - 1 : ~0ULL);
 	pthread_mutex_unlock(&m->lock);
 	/* Host-side state from the guest-visible: ioeventfds, MSI routes, INTx. */
 	pci_update_bars(d);
 	pci_msix_refresh(d);
 	if (!pci_msix_enabled(d))
-		pci_set_intx(d, isr != 0);
+		pci_set_intx(d, v->isr != 0);
 
 	ret = 0;
-	if (dev_fields && vdev->ops->load) {
+	if (v->device.p && vdev->ops->load) {
 		struct state_in sub;
 
-		state_in_init(&sub, dev_fields, dev_len);
+		state_in_init(&sub, v->device.p, v->device.len);
 		ret = vdev->ops->load(vdev, &sub, version);
 	}
 	/*
@@ -1118,9 +1124,11 @@ int virtio_pci_load(struct virtio_dev *vdev, struct state_in *in, uint16_t versi
 	 * (a guest waiting forever for that interrupt), and a migration
 	 * destination would do I/O before it owns the VM.
 	 */
-	if (!ret && (status & VIRTIO_STATUS_DRIVER_OK) && !(status & VIRTIO_STATUS_NEEDS_RESET))
+	if (!ret && (v->status & VIRTIO_STATUS_DRIVER_OK) && !(v->status & VIRTIO_STATUS_NEEDS_RESET))
 		vp->start_pending = true;
 	pthread_mutex_unlock(&vp->status_lock);
+out:
+	free(v);
 	return ret;
 }
 
