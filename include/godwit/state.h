@@ -102,7 +102,8 @@ struct state_desc {
 	{ .tag = (TAG), .kind = STATE_KIND_EACH, .since = (SINCE), .put = (PUT),        \
 	  .get = (GET), .name = (NAME) }
 
-/* Writes img's fields in table order; returns o->err. */
+/* Writes img's fields in table order (an optional BYTES field whose p is NULL is left
+ * out); returns o->err. */
 int state_save_fields(struct state_out *o, const struct state_desc *d, size_t n,
 		      const void *img);
 /*
@@ -114,5 +115,37 @@ int state_save_fields(struct state_out *o, const struct state_desc *d, size_t n,
  */
 int state_load_fields(struct state_in *in, const struct state_desc *d, size_t n, void *img,
 		      uint16_t version) __must_check;
+
+/* ---- fixed-layout records -------------------------------------------------------- */
+
+/*
+ * A record inside a field: the listed members of a C object, one after the
+ * other, little-endian, no tags and no padding (KVM's register structures).
+ * Each entry is an unsigned integer member (or an array of count of them), or
+ * a nested record (sub) repeated count times `stride` bytes apart.  One table
+ * per structure drives both state_rec_put and state_rec_get.
+ */
+struct state_rec {
+	size_t offset;
+	uint8_t width;                    /* 1, 2, 4, 8; 0: a nested record */
+	uint16_t count;                   /* array length (1: a single member) */
+	size_t stride;                    /* bytes between array elements */
+	const struct state_rec *sub;
+	size_t nsub;
+};
+#define STATE_REC(T, M)                                                                  \
+	{ offsetof(T, M), sizeof(((T *)0)->M), 1, 0, NULL, 0 }
+#define STATE_REC_ARRAY(T, M, N)                                                         \
+	{ offsetof(T, M), sizeof(((T *)0)->M[0]), (N), sizeof(((T *)0)->M[0]), NULL, 0 }
+#define STATE_REC_SUB(T, M, SUB)                                                         \
+	{ offsetof(T, M), 0, 1, 0, (SUB), ARRAY_SIZE(SUB) }
+#define STATE_REC_SUB_ARRAY(T, M, N, SUB)                                                \
+	{ offsetof(T, M), 0, (N), sizeof(((T *)0)->M[0]), (SUB), ARRAY_SIZE(SUB) }
+
+/* The record's length in bytes. */
+size_t state_rec_len(const struct state_rec *r, size_t n);
+/* obj's members into buf (state_rec_len bytes); obj's from buf (other bytes of obj kept). */
+void state_rec_put(uint8_t *buf, const struct state_rec *r, size_t n, const void *obj);
+void state_rec_get(const uint8_t *buf, const struct state_rec *r, size_t n, void *obj);
 
 #endif

@@ -246,6 +246,8 @@ int state_save_fields(struct state_out *o, const struct state_desc *d, size_t n,
 			break;
 		case STATE_KIND_BYTES:
 			b = (const struct state_bytes *)(const void *)(base + d[i].offset);
+			if (!b->p && d[i].since == STATE_OPT)
+				break;           /* an optional field this image lacks */
 			state_put_bytes(o, d[i].tag, b->p, b->len);
 			break;
 		case STATE_KIND_EACH:
@@ -327,4 +329,48 @@ int state_load_fields(struct state_in *in, const struct state_desc *d, size_t n,
 			return -EBADMSG;
 		}
 	return 0;
+}
+
+/* ---- fixed-layout records -------------------------------------------------------- */
+
+size_t state_rec_len(const struct state_rec *r, size_t n)
+{
+	size_t len = 0;
+
+	for (size_t i = 0; i < n; i++)
+		len += r[i].count * (r[i].width ? r[i].width : state_rec_len(r[i].sub, r[i].nsub));
+	return len;
+}
+
+/* Both directions: put (buf from obj) or get (obj from buf); returns the bytes used. */
+static size_t state_rec_walk(uint8_t *buf, const struct state_rec *r, size_t n, uint8_t *obj,
+			     bool put)
+{
+	size_t off = 0;
+
+	for (size_t i = 0; i < n; i++)
+		for (unsigned int k = 0; k < r[i].count; k++) {
+			uint8_t *m = obj + r[i].offset + k * r[i].stride;
+
+			if (!r[i].width) {
+				off += state_rec_walk(buf + off, r[i].sub, r[i].nsub, m, put);
+				continue;
+			}
+			if (put)
+				le_put(buf + off, host_uint_get(m, r[i].width), r[i].width);
+			else
+				host_uint_put(m, le_get(buf + off, r[i].width), r[i].width);
+			off += r[i].width;
+		}
+	return off;
+}
+
+void state_rec_put(uint8_t *buf, const struct state_rec *r, size_t n, const void *obj)
+{
+	(void)state_rec_walk(buf, r, n, (uint8_t *)(uintptr_t)obj, true);
+}
+
+void state_rec_get(const uint8_t *buf, const struct state_rec *r, size_t n, void *obj)
+{
+	(void)state_rec_walk((uint8_t *)(uintptr_t)buf, r, n, obj, false);
 }

@@ -999,9 +999,8 @@ int virtio_pci_save(struct virtio_dev *vdev, struct state_out *out)
 			goto out;
 		v->device = (struct state_bytes){ dev.buf, (uint32_t)dev.len };
 	}
-	/* No device state: the field is left out (as version 1 has always done). */
-	ret = state_save_fields(out, vpci_fields,
-				ARRAY_SIZE(vpci_fields) - (vdev->ops->save ? 0 : 1), v);
+	/* No device state: v->device.p is NULL and the field is left out. */
+	ret = state_save_fields(out, vpci_fields, ARRAY_SIZE(vpci_fields), v);
 out:
 	state_out_free(&dev);
 	free(v);
