@@ -1,0 +1,615 @@
+/*
+ * stream_writer.c - the snapshot/migration stream's writer (stream.h,
+ * docs/stream-format.md).
+ *
+ * Writer: everything goes through one large buffer (STREAM_WBUF_SIZE) that
+ * is written with one write() when full, so there is no syscall per page or
+ * per section.  Guest pages are copied into that buffer with their CRC
+ * computed in the same pass (crc32c_copy): the guest may be running, and a
+ * CRC taken from guest memory before a zero-copy writev() could disagree
+ * with the bytes the kernel copies a moment later.  RAM is queued as runs
+ * (zero-tested when queued) and written as one section per
+ * STREAM_W_RAM_DATA_PAGES data pages or STREAM_W_RAM_RUNS runs, with the run
+ * table first and the page data after it, starting on a 4 KiB boundary of
+ * the stream.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+#include <linux/kvm.h>
+#include <linux/sockios.h>
+
+#include "godwit/crc32c.h"
+#include "godwit/dev.h"
+#include "godwit/le.h"
+#include "godwit/stream.h"
+#include "godwit/vm.h"
+#include "stream_int.h"
+
+/* ------------------------------------------------------------------ */
+/* Writer                                                              */
+
+struct ram_run {
+	uint64_t gpa;
+	uint32_t npages;
+	uint32_t flags;           /* RUN_F_ZERO */
+	const uint8_t *host;      /* data runs */
+};
+
+enum wstate { W_NEW, W_OPEN, W_ENDED };
+
+struct stream_writer {
+	int fd;
+	bool sock;
+	struct wd_state wd;
+	enum wstate state;
+	uint8_t *buf;
+	size_t len;               /* bytes buffered */
+	uint64_t off;             /* stream bytes produced */
+	uint32_t crc;             /* the open section's CRC */
+	uint32_t chain;           /* CRC over the section CRCs so far */
+	uint64_t nsections;
+	int err;
+	char msg[256];
+	struct stream_region regions[STREAM_MAX_REGIONS];
+	unsigned int nr_regions;
+	/* The pending RAM section. */
+	struct ram_run *runs;
+	unsigned int nruns;
+	unsigned int data_pages;
+	uint64_t pend_pages;      /* pages in the pending section, zero ones included */
+	uint64_t mem_pages;       /* the configured memory; no section holds more */
+	struct stream_ram_stats ram;
+};
+
+__attribute__((format(printf, 3, 4)))
+static int w_fail(struct stream_writer *w, int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (w->err)
+		return w->err;
+	w->err = err;
+	va_start(ap, fmt);
+	vsnprintf(w->msg, sizeof(w->msg), fmt, ap);
+	va_end(ap);
+	return err;
+}
+
+int stream_writer_new(int fd, struct stream_writer **out)
+{
+	struct stream_writer *w;
+	struct stat st;
+
+	w = calloc(1, sizeof(*w));
+	if (!w)
+		return -ENOMEM;
+	w->buf = aligned_alloc(STREAM_PAGE_SIZE, STREAM_WBUF_SIZE);
+	w->runs = calloc(STREAM_W_RAM_RUNS, sizeof(*w->runs));
+	if (!w->buf || !w->runs) {
+		stream_writer_free(w);
+		return -ENOMEM;
+	}
+	w->fd = fd;
+	w->sock = !fstat(fd, &st) && S_ISSOCK(st.st_mode);
+	*out = w;
+	return 0;
+}
+
+void stream_writer_set_watchdog(struct stream_writer *w, const struct stream_watchdog *wd)
+{
+	stream_wd_set(&w->wd, wd);
+}
+
+void stream_writer_free(struct stream_writer *w)
+{
+	if (!w)
+		return;
+	free(w->buf);
+	free(w->runs);
+	free(w);
+}
+
+/* Bytes queued on a socket that its peer has not taken (SIOCOUTQ); 0 if unknown. */
+static uint64_t w_outq(int fd)
+{
+	int q = 0;
+
+	return ioctl(fd, SIOCOUTQ, &q) == 0 && q > 0 ? (uint64_t)q : 0;
+}
+
+/*
+ * w_drain - write out the buffer: all of it, retrying short writes and EINTR.
+ * A watched socket (a migration's, stream_writer_set_watchdog) is written
+ * without blocking, and waited on a second at a time: a blocking send()
+ * would sit in one call for as long as each piece of the peer's queue drains
+ * within SO_SNDTIMEO, out of the watchdog's sight.  What the watchdog counts
+ * there is what the peer took (the socket's queue, before and after), not
+ * what went into the queue; a peer that takes nothing for SO_SNDTIMEO is the
+ * usual silent-peer timeout ("took nothing for 10.000 s").
+ */
+static int w_drain(struct stream_writer *w)
+{
+	bool watched = w->sock && w->wd.on;
+	uint64_t stalled = 0, limit = 0, q0 = watched ? w_outq(w->fd) : 0;
+	size_t done = 0;
+
+	if (watched) {
+		struct timeval tv = { 0 };
+		socklen_t tl = sizeof(tv);
+
+		if (getsockopt(w->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, &tl) == 0)
+			limit = (uint64_t)tv.tv_sec * 1000000000ull + (uint64_t)tv.tv_usec * 1000ull;
+	}
+	while (done < w->len) {
+		char wd_why[160];
+		uint64_t t0, moved;
+		ssize_t n;
+		int saved;
+
+		if (stream_wd_before(&w->wd, wd_why, sizeof(wd_why)))
+			return w_fail(w, -ETIMEDOUT, "write at stream offset %llu: %s",
+				      (unsigned long long)(w->off - w->len + done), wd_why);
+		t0 = stream_wd_now_ns();
+		if (w->sock)
+			n = send(w->fd, w->buf + done, w->len - done,
+				 MSG_NOSIGNAL | (watched ? MSG_DONTWAIT : 0));
+		else
+			n = write(w->fd, w->buf + done, w->len - done);
+		saved = errno;
+		if (n < 0 && saved == EINTR)
+			continue;
+		moved = n > 0 ? (uint64_t)n : 0;
+		if (watched) {
+			uint64_t q1;
+
+			if (n < 0 && (saved == EAGAIN || saved == EWOULDBLOCK)) {
+				struct pollfd pfd = { .fd = w->fd, .events = POLLOUT };
+
+				if (limit && stalled >= limit)
+					goto failed;     /* stream_io_err(): "took nothing for 10.000 s" */
+				if (poll(&pfd, 1, 1000) < 0 && errno != EINTR) {
+					saved = errno;
+					goto failed;
+				}
+			}
+			q1 = w_outq(w->fd);
+			moved = q0 + moved > q1 ? q0 + moved - q1 : 0;
+			q0 = q1;
+			stalled = moved ? 0 : stalled + (stream_wd_now_ns() - t0);
+		}
+		if (stream_wd_after(&w->wd, stream_wd_now_ns() - t0, moved, false, wd_why, sizeof(wd_why)))
+			return w_fail(w, -ETIMEDOUT, "write at stream offset %llu: %s",
+				      (unsigned long long)(w->off - w->len + done), wd_why);
+		if (n < 0 && watched && (saved == EAGAIN || saved == EWOULDBLOCK))
+			continue;
+failed:
+		if (n <= 0) {
+			int e = n < 0 ? saved : EIO;
+			char buf[64];
+			const char *why = stream_io_err(w->fd, false, &e, buf, sizeof(buf));
+
+			return w_fail(w, -e, "write at stream offset %llu: %s",
+				      (unsigned long long)(w->off - w->len + done), why);
+		}
+		done += (size_t)n;
+	}
+	w->len = 0;
+	return 0;
+}
+
+/* Append n bytes (src NULL: zeroes) to the stream, in the open section's CRC if crc. */
+static int w_put(struct stream_writer *w, const void *src, size_t n, bool crc)
+{
+	const uint8_t *s = src;
+
+	while (n) {
+		size_t k;
+
+		if (w->err)
+			return w->err;
+		if (w->len == STREAM_WBUF_SIZE && w_drain(w))
+			return w->err;
+		k = MIN(n, STREAM_WBUF_SIZE - w->len);
+		if (s && crc) {
+			w->crc = crc32c_copy(w->crc, w->buf + w->len, s, k);
+		} else {
+			if (s)
+				memcpy(w->buf + w->len, s, k);
+			else
+				memset(w->buf + w->len, 0, k);
+			if (crc)
+				w->crc = crc32c(w->crc, w->buf + w->len, k);
+		}
+		w->len += k;
+		w->off += k;
+		n -= k;
+		if (s)
+			s += k;
+	}
+	return w->err;
+}
+
+static size_t sec_header_len(const char *id)
+{
+	return SEC_FIXED + strlen(id);
+}
+
+/* A section header; starts the section's CRC. */
+static int sec_begin(struct stream_writer *w, unsigned int type, unsigned int flags,
+		     const char *id, uint16_t version, uint32_t instance, uint64_t len)
+{
+	uint8_t h[SEC_FIXED + STREAM_ID_MAX];
+	size_t idl = strlen(id);
+
+	h[0] = (uint8_t)type;
+	h[1] = (uint8_t)flags;
+	le_put(h + 2, idl, 2);
+	memcpy(h + 4, id, idl);
+	le_put(h + 4 + idl, version, 2);
+	le_put(h + 6 + idl, instance, 4);
+	le_put(h + 10 + idl, len, 8);
+	w->crc = 0;
+	return w_put(w, h, SEC_FIXED + idl, true);
+}
+
+/* The section's CRC trailer; adds it to the chain. */
+static int sec_end(struct stream_writer *w)
+{
+	uint8_t b[4];
+
+	le_put(b, w->crc, 4);
+	if (w_put(w, b, 4, false))
+		return w->err;
+	w->chain = stream_chain_add(w->chain, w->crc);
+	w->nsections++;
+	return 0;
+}
+
+static int w_section(struct stream_writer *w, unsigned int type, unsigned int flags,
+		     const char *id, uint16_t version, uint32_t instance,
+		     const void *payload, size_t len)
+{
+	if (sec_begin(w, type, flags, id, version, instance, len) ||
+	    w_put(w, payload, len, true) || sec_end(w))
+		return w->err;
+	return 0;
+}
+
+/*
+ * ram_emit - write the pending RAM section: header, run table, padding to
+ * a 4 KiB stream boundary (only if there is page data), the data pages of
+ * the data runs in table order.
+ */
+static int ram_emit(struct stream_writer *w)
+{
+	uint64_t table_end, pad = 0, len;
+	uint8_t b[RAM_RUN];
+
+	if (!w->nruns)
+		return w->err;
+	table_end = w->off + sec_header_len("ram") + RAM_HDR + (uint64_t)w->nruns * RAM_RUN;
+	if (w->data_pages)
+		pad = (STREAM_PAGE_SIZE - (table_end & (STREAM_PAGE_SIZE - 1))) &
+		      (STREAM_PAGE_SIZE - 1);
+	len = RAM_HDR + (uint64_t)w->nruns * RAM_RUN + pad +
+	      ((uint64_t)w->data_pages << STREAM_PAGE_SHIFT);
+	if (sec_begin(w, STREAM_RAM, 0, "ram", RAM_VERSION, 0, len))
+		return w->err;
+	le_put(b, w->nruns, 4);
+	le_put(b + 4, pad, 4);
+	if (w_put(w, b, RAM_HDR, true))
+		return w->err;
+	for (unsigned int i = 0; i < w->nruns; i++) {
+		le_put(b, w->runs[i].gpa, 8);
+		le_put(b + 8, w->runs[i].npages, 4);
+		le_put(b + 12, w->runs[i].flags, 4);
+		if (w_put(w, b, RAM_RUN, true))
+			return w->err;
+	}
+	if (w_put(w, NULL, pad, true))
+		return w->err;
+	for (unsigned int i = 0; i < w->nruns; i++) {
+		const struct ram_run *r = &w->runs[i];
+
+		w->ram.runs++;
+		w->ram.pages += r->npages;
+		if (r->flags & RUN_F_ZERO) {
+			w->ram.zero_pages += r->npages;
+			continue;
+		}
+		if (w_put(w, r->host, (size_t)r->npages << STREAM_PAGE_SHIFT, true))
+			return w->err;
+	}
+	if (sec_end(w))
+		return w->err;
+	w->ram.sections++;
+	w->nruns = 0;
+	w->data_pages = 0;
+	w->pend_pages = 0;
+	return 0;
+}
+
+/* Queue pages [gpa, gpa + npages) at host (checked by the caller). */
+static int ram_add(struct stream_writer *w, const uint8_t *host, uint64_t gpa, uint64_t npages)
+{
+	for (uint64_t i = 0; i < npages; i++, host += STREAM_PAGE_SIZE, gpa += STREAM_PAGE_SIZE) {
+		bool zero = stream_page_is_zero(host);
+		struct ram_run *last;
+
+		/* a page queued twice must not make a section hold more than the guest */
+		if (w->pend_pages == w->mem_pages && ram_emit(w))
+			return w->err;
+		w->pend_pages++;
+		last = w->nruns ? &w->runs[w->nruns - 1] : NULL;
+
+		if (last && (last->flags & RUN_F_ZERO) == (zero ? RUN_F_ZERO : 0) &&
+		    last->npages < UINT32_MAX &&
+		    last->gpa + ((uint64_t)last->npages << STREAM_PAGE_SHIFT) == gpa &&
+		    (zero || last->host + ((size_t)last->npages << STREAM_PAGE_SHIFT) == host)) {
+			last->npages++;
+		} else {
+			if (w->nruns == STREAM_W_RAM_RUNS && ram_emit(w))
+				return w->err;
+			w->runs[w->nruns++] = (struct ram_run){
+				gpa, 1, zero ? RUN_F_ZERO : 0, zero ? NULL : host,
+			};
+		}
+		if (!zero && ++w->data_pages == STREAM_W_RAM_DATA_PAGES && ram_emit(w))
+			return w->err;
+	}
+	return 0;
+}
+
+/* Misuse checks shared by the RAM calls. */
+static int ram_check(struct stream_writer *w, const void *host, uint64_t gpa, uint64_t npages)
+{
+	if (w->err)
+		return w->err;
+	if (w->state != W_OPEN)
+		return w_fail(w, -EINVAL, "RAM written outside stream_begin/stream_end");
+	if (!npages)
+		return 0;
+	if (!host || gpa & (STREAM_PAGE_SIZE - 1) || npages > (1ull << 40))
+		return w_fail(w, -EINVAL, "RAM at gpa 0x%llx: unaligned or no host address",
+			      (unsigned long long)gpa);
+	for (unsigned int i = 0; i < w->nr_regions; i++) {
+		const struct stream_region *m = &w->regions[i];
+
+		if (gpa >= m->gpa && gpa - m->gpa <= m->size &&
+		    npages <= (m->size - (gpa - m->gpa)) >> STREAM_PAGE_SHIFT)
+			return 0;
+	}
+	return w_fail(w, -EINVAL, "RAM at gpa 0x%llx (%llu pages) is outside the configured memory",
+		      (unsigned long long)gpa, (unsigned long long)npages);
+}
+
+int stream_put_ram(struct stream_writer *w, const void *host, uint64_t gpa, uint64_t npages)
+{
+	int ret = ram_check(w, host, gpa, npages);
+
+	if (ret || !npages)
+		return ret;
+	return ram_add(w, host, gpa, npages);
+}
+
+int stream_put_ram_dirty(struct stream_writer *w, const void *host, uint64_t gpa,
+			 uint64_t npages, const uint64_t *bitmap)
+{
+	const uint8_t *h = host;
+	uint64_t start = 0, run = 0;
+	int ret = ram_check(w, host, gpa, npages);
+
+	if (ret || !npages)
+		return ret;
+	for (uint64_t wi = 0; wi < (npages + 63) / 64; wi++) {
+		uint64_t word = bitmap[wi];
+
+		if (wi == npages / 64)          /* the last, partial word */
+			word &= (1ull << (npages % 64)) - 1;
+		while (word) {
+			uint64_t p = wi * 64 + (uint64_t)__builtin_ctzll(word);
+
+			word &= word - 1;
+			if (run && start + run == p) {
+				run++;
+				continue;
+			}
+			if (run && ram_add(w, h + (start << STREAM_PAGE_SHIFT),
+					   gpa + (start << STREAM_PAGE_SHIFT), run))
+				return w->err;
+			start = p;
+			run = 1;
+		}
+	}
+	if (run && ram_add(w, h + (start << STREAM_PAGE_SHIFT), gpa + (start << STREAM_PAGE_SHIFT),
+			   run))
+		return w->err;
+	return 0;
+}
+
+int stream_begin(struct stream_writer *w, const struct stream_config *c)
+{
+	uint8_t pre[STREAM_PREAMBLE_LEN];
+	struct state_out o;
+	char why[200];
+	uint32_t crc;
+
+	if (w->err)
+		return w->err;
+	if (w->state != W_NEW)
+		return w_fail(w, -EINVAL, "stream_begin called twice");
+	if (stream_config_check(c, why, sizeof(why)))
+		return w_fail(w, -EINVAL, "configuration: %s", why);
+	memcpy(w->regions, c->regions, sizeof(w->regions));
+	w->nr_regions = c->nr_regions;
+	for (unsigned int i = 0; i < c->nr_regions; i++)
+		w->mem_pages += c->regions[i].size >> STREAM_PAGE_SHIFT;
+
+	memcpy(pre, STREAM_MAGIC, STREAM_MAGIC_LEN);
+	le_put(pre + 8, STREAM_FORMAT_VERSION, 4);
+	le_put(pre + 12, 0, 4);
+	crc = crc32c(0, pre, 16);
+	le_put(pre + 16, crc, 4);
+	if (w_put(w, pre, sizeof(pre), false))
+		return w->err;
+	w->chain = stream_chain_add(0, crc);
+
+	state_out_init(&o);
+	stream_config_encode(c, &o);
+	if (o.err) {
+		state_out_free(&o);
+		return w_fail(w, o.err, "configuration: %s", strerror(-o.err));
+	}
+	w_section(w, STREAM_CONFIG, 0, "config", CONFIG_VERSION, 0, o.buf, o.len);
+	state_out_free(&o);
+	w->state = W_OPEN;
+	return w->err;
+}
+
+int stream_put_section(struct stream_writer *w, unsigned int type, unsigned int flags,
+		       const char *id, uint16_t version, uint32_t instance,
+		       const void *payload, size_t len)
+{
+	if (w->err)
+		return w->err;
+	if (w->state != W_OPEN)
+		return w_fail(w, -EINVAL, "section '%s' written outside stream_begin/stream_end",
+			      id ? id : "");
+	if (!id || !stream_id_valid(id, strlen(id)))
+		return w_fail(w, -EINVAL, "section id '%s' is not 1 to %u of [A-Za-z0-9._-]",
+			      id ? id : "", STREAM_ID_MAX);
+	if (type == STREAM_CONFIG || type == STREAM_RAM || type == STREAM_EOF || !type ||
+	    type > 0xff || flags & ~STREAM_F_OPTIONAL || (!payload && len))
+		return w_fail(w, -EINVAL, "section '%s': type %u or flags 0x%x not allowed here",
+			      id, type, flags);
+	if (ram_emit(w))
+		return w->err;
+	return w_section(w, type, flags, id, version, instance, payload, len);
+}
+
+int stream_put_disk(struct stream_writer *w, uint32_t instance, uint64_t off,
+		    const void *data, uint64_t len)
+{
+	uint8_t h[STREAM_DISK_HDR] = { 0 };
+
+	if (w->err)
+		return w->err;
+	if (w->state != W_OPEN)
+		return w_fail(w, -EINVAL, "disk section written outside stream_begin/stream_end");
+	if (off % 512 || len % 512 || !len || len > STREAM_DISK_MAX_DATA)
+		return w_fail(w, -EINVAL, "disk extent at %llu, %llu bytes: not whole sectors "
+			      "or too long", (unsigned long long)off, (unsigned long long)len);
+	le_put(h, off, 8);
+	le_put(h + 8, len, 8);
+	le_put(h + 16, data ? 0 : STREAM_DISK_F_ZERO, 4);
+	if (ram_emit(w))
+		return w->err;
+	if (sec_begin(w, STREAM_DISK, 0, "disk", 1, instance,
+		      STREAM_DISK_HDR + (data ? len : 0)) ||
+	    w_put(w, h, sizeof(h), true) || (data && w_put(w, data, len, true)) || sec_end(w))
+		return w->err;
+	return 0;
+}
+
+int stream_disk_parse(const uint8_t *p, uint64_t n, uint64_t size, uint64_t *off,
+		      uint64_t *len, const uint8_t **data, char *err, size_t errlen)
+{
+	uint32_t flags;
+
+	if (n < STREAM_DISK_HDR) {
+		snprintf(err, errlen, "%llu bytes: shorter than a disk extent header",
+			 (unsigned long long)n);
+		return -EBADMSG;
+	}
+	*off = le_get(p, 8);
+	*len = le_get(p + 8, 8);
+	flags = (uint32_t)le_get(p + 16, 4);
+	if ((flags & ~STREAM_DISK_F_ZERO) || le_get(p + 20, 4)) {
+		snprintf(err, errlen, "unknown extent flags 0x%x", flags);
+		return -EBADMSG;
+	}
+	if (*off % 512 || *len % 512 || !*len || *len > STREAM_DISK_MAX_DATA ||
+	    *off > size || *len > size - *off) {
+		snprintf(err, errlen, "extent at %llu, %llu bytes, does not fit a %llu-byte disk "
+			 "in whole sectors", (unsigned long long)*off, (unsigned long long)*len,
+			 (unsigned long long)size);
+		return -EBADMSG;
+	}
+	if (n != STREAM_DISK_HDR + ((flags & STREAM_DISK_F_ZERO) ? 0 : *len)) {
+		snprintf(err, errlen, "payload of %llu bytes for a %s extent of %llu bytes",
+			 (unsigned long long)n, (flags & STREAM_DISK_F_ZERO) ? "zero" : "data",
+			 (unsigned long long)*len);
+		return -EBADMSG;
+	}
+	*data = (flags & STREAM_DISK_F_ZERO) ? NULL : p + STREAM_DISK_HDR;
+	return 0;
+}
+
+int stream_put_state(struct stream_writer *w, unsigned int type, const char *id,
+		     uint16_t version, uint32_t instance, const struct state_out *o)
+{
+	if (!w->err && o->err)
+		return w_fail(w, o->err, "section '%s' (instance %u): saving failed: %s",
+			      id ? id : "", instance, strerror(-o->err));
+	return stream_put_section(w, type, 0, id, version, instance, o->buf, o->len);
+}
+
+int stream_flush(struct stream_writer *w)
+{
+	if (w->err)
+		return w->err;
+	if (ram_emit(w))
+		return w->err;
+	return w_drain(w);
+}
+
+int stream_end(struct stream_writer *w)
+{
+	struct state_out o;
+
+	if (w->err)
+		return w->err;
+	if (w->state != W_OPEN)
+		return w_fail(w, -EINVAL, "stream_end without stream_begin, or twice");
+	if (ram_emit(w))
+		return w->err;
+	state_out_init(&o);
+	state_put_u64(&o, EOF_SECTIONS, w->nsections);
+	state_put_u64(&o, EOF_OFFSET, w->off);
+	state_put_u32(&o, EOF_CHAIN, w->chain);
+	if (o.err) {
+		state_out_free(&o);
+		return w_fail(w, o.err, "eof: %s", strerror(-o.err));
+	}
+	w_section(w, STREAM_EOF, 0, "eof", EOF_VERSION, 0, o.buf, o.len);
+	state_out_free(&o);
+	w->state = W_ENDED;
+	if (w->err)
+		return w->err;
+	return w_drain(w);
+}
+
+const char *stream_writer_error(const struct stream_writer *w)
+{
+	return w->msg;
+}
+
+uint64_t stream_writer_offset(const struct stream_writer *w)
+{
+	return w->off;
+}
+
+void stream_writer_ram_stats(const struct stream_writer *w, struct stream_ram_stats *st)
+{
+	*st = w->ram;
+}
