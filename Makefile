@@ -30,6 +30,7 @@ LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread
 # The VMM.  One object per line.
 OBJS += src/vmm/log.o
 OBJS += src/vmm/util.o
+OBJS += src/vmm/devspec.o
 OBJS += src/vmm/loop.o
 OBJS += src/vmm/vm.o
 OBJS += src/vmm/vcpu.o

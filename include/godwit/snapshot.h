@@ -75,13 +75,6 @@ int snapshot_file_commit(struct snapshot_file *f, char *err, size_t len) __must_
 /* Close and remove the temporary file (f may be unused or committed). */
 void snapshot_file_abort(struct snapshot_file *f);
 
-/*
- * snapshot_spec_options - the guest-visible options of a --disk or --net
- * spec: everything but the image path (disk) or tap=NAME (net), in order,
- * comma-separated, into buf.  Returns 0, or -ENOSPC if buf is too small.
- */
-int snapshot_spec_options(enum vm_dev_kind kind, const char *spec, char *buf,
-			  size_t len) __must_check;
 /* stream_config_from_vm() plus the virtio devices' options. */
 int snapshot_config_from_vm(struct stream_config *c, const struct vm *vm) __must_check;
 

@@ -26,6 +26,7 @@
 #include "godwit/state.h"
 
 struct vm;
+struct vm_device_arg;
 struct virtio_dev;
 
 /* Device status bits (virtio 1.2, 2.1). */
@@ -310,12 +311,12 @@ uint64_t virtio_blk_track_take(struct blk *b, uint64_t *bitmap);
 void virtio_blk_track_mark(struct blk *b, uint64_t off, uint64_t len);
 
 
-/* ---- devices: each parses its own command-line spec ------------------------------ */
+/* ---- devices, from their parsed command-line specs (devspec.h) --------------------- */
 
 /* `--disk FILE[,readonly][,serial=ID]` */
-int virtio_blk_add(struct vm *vm, unsigned int slot, const char *spec) __must_check;
+int virtio_blk_add(struct vm *vm, unsigned int slot, const struct vm_device_arg *a) __must_check;
 /* `--net tap=NAME[,mac=MAC]` */
-int virtio_net_add(struct vm *vm, unsigned int slot, const char *spec) __must_check;
+int virtio_net_add(struct vm *vm, unsigned int slot, const struct vm_device_arg *a) __must_check;
 /* virtio-rng, fed from getrandom() */
 int virtio_rng_add(struct vm *vm, unsigned int slot) __must_check;
 

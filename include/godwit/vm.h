@@ -16,17 +16,13 @@
 
 #include "godwit/common.h"
 #include "godwit/cpuid.h"
+#include "godwit/devspec.h"
 
 struct loop;
 struct migration;
 struct vm;
 
 #define VM_MAX_DEVICE_ARGS 16
-enum vm_dev_kind { VM_DEV_DISK, VM_DEV_NET };
-struct vm_device_arg {
-	enum vm_dev_kind kind;
-	const char *spec;        /* the option's argument, parsed by the device */
-};
 
 struct vm_config {
 	const char *kernel;

@@ -179,6 +179,22 @@ static int uuid_random(uint8_t uuid[16])
 	return 0;
 }
 
+/* --disk/--net as given (kind and spec set) into their typed specs; false after saying why. */
+static bool run_parse_devices(struct vm_device_arg *d, unsigned int n)
+{
+	for (unsigned int i = 0; i < n; i++) {
+		const char *spec = d[i].spec;
+		enum vm_dev_kind kind = d[i].kind;
+		char err[256];
+
+		if (vm_device_arg_parse(&d[i], kind, spec, err, sizeof(err))) {
+			log_warnx("%s %s: %s", vm_dev_option(kind), spec, err);
+			return false;
+		}
+	}
+	return true;
+}
+
 static int run_parse(int argc, char **argv, struct vm_config *cfg)
 {
 	static const struct option opts[] = {
@@ -432,9 +448,9 @@ static int run_add_devices(struct vm *vm)
 		const struct vm_device_arg *a = &vm->cfg.devices[i];
 
 		if (a->kind == VM_DEV_DISK)
-			ret = virtio_blk_add(vm, slot, a->spec);
+			ret = virtio_blk_add(vm, slot, a);
 		else
-			ret = virtio_net_add(vm, slot, a->spec);
+			ret = virtio_net_add(vm, slot, a);
 		if (ret)
 			log_warnx("cannot add %s %s: %s", a->kind == VM_DEV_DISK ? "--disk" : "--net",
 				  a->spec, strerror(-ret));
@@ -603,6 +619,10 @@ int cmd_run(int argc, char **argv)
 	if (ret) {
 		free(ctx);
 		return ret > 0 ? 0 : EXIT_USAGE;
+	}
+	if (!run_parse_devices(cfg.devices, cfg.nr_devices)) {
+		free(ctx);
+		return EXIT_ERROR;
 	}
 	/* Everything that can be checked without KVM is checked first. */
 	if (read_file("kernel", cfg.kernel, &ctx->kernel, &ctx->kernel_size))
@@ -873,6 +893,8 @@ int cmd_restore(int argc, char **argv)
 	ret = restore_parse(argc, argv, &a, false);
 	if (ret)
 		return ret > 0 ? 0 : EXIT_USAGE;
+	if (!run_parse_devices(a.devices, a.nr_devices))
+		return EXIT_ERROR;
 	ctx = calloc(1, sizeof(*ctx));
 	if (!ctx)
 		return EXIT_ERROR;
@@ -985,6 +1007,8 @@ static int cmd_incoming(int argc, char **argv)
 	ret = restore_parse(argc, argv, &a, true);
 	if (ret)
 		return ret > 0 ? 0 : EXIT_USAGE;
+	if (!run_parse_devices(a.devices, a.nr_devices))
+		return EXIT_ERROR;
 	if (migrate_addr_check(a.incoming, err, sizeof(err))) {
 		log_warnx("run: --incoming %s", err);
 		return EXIT_USAGE;

@@ -120,10 +120,7 @@ int incoming_open_disks(struct incoming *in, const struct vm_config *cfg, char *
 
 	for (unsigned int i = 0; i < sc->nr_disks; i++) {
 		const struct stream_disk *sd = &sc->disks[i];
-		const struct vm_device_arg *a;
-		char path[256];
-		const char *comma;
-		size_t n;
+		const char *path;
 
 		if (sd->instance < 1 || sd->instance > cfg->nr_devices ||
 		    cfg->devices[sd->instance - 1].kind != VM_DEV_DISK) {
@@ -131,15 +128,7 @@ int incoming_open_disks(struct incoming *in, const struct vm_config *cfg, char *
 				 "a disk", sd->instance);
 			return -EINVAL;
 		}
-		a = &cfg->devices[sd->instance - 1];
-		comma = strchr(a->spec, ',');
-		n = comma ? (size_t)(comma - a->spec) : strlen(a->spec);
-		if (n >= sizeof(path)) {
-			snprintf(err, len, "--disk %s: path too long", a->spec);
-			return -ENAMETOOLONG;
-		}
-		memcpy(path, a->spec, n);
-		path[n] = '\0';
+		path = cfg->devices[sd->instance - 1].disk.path;
 		in->disks[in->nr_disks].instance = sd->instance;
 		if (disk_recv_open(&in->disks[in->nr_disks], path, sd->size, in->p.overwrite,
 				   err, len))

@@ -55,47 +55,6 @@ static void snap_err(char *err, size_t len, const char *fmt, ...)
 
 /* ---- options ------------------------------------------------------------------------ */
 
-/* Is tok (of a kind's spec, at position i) host-local? */
-static bool snap_tok_local(enum vm_dev_kind kind, const char *tok, unsigned int i)
-{
-	return kind == VM_DEV_DISK ? i == 0 : !strncmp(tok, "tap=", 4);
-}
-
-int snapshot_spec_options(enum vm_dev_kind kind, const char *spec, char *buf, size_t len)
-{
-	size_t used = 0;
-	unsigned int i = 0;
-
-	if (!len)
-		return -ENOSPC;
-	buf[0] = '\0';
-	for (const char *p = spec; ; i++) {
-		const char *end = strchr(p, ',');
-		size_t n = end ? (size_t)(end - p) : strlen(p);
-		char tok[256];
-
-		if (n < sizeof(tok)) {
-			memcpy(tok, p, n);
-			tok[n] = '\0';
-		} else {
-			tok[0] = '\0';
-		}
-		if (n && !snap_tok_local(kind, tok, i)) {
-			if (used + (used ? 1 : 0) + n + 1 > len)
-				return -ENOSPC;
-			if (used)
-				buf[used++] = ',';
-			memcpy(buf + used, p, n);
-			used += n;
-			buf[used] = '\0';
-		}
-		if (!end)
-			break;
-		p = end + 1;
-	}
-	return 0;
-}
-
 /* The --disk/--net option behind a virtio device of vm (godwit run: slot = index + 1). */
 static const struct vm_device_arg *snap_dev_arg(const struct vm *vm, const char *type,
 						uint32_t instance)
@@ -126,9 +85,10 @@ int snapshot_config_from_vm(struct stream_config *c, const struct vm *vm)
 
 		if (!a)
 			continue;
-		ret = snapshot_spec_options(a->kind, a->spec, d->options, sizeof(d->options));
-		if (ret)
-			return ret;
+		_Static_assert(DEVSPEC_OPTS_MAX == STREAM_OPTIONS_MAX, "the stream carries the options");
+		if (strlen(a->options) >= sizeof(d->options))
+			return -ENOSPC;
+		snprintf(d->options, sizeof(d->options), "%s", a->options);
 	}
 	return 0;
 }
@@ -502,32 +462,6 @@ static void snap_canon(const char *opts, char *out, size_t len)
 					 i ? "," : "", toks[i]);
 }
 
-/* The host-local part of a user spec: the image path, or tap=NAME. */
-static int snap_local_part(enum vm_dev_kind kind, const char *spec, char *buf, size_t len)
-{
-	unsigned int i = 0;
-
-	buf[0] = '\0';
-	for (const char *p = spec; ; i++) {
-		const char *end = strchr(p, ',');
-		size_t n = end ? (size_t)(end - p) : strlen(p);
-		char tok[256];
-
-		if (n >= sizeof(tok))
-			return -EINVAL;
-		memcpy(tok, p, n);
-		tok[n] = '\0';
-		if (n && snap_tok_local(kind, tok, i)) {
-			if (buf[0] || n >= len)
-				return -EINVAL;      /* twice, or too long: the device says why */
-			memcpy(buf, tok, n + 1);
-		}
-		if (!end)
-			break;
-		p = end + 1;
-	}
-	return buf[0] ? 0 : -EINVAL;
-}
 
 int snapshot_restore_config(struct snapshot_restore *sr, const struct vm_device_arg *user,
 			    unsigned int nr_user, struct vm_config *cfg, char *err, size_t len)
@@ -578,7 +512,8 @@ int snapshot_restore_config(struct snapshot_restore *sr, const struct vm_device_
 		const char *opt = kind == VM_DEV_DISK ? "--disk" : "--net";
 		unsigned int want = kind == VM_DEV_DISK ? used_disk++ : used_net++;
 		const struct vm_device_arg *a = NULL;
-		char local[256], mine[256], ca[512], cb[512], *spec;
+		struct vm_device_arg *to = &cfg->devices[cfg->nr_devices];
+		char ca[512], cb[512], why[256], *spec;
 
 		for (unsigned int k = 0, n = 0; k < nr_user; k++)
 			if (user[k].kind == kind && n++ == want) {
@@ -593,29 +528,29 @@ int snapshot_restore_config(struct snapshot_restore *sr, const struct vm_device_
 				 want == 0 ? "st" : want == 1 ? "nd" : want == 2 ? "rd" : "th", opt);
 			return -EINVAL;
 		}
-		if (snap_local_part(kind, a->spec, local, sizeof(local)) ||
-		    snapshot_spec_options(kind, a->spec, mine, sizeof(mine))) {
-			snap_err(err, len, "%s %s: expected %s", opt, a->spec,
-				 kind == VM_DEV_DISK ? "FILE[,readonly][,serial=ID]" :
-				 "tap=NAME[,mac=MAC]");
-			return -EINVAL;
-		}
-		snap_canon(mine, ca, sizeof(ca));
+		snap_canon(a->options, ca, sizeof(ca));
 		snap_canon(d->options, cb, sizeof(cb));
-		if (mine[0] && strcmp(ca, cb)) {
+		if (a->options[0] && strcmp(ca, cb)) {
 			snap_err(err, len, "%s %s: guest-visible options '%s' differ from the snapshot's "
-				 "'%s' (%s in PCI slot %u); give only the %s", opt, a->spec, mine,
+				 "'%s' (%s in PCI slot %u); give only the %s", opt, a->spec, a->options,
 				 d->options, d->type, d->instance,
 				 kind == VM_DEV_DISK ? "image path" : "tap=NAME");
 			return -EINVAL;
 		}
-		if (asprintf(&spec, "%s%s%s", local, d->options[0] ? "," : "", d->options) < 0) {
+		/* This host's part (the image, the TAP) with the snapshot's guest-visible options. */
+		if (asprintf(&spec, "%s%s%s%s", kind == VM_DEV_DISK ? "" : "tap=",
+			     kind == VM_DEV_DISK ? a->disk.path : a->net.tap,
+			     d->options[0] ? "," : "", d->options) < 0) {
 			snap_err(err, len, "out of memory");
 			return -ENOMEM;
 		}
 		sr->specs[sr->nr_specs++] = spec;
-		cfg->devices[cfg->nr_devices].kind = kind;
-		cfg->devices[cfg->nr_devices++].spec = spec;
+		if (vm_device_arg_parse(to, kind, spec, why, sizeof(why))) {
+			snap_err(err, len, "%s %s with the snapshot's options '%s' (%s in PCI slot "
+				 "%u): %s", opt, a->spec, d->options, d->type, d->instance, why);
+			return -EINVAL;
+		}
+		cfg->nr_devices++;
 	}
 	if (used_disk < nr_disk_user || used_net < nr_net_user) {
 		bool disk = used_disk < nr_disk_user;

@@ -77,7 +77,7 @@
 #define BLK_SECTOR         512u
 #define BLK_HDR_LEN        16u          /* le32 type, le32 reserved, le64 sector */
 #define BLK_DWZ_SEG_LEN    16u          /* le64 sector, le32 num_sectors, le32 flags */
-#define BLK_ID_BYTES       20u
+#define BLK_ID_BYTES       DISK_SERIAL_MAX
 #define BLK_QUEUE_SIZE     256u
 /* Segments per request the driver may use: QEMU's queue size - 2 (header, status). */
 #define BLK_SEG_MAX        (BLK_QUEUE_SIZE - 2)
@@ -149,77 +149,6 @@ static const uint8_t blk_zeros[64 * KiB];
 #define BLK_TRACK_SHIFT 16              /* dirty-block granularity: 64 KiB */
 static const struct virtio_dev_ops blk_vdev_ops;
 static void blk_stop_locked(struct blk *b);
-
-/* ---- the spec: FILE[,readonly][,serial=ID] ------------------------------------ */
-
-/*
- * blk_parse - split spec into b->path, b->readonly and b->serial.  Commas
- * separate options, so a path cannot contain one.  Returns 0 or -EINVAL
- * after logging what is wrong, naming the option.
- */
-static int blk_parse(struct blk *b, const char *spec)
-{
-	char *copy = strdup(spec), *save = NULL, *tok;
-	bool seen_ro = false, seen_serial = false;
-	int ret = -EINVAL;
-
-	if (!copy)
-		return -ENOMEM;
-	if (!*spec || spec[0] == ',') {
-		log_warnx("--disk '%s': the image file name is empty", spec);
-		goto out;
-	}
-	if (spec[strlen(spec) - 1] == ',' || strstr(spec, ",,")) {
-		log_warnx("--disk %s: empty option (expected FILE[,readonly][,serial=ID])", spec);
-		goto out;
-	}
-	tok = strtok_r(copy, ",", &save);
-	b->path = strdup(tok);
-	if (!b->path) {
-		ret = -ENOMEM;
-		goto out;
-	}
-	while ((tok = strtok_r(NULL, ",", &save))) {
-		if (!strcmp(tok, "readonly")) {
-			if (seen_ro) {
-				log_warnx("--disk %s: readonly given twice", spec);
-				goto out;
-			}
-			seen_ro = true;
-			b->readonly = true;
-		} else if (!strncmp(tok, "serial=", 7)) {
-			const char *id = tok + 7;
-			size_t len = strlen(id);
-
-			if (seen_serial) {
-				log_warnx("--disk %s: serial given twice", spec);
-				goto out;
-			}
-			seen_serial = true;
-			if (len == 0 || len > BLK_ID_BYTES) {
-				log_warnx("--disk %s: serial must be 1 to %u bytes, not %zu", spec,
-					  BLK_ID_BYTES, len);
-				goto out;
-			}
-			for (size_t i = 0; i < len; i++) {
-				if (id[i] < 0x20 || id[i] > 0x7e) {
-					log_warnx("--disk %s: serial must be printable ASCII", spec);
-					goto out;
-				}
-			}
-			memcpy(b->serial, id, len);
-			b->serial_len = len;
-		} else {
-			log_warnx("--disk %s: unknown option '%s' (expected readonly or serial=ID)",
-				  spec, tok);
-			goto out;
-		}
-	}
-	ret = 0;
-out:
-	free(copy);
-	return ret;
-}
 
 /* ---- the image ------------------------------------------------------------------ */
 
@@ -437,7 +366,8 @@ void virtio_blk_close(struct blk *b)
  * option: -EINVAL (bad spec, bad size), -ENOENT/-EACCES/... (open),
  * -EISDIR, -EBUSY (locked by another VM), -ENOMEM.
  */
-static int blk_open(const char *spec, bool defer_lock, struct blk **out)
+static int blk_open(const char *spec, const struct disk_spec *ds, bool defer_lock,
+		    struct blk **out)
 {
 	struct blk *b = calloc(1, sizeof(*b));
 	int ret = -ENOMEM;
@@ -451,11 +381,12 @@ static int blk_open(const char *spec, bool defer_lock, struct blk **out)
 	b->spec = strdup(spec);
 	b->elem = malloc(sizeof(*b->elem));
 	b->slice = calloc(VQ_MAX_SEGS, sizeof(*b->slice));
-	if (!b->spec || !b->elem || !b->slice)
+	b->path = strdup(ds->path);
+	if (!b->spec || !b->path || !b->elem || !b->slice)
 		goto err;
-	ret = blk_parse(b, spec);
-	if (ret)
-		goto err;
+	b->readonly = ds->readonly;
+	b->serial_len = strlen(ds->serial);
+	memcpy(b->serial, ds->serial, b->serial_len);
 	ret = blk_open_image(b, defer_lock);
 	if (ret)
 		goto err;
@@ -471,7 +402,17 @@ err:
 
 int virtio_blk_open(const char *spec, struct blk **out)
 {
-	return blk_open(spec, false, out);
+	struct disk_spec ds;
+	char err[256];
+	int ret;
+
+	*out = NULL;
+	ret = disk_spec_parse(spec, &ds, err, sizeof(err));
+	if (ret) {
+		log_warnx("--disk %s: %s", spec, err);
+		return ret;
+	}
+	return blk_open(spec, &ds, false, out);
 }
 
 struct virtio_dev *virtio_blk_vdev(struct blk *b)
@@ -1046,12 +987,12 @@ static const struct virtio_dev_ops blk_vdev_ops = {
  * device on the raw image FILE in PCI slot `slot`.
  * Returns 0, or -errno after logging why (see virtio_blk_open).
  */
-int virtio_blk_add(struct vm *vm, unsigned int slot, const char *spec)
+int virtio_blk_add(struct vm *vm, unsigned int slot, const struct vm_device_arg *a)
 {
 	struct blk *b;
 	int ret;
 
-	ret = blk_open(spec, vm->cfg.incoming, &b);
+	ret = blk_open(a->spec, &a->disk, vm->cfg.incoming, &b);
 	if (ret)
 		return ret;
 	b->vdev.vm = vm;

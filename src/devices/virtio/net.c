@@ -925,15 +925,15 @@ void virtio_net_close(struct virtio_dev *vdev)
 	net_free(vdev->priv);
 }
 
-/* Which --net this spec is (0 for the first), for the default MAC. */
-static unsigned int net_index(struct vm *vm, const char *spec)
+/* Which --net this is (0 for the first), for the default MAC. */
+static unsigned int net_index(struct vm *vm, const struct vm_device_arg *a)
 {
 	unsigned int idx = 0;
 
 	for (unsigned int i = 0; i < vm->cfg.nr_devices; i++) {
 		if (vm->cfg.devices[i].kind != VM_DEV_NET)
 			continue;
-		if (vm->cfg.devices[i].spec == spec)
+		if (&vm->cfg.devices[i] == a)
 			return idx;
 		idx++;
 	}
@@ -948,23 +948,19 @@ static unsigned int net_index(struct vm *vm, const char *spec)
  * Returns 0, or -errno after logging why (bad spec: -EINVAL; the TAP
  * cannot be opened: its errno, e.g. -EBUSY, -EPERM, -EINVAL).
  */
-int virtio_net_add(struct vm *vm, unsigned int slot, const char *spec)
+int virtio_net_add(struct vm *vm, unsigned int slot, const struct vm_device_arg *a)
 {
-	struct tap_spec ts;
+	const struct tap_spec ts = a->net;
+	const char *spec = a->spec;
 	struct net *n;
 	char err[256], macs[18];
 	uint8_t mac[6];
 	int ret;
 
-	ret = tap_spec_parse(spec, &ts, err, sizeof(err));
-	if (ret) {
-		log_warnx("--net %s: %s", spec, err);
-		return ret;
-	}
 	if (ts.has_mac)
 		memcpy(mac, ts.mac, 6);
 	else
-		tap_mac_default(vm->cfg.uuid, net_index(vm, spec), mac);
+		tap_mac_default(vm->cfg.uuid, net_index(vm, a), mac);
 	n = net_alloc(vm, spec, mac);
 	if (!n)
 		return -ENOMEM;
