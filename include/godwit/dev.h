@@ -18,10 +18,36 @@
 #define GODWIT_DEV_H
 
 #include "godwit/common.h"
+#include "godwit/devspec.h"
 #include "godwit/state.h"
 
 struct vm;
 struct dev;
+
+/*
+ * A device backed by a disk image that storage migration copies while the
+ * guest runs (src/migration/disk.c).  track_start() begins marking every
+ * block (1 << block_shift bytes) a write, discard or write-zeroes touched,
+ * after the I/O completes, and makes release() keep the image's lock (the
+ * image is copied, not handed over); track_take() moves the marks into
+ * bitmap (OR; ((size >> block_shift) + 64) / 64 words) and returns how many
+ * bits bitmap has set.  Call them from one thread; the device marks
+ * concurrently.
+ */
+struct dev_disk_image {
+	int fd;
+	uint64_t size;                  /* bytes */
+	const char *path;
+	bool readonly;
+	char serial[DISK_SERIAL_MAX + 1];
+	unsigned int block_shift;
+};
+struct dev_disk_ops {
+	void (*image)(struct dev *d, struct dev_disk_image *img);
+	int (*track_start)(struct dev *d);
+	void (*track_stop)(struct dev *d);
+	uint64_t (*track_take)(struct dev *d, uint64_t *bitmap);
+};
 
 struct dev_ops {
 	const char *name;          /* stream id; never rename, never reuse */
@@ -37,6 +63,7 @@ struct dev_ops {
 	int (*release)(struct dev *d);
 	int (*acquire)(struct dev *d);
 	void (*destroy)(struct dev *d);
+	const struct dev_disk_ops *disk; /* a disk image storage migration can copy, or NULL */
 };
 
 struct dev {

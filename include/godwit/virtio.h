@@ -26,6 +26,7 @@
 #include "godwit/state.h"
 
 struct vm;
+struct dev_disk_ops;
 struct vm_device_arg;
 struct virtio_dev;
 
@@ -157,6 +158,8 @@ struct virtio_dev_ops {
 	int (*acquire)(struct virtio_dev *vdev);
 	/* Addition: free the device's own state at teardown, after reset (may be NULL). */
 	void (*destroy)(struct virtio_dev *vdev);
+	/* A disk image storage migration can copy (dev.h; the struct dev is the transport's). */
+	const struct dev_disk_ops *disk;
 };
 
 struct virtio_dev {
@@ -283,32 +286,7 @@ unsigned int virtio_pci_announce(struct vm *vm);
 struct dev;
 struct virtio_dev *virtio_pci_vdev(struct dev *d);
 
-/*
- * Storage migration (src/migration/disk.c): a virtio-blk device's image and
- * the blocks the guest writes.  virtio_blk_track_start() begins marking
- * every block (1 << block_shift bytes) a write, discard or write-zeroes
- * touched, after the I/O completes, and makes release() keep the image's
- * lock (the image is copied, not handed over); virtio_blk_track_take()
- * moves the marks into bitmap (OR; ((size >> block_shift) + 64) / 64
- * words) and returns how many bits bitmap has set.  Call them from one
- * thread; the I/O thread marks concurrently.
- */
-struct blk;
-struct virtio_blk_image {
-	int fd;
-	uint64_t size;                  /* bytes */
-	const char *path;
-	bool readonly;
-	char serial[21];
-	unsigned int block_shift;
-};
-struct blk *virtio_blk_of(struct virtio_dev *vdev);
-void virtio_blk_image(struct blk *b, struct virtio_blk_image *img);
-int virtio_blk_track_start(struct blk *b) __must_check;
-void virtio_blk_track_stop(struct blk *b);
-uint64_t virtio_blk_track_take(struct blk *b, uint64_t *bitmap);
-/* Mark [off, off + len) (a destination that wrote the image itself: tests). */
-void virtio_blk_track_mark(struct blk *b, uint64_t off, uint64_t len);
+/* Storage migration reaches a virtio-blk image through its struct dev (dev_ops.disk). */
 
 
 /* ---- devices, from their parsed command-line specs (devspec.h) --------------------- */

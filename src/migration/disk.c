@@ -2,8 +2,9 @@
  * disk.c - storage migration (docs/migration.md, "Storage"): local disk
  * images copied to the destination while memory pre-copy runs.
  *
- * Source: the disks chosen by --with-disks start dirty-block tracking (the
- * virtio-blk I/O thread marks every block it wrote, after the write), then
+ * Source: the disks chosen by --with-disks (devices with a disk image,
+ * dev_ops.disk) start dirty-block tracking (the device marks every block it
+ * wrote, after the write), then
  * the first pass sends each image's data extents (SEEK_DATA/SEEK_HOLE; zero
  * blocks inside them are not sent either: the destination's image starts
  * as one hole), and every later pass sends the blocks written since the
@@ -29,14 +30,13 @@
 #include "godwit/disk.h"
 #include "godwit/log.h"
 #include "godwit/stream.h"
-#include "godwit/virtio.h"
 
 #define DISK_PIECE  (1u << 20)          /* bytes read and sent at a time */
 #define DISK_WRITEBACK (32u << 20)      /* destination: start writeback this often */
 
 struct disk_src {
-	struct blk *b;
-	struct virtio_blk_image img;
+	struct dev *d;                  /* a device with a disk image (dev_ops.disk) */
+	struct dev_disk_image img;
 	uint32_t instance;
 	uint64_t blocks, words, *bitmap;
 };
@@ -76,20 +76,19 @@ int disk_mig_select(struct vm *vm, const char *which, struct disk_mig **out, cha
 		return -ENOMEM;
 	}
 	for (struct dev *d = dev_first(vm); d; d = d->next) {
-		struct blk *b = virtio_blk_of(virtio_pci_vdev(d));
 		struct disk_src *s;
 
-		if (!b)
+		if (!d->ops->disk)
 			continue;
 		if (dm->n == STREAM_MAX_DISKS) {
 			snprintf(err, len, "more than %d disks", STREAM_MAX_DISKS);
 			goto err;
 		}
 		s = &dm->d[dm->n];
-		virtio_blk_image(b, &s->img);
+		d->ops->disk->image(d, &s->img);
 		if (which && !serial_listed(which, s->img.serial))
 			continue;
-		s->b = b;
+		s->d = d;
 		s->instance = d->instance;
 		s->blocks = (s->img.size + (1ULL << s->img.block_shift) - 1) >> s->img.block_shift;
 		s->words = ((s->img.size >> s->img.block_shift) + 64) / 64;
@@ -161,11 +160,11 @@ int disk_mig_config(const struct disk_mig *dm, struct stream_config *cfg)
 int disk_mig_start(struct disk_mig *dm)
 {
 	for (unsigned int i = 0; i < dm->n; i++) {
-		int ret = virtio_blk_track_start(dm->d[i].b);
+		int ret = dm->d[i].d->ops->disk->track_start(dm->d[i].d);
 
 		if (ret) {
 			while (i--)
-				virtio_blk_track_stop(dm->d[i].b);
+				dm->d[i].d->ops->disk->track_stop(dm->d[i].d);
 			return ret;
 		}
 	}
@@ -175,7 +174,7 @@ int disk_mig_start(struct disk_mig *dm)
 void disk_mig_stop(struct disk_mig *dm)
 {
 	for (unsigned int i = 0; dm && i < dm->n; i++)
-		virtio_blk_track_stop(dm->d[i].b);
+		dm->d[i].d->ops->disk->track_stop(dm->d[i].d);
 }
 
 /* Read [off, off + len) of an image (len <= DISK_PIECE) into dm->buf. */
@@ -318,7 +317,7 @@ uint64_t disk_mig_collect(struct disk_mig *dm)
 	for (unsigned int i = 0; i < dm->n; i++) {
 		struct disk_src *s = &dm->d[i];
 
-		bytes += virtio_blk_track_take(s->b, s->bitmap) << s->img.block_shift;
+		bytes += s->d->ops->disk->track_take(s->d, s->bitmap) << s->img.block_shift;
 	}
 	return bytes;
 }

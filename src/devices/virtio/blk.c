@@ -46,6 +46,7 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 
+#include "godwit/dev.h"
 #include "godwit/le.h"
 #include "godwit/log.h"
 #include "godwit/virtio.h"
@@ -961,6 +962,8 @@ static void blk_destroy(struct virtio_dev *vdev)
 	virtio_blk_close(vdev->priv);
 }
 
+static const struct dev_disk_ops blk_disk_ops;
+
 static const struct virtio_dev_ops blk_vdev_ops = {
 	.name = "virtio-blk",
 	.device_id = 2,
@@ -980,6 +983,7 @@ static const struct virtio_dev_ops blk_vdev_ops = {
 	.release = blk_release,
 	.acquire = blk_acquire,
 	.destroy = blk_destroy,
+	.disk = &blk_disk_ops,
 };
 
 /*
@@ -1010,13 +1014,15 @@ int virtio_blk_add(struct vm *vm, unsigned int slot, const struct vm_device_arg 
 
 /* ---- storage migration (src/migration/disk.c) ------------------------------------- */
 
-struct blk *virtio_blk_of(struct virtio_dev *vdev)
+static struct blk *blk_of(struct dev *d)
 {
-	return vdev && vdev->ops == &blk_vdev_ops ? vdev->priv : NULL;
+	return virtio_pci_vdev(d)->priv;
 }
 
-void virtio_blk_image(struct blk *b, struct virtio_blk_image *img)
+static void blk_disk_image(struct dev *d, struct dev_disk_image *img)
 {
+	struct blk *b = blk_of(d);
+
 	img->fd = b->fd;
 	img->size = b->capacity * BLK_SECTOR;
 	img->path = b->path;
@@ -1026,8 +1032,9 @@ void virtio_blk_image(struct blk *b, struct virtio_blk_image *img)
 	img->block_shift = BLK_TRACK_SHIFT;
 }
 
-int virtio_blk_track_start(struct blk *b)
+static int blk_track_start(struct dev *d)
 {
+	struct blk *b = blk_of(d);
 	uint64_t words = ((b->capacity * BLK_SECTOR >> BLK_TRACK_SHIFT) + 64) / 64;
 	uint64_t *map = atomic_load(&b->track);
 
@@ -1045,14 +1052,17 @@ int virtio_blk_track_start(struct blk *b)
 	return 0;
 }
 
-void virtio_blk_track_stop(struct blk *b)
+static void blk_track_stop(struct dev *d)
 {
+	struct blk *b = blk_of(d);
+
 	atomic_store(&b->tracking, false);
 	b->moving = false;
 }
 
-uint64_t virtio_blk_track_take(struct blk *b, uint64_t *bitmap)
+static uint64_t blk_track_take(struct dev *d, uint64_t *bitmap)
 {
+	struct blk *b = blk_of(d);
 	uint64_t words = ((b->capacity * BLK_SECTOR >> BLK_TRACK_SHIFT) + 64) / 64, n = 0;
 	uint64_t *map = atomic_load(&b->track);
 
@@ -1063,7 +1073,9 @@ uint64_t virtio_blk_track_take(struct blk *b, uint64_t *bitmap)
 	return n;
 }
 
-void virtio_blk_track_mark(struct blk *b, uint64_t off, uint64_t len)
-{
-	blk_track_mark(b, off, len);
-}
+static const struct dev_disk_ops blk_disk_ops = {
+	.image = blk_disk_image,
+	.track_start = blk_track_start,
+	.track_stop = blk_track_stop,
+	.track_take = blk_track_take,
+};

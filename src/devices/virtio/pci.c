@@ -722,6 +722,7 @@ int virtio_pci_add(struct vm *vm, unsigned int slot, struct virtio_dev *vdev)
 		.release = vpci_dev_release,
 		.acquire = vpci_dev_acquire,
 		.destroy = vpci_dev_destroy,
+		.disk = ops->disk,
 	};
 	ret = dev_register(vm, &vp->dev, &vp->dev_ops, vp, slot);
 	if (ret) {
