@@ -1,10 +1,10 @@
 /*
- * run.c - `godwit run` and `godwit restore`: parse the configuration, build
- * the VM (memory, vCPUs, platform devices, the PCI devices), fill it (run:
- * ACPI tables and the kernel; restore: a snapshot stream, snapshot.h), and
- * run the event loop (console input, signals, the API) until the VM stops.
- * Both share run_vm(), which does everything but the filling.  Returns the
- * documented exit code (common.h, docs/cli.md).
+ * run.c - `godwit run`: parse the configuration, build the VM (memory,
+ * vCPUs, platform devices, the PCI devices), fill it with ACPI tables and the
+ * kernel, and run the event loop (console input, signals, the API) until the
+ * VM stops.  run_vm() does everything but the filling for restore.c and
+ * run_incoming.c too.  Returns the documented exit code (common.h,
+ * docs/cli.md).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -34,13 +34,13 @@
 #include "godwit/snapshot.h"
 #include "godwit/virtio.h"
 #include "godwit/vm.h"
+#include "run.h"
 
 #define RUN_DEFAULT_MEM   (512 * MiB)
 #define RUN_MIN_MEM       (32 * MiB)
-#define RUN_MAX_CPUS      255
 #define CONSOLE_ESCAPE    0x01   /* Ctrl-A, then 'x' quits, Ctrl-A again sends one */
 
-static const char run_usage[] =
+const char run_usage[] =
 "usage: godwit run --kernel FILE [options]\n"
 "       godwit run --incoming tcp:HOST:PORT|unix:PATH --api SOCKET\n"
 "                  [--disk FILE]... [--net tap=NAME]... [--mem, --cpus, ... to check]\n"
@@ -91,22 +91,6 @@ static const char run_usage[] =
 "Exit status: 0 guest powered off or API shutdown, 1 could not start,\n"
 "2 usage error, 3 guest reboot, 4 guest triple fault, 5 internal error,\n"
 "6 migrated away, 7 stopped by the console escape or a signal.\n";
-
-struct run_ctx {
-	struct vm vm;
-	struct loop *loop;
-	struct api_server *api;
-	int sig_fd;
-	bool stdin_tty;
-	struct termios saved_tio;
-	bool escape;
-	uint8_t *kernel, *initrd;
-	size_t kernel_size, initrd_size;
-	bool defer_start;        /* filled but not started (an in-doubt incoming VM) */
-	unsigned int announce_left;  /* RARP announcements still to send after a migration */
-	void (*started)(struct run_ctx *ctx, void *opaque);  /* after vm_start, or NULL */
-	char err[512];           /* run_vm: why the VM could not be built or started */
-};
 
 static int read_file(const char *what, const char *path, uint8_t **data, size_t *size)
 {
@@ -180,7 +164,7 @@ static int uuid_random(uint8_t uuid[16])
 }
 
 /* --disk/--net as given (kind and spec set) into their typed specs; false after saying why. */
-static bool run_parse_devices(struct vm_device_arg *d, unsigned int n)
+bool run_parse_devices(struct vm_device_arg *d, unsigned int n)
 {
 	for (unsigned int i = 0; i < n; i++) {
 		const char *spec = d[i].spec;
@@ -500,19 +484,7 @@ static int run_setup_loop(struct run_ctx *ctx)
 	return 0;
 }
 
-/*
- * Fills a created VM (devices added, not started): the kernel for run, the
- * snapshot for restore.  Returns 0, or -errno after logging why.
- */
-typedef int (*run_fill_fn)(struct run_ctx *ctx, void *opaque);
-
-/*
- * run_vm - build the VM for cfg, fill it, and run it until it stops.
- * Everything that fails before the first KVM_RUN gives EXIT_ERROR.
- * Returns the process exit code.
- */
-static int run_vm(struct run_ctx *ctx, const struct vm_config *cfg, run_fill_fn fill,
-		  void *opaque)
+int run_vm(struct run_ctx *ctx, const struct vm_config *cfg, run_fill_fn fill, void *opaque)
 {
 	int ret, code = EXIT_ERROR;
 
@@ -599,8 +571,6 @@ static int run_fill_boot(struct run_ctx *ctx, void *opaque)
 	return ret;
 }
 
-static int cmd_incoming(int argc, char **argv);
-
 int cmd_run(int argc, char **argv)
 {
 	struct run_ctx *ctx = calloc(1, sizeof(*ctx));
@@ -642,413 +612,6 @@ int cmd_run(int argc, char **argv)
 out:
 	free(ctx->kernel);
 	free(ctx->initrd);
-	free(ctx);
-	return code;
-}
-
-/* ---- restore ------------------------------------------------------------------------ */
-
-static const char restore_usage[] =
-"usage: godwit restore --from FILE [--api SOCKET] [--disk FILE]... [--net tap=NAME]...\n"
-"\n"
-"Start a VM from a snapshot (godwit snapshot), on this host or another one.\n"
-"The VM's configuration comes from the snapshot; only host-local settings\n"
-"are given here.\n"
-"\n"
-"  -f, --from FILE         the snapshot; required\n"
-"  -a, --api SOCKET        serve the HTTP/JSON control API on this UNIX socket\n"
-"  -d, --disk FILE         the image for the snapshot's next disk, in PCI slot\n"
-"                          order (repeatable; one per disk in the snapshot).\n"
-"                          readonly/serial= may be repeated, and must match\n"
-"  -N, --net tap=NAME      the TAP for the snapshot's next NIC (repeatable; one\n"
-"                          per NIC); mac= may be repeated, and must match\n"
-"  -m, --mem SIZE, -p, --cpus N, --cpu-model MODEL, --rng\n"
-"                          optional checks: refused unless they match the snapshot\n"
-"  -v, --verbose           debug logging\n"
-"  -h, --help              this text\n"
-"\n"
-"Time: the guest's kvmclock resumes where the snapshot left it (no time passes\n"
-"for the guest while it was stopped); see docs/cli.md.\n"
-"\n"
-"Exit status: as godwit run; 1 also when the snapshot is damaged, truncated,\n"
-"not for this host, or an option does not match it.\n";
-
-struct restore_args {
-	const char *cmd;         /* "restore" or "run" (--incoming) */
-	const char *from;
-	const char *incoming;
-	const char *api_path;
-	struct vm_device_arg devices[VM_MAX_DEVICE_ARGS];
-	unsigned int nr_devices;
-	bool has_mem, has_cpus, has_model, rng;
-	bool overwrite;          /* --incoming: a migrated disk may replace a non-empty file */
-	uint32_t timeout_s;      /* --incoming-timeout */
-	uint64_t min_rate;       /* --incoming-min-rate */
-	uint64_t mem;
-	unsigned int cpus;
-	enum cpu_model model;
-};
-
-static int restore_parse(int argc, char **argv, struct restore_args *a, bool incoming)
-{
-	static const struct option opts[] = {
-		{ "from",      required_argument, NULL, 'f' },
-		{ "incoming",  required_argument, NULL, 'I' },
-		{ "overwrite", no_argument,       NULL, 'O' },
-		{ "incoming-timeout",  required_argument, NULL, 'T' },
-		{ "incoming-min-rate", required_argument, NULL, 'r' },
-		{ "api",       required_argument, NULL, 'a' },
-		{ "disk",      required_argument, NULL, 'd' },
-		{ "net",       required_argument, NULL, 'N' },
-		{ "mem",       required_argument, NULL, 'm' },
-		{ "cpus",      required_argument, NULL, 'p' },
-		{ "cpu-model", required_argument, NULL, 'M' },
-		{ "rng",       no_argument,       NULL, 'R' },
-		{ "verbose",   no_argument,       NULL, 'v' },
-		{ "help",      no_argument,       NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
-	};
-	int c, li = 0;
-
-	memset(a, 0, sizeof(*a));
-	a->cmd = incoming ? "run" : "restore";
-	a->timeout_s = INCOMING_DEFAULT_TIMEOUT_S;
-	a->min_rate = INCOMING_DEFAULT_MIN_RATE;
-	optind = 1;
-	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":f:a:d:N:m:p:vh", opts, &li)) != -1) {
-		char *end;
-		long n;
-
-		if ((c == 'f' && incoming) ||
-		    ((c == 'I' || c == 'O' || c == 'T' || c == 'r') && !incoming)) {
-			log_warnx("%s: --%s is only for %s", a->cmd, opts[li].name,
-				  incoming ? "godwit restore" : "godwit run --incoming");
-			return -1;
-		}
-		switch (c) {
-		case 'f': a->from = optarg; break;
-		case 'I': a->incoming = optarg; break;
-		case 'O': a->overwrite = true; break;
-		case 'T':
-			errno = 0;
-			n = strtol(optarg, &end, 10);
-			if (errno || *end || end == optarg || n < 0 || n > 86400) {
-				log_warnx("run: --incoming-timeout %s: expected seconds, 0 (none) to "
-					  "86400", optarg);
-				return -1;
-			}
-			a->timeout_s = (uint32_t)n;
-			break;
-		case 'r':
-			if (parse_size(optarg, &a->min_rate) || a->min_rate > GiB) {
-				log_warnx("run: --incoming-min-rate %s: expected bytes per second, e.g. "
-					  "64K, 1M, or 0 (none)", optarg);
-				return -1;
-			}
-			break;
-		case 'a': a->api_path = optarg; break;
-		case 'd':
-		case 'N':
-			if (a->nr_devices == VM_MAX_DEVICE_ARGS) {
-				log_warnx("%s: at most %d --disk/--net options", a->cmd, VM_MAX_DEVICE_ARGS);
-				return -1;
-			}
-			a->devices[a->nr_devices].kind = c == 'd' ? VM_DEV_DISK : VM_DEV_NET;
-			a->devices[a->nr_devices++].spec = optarg;
-			break;
-		case 'm':
-			if (parse_size(optarg, &a->mem)) {
-				log_warnx("%s: --mem %s: not a size (e.g. 512M, 2G)", a->cmd, optarg);
-				return -1;
-			}
-			a->mem = ALIGN_UP(a->mem, 2 * MiB);
-			a->has_mem = true;
-			break;
-		case 'p':
-			errno = 0;
-			n = strtol(optarg, &end, 10);
-			if (errno || *end || end == optarg || n < 1 || n > RUN_MAX_CPUS) {
-				log_warnx("%s: --cpus %s: expected a number from 1 to %d", a->cmd, optarg,
-					  RUN_MAX_CPUS);
-				return -1;
-			}
-			a->cpus = (unsigned int)n;
-			a->has_cpus = true;
-			break;
-		case 'M':
-			if (cpu_model_parse(optarg, &a->model)) {
-				log_warnx("%s: --cpu-model %s: expected x86-64, x86-64-v2, x86-64-v3 or host", a->cmd,
-					  optarg);
-				return -1;
-			}
-			a->has_model = true;
-			break;
-		case 'R': a->rng = true; break;
-		case 'v': log_verbose = 1; break;
-		case 'h':
-			fputs(incoming ? run_usage : restore_usage, stdout);
-			return 1;
-		case ':':
-			log_warnx("%s: %s needs an argument", a->cmd, argv[optind - 1]);
-			return -1;
-		default:
-			log_warnx("%s: unknown option %s (see godwit %s --help; the configuration "
-				  "comes from the %s)", a->cmd, argv[optind - 1], a->cmd,
-				  incoming ? "stream" : "snapshot");
-			return -1;
-		}
-	}
-	if (optind < argc) {
-		log_warnx("%s: unexpected argument %s", a->cmd, argv[optind]);
-		return -1;
-	}
-	if (!incoming && !a->from) {
-		log_warnx("restore: --from FILE is required (see godwit restore --help)");
-		return -1;
-	}
-	if (incoming && !a->api_path) {
-		log_warnx("run: --incoming needs --api SOCKET (an in-doubt migration is settled "
-			  "through it)");
-		return -1;
-	}
-	return 0;
-}
-
-/*
- * The guest-visible options given on the command line must be the stream's.
- * Returns 0, or -1 with why in err.
- */
-static int restore_check(const struct restore_args *a, const struct vm_config *cfg,
-			 char *err, size_t len)
-{
-	const char *what = a->incoming ? "VM's" : "snapshot's";
-
-	if (a->has_mem && a->mem != cfg->mem_size) {
-		snprintf(err, len, "--mem %llu MiB differs from the %s %llu MiB (leave --mem out)",
-			 (unsigned long long)(a->mem >> 20), what,
-			 (unsigned long long)(cfg->mem_size >> 20));
-		return -1;
-	}
-	if (a->has_cpus && a->cpus != cfg->ncpus) {
-		snprintf(err, len, "--cpus %u differs from the %s %u vCPUs (leave --cpus out)",
-			 a->cpus, what, cfg->ncpus);
-		return -1;
-	}
-	if (a->has_model && a->model != cfg->cpu_model) {
-		snprintf(err, len, "--cpu-model %s differs from the %s %s (leave --cpu-model out)",
-			 cpu_model_name(a->model), what, cpu_model_name(cfg->cpu_model));
-		return -1;
-	}
-	if (a->rng && !cfg->rng) {
-		snprintf(err, len, "--rng: the %s VM has no virtio-rng", a->incoming ? "incoming" :
-			 "snapshot's");
-		return -1;
-	}
-	return 0;
-}
-
-struct restore_fill {
-	struct snapshot_restore *sr;
-	const char *from;
-};
-
-static int run_fill_restore(struct run_ctx *ctx, void *opaque)
-{
-	struct restore_fill *rf = opaque;
-	struct timespec t0, t1;
-	char err[512] = "";
-	int ret;
-
-	clock_gettime(CLOCK_MONOTONIC, &t0);
-	ret = snapshot_restore_load(rf->sr, &ctx->vm, err, sizeof(err));
-	if (!ret) {
-		ret = dev_resume_all(&ctx->vm);
-		if (ret)
-			snprintf(err, sizeof(err), "cannot start the devices: %s", strerror(-ret));
-	}
-	clock_gettime(CLOCK_MONOTONIC, &t1);
-	if (ret) {
-		log_warnx("restore: %s: %s", rf->from, err);
-		return ret;
-	}
-	log_debug("restore: %s loaded in %.1f ms", rf->from,
-		  (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
-	return 0;
-}
-
-/*
- * cmd_restore - `godwit restore --from FILE ...`: a VM from a snapshot,
- * then as `godwit run`.  Returns the process exit code.
- */
-int cmd_restore(int argc, char **argv)
-{
-	struct restore_fill rf = { .sr = NULL };
-	struct run_ctx *ctx;
-	struct restore_args a;
-	struct vm_config cfg;
-	char err[512] = "";
-	int fd = -1, ret, code = EXIT_ERROR;
-
-	ret = restore_parse(argc, argv, &a, false);
-	if (ret)
-		return ret > 0 ? 0 : EXIT_USAGE;
-	if (!run_parse_devices(a.devices, a.nr_devices))
-		return EXIT_ERROR;
-	ctx = calloc(1, sizeof(*ctx));
-	if (!ctx)
-		return EXIT_ERROR;
-	ctx->sig_fd = -1;
-	rf.from = a.from;
-	fd = open(a.from, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		log_warn("restore: cannot open %s", a.from);
-		goto out;
-	}
-	if (snapshot_restore_open(fd, NULL, &rf.sr, err, sizeof(err))) {
-		log_warnx("restore: %s: %s", a.from, err);
-		goto out;
-	}
-	if (snapshot_restore_config(rf.sr, a.devices, a.nr_devices, &cfg, err, sizeof(err))) {
-		log_warnx("restore: %s: %s", a.from, err);
-		goto out;
-	}
-	if (restore_check(&a, &cfg, err, sizeof(err))) {
-		log_warnx("restore: %s: %s; a restored VM keeps its configuration", a.from, err);
-		goto out;
-	}
-	cfg.api_path = a.api_path;
-	code = run_vm(ctx, &cfg, run_fill_restore, &rf);
-out:
-	snapshot_restore_free(rf.sr);
-	if (fd >= 0)
-		close(fd);
-	free(ctx);
-	return code;
-}
-
-/* ---- incoming migration ------------------------------------------------------------- */
-
-/*
- * `godwit run --incoming ADDR`: the destination of a live migration
- * (docs/migration.md).  The stream is a snapshot stream on a socket, so the
- * VM is built as by restore; around it go the control messages: ACCEPT
- * once the VM exists, READY once the whole stream is loaded, then COMMIT
- * from the source starts the vCPUs here (and DONE goes back).  Without
- * COMMIT after READY, the VM stays here paused, in doubt, for the operator.
- */
-/*
- * After a migration: announce the guest's MACs 5 times, 50 ms apart growing
- * by 100 ms (as QEMU's announce-self), so bridges learn the new port even
- * if a frame is lost.
- */
-#define RUN_ANNOUNCE_ROUNDS 5
-
-static void run_announce(struct loop *l, void *opaque)
-{
-	struct run_ctx *ctx = opaque;
-	unsigned int done;
-
-	if (!ctx->announce_left)
-		return;
-	(void)virtio_pci_announce(&ctx->vm);
-	ctx->announce_left--;
-	done = RUN_ANNOUNCE_ROUNDS - ctx->announce_left;
-	if (ctx->announce_left && loop_add_timer(l, 50 + 100 * (done - 1), run_announce, ctx) < 0)
-		log_warnx("cannot schedule the next MAC announcement");
-}
-
-static void run_announce_start(struct run_ctx *ctx)
-{
-	ctx->announce_left = RUN_ANNOUNCE_ROUNDS;
-	run_announce(ctx->loop, ctx);
-}
-
-struct run_incoming {
-	struct incoming *in;
-	bool in_doubt;
-};
-
-static int run_fill_incoming(struct run_ctx *ctx, void *opaque)
-{
-	struct run_incoming *ri = opaque;
-	char err[1024];
-	int ret;
-
-	ri->in_doubt = false;
-	ret = incoming_load(ri->in, &ctx->vm, &ri->in_doubt, err, sizeof(err));
-	if (ret)
-		return ret;
-	ctx->defer_start = ri->in_doubt;
-	return 0;
-}
-
-/* The vCPUs run: confirm to the source, then tell the network where the MACs are. */
-static void run_incoming_started(struct run_ctx *ctx, void *opaque)
-{
-	struct run_incoming *ri = opaque;
-
-	if (ri->in_doubt)
-		return;
-	incoming_started(ri->in);
-	run_announce_start(ctx);
-}
-
-static int cmd_incoming(int argc, char **argv)
-{
-	struct run_incoming ri = { .in = NULL };
-	struct incoming_params p;
-	struct run_ctx *ctx = NULL;
-	struct restore_args a;
-	struct vm_config cfg;
-	char err[1024] = "";
-	int ret, code = EXIT_ERROR;
-
-	ret = restore_parse(argc, argv, &a, true);
-	if (ret)
-		return ret > 0 ? 0 : EXIT_USAGE;
-	if (!run_parse_devices(a.devices, a.nr_devices))
-		return EXIT_ERROR;
-	if (migrate_addr_check(a.incoming, err, sizeof(err))) {
-		log_warnx("run: --incoming %s", err);
-		return EXIT_USAGE;
-	}
-	p = (struct incoming_params){
-		.timeout_s = a.timeout_s,
-		.min_rate = a.min_rate,
-		.handoff_ms = MIG_IO_TIMEOUT_MS,
-		.overwrite = a.overwrite,
-	};
-	if (incoming_accept(a.incoming, &p, &ri.in, err, sizeof(err))) {
-		log_warnx("run: %s", err);
-		return EXIT_ERROR;
-	}
-	if (snapshot_restore_config(incoming_restore(ri.in), a.devices, a.nr_devices, &cfg, err,
-				    sizeof(err)) ||
-	    restore_check(&a, &cfg, err, sizeof(err)) ||
-	    vm_host_check(&cfg, err, sizeof(err))) {
-		incoming_refuse(ri.in, err);
-		goto out;
-	}
-	if (incoming_open_disks(ri.in, &cfg, err, sizeof(err))) {
-		incoming_refuse(ri.in, err);
-		goto out;
-	}
-	ctx = calloc(1, sizeof(*ctx));
-	if (!ctx) {
-		incoming_refuse(ri.in, "out of memory");
-		goto out;
-	}
-	ctx->sig_fd = -1;
-	cfg.api_path = a.api_path;
-	cfg.incoming = true;
-	ctx->started = run_incoming_started;
-	code = run_vm(ctx, &cfg, run_fill_incoming, &ri);
-	/* The VM could not be built (ACCEPT never went) or loaded: tell the source. */
-	if (code == EXIT_ERROR && ctx->err[0])
-		incoming_failed(ri.in, ctx->err);
-out:
-	incoming_close(ri.in);
 	free(ctx);
 	return code;
 }

@@ -1,0 +1,77 @@
+/*
+ * run.h - what `godwit run` (run.c), `godwit restore` (restore.c) and
+ * `godwit run --incoming` (run_incoming.c) share: the running VM's context,
+ * run_vm() that builds, fills and runs it, and the restore options (a
+ * restore and a migration destination take the same ones).  Internal to
+ * src/cmd.
+ */
+#ifndef GODWIT_CMD_RUN_H
+#define GODWIT_CMD_RUN_H
+
+#include <termios.h>
+
+#include "godwit/cpuid.h"
+#include "godwit/vm.h"
+
+#define RUN_MAX_CPUS      255
+
+struct api_server;
+struct loop;
+
+struct run_ctx {
+	struct vm vm;
+	struct loop *loop;
+	struct api_server *api;
+	int sig_fd;
+	bool stdin_tty;
+	struct termios saved_tio;
+	bool escape;
+	uint8_t *kernel, *initrd;
+	size_t kernel_size, initrd_size;
+	bool defer_start;        /* filled but not started (an in-doubt incoming VM) */
+	unsigned int announce_left;  /* RARP announcements still to send after a migration */
+	void (*started)(struct run_ctx *ctx, void *opaque);  /* after vm_start, or NULL */
+	char err[512];           /* run_vm: why the VM could not be built or started */
+};
+
+/*
+ * Fills a created VM (devices added, not started): the kernel for run, the
+ * snapshot for restore.  Returns 0, or -errno after logging why.
+ */
+typedef int (*run_fill_fn)(struct run_ctx *ctx, void *opaque);
+
+/*
+ * run_vm - build the VM for cfg, fill it, and run it until it stops.
+ * Everything that fails before the first KVM_RUN gives EXIT_ERROR.
+ * Returns the process exit code.
+ */
+int run_vm(struct run_ctx *ctx, const struct vm_config *cfg, run_fill_fn fill, void *opaque);
+/* --disk/--net as given (kind and spec set) into their typed specs; false after saying why. */
+bool run_parse_devices(struct vm_device_arg *d, unsigned int n);
+extern const char run_usage[];
+
+/* `godwit restore` and `godwit run --incoming`: their options. */
+struct restore_args {
+	const char *cmd;         /* "restore" or "run" (--incoming) */
+	const char *from;
+	const char *incoming;
+	const char *api_path;
+	struct vm_device_arg devices[VM_MAX_DEVICE_ARGS];
+	unsigned int nr_devices;
+	bool has_mem, has_cpus, has_model, rng;
+	bool overwrite;          /* --incoming: a migrated disk may replace a non-empty file */
+	uint32_t timeout_s;      /* --incoming-timeout */
+	uint64_t min_rate;       /* --incoming-min-rate */
+	uint64_t mem;
+	unsigned int cpus;
+	enum cpu_model model;
+};
+
+/* Parse restore's (incoming: run --incoming's) options.  0, 1 after --help, or -1. */
+int restore_parse(int argc, char **argv, struct restore_args *a, bool incoming);
+/* The options given against the stream's configuration: 0, or -EINVAL with err set. */
+int restore_check(const struct restore_args *a, const struct vm_config *cfg, char *err, size_t len);
+/* `godwit run --incoming ADDR`: the migration destination (run_incoming.c). */
+int cmd_incoming(int argc, char **argv);
+
+#endif
