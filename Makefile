@@ -36,6 +36,7 @@ OBJS += src/vmm/vm.o
 OBJS += src/vmm/vcpu.o
 OBJS += src/vmm/irq.o
 OBJS += src/vmm/api.o
+OBJS += src/vmm/api_vm.o
 OBJS += src/arch/x86/cpuid.o
 OBJS += src/arch/x86/acpi.o
 OBJS += src/arch/x86/boot.o

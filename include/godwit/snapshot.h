@@ -75,6 +75,26 @@ int snapshot_file_commit(struct snapshot_file *f, char *err, size_t len) __must_
 /* Close and remove the temporary file (f may be unused or committed). */
 void snapshot_file_abort(struct snapshot_file *f);
 
+/* The VM operations a snapshot of a running VM needs (the API's, which tests replace). */
+struct snapshot_vm_ops {
+	int (*pause)(struct vm *vm);
+	int (*resume)(struct vm *vm);
+};
+enum snapshot_stage { SNAPSHOT_PAUSING, SNAPSHOT_WRITING };
+/*
+ * snapshot_take - the whole VM into f (snapshot_file_create), in order:
+ * pause the vCPUs (if was_running), quiesce the devices (nothing writes
+ * guest memory or the disks after that), write and sync the stream, rename
+ * the file over its path.  Then, with resume or after a failure, the devices
+ * and (if was_running) the vCPUs go back to running.  f is committed or
+ * aborted either way.  Returns 0 with *res and *ms (the time the VM was
+ * stopped for), or -errno with *stage and err: a failed pause (-EBUSY: the
+ * VM is stopping) leaves the VM as it was.
+ */
+int snapshot_take(struct vm *vm, const struct snapshot_vm_ops *ops, struct snapshot_file *f,
+		  bool was_running, bool resume, struct snapshot_result *res, double *ms,
+		  enum snapshot_stage *stage, char *err, size_t len) __must_check;
+
 /* stream_config_from_vm() plus the virtio devices' options. */
 int snapshot_config_from_vm(struct stream_config *c, const struct vm *vm) __must_check;
 

@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/kvm.h>
 
@@ -209,6 +210,53 @@ out_stream:
 out:
 	stream_writer_free(w);
 	free(cfg);
+	return ret;
+}
+
+static double ms_since(const struct timespec *t0)
+{
+	struct timespec t1;
+
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	return (double)(t1.tv_sec - t0->tv_sec) * 1e3 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+int snapshot_take(struct vm *vm, const struct snapshot_vm_ops *ops, struct snapshot_file *f,
+		  bool was_running, bool resume, struct snapshot_result *res, double *ms,
+		  enum snapshot_stage *stage, char *err, size_t len)
+{
+	struct timespec t0;
+	int ret;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	*stage = SNAPSHOT_PAUSING;
+	if (was_running) {
+		ret = ops->pause(vm);
+		if (ret) {
+			snapshot_file_abort(f);
+			snprintf(err, len, "pause failed: %s", strerror(-ret));
+			return ret;
+		}
+	}
+	*stage = SNAPSHOT_WRITING;
+	/* Nothing writes guest memory or the disks from here on. */
+	ret = dev_quiesce_all(vm);
+	if (ret)
+		snprintf(err, len, "cannot quiesce the devices: %s", strerror(-ret));
+	if (!ret)
+		ret = snapshot_write(vm, f->fd, res, err, len);
+	if (!ret)
+		ret = snapshot_file_commit(f, err, len);
+	else
+		snapshot_file_abort(f);
+	*ms = ms_since(&t0);
+	if (ret || resume) {
+		/* Devices first: the vCPUs find them serving when they run. */
+		if (dev_resume_all(vm))
+			log_warnx("%s: a device did not resume", __func__);
+		if (was_running && ops->resume(vm))
+			log_warnx("%s: the VM did not resume", __func__);
+	}
 	return ret;
 }
 

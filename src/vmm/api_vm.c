@@ -1,0 +1,416 @@
+/*
+ * api_vm.c - the /api/v1 handlers and their routes (api_int.h): the VM's
+ * status, pause, resume, shutdown, snapshot and migration.  Each checks its
+ * body and the VM's state, calls into the VMM, and answers with an HTTP
+ * status and a JSON object; the server (api.c) does the rest.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "godwit/dev.h"
+#include "godwit/log.h"
+#include "godwit/migrate.h"
+#include "godwit/snapshot.h"
+#include "godwit/vm.h"
+#include "api_int.h"
+
+/* ---- handlers: return an HTTP status and set *out (NULL: no body) ---- */
+
+static enum vm_state api_vm_state(struct vm *vm)
+{
+	enum vm_state state;
+
+	pthread_mutex_lock(&vm->lock);
+	state = vm->state;
+	pthread_mutex_unlock(&vm->lock);
+	return state;
+}
+
+static unsigned int api_state_reply(struct api_server *s, unsigned int status, json_t **out)
+{
+	*out = json_pack("{s:s}", "state", vm_state_name(api_vm_state(s->vm)));
+	return status;
+}
+
+static unsigned int api_vm_get(struct api_server *s, json_t *body, json_t **out)
+{
+	const struct vm_config *cfg = &s->vm->cfg;
+	const uint8_t *u = cfg->uuid;
+	enum vm_state state = api_vm_state(s->vm);
+	char uuid[37];
+
+	snprintf(uuid, sizeof(uuid),
+		 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+		 u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7],
+		 u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+	*out = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:s?, s:f, s:I}",
+			 "name", cfg->name,
+			 "uuid", uuid,
+			 "state", vm_state_name(state),
+			 "vcpus", (json_int_t)cfg->ncpus,
+			 "memory_bytes", (json_int_t)cfg->mem_size,
+			 "cpu_model", cpu_model_name(cfg->cpu_model),
+			 "kernel", cfg->kernel,
+			 "uptime_s", (double)(long long)(vm_uptime(s->vm) * 1000 + 0.5) / 1000,
+			 "pid", (json_int_t)getpid());
+	return MHD_HTTP_OK;
+}
+
+/* 409 while a migration owns the VM's run state (migrate_busy()). */
+static unsigned int api_migration_busy(struct api_server *s, json_t **out)
+{
+	struct migrate_progress p;
+
+	if (!migrate_busy(s->vm))
+		return 0;
+	migrate_get_progress(s->vm, &p, false);
+	if (p.status == MIG_IN_DOUBT)
+		return api_error(out, MHD_HTTP_CONFLICT, "a migration is in doubt: settle it with "
+				 "PUT /vm/migrate-resolve first");
+	return api_error(out, MHD_HTTP_CONFLICT, "a migration is under way (%s)",
+			 migrate_status_name(p.status));
+}
+
+static unsigned int api_vm_pause(struct api_server *s, json_t *body, json_t **out)
+{
+	unsigned int busy = api_migration_busy(s, out);
+
+	if (busy)
+		return busy;
+	/*
+	 * Only the loop thread pauses and resumes, so the state read here
+	 * cannot turn PAUSED or RUNNING before the call below; it can turn
+	 * STOPPING (any thread may request an exit), which vm_pause() reports
+	 * with -EBUSY.
+	 */
+	switch (api_vm_state(s->vm)) {
+	case VM_STATE_RUNNING:
+		break;
+	case VM_STATE_PAUSED:
+		return api_error(out, MHD_HTTP_CONFLICT, "VM is already paused");
+	case VM_STATE_STOPPING:
+		return api_error(out, MHD_HTTP_CONFLICT, "VM is stopping");
+	default:
+		return api_error(out, MHD_HTTP_CONFLICT, "VM is not running");
+	}
+	int ret = s->ops->pause(s->vm);
+	if (ret == -EBUSY)
+		return api_error(out, MHD_HTTP_CONFLICT, "VM is stopping");
+	if (ret == -EALREADY)
+		return api_error(out, MHD_HTTP_CONFLICT, "VM is already paused");
+	if (ret < 0) {
+		log_warnx("%s: vm_pause: %s", __func__, strerror(-ret));
+		return api_error(out, MHD_HTTP_INTERNAL_SERVER_ERROR,
+				 "pause failed: %s", strerror(-ret));
+	}
+	log_info("VM paused over the API");
+	return api_state_reply(s, MHD_HTTP_OK, out);
+}
+
+static unsigned int api_vm_resume(struct api_server *s, json_t *body, json_t **out)
+{
+	unsigned int busy = api_migration_busy(s, out);
+
+	if (busy)
+		return busy;
+	switch (api_vm_state(s->vm)) {
+	case VM_STATE_PAUSED:
+		break;
+	case VM_STATE_STOPPING:
+		return api_error(out, MHD_HTTP_CONFLICT, "VM is stopping");
+	default:
+		return api_error(out, MHD_HTTP_CONFLICT, "VM is not paused");
+	}
+	int ret = s->ops->resume(s->vm);
+	if (ret == -EBUSY)
+		return api_error(out, MHD_HTTP_CONFLICT, "VM is stopping");
+	if (ret == -EALREADY)
+		return api_error(out, MHD_HTTP_CONFLICT, "VM is not paused");
+	if (ret < 0) {
+		log_warnx("%s: vm_resume: %s", __func__, strerror(-ret));
+		return api_error(out, MHD_HTTP_INTERNAL_SERVER_ERROR,
+				 "resume failed: %s", strerror(-ret));
+	}
+	log_info("VM resumed over the API");
+	return api_state_reply(s, MHD_HTTP_OK, out);
+}
+
+static unsigned int api_vm_shutdown(struct api_server *s, json_t *body, json_t **out)
+{
+	/* Idempotent: the first exit request wins, later ones are no-ops. */
+	log_info("shutdown requested over the API");
+	s->ops->request_exit(s->vm, EXIT_POWEROFF, "shutdown requested over the API");
+	return api_state_reply(s, MHD_HTTP_ACCEPTED, out);
+}
+
+/*
+ * PUT /vm/snapshot {"path": "/abs/file", "resume": false}: the whole VM
+ * into path (snapshot_take, snapshot.h).  The file is created (as a
+ * temporary beside it) before the VM is touched, so a bad path costs the
+ * guest nothing.  With resume the VM goes back to the state it had (running
+ * or paused); without, it stays stopped and godwit exits with status 0
+ * (EXIT_POWEROFF) after the reply.  On any failure the VM goes back to the
+ * state it had and keeps running.
+ */
+static unsigned int api_vm_snapshot(struct api_server *s, json_t *body, json_t **out)
+{
+	json_t *jp = body ? json_object_get(body, "path") : NULL;
+	json_t *jr = body ? json_object_get(body, "resume") : NULL;
+	const struct snapshot_vm_ops ops = { .pause = s->ops->pause, .resume = s->ops->resume };
+	struct snapshot_result res = { 0 };
+	enum snapshot_stage stage;
+	struct snapshot_file f;
+	enum vm_state state;
+	const char *path;
+	char err[512] = "", why[128];
+	unsigned int status;
+	bool resume;
+	double ms;
+	int ret;
+
+	if (!jp || !json_is_string(jp) || !*json_string_value(jp))
+		return api_error(out, MHD_HTTP_BAD_REQUEST,
+				 "\"path\" (the snapshot file, an absolute path) is required");
+	path = json_string_value(jp);
+	if (path[0] != '/')
+		return api_error(out, MHD_HTTP_BAD_REQUEST, "\"path\" must be absolute: %s", path);
+	if (jr && !json_is_boolean(jr))
+		return api_error(out, MHD_HTTP_BAD_REQUEST, "\"resume\" must be true or false");
+	resume = jr && json_is_true(jr);
+	status = api_migration_busy(s, out);
+	if (status)
+		return status;
+	state = api_vm_state(s->vm);
+	if (state == VM_STATE_STOPPING)
+		return api_error(out, MHD_HTTP_CONFLICT, "VM is stopping");
+	if (state != VM_STATE_RUNNING && state != VM_STATE_PAUSED)
+		return api_error(out, MHD_HTTP_CONFLICT, "VM is not running");
+	ret = snapshot_file_create(path, &f, err, sizeof(err));
+	if (ret)
+		return api_error(out, MHD_HTTP_BAD_REQUEST, "cannot write the snapshot: %s", err);
+	ret = snapshot_take(s->vm, &ops, &f, state == VM_STATE_RUNNING, resume, &res, &ms,
+			    &stage, err, sizeof(err));
+	if (ret && stage == SNAPSHOT_PAUSING)
+		return ret == -EBUSY ? api_error(out, MHD_HTTP_CONFLICT, "VM is stopping") :
+		       api_error(out, MHD_HTTP_INTERNAL_SERVER_ERROR, "pause failed: %s",
+				 strerror(-ret));
+	if (ret) {
+		log_warnx("%s: snapshot to %s failed: %s", __func__, path, err);
+		return api_error(out, MHD_HTTP_INTERNAL_SERVER_ERROR, "snapshot failed: %s", err);
+	}
+	log_info("snapshot to %s: %llu bytes in %.1f ms%s", path, (unsigned long long)res.bytes, ms,
+		 resume ? "" : "; stopping");
+	if (!resume) {
+		snprintf(why, sizeof(why), "stopped after a snapshot");
+		s->ops->request_exit(s->vm, EXIT_POWEROFF, why);
+	}
+	*out = json_pack("{s:s, s:I, s:f, s:I, s:I, s:s}",
+			 "path", path,
+			 "bytes", (json_int_t)res.bytes,
+			 "ms", (double)(long long)(ms * 1000 + 0.5) / 1000,
+			 "ram_pages", (json_int_t)res.ram.pages,
+			 "zero_pages", (json_int_t)res.ram.zero_pages,
+			 "state", vm_state_name(api_vm_state(s->vm)));
+	return MHD_HTTP_OK;
+}
+
+static double api_round3(double v)
+{
+	return (double)(long long)(v * 1000 + 0.5) / 1000;
+}
+
+static json_t *api_progress_json(const struct migrate_progress *p)
+{
+	json_t *j = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:f, "
+			      "s:b, s:b}",
+			      "status", migrate_status_name(p->status),
+			      "round", (json_int_t)p->round,
+			      "bytes", (json_int_t)p->bytes,
+			      "pages", (json_int_t)p->pages,
+			      "zero_pages", (json_int_t)p->zero_pages,
+			      "remaining_bytes", (json_int_t)p->remaining_bytes,
+			      "dirty_rate_bps", api_round3(p->dirty_rate),
+			      "bandwidth_bps", api_round3(p->bandwidth),
+			      "expected_downtime_ms", api_round3(p->expected_downtime_ms),
+			      "setup_ms", api_round3(p->setup_ms),
+			      "total_ms", api_round3(p->total_ms),
+			      "downtime_ms", api_round3(p->downtime_ms),
+			      "converged", p->converged,
+			      "not_converging", p->not_converging);
+
+	if (j && p->to[0])
+		json_object_set_new(j, p->status == MIG_INCOMING ? "from" : "to",
+				    json_string(p->to));
+	if (j)
+		json_object_set_new(j, "rounds", json_integer(p->rounds_done));
+	if (j && (p->disk_bytes || p->disk_rounds)) {
+		json_object_set_new(j, "disk_bytes", json_integer((json_int_t)p->disk_bytes));
+		json_object_set_new(j, "disk_rounds", json_integer(p->disk_rounds));
+		json_object_set_new(j, "disk_remaining_bytes",
+				    json_integer((json_int_t)p->disk_remaining_bytes));
+		json_object_set_new(j, "disk_dirty_rate_bps", json_real(api_round3(p->disk_dirty_rate)));
+	}
+	if (j && p->error[0])
+		json_object_set_new(j, "error", json_string(p->error));
+	return j;
+}
+
+/* An optional non-negative integer field; false (and *out set) if present and invalid. */
+static bool api_get_uint(json_t *body, const char *key, uint64_t max, uint64_t *v,
+			 unsigned int *status, json_t **out)
+{
+	json_t *j = body ? json_object_get(body, key) : NULL;
+
+	if (!j)
+		return true;
+	if (!json_is_integer(j) || json_integer_value(j) < 0 ||
+	    (uint64_t)json_integer_value(j) > max) {
+		*status = api_error(out, MHD_HTTP_BAD_REQUEST, "\"%s\" must be an integer from 0 "
+				    "to %llu", key, (unsigned long long)max);
+		return false;
+	}
+	*v = (uint64_t)json_integer_value(j);
+	return true;
+}
+
+/*
+ * PUT /vm/migrate {"to": "tcp:HOST:PORT", "downtime_ms": 50, "max_bandwidth":
+ * bytes/s, "max_rounds": 30, "min_rate": bytes/s}: start migrating (migrate.h); 202 with the
+ * progress.  GET /vm/migration follows it.
+ */
+static unsigned int api_vm_migrate(struct api_server *s, json_t *body, json_t **out)
+{
+	struct migrate_params p = {
+		.downtime_ms = MIG_DEFAULT_DOWNTIME_MS,
+		.max_rounds = MIG_DEFAULT_MAX_ROUNDS,
+		.min_rate = MIG_DEFAULT_MIN_RATE,
+	};
+	struct migrate_progress prog;
+	json_t *jt = body ? json_object_get(body, "to") : NULL;
+	uint64_t dt = p.downtime_ms, rounds = p.max_rounds, bw = 0;
+	unsigned int status = 0;
+	char err[512] = "";
+	int ret;
+
+	if (!jt || !json_is_string(jt) || !*json_string_value(jt))
+		return api_error(out, MHD_HTTP_BAD_REQUEST,
+				 "\"to\" (tcp:HOST:PORT or unix:PATH) is required");
+	if (strlen(json_string_value(jt)) >= sizeof(p.to))
+		return api_error(out, MHD_HTTP_BAD_REQUEST, "\"to\" is too long");
+	snprintf(p.to, sizeof(p.to), "%s", json_string_value(jt));
+	if (!api_get_uint(body, "downtime_ms", 60000, &dt, &status, out) ||
+	    !api_get_uint(body, "max_rounds", 1000, &rounds, &status, out) ||
+	    !api_get_uint(body, "max_bandwidth", UINT64_C(1) << 50, &bw, &status, out) ||
+	    !api_get_uint(body, "min_rate", GiB, &p.min_rate, &status, out))
+		return status;
+	if (!dt || !rounds)
+		return api_error(out, MHD_HTTP_BAD_REQUEST,
+				 "\"downtime_ms\" and \"max_rounds\" must be at least 1");
+	p.downtime_ms = (uint32_t)dt;
+	p.max_rounds = (uint32_t)rounds;
+	p.max_bandwidth = bw;
+	{
+		json_t *jd = body ? json_object_get(body, "with_disks") : NULL;
+
+		if (jd && json_is_boolean(jd)) {
+			p.with_disks = json_is_true(jd);
+		} else if (jd && json_is_string(jd) && *json_string_value(jd) &&
+			   strlen(json_string_value(jd)) < sizeof(p.disks)) {
+			p.with_disks = true;
+			snprintf(p.disks, sizeof(p.disks), "%s", json_string_value(jd));
+		} else if (jd) {
+			return api_error(out, MHD_HTTP_BAD_REQUEST, "\"with_disks\" must be true, "
+					 "false or a list of disk serials (\"ID,ID\")");
+		}
+	}
+	switch (api_vm_state(s->vm)) {
+	case VM_STATE_RUNNING:
+		break;
+	case VM_STATE_STOPPING:
+		return api_error(out, MHD_HTTP_CONFLICT, "VM is stopping");
+	default:
+		return api_error(out, MHD_HTTP_CONFLICT, "VM is not running (resume it first)");
+	}
+	ret = migrate_start(s->vm, &p, err, sizeof(err));
+	if (ret == -EBUSY)
+		return api_error(out, MHD_HTTP_CONFLICT, "%s", err);
+	if (ret)
+		return api_error(out, ret == -EINVAL ? MHD_HTTP_BAD_REQUEST :
+				 MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot migrate: %s", err);
+	migrate_get_progress(s->vm, &prog, false);
+	*out = api_progress_json(&prog);
+	return MHD_HTTP_ACCEPTED;
+}
+
+/*
+ * GET /vm/migration[?release=1]: the progress.  With release=1 (what
+ * `godwit migrate` sends), reading a final status lets a completed source
+ * exit at once; other readers (migrate-status, monitoring) do not.
+ */
+static unsigned int api_vm_migration(struct api_server *s, json_t *body, json_t **out)
+{
+	struct migrate_progress prog;
+	const char *rel = s->conn ? MHD_lookup_connection_value(s->conn, MHD_GET_ARGUMENT_KIND,
+								"release") : NULL;
+
+	migrate_get_progress(s->vm, &prog, rel && !strcmp(rel, "1"));
+	*out = api_progress_json(&prog);
+	return MHD_HTTP_OK;
+}
+
+static unsigned int api_vm_migrate_cancel(struct api_server *s, json_t *body, json_t **out)
+{
+	struct migrate_progress prog;
+	char err[512] = "";
+	int ret = migrate_cancel(s->vm, err, sizeof(err));
+
+	if (ret)
+		return api_error(out, MHD_HTTP_CONFLICT, "%s", err);
+	migrate_get_progress(s->vm, &prog, false);
+	*out = api_progress_json(&prog);
+	return MHD_HTTP_OK;
+}
+
+/* PUT /vm/migrate-resolve {"action": "resume" | "discard"}. */
+static unsigned int api_vm_migrate_resolve(struct api_server *s, json_t *body, json_t **out)
+{
+	json_t *ja = body ? json_object_get(body, "action") : NULL;
+	struct migrate_progress prog;
+	const char *a = ja && json_is_string(ja) ? json_string_value(ja) : "";
+	char err[512] = "";
+	int ret;
+
+	if (strcmp(a, "resume") && strcmp(a, "discard"))
+		return api_error(out, MHD_HTTP_BAD_REQUEST,
+				 "\"action\" must be \"resume\" or \"discard\"");
+	ret = migrate_resolve(s->vm, !strcmp(a, "resume"), err, sizeof(err));
+	if (ret == -ENOENT)
+		return api_error(out, MHD_HTTP_CONFLICT, "%s", err);
+	if (ret)
+		return api_error(out, MHD_HTTP_INTERNAL_SERVER_ERROR, "%s", err);
+	migrate_get_progress(s->vm, &prog, false);
+	*out = api_progress_json(&prog);
+	json_object_set_new(*out, "state", json_string(vm_state_name(api_vm_state(s->vm))));
+	return MHD_HTTP_OK;
+}
+
+static const char *const api_snapshot_fields[] = { "path", "resume", NULL };
+static const char *const api_migrate_fields[] = {
+	"to", "downtime_ms", "max_bandwidth", "max_rounds", "min_rate", "with_disks", NULL
+};
+static const char *const api_resolve_fields[] = { "action", NULL };
+
+const struct api_route api_routes[] = {
+	{ "/vm",          "GET", "GET, HEAD", api_vm_get,      NULL },
+	{ "/vm/pause",    "PUT", "PUT",       api_vm_pause,    NULL },
+	{ "/vm/resume",   "PUT", "PUT",       api_vm_resume,   NULL },
+	{ "/vm/shutdown", "PUT", "PUT",       api_vm_shutdown, NULL },
+	{ "/vm/snapshot", "PUT", "PUT",       api_vm_snapshot, api_snapshot_fields },
+	{ "/vm/migrate",  "PUT", "PUT",       api_vm_migrate,  api_migrate_fields },
+	{ "/vm/migration", "GET", "GET, HEAD", api_vm_migration, NULL },
+	{ "/vm/migrate-cancel", "PUT", "PUT", api_vm_migrate_cancel, NULL },
+	{ "/vm/migrate-resolve", "PUT", "PUT", api_vm_migrate_resolve, api_resolve_fields },
+};
+const size_t api_nr_routes = ARRAY_SIZE(api_routes);
