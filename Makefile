@@ -66,6 +66,7 @@ OBJS += src/migration/stream_reader.o
 OBJS += src/migration/snapshot.o
 OBJS += src/migration/handoff.o
 OBJS += src/migration/migrate.o
+OBJS += src/migration/migrate_addr.o
 OBJS += src/migration/incoming.o
 OBJS += src/migration/disk.o
 OBJS += src/cmd/stream_dump.o

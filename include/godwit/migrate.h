@@ -110,8 +110,10 @@ int migrate_resolve(struct vm *vm, bool resume, char *err, size_t len) __must_ch
 /* Cancel whatever is under way and wait for the thread: before the VM goes away. */
 void migrate_fini(struct vm *vm);
 
-/* ---- connections, and the destination's record (incoming.c) ---- */
+/* ---- connections (migrate_addr.c), and the destination's record (incoming.c) ---- */
 
+/* The source's connection to addr (migrate_addr.c); 0 and *fd, or -errno with err set. */
+int migrate_connect(const char *addr, int *fd, char *err, size_t len) __must_check;
 /* Listen on addr (one connection); 0 and *lfd, or -errno with err set. */
 int migrate_listen(const char *addr, int *lfd, char *err, size_t len) __must_check;
 /* Accept the one connection (waits for ever; EINTR returns -EINTR); closes lfd. */
