@@ -465,3 +465,217 @@ TEST(state_growth)
 	CHECK_EQ(state_next(&in, &f), 0);
 	state_out_free(&o);
 }
+
+/* ---- described state (struct state_desc) and records (struct state_rec) ---- */
+
+struct img {
+	uint8_t a;
+	uint16_t b;
+	uint32_t c;
+	uint64_t d;
+	struct state_bytes blob, opt;
+	unsigned int each;          /* EACH fields seen on load */
+	uint32_t each_sum;
+};
+
+static int img_put_each(struct state_out *o, uint16_t tag, const void *p)
+{
+	const struct img *im = p;
+
+	for (unsigned int i = 0; i < im->each; i++)
+		state_put_u32(o, tag, 100 + i);
+	return o->err;
+}
+
+static int img_get_each(void *p, const struct state_field *f)
+{
+	struct img *im = p;
+	uint32_t v;
+
+	if (state_get_u32(f, &v))
+		return -EBADMSG;
+	if (v == 0xdead)
+		return -EPERM;          /* the callback's own error comes back as it is */
+	im->each++;
+	im->each_sum += v;
+	return 0;
+}
+
+#define IMG struct img
+static const struct state_desc img_fields[] = {
+	STATE_INT(1, IMG, a, 9, 1),
+	STATE_INT(2, IMG, b, STATE_ANY, 1),
+	STATE_INT(3, IMG, c, STATE_ANY, 2),        /* required from version 2 */
+	STATE_INT(4, IMG, d, STATE_ANY, 1),
+	STATE_BYTES(5, IMG, blob, 2, 8, 1),
+	STATE_BYTES(6, IMG, opt, 4, 4, STATE_OPT),
+	STATE_EACH(7, img_put_each, img_get_each, STATE_OPT, "each"),
+};
+#undef IMG
+
+/* Load o's fields into im from a heap copy of exactly its bytes; *keep gets the copy. */
+static int img_load_keep(const struct state_out *o, struct img *im, uint16_t version,
+			 uint8_t **keep)
+{
+	uint8_t *c = exact_copy(o->buf, o->len);
+	struct state_in in;
+	int ret;
+
+	memset(im, 0, sizeof(*im));
+	state_in_init(&in, c, o->len);
+	ret = state_load_fields(&in, img_fields, ARRAY_SIZE(img_fields), im, version);
+	*keep = c;
+	return ret;
+}
+
+static int img_load(const struct state_out *o, struct img *im, uint16_t version)
+{
+	uint8_t *c;
+	int ret = img_load_keep(o, im, version, &c);
+
+	free(c);
+	return ret;
+}
+
+/* The version-1 fields, valid, but the one tagged skip. */
+static void img_valid(struct state_out *o, uint16_t skip)
+{
+	static const uint8_t blob[2] = { 7, 7 };
+
+	if (skip != 1)
+		state_put_u8(o, 1, 1);
+	if (skip != 2)
+		state_put_u16(o, 2, 2);
+	if (skip != 4)
+		state_put_u64(o, 4, 4);
+	if (skip != 5)
+		state_put_bytes(o, 5, blob, 2);
+}
+
+TEST(state_desc_roundtrip)
+{
+	static const uint8_t blob[5] = { 1, 2, 3, 4, 5 };
+	struct img a = { .a = 9, .b = 0xbeef, .c = 0x12345678, .d = UINT64_MAX,
+			 .blob = { blob, 5 }, .each = 3 }, b;
+	struct state_out o;
+	struct state_in in;
+	struct state_field f;
+	unsigned int n = 0;
+	uint8_t *keep;
+
+	state_out_init(&o);
+	CHECK_EQ(state_save_fields(&o, img_fields, ARRAY_SIZE(img_fields), &a), 0);
+	/* Table order; the optional bytes field without a source is left out. */
+	state_in_init(&in, o.buf, o.len);
+	while (state_next(&in, &f) > 0) {
+		static const uint16_t order[] = { 1, 2, 3, 4, 5, 7, 7, 7 };
+
+		CHECK(n < ARRAY_SIZE(order) && f.tag == order[n]);
+		n++;
+	}
+	CHECK_EQ(n, 8);
+	CHECK_EQ(img_load_keep(&o, &b, 2, &keep), 0);
+	CHECK_EQ(b.a, 9);
+	CHECK_EQ(b.b, 0xbeef);
+	CHECK_EQ(b.c, 0x12345678u);
+	CHECK_EQ(b.d, UINT64_MAX);
+	CHECK_EQ(b.blob.len, 5);
+	CHECK(b.blob.p && !memcmp(b.blob.p, blob, 5));
+	CHECK(b.opt.p == NULL);
+	CHECK_EQ(b.each, 3);
+	CHECK_EQ(b.each_sum, 100 + 101 + 102);
+	free(keep);
+	state_out_free(&o);
+}
+
+TEST(state_desc_refusals)
+{
+	static const uint8_t zeros[16];
+	struct state_out o;
+	struct img b;
+
+	/* A required field missing: c is required only from version 2. */
+	state_out_init(&o);
+	img_valid(&o, 0);
+	CHECK_EQ(img_load(&o, &b, 1), 0);
+	CHECK_EQ(img_load(&o, &b, 2), -EBADMSG);
+	/* Unknown tags are skipped; a duplicate is refused. */
+	state_put_u32(&o, 99, 5);
+	CHECK_EQ(img_load(&o, &b, 1), 0);
+	state_put_u8(&o, 1, 1);
+	CHECK_EQ(img_load(&o, &b, 1), -EBADMSG);
+	state_out_free(&o);
+	/* Each field missing in turn. */
+	for (uint16_t t = 1; t <= 5; t++) {
+		if (t == 3)
+			continue;
+		state_out_init(&o);
+		img_valid(&o, t);
+		CHECK_EQ(img_load(&o, &b, 1), -EBADMSG);
+		state_out_free(&o);
+	}
+
+	/* Bounds, widths, lengths, and the callback's own error. */
+	struct { uint16_t tag; uint8_t width; uint64_t v; uint32_t blen; int want; } cases[] = {
+		{ 1, 1, 10, 0, -EINVAL },        /* a > 9 */
+		{ 1, 2, 1, 0, -EBADMSG },        /* a of 2 bytes */
+		{ 5, 0, 0, 1, -EBADMSG },        /* blob shorter than 2 */
+		{ 5, 0, 0, 9, -EINVAL },         /* blob longer than 8 */
+		{ 6, 0, 0, 3, -EBADMSG },        /* opt not exactly 4 */
+		{ 7, 4, 0xdead, 0, -EPERM },
+		{ 7, 2, 1, 0, -EBADMSG },
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		state_out_init(&o);
+		img_valid(&o, cases[i].tag);
+		if (cases[i].width == 1)
+			state_put_u8(&o, cases[i].tag, (uint8_t)cases[i].v);
+		else if (cases[i].width == 2)
+			state_put_u16(&o, cases[i].tag, (uint16_t)cases[i].v);
+		else if (cases[i].width == 4)
+			state_put_u32(&o, cases[i].tag, (uint32_t)cases[i].v);
+		else
+			state_put_bytes(&o, cases[i].tag, zeros, cases[i].blen);
+		CHECK_EQ(img_load(&o, &b, 1), cases[i].want);
+		state_out_free(&o);
+	}
+}
+
+struct rec_inner { uint16_t x; uint8_t pad; uint32_t y; };
+struct rec_outer { uint8_t a; uint64_t arr[3]; struct rec_inner in[2]; uint32_t z; };
+#define T struct rec_inner
+static const struct state_rec inner_rec[] = { STATE_REC(T, x), STATE_REC(T, y) };
+#undef T
+#define T struct rec_outer
+static const struct state_rec outer_rec[] = {
+	STATE_REC(T, a), STATE_REC_ARRAY(T, arr, 3), STATE_REC_SUB_ARRAY(T, in, 2, inner_rec),
+	STATE_REC(T, z),
+};
+#undef T
+
+TEST(state_rec_layout)
+{
+	struct rec_outer a = { .a = 0x11, .arr = { 1, 2, 0x0102030405060708ULL },
+			       .in = { { 0xaabb, 0x55, 0xccddeeff }, { 7, 0x66, 8 } }, .z = 0x99 }, b;
+	uint8_t buf[64];
+	size_t len = state_rec_len(outer_rec, ARRAY_SIZE(outer_rec));
+
+	/* 1 + 3*8 + 2*(2+4) + 4: no padding, the pad member not saved. */
+	CHECK_EQ(len, 41);
+	memset(buf, 0xee, sizeof(buf));
+	state_rec_put(buf, outer_rec, ARRAY_SIZE(outer_rec), &a);
+	CHECK_EQ(buf[0], 0x11);
+	CHECK_EQ(buf[17], 0x08);                 /* arr[2], little-endian */
+	CHECK_EQ(buf[25], 0xbb);                 /* in[0].x */
+	CHECK_EQ(buf[27], 0xff);                 /* in[0].y */
+	CHECK_EQ(buf[40], 0x00);                 /* z's last byte */
+	CHECK_EQ(buf[41], 0xee);                 /* nothing past the record */
+	memset(&b, 0, sizeof(b));
+	state_rec_get(buf, outer_rec, ARRAY_SIZE(outer_rec), &b);
+	CHECK_EQ(b.a, a.a);
+	CHECK_EQ(b.arr[2], a.arr[2]);
+	CHECK_EQ(b.in[0].x, a.in[0].x);
+	CHECK_EQ(b.in[1].y, a.in[1].y);
+	CHECK_EQ(b.in[0].pad, 0);                /* not in the record: untouched */
+	CHECK_EQ(b.z, a.z);
+}
