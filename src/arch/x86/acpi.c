@@ -53,6 +53,7 @@
 #include "godwit/boot.h"
 #include "godwit/common.h"
 #include "godwit/layout.h"
+#include "godwit/le.h"
 
 #define ACPI_OEM_ID        "GODWIT"
 #define ACPI_OEM_PREFIX    "GDWT"   /* OEM table ID = prefix + signature */
@@ -347,8 +348,7 @@ static void aml_le(struct aml *a, uint64_t v, unsigned int n)
 {
 	uint8_t b[8];
 
-	for (unsigned int i = 0; i < n; i++)
-		b[i] = (uint8_t)(v >> (8 * i));
+	le_put(b, v, n);
 	aml_bytes(a, b, n);
 }
 
