@@ -1,7 +1,8 @@
 /*
  * snapshot.c - the whole VM in one stream: snapshot_write() (a paused VM to
- * a file descriptor), the snapshot file (a temporary file renamed into
- * place once complete and synced), and restoring a VM from a stream
+ * a file descriptor), snapshot_take() (a running VM paused, quiesced,
+ * written and resumed: the API's PUT /vm/snapshot), the snapshot file (a
+ * temporary file renamed into place once complete and synced), and restoring a VM from a stream
  * (snapshot_restore_*: the configuration that rebuilds the VM, then RAM,
  * devices, VM state and vCPUs).  docs/cli.md (snapshot, restore) and
  * docs/stream-format.md describe what users and other readers see.

@@ -998,7 +998,9 @@ int virtio_pci_save(struct virtio_dev *vdev, struct state_out *out)
 			ret = dev.err;
 		if (ret)
 			goto out;
-		v->device = (struct state_bytes){ dev.buf, (uint32_t)dev.len };
+		/* Written even when empty: a device that saves has the field (p never NULL). */
+		v->device = (struct state_bytes){ dev.buf ? dev.buf : (const uint8_t *)"",
+						  (uint32_t)dev.len };
 	}
 	/* No device state: v->device.p is NULL and the field is left out. */
 	ret = state_save_fields(out, vpci_fields, ARRAY_SIZE(vpci_fields), v);
