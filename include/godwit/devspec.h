@@ -14,6 +14,7 @@
 #include "godwit/common.h"
 #include "godwit/tap.h"
 
+#define VM_MAX_DEVICE_ARGS 16      /* --disk and --net options of one VM */
 #define DISK_PATH_MAX    1024
 #define DISK_SERIAL_MAX  20        /* virtio-blk's ID string, bytes */
 #define DEVSPEC_OPTS_MAX 191       /* the guest-visible options: STREAM_OPTIONS_MAX */
@@ -51,6 +52,13 @@ int disk_spec_parse(const char *spec, struct disk_spec *out, char *err, size_t l
  */
 int vm_device_arg_parse(struct vm_device_arg *a, enum vm_dev_kind kind, const char *spec,
 			char *err, size_t len) __must_check;
+/*
+ * disk_serials_parse - "ID[,ID]..." (migrate --with-disks=, the API's
+ * with_disks): at most max serials, each 1..DISK_SERIAL_MAX printable bytes,
+ * none twice, into out[0..*n).  Returns 0 or -EINVAL with err set.
+ */
+int disk_serials_parse(const char *list, char (*out)[DISK_SERIAL_MAX + 1], unsigned int max,
+		       unsigned int *n, char *err, size_t len) __must_check;
 /* "--disk" or "--net". */
 const char *vm_dev_option(enum vm_dev_kind kind);
 

@@ -3,7 +3,7 @@
  * (src/migration/disk.c, docs/migration.md "Storage").
  *
  * Source (the migration thread):
- *	disk_mig_select(vm, serials or NULL, &dm)   which disks, before anything moves
+ *	disk_mig_select(vm, serials, n, &dm)   which disks, before anything moves
  *	disk_mig_config(dm, cfg)                    CONFIG tells the destination
  *	disk_mig_start(dm)                          dirty-block tracking on
  *	disk_mig_first_pass(dm, w, ...)             every data extent
@@ -19,6 +19,7 @@
 #define GODWIT_DISK_H
 
 #include "godwit/common.h"
+#include "godwit/devspec.h"
 
 struct vm;
 struct stream_config;
@@ -33,12 +34,12 @@ struct disk_mig_stats {
 };
 
 /*
- * disk_mig_select - the VM's virtio-blk disks to move: all (which NULL) or
- * those whose serial is in the comma-separated list (every name must
- * match a disk).  Returns 0 and *out, or -EINVAL/-ENOMEM with err set.
+ * disk_mig_select - the VM's disks to move (devices with dev_ops.disk):
+ * all (n 0) or those whose serial is one of serials[0..n) (each must be a
+ * disk of the VM).  Returns 0 and *out, or -EINVAL/-ENOMEM with err set.
  */
-int disk_mig_select(struct vm *vm, const char *which, struct disk_mig **out, char *err,
-		    size_t len) __must_check;
+int disk_mig_select(struct vm *vm, const char (*serials)[DISK_SERIAL_MAX + 1], unsigned int n,
+		    struct disk_mig **out, char *err, size_t len) __must_check;
 void disk_mig_free(struct disk_mig *dm);
 /* Add the disks (instance, size) to a CONFIG.  0 or -ENOSPC. */
 int disk_mig_config(const struct disk_mig *dm, struct stream_config *cfg) __must_check;

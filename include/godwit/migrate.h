@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 
 #include "godwit/common.h"
+#include "godwit/devspec.h"
 #include "godwit/handoff.h"
 
 struct vm;
@@ -51,7 +52,9 @@ struct migrate_params {
 	uint64_t min_rate;       /* bytes/s the destination must take, over each 10 s of
 				    waiting on it; 0: no minimum (MIG_DEFAULT_MIN_RATE) */
 	bool with_disks;         /* copy disk images too (storage migration) */
-	char disks[256];         /* with_disks: comma-separated serials; "": every disk */
+	/* with_disks: the serials of the disks to copy (disk_serials_parse); none: every disk */
+	char disks[VM_MAX_DEVICE_ARGS][DISK_SERIAL_MAX + 1];
+	unsigned int nr_disks;
 };
 
 struct migrate_progress {

@@ -22,7 +22,6 @@ struct loop;
 struct migration;
 struct vm;
 
-#define VM_MAX_DEVICE_ARGS 16
 
 struct vm_config {
 	const char *kernel;

@@ -48,25 +48,17 @@ struct disk_mig {
 	struct disk_mig_stats st;
 };
 
-static bool serial_listed(const char *list, const char *serial)
+static bool serial_listed(const char (*serials)[DISK_SERIAL_MAX + 1], unsigned int n,
+			  const char *serial)
 {
-	size_t n = strlen(serial);
-
-	for (const char *p = list; *p; ) {
-		const char *end = strchr(p, ',');
-		size_t k = end ? (size_t)(end - p) : strlen(p);
-
-		if (k == n && n && !strncmp(p, serial, n))
+	for (unsigned int i = 0; i < n; i++)
+		if (!strcmp(serials[i], serial))
 			return true;
-		if (!end)
-			break;
-		p = end + 1;
-	}
 	return false;
 }
 
-int disk_mig_select(struct vm *vm, const char *which, struct disk_mig **out, char *err,
-		    size_t len)
+int disk_mig_select(struct vm *vm, const char (*serials)[DISK_SERIAL_MAX + 1], unsigned int n,
+		    struct disk_mig **out, char *err, size_t len)
 {
 	struct disk_mig *dm = calloc(1, sizeof(*dm));
 
@@ -86,7 +78,7 @@ int disk_mig_select(struct vm *vm, const char *which, struct disk_mig **out, cha
 		}
 		s = &dm->d[dm->n];
 		d->ops->disk->image(d, &s->img);
-		if (which && !serial_listed(which, s->img.serial))
+		if (n && !serial_listed(serials, n, s->img.serial))
 			continue;
 		s->d = d;
 		s->instance = d->instance;
@@ -99,29 +91,20 @@ int disk_mig_select(struct vm *vm, const char *which, struct disk_mig **out, cha
 		}
 		dm->n++;
 	}
-	if (!dm->n) {
-		snprintf(err, len, which ? "no disk with serial %s" : "the VM has no disk to move",
-			 which ? which : "");
-		goto err;
-	}
-	if (which) {
-		/* Every serial named must be a disk of this VM. */
-		for (const char *p = which; *p; ) {
-			const char *end = strchr(p, ',');
-			size_t k = end ? (size_t)(end - p) : strlen(p);
-			bool found = false;
+	/* Every serial named must be a disk of this VM. */
+	for (unsigned int k = 0; k < n; k++) {
+		bool found = false;
 
-			for (unsigned int i = 0; i < dm->n; i++)
-				found |= strlen(dm->d[i].img.serial) == k &&
-					 !strncmp(dm->d[i].img.serial, p, k);
-			if (!found) {
-				snprintf(err, len, "no disk with serial %.*s", (int)k, p);
-				goto err;
-			}
-			if (!end)
-				break;
-			p = end + 1;
+		for (unsigned int i = 0; i < dm->n; i++)
+			found |= !strcmp(dm->d[i].img.serial, serials[k]);
+		if (!found) {
+			snprintf(err, len, "no disk with serial %s", serials[k]);
+			goto err;
 		}
+	}
+	if (!dm->n) {
+		snprintf(err, len, "the VM has no disk to move");
+		goto err;
 	}
 	dm->buf = malloc(DISK_PIECE);
 	if (!dm->buf) {

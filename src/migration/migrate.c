@@ -841,7 +841,7 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 	if (p->with_disks) {
 		char why[256];
 
-		ret = disk_mig_select(vm, p->disks[0] ? p->disks : NULL, &m->dm, why, sizeof(why));
+		ret = disk_mig_select(vm, p->disks, p->nr_disks, &m->dm, why, sizeof(why));
 		if (ret) {
 			snprintf(err, len, "--with-disks: %s", why);
 			return -EINVAL;

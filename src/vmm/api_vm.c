@@ -316,10 +316,11 @@ static unsigned int api_vm_migrate(struct api_server *s, json_t *body, json_t **
 
 		if (jd && json_is_boolean(jd)) {
 			p.with_disks = json_is_true(jd);
-		} else if (jd && json_is_string(jd) && *json_string_value(jd) &&
-			   strlen(json_string_value(jd)) < sizeof(p.disks)) {
+		} else if (jd && json_is_string(jd) && *json_string_value(jd)) {
 			p.with_disks = true;
-			snprintf(p.disks, sizeof(p.disks), "%s", json_string_value(jd));
+			if (disk_serials_parse(json_string_value(jd), p.disks, ARRAY_SIZE(p.disks),
+					       &p.nr_disks, err, sizeof(err)))
+				return api_error(out, MHD_HTTP_BAD_REQUEST, "\"with_disks\": %s", err);
 		} else if (jd) {
 			return api_error(out, MHD_HTTP_BAD_REQUEST, "\"with_disks\" must be true, "
 					 "false or a list of disk serials (\"ID,ID\")");

@@ -76,6 +76,44 @@ int disk_spec_parse(const char *spec, struct disk_spec *out, char *err, size_t l
 	return 0;
 }
 
+int disk_serials_parse(const char *list, char (*out)[DISK_SERIAL_MAX + 1], unsigned int max,
+		       unsigned int *n, char *err, size_t len)
+{
+	const char *p = list;
+
+	*n = 0;
+	for (;;) {
+		const char *end = strchr(p, ',');
+		size_t k = end ? (size_t)(end - p) : strlen(p);
+
+		if (k == 0 || k > DISK_SERIAL_MAX) {
+			snprintf(err, len, "a disk serial is 1 to %u bytes, not %zu (in '%s')",
+				 DISK_SERIAL_MAX, k, list);
+			return -EINVAL;
+		}
+		for (size_t i = 0; i < k; i++)
+			if (p[i] < 0x20 || p[i] > 0x7e) {
+				snprintf(err, len, "a disk serial is printable ASCII (in '%s')", list);
+				return -EINVAL;
+			}
+		if (*n == max) {
+			snprintf(err, len, "more than %u disk serials in '%s'", max, list);
+			return -EINVAL;
+		}
+		memcpy(out[*n], p, k);
+		out[*n][k] = '\0';
+		for (unsigned int i = 0; i < *n; i++)
+			if (!strcmp(out[i], out[*n])) {
+				snprintf(err, len, "disk serial %s given twice", out[i]);
+				return -EINVAL;
+			}
+		(*n)++;
+		if (!end)
+			return 0;
+		p = end + 1;
+	}
+}
+
 /* The options but the host-local one (the path, first; tap=NAME, anywhere), as given. */
 static int devspec_options(enum vm_dev_kind kind, const char *spec, char *buf, size_t cap)
 {
