@@ -27,7 +27,7 @@ mstat() { "$GODWIT" migrate-status --api "$1" --json 2>&1; }
 jfield() { jq -r --arg k "$2" '.[$k] // empty' <<<"$1" 2>/dev/null; }
 jget() { jq -r --arg k "$2" '.[$k] // empty' "$1" 2>/dev/null; }
 # last_gen FILE: gen= of the last complete memtest line.
-last_gen() { grep -a '^memtest: t=.* max_stall_ms=' "$1" | tail -n 1 | sed 's/.* gen=\([0-9]*\) .*/\1/'; }
+last_gen() { t_complete "$1" | grep -a '^memtest: t=.* max_stall_ms=' | tail -n 1 | sed 's/.* gen=\([0-9]*\) .*/\1/'; }
 # guest_errors FILE: the guest's error lines, if any.
 guest_errors() { grep -a 'memtest: ERROR\|EXCEPTION\|errors=[1-9]' "$1" | head -n 3; }
 

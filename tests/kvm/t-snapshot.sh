@@ -244,7 +244,8 @@ if [ "$mac0" != "$MAC" ] || ! net_ok gwn0 "$nlog0" || [ "$(lladdr gwn0)" != "$ma
 	exit 0
 fi
 sleep 0.5	# a report (every 200 ms) that counts the echoes
-udp0=$(grep -a '^net: t=' "$nlog0" | tail -n 1 | tr -d '\r')
+# Complete lines only: the guest may be printing the next report (t_complete, lib.sh).
+udp0=$(t_complete "$nlog0" | grep -a '^net: t=' | tail -n 1 | tr -d '\r')
 "$GODWIT" snapshot --api "$nsock" --out "$T_TMP/net.gws" >"$T_TMP/net.snap" 2>&1
 rc=$?
 wait_exit $pid
@@ -275,7 +276,7 @@ elif grep -qa 'godwit-guest: boot\|net: found\|ERROR\|EXCEPTION' "$nlog1" ||
 	t_fail snapshot-net-restore "the guest restarted or reported errors: $(grep -a -m 3 'boot\|found\|ERROR\|EXCEPTION\|errors=[1-9]' "$nlog1")"
 else
 	sleep 0.3
-	udp1=$(grep -a '^net: t=' "$nlog1" | tail -n 1 | tr -d '\r')
+	udp1=$(t_complete "$nlog1" | grep -a '^net: t=' | tail -n 1 | tr -d '\r')
 	u0=$(sed -n 's/.* udp=\([0-9]*\) .*/\1/p' <<<"$udp0")
 	u1=$(sed -n 's/.* udp=\([0-9]*\) .*/\1/p' <<<"$udp1")
 	# 50 echoes before the snapshot, 50 after: the guest's count goes on from the first.
