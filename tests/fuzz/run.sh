@@ -81,3 +81,11 @@ corpus=$ROOT/build-fuzz/corpus-handoff
 mkdir -p "$corpus"
 python3 "$ROOT/tests/kvm/gwmc.py" handoff-seeds "$corpus"
 fuzz_target handoff handoff "$corpus"
+
+# The --disk/--net parser and the --with-disks list (src/vmm/devspec.c): seeds are good specs.
+corpus=$ROOT/build-fuzz/corpus-devspec
+mkdir -p "$corpus"
+printf '\x00%s' 'disk.img,serial=root,readonly' >"$corpus/seed-disk"
+printf '\x01%s' 'tap=gw0,mac=02:00:00:00:00:01' >"$corpus/seed-net"
+printf '\x02%s' 'root,data,log' >"$corpus/seed-serials"
+fuzz_target devspec devspec "$corpus"
