@@ -190,7 +190,7 @@ build-fuzz/fuzz-stream: $(FUZZ_STREAM_SRCS) include/godwit/stream.h include/godw
 	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -o $@ $(FUZZ_STREAM_SRCS)
 # The control messages and both sides' hand-off (the first byte: side and failures).
 FUZZ_HANDOFF_SRCS := tests/fuzz/fuzz_handoff.c src/migration/handoff.c src/migration/crc32c.c \
-	src/vmm/log.c
+	src/vmm/log.c src/vmm/util.c
 build-fuzz/fuzz-handoff: $(FUZZ_HANDOFF_SRCS) include/godwit/handoff.h
 	@mkdir -p $(dir $@)
 	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ $(FUZZ_HANDOFF_SRCS)

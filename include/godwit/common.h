@@ -37,6 +37,9 @@ enum godwit_exit {
 
 /* Parse "512M", "8G", "1048576", "64K"; returns 0 or -EINVAL/-ERANGE. */
 int parse_size(const char *s, uint64_t *out) __must_check;
+/* Milliseconds of CLOCK_MONOTONIC since t0 (taken with clock_gettime). */
+struct timespec;
+double ms_since(const struct timespec *t0);
 /* True if s[0..len) is well-formed UTF-8 (no overlong forms, surrogates or > U+10FFFF). */
 bool utf8_valid(const char *s, size_t len);
 

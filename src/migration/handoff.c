@@ -77,14 +77,6 @@ int migrate_msg_send(int fd, enum mig_msg type, const char *text)
 	return msg_send_all(fd, buf, MIG_MSG_HDR + n + 4);
 }
 
-static double ms_since(const struct timespec *t0)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
-}
-
 /* Read exactly n bytes before t0 + timeout_ms. */
 static int msg_recv_all(int fd, void *buf, size_t n, const struct timespec *t0, int timeout_ms)
 {

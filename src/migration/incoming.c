@@ -34,14 +34,6 @@ struct incoming {
 	struct timespec t0;      /* the connection */
 };
 
-static double ms_since(const struct timespec *t0)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
-}
-
 int incoming_accept(const char *addr, const struct incoming_params *p,
 		    struct incoming **out, char *err, size_t len)
 {

@@ -87,14 +87,6 @@ bool migrate_status_final(enum mig_status s)
 	return s == MIG_COMPLETED || s == MIG_FAILED || s == MIG_CANCELLED || s == MIG_INCOMING;
 }
 
-static double ms_since(const struct timespec *t0)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
-}
-
 /* ---- the migration record --------------------------------------------------------------- */
 
 static struct migration *mig_get(struct vm *vm, bool create)

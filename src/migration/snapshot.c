@@ -214,14 +214,6 @@ out:
 	return ret;
 }
 
-static double ms_since(const struct timespec *t0)
-{
-	struct timespec t1;
-
-	clock_gettime(CLOCK_MONOTONIC, &t1);
-	return (double)(t1.tv_sec - t0->tv_sec) * 1e3 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
-}
-
 int snapshot_take(struct vm *vm, const struct snapshot_vm_ops *ops, struct snapshot_file *f,
 		  bool was_running, bool resume, struct snapshot_result *res, double *ms,
 		  enum snapshot_stage *stage, char *err, size_t len)

@@ -1,9 +1,10 @@
 /*
  * util.c - small parsing helpers shared by the command-line front ends.
  */
-#include <errno.h>
 #include <ctype.h>
+#include <errno.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "godwit/common.h"
 
@@ -75,4 +76,12 @@ bool utf8_valid(const char *s, size_t len)
 		i += n + 1;
 	}
 	return true;
+}
+
+double ms_since(const struct timespec *t0)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
 }
