@@ -67,6 +67,8 @@ OBJS += src/migration/snapshot.o
 OBJS += src/migration/handoff.o
 OBJS += src/migration/migrate.o
 OBJS += src/migration/migrate_addr.o
+OBJS += src/migration/conn.o
+OBJS += src/migration/tls.o
 OBJS += src/migration/incoming.o
 OBJS += src/migration/disk.o
 OBJS += src/cmd/stream_dump.o
@@ -184,16 +186,16 @@ build-fuzz/fuzz-boot: tests/fuzz/fuzz_boot.c src/arch/x86/boot.c include/godwit/
 # The stream reader, with its checksums optional (the target's first byte decides).
 FUZZ_STREAM_SRCS := tests/fuzz/fuzz_stream.c src/migration/stream.c src/migration/stream_config.c \
 	src/migration/stream_writer.c src/migration/stream_reader.c src/migration/crc32c.c \
-	src/lib/state.c src/arch/x86/cpuid.c src/vmm/util.c src/vmm/log.c
+	src/lib/state.c src/arch/x86/cpuid.c src/vmm/util.c src/vmm/log.c src/migration/tls.c
 build-fuzz/fuzz-stream: $(FUZZ_STREAM_SRCS) include/godwit/stream.h include/godwit/crc32c.h include/godwit/state.h
 	@mkdir -p $(dir $@)
-	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -o $@ $(FUZZ_STREAM_SRCS)
+	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -o $@ $(FUZZ_STREAM_SRCS) -lssl -lcrypto
 # The control messages and both sides' hand-off (the first byte: side and failures).
 FUZZ_HANDOFF_SRCS := tests/fuzz/fuzz_handoff.c src/migration/handoff.c src/migration/crc32c.c \
-	src/vmm/log.c src/vmm/util.c
+	src/vmm/log.c src/vmm/util.c src/migration/conn.c src/migration/tls.c
 build-fuzz/fuzz-handoff: $(FUZZ_HANDOFF_SRCS) include/godwit/handoff.h
 	@mkdir -p $(dir $@)
-	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ $(FUZZ_HANDOFF_SRCS)
+	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ $(FUZZ_HANDOFF_SRCS) -lssl -lcrypto
 # The --disk/--net parser (a restore rebuilds device specs from a stream's options).
 FUZZ_DEVSPEC_SRCS := tests/fuzz/fuzz_devspec.c src/vmm/devspec.c src/net/tap.c src/vmm/log.c
 build-fuzz/fuzz-devspec: $(FUZZ_DEVSPEC_SRCS) include/godwit/devspec.h include/godwit/tap.h

@@ -24,6 +24,7 @@
 #define GODWIT_HANDOFF_H
 
 #include "godwit/common.h"
+#include "godwit/conn.h"
 
 /* Control message types (docs/migration.md).  Never renumber. */
 enum mig_msg {
@@ -41,14 +42,14 @@ enum mig_msg {
 /* "ACCEPT", "REFUSE", ..., or "message N". */
 const char *mig_msg_name(enum mig_msg type);
 /* Send one control message (text may be NULL).  0 or -errno. */
-int migrate_msg_send(int fd, enum mig_msg type, const char *text);
+int migrate_msg_send(struct conn *c, enum mig_msg type, const char *text);
 /*
  * migrate_msg_recv - wait up to timeout_ms for one control message.
  * Returns 0 with *type and text (NUL-terminated, printable ASCII),
  * -ETIMEDOUT, -ECONNRESET (the peer closed or reset the connection),
  * -EBADMSG (not a message).
  */
-int migrate_msg_recv(int fd, int timeout_ms, enum mig_msg *type, char *text,
+int migrate_msg_recv(struct conn *c, int timeout_ms, enum mig_msg *type, char *text,
 		     size_t len) __must_check;
 
 /* Where a hand-off is.  The owner of the VM in each: handoff_state_owner(). */
@@ -107,7 +108,7 @@ struct handoff_dst_ops {
  * HANDOFF_THERE (exit: the destination runs it) or HANDOFF_IN_DOUBT, with why
  * set for anything but THERE.  *cancelled_out says the operator cancelled.
  */
-enum handoff_result handoff_source(int fd, int wait_ms, const struct handoff_src_ops *ops,
+enum handoff_result handoff_source(struct conn *c, int wait_ms, const struct handoff_src_ops *ops,
 				   void *opaque, bool *cancelled_out, char *why, size_t len);
 
 /*
@@ -118,9 +119,9 @@ enum handoff_result handoff_source(int fd, int wait_ms, const struct handoff_src
  * (discard the VM: the source runs it) or HANDOFF_IN_DOUBT, with why set for
  * anything but HERE.
  */
-enum handoff_result handoff_dest(int fd, int wait_ms, const struct handoff_dst_ops *ops,
+enum handoff_result handoff_dest(struct conn *c, int wait_ms, const struct handoff_dst_ops *ops,
 				 void *opaque, char *why, size_t len);
 /* The vCPUs run: DONE.  0 or -errno (then the source stays in doubt). */
-int handoff_dest_confirm(int fd);
+int handoff_dest_confirm(struct conn *c);
 
 #endif

@@ -32,14 +32,19 @@ struct incoming_params {
 	uint64_t min_rate;           /* bytes/s over each 10 s of waiting; 0: none */
 	int handoff_ms;              /* wait for COMMIT after READY */
 	bool overwrite;              /* a migrated disk may replace a non-empty file */
+	struct tls_creds *tls;       /* mutual TLS (the caller's); NULL: plain */
+	bool insecure;               /* plain TCP beyond loopback, the operator's choice */
 };
 
 /*
- * incoming_accept - listen on addr, take one connection, read the stream's
- * header and configuration (with the watchdog of p).  Returns 0 and *out, or
- * -errno with err set; a connection that brought no valid stream was answered
- * with REFUSE.
+ * incoming_accept - listen on addr until a connection brings a stream:
+ * with p->tls, a peer that passes the mutual TLS handshake; then the
+ * stream's header and configuration (with the watchdog of p).  A connection
+ * that fails either (a stray, a wrong certificate, not a godwit stream) is
+ * logged, closed and waited past, up to p->timeout_s from the listen.
+ * Returns 0 and *out, or -errno with err set.
  */
+struct tls_creds;
 int incoming_accept(const char *addr, const struct incoming_params *p,
 		    struct incoming **out, char *err, size_t len) __must_check;
 struct snapshot_restore *incoming_restore(struct incoming *in);

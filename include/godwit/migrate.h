@@ -19,6 +19,7 @@
 #include "godwit/handoff.h"
 
 struct vm;
+struct tls_creds;
 
 enum mig_status {
 	MIG_NONE,                /* no migration was started */
@@ -55,6 +56,9 @@ struct migrate_params {
 	/* with_disks: the serials of the disks to copy (disk_serials_parse); none: every disk */
 	char disks[VM_MAX_DEVICE_ARGS][DISK_SERIAL_MAX + 1];
 	unsigned int nr_disks;
+	/* mutual TLS (tls.h); migrate_start() owns it from the call on, even when it fails */
+	struct tls_creds *tls;
+	bool insecure;           /* plain TCP beyond this host: the operator said so */
 };
 
 struct migrate_progress {
@@ -75,10 +79,15 @@ struct migrate_progress {
 	uint32_t disk_rounds;        /* disk passes */
 	bool converged;              /* pre-copy ended under the downtime limit */
 	bool not_converging;         /* the last rounds did not shrink what is left */
+	char tls[384];               /* the TLS session ("TLSv1.3 ..., peer CN=..."); "": none */
+	bool insecure;               /* plain TCP beyond this host (--insecure) */
 	char error[512];
 };
 
-/* Parse "tcp:HOST:PORT" / "unix:PATH"; 0 or -EINVAL with err set. */
+/*
+ * Parse "tcp:HOST:PORT" / "unix:PATH"; 0 or -EINVAL with err set.  A
+ * migration to or from TCP beyond loopback needs TLS or p->insecure.
+ */
 int migrate_addr_check(const char *addr, char *err, size_t len) __must_check;
 
 /* ---- source (API, loop thread) ---- */
@@ -117,16 +126,26 @@ void migrate_fini(struct vm *vm);
 
 /* The source's connection to addr (migrate_addr.c); 0 and *fd, or -errno with err set. */
 int migrate_connect(const char *addr, int *fd, char *err, size_t len) __must_check;
-/* Listen on addr (one connection); 0 and *lfd, or -errno with err set. */
+/* Listen on addr (a UNIX socket is made 0600); 0 and *lfd, or -errno with err set. */
 int migrate_listen(const char *addr, int *lfd, char *err, size_t len) __must_check;
-/* Accept the one connection (waits for ever; EINTR returns -EINTR); closes lfd. */
-int migrate_accept(int lfd, const char *addr, int *fd, char *err, size_t len) __must_check;
+/*
+ * migrate_accept - wait up to timeout_ms (-1: for ever) for a connection on
+ * lfd.  0 with *fd and who it is in peer ("198.18.0.1:40000", "uid 0 pid
+ * 12"); -ETIMEDOUT; -EACCES for a UNIX socket peer that is neither this
+ * user nor root (closed, err says so); other -errno with err set.
+ */
+int migrate_accept(int lfd, const char *addr, int timeout_ms, int *fd, char *peer, size_t plen,
+		   char *err, size_t len) __must_check;
+/* Close the listener (a UNIX socket's file goes too). */
+void migrate_unlisten(int lfd, const char *addr);
+/* True for a UNIX socket and for a TCP address on loopback only (not the wildcard). */
+bool migrate_addr_local(const char *addr);
 /*
  * migrate_incoming_done - record on vm the outcome of an incoming migration
  * (MIG_INCOMING: runs here; MIG_IN_DOUBT: paused, not started; the API
  * resolves it), with the stream bytes received, for GET /vm/migration.
  */
 void migrate_incoming_done(struct vm *vm, enum mig_status st, const char *from,
-			   uint64_t bytes, const char *why);
+			   uint64_t bytes, const char *tls, bool insecure, const char *why);
 
 #endif

@@ -104,11 +104,16 @@ struct snapshot_restore;
  * snapshot_restore_open - read a stream's header and CONFIG from fd and
  * check that this host's KVM offers every CPU feature the guest saw.  wd
  * (may be NULL): a watchdog on the peer for the whole stream (a migration).
- * Returns 0 and *out, or -errno with err set (naming the section).
+ * Returns 0 and *out, or -errno with err set (naming the section):
+ * -EBADMSG if fd brought no readable stream header and CONFIG.
  */
 struct stream_watchdog;
 int snapshot_restore_open(int fd, const struct stream_watchdog *wd,
 			  struct snapshot_restore **out, char *err, size_t len) __must_check;
+/* The same on a migration connection (conn.h), plain or TLS. */
+struct conn;
+int snapshot_restore_open_conn(const struct conn *c, const struct stream_watchdog *wd,
+			       struct snapshot_restore **out, char *err, size_t len) __must_check;
 /* The stream's configuration (valid until snapshot_restore_free()). */
 const struct stream_config *snapshot_restore_stream_config(const struct snapshot_restore *sr);
 /* The clock mode the vCPUs and the VM are loaded with (default CPU_CLOCK_FROZEN). */

@@ -218,6 +218,9 @@ int stream_writer_new(int fd, struct stream_writer **out) __must_check;
 struct stream_watchdog;
 /* The same watchdog as a reader's (below), on the writer's peer taking the bytes. */
 void stream_writer_set_watchdog(struct stream_writer *w, const struct stream_watchdog *wd);
+/* Write through the TLS session on the writer's socket (tls.h). */
+struct tls_sess;
+void stream_writer_set_tls(struct stream_writer *w, struct tls_sess *tls);
 /* Free w (NULL is fine); does not flush or close the fd. */
 void stream_writer_free(struct stream_writer *w);
 /*
@@ -310,6 +313,8 @@ struct stream_watchdog {
 	uint32_t window_ms;
 };
 void stream_reader_set_watchdog(struct stream_reader *r, const struct stream_watchdog *wd);
+/* Read through the TLS session on the reader's socket (tls.h); before the first read. */
+void stream_reader_set_tls(struct stream_reader *r, struct tls_sess *tls);
 /*
  * stream_reader_target_zeroed - promise that every byte the reader's RAM
  * lookups return is zero before the stream is read (fresh memory: a

@@ -24,6 +24,7 @@
 #include "godwit/cmd.h"
 #include "godwit/common.h"
 #include "godwit/migrate.h"
+#include "godwit/tls.h"
 
 #define MIG_POLL_MS       50
 #define MIG_REQ_TIMEOUT   10000
@@ -52,8 +53,17 @@ static const char migrate_usage[] =
 "                          names its files with --disk (created sparse).\n"
 "                          Without it, disks are shared storage: the same image\n"
 "                          must be reachable there, and its lock moves at COMMIT\n"
+"  --tls-dir DIR           mutual TLS 1.3 with DIR/ca.pem, DIR/cert.pem and\n"
+"                          DIR/key.pem (read here and handed to the VM over\n"
+"                          its API socket); the destination must present a\n"
+"                          certificate that CA signed\n"
+"  --tls-peer NAME         with --tls-dir: the destination's certificate must\n"
+"                          name NAME (subject alternative name or common name)\n"
+"  --insecure              to tcp: beyond loopback without --tls-dir: send the\n"
+"                          VM in clear, unauthenticated (refused by default)\n"
 "  --json                  print one JSON object (status, total_ms, downtime_ms,\n"
-"                          setup_ms, bytes, pages, zero_pages, rounds, error)\n"
+"                          setup_ms, bytes, pages, zero_pages, rounds, tls,\n"
+"                          insecure, error)\n"
 "  -q, --quiet             no progress lines\n"
 "  -h, --help              this text\n"
 "\n"
@@ -146,6 +156,10 @@ static void mig_print_json(json_t *p)
 		json_object_set(o, "error", json_object_get(p, "error"));
 	if (json_object_get(p, "to"))
 		json_object_set(o, "to", json_object_get(p, "to"));
+	if (json_object_get(p, "tls")) {
+		json_object_set(o, "tls", json_object_get(p, "tls"));
+		json_object_set(o, "insecure", json_object_get(p, "insecure"));
+	}
 	if (json_object_get(p, "disk_bytes")) {
 		json_object_set(o, "disk_bytes", json_object_get(p, "disk_bytes"));
 		json_object_set(o, "disk_rounds", json_object_get(p, "disk_rounds"));
@@ -170,6 +184,10 @@ static void mig_print_report(json_t *p)
 		if (json_object_get(p, "disk_bytes"))
 			printf("disks: %.1f MiB sent in %.0f passes\n",
 			       jnum(p, "disk_bytes") / (double)MiB, jnum(p, "disk_rounds"));
+		if (jstr(p, "tls")[0])
+			printf("channel: %s\n", jstr(p, "tls"));
+		else if (json_is_true(json_object_get(p, "insecure")))
+			printf("channel: insecure (no TLS, --insecure)\n");
 	} else if (!strcmp(st, "in-doubt")) {
 		fprintf(stderr, "godwit: migrate: %s\n", jstr(p, "error"));
 	} else if (!strcmp(st, "cancelled")) {
@@ -187,6 +205,48 @@ static int mig_sleep_ms(long ms)
 	return nanosleep(&ts, NULL);
 }
 
+/*
+ * --tls-dir: the three PEM files, checked here (a bad one is named before
+ * anything starts), into req's "tls".  0, or 1 with the error printed.
+ */
+static int mig_tls_json(json_t *req, const char *dir, const char *peer)
+{
+	static const char *const names[3] = { "ca.pem", "cert.pem", "key.pem" };
+	static const char *const keys[3] = { "ca", "cert", "key" };
+	char *pem[3] = { NULL, NULL, NULL }, err[512];
+	struct tls_creds *c = NULL;
+	json_t *t = json_object();
+	int ret = 1;
+
+	for (int i = 0; i < 3; i++)
+		if (tls_read_pem(dir, names[i], &pem[i], err, sizeof(err)))
+			goto out;
+	if (tls_creds_from_pem(pem[0], pem[1], pem[2], peer, false, &c, err, sizeof(err))) {
+		fprintf(stderr, "godwit: migrate: --tls-dir %s: %s\n", dir, err);
+		ret = 2;
+		goto out;
+	}
+	for (int i = 0; i < 3 && t; i++)
+		json_object_set_new(t, keys[i], json_string(pem[i]));
+	if (t && peer)
+		json_object_set_new(t, "peer", json_string(peer));
+	if (t && !json_object_set(req, "tls", t))
+		ret = 0;
+	else
+		snprintf(err, sizeof(err), "out of memory");
+out:
+	if (ret == 1)
+		fprintf(stderr, "godwit: migrate: %s\n", err);
+	tls_creds_free(c);
+	json_decref(t);
+	for (int i = 0; i < 3; i++) {
+		if (pem[i])
+			explicit_bzero(pem[i], strlen(pem[i]));
+		free(pem[i]);
+	}
+	return ret;
+}
+
 int cmd_migrate(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -197,12 +257,16 @@ int cmd_migrate(int argc, char **argv)
 		{ "max-rounds",    required_argument, NULL, 'r' },
 		{ "min-rate",      required_argument, NULL, 'm' },
 		{ "with-disks",    optional_argument, NULL, 'D' },
+		{ "tls-dir",       required_argument, NULL, 'T' },
+		{ "tls-peer",      required_argument, NULL, 'P' },
+		{ "insecure",      no_argument,       NULL, 'S' },
 		{ "json",          no_argument,       NULL, 'j' },
 		{ "quiet",         no_argument,       NULL, 'q' },
 		{ "help",          no_argument,       NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *sock = NULL, *to = NULL;
+	const char *sock = NULL, *to = NULL, *tls_dir = NULL, *tls_peer = NULL;
+	bool insecure = false;
 	uint64_t downtime = MIG_DEFAULT_DOWNTIME_MS, rounds = MIG_DEFAULT_MAX_ROUNDS, bw = 0;
 	uint64_t min_rate = MIG_DEFAULT_MIN_RATE;
 	bool json = false, quiet = false;
@@ -254,6 +318,9 @@ int cmd_migrate(int argc, char **argv)
 				goto usage;
 			}
 			break;
+		case 'T': tls_dir = optarg; break;
+		case 'P': tls_peer = optarg; break;
+		case 'S': insecure = true; break;
 		case 'j': json = true; break;
 		case 'q': quiet = true; break;
 		case 'h':
@@ -280,11 +347,31 @@ int cmd_migrate(int argc, char **argv)
 		fprintf(stderr, "godwit: migrate: --to %s\n", err);
 		goto usage;
 	}
+	if (tls_peer && !tls_dir) {
+		fprintf(stderr, "godwit: migrate: --tls-peer needs --tls-dir\n");
+		goto usage;
+	}
+	if (insecure && tls_dir) {
+		fprintf(stderr, "godwit: migrate: --insecure and --tls-dir contradict each other\n");
+		goto usage;
+	}
+	if (!tls_dir && !insecure && !migrate_addr_local(to)) {
+		fprintf(stderr, "godwit: migrate: --to %s is not on this host: the VM's memory would "
+			"cross the network in clear; give --tls-dir DIR (mutual TLS), or --insecure "
+			"to accept that\n", to);
+		goto usage;
+	}
 	req = json_pack("{s:s, s:I, s:I, s:I, s:I}", "to", to, "downtime_ms", (json_int_t)downtime,
 			"max_rounds", (json_int_t)rounds, "max_bandwidth", (json_int_t)bw,
 			"min_rate", (json_int_t)min_rate);
 	if (req && disks)
 		json_object_set_new(req, "with_disks", *disks ? json_string(disks) : json_true());
+	if (req && insecure)
+		json_object_set_new(req, "insecure", json_true());
+	if (req && tls_dir && mig_tls_json(req, tls_dir, tls_peer)) {
+		json_decref(req);
+		return 1;
+	}
 	body = req ? json_dumps(req, JSON_COMPACT) : NULL;
 	json_decref(req);
 	if (!body) {
@@ -339,6 +426,8 @@ int cmd_migrate(int argc, char **argv)
 	}
 out:
 	json_decref(p);
+	if (body)
+		explicit_bzero(body, strlen(body));     /* the TLS key */
 	free(body);
 	return ret;
 usage:

@@ -68,6 +68,9 @@ int restore_parse(int argc, char **argv, struct restore_args *a, bool incoming)
 		{ "overwrite", no_argument,       NULL, 'O' },
 		{ "incoming-timeout",  required_argument, NULL, 'T' },
 		{ "incoming-min-rate", required_argument, NULL, 'r' },
+		{ "tls-dir",   required_argument, NULL, 'D' },
+		{ "tls-peer",  required_argument, NULL, 'P' },
+		{ "insecure",  no_argument,       NULL, 'S' },
 		{ "api",       required_argument, NULL, 'a' },
 		{ "disk",      required_argument, NULL, 'd' },
 		{ "net",       required_argument, NULL, 'N' },
@@ -92,7 +95,8 @@ int restore_parse(int argc, char **argv, struct restore_args *a, bool incoming)
 		long n;
 
 		if ((c == 'f' && incoming) ||
-		    ((c == 'I' || c == 'O' || c == 'T' || c == 'r') && !incoming)) {
+		    ((c == 'I' || c == 'O' || c == 'T' || c == 'r' || c == 'D' || c == 'P' ||
+		      c == 'S') && !incoming)) {
 			log_warnx("%s: --%s is only for %s", a->cmd, opts[li].name,
 				  incoming ? "godwit restore" : "godwit run --incoming");
 			return -1;
@@ -118,6 +122,9 @@ int restore_parse(int argc, char **argv, struct restore_args *a, bool incoming)
 				return -1;
 			}
 			break;
+		case 'D': a->tls_dir = optarg; break;
+		case 'P': a->tls_peer = optarg; break;
+		case 'S': a->insecure = true; break;
 		case 'a': a->api_path = optarg; break;
 		case 'd':
 		case 'N':
@@ -176,6 +183,14 @@ int restore_parse(int argc, char **argv, struct restore_args *a, bool incoming)
 	}
 	if (!incoming && !a->from) {
 		log_warnx("restore: --from FILE is required (see godwit restore --help)");
+		return -1;
+	}
+	if (a->tls_peer && !a->tls_dir) {
+		log_warnx("run: --tls-peer needs --tls-dir");
+		return -1;
+	}
+	if (a->insecure && a->tls_dir) {
+		log_warnx("run: --insecure and --tls-dir contradict each other (leave --insecure out)");
 		return -1;
 	}
 	if (incoming && !a->api_path) {

@@ -62,6 +62,9 @@ struct restore_args {
 	bool overwrite;          /* --incoming: a migrated disk may replace a non-empty file */
 	uint32_t timeout_s;      /* --incoming-timeout */
 	uint64_t min_rate;       /* --incoming-min-rate */
+	const char *tls_dir;     /* --incoming: --tls-dir (ca.pem, cert.pem, key.pem) */
+	const char *tls_peer;    /* --tls-peer: the name the source's certificate must carry */
+	bool insecure;           /* --insecure: plain TCP beyond loopback */
 	uint64_t mem;
 	unsigned int cpus;
 	enum cpu_model model;

@@ -29,6 +29,7 @@
 #include "godwit/loop.h"
 #include "godwit/migrate.h"
 #include "godwit/snapshot.h"
+#include "godwit/tls.h"
 #include "godwit/virtio.h"
 #include "godwit/vm.h"
 #include "run.h"
@@ -119,13 +120,27 @@ int cmd_incoming(int argc, char **argv)
 		log_warnx("run: --incoming %s", err);
 		return EXIT_USAGE;
 	}
+	if (!a.tls_dir && !a.insecure && !migrate_addr_local(a.incoming)) {
+		log_warnx("run: --incoming %s is reachable from other hosts: anyone there could send "
+			  "a VM or read this one's memory; give --tls-dir DIR (mutual TLS), or "
+			  "--insecure to accept that", a.incoming);
+		return EXIT_USAGE;
+	}
 	p = (struct incoming_params){
 		.timeout_s = a.timeout_s,
 		.min_rate = a.min_rate,
 		.handoff_ms = MIG_IO_TIMEOUT_MS,
 		.overwrite = a.overwrite,
+		.insecure = a.insecure,
 	};
-	if (incoming_accept(a.incoming, &p, &ri.in, err, sizeof(err))) {
+	if (a.tls_dir && tls_creds_load_dir(a.tls_dir, a.tls_peer, true, &p.tls, err, sizeof(err))) {
+		log_warnx("run: %s", err);
+		return EXIT_ERROR;
+	}
+	ret = incoming_accept(a.incoming, &p, &ri.in, err, sizeof(err));
+	/* The key is not needed once the session exists. */
+	tls_creds_free(p.tls);
+	if (ret) {
 		log_warnx("run: %s", err);
 		return EXIT_ERROR;
 	}

@@ -43,12 +43,12 @@ const char *mig_msg_name(enum mig_msg type)
 	return buf;
 }
 
-static int msg_send_all(int fd, const void *buf, size_t n)
+static int msg_send_all(struct conn *c, const void *buf, size_t n)
 {
 	const uint8_t *p = buf;
 
 	while (n) {
-		ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+		ssize_t k = conn_send(c, p, n, 0);
 
 		if (k < 0 && errno == EINTR)
 			continue;
@@ -60,7 +60,7 @@ static int msg_send_all(int fd, const void *buf, size_t n)
 	return 0;
 }
 
-int migrate_msg_send(int fd, enum mig_msg type, const char *text)
+int migrate_msg_send(struct conn *c, enum mig_msg type, const char *text)
 {
 	uint8_t buf[MIG_MSG_HDR + MIG_MSG_TEXT_MAX + 4];
 	size_t n = text ? strnlen(text, MIG_MSG_TEXT_MAX) : 0;
@@ -74,30 +74,29 @@ int migrate_msg_send(int fd, enum mig_msg type, const char *text)
 		memcpy(buf + MIG_MSG_HDR, text, n);
 	crc = crc32c(0, buf, MIG_MSG_HDR + n);
 	memcpy(buf + MIG_MSG_HDR + n, &crc, 4);
-	return msg_send_all(fd, buf, MIG_MSG_HDR + n + 4);
+	return msg_send_all(c, buf, MIG_MSG_HDR + n + 4);
 }
 
 /* Read exactly n bytes before t0 + timeout_ms. */
-static int msg_recv_all(int fd, void *buf, size_t n, const struct timespec *t0, int timeout_ms)
+static int msg_recv_all(struct conn *c, void *buf, size_t n, const struct timespec *t0, int timeout_ms)
 {
 	uint8_t *p = buf;
 
 	while (n) {
 		int left = timeout_ms - (int)ms_since(t0);
-		struct pollfd pfd = { .fd = fd, .events = POLLIN };
 		ssize_t k;
 		int r;
 
 		if (left <= 0)
 			return -ETIMEDOUT;
-		r = poll(&pfd, 1, left);
+		r = conn_wait_input(c, left);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)
 			return -errno;
 		if (r == 0)
 			return -ETIMEDOUT;
-		k = recv(fd, p, n, MSG_DONTWAIT);
+		k = conn_recv(c, p, n, MSG_DONTWAIT);
 		if (k < 0 && (errno == EINTR || errno == EAGAIN))
 			continue;
 		if (k < 0)
@@ -110,7 +109,7 @@ static int msg_recv_all(int fd, void *buf, size_t n, const struct timespec *t0, 
 	return 0;
 }
 
-int migrate_msg_recv(int fd, int timeout_ms, enum mig_msg *type, char *text, size_t len)
+int migrate_msg_recv(struct conn *c, int timeout_ms, enum mig_msg *type, char *text, size_t len)
 {
 	uint8_t buf[MIG_MSG_HDR + MIG_MSG_TEXT_MAX + 4];
 	uint32_t magic, crc;
@@ -119,7 +118,7 @@ int migrate_msg_recv(int fd, int timeout_ms, enum mig_msg *type, char *text, siz
 	int ret;
 
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	ret = msg_recv_all(fd, buf, MIG_MSG_HDR, &t0, timeout_ms);
+	ret = msg_recv_all(c, buf, MIG_MSG_HDR, &t0, timeout_ms);
 	if (ret)
 		return ret;
 	memcpy(&magic, buf, 4);
@@ -127,7 +126,7 @@ int migrate_msg_recv(int fd, int timeout_ms, enum mig_msg *type, char *text, siz
 	memcpy(&l, buf + 6, 2);
 	if (magic != MIG_MSG_MAGIC || l > MIG_MSG_TEXT_MAX || t < MIG_MSG_ACCEPT || t > MIG_MSG_ABORT)
 		return -EBADMSG;
-	ret = msg_recv_all(fd, buf + MIG_MSG_HDR, (size_t)l + 4, &t0, timeout_ms);
+	ret = msg_recv_all(c, buf + MIG_MSG_HDR, (size_t)l + 4, &t0, timeout_ms);
 	if (ret)
 		return ret;
 	memcpy(&crc, buf + MIG_MSG_HDR + l, 4);
@@ -210,16 +209,16 @@ static void src_state(const struct handoff_src_ops *ops, void *opaque, enum hand
 }
 
 /* Give up before COMMIT: tell the destination (best effort), keep the VM. */
-static enum handoff_result src_abort(int fd, const char *why)
+static enum handoff_result src_abort(struct conn *c, const char *why)
 {
-	int ret = migrate_msg_send(fd, MIG_MSG_ABORT, why);
+	int ret = migrate_msg_send(c, MIG_MSG_ABORT, why);
 
 	if (ret)
 		log_debug("migrate: ABORT not sent: %s", strerror(-ret));
 	return HANDOFF_HERE;
 }
 
-enum handoff_result handoff_source(int fd, int wait_ms, const struct handoff_src_ops *ops,
+enum handoff_result handoff_source(struct conn *c, int wait_ms, const struct handoff_src_ops *ops,
 				   void *opaque, bool *cancelled_out, char *why, size_t len)
 {
 	char text[MIG_MSG_TEXT_MAX + 1], err[512] = "";
@@ -228,15 +227,15 @@ enum handoff_result handoff_source(int fd, int wait_ms, const struct handoff_src
 
 	*cancelled_out = false;
 	src_state(ops, opaque, HO_SRC_WAIT_READY);
-	ret = migrate_msg_recv(fd, wait_ms, &type, text, sizeof(text));
+	ret = migrate_msg_recv(c, wait_ms, &type, text, sizeof(text));
 	if (ret) {
 		if (ops->cancelled && ops->cancelled(opaque)) {
 			*cancelled_out = true;
 			snprintf(why, len, "cancelled");
-			return src_abort(fd, "cancelled by the operator at the source");
+			return src_abort(c, "cancelled by the operator at the source");
 		}
 		snprintf(why, len, "no READY from the destination: %s", recv_err(ret));
-		return src_abort(fd, why);
+		return src_abort(c, why);
 	}
 	if (type == MIG_MSG_ERROR || type == MIG_MSG_REFUSE) {
 		snprintf(why, len, "the destination could not load the VM: %.400s", text);
@@ -244,7 +243,7 @@ enum handoff_result handoff_source(int fd, int wait_ms, const struct handoff_src
 	}
 	if (type != MIG_MSG_READY) {
 		snprintf(why, len, "the destination sent %s instead of READY", mig_msg_name(type));
-		return src_abort(fd, why);
+		return src_abort(c, why);
 	}
 
 	/* READY: until COMMIT goes, a cancel or a failure keeps the VM here for sure. */
@@ -258,10 +257,10 @@ enum handoff_result handoff_source(int fd, int wait_ms, const struct handoff_src
 			/* Not released, not taken back: nobody may run it on these disks. */
 			snprintf(why, len, "cannot hand the disks over (%s), nor take them back "
 				 "(%s)", err, e2);
-			(void)src_abort(fd, why);
+			(void)src_abort(c, why);
 			return HANDOFF_IN_DOUBT;
 		}
-		return src_abort(fd, why);
+		return src_abort(c, why);
 	}
 	if (ops->may_commit && !ops->may_commit(opaque)) {
 		*cancelled_out = true;
@@ -269,21 +268,21 @@ enum handoff_result handoff_source(int fd, int wait_ms, const struct handoff_src
 		if (ops->reacquire(opaque, err, sizeof(err))) {
 			snprintf(why, len, "cancelled, but the disks cannot be taken back here (%s)",
 				 err);
-			(void)src_abort(fd, "cancelled by the operator at the source");
+			(void)src_abort(c, "cancelled by the operator at the source");
 			return HANDOFF_IN_DOUBT;
 		}
-		return src_abort(fd, "cancelled by the operator at the source");
+		return src_abort(c, "cancelled by the operator at the source");
 	}
 
 	/* From here the destination may own the VM. */
 	src_state(ops, opaque, HO_SRC_COMMITTED);
-	ret = migrate_msg_send(fd, MIG_MSG_COMMIT, NULL);
+	ret = migrate_msg_send(c, MIG_MSG_COMMIT, NULL);
 	if (ret) {
 		snprintf(why, len, "in doubt: COMMIT could not be sent whole (%s): the "
 			 "destination may have it", strerror(-ret));
 		return HANDOFF_IN_DOUBT;
 	}
-	ret = migrate_msg_recv(fd, wait_ms, &type, text, sizeof(text));
+	ret = migrate_msg_recv(c, wait_ms, &type, text, sizeof(text));
 	if (!ret && type == MIG_MSG_DONE) {
 		src_state(ops, opaque, HO_SRC_DONE);
 		return HANDOFF_THERE;
@@ -311,7 +310,7 @@ static void dst_state(const struct handoff_dst_ops *ops, void *opaque, enum hand
 		ops->state(opaque, st);
 }
 
-enum handoff_result handoff_dest(int fd, int wait_ms, const struct handoff_dst_ops *ops,
+enum handoff_result handoff_dest(struct conn *c, int wait_ms, const struct handoff_dst_ops *ops,
 				 void *opaque, char *why, size_t len)
 {
 	char text[MIG_MSG_TEXT_MAX + 1], err[512] = "";
@@ -322,14 +321,14 @@ enum handoff_result handoff_dest(int fd, int wait_ms, const struct handoff_dst_o
 	 * A READY that cannot be sent: the source may be alive (it then resumes the
 	 * VM) or dead (this is then the only copy).  Only the operator can tell.
 	 */
-	ret = migrate_msg_send(fd, MIG_MSG_READY, NULL);
+	ret = migrate_msg_send(c, MIG_MSG_READY, NULL);
 	if (ret) {
 		snprintf(why, len, "in doubt: cannot tell the source we are ready (%s)",
 			 strerror(-ret));
 		return HANDOFF_IN_DOUBT;
 	}
 	dst_state(ops, opaque, HO_DST_WAIT_COMMIT);
-	ret = migrate_msg_recv(fd, wait_ms, &type, text, sizeof(text));
+	ret = migrate_msg_recv(c, wait_ms, &type, text, sizeof(text));
 	if (!ret && type == MIG_MSG_ABORT) {
 		snprintf(why, len, "the source aborted: %.400s", text[0] ? text : "no reason given");
 		return HANDOFF_THERE;
@@ -344,7 +343,7 @@ enum handoff_result handoff_dest(int fd, int wait_ms, const struct handoff_dst_o
 	ret = ops->commit(opaque, err, sizeof(err));
 	if (ret) {
 		snprintf(why, len, "cannot start the VM at COMMIT: %s", err);
-		ret = migrate_msg_send(fd, MIG_MSG_ERROR, err);
+		ret = migrate_msg_send(c, MIG_MSG_ERROR, err);
 		if (ret) {
 			/* The source cannot learn that the VM is not running here. */
 			snprintf(why, len, "in doubt: cannot start the VM at COMMIT (%s), and the "
@@ -356,7 +355,7 @@ enum handoff_result handoff_dest(int fd, int wait_ms, const struct handoff_dst_o
 	return HANDOFF_HERE;
 }
 
-int handoff_dest_confirm(int fd)
+int handoff_dest_confirm(struct conn *c)
 {
-	return migrate_msg_send(fd, MIG_MSG_DONE, NULL);
+	return migrate_msg_send(c, MIG_MSG_DONE, NULL);
 }

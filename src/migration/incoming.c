@@ -19,12 +19,13 @@
 #include "godwit/migrate.h"
 #include "godwit/snapshot.h"
 #include "godwit/stream.h"
+#include "godwit/tls.h"
 #include "godwit/vm.h"
 
 struct incoming {
 	struct incoming_params p;
 	char addr[MIG_ADDR_MAX];
-	int fd;
+	struct conn c;           /* the source's connection (TLS or plain) */
 	struct snapshot_restore *sr;
 	struct disk_recv disks[STREAM_MAX_DISKS];
 	unsigned int nr_disks;
@@ -34,15 +35,59 @@ struct incoming {
 	struct timespec t0;      /* the connection */
 };
 
+/*
+ * in_open - one connection: TLS handshake (with credentials), the stream's
+ * header and CONFIG.  Returns 0 (in->c and in->sr set), -EBADMSG for a
+ * connection that brought no authenticated godwit stream (why says what it
+ * was; it is closed, and the destination keeps waiting), or another -errno
+ * (this host's fault: give up).
+ */
+static int in_open(struct incoming *in, int fd, const char *peer, char *why, size_t len)
+{
+	struct stream_watchdog wd = {
+		.deadline_ms = (uint64_t)in->p.timeout_s * 1000,
+		.min_bytes = in->p.min_rate * (INCOMING_RATE_WINDOW_MS / 1000),
+		.window_ms = INCOMING_RATE_WINDOW_MS,
+	};
+	int ret;
+
+	in->c = conn_plain(fd);
+	if (in->p.tls) {
+		ret = tls_handshake(in->p.tls, fd, MIG_IO_TIMEOUT_MS, &in->c.tls, why, len);
+		if (ret)
+			return ret == -ENOMEM ? ret : -EBADMSG;
+		log_info("incoming migration: %s authenticated (%s)", peer, tls_sess_desc(in->c.tls));
+	}
+	clock_gettime(CLOCK_MONOTONIC, &in->t0);
+	ret = snapshot_restore_open_conn(&in->c, &wd, &in->sr, why, len);
+	if (ret) {
+		/* Tell the peer (a godwit source with a broken stream wants to know why). */
+		char text[MIG_MSG_TEXT_MAX];
+
+		snprintf(text, sizeof(text), "%s", why);
+		if (migrate_msg_send(&in->c, MIG_MSG_REFUSE, text))
+			snprintf(why + strlen(why), len - strlen(why), " (the peer did not hear it)");
+	}
+	return ret;
+}
+
+/* Drop the connection in->c (a stray, or one that failed). */
+static void in_drop(struct incoming *in)
+{
+	snapshot_restore_free(in->sr);
+	in->sr = NULL;
+	tls_sess_free(in->c.tls);
+	if (in->c.fd >= 0)
+		close(in->c.fd);
+	in->c = conn_plain(-1);
+}
+
 int incoming_accept(const char *addr, const struct incoming_params *p,
 		    struct incoming **out, char *err, size_t len)
 {
-	struct stream_watchdog wd = {
-		.deadline_ms = (uint64_t)p->timeout_s * 1000,
-		.min_bytes = p->min_rate * (INCOMING_RATE_WINDOW_MS / 1000),
-		.window_ms = INCOMING_RATE_WINDOW_MS,
-	};
 	struct incoming *in = calloc(1, sizeof(*in));
+	struct timespec t_listen;
+	unsigned int strays = 0;
 	int lfd = -1, ret;
 
 	if (!in) {
@@ -50,32 +95,63 @@ int incoming_accept(const char *addr, const struct incoming_params *p,
 		return -ENOMEM;
 	}
 	in->p = *p;
-	in->fd = -1;
+	in->c = conn_plain(-1);
 	snprintf(in->addr, sizeof(in->addr), "%s", addr);
 	ret = migrate_listen(addr, &lfd, err, len);
 	if (ret)
 		goto fail;
-	log_info("waiting for an incoming migration on %s", addr);
-	ret = migrate_accept(lfd, addr, &in->fd, err, len);
-	if (ret) {
-		close(lfd);
-		goto fail;
-	}
-	clock_gettime(CLOCK_MONOTONIC, &in->t0);
-	ret = snapshot_restore_open(in->fd, &wd, &in->sr, err, len);
-	if (ret) {
-		/* Told to the source here, logged once by the caller. */
-		char why[512];
+	clock_gettime(CLOCK_MONOTONIC, &t_listen);
+	if (p->tls)
+		log_info("waiting for an incoming migration on %s (mutual TLS as %s%s%s)", addr,
+			 tls_creds_subject(p->tls), tls_creds_peer(p->tls)[0] ? ", the source must be " : "",
+			 tls_creds_peer(p->tls));
+	else
+		log_info("waiting for an incoming migration on %s%s", addr,
+			 p->insecure ? " (insecure: no TLS, --insecure)" : "");
+	/* Until a connection brings a valid stream: strays are logged, closed, and waited past. */
+	for (;;) {
+		double left = p->timeout_s ? p->timeout_s * 1000.0 - ms_since(&t_listen) : -1;
+		char peer[128] = "?", why[768];
+		int fd = -1;
 
-		snprintf(why, sizeof(why), "%s", err);
-		snprintf(err, len, "incoming migration refused: %s%s", why,
-			 migrate_msg_send(in->fd, MIG_MSG_REFUSE, why) ?
-			 " (the source did not hear it)" : "");
-		goto fail;
+		if (p->timeout_s && left <= 0) {
+			snprintf(err, len, "no migration came within the deadline of %u s "
+				 "(--incoming-timeout)%s", p->timeout_s,
+				 strays ? "; connections that brought none were dropped" : "");
+			ret = -ETIMEDOUT;
+			goto fail;
+		}
+		ret = migrate_accept(lfd, addr, p->timeout_s ? (int)MIN(left, 60000.0) : 60000, &fd,
+				     peer, sizeof(peer), why, sizeof(why));
+		if (ret == -ETIMEDOUT || ret == -EINTR)
+			continue;
+		if (ret == -EACCES || ret == -ECONNABORTED) {
+			log_warnx("incoming migration: a connection was dropped: %s; still waiting on %s",
+				  why, addr);
+			strays++;
+			continue;
+		}
+		if (ret) {
+			snprintf(err, len, "%s", why);
+			goto fail;
+		}
+		ret = in_open(in, fd, peer, why, sizeof(why));
+		if (!ret)
+			break;
+		in_drop(in);
+		if (ret != -EBADMSG) {
+			snprintf(err, len, "incoming migration refused: %s", why);
+			goto fail;
+		}
+		strays++;
+		log_warnx("incoming migration: the connection from %s was dropped: %s; still waiting "
+			  "for the source on %s", peer, why, addr);
 	}
+	migrate_unlisten(lfd, addr);
 	*out = in;
 	return 0;
 fail:
+	migrate_unlisten(lfd, addr);
 	incoming_close(in);
 	return ret;
 }
@@ -87,7 +163,7 @@ struct snapshot_restore *incoming_restore(struct incoming *in)
 
 void incoming_refuse(struct incoming *in, const char *why)
 {
-	int ret = migrate_msg_send(in->fd, MIG_MSG_REFUSE, why);
+	int ret = migrate_msg_send(&in->c, MIG_MSG_REFUSE, why);
 
 	log_warnx("incoming migration refused: %s%s", why,
 		  ret ? " (the source did not hear it)" : "");
@@ -102,7 +178,7 @@ void incoming_failed(struct incoming *in, const char *why)
 		incoming_refuse(in, text);
 		return;
 	}
-	(void)migrate_msg_send(in->fd, MIG_MSG_ERROR, why);
+	(void)migrate_msg_send(&in->c, MIG_MSG_ERROR, why);
 	log_warnx("incoming migration failed: %s; the VM was discarded here", why);
 }
 
@@ -135,6 +211,16 @@ int incoming_open_disks(struct incoming *in, const struct vm_config *cfg, char *
 	return 0;
 }
 
+static const char *in_tls_desc(const struct incoming *in)
+{
+	return in->c.tls ? tls_sess_desc(in->c.tls) : NULL;
+}
+
+static bool in_insecure(const struct incoming *in)
+{
+	return !in->c.tls && !migrate_addr_local(in->addr);
+}
+
 /* COMMIT: the disks are ours now, and only now do the devices start. */
 static int in_commit(void *opaque, char *err, size_t len)
 {
@@ -161,7 +247,7 @@ int incoming_load(struct incoming *in, struct vm *vm, bool *in_doubt, char *err,
 
 	*in_doubt = false;
 	in->accepted = true;
-	ret = migrate_msg_send(in->fd, MIG_MSG_ACCEPT, NULL);
+	ret = migrate_msg_send(&in->c, MIG_MSG_ACCEPT, NULL);
 	if (ret) {
 		snprintf(err, len, "the source went away before the memory came: %s",
 			 strerror(-ret));
@@ -177,11 +263,11 @@ int incoming_load(struct incoming *in, struct vm *vm, bool *in_doubt, char *err,
 		return ret;
 	}
 	snapshot_restore_stats(in->sr, NULL, &bytes);
-	r = handoff_dest(in->fd, in->p.handoff_ms, &ops, vm, why, sizeof(why));
+	r = handoff_dest(&in->c, in->p.handoff_ms, &ops, vm, why, sizeof(why));
 	switch (r) {
 	case HANDOFF_HERE:
 		in->taken = true;
-		migrate_incoming_done(vm, MIG_INCOMING, in->addr, bytes, NULL);
+		migrate_incoming_done(vm, MIG_INCOMING, in->addr, bytes, in_tls_desc(in), in_insecure(in), NULL);
 		return 0;
 	case HANDOFF_THERE:
 		snprintf(err, len, "%s", why);
@@ -198,7 +284,7 @@ int incoming_load(struct incoming *in, struct vm *vm, bool *in_doubt, char *err,
 	in->taken = true;
 	in->in_doubt = true;
 	*in_doubt = true;
-	migrate_incoming_done(vm, MIG_IN_DOUBT, in->addr, bytes, err);
+	migrate_incoming_done(vm, MIG_IN_DOUBT, in->addr, bytes, in_tls_desc(in), in_insecure(in), err);
 	return 0;
 }
 
@@ -208,7 +294,7 @@ void incoming_started(struct incoming *in)
 
 	if (in->in_doubt)
 		return;
-	ret = handoff_dest_confirm(in->fd);
+	ret = handoff_dest_confirm(&in->c);
 	if (ret)
 		log_warnx("incoming migration: the VM runs here, but the source did not hear it "
 			  "(%s): it stays paused in doubt there", strerror(-ret));
@@ -222,8 +308,6 @@ void incoming_close(struct incoming *in)
 		return;
 	for (unsigned int i = 0; i < in->nr_disks; i++)
 		disk_recv_close(&in->disks[i], !in->taken);
-	snapshot_restore_free(in->sr);
-	if (in->fd >= 0)
-		close(in->fd);
+	in_drop(in);
 	free(in);
 }

@@ -40,6 +40,7 @@
 #include "godwit/migrate.h"
 #include "godwit/snapshot.h"
 #include "godwit/stream.h"
+#include "godwit/tls.h"
 #include "godwit/virtio.h"
 #include "godwit/vm.h"
 
@@ -157,7 +158,7 @@ struct mig_run {
 	struct migration *m;
 	struct vm *vm;
 	struct stream_writer *w;
-	int fd;
+	struct conn c;               /* the connection: plain, or TLS with m->p.tls */
 	char err[512];
 	bool paused;                 /* we paused the VM and quiesced its devices */
 	struct timespec t_pace;      /* bandwidth pacing: start of the current window */
@@ -348,7 +349,7 @@ static int mig_setup(struct mig_run *r)
 			 stream_writer_error(r->w));
 		return ret;
 	}
-	ret = migrate_msg_recv(r->fd, MIG_ACCEPT_TIMEOUT_MS, &type, text, sizeof(text));
+	ret = migrate_msg_recv(&r->c, MIG_ACCEPT_TIMEOUT_MS, &type, text, sizeof(text));
 	if (ret == -ECONNRESET) {
 		snprintf(r->err, sizeof(r->err), "the destination closed the connection before "
 			 "accepting the VM");
@@ -356,7 +357,7 @@ static int mig_setup(struct mig_run *r)
 	}
 	if (ret) {
 		snprintf(r->err, sizeof(r->err), "no answer from the destination: %s",
-			 ret == -EBADMSG ? "not a godwit migration peer" : strerror(-ret));
+			 ret == -EBADMSG ? "not a godwit migration peer" : conn_strerror(&r->c, -ret));
 		return ret;
 	}
 	if (type == MIG_MSG_REFUSE || type == MIG_MSG_ERROR) {
@@ -644,22 +645,33 @@ static bool src_may_commit(void *opaque)
 static void *mig_thread(void *opaque)
 {
 	struct migration *m = opaque;
-	struct mig_run r = { .m = m, .vm = m->vm, .fd = -1, .pace = true };
+	struct mig_run r = { .m = m, .vm = m->vm, .c = conn_plain(-1), .pace = true };
 	struct timespec t_pause = { 0 };
 	int ret;
 
-	ret = migrate_connect(m->p.to, &r.fd, r.err, sizeof(r.err));
+	ret = migrate_connect(m->p.to, &r.c.fd, r.err, sizeof(r.err));
 	if (ret)
 		goto fail;
 	pthread_mutex_lock(&m->lock);
-	m->fd = r.fd;
+	m->fd = r.c.fd;
 	pthread_mutex_unlock(&m->lock);
 	if (mig_cancelled(m)) {
 		ret = -ECANCELED;
 		goto fail;
 	}
-	ret = stream_writer_new(r.fd, &r.w);
+	if (m->p.tls) {
+		/* A cancel meanwhile shuts the socket down, which ends the handshake. */
+		ret = tls_handshake(m->p.tls, r.c.fd, MIG_IO_TIMEOUT_MS, &r.c.tls, r.err, sizeof(r.err));
+		if (ret)
+			goto fail;
+		pthread_mutex_lock(&m->lock);
+		snprintf(m->prog.tls, sizeof(m->prog.tls), "%s", tls_sess_desc(r.c.tls));
+		pthread_mutex_unlock(&m->lock);
+		log_info("migrate: %s authenticated (%s)", m->p.to, tls_sess_desc(r.c.tls));
+	}
+	ret = stream_writer_new(r.c.fd, &r.w);
 	if (!ret) {
+		stream_writer_set_tls(r.w, r.c.tls);
 		/* A destination that takes the stream a trickle at a time has failed. */
 		struct stream_watchdog wd = {
 			.min_bytes = m->p.min_rate * (MIG_RATE_WINDOW_MS / 1000),
@@ -694,7 +706,7 @@ static void *mig_thread(void *opaque)
 		struct src_handoff sh = { .r = &r, .t_pause = &t_pause };
 		bool cancelled;
 
-		switch (handoff_source(r.fd, MIG_IO_TIMEOUT_MS, &ops, &sh, &cancelled, r.err,
+		switch (handoff_source(&r.c, MIG_IO_TIMEOUT_MS, &ops, &sh, &cancelled, r.err,
 				       sizeof(r.err))) {
 		case HANDOFF_THERE:
 			break;
@@ -759,9 +771,13 @@ out:
 	pthread_mutex_lock(&m->lock);
 	m->fd = -1;
 	pthread_mutex_unlock(&m->lock);
-	if (r.fd >= 0)
-		close(r.fd);
 	stream_writer_free(r.w);
+	tls_sess_free(r.c.tls);
+	if (r.c.fd >= 0)
+		close(r.c.fd);
+	/* The key goes with the migration that used it. */
+	tls_creds_free(m->p.tls);
+	m->p.tls = NULL;
 	mig_free_bitmaps(m);
 	if (m->prog.status != MIG_IN_DOUBT && m->prog.status != MIG_COMPLETED) {
 		disk_mig_free(m->dm);
@@ -800,32 +816,45 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 
 	ret = migrate_addr_check(p->to, err, len);
 	if (ret)
-		return ret;
+		goto fail;
+	if (!p->tls && !p->insecure && !migrate_addr_local(p->to)) {
+		snprintf(err, len, "%s is not on this host: the VM's memory would cross the network in "
+			 "clear; give --tls-dir (mutual TLS), or --insecure to accept that", p->to);
+		ret = -EINVAL;
+		goto fail;
+	}
 	if (!p->downtime_ms || p->downtime_ms > 60000 || !p->max_rounds || p->max_rounds > 1000) {
 		snprintf(err, len, "downtime_ms must be 1-60000 and max_rounds 1-1000");
-		return -EINVAL;
+		ret = -EINVAL;
+		goto fail;
 	}
 	if (p->min_rate > GiB) {
 		snprintf(err, len, "min_rate above 1 GiB/s");
-		return -EINVAL;
+		ret = -EINVAL;
+		goto fail;
 	}
 	if (p->max_bandwidth && p->max_bandwidth < MIG_MIN_BANDWIDTH) {
 		snprintf(err, len, "max_bandwidth below 1 MiB/s (%llu bytes/s)",
 			 (unsigned long long)p->max_bandwidth);
-		return -EINVAL;
+		ret = -EINVAL;
+		goto fail;
 	}
 	ret = snapshot_check_migratable(vm, err, len);
-	if (ret)
-		return -EINVAL;
+	if (ret) {
+		ret = -EINVAL;
+		goto fail;
+	}
 	if (migrate_busy(vm)) {
 		snprintf(err, len, "a migration is already %s",
 			 migrate_status_name(vm->mig->prog.status));
-		return -EBUSY;
+		ret = -EBUSY;
+		goto fail;
 	}
 	m = mig_get(vm, true);
 	if (!m) {
 		snprintf(err, len, "out of memory");
-		return -ENOMEM;
+		ret = -ENOMEM;
+		goto fail;
 	}
 	mig_join(m);
 	disk_mig_free(m->dm);
@@ -836,7 +865,8 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 		ret = disk_mig_select(vm, p->disks, p->nr_disks, &m->dm, why, sizeof(why));
 		if (ret) {
 			snprintf(err, len, "--with-disks: %s", why);
-			return -EINVAL;
+			ret = -EINVAL;
+			goto fail;
 		}
 	}
 	/* An incoming migration that ended (not in doubt: migrate_busy) is history. */
@@ -846,6 +876,7 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 	m->p = *p;
 	memset(&m->prog, 0, sizeof(m->prog));
 	snprintf(m->prog.to, sizeof(m->prog.to), "%s", p->to);
+	m->prog.insecure = !p->tls && !migrate_addr_local(p->to);
 	m->prog.status = MIG_SETUP;
 	m->cancel = m->reported = m->in_handoff = false;
 	m->fd = -1;
@@ -854,13 +885,19 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 	ret = pthread_create(&m->thread, NULL, mig_thread, m);
 	if (ret) {
 		m->prog.status = MIG_NONE;
+		m->p.tls = NULL;
 		snprintf(err, len, "cannot start the migration thread: %s", strerror(ret));
-		return -ret;
+		ret = -ret;
+		goto fail;
 	}
 	m->thread_started = true;
-	log_info("migrate: to %s (downtime limit %u ms%s%s)", p->to, p->downtime_ms,
-		 p->max_bandwidth ? ", bandwidth limited" : "", p->with_disks ? ", with disks" : "");
+	log_info("migrate: to %s (downtime limit %u ms%s%s, %s)", p->to, p->downtime_ms,
+		 p->max_bandwidth ? ", bandwidth limited" : "", p->with_disks ? ", with disks" : "",
+		 p->tls ? "mutual TLS" : p->insecure ? "insecure: no TLS, --insecure" : "no TLS, local");
 	return 0;
+fail:
+	tls_creds_free(p->tls);
+	return ret;
 }
 
 void migrate_get_progress(struct vm *vm, struct migrate_progress *out, bool release)
@@ -1006,7 +1043,7 @@ void migrate_fini(struct vm *vm)
 }
 
 void migrate_incoming_done(struct vm *vm, enum mig_status st, const char *from,
-			   uint64_t bytes, const char *why)
+			   uint64_t bytes, const char *tls, bool insecure, const char *why)
 {
 	struct migration *m = mig_get(vm, true);
 
@@ -1017,6 +1054,8 @@ void migrate_incoming_done(struct vm *vm, enum mig_status st, const char *from,
 	m->prog.status = st;
 	m->prog.bytes = bytes;
 	snprintf(m->prog.to, sizeof(m->prog.to), "%s", from);
+	snprintf(m->prog.tls, sizeof(m->prog.tls), "%s", tls ? tls : "");
+	m->prog.insecure = insecure;
 	snprintf(m->prog.error, sizeof(m->prog.error), "%s", why ? why : "");
 	pthread_mutex_unlock(&m->lock);
 }

@@ -1,11 +1,14 @@
 /*
  * migrate_addr.c - a migration's addresses and connections (migrate.h):
  * "tcp:HOST:PORT" and "unix:PATH" parsed and checked, the source's connect,
- * the destination's listen and accept, and the socket options both sides
- * set (no Nagle, large buffers, the silent-peer time-outs).
+ * the destination's listen and accept (a UNIX socket 0600, its peer this
+ * user or root), whether an address stays on this host, and the socket
+ * options both sides set (no Nagle, large buffers, the silent-peer
+ * time-outs).
  */
 #include <errno.h>
 #include <netdb.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -19,6 +22,9 @@
 
 #include "godwit/log.h"
 #include "godwit/migrate.h"
+
+/* Connections that may wait while a stray one is being dropped. */
+#define MIG_LISTEN_BACKLOG 8
 
 struct mig_addr {
 	bool unix_sock;
@@ -178,9 +184,17 @@ int migrate_listen(const char *addr, int *lfd, char *err, size_t len)
 				close(fd);
 			unlink(a.sun.sun_path);
 		}
+		/* 0600 from the start (the umask while binding): only this user connects. */
 		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (fd < 0 || bind(fd, (struct sockaddr *)&a.sun, sizeof(a.sun)) < 0 ||
-		    listen(fd, 1) < 0)
+		if (fd >= 0) {
+			mode_t old = umask(0177);
+			int b = bind(fd, (struct sockaddr *)&a.sun, sizeof(a.sun));
+
+			umask(old);
+			if (b < 0)
+				goto fail;
+		}
+		if (fd < 0 || listen(fd, MIG_LISTEN_BACKLOG) < 0)
 			goto fail;
 		*lfd = fd;
 		return 0;
@@ -194,7 +208,7 @@ int migrate_listen(const char *addr, int *lfd, char *err, size_t len)
 	if (fd < 0)
 		goto fail_ai;
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 1) < 0)
+	if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, MIG_LISTEN_BACKLOG) < 0)
 		goto fail_ai;
 	freeaddrinfo(res);
 	*lfd = fd;
@@ -209,22 +223,114 @@ fail:
 	return ret;
 }
 
-int migrate_accept(int lfd, const char *addr, int *fdp, char *err, size_t len)
+/* Whether every address host resolves to is a loopback one ("" is the wildcard: not). */
+static bool host_is_loopback(const char *host)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res = NULL, *ai;
+	bool lo = true;
+
+	if (!*host || getaddrinfo(host, NULL, &hints, &res))
+		return false;
+	for (ai = res; ai && lo; ai = ai->ai_next) {
+		if (ai->ai_family == AF_INET) {
+			const struct sockaddr_in *in = (const void *)ai->ai_addr;
+
+			lo = (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+		} else if (ai->ai_family == AF_INET6) {
+			const struct sockaddr_in6 *in6 = (const void *)ai->ai_addr;
+
+			lo = IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr) ||
+			     (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) && in6->sin6_addr.s6_addr[12] == 127);
+		} else {
+			lo = false;
+		}
+	}
+	freeaddrinfo(res);
+	return lo;
+}
+
+bool migrate_addr_local(const char *addr)
 {
 	struct mig_addr a;
-	int fd;
+	char err[64];
 
-	fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	if (mig_addr_parse(addr, &a, err, sizeof(err)))
+		return false;
+	return a.unix_sock || host_is_loopback(a.host);
+}
+
+/* "198.18.0.1:40000", "[::1]:40000" or "uid 0 pid 1234" for the log. */
+static void peer_name(int fd, bool unix_sock, char *buf, size_t len)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char h[INET6_ADDRSTRLEN + 1] = "?", port[8] = "?";
+
+	if (unix_sock) {
+		struct ucred uc;
+		socklen_t ul = sizeof(uc);
+
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &ul) == 0)
+			snprintf(buf, len, "uid %u pid %d", (unsigned int)uc.uid, (int)uc.pid);
+		else
+			snprintf(buf, len, "a local process");
+		return;
+	}
+	if (getpeername(fd, (struct sockaddr *)&ss, &sl) ||
+	    getnameinfo((struct sockaddr *)&ss, sl, h, sizeof(h), port, sizeof(port),
+			NI_NUMERICHOST | NI_NUMERICSERV)) {
+		snprintf(buf, len, "an unknown peer");
+		return;
+	}
+	snprintf(buf, len, ss.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", h, port);
+}
+
+int migrate_accept(int lfd, const char *addr, int timeout_ms, int *fdp, char *peer, size_t plen,
+		   char *err, size_t len)
+{
+	struct pollfd p = { .fd = lfd, .events = POLLIN };
+	struct mig_addr a;
+	int fd, r;
+
+	if (mig_addr_parse(addr, &a, err, len))
+		return -EINVAL;
+	r = poll(&p, 1, timeout_ms);
+	if (r == 0)
+		return -ETIMEDOUT;
+	fd = r < 0 ? -1 : accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
 	if (fd < 0) {
 		int e = errno;
 
 		snprintf(err, len, "accept on %s: %s", addr, strerror(e));
 		return -e;
 	}
-	close(lfd);
-	if (mig_addr_parse(addr, &a, err, len) == 0 && a.unix_sock)
-		unlink(a.sun.sun_path);
+	peer_name(fd, a.unix_sock, peer, plen);
+	if (a.unix_sock) {
+		/* Only this user or root may hand a VM over through a UNIX socket. */
+		struct ucred uc;
+		socklen_t ul = sizeof(uc);
+
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &ul) ||
+		    (uc.uid != 0 && uc.uid != geteuid())) {
+			snprintf(err, len, "only uid %u or root may migrate to %s", (unsigned int)geteuid(),
+				 addr);
+			close(fd);
+			return -EACCES;
+		}
+	}
 	mig_sock_opts(fd, !a.unix_sock);
 	*fdp = fd;
 	return 0;
+}
+
+void migrate_unlisten(int lfd, const char *addr)
+{
+	struct mig_addr a;
+	char err[64];
+
+	if (lfd < 0)
+		return;
+	close(lfd);
+	if (mig_addr_parse(addr, &a, err, sizeof(err)) == 0 && a.unix_sock)
+		unlink(a.sun.sun_path);
 }

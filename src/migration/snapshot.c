@@ -30,6 +30,7 @@
 #include <unistd.h>
 #include <linux/kvm.h>
 
+#include "godwit/conn.h"
 #include "godwit/cpu_state.h"
 #include "godwit/cpuid.h"
 #include "godwit/dev.h"
@@ -385,6 +386,14 @@ static struct kvm_cpuid2 *snap_supported_cpuid(void)
 int snapshot_restore_open(int fd, const struct stream_watchdog *wd,
 			  struct snapshot_restore **out, char *err, size_t len)
 {
+	struct conn c = conn_plain(fd);
+
+	return snapshot_restore_open_conn(&c, wd, out, err, len);
+}
+
+int snapshot_restore_open_conn(const struct conn *c, const struct stream_watchdog *wd,
+			       struct snapshot_restore **out, char *err, size_t len)
+{
 	struct snapshot_restore *sr = calloc(1, sizeof(*sr));
 	struct kvm_cpuid2 *sup;
 	char why[256] = "";
@@ -394,10 +403,11 @@ int snapshot_restore_open(int fd, const struct stream_watchdog *wd,
 		snap_err(err, len, "out of memory");
 		return -ENOMEM;
 	}
-	ret = stream_reader_new(fd, &sr->r);
+	ret = stream_reader_new(c->fd, &sr->r);
 	if (!ret) {
 		stream_reader_target_zeroed(sr->r);  /* guest RAM is freshly mapped */
 		stream_reader_set_watchdog(sr->r, wd);
+		stream_reader_set_tls(sr->r, c->tls);
 	}
 	if (ret) {
 		snap_err(err, len, "out of memory");
@@ -406,6 +416,8 @@ int snapshot_restore_open(int fd, const struct stream_watchdog *wd,
 	ret = stream_read_header(sr->r, &sr->cfg);
 	if (ret) {
 		snap_err(err, len, "%s", stream_reader_error(sr->r));
+		if (ret != -ENOMEM)
+			ret = -EBADMSG;
 		goto err;
 	}
 	sup = snap_supported_cpuid();

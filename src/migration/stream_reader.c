@@ -30,6 +30,7 @@
 #include "godwit/dev.h"
 #include "godwit/le.h"
 #include "godwit/stream.h"
+#include "godwit/tls.h"
 #include "godwit/vm.h"
 #include "stream_int.h"
 
@@ -53,6 +54,7 @@ struct rd_run {
 
 struct stream_reader {
 	int fd;                   /* -1: memory */
+	struct tls_sess *tls;     /* the socket's TLS session, if any */
 	struct wd_state wd;
 	uint8_t *own;             /* the fd's buffer */
 	const uint8_t *data;      /* the window: data[pos..end) is buffered */
@@ -186,6 +188,11 @@ void stream_reader_set_watchdog(struct stream_reader *r, const struct stream_wat
 	stream_wd_set(&r->wd, wd);
 }
 
+void stream_reader_set_tls(struct stream_reader *r, struct tls_sess *tls)
+{
+	r->tls = tls;
+}
+
 void stream_reader_free(struct stream_reader *r)
 {
 	if (!r)
@@ -209,7 +216,7 @@ static ssize_t r_read(struct stream_reader *r, void *dst, size_t n)
 			return r_fail(r, -ETIMEDOUT, "read at offset 0x%llx: %s",
 				      (unsigned long long)(r->off + (r->end - r->pos)), wd_why);
 		t0 = stream_wd_now_ns();
-		k = read(r->fd, dst, n);
+		k = r->tls ? tls_recv(r->tls, dst, n, 0) : read(r->fd, dst, n);
 		saved = errno;
 		if ((k >= 0 || saved != EINTR) &&
 		    stream_wd_after(&r->wd, stream_wd_now_ns() - t0, k > 0 ? (uint64_t)k : 0, true, wd_why,
@@ -222,6 +229,9 @@ static ssize_t r_read(struct stream_reader *r, void *dst, size_t n)
 			int e = saved;
 			char buf[64];
 			const char *why = stream_io_err(r->fd, true, &e, buf, sizeof(buf));
+
+			if (r->tls && e == EPROTO && tls_sess_error(r->tls)[0])
+				why = tls_sess_error(r->tls);
 
 			return r_fail(r, -e, "read at offset 0x%llx: %s",
 				      (unsigned long long)(r->off + (r->end - r->pos)), why);

@@ -32,6 +32,7 @@
 #include "godwit/dev.h"
 #include "godwit/le.h"
 #include "godwit/stream.h"
+#include "godwit/tls.h"
 #include "godwit/vm.h"
 #include "stream_int.h"
 
@@ -50,6 +51,7 @@ enum wstate { W_NEW, W_OPEN, W_ENDED };
 struct stream_writer {
 	int fd;
 	bool sock;
+	struct tls_sess *tls;     /* the socket's TLS session, if any */
 	struct wd_state wd;
 	enum wstate state;
 	uint8_t *buf;
@@ -110,6 +112,11 @@ void stream_writer_set_watchdog(struct stream_writer *w, const struct stream_wat
 	stream_wd_set(&w->wd, wd);
 }
 
+void stream_writer_set_tls(struct stream_writer *w, struct tls_sess *tls)
+{
+	w->tls = tls;
+}
+
 void stream_writer_free(struct stream_writer *w)
 {
 	if (!w)
@@ -160,7 +167,9 @@ static int w_drain(struct stream_writer *w)
 			return w_fail(w, -ETIMEDOUT, "write at stream offset %llu: %s",
 				      (unsigned long long)(w->off - w->len + done), wd_why);
 		t0 = stream_wd_now_ns();
-		if (w->sock)
+		if (w->tls)
+			n = tls_send(w->tls, w->buf + done, w->len - done, watched ? MSG_DONTWAIT : 0);
+		else if (w->sock)
 			n = send(w->fd, w->buf + done, w->len - done,
 				 MSG_NOSIGNAL | (watched ? MSG_DONTWAIT : 0));
 		else
@@ -198,6 +207,8 @@ failed:
 			char buf[64];
 			const char *why = stream_io_err(w->fd, false, &e, buf, sizeof(buf));
 
+			if (w->tls && e == EPROTO && tls_sess_error(w->tls)[0])
+				why = tls_sess_error(w->tls);
 			return w_fail(w, -e, "write at stream offset %llu: %s",
 				      (unsigned long long)(w->off - w->len + done), why);
 		}

@@ -38,7 +38,7 @@
 #include "godwit/vm.h"
 #include "api_int.h"
 
-#define API_BODY_MAX        (64 * 1024)   /* bytes of request body */
+#define API_BODY_MAX        (256 * 1024)  /* bytes of request body (TLS credentials fit) */
 #define API_BACKLOG         16
 #define API_MAX_CONNECTIONS 16
 #define API_CONN_TIMEOUT_S  30            /* idle connections are closed */
@@ -311,6 +311,8 @@ static void api_req_done(void *cls, struct MHD_Connection *c, void **con_cls,
 
 	if (!r)
 		return;
+	if (r->body)
+		explicit_bzero(r->body, r->len);   /* it may have carried a TLS key */
 	free(r->body);
 	free(r);
 	*con_cls = NULL;

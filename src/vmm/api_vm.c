@@ -12,6 +12,7 @@
 #include "godwit/dev.h"
 #include "godwit/log.h"
 #include "godwit/migrate.h"
+#include "godwit/tls.h"
 #include "godwit/snapshot.h"
 #include "godwit/vm.h"
 #include "api_int.h"
@@ -252,6 +253,10 @@ static json_t *api_progress_json(const struct migrate_progress *p)
 				    json_integer((json_int_t)p->disk_remaining_bytes));
 		json_object_set_new(j, "disk_dirty_rate_bps", json_real(api_round3(p->disk_dirty_rate)));
 	}
+	if (j && p->status != MIG_NONE) {
+		json_object_set_new(j, "tls", p->tls[0] ? json_string(p->tls) : json_null());
+		json_object_set_new(j, "insecure", json_boolean(p->insecure));
+	}
 	if (j && p->error[0])
 		json_object_set_new(j, "error", json_string(p->error));
 	return j;
@@ -276,9 +281,50 @@ static bool api_get_uint(json_t *body, const char *key, uint64_t max, uint64_t *
 }
 
 /*
+ * "tls": {"ca": PEM, "cert": PEM, "key": PEM, "peer": NAME}: mutual TLS to
+ * the destination, the credentials handed over by the client (godwit
+ * migrate --tls-dir reads the files: the VM process never opens them).
+ * 0 with p->tls set (or no "tls"), or the HTTP status with *out.
+ */
+static unsigned int api_migrate_tls(json_t *body, struct migrate_params *p, json_t **out)
+{
+	json_t *jt = body ? json_object_get(body, "tls") : NULL;
+	const char *pem[3], *peer = NULL;
+	static const char *const keys[3] = { "ca", "cert", "key" };
+	char err[512];
+
+	if (!jt)
+		return 0;
+	if (!json_is_object(jt))
+		return api_error(out, MHD_HTTP_BAD_REQUEST, "\"tls\" must be an object with "
+				 "\"ca\", \"cert\" and \"key\" (PEM) and optionally \"peer\"");
+	if (p->insecure)
+		return api_error(out, MHD_HTTP_BAD_REQUEST, "\"tls\" and \"insecure\" contradict "
+				 "each other");
+	for (int i = 0; i < 3; i++) {
+		json_t *v = json_object_get(jt, keys[i]);
+
+		if (!json_is_string(v) || !*json_string_value(v))
+			return api_error(out, MHD_HTTP_BAD_REQUEST, "\"tls\": \"%s\" (PEM text) is "
+					 "required", keys[i]);
+		pem[i] = json_string_value(v);
+	}
+	if (json_object_get(jt, "peer")) {
+		peer = json_string_value(json_object_get(jt, "peer"));
+		if (!peer || !*peer)
+			return api_error(out, MHD_HTTP_BAD_REQUEST, "\"tls\": \"peer\" must be a "
+					 "non-empty name");
+	}
+	if (tls_creds_from_pem(pem[0], pem[1], pem[2], peer, false, &p->tls, err, sizeof(err)))
+		return api_error(out, MHD_HTTP_BAD_REQUEST, "\"tls\": %s", err);
+	return 0;
+}
+
+/*
  * PUT /vm/migrate {"to": "tcp:HOST:PORT", "downtime_ms": 50, "max_bandwidth":
- * bytes/s, "max_rounds": 30, "min_rate": bytes/s}: start migrating (migrate.h); 202 with the
- * progress.  GET /vm/migration follows it.
+ * bytes/s, "max_rounds": 30, "min_rate": bytes/s, "tls": {...}, "insecure":
+ * false}: start migrating (migrate.h); 202 with the progress.  GET
+ * /vm/migration follows it.
  */
 static unsigned int api_vm_migrate(struct api_server *s, json_t *body, json_t **out)
 {
@@ -326,6 +372,13 @@ static unsigned int api_vm_migrate(struct api_server *s, json_t *body, json_t **
 					 "false or a list of disk serials (\"ID,ID\")");
 		}
 	}
+	{
+		json_t *ji = body ? json_object_get(body, "insecure") : NULL;
+
+		if (ji && !json_is_boolean(ji))
+			return api_error(out, MHD_HTTP_BAD_REQUEST, "\"insecure\" must be true or false");
+		p.insecure = ji && json_is_true(ji);
+	}
 	switch (api_vm_state(s->vm)) {
 	case VM_STATE_RUNNING:
 		break;
@@ -334,6 +387,10 @@ static unsigned int api_vm_migrate(struct api_server *s, json_t *body, json_t **
 	default:
 		return api_error(out, MHD_HTTP_CONFLICT, "VM is not running (resume it first)");
 	}
+	status = api_migrate_tls(body, &p, out);
+	if (status)
+		return status;
+	/* migrate_start() owns p.tls from here. */
 	ret = migrate_start(s->vm, &p, err, sizeof(err));
 	if (ret == -EBUSY)
 		return api_error(out, MHD_HTTP_CONFLICT, "%s", err);
@@ -399,7 +456,8 @@ static unsigned int api_vm_migrate_resolve(struct api_server *s, json_t *body, j
 
 static const char *const api_snapshot_fields[] = { "path", "resume", NULL };
 static const char *const api_migrate_fields[] = {
-	"to", "downtime_ms", "max_bandwidth", "max_rounds", "min_rate", "with_disks", NULL
+	"to", "downtime_ms", "max_bandwidth", "max_rounds", "min_rate", "with_disks", "tls",
+	"insecure", NULL
 };
 static const char *const api_resolve_fields[] = { "action", NULL };
 

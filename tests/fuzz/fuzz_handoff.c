@@ -79,14 +79,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		abort();
 	shutdown(sv[1], SHUT_WR);
 	if (data[0] & 1) {
-		r = handoff_dest(sv[0], 1000, &dops, NULL, why, sizeof(why));
+		r = handoff_dest(&(struct conn){ .fd = sv[0] }, 1000, &dops, NULL, why, sizeof(why));
 		if (r == HANDOFF_THERE && !strstr(why, "the source aborted") &&
 		    !strstr(why, "cannot start the VM at COMMIT"))
 			abort();    /* dropped without being told */
 		if (r != HANDOFF_HERE && !why[0])
 			abort();
 	} else {
-		r = handoff_source(sv[0], 1000, &sops, NULL, &cancelled, why, sizeof(why));
+		r = handoff_source(&(struct conn){ .fd = sv[0] }, 1000, &sops, NULL, &cancelled, why, sizeof(why));
 		if (r != HANDOFF_THERE && !why[0])
 			abort();
 	}

@@ -628,34 +628,34 @@ TEST(api_body_too_large)
 	if (!fx_start())
 		return;
 	/* Declared too large: refused before the body is read. */
-	big = malloc(70 * 1024 + 1);
+	big = malloc(300 * 1024 + 1);
 	CHECK(big);
 	if (big) {
-		memset(big, ' ', 70 * 1024);
+		memset(big, ' ', 300 * 1024);
 		big[0] = '{';
-		big[70 * 1024 - 1] = '}';
-		big[70 * 1024] = '\0';
+		big[300 * 1024 - 1] = '}';
+		big[300 * 1024] = '\0';
 		CHECK_EQ(http("PUT", "/api/v1/vm/pause", big, &r), CURLE_OK);
-		CHECK_ERROR(r, 413, "request body is larger than 65536 bytes");
+		CHECK_ERROR(r, 413, "request body is larger than 262144 bytes");
 		free(big);
 	}
 	/* The same by hand: the whole body is read (and dropped) first. */
 	snprintf(head, sizeof(head), "PUT /api/v1/vm/pause HTTP/1.1\r\nHost: localhost\r\n"
-		 "Content-Length: %d\r\n\r\n", 80 * 1024);
-	CHECK_EQ(raw_request(head, 80 * 1024, false, out, sizeof(out)), 0);
+		 "Content-Length: %d\r\n\r\n", 300 * 1024);
+	CHECK_EQ(raw_request(head, 300 * 1024, false, out, sizeof(out)), 0);
 	CHECK(!strncmp(out, "HTTP/1.1 413 ", 13));
 	/* A client waiting for "100 Continue" gets the 413 instead. */
 	snprintf(head, sizeof(head), "PUT /api/v1/vm/pause HTTP/1.1\r\nHost: localhost\r\n"
-		 "Content-Length: %d\r\nExpect: 100-continue\r\n\r\n", 80 * 1024);
+		 "Content-Length: %d\r\nExpect: 100-continue\r\n\r\n", 300 * 1024);
 	CHECK_EQ(raw_request(head, 0, false, out, sizeof(out)), 0);
 	CHECK(!strncmp(out, "HTTP/1.1 413 ", 13));
-	CHECK(strstr(out, "{\"error\":\"request body is larger than 65536 bytes\"}"));
+	CHECK(strstr(out, "{\"error\":\"request body is larger than 262144 bytes\"}"));
 	/* Chunked, no length announced: refused once it passes the limit. */
 	snprintf(head, sizeof(head), "PUT /api/v1/vm/pause HTTP/1.1\r\nHost: localhost\r\n"
 		 "Transfer-Encoding: chunked\r\n\r\n");
-	CHECK_EQ(raw_request(head, 80 * 1024, true, out, sizeof(out)), 0);
+	CHECK_EQ(raw_request(head, 300 * 1024, true, out, sizeof(out)), 0);
 	CHECK(!strncmp(out, "HTTP/1.1 413 ", 13));
-	CHECK(strstr(out, "{\"error\":\"request body is larger than 65536 bytes\"}"));
+	CHECK(strstr(out, "{\"error\":\"request body is larger than 262144 bytes\"}"));
 	CHECK_EQ(atomic_load(&fx.pauses), 0);
 
 	/* The server is still fine afterwards. */

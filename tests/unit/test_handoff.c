@@ -144,7 +144,7 @@ static void *ht_src(void *o)
 	};
 	struct ht_world *w = o;
 
-	w->rs = handoff_source(w->src_fd, w->wait_ms, &ops, w, &w->cancelled, w->src_why,
+	w->rs = handoff_source(&(struct conn){ .fd = w->src_fd }, w->wait_ms, &ops, w, &w->cancelled, w->src_why,
 			       sizeof(w->src_why));
 	close(w->src_fd);        /* as the source does once its thread ends */
 	return NULL;
@@ -155,9 +155,9 @@ static void *ht_dst(void *o)
 	static const struct handoff_dst_ops ops = { .commit = w_commit };
 	struct ht_world *w = o;
 
-	w->rd = handoff_dest(w->dst_fd, w->wait_ms, &ops, w, w->dst_why, sizeof(w->dst_why));
+	w->rd = handoff_dest(&(struct conn){ .fd = w->dst_fd }, w->wait_ms, &ops, w, w->dst_why, sizeof(w->dst_why));
 	if (w->rd == HANDOFF_HERE)
-		(void)handoff_dest_confirm(w->dst_fd);
+		(void)handoff_dest_confirm(&(struct conn){ .fd = w->dst_fd });
 	close(w->dst_fd);
 	return NULL;
 }
@@ -399,13 +399,13 @@ TEST(handoff_unexpected_messages)
 	memset(&w, 0, sizeof(w));
 	pthread_mutex_init(&w.lock, NULL);
 	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	CHECK_EQ(migrate_msg_send(sv[1], MIG_MSG_DONE, NULL), 0);
-	CHECK_EQ(handoff_source(sv[0], 200, &sops, &w, &w.cancelled, w.src_why,
+	CHECK_EQ(migrate_msg_send(&(struct conn){ .fd = sv[1] }, MIG_MSG_DONE, NULL), 0);
+	CHECK_EQ(handoff_source(&(struct conn){ .fd = sv[0] }, 200, &sops, &w, &w.cancelled, w.src_why,
 				sizeof(w.src_why)), HANDOFF_HERE);
 	CHECK(strstr(w.src_why, "DONE instead of READY") != NULL);
 	CHECK_EQ(w.disk, LOCK_SRC);
 	/* ... and told the destination so. */
-	CHECK_EQ(migrate_msg_recv(sv[1], 200, &type, text, sizeof(text)), 0);
+	CHECK_EQ(migrate_msg_recv(&(struct conn){ .fd = sv[1] }, 200, &type, text, sizeof(text)), 0);
 	CHECK_EQ(type, MIG_MSG_ABORT);
 	close(sv[0]);
 	close(sv[1]);
@@ -413,8 +413,8 @@ TEST(handoff_unexpected_messages)
 	/* A source that sends DONE where COMMIT belongs: in doubt, not started. */
 	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 	w.disk = LOCK_NONE;
-	CHECK_EQ(migrate_msg_send(sv[1], MIG_MSG_DONE, NULL), 0);
-	CHECK_EQ(handoff_dest(sv[0], 200, &dops, &w, w.dst_why, sizeof(w.dst_why)),
+	CHECK_EQ(migrate_msg_send(&(struct conn){ .fd = sv[1] }, MIG_MSG_DONE, NULL), 0);
+	CHECK_EQ(handoff_dest(&(struct conn){ .fd = sv[0] }, 200, &dops, &w, w.dst_why, sizeof(w.dst_why)),
 		 HANDOFF_IN_DOUBT);
 	CHECK_EQ(w.disk, LOCK_NONE);
 	CHECK(strstr(w.dst_why, "no COMMIT") != NULL);
