@@ -223,7 +223,7 @@ static int mig_tls_json(json_t *req, const char *dir, const char *peer)
 			goto out;
 	if (tls_creds_from_pem(pem[0], pem[1], pem[2], peer, false, &c, err, sizeof(err))) {
 		fprintf(stderr, "godwit: migrate: --tls-dir %s: %s\n", dir, err);
-		ret = 2;
+		ret = 2;         /* printed */
 		goto out;
 	}
 	for (int i = 0; i < 3 && t; i++)
@@ -370,7 +370,7 @@ int cmd_migrate(int argc, char **argv)
 		json_object_set_new(req, "insecure", json_true());
 	if (req && tls_dir && mig_tls_json(req, tls_dir, tls_peer)) {
 		json_decref(req);
-		return 1;
+		return 1;        /* the VM was not asked: it runs on here */
 	}
 	body = req ? json_dumps(req, JSON_COMPACT) : NULL;
 	json_decref(req);

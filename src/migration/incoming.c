@@ -5,11 +5,13 @@
  * hand-off (handoff.c).  The VM itself is built and run by the caller.
  */
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/socket.h>
 
 #include "godwit/dev.h"
 #include "godwit/disk.h"
@@ -36,6 +38,34 @@ struct incoming {
 };
 
 /*
+ * in_not_tls - before the TLS handshake: a peer whose first byte is not a
+ * TLS handshake record does not speak TLS.  A godwit source without
+ * --tls-dir is told so in a plain REFUSE (nothing it sent is read further).
+ * 0 (TLS, or nothing came yet: the handshake times out), or -EBADMSG.
+ */
+static int in_not_tls(struct incoming *in, char *why, size_t len)
+{
+	struct pollfd p = { .fd = in->c.fd, .events = POLLIN };
+	uint8_t b[STREAM_MAGIC_LEN];
+	ssize_t k;
+
+	if (poll(&p, 1, MIG_IO_TIMEOUT_MS) <= 0)
+		return 0;
+	k = recv(in->c.fd, b, sizeof(b), MSG_PEEK | MSG_DONTWAIT);
+	if (k <= 0 || b[0] == 0x16)           /* TLS: ContentType handshake */
+		return 0;
+	if (k >= 6 && !memcmp(b, STREAM_MAGIC, 6)) {
+		(void)migrate_msg_send(&in->c, MIG_MSG_REFUSE, "this destination takes migrations over "
+				       "mutual TLS only: give godwit migrate --tls-dir");
+		snprintf(why, len, "the source sent a plain godwit stream, not TLS (its godwit migrate "
+			 "has no --tls-dir); it was told so");
+	} else {
+		snprintf(why, len, "the peer does not speak TLS (its first byte is 0x%02x)", b[0]);
+	}
+	return -EBADMSG;
+}
+
+/*
  * in_open - one connection: TLS handshake (with credentials), the stream's
  * header and CONFIG.  Returns 0 (in->c and in->sr set), -EBADMSG for a
  * connection that brought no authenticated godwit stream (why says what it
@@ -53,6 +83,9 @@ static int in_open(struct incoming *in, int fd, const char *peer, char *why, siz
 
 	in->c = conn_plain(fd);
 	if (in->p.tls) {
+		ret = in_not_tls(in, why, len);
+		if (ret)
+			return ret;
 		ret = tls_handshake(in->p.tls, fd, MIG_IO_TIMEOUT_MS, &in->c.tls, why, len);
 		if (ret)
 			return ret == -ENOMEM ? ret : -EBADMSG;

@@ -50,10 +50,16 @@ struct tls_creds {
 struct tls_sess {
 	SSL *ssl;
 	int fd;
+	bool server;
+	int verr;                      /* the peer's certificate failed with this X509_V_ERR */
+	char vsubj[256];               /* ... and this is its subject */
+	char vna[64];                  /* ... and its notAfter */
 	int snd_ms, rcv_ms;            /* the socket's SO_SNDTIMEO/SO_RCVTIMEO; 0: none */
 	char err[256];
 	char desc[384];
 };
+
+static int verify_cb(int ok, X509_STORE_CTX *x);
 
 /* ---- credentials ------------------------------------------------------------------ */
 
@@ -317,7 +323,7 @@ int tls_creds_from_pem(const char *ca, const char *cert, const char *key, const 
 			 SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_AUTO_RETRY);
 	SSL_CTX_set_default_read_buffer_len(c->ctx, TLS_READ_BUF);
 	SSL_CTX_set_read_ahead(c->ctx, 1);
-	SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+	SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, verify_cb);
 	ret = load_ca(SSL_CTX_get_cert_store(c->ctx), ca, err, len);
 	if (!ret)
 		ret = load_cert(c->ctx, cert, &leaf, err, len);
@@ -410,24 +416,38 @@ static double now_ms(void)
 	return (double)t.tv_sec * 1000.0 + (double)t.tv_nsec / 1e6;
 }
 
+/* OpenSSL's verdict on the peer's chain: the first failure is kept, with the leaf's subject. */
+static int verify_cb(int ok, X509_STORE_CTX *x)
+{
+	SSL *ssl = X509_STORE_CTX_get_ex_data(x, SSL_get_ex_data_X509_STORE_CTX_idx());
+	struct tls_sess *s = ssl ? SSL_get_app_data(ssl) : NULL;
+	X509 *leaf = X509_STORE_CTX_get0_cert(x);
+
+	if (!ok && s && !s->verr) {
+		s->verr = X509_STORE_CTX_get_error(x);
+		if (!s->verr)
+			s->verr = X509_V_ERR_UNSPECIFIED;
+		x509_subject(leaf, s->vsubj, sizeof(s->vsubj));
+		if (leaf)
+			x509_not_after(leaf, s->vna, sizeof(s->vna));
+	}
+	return ok;
+}
+
 /* What a failed handshake means, from the verify result and the error queue. */
-static void handshake_err(struct tls_creds *c, SSL *ssl, int sslerr, int sys, char *err, size_t len)
+static void handshake_err(struct tls_creds *c, struct tls_sess *s, int sslerr, int sys, char *err,
+			  size_t len)
 {
 	unsigned long e = ERR_peek_error();
 	int reason = ERR_GET_REASON(e);
-	long v = SSL_get_verify_result(ssl);
-	X509 *peer = SSL_get0_peer_certificate(ssl);
-	char subj[256] = "", buf[160];
+	long v = s->verr;
+	const char *subj = s->vsubj, *na = s->vna;
+	char buf[160];
 	const char *who = c->server ? "the source" : "the destination";
 
-	if (peer)
-		x509_subject(peer, subj, sizeof(subj));
-	if (peer && v != X509_V_OK) {
-		char na[64];
-
+	if (v != X509_V_OK) {
 		switch (v) {
 		case X509_V_ERR_CERT_HAS_EXPIRED:
-			x509_not_after(peer, na, sizeof(na));
 			snprintf(err, len, "%s's certificate (%s) expired on %s", who, subj, na);
 			break;
 		case X509_V_ERR_CERT_NOT_YET_VALID:
@@ -500,6 +520,7 @@ int tls_handshake(struct tls_creds *c, int fd, int timeout_ms, struct tls_sess *
 		ret = -ENOMEM;
 		goto fail;
 	}
+	SSL_set_app_data(s->ssl, s);
 	if (c->peer[0] && !SSL_set1_host(s->ssl, c->peer)) {
 		snprintf(err, len, "--tls-peer %s: not a usable name", c->peer);
 		ret = -EINVAL;
@@ -516,7 +537,7 @@ int tls_handshake(struct tls_creds *c, int fd, int timeout_ms, struct tls_sess *
 			break;
 		e = SSL_get_error(s->ssl, r);
 		if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
-			handshake_err(c, s->ssl, e, e == SSL_ERROR_SYSCALL ? sys : 0, err, len);
+			handshake_err(c, s, e, e == SSL_ERROR_SYSCALL ? sys : 0, err, len);
 			ret = -ECONNREFUSED;
 			goto fail;
 		}
@@ -541,7 +562,7 @@ int tls_handshake(struct tls_creds *c, int fd, int timeout_ms, struct tls_sess *
 		}
 		e = SSL_get_error(s->ssl, r);
 		if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
-			handshake_err(c, s->ssl, e, e == SSL_ERROR_SYSCALL ? sys : 0, err, len);
+			handshake_err(c, s, e, e == SSL_ERROR_SYSCALL ? sys : 0, err, len);
 			ret = -ECONNREFUSED;
 			goto fail;
 		}

@@ -7,7 +7,8 @@
 # namespace (198.18.7.1) that talks to the guest (workload=mem+net,
 # ip=198.18.7.2, 1 vCPU) through the switch.  Host A and host B also share a
 # separate veth pair (198.19.7.1 / .2) that carries the migration stream
-# (tcp:).  The source's TAP is created by its godwit; the destination uses a
+# (tcp:, under mutual TLS: tests/kvm/mkcerts.py's src and dst, each
+# requiring the other's name).  The source's TAP is created by its godwit; the destination uses a
 # persistent TAP already on host B's bridge (godwit opens its TAP only once
 # the stream's CONFIG came, too late to bridge it by hand).
 #
@@ -20,7 +21,7 @@
 # switch window (the migration, widened to the gap between answers at it)
 # are lost, that gap is <= 2 s (MIGNET_MAX_GAP_MS), every request sent after
 # it is answered; the guest's counters go on on the destination (udp=
-# increasing, memtest errors=0).  The longest gap between answers overall is
+# increasing, memtest errors=0); the report names the TLS 1.3 session.  The longest gap between answers overall is
 # reported (on a loaded 2-core host, scheduling adds gaps anywhere).
 # Without the announce the switch would keep sending the guest's frames to
 # host A, where nothing answers any more, until the peer's ARP entry ages
@@ -146,7 +147,9 @@ udp_count() { net_lines "$1" | tail -n 1 | sed -n 's/.* udp=\([0-9]*\) .*/\1/p';
 # ---- the destination on host B, then the source on host A -------------------------------
 src_sock=$T_TMP/src.sock
 dst_sock=$T_TMP/dst.sock
+python3 "$ROOT/tests/kvm/mkcerts.py" "$T_TMP/certs"
 ip netns exec "$NS_B" timeout 100 "$GODWIT" run --incoming "tcp:$IP_MB:$PORT" \
+	--tls-dir "$T_TMP/certs/dst" --tls-peer src.godwit.test \
 	--api "$dst_sock" --net tap=tapB </dev/null >"$T_TMP/dst.out" 2>"$T_TMP/dst.err" &
 dpid=$!
 ip netns exec "$NS_A" timeout 100 "$GODWIT" run --kernel "$GUEST_ELF" --mem 64M --cpus 1 \
@@ -229,7 +232,8 @@ fi
 sleep 1.5
 udp_src=$(udp_count "$T_TMP/src.out")
 mig_start=$(now)
-timeout 60 "$GODWIT" migrate --api "$src_sock" --to "tcp:$IP_MB:$PORT" >"$T_TMP/mig.out" 2>&1
+timeout 60 "$GODWIT" migrate --api "$src_sock" --to "tcp:$IP_MB:$PORT" \
+	--tls-dir "$T_TMP/certs/src" --tls-peer dst.godwit.test >"$T_TMP/mig.out" 2>&1
 mig_rc=$?
 mig_end=$(now)
 # The switch must have moved the MAC to host B's port right away (the first
@@ -260,6 +264,13 @@ if [ $mig_rc -ne 0 ] || [ "$src_rc" != 6 ]; then
 	t_fail "$T" "migrate exit $mig_rc (expected 0), source godwit exit ${src_rc:-still running} (expected 6): $(tail -c 400 "$T_TMP/mig.out") dst: $(tail -c 300 "$T_TMP/dst.err")"
 else
 	t_pass "$T"
+fi
+# Both ends name the TLS 1.3 session and each other's certificate.
+if grep -q '^channel: TLSv1.3 .*CN = dst.godwit.test' "$T_TMP/mig.out" &&
+	grep -q 'authenticated (TLSv1.3 .*CN = src.godwit.test)' "$T_TMP/dst.err"; then
+	t_pass "$T-tls"
+else
+	t_fail "$T-tls" "no TLS 1.3 session named: migrate: $(grep -a channel "$T_TMP/mig.out") dst: $(grep -a authenticated "$T_TMP/dst.err")"
 fi
 
 # The announce: 5 RARP frames from the guest's MAC on swB, gaps ~50/150/250/350 ms.
