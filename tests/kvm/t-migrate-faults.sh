@@ -18,7 +18,8 @@
 #   6  COMMIT dropped and the link closed: both sides in doubt and paused;
 #      resolve the destination --resume and the source --discard
 #   7  bad --to (exit 2), nothing listening, a peer that is not godwit,
-#      and a destination fed garbage / a truncated or damaged stream
+#      a destination fed garbage (dropped as a stray: it waits on) and one
+#      fed a truncated or damaged stream (exit 1)
 # plus: a VM that arrived by migration migrates on (onward).
 # The proxy (tests/kvm/migproxy.py) sits between source and destination.
 . "$(dirname "$0")/../lib.sh"
@@ -443,6 +444,18 @@ for how in random ascii truncated flipped; do
 	[ -s "$T_TMP/c7.gws" ] || [ $how = random ] || [ $how = ascii ] || continue
 	start_dst "c7.feed.$how"
 	timeout 30 python3 "$T_TMP/feed.py" $how "${D_ADDR#unix:}" "$T_TMP/c7.gws" >"$T_TMP/c7.feed.$how.py" 2>&1
+	if [ $how = random ] || [ $how = ascii ]; then
+		# Not a godwit stream at all: a stray, dropped; the destination waits on.
+		if t_wait_for "$D_ERR" 'was dropped: stream header: bad magic' 10 && kill -0 "$D_PID" 2>/dev/null &&
+			t_wait_for "$D_ERR" 'still waiting for the source' 1; then
+			t_pass "$N-incoming-$how"
+			echo "# 7: $how: $(grep -a 'was dropped' "$D_ERR" | tail -n 1 | cut -c 1-200)"
+		else
+			t_fail "$N-incoming-$how" "the stray was not dropped, or the destination left: $(tail -c 400 "$D_ERR"); feeder: $(cat "$T_TMP/c7.feed.$how.py")"
+		fi
+		kill_pid "$D_PID"
+		continue
+	fi
 	wait_exit "$D_PID" 20
 	drc=$?
 	if [ $drc -ne 1 ] || ! grep -qE 'incoming migration (refused|failed): .+' "$D_ERR" ||
