@@ -35,6 +35,9 @@ VMMs:
   tcp:127.0.0.1:PORT --json` with its defaults (unlimited bandwidth, downtime
   limit 50 ms, 30 rounds). Figures from its JSON: total_ms, downtime_ms (pause
   to DONE, measured on the source), bytes, rounds.
+- godwit-tls: the same with mutual TLS 1.3 (--tls-dir on both ends, each
+  requiring the other's name; credentials from tests/kvm/mkcerts.py).
+  Targets: total time <= 1.3 x godwit's, downtime within 1 ms of it.
 - qemu-tuned: `qemu -M microvm` (same PVH ELF), QMP on both sides; the
   destination starts with `-incoming defer`, gets `migrate-set-capabilities
   multifd` + `multifd-channels 2`, then `migrate-incoming tcp:...` (QEMU needs
@@ -152,7 +155,7 @@ CASES = [
 ]
 CASE_GROUPS = {'mem': [c[0] for c in CASES if not c[3]], 'disk': [c[0] for c in CASES if c[3]],
                'all': [c[0] for c in CASES]}
-VMMS = ['godwit', 'qemu-tuned', 'qemu-bw', 'qemu-default']
+VMMS = ['godwit', 'godwit-tls', 'qemu-tuned', 'qemu-bw', 'qemu-default']
 DISK_VMMS = ['godwit', 'qemu-tuned']    # 1G-disk's default (--vmms overrides)
 
 MEMTEST_RE = re.compile(r'^memtest: t=([0-9.]+) gen=(\d+) verified=(\d+) dirtied=(\d+) '
@@ -520,9 +523,10 @@ def mem_check(mem):
 
 # ---- godwit ---------------------------------------------------------------
 
-def run_godwit(mem, cmd, d, tmo, settle, img=None):
+def run_godwit(mem, cmd, d, tmo, settle, img=None, tls=False):
     """img: the source's disk image (1G-disk; migrated with --with-disks to a
-    new file) or None."""
+    new file) or None.  tls: mutual TLS (tests/kvm/mkcerts.py's src and dst
+    credentials, made once in d/certs)."""
     api, api2 = os.path.join(d, 'src.sock'), os.path.join(d, 'dst.sock')
     dimg = os.path.join(d, 'dst-disk.img')
     rm(api, api2, dimg)
@@ -530,8 +534,15 @@ def run_godwit(mem, cmd, d, tmo, settle, img=None):
     addr = 'tcp:127.0.0.1:%d' % port
     src = dst = None
     try:
+        certs = os.path.join(d, 'certs')
+        if tls and not os.path.isdir(certs):
+            subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'kvm', 'mkcerts.py'),
+                            certs], check=True, timeout=60)
+        dtls = ['--tls-dir', os.path.join(certs, 'dst'), '--tls-peer', 'src.godwit.test']
+        stls = ['--tls-dir', os.path.join(certs, 'src'), '--tls-peer', 'dst.godwit.test']
         dst = Console([GODWIT, 'run', '--incoming', addr, '--api', api2] +
-                      (['--disk', dimg] if img else []), os.path.join(d, 'dst.err'))
+                      (['--disk', dimg] if img else []) + (dtls if tls else []),
+                      os.path.join(d, 'dst.err'))
         deadline = time.monotonic() + tmo
         while b'waiting for an incoming migration' not in dst.stderr_tail(4096).encode():
             if dst.p.poll() is not None or time.monotonic() > deadline:
@@ -547,7 +558,7 @@ def run_godwit(mem, cmd, d, tmo, settle, img=None):
         h0 = host_jiffies()
         t0 = time.monotonic()
         r = subprocess.run([GODWIT, 'migrate', '--api', api, '--to', addr, '--json'] +
-                           (['--with-disks'] if img else []),
+                           (['--with-disks'] if img else []) + (stls if tls else []),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=tmo)
         t_end = time.monotonic()
         wall = t_end - t0
@@ -563,6 +574,8 @@ def run_godwit(mem, cmd, d, tmo, settle, img=None):
         if r.returncode != 0 or j.get('status') != 'completed':
             raise BenchError('godwit migrate exited %d: %s %s' %
                              (r.returncode, out, r.stderr.decode(errors='replace').strip()))
+        if bool(j.get('tls')) != tls:
+            raise BenchError('godwit migrate: TLS session %r, expected %s' % (j.get('tls'), tls))
         try:
             src_rc = src.p.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -927,6 +940,8 @@ def main():
                                'godwit': 'migrate --with-disks; destination --disk NEW.img'}
             load0 = loadavg()
             vmms = {'godwit': lambda: run_godwit(mem, cmd, d, a.timeout, a.settle, img),
+                    'godwit-tls': lambda: run_godwit(mem, cmd, d, a.timeout, a.settle, img,
+                                                     tls=True),
                     'qemu-tuned': lambda: run_qemu(mem, cmd, d, a.timeout, a.settle, 'tuned',
                                                    img),
                     'qemu-bw': lambda: run_qemu(mem, cmd, d, a.timeout, a.settle, 'bw', img),
@@ -1012,6 +1027,13 @@ def main():
                qm('guest_stall_ms') * dk if qm('guest_stall_ms') is not None else None)
         target('%s total time <= 0.5 x qemu-tuned' % name, gm('total_ms'),
                qm('total_ms') * 0.5 if qm('total_ms') is not None else None)
+        t = c['vmm'].get('godwit-tls')
+        tm = (lambda f: t[f]['median'] if t and t.get(f) else None)
+        if t and g:
+            target('%s godwit-tls total time <= 1.3 x godwit' % name, tm('total_ms'),
+                   gm('total_ms') * 1.3 if gm('total_ms') is not None else None)
+            target('%s godwit-tls downtime (VMM) <= godwit + 1 ms' % name, tm('downtime_ms'),
+                   gm('downtime_ms') + 1 if gm('downtime_ms') is not None else None)
     res['targets'] = tg
 
     print('live migration over loopback TCP, test guest 1 vCPU, report=%d ms; '

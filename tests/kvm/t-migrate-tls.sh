@@ -7,15 +7,17 @@
 # ends (exit 2); --insecure is accepted and logged; a missing --tls-dir file
 # and an expired own certificate are named before anything starts.
 #
-# One source VM (test guest, memtest) and one TLS destination on loopback TCP
-# (--tls-dir dst --tls-peer src.godwit.test).  Each of these connections must
-# fail with its own clear error, at the source (godwit migrate exits 1, the
+# Twice, on loopback TCP and between two network namespaces (a veth pair,
+# 198.18.9.1 and .2): one source VM (test guest, memtest) and one TLS
+# destination (--tls-dir dst --tls-peer src.godwit.test).  Each of these
+# connections must fail with its own clear error, at the source (godwit migrate exits 1, the
 # VM keeps running there with memtest errors=0) and in the destination's log
 # ("dropped", and the destination keeps waiting):
 #   otherca    a godwit source whose certificate CA B signed
 #   wrongname  a godwit source whose certificate names other.godwit.test
 #   peername   a godwit source that requires the name wrong.godwit.test
-#   plain      a godwit source without --tls-dir (told "mutual TLS only")
+#   plain      a godwit source without --tls-dir (told "mutual TLS only";
+#              between namespaces it must say --insecure to even try)
 #   nocert     openssl s_client without a certificate
 #   expired    openssl s_client with an expired certificate from CA A
 #   garbage    a plain TCP peer sending text
@@ -53,16 +55,18 @@ else
 fi
 kill_pid "$D_PID"
 
-# ---- strays at a TLS destination -------------------------------------------------------------
-if ! start_src src; then
-	t_fail $N "the source VM did not start: $(tail -c 400 "$S_ERR")"
-	exit 0
-fi
-D_AT="tcp:127.0.0.1:$(free_port)" start_dst dst --tls-dir "$C/dst" --tls-peer src.godwit.test ||
-	{ t_fail $N "the destination did not start: $(tail -c 300 "$D_ERR")"; exit 0; }
-DST_PID=$D_PID DST_ERR=$D_ERR DST_SOCK=$D_SOCK DST_OUT=$D_OUT DST_ADDR=$D_ADDR
-HOSTPORT=${DST_ADDR#tcp:}
-drops=0
+# ---- strays at a TLS destination, then the real migration ----------------------------------------
+# The destination and source on loopback (MODE lo), or each in its own network namespace
+# joined by a veth pair, 198.18.9.1 (host A: the source) and 198.18.9.2 (host B) (MODE netns).
+NS_A=gwt-a-$$ NS_B=gwt-b-$$
+trap 't_netns_del "$NS_A" "$NS_B"; t_cleanup' EXIT
+setup_netns() {
+	ip netns add "$NS_A" && ip netns add "$NS_B" &&
+		ip -n "$NS_A" link set lo up && ip -n "$NS_B" link set lo up &&
+		ip -n "$NS_A" link add vA type veth peer name vB netns "$NS_B" &&
+		ip -n "$NS_A" addr add 198.18.9.1/24 dev vA && ip -n "$NS_B" addr add 198.18.9.2/24 dev vB &&
+		ip -n "$NS_A" link set vA up && ip -n "$NS_B" link set vB up
+}
 
 # dropped CASE DST_REGEX: the destination logged one more dropped connection, matching
 # DST_REGEX, within 15 s, and still waits (else WHY).
@@ -92,7 +96,7 @@ dropped() {
 # refused CASE SRC_REGEX DST_REGEX MIGRATE-OPTIONS...: godwit migrate with these options
 # exits 1 saying SRC_REGEX, the VM runs on at the source, the destination dropped it.
 refused() {
-	local c=$1 sre=$2 dre=$3 rc
+	local c=$M-$1 sre=$2 dre=$3 rc
 	shift 3
 	timeout 60 "$GODWIT" migrate -q --api "$S_SOCK" --to "$DST_ADDR" "$@" >"$T_TMP/$c.mig" 2>&1
 	rc=$?
@@ -108,11 +112,12 @@ refused() {
 		echo "#    destination: $(grep 'was dropped' "$DST_ERR" | tail -n 1 | cut -c 1-220)"
 	fi
 }
-# stray CASE DST_REGEX CMD...: a foreign peer (CMD) connects; the destination drops it.
+# stray CASE DST_REGEX CMD...: a foreign peer (CMD, on host A) connects; the destination
+# drops it.
 stray() {
-	local c=$1 dre=$2
+	local c=$M-$1 dre=$2
 	shift 2
-	timeout 20 "$@" </dev/null >"$T_TMP/$c.peer" 2>&1
+	timeout 20 "${PFX[@]}" "$@" </dev/null >"$T_TMP/$c.peer" 2>&1
 	if ! dropped "$c" "$dre"; then
 		t_fail "$N-$c" "$WHY"
 	else
@@ -121,48 +126,82 @@ stray() {
 	fi
 }
 
-refused otherca 'the destination refused our certificate' \
-	"the source's certificate .*CN = src.godwit.test.* is not signed by our CA" --tls-dir "$C/otherca"
-refused wrongname 'the destination refused our certificate' \
-	"the source's certificate .*CN = other.godwit.test.* does not name src.godwit.test" \
-	--tls-dir "$C/wrongname"
-refused peername "the destination's certificate .*CN = dst.godwit.test.* does not name wrong.godwit.test" \
-	'refused our certificate|closed the connection during the TLS handshake' \
-	--tls-dir "$C/src" --tls-peer wrong.godwit.test
-refused plain 'mutual TLS only: give godwit migrate --tls-dir' 'plain godwit stream, not TLS'
-stray nocert 'the source sent no certificate' \
-	openssl s_client -connect "$HOSTPORT" -CAfile "$C/src/ca.pem" -verify_return_error
-stray expired "the source's certificate .*CN = src.godwit.test.* expired on" \
-	openssl s_client -connect "$HOSTPORT" -CAfile "$C/src/ca.pem" -cert "$C/expired/cert.pem" \
-	-key "$C/expired/key.pem"
-stray garbage 'the peer does not speak TLS' \
-	python3 -c 'import socket, sys; s = socket.create_connection(("127.0.0.1", int(sys.argv[1]))); s.sendall(b"hello godwit\n"); s.recv(100)' \
-	"${HOSTPORT##*:}"
+# tls_strays MODE: the refusals, then the real migration (cnonly: the name in its CN only).
+tls_strays() {
+	local rc src_rc st plain=() host=127.0.0.1
+	M=$1 PFX=() drops=0
+	if [ "$M" = netns ]; then
+		if ! setup_netns; then
+			t_fail "$N-$M" "cannot build the two namespaces"
+			return
+		fi
+		PFX=(ip netns exec "$NS_A") host=198.18.9.2
+		plain=(--insecure)   # the stream would leave the host: it must be asked for
+	fi
+	if ! start_src "$M.src"; then
+		t_fail "$N-$M" "the source VM did not start: $(tail -c 400 "$S_ERR")"
+		return
+	fi
+	[ "$M" = netns ] && PFX=(ip netns exec "$NS_B")
+	if ! D_AT="tcp:$host:$(free_port)" start_dst "$M.dst" --tls-dir "$C/dst" \
+		--tls-peer src.godwit.test; then
+		t_fail "$N-$M" "the destination did not start: $(tail -c 300 "$D_ERR")"
+		end_vm
+		return
+	fi
+	[ "$M" = netns ] && PFX=(ip netns exec "$NS_A")
+	DST_PID=$D_PID DST_ERR=$D_ERR DST_SOCK=$D_SOCK DST_OUT=$D_OUT DST_ADDR=$D_ADDR
+	HOSTPORT=${DST_ADDR#tcp:}
+	refused otherca 'the destination refused our certificate' \
+		"the source's certificate .*CN = src.godwit.test.* is not signed by our CA" \
+		--tls-dir "$C/otherca"
+	refused wrongname 'the destination refused our certificate' \
+		"the source's certificate .*CN = other.godwit.test.* does not name src.godwit.test" \
+		--tls-dir "$C/wrongname"
+	refused peername \
+		"the destination's certificate .*CN = dst.godwit.test.* does not name wrong.godwit.test" \
+		'refused our certificate|closed the connection during the TLS handshake' \
+		--tls-dir "$C/src" --tls-peer wrong.godwit.test
+	refused plain 'mutual TLS only: give godwit migrate --tls-dir' 'plain godwit stream, not TLS' \
+		"${plain[@]}"
+	stray nocert 'the source sent no certificate' \
+		openssl s_client -connect "$HOSTPORT" -CAfile "$C/src/ca.pem" -verify_return_error
+	stray expired "the source's certificate .*CN = src.godwit.test.* expired on" \
+		openssl s_client -connect "$HOSTPORT" -CAfile "$C/src/ca.pem" \
+		-cert "$C/expired/cert.pem" -key "$C/expired/key.pem"
+	stray garbage 'the peer does not speak TLS' \
+		python3 -c 'import socket, sys; s = socket.create_connection((sys.argv[1], int(sys.argv[2]))); s.sendall(b"hello godwit\n"); s.recv(100)' \
+		"$host" "${HOSTPORT##*:}"
 
-# ---- the real migration, after all that ------------------------------------------------------
-timeout 60 "$GODWIT" migrate --api "$S_SOCK" --to "$DST_ADDR" --tls-dir "$C/cnonly" \
-	--tls-peer dst.godwit.test >"$T_TMP/real.mig" 2>&1
-rc=$?
-wait_exit "$S_PID" 15
-src_rc=$?
-if [ $rc -ne 0 ] || [ $src_rc -ne 6 ]; then
-	t_fail $N-after-strays "migrate exit $rc, source exit $src_rc (expected 0, 6): $(tail -c 400 "$T_TMP/real.mig") dst: $(tail -c 300 "$DST_ERR")"
-elif ! src_ok "$DST_PID" "$DST_SOCK" "$DST_OUT"; then
-	t_fail $N-after-strays "at the destination: $WHY"
-else
-	t_pass $N-after-strays
-	echo "# $(head -n 2 "$T_TMP/real.mig" | tr '\n' ' ')"
-fi
-st=$(mstat "$DST_SOCK")
-if [[ $(jfield "$st" tls) == "TLSv1.3 TLS_AES_128_GCM_SHA256, peer "*"CN = src.godwit.test" ]] &&
-	[ "$(jq -r .insecure <<<"$st" 2>/dev/null)" = false ] && grep -q '^channel: TLSv1.3' "$T_TMP/real.mig"; then
-	t_pass $N-session-shown
-else
-	t_fail $N-session-shown "migrate-status at the destination: $st; migrate: $(cat "$T_TMP/real.mig")"
-fi
-end_vm "$DST_PID" "$DST_SOCK"
+	timeout 60 "$GODWIT" migrate --api "$S_SOCK" --to "$DST_ADDR" --tls-dir "$C/cnonly" \
+		--tls-peer dst.godwit.test >"$T_TMP/$M.real.mig" 2>&1
+	rc=$?
+	wait_exit "$S_PID" 15
+	src_rc=$?
+	if [ $rc -ne 0 ] || [ $src_rc -ne 6 ]; then
+		t_fail "$N-$M-after-strays" "migrate exit $rc, source exit $src_rc (expected 0, 6): $(tail -c 400 "$T_TMP/$M.real.mig") dst: $(tail -c 300 "$DST_ERR")"
+	elif ! src_ok "$DST_PID" "$DST_SOCK" "$DST_OUT"; then
+		t_fail "$N-$M-after-strays" "at the destination: $WHY"
+	else
+		t_pass "$N-$M-after-strays"
+		echo "# $M: $(grep -a 'completed\|channel' "$T_TMP/$M.real.mig" | tr '\n' ' ')"
+	fi
+	st=$(mstat "$DST_SOCK")
+	if [[ $(jfield "$st" tls) == "TLSv1.3 TLS_AES_128_GCM_SHA256, peer "*"CN = src.godwit.test" ]] &&
+		[ "$(jq -r .insecure <<<"$st" 2>/dev/null)" = false ] &&
+		grep -q '^channel: TLSv1.3' "$T_TMP/$M.real.mig"; then
+		t_pass "$N-$M-session-shown"
+	else
+		t_fail "$N-$M-session-shown" "migrate-status at the destination: $st; migrate: $(cat "$T_TMP/$M.real.mig")"
+	fi
+	end_vm "$DST_PID" "$DST_SOCK"
+	PFX=()
+}
+tls_strays lo
+tls_strays netns
 
 # ---- a plain UNIX-socket destination -----------------------------------------------------------
+M=unix
 if ! start_src src2; then
 	t_fail $N-unix "the source VM did not start: $(tail -c 400 "$S_ERR")"
 	exit 0
