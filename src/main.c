@@ -1,6 +1,7 @@
 /*
  * main.c - the godwit command table: `godwit COMMAND [options]`.
  */
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -44,6 +45,12 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+	/*
+	 * A peer that went away is an error to report, never a signal that
+	 * kills the VMM: OpenSSL writes to the migration socket with write(),
+	 * which raises SIGPIPE (everything else sends with MSG_NOSIGNAL).
+	 */
+	signal(SIGPIPE, SIG_IGN);
 	if (argc < 2) {
 		usage(stderr);
 		return EXIT_USAGE;

@@ -18,7 +18,10 @@
  * wait on it themselves, as long as its SO_SNDTIMEO/SO_RCVTIMEO say, so a
  * caller sees what it would see on the plain socket: bytes, 0 at the end,
  * or -1 with errno (EAGAIN once the time-out passed or with MSG_DONTWAIT;
- * EPROTO for a TLS failure, tls_sess_error() says which).
+ * EPROTO for a TLS failure, tls_sess_error() says which).  One rule is
+ * OpenSSL's, not a socket's: after a short or EAGAIN tls_send(), send the
+ * rest of the same data next (a record may already hold part of it).
+ * OpenSSL writes with write(): the process must ignore SIGPIPE (main.c does).
  */
 #ifndef GODWIT_TLS_H
 #define GODWIT_TLS_H

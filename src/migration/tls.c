@@ -38,7 +38,7 @@
 #define TLS_CONFIRM      "GWTLS-OK"   /* server -> client once it accepted the client */
 #define TLS_CONFIRM_LEN  8
 #define TLS_CIPHERS      "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
-#define TLS_READ_BUF     (64 * 1024)
+#define TLS_READ_BUF     (256 * 1024)  /* read-ahead: one recv() per many records */
 
 struct tls_creds {
 	SSL_CTX *ctx;
@@ -226,7 +226,7 @@ static int load_cert(SSL_CTX *ctx, const char *pem, X509 **leaf, char *err, size
 	return 0;
 }
 
-static int load_key(SSL_CTX *ctx, const char *pem, char *err, size_t len)
+static int load_key(SSL_CTX *ctx, X509 *leaf, const char *pem, char *err, size_t len)
 {
 	BIO *b = BIO_new_mem_buf(pem, -1);
 	EVP_PKEY *k;
@@ -236,7 +236,11 @@ static int load_key(SSL_CTX *ctx, const char *pem, char *err, size_t len)
 	if (!b)
 		return -ENOMEM;
 	k = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
-	if (!k || !SSL_CTX_use_PrivateKey(ctx, k)) {
+	if (k && !X509_check_private_key(leaf, k)) {
+		snprintf(err, len, "key.pem does not belong to cert.pem's certificate");
+		ERR_clear_error();
+		ret = -EINVAL;
+	} else if (!k || !SSL_CTX_use_PrivateKey(ctx, k)) {
 		snprintf(err, len, "key.pem: no usable unencrypted PEM private key (%s)",
 			 ossl_err(e, sizeof(e)));
 		ret = -EINVAL;
@@ -328,7 +332,7 @@ int tls_creds_from_pem(const char *ca, const char *cert, const char *key, const 
 	if (!ret)
 		ret = load_cert(c->ctx, cert, &leaf, err, len);
 	if (!ret)
-		ret = load_key(c->ctx, key, err, len);
+		ret = load_key(c->ctx, leaf, key, err, len);
 	if (!ret)
 		ret = check_own(c->ctx, leaf, err, len);
 	if (ret)

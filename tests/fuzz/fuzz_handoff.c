@@ -67,6 +67,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	char why[512] = "";
 	enum handoff_result r;
 	bool cancelled;
+	struct conn c;
 	int sv[2];
 
 	if (!size || size > 16384)
@@ -78,15 +79,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (write(sv[1], data + 1, size - 1) != (ssize_t)(size - 1))
 		abort();
 	shutdown(sv[1], SHUT_WR);
+	c = conn_plain(sv[0]);
 	if (data[0] & 1) {
-		r = handoff_dest(&(struct conn){ .fd = sv[0] }, 1000, &dops, NULL, why, sizeof(why));
+		r = handoff_dest(&c, 1000, &dops, NULL, why, sizeof(why));
 		if (r == HANDOFF_THERE && !strstr(why, "the source aborted") &&
 		    !strstr(why, "cannot start the VM at COMMIT"))
 			abort();    /* dropped without being told */
 		if (r != HANDOFF_HERE && !why[0])
 			abort();
 	} else {
-		r = handoff_source(&(struct conn){ .fd = sv[0] }, 1000, &sops, NULL, &cancelled, why, sizeof(why));
+		r = handoff_source(&c, 1000, &sops, NULL, &cancelled, why, sizeof(why));
 		if (r != HANDOFF_THERE && !why[0])
 			abort();
 	}

@@ -143,8 +143,9 @@ static void *ht_src(void *o)
 		.release = w_release, .reacquire = w_reacquire,
 	};
 	struct ht_world *w = o;
+	struct conn c = conn_plain(w->src_fd);
 
-	w->rs = handoff_source(&(struct conn){ .fd = w->src_fd }, w->wait_ms, &ops, w, &w->cancelled, w->src_why,
+	w->rs = handoff_source(&c, w->wait_ms, &ops, w, &w->cancelled, w->src_why,
 			       sizeof(w->src_why));
 	close(w->src_fd);        /* as the source does once its thread ends */
 	return NULL;
@@ -154,10 +155,11 @@ static void *ht_dst(void *o)
 {
 	static const struct handoff_dst_ops ops = { .commit = w_commit };
 	struct ht_world *w = o;
+	struct conn c = conn_plain(w->dst_fd);
 
-	w->rd = handoff_dest(&(struct conn){ .fd = w->dst_fd }, w->wait_ms, &ops, w, w->dst_why, sizeof(w->dst_why));
+	w->rd = handoff_dest(&c, w->wait_ms, &ops, w, w->dst_why, sizeof(w->dst_why));
 	if (w->rd == HANDOFF_HERE)
-		(void)handoff_dest_confirm(&(struct conn){ .fd = w->dst_fd });
+		(void)handoff_dest_confirm(&c);
 	close(w->dst_fd);
 	return NULL;
 }
@@ -393,28 +395,33 @@ TEST(handoff_unexpected_messages)
 	struct ht_world w;
 	enum mig_msg type;
 	char text[64];
+	struct conn c0, c1;
 	int sv[2];
 
 	/* A destination that answers COMMIT where READY belongs: the source keeps the VM. */
 	memset(&w, 0, sizeof(w));
 	pthread_mutex_init(&w.lock, NULL);
 	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	CHECK_EQ(migrate_msg_send(&(struct conn){ .fd = sv[1] }, MIG_MSG_DONE, NULL), 0);
-	CHECK_EQ(handoff_source(&(struct conn){ .fd = sv[0] }, 200, &sops, &w, &w.cancelled, w.src_why,
+	c0 = conn_plain(sv[0]);
+	c1 = conn_plain(sv[1]);
+	CHECK_EQ(migrate_msg_send(&c1, MIG_MSG_DONE, NULL), 0);
+	CHECK_EQ(handoff_source(&c0, 200, &sops, &w, &w.cancelled, w.src_why,
 				sizeof(w.src_why)), HANDOFF_HERE);
 	CHECK(strstr(w.src_why, "DONE instead of READY") != NULL);
 	CHECK_EQ(w.disk, LOCK_SRC);
 	/* ... and told the destination so. */
-	CHECK_EQ(migrate_msg_recv(&(struct conn){ .fd = sv[1] }, 200, &type, text, sizeof(text)), 0);
+	CHECK_EQ(migrate_msg_recv(&c1, 200, &type, text, sizeof(text)), 0);
 	CHECK_EQ(type, MIG_MSG_ABORT);
 	close(sv[0]);
 	close(sv[1]);
 
 	/* A source that sends DONE where COMMIT belongs: in doubt, not started. */
 	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	c0 = conn_plain(sv[0]);
+	c1 = conn_plain(sv[1]);
 	w.disk = LOCK_NONE;
-	CHECK_EQ(migrate_msg_send(&(struct conn){ .fd = sv[1] }, MIG_MSG_DONE, NULL), 0);
-	CHECK_EQ(handoff_dest(&(struct conn){ .fd = sv[0] }, 200, &dops, &w, w.dst_why, sizeof(w.dst_why)),
+	CHECK_EQ(migrate_msg_send(&c1, MIG_MSG_DONE, NULL), 0);
+	CHECK_EQ(handoff_dest(&c0, 200, &dops, &w, w.dst_why, sizeof(w.dst_why)),
 		 HANDOFF_IN_DOUBT);
 	CHECK_EQ(w.disk, LOCK_NONE);
 	CHECK(strstr(w.dst_why, "no COMMIT") != NULL);

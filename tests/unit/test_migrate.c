@@ -48,27 +48,30 @@ TEST(migrate_msg_roundtrip)
 {
 	enum mig_msg type;
 	char text[64], big[MIG_MSG_TEXT_MAX + 100];
+	struct conn c0, c1;
 	int sv[2];
 
 	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
-	CHECK_EQ(migrate_msg_send(&(struct conn){ .fd = sv[0] }, MIG_MSG_READY, NULL), 0);
-	CHECK_EQ(migrate_msg_send(&(struct conn){ .fd = sv[0] }, MIG_MSG_REFUSE, "vCPUs: 1 here, 2 in the stream"), 0);
-	CHECK_EQ(migrate_msg_recv(&(struct conn){ .fd = sv[1] }, 1000, &type, text, sizeof(text)), 0);
+	c0 = conn_plain(sv[0]);
+	c1 = conn_plain(sv[1]);
+	CHECK_EQ(migrate_msg_send(&c0, MIG_MSG_READY, NULL), 0);
+	CHECK_EQ(migrate_msg_send(&c0, MIG_MSG_REFUSE, "vCPUs: 1 here, 2 in the stream"), 0);
+	CHECK_EQ(migrate_msg_recv(&c1, 1000, &type, text, sizeof(text)), 0);
 	CHECK_EQ(type, MIG_MSG_READY);
 	CHECK_STR(text, "");
-	CHECK_EQ(migrate_msg_recv(&(struct conn){ .fd = sv[1] }, 1000, &type, text, sizeof(text)), 0);
+	CHECK_EQ(migrate_msg_recv(&c1, 1000, &type, text, sizeof(text)), 0);
 	CHECK_EQ(type, MIG_MSG_REFUSE);
 	CHECK_STR(text, "vCPUs: 1 here, 2 in the stream");
 	/* Text longer than the limit is cut, longer than the buffer truncated, NUL-terminated. */
 	memset(big, 'x', sizeof(big) - 1);
 	big[sizeof(big) - 1] = '\0';
-	CHECK_EQ(migrate_msg_send(&(struct conn){ .fd = sv[0] }, MIG_MSG_ERROR, big), 0);
-	CHECK_EQ(migrate_msg_recv(&(struct conn){ .fd = sv[1] }, 1000, &type, text, sizeof(text)), 0);
+	CHECK_EQ(migrate_msg_send(&c0, MIG_MSG_ERROR, big), 0);
+	CHECK_EQ(migrate_msg_recv(&c1, 1000, &type, text, sizeof(text)), 0);
 	CHECK_EQ(type, MIG_MSG_ERROR);
 	CHECK_EQ(strlen(text), sizeof(text) - 1);
 	/* Control characters from a peer never reach a log. */
-	CHECK_EQ(migrate_msg_send(&(struct conn){ .fd = sv[0] }, MIG_MSG_ERROR, "a\033[2Jb\n"), 0);
-	CHECK_EQ(migrate_msg_recv(&(struct conn){ .fd = sv[1] }, 1000, &type, text, sizeof(text)), 0);
+	CHECK_EQ(migrate_msg_send(&c0, MIG_MSG_ERROR, "a\033[2Jb\n"), 0);
+	CHECK_EQ(migrate_msg_recv(&c1, 1000, &type, text, sizeof(text)), 0);
 	CHECK_STR(text, "a?[2Jb?");
 	close(sv[0]);
 	close(sv[1]);
@@ -85,7 +88,8 @@ static void expect_raw(const void *buf, size_t n, bool close_after, int want)
 	CHECK_EQ(write(sv[0], buf, n), (ssize_t)n);
 	if (close_after)
 		close(sv[0]);
-	CHECK_EQ(migrate_msg_recv(&(struct conn){ .fd = sv[1] }, 200, &type, text, sizeof(text)), want);
+	CHECK_EQ(migrate_msg_recv(&(struct conn){ .fd = sv[1] }, 200, &type, text, sizeof(text)),
+		 want);
 	if (!close_after)
 		close(sv[0]);
 	close(sv[1]);
