@@ -45,6 +45,8 @@
 #include "godwit/vm.h"
 
 #define MIG_ACCEPT_TIMEOUT_MS 60000          /* the destination builds its VM meanwhile */
+/* The TLS handshake: a destination may first spend up to 10 s dropping a stray connection. */
+#define MIG_HANDSHAKE_TIMEOUT_MS 30000
 #define MIG_CHUNK_PAGES      4096            /* 16 MiB: clear, copy, send */
 #define MIG_RELEASE_WAIT_MS  5000            /* for a client to read the final report */
 
@@ -661,7 +663,8 @@ static void *mig_thread(void *opaque)
 	}
 	if (m->p.tls) {
 		/* A cancel meanwhile shuts the socket down, which ends the handshake. */
-		ret = tls_handshake(m->p.tls, r.c.fd, MIG_IO_TIMEOUT_MS, &r.c.tls, r.err, sizeof(r.err));
+		ret = tls_handshake(m->p.tls, r.c.fd, MIG_HANDSHAKE_TIMEOUT_MS, &r.c.tls, r.err,
+				    sizeof(r.err));
 		if (ret)
 			goto fail;
 		pthread_mutex_lock(&m->lock);
