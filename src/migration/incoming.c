@@ -41,16 +41,26 @@ struct incoming {
  * in_not_tls - before the TLS handshake: a peer whose first byte is not a
  * TLS handshake record does not speak TLS.  A godwit source without
  * --tls-dir is told so in a plain REFUSE (nothing it sent is read further).
- * 0 (TLS, or nothing came yet: the handshake times out), or -EBADMSG.
+ * A peer silent for 10 s is dropped here.  0 (the first byte says TLS), or
+ * -EBADMSG.
  */
 static int in_not_tls(struct incoming *in, char *why, size_t len)
 {
 	struct pollfd p = { .fd = in->c.fd, .events = POLLIN };
 	uint8_t b[STREAM_MAGIC_LEN];
 	ssize_t k;
+	int r;
 
-	if (poll(&p, 1, MIG_IO_TIMEOUT_MS) <= 0)
-		return 0;
+	do
+		r = poll(&p, 1, MIG_IO_TIMEOUT_MS);
+	while (r < 0 && errno == EINTR);
+	if (r == 0) {
+		snprintf(why, len, "TLS handshake timed out: the peer sent nothing for %.1f s",
+			 MIG_IO_TIMEOUT_MS / 1000.0);
+		return -EBADMSG;
+	}
+	if (r < 0)
+		return 0;                     /* the handshake will say what is wrong */
 	k = recv(in->c.fd, b, sizeof(b), MSG_PEEK | MSG_DONTWAIT);
 	if (k <= 0 || b[0] == 0x16)           /* TLS: ContentType handshake */
 		return 0;
