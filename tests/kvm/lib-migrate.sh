@@ -50,31 +50,47 @@ start_src() {
 	wait_reports "$S_OUT" 2 20
 }
 # mig_addr NAME: a migration address for NAME: unix:$T_TMP/NAME.msock, or with
-# MIG_TRANSPORT=tcp a free loopback TCP port.
+# MIG_TRANSPORT=tcp or tls a free loopback TCP port.
 mig_addr() {
-	if [ "${MIG_TRANSPORT:-unix}" = tcp ]; then
+	if [ "${MIG_TRANSPORT:-unix}" = tcp ] || [ "${MIG_TRANSPORT:-unix}" = tls ]; then
 		echo "tcp:127.0.0.1:$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 	else
 		echo "unix:$T_TMP/$1.msock"
 	fi
 }
+# mig_certs: tests/kvm/mkcerts.py's credentials, made once in $T_TMP/certs; its path.
+mig_certs() {
+	[ -d "$T_TMP/certs" ] || python3 "$ROOT/tests/kvm/mkcerts.py" "$T_TMP/certs"
+	echo "$T_TMP/certs"
+}
+# mig_tls SIDE: with MIG_TRANSPORT=tls the options that give SIDE (src or dst) its
+# credentials, one per line (mapfile -t); nothing otherwise.
+mig_tls() {
+	[ "${MIG_TRANSPORT:-unix}" = tls ] && printf '%s\n' --tls-dir "$(mig_certs)/$1"
+	return 0
+}
 # start_dst NAME [OPTIONS...]: a destination on $D_AT if set, else on mig_addr NAME (with
-# PFX as start_vm); D_PID, D_SOCK, D_OUT, D_ERR, D_ADDR.  False if it is not waiting
-# within 10 s.
+# PFX as start_vm; with MIG_TRANSPORT=tls under mutual TLS); D_PID, D_SOCK, D_OUT, D_ERR,
+# D_ADDR.  False if it is not waiting within 10 s.
 start_dst() {
-	local name=$1
+	local name=$1 tls
 	shift
+	mapfile -t tls < <(mig_tls dst)
 	D_SOCK=$T_TMP/$name.sock D_OUT=$T_TMP/$name.out D_ERR=$T_TMP/$name.err
 	D_ADDR=${D_AT:-$(mig_addr "$name")}
-	"${PFX[@]}" timeout 180 "$GODWIT" run --incoming "$D_ADDR" --api "$D_SOCK" "$@" \
+	"${PFX[@]}" timeout 180 "$GODWIT" run --incoming "$D_ADDR" --api "$D_SOCK" "${tls[@]}" "$@" \
 		</dev/null >"$D_OUT" 2>"$D_ERR" &
 	D_PID=$!
 	t_wait_for "$D_ERR" 'waiting for an incoming migration' 10
 }
-# start_proxy NAME MODE [ARG]: migproxy from mig_addr NAME.px to $D_ADDR; P_PID, P_OUT, P_ADDR.
+# start_proxy NAME MODE [ARG]: migproxy from mig_addr NAME.px to $D_ADDR (with
+# MIG_TRANSPORT=tls terminating TLS on both sides); P_PID, P_OUT, P_ADDR.
 start_proxy() {
+	local tls=
+	[ "${MIG_TRANSPORT:-unix}" = tls ] && tls=$(mig_certs)
 	P_OUT=$T_TMP/$1.px.out P_ADDR=$(mig_addr "$1.px")
-	timeout 100 python3 "$PROXY" "$P_ADDR" "$D_ADDR" "$2" ${3:+"$3"} >"$P_OUT" 2>&1 &
+	MIGPROXY_TLS=$tls timeout 100 python3 "$PROXY" "$P_ADDR" "$D_ADDR" "$2" ${3:+"$3"} \
+		>"$P_OUT" 2>&1 &
 	P_PID=$!
 	t_wait_for "$P_OUT" '^listening' 10
 }

@@ -26,6 +26,12 @@ MODE:
 A side that closes is passed on: the other's write side is shut down (both sides
 are closed if what was held was bound for the side that closed).
 
+With MIGPROXY_TLS=DIR (tests/kvm/mkcerts.py's output) the proxy terminates
+mutual TLS on both sides, as godwit does it: to the source it is the TLS
+server with DIR/dst's credentials (and says "GWTLS-OK" once it accepted the
+source's certificate), to the destination the client with DIR/src's (and
+takes the destination's "GWTLS-OK"); it then sees and breaks the plaintext.
+
 Events go to stdout, one line each, flushed: "listening", "accepted",
 "connected", "ready" (READY seen), "held", "dropped-ready", "cut BYTES",
 "dropped-commit HEX", "closed".  The control messages from the destination
@@ -37,6 +43,7 @@ import os
 import select
 import signal
 import socket
+import ssl
 import sys
 import time
 
@@ -77,20 +84,16 @@ def main():
             break
         r, _, _ = select.select(rl, [], [], 0.5)
         if src in r:
-            try:
-                data = src.recv(1 << 16)
-            except OSError:
-                data = b""
+            data = recv(src)
+            if data is None:
+                continue
             if not data:
                 ev("source-eof")
                 if holding:
                     close_both()
                     return
                 open_src = False
-                try:
-                    dst.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
+                half_close(dst)
                 continue
             if holding:
                 continue            # swallowed: the destination hears nothing more
@@ -109,17 +112,13 @@ def main():
                 return
             sent_from_src += len(data)
         if open_dst and not holding and dst in r:
-            try:
-                data = dst.recv(1 << 16)
-            except OSError:
-                data = b""
+            data = recv(dst)
+            if data is None:
+                continue
             if not data:
                 ev("destination-eof")
                 open_dst = False
-                try:
-                    src.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
+                half_close(src)
                 continue
             msgs, ctl = split(ctl + data)
             tail = b""
@@ -147,6 +146,58 @@ def main():
     ev("timeout" if time.monotonic() >= deadline else "done")
     close_both()
 
+
+
+CONFIRM = b"GWTLS-OK"      # src/migration/tls.c: the server accepted the client
+
+
+def tls_wrap(src, dst, d):
+    """Terminate mutual TLS on both connections with mkcerts.py's credentials in d."""
+    def ctx(side, who):
+        c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if side == "server" else ssl.PROTOCOL_TLS_CLIENT)
+        c.minimum_version = ssl.TLSVersion.TLSv1_3
+        c.load_cert_chain(os.path.join(d, who, "cert.pem"), os.path.join(d, who, "key.pem"))
+        c.load_verify_locations(os.path.join(d, who, "ca.pem"))
+        c.verify_mode = ssl.CERT_REQUIRED
+        return c
+    for s in (src, dst):
+        s.setblocking(True)
+        s.settimeout(10)
+    src = ctx("server", "dst").wrap_socket(src, server_side=True)
+    src.sendall(CONFIRM)
+    dst = ctx("client", "src").wrap_socket(dst, server_hostname="dst.godwit.test")
+    got = b""
+    while len(got) < len(CONFIRM):
+        b = dst.recv(len(CONFIRM) - len(got))
+        if not b:
+            raise SystemExit("the destination closed the connection during its TLS confirmation")
+        got += b
+    if got != CONFIRM:
+        raise SystemExit("the destination did not confirm the TLS session")
+    ev("tls")
+    return src, dst
+
+
+def recv(s):
+    """What s has: bytes, b"" at its end, None if nothing whole came yet (TLS)."""
+    try:
+        data = s.recv(1 << 16)
+    except ssl.SSLWantReadError:
+        return None
+    except OSError:
+        return b""
+    if isinstance(s, ssl.SSLSocket):
+        while data and s.pending():         # decrypted already: poll() would not say so
+            data += s.recv(s.pending())
+    return data
+
+
+def half_close(s):
+    """Shut s's write side (on a TLS socket too: the session stays for reading)."""
+    try:
+        socket.socket.shutdown(s, socket.SHUT_WR)
+    except OSError:
+        pass
 
 
 def sendall(s, data):
@@ -184,6 +235,8 @@ def connect_pair(listen, to):
     ev("accepted")
     dst = gw_connect(to)
     ev("connected")
+    if os.environ.get("MIGPROXY_TLS"):
+        src, dst = tls_wrap(src, dst, os.environ["MIGPROXY_TLS"])
     for s in (src, dst):
         s.setblocking(False)
     return src, dst
@@ -243,10 +296,9 @@ def general(listen, to, mode, arg):
             if x["held"] is not None or not e & select.POLLIN:
                 data = b""              # gone (RDHUP, HUP or ERR)
             else:
-                try:
-                    data = x["frm"].recv(1 << 16)
-                except OSError:
-                    data = b""
+                data = recv(x["frm"])
+                if data is None:
+                    continue
             if not data:
                 ev("source-eof" if name == "s2d" else "destination-eof")
                 x["open"] = False
@@ -256,10 +308,7 @@ def general(listen, to, mode, arg):
                     # What was held towards the side that is gone never arrives.
                     close_both()
                     return
-                try:
-                    x["to"].shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
+                half_close(x["to"])
                 continue
             out = b""
             if name == "s2d" and not state["ready"]:

@@ -1,6 +1,6 @@
 #!/bin/bash
-# Tier 1: the hand-off fault matrix (docs/migration.md, "Fault matrix"), over UNIX sockets
-# and over loopback TCP.  Each row migrates a fresh source VM (the test guest's memtest,
+# Tier 1: the hand-off fault matrix (docs/migration.md, "Fault matrix"), over UNIX sockets,
+# loopback TCP and loopback TCP under mutual TLS.  Each row migrates a fresh source VM (the test guest's memtest,
 # which verifies its memory all the time) through migproxy.py, holds the migration at one
 # point (the destination's ACCEPT: setup; 16 MiB into the stream: pre-copy; READY:
 # stop-and-copy, source paused and waiting; COMMIT: after READY; DONE: after COMMIT), then
@@ -10,7 +10,9 @@
 # lock); a cancel after READY (ABORT: the destination discards without doubt); a second
 # migrate-resolve --resume refused; a trickling peer and the overall deadline; a destination
 # that takes the stream at 8 KiB/s (the source's minimum rate).
-# MATRIX_TRANSPORTS="unix tcp" (default both), MATRIX_ROWS="..." (default all).
+# Over a third transport, tls: loopback TCP under mutual TLS, migproxy.py terminating the
+# session on both sides (the trickling and slow peers, plain programs, are left out there).
+# MATRIX_TRANSPORTS="unix tcp tls" (default all three), MATRIX_ROWS="..." (default all).
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/lib-vm.sh"
 . "$(dirname "$0")/lib-migrate.sh"
@@ -45,7 +47,7 @@ settle() {
 # hold_at ROW MODE ARG [MIGRATE OPTIONS...]: source, destination, proxy in MODE ARG, a
 # migration through it (MPID, output in MIG); true once the proxy holds.
 hold_at() {
-	local c=$1 mode=$2 arg=$3
+	local c=$1 mode=$2 arg=$3 tls
 	shift 3
 	MIG=$T_TMP/$c.mig
 	if ! start_src "$c.src" ${SRC_OPTS:-}; then
@@ -57,10 +59,15 @@ hold_at() {
 		return 1
 	fi
 	start_proxy "$c" "$mode" "$arg"
-	timeout 60 "$GODWIT" migrate -q --api "$S_SOCK" --to "$P_ADDR" "$@" >"$MIG" 2>&1 &
+	mapfile -t tls < <(mig_tls src)
+	timeout 60 "$GODWIT" migrate -q --api "$S_SOCK" --to "$P_ADDR" "${tls[@]}" "$@" >"$MIG" 2>&1 &
 	MPID=$!
 	if ! t_wait_for "$P_OUT" '^(held|dropped)' 30; then
 		WHY="the proxy never held $arg: $(tr '\n' ' ' <"$P_OUT"); migrate: $(tail_of "$MIG")"
+		return 1
+	fi
+	if [ "$T" = tls ] && ! grep -q '^tls$' "$P_OUT"; then
+		WHY="the migration went through the proxy without TLS: $(tr '\n' ' ' <"$P_OUT")"
 		return 1
 	fi
 	return 0
@@ -349,7 +356,7 @@ while not os.path.exists(sys.argv[2]) and time.monotonic() < t:
 
 	# ---- peers that trickle ----------------------------------------------------------
 	c=$N-$T-trickle
-	if want trickle; then
+	if want trickle && [ "$T" != tls ]; then
 		trickle_case "$c" 'too slow: the peer sent' 20000
 		trickle_case "$c-deadline" 'no migration came within the deadline of 3 s' 8000 \
 			--incoming-timeout 3 --incoming-min-rate 0
@@ -379,7 +386,7 @@ while not os.path.exists(sys.argv[2]) and time.monotonic() < t:
 	fi
 }
 
-for T in ${MATRIX_TRANSPORTS:-unix tcp}; do
+for T in ${MATRIX_TRANSPORTS:-unix tcp tls}; do
 	MIG_TRANSPORT=$T
 	matrix
 done
