@@ -177,9 +177,11 @@ tls_strays() {
 	if [ "$M" = lo ]; then
 		# A peer that connects first and says nothing holds the destination for its
 		# handshake time-out (10 s); the real source, queued behind it, still gets in.
-		timeout 20 python3 -c 'import socket, sys, time; s = socket.create_connection((sys.argv[1], int(sys.argv[2]))); time.sleep(15)' \
-			"$host" "${HOSTPORT##*:}" &
-		sleep 0.5
+		timeout 20 python3 -c 'import socket, sys, time; s = socket.create_connection((sys.argv[1], int(sys.argv[2]))); print("connected", flush=True); time.sleep(15)' \
+			"$host" "${HOSTPORT##*:}" >"$T_TMP/silent.out" 2>&1 &
+		# The real source must come second: wait until the silent peer is in.
+		t_wait_for "$T_TMP/silent.out" '^connected' 10 ||
+			t_fail "$N-$M-silent-first" "the silent peer did not connect: $(cat "$T_TMP/silent.out")"
 	fi
 	timeout 60 "$GODWIT" migrate --api "$S_SOCK" --to "$DST_ADDR" --tls-dir "$C/cnonly" \
 		--tls-peer dst.godwit.test >"$T_TMP/$M.real.mig" 2>&1
