@@ -34,6 +34,13 @@ struct tls_creds;
 struct tls_sess;
 
 #define TLS_PEER_MAX    255          /* --tls-peer NAME */
+
+/*
+ * tls_init - load OpenSSL's configuration and seed its random generator
+ * now, while the VM process may still open files (before its sandbox): a
+ * migration started later needs neither.  0, or -EIO.
+ */
+int tls_init(void);
 #define TLS_PEM_MAX     (64 * 1024)  /* bytes of one PEM file (three fit an API request) */
 
 /*

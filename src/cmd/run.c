@@ -32,6 +32,7 @@
 #include "godwit/loop.h"
 #include "godwit/migrate.h"
 #include "godwit/snapshot.h"
+#include "godwit/tls.h"
 #include "godwit/virtio.h"
 #include "godwit/vm.h"
 #include "run.h"
@@ -470,6 +471,9 @@ static int run_setup_loop(struct run_ctx *ctx)
 	sigaddset(&set, SIGHUP);
 	sigprocmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	/* A migration may start any time: TLS is ready before the sandbox closes in. */
+	if (tls_init())
+		log_warnx("cannot initialise OpenSSL: a migration with --tls-dir will fail");
 	ctx->sig_fd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
 	if (ctx->sig_fd < 0)
 		return -errno;

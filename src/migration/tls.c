@@ -31,6 +31,7 @@
 
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
@@ -67,6 +68,17 @@ static int verify_cb(int ok, X509_STORE_CTX *x);
 
 /* ---- credentials ------------------------------------------------------------------ */
 
+int tls_init(void)
+{
+	unsigned char b;
+
+	if (!OPENSSL_init_ssl(OPENSSL_INIT_LOAD_CONFIG, NULL) || RAND_bytes(&b, 1) != 1) {
+		ERR_clear_error();
+		return -EIO;
+	}
+	return 0;
+}
+
 /* The first OpenSSL error queued, as text ("" if none); clears the queue. */
 static const char *ossl_err(char *buf, size_t len)
 {
@@ -96,7 +108,7 @@ static void x509_subject(X509 *x, char *buf, size_t len)
 		BIO_free(b);
 		return;
 	}
-	X509_NAME_print_ex(b, n, 0, XN_FLAG_ONELINE & ~ASN1_STRFLGS_ESC_MSB);
+	X509_NAME_print_ex(b, n, 0, XN_FLAG_ONELINE);   /* a peer's bytes >= 0x80 escaped */
 	k = BIO_get_mem_data(b, &p);
 	if (k > 0)
 		snprintf(buf, len, "%.*s", (int)MIN((size_t)k, len - 1), p);
