@@ -44,7 +44,7 @@ bad_reports() {
 
 # ---- run, wait for memtest, snapshot (stop) ------------------------------------------------
 hw_start "$log0" "$GODWIT" run --kernel "$HW_GUEST_KERNEL" --initrd "$HW_GUEST_INITRD" \
-	--cpus 2 --mem 512M --name tier2-snap --api "$sock" --disk "$img" \
+	--cpus 2 --mem 512M --name tier2-snap --api "$sock" --disk "$img" --snapshot-dir "$SCRATCH" \
 	--cmdline "$(hw_append godwit.workload=mem godwit.mem=64 godwit.rate=20 godwit.runtime=$RUNTIME)"
 pid0=$HW_PID
 # Three reports: memtest has filled its pages and is rewriting them.
