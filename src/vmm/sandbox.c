@@ -188,7 +188,8 @@ static const char *const sandbox_allow[] = {
  */
 static const char *const sandbox_allow_asan[] = {
 	"clone", "ptrace", "wait4", "waitid", "prctl", "getppid", "process_vm_readv",
-	"readlink", "readlinkat", "getdents64", "kill", "sched_getparam", "sched_getscheduler",
+	"open", "readlink", "readlinkat", "getdents", "getdents64", "kill", "sched_getparam",
+	"sched_getscheduler",
 };
 #endif
 
