@@ -25,7 +25,11 @@ struct sandbox_opts {
 	bool has_user;           /* --user given */
 	uid_t uid;
 	gid_t gid;
+	const char *jail;        /* --jail DIR, or NULL */
 };
+
+/* --jail: the descriptor limit in the jail (RLIMIT_NOFILE, soft and hard). */
+#define SANDBOX_JAIL_NOFILE 2048
 
 /* "kill", "trap", "log" or "off". */
 const char *sandbox_mode_name(enum sandbox_mode m);
@@ -40,6 +44,8 @@ int sandbox_user_parse(const char *s, struct sandbox_opts *o, char *err, size_t 
 
 /*
  * sandbox_apply - make this process what o asks for, in order: no_new_privs;
+ * with --jail (in sandbox_jail_fork's child), mounts made private, chroot to
+ * the jail, RLIMIT_NOFILE and RLIMIT_CORE (0) lowered;
  * the capability bounding set and the ambient set emptied; --user's groups,
  * gid and uid (then checked: uid 0 cannot be regained); the effective,
  * permitted and inheritable sets emptied and checked; the seccomp filter
@@ -49,6 +55,22 @@ int sandbox_user_parse(const char *s, struct sandbox_opts *o, char *err, size_t 
  * set (the caller must not go on: the process may be half-dropped).
  */
 int sandbox_apply(const struct sandbox_opts *o, char *err, size_t len) __must_check;
+
+/*
+ * sandbox_jail_fork - --jail, before anything of the VM exists: new PID and
+ * mount namespaces for a child, which goes on to build and run the VM as
+ * PID 1 of its namespace (and dies with its parent); the parent stays as
+ * its monitor, forwarding SIGINT, SIGTERM and SIGHUP, until it exits.
+ * Returns 0 in the child; 1 in the parent once the child is gone, with
+ * *code its exit status (128 + the signal that killed it, said in the log:
+ * SIGSYS is the filter's); or -errno with err set (no child).  api_path: a
+ * socket the child leaves behind (it cannot remove it from inside the
+ * jail) is removed by the parent.
+ */
+int sandbox_jail_fork(const struct sandbox_opts *o, const char *api_path, int *code,
+		      char *err, size_t len) __must_check;
+/* This process's id as the host sees it (in a jail, getpid() is 1). */
+pid_t sandbox_pid(void);
 
 /*
  * sandbox_test_hook - in a build with -DGODWIT_TEST_HOOKS only: if the

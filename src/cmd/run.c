@@ -197,6 +197,13 @@ int run_parse_sandbox(int c, const char *arg, const char *cmd, struct sandbox_op
 			return -1;
 		}
 		return 1;
+	case RUN_OPT_JAIL:
+		if (arg[0] != '/') {
+			log_warnx("%s: --jail %s: give an absolute path", cmd, arg);
+			return -1;
+		}
+		sb->jail = arg;
+		return 1;
 	case RUN_OPT_SNAPSHOT_DIR:
 		if (!*arg) {
 			log_warnx("%s: --snapshot-dir must not be empty", cmd);
@@ -555,6 +562,21 @@ int run_vm(struct run_ctx *ctx, const struct vm_config *cfg, run_fill_fn fill, v
 	int ret, code = EXIT_ERROR;
 
 	ctx->snapshot_dirfd = -1;
+	/* --jail: from here on this is the jailed child, or the monitor that waits for it. */
+	if (cfg->sandbox.jail) {
+		int jcode = EXIT_ERROR;
+
+		ret = sandbox_jail_fork(&cfg->sandbox, cfg->api_path, &jcode, ctx->err,
+					sizeof(ctx->err));
+		if (ret < 0) {
+			log_warnx("%s", ctx->err);
+			return EXIT_ERROR;
+		}
+		if (ret > 0) {
+			ctx->err[0] = '\0';    /* the child told a migration's source itself */
+			return jcode;
+		}
+	}
 	if (cfg->snapshot_dir && run_open_snapshot_dir(ctx, cfg->snapshot_dir, snapdir))
 		goto out;
 	/*

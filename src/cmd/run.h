@@ -27,12 +27,14 @@ enum {
 	RUN_OPT_NO_SANDBOX,
 	RUN_OPT_USER,
 	RUN_OPT_SNAPSHOT_DIR,
+	RUN_OPT_JAIL,
 };
 #define RUN_SANDBOX_OPTIONS \
 	{ "sandbox",      required_argument, NULL, RUN_OPT_SANDBOX }, \
 	{ "no-sandbox",   no_argument,       NULL, RUN_OPT_NO_SANDBOX }, \
 	{ "user",         required_argument, NULL, RUN_OPT_USER }, \
-	{ "snapshot-dir", required_argument, NULL, RUN_OPT_SNAPSHOT_DIR }
+	{ "snapshot-dir", required_argument, NULL, RUN_OPT_SNAPSHOT_DIR }, \
+	{ "jail",         required_argument, NULL, RUN_OPT_JAIL }
 /* Their --help lines. */
 #define RUN_SANDBOX_USAGE \
 "      --snapshot-dir DIR  snapshots (godwit snapshot, PUT /vm/snapshot) may be\n" \
@@ -47,7 +49,10 @@ enum {
 "                          trap: the same, naming the call on stderr first;\n" \
 "                          log: unlisted calls allowed and logged by the kernel;\n" \
 "                          off: none of it (debugging only)\n" \
-"      --no-sandbox        --sandbox off\n"
+"      --no-sandbox        --sandbox off\n" \
+"      --jail DIR          run the VM in new PID and mount namespaces, chrooted\n" \
+"                          into DIR once set up, with its parent as a monitor;\n" \
+"                          paths given later (migrate's unix:PATH) are in DIR\n"
 
 /*
  * run_parse_sandbox - one of the options above (getopt's c and optarg) into

@@ -46,7 +46,8 @@ static unsigned int api_vm_get(struct api_server *s, json_t *body, json_t **out)
 		 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
 		 u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7],
 		 u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
-	*out = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:s?, s:f, s:I, s:{s:s, s:I, s:I}, s:s?}",
+	*out = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:s?, s:f, s:I, s:{s:s, s:I, s:I, s:s?}, "
+			 "s:s?}",
 			 "name", cfg->name,
 			 "uuid", uuid,
 			 "state", vm_state_name(state),
@@ -55,11 +56,12 @@ static unsigned int api_vm_get(struct api_server *s, json_t *body, json_t **out)
 			 "cpu_model", cpu_model_name(cfg->cpu_model),
 			 "kernel", cfg->kernel,
 			 "uptime_s", (double)(long long)(vm_uptime(s->vm) * 1000 + 0.5) / 1000,
-			 "pid", (json_int_t)getpid(),
+			 "pid", (json_int_t)sandbox_pid(),
 			 "sandbox",
 			 "seccomp", sandbox_mode_name(cfg->sandbox.mode),
 			 "uid", (json_int_t)getuid(),
 			 "gid", (json_int_t)getgid(),
+			 "jail", cfg->sandbox.jail,
 			 "snapshot_dir", cfg->snapshot_dir ? cfg->snapshot_dir_real : NULL);
 	return MHD_HTTP_OK;
 }

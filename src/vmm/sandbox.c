@@ -21,6 +21,13 @@
  * SIGSYS with the default action, so the process still dies by SIGSYS.
  * SANDBOX_LOG lets the call through and the kernel logs it: for finding
  * what a new code path needs, never for production.
+ *
+ * --jail DIR (Firecracker's jailer, in godwit's way): sandbox_jail_fork()
+ * makes the VM process PID 1 of a new PID namespace, in a new mount
+ * namespace, with its parent as a monitor; sandbox_apply() then chroots it
+ * into DIR once everything it opens by path is open.  The fork comes before
+ * anything of the VM exists: KVM ties a VM to the process's memory, and a
+ * PID namespace can only be entered by a new process.
  */
 #include <errno.h>
 #include <grp.h>
@@ -35,9 +42,14 @@
 #include <termios.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <linux/if_tun.h>
 #include <linux/netlink.h>
 #include <linux/sockios.h>
@@ -216,10 +228,19 @@ static const unsigned long sandbox_ioctls[] = {
 	TCGETS, TCSETS, TCSETSW, TCSETSF, TIOCGWINSZ,  /* the console; stdio's isatty */
 };
 
-static int sandbox_rules(scmp_filter_ctx ctx, char *err, size_t len)
+static int sandbox_rules(scmp_filter_ctx ctx, bool monitor, char *err, size_t len)
 {
 	struct scmp_arg_cmp c[2];
 	int ret = 0;
+
+	/* --jail's monitor: it also waits for the VM process and forwards signals to it. */
+	if (monitor) {
+		ret = sandbox_rule(ctx, "wait4", 0, NULL, err, len);
+		if (!ret)
+			ret = sandbox_rule(ctx, "kill", 0, NULL, err, len);
+		if (!ret)
+			ret = sandbox_rule(ctx, "rt_sigtimedwait", 0, NULL, err, len);
+	}
 
 	for (size_t i = 0; i < ARRAY_SIZE(sandbox_allow) && !ret; i++)
 		ret = sandbox_rule(ctx, sandbox_allow[i], 0, NULL, err, len);
@@ -323,7 +344,7 @@ static int sandbox_trap_init(char *err, size_t len)
 	return 0;
 }
 
-static int sandbox_filter(enum sandbox_mode mode, char *err, size_t len)
+static int sandbox_filter(enum sandbox_mode mode, bool monitor, char *err, size_t len)
 {
 	uint32_t def = mode == SANDBOX_TRAP ? SCMP_ACT_TRAP :
 		       mode == SANDBOX_LOG ? SCMP_ACT_LOG : SCMP_ACT_KILL_PROCESS;
@@ -358,7 +379,7 @@ static int sandbox_filter(enum sandbox_mode mode, char *err, size_t len)
 	if (ret)
 		snprintf(err, len, "seccomp attributes: %s", strerror(-ret));
 	if (!ret)
-		ret = sandbox_rules(ctx, err, len);
+		ret = sandbox_rules(ctx, monitor, err, len);
 	if (!ret) {
 		ret = seccomp_load(ctx);
 		if (ret)
@@ -366,6 +387,185 @@ static int sandbox_filter(enum sandbox_mode mode, char *err, size_t len)
 	}
 	seccomp_release(ctx);
 	return ret;
+}
+
+/* ---- the jail --------------------------------------------------------------------- */
+
+/*
+ * The monitor keeps only CAP_KILL (to signal a VM process that became
+ * another --user), gets no_new_privs and the VM's filter with wait4 and
+ * kill added.  Best effort: it must wait for its child whatever happens.
+ */
+static void sandbox_monitor_restrict(const struct sandbox_opts *o)
+{
+	char err[256] = "";
+
+	if (o->mode == SANDBOX_OFF)
+		return;
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 && capng_get_caps_process() == 0) {
+		bool bound = capng_have_capability(CAPNG_EFFECTIVE, CAP_SETPCAP);
+
+		capng_clear(CAPNG_SELECT_ALL);
+		capng_update(CAPNG_ADD, CAPNG_EFFECTIVE | CAPNG_PERMITTED | CAPNG_BOUNDING_SET,
+			     CAP_KILL);
+		if ((bound && capng_apply(CAPNG_SELECT_BOUNDS)) || capng_apply(CAPNG_SELECT_CAPS))
+			snprintf(err, sizeof(err), "cannot drop its capabilities");
+	}
+	if (!err[0])
+		(void)sandbox_filter(o->mode, true, err, sizeof(err));
+	if (err[0])
+		log_warnx("%s: the jail's monitor: %s", __func__, err);
+}
+
+static pid_t sandbox_host_pid;          /* set in a jailed child: its pid outside */
+
+pid_t sandbox_pid(void)
+{
+	return sandbox_host_pid ? sandbox_host_pid : getpid();
+}
+
+/* The child's API socket, if it is still there and nobody serves it. */
+static void sandbox_jail_unlink_api(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct stat st;
+	int fd, r;
+
+	if (!path || strlen(path) >= sizeof(sa.sun_path) || lstat(path, &st) || !S_ISSOCK(st.st_mode))
+		return;
+	memcpy(sa.sun_path, path, strlen(path));
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	r = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+	if (r < 0 && errno == ECONNREFUSED)
+		unlink(path);
+	close(fd);
+}
+
+/* The monitor: signals to the child until it is gone; its exit code. */
+static int sandbox_monitor(pid_t child, const sigset_t *set, const char *api_path)
+{
+	siginfo_t si;
+	int status = 0;
+	pid_t r;
+
+	for (;;) {
+		if (sigwaitinfo(set, &si) < 0) {
+			if (errno == EINTR)
+				continue;
+			log_warn("%s: sigwaitinfo", __func__);
+			r = waitpid(child, &status, 0);
+			break;
+		}
+		if (si.si_signo != SIGCHLD) {
+			kill(child, si.si_signo);
+			continue;
+		}
+		r = waitpid(child, &status, WNOHANG);
+		if (r == child || (r < 0 && errno != EINTR))
+			break;
+	}
+	sandbox_jail_unlink_api(api_path);
+	if (WIFEXITED(status))
+		return WEXITSTATUS(status);
+	if (WIFSIGNALED(status)) {
+		int sig = WTERMSIG(status);
+
+		log_warnx("the jailed VM process %d was killed by %s%s", (int)child, strsignal(sig),
+			  sig == SIGSYS ? " (SIGSYS: a system call the sandbox does not allow; the "
+			  "kernel log names it)" : "");
+		return 128 + sig;
+	}
+	return 5;
+}
+
+int sandbox_jail_fork(const struct sandbox_opts *o, const char *api_path, int *code,
+		      char *err, size_t len)
+{
+	sigset_t set, old;
+	struct stat st;
+	int pfd[2], ret;
+	pid_t child, host_pid = 0;
+
+	if (stat(o->jail, &st) || !S_ISDIR(st.st_mode)) {
+		snprintf(err, len, "--jail %s: %s", o->jail, errno ? strerror(errno) : "not a directory");
+		return -ENOTDIR;
+	}
+	if (pipe2(pfd, O_CLOEXEC)) {
+		snprintf(err, len, "pipe: %s", strerror(errno));
+		return -errno;
+	}
+	/*
+	 * Blocked before the fork and left blocked in the child: PID 1 of a
+	 * namespace ignores signals it has no handler for, and the child takes
+	 * these through its signalfd (run.c) once its loop exists.
+	 */
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &set, &old);
+	if (unshare(CLONE_NEWPID)) {
+		ret = -errno;
+		snprintf(err, len, "--jail: a new PID namespace: %s", strerror(errno));
+		goto err;
+	}
+	child = fork();
+	if (child < 0) {
+		ret = -errno;
+		snprintf(err, len, "--jail: fork: %s", strerror(errno));
+		goto err;
+	}
+	if (child == 0) {
+		close(pfd[1]);
+		prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+		if (read(pfd[0], &host_pid, sizeof(host_pid)) != sizeof(host_pid))
+			_exit(1);       /* the monitor is gone */
+		close(pfd[0]);
+		sandbox_host_pid = host_pid;
+		if (unshare(CLONE_NEWNS)) {
+			snprintf(err, len, "--jail: a new mount namespace: %s", strerror(errno));
+			return -errno;
+		}
+		return 0;
+	}
+	close(pfd[0]);
+	if (write(pfd[1], &child, sizeof(child)) != sizeof(child))
+		log_warn("%s: cannot tell the VM process its pid", __func__);
+	close(pfd[1]);
+	log_debug("%s: VM process %d, jailed in %s", __func__, (int)child, o->jail);
+	sandbox_monitor_restrict(o);
+	*code = sandbox_monitor(child, &set, api_path);
+	return 1;
+err:
+	sigprocmask(SIG_SETMASK, &old, NULL);
+	close(pfd[0]);
+	close(pfd[1]);
+	return ret;
+}
+
+/* In the jailed child, once everything is open: private mounts, chroot, limits. */
+static int sandbox_jail_enter(const struct sandbox_opts *o, char *err, size_t len)
+{
+	struct rlimit nofile = { SANDBOX_JAIL_NOFILE, SANDBOX_JAIL_NOFILE }, core = { 0, 0 };
+
+	/* Nothing mounted or unmounted in here shows outside (and nothing from outside in). */
+	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL)) {
+		snprintf(err, len, "--jail: cannot make the mounts private: %s", strerror(errno));
+		return -errno;
+	}
+	if (chroot(o->jail) || chdir("/")) {
+		snprintf(err, len, "--jail: chroot %s: %s", o->jail, strerror(errno));
+		return -errno;
+	}
+	/* No core dump (guest memory); descriptors bounded (an API flood, a leak). */
+	if (setrlimit(RLIMIT_CORE, &core) || setrlimit(RLIMIT_NOFILE, &nofile)) {
+		snprintf(err, len, "--jail: setrlimit: %s", strerror(errno));
+		return -errno;
+	}
+	return 0;
 }
 
 /* ---- ids and capabilities -------------------------------------------------------- */
@@ -488,7 +688,9 @@ int sandbox_apply(const struct sandbox_opts *o, char *err, size_t len)
 		return -EBUSY;
 	}
 	if (o->mode == SANDBOX_OFF) {
-		/* --no-sandbox --user: only the user (and its groups) changes. */
+		/* --no-sandbox --user/--jail: only the jail and the user (and its groups). */
+		if (o->jail && (ret = sandbox_jail_enter(o, err, len)))
+			return ret;
 		if (o->has_user && (ret = sandbox_set_user(o, err, len)))
 			return ret;
 		return 0;
@@ -497,6 +699,8 @@ int sandbox_apply(const struct sandbox_opts *o, char *err, size_t len)
 		snprintf(err, len, "PR_SET_NO_NEW_PRIVS: %s", strerror(errno));
 		return -errno;
 	}
+	if (o->jail && (ret = sandbox_jail_enter(o, err, len)))
+		return ret;
 	ret = sandbox_caps(o, err, len);
 	if (ret)
 		return ret;
@@ -508,7 +712,7 @@ int sandbox_apply(const struct sandbox_opts *o, char *err, size_t len)
 	if (o->has_user)
 		prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
 #endif
-	ret = sandbox_filter(o->mode, err, len);
+	ret = sandbox_filter(o->mode, false, err, len);
 	if (!ret)
 		log_debug("%s: seccomp filter (%s), no_new_privs, no capabilities%s", __func__,
 			  sandbox_mode_name(o->mode), o->has_user ? ", user changed" : "");
