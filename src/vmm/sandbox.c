@@ -182,10 +182,13 @@ static const char *const sandbox_allow[] = {
 	 * after a failure, the resolver's and OpenSSL's /etc files, a thread's name
 	 * set from another thread (/proc/self/task/TID/comm)
 	 */
-	"openat", "unlink", "unlinkat", "rename", "renameat", "renameat2", "faccessat",
-	"faccessat2", "access",
-	/* sockets: the API (accept4, ...), migration both ways, the resolver */
-	"connect", "accept", "accept4", "bind", "listen", "getsockname", "getpeername",
+	"openat", "unlink", "unlinkat", "renameat", "renameat2", "faccessat", "faccessat2",
+	"access",
+	/*
+	 * sockets: the API (accept4, ...), migration both ways, the resolver (bind: its
+	 * netlink socket).  No listen: the API and an incoming migration listen before.
+	 */
+	"connect", "accept", "accept4", "bind", "getsockname", "getpeername",
 	"sendto", "recvfrom", "sendmsg", "recvmsg", "sendmmsg", "recvmmsg", "shutdown",
 	"setsockopt", "getsockopt",
 	/* entropy (virtio-rng, OpenSSL), ids (OpenSSL, getpwuid-free checks), uname (OpenSSL) */
