@@ -37,6 +37,7 @@ OBJS += src/vmm/vcpu.o
 OBJS += src/vmm/irq.o
 OBJS += src/vmm/api.o
 OBJS += src/vmm/api_vm.o
+OBJS += src/vmm/sandbox.o
 OBJS += src/arch/x86/cpuid.o
 OBJS += src/arch/x86/acpi.o
 OBJS += src/arch/x86/boot.o
@@ -87,6 +88,10 @@ MAIN_OBJ_B  := $(BUILD)/obj/$(MAIN_OBJ)
 UNIT_OBJS_B := $(addprefix $(BUILD)/obj/,$(UNIT_SRCS:.c=.o))
 # tests/kvm/state_test.c: vCPU/VM state save-load against /dev/kvm (t-state.sh runs it).
 STATE_TEST_OBJ_B := $(BUILD)/obj/tests/kvm/state_test.o
+# godwit with the test hooks (sandbox.h: sandbox_test_hook): t-sandbox.sh makes it call a
+# forbidden system call.  Only sandbox.c differs from godwit.
+SANDBOX_OBJ_B := $(BUILD)/obj/src/vmm/sandbox.o
+HOOKS_OBJ_B   := $(BUILD)/obj/src/vmm/sandbox-hooks.o
 
 .PHONY: all
 all: $(BUILD)/godwit guest
@@ -102,6 +107,14 @@ $(BUILD)/tests/state-test: $(STATE_TEST_OBJ_B) $(OBJS_B)
 	@mkdir -p $(dir $@)
 	$(call quiet,LINK,$@)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+$(BUILD)/tests/godwit-hooks: $(MAIN_OBJ_B) $(filter-out $(SANDBOX_OBJ_B),$(OBJS_B)) $(HOOKS_OBJ_B)
+	@mkdir -p $(dir $@)
+	$(call quiet,LINK,$@)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(HOOKS_OBJ_B): src/vmm/sandbox.c
+	@mkdir -p $(dir $@)
+	$(call quiet,CC,$<)$(CC) $(CPPFLAGS) $(CFLAGS) -DGODWIT_TEST_HOOKS -c -o $@ $<
+
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(call quiet,CC,$<)$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
@@ -110,7 +123,7 @@ $(BUILD)/obj/%.o: %.c
 include guest/guest.mk
 
 .PHONY: unit
-unit: $(BUILD)/tests/unit-tests $(BUILD)/tests/state-test
+unit: $(BUILD)/tests/unit-tests $(BUILD)/tests/state-test $(BUILD)/tests/godwit-hooks
 
 .PHONY: deps
 deps:
@@ -172,7 +185,8 @@ install: $(BUILD)/godwit
 clean:
 	rm -rf build build-asan build-fuzz
 
--include $(OBJS_B:.o=.d) $(MAIN_OBJ_B:.o=.d) $(UNIT_OBJS_B:.o=.d) $(STATE_TEST_OBJ_B:.o=.d)
+-include $(OBJS_B:.o=.d) $(MAIN_OBJ_B:.o=.d) $(UNIT_OBJS_B:.o=.d) $(STATE_TEST_OBJ_B:.o=.d) \
+	$(HOOKS_OBJ_B:.o=.d)
 
 # libFuzzer targets (clang).  `make fuzz`, then e.g.
 #   build-fuzz/fuzz-boot -max_total_time=60 build-fuzz/corpus-boot

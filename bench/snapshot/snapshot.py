@@ -142,7 +142,7 @@ def run_godwit(mem, cmd, d, tmo):
     pref = report_prefix(cmd)
     src = dst = None
     try:
-        src = Console([GODWIT, 'run', '--api', api, '--mem', mem, '--cpus', '1',
+        src = Console([GODWIT, 'run', '--api', api, '--snapshot-dir', d, '--mem', mem, '--cpus', '1',
                        '--cpu-model', 'host', '--kernel', ELF, '--cmdline', guest_cmd(cmd)])
         src.wait_line(pref, tmo)
         t0 = time.monotonic()

@@ -4,10 +4,11 @@
  * and restoring a VM from such a stream, here or on another host.
  *
  * Saving (loop thread):
- *	snapshot_file_create(path, &f, ...)   before pausing: a bad path costs nothing
+ *	snapshot_file_create(dirfd, dir, path, &f, ...)  before pausing: a bad path costs
+ *	                                      nothing; only in --snapshot-dir
  *	vm_pause(vm); dev_quiesce_all(vm);
  *	snapshot_write(vm, f.fd, &res, ...);
- *	snapshot_file_commit(&f, ...)         fdatasync + rename: all or nothing
+ *	snapshot_file_commit(&f, ...)         fdatasync + rename + directory fsync
  *	(or snapshot_file_abort(&f))
  *
  * Restoring (godwit restore, src/cmd/run.c):
@@ -58,19 +59,29 @@ struct stream_writer;
 int snapshot_write_state(struct vm *vm, struct stream_writer *w, char *err,
 			 size_t len) __must_check;
 
-/* A snapshot file being written: a temporary file beside its final path. */
+/* A snapshot file being written: a temporary file beside its final name. */
 struct snapshot_file {
 	int fd;
-	char *path, *tmp;
+	int dirfd;               /* the snapshot directory (not owned) */
+	char *path;              /* dir/name, for messages */
+	const char *name;        /* inside path */
+	char *tmp;               /* "NAME.tmp-PID", in the directory */
 };
 /*
- * snapshot_file_create - create "PATH.tmp-PID" (mode 0600, O_EXCL) for a
- * snapshot to end up at path.  Refuses a path that is a directory or whose
- * directory does not exist.  Returns 0 or -errno with err set.
+ * snapshot_file_create - create "NAME.tmp-PID" (mode 0600, O_EXCL, not
+ * through a link) in the snapshot directory dir (canonical path, NULL:
+ * snapshots are off, -EPERM), open as dirfd, for a snapshot to end up at
+ * path: NAME, or dir/NAME.  Anything else (another directory, a
+ * subdirectory, "..") is refused, and so is an existing directory NAME.
+ * Returns 0 or -errno with err set.
  */
-int snapshot_file_create(const char *path, struct snapshot_file *f,
+int snapshot_file_create(int dirfd, const char *dir, const char *path, struct snapshot_file *f,
 			 char *err, size_t len) __must_check;
-/* fdatasync, close, rename over path.  Returns 0 or -errno (the temporary is removed). */
+/*
+ * fdatasync, close, rename over NAME, fsync the directory (so the rename is
+ * durable).  Returns 0 or -errno (the temporary is removed, unless only the
+ * directory's sync failed: the snapshot is then in place but may not survive a crash).
+ */
 int snapshot_file_commit(struct snapshot_file *f, char *err, size_t len) __must_check;
 /* Close and remove the temporary file (f may be unused or committed). */
 void snapshot_file_abort(struct snapshot_file *f);

@@ -17,6 +17,7 @@
 #include "godwit/common.h"
 #include "godwit/cpuid.h"
 #include "godwit/devspec.h"
+#include "godwit/sandbox.h"
 
 struct loop;
 struct migration;
@@ -38,6 +39,15 @@ struct vm_config {
 	unsigned int nr_devices;
 	bool rng;                /* --rng */
 	bool incoming;           /* a migration destination: disks are locked only at COMMIT */
+	struct sandbox_opts sandbox;  /* --sandbox, --no-sandbox, --user (sandbox.h) */
+	/*
+	 * --snapshot-dir: where the API may write snapshots, as given (NULL:
+	 * snapshots are refused), its canonical path and a descriptor opened
+	 * before the sandbox (valid only with snapshot_dir set).
+	 */
+	const char *snapshot_dir;
+	char snapshot_dir_real[4096];
+	int snapshot_dirfd;
 };
 
 enum vm_state {

@@ -51,6 +51,7 @@ static const char restore_usage[] =
 "                          per NIC); mac= may be repeated, and must match\n"
 "  -m, --mem SIZE, -p, --cpus N, --cpu-model MODEL, --rng\n"
 "                          optional checks: refused unless they match the snapshot\n"
+RUN_SANDBOX_USAGE
 "  -v, --verbose           debug logging\n"
 "  -h, --help              this text\n"
 "\n"
@@ -80,9 +81,10 @@ int restore_parse(int argc, char **argv, struct restore_args *a, bool incoming)
 		{ "rng",       no_argument,       NULL, 'R' },
 		{ "verbose",   no_argument,       NULL, 'v' },
 		{ "help",      no_argument,       NULL, 'h' },
+		RUN_SANDBOX_OPTIONS,
 		{ NULL, 0, NULL, 0 },
 	};
-	int c, li = 0;
+	int c, r, li = 0;
 
 	memset(a, 0, sizeof(*a));
 	a->cmd = incoming ? "run" : "restore";
@@ -101,6 +103,11 @@ int restore_parse(int argc, char **argv, struct restore_args *a, bool incoming)
 				  incoming ? "godwit restore" : "godwit run --incoming");
 			return -1;
 		}
+		r = run_parse_sandbox(c, optarg, a->cmd, &a->sandbox, &a->snapshot_dir);
+		if (r < 0)
+			return -1;
+		if (r)
+			continue;
 		switch (c) {
 		case 'f': a->from = optarg; break;
 		case 'I': a->incoming = optarg; break;
@@ -304,6 +311,8 @@ int cmd_restore(int argc, char **argv)
 		goto out;
 	}
 	cfg.api_path = a.api_path;
+	cfg.sandbox = a.sandbox;
+	cfg.snapshot_dir = a.snapshot_dir;
 	code = run_vm(ctx, &cfg, run_fill_restore, &rf);
 out:
 	snapshot_restore_free(rf.sr);

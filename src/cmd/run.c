@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +32,7 @@
 #include "godwit/log.h"
 #include "godwit/loop.h"
 #include "godwit/migrate.h"
+#include "godwit/sandbox.h"
 #include "godwit/snapshot.h"
 #include "godwit/tls.h"
 #include "godwit/virtio.h"
@@ -93,6 +95,7 @@ const char run_usage[] =
 "                          a virtio-net NIC on a TAP device, created if absent\n"
 "                          (repeatable; default MAC derived from the VM's UUID)\n"
 "      --rng               a virtio-rng entropy device fed from getrandom()\n"
+RUN_SANDBOX_USAGE
 "  -v, --verbose           debug logging (unhandled ports, ...)\n"
 "  -h, --help              this text\n"
 "\n"
@@ -174,6 +177,45 @@ static int uuid_random(uint8_t uuid[16])
 	return 0;
 }
 
+int run_parse_sandbox(int c, const char *arg, const char *cmd, struct sandbox_opts *sb,
+		      const char **snapshot_dir)
+{
+	char err[512];
+
+	switch (c) {
+	case RUN_OPT_SANDBOX:
+		if (sandbox_mode_parse(arg, &sb->mode)) {
+			log_warnx("%s: --sandbox %s: expected kill, trap, log or off", cmd, arg);
+			return -1;
+		}
+		return 1;
+	case RUN_OPT_NO_SANDBOX:
+		sb->mode = SANDBOX_OFF;
+		return 1;
+	case RUN_OPT_USER:
+		if (sandbox_user_parse(arg, sb, err, sizeof(err))) {
+			log_warnx("%s: %s", cmd, err);
+			return -1;
+		}
+		return 1;
+	case RUN_OPT_JAIL:
+		if (arg[0] != '/') {
+			log_warnx("%s: --jail %s: give an absolute path", cmd, arg);
+			return -1;
+		}
+		sb->jail = arg;
+		return 1;
+	case RUN_OPT_SNAPSHOT_DIR:
+		if (!*arg) {
+			log_warnx("%s: --snapshot-dir must not be empty", cmd);
+			return -1;
+		}
+		*snapshot_dir = arg;
+		return 1;
+	}
+	return 0;
+}
+
 /* --disk/--net as given (kind and spec set) into their typed specs; false after saying why. */
 bool run_parse_devices(struct vm_device_arg *d, unsigned int n)
 {
@@ -206,10 +248,11 @@ static int run_parse(int argc, char **argv, struct vm_config *cfg)
 		{ "rng",       no_argument,       NULL, 'R' },
 		{ "verbose",   no_argument,       NULL, 'v' },
 		{ "help",      no_argument,       NULL, 'h' },
+		RUN_SANDBOX_OPTIONS,
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *name = NULL;
-	int c;
+	int c, r;
 
 	memset(cfg, 0, sizeof(*cfg));
 	cfg->mem_size = RUN_DEFAULT_MEM;
@@ -221,6 +264,11 @@ static int run_parse(int argc, char **argv, struct vm_config *cfg)
 		char *end;
 		long n;
 
+		r = run_parse_sandbox(c, optarg, "run", &cfg->sandbox, &cfg->snapshot_dir);
+		if (r < 0)
+			return -1;
+		if (r)
+			continue;
 		switch (c) {
 		case 'k': cfg->kernel = optarg; break;
 		case 'i': cfg->initrd = optarg; break;
@@ -498,10 +546,43 @@ static int run_setup_loop(struct run_ctx *ctx)
 	return 0;
 }
 
+/* --snapshot-dir: the directory opened now (the sandbox may forbid it later), and its real path. */
+static int run_open_snapshot_dir(struct run_ctx *ctx, const char *dir, char *real)
+{
+	struct stat st;
+
+	ctx->snapshot_dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (ctx->snapshot_dirfd < 0 || fstat(ctx->snapshot_dirfd, &st) || !realpath(dir, real)) {
+		snprintf(ctx->err, sizeof(ctx->err), "--snapshot-dir %s: %s", dir, strerror(errno));
+		log_warnx("%s", ctx->err);
+		return -1;
+	}
+	return 0;
+}
+
 int run_vm(struct run_ctx *ctx, const struct vm_config *cfg, run_fill_fn fill, void *opaque)
 {
+	char snapdir[PATH_MAX] = "";
 	int ret, code = EXIT_ERROR;
 
+	ctx->snapshot_dirfd = -1;
+	/* --jail: from here on this is the jailed child, or the monitor that waits for it. */
+	if (cfg->sandbox.jail) {
+		int jcode = EXIT_ERROR;
+
+		ret = sandbox_jail_fork(&cfg->sandbox, cfg->api_path, &jcode, ctx->err,
+					sizeof(ctx->err));
+		if (ret < 0) {
+			log_warnx("%s", ctx->err);
+			return EXIT_ERROR;
+		}
+		if (ret > 0) {
+			ctx->err[0] = '\0';    /* the child told a migration's source itself */
+			return jcode;
+		}
+	}
+	if (cfg->snapshot_dir && run_open_snapshot_dir(ctx, cfg->snapshot_dir, snapdir))
+		goto out;
 	/*
 	 * The API socket is claimed before KVM is touched, so a busy socket fails
 	 * fast; no request is served until the loop runs.
@@ -520,9 +601,32 @@ int run_vm(struct run_ctx *ctx, const struct vm_config *cfg, run_fill_fn fill, v
 		snprintf(ctx->err, sizeof(ctx->err), "cannot create the VM: %s", strerror(-ret));
 		goto out;
 	}
+	ctx->vm.cfg.snapshot_dirfd = ctx->snapshot_dirfd;
+	snprintf(ctx->vm.cfg.snapshot_dir_real, sizeof(ctx->vm.cfg.snapshot_dir_real), "%s", snapdir);
 	if ((ret = platform_init(&ctx->vm, STDOUT_FILENO)) || (ret = run_add_devices(&ctx->vm))) {
 		snprintf(ctx->err, sizeof(ctx->err), "cannot add the devices: %s", strerror(-ret));
 		goto out_vm;
+	}
+	/*
+	 * Everything privileged is open (KVM, TAPs, disks, the API's and an
+	 * incoming migration's sockets, the snapshot directory), and no thread
+	 * has started (a restore's device threads start in its fill): the
+	 * sandbox goes on here, so the fill (reading a snapshot or a migration
+	 * stream: untrusted input) already runs inside it.
+	 */
+	{
+		char why[256];
+
+		/* --user: the API socket is the user's, so a manager running as it can connect. */
+		if (cfg->api_path && cfg->sandbox.has_user &&
+		    lchown(cfg->api_path, cfg->sandbox.uid, cfg->sandbox.gid))
+			log_warn("cannot give the API socket %s to uid %u", cfg->api_path,
+				 (unsigned int)cfg->sandbox.uid);
+		if ((ret = sandbox_apply(&cfg->sandbox, why, sizeof(why)))) {
+			snprintf(ctx->err, sizeof(ctx->err), "cannot enter the sandbox: %s", why);
+			log_warnx("%s", ctx->err);
+			goto out_vm;
+		}
 	}
 	/* The fill says why it failed itself (an incoming one to the source too). */
 	if (fill(ctx, opaque))
@@ -543,6 +647,7 @@ int run_vm(struct run_ctx *ctx, const struct vm_config *cfg, run_fill_fn fill, v
 	}
 	if (ctx->started)
 		ctx->started(ctx, opaque);
+	sandbox_test_hook();
 	ret = loop_run(ctx->loop);
 	if (ret)
 		vm_request_exit(&ctx->vm, EXIT_INTERNAL, "event loop failed");
@@ -568,6 +673,8 @@ out:
 		loop_free(ctx->loop);
 	if (ctx->sig_fd >= 0)
 		close(ctx->sig_fd);
+	if (ctx->snapshot_dirfd >= 0)
+		close(ctx->snapshot_dirfd);
 	return code;
 }
 

@@ -18,6 +18,50 @@
 struct api_server;
 struct loop;
 
+/*
+ * Options godwit run, restore and run --incoming share: the sandbox
+ * (sandbox.h) and --snapshot-dir.  Their getopt codes are above any char.
+ */
+enum {
+	RUN_OPT_SANDBOX = 0x100,
+	RUN_OPT_NO_SANDBOX,
+	RUN_OPT_USER,
+	RUN_OPT_SNAPSHOT_DIR,
+	RUN_OPT_JAIL,
+};
+#define RUN_SANDBOX_OPTIONS \
+	{ "sandbox",      required_argument, NULL, RUN_OPT_SANDBOX }, \
+	{ "no-sandbox",   no_argument,       NULL, RUN_OPT_NO_SANDBOX }, \
+	{ "user",         required_argument, NULL, RUN_OPT_USER }, \
+	{ "snapshot-dir", required_argument, NULL, RUN_OPT_SNAPSHOT_DIR }, \
+	{ "jail",         required_argument, NULL, RUN_OPT_JAIL }
+/* Their --help lines. */
+#define RUN_SANDBOX_USAGE \
+"      --snapshot-dir DIR  snapshots (godwit snapshot, PUT /vm/snapshot) may be\n" \
+"                          written only as files directly in DIR; without it\n" \
+"                          they are refused\n" \
+"      --user UID[:GID]    run as this user (and group; default its primary\n" \
+"                          one) once /dev/kvm, the TAPs and the disks are open;\n" \
+"                          a name is looked up; needs root (docs/cli.md)\n" \
+"      --sandbox MODE      kill (default): after set-up the process has no\n" \
+"                          capabilities, no_new_privs, and a seccomp filter that\n" \
+"                          kills it (SIGSYS) on a system call it does not need;\n" \
+"                          trap: the same, naming the call on stderr first;\n" \
+"                          log: unlisted calls allowed and logged by the kernel;\n" \
+"                          off: none of it (debugging only)\n" \
+"      --no-sandbox        --sandbox off\n" \
+"      --jail DIR          run the VM in new PID and mount namespaces, chrooted\n" \
+"                          into DIR once set up, with its parent as a monitor;\n" \
+"                          paths given later (migrate's unix:PATH) are in DIR\n"
+
+/*
+ * run_parse_sandbox - one of the options above (getopt's c and optarg) into
+ * sb and *snapshot_dir.  Returns 1 if c was one of them, 0 if not, -1 after
+ * saying why the value is wrong (cmd: "run" or "restore", for the message).
+ */
+int run_parse_sandbox(int c, const char *arg, const char *cmd, struct sandbox_opts *sb,
+		      const char **snapshot_dir);
+
 struct run_ctx {
 	struct vm vm;
 	struct loop *loop;
@@ -32,6 +76,7 @@ struct run_ctx {
 	unsigned int announce_left;  /* RARP announcements still to send after a migration */
 	void (*started)(struct run_ctx *ctx, void *opaque);  /* after vm_start, or NULL */
 	char err[512];           /* run_vm: why the VM could not be built or started */
+	int snapshot_dirfd;      /* --snapshot-dir, opened by run_vm (-1: none) */
 };
 
 /*
@@ -60,6 +105,8 @@ struct restore_args {
 	unsigned int nr_devices;
 	bool has_mem, has_cpus, has_model, rng;
 	bool overwrite;          /* --incoming: a migrated disk may replace a non-empty file */
+	struct sandbox_opts sandbox;
+	const char *snapshot_dir;
 	uint32_t timeout_s;      /* --incoming-timeout */
 	uint64_t min_rate;       /* --incoming-min-rate */
 	const char *tls_dir;     /* --incoming: --tls-dir (ca.pem, cert.pem, key.pem) */

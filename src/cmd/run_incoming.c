@@ -162,6 +162,8 @@ int cmd_incoming(int argc, char **argv)
 	}
 	ctx->sig_fd = -1;
 	cfg.api_path = a.api_path;
+	cfg.sandbox = a.sandbox;
+	cfg.snapshot_dir = a.snapshot_dir;
 	cfg.incoming = true;
 	ctx->started = run_incoming_started;
 	code = run_vm(ctx, &cfg, run_fill_incoming, &ri);

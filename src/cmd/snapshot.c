@@ -3,7 +3,8 @@
  * running godwit to write its VM to FILE (PUT /api/v1/vm/snapshot,
  * docs/api.md) and print what it wrote.  A relative FILE is made absolute
  * here, against this command's working directory, since the VM's process
- * may have another.
+ * may have another, and links in its directory are resolved: the VM takes
+ * only files directly in its --snapshot-dir.
  *
  * Exit codes: 0 written; 1 the VM refused or failed (its error is
  * printed) or could not be reached; 2 usage error.
@@ -29,10 +30,11 @@ static const char snapshot_usage[] =
 "Pause the VM served at SOCKET, write its whole state (configuration, vCPUs,\n"
 "devices, RAM) to FILE (mode 0600, replaced only once complete and synced),\n"
 "then stop the VM (godwit run exits with status 0) or, with --resume, let it\n"
-"go on.  `godwit restore --from FILE` starts it again.\n"
+"go on.  `godwit restore --from FILE` starts it again.  FILE must be directly\n"
+"in the directory the VM was started with (godwit run --snapshot-dir DIR).\n"
 "\n"
 "  --api SOCKET   the VM's API socket (godwit run --api SOCKET)\n"
-"  --out FILE     the snapshot file\n"
+"  --out FILE     the snapshot file (in the VM's --snapshot-dir)\n"
 "  --resume       keep the VM running after the snapshot\n"
 "  --json         print the API's reply as JSON\n"
 "  -h, --help     show this help\n"
@@ -100,6 +102,22 @@ int cmd_snapshot(int argc, char **argv)
 		}
 		if (asprintf(&abs, "%s/%s", cwd, file) < 0)
 			abs = NULL;
+	}
+	/*
+	 * The VM takes only files in its --snapshot-dir, named by its real path:
+	 * resolve links in FILE's directory here (FILE itself may not exist).
+	 */
+	if (abs) {
+		char *slash = strrchr(abs, '/'), *dir, *res = NULL;
+
+		*slash = '\0';
+		dir = realpath(*abs ? abs : "/", NULL);
+		*slash = '/';
+		if (dir && asprintf(&res, "%s%s", strcmp(dir, "/") ? dir : "", slash) >= 0) {
+			free(abs);
+			abs = res;
+		}
+		free(dir);
 	}
 	req = abs ? json_pack("{s:s, s:b}", "path", abs, "resume", resume) : NULL;
 	body = req ? json_dumps(req, JSON_COMPACT) : NULL;

@@ -256,33 +256,88 @@ int snapshot_take(struct vm *vm, const struct snapshot_vm_ops *ops, struct snaps
 
 /* ---- the snapshot file ---------------------------------------------------------------- */
 
-int snapshot_file_create(const char *path, struct snapshot_file *f, char *err, size_t len)
+/*
+ * The file name path means inside the snapshot directory dir: a name
+ * directly in it (no "/", not "." or ".."), given alone or as dir + "/" +
+ * name.  Returns the name (inside path) or NULL with err set.
+ */
+static const char *snap_name_in_dir(const char *dir, const char *path, char *err, size_t len)
 {
+	size_t n = strlen(dir);
+	const char *name = path;
+
+	if (path[0] == '/') {
+		if (n == 1)
+			n = 0;          /* dir "/": "/NAME" */
+		if (!strncmp(path, dir, n) && (!path[n] || (path[n] == '/' && !path[n + 1]))) {
+			snap_err(err, len, "%s is a directory", path);
+			return NULL;
+		}
+		if (strncmp(path, dir, n) || path[n] != '/') {
+			snap_err(err, len, "%s is not in the snapshot directory %s (--snapshot-dir)",
+				 path, dir);
+			return NULL;
+		}
+		name = path + n + 1;
+	}
+	if (!*name || strchr(name, '/') || !strcmp(name, ".") || !strcmp(name, "..")) {
+		snap_err(err, len, "%s: a snapshot is a file directly in the snapshot directory %s "
+			 "(--snapshot-dir)", path, dir);
+		return NULL;
+	}
+	if (strlen(name) > 200) {
+		snap_err(err, len, "%s: the file name is too long", path);
+		return NULL;
+	}
+	return name;
+}
+
+int snapshot_file_create(int dirfd, const char *dir, const char *path, struct snapshot_file *f,
+			 char *err, size_t len)
+{
+	const char *name;
 	struct stat st;
 	int ret;
 
 	f->fd = -1;
+	f->dirfd = dirfd;
 	f->path = f->tmp = NULL;
+	f->name = NULL;
+	if (!dir) {
+		snap_err(err, len, "snapshots are off: this VM was started without --snapshot-dir");
+		return -EPERM;
+	}
 	if (!*path) {
 		snap_err(err, len, "empty path");
 		return -EINVAL;
 	}
-	if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+	name = snap_name_in_dir(dir, path, err, len);
+	if (!name)
+		return -EINVAL;
+	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode)) {
 		snap_err(err, len, "%s is a directory", path);
 		return -EISDIR;
 	}
-	f->path = strdup(path);
-	if (!f->path || asprintf(&f->tmp, "%s.tmp-%ld", path, (long)getpid()) < 0) {
+	if (asprintf(&f->path, "%s%s%s", dir, strcmp(dir, "/") ? "/" : "", name) < 0) {
+		f->path = NULL;
+		snap_err(err, len, "out of memory");
+		return -ENOMEM;
+	}
+	f->name = f->path + strlen(f->path) - strlen(name);
+	if (asprintf(&f->tmp, "%s.tmp-%ld", name, (long)getpid()) < 0) {
 		f->tmp = NULL;
 		ret = -ENOMEM;
 		snap_err(err, len, "out of memory");
 		goto err;
 	}
-	/* 0600 from creation (open ignores the umask's extra bits only to remove more). */
-	f->fd = open(f->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+	/*
+	 * Relative to the directory's descriptor (opened before the sandbox), not
+	 * followed if a link, 0600 from creation.
+	 */
+	f->fd = openat(dirfd, f->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (f->fd < 0) {
 		ret = -errno;
-		snap_err(err, len, "cannot create %s: %s", f->tmp, strerror(errno));
+		snap_err(err, len, "cannot create %s/%s: %s", dir, f->tmp, strerror(errno));
 		goto err;
 	}
 	return 0;
@@ -290,6 +345,7 @@ err:
 	free(f->path);
 	free(f->tmp);
 	f->path = f->tmp = NULL;
+	f->name = NULL;
 	return ret;
 }
 
@@ -306,7 +362,7 @@ int snapshot_file_commit(struct snapshot_file *f, char *err, size_t len)
 		snap_err(err, len, "cannot write %s: %s", f->tmp, strerror(errno));
 	}
 	f->fd = -1;
-	if (!ret && rename(f->tmp, f->path) < 0) {
+	if (!ret && renameat(f->dirfd, f->tmp, f->dirfd, f->name) < 0) {
 		ret = -errno;
 		snap_err(err, len, "cannot rename %s to %s: %s", f->tmp, f->path, strerror(errno));
 	}
@@ -314,10 +370,17 @@ int snapshot_file_commit(struct snapshot_file *f, char *err, size_t len)
 		snapshot_file_abort(f);
 		return ret;
 	}
+	/* The rename is durable once the directory is: a crash now keeps the new file. */
+	if (fsync(f->dirfd) < 0) {
+		ret = -errno;
+		snap_err(err, len, "cannot sync the snapshot directory of %s: %s", f->path,
+			 strerror(errno));
+	}
 	free(f->tmp);
 	free(f->path);
 	f->tmp = f->path = NULL;
-	return 0;
+	f->name = NULL;
+	return ret;
 }
 
 void snapshot_file_abort(struct snapshot_file *f)
@@ -326,10 +389,11 @@ void snapshot_file_abort(struct snapshot_file *f)
 		close(f->fd);
 	f->fd = -1;
 	if (f->tmp)
-		unlink(f->tmp);
+		unlinkat(f->dirfd, f->tmp, 0);
 	free(f->tmp);
 	free(f->path);
 	f->tmp = f->path = NULL;
+	f->name = NULL;
 }
 
 /* ---- restoring ------------------------------------------------------------------------ */

@@ -46,7 +46,8 @@ static unsigned int api_vm_get(struct api_server *s, json_t *body, json_t **out)
 		 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
 		 u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7],
 		 u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
-	*out = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:s?, s:f, s:I}",
+	*out = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:s?, s:f, s:I, s:{s:s, s:I, s:I, s:s?}, "
+			 "s:s?}",
 			 "name", cfg->name,
 			 "uuid", uuid,
 			 "state", vm_state_name(state),
@@ -55,7 +56,13 @@ static unsigned int api_vm_get(struct api_server *s, json_t *body, json_t **out)
 			 "cpu_model", cpu_model_name(cfg->cpu_model),
 			 "kernel", cfg->kernel,
 			 "uptime_s", (double)(long long)(vm_uptime(s->vm) * 1000 + 0.5) / 1000,
-			 "pid", (json_int_t)getpid());
+			 "pid", (json_int_t)sandbox_pid(),
+			 "sandbox",
+			 "seccomp", sandbox_mode_name(cfg->sandbox.mode),
+			 "uid", (json_int_t)getuid(),
+			 "gid", (json_int_t)getgid(),
+			 "jail", cfg->sandbox.jail,
+			 "snapshot_dir", cfg->snapshot_dir ? cfg->snapshot_dir_real : NULL);
 	return MHD_HTTP_OK;
 }
 
@@ -147,19 +154,22 @@ static unsigned int api_vm_shutdown(struct api_server *s, json_t *body, json_t *
 }
 
 /*
- * PUT /vm/snapshot {"path": "/abs/file", "resume": false}: the whole VM
- * into path (snapshot_take, snapshot.h).  The file is created (as a
- * temporary beside it) before the VM is touched, so a bad path costs the
- * guest nothing.  With resume the VM goes back to the state it had (running
- * or paused); without, it stays stopped and godwit exits with status 0
- * (EXIT_POWEROFF) after the reply.  On any failure the VM goes back to the
- * state it had and keeps running.
+ * PUT /vm/snapshot {"path": "NAME" or "/snapshot/dir/NAME", "resume": false}:
+ * the whole VM into a file directly in the directory the VM was started
+ * with (--snapshot-dir; without it snapshots are refused), through the
+ * directory's descriptor (snapshot_take, snapshot.h).  The file is created
+ * (as a temporary beside it) before the VM is touched, so a bad path costs
+ * the guest nothing.  With resume the VM goes back to the state it had
+ * (running or paused); without, it stays stopped and godwit exits with
+ * status 0 (EXIT_POWEROFF) after the reply.  On any failure the VM goes
+ * back to the state it had and keeps running.
  */
 static unsigned int api_vm_snapshot(struct api_server *s, json_t *body, json_t **out)
 {
 	json_t *jp = body ? json_object_get(body, "path") : NULL;
 	json_t *jr = body ? json_object_get(body, "resume") : NULL;
 	const struct snapshot_vm_ops ops = { .pause = s->ops->pause, .resume = s->ops->resume };
+	const struct vm_config *cfg = &s->vm->cfg;
 	struct snapshot_result res = { 0 };
 	enum snapshot_stage stage;
 	struct snapshot_file f;
@@ -173,10 +183,11 @@ static unsigned int api_vm_snapshot(struct api_server *s, json_t *body, json_t *
 
 	if (!jp || !json_is_string(jp) || !*json_string_value(jp))
 		return api_error(out, MHD_HTTP_BAD_REQUEST,
-				 "\"path\" (the snapshot file, an absolute path) is required");
+				 "\"path\" (the snapshot file, in the --snapshot-dir) is required");
 	path = json_string_value(jp);
-	if (path[0] != '/')
-		return api_error(out, MHD_HTTP_BAD_REQUEST, "\"path\" must be absolute: %s", path);
+	if (!cfg->snapshot_dir)
+		return api_error(out, MHD_HTTP_CONFLICT, "snapshots are off: this VM was started "
+				 "without --snapshot-dir");
 	if (jr && !json_is_boolean(jr))
 		return api_error(out, MHD_HTTP_BAD_REQUEST, "\"resume\" must be true or false");
 	resume = jr && json_is_true(jr);
@@ -188,7 +199,8 @@ static unsigned int api_vm_snapshot(struct api_server *s, json_t *body, json_t *
 		return api_error(out, MHD_HTTP_CONFLICT, "VM is stopping");
 	if (state != VM_STATE_RUNNING && state != VM_STATE_PAUSED)
 		return api_error(out, MHD_HTTP_CONFLICT, "VM is not running");
-	ret = snapshot_file_create(path, &f, err, sizeof(err));
+	ret = snapshot_file_create(cfg->snapshot_dirfd, cfg->snapshot_dir_real, path, &f, err,
+				   sizeof(err));
 	if (ret)
 		return api_error(out, MHD_HTTP_BAD_REQUEST, "cannot write the snapshot: %s", err);
 	ret = snapshot_take(s->vm, &ops, &f, state == VM_STATE_RUNNING, resume, &res, &ms,

@@ -31,7 +31,7 @@ tmp=$(mktemp -d /tmp/gen-golden-guest.XXXXXX)
 trap 'kill $pid 2>/dev/null; rm -rf "$tmp"' EXIT
 pid=
 timeout 60 $G run --kernel build/guest/godwit-guest.elf --mem 32M --cpus 1 \
-	--name godwit-golden-guest --rng --api "$tmp/api.sock" \
+	--name godwit-golden-guest --rng --api "$tmp/api.sock" --snapshot-dir "$tmp" \
 	--cmdline 'workload=mem+rng mem=1 rate=1 report=500' </dev/null >"$tmp/console" 2>"$tmp/err" &
 pid=$!
 for ((i = 0; i < 100; i++)); do

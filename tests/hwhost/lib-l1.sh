@@ -345,6 +345,42 @@ hw_check_memtest() {
 	t_pass "$name"
 }
 
+# hw_check_sandbox NAME PID: every thread of the godwit PID (or of its child, if PID is a
+# wrapper) shows Seccomp 2, NoNewPrivs 1 and CapEff 0 in /proc/PID/task/*/status (read with
+# builtins).  Prints PASS or FAIL NAME; returns 0 on PASS.
+hw_check_sandbox() {
+	local name=$1 pid=$2 st k v why='' n=0 comm sc nnp ce threads=''
+	local -a kids
+	read -r comm <"/proc/$pid/comm" 2>/dev/null
+	if [ "$comm" != godwit ] && [ -r "/proc/$pid/task/$pid/children" ]; then
+		read -ra kids <"/proc/$pid/task/$pid/children"
+		pid=${kids[0]:-$pid}
+	fi
+	for st in /proc/"$pid"/task/*/status; do
+		[ -r "$st" ] || continue
+		comm='' sc='' nnp='' ce=''
+		while read -r k v _; do
+			case $k in
+			Name:) comm=$v ;;
+			Seccomp:) sc=$v ;;
+			NoNewPrivs:) nnp=$v ;;
+			CapEff:) ce=$v ;;
+			esac
+		done <"$st"
+		n=$((n + 1))
+		threads+="$comm "
+		[ "$sc" = 2 ] && [ "$nnp" = 1 ] && [ "$ce" = 0000000000000000 ] ||
+			why+="$comm: Seccomp=$sc NoNewPrivs=$nnp CapEff=$ce; "
+	done
+	[ $n -gt 0 ] || why="no threads under /proc/$pid/task"
+	if [ -n "$why" ]; then
+		t_fail "$name" "$why"
+		return 1
+	fi
+	t_pass "$name"
+	echo "# $name: $n threads ($threads) with Seccomp 2, NoNewPrivs 1, CapEff 0"
+}
+
 # hw_bridge_net NSB NSP TAP...: two network namespaces: NSB with a bridge br0 joining
 # persistent TAPs TAP... (for the VMMs, which run in NSB) and a veth to NSP, where the peer
 # is 198.18.0.1/24 on eth0 (the guest takes 198.18.0.2).  Prints what failed and returns 1.

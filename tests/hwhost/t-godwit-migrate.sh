@@ -1,6 +1,6 @@
 #!/bin/bash
 # Tier 2: live migration of a stock Linux guest (Debian's cloud kernel, 1 vCPU,
-# 512 MiB, virtio-blk + virtio-net over MSI-X) while it does disk and network I/O
+# 512 MiB, virtio-blk + virtio-net + virtio-rng over MSI-X) while it does disk and network I/O
 # (guest/linux/init, godwit.workload=migrate):
 #   - disk: 64 KiB batches of sequence-numbered units written to /dev/vda with
 #     O_DIRECT + fsync (a FLUSH each), each read back and compared; at the end the
@@ -15,6 +15,8 @@
 # Once the guest's I/O runs, `godwit migrate` moves it to `godwit run --incoming
 # unix:...`; after a few progress reports on the destination the peer is told to
 # end the stream, the guest verifies and powers off.
+# Both godwits run sandboxed: every thread shows Seccomp 2, NoNewPrivs 1, CapEff 0
+# (checked on the source before the migration, on the destination after it).
 # PASS: migrate exits 0 (its report is printed), the source exits 6; the guest's
 # I/O went on on the destination; disk verify errors=0 (and the host finds the
 # same content in the image); the TCP stream is complete and intact: the peer's
@@ -93,7 +95,7 @@ fi
 # ---- the source: boots the guest, which starts its I/O --------------------------------
 hw_start "$slog" ip netns exec "$NSB" "$GODWIT" run --kernel "$HW_GUEST_KERNEL" \
 	--initrd "$HW_GUEST_INITRD" --cpus "${HW_MIGRATE_CPUS:-1}" --mem 512M --name tier2-migrate --api "$ssock" \
-	--disk "$img" --net tap=gwmtapA \
+	--disk "$img" --net tap=gwmtapA --rng \
 	--cmdline "$(hw_append godwit.workload=migrate godwit.ip=198.18.0.2/24 godwit.peer=198.18.0.1 godwit.runtime=300)"
 spid=$HW_PID
 t_boot=$(hw_now)
@@ -130,6 +132,9 @@ if ! kill -0 "$spid" 2>/dev/null; then
 	exit 0
 fi
 
+# The sandbox (docs/cli.md): every thread of both godwits, the destination still waiting.
+hw_check_sandbox "$name-sandbox-src" "$spid"
+
 # ---- migrate -------------------------------------------------------------------------
 t_mig=$(hw_now)
 timeout -k 5 240 "$GODWIT" migrate --api "$ssock" --to "unix:$msock" >"$mlog" 2>&1
@@ -165,6 +170,7 @@ if [ $wrc -ne 0 ]; then
 	stuck "no I/O progress reports from the guest on the destination (wait status $wrc)" "$dlog" "$plog"
 	exit 0
 fi
+hw_check_sandbox "$name-sandbox-dst" "$dpid"
 hw_finish godwit-migrate dst "$dpid" "$dlog" 180
 wrc=$?
 dstrc=$HW_RC

@@ -5,7 +5,8 @@
 # `godwit restore --from FILE --disk IMG` continues the same guest: new memtest
 # reports after the restore, t= going on from where it was (not from 0), and
 # at the end `memtest: done` with errors=0, `linux-guest: memtest exit=0`, the
-# guest's poweroff, and godwit exiting 0.
+# guest's poweroff, and godwit exiting 0.  Both godwits run sandboxed: every
+# thread shows Seccomp 2, NoNewPrivs 1, CapEff 0 (sandbox-run, sandbox-restore).
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/lib-l1.sh"
 
@@ -44,7 +45,7 @@ bad_reports() {
 
 # ---- run, wait for memtest, snapshot (stop) ------------------------------------------------
 hw_start "$log0" "$GODWIT" run --kernel "$HW_GUEST_KERNEL" --initrd "$HW_GUEST_INITRD" \
-	--cpus 2 --mem 512M --name tier2-snap --api "$sock" --disk "$img" \
+	--cpus 2 --mem 512M --name tier2-snap --api "$sock" --disk "$img" --snapshot-dir "$SCRATCH" \
 	--cmdline "$(hw_append godwit.workload=mem godwit.mem=64 godwit.rate=20 godwit.runtime=$RUNTIME)"
 pid0=$HW_PID
 # Three reports: memtest has filled its pages and is rewriting them.
@@ -64,6 +65,7 @@ if [ ${#MT[@]} -lt 3 ]; then
 	hw_stop "$pid0"
 	exit 0
 fi
+hw_check_sandbox "$name-sandbox-run" "$pid0"
 "$GODWIT" snapshot --api "$sock" --out "$snap" >"$T_TMP/snap.log" 2>&1
 src=$?
 hw_wait_exit "$pid0" 60 || hw_stop "$pid0"
@@ -88,6 +90,12 @@ fi
 # ---- restore: the guest goes on -------------------------------------------------------------
 hw_start "$log1" "$GODWIT" restore --from "$snap" --disk "$img" --api "$sock1"
 pid1=$HW_PID
+# The restored VM's threads, once it runs the guest again.
+if hw_wait "$log1" '^memtest: t=[0-9.]+ .*' 300 "$pid1"; then
+	hw_check_sandbox "$name-sandbox-restore" "$pid1"
+else
+	t_fail "$name-sandbox-restore" "the restored guest printed no memtest report"
+fi
 hw_wait "$log1" '^linux-guest: poweroff|Kernel panic' $((RUNTIME * 6 + 120)) "$pid1"
 wrc=$?
 [ $wrc -eq 0 ] && hw_wait_exit "$pid1" 60

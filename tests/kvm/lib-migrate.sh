@@ -37,7 +37,8 @@ start_vm() {
 	local name=$1
 	shift
 	S_SOCK=$T_TMP/$name.sock S_OUT=$T_TMP/$name.out S_ERR=$T_TMP/$name.err
-	"${PFX[@]}" timeout 180 "$GODWIT" run --kernel "$GUEST_ELF" --api "$S_SOCK" "$@" \
+	"${PFX[@]}" timeout 180 "$GODWIT" run --kernel "$GUEST_ELF" --api "$S_SOCK" \
+		--snapshot-dir "$T_TMP" "$@" \
 		</dev/null >"$S_OUT" 2>"$S_ERR" &
 	S_PID=$!
 }

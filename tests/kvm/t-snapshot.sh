@@ -32,6 +32,7 @@ wait_ready() {
 
 # ---- the first run: snapshot --resume, a refused path, snapshot (stop) -----------------
 timeout 120 "$GODWIT" run --kernel "$GUEST_ELF" --mem 128M --cpus 2 --api "$sock" \
+	--snapshot-dir "$T_TMP" \
 	--disk "$img" --cmdline "$CMDLINE" </dev/null >"$T_TMP/out.0" 2>"$T_TMP/err.0" &
 pid=$!
 if ! wait_ready "$T_TMP/out.0" 3; then
@@ -76,6 +77,7 @@ for round in 1 2 3 4; do
 	[ $round -eq 1 ] && { t_pass snapshot-stop; echo "# $(cat "$T_TMP/snap.1")"; }
 	[ $round -eq 4 ] && break
 	timeout 120 "$GODWIT" restore --from "$T_TMP/s.$round" --api "$sock" --disk "$img" \
+		--snapshot-dir "$T_TMP" \
 		</dev/null >"$T_TMP/out.$round" 2>"$T_TMP/err.$round" &
 	pid=$!
 	if ! wait_ready "$T_TMP/out.$round" 3; then
@@ -227,7 +229,7 @@ nlog0=$T_TMP/net.0
 MAC=02:00:5e:00:10:43
 nsock=$T_TMP/net.sock
 ip netns exec "$NS" timeout 120 "$GODWIT" run --kernel "$GUEST_ELF" --mem 64M --cpus 1 \
-	--name gwt-snap-net --api "$nsock" --net tap=gwn0,mac=$MAC \
+	--name gwt-snap-net --api "$nsock" --net tap=gwn0,mac=$MAC --snapshot-dir "$T_TMP" \
 	--cmdline "workload=mem+net mem=8 rate=8 report=200 ip=$IP_GUEST" </dev/null >"$nlog0" 2>&1 &
 pid=$!
 if ! t_wait_link "$NS" gwn0 10; then
