@@ -519,9 +519,6 @@ static int run_setup_loop(struct run_ctx *ctx)
 	sigaddset(&set, SIGHUP);
 	sigprocmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
-	/* A migration may start any time: TLS is ready before the sandbox closes in. */
-	if (tls_init())
-		log_warnx("cannot initialise OpenSSL: a migration with --tls-dir will fail");
 	ctx->sig_fd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
 	if (ctx->sig_fd < 0)
 		return -errno;
@@ -617,6 +614,9 @@ int run_vm(struct run_ctx *ctx, const struct vm_config *cfg, run_fill_fn fill, v
 	{
 		char why[256];
 
+		/* A migration may start any time: OpenSSL is ready before the sandbox closes in. */
+		if (tls_init())
+			log_warnx("cannot initialise OpenSSL: a migration with --tls-dir will fail");
 		/* --user: the API socket is the user's, so a manager running as it can connect. */
 		if (cfg->api_path && cfg->sandbox.has_user &&
 		    lchown(cfg->api_path, cfg->sandbox.uid, cfg->sandbox.gid))
