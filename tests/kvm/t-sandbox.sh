@@ -323,21 +323,27 @@ else
 	fi
 fi
 kill_pid $tpid
-# A migration between two jailed godwits (TCP: a unix: path would be inside the source's jail).
+# A migration between two jailed godwits (TCP: a unix: path would be inside the source's jail),
+# under mutual TLS: the source's credentials come over its API, its OpenSSL was set up
+# before the chroot; the destination read its own before it.
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p "$T_TMP/jail2"
+python3 "$ROOT/tests/kvm/mkcerts.py" "$T_TMP/certs"
 ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 timeout 120 "$GODWIT" restore \
 	--from "$J/snaps/j.gws" --api "$jsock" --disk "$img" --jail "$J" </dev/null \
 	>"$T_TMP/jsrc.out" 2>"$T_TMP/jsrc.err" &
 tpid=$!
 ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 timeout 120 "$GODWIT" run \
 	--incoming "tcp:127.0.0.1:$port" --api "$T_TMP/jdst.sock" --disk "$img" \
-	--jail "$T_TMP/jail2" </dev/null >"$T_TMP/jdst.out" 2>"$T_TMP/jdst.err" &
+	--tls-dir "$T_TMP/certs/dst" --jail "$T_TMP/jail2" </dev/null >"$T_TMP/jdst.out" \
+	2>"$T_TMP/jdst.err" &
 dtpid=$!
 wait_reports "$T_TMP/jsrc.out" 2 20
 for ((i = 0; i < 50; i++)); do grep -q 'waiting for an incoming' "$T_TMP/jdst.err" && break; sleep 0.1; done
-timeout 60 "$GODWIT" migrate -q --api "$jsock" --to "tcp:127.0.0.1:$port" >"$T_TMP/jmig.out" 2>&1
+timeout 60 "$GODWIT" migrate --api "$jsock" --to "tcp:127.0.0.1:$port" \
+	--tls-dir "$T_TMP/certs/src" >"$T_TMP/jmig.out" 2>&1
 mrc=$?
+grep -q '^channel: TLSv1.3' "$T_TMP/jmig.out" || mrc=99     # no TLS session reported
 wait_exit $tpid
 src_rc=$?
 if [ $mrc -ne 0 ] || [ $src_rc -ne 6 ] || ! wait_reports "$T_TMP/jdst.out" 3 20; then
