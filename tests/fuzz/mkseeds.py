@@ -7,6 +7,8 @@
                                   recomputed (docs/stream-format.md), so the seeds
                                   are valid streams of about 20 KB, not 1.2 MB; each
                                   with mode bytes 0 (checksums on) and 1 (ignored).
+  mkseeds.py virtio-blk DIR       one ring per request type (fuzz_virtio_blk.c's input:
+                                  4-byte header, then guest RAM from 0), a few KB each.
 """
 import os
 import struct
@@ -82,7 +84,64 @@ def shrink(buf):
     return bytes(out)
 
 
+NEXT, WRITE, INDIRECT = 1, 2, 4
+
+
+def blk_ring(flags, qexp, chains, last=0):
+    """chains: lists of (gpa, len, writable, bytes or None); one avail entry each."""
+    q = 1 << qexp
+    ram = bytearray(0x3000)
+    d = 0
+    heads = []
+    for chain in chains:
+        heads.append(d)
+        for i, (gpa, ln, w, content) in enumerate(chain):
+            nxt = d + 1 if i + 1 < len(chain) else 0
+            struct.pack_into('<QIHH', ram, 16 * d, gpa, ln, (NEXT if i + 1 < len(chain) else 0) |
+                             (WRITE if w else 0), nxt)
+            if content:
+                ram[gpa:gpa + len(content)] = content
+            d += 1
+    av = 16 * q
+    struct.pack_into('<HH', ram, av, 0, (last + len(heads)) & 0xffff)
+    for i, h in enumerate(heads):
+        struct.pack_into('<H', ram, av + 4 + 2 * ((last + i) % q), h)
+    return bytes([flags, qexp]) + struct.pack('<H', last) + bytes(ram)
+
+
+def blk_hdr(t, sector):
+    return struct.pack('<IIQ', t, 0, sector)
+
+
+def blk_seeds(out):
+    F = 2 | 4 | 8 | 16 | 32      # INDIRECT, EVENT_IDX, FLUSH, DISCARD, WRITE_ZEROES
+    seeds = {
+        'read': blk_ring(F, 3, [[(0x1000, 16, 0, blk_hdr(0, 3)), (0x1100, 1024, 1, None),
+                                 (0x1600, 1, 1, None)]]),
+        'write': blk_ring(F, 3, [[(0x1000, 16, 0, blk_hdr(1, 120)),
+                                  (0x1100, 512, 0, bytes(range(256)) * 2), (0x1600, 1, 1, None)]]),
+        'write-split': blk_ring(F, 3, [[(0x1000, 7, 0, blk_hdr(1, 0)[:7]),
+                                        (0x1010, 9 + 512, 0, blk_hdr(1, 0)[7:] + b'x' * 512),
+                                        (0x1600, 1, 1, None)]]),
+        'flush-getid': blk_ring(F, 3, [[(0x1000, 16, 0, blk_hdr(4, 0)), (0x1600, 1, 1, None)],
+                                       [(0x1020, 16, 0, blk_hdr(8, 0)), (0x1700, 21, 1, None)]]),
+        'discard-wz': blk_ring(F, 3, [[(0x1000, 32, 0, blk_hdr(11, 0) + struct.pack('<QII', 8, 16, 0)),
+                                       (0x1600, 1, 1, None)],
+                                      [(0x1040, 32, 0, blk_hdr(13, 0) + struct.pack('<QII', 64, 8, 1)),
+                                       (0x1610, 1, 1, None)]]),
+        'readonly-write': blk_ring(F | 1, 3, [[(0x1000, 16, 0, blk_hdr(1, 0)),
+                                               (0x1100, 512, 0, b'w' * 512), (0x1600, 1, 1, None)]]),
+        'unknown-range': blk_ring(F, 3, [[(0x1000, 16, 0, blk_hdr(99, 0)), (0x1600, 1, 1, None)],
+                                         [(0x1020, 16, 0, blk_hdr(0, 127)), (0x1100, 1024, 1, None),
+                                          (0x1600, 1, 1, None)]], last=0xfffe),
+    }
+    for name, b in seeds.items():
+        open(os.path.join(out, 'seed-' + name), 'wb').write(b)
+
+
 def main(argv):
+    if len(argv) == 3 and argv[1] == 'virtio-blk':
+        return blk_seeds(argv[2])
     if len(argv) < 3 or argv[1] != 'restore':
         sys.exit(__doc__)
     for g in argv[3:]:
