@@ -9,6 +9,10 @@
                                   with mode bytes 0 (checksums on) and 1 (ignored).
   mkseeds.py virtio-blk DIR       one ring per request type (fuzz_virtio_blk.c's input:
                                   4-byte header, then guest RAM from 0), a few KB each.
+  mkseeds.py pci DIR              op sequences (fuzz_pci.c): enumeration and BAR sizing, a
+                                  driver bringing up virtio-blk and virtio-rng (features,
+                                  queues, MSI-X, DRIVER_OK, a request, notify), a migration,
+                                  a moved BAR, the PCI cfg access window.
 """
 import os
 import struct
@@ -139,9 +143,105 @@ def blk_seeds(out):
         open(os.path.join(out, 'seed-' + name), 'wb').write(b)
 
 
+_SZ = {1: 0, 2: 1, 4: 2, 8: 3}
+
+
+def cfg(slot, off, size, val=None):
+    op = 0 | _SZ[size] << 2 | (0x10 if val is not None else 0) | slot << 5
+    return bytes([op, off]) + (val.to_bytes(size, 'little') if val is not None else b'')
+
+
+def bar(dev, off, size, val=None):
+    op = 1 | _SZ[size] << 2 | (0x10 if val is not None else 0) | dev << 5
+    return bytes([op]) + struct.pack('<H', off) + (val.to_bytes(size, 'little') if val is not None else b'')
+
+
+def window(off, size, val=None):
+    op = 2 | _SZ[size] << 2 | (0x10 if val is not None else 0)
+    return bytes([op]) + off.to_bytes(3, 'little') + (val.to_bytes(size, 'little') if val is not None else b'')
+
+
+def ram(off, data):
+    out = b''
+    for i in range(0, len(data), 255):
+        chunk = data[i:i + 255]
+        out += bytes([3 | 1 << 5]) + struct.pack('<HB', off + i, len(chunk)) + chunk
+    return out
+
+
+MIGRATE = bytes([3 | 2 << 5])
+RESET = bytes([3 | 3 << 5])
+WAIT = bytes([3 | 5 << 5])
+
+
+def msix_fire(vec, dev):
+    return bytes([3 | 4 << 5, vec, dev])
+
+
+MSIX_CAP, PCICFG_CAP = 0x98, 0x84
+
+
+def driver(dev, feats_lo, qsize, desc, avail, used):
+    slot = 1 + dev
+    b = bar(dev, 0x14, 1, 0) + bar(dev, 0x14, 1, 1) + bar(dev, 0x14, 1, 3)
+    b += bar(dev, 0x00, 4, 0) + bar(dev, 0x04, 4) + bar(dev, 0x00, 4, 1) + bar(dev, 0x04, 4)
+    b += bar(dev, 0x08, 4, 0) + bar(dev, 0x0c, 4, feats_lo) + bar(dev, 0x08, 4, 1) + bar(dev, 0x0c, 4, 1)
+    b += bar(dev, 0x14, 1, 0xb) + bar(dev, 0x14, 1) + bar(dev, 0x12, 2)
+    b += bar(dev, 0x16, 2, 0) + bar(dev, 0x18, 2) + bar(dev, 0x18, 2, qsize) + bar(dev, 0x1a, 2, 1)
+    b += bar(dev, 0x20, 8, desc) + bar(dev, 0x28, 8, avail) + bar(dev, 0x30, 8, used)
+    b += bar(dev, 0x1c, 2, 1) + bar(dev, 0x1e, 2) + bar(dev, 0x10, 2, 0)
+    # MSI-X on, vectors 0 and 1 unmasked with a message
+    b += cfg(slot, MSIX_CAP + 2, 2, 0x8000)
+    for v in (0, 1):
+        b += bar(dev, 0x3800 + 16 * v, 4, 0xfee00000) + bar(dev, 0x3800 + 16 * v + 4, 4, 0)
+        b += bar(dev, 0x3800 + 16 * v + 8, 4, 0x30 + v) + bar(dev, 0x3800 + 16 * v + 12, 4, 0)
+    b += bar(dev, 0x14, 1, 0xf) + bar(dev, 0x15, 1)
+    return b
+
+
+def pci_seeds(out):
+    enum = b''
+    for slot in range(4):
+        enum += cfg(slot, 0x00, 4) + cfg(slot, 0x08, 4) + cfg(slot, 0x04, 2) + cfg(slot, 0x34, 1)
+        enum += cfg(slot, 0x10, 4, 0xffffffff) + cfg(slot, 0x10, 4) + cfg(slot, 0x14, 4, 0xffffffff)
+        enum += cfg(slot, 0x14, 4) + cfg(slot, 0x10, 4, 0xc0000004) + cfg(slot, 0x14, 4, 0)
+        for c in (0x40, 0x50, 0x60, 0x70, 0x84, 0x98):
+            enum += cfg(slot, c, 4) + cfg(slot, c + 4, 4) + cfg(slot, c + 8, 4) + cfg(slot, c + 12, 4)
+        enum += cfg(slot, 0x3c, 1, 11) + cfg(slot, 0x3c, 1)
+    enum += bytes([3 | 0 << 5 | 0x10, 1, 6])   # 0xcf9: a reset request
+    # virtio-blk: a write of one sector at sector 2, then a flush (rings at 0x0/0x80/0x98)
+    blk = driver(0, 1 << 9 | 1 << 28, 8, 0x0, 0x80, 0x98)
+    descs = b''.join(struct.pack('<QIHH', *d) for d in [
+        (0x1000, 16, NEXT, 1), (0x1100, 512, NEXT, 2), (0x1400, 1, WRITE, 0),
+        (0x1010, 16, NEXT, 4), (0x1401, 1, WRITE, 0)])
+    blk += ram(0x0, descs) + ram(0x80, struct.pack('<HHHH', 0, 2, 0, 3))
+    blk += ram(0x1000, struct.pack('<IIQ', 1, 0, 2) + struct.pack('<IIQ', 4, 0, 0))
+    blk += ram(0x1100, bytes(range(256)) * 2)
+    blk += bar(0, 0x3000, 2, 0) + WAIT + bar(0, 0x1000, 1) + bar(0, 0x2000, 8) + bar(0, 0x2014, 4)
+    blk += MIGRATE + bar(0, 0x3c00, 8) + bar(0, 0x14, 1, 0) + bar(0, 0x14, 1)
+    # virtio-rng: one 64-byte buffer (rings at 0x4000/0x4080/0x4098)
+    rng = driver(1, 0, 4, 0x4000, 0x4080, 0x4098)
+    rng += ram(0x4000, struct.pack('<QIHH', 0x5000, 64, WRITE, 0)) + ram(0x4080, struct.pack('<HHH', 0, 1, 0))
+    rng += bar(1, 0x3000, 4, 0) + WAIT + msix_fire(1, 1) + cfg(2, MSIX_CAP + 2, 2, 0xc000)
+    rng += msix_fire(0, 1) + bar(1, 0x3c00, 8) + cfg(2, MSIX_CAP + 2, 2, 0x8000) + MIGRATE + RESET
+    # the blk BAR moved to 0xc0800000 with decoding off, then on; accessed there
+    move = cfg(1, 0x04, 2, 0) + cfg(1, 0x10, 4, 0xc0800004) + cfg(1, 0x14, 4, 0) + cfg(1, 0x04, 2, 2)
+    move += window(0x800000 + 0x14, 1, 1) + window(0x800000, 4) + bar(0, 0x12, 2) + window(0x800000 + 0x3000, 2, 0)
+    move += cfg(1, 0x04, 2, 0) + window(0x800000, 4) + MIGRATE
+    # the PCI cfg access capability: BAR 0, offset 0x14 (status), length 1, then its data
+    pcfg = cfg(1, PCICFG_CAP + 4, 1, 0) + cfg(1, PCICFG_CAP + 8, 4, 0x14) + cfg(1, PCICFG_CAP + 12, 4, 1)
+    pcfg += cfg(1, PCICFG_CAP + 16, 1, 1) + cfg(1, PCICFG_CAP + 16, 1)
+    pcfg += cfg(1, PCICFG_CAP + 8, 4, 0x2000) + cfg(1, PCICFG_CAP + 12, 4, 4) + cfg(1, PCICFG_CAP + 16, 4)
+    for name, b in (('enumerate', enum), ('blk-driver', blk), ('rng-driver', rng), ('bar-move', move),
+                    ('pci-cfg-window', pcfg)):
+        open(os.path.join(out, 'seed-' + name), 'wb').write(b)
+
+
 def main(argv):
     if len(argv) == 3 and argv[1] == 'virtio-blk':
         return blk_seeds(argv[2])
+    if len(argv) == 3 and argv[1] == 'pci':
+        return pci_seeds(argv[2])
     if len(argv) < 3 or argv[1] != 'restore':
         sys.exit(__doc__)
     for g in argv[3:]:
