@@ -13,6 +13,9 @@
                                   driver bringing up virtio-blk and virtio-rng (features,
                                   queues, MSI-X, DRIVER_OK, a request, notify), a migration,
                                   a moved BAR, the PCI cfg access window.
+  mkseeds.py api DIR              HTTP requests (fuzz_api.c: a mode byte, then the bytes of
+                                  one connection) for every endpoint and method, bodies good
+                                  and bad, chunked, pipelined, oversized with Expect.
 """
 import os
 import struct
@@ -237,7 +240,51 @@ def pci_seeds(out):
         open(os.path.join(out, 'seed-' + name), 'wb').write(b)
 
 
+def http(method, path, body=None, headers=()):
+    h = '%s %s HTTP/1.1\r\nHost: godwit\r\n' % (method, path)
+    for k in headers:
+        h += k + '\r\n'
+    if body is not None:
+        h += 'Content-Type: application/json\r\nContent-Length: %d\r\n' % len(body)
+    return (h + '\r\n').encode() + (body.encode() if body is not None else b'')
+
+
+def api_seeds(out):
+    RUNNING, PAUSED, STOPPING, CREATED = 1, 2, 3, 0
+    seeds = {
+        'get-vm': (RUNNING, http('GET', '/api/v1/vm')),
+        'head-vm': (PAUSED, http('HEAD', '/api/v1/vm')),
+        'pause-resume': (RUNNING, http('PUT', '/api/v1/vm/pause') + http('PUT', '/api/v1/vm/resume')),
+        'pause-fails': (RUNNING | 4, http('PUT', '/api/v1/vm/pause', '{}')),
+        'resume-eio': (PAUSED | 8, http('PUT', '/api/v1/vm/resume')),
+        'shutdown': (STOPPING, http('PUT', '/api/v1/vm/shutdown') + http('GET', '/api/v1/vm')),
+        'snapshot': (RUNNING, http('PUT', '/api/v1/vm/snapshot', '{"path": "/tmp/x.gws", "resume": true}')),
+        'snapshot-bad': (PAUSED, http('PUT', '/api/v1/vm/snapshot', '{"path": "rel", "resume": 1}')),
+        'migrate': (RUNNING, http('PUT', '/api/v1/vm/migrate',
+                                  '{"to": "tcp:127.0.0.1:4444", "downtime_ms": 50, "max_bandwidth": 1000000, '
+                                  '"max_rounds": 30, "min_rate": 65536, "with_disks": "root,data"}')),
+        'migrate-unix': (RUNNING, http('PUT', '/api/v1/vm/migrate', '{"to": "unix:/tmp/m.sock", "with_disks": true}')),
+        'migrate-bad': (CREATED, http('PUT', '/api/v1/vm/migrate', '{"to": "x", "downtime_ms": -1}')),
+        'migration': (RUNNING, http('GET', '/api/v1/vm/migration?release=1')),
+        'cancel-resolve': (RUNNING, http('PUT', '/api/v1/vm/migrate-cancel') +
+                           http('PUT', '/api/v1/vm/migrate-resolve', '{"action": "resume"}') +
+                           http('PUT', '/api/v1/vm/migrate-resolve', '{"action": "discard"}')),
+        'errors': (RUNNING, http('POST', '/api/v1/vm') + http('GET', '/api/v2/nope') +
+                   http('PUT', '/api/v1/vm/pause', '{"x": 1}') + http('PUT', '/api/v1/vm/pause', '[1]') +
+                   http('PUT', '/api/v1/vm/pause', '{"a":') + http('PUT', '/api/v1/vm/pause', '{"a":1,"a":2}')),
+        'chunked': (RUNNING, b'PUT /api/v1/vm/snapshot HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n'
+                    b'5\r\n{"pat\r\n11\r\nh": "/tmp/a.gws"}\r\n0\r\n\r\n'),
+        'too-big': (RUNNING, b'PUT /api/v1/vm/pause HTTP/1.1\r\nHost: g\r\nContent-Length: 100000\r\n'
+                    b'Expect: 100-continue\r\n\r\n'),
+        'http10': (RUNNING, b'GET /api/v1/vm HTTP/1.0\r\n\r\n'),
+    }
+    for name, (mode, b) in seeds.items():
+        open(os.path.join(out, 'seed-' + name), 'wb').write(bytes([mode]) + b)
+
+
 def main(argv):
+    if len(argv) == 3 and argv[1] == 'api':
+        return api_seeds(argv[2])
     if len(argv) == 3 and argv[1] == 'virtio-blk':
         return blk_seeds(argv[2])
     if len(argv) == 3 and argv[1] == 'pci':
