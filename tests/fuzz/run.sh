@@ -6,9 +6,11 @@
 # Each target's corpus is build-fuzz/corpus-TARGET (generated seeds, and what the fuzzer
 # keeps) read together with the committed seeds in tests/fuzz/corpus/TARGET, which the
 # fuzzer only reads.  `make fuzz` runs this for a few seconds per target (CI);
-# `make fuzz-long FUZZ_SECONDS=600` sets FUZZ_LONG=1: each target's log is kept in
-# build-fuzz/long-TARGET.log and a table of the figures (CPU seconds, runs, exec/s,
-# cov, ft, corpus) is printed at the end.  The exit status is 1 if any target failed.
+# `make fuzz-long FUZZ_SECONDS=600` sets FUZZ_LONG=1: each target runs until it has had
+# that many CPU seconds (not wall seconds: the machine may be shared), its log is kept
+# in build-fuzz/long-TARGET.log, and a table of the figures (CPU and wall seconds, runs,
+# exec/s, cov, ft, corpus entries, corpus files) is printed at the end.  The exit status
+# is 1 if any target failed.
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 secs=${1:-15}
@@ -20,17 +22,48 @@ failed=0
 table=$(mktemp)
 trap 'rm -f "$table"' EXIT
 
+# run_fuzzer TARGET SECONDS LOG FLAGS...: one libFuzzer run in build-fuzz/artifacts (where
+# libFuzzer writes a crash's input: crash-*, leak-*, timeout-*), its output (and the CPU
+# seconds it used, children included: "cpu-seconds: USER SYS") appended to LOG.
+run_fuzzer() {
+	local t=$1 s=$2 log=$3
+	shift 3
+	mkdir -p "$ROOT/build-fuzz/artifacts"
+	(cd "$ROOT/build-fuzz/artifacts" &&
+	 /usr/bin/time -f 'cpu-seconds: %U %S' timeout $((s + 120)) "$@" \
+		"$ROOT/build-fuzz/fuzz-$t" -max_total_time="$s" -rss_limit_mb=2048 \
+		-print_final_stats=1 "${flags[@]}" "${dirs[@]}") >>"$log" 2>&1
+}
+
+# The figures of one run's log: "CPU RUNS COV FT CORP" (-fork prints "#N: cov: C ft: F
+# corp: K exec/s E ... time: Ts" lines and no final stats; others "#N DONE cov: ...").
+run_figures() {
+	awk '
+		/^#[0-9]+/ && / cov: / { last = $0 }
+		/stat::number_of_executed_units:/ { runs = $2 }
+		/^cpu-seconds:/ { cpu = $2 + $3 }
+		END {
+			n = split(last, w, " "); cov = ft = corp = "?"
+			for (i = 1; i < n; i++) {
+				if (w[i] == "cov:") cov = w[i + 1]
+				if (w[i] == "ft:") ft = w[i + 1]
+				if (w[i] == "corp:") corp = w[i + 1]
+			}
+			if (runs == "" && w[1] ~ /^#[0-9]+:$/)
+				runs = substr(w[1], 2, length(w[1]) - 2)
+			printf "%.0f %d %s %s %s\n", cpu, runs, cov, ft, corp
+		}' "$1"
+}
+
 # fuzz_target NAME TARGET: build-fuzz/fuzz-TARGET for $secs seconds from its corpora;
 # PASS fuzz/NAME, or FAIL with the fuzzer's report (a crash, leak or sanitizer finding).
+# Long runs count CPU seconds, not wall time: on a shared machine a run is started again
+# (with the corpus it grew) until the target has had $secs CPU seconds.
 fuzz_target() {
-	local log corpus=$ROOT/build-fuzz/corpus-$2 seeds=$ROOT/tests/fuzz/corpus/$2 cpu runs
-	local -a dirs=("$corpus")
+	local log corpus=$ROOT/build-fuzz/corpus-$2 seeds=$ROOT/tests/fuzz/corpus/$2 runs
+	local chunk cpu=0 total=0 wall=0 start rc=0 fig c r cov ft corp
+	local -a dirs=("$corpus") flags=() pin=()
 	[ -d "$seeds" ] && dirs+=("$seeds")
-	if [ "$long" = 1 ]; then log=$ROOT/build-fuzz/long-$2.log; else log=$(mktemp); fi
-	# libFuzzer writes a crash's input (crash-*, leak-*, timeout-*) into its working
-	# directory: build-fuzz/artifacts.
-	mkdir -p "$ROOT/build-fuzz/artifacts"
-	local -a flags=() pin=()
 	# The targets built on godwit's objects log their refusals: not to the log.
 	case $2 in restore|virtio-blk|pci|api) flags+=(-close_fd_mask=2) ;; esac
 	# fuzz-restore spends most of its time asleep in KVM (its header comment): a long
@@ -39,42 +72,45 @@ fuzz_target() {
 		flags+=(-fork=6)
 		pin=(taskset -c $(($(nproc) - 1)))
 	fi
-	if (cd "$ROOT/build-fuzz/artifacts" &&
-	    /usr/bin/time -f 'cpu-seconds: %U %S' timeout $((secs + 120)) "${pin[@]}" \
-		"$ROOT/build-fuzz/fuzz-$2" -max_total_time="$secs" -rss_limit_mb=2048 \
-		-print_final_stats=1 "${flags[@]}" "${dirs[@]}") >"$log" 2>&1; then
-		runs=$(grep -o 'Done [0-9]* runs' "$log" | tail -1)
-		[ -n "$runs" ] || runs="Done $(grep -o '^#[0-9]*:' "$log" | tail -1 | tr -d '#:') runs"
-		echo "PASS fuzz/$1: $runs in ${secs}s"
+	# fuzz-pci's devices have I/O threads: pinned too, so a long run stays on one core.
+	[ "$long" = 1 ] && [ "$2" = pci ] && pin=(taskset -c $(($(nproc) - 1)))
+	if [ "$long" != 1 ]; then
+		log=$(mktemp)
+		if run_fuzzer "$2" "$secs" "$log" "${pin[@]}"; then
+			runs=$(grep -o 'Done [0-9]* runs' "$log" | tail -1)
+			echo "PASS fuzz/$1: $runs in ${secs}s"
+		else
+			failed=1
+			echo "FAIL fuzz/$1: the fuzzer found a failure: $(grep -m3 -E 'ERROR|SUMMARY|Test unit written' "$log" | tr '\n' ' ')"
+		fi
+		rm -f "$log"
+		return
+	fi
+	log=$ROOT/build-fuzz/long-$2.log
+	: >"$log"
+	for _ in 1 2 3 4 5; do
+		chunk=$((secs - cpu))
+		[ "$chunk" -ge 10 ] || break
+		start=$SECONDS
+		echo "== run.sh: $chunk s (CPU so far: $cpu of $secs)" >>"$log"
+		run_fuzzer "$2" "$chunk" "$log.part" "${pin[@]}" || rc=1
+		wall=$((wall + SECONDS - start))
+		fig=$(run_figures "$log.part")
+		cat "$log.part" >>"$log"
+		rm -f "$log.part"
+		read -r c r cov ft corp <<<"$fig"
+		cpu=$((cpu + c))
+		total=$((total + r))
+		[ "$rc" = 0 ] || break
+	done
+	if [ "$rc" = 0 ]; then
+		echo "PASS fuzz/$1: Done $total runs in ${wall}s ($cpu CPU seconds)"
 	else
 		failed=1
 		echo "FAIL fuzz/$1: the fuzzer found a failure: $(grep -m3 -E 'ERROR|SUMMARY|Test unit written' "$log" | tr '\n' ' ')"
 	fi
-	if [ "$long" = 1 ]; then
-		# the last status line: "#N DONE cov: C ft: F corp: K/Sb ... exec/s: E ..."
-		cpu=$(awk '/^cpu-seconds:/ { printf "%.0f", $2 + $3 }' "$log")
-		# (-fork: "#N: cov: C ft: F corp: K exec/s E ... time: Ts", no final stats)
-		awk -v t="$2" -v cpu="${cpu:-?}" -v files="$(find "$corpus" -type f | wc -l)" '
-			/^#[0-9]+/ && / cov: / { last = $0 }
-			/stat::number_of_executed_units:/ { runs = $2 }
-			/stat::average_exec_per_sec:/ { eps = $2 }
-			END {
-				n = split(last, w, " "); cov = ft = corp = "?"
-				for (i = 1; i < n; i++) {
-					if (w[i] == "cov:") cov = w[i + 1]
-					if (w[i] == "ft:") ft = w[i + 1]
-					if (w[i] == "corp:") corp = w[i + 1]
-					if (w[i] == "time:") secs = w[i + 1] + 0
-				}
-				if (runs == "" && w[1] ~ /^#[0-9]+:$/) {
-					runs = substr(w[1], 2, length(w[1]) - 2)
-					eps = secs ? int(runs / secs) : "?"
-				}
-				printf "%-11s %7s %10s %7s %6s %7s %11s %6s\n", t, cpu, runs, eps, cov, ft, corp, files
-			}' "$log" >>"$table"
-	else
-		rm -f "$log"
-	fi
+	printf '%-11s %6s %6s %11s %7s %6s %7s %11s %6s\n' "$2" "$cpu" "$wall" "$total" \
+		"$((wall ? total / wall : 0))" "$cov" "$ft" "$corp" "$(find "$corpus" -type f | wc -l)" >>"$table"
 }
 
 seed_boot() {
@@ -170,7 +206,7 @@ for t in $targets; do
 done
 if [ "$long" = 1 ]; then
 	echo
-	printf '%-11s %7s %10s %7s %6s %7s %11s %6s\n' target cpu-s runs exec/s cov ft corp files
+	printf '%-11s %6s %6s %11s %7s %6s %7s %11s %6s\n' target cpu-s wall-s runs exec/s cov ft corp files
 	cat "$table"
 fi
 exit "$failed"
