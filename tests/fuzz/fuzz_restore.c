@@ -26,14 +26,16 @@
  * devices' load ops with a real VM behind them (ioeventfds, MSI routes,
  * guest RAM).  The harness skips (returns early on) what would only make it
  * slow or cannot work here: more than 2 vCPUs or 256 MiB, or a NIC (it
- * needs a TAP); the disks are memfds.
+ * needs a TAP); the disks are memfds of 1 MiB (virtio-blk's load refuses
+ * another capacity, so a seed's disks are 1 MiB).
  *
  * The first byte: bit 0 = section checksums ignored (the build defines
  * FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION), so mutations get past the
  * CRCs and the chain; bit 1 = CPU_CLOCK_ADVANCE instead of the default
  * FROZEN.  The rest is the stream.  Seeds: tests/data's golden snapshots
  * (the Intel one restores on an Intel host), shrunk to a few RAM pages, and
- * tests/fuzz/corpus/restore.
+ * tests/fuzz/corpus/restore (a snapshot of the test guest with two 1 MiB
+ * disks, one read-only with a serial, and virtio-rng, shrunk the same way).
  *   make fuzz && build-fuzz/fuzz-restore -close_fd_mask=2 build-fuzz/corpus-restore
  */
 #include <dirent.h>
