@@ -90,7 +90,8 @@ fuzz_target() {
 	: >"$log"
 	for _ in 1 2 3 4 5; do
 		chunk=$((secs - cpu))
-		[ "$chunk" -ge 10 ] || break
+		[ "$chunk" -gt 0 ] || break
+		[ "$chunk" -ge 10 ] || chunk=10
 		start=$SECONDS
 		echo "== run.sh: $chunk s (CPU so far: $cpu of $secs)" >>"$log"
 		run_fuzzer "$2" "$chunk" "$log.part" "${pin[@]}" || rc=1
