@@ -174,8 +174,9 @@ clean:
 
 # libFuzzer targets (clang).  `make fuzz`, then e.g.
 #   build-fuzz/fuzz-boot -max_total_time=60 build-fuzz/corpus-boot
-# `make fuzz-long FUZZ_SECONDS=600` runs every target (or FUZZ_TARGETS="pci api") for that
-# long, one after another under nice, and prints each one's figures (docs/testing.md).
+# `make fuzz-long FUZZ_SECONDS=600` runs every target (or FUZZ_TARGETS="pci api") until it
+# has had that many CPU seconds, one after another under nice, and prints each one's
+# figures (docs/testing.md).
 FUZZ_CFLAGS := -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -D_GNU_SOURCE
 FUZZ_SECONDS ?= 600
 FUZZ_TARGETS ?=
