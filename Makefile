@@ -190,10 +190,39 @@ clean:
 
 # libFuzzer targets (clang).  `make fuzz`, then e.g.
 #   build-fuzz/fuzz-boot -max_total_time=60 build-fuzz/corpus-boot
+# `make fuzz-long FUZZ_SECONDS=600` runs every target (or FUZZ_TARGETS="pci api") until it
+# has had that many CPU seconds, one after another under nice, and prints each one's
+# figures (docs/testing.md).
 FUZZ_CFLAGS := -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -D_GNU_SOURCE
-.PHONY: fuzz
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?=
+.PHONY: fuzz fuzz-long
 fuzz: build-fuzz/fuzz-boot build-fuzz/fuzz-virtq build-fuzz/fuzz-stream build-fuzz/fuzz-handoff \
-	build-fuzz/fuzz-devspec
+	build-fuzz/fuzz-devspec build-fuzz/fuzz-restore build-fuzz/fuzz-virtio-blk build-fuzz/fuzz-pci \
+	build-fuzz/fuzz-api
+fuzz-long: fuzz
+	$(Q)FUZZ_LONG=1 nice -n 10 bash tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+# The targets that need most of godwit link its objects built for fuzzing (instrumented,
+# ASan/UBSan, the stream's checksums optional): everything but src/cmd and main.
+FUZZ_OBJ_CFLAGS := -std=gnu11 -g -O1 -fsanitize=fuzzer-no-link,address,undefined -Iinclude \
+	-D_GNU_SOURCE -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -MMD -MP \
+	-Wno-gnu-variable-sized-type-not-at-end
+FUZZ_OBJS := $(addprefix build-fuzz/obj/,$(filter-out src/cmd/%,$(OBJS)))
+FUZZ_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread
+build-fuzz/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(call quiet,FUZZCC,$<)clang $(FUZZ_OBJ_CFLAGS) -c -o $@ $<
+-include $(FUZZ_OBJS:.o=.d)
+build-fuzz/fuzz-restore: tests/fuzz/fuzz_restore.c $(FUZZ_OBJS)
+	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ $^ $(FUZZ_LIBS)
+build-fuzz/fuzz-virtio-blk: tests/fuzz/fuzz_virtio_blk.c $(FUZZ_OBJS)
+	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ $^ $(FUZZ_LIBS)
+build-fuzz/fuzz-pci: tests/fuzz/fuzz_pci.c $(FUZZ_OBJS)
+	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ $^ $(FUZZ_LIBS)
+# The API's two handlers that act outside the process are cut at the link (fuzz_api.c).
+build-fuzz/fuzz-api: tests/fuzz/fuzz_api.c $(FUZZ_OBJS)
+	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -Wl,--wrap=snapshot_file_create \
+		-Wl,--wrap=migrate_start -o $@ $^ $(FUZZ_LIBS)
 build-fuzz/fuzz-boot: tests/fuzz/fuzz_boot.c src/arch/x86/boot.c include/godwit/boot.h
 	@mkdir -p $(dir $@)
 	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_boot.c src/arch/x86/boot.c

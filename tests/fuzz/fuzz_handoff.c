@@ -9,6 +9,14 @@
  * The first byte picks the side (bit 0: destination) and how the fake VM's
  * operations fail (bits 1-3: release, reacquire, commit).  The rest is what
  * the peer sent, followed by the end of the connection.
+ *
+ * With bit 4 set, the messages are read one after another as every
+ * receiver reads them (migrate_msg_recv: also the source's handshake in
+ * migrate.c, which waits for the destination's ACCEPT, REFUSE or ERROR,
+ * the messages incoming.c sends before the hand-off) into a text buffer
+ * of exactly 1025, 1, 16 or 401 bytes (bits 5-6): each message received
+ * has a known type and its text is NUL-terminated inside the buffer and
+ * printable ASCII, as handoff.h promises.
  *   make fuzz && build-fuzz/fuzz-handoff -max_total_time=60 build-fuzz/corpus-handoff
  */
 #include <stdint.h>
@@ -55,6 +63,35 @@ static bool f_yes(void *o)
 	return true;
 }
 
+/* Bit 4: every message as migrate_msg_recv() gives it, into a buffer of an exact size. */
+static int fuzz_recv(const uint8_t *data, size_t size)
+{
+	static const size_t lens[] = { MIG_MSG_TEXT_MAX + 1, 1, 16, 401 };
+	size_t len = lens[(data[0] >> 5) & 3];
+	char *text = malloc(len);
+	enum mig_msg type;
+	int sv[2];
+
+	if (!text || socketpair(AF_UNIX, SOCK_STREAM, 0, sv))
+		abort();
+	if (write(sv[1], data + 1, size - 1) != (ssize_t)(size - 1))
+		abort();
+	shutdown(sv[1], SHUT_WR);
+	while (migrate_msg_recv(sv[0], 1000, &type, text, len) == 0) {
+		size_t n = strnlen(text, len);
+
+		if (n == len || type < MIG_MSG_ACCEPT || type > MIG_MSG_ABORT || !mig_msg_name(type))
+			abort();
+		for (size_t i = 0; i < n; i++)
+			if (text[i] < 0x20 || text[i] > 0x7e)
+				abort();        /* the text goes into logs and error messages */
+	}
+	close(sv[0]);
+	close(sv[1]);
+	free(text);
+	return 0;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -73,6 +110,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (!size || size > 16384)
 		return 0;
 	fail_bits = data[0];
+	if (data[0] & 16)
+		return fuzz_recv(data, size);
 	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv))
 		abort();
 	/* All of the peer's bytes are there before the side starts: no waiting. */

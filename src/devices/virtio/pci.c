@@ -1047,7 +1047,12 @@ int virtio_pci_load(struct virtio_dev *vdev, struct state_in *in, uint16_t versi
 			  vdev->ops->nr_queues, (unsigned long long)vdev->device_features);
 		goto out;
 	}
-	if ((v->drv_features & ~v->dev_features) ||
+	/*
+	 * Before FEATURES_OK the driver may have written any bits (the device
+	 * refuses FEATURES_OK for bits it did not offer, as vpci_set_status
+	 * does): only an accepted feature set must be a subset of ours.
+	 */
+	if (((v->status & VIRTIO_STATUS_FEATURES_OK) && (v->drv_features & ~v->dev_features)) ||
 	    (v->msix_config != VIRTIO_MSI_NO_VECTOR && v->msix_config >= vp->nvec))
 		goto out;
 	nq = v->nr_queues;

@@ -1,0 +1,208 @@
+/*
+ * fuzz_restore.c - libFuzzer target for the whole restore path
+ * (snapshot.c, as `godwit restore` runs it, src/cmd/restore.c): the input
+ * is a snapshot stream, loaded into a real KVM VM that is never run.
+ * snapshot_restore_open() reads the header and CONFIG and checks the CPUID
+ * against this host's KVM; snapshot_restore_config() rebuilds the
+ * vm_config (the n-th virtio-blk gets the n-th of a few scratch disk
+ * images); the VM is built as run_vm() builds it (vm_create, platform_init,
+ * the PCI devices in slot order); snapshot_restore_load() checks the VM
+ * against CONFIG, reads RAM into guest memory, keeps the sections, checks
+ * EOF and loads every device (dev_load), the VM state (irqchip, PIT,
+ * kvmclock) and the vCPUs through KVM's ioctls.  After a successful load
+ * every device saves its state again (what a snapshot of the restored VM
+ * would do).  Whatever the bytes, a refusal says why; no read or write out
+ * of bounds, no leak (fds included: the number open must not grow).
+ *
+ * Real VM or device loads alone: a real VM per input.  Measured here (a
+ * nested 2-core host): a full restore of the golden guest takes about 17 ms
+ * of which only 3 ms are CPU; the rest is KVM waiting for SRCU grace periods
+ * (KVM_SET_USER_MEMORY_REGION, KVM_IOEVENTFD: 8-10 ms each).  So one process
+ * gets ~150 inputs/s at 16% of a core; `make fuzz-long` runs this target
+ * with -fork=6 pinned to one core (taskset), which keeps the core busy
+ * (~300 inputs/s) without using a second one.  That is slower than loading
+ * the device state alone without KVM, but it is the real path: what only
+ * KVM checks (KVM_SET_* of the vCPU, irqchip, PIT and clock state), and the
+ * devices' load ops with a real VM behind them (ioeventfds, MSI routes,
+ * guest RAM).  The harness skips (returns early on) what would only make it
+ * slow or cannot work here: more than 2 vCPUs or 256 MiB, or a NIC (it
+ * needs a TAP); the disks are memfds of 1 MiB (virtio-blk's load refuses
+ * another capacity, so a seed's disks are 1 MiB).
+ *
+ * The first byte: bit 0 = section checksums ignored (the build defines
+ * FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION), so mutations get past the
+ * CRCs and the chain; bit 1 = CPU_CLOCK_ADVANCE instead of the default
+ * FROZEN.  The rest is the stream.  Seeds: tests/data's golden snapshots
+ * (the Intel one restores on an Intel host), shrunk to a few RAM pages, and
+ * tests/fuzz/corpus/restore (a snapshot of the test guest with two 1 MiB
+ * disks, one read-only with a serial, and virtio-rng, shrunk the same way).
+ *   make fuzz && build-fuzz/fuzz-restore -close_fd_mask=2 build-fuzz/corpus-restore
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "godwit/dev.h"
+#include "godwit/devices.h"
+#include "godwit/devspec.h"
+#include "godwit/log.h"
+#include "godwit/snapshot.h"
+#include "godwit/state.h"
+#include "godwit/virtio.h"
+#include "godwit/vm.h"
+
+extern bool stream_fuzz_ignore_crc;
+
+#define FUZZ_MAX_MEM    (256ULL << 20)
+#define FUZZ_MAX_CPUS   2
+#define FUZZ_DISKS      4
+#define FUZZ_DISK_SIZE  (1 << 20)
+
+static char disk_paths[FUZZ_DISKS][64];
+static int devnull = -1;
+
+static int count_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	int n = 0;
+
+	if (!d)
+		abort();
+	while ((e = readdir(d)))
+		n++;
+	closedir(d);
+	return n;
+}
+
+/* The scratch disk images are memfds, opened by their /proc/self/fd path: no files left. */
+static void fuzz_init(void)
+{
+	for (int i = 0; i < FUZZ_DISKS; i++) {
+		int fd = memfd_create("fuzz-restore-disk", 0);
+
+		if (fd < 0 || ftruncate(fd, FUZZ_DISK_SIZE))
+			abort();
+		snprintf(disk_paths[i], sizeof(disk_paths[i]), "/proc/self/fd/%d", fd);
+	}
+	devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+	if (devnull < 0)
+		abort();
+}
+
+/* As run.c's run_add_devices: the disks (and NICs) from slot 1 in order, then the rng. */
+static int fuzz_add_devices(struct vm *vm)
+{
+	unsigned int slot = 1;
+	int ret = 0;
+
+	for (unsigned int i = 0; i < vm->cfg.nr_devices && !ret; i++, slot++)
+		ret = virtio_blk_add(vm, slot, &vm->cfg.devices[i]);
+	if (!ret && vm->cfg.rng)
+		ret = virtio_rng_add(vm, slot);
+	return ret;
+}
+
+/* After a load: every device saves again. */
+static void fuzz_save_all(struct vm *vm)
+{
+	for (struct dev *d = dev_first(vm); d; d = d->next) {
+		struct state_out o;
+
+		if (!d->ops->save)
+			continue;
+		state_out_init(&o);
+		(void)d->ops->save(d, &o);
+		state_out_free(&o);
+	}
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	static struct vm vm;
+	struct snapshot_restore *sr = NULL;
+	const struct stream_config *sc;
+	struct vm_device_arg user[FUZZ_DISKS];
+	static struct vm_config cfg;
+	unsigned int nr_user = 0;
+	char err[512] = "";
+	int fd, ret, fds;
+	bool loaded = false;
+
+	if (size < 1)
+		return 0;
+	if (devnull < 0)
+		fuzz_init();
+	fds = count_fds();
+	stream_fuzz_ignore_crc = data[0] & 1;
+	fd = memfd_create("fuzz-restore", MFD_CLOEXEC);
+	if (fd < 0 || write(fd, data + 1, size - 1) != (ssize_t)(size - 1) ||
+	    lseek(fd, 0, SEEK_SET) != 0)
+		abort();
+
+	ret = snapshot_restore_open(fd, NULL, &sr, err, sizeof(err));
+	if (ret) {
+		if (!err[0])
+			abort();                /* a refusal says why */
+		goto out;
+	}
+	sc = snapshot_restore_stream_config(sr);
+	/* The harness's own limits (not godwit's): speed, and no TAP here. */
+	{
+		uint64_t mem = 0;
+
+		for (unsigned int i = 0; i < sc->nr_regions; i++)
+			mem += sc->regions[i].size;
+		if (mem > FUZZ_MAX_MEM || sc->ncpus > FUZZ_MAX_CPUS)
+			goto out;
+	}
+	for (unsigned int i = 0; i < sc->nr_devices; i++) {
+		if (!strcmp(sc->devices[i].type, "virtio-net"))
+			goto out;
+		if (!strcmp(sc->devices[i].type, "virtio-blk") && nr_user < FUZZ_DISKS) {
+			struct vm_device_arg *a = &user[nr_user];
+
+			memset(a, 0, sizeof(*a));
+			if (vm_device_arg_parse(a, VM_DEV_DISK, disk_paths[nr_user], err, sizeof(err)))
+				abort();
+			nr_user++;
+		}
+	}
+	snapshot_restore_set_clock(sr, data[0] & 2 ? CPU_CLOCK_ADVANCE : CPU_CLOCK_FROZEN);
+	ret = snapshot_restore_config(sr, user, nr_user, &cfg, err, sizeof(err));
+	if (ret) {
+		if (!err[0])
+			abort();
+		goto out;
+	}
+	if (vm_create(&vm, &cfg))
+		goto out;               /* e.g. a CPU model this host cannot offer */
+	if (platform_init(&vm, devnull) || fuzz_add_devices(&vm))
+		abort();                /* what restore_config accepted must build */
+	ret = snapshot_restore_load(sr, &vm, err, sizeof(err));
+	if (ret && !err[0])
+		abort();
+	if (!ret) {
+		loaded = true;
+		fuzz_save_all(&vm);
+	}
+	dev_destroy_all(&vm);
+	platform_destroy(&vm);
+	vm_destroy(&vm);
+out:
+	if (getenv("FUZZ_DEBUG"))               /* FUZZ_DEBUG=1: how far an input got */
+		fprintf(stderr, "fuzz-restore: %s\n", err[0] ? err : loaded ? "loaded" : "skipped (harness limits)");
+	snapshot_restore_free(sr);
+	close(fd);
+	if (count_fds() != fds)
+		abort();                        /* an fd leaked */
+	return 0;
+}
