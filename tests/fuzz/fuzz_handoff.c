@@ -70,6 +70,7 @@ static int fuzz_recv(const uint8_t *data, size_t size)
 	size_t len = lens[(data[0] >> 5) & 3];
 	char *text = malloc(len);
 	enum mig_msg type;
+	struct conn c;
 	int sv[2];
 
 	if (!text || socketpair(AF_UNIX, SOCK_STREAM, 0, sv))
@@ -77,7 +78,8 @@ static int fuzz_recv(const uint8_t *data, size_t size)
 	if (write(sv[1], data + 1, size - 1) != (ssize_t)(size - 1))
 		abort();
 	shutdown(sv[1], SHUT_WR);
-	while (migrate_msg_recv(sv[0], 1000, &type, text, len) == 0) {
+	c = conn_plain(sv[0]);
+	while (migrate_msg_recv(&c, 1000, &type, text, len) == 0) {
 		size_t n = strnlen(text, len);
 
 		if (n == len || type < MIG_MSG_ACCEPT || type > MIG_MSG_ABORT || !mig_msg_name(type))
