@@ -310,10 +310,19 @@ int migrate_accept(int lfd, const char *addr, int timeout_ms, int *fdp, char *pe
 		struct ucred uc;
 		socklen_t ul = sizeof(uc);
 
-		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &ul) ||
-		    (uc.uid != 0 && uc.uid != geteuid())) {
-			snprintf(err, len, "only uid %u or root may migrate to %s", (unsigned int)geteuid(),
-				 addr);
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &ul)) {
+			snprintf(err, len, "%s: cannot tell who connected (SO_PEERCRED: %s)", addr,
+				 strerror(errno));
+			close(fd);
+			return -EACCES;
+		}
+		if (uc.uid != 0 && uc.uid != geteuid()) {
+			if (geteuid())
+				snprintf(err, len, "%s: uid %u connected, but only uid %u or root may "
+					 "migrate here", addr, (unsigned int)uc.uid, (unsigned int)geteuid());
+			else
+				snprintf(err, len, "%s: uid %u connected, but only root may migrate here",
+					 addr, (unsigned int)uc.uid);
 			close(fd);
 			return -EACCES;
 		}

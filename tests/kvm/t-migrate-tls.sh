@@ -234,7 +234,7 @@ setpriv --reuid=65534 --regid=65534 --clear-groups /usr/bin/python3 -c \
 	"$msock" >"$T_TMP/other-uid.out" 2>&1
 n=0
 for ((i = 0; i < 100; i++)); do
-	grep -q 'only uid 0 or root may migrate' "$DST_ERR" && { n=1; break; }
+	grep -q 'uid 65534 connected, but only root may migrate here' "$DST_ERR" && { n=1; break; }
 	sleep 0.1
 done
 if [ $n = 1 ] && kill -0 "$DST_PID" 2>/dev/null; then
