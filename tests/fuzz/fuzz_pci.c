@@ -141,6 +141,39 @@ static struct dev *find_dev(struct vm *vm, const char *name, uint32_t instance)
 	return NULL;
 }
 
+/* Say which field (tag, and nested tag) of two saved states differs first. */
+static void state_diff(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen, int depth)
+{
+	struct state_in ia, ib;
+	struct state_field fa, fb;
+
+	state_in_init(&ia, a, alen);
+	state_in_init(&ib, b, blen);
+	for (;;) {
+		int ra = state_next(&ia, &fa), rb = state_next(&ib, &fb);
+
+		if (ra <= 0 || rb <= 0) {
+			if (ra != rb)
+				fprintf(stderr, "%*s  one state has more fields\n", depth * 2, "");
+			return;
+		}
+		if (fa.tag == fb.tag && fa.len == fb.len && !memcmp(fa.val, fb.val, fa.len))
+			continue;
+		fprintf(stderr, "%*s  tag %u: %u bytes, then tag %u: %u bytes", depth * 2, "", fa.tag,
+			fa.len, fb.tag, fb.len);
+		for (uint32_t i = 0; i < MIN(fa.len, fb.len); i++)
+			if (fa.val[i] != fb.val[i]) {
+				fprintf(stderr, "; first difference at byte %u: %#x, then %#x", i,
+					fa.val[i], fb.val[i]);
+				break;
+			}
+		fprintf(stderr, "\n");
+		if (depth < 2 && fa.len > 6 && fb.len > 6)
+			state_diff(fa.val, fa.len, fb.val, fb.len, depth + 1);
+		return;
+	}
+}
+
 /*
  * Migrate e's devices into a fresh set: every save must load, and the
  * loaded device must save the same bytes.
@@ -155,6 +188,13 @@ static void migrate_check(struct env *e, uint8_t *ram)
 
 	if (dev_quiesce_all(&e->vm))
 		abort();
+	if (getenv("FUZZ_DEBUG"))
+		for (int i = 1; i <= 2; i++) {
+			struct pci_dev *pd = e->vm.dev->pci.devs[i];
+
+			fprintf(stderr, "fuzz-pci: migrate: slot %d: status %#x command %#x msix %d\n", i,
+				pd->cfg[6], pd->cfg[4] | pd->cfg[5] << 8, pci_msix_enabled(pd));
+		}
 	for (d = dev_first(&e->vm); d && n < 8; d = d->next, n++) {
 		state_out_init(&out[n]);
 		if (d->ops->save(d, &out[n]))
@@ -189,6 +229,7 @@ static void migrate_check(struct env *e, uint8_t *ram)
 		if (again.len != out[n].len || memcmp(again.buf, out[n].buf, again.len)) {
 			fprintf(stderr, "fuzz-pci: %s.%u: save -> load -> save differs\n",
 				d->ops->name, d->instance);
+			state_diff(out[n].buf, out[n].len, again.buf, again.len, 0);
 			abort();
 		}
 		state_out_free(&again);

@@ -498,6 +498,15 @@ static void vpci_cfg_write(struct pci_dev *d, unsigned int off, unsigned int len
 
 	if (vpci_touches_window(vp, off, len))
 		vpci_cfg_window(vp, true);
+	/*
+	 * MSI-X turned on or off: INTx is asserted only without MSI-X and while
+	 * ISR is set, as a load sets it.  Otherwise a line asserted before the
+	 * driver enabled MSI-X stayed asserted (reading ISR lowers it only
+	 * without MSI-X), and did not after a migration.
+	 */
+	if (d->msix.nr && off < d->msix.cap + 4u && off + len > d->msix.cap + 2u)
+		pci_set_intx(d, !pci_msix_enabled(d) &&
+			     __atomic_load_n(&vp->vdev->isr, __ATOMIC_SEQ_CST) != 0);
 }
 
 static void vpci_cfg_read(struct pci_dev *d, unsigned int off, unsigned int len)
