@@ -81,7 +81,7 @@ fuzz_target() {
 			echo "PASS fuzz/$1: $runs in ${secs}s"
 		else
 			failed=1
-			echo "FAIL fuzz/$1: the fuzzer found a failure: $(grep -m3 -E 'ERROR|SUMMARY|Test unit written' "$log" | tr '\n' ' ')"
+			echo "FAIL fuzz/$1: the fuzzer found a failure: $(grep -m4 -E '^fuzz-[a-z-]+: |ERROR|SUMMARY|Test unit written' "$log" | tr '\n' ' ')"
 		fi
 		rm -f "$log"
 		return
@@ -108,7 +108,7 @@ fuzz_target() {
 		echo "PASS fuzz/$1: Done $total runs in ${wall}s ($cpu CPU seconds)"
 	else
 		failed=1
-		echo "FAIL fuzz/$1: the fuzzer found a failure: $(grep -m3 -E 'ERROR|SUMMARY|Test unit written' "$log" | tr '\n' ' ')"
+		echo "FAIL fuzz/$1: the fuzzer found a failure: $(grep -m4 -E '^fuzz-[a-z-]+: |ERROR|SUMMARY|Test unit written' "$log" | tr '\n' ' ')"
 	fi
 	printf '%-11s %6s %6s %11s %7s %6s %7s %11s %6s\n' "$2" "$cpu" "$wall" "$total" \
 		"$((wall ? total / wall : 0))" "$cov" "$ft" "$corp" "$(find "$corpus" -type f | wc -l)" >>"$table"
