@@ -515,6 +515,29 @@ static void handshake_err(struct tls_creds *c, struct tls_sess *s, int sslerr, i
 	ERR_clear_error();
 }
 
+/*
+ * hs_wait - an SSL call of the handshake returned r (errno sys): wait until
+ * the socket is ready for what it wants, before deadline.  0 (call again),
+ * -ECONNREFUSED (it failed: err says why) or -ETIMEDOUT.
+ */
+static int hs_wait(struct tls_creds *c, struct tls_sess *s, int r, int sys, double deadline,
+		   int timeout_ms, char *err, size_t len)
+{
+	int e = SSL_get_error(s->ssl, r), left;
+
+	if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+		handshake_err(c, s, e, e == SSL_ERROR_SYSCALL ? sys : 0, err, len);
+		return -ECONNREFUSED;
+	}
+	left = (int)(deadline - now_ms());
+	if (left <= 0 || wait_for(s->fd, e, left) == 0) {
+		snprintf(err, len, "TLS handshake with %s timed out after %.1f s",
+			 c->server ? "the source" : "the destination", timeout_ms / 1000.0);
+		return -ETIMEDOUT;
+	}
+	return 0;
+}
+
 int tls_handshake(struct tls_creds *c, int fd, int timeout_ms, struct tls_sess **out,
 		  char *err, size_t len)
 {
@@ -558,48 +581,26 @@ int tls_handshake(struct tls_creds *c, int fd, int timeout_ms, struct tls_sess *
 	else
 		SSL_set_connect_state(s->ssl);
 	for (;;) {
-		int r = SSL_do_handshake(s->ssl), e, sys = errno, left;
+		int r = SSL_do_handshake(s->ssl);
 
 		if (r == 1)
 			break;
-		e = SSL_get_error(s->ssl, r);
-		if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
-			handshake_err(c, s, e, e == SSL_ERROR_SYSCALL ? sys : 0, err, len);
-			ret = -ECONNREFUSED;
+		ret = hs_wait(c, s, r, errno, deadline, timeout_ms, err, len);
+		if (ret)
 			goto fail;
-		}
-		left = (int)(deadline - now_ms());
-		if (left <= 0 || wait_for(fd, e, left) == 0) {
-			snprintf(err, len, "TLS handshake with %s timed out after %.1f s", who,
-				 timeout_ms / 1000.0);
-			ret = -ETIMEDOUT;
-			goto fail;
-		}
 	}
 	/* The server has judged the client: it says so, and the client waits to hear it. */
 	while (have < TLS_CONFIRM_LEN) {
-		int r, e, sys, left;
+		int r = c->server ? SSL_write(s->ssl, &TLS_CONFIRM[have], (int)(TLS_CONFIRM_LEN - have))
+				  : SSL_read(s->ssl, got + have, (int)(TLS_CONFIRM_LEN - have));
 
-		r = c->server ? SSL_write(s->ssl, &TLS_CONFIRM[have], (int)(TLS_CONFIRM_LEN - have))
-			      : SSL_read(s->ssl, got + have, (int)(TLS_CONFIRM_LEN - have));
-		sys = errno;
 		if (r > 0) {
 			have += (size_t)r;
 			continue;
 		}
-		e = SSL_get_error(s->ssl, r);
-		if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
-			handshake_err(c, s, e, e == SSL_ERROR_SYSCALL ? sys : 0, err, len);
-			ret = -ECONNREFUSED;
+		ret = hs_wait(c, s, r, errno, deadline, timeout_ms, err, len);
+		if (ret)
 			goto fail;
-		}
-		left = (int)(deadline - now_ms());
-		if (left <= 0 || wait_for(fd, e, left) == 0) {
-			snprintf(err, len, "TLS handshake with %s timed out after %.1f s", who,
-				 timeout_ms / 1000.0);
-			ret = -ETIMEDOUT;
-			goto fail;
-		}
 	}
 	if (!c->server && memcmp(got, TLS_CONFIRM, TLS_CONFIRM_LEN)) {
 		snprintf(err, len, "%s is not a godwit TLS peer (no confirmation)", who);
