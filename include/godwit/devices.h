@@ -208,6 +208,21 @@ void pci_update_bars(struct pci_dev *d);
 unsigned int pci_intx_gsi(unsigned int slot);
 /* Drive d's INTx line (honours the command register's INTx disable). */
 void pci_set_intx(struct pci_dev *d, int level);
+/*
+ * A function's interrupt with a status byte (virtio's ISR), any thread.
+ * Each runs under d's MSI-X lock, so an MSI-X enable or an ISR read never
+ * falls between a decision and the line: INTx is asserted exactly while
+ * MSI-X is off and *status is not zero.
+ *   pci_irq_raise: MSI-X on: vector v (none if v is out of range); off:
+ *     *status |= bits and INTx asserted.
+ *   pci_irq_status_read: *status read and cleared; INTx lowered unless
+ *     MSI-X is on.
+ *   pci_irq_sync: INTx set from MSI-X and *status (after MSI-X control
+ *     was written, or a load).
+ */
+void pci_irq_raise(struct pci_dev *d, unsigned int v, uint8_t *status, uint8_t bits);
+uint8_t pci_irq_status_read(struct pci_dev *d, uint8_t *status);
+void pci_irq_sync(struct pci_dev *d, const uint8_t *status);
 
 /* ---- ACPI PM1a event/control blocks and PM timer -------------------------------- */
 struct acpi_pm {

@@ -327,6 +327,66 @@ bool pci_msix_notify(struct pci_dev *d, unsigned int v)
 	return ok;
 }
 
+/*
+ * The interrupt state of a function with MSI-X changes under its MSI-X
+ * lock only (the three below and msix_ctrl_written()), so an MSI-X enable,
+ * an interrupt and an ISR read never interleave: INTx is asserted exactly
+ * while MSI-X is off and the status byte is set.
+ */
+static void irq_lock(struct pci_dev *d)
+{
+	if (d->msix.nr)
+		pthread_mutex_lock(&d->msix.lock);
+}
+
+static void irq_unlock(struct pci_dev *d)
+{
+	if (d->msix.nr)
+		pthread_mutex_unlock(&d->msix.lock);
+}
+
+/* pci_irq_raise - see devices.h. */
+void pci_irq_raise(struct pci_dev *d, unsigned int v, uint8_t *status, uint8_t bits)
+{
+	struct pci_msix *m = &d->msix;
+
+	irq_lock(d);
+	if (m->nr && m->enabled) {
+		if (v < m->nr) {
+			if (msix_masked(m, v))
+				m->pba[v / 64] |= 1ULL << (v % 64);
+			else
+				msix_fire(d, v);
+		}
+	} else {
+		__atomic_fetch_or(status, bits, __ATOMIC_SEQ_CST);
+		pci_set_intx(d, 1);
+	}
+	irq_unlock(d);
+}
+
+/* pci_irq_status_read - see devices.h. */
+uint8_t pci_irq_status_read(struct pci_dev *d, uint8_t *status)
+{
+	uint8_t v;
+
+	irq_lock(d);
+	v = __atomic_exchange_n(status, 0, __ATOMIC_SEQ_CST);
+	if (!(d->msix.nr && d->msix.enabled))
+		pci_set_intx(d, 0);
+	irq_unlock(d);
+	return v;
+}
+
+/* pci_irq_sync - see devices.h. */
+void pci_irq_sync(struct pci_dev *d, const uint8_t *status)
+{
+	irq_lock(d);
+	pci_set_intx(d, !(d->msix.nr && d->msix.enabled) &&
+		     __atomic_load_n(status, __ATOMIC_SEQ_CST) != 0);
+	irq_unlock(d);
+}
+
 /* pci_msix_enabled - see devices.h. */
 bool pci_msix_enabled(struct pci_dev *d)
 {

@@ -28,6 +28,7 @@
  * transport lock (MSI-X has its own; ISR is atomic).
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -111,13 +112,10 @@ void virtio_pci_irq(struct virtio_dev *vdev, uint16_t vector, uint8_t isr)
 	/* The config bit is set even with MSI-X (virtio 1.2, 4.1.4.5.1). */
 	if (isr & VIRTIO_ISR_CONFIG)
 		__atomic_fetch_or(&vdev->isr, VIRTIO_ISR_CONFIG, __ATOMIC_SEQ_CST);
-	if (pci_msix_enabled(&vp->pdev)) {
-		if (vector != VIRTIO_MSI_NO_VECTOR && vector < vp->nvec)
-			pci_msix_notify(&vp->pdev, vector);
-		return;
-	}
-	__atomic_fetch_or(&vdev->isr, isr, __ATOMIC_SEQ_CST);
-	pci_set_intx(&vp->pdev, 1);
+	/* No usable vector with MSI-X on: no interrupt (the driver asked for none). */
+	pci_irq_raise(&vp->pdev,
+		      vector != VIRTIO_MSI_NO_VECTOR && vector < vp->nvec ? vector : UINT_MAX,
+		      &vdev->isr, isr);
 }
 
 /* ---- notifications ------------------------------------------------------------------ */
@@ -432,9 +430,7 @@ static void vpci_bar_io(void *opaque, uint64_t off, void *data, unsigned int len
 		memset(p, 0, len);
 		if (off == VPCI_ISR_OFF) {
 			/* Reading ISR clears it and lowers INTx (virtio 1.2, 4.1.4.5). */
-			p[0] = __atomic_exchange_n(&vdev->isr, 0, __ATOMIC_SEQ_CST);
-			if (!pci_msix_enabled(&vp->pdev))
-				pci_set_intx(&vp->pdev, 0);
+			p[0] = pci_irq_status_read(&vp->pdev, &vdev->isr);
 		}
 	} else if (off >= VPCI_DEVICE_OFF && off - VPCI_DEVICE_OFF < vdev->ops->config_size &&
 		   len <= vdev->ops->config_size - (off - VPCI_DEVICE_OFF)) {
@@ -505,8 +501,7 @@ static void vpci_cfg_write(struct pci_dev *d, unsigned int off, unsigned int len
 	 * without MSI-X), and did not after a migration.
 	 */
 	if (d->msix.nr && off < d->msix.cap + 4u && off + len > d->msix.cap + 2u)
-		pci_set_intx(d, !pci_msix_enabled(d) &&
-			     __atomic_load_n(&vp->vdev->isr, __ATOMIC_SEQ_CST) != 0);
+		pci_irq_sync(d, &vp->vdev->isr);
 }
 
 static void vpci_cfg_read(struct pci_dev *d, unsigned int off, unsigned int len)
@@ -1122,8 +1117,7 @@ int virtio_pci_load(struct virtio_dev *vdev, struct state_in *in, uint16_t versi
 	/* Host-side state from the guest-visible: ioeventfds, MSI routes, INTx. */
 	pci_update_bars(d);
 	pci_msix_refresh(d);
-	if (!pci_msix_enabled(d))
-		pci_set_intx(d, v->isr != 0);
+	pci_irq_sync(d, &vdev->isr);
 
 	ret = 0;
 	if (v->device.p && vdev->ops->load) {
