@@ -51,7 +51,7 @@ if [ "$MODE" = all ] || [ "$MODE" = unit ]; then
 			build-asan/tests/unit-tests
 	fi
 	if [ -x build-fuzz/fuzz-boot ]; then
-		run_suite fuzz bash tests/fuzz/run.sh 15
+		run_suite fuzz bash tests/fuzz/run.sh 10
 	fi
 fi
 
