@@ -41,6 +41,7 @@
 #include "godwit/api.h"
 #include "godwit/loop.h"
 #include "godwit/migrate.h"
+#include "godwit/tls.h"
 #include "godwit/snapshot.h"
 #include "godwit/vm.h"
 
@@ -74,6 +75,7 @@ int __wrap_migrate_start(struct vm *v, const struct migrate_params *p, char *err
 	int ret = migrate_addr_check(p->to, err, len);
 
 	(void)v;
+	tls_creds_free(p->tls);         /* migrate_start() owns the credentials, even failing */
 	if (ret)
 		return ret;
 	snprintf(err, len, "the fuzzer connects nowhere");
