@@ -41,8 +41,8 @@
 #include "godwit/api.h"
 #include "godwit/loop.h"
 #include "godwit/migrate.h"
-#include "godwit/tls.h"
 #include "godwit/snapshot.h"
+#include "godwit/tls.h"
 #include "godwit/vm.h"
 
 #define REPLY_MAX   (256 * 1024)
