@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""mkcerts.py DIR - test credentials for the migration channel's mutual TLS.
+"""mkcerts.py DIR [--hosts NAME...] - test credentials for the migration channel's mutual TLS.
 
 Makes two CAs (A and B) and, each in DIR/NAME/ (ca.pem, cert.pem, key.pem),
 as godwit's --tls-dir wants them:
@@ -10,6 +10,9 @@ as godwit's --tls-dir wants them:
              the destination, the destination does not trust it)
   expired    CN/SAN src.godwit.test, signed by A, expired a year ago; ca.pem: A
   cnonly     CN src.godwit.test and no SAN, signed by A; ca.pem: A
+With --hosts, only CA A and, for each NAME, DIR/NAME/ with CN/SAN NAME
+signed by A (ca.pem: A): the fleet's hosts (tests/kvm/lib-fleet.sh), whose
+certificates name the host.
 Keys are ECDSA P-256; certificates carry both serverAuth and clientAuth (a
 host is a TLS server when it receives a VM, a client when it sends one).
 """
@@ -86,6 +89,11 @@ def write(d, cas, kc):
 
 def main():
     out = sys.argv[1]
+    if len(sys.argv) > 2 and sys.argv[2] == "--hosts":
+        a = ca("godwit test CA A")
+        for h in sys.argv[3:]:
+            write(os.path.join(out, h), [a], leaf(a, h))
+        return
     a, b = ca("godwit test CA A"), ca("godwit test CA B")
     write(os.path.join(out, "src"), [a], leaf(a, "src.godwit.test"))
     write(os.path.join(out, "dst"), [a], leaf(a, "dst.godwit.test"))
