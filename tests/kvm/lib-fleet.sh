@@ -86,6 +86,8 @@ etcd_member_start() {
 		--initial-cluster-state new --heartbeat-interval 100 --election-timeout 1000 \
 		</dev/null >>"$FLEET_DIR/etcd/$n.log" 2>&1 &
 	ETCD_PID[$n]=$!
+	# The VMs keep both cores busy: the members must not miss their heartbeats for it.
+	renice -n -5 -p "${ETCD_PID[$n]}" >/dev/null 2>&1
 }
 etcd_member_stop() {
 	local n=e$1
@@ -174,12 +176,14 @@ host_uncut_etcd() {
 # fleet ARGS...: the CLI (60 s at most), from the switch namespace.
 fleet() { timeout 60 ip netns exec "$FLEET_NS_S" "$GODWIT" fleet --etcd "$ETCD_URLS" "$@" </dev/null; }
 
-# fleet_vm_pids H: "VM PID" for each `godwit run` process in H's namespace.
+# fleet_vm_pids H: "VM PID API" for each `godwit run` process in H's namespace.
 fleet_vm_pids() {
 	local p
 	for p in $(ip netns pids "${FLEET_NS[$1]}" 2>/dev/null); do
-		tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null |
-			awk -v p="$p" '$2 == "run" { for (i = 3; i < NF; i++) if ($i == "--name") print $(i + 1), p }'
+		tr '\0' '\n' <"/proc/$p/cmdline" 2>/dev/null |
+			awk -v p="$p" 'NR == 2 && $0 != "run" { exit } { a[NR] = $0 }
+				END { for (i = 3; i < NR; i++) { if (a[i] == "--name") n = a[i + 1]; if (a[i] == "--api") s = a[i + 1] }
+				      if (n != "") print n, p, s }'
 	done
 }
 
