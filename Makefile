@@ -160,6 +160,13 @@ demo: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)bash scripts/demo.sh $(GUEST)
 
+# A fleet on this machine: three hosts in network namespaces, etcd, the agents;
+# a drain moves VMs live (docs/fleet.md, "Running it").  Needs root.
+.PHONY: fleet-demo
+fleet-demo: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)bash scripts/fleet-demo.sh
+
 .PHONY: bench-boot
 bench-boot: all linux-guest
 	$(Q)bash bench/boot/run.sh

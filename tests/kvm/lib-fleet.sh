@@ -5,6 +5,7 @@
 #   switch  gwf-s-SFX   bridge br0 (198.18.7.1/24): the CLI and the checker run here
 #   hosts   gwf-h1-SFX .. gwf-h3-SFX   eth0 198.18.7.11 .. .13, an agent each
 #   etcd    gwf-e1-SFX .. gwf-e3-SFX   eth0 198.18.7.21 .. .23, one member each
+#           (FLEET_ETCD_N=1: only the first)
 #
 # Every namespace hangs off the switch's bridge by a veth pair; nothing is
 # added to the root namespace's network.  Per-host TLS credentials
@@ -33,7 +34,11 @@ FLEET_NS[h3]=gwf-h3-$FLEET_SFX FLEET_IP[h3]=198.18.7.13
 FLEET_NS[e1]=gwf-e1-$FLEET_SFX FLEET_IP[e1]=198.18.7.21
 FLEET_NS[e2]=gwf-e2-$FLEET_SFX FLEET_IP[e2]=198.18.7.22
 FLEET_NS[e3]=gwf-e3-$FLEET_SFX FLEET_IP[e3]=198.18.7.23
-ETCD_URLS=http://198.18.7.21:2379,http://198.18.7.22:2379,http://198.18.7.23:2379
+# FLEET_ETCD_N: how many etcd members (1..3; the demo runs one).
+FLEET_ETCD_N=${FLEET_ETCD_N:-3}
+ETCD_URLS=http://198.18.7.21:2379
+[ "$FLEET_ETCD_N" -ge 2 ] && ETCD_URLS+=,http://198.18.7.22:2379
+[ "$FLEET_ETCD_N" -ge 3 ] && ETCD_URLS+=,http://198.18.7.23:2379
 FLEET_AGENT_PORT=${FLEET_AGENT_PORT:-7470}
 GODWITD=${GODWITD:-$BUILD/godwitd}
 FLEET_DIR=${FLEET_DIR:-}
@@ -77,7 +82,7 @@ fleet_net_up() {
 etcd_member_start() {
 	local n=e$1 ip=${FLEET_IP[e$1]} cluster=
 	local i
-	for i in 1 2 3; do cluster+=${cluster:+,}e$i=http://${FLEET_IP[e$i]}:2380; done
+	for ((i = 1; i <= FLEET_ETCD_N; i++)); do cluster+=${cluster:+,}e$i=http://${FLEET_IP[e$i]}:2380; done
 	mkdir -p "$FLEET_DIR/etcd"
 	ip netns exec "${FLEET_NS[$n]}" etcd --name "$n" --data-dir "$FLEET_DIR/etcd/$n" \
 		--listen-client-urls "http://$ip:2379" --advertise-client-urls "http://$ip:2379" \
@@ -98,10 +103,13 @@ etcd_member_stop() {
 }
 # fleet_etcdctl ARGS...: etcdctl (v3) from the switch namespace, against each member in turn
 # until one answers (etcdctl 3.4 given all three can stay stuck on one that was killed).
+# Members this script stopped are skipped (etcdctl waits out its timeout on them).
 fleet_etcdctl() {
-	local u
-	for u in ${ETCD_URLS//,/ }; do
-		ETCDCTL_API=3 timeout 10 ip netns exec "$FLEET_NS_S" etcdctl --endpoints "$u" \
+	local i
+	for ((i = 1; i <= FLEET_ETCD_N; i++)); do
+		[ -n "${ETCD_PID[e$i]:-}" ] || continue
+		ETCDCTL_API=3 timeout 10 ip netns exec "$FLEET_NS_S" etcdctl \
+			--endpoints "http://${FLEET_IP[e$i]}:2379" \
 			--dial-timeout 1s --command-timeout 3s "$@" 2>>"$FLEET_DIR/etcdctl.err" && return 0
 	done
 	return 1
@@ -129,7 +137,7 @@ fleet_up() {
 		FLEET_ERR="mkcerts.py failed: $(tail -n 1 "$FLEET_DIR/setup.err")"
 		return 1
 	fi
-	for i in 1 2 3; do etcd_member_start "$i"; done
+	for ((i = 1; i <= FLEET_ETCD_N; i++)); do etcd_member_start "$i"; done
 	if ! etcd_healthy 20; then
 		FLEET_ERR="etcd did not become healthy in 20 s: $(tail -n 2 "$FLEET_DIR/etcd/e1.log")"
 		return 1
@@ -165,11 +173,11 @@ agent_registered() {
 
 host_cut_etcd() {
 	local i
-	for i in 1 2 3; do ip -n "${FLEET_NS[$1]}" route add blackhole "${FLEET_IP[e$i]}/32" || return 1; done
+	for ((i = 1; i <= FLEET_ETCD_N; i++)); do ip -n "${FLEET_NS[$1]}" route add blackhole "${FLEET_IP[e$i]}/32" || return 1; done
 }
 host_uncut_etcd() {
 	local i
-	for i in 1 2 3; do ip -n "${FLEET_NS[$1]}" route del blackhole "${FLEET_IP[e$i]}/32" 2>/dev/null; done
+	for ((i = 1; i <= FLEET_ETCD_N; i++)); do ip -n "${FLEET_NS[$1]}" route del blackhole "${FLEET_IP[e$i]}/32" 2>/dev/null; done
 	return 0
 }
 
