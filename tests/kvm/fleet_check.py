@@ -161,6 +161,9 @@ def vm_processes(ns_hosts):
                 name = args[i + 1]
             elif a == "--api":
                 api = args[i + 1]
+        if name is None and api and os.path.basename(api) == "api.sock" and \
+                os.path.basename(os.path.dirname(os.path.dirname(api))) == "vms":
+            name = os.path.basename(os.path.dirname(api))   # DIR/vms/VM/api.sock
         ino = netns_ino(pid)
         host = ns_hosts.get(ino, "netns:%s" % ino)
         out.append((pid, host, name, api))

@@ -184,13 +184,15 @@ host_uncut_etcd() {
 # fleet ARGS...: the CLI (60 s at most), from the switch namespace.
 fleet() { timeout 60 ip netns exec "$FLEET_NS_S" "$GODWIT" fleet --etcd "$ETCD_URLS" "$@" </dev/null; }
 
-# fleet_vm_pids H: "VM PID API" for each `godwit run` process in H's namespace.
+# fleet_vm_pids H: "VM PID API" for each `godwit run` process in H's namespace (VM: its
+# --name, else the directory of its --api socket, DIR/vms/VM/api.sock).
 fleet_vm_pids() {
 	local p
 	for p in $(ip netns pids "${FLEET_NS[$1]}" 2>/dev/null); do
 		tr '\0' '\n' <"/proc/$p/cmdline" 2>/dev/null |
 			awk -v p="$p" 'NR == 2 && $0 != "run" { exit } { a[NR] = $0 }
 				END { for (i = 3; i < NR; i++) { if (a[i] == "--name") n = a[i + 1]; if (a[i] == "--api") s = a[i + 1] }
+				      if (n == "" && s ~ /\/vms\/[^\/]+\/api\.sock$/) { n = s; sub(/\/api\.sock$/, "", n); sub(/.*\//, "", n) }
 				      if (n != "") print n, p, s }'
 	done
 }

@@ -52,6 +52,10 @@ ft_cleanup() {
 trap 'ft_cleanup; t_cleanup' EXIT
 
 t_need_guest "$T" || exit 0
+# A bound on the whole run: a hung step ends the test (and its cleanup runs).
+FLEET_TIMEOUT=${FLEET_TIMEOUT:-540}
+trap 't_fail "$T-timeout" "the test did not end within $FLEET_TIMEOUT s"; exit 0' TERM
+( sleep "$FLEET_TIMEOUT"; kill -TERM $$ 2>/dev/null ) &
 
 # ---- helpers --------------------------------------------------------------------------
 owner() { etcd_val "/godwit/vms/$1/owner"; }
@@ -398,6 +402,7 @@ fault_b() {
 	INFO="vb: status $(sfield vb state), owner '$(owner vb)'"
 }
 if fault_b; then t_pass "$T-source-kill"; echo "# $INFO"; else t_fail "$T-source-kill" "$WHY"; fi
+allow vb
 fleet stop vb >/dev/null 2>&1
 fleet rm vb >/dev/null 2>&1
 
@@ -454,6 +459,7 @@ host_uncut_etcd h1
 disallow ALL
 # The other VMs on h1 go on after the fence.
 for v in $VMS; do [ "$(owner_host "$v")" = h1 ] && wait_on "$v" h1 30; done
+allow vc
 fleet stop vc >/dev/null 2>&1
 fleet rm vc >/dev/null 2>&1
 
