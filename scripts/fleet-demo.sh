@@ -54,7 +54,7 @@ for h in h1 h2 h3; do
 	agent_start "$h"
 done
 for h in h1 h2 h3; do
-	agent_registered "$h" 20 || die "agent $h did not register: $(tail -n 5 "$FLEET_DIR/$h/agent.log")"
+	agent_registered "$h" 20 || die "agent $h did not register: $(tail -n 5 "$FLEET_DIR/log/$h.log")"
 done
 
 VMS="demo1 demo2 demo3 demo4"
@@ -82,7 +82,7 @@ echo
 echo "== each VM's last memtest line (on the host that runs it now)"
 for v in $VMS; do
 	h=$(owner_host "$v")
-	log=$FLEET_DIR/$h/state/vms/$v/console.log
+	log=$FLEET_DIR/$h/vms/$v/console.log
 	echo "  $v on $h: $(t_complete "$log" | grep -a '^memtest: t=' | tail -n 1)"
 done
 echo

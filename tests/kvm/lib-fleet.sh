@@ -9,7 +9,7 @@
 #
 # Every namespace hangs off the switch's bridge by a veth pair; nothing is
 # added to the root namespace's network.  Per-host TLS credentials
-# (tests/kvm/mkcerts.py --hosts: SAN = the host's name, one CA) in
+# (tests/kvm/mkcerts.py DIR h1 h2 h3: SAN = the host's name, one CA) in
 # $FLEET_DIR/certs/H.  Source tests/lib.sh first (ROOT, BUILD, GODWIT).
 #
 #   fleet_up                  namespaces, bridge, certificates, etcd (3 members, healthy)
@@ -129,10 +129,10 @@ etcd_healthy() {
 
 fleet_up() {
 	local i
-	if [ -z "$FLEET_DIR" ]; then FLEET_DIR=$(mktemp -d /tmp/godwit-fleet.XXXXXX); fi
+	if [ -z "$FLEET_DIR" ]; then FLEET_DIR=$(mktemp -d /tmp/gwf.XXXXXX); fi
 	mkdir -p "$FLEET_DIR"
 	fleet_net_up || return 1
-	if ! python3 "$ROOT/tests/kvm/mkcerts.py" "$FLEET_DIR/certs" --hosts "${FLEET_HOSTS[@]}" \
+	if ! python3 "$ROOT/tests/kvm/mkcerts.py" "$FLEET_DIR/certs" "${FLEET_HOSTS[@]}" \
 		2>>"$FLEET_DIR/setup.err"; then
 		FLEET_ERR="mkcerts.py failed: $(tail -n 1 "$FLEET_DIR/setup.err")"
 		return 1
@@ -144,15 +144,16 @@ fleet_up() {
 	fi
 }
 
-# agent_start H [OPTS...]: H's godwitd (its state in $FLEET_DIR/H/state, log $FLEET_DIR/H/agent.log).
+# agent_start H [OPTS...]: H's godwitd, its state in $FLEET_DIR/H (godwitd wants a short
+# path), its log in $FLEET_DIR/log/H.log.
 agent_start() {
 	local h=$1
 	shift
-	mkdir -p "$FLEET_DIR/$h/state"
+	mkdir -p "$FLEET_DIR/$h" "$FLEET_DIR/log"
 	ip netns exec "${FLEET_NS[$h]}" "$GODWITD" --host "$h" --etcd "$ETCD_URLS" \
-		--state-dir "$FLEET_DIR/$h/state" --listen "${FLEET_IP[$h]}:$FLEET_AGENT_PORT" \
+		--state-dir "$FLEET_DIR/$h" --listen "${FLEET_IP[$h]}:$FLEET_AGENT_PORT" \
 		--tls-dir "$FLEET_DIR/certs/$h" --godwit "$GODWIT" "$@" \
-		</dev/null >>"$FLEET_DIR/$h/agent.log" 2>&1 &
+		</dev/null >>"$FLEET_DIR/log/$h.log" 2>&1 &
 	AGENT_PID[$h]=$!
 }
 agent_kill() {

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""mkcerts.py DIR [--hosts NAME...] - test credentials for the migration channel's mutual TLS.
+"""mkcerts.py DIR - test credentials for the migration channel's mutual TLS.
 
 Makes two CAs (A and B) and, each in DIR/NAME/ (ca.pem, cert.pem, key.pem),
 as godwit's --tls-dir wants them:
@@ -10,9 +10,8 @@ as godwit's --tls-dir wants them:
              the destination, the destination does not trust it)
   expired    CN/SAN src.godwit.test, signed by A, expired a year ago; ca.pem: A
   cnonly     CN src.godwit.test and no SAN, signed by A; ca.pem: A
-With --hosts, only CA A and, for each NAME, DIR/NAME/ with CN/SAN NAME
-signed by A (ca.pem: A): the fleet's hosts (tests/kvm/lib-fleet.sh), whose
-certificates name the host.
+`mkcerts.py DIR HOST...` makes instead DIR/HOST/ for each HOST (CN/SAN HOST,
+signed by A; ca.pem: A): a fleet's hosts (godwitd --tls-dir).
 Keys are ECDSA P-256; certificates carry both serverAuth and clientAuth (a
 host is a TLS server when it receives a VM, a client when it sends one).
 """
@@ -89,12 +88,11 @@ def write(d, cas, kc):
 
 def main():
     out = sys.argv[1]
-    if len(sys.argv) > 2 and sys.argv[2] == "--hosts":
-        a = ca("godwit test CA A")
-        for h in sys.argv[3:]:
-            write(os.path.join(out, h), [a], leaf(a, h))
-        return
     a, b = ca("godwit test CA A"), ca("godwit test CA B")
+    if len(sys.argv) > 2:
+        for host in sys.argv[2:]:
+            write(os.path.join(out, host), [a], leaf(a, host))
+        return
     write(os.path.join(out, "src"), [a], leaf(a, "src.godwit.test"))
     write(os.path.join(out, "dst"), [a], leaf(a, "dst.godwit.test"))
     write(os.path.join(out, "wrongname"), [a], leaf(a, "other.godwit.test"))

@@ -79,7 +79,7 @@ procs_of() { fleet_vm_pids "$2" | awk -v v="$1" '$1 == v { print $2 }'; }
 # where V: the hosts on which V runs now.
 where() { local h; for h in h1 h2 h3; do [ -n "$(run_pid "$1" "$h")" ] && echo "$h"; done; }
 # console V H: V's console file on H.
-console() { echo "$FLEET_DIR/$2/state/vms/$1/console.log"; }
+console() { echo "$FLEET_DIR/$2/vms/$1/console.log"; }
 # wait_on V H SECS: until V's owner is H, its status says running and it runs on H.
 wait_on() {
 	local i
@@ -205,7 +205,7 @@ for h in h1 h2 h3; do agent_start "$h"; done
 ok=1
 for h in h1 h2 h3; do
 	if ! agent_registered "$h" 20; then
-		t_fail "$T-agents" "no /godwit/hosts/$h 20 s after godwitd started: $(tail -n 5 "$FLEET_DIR/$h/agent.log" | tr '\n' '|')"
+		t_fail "$T-agents" "no /godwit/hosts/$h 20 s after godwitd started: $(tail -n 5 "$FLEET_DIR/log/$h.log" | tr '\n' '|')"
 		ok=0
 		break
 	fi
