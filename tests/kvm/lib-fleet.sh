@@ -41,6 +41,8 @@ ETCD_URLS=http://198.18.7.21:2379
 [ "$FLEET_ETCD_N" -ge 3 ] && ETCD_URLS+=,http://198.18.7.23:2379
 FLEET_AGENT_PORT=${FLEET_AGENT_PORT:-7470}
 GODWITD=${GODWITD:-$BUILD/godwitd}
+# The three "hosts" share this machine's cores: each may place more vCPUs than there are.
+FLEET_AGENT_OPTS=${FLEET_AGENT_OPTS:---cpu-capacity 8 --mem-capacity 4G}
 FLEET_DIR=${FLEET_DIR:-}
 FLEET_ERR=
 
@@ -152,7 +154,7 @@ agent_start() {
 	mkdir -p "$FLEET_DIR/$h" "$FLEET_DIR/log"
 	ip netns exec "${FLEET_NS[$h]}" "$GODWITD" --host "$h" --etcd "$ETCD_URLS" \
 		--state-dir "$FLEET_DIR/$h" --listen "${FLEET_IP[$h]}:$FLEET_AGENT_PORT" \
-		--tls-dir "$FLEET_DIR/certs/$h" --godwit "$GODWIT" "$@" \
+		--tls-dir "$FLEET_DIR/certs/$h" --godwit "$GODWIT" $FLEET_AGENT_OPTS "$@" \
 		</dev/null >>"$FLEET_DIR/log/$h.log" 2>&1 &
 	AGENT_PID[$h]=$!
 }
