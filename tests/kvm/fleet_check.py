@@ -7,8 +7,8 @@
 
 Run where etcd answers (the fleet's switch namespace).  Every --interval it
 samples, in one pass:
-  - every `godwit run` process on the machine (/proc), the host whose network
-    namespace it is in (/run/netns/NETNS), its VM (--name, else the API's name)
+  - every `godwit run` process in the hosts' network namespaces (/proc,
+    /run/netns/NETNS; any other godwit on the machine is not the fleet's), its VM (--name, else the API's name)
     and whether it runs the VM: not stopped (/proc/PID/stat state T: SIGSTOP,
     a fenced VM) and its API (GET /api/v1/vm on its --api UNIX socket) says
     "running";
@@ -164,8 +164,9 @@ def vm_processes(ns_hosts):
         if name is None and api and os.path.basename(api) == "api.sock" and \
                 os.path.basename(os.path.dirname(os.path.dirname(api))) == "vms":
             name = os.path.basename(os.path.dirname(api))   # DIR/vms/VM/api.sock
-        ino = netns_ino(pid)
-        host = ns_hosts.get(ino, "netns:%s" % ino)
+        host = ns_hosts.get(netns_ino(pid))
+        if host is None:
+            continue            # not on one of the fleet's hosts (another test's godwit)
         out.append((pid, host, name, api))
     return out
 

@@ -121,6 +121,8 @@ mem_ok() {
 	fi
 	return 0
 }
+# gen_n FILE: last_gen FILE, 0 if there is none yet (for wait_count).
+gen_n() { local g; g=$(last_gen "$1"); echo "${g:-0}"; }
 # gen_of V: V's memtest gen on its owner host now.
 gen_of() { last_gen "$(console "$1" "$(owner_host "$1")")"; }
 # shape H / unshape H: limit H's uplink to FAULT_RATE (a migration from H takes seconds).
@@ -233,7 +235,7 @@ else
 	exit 0
 fi
 # Let the guests run a few generations, so that a cold boot would show.
-for v in $VMS; do wait_count last_gen "$(console "$v" "$(owner_host "$v")")" 3 30; done
+for v in $VMS; do wait_count gen_n "$(console "$v" "$(owner_host "$v")")" 3 30; done
 
 # ---- drain h1 ---------------------------------------------------------------------------
 declare -A G0
@@ -359,6 +361,8 @@ fault_a() {
 		fleet drain h3 >"$FLEET_DIR/a-drain2.out" 2>&1
 		for ((i = 0; i < 60; i++)); do [ -z "$(vms_on h3)" ] && break; sleep 1; done
 	fi
+	# A source whose VM moved exits by itself (its agent kills it after 15 s at most).
+	for ((i = 0; i < 20; i++)); do [ -z "$(fleet_vm_pids h3)" ] && break; sleep 1; done
 	if [ -n "$(vms_on h3)" ] || [ -n "$(fleet_vm_pids h3)" ]; then
 		WHY="h3 still holds $(vms_on h3 | tr '\n' ' ')/ processes '$(fleet_vm_pids h3)' after its drain (first drain exit $rc: $(head -c 200 "$FLEET_DIR/a-drain.out"))"
 		return 1
@@ -375,7 +379,7 @@ fleet uncordon h3 >/dev/null 2>&1
 fault_b() {
 	local e0 p i x
 	create vb h1 "$FAULT_CMDLINE" 192M || return 1
-	wait_count last_gen "$(console vb h1)" 2 30
+	wait_count gen_n "$(console vb h1)" 2 30
 	e0=$(owner vb)
 	p=$(run_pid vb h1)
 	shape h1
@@ -408,9 +412,9 @@ fleet rm vb >/dev/null 2>&1
 
 # ---- (c) the source host cut from etcd during the copy: no COMMIT ---------------------------
 fault_c() {
-	local o0 e0 i p veto=
+	local o0 e0 i p x veto=
 	create vc h1 "$FAULT_CMDLINE" 192M || return 1
-	wait_count last_gen "$(console vc h1)" 2 30
+	wait_count gen_n "$(console vc h1)" 2 30
 	o0=$(owner vc)
 	e0=${o0#* }
 	p=$(run_pid vc h1)
@@ -427,9 +431,11 @@ fault_c() {
 	allow ALL
 	host_cut_etcd h1
 	unshape h1
-	# The destination, without COMMIT, gives up: veto/E (rule 3).  Meanwhile vc may run nowhere.
+	# The destination, without COMMIT, gives up: veto/E (rule 3).  Meanwhile vc never runs
+	# there (the source may still be copying, running, until it reaches the gate).
 	for ((i = 0; i < 40; i++)); do
-		[ -n "$(where vc)" ] && { WHY="vc runs on $(where vc) while its source is cut from etcd at the gate"; host_uncut_etcd h1; return 1; }
+		x=$(run_pid vc h2)
+		[ -n "$x" ] && { WHY="vc runs on h2 (pid $x) while its source is cut from etcd (owner '$(owner vc)')"; host_uncut_etcd h1; return 1; }
 		veto=$(etcd_val "/godwit/vms/vc/veto/$e0")
 		[ -n "$veto" ] && break
 		sleep 1
