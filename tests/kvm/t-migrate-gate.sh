@@ -342,4 +342,9 @@ fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)' "$img" >"$T_TMP/g4.free" 2>&1
 	fi
 	end_vm
 fi
+# No sanitizer report from any godwit or client (under ASan: make test-kvm).
+s=$(sanitizer "$T_TMP"/*.err "$T_TMP"/*.mig.err)
+if [ -n "$s" ]; then
+	t_fail $N-sanitizer "$s"
+fi
 echo "# $N: $(($(date +%s) - T0)) s"
