@@ -119,7 +119,8 @@ void migrate_get_progress(struct vm *vm, struct migrate_progress *out, bool rele
 bool migrate_busy(struct vm *vm);
 /*
  * migrate_cancel - stop an outgoing migration before COMMIT; the VM keeps
- * running here.  Returns 0, -ENOENT if none is under way, -EALREADY once
+ * running here (at the commit gate: as migrate_commit(vm, false), with the
+ * reason "cancelled").  Returns 0, -ENOENT if none is under way, -EALREADY once
  * COMMIT was sent (err says why).
  */
 int migrate_cancel(struct vm *vm, char *err, size_t len) __must_check;

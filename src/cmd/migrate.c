@@ -97,7 +97,8 @@ static const char cancel_usage[] =
 "usage: godwit migrate-cancel --api SOCKET\n"
 "\n"
 "Stop the VM's outgoing migration; it keeps running here.  Refused once the\n"
-"destination has been told to run the VM (COMMIT).\n"
+"destination has been told to run the VM (COMMIT).  At the commit gate\n"
+"(migrate --gate) it is an abort: the destination is told and discards it.\n"
 "\n"
 "Exit status: 0 cancelled, 1 nothing to cancel / too late / no VM, 2 usage error.\n";
 

@@ -8,7 +8,10 @@
  * COMMIT; the destination owns it once it received COMMIT.  So a side gives
  * the VM up only on a message that proves the other took it (DONE; COMMIT),
  * takes it back only on one that proves the other will not run it (ERROR,
- * ABORT, or never having sent COMMIT), and otherwise stays in doubt.
+ * ABORT, or never having sent COMMIT), and otherwise stays in doubt.  A
+ * source with a commit gate (ops->gate) does not take it back on an ERROR
+ * after COMMIT either: whoever decided at the gate already gave the VM to
+ * the destination, so only it may settle where the VM runs.
  */
 #include <errno.h>
 #include <poll.h>
