@@ -647,7 +647,8 @@ static bool src_may_commit(void *opaque)
 	bool ok;
 
 	pthread_mutex_lock(&m->lock);
-	ok = !m->cancel;
+	/* A COMMIT decided at the gate stands, even if godwit is stopping (migrate_fini). */
+	ok = !m->cancel || m->decision == GATE_COMMIT;
 	if (ok)
 		m->prog.status = MIG_COMMITTING;
 	pthread_mutex_unlock(&m->lock);
