@@ -12,7 +12,9 @@
  *   etcd-test dead URL...          every endpoint refuses: -ECONNREFUSED, fast
  *   etcd-test cluster URLS PID     3 members (URLS comma-separated): works,
  *                                  then kills PID (the member at the first
- *                                  URL, which the client is using) and works on
+ *                                  URL, which the client is using: the
+ *                                  leader) and works on once the others
+ *                                  elected a new leader (retries counted)
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -462,7 +464,11 @@ static void run_dead(const char *urls)
 	etcd_close(e);
 }
 
-/* Retry what an election may refuse for a moment; every retry is counted. */
+/*
+ * Retry what an election refuses for a moment (a linearizable read waits for
+ * a leader, a member answers "leader changed"), as the agents do; every
+ * retry is printed and counted.
+ */
 static int retries;
 
 static int put_retry(struct etcd *e, const char *k, const char *v, char *err, size_t len)
@@ -472,6 +478,19 @@ static int put_retry(struct etcd *e, const char *k, const char *v, char *err, si
 
 	while ((r = etcd_put(e, k, v, 0, err, len)) && now_s() - t0 < 10) {
 		printf("# retry put after %d: %s\n", r, err);
+		retries++;
+		usleep(300 * 1000);
+	}
+	return r;
+}
+
+static int get_retry(struct etcd *e, const char *k, struct etcd_kvs *kvs, char *err, size_t len)
+{
+	double t0 = now_s();
+	int r;
+
+	while ((r = etcd_get(e, k, kvs, err, len)) && now_s() - t0 < 10) {
+		printf("# retry get after %d: %s\n", r, err);
 		retries++;
 		usleep(300 * 1000);
 	}
@@ -508,7 +527,7 @@ static void run_cluster(const char *urls, pid_t victim)
 		goto out;
 	}
 	usleep(300 * 1000);          /* its sockets close as it exits */
-	if (etcd_get(e, k, &kvs, err, sizeof(err))) {
+	if (get_retry(e, k, &kvs, err, sizeof(err))) {
 		t_fail("get after losing %s: %s", first, err);
 		goto out;
 	}
