@@ -330,6 +330,7 @@ TEST(fleet_etcd_open)
 	struct etcd_kvs kvs;
 	CHECK_EQ(etcd_get(e, "", &kvs, err, sizeof(err)), -EINVAL);
 	CHECK_EQ(etcd_put(e, "/k", NULL, 0, err, sizeof(err)), -EINVAL);
+	CHECK_EQ(etcd_delete(e, "", true, NULL, err, sizeof(err)), -EINVAL);   /* every key */
 	CHECK_EQ(etcd_lease_keepalive(e, 0, &(int){ 0 }, err, sizeof(err)), -EINVAL);
 	CHECK_EQ(etcd_lease_grant(e, 0, &(int64_t){ 0 }, err, sizeof(err)), -EINVAL);
 	bool ok = true;
