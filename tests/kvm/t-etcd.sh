@@ -10,6 +10,9 @@
 #                         two threads sharing a client, a silent endpoint, bad URLs
 #   etcd-failover         the first URL a dead port, the second the member
 #   etcd-all-dead         every URL dead: -ECONNREFUSED in under a second
+#   etcd-tls, etcd-tls-untrusted
+#                         https with client certificates (made with openssl here): works
+#                         with the tls_dir, refused without the CA
 #   etcd-cluster, etcd-cluster-member-lost
 #                         3 members; the leader, which the client uses, is killed
 #                         (SIGKILL) and reads, writes and transactions go on through the
@@ -92,6 +95,46 @@ fi
 run_test basic basic "http://127.0.0.1:$C"
 run_test failover failover "http://127.0.0.1:$DEAD1" "http://127.0.0.1:$C"
 run_test dead dead "http://127.0.0.1:$DEAD1,http://127.0.0.1:$DEAD2"
+
+# One member over https, with client certificates (a CA, and one certificate for
+# 127.0.0.1 that serves both sides).
+mk_certs() {
+	local d=$1
+	mkdir -p "$d"
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+		-subj "/CN=godwit etcd test CA" -keyout "$d/ca.key" -out "$d/ca.pem" &&
+	openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=127.0.0.1" \
+		-keyout "$d/key.pem" -out "$d/req.pem" &&
+	printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' >"$d/ext" &&
+	openssl x509 -req -in "$d/req.pem" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+		-days 2 -extfile "$d/ext" -out "$d/cert.pem"
+}
+CERTS=$T_TMP/certs
+if ! mk_certs "$CERTS" >"$T_TMP/certs.log" 2>&1; then
+	t_fail etcd-tls "cannot make test certificates: $(tail -c 400 "$T_TMP/certs.log")"
+else
+	read -r TC TP <<<"$(free_ports 2)"
+	"$ETCD" --name tls --data-dir "$T_TMP/tls.etcd" \
+		--listen-client-urls "https://127.0.0.1:$TC" --advertise-client-urls "https://127.0.0.1:$TC" \
+		--listen-peer-urls "http://127.0.0.1:$TP" --initial-advertise-peer-urls "http://127.0.0.1:$TP" \
+		--initial-cluster "tls=http://127.0.0.1:$TP" --initial-cluster-token "godwit-test-$$-tls" \
+		--cert-file "$CERTS/cert.pem" --key-file "$CERTS/key.pem" \
+		--trusted-ca-file "$CERTS/ca.pem" --client-cert-auth \
+		</dev/null >"$T_TMP/tls.log" 2>&1 &
+	ETCD_PIDS+=("$!")
+	ok=
+	for ((i = 0; i < 300; i++)); do
+		curl -s --max-time 1 --cacert "$CERTS/ca.pem" --cert "$CERTS/cert.pem" \
+			--key "$CERTS/key.pem" "https://127.0.0.1:$TC/health" 2>/dev/null |
+			grep -q '"health":"true"' && { ok=1; break; }
+		sleep 0.1
+	done
+	if [ -z "$ok" ]; then
+		t_fail etcd-tls "etcd over https not healthy: $(tail -c 400 "$T_TMP/tls.log")"
+	else
+		run_test tls tls "https://127.0.0.1:$TC" "$CERTS"
+	fi
+fi
 
 # Three members.
 read -r C0 P0 C1 P1 C2 P2 <<<"$(free_ports 6)"
