@@ -66,7 +66,8 @@ enum etcd_kind {
 struct etcd_buf {
 	char *data;
 	size_t len;
-	bool overflow;
+	bool overflow;       /* larger than ETCD_REPLY_MAX */
+	bool nomem;
 };
 
 static pthread_once_t etcd_curl_once = PTHREAD_ONCE_INIT;
@@ -654,8 +655,10 @@ static size_t etcd_write_cb(char *ptr, size_t size, size_t nmemb, void *opaque)
 		return 0;
 	}
 	nd = realloc(b->data, b->len + n + 1);
-	if (!nd)
+	if (!nd) {
+		b->nomem = true;
 		return 0;
+	}
 	memcpy(nd + b->len, ptr, n);
 	b->data = nd;
 	b->len += n;
@@ -743,6 +746,12 @@ static int etcd_call(struct etcd *e, enum etcd_kind kind, const char *path, cons
 			etcd_seterr(err, len, "etcd %s: reply larger than %u bytes", base,
 				    ETCD_REPLY_MAX);
 			ret = -EBADMSG;
+			goto out;
+		}
+		if (rc == CURLE_WRITE_ERROR && b.nomem) {
+			free(b.data);
+			etcd_seterr(err, len, "etcd %s: out of memory for the reply", base);
+			ret = -ENOMEM;
 			goto out;
 		}
 		if (rc != CURLE_OK) {
