@@ -65,7 +65,7 @@ enum etcd_kind {
 /* A reply being received. */
 struct etcd_buf {
 	char *data;
-	size_t len;
+	size_t len, cap;     /* cap: allocated, for the NUL too */
 	bool overflow;       /* larger than ETCD_REPLY_MAX */
 	bool nomem;
 };
@@ -654,13 +654,21 @@ static size_t etcd_write_cb(char *ptr, size_t size, size_t nmemb, void *opaque)
 		b->overflow = true;
 		return 0;
 	}
-	nd = realloc(b->data, b->len + n + 1);
-	if (!nd) {
-		b->nomem = true;
-		return 0;
+	if (b->len + n + 1 > b->cap) {
+		/* Doubling: a large reply is not copied once per chunk. */
+		size_t cap = b->cap ? b->cap : 4096;
+
+		while (cap < b->len + n + 1)
+			cap *= 2;
+		nd = realloc(b->data, cap);
+		if (!nd) {
+			b->nomem = true;
+			return 0;
+		}
+		b->data = nd;
+		b->cap = cap;
 	}
-	memcpy(nd + b->len, ptr, n);
-	b->data = nd;
+	memcpy(b->data + b->len, ptr, n);
 	b->len += n;
 	b->data[b->len] = '\0';
 	return n;

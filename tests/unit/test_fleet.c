@@ -2,11 +2,19 @@
  * test_fleet.c - the fleet's records (fleet.h: names, keys, the owner
  * record) and the etcd client's reply parsers (etcd.h) on replies captured
  * from etcd 3.4's JSON gateway and on malformed ones: truncated at every
- * byte, wrong types, bad base64, NUL bytes, numbers out of range.
+ * byte, wrong types, bad base64, NUL bytes, numbers out of range; and the
+ * client's answer to what a fake endpoint sends (HTTP errors, etcd's error
+ * objects, a reply too large, a connection closed without an answer).
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
 
 #include "godwit/etcd.h"
 #include "godwit/fleet.h"
@@ -342,4 +350,186 @@ TEST(fleet_etcd_open)
 	CHECK(strstr(err, "/nonexistent-dir/ca.pem") != NULL);
 	CHECK_EQ(etcd_open("x:1", NULL, 0, &e, err, sizeof(err)), -EINVAL);
 	CHECK(e == NULL);
+}
+
+/*
+ * A fake endpoint on 127.0.0.1: a thread that takes one connection, reads
+ * the request (headers and Content-Length bytes), sends the canned answer
+ * and closes - what the client makes of answers etcd would not send.
+ */
+struct fake_srv {
+	int lfd;
+	const char *head;        /* status line and headers, "\r\n\r\n" included */
+	size_t body_len;         /* then body_len bytes: body, or spaces if NULL */
+	const char *body;
+	pthread_t thr;
+};
+
+static void *fake_srv_run(void *opaque)
+{
+	struct fake_srv *s = opaque;
+	char req[8192], pad[65536];
+	size_t got = 0, sent = 0;
+	int fd = accept(s->lfd, NULL, NULL);
+
+	if (fd < 0)
+		return NULL;
+	/* Read until the headers and the body announced have come (or 1 s). */
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &(struct timeval){ .tv_sec = 1 },
+		   sizeof(struct timeval));
+	for (;;) {
+		ssize_t n = recv(fd, req + got, sizeof(req) - 1 - got, 0);
+		char *end, *cl;
+
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+		req[got] = '\0';
+		end = strstr(req, "\r\n\r\n");
+		cl = strcasestr(req, "Content-Length:");
+		if (end && cl && got >= (size_t)(end + 4 - req) + strtoul(cl + 15, NULL, 10))
+			break;
+		if (got == sizeof(req) - 1)
+			break;
+	}
+	send(fd, s->head, strlen(s->head), MSG_NOSIGNAL);
+	memset(pad, ' ', sizeof(pad));
+	while (sent < s->body_len) {
+		size_t chunk = s->body_len - sent < sizeof(pad) ? s->body_len - sent : sizeof(pad);
+		ssize_t n = send(fd, s->body ? s->body + sent : pad, chunk, MSG_NOSIGNAL);
+
+		if (n <= 0)
+			break;
+		sent += (size_t)n;
+	}
+	close(fd);
+	return NULL;
+}
+
+/* Start s; its URL in url.  0 or -1. */
+static int fake_srv_start(struct fake_srv *s, char *url, size_t len)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	socklen_t sl = sizeof(sa);
+
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	s->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (s->lfd < 0 || bind(s->lfd, (struct sockaddr *)&sa, sizeof(sa)) || listen(s->lfd, 4) ||
+	    getsockname(s->lfd, (struct sockaddr *)&sa, &sl))
+		return -1;
+	snprintf(url, len, "http://127.0.0.1:%u", ntohs(sa.sin_port));
+	return pthread_create(&s->thr, NULL, fake_srv_run, s) ? -1 : 0;
+}
+
+static void fake_srv_stop(struct fake_srv *s)
+{
+	pthread_join(s->thr, NULL);
+	close(s->lfd);
+}
+
+enum fake_call { FAKE_GET, FAKE_PUT, FAKE_TXN, FAKE_KEEPALIVE };
+
+/*
+ * One call of the client to a fake endpoint answering "HTTP/1.1 STATUS" with
+ * body (body_len bytes; spaces if NULL), or closing without a word (status
+ * NULL): the call's result, and err.
+ */
+static int fake_call(enum fake_call call, const char *status, const char *body, size_t body_len,
+		     char *err, size_t len)
+{
+	char url[64], head[256];
+	struct fake_srv s = { .head = head, .body = body, .body_len = status ? body_len : 0 };
+	struct etcd *e;
+	struct etcd_kvs kvs;
+	struct etcd_op op = { .type = ETCD_OP_PUT, .key = "/k", .value = "v" };
+	bool ok;
+	int ttl, r;
+
+	if (status)
+		snprintf(head, sizeof(head), "HTTP/1.1 %s\r\nContent-Type: application/json\r\n"
+			 "Content-Length: %zu\r\n\r\n", status, body_len);
+	else
+		head[0] = '\0';
+	if (fake_srv_start(&s, url, sizeof(url))) {
+		snprintf(err, len, "fake server: %s", strerror(errno));
+		return 1;
+	}
+	if (etcd_open(url, NULL, 3000, &e, err, len)) {
+		fake_srv_stop(&s);
+		return 1;
+	}
+	switch (call) {
+	case FAKE_GET:
+		r = etcd_get(e, "/k", &kvs, err, len);
+		etcd_kvs_free(&kvs);
+		break;
+	case FAKE_PUT:
+		r = etcd_put(e, "/k", "v", 0, err, len);
+		break;
+	case FAKE_TXN:
+		r = etcd_txn(e, NULL, 0, &op, 1, &ok, err, len);
+		if (!r && ok)
+			r = 1;       /* never "succeeded" here */
+		break;
+	default:
+		r = etcd_lease_keepalive(e, 5, &ttl, err, len);
+		break;
+	}
+	etcd_close(e);
+	fake_srv_stop(&s);
+	return r;
+}
+
+TEST(fleet_etcd_answers)
+{
+	char err[512];
+	int r;
+
+	/* Sanity: a good answer through the fake endpoint. */
+	r = fake_call(FAKE_GET, "200 OK", "{\"header\":{}}", 13, err, sizeof(err));
+	CHECK_EQ(r, 0);
+	/* Not JSON: -EBADMSG naming the endpoint. */
+	r = fake_call(FAKE_GET, "200 OK", "nope!", 5, err, sizeof(err));
+	CHECK_EQ(r, -EBADMSG);
+	CHECK(strstr(err, "http://127.0.0.1:") && strstr(err, "not JSON"));
+	/* An HTTP error without etcd's error object: -EIO with the status. */
+	r = fake_call(FAKE_PUT, "500 Oops", "", 0, err,
+		      sizeof(err));
+	CHECK_EQ(r, -EIO);
+	CHECK(strstr(err, "HTTP status 500") != NULL);
+	/* etcd's error object: -EIO with its message. */
+	static const char eio[] = "{\"error\":\"etcdserver: mvcc: required revision has been "
+				  "compacted\",\"code\":11}";
+	r = fake_call(FAKE_GET, "400 Bad Request", eio,
+		      strlen(eio), err, sizeof(err));
+	CHECK_EQ(r, -EIO);
+	CHECK(strstr(err, "compacted") != NULL);
+	/* A write etcd could not finish: it may be applied, so -ETIMEDOUT, never resent. */
+	static const char lc[] = "{\"error\":\"etcdserver: leader changed\",\"code\":14}";
+	r = fake_call(FAKE_TXN, "503 Service Unavailable", lc,
+		      strlen(lc), err, sizeof(err));
+	CHECK_EQ(r, -ETIMEDOUT);
+	/* A read refused as Unavailable by the only member: -EIO, not "unreachable". */
+	r = fake_call(FAKE_GET, "503 Service Unavailable", lc,
+		      strlen(lc), err, sizeof(err));
+	CHECK_EQ(r, -EIO);
+	CHECK(strstr(err, "leader changed") != NULL);
+	/* The answer to another lease's keep-alive; a txn reply of the wrong shape. */
+	static const char other[] = "{\"result\":{\"header\":{},\"ID\":\"6\",\"TTL\":\"9\"}}";
+	r = fake_call(FAKE_KEEPALIVE, "200 OK", other, strlen(other), err, sizeof(err));
+	CHECK_EQ(r, -EBADMSG);
+	static const char txn[] = "{\"header\":{},\"succeeded\":\"yes\"}";
+	r = fake_call(FAKE_TXN, "200 OK", txn, strlen(txn), err, sizeof(err));
+	CHECK_EQ(r, -EBADMSG);
+	/* A reply larger than ETCD_REPLY_MAX is cut off: -EBADMSG. */
+	r = fake_call(FAKE_GET, "200 OK", NULL, ETCD_REPLY_MAX + 1, err, sizeof(err));
+	CHECK_EQ(r, -EBADMSG);
+	CHECK(strstr(err, "larger") != NULL);
+	/* The connection closed without an answer: the request was sent, so -ETIMEDOUT
+	 * (a write may have been applied; a read had no other endpoint to go to). */
+	r = fake_call(FAKE_PUT, NULL, NULL, 0, err, sizeof(err));
+	CHECK_EQ(r, -ETIMEDOUT);
+	CHECK(strstr(err, "may or may not") != NULL);
+	r = fake_call(FAKE_GET, NULL, NULL, 0, err, sizeof(err));
+	CHECK_EQ(r, -ETIMEDOUT);
 }
