@@ -15,5 +15,6 @@ int cmd_migrate(int argc, char **argv);
 int cmd_migrate_status(int argc, char **argv);
 int cmd_migrate_cancel(int argc, char **argv);
 int cmd_migrate_resolve(int argc, char **argv);
+int cmd_migrate_commit(int argc, char **argv);
 
 #endif
