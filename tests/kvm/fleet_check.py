@@ -240,6 +240,7 @@ def main():
     lost_flagged = set()
     samples = 0
     max_pass = 0.0
+    skew = 0            # passes that saw a VM twice, not confirmed when asked again
 
     def stat(vm):
         return vms.setdefault(vm, {"samples_running": 0, "hosts": {}, "epochs": [],
@@ -285,7 +286,12 @@ def main():
                 again = [(h, p) for h, p, api in where if runs(p, api)[0]]
                 if len(again) >= 2:
                     violate("dual-run", vm, key=tuple(sorted(again)), where=[[h, p] for h, p in again])
-                    where = [w for w in where if (w[0], w[1]) in again]
+                else:
+                    skew += 1
+                    say("%s seen on %s in one pass, on %s when asked again (a hand-off during the pass)"
+                        % (vm, " ".join("%s/%d" % (h, p) for h, p, _ in where),
+                           " ".join("%s/%d" % w for w in again) or "none"))
+                where = [w for w in where if (w[0], w[1]) in again]
             s = stat(vm)
             s["samples_running"] += 1
             for h, p, _ in where:
@@ -337,6 +343,7 @@ def main():
         "duration_s": round(time.monotonic() - t0, 2),
         "max_pass_s": round(max_pass, 3),
         "etcd_errors": etcd.errors,
+        "skew_rechecks": skew,
         "violations": violations,
         "vms": vms,
     }
