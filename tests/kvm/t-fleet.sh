@@ -55,7 +55,9 @@ t_need_guest "$T" || exit 0
 # A bound on the whole run: a hung step ends the test (and its cleanup runs).
 FLEET_TIMEOUT=${FLEET_TIMEOUT:-540}
 trap 't_fail "$T-timeout" "the test did not end within $FLEET_TIMEOUT s"; exit 0' TERM
-( sleep "$FLEET_TIMEOUT"; kill -TERM $$ 2>/dev/null ) &
+( trap 'kill "$sp" 2>/dev/null; exit 0' TERM
+  sleep "$FLEET_TIMEOUT" & sp=$!
+  wait "$sp" && kill -TERM $$ 2>/dev/null ) &
 
 # ---- helpers --------------------------------------------------------------------------
 owner() { etcd_val "/godwit/vms/$1/owner"; }
