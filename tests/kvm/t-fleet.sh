@@ -156,7 +156,13 @@ create() {
 }
 # run_bg NAME CMD...: CMD in the background, output in $FLEET_DIR/NAME.out; BG_PID.
 run_bg() { local n=$1; shift; "$@" >"$FLEET_DIR/$n.out" 2>&1 & BG_PID=$!; }
-dump_hosts() { fleet ls 2>&1 | head -n 20 | sed 's/^/  | /'; }
+# owners_now: "V=HOST EPOCH STATE; ..." for every VM, as etcd says now (failure messages).
+owners_now() {
+	local v
+	for v in $VMS vb vc; do
+		[ -n "$(owner "$v")" ] && echo -n "$v='$(owner "$v")' $(sfield "$v" state); "
+	done
+}
 
 # ---- the fleet --------------------------------------------------------------------------
 if ! fleet_up; then
@@ -260,7 +266,7 @@ else
 	left=$(fleet_vm_pids h1)
 	echo "# drain h1: sources gone $i s after the drain ended"
 	if [ "$rc" -ne 0 ]; then
-		t_fail "$T-drain" "the VMs moved but fleet drain h1 exited $rc: $(head -c 300 "$FLEET_DIR/drain-h1.out")"
+		t_fail "$T-drain" "the VMs moved but fleet drain h1 exited $rc: $(head -c 300 "$FLEET_DIR/drain-h1.out"); etcd now: $(owners_now)"
 	elif [ -n "$left" ]; then
 		t_fail "$T-drain" "godwit processes left on h1: $left"
 	else
@@ -307,7 +313,7 @@ else
 		sleep 1
 	done
 	if [ "$rc" -ne 0 ]; then
-		t_fail "$T-rebalance" "fleet rebalance exited $rc: $(head -c 300 "$FLEET_DIR/rebalance.out")"
+		t_fail "$T-rebalance" "fleet rebalance exited $rc: $(head -c 300 "$FLEET_DIR/rebalance.out"); etcd now: $(owners_now)"
 	elif [ -z "$back" ]; then
 		t_fail "$T-rebalance" "no VM runs on h1 90 s after fleet rebalance: $(head -c 300 "$FLEET_DIR/rebalance.out")"
 	elif ! mem_ok "$back" h1 "${G1[$back]}"; then
@@ -490,7 +496,7 @@ fault_d() {
 	rc=$?
 	for ((i = 0; i < 60; i++)); do [ -z "$(vms_on "$src")" ] && break; sleep 1; done
 	if [ "$rc" -ne 0 ] || [ -n "$(vms_on "$src")" ]; then
-		WHY="drain of $src with etcd member e$n ($leader) killed: exit $rc ($(head -c 300 "$FLEET_DIR/d-drain.out")), still on $src: $(vms_on "$src" | tr '\n' ' ')"
+		WHY="drain of $src with etcd member e$n ($leader) killed: exit $rc ($(head -c 300 "$FLEET_DIR/d-drain.out")), still on $src: '$(vms_on "$src" | tr '\n' ' ')'; etcd now: $(owners_now)"
 		return 1
 	fi
 	for v in $VMS; do
