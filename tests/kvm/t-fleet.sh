@@ -451,9 +451,14 @@ fault_c() {
 		[ -n "$veto" ] && break
 		sleep 1
 	done
-	local p_state
+	local p_state p_run
 	p_state=$(awk '{ print $3 }' "/proc/$p/stat" 2>/dev/null)
+	p_run=$(run_pid vc h1)
 	host_uncut_etcd h1
+	if [ -n "$p_run" ]; then
+		WHY="vc runs on h1 (pid $p_run) while h1 is cut from etcd past its gate (rule 5: paused)"
+		return 1
+	fi
 	if [ -z "$veto" ]; then
 		WHY="no /godwit/vms/vc/veto/$e0 40 s into the cut (owner '$(owner vc)'; source process $p state '$p_state')"
 		return 1
