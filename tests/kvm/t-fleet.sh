@@ -5,8 +5,9 @@
 # the whole run (one owner, no VM running twice, epochs only grow, no VM lost).
 #
 #   fleet-checker-selftest   the checker, given two real `godwit run --name dup`
-#                            on h1 and h2, an owner record naming h1, then both
-#                            killed and the epoch lowered, reports all four kinds
+#                            on h1 and h2, an owner record naming h1, then h2's
+#                            stopped (SIGSTOP: not running), both killed and the
+#                            epoch lowered, reports all four kinds
 #   fleet-agents             three agents register (/godwit/hosts/H, `fleet hosts`)
 #   fleet-create             v1..v4 on h1, v5 on h2 (64 MiB, memtest) run
 #   fleet-drain-*            `fleet drain h1`: v1..v4 on h2/h3, none on h1, each
@@ -190,6 +191,9 @@ selftest() {
 	wait_reports "$FLEET_DIR/dup-h1.out" 2 20
 	wait_reports "$FLEET_DIR/dup-h2.out" 2 20
 	sleep 1
+	# A stopped process (SIGSTOP: a fenced VM) does not run its VM: h2's copy stops counting.
+	procs_of dup h2 | xargs -r kill -STOP
+	sleep 1.5
 	for h in h1 h2; do procs_of dup "$h" | xargs -r kill -KILL; done
 	sleep 2.5
 	fleet_etcdctl put /godwit/vms/dup/owner "h1 0" >/dev/null
@@ -201,6 +205,13 @@ selftest() {
 	kinds=$(jq -r '[.violations[].kind] | unique | join(" ")' "$FLEET_DIR/selftest.json" 2>/dev/null)
 	if [ "$kinds" != "dual-run epoch-decreased lost runs-not-owner" ]; then
 		WHY="the checker reported '$kinds' (want dual-run epoch-decreased lost runs-not-owner): $(head -c 400 "$FLEET_DIR/selftest.log")"
+		return 1
+	fi
+	local n1 n2
+	n1=$(jq '.vms.dup.hosts.h1 // 0' "$FLEET_DIR/selftest.json")
+	n2=$(jq '.vms.dup.hosts.h2 // 0' "$FLEET_DIR/selftest.json")
+	if [ "$n2" -lt 3 ] || [ $((n1 - n2)) -lt 5 ]; then
+		WHY="the checker saw dup running in $n1 samples on h1, $n2 on h2 (h2's stopped for the last 1.5 s of the 2.5 s)"
 		return 1
 	fi
 }
