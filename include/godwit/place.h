@@ -88,8 +88,10 @@ double place_spread(const struct place_host *h, size_t nh);
  * live uncordoned host, and of its VMs in v (those that may move: the
  * caller leaves out VMs that are not running) the one whose move to the
  * least loaded host with room for it gives the smallest spread; plan it
- * only if it strictly reduces the spread, else stop.  A VM moves at most
- * once.  h is updated with the planned moves.  Returns the number of moves
+ * only if it strictly reduces the spread.  When no VM of that host helps
+ * (it may hold only VMs this plan moved there), the next most loaded host
+ * is tried, and so on; when none helps, stop.  A VM moves at most once.
+ * h is updated with the planned moves.  Returns the number of moves
  * written to moves (at most max_moves).
  */
 size_t place_rebalance(struct place_host *h, size_t nh, const struct place_vm *v, size_t nv,

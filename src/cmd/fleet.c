@@ -586,6 +586,7 @@ static void fleet_take_vm_key(struct fleet_ctx *c, struct fleet_view *v, const s
 			fleet_bad(c, quiet, kv->key, why);
 	} else if (!strcmp(what, "intent")) {
 		vm->has_intent = true;
+		vm->intent_mod = kv->mod_rev;
 		if (fleet_parse_intent(vm, kv->value, why, sizeof(why)))
 			fleet_bad(c, quiet, kv->key, why);
 	} else if (!strcmp(what, "migration")) {
@@ -732,7 +733,13 @@ bool fleet_vm_migrating(const struct fleet_vm *vm, const char **phase, const cha
 	}
 	if (vm->intent) {
 		const char *op = "";
+		json_t *iid = json_object_get(vm->intent, "id");
+		json_t *mid = vm->migration ? json_object_get(vm->migration, "id") : NULL;
 
+		/* An intent whose migration ended (its agent has not deleted it yet) is not in flight. */
+		if (vm->migration && (json_is_integer(mid) ? json_equal(mid, iid) :
+				      vm->migration_mod > vm->intent_mod))
+			return false;
 		fleet_jstr(vm->intent, "op", &op);
 		if (!strcmp(op, "migrate")) {
 			*phase = "requested";

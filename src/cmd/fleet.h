@@ -62,6 +62,7 @@ struct fleet_vm {
 	int64_t status_mod;      /* 0: no status key */
 	json_t *intent;          /* valid intent, or NULL */
 	bool has_intent;         /* the key exists (even malformed): a new intent is refused */
+	int64_t intent_mod;
 	json_t *migration;       /* valid migration record, or NULL */
 	int64_t migration_mod;
 	char **keys;             /* every key under vms/V/ (rm deletes them) */

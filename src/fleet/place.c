@@ -182,56 +182,83 @@ double place_spread(const struct place_host *h, size_t nh)
 	return n < 2 ? 0 : hi - lo;
 }
 
+/*
+ * The best move off host src: the VM (not moved yet) whose move to the least
+ * loaded host with room for it leaves the smallest spread, if below spread.
+ * Its index (*to set), or nv.
+ */
+static size_t place_best_from(struct place_host *h, size_t nh, const struct place_vm *v,
+			      size_t nv, const bool *moved, int src, double spread, int *to)
+{
+	double best_spread = spread;
+	size_t best = nv;
+
+	for (size_t j = 0; j < nv; j++) {
+		struct place_host s, t;
+		char why[160];
+		double after;
+		int k;
+
+		if (moved[j] || strcmp(v[j].host, h[src].name))
+			continue;
+		k = place_pick(h, nh, src, v[j].name, v[j].mem, v[j].cpus, why, sizeof(why));
+		if (k < 0)
+			continue;
+		/* Try it, measure, undo. */
+		s = h[src];
+		t = h[k];
+		place_apply(h, src, k, &v[j]);
+		after = place_spread(h, nh);
+		h[src] = s;
+		h[k] = t;
+		if (after < best_spread - PLACE_EPSILON) {
+			best_spread = after;
+			best = j;
+			*to = k;
+		}
+	}
+	return best;
+}
+
 size_t place_rebalance(struct place_host *h, size_t nh, const struct place_vm *v, size_t nv,
 		       size_t max_moves, struct place_move *moves)
 {
-	bool moved[nv ? nv : 1];
+	bool moved[nv ? nv : 1], tried[nh ? nh : 1];
 	size_t nm = 0;
 
 	memset(moved, 0, sizeof(moved));
 	while (nm < max_moves) {
-		double spread = place_spread(h, nh), best_spread = spread;
-		int src = -1, best_to = -1;
-		size_t best_vm = nv;
+		double spread = place_spread(h, nh);
+		size_t best = nv;
+		int src = -1, to = -1;
 
-		for (size_t i = 0; i < nh; i++)
-			if (place_usable(&h[i]) &&
-			    (src < 0 || place_load(&h[i]) > place_load(&h[src]) + PLACE_EPSILON))
-				src = (int)i;
-		if (src < 0)
-			break;
-		for (size_t j = 0; j < nv; j++) {
-			char why[160];
-			int to;
-
-			if (moved[j] || strcmp(v[j].host, h[src].name))
-				continue;
-			to = place_pick(h, nh, src, v[j].name, v[j].mem, v[j].cpus, why, sizeof(why));
-			if (to < 0)
-				continue;
-			/* Try it, measure, undo. */
-			struct place_host s = h[src], t = h[to];
-			double after;
-
-			place_apply(h, src, to, &v[j]);
-			after = place_spread(h, nh);
-			h[src] = s;
-			h[to] = t;
-			if (after < best_spread - PLACE_EPSILON) {
-				best_spread = after;
-				best_vm = j;
-				best_to = to;
-			}
+		/*
+		 * The most loaded host first; if none of its VMs helps (it may hold
+		 * only VMs this plan moved there), the next most loaded, and so on.
+		 */
+		memset(tried, 0, sizeof(tried));
+		for (;;) {
+			src = -1;
+			for (size_t i = 0; i < nh; i++)
+				if (place_usable(&h[i]) && !tried[i] &&
+				    (src < 0 || place_load(&h[i]) > place_load(&h[src]) + PLACE_EPSILON))
+					src = (int)i;
+			if (src < 0)
+				break;
+			tried[src] = true;
+			best = place_best_from(h, nh, v, nv, moved, src, spread, &to);
+			if (best < nv)
+				break;
 		}
-		if (best_vm == nv)
+		if (best == nv)
 			break;
-		place_apply(h, src, best_to, &v[best_vm]);
-		moved[best_vm] = true;
-		moves[nm].vm = best_vm;
+		place_apply(h, src, to, &v[best]);
+		moved[best] = true;
+		moves[nm].vm = best;
 		moves[nm].from = src;
-		moves[nm].to = best_to;
+		moves[nm].to = to;
 		snprintf(moves[nm].why, sizeof(moves[nm].why), "spread %.3f -> %.3f", spread,
-			 best_spread);
+			 place_spread(h, nh));
 		nm++;
 	}
 	return nm;

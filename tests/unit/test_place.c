@@ -239,3 +239,25 @@ TEST(place_rebalance_only_helpful_moves)
 	place_usage(t, 2, big, 2);
 	CHECK_EQ(place_rebalance(t, 2, big, 2, 4, m), 0);
 }
+
+/* The most loaded host may hold only a VM the plan moved there: the next one gives. */
+TEST(place_rebalance_next_host)
+{
+	struct place_host h[3] = { host("a", 4096, 16), host("b", 2048, 16), host("c", 1024, 16) };
+	struct place_vm v[4] = { vm("r1", "a", 1024, 1), vm("r2", "a", 1024, 1),
+				 vm("r3", "a", 512, 1), vm("r4", "a", 256, 1) };
+	struct place_move m[4];
+
+	place_usage(h, 3, v, 4);
+	/* a 0.6875, b 0, c 0: r1 -> b (b 0.5); then b is the most loaded, with r1 only:
+	 * from a, r3 -> c gives a 0.3125, b 0.5, c 0.5; nothing more helps. */
+	CHECK_EQ(place_rebalance(h, 3, v, 4, 4, m), 2);
+	CHECK_EQ(m[0].vm, 0);
+	CHECK_EQ(m[0].to, 1);
+	CHECK_EQ(m[1].vm, 2);
+	CHECK_EQ(m[1].from, 0);
+	CHECK_EQ(m[1].to, 2);
+	CHECK(place_spread(h, 3) < 0.19 && place_spread(h, 3) > 0.18);
+	place_usage(h, 3, v, 4);
+	CHECK_EQ(place_rebalance(h, 3, v, 4, 1, m), 1);
+}
