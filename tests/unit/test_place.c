@@ -191,7 +191,7 @@ TEST(place_rebalance_max_moves)
 	size_t n;
 
 	for (int i = 0; i < 8; i++) {
-		char name[8];
+		char name[16];
 
 		snprintf(name, sizeof(name), "w%d", i);
 		v[i] = vm(name, "a", 512, 1);
