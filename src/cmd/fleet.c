@@ -152,8 +152,15 @@ void fleet_err(const struct fleet_ctx *c, const char *fmt, ...)
 	fputc('\n', stderr);
 }
 
+/* The client's message without its "etcd: " (ours say etcd already). */
+static const char *fleet_etcd_msg(const char *err)
+{
+	return strncmp(err, "etcd: ", 6) ? err : err + 6;
+}
+
 int fleet_etcd_err(const struct fleet_ctx *c, const char *what, int r, const char *err)
 {
+	err = fleet_etcd_msg(err);
 	if (r == -ECONNREFUSED)
 		fleet_err(c, "etcd unreachable at %s: %s", c->urls, err);
 	else if (r == -ETIMEDOUT)
@@ -173,7 +180,7 @@ int fleet_connect(struct fleet_ctx *c)
 		return 0;
 	r = etcd_open(c->urls, c->tls_dir, ETCD_TIMEOUT_MS, &c->e, err, sizeof(err));
 	if (r) {
-		fleet_err(c, "etcd %s: %s", c->urls, err[0] ? err : strerror(-r));
+		fleet_err(c, "etcd %s: %s", c->urls, err[0] ? fleet_etcd_msg(err) : strerror(-r));
 		return 1;
 	}
 	return 0;
@@ -655,20 +662,27 @@ int fleet_load(struct fleet_ctx *c, struct fleet_view *v, bool quiet)
 	return 0;
 }
 
-int fleet_load_vm(struct fleet_ctx *c, const char *name, struct fleet_vm *vm, bool *found)
+int fleet_load_vm(struct fleet_ctx *c, const char *name, struct fleet_vm *vm, bool *found,
+		  char *err, size_t len)
 {
 	struct fleet_view v;
 	struct etcd_kvs kvs = { 0 };
-	char prefix[FLEET_KEY_MAX], err[256] = "";
+	char prefix[FLEET_KEY_MAX], e[256] = "";
 	int r;
 
 	memset(vm, 0, sizeof(*vm));
+	vm->state = vm->status_host = "";
 	memset(&v, 0, sizeof(v));
 	*found = false;
 	snprintf(prefix, sizeof(prefix), FLEET_PREFIX "vms/%s/", name);
-	r = etcd_get_prefix(c->e, prefix, &kvs, err, sizeof(err));
-	if (r)
-		return fleet_etcd_err(c, "reading vms/", r, err);
+	r = etcd_get_prefix(c->e, prefix, &kvs, e, sizeof(e));
+	if (r) {
+		if (r == -ECONNREFUSED)
+			snprintf(err, len, "etcd unreachable at %s: %s", c->urls, fleet_etcd_msg(e));
+		else
+			snprintf(err, len, "reading vms/%s/: etcd: %s", name, fleet_etcd_msg(e));
+		return 1;
+	}
 	for (size_t i = 0; i < kvs.n; i++)
 		fleet_take_key(c, &v, &kvs.kv[i], true);
 	etcd_kvs_free(&kvs);
@@ -1086,8 +1100,12 @@ static int fleet_wait_state(struct fleet_ctx *c, const char *name, const char *h
 
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	for (;;) {
-		if (fleet_load_vm(c, name, vm, &found))
+		char err[512];
+
+		if (fleet_load_vm(c, name, vm, &found, err, sizeof(err))) {
+			fleet_err(c, "%s", err);
 			return 1;
+		}
 		if (!found) {
 			fleet_err(c, "%s was removed while waiting for it", name);
 			return 1;
@@ -1243,8 +1261,10 @@ static int fleet_cmd_create(struct fleet_ctx *c, int argc, char **argv)
 		goto out;
 	}
 	if (no_wait) {
-		if (fleet_load_vm(c, name, &vm, &found))
+		if (fleet_load_vm(c, name, &vm, &found, err, sizeof(err))) {
+			fleet_err(c, "%s", err);
 			goto out;
+		}
 		fleet_print_vm_done(c, &vm, "created");
 		fleet_vm_free(&vm);
 		ret = 0;

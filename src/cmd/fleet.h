@@ -84,8 +84,12 @@ int fleet_etcd_err(const struct fleet_ctx *c, const char *what, int r, const cha
 
 /* Read everything under /godwit/ (quiet: do not report malformed records).  0, or 1 said. */
 int fleet_load(struct fleet_ctx *c, struct fleet_view *v, bool quiet);
-/* Read one VM's records (vms/V/) into vm (zeroed first; nothing there: *found false). */
-int fleet_load_vm(struct fleet_ctx *c, const char *name, struct fleet_vm *vm, bool *found);
+/*
+ * Read one VM's records (vms/V/) into vm (zeroed first; nothing there: *found
+ * false).  0, or 1 with etcd's failure in err (not printed: pollers say it once).
+ */
+int fleet_load_vm(struct fleet_ctx *c, const char *name, struct fleet_vm *vm, bool *found,
+		  char *err, size_t len);
 void fleet_view_free(struct fleet_view *v);
 void fleet_vm_free(struct fleet_vm *vm);
 struct fleet_host *fleet_view_host(struct fleet_view *v, const char *name);
@@ -143,6 +147,7 @@ struct fleet_follow {
 	char owner[FLEET_OWNER_MAX];
 	char last[256];          /* the last progress line printed */
 	bool progress;           /* print progress lines (stderr) */
+	unsigned int etcd_failed; /* polls etcd did not answer (said once) */
 	double ms;               /* how long it took */
 };
 

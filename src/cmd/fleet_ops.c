@@ -364,7 +364,8 @@ int fleet_migrate_start(struct fleet_ctx *c, const char *name, const char *to, b
 
 	r = etcd_txn(c->e, cmp, ARRAY_SIZE(cmp), &op, 1, &ok, err, sizeof(err));
 	if (r == -ECONNREFUSED) {
-		snprintf(why, len, "etcd unreachable at %s: %s", c->urls, err);
+		snprintf(why, len, "etcd unreachable at %s: %s", c->urls,
+			 strncmp(err, "etcd: ", 6) ? err : err + 6);
 		goto out;
 	}
 	if (r == -ETIMEDOUT) {
@@ -461,16 +462,16 @@ static void fleet_follow_progress(struct fleet_follow *f, json_t *m)
 void fleet_follow_poll(struct fleet_ctx *c, struct fleet_follow *f)
 {
 	struct fleet_vm vm;
+	char err[512];
 	bool found;
 
 	if (f->result)
 		return;
 	f->ms = ms_since(&f->t0);
-	if (fleet_load_vm(c, f->vm, &vm, &found)) {
-		/* etcd did not answer (said): try again until the timeout. */
-		found = true;
-		memset(&vm, 0, sizeof(vm));
-		vm.state = vm.status_host = "";
+	if (fleet_load_vm(c, f->vm, &vm, &found, err, sizeof(err))) {
+		/* etcd did not answer: say it once, and try again until the timeout. */
+		if (!f->etcd_failed++)
+			fprintf(stderr, "godwit: %s: %s: %s (still trying)\n", c->who, f->vm, err);
 	} else if (!found) {
 		snprintf(f->error, sizeof(f->error), "%s was removed during its migration", f->vm);
 		f->result = -1;
