@@ -535,9 +535,10 @@ static int fleet_parse_migration(struct fleet_vm *vm, const char *val, char *why
 		snprintf(why, len, "from, to or error is not a string");
 		goto bad;
 	}
-	if (fleet_jint(j, "id", false, INT64_MIN, INT64_MAX, &n) ||
+	if ((json_object_get(j, "id") && !json_is_string(json_object_get(j, "id")) &&
+	     !json_is_integer(json_object_get(j, "id"))) ||
 	    fleet_jint(j, "epoch", false, 0, INT64_MAX, &n)) {
-		snprintf(why, len, "id or epoch is not a number");
+		snprintf(why, len, "id is not a string or a number, or epoch not a number");
 		goto bad;
 	}
 	p = json_object_get(j, "progress");
@@ -732,6 +733,11 @@ const char *fleet_vm_state(struct fleet_view *v, const struct fleet_vm *vm)
 	return vm->state;
 }
 
+bool fleet_id_set(json_t *id)
+{
+	return json_is_integer(id) || (json_is_string(id) && json_string_length(id));
+}
+
 bool fleet_vm_migrating(const struct fleet_vm *vm, const char **phase, const char **to)
 {
 	const char *p = "", *t = "";
@@ -751,7 +757,7 @@ bool fleet_vm_migrating(const struct fleet_vm *vm, const char **phase, const cha
 		json_t *mid = vm->migration ? json_object_get(vm->migration, "id") : NULL;
 
 		/* An intent whose migration ended (its agent has not deleted it yet) is not in flight. */
-		if (vm->migration && (json_is_integer(mid) ? json_equal(mid, iid) :
+		if (vm->migration && (fleet_id_set(mid) ? json_equal(mid, iid) :
 				      vm->migration_mod > vm->intent_mod))
 			return false;
 		fleet_jstr(vm->intent, "op", &op);
@@ -1217,9 +1223,16 @@ static int fleet_cmd_create(struct fleet_ctx *c, int argc, char **argv)
 
 	for (int i = dd + 1; i < argc; i++)
 		json_array_append_new(args, json_string(argv[i]));
-	spec = json_pack("{s:s, s:I, s:I, s:o, s:s, s:I}", "name", name, "mem", (json_int_t)mem,
+	/* created: UTC, ISO 8601, as the agents write their times. */
+	char created[32];
+	time_t now = time(NULL);
+	struct tm tm;
+
+	gmtime_r(&now, &tm);
+	strftime(created, sizeof(created), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	spec = json_pack("{s:s, s:I, s:I, s:o, s:s, s:s}", "name", name, "mem", (json_int_t)mem,
 			 "cpus", (json_int_t)cpus, "args", args, "restart", restart,
-			 "created", (json_int_t)(fleet_now_ms() / 1000));
+			 "created", created);
 	spec_s = spec ? json_dumps(spec, JSON_COMPACT) : NULL;
 	json_decref(spec);
 	if (!spec_s) {

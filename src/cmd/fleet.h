@@ -102,6 +102,8 @@ const char *fleet_vm_state(struct fleet_view *v, const struct fleet_vm *vm);
  */
 int fleet_place_arrays(struct fleet_view *v, struct place_host **ph, struct place_vm **pv,
 		       size_t *npv);
+/* A migration's id (in an intent or a record) is given: a number or a non-empty string. */
+bool fleet_id_set(json_t *id);
 /* A migration in flight, for ls: phase and destination; false if none. */
 bool fleet_vm_migrating(const struct fleet_vm *vm, const char **phase, const char **to);
 
@@ -137,7 +139,7 @@ int fleet_run_args(int argc, char **argv, uint64_t *mem, uint32_t *cpus, char *e
 struct fleet_follow {
 	char vm[FLEET_NAME_MAX], from[FLEET_NAME_MAX], to[FLEET_NAME_MAX];
 	uint64_t epoch;          /* the owner's epoch when it started */
-	int64_t id;              /* the intent's id */
+	char id[24];             /* the intent's id: the time in ms, unique (a decimal string) */
 	int64_t intent_rev;      /* the revision of our intent: records older are not ours */
 	struct timespec t0;
 	double timeout_s;

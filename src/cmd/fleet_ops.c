@@ -338,12 +338,13 @@ int fleet_migrate_start(struct fleet_ctx *c, const char *name, const char *to, b
 	snprintf(f->from, sizeof(f->from), "%s", vm->owner.host);
 	snprintf(f->to, sizeof(f->to), "%s", to);
 	f->epoch = vm->owner.epoch;
-	f->id = fleet_intent_id();
+	snprintf(f->id, sizeof(f->id), "%" PRId64, fleet_intent_id());
 	f->timeout_s = timeout_s;
 	/* Records written after this read may be ours (one without an id: the revision says). */
 	f->intent_rev = v.revision;
-	intent = json_pack("{s:s, s:s, s:s, s:I, s:b}", "op", "migrate", "to", to, "token", token,
-			   "id", (json_int_t)f->id, "with_disks", with_disks);
+	/* The id is a string of digits: the agents carry it into the record as a string. */
+	intent = json_pack("{s:s, s:s, s:s, s:s, s:b}", "op", "migrate", "to", to, "token", token,
+			   "id", f->id, "with_disks", with_disks);
 	intent_s = intent ? json_dumps(intent, JSON_COMPACT) : NULL;
 	json_decref(intent);
 	if (!intent_s) {
@@ -417,17 +418,24 @@ static double fleet_jnum(json_t *o, const char *a, const char *b)
 	return json_is_number(v) ? json_number_value(v) : -1;
 }
 
-/* Our migration's record?  Its id is ours, or it has none and is newer than our read. */
+/*
+ * Our migration's record?  Its id is ours (a string, or the same number), or
+ * it has none (or "") and was written after our read.
+ */
 static bool fleet_follow_ours(const struct fleet_follow *f, const struct fleet_vm *vm)
 {
 	json_t *id;
+	char num[24];
 
 	if (!vm->migration)
 		return false;
 	id = json_object_get(vm->migration, "id");
-	if (json_is_integer(id))
-		return json_integer_value(id) == f->id;
-	return vm->migration_mod > f->intent_rev;
+	if (!fleet_id_set(id))
+		return vm->migration_mod > f->intent_rev;
+	if (json_is_string(id))
+		return !strcmp(json_string_value(id), f->id);
+	snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT, json_integer_value(id));
+	return !strcmp(num, f->id);
 }
 
 static void fleet_follow_progress(struct fleet_follow *f, json_t *m)
@@ -546,7 +554,7 @@ int fleet_cmd_migrate(struct fleet_ctx *c, int argc, char **argv)
 	}
 	f.progress = !c->quiet;
 	if (!c->quiet)
-		fprintf(stderr, "%s: migration %" PRId64 " from %s to %s requested\n", f.vm, f.id,
+		fprintf(stderr, "%s: migration %s from %s to %s requested\n", f.vm, f.id,
 			f.from, f.to);
 	for (;;) {
 		fleet_follow_poll(c, &f);

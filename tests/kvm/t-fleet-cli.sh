@@ -106,7 +106,7 @@ t_expect fleet-create 0 - "${FL[@]}" create web1 --on a --no-wait -- --kernel /b
 check fleet-create-owner '[ "$(val /godwit/vms/web1/owner)" = "a 1" ]' "owner: $(val /godwit/vms/web1/owner)"
 spec=$(val /godwit/vms/web1/spec)
 check fleet-create-spec "jq -e '.name == \"web1\" and .mem == 1073741824 and .cpus == 2 and
-	.restart == \"never\" and (.created | type) == \"number\" and
+	.restart == \"never\" and (.created | test(\"^20[0-9-]+T[0-9:]+Z$\")) and
 	.args == [\"--kernel\",\"/boot/k\",\"--mem\",\"1G\",\"--cpus\",\"2\",\"--cmdline\",\"console=ttyS0 quiet\"]' \
 	<<<'$spec' >/dev/null" "$spec"
 t_expect fleet-create-exists 1 'VM web1 already exists on host a' \
@@ -193,13 +193,20 @@ status st1 a 1 stopped
 t_expect fleet-migrate-not-running 1 'st1 is not running \(state: stopped\)' "${FL[@]}" migrate st1 --to b
 
 # ---- migrate: the intent, then a timeout, a failure, a success ----
+# An earlier migration's record (no id: older than the intent) is not this one's outcome.
+ec put /godwit/vms/web1/migration '{"phase":"failed","error":"an old one"}' >/dev/null
 t_expect fleet-migrate-timeout 1 'did not end within 1 s' "${FL[@]}" migrate web1 --to b --timeout 1
 intent=$(val /godwit/vms/web1/intent)
 check fleet-migrate-intent "jq -e '.op == \"migrate\" and .to == \"b\" and .with_disks == false and
-	(.token | test(\"^[0-9a-f]{32}$\")) and (.id | type) == \"number\"' <<<'$intent' >/dev/null" "$intent"
+	(.token | test(\"^[0-9a-f]{32}$\")) and (.id | test(\"^[0-9]+$\"))' <<<'$intent' >/dev/null" "$intent"
 t_expect fleet-migrate-busy 1 'web1 is already migrating to b' "${FL[@]}" migrate web1 --to b
 ec del /godwit/vms/web1/intent >/dev/null
-t_expect fleet-migrate-token-fresh 1 - "${FL[@]}" migrate web1 --to b --timeout 1 --with-disks
+# Nor is one with another id, written after the intent.
+(for ((i = 0; i < 50; i++)); do [ -n "$(val /godwit/vms/web1/intent)" ] && break; sleep 0.1; done
+ ec put /godwit/vms/web1/migration '{"id":"17","phase":"failed","error":"another one"}' >/dev/null) &
+bg=$!
+t_expect fleet-migrate-token-fresh 1 'did not end within 2 s' "${FL[@]}" migrate web1 --to b --timeout 2 --with-disks
+wait "$bg"
 intent2=$(val /godwit/vms/web1/intent)
 check fleet-migrate-token-unique "[ \"\$(jq -r .token <<<'$intent2')\" != \"\$(jq -r .token <<<'$intent')\" ] &&
 	jq -e '.with_disks == true' <<<'$intent2' >/dev/null" "$intent / $intent2"
@@ -214,14 +221,14 @@ agent_migration() {  # VM PHASE [ERROR]: answer the next intent with PHASE
 		sleep 0.1
 	done
 	id=$(jq -r .id <<<"$it"); to=$(jq -r .to <<<"$it")
-	ec put "/godwit/vms/$1/migration" "{\"id\":$id,\"from\":\"a\",\"to\":\"$to\",\"epoch\":1,\
+	ec put "/godwit/vms/$1/migration" "{\"id\":\"$id\",\"from\":\"a\",\"to\":\"$to\",\"epoch\":1,\
 \"phase\":\"copy\",\"progress\":{\"rounds\":2,\"bytes\":104857600,\"remaining_bytes\":1048576}}" >/dev/null
 	sleep 0.5
 	if [ "$2" = done ]; then
 		ec put "/godwit/vms/$1/owner" "$to 2" >/dev/null
-		ec put "/godwit/vms/$1/migration" "{\"id\":$id,\"from\":\"a\",\"to\":\"$to\",\"epoch\":1,\"phase\":\"done\"}" >/dev/null
+		ec put "/godwit/vms/$1/migration" "{\"id\":\"$id\",\"from\":\"a\",\"to\":\"$to\",\"epoch\":1,\"phase\":\"done\"}" >/dev/null
 	else
-		ec put "/godwit/vms/$1/migration" "{\"id\":$id,\"from\":\"a\",\"to\":\"$to\",\"epoch\":1,\"phase\":\"failed\",\"error\":\"$3\"}" >/dev/null
+		ec put "/godwit/vms/$1/migration" "{\"id\":\"$id\",\"from\":\"a\",\"to\":\"$to\",\"epoch\":1,\"phase\":\"failed\",\"error\":\"$3\"}" >/dev/null
 	fi
 	ec del "/godwit/vms/$1/intent" >/dev/null
 }
@@ -270,7 +277,7 @@ agent_all() {  # SECONDS: answer every migrate intent as a committed migration
 			owner=$(val "/godwit/vms/$vm/owner"); ep=${owner#* }
 			echo "$vm ${owner% *} $to" >>"$T_TMP/agent-moves"
 			ec put "/godwit/vms/$vm/owner" "$to $((ep + 1))" >/dev/null
-			ec put "/godwit/vms/$vm/migration" "{\"id\":$id,\"phase\":\"done\"}" >/dev/null
+			ec put "/godwit/vms/$vm/migration" "{\"id\":\"$id\",\"phase\":\"done\"}" >/dev/null
 			status "$vm" "$to" $((ep + 1)) running
 			ec del "$k" >/dev/null
 		done
