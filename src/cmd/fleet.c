@@ -636,6 +636,11 @@ static void fleet_take_key(struct fleet_ctx *c, struct fleet_view *v, const stru
 	}
 }
 
+static int fleet_host_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct fleet_host *)a)->name, ((const struct fleet_host *)b)->name);
+}
+
 int fleet_load(struct fleet_ctx *c, struct fleet_view *v, bool quiet)
 {
 	struct etcd_kvs kvs = { 0 };
@@ -660,6 +665,9 @@ int fleet_load(struct fleet_ctx *c, struct fleet_view *v, bool quiet)
 			fleet_view_free(v);
 			return 1;
 		}
+	/* By name (cordon/ keys come before hosts/ ones). */
+	if (v->nh)
+		qsort(v->h, v->nh, sizeof(*v->h), fleet_host_cmp);
 	return 0;
 }
 

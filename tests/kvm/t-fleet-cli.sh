@@ -125,7 +125,8 @@ check fleet-cordon-key '[ "$(val /godwit/cordon/b)" = 1 ]' "cordon/b: $(val /god
 t_expect fleet-create-cordoned 1 'host b is cordoned' "${FL[@]}" create big --on b --no-wait -- --kernel /k
 check fleet-create-refused-nothing-written '[ -z "$(ec get --prefix /godwit/vms/big/ --keys-only)" ]' \
 	"a refused create wrote $(ec get --prefix /godwit/vms/big/ --keys-only)"
-check fleet-hosts-cordoned "F hosts | grep -Eq '^b +up +yes +0/2048 MiB'" "$(F hosts)"
+check fleet-hosts-cordoned "F hosts | grep -Eq '^b +up +yes +0/2048 MiB' &&
+	[ \"\$(F hosts | awk 'NR > 1 {printf \"%s\", \$1}')\" = abc ]" "$(F hosts)"
 t_expect fleet-uncordon 0 - "${FL[@]}" uncordon b
 check fleet-uncordon-out "grep -q 'host b uncordoned' '$T_TMP/fleet-uncordon.out'" "$(cat "$T_TMP/fleet-uncordon.out")"
 check fleet-uncordon-key '[ -z "$(val /godwit/cordon/b)" ]' "cordon/b still there"
