@@ -150,8 +150,12 @@ ec put /godwit/vms/ghost/spec '{"name":"ghost","mem":268435456,"cpus":1,"args":[
 ec put /godwit/vms/ghost/owner 'd 3' >/dev/null
 ec put /godwit/vms/junk/spec '{"name":"junk","mem":"lots"' >/dev/null
 ec put /godwit/vms/junk/owner 'nobody' >/dev/null
+ec put /godwit/vms/junk/status '{"host":"a","state":"RUN NING"}' >/dev/null
 t_expect fleet-ls 0 'malformed record /godwit/vms/junk/spec' "${FL[@]}" ls
 out=$T_TMP/fleet-ls.out
+check fleet-ls-malformed "grep -q 'malformed record /godwit/vms/junk/owner: not \"HOST EPOCH\"' '$T_TMP/fleet-ls.err' &&
+	grep -q 'malformed record /godwit/vms/junk/status: state is not a word' '$T_TMP/fleet-ls.err' &&
+	grep -Eq '^junk +- +bad-owner ' '$out'" "$(cat "$T_TMP/fleet-ls.err" "$out")"
 check fleet-ls-table "grep -Eq '^VM +HOST +STATE +EPOCH +PID +CONSOLE +MIGRATION' '$out' &&
 	grep -Eq '^web1 +a +running +1 +4242 +/var/log/godwit/web1.log +-$' '$out' &&
 	grep -Eq '^ghost +d +down +3 ' '$out'" "$(cat "$out")"
