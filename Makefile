@@ -72,6 +72,8 @@ OBJS += src/migration/conn.o
 OBJS += src/migration/tls.o
 OBJS += src/migration/incoming.o
 OBJS += src/migration/disk.o
+OBJS += src/fleet/etcd.o
+OBJS += src/fleet/fleet.o
 OBJS += src/cmd/stream_dump.o
 OBJS += src/cmd/run.o
 OBJS += src/cmd/restore.o
@@ -93,6 +95,8 @@ MAIN_OBJ_B  := $(BUILD)/obj/$(MAIN_OBJ)
 UNIT_OBJS_B := $(addprefix $(BUILD)/obj/,$(UNIT_SRCS:.c=.o))
 # tests/kvm/state_test.c: vCPU/VM state save-load against /dev/kvm (t-state.sh runs it).
 STATE_TEST_OBJ_B := $(BUILD)/obj/tests/kvm/state_test.o
+# tests/kvm/etcd_test.c: the etcd client against a real etcd (t-etcd.sh runs it).
+ETCD_TEST_OBJ_B := $(BUILD)/obj/tests/kvm/etcd_test.o
 # godwit with the test hooks (sandbox.h: sandbox_test_hook): t-sandbox.sh makes it call a
 # forbidden system call.  Only sandbox.c differs from godwit.
 SANDBOX_OBJ_B := $(BUILD)/obj/src/vmm/sandbox.o
@@ -112,6 +116,10 @@ $(BUILD)/tests/state-test: $(STATE_TEST_OBJ_B) $(OBJS_B)
 	@mkdir -p $(dir $@)
 	$(call quiet,LINK,$@)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+$(BUILD)/tests/etcd-test: $(ETCD_TEST_OBJ_B) $(OBJS_B)
+	@mkdir -p $(dir $@)
+	$(call quiet,LINK,$@)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 $(BUILD)/tests/godwit-hooks: $(MAIN_OBJ_B) $(filter-out $(SANDBOX_OBJ_B),$(OBJS_B)) $(HOOKS_OBJ_B)
 	@mkdir -p $(dir $@)
 	$(call quiet,LINK,$@)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
@@ -128,7 +136,8 @@ $(BUILD)/obj/%.o: %.c
 include guest/guest.mk
 
 .PHONY: unit
-unit: $(BUILD)/tests/unit-tests $(BUILD)/tests/state-test $(BUILD)/tests/godwit-hooks
+unit: $(BUILD)/tests/unit-tests $(BUILD)/tests/state-test $(BUILD)/tests/godwit-hooks \
+	$(BUILD)/tests/etcd-test
 
 .PHONY: deps
 deps:
@@ -191,7 +200,7 @@ clean:
 	rm -rf build build-asan build-fuzz
 
 -include $(OBJS_B:.o=.d) $(MAIN_OBJ_B:.o=.d) $(UNIT_OBJS_B:.o=.d) $(STATE_TEST_OBJ_B:.o=.d) \
-	$(HOOKS_OBJ_B:.o=.d)
+	$(HOOKS_OBJ_B:.o=.d) $(ETCD_TEST_OBJ_B:.o=.d)
 
 # libFuzzer targets (clang).  `make fuzz`, then e.g.
 #   build-fuzz/fuzz-boot -max_total_time=60 build-fuzz/corpus-boot
@@ -204,7 +213,7 @@ FUZZ_TARGETS ?=
 .PHONY: fuzz fuzz-long
 fuzz: build-fuzz/fuzz-boot build-fuzz/fuzz-virtq build-fuzz/fuzz-stream build-fuzz/fuzz-handoff \
 	build-fuzz/fuzz-devspec build-fuzz/fuzz-restore build-fuzz/fuzz-virtio-blk build-fuzz/fuzz-pci \
-	build-fuzz/fuzz-api
+	build-fuzz/fuzz-api build-fuzz/fuzz-etcd
 fuzz-long: fuzz
 	$(Q)FUZZ_LONG=1 nice -n 10 bash tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 # The targets that need most of godwit link its objects built for fuzzing (instrumented,
@@ -249,6 +258,11 @@ FUZZ_DEVSPEC_SRCS := tests/fuzz/fuzz_devspec.c src/vmm/devspec.c src/net/tap.c s
 build-fuzz/fuzz-devspec: $(FUZZ_DEVSPEC_SRCS) include/godwit/devspec.h include/godwit/tap.h
 	@mkdir -p $(dir $@)
 	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ $(FUZZ_DEVSPEC_SRCS)
+# The etcd client's reply parsers (src/fleet/etcd.c; the requests themselves are not run).
+build-fuzz/fuzz-etcd: tests/fuzz/fuzz_etcd.c src/fleet/etcd.c include/godwit/etcd.h
+	@mkdir -p $(dir $@)
+	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_etcd.c src/fleet/etcd.c \
+		$(shell pkg-config --libs jansson libcurl 2>/dev/null) -lpthread
 build-fuzz/fuzz-virtq: tests/fuzz/fuzz_virtq.c src/devices/virtio/core.c src/vmm/log.c include/godwit/virtio.h include/godwit/vm.h
 	@mkdir -p $(dir $@)
 	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_virtq.c src/devices/virtio/core.c src/vmm/log.c -lpthread
