@@ -81,6 +81,11 @@ OBJS += src/cmd/run_incoming.o
 OBJS += src/cmd/client.o
 OBJS += src/cmd/snapshot.o
 OBJS += src/cmd/migrate.o
+# godwit fleet: placement (pure), the command
+OBJS += src/fleet/place.o
+OBJS += src/cmd/fleet.o
+OBJS += src/cmd/fleet_ops.o
+OBJS += src/cmd/fleet_args.o
 MAIN_OBJ := src/main.o
 
 UNIT_SRCS := $(sort $(wildcard tests/unit/*.c))
