@@ -3,29 +3,30 @@
 # three-member etcd (tests/kvm/lib-fleet.sh), the agents (godwitd) under mutual
 # TLS and `godwit fleet`; tests/kvm/fleet_check.py watches the invariants for
 # the whole run (one owner, no VM running twice, epochs only grow, no VM lost).
+# Its results are named fleet-e2e-* (t-fleet-cli.sh's are fleet-*):
 #
-#   fleet-checker-selftest   the checker, given two real `godwit run --name dup`
-#                            on h1 and h2, an owner record naming h1, then h2's
-#                            stopped (SIGSTOP: not running), both killed and the
-#                            epoch lowered, reports all four kinds
-#   fleet-agents             three agents register (/godwit/hosts/H, `fleet hosts`)
-#   fleet-create             v1..v4 on h1, v5 on h2 (64 MiB, memtest) run
-#   fleet-drain-*            `fleet drain h1`: v1..v4 on h2/h3, none on h1, each
-#                            guest's memory verified and going on (gen continues,
-#                            errors=0), h1 cordoned, `fleet create --on h1` refused
-#   fleet-rebalance          after `fleet uncordon h1`, h1 gets a VM back
-#   fleet-agent-kill         (a) kill -9 of h2's agent during `fleet drain h3`: h2's
-#                            VMs keep running; the restarted agent adopts them (same
-#                            pids, status running); the drain of h3 completes
-#   fleet-source-kill        (b) kill -9 of a VM's source process mid-copy: the VM
-#                            is gone, ran nowhere else, its owner record unchanged
-#   fleet-cut-at-gate        (c) the source host cut from etcd mid-copy: the VM never
-#                            runs on the destination; the destination vetoes
-#                            (veto/E); once etcd is back the VM resumes on the
-#                            source, owner unchanged (rules 2, 3, 5)
-#   fleet-etcd-member        (d) one etcd member (the leader) killed during a drain:
-#                            the drain completes
-#   fleet-invariants         the checker saw every VM running and no violation
+#   fleet-e2e-checker-selftest the checker, given two real `godwit run --name dup`
+#                             on h1 and h2, an owner record naming h1, then h2's
+#                             stopped (SIGSTOP: not running), both killed and the
+#                             epoch lowered, reports all four kinds
+#   fleet-e2e-agents          three agents register (/godwit/hosts/H, `fleet hosts`)
+#   fleet-e2e-create          v1..v4 on h1, v5 on h2 (64 MiB, memtest) run
+#   fleet-e2e-drain-*         `fleet drain h1`: v1..v4 on h2/h3, none on h1, each
+#                             guest's memory verified and going on (gen continues,
+#                             errors=0), h1 cordoned, `fleet create --on h1` refused
+#   fleet-e2e-rebalance       after `fleet uncordon h1`, h1 gets a VM back
+#   fleet-e2e-agent-kill      (a) kill -9 of h2's agent during `fleet drain h3`: h2's
+#                             VMs keep running; the restarted agent adopts them (same
+#                             pids, status running); the drain of h3 completes
+#   fleet-e2e-source-kill     (b) kill -9 of a VM's source process mid-copy: the VM
+#                             is gone, ran nowhere else, its owner record unchanged
+#   fleet-e2e-cut-at-gate     (c) the source host cut from etcd mid-copy: the VM never
+#                             runs on the destination; the destination vetoes
+#                             (veto/E); once etcd is back the VM resumes on the
+#                             source, owner unchanged (rules 2, 3, 5)
+#   fleet-e2e-etcd-member     (d) one etcd member (the leader) killed during a drain:
+#                             the drain completes
+#   fleet-e2e-invariants      the checker saw every VM running and no violation
 #
 # FLEET_KEEP=DIR keeps the fleet's files (agent logs, consoles, checker log) in DIR.
 # asan: no (the agents start build/godwit; one fleet run is enough per suite)
@@ -34,7 +35,7 @@
 . "$(dirname "$0")/lib-migrate.sh"
 . "$(dirname "$0")/lib-fleet.sh"
 
-T=fleet
+T=fleet-e2e
 CMDLINE='workload=mem mem=64 rate=20 report=200'
 # The fault VMs dirty slowly (their migrations converge) but copy for seconds:
 # their source host's uplink is limited to FAULT_RATE while they move.
