@@ -516,9 +516,14 @@ fault_d() {
 		WHY="drain of $src with etcd member e$n ($leader) killed: exit $rc ($(head -c 300 "$FLEET_DIR/d-drain.out")), still on $src: '$(vms_on "$src" | tr '\n' ' ')'; etcd now: $(owners_now)"
 		return 1
 	fi
+	# Each VM runs where its owner says, and its status says so (within 15 s).
 	for v in $VMS; do
-		[ "$(sfield "$v" state)" = running ] && [ -n "$(run_pid "$v" "$(owner_host "$v")")" ] ||
-			{ WHY="$v is '$(sfield "$v" state)' on '$(owner_host "$v")' after the drain"; return 1; }
+		for ((i = 0; i < 15; i++)); do
+			[ "$(sfield "$v" state)" = running ] && [ -n "$(run_pid "$v" "$(owner_host "$v")")" ] && break
+			sleep 1
+		done
+		[ "$i" -lt 15 ] ||
+			{ WHY="$v, owner '$(owner "$v")', has status $(vstatus "$v" | head -c 300) 15 s after the drain; runs on '$(where "$v" | tr '\n' ' ')'"; return 1; }
 	done
 	INFO="drained $src with e$n (the leader: ${leader:-unknown}) killed"
 }
