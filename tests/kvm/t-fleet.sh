@@ -96,6 +96,16 @@ wait_on() {
 	done
 	return 1
 }
+# settled V SECS: until V runs where its owner says and its status says running (else WHY).
+settled() {
+	local i
+	for ((i = 0; i < $2; i++)); do
+		[ "$(sfield "$1" state)" = running ] && [ -n "$(run_pid "$1" "$(owner_host "$1")")" ] && return 0
+		sleep 1
+	done
+	WHY="$1, owner '$(owner "$1")', has status $(vstatus "$1" | head -c 300) and runs on '$(where "$1" | tr '\n' ' ')'"
+	return 1
+}
 # vms_on H: the VMs whose owner record names H.
 vms_on() {
 	local v
@@ -390,9 +400,7 @@ fault_a() {
 		WHY="h3 still holds $(vms_on h3 | tr '\n' ' ')/ processes '$(fleet_vm_pids h3)' after its drain (first drain exit $rc: $(head -c 200 "$FLEET_DIR/a-drain.out"))"
 		return 1
 	fi
-	for v in $VMS; do
-		[ "$(sfield "$v" state)" = running ] || { WHY="$v is '$(sfield "$v" state)' after the drain of h3"; return 1; }
-	done
+	for v in $VMS; do settled "$v" 15 || { WHY="after the drain of h3: $WHY"; return 1; }; done
 	INFO="h2 kept ${h2vms//$'\n'/ }; first drain of h3 exit $rc"
 }
 if fault_a; then t_pass "$T-agent-kill"; echo "# $INFO"; else t_fail "$T-agent-kill" "$WHY"; fi
@@ -516,15 +524,7 @@ fault_d() {
 		WHY="drain of $src with etcd member e$n ($leader) killed: exit $rc ($(head -c 300 "$FLEET_DIR/d-drain.out")), still on $src: '$(vms_on "$src" | tr '\n' ' ')'; etcd now: $(owners_now)"
 		return 1
 	fi
-	# Each VM runs where its owner says, and its status says so (within 15 s).
-	for v in $VMS; do
-		for ((i = 0; i < 15; i++)); do
-			[ "$(sfield "$v" state)" = running ] && [ -n "$(run_pid "$v" "$(owner_host "$v")")" ] && break
-			sleep 1
-		done
-		[ "$i" -lt 15 ] ||
-			{ WHY="$v, owner '$(owner "$v")', has status $(vstatus "$v" | head -c 300) 15 s after the drain; runs on '$(where "$v" | tr '\n' ' ')'"; return 1; }
-	done
+	for v in $VMS; do settled "$v" 15 || { WHY="after the drain: $WHY"; return 1; }; done
 	INFO="drained $src with e$n (the leader: ${leader:-unknown}) killed"
 }
 if fault_d; then t_pass "$T-etcd-member"; echo "# $INFO"; else t_fail "$T-etcd-member" "$WHY"; fi
