@@ -42,6 +42,7 @@ import time
 import urllib.request
 
 STOP = False
+NO_ANSWER = [0]     # API queries of live, unstopped processes that got no answer
 
 
 def on_signal(_sig, _frm):
@@ -99,7 +100,7 @@ def owners_of(kvs):
     return out
 
 
-def api_get(path, timeout=0.5):
+def api_get(path, timeout=1.0):
     """The VM API's GET /api/v1/vm as a dict, or None."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
@@ -182,6 +183,8 @@ def runs(pid, api):
         return False, "no-api", None
     j = api_get(api)
     if j is None:
+        if proc_state(pid) not in (None, "T", "t", "Z"):
+            NO_ANSWER[0] += 1
         return False, "no-answer", None
     state = j.get("state", "?")
     # A process stopped while we asked counts as not running.
@@ -344,6 +347,7 @@ def main():
         "max_pass_s": round(max_pass, 3),
         "etcd_errors": etcd.errors,
         "skew_rechecks": skew,
+        "api_no_answer": NO_ANSWER[0],
         "violations": violations,
         "vms": vms,
     }

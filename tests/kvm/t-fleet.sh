@@ -549,6 +549,6 @@ else
 	else
 		t_pass "$T-invariants"
 	fi
-	echo "# checker: $(jq -c '{samples, duration_s, max_pass_s, etcd_errors, skew_rechecks, gaps: (.vms | map_values(.max_gap_s))}' "$S")"
+	echo "# checker: $(jq -c '{samples, duration_s, max_pass_s, etcd_errors, skew_rechecks, api_no_answer, gaps: (.vms | map_values(.max_gap_s))}' "$S")"
 fi
 echo "# t-fleet took $((SECONDS - START)) s"
