@@ -8,7 +8,7 @@
 # is killed and removed on exit.  Needs root (network namespaces) and /dev/kvm.
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
+cd "$ROOT" || exit 1
 export TIER=demo
 . tests/lib.sh
 . tests/kvm/lib-vm.sh
@@ -19,7 +19,7 @@ trap 'fleet_down; t_cleanup' EXIT
 
 die() { echo "fleet-demo: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "needs root (it makes network namespaces)"
-[ -r /dev/kvm ] && [ -w /dev/kvm ] || die "/dev/kvm is missing or not accessible"
+if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then die "/dev/kvm is missing or not accessible"; fi
 [ -x "$GODWITD" ] || die "no $GODWITD: make"
 [ -f "$GUEST_ELF" ] || die "no test guest at $GUEST_ELF: make"
 command -v etcd >/dev/null || die "no etcd: bash scripts/install-deps.sh"

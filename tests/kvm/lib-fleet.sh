@@ -152,6 +152,7 @@ agent_start() {
 	local h=$1
 	shift
 	mkdir -p "$FLEET_DIR/$h" "$FLEET_DIR/log"
+	# shellcheck disable=SC2086 # FLEET_AGENT_OPTS: words
 	ip netns exec "${FLEET_NS[$h]}" "$GODWITD" --host "$h" --etcd "$ETCD_URLS" \
 		--state-dir "$FLEET_DIR/$h" --listen "${FLEET_IP[$h]}:$FLEET_AGENT_PORT" \
 		--tls-dir "$FLEET_DIR/certs/$h" --godwit "$GODWIT" $FLEET_AGENT_OPTS "$@" \

@@ -501,7 +501,7 @@ fault_c() {
 	wait_exit "$mpid" 30 >/dev/null
 	INFO="veto/$e0 by '$veto'; source state during the cut: '$p_state'; fleet migrate: $(tail -n 1 "$FLEET_DIR/c-migrate.out")"
 }
-C_O0= C_O1=
+C_O0="" C_O1=""
 if fault_c; then t_pass "$T-cut-at-gate"; echo "# $INFO"; else t_fail "$T-cut-at-gate" "$WHY"; fi
 # One `fleet migrate`, vetoed: no second attempt, so the owner's epoch is unchanged.
 if [ -z "$C_O1" ]; then
