@@ -72,6 +72,8 @@ OBJS += src/migration/conn.o
 OBJS += src/migration/tls.o
 OBJS += src/migration/incoming.o
 OBJS += src/migration/disk.o
+OBJS += src/fleet/etcd.o
+OBJS += src/fleet/fleet.o
 OBJS += src/cmd/stream_dump.o
 OBJS += src/cmd/run.o
 OBJS += src/cmd/restore.o
@@ -97,6 +99,8 @@ AGENT_OBJS_B := $(addprefix $(BUILD)/obj/,$(AGENT_OBJS))
 UNIT_OBJS_B := $(addprefix $(BUILD)/obj/,$(UNIT_SRCS:.c=.o))
 # tests/kvm/state_test.c: vCPU/VM state save-load against /dev/kvm (t-state.sh runs it).
 STATE_TEST_OBJ_B := $(BUILD)/obj/tests/kvm/state_test.o
+# tests/kvm/etcd_test.c: the etcd client against a real etcd (t-etcd.sh runs it).
+ETCD_TEST_OBJ_B := $(BUILD)/obj/tests/kvm/etcd_test.o
 # godwit with the test hooks (sandbox.h: sandbox_test_hook): t-sandbox.sh makes it call a
 # forbidden system call.  Only sandbox.c differs from godwit.
 SANDBOX_OBJ_B := $(BUILD)/obj/src/vmm/sandbox.o
@@ -119,6 +123,10 @@ $(BUILD)/tests/state-test: $(STATE_TEST_OBJ_B) $(OBJS_B)
 	@mkdir -p $(dir $@)
 	$(call quiet,LINK,$@)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+$(BUILD)/tests/etcd-test: $(ETCD_TEST_OBJ_B) $(OBJS_B)
+	@mkdir -p $(dir $@)
+	$(call quiet,LINK,$@)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 $(BUILD)/tests/godwit-hooks: $(MAIN_OBJ_B) $(filter-out $(SANDBOX_OBJ_B),$(OBJS_B)) $(HOOKS_OBJ_B)
 	@mkdir -p $(dir $@)
 	$(call quiet,LINK,$@)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
@@ -135,7 +143,8 @@ $(BUILD)/obj/%.o: %.c
 include guest/guest.mk
 
 .PHONY: unit
-unit: $(BUILD)/tests/unit-tests $(BUILD)/tests/state-test $(BUILD)/tests/godwit-hooks
+unit: $(BUILD)/tests/unit-tests $(BUILD)/tests/state-test $(BUILD)/tests/godwit-hooks \
+	$(BUILD)/tests/etcd-test
 
 .PHONY: deps
 deps:
@@ -198,8 +207,9 @@ install: $(BUILD)/godwit $(BUILD)/godwitd
 clean:
 	rm -rf build build-asan build-fuzz
 
--include $(OBJS_B:.o=.d) $(MAIN_OBJ_B:.o=.d) $(AGENT_OBJS_B:.o=.d) $(UNIT_OBJS_B:.o=.d) $(STATE_TEST_OBJ_B:.o=.d) \
-	$(HOOKS_OBJ_B:.o=.d)
+-include $(OBJS_B:.o=.d) $(MAIN_OBJ_B:.o=.d) $(UNIT_OBJS_B:.o=.d) $(STATE_TEST_OBJ_B:.o=.d) \
+	$(HOOKS_OBJ_B:.o=.d) $(ETCD_TEST_OBJ_B:.o=.d)
+-include $(AGENT_OBJS_B:.o=.d)
 
 # libFuzzer targets (clang).  `make fuzz`, then e.g.
 #   build-fuzz/fuzz-boot -max_total_time=60 build-fuzz/corpus-boot
