@@ -93,6 +93,8 @@ struct agent {
 
 /* ---- main.c ---- */
 void agent_now_iso(char *buf, size_t len);
+/* snprintf for paths: 0, or -ENAMETOOLONG if it did not fit. */
+int agent_path(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 uint64_t agent_now_ms(void);
 void agent_sleep_ms(unsigned int ms);
 /* A client of the fleet's etcd for the calling thread (each thread has its own). */

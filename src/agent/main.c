@@ -8,6 +8,7 @@
 #include <libgen.h>
 #include <netdb.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,6 +81,17 @@ void agent_now_iso(char *buf, size_t len)
 
 	gmtime_r(&t, &tm);
 	strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+int agent_path(char *buf, size_t len, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(buf, len, fmt, ap);
+	va_end(ap);
+	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
 uint64_t agent_now_ms(void)
@@ -334,8 +346,8 @@ bad_ports:
 		fprintf(stderr, "godwitd: --host %s: a name is 1-63 of [A-Za-z0-9._-]\n", a->host);
 		goto usage_err;
 	}
-	if (a->state_dir[0] != '/' || strlen(a->state_dir) > 60) {
-		fprintf(stderr, "godwitd: --state-dir %s: expected an absolute path of at most 60 "
+	if (a->state_dir[0] != '/' || strlen(a->state_dir) > 30) {
+		fprintf(stderr, "godwitd: --state-dir %s: expected an absolute path of at most 30 "
 			"characters (UNIX sockets live under it)\n", a->state_dir);
 		goto usage_err;
 	}

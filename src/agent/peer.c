@@ -10,6 +10,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -421,7 +422,7 @@ static int peer_check_fleet(struct agent *a, struct etcd *e, json_t *req, json_t
 	}
 	return 0;
 etcd_err:
-	snprintf(err, len, "etcd: %s", e2);
+	snprintf(err, len, "etcd: %.400s", e2);
 	return ret;
 }
 
@@ -448,7 +449,7 @@ static int peer_start_incoming(struct agent *a, json_t *req, json_t *spec, unsig
 	snprintf(addr, sizeof(addr), strchr(a->listen_host, ':') ? "tcp:[%s]:%u" : "tcp:%s:%u",
 		 a->listen_host, *port);
 	snprintf(dir, sizeof(dir), "%s/vms/%s", a->state_dir, vm);
-	snprintf(api, sizeof(api), "%s/api.sock", dir);
+	agent_path(api, sizeof(api), "%s/api.sock", dir);
 	pre[npre++] = "run";
 	pre[npre++] = "--incoming";
 	pre[npre++] = addr;
@@ -567,12 +568,12 @@ static void *peer_conn_thread(void *opaque)
 	}
 	ret = peer_recv_line(&c, PEER_IO_TIMEOUT_MS, &req, e2, sizeof(e2));
 	if (ret) {
-		snprintf(err, sizeof(err), "bad request: %s", e2);
+		snprintf(err, sizeof(err), "bad request: %.400s", e2);
 		goto reply;
 	}
 	ret = peer_check_request(a, req, e2, sizeof(e2));
 	if (ret) {
-		snprintf(err, sizeof(err), "bad request: %s", e2);
+		snprintf(err, sizeof(err), "bad request: %.400s", e2);
 		goto reply;
 	}
 	ret = agent_etcd_open(a, ETCD_TIMEOUT_MS, &e);
@@ -795,11 +796,13 @@ void peer_watch_incoming(struct agent *a, struct etcd *e, const char *vm)
 	}
 	/* running: the COMMIT transaction made this host the owner at E+1 */
 	if (!strcmp(o.host, a->host) && o.epoch == E1) {
+		bool ok = vms_put_status(a, e, vm, E1, "running", pid, NULL) == 0;
+
 		pthread_mutex_lock(&a->lock);
 		if ((v = vms_find(a, vm))) {
 			v->incoming = false;
 			snprintf(v->state, sizeof(v->state), "running");
-			v->status_written = vms_put_status(a, e, vm, E1, "running", pid, NULL) == 0;
+			v->status_written = ok;
 		}
 		pthread_mutex_unlock(&a->lock);
 		log_info("VM %s: arrived from %s and runs here at epoch %" PRIu64, vm, from, E1);

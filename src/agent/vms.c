@@ -43,9 +43,10 @@ struct agent_vm *vms_new(struct agent *a, const char *name)
 		v->used = true;
 		v->exit_status = -1;
 		snprintf(v->name, sizeof(v->name), "%s", name);
-		snprintf(v->dir, sizeof(v->dir), "%s/vms/%s", a->state_dir, name);
-		snprintf(v->api, sizeof(v->api), "%s/api.sock", v->dir);
-		snprintf(v->console, sizeof(v->console), "%s/console.log", v->dir);
+		agent_path(v->dir, sizeof(v->dir), "%s/vms/%s", a->state_dir, name);
+		agent_path(v->api, sizeof(v->api), "%s/vms/%s/api.sock", a->state_dir, name);
+		agent_path(v->console, sizeof(v->console), "%s/vms/%s/console.log", a->state_dir,
+			   name);
 		return v;
 	}
 	return NULL;
@@ -253,7 +254,7 @@ int vms_spawn(struct agent *a, const char *vm, char **argv, pid_t *pid, char *er
 		snprintf(err, len, "%s: %s", dir, strerror(errno));
 		return -errno;
 	}
-	snprintf(console, sizeof(console), "%s/console.log", dir);
+	agent_path(console, sizeof(console), "%s/console.log", dir);
 	out = open(console, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 	devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	if (out < 0 || devnull < 0) {
@@ -502,8 +503,9 @@ void vms_adopt_all(struct agent *a)
 
 		if (!fleet_name_ok(de->d_name))
 			continue;
-		snprintf(vdir, sizeof(vdir), "%s/%s", dir, de->d_name);
-		snprintf(api, sizeof(api), "%s/api.sock", vdir);
+		if (agent_path(vdir, sizeof(vdir), "%s/%s", dir, de->d_name) ||
+		    agent_path(api, sizeof(api), "%s/api.sock", vdir))
+			continue;
 		if (vms_read_file(vdir, "pid", buf, sizeof(buf)))
 			continue;
 		errno = 0;

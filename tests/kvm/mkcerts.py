@@ -10,6 +10,8 @@ as godwit's --tls-dir wants them:
              the destination, the destination does not trust it)
   expired    CN/SAN src.godwit.test, signed by A, expired a year ago; ca.pem: A
   cnonly     CN src.godwit.test and no SAN, signed by A; ca.pem: A
+`mkcerts.py DIR HOST...` makes instead DIR/HOST/ for each HOST (CN/SAN HOST,
+signed by A; ca.pem: A): a fleet's hosts (godwitd --tls-dir).
 Keys are ECDSA P-256; certificates carry both serverAuth and clientAuth (a
 host is a TLS server when it receives a VM, a client when it sends one).
 """
@@ -87,6 +89,10 @@ def write(d, cas, kc):
 def main():
     out = sys.argv[1]
     a, b = ca("godwit test CA A"), ca("godwit test CA B")
+    if len(sys.argv) > 2:
+        for host in sys.argv[2:]:
+            write(os.path.join(out, host), [a], leaf(a, host))
+        return
     write(os.path.join(out, "src"), [a], leaf(a, "src.godwit.test"))
     write(os.path.join(out, "dst"), [a], leaf(a, "dst.godwit.test"))
     write(os.path.join(out, "wrongname"), [a], leaf(a, "other.godwit.test"))

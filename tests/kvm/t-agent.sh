@@ -1,0 +1,243 @@
+#!/bin/bash
+# Tier 1: godwitd, the host agent (docs/fleet.md), on loopback: one etcd
+# started here, two agents (hosts a and b, mutual TLS with per-host
+# certificates from mkcerts.py), etcdctl playing `godwit fleet`'s part.
+#
+#   agent-usage      --help exits 0; no --host exits 2; --listen beyond loopback
+#                    without --tls-dir is refused (exit 2)
+#   agent-register   both hosts appear in /godwit/hosts/ with addr and capacities
+#   agent-create     spec + owner "a 1": agent a starts the VM (status running,
+#                    host a, epoch 1); the guest's memtest reports with errors=0
+#   agent-socket     a's local API (GET /v1/host, /v1/vms) lists the VM
+#   agent-refuse     a prepare request that no intent asked for is refused
+#                    (ok:false, the reason) and starts nothing
+#   agent-adopt      kill -9 of agent a, a new agent a: the same VM process
+#                    (pid) is adopted, still running, its status updated
+#   agent-fence      etcd stopped (SIGSTOP) past 2/3 of the lease: a's VM is
+#                    stopped (process state T); etcd back: it runs on
+#   agent-migrate    intent migrate to b: owner "b 2", status host b running,
+#                    the migration record "done", the intent deleted, the VM
+#                    runs on b with memtest errors=0 and advancing, a's process
+#                    gone
+#   agent-stop       intent stop: status "stopped", the process gone, intent
+#                    deleted
+. "$(dirname "$0")/../lib.sh"
+. "$ROOT/tests/kvm/lib-vm.sh"
+. "$ROOT/tests/kvm/lib-migrate.sh"
+
+GODWITD=${GODWITD:-$BUILD/godwitd}
+t_need_kvm agent || exit 0
+for b in etcd etcdctl jq; do
+	if ! command -v "$b" >/dev/null; then
+		t_fail agent "$b is not installed (make deps)"
+		exit 0
+	fi
+done
+
+freeport() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+EC=$(freeport) EP=$(freeport) PA=$(freeport) PB=$(freeport)
+URL=http://127.0.0.1:$EC
+export ETCDCTL_API=3
+ectl() { etcdctl --endpoints "$URL" --dial-timeout 2s --command-timeout 3s "$@"; }
+eget() { ectl get --print-value-only "$1" 2>/dev/null; }
+# efield KEY FIELD: a field of the JSON at KEY.
+efield() { eget "$1" | jq -r --arg k "$2" '.[$k] // empty' 2>/dev/null; }
+
+cleanup_agent() {
+	local f
+	[ -n "${A_PID:-}" ] && kill -9 "$A_PID" 2>/dev/null
+	[ -n "${B_PID:-}" ] && kill -9 "$B_PID" 2>/dev/null
+	for f in "$T_TMP"/a/vms/*/pid "$T_TMP"/b/vms/*/pid; do
+		[ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null
+	done
+	[ -n "${E_PID:-}" ] && { kill -CONT "$E_PID"; kill "$E_PID"; } 2>/dev/null
+	t_cleanup
+}
+trap cleanup_agent EXIT
+
+# ---- usage ----
+if "$GODWITD" --help | grep -q -- '--migration-ports' &&
+   ! "$GODWITD" --etcd "$URL" --state-dir /tmp/x --listen 127.0.0.1:1 2>/dev/null; then
+	rc1=0
+	"$GODWITD" --host a --etcd "$URL" --state-dir /tmp/x --listen 198.18.0.1:7000 \
+		2>"$T_TMP/usage.err" || rc1=$?
+	if [ "$rc1" = 2 ] && grep -q 'not a loopback address' "$T_TMP/usage.err"; then
+		t_pass agent-usage
+	else
+		t_fail agent-usage "--listen beyond loopback: exit $rc1: $(head -c 200 "$T_TMP/usage.err")"
+	fi
+else
+	t_fail agent-usage "--help or the missing --host check"
+fi
+
+# ---- etcd, certificates, agents ----
+etcd --name default --data-dir "$T_TMP/etcd" --listen-client-urls "$URL" \
+	--advertise-client-urls "$URL" --listen-peer-urls "http://127.0.0.1:$EP" \
+	--initial-advertise-peer-urls "http://127.0.0.1:$EP" \
+	--initial-cluster "default=http://127.0.0.1:$EP" >"$T_TMP/etcd.log" 2>&1 &
+E_PID=$!
+for ((i = 0; i < 100; i++)); do ectl endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
+if ! ectl endpoint health >/dev/null 2>&1; then
+	t_fail agent "etcd did not start: $(tail -c 300 "$T_TMP/etcd.log")"
+	exit 0
+fi
+python3 "$ROOT/tests/kvm/mkcerts.py" "$T_TMP/certs" a b
+
+TTL=6
+start_agent() {   # NAME PORT PORTS
+	mkdir -p "$T_TMP/$1"
+	"$GODWITD" --host "$1" --etcd "$URL" --state-dir "$T_TMP/$1" --listen "127.0.0.1:$2" \
+		--tls-dir "$T_TMP/certs/$1" --lease-ttl $TTL --migration-ports "$3" \
+		--mem-capacity 4G --cpu-capacity 2 --godwit "$GODWIT" -v \
+		</dev/null >>"$T_TMP/$1.log" 2>&1 &
+	eval "${1^^}_PID=$!"
+}
+start_agent a "$PA" 49710-49729
+start_agent b "$PB" 49730-49749
+ok=1
+for h in a b; do
+	for ((i = 0; i < 50; i++)); do [ -n "$(eget /godwit/hosts/$h)" ] && break; sleep 0.1; done
+	[ "$(efield /godwit/hosts/$h addr)" = "127.0.0.1:$([ $h = a ] && echo "$PA" || echo "$PB")" ] || ok=0
+	[ "$(efield /godwit/hosts/$h mem_capacity)" = 4294967296 ] || ok=0
+done
+if [ $ok = 1 ]; then
+	t_pass agent-register
+else
+	t_fail agent-register "hosts: $(ectl get --prefix /godwit/hosts/ | tr '\n' ' ' | head -c 300); a: $(tail -c 300 "$T_TMP/a.log")"
+	exit 0
+fi
+
+# ---- create ----
+SPEC=$(jq -nc --arg k "$GUEST_ELF" --arg c "$CMDLINE" \
+	'{name: "vm1", mem: 134217728, cpus: 1, restart: "never", created: "now",
+	  args: ["--kernel", $k, "--mem", "128M", "--cpus", "1", "--cmdline", $c]}')
+ectl put /godwit/vms/vm1/spec "$SPEC" >/dev/null
+ectl put /godwit/vms/vm1/owner "a 1" >/dev/null
+CON_A=$T_TMP/a/vms/vm1/console.log
+CON_B=$T_TMP/b/vms/vm1/console.log
+for ((i = 0; i < 100; i++)); do [ "$(efield /godwit/vms/vm1/status state)" = running ] && break; sleep 0.1; done
+PID1=$(efield /godwit/vms/vm1/status pid)
+if [ "$(efield /godwit/vms/vm1/status host)" != a ] ||
+   [ "$(efield /godwit/vms/vm1/status epoch)" != 1 ] || [ -z "$PID1" ]; then
+	t_fail agent-create "status: $(eget /godwit/vms/vm1/status); a: $(tail -c 300 "$T_TMP/a.log")"
+	exit 0
+elif ! wait_reports "$CON_A" 3 20 || [ -n "$(guest_errors "$CON_A")" ]; then
+	t_fail agent-create "memtest: $(tail -c 300 "$CON_A")"
+	exit 0
+else
+	t_pass agent-create
+fi
+
+# ---- local socket ----
+h=$(curl -s --unix-socket "$T_TMP/a/godwitd.sock" http://localhost/v1/host)
+v=$(curl -s --unix-socket "$T_TMP/a/godwitd.sock" http://localhost/v1/vms)
+if [ "$(jq -r .name <<<"$h")" = a ] && [ "$(jq -r .fenced <<<"$h")" = false ] &&
+   [ "$(jq -r '.vms[0].name' <<<"$v")" = vm1 ] && [ "$(jq -r '.vms[0].pid' <<<"$v")" = "$PID1" ] &&
+   [ "$(stat -c %a "$T_TMP/a/godwitd.sock")" = 600 ]; then
+	t_pass agent-socket
+else
+	t_fail agent-socket "host: $h; vms: $v"
+fi
+
+# ---- a prepare nobody asked for ----
+rep=$(python3 - "$T_TMP/certs/a" "$PB" <<'EOF'
+import json, socket, ssl, sys
+d, port = sys.argv[1], int(sys.argv[2])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.load_verify_locations(d + "/ca.pem")
+ctx.load_cert_chain(d + "/cert.pem", d + "/key.pem")
+ctx.check_hostname = False
+with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+    with ctx.wrap_socket(s) as t:
+        t.sendall(json.dumps({"op": "prepare", "vm": "vm1", "from": "a", "epoch": 1,
+                              "token": "nobody-asked"}).encode() + b"\n")
+        buf = b""
+        while b"\n" not in buf:
+            r = t.recv(65536)
+            if not r:
+                break
+            buf += r
+        # tls.c's server first confirms the client's certificate (8 bytes, GWTLS-OK)
+        if buf.startswith(b"GWTLS-OK"):
+            buf = buf[8:]
+        print(buf.decode().strip())
+EOF
+)
+if [ "$(jq -r .ok <<<"$rep" 2>/dev/null)" = false ] && grep -q 'no migration' <<<"$rep" &&
+   [ ! -e "$T_TMP/b/vms/vm1/pid" ]; then
+	t_pass agent-refuse
+else
+	t_fail agent-refuse "reply: $rep"
+fi
+
+# ---- adoption ----
+kill -9 "$A_PID"
+wait "$A_PID" 2>/dev/null
+sleep 1
+start_agent a "$PA" 49710-49729
+t_wait_for "$T_TMP/a.log" 'VM vm1: adopted' 10
+sleep 1
+v=$(curl -s --unix-socket "$T_TMP/a/godwitd.sock" http://localhost/v1/vms)
+if [ "$(jq -r '.vms[0].pid' <<<"$v")" = "$PID1" ] && [ "$(jq -r '.vms[0].adopted' <<<"$v")" = true ] &&
+   kill -0 "$PID1" 2>/dev/null && [ "$(efield /godwit/vms/vm1/status pid)" = "$PID1" ] &&
+   [ "$(efield /godwit/vms/vm1/status state)" = running ] &&
+   n=$(reports "$CON_A") && wait_reports "$CON_A" $((n + 2)) 10; then
+	t_pass agent-adopt
+else
+	t_fail agent-adopt "vms: $v; status: $(eget /godwit/vms/vm1/status); a: $(tail -c 400 "$T_TMP/a.log")"
+fi
+
+# ---- fencing (rule 5) ----
+kill -STOP "$E_PID"
+fenced=0
+for ((i = 0; i < 100; i++)); do
+	if grep -q '^State:.*T' "/proc/$PID1/status" 2>/dev/null; then fenced=1; break; fi
+	sleep 0.1
+done
+kill -CONT "$E_PID"
+running=0
+for ((i = 0; i < 100; i++)); do
+	if grep -q '^State:.*[SR]' "/proc/$PID1/status" 2>/dev/null; then running=1; break; fi
+	sleep 0.1
+done
+if [ $fenced = 1 ] && [ $running = 1 ] && grep -q 'FENCED' "$T_TMP/a.log" &&
+   n=$(reports "$CON_A") && wait_reports "$CON_A" $((n + 2)) 10 && [ -z "$(guest_errors "$CON_A")" ]; then
+	t_pass agent-fence
+else
+	t_fail agent-fence "stopped=$fenced continued=$running: $(grep -a 'FENCED\|SIGCONT\|killed' "$T_TMP/a.log" | tail -n 3)"
+fi
+# let the agents see etcd again
+for ((i = 0; i < 50; i++)); do [ -n "$(eget /godwit/hosts/a)" ] && break; sleep 0.2; done
+
+# ---- migration ----
+ectl put /godwit/vms/vm1/intent '{"op":"migrate","to":"b","token":"t-agent-1","id":"m1"}' >/dev/null
+for ((i = 0; i < 300; i++)); do
+	[ "$(eget /godwit/vms/vm1/owner)" = "b 2" ] && [ "$(efield /godwit/vms/vm1/status host)" = b ] &&
+		[ "$(efield /godwit/vms/vm1/status state)" = running ] && break
+	sleep 0.1
+done
+for ((i = 0; i < 100; i++)); do [ -z "$(eget /godwit/vms/vm1/intent)" ] && break; sleep 0.1; done
+PID2=$(efield /godwit/vms/vm1/status pid)
+if [ "$(eget /godwit/vms/vm1/owner)" != "b 2" ] || [ "$(efield /godwit/vms/vm1/status host)" != b ] ||
+   [ "$(efield /godwit/vms/vm1/status epoch)" != 2 ]; then
+	t_fail agent-migrate "owner $(eget /godwit/vms/vm1/owner); migration $(eget /godwit/vms/vm1/migration | head -c 300); a: $(grep -a vm1 "$T_TMP/a.log" | tail -n 3); b: $(grep -a vm1 "$T_TMP/b.log" | tail -n 3)"
+elif [ "$(efield /godwit/vms/vm1/migration phase)" != done ] || [ -n "$(eget /godwit/vms/vm1/intent)" ]; then
+	t_fail agent-migrate "migration record $(eget /godwit/vms/vm1/migration | head -c 300), intent $(eget /godwit/vms/vm1/intent)"
+elif ! wait_reports "$CON_B" 3 20 || [ -n "$(guest_errors "$CON_B")" ]; then
+	t_fail agent-migrate "memtest on b: $(tail -c 300 "$CON_B")"
+elif wait_exit "$PID1" 15 >/dev/null; [ -d "/proc/$PID1" ]; then
+	t_fail agent-migrate "the source process $PID1 still runs"
+else
+	t_pass agent-migrate
+fi
+
+# ---- stop ----
+ectl put /godwit/vms/vm1/intent '{"op":"stop"}' >/dev/null
+for ((i = 0; i < 300; i++)); do [ "$(efield /godwit/vms/vm1/status state)" = stopped ] && break; sleep 0.1; done
+sleep 0.5
+if [ "$(efield /godwit/vms/vm1/status state)" = stopped ] && [ -z "$(eget /godwit/vms/vm1/intent)" ] &&
+   { [ -z "$PID2" ] || ! kill -0 "$PID2" 2>/dev/null; }; then
+	t_pass agent-stop
+else
+	t_fail agent-stop "status $(eget /godwit/vms/vm1/status); b: $(tail -c 300 "$T_TMP/b.log")"
+fi
