@@ -21,6 +21,8 @@
 #                    gone
 #   agent-stop       intent stop: status "stopped", the process gone, intent
 #                    deleted
+# AGENT_LOGS=DIR keeps the logs.  Needs etcd, etcdctl, jq, curl and a godwit with
+# the commit gate.
 . "$(dirname "$0")/../lib.sh"
 . "$ROOT/tests/kvm/lib-vm.sh"
 . "$ROOT/tests/kvm/lib-migrate.sh"
@@ -43,8 +45,16 @@ eget() { ectl get --print-value-only "$1" 2>/dev/null; }
 # efield KEY FIELD: a field of the JSON at KEY.
 efield() { eget "$1" | jq -r --arg k "$2" '.[$k] // empty' 2>/dev/null; }
 
+# AGENT_LOGS=DIR keeps the agents' and etcd's logs and the consoles there.
 cleanup_agent() {
 	local f
+	if [ -n "${AGENT_LOGS:-}" ]; then
+		mkdir -p "$AGENT_LOGS"
+		cp "$T_TMP"/*.log "$AGENT_LOGS"/ 2>/dev/null
+		for f in "$T_TMP"/[ab]/vms/*/console.log; do
+			[ -f "$f" ] && cp "$f" "$AGENT_LOGS/$(basename "$(dirname "$(dirname "$(dirname "$f")")")")-console.log"
+		done
+	fi
 	[ -n "${A_PID:-}" ] && kill -9 "$A_PID" 2>/dev/null
 	[ -n "${B_PID:-}" ] && kill -9 "$B_PID" 2>/dev/null
 	for f in "$T_TMP"/a/vms/*/pid "$T_TMP"/b/vms/*/pid; do
