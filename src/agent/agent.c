@@ -24,6 +24,7 @@
 #define AGENT_REFRESH_MS     2000
 #define AGENT_STOP_GRACE_MS  15000
 #define AGENT_KILL_GRACE_MS  5000
+#define AGENT_LEAVE_MS       15000   /* a migrated source exits by itself within this */
 
 const char *jstr(json_t *j, const char *k)
 {
@@ -644,25 +645,37 @@ static void agent_one(struct agent *a, struct etcd *e, struct fvm *f, const stru
 				  f->name, v.epoch, f->owner.epoch);
 			return;
 		}
-		if (!strcmp(v.state, "commit-wait") || !strcmp(v.state, "in-doubt")) {
+		if (!strcmp(v.state, "commit-wait") || !strcmp(v.state, "in-doubt") ||
+		    !strcmp(v.state, "migrating")) {
+			/* adopted mid-migration: no worker follows it; settle it here */
 			json_t *m = agent_api(v.api, "GET", "/api/v1/vm/migration", NULL, 3000);
-			const char *st = m ? jstr(m, "status") : "";
+			const char *st = m ? jstr(m, "status") : "", *next = NULL;
 			bool refused = m && json_is_true(json_object_get(m, "dest_refused"));
-			int r = 0;
+			int r;
 
-			if (!strcmp(st, "commit-wait") || !strcmp(st, "in-doubt"))
+			if (!strcmp(st, "commit-wait") || !strcmp(st, "in-doubt")) {
 				r = agent_settle_source(a, e, f->name, v.api, v.epoch, st, refused);
+				next = r == 0 ? "running" : r == 1 ? "migrated" : NULL;
+			} else if (!strcmp(st, "completed")) {
+				next = "migrated";
+			} else if (m && strcmp(st, "setup") && strcmp(st, "active") &&
+				   strcmp(st, "stop-and-copy") && strcmp(st, "committing")) {
+				next = "running";        /* failed, cancelled: it runs on here */
+			}
 			json_decref(m);
-			if (r == 0 && m) {
+			if (next) {
 				pthread_mutex_lock(&a->lock);
 				if ((lv = vms_find(a, f->name))) {
-					snprintf(lv->state, sizeof(lv->state), "running");
+					snprintf(lv->state, sizeof(lv->state), "%s", next);
 					lv->status_written = false;
+					lv->left_ms = agent_now_ms();
 				}
 				pthread_mutex_unlock(&a->lock);
 			}
 			return;
 		}
+		if (!strcmp(v.state, "migrated"))
+			return;          /* it left: the owner moves on (or settles) */
 		if (!strcmp(op, "stop")) {
 			pthread_mutex_lock(&a->lock);
 			if ((lv = vms_find(a, f->name)) && !lv->busy)
@@ -729,7 +742,8 @@ static void agent_one(struct agent *a, struct etcd *e, struct fvm *f, const stru
 		return;
 	}
 	if (!mine && have && !v.busy && !v.fenced && strcmp(v.state, "commit-wait") &&
-	    strcmp(v.state, "in-doubt") && strcmp(v.state, "migrating")) {
+	    strcmp(v.state, "in-doubt") && strcmp(v.state, "migrating") &&
+	    (strcmp(v.state, "migrated") || agent_now_ms() - v.left_ms > AGENT_LEAVE_MS)) {
 		/* rule 4: the owner moved on; this copy must not run */
 		log_warnx("VM %s: its owner is \"%s\", not \"%s %" PRIu64 "\": killing the copy here "
 			  "(pid %d)", f->name, f->owner_raw, a->host, v.epoch, (int)v.pid);

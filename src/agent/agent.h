@@ -59,6 +59,7 @@ struct agent_vm {
 	char dir[PATH_MAX / 2];
 	bool status_written;     /* its status record matches state */
 	int exit_status;         /* -1 until it exited; then wait status, or -2: unknown */
+	uint64_t left_ms;        /* when it became "migrated" (agent_now_ms) */
 };
 
 struct agent {

@@ -184,7 +184,11 @@ static void host_fence(struct agent *a, uint64_t since_ms)
 /* etcd answers again: each fenced VM goes on if its owner still names us at its epoch. */
 static void host_unfence(struct agent *a, struct etcd *e)
 {
-	struct { char name[FLEET_NAME_MAX]; uint64_t epoch; } list[AGENT_MAX_VMS];
+	struct {
+		char name[FLEET_NAME_MAX], from[FLEET_NAME_MAX];
+		uint64_t epoch;
+		bool incoming;
+	} list[AGENT_MAX_VMS];
 	char key[FLEET_KEY_MAX], err[AGENT_ERR_MAX];
 	int n = 0;
 
@@ -192,7 +196,9 @@ static void host_unfence(struct agent *a, struct etcd *e)
 	for (int i = 0; i < AGENT_MAX_VMS; i++)
 		if (a->vms[i].used && a->vms[i].fenced) {
 			snprintf(list[n].name, sizeof(list[n].name), "%s", a->vms[i].name);
+			snprintf(list[n].from, sizeof(list[n].from), "%s", a->vms[i].from);
 			list[n].epoch = a->vms[i].epoch;
+			list[n].incoming = a->vms[i].incoming;
 			n++;
 		}
 	pthread_mutex_unlock(&a->lock);
@@ -210,6 +216,32 @@ static void host_unfence(struct agent *a, struct etcd *e)
 			return;          /* still fenced: next time */
 		}
 		ours = kvs.n == 1 && agent_owner_is(kvs.kv[0].value, a->host, list[i].epoch);
+		if (!ours && list[i].incoming && list[i].epoch > 1 && kvs.n == 1 &&
+		    agent_owner_is(kvs.kv[0].value, list[i].from, list[i].epoch - 1)) {
+			/*
+			 * An incoming VM not committed yet: make sure it never will be
+			 * (veto, rule 3) before killing it, or the source could commit
+			 * to a destination that is gone.
+			 */
+			char vkey[FLEET_KEY_MAX];
+			struct etcd_cmp cmp = { .key = key, .target = ETCD_VALUE, .result = ETCD_EQ,
+						.value = kvs.kv[0].value };
+			struct etcd_op op = { .type = ETCD_OP_PUT, .key = vkey, .value = a->host };
+			bool won = false;
+
+			fleet_key_veto(vkey, sizeof(vkey), list[i].name, list[i].epoch - 1);
+			int r = etcd_txn(e, &cmp, 1, &op, 1, &won, err, sizeof(err));
+
+			if (r || !won) {
+				log_warnx("%s: VM %s: cannot veto the incoming migration yet: %s; it "
+					  "stays stopped", __func__, list[i].name,
+					  r ? err : "the owner changed meanwhile");
+				etcd_kvs_free(&kvs);
+				return;
+			}
+			log_info("VM %s: wrote veto/%" PRIu64 ": the incoming migration is given up",
+				 list[i].name, list[i].epoch - 1);
+		}
 		pthread_mutex_lock(&a->lock);
 		v = vms_find(a, list[i].name);
 		if (v && v->fenced) {

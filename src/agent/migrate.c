@@ -447,8 +447,10 @@ out:
 		v->busy = false;
 		v->status_written = false;
 		snprintf(v->state, sizeof(v->state), "%s", left ? "migrated" : "running");
-		if (left)
+		if (left) {
 			v->epoch = 0;       /* no longer ours at any epoch */
+			v->left_ms = agent_now_ms();
+		}
 	}
 	a->migrations--;
 	pthread_mutex_unlock(&a->lock);
