@@ -19,8 +19,14 @@
 #                    the migration record "done", the intent deleted, the VM
 #                    runs on b with memtest errors=0 and advancing, a's process
 #                    gone
+#   agent-migrate-fail  intent migrate to a host that is not alive: the
+#                    migration record "failed" naming it, the intent deleted, the
+#                    VM runs on at b
 #   agent-stop       intent stop: status "stopped", the process gone, intent
 #                    deleted
+#   agent-hostlost   a "restart: always" VM on b; b's agent and VM killed: once
+#                    b's lease expired, a takes it ("b 1" -> "a 2") and starts it
+#                    cold; the stopped VM (restart never) stays b's
 # AGENT_LOGS=DIR keeps the logs.  Needs etcd, etcdctl, jq, curl and a godwit with
 # the commit gate.
 . "$(dirname "$0")/../lib.sh"
@@ -241,6 +247,20 @@ else
 	t_pass agent-migrate
 fi
 
+# ---- a migration that cannot happen ----
+ectl put /godwit/vms/vm1/intent '{"op":"migrate","to":"c","token":"t-agent-2","id":"m2"}' >/dev/null
+for ((i = 0; i < 100; i++)); do [ -z "$(eget /godwit/vms/vm1/intent)" ] && break; sleep 0.1; done
+n=$(reports "$CON_B")
+if [ "$(efield /godwit/vms/vm1/migration id)" = m2 ] &&
+   [ "$(efield /godwit/vms/vm1/migration phase)" = failed ] &&
+   efield /godwit/vms/vm1/migration error | grep -q 'host c is not alive' &&
+   [ "$(eget /godwit/vms/vm1/owner)" = "b 2" ] && wait_reports "$CON_B" $((n + 2)) 10 &&
+   [ "$(efield /godwit/vms/vm1/status state)" = running ]; then
+	t_pass agent-migrate-fail
+else
+	t_fail agent-migrate-fail "migration $(eget /godwit/vms/vm1/migration | head -c 300); status $(eget /godwit/vms/vm1/status)"
+fi
+
 # ---- stop ----
 ectl put /godwit/vms/vm1/intent '{"op":"stop"}' >/dev/null
 for ((i = 0; i < 300; i++)); do [ "$(efield /godwit/vms/vm1/status state)" = stopped ] && break; sleep 0.1; done
@@ -250,4 +270,30 @@ if [ "$(efield /godwit/vms/vm1/status state)" = stopped ] && [ -z "$(eget /godwi
 	t_pass agent-stop
 else
 	t_fail agent-stop "status $(eget /godwit/vms/vm1/status); b: $(tail -c 300 "$T_TMP/b.log")"
+fi
+
+# ---- host lost (rule 6) ----
+SPEC2=$(jq -c '.name = "vm2" | .restart = "always"' <<<"$SPEC")
+ectl put /godwit/vms/vm2/spec "$SPEC2" >/dev/null
+ectl put /godwit/vms/vm2/owner "b 1" >/dev/null
+for ((i = 0; i < 100; i++)); do [ "$(efield /godwit/vms/vm2/status state)" = running ] && break; sleep 0.1; done
+P3=$(efield /godwit/vms/vm2/status pid)
+if [ "$(efield /godwit/vms/vm2/status host)" != b ] || [ -z "$P3" ]; then
+	t_fail agent-hostlost "vm2 did not start on b: $(eget /godwit/vms/vm2/status)"
+	exit 0
+fi
+# b is lost: its agent and its VM die at once
+kill -9 "$B_PID" "$P3"
+wait "$B_PID" 2>/dev/null
+B_PID=
+for ((i = 0; i < 200; i++)); do
+	[ "$(eget /godwit/vms/vm2/owner)" = "a 2" ] && [ "$(efield /godwit/vms/vm2/status state)" = running ] && break
+	sleep 0.1
+done
+if [ "$(eget /godwit/vms/vm2/owner)" = "a 2" ] && [ "$(efield /godwit/vms/vm2/status host)" = a ] &&
+   [ -z "$(eget /godwit/hosts/b)" ] && wait_reports "$T_TMP/a/vms/vm2/console.log" 2 20 &&
+   [ "$(eget /godwit/vms/vm1/owner)" = "b 2" ]; then
+	t_pass agent-hostlost
+else
+	t_fail agent-hostlost "vm2 owner $(eget /godwit/vms/vm2/owner), status $(eget /godwit/vms/vm2/status | head -c 200); a: $(tail -c 300 "$T_TMP/a.log")"
 fi
