@@ -135,6 +135,10 @@ int vms_put_status(struct agent *a, struct etcd *e, const char *vm, uint64_t epo
 		   const char *state, pid_t pid, const char *error);
 /* DIR/vms/VM/{pid,epoch,spec.json}, for adoption. */
 void vms_write_files(const char *dir, pid_t pid, uint64_t epoch, json_t *spec);
+/* Write DIR/NAME (atomically); 0 or -errno. */
+int vms_write_file(const char *dir, const char *name, const char *text);
+/* Rule 5 before the agent could register (etcd out at start-up): stop the VMs now. */
+void host_fence_now(struct agent *a);
 /* Remove vm's state dir (files we wrote and the console). */
 void vms_remove_dir(struct agent *a, const char *vm);
 /* SIGSTOP/SIGCONT/SIGKILL, checked against /proc that pid is still that VM. */

@@ -181,6 +181,14 @@ static void host_fence(struct agent *a, uint64_t since_ms)
 		  a->host, since_ms, a->lease_ttl, n);
 }
 
+void host_fence_now(struct agent *a)
+{
+	pthread_mutex_lock(&a->lock);
+	if (!a->fenced)
+		host_fence(a, (uint64_t)a->lease_ttl * 2000 / 3);
+	pthread_mutex_unlock(&a->lock);
+}
+
 /* etcd answers again: each fenced VM goes on if its owner still names us at its epoch. */
 static void host_unfence(struct agent *a, struct etcd *e)
 {

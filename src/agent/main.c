@@ -246,6 +246,7 @@ int main(int argc, char **argv)
 	struct etcd *e = NULL;
 	pthread_t lease_th;
 	struct sysinfo si;
+	uint64_t t_start;
 	int opt, ret;
 
 	a->lease_ttl = 10;
@@ -431,10 +432,14 @@ bad_ports:
 		return 1;
 	/* Adopt first: the VMs left running must be counted and fenced like the others. */
 	vms_adopt_all(a);
+	t_start = agent_now_ms();
 	while (!a->stop) {
 		ret = host_register(a, e);
 		if (!ret)
 			break;
+		/* the previous lease may run out meanwhile: rule 5 for the adopted VMs */
+		if (agent_now_ms() - t_start >= (uint64_t)a->lease_ttl * 2000 / 3)
+			host_fence_now(a);
 		log_warnx("godwitd: cannot register host %s in etcd (%s); retrying", a->host,
 			  strerror(-ret));
 		agent_sleep_ms(1000);

@@ -505,6 +505,8 @@ static int peer_start_incoming(struct agent *a, json_t *req, json_t *spec, unsig
 			  json_integer_value(jc) < 4096 ? (unsigned int)json_integer_value(jc) : 1;
 	}
 	vms_write_files(dir, pid, epoch + 1, spec);
+	/* an agent restarted before the VM runs here must know it is incoming */
+	vms_write_file(dir, "from", from);
 	pthread_mutex_unlock(&a->lock);
 	log_info("VM %s: incoming from %s (epoch %" PRIu64 "): godwit run --incoming %s (pid %d)",
 		 vm, from, epoch, addr, (int)pid);
@@ -541,7 +543,7 @@ static int peer_start_incoming(struct agent *a, json_t *req, json_t *spec, unsig
 struct peer_job {
 	struct agent *a;
 	int fd;
-	char who[64];
+	char who[96];
 };
 
 static void *peer_conn_thread(void *opaque)
@@ -800,6 +802,10 @@ void peer_watch_incoming(struct agent *a, struct etcd *e, const char *vm)
 
 		pthread_mutex_lock(&a->lock);
 		if ((v = vms_find(a, vm))) {
+			char f[PATH_MAX + 8];
+
+			if (!agent_path(f, sizeof(f), "%s/from", v->dir))
+				unlink(f);
 			v->incoming = false;
 			snprintf(v->state, sizeof(v->state), "running");
 			v->status_written = ok;

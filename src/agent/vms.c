@@ -300,7 +300,7 @@ int vms_spawn(struct agent *a, const char *vm, char **argv, pid_t *pid, char *er
 	return 0;
 }
 
-static int vms_write_file(const char *dir, const char *name, const char *text)
+int vms_write_file(const char *dir, const char *name, const char *text)
 {
 	char path[PATH_MAX], tmp[PATH_MAX + 8];
 	size_t n = strlen(text);
@@ -532,6 +532,12 @@ void vms_adopt_all(struct agent *a)
 		v->child = false;
 		v->epoch = (uint64_t)epoch;
 		snprintf(v->state, sizeof(v->state), "running");
+		if (vms_read_file(vdir, "from", buf, sizeof(buf)) == 0 && fleet_name_ok(buf)) {
+			/* the destination of a migration, not confirmed running yet */
+			v->incoming = true;
+			snprintf(v->from, sizeof(v->from), "%.63s", buf);
+			snprintf(v->state, sizeof(v->state), "incoming");
+		}
 		if (vms_read_file(vdir, "spec.json", buf, sizeof(buf)) == 0 &&
 		    (spec = json_loads(buf, 0, NULL))) {
 			vms_spec_size(spec, &v->mem, &v->cpus);
@@ -539,7 +545,7 @@ void vms_adopt_all(struct agent *a)
 		}
 		pthread_mutex_unlock(&a->lock);
 		/* Mid-migration?  The loop settles it (agent_settle_source) with etcd. */
-		mig = agent_api(api, "GET", "/api/v1/vm/migration", NULL, 3000);
+		mig = v->incoming ? NULL : agent_api(api, "GET", "/api/v1/vm/migration", NULL, 3000);
 		if (mig) {
 			const char *st = jstr(mig, "status");
 
@@ -624,7 +630,7 @@ void vms_console_tail(const char *path, char *buf, size_t len)
 void vms_remove_dir(struct agent *a, const char *vm)
 {
 	static const char *const files[] = { "api.sock", "console.log", "pid", "epoch", "spec.json",
-					     NULL };
+					     "from", NULL };
 	char dir[PATH_MAX], path[PATH_MAX + 16];
 
 	if (!fleet_name_ok(vm))
