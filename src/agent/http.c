@@ -108,7 +108,7 @@ int http_start(struct agent *a)
 		log_warnx("godwitd: --socket %s: path too long", a->socket);
 		return -ENAMETOOLONG;
 	}
-	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", a->socket);
+	memcpy(sun.sun_path, a->socket, strlen(a->socket) + 1);
 	/* a stale socket from an earlier agent: replace it (never another kind of file) */
 	if (lstat(a->socket, &st) == 0) {
 		if (!S_ISSOCK(st.st_mode)) {
