@@ -27,6 +27,7 @@
 #   agent-hostlost   a "restart: always" VM on b; b's agent and VM killed: once
 #                    b's lease expired, a takes it ("b 1" -> "a 2") and starts it
 #                    cold; the stopped VM (restart never) stays b's
+#   agent-sigterm    SIGTERM: the agent exits 0 (no sanitizer report), its VM runs on
 # AGENT_LOGS=DIR keeps the logs.  Needs etcd, etcdctl, jq, curl and a godwit with
 # the commit gate.
 . "$(dirname "$0")/../lib.sh"
@@ -296,4 +297,17 @@ if [ "$(eget /godwit/vms/vm2/owner)" = "a 2" ] && [ "$(efield /godwit/vms/vm2/st
 	t_pass agent-hostlost
 else
 	t_fail agent-hostlost "vm2 owner $(eget /godwit/vms/vm2/owner), status $(eget /godwit/vms/vm2/status | head -c 200); a: $(tail -c 300 "$T_TMP/a.log")"
+fi
+
+# ---- SIGTERM: the agent stops, its VMs do not ----
+P4=$(efield /godwit/vms/vm2/status pid)
+kill -TERM "$A_PID"
+rc=0
+wait_exit "$A_PID" 10 || rc=$?
+A_PID=
+if [ "$rc" = 0 ] && [ -n "$P4" ] && kill -0 "$P4" 2>/dev/null &&
+   ! grep -q 'Sanitizer' "$T_TMP/a.log" && grep -q 'stopping (the VMs keep running)' "$T_TMP/a.log"; then
+	t_pass agent-sigterm
+else
+	t_fail agent-sigterm "exit status $rc, VM pid ${P4:-none}: $(tail -c 300 "$T_TMP/a.log")"
 fi
