@@ -60,6 +60,7 @@ struct agent_vm {
 	bool status_written;     /* its status record matches state */
 	int exit_status;         /* -1 until it exited; then wait status, or -2: unknown */
 	uint64_t left_ms;        /* when it became "migrated" (agent_now_ms) */
+	uint64_t next_poll_ms;   /* incoming: do not ask its API before this */
 };
 
 struct agent {

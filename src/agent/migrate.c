@@ -33,6 +33,7 @@ struct mig_job {
 	char token[MIG_TOKEN_MAX];
 	char id[MIG_TOKEN_MAX];
 	json_t *with_disks;      /* NULL, true or a string */
+	json_int_t max_bandwidth, downtime_ms;   /* optional tuning from the intent; 0: default */
 	uint64_t epoch;
 	char api[PATH_MAX];
 	char bad[AGENT_ERR_MAX]; /* the intent was invalid: why */
@@ -268,6 +269,10 @@ static char *mig_body(struct mig_job *j, const char *addr, unsigned int port)
 		return NULL;
 	if (j->with_disks)
 		json_object_set(b, "with_disks", j->with_disks);
+	if (j->max_bandwidth)
+		json_object_set_new(b, "max_bandwidth", json_integer(j->max_bandwidth));
+	if (j->downtime_ms)
+		json_object_set_new(b, "downtime_ms", json_integer(j->downtime_ms));
 	if (j->a->tls_dir) {
 		json_t *t = agent_tls_json(j->a, j->to);
 
@@ -484,6 +489,21 @@ int migrate_spawn(struct agent *a, const char *vm, uint64_t epoch, json_t *inten
 	else if (wd && !json_is_boolean(wd) && !(json_is_string(wd) && strlen(jstr(intent, "with_disks")) < 256))
 		snprintf(j->bad, sizeof(j->bad), "intent: \"with_disks\" must be a boolean or a "
 			 "list of disk serials");
+	{
+		json_t *bw = json_object_get(intent, "max_bandwidth");
+		json_t *dt = json_object_get(intent, "downtime_ms");
+
+		if (bw && (!json_is_integer(bw) || json_integer_value(bw) < (1 << 20)))
+			snprintf(j->bad, sizeof(j->bad), "intent: \"max_bandwidth\" must be bytes "
+				 "per second, at least 1M");
+		else if (bw)
+			j->max_bandwidth = json_integer_value(bw);
+		if (dt && (!json_is_integer(dt) || json_integer_value(dt) < 1 ||
+			   json_integer_value(dt) > 60000))
+			snprintf(j->bad, sizeof(j->bad), "intent: \"downtime_ms\" must be 1-60000");
+		else if (dt)
+			j->downtime_ms = json_integer_value(dt);
+	}
 	snprintf(j->to, sizeof(j->to), "%s", fleet_name_ok(to) ? to : "?");
 	snprintf(j->token, sizeof(j->token), "%s", strlen(token) < sizeof(j->token) ? token : "");
 	if (wd && !json_is_false(wd) && !j->bad[0])

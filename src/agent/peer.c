@@ -36,6 +36,8 @@
 #define PEER_LISTEN_WAIT_MS     10000
 #define PEER_INCOMING_TIMEOUT_S "120"
 #define PEER_MAX_CONNS          8
+#define PEER_API_TIMEOUT_MS     1000      /* an incoming VMM's API, from the loop */
+#define PEER_API_BACKOFF_MS     1000
 
 static int peer_fd = -1;
 static pthread_t peer_th;
@@ -733,6 +735,10 @@ void peer_watch_incoming(struct agent *a, struct etcd *e, const char *vm)
 		pthread_mutex_unlock(&a->lock);
 		return;
 	}
+	if (agent_now_ms() < v->next_poll_ms) {
+		pthread_mutex_unlock(&a->lock);
+		return;
+	}
 	snprintf(api, sizeof(api), "%s", v->api);
 	snprintf(from, sizeof(from), "%s", v->from);
 	E1 = v->epoch;
@@ -740,11 +746,20 @@ void peer_watch_incoming(struct agent *a, struct etcd *e, const char *vm)
 	pthread_mutex_unlock(&a->lock);
 	if (access(api, F_OK))
 		return;          /* not serving yet */
-	m = agent_api(api, "GET", "/api/v1/vm/migration", NULL, 3000);
-	if (!m)
+	/*
+	 * While the stream loads, the VMM may answer slowly: a short time-out, then
+	 * leave it alone for a while, so the loop goes on for the other VMs.
+	 */
+	m = agent_api(api, "GET", "/api/v1/vm/migration", NULL, PEER_API_TIMEOUT_MS);
+	if (!m) {
+		pthread_mutex_lock(&a->lock);
+		if ((v = vms_find(a, vm)))
+			v->next_poll_ms = agent_now_ms() + PEER_API_BACKOFF_MS;
+		pthread_mutex_unlock(&a->lock);
 		return;
+	}
 	mst = jstr(m, "status");
-	g = agent_api(api, "GET", "/api/v1/vm", NULL, 3000);
+	g = agent_api(api, "GET", "/api/v1/vm", NULL, PEER_API_TIMEOUT_MS);
 	st = g ? jstr(g, "state") : "";
 	if (strcmp(mst, "in-doubt") && strcmp(st, "running"))
 		goto out;        /* still coming in */

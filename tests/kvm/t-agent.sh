@@ -28,6 +28,12 @@
 #                    b's lease expired, a takes it ("b 1" -> "a 2") and starts it
 #                    cold; the stopped VM (restart never) stays b's
 #   agent-sigterm    SIGTERM: the agent exits 0 (no sanitizer report), its VM runs on
+#   agent-gate-veto  agents a (its etcd through tcpgate.py) and b again; a migrates
+#                    the VM (throttled) to b, and a's etcd is cut during the copy:
+#                    a's VM waits at the commit gate, a is fenced, b's incoming VM
+#                    sees no COMMIT, b writes veto/E and discards it; etcd back: a
+#                    reads owner "a E" and the veto, aborts, the VM runs on at a
+#                    (same process, memtest errors=0), owner unchanged
 # AGENT_LOGS=DIR keeps the logs.  Needs etcd, etcdctl, jq, curl and a godwit with
 # the commit gate.
 . "$(dirname "$0")/../lib.sh"
@@ -64,6 +70,7 @@ cleanup_agent() {
 	fi
 	[ -n "${A_PID:-}" ] && kill -9 "$A_PID" 2>/dev/null
 	[ -n "${B_PID:-}" ] && kill -9 "$B_PID" 2>/dev/null
+	rm -f "$T_TMP/cut"
 	for f in "$T_TMP"/a/vms/*/pid "$T_TMP"/b/vms/*/pid; do
 		[ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null
 	done
@@ -310,4 +317,61 @@ if [ "$rc" = 0 ] && [ -n "$P4" ] && kill -0 "$P4" 2>/dev/null &&
 	t_pass agent-sigterm
 else
 	t_fail agent-sigterm "exit status $rc, VM pid ${P4:-none}: $(tail -c 300 "$T_TMP/a.log")"
+fi
+
+# ---- the source cut from etcd at the gate: veto, abort (rules 3, 4, 5) ----
+GP=$(freeport)
+python3 "$ROOT/tests/kvm/tcpgate.py" "$GP" "$EC" "$T_TMP/cut" >"$T_TMP/gate.log" 2>&1 &
+t_wait_for "$T_TMP/gate.log" listening 5
+URL_A=http://127.0.0.1:$GP
+start_agent_url() {   # NAME PORT PORTS URL
+	"$GODWITD" --host "$1" --etcd "$4" --state-dir "$T_TMP/$1" --listen "127.0.0.1:$2" \
+		--tls-dir "$T_TMP/certs/$1" --lease-ttl $TTL --migration-ports "$3" \
+		--mem-capacity 4G --cpu-capacity 2 --godwit "$GODWIT" -v \
+		</dev/null >>"$T_TMP/$1.log" 2>&1 &
+	eval "${1^^}_PID=$!"
+}
+start_agent_url a "$PA" 49710-49729 "$URL_A"
+start_agent_url b "$PB" 49730-49749 "$URL"
+for ((i = 0; i < 50; i++)); do [ -n "$(eget /godwit/hosts/a)" ] && [ -n "$(eget /godwit/hosts/b)" ] && break; sleep 0.2; done
+# vm2 (restart "always") would go to b by rule 6 during a cut longer than the TTL: stop it
+ectl put /godwit/vms/vm2/intent '{"op":"stop"}' >/dev/null
+for ((i = 0; i < 200; i++)); do [ "$(efield /godwit/vms/vm2/status state)" = stopped ] && break; sleep 0.1; done
+# a VM with restart "never": a cut longer than the TTL must not hand it to b (rule 6)
+SPEC3=$(jq -c '.name = "vm3"' <<<"$SPEC")
+ectl put /godwit/vms/vm3/spec "$SPEC3" >/dev/null
+ectl put /godwit/vms/vm3/owner "a 1" >/dev/null
+CON2=$T_TMP/a/vms/vm3/console.log
+for ((i = 0; i < 100; i++)); do [ "$(efield /godwit/vms/vm3/status state)" = running ] && break; sleep 0.1; done
+P4=$(efield /godwit/vms/vm3/status pid)
+wait_reports "$CON2" 3 20
+ectl put /godwit/vms/vm3/intent '{"op":"migrate","to":"b","token":"t-agent-3","id":"m3","max_bandwidth":67108864}' >/dev/null
+cut=0
+for ((i = 0; i < 200; i++)); do
+	if [ "$(efield /godwit/vms/vm3/migration id)" = m3 ] &&
+	   [ "$(efield /godwit/vms/vm3/migration phase)" = copying ]; then
+		touch "$T_TMP/cut"
+		cut=1
+		break
+	fi
+	sleep 0.05
+done
+vetoed=0
+if [ $cut = 1 ]; then
+	for ((i = 0; i < 300; i++)); do
+		[ "$(eget /godwit/vms/vm3/veto/1)" = b ] && { vetoed=1; break; }
+		sleep 0.1
+	done
+	sleep 1
+fi
+rm -f "$T_TMP/cut"
+for ((i = 0; i < 200; i++)); do [ "$(efield /godwit/vms/vm3/migration phase)" = failed ] && break; sleep 0.1; done
+n=$(reports "$CON2")
+if [ $cut = 1 ] && [ $vetoed = 1 ] && [ "$(eget /godwit/vms/vm3/owner)" = "a 1" ] &&
+   [ "$(efield /godwit/vms/vm3/migration phase)" = failed ] && kill -0 "$P4" 2>/dev/null &&
+   wait_reports "$CON2" $((n + 3)) 15 && [ -z "$(guest_errors "$CON2")" ] &&
+   grep -q 'etcd unreachable at the commit gate' "$T_TMP/a.log" && [ ! -e "$T_TMP/b/vms/vm3/pid" ]; then
+	t_pass agent-gate-veto
+else
+	t_fail agent-gate-veto "cut=$cut vetoed=$vetoed owner $(eget /godwit/vms/vm3/owner); migration $(eget /godwit/vms/vm3/migration | head -c 200); a: $(grep -a 'vm3\|FENCE' "$T_TMP/a.log" | tail -n 4 | tr '\n' '|'); b: $(grep -a vm3 "$T_TMP/b.log" | tail -n 3 | tr '\n' '|')"
 fi
