@@ -32,7 +32,8 @@
 #                    the VM (throttled) to b, and a's etcd is cut during the copy:
 #                    a's VM waits at the commit gate, a is fenced, b's incoming VM
 #                    sees no COMMIT, b writes veto/E and discards it; etcd back: a
-#                    reads owner "a E" and the veto, aborts, the VM runs on at a
+#                    (its COMMIT transaction unanswered, or refused once the veto
+#                    is there) reads owner "a E" and the veto, aborts, the VM runs on at a
 #                    (same process, memtest errors=0), owner unchanged
 # AGENT_LOGS=DIR keeps the logs.  Needs etcd, etcdctl, jq, curl and a godwit with
 # the commit gate.
@@ -370,7 +371,8 @@ n=$(reports "$CON2")
 if [ $cut = 1 ] && [ $vetoed = 1 ] && [ "$(eget /godwit/vms/vm3/owner)" = "a 1" ] &&
    [ "$(efield /godwit/vms/vm3/migration phase)" = failed ] && kill -0 "$P4" 2>/dev/null &&
    wait_reports "$CON2" $((n + 3)) 15 && [ -z "$(guest_errors "$CON2")" ] &&
-   grep -q 'etcd unreachable at the commit gate' "$T_TMP/a.log" && [ ! -e "$T_TMP/b/vms/vm3/pid" ]; then
+   grep -q 'etcd unreachable at the commit gate\|COMMIT transaction "a 1" -> "b 2" failed' "$T_TMP/a.log" &&
+   [ ! -e "$T_TMP/b/vms/vm3/pid" ]; then
 	t_pass agent-gate-veto
 else
 	t_fail agent-gate-veto "cut=$cut vetoed=$vetoed owner $(eget /godwit/vms/vm3/owner); migration $(eget /godwit/vms/vm3/migration | head -c 200); a: $(grep -a 'vm3\|FENCE' "$T_TMP/a.log" | tail -n 4 | tr '\n' '|'); b: $(grep -a vm3 "$T_TMP/b.log" | tail -n 3 | tr '\n' '|')"
