@@ -93,7 +93,7 @@ static int fvms_parse(const struct etcd_kvs *kvs, struct fvm **out, size_t *nout
 		struct fvm *cur;
 		size_t nl;
 
-		if (strncmp(k, pfx, sizeof(pfx) - 1))
+		if (!k || !v || strncmp(k, pfx, sizeof(pfx) - 1))
 			continue;
 		k += sizeof(pfx) - 1;
 		slash = strchr(k, '/');

@@ -77,8 +77,10 @@ static enum MHD_Result http_handle(void *cls, struct MHD_Connection *c, const ch
 		*ctx = (void *)1;
 		return MHD_YES;
 	}
-	if (*size)               /* no request carries a body: drop it */
+	if (*size) {             /* no request carries a body: drop it, answer at the end */
 		*size = 0;
+		return MHD_YES;
+	}
 	if (strcmp(method, "GET") && strcmp(method, "HEAD"))
 		return http_send(c, MHD_HTTP_METHOD_NOT_ALLOWED,
 				 json_pack("{s:s}", "error", "only GET"));

@@ -136,10 +136,13 @@ static int peer_recv_line(struct conn *c, int timeout_ms, json_t **out, char *er
 		}
 	}
 	buf[n] = '\0';
-	*strchr(buf, '\n') = '\0';
-	if (strlen(buf) != strcspn(buf, "\n") || memchr(buf, '\0', strlen(buf))) {
-		/* unreachable: keeps the intent explicit */
+	/* the line ends at the first newline; a NUL inside it makes it invalid JSON */
+	if (memchr(buf, '\0', n)) {
+		snprintf(err, len, "a NUL byte in the line");
+		free(buf);
+		return -EBADMSG;
 	}
+	*strchr(buf, '\n') = '\0';
 	*out = json_loads(buf, JSON_REJECT_DUPLICATES, &je);
 	free(buf);
 	if (!json_is_object(*out)) {

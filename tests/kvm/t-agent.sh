@@ -11,6 +11,10 @@
 #   agent-socket     a's local API (GET /v1/host, /v1/vms) lists the VM
 #   agent-refuse     a prepare request that no intent asked for is refused
 #                    (ok:false, the reason) and starts nothing
+#   agent-garbage    bad records in etcd (owner, spec, args, intent, host) and bad
+#                    requests on b's port (plain text, broken TLS, bad JSON, bad
+#                    fields, a line over 64 KiB, a NUL, no newline): both agents
+#                    live on, the bad specs get status "failed", nothing starts
 #   agent-adopt      kill -9 of agent a, a new agent a: the same VM process
 #                    (pid) is adopted, still running, its status updated
 #   agent-fence      etcd stopped (SIGSTOP) past 2/3 of the lease: a's VM is
@@ -28,6 +32,7 @@
 #                    b's lease expired, a takes it ("b 1" -> "a 2") and starts it
 #                    cold; the stopped VM (restart never) stays b's
 #   agent-sigterm    SIGTERM: the agent exits 0 (no sanitizer report), its VM runs on
+#   agent-sanitizer  at the end: no sanitizer report in either agent's log
 #   agent-gate-veto  agents a (its etcd through tcpgate.py) and b again; a migrates
 #                    the VM (throttled) to b, and a's etcd is cut during the copy:
 #                    a's VM waits at the commit gate, a is fenced, b's incoming VM
@@ -194,6 +199,57 @@ if [ "$(jq -r .ok <<<"$rep" 2>/dev/null)" = false ] && grep -q 'no migration' <<
 else
 	t_fail agent-refuse "reply: $rep"
 fi
+
+# ---- garbage in etcd and on the agents' port ----
+ectl put /godwit/vms/junk1/owner "garbage" >/dev/null
+ectl put /godwit/vms/junk2/spec "not json" >/dev/null
+ectl put /godwit/vms/junk2/owner "a 1" >/dev/null
+ectl put /godwit/vms/junk3/spec '{"args": "--mem 64M", "mem": "x"}' >/dev/null
+ectl put /godwit/vms/junk3/owner "a 1" >/dev/null
+ectl put /godwit/vms/junk4/spec '{"args": ["--api", "/tmp/x"]}' >/dev/null
+ectl put /godwit/vms/junk4/owner "a 1" >/dev/null
+ectl put /godwit/vms/junk4/intent '{"op": 5}' >/dev/null
+ectl put '/godwit/vms/../owner' "a 1" >/dev/null
+ectl put /godwit/hosts/zzz '[1, 2]' >/dev/null
+python3 - "$T_TMP/certs/a" "$PB" <<'EOF2'
+import json, socket, ssl, sys, time
+d, port = sys.argv[1], int(sys.argv[2])
+def tls():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(d + "/ca.pem")
+    ctx.load_cert_chain(d + "/cert.pem", d + "/key.pem")
+    ctx.check_hostname = False
+    return ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=15))
+for payload in [b"GET / HTTP/1.0\r\n\r\n", b"\x16\x03\x01" + b"\xff" * 300]:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(payload)
+            s.recv(100)
+    except OSError:
+        pass
+for line in [b"{}\n", b"[1,2]\n", b"{\"op\":\"prepare\",\"vm\":\"../x\",\"from\":\"a\",\"epoch\":1,\"token\":\"t\"}\n",
+             b"{\"op\":\"prepare\",\"vm\":\"vm1\",\"from\":\"a\",\"epoch\":-1,\"token\":\"t\",\"x\":1}\n",
+             b"x" * 70000 + b"\n", b"\x00\n", b"{\"op\":\"prepare\""]:
+    try:
+        t = tls()
+        t.sendall(line)
+        t.recv(65536)
+        t.close()
+    except OSError:
+        pass
+EOF2
+sleep 1.5
+if kill -0 "$A_PID" 2>/dev/null && kill -0 "$B_PID" 2>/dev/null &&
+   [ "$(efield /godwit/vms/junk3/status state)" = failed ] &&
+   [ "$(efield /godwit/vms/junk4/status state)" = failed ] &&
+   [ "$(efield /godwit/vms/vm1/status state)" = running ] && ! ls "$T_TMP/b/vms" | grep -q . &&
+   grep -q 'bad request' "$T_TMP/b.log"; then
+	t_pass agent-garbage
+else
+	t_fail agent-garbage "agents alive: $(kill -0 "$A_PID" && echo a) $(kill -0 "$B_PID" && echo b); junk3 $(eget /godwit/vms/junk3/status); junk4 $(eget /godwit/vms/junk4/status); b: $(tail -c 300 "$T_TMP/b.log")"
+fi
+ectl del --prefix /godwit/vms/junk >/dev/null
+ectl del /godwit/vms/../owner /godwit/hosts/zzz >/dev/null
 
 # ---- adoption ----
 kill -9 "$A_PID"
@@ -376,4 +432,11 @@ if [ $cut = 1 ] && [ $vetoed = 1 ] && [ "$(eget /godwit/vms/vm3/owner)" = "a 1" 
 	t_pass agent-gate-veto
 else
 	t_fail agent-gate-veto "cut=$cut vetoed=$vetoed owner $(eget /godwit/vms/vm3/owner); migration $(eget /godwit/vms/vm3/migration | head -c 200); a: $(grep -a 'vm3\|FENCE' "$T_TMP/a.log" | tail -n 4 | tr '\n' '|'); b: $(grep -a vm3 "$T_TMP/b.log" | tail -n 3 | tr '\n' '|')"
+fi
+
+# ---- no sanitizer report from any agent (make asan: GODWITD=build-asan/godwitd) ----
+if grep -aq 'Sanitizer\|runtime error' "$T_TMP/a.log" "$T_TMP/b.log"; then
+	t_fail agent-sanitizer "$(grep -ah -m 3 'Sanitizer\|runtime error' "$T_TMP/a.log" "$T_TMP/b.log" | tr '\n' '|')"
+else
+	t_pass agent-sanitizer
 fi
