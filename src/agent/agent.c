@@ -394,6 +394,65 @@ int agent_settle_source(struct agent *a, struct etcd *e, const char *vm, const c
 	return ret;
 }
 
+int agent_bump_epoch(struct agent *a, struct etcd *e, const char *vm, uint64_t *epoch)
+{
+	char okey[FLEET_KEY_MAX], vkey[FLEET_KEY_MAX], from[FLEET_OWNER_MAX], to[FLEET_OWNER_MAX];
+	char err[AGENT_ERR_MAX], dir[PATH_MAX];
+	struct fleet_owner o = { .epoch = *epoch }, n = { .epoch = *epoch + 1 };
+	struct etcd_kvs kvs = { 0 };
+	struct etcd_cmp cmp;
+	struct etcd_op op;
+	struct agent_vm *v;
+	bool won = false;
+	pid_t pid = 0;
+	int ret;
+
+	fleet_key_veto(vkey, sizeof(vkey), vm, *epoch);
+	ret = etcd_get(e, vkey, &kvs, err, sizeof(err));
+	if (ret) {
+		log_warnx("%s: VM %s: %s", __func__, vkey, err);
+		return ret;
+	}
+	won = kvs.n > 0;
+	etcd_kvs_free(&kvs);
+	if (!won)
+		return 0;        /* no veto at this epoch: nothing to do */
+	snprintf(o.host, sizeof(o.host), "%s", a->host);
+	snprintf(n.host, sizeof(n.host), "%s", a->host);
+	fleet_owner_format(&o, from, sizeof(from));
+	fleet_owner_format(&n, to, sizeof(to));
+	fleet_key_vm(okey, sizeof(okey), vm, "owner");
+	cmp = (struct etcd_cmp){ .key = okey, .target = ETCD_VALUE, .result = ETCD_EQ,
+				 .value = from };
+	op = (struct etcd_op){ .type = ETCD_OP_PUT, .key = okey, .value = to };
+	won = false;
+	ret = etcd_txn(e, &cmp, 1, &op, 1, &won, err, sizeof(err));
+	if (ret) {
+		log_warnx("%s: VM %s: \"%s\" -> \"%s\": %s", __func__, vm, from, to, err);
+		return ret;
+	}
+	if (!won) {
+		log_warnx("%s: VM %s: the owner is no longer \"%s\"", __func__, vm, from);
+		return -ESTALE;
+	}
+	log_info("VM %s: veto/%" PRIu64 " is there from an earlier attempt: owner \"%s\" -> "
+		 "\"%s\", so a new migration can commit", vm, *epoch, from, to);
+	*epoch += 1;
+	pthread_mutex_lock(&a->lock);
+	if ((v = vms_find(a, vm))) {
+		v->epoch = *epoch;
+		v->status_written = false;
+		pid = v->pid;
+		snprintf(dir, sizeof(dir), "%s", v->dir);
+	}
+	pthread_mutex_unlock(&a->lock);
+	if (pid) {
+		vms_write_files(dir, pid, *epoch, NULL);
+		vms_put_status(a, e, vm, *epoch, "migrating", pid, NULL);
+	}
+	return 0;
+}
+
 /* ---- stop ---- */
 
 struct stop_job {
@@ -637,6 +696,11 @@ static void agent_one(struct agent *a, struct etcd *e, struct fvm *f, const stru
 		return;
 	}
 	op = f->intent ? jstr(f->intent, "op") : "";
+	/* the intent of the migration that brought the VM here: its source deletes it */
+	if (mine && !strcmp(op, "migrate") && !strcmp(jstr(f->intent, "to"), a->host) &&
+	    f->migration && !strcmp(jstr(f->migration, "id"), jstr(f->intent, "id")) &&
+	    strcmp(jstr(f->migration, "from"), a->host))
+		op = "";
 	if (mine && have) {
 		if (v.busy || v.fenced)
 			return;

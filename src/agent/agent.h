@@ -155,6 +155,13 @@ void agent_loop(struct agent *a);
 int agent_settle_source(struct agent *a, struct etcd *e, const char *vm, const char *api,
 			uint64_t epoch, const char *st, bool dest_refused);
 
+/*
+ * If veto/E exists (an earlier migration at E was given up), move the owner
+ * "HOST E" -> "HOST E+1" (this host keeps the VM): a new migration's COMMIT
+ * at E could never succeed.  0 (*epoch updated if moved) or -errno.
+ */
+int agent_bump_epoch(struct agent *a, struct etcd *e, const char *vm, uint64_t *epoch);
+
 /* ---- migrate.c ---- */
 /* Start the outgoing migration of vm (intent in j) in a worker thread; 0 or -EBUSY. */
 int migrate_spawn(struct agent *a, const char *vm, uint64_t epoch, json_t *intent);

@@ -421,6 +421,12 @@ static void *mig_thread(void *opaque)
 		mig_phase(j, "failed", j->bad);
 		goto done;
 	}
+	if (agent_bump_epoch(a, j->e, j->vm, &j->epoch)) {
+		mig_phase(j, "failed", "cannot read or move the owner record (veto of an earlier "
+			  "attempt)");
+		goto done;
+	}
+	json_object_set_new(j->rec, "epoch", json_integer((json_int_t)j->epoch));
 	mig_set_state(j, "migrating");
 	mig_put_record(j);
 	log_info("VM %s: migration %s to %s at epoch %" PRIu64 ": preparing", j->vm, j->id, j->to,

@@ -32,6 +32,9 @@
 #                    b's lease expired, a takes it ("b 1" -> "a 2") and starts it
 #                    cold; the stopped VM (restart never) stays b's
 #   agent-sigterm    SIGTERM: the agent exits 0 (no sanitizer report), its VM runs on
+#   agent-remigrate  the same VM migrated again to b: veto/E of the failed attempt
+#                    is there, so a moves the owner "a 1" -> "a 2" first; then
+#                    "a 2" -> "b 3", the VM runs on b, memtest errors=0
 #   agent-sanitizer  at the end: no sanitizer report in either agent's log
 #   agent-gate-veto  agents a (its etcd through tcpgate.py) and b again; a migrates
 #                    the VM (throttled) to b, and a's etcd is cut during the copy:
@@ -432,6 +435,24 @@ if [ $cut = 1 ] && [ $vetoed = 1 ] && [ "$(eget /godwit/vms/vm3/owner)" = "a 1" 
 	t_pass agent-gate-veto
 else
 	t_fail agent-gate-veto "cut=$cut vetoed=$vetoed owner $(eget /godwit/vms/vm3/owner); migration $(eget /godwit/vms/vm3/migration | head -c 200); a: $(grep -a 'vm3\|FENCE' "$T_TMP/a.log" | tail -n 4 | tr '\n' '|'); b: $(grep -a vm3 "$T_TMP/b.log" | tail -n 3 | tr '\n' '|')"
+fi
+
+# ---- migrating again after a veto: the owner moves "a 1" -> "a 2" first ----
+for ((i = 0; i < 100; i++)); do [ -z "$(eget /godwit/vms/vm3/intent)" ] && break; sleep 0.1; done
+ectl put /godwit/vms/vm3/intent '{"op":"migrate","to":"b","token":"t-agent-4","id":"m4"}' >/dev/null
+for ((i = 0; i < 300; i++)); do
+	[ "$(efield /godwit/vms/vm3/migration id)" = m4 ] &&
+		[ "$(efield /godwit/vms/vm3/migration phase)" = done ] &&
+		[ "$(efield /godwit/vms/vm3/status host)" = b ] && break
+	sleep 0.1
+done
+if [ "$(eget /godwit/vms/vm3/owner)" = "b 3" ] && [ "$(efield /godwit/vms/vm3/status state)" = running ] &&
+   [ "$(efield /godwit/vms/vm3/migration epoch)" = 2 ] &&
+   wait_reports "$T_TMP/b/vms/vm3/console.log" 3 20 &&
+   [ -z "$(guest_errors "$T_TMP/b/vms/vm3/console.log")" ]; then
+	t_pass agent-remigrate
+else
+	t_fail agent-remigrate "owner $(eget /godwit/vms/vm3/owner); migration $(eget /godwit/vms/vm3/migration | head -c 200); a: $(grep -a vm3 "$T_TMP/a.log" | tail -n 3 | tr '\n' '|')"
 fi
 
 # ---- no sanitizer report from any agent (make asan: GODWITD=build-asan/godwitd) ----
