@@ -81,6 +81,11 @@ OBJS += src/cmd/run_incoming.o
 OBJS += src/cmd/client.o
 OBJS += src/cmd/snapshot.o
 OBJS += src/cmd/migrate.o
+# godwit fleet: placement (pure), the command
+OBJS += src/fleet/place.o
+OBJS += src/cmd/fleet.o
+OBJS += src/cmd/fleet_ops.o
+OBJS += src/cmd/fleet_args.o
 MAIN_OBJ := src/main.o
 # godwitd, the host agent (docs/fleet.md): its own main(), and the objects above.
 AGENT_OBJS += src/agent/main.o
@@ -222,7 +227,7 @@ FUZZ_TARGETS ?=
 .PHONY: fuzz fuzz-long
 fuzz: build-fuzz/fuzz-boot build-fuzz/fuzz-virtq build-fuzz/fuzz-stream build-fuzz/fuzz-handoff \
 	build-fuzz/fuzz-devspec build-fuzz/fuzz-restore build-fuzz/fuzz-virtio-blk build-fuzz/fuzz-pci \
-	build-fuzz/fuzz-api
+	build-fuzz/fuzz-api build-fuzz/fuzz-etcd
 fuzz-long: fuzz
 	$(Q)FUZZ_LONG=1 nice -n 10 bash tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 # The targets that need most of godwit link its objects built for fuzzing (instrumented,
@@ -267,6 +272,11 @@ FUZZ_DEVSPEC_SRCS := tests/fuzz/fuzz_devspec.c src/vmm/devspec.c src/net/tap.c s
 build-fuzz/fuzz-devspec: $(FUZZ_DEVSPEC_SRCS) include/godwit/devspec.h include/godwit/tap.h
 	@mkdir -p $(dir $@)
 	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ $(FUZZ_DEVSPEC_SRCS)
+# The etcd client's reply parsers (src/fleet/etcd.c; the requests themselves are not run).
+build-fuzz/fuzz-etcd: tests/fuzz/fuzz_etcd.c src/fleet/etcd.c include/godwit/etcd.h
+	@mkdir -p $(dir $@)
+	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_etcd.c src/fleet/etcd.c \
+		$(shell pkg-config --libs jansson libcurl 2>/dev/null) -lpthread
 build-fuzz/fuzz-virtq: tests/fuzz/fuzz_virtq.c src/devices/virtio/core.c src/vmm/log.c include/godwit/virtio.h include/godwit/vm.h
 	@mkdir -p $(dir $@)
 	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_virtq.c src/devices/virtio/core.c src/vmm/log.c -lpthread

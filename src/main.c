@@ -32,6 +32,8 @@ static const struct command commands[] = {
 	{ "migrate-status", cmd_migrate_status, "show a VM's migration progress or outcome" },
 	{ "migrate-cancel", cmd_migrate_cancel, "stop an outgoing migration; the VM stays" },
 	{ "migrate-resolve", cmd_migrate_resolve, "settle an in-doubt migration (--resume|--discard)" },
+	{ "migrate-commit", cmd_migrate_commit, "decide at a migration's commit gate (--commit|--abort)" },
+	{ "fleet",    cmd_fleet,    "manage VMs across hosts (etcd, host agents)" },
 	{ "stream-dump", cmd_stream_dump, "list a snapshot/migration stream's sections, checking it" },
 };
 

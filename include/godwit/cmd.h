@@ -15,5 +15,8 @@ int cmd_migrate(int argc, char **argv);
 int cmd_migrate_status(int argc, char **argv);
 int cmd_migrate_cancel(int argc, char **argv);
 int cmd_migrate_resolve(int argc, char **argv);
+int cmd_migrate_commit(int argc, char **argv);
+/* `godwit fleet [options] SUBCOMMAND ...`: VMs across hosts, through etcd (src/cmd/fleet.c) */
+int cmd_fleet(int argc, char **argv);
 
 #endif

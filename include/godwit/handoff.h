@@ -12,9 +12,12 @@
  *   HO_SRC_WAIT_READY    <-------------    READY          HO_DST_WAIT_COMMIT
  *   HO_SRC_RELEASING: release the disks                   (source owns the VM)
  *     (cannot, or cancelled: ABORT ---->   discard: no doubt)
+ *   HO_SRC_GATE (ops->gate only): wait for the decision
+ *     (abort, or cancelled: ABORT ----->   discard: no doubt)
  *   HO_SRC_COMMITTED     COMMIT ------->   HO_DST_STARTING: the VM is ours
  *                                          acquire disks, start devices
  *                        <-------------    ERROR: the source takes it back
+ *                                          (with a gate: the source stays in doubt)
  *   HO_SRC_DONE  exit 6  <-------------    DONE after the vCPUs started
  *
  * Errors travel as data: every message but COMMIT and DONE may carry a
@@ -56,6 +59,7 @@ int migrate_msg_recv(struct conn *c, int timeout_ms, enum mig_msg *type, char *t
 enum handoff_state {
 	HO_SRC_WAIT_READY,       /* EOF sent, VM paused here, READY awaited */
 	HO_SRC_RELEASING,        /* READY came: handing the disks over, COMMIT next */
+	HO_SRC_GATE,             /* disks released, waiting at the commit gate (ops->gate) */
 	HO_SRC_COMMITTED,        /* COMMIT sent (or being sent), DONE awaited */
 	HO_SRC_DONE,             /* DONE came: the destination runs the VM */
 	HO_DST_WAIT_COMMIT,      /* READY sent, COMMIT or ABORT awaited */
@@ -75,6 +79,26 @@ enum handoff_result handoff_state_owner(enum handoff_state st);
 const char *handoff_state_name(enum handoff_state st);
 const char *handoff_result_name(enum handoff_result r);
 
+/* What the commit gate decided (handoff_src_ops.gate). */
+enum handoff_gate {
+	HO_GATE_COMMIT,          /* send COMMIT */
+	HO_GATE_ABORT,           /* whoever decides said no: ABORT, keep the VM here */
+	HO_GATE_CANCEL,          /* the operator cancelled at the gate: the same, as a cancel */
+};
+
+/* What handoff_source() says beside its result. */
+struct handoff_src_info {
+	bool cancelled;          /* the operator cancelled (before COMMIT) */
+	bool gate_abort;         /* the gate said no (before COMMIT) */
+	/*
+	 * With a gate: the destination answered COMMIT with ERROR.  In doubt,
+	 * the disks not taken back: whoever decided at the gate (the fleet)
+	 * already named the destination as the owner, so only it may say
+	 * where the VM runs now.
+	 */
+	bool dest_refused;
+};
+
 struct handoff_src_ops {
 	/* The operator cancelled (asked when a wait for READY ends without one). */
 	bool (*cancelled)(void *opaque);
@@ -90,6 +114,16 @@ struct handoff_src_ops {
 	int (*reacquire)(void *opaque, char *err, size_t len);
 	/* Each state entered (may be NULL): progress, timings.  COMMITTED: before COMMIT goes. */
 	void (*state)(void *opaque, enum handoff_state st);
+	/*
+	 * The commit gate (NULL: none).  Called once READY came and the disks
+	 * were released, right before may_commit and COMMIT; waits, as long as
+	 * it takes, for whoever decides.  HO_GATE_ABORT: why says the reason
+	 * the destination is told.  Its COMMIT must refuse any later cancel
+	 * (as may_commit's true does).  With a gate, the source never takes
+	 * the VM back by itself once COMMIT went: an ERROR after COMMIT leaves
+	 * it in doubt (info->dest_refused).
+	 */
+	enum handoff_gate (*gate)(void *opaque, char *why, size_t len);
 };
 
 struct handoff_dst_ops {
@@ -101,15 +135,17 @@ struct handoff_dst_ops {
 
 /*
  * handoff_source - the source's side, once the whole stream (EOF) was sent:
- * READY (wait_ms), release, COMMIT, DONE (wait_ms).  ABORT goes out when the
- * source gives up after the stream: on a cancel, a failed release, or no
- * READY in time (best effort: the destination may be gone).  Returns
- * HANDOFF_HERE (resume the VM here; reacquire was called where needed),
- * HANDOFF_THERE (exit: the destination runs it) or HANDOFF_IN_DOUBT, with why
- * set for anything but THERE.  *cancelled_out says the operator cancelled.
+ * READY (wait_ms), release, the gate (if any, no time limit), COMMIT, DONE
+ * (wait_ms).  ABORT goes out when the source gives up after the stream: on
+ * a cancel, a failed release, the gate's no, or no READY in time (best
+ * effort: the destination may be gone).  Returns HANDOFF_HERE (resume the VM
+ * here; reacquire was called where needed), HANDOFF_THERE (exit: the
+ * destination runs it) or HANDOFF_IN_DOUBT, with why set for anything but
+ * THERE.  *info says why, beyond the result.
  */
 enum handoff_result handoff_source(struct conn *c, int wait_ms, const struct handoff_src_ops *ops,
-				   void *opaque, bool *cancelled_out, char *why, size_t len);
+				   void *opaque, struct handoff_src_info *info, char *why,
+				   size_t len);
 
 /*
  * handoff_dest - the destination's side, once the stream was loaded and its

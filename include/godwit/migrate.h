@@ -32,8 +32,10 @@ enum mig_status {
 	MIG_CANCELLED,           /* the VM runs here (cancelled) */
 	MIG_IN_DOUBT,            /* paused: resolve with migrate_resolve() */
 	MIG_INCOMING,            /* destination: the VM came in and runs here */
+	MIG_COMMIT_WAIT,         /* paused, disks released, READY came: at the commit gate,
+				    waiting for migrate_commit() (p.gate) */
 };
-/* "none", "setup", "active", "stop-and-copy", "committing", "completed", "failed", ... */
+/* "none", "setup", "active", "stop-and-copy", "commit-wait", "committing", "completed", ... */
 const char *migrate_status_name(enum mig_status s);
 /* Final: completed, failed, cancelled (in doubt is not: it waits for the operator). */
 bool migrate_status_final(enum mig_status s);
@@ -59,6 +61,12 @@ struct migrate_params {
 	/* mutual TLS (tls.h); migrate_start() owns it from the call on, even when it fails */
 	struct tls_creds *tls;
 	bool insecure;           /* plain TCP beyond this host: the operator said so */
+	/*
+	 * Stop at the commit gate (MIG_COMMIT_WAIT) right before COMMIT until
+	 * migrate_commit() decides; after COMMIT, never take the VM back without
+	 * being told (an ERROR from the destination leaves it in doubt).
+	 */
+	bool gate;
 };
 
 struct migrate_progress {
@@ -81,6 +89,8 @@ struct migrate_progress {
 	bool not_converging;         /* the last rounds did not shrink what is left */
 	char tls[384];               /* the TLS session ("TLSv1.3 ..., peer CN=..."); "": none */
 	bool insecure;               /* plain TCP beyond this host (--insecure) */
+	bool gate;                   /* started with a commit gate */
+	bool dest_refused;           /* gate: in doubt because the destination refused after COMMIT */
 	char error[512];
 };
 
@@ -109,10 +119,20 @@ void migrate_get_progress(struct vm *vm, struct migrate_progress *out, bool rele
 bool migrate_busy(struct vm *vm);
 /*
  * migrate_cancel - stop an outgoing migration before COMMIT; the VM keeps
- * running here.  Returns 0, -ENOENT if none is under way, -EALREADY once
+ * running here (at the commit gate: as migrate_commit(vm, false), with the
+ * reason "cancelled").  Returns 0, -ENOENT if none is under way, -EALREADY once
  * COMMIT was sent (err says why).
  */
 int migrate_cancel(struct vm *vm, char *err, size_t len) __must_check;
+/*
+ * migrate_commit - the decision at the commit gate (MIG_COMMIT_WAIT): commit
+ * sends COMMIT (the status is MIG_COMMITTING from this call on: a cancel is
+ * refused; follow the progress for the outcome); !commit sends ABORT ("the
+ * fleet did not commit"), takes the disks back and resumes the VM here, and
+ * returns once it runs.  Returns 0, or -ENOENT if no migration waits at the
+ * gate (err says why).
+ */
+int migrate_commit(struct vm *vm, bool commit, char *err, size_t len) __must_check;
 /*
  * migrate_resolve - settle an in-doubt migration on this side: resume runs
  * the VM here, !resume drops it (this godwit exits with EXIT_MIGRATED).

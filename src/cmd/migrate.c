@@ -6,6 +6,7 @@
  *   godwit migrate-status --api SOCKET [--json]   the progress, once
  *   godwit migrate-cancel --api SOCKET            stop before COMMIT
  *   godwit migrate-resolve --api SOCKET --resume|--discard
+ *   godwit migrate-commit --api SOCKET --commit|--abort   decide at the gate
  *
  * Exit codes: 0 success (migrate: the VM runs on the destination); 1 the
  * VM refused, the migration failed or is in doubt, or no VM at SOCKET;
@@ -61,9 +62,19 @@ static const char migrate_usage[] =
 "                          name NAME (subject alternative name or common name)\n"
 "  --insecure              to tcp: beyond loopback without --tls-dir: send the\n"
 "                          VM in clear, unauthenticated (refused by default)\n"
+"  --gate                  stop at the commit gate: once the destination has\n"
+"                          loaded the VM (READY) and the disks are released,\n"
+"                          wait, paused, with no time limit, in status\n"
+"                          commit-wait until godwit migrate-commit --commit or\n"
+"                          --abort (or migrate-cancel) decides.  The\n"
+"                          destination waits for COMMIT only 10 s: decide\n"
+"                          later and it is in doubt, and so is this side.\n"
+"                          After COMMIT this side never takes the VM back by\n"
+"                          itself: a destination that then fails leaves it\n"
+"                          in doubt (dest_refused) for migrate-resolve\n"
 "  --json                  print one JSON object (status, total_ms, downtime_ms,\n"
 "                          setup_ms, bytes, pages, zero_pages, rounds, tls,\n"
-"                          insecure, error)\n"
+"                          insecure, gate, dest_refused, error)\n"
 "  -q, --quiet             no progress lines\n"
 "  -h, --help              this text\n"
 "\n"
@@ -86,9 +97,24 @@ static const char cancel_usage[] =
 "usage: godwit migrate-cancel --api SOCKET\n"
 "\n"
 "Stop the VM's outgoing migration; it keeps running here.  Refused once the\n"
-"destination has been told to run the VM (COMMIT).\n"
+"destination has been told to run the VM (COMMIT).  At the commit gate\n"
+"(migrate --gate) it is an abort: the destination is told and discards it.\n"
 "\n"
 "Exit status: 0 cancelled, 1 nothing to cancel / too late / no VM, 2 usage error.\n";
+
+static const char commit_usage[] =
+"usage: godwit migrate-commit --api SOCKET --commit|--abort\n"
+"\n"
+"Decide for an outgoing migration waiting at its commit gate (started with\n"
+"godwit migrate --gate, status commit-wait): --commit sends COMMIT, and the\n"
+"destination runs the VM (the godwit at SOCKET then exits with status 6;\n"
+"follow it with godwit migrate-status); --abort sends ABORT (\"the fleet did not\n"
+"commit\"), takes the disks back and resumes the VM here.  If the\n"
+"destination gave up waiting for COMMIT meanwhile (10 s), --commit leaves\n"
+"this side in doubt: see godwit migrate-resolve --help.\n"
+"\n"
+"Exit status: 0 decided, 1 no migration at the gate / no VM at SOCKET, 2 usage\n"
+"error.\n";
 
 static const char resolve_usage[] =
 "usage: godwit migrate-resolve --api SOCKET --resume|--discard\n"
@@ -159,6 +185,10 @@ static void mig_print_json(json_t *p)
 	if (json_object_get(p, "tls")) {
 		json_object_set(o, "tls", json_object_get(p, "tls"));
 		json_object_set(o, "insecure", json_object_get(p, "insecure"));
+	}
+	if (json_object_get(p, "gate")) {
+		json_object_set(o, "gate", json_object_get(p, "gate"));
+		json_object_set(o, "dest_refused", json_object_get(p, "dest_refused"));
 	}
 	if (json_object_get(p, "disk_bytes")) {
 		json_object_set(o, "disk_bytes", json_object_get(p, "disk_bytes"));
@@ -260,13 +290,14 @@ int cmd_migrate(int argc, char **argv)
 		{ "tls-dir",       required_argument, NULL, 'T' },
 		{ "tls-peer",      required_argument, NULL, 'P' },
 		{ "insecure",      no_argument,       NULL, 'S' },
+		{ "gate",          no_argument,       NULL, 'g' },
 		{ "json",          no_argument,       NULL, 'j' },
 		{ "quiet",         no_argument,       NULL, 'q' },
 		{ "help",          no_argument,       NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *sock = NULL, *to = NULL, *tls_dir = NULL, *tls_peer = NULL;
-	bool insecure = false;
+	bool insecure = false, gate = false, at_gate = false;
 	uint64_t downtime = MIG_DEFAULT_DOWNTIME_MS, rounds = MIG_DEFAULT_MAX_ROUNDS, bw = 0;
 	uint64_t min_rate = MIG_DEFAULT_MIN_RATE;
 	bool json = false, quiet = false;
@@ -321,6 +352,7 @@ int cmd_migrate(int argc, char **argv)
 		case 'T': tls_dir = optarg; break;
 		case 'P': tls_peer = optarg; break;
 		case 'S': insecure = true; break;
+		case 'g': gate = true; break;
 		case 'j': json = true; break;
 		case 'q': quiet = true; break;
 		case 'h':
@@ -368,6 +400,8 @@ int cmd_migrate(int argc, char **argv)
 		json_object_set_new(req, "with_disks", *disks ? json_string(disks) : json_true());
 	if (req && insecure)
 		json_object_set_new(req, "insecure", json_true());
+	if (req && gate)
+		json_object_set_new(req, "gate", json_true());
 	if (req && tls_dir && mig_tls_json(req, tls_dir, tls_peer)) {
 		json_decref(req);
 		return 1;        /* the VM was not asked: it runs on here */
@@ -408,6 +442,13 @@ int cmd_migrate(int argc, char **argv)
 				mig_print_progress(p);
 			last_round = jnum(p, "rounds");
 		}
+		if (!strcmp(st, "commit-wait") && !at_gate) {
+			at_gate = true;
+			if (!quiet && !json)
+				fprintf(stderr, "migrate: at the commit gate: the VM is paused here and "
+					"loaded there; waiting for godwit migrate-commit --api %s "
+					"--commit or --abort\n", sock);
+		}
 		if (!strcmp(st, "completed") || !strcmp(st, "failed") ||
 		    !strcmp(st, "cancelled") || !strcmp(st, "in-doubt"))
 			break;
@@ -435,7 +476,7 @@ usage:
 	return 2;
 }
 
-/* The three small commands: --api SOCKET plus their own flags. */
+/* The four small commands: --api SOCKET plus their own flags. */
 static int mig_simple(const char *who, const char *usage, int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -443,10 +484,13 @@ static int mig_simple(const char *who, const char *usage, int argc, char **argv)
 		{ "json",    no_argument,       NULL, 'j' },
 		{ "resume",  no_argument,       NULL, 'r' },
 		{ "discard", no_argument,       NULL, 'd' },
+		{ "commit",  no_argument,       NULL, 'c' },
+		{ "abort",   no_argument,       NULL, 'A' },
 		{ "help",    no_argument,       NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	bool is_status = !strcmp(who, "migrate-status"), is_resolve = !strcmp(who, "migrate-resolve");
+	bool is_commit = !strcmp(who, "migrate-commit");
 	const char *sock = NULL, *action = NULL;
 	bool json = false;
 	json_t *j = NULL;
@@ -473,6 +517,16 @@ static int mig_simple(const char *who, const char *usage, int argc, char **argv)
 			}
 			action = opt == 'r' ? "resume" : "discard";
 			break;
+		case 'c':
+		case 'A':
+			if (!is_commit)
+				goto bad;
+			if (action) {
+				fprintf(stderr, "godwit: %s: give --commit or --abort, once\n", who);
+				goto usage;
+			}
+			action = opt == 'c' ? "true" : "false";
+			break;
 		case 'h':
 			fputs(usage, stdout);
 			return 0;
@@ -496,6 +550,10 @@ bad:
 	}
 	if (is_resolve && !action) {
 		fprintf(stderr, "godwit: %s: --resume or --discard is required\n", who);
+		goto usage;
+	}
+	if (is_commit && !action) {
+		fprintf(stderr, "godwit: %s: --commit or --abort is required\n", who);
 		goto usage;
 	}
 	if (is_status) {
@@ -527,6 +585,20 @@ bad:
 		printf("%s\n", !strcmp(action, "resume") ? "the VM runs here" :
 		       "the VM was discarded here");
 		ret = 0;
+	} else if (is_commit) {
+		if (asprintf(&body, "{\"commit\":%s}", action) < 0) {
+			body = NULL;
+			goto out;
+		}
+		if (mig_request(who, sock, "PUT", "/api/v1/vm/migrate-commit", body, &j))
+			goto out;
+		if (!strcmp(action, "true"))
+			printf("COMMIT is being sent: the destination is told to run the VM (follow it "
+			       "with godwit migrate-status)\n");
+		else
+			printf("aborted at the commit gate: the VM runs here (migration %s: %s)\n",
+			       jstr(j, "status"), jstr(j, "error"));
+		ret = 0;
 	} else {
 		if (mig_request(who, sock, "PUT", "/api/v1/vm/migrate-cancel", NULL, &j))
 			goto out;
@@ -557,4 +629,9 @@ int cmd_migrate_cancel(int argc, char **argv)
 int cmd_migrate_resolve(int argc, char **argv)
 {
 	return mig_simple("migrate-resolve", resolve_usage, argc, argv);
+}
+
+int cmd_migrate_commit(int argc, char **argv)
+{
+	return mig_simple("migrate-commit", commit_usage, argc, argv);
 }

@@ -18,6 +18,9 @@
  * write (put, delete, txn, lease grant/revoke) stops with -ETIMEDOUT and is
  * never sent again - resending a transaction that was in fact applied would
  * make it fail its comparison and tell the caller it lost when it won.
+ * For the same reason a write that etcd answers with "request timed out"
+ * or "leader changed" gives -ETIMEDOUT.  A read that a member refuses as
+ * Unavailable (no leader, cut off from the others) goes on to the next.
  *
  * Locking: one mutex per client guards the easy handle and the current
  * endpoint for a whole request, so threads may share a client; requests
@@ -62,8 +65,9 @@ enum etcd_kind {
 /* A reply being received. */
 struct etcd_buf {
 	char *data;
-	size_t len;
-	bool overflow;
+	size_t len, cap;     /* cap: allocated, for the NUL too */
+	bool overflow;       /* larger than ETCD_REPLY_MAX */
+	bool nomem;
 };
 
 static pthread_once_t etcd_curl_once = PTHREAD_ONCE_INIT;
@@ -650,11 +654,21 @@ static size_t etcd_write_cb(char *ptr, size_t size, size_t nmemb, void *opaque)
 		b->overflow = true;
 		return 0;
 	}
-	nd = realloc(b->data, b->len + n + 1);
-	if (!nd)
-		return 0;
-	memcpy(nd + b->len, ptr, n);
-	b->data = nd;
+	if (b->len + n + 1 > b->cap) {
+		/* Doubling: a large reply is not copied once per chunk. */
+		size_t cap = b->cap ? b->cap : 4096;
+
+		while (cap < b->len + n + 1)
+			cap *= 2;
+		nd = realloc(b->data, cap);
+		if (!nd) {
+			b->nomem = true;
+			return 0;
+		}
+		b->data = nd;
+		b->cap = cap;
+	}
+	memcpy(b->data + b->len, ptr, n);
 	b->len += n;
 	b->data[b->len] = '\0';
 	return n;
@@ -740,6 +754,12 @@ static int etcd_call(struct etcd *e, enum etcd_kind kind, const char *path, cons
 			etcd_seterr(err, len, "etcd %s: reply larger than %u bytes", base,
 				    ETCD_REPLY_MAX);
 			ret = -EBADMSG;
+			goto out;
+		}
+		if (rc == CURLE_WRITE_ERROR && b.nomem) {
+			free(b.data);
+			etcd_seterr(err, len, "etcd %s: out of memory for the reply", base);
+			ret = -ENOMEM;
 			goto out;
 		}
 		if (rc != CURLE_OK) {
@@ -876,7 +896,8 @@ static size_t etcd_prefix_end(const char *prefix, size_t n, char *end)
 	return 1;
 }
 
-/* A {"key", "range_end"} object for key (or, prefix, the keys under it). */
+/* A {"key", "range_end"} object for key (or, prefix, the keys under it); NULL when
+ * out of memory. */
 static json_t *etcd_range_obj(const char *key, bool prefix)
 {
 	size_t n = strlen(key);
@@ -1035,7 +1056,8 @@ int etcd_delete(struct etcd *e, const char *key, bool prefix, int64_t *deleted, 
 
 	if (deleted)
 		*deleted = 0;
-	if (!key || (!prefix && !*key)) {
+	/* An empty prefix would be every key in etcd: refused like an empty key. */
+	if (!key || !*key) {
 		etcd_seterr(err, len, "etcd: empty key");
 		return -EINVAL;
 	}
@@ -1064,8 +1086,8 @@ int etcd_delete(struct etcd *e, const char *key, bool prefix, int64_t *deleted, 
 	return 0;
 }
 
-/* One Compare object; NULL for a bad comparison (err set) or out of memory. */
-static json_t *etcd_cmp_obj(const struct etcd_cmp *c, char *err, size_t len)
+/* One Compare object in *out: 0, -EINVAL (a bad comparison) or -ENOMEM; err set. */
+static int etcd_cmp_obj(const struct etcd_cmp *c, json_t **out, char *err, size_t len)
 {
 	static const char *const targets[] = { "VALUE", "VERSION", "MOD", "CREATE" };
 	static const char *const fields[] = { "value", "version", "mod_revision",
@@ -1074,12 +1096,13 @@ static json_t *etcd_cmp_obj(const struct etcd_cmp *c, char *err, size_t len)
 	json_t *o;
 	bool ok;
 
+	*out = NULL;
 	if (!etcd_key_ok(c->key, err, len))
-		return NULL;
+		return -EINVAL;
 	if ((unsigned)c->target > ETCD_CREATE || (unsigned)c->result > ETCD_LT ||
 	    (c->target == ETCD_VALUE && !c->value) || (c->target != ETCD_VALUE && c->num < 0)) {
 		etcd_seterr(err, len, "etcd: bad comparison on %s", c->key);
-		return NULL;
+		return -EINVAL;
 	}
 	o = json_object();
 	ok = o && etcd_set_b64(o, "key", c->key, strlen(c->key)) &&
@@ -1092,38 +1115,46 @@ static json_t *etcd_cmp_obj(const struct etcd_cmp *c, char *err, size_t len)
 	if (!ok) {
 		json_decref(o);
 		etcd_seterr(err, len, "etcd: out of memory");
-		return NULL;
+		return -ENOMEM;
 	}
-	return o;
+	*out = o;
+	return 0;
 }
 
-/* One RequestOp: {"requestPut": {...}} or {"requestDeleteRange": {...}}. */
-static json_t *etcd_op_obj(const struct etcd_op *op, char *err, size_t len)
+/* One RequestOp in *out ({"requestPut": {...}} or {"requestDeleteRange": {...}}):
+ * 0, -EINVAL or -ENOMEM; err set. */
+static int etcd_op_obj(const struct etcd_op *op, json_t **out, char *err, size_t len)
 {
 	json_t *inner;
 
+	*out = NULL;
 	if (!etcd_key_ok(op->key, err, len))
-		return NULL;
+		return -EINVAL;
 	if (op->type == ETCD_OP_PUT) {
 		if (!op->value || op->lease < 0) {
 			etcd_seterr(err, len, "etcd: a put of %s without a value", op->key);
-			return NULL;
+			return -EINVAL;
 		}
 		inner = etcd_put_obj(op->key, op->value, op->lease);
-		return inner ? json_pack("{so}", "requestPut", inner) : NULL;
-	}
-	if (op->type == ETCD_OP_DELETE) {
+		*out = inner ? json_pack("{so}", "requestPut", inner) : NULL;
+	} else if (op->type == ETCD_OP_DELETE) {
 		inner = etcd_range_obj(op->key, false);
-		return inner ? json_pack("{so}", "requestDeleteRange", inner) : NULL;
+		*out = inner ? json_pack("{so}", "requestDeleteRange", inner) : NULL;
+	} else {
+		etcd_seterr(err, len, "etcd: bad operation on %s", op->key);
+		return -EINVAL;
 	}
-	etcd_seterr(err, len, "etcd: bad operation on %s", op->key);
-	return NULL;
+	if (!*out) {
+		etcd_seterr(err, len, "etcd: out of memory");
+		return -ENOMEM;
+	}
+	return 0;
 }
 
 int etcd_txn(struct etcd *e, const struct etcd_cmp *cmp, size_t ncmp, const struct etcd_op *ops,
 	     size_t nops, bool *succeeded, char *err, size_t len)
 {
-	json_t *req, *jc, *js;
+	json_t *req, *jc, *js, *o;
 	char *reply;
 	size_t n;
 	int ret;
@@ -1133,25 +1164,33 @@ int etcd_txn(struct etcd *e, const struct etcd_cmp *cmp, size_t ncmp, const stru
 		etcd_seterr(err, len, "etcd: bad transaction");
 		return -EINVAL;
 	}
-	if (err && len)
-		err[0] = '\0';
+	/* req holds the two arrays (the "failure" branch is empty: nothing). */
 	req = json_object();
 	jc = json_array();
 	js = json_array();
 	if (!req || !jc || !js || json_object_set(req, "compare", jc) ||
 	    json_object_set(req, "success", js) ||
-	    json_object_set_new(req, "failure", json_array()))
-		goto nomem;
+	    json_object_set_new(req, "failure", json_array())) {
+		etcd_seterr(err, len, "etcd: out of memory");
+		ret = -ENOMEM;
+		goto fail;
+	}
 	for (size_t i = 0; i < ncmp; i++) {
-		json_t *o = etcd_cmp_obj(&cmp[i], err, len);
-
-		if (!o || json_array_append_new(jc, o))
+		ret = etcd_cmp_obj(&cmp[i], &o, err, len);
+		if (!ret && json_array_append_new(jc, o)) {
+			etcd_seterr(err, len, "etcd: out of memory");
+			ret = -ENOMEM;
+		}
+		if (ret)
 			goto fail;
 	}
 	for (size_t i = 0; i < nops; i++) {
-		json_t *o = etcd_op_obj(&ops[i], err, len);
-
-		if (!o || json_array_append_new(js, o))
+		ret = etcd_op_obj(&ops[i], &o, err, len);
+		if (!ret && json_array_append_new(js, o)) {
+			etcd_seterr(err, len, "etcd: out of memory");
+			ret = -ENOMEM;
+		}
+		if (ret)
 			goto fail;
 	}
 	json_decref(jc);
@@ -1165,18 +1204,10 @@ int etcd_txn(struct etcd *e, const struct etcd_cmp *cmp, size_t ncmp, const stru
 		etcd_err_endpoint(e, err, len);
 	return ret;
 fail:
-	if (err && len && !err[0])
-		goto nomem;
 	json_decref(req);
 	json_decref(jc);
 	json_decref(js);
-	return -EINVAL;
-nomem:
-	json_decref(req);
-	json_decref(jc);
-	json_decref(js);
-	etcd_seterr(err, len, "etcd: out of memory");
-	return -ENOMEM;
+	return ret;
 }
 
 int etcd_lease_grant(struct etcd *e, int ttl_s, int64_t *id, char *err, size_t len)

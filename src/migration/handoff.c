@@ -8,7 +8,10 @@
  * COMMIT; the destination owns it once it received COMMIT.  So a side gives
  * the VM up only on a message that proves the other took it (DONE; COMMIT),
  * takes it back only on one that proves the other will not run it (ERROR,
- * ABORT, or never having sent COMMIT), and otherwise stays in doubt.
+ * ABORT, or never having sent COMMIT), and otherwise stays in doubt.  A
+ * source with a commit gate (ops->gate) does not take it back on an ERROR
+ * after COMMIT either: whoever decided at the gate already gave the VM to
+ * the destination, so only it may settle where the VM runs.
  */
 #include <errno.h>
 #include <poll.h>
@@ -153,6 +156,7 @@ enum handoff_result handoff_state_owner(enum handoff_state st)
 	switch (st) {
 	case HO_SRC_WAIT_READY:
 	case HO_SRC_RELEASING:
+	case HO_SRC_GATE:
 	case HO_DST_STARTING:
 	case HO_DST_RUNNING:
 		return HANDOFF_HERE;
@@ -170,6 +174,7 @@ const char *handoff_state_name(enum handoff_state st)
 	switch (st) {
 	case HO_SRC_WAIT_READY:  return "waiting for READY";
 	case HO_SRC_RELEASING:   return "releasing";
+	case HO_SRC_GATE:        return "at the commit gate";
 	case HO_SRC_COMMITTED:   return "committed";
 	case HO_SRC_DONE:        return "done";
 	case HO_DST_WAIT_COMMIT: return "waiting for COMMIT";
@@ -219,18 +224,20 @@ static enum handoff_result src_abort(struct conn *c, const char *why)
 }
 
 enum handoff_result handoff_source(struct conn *c, int wait_ms, const struct handoff_src_ops *ops,
-				   void *opaque, bool *cancelled_out, char *why, size_t len)
+				   void *opaque, struct handoff_src_info *info, char *why,
+				   size_t len)
 {
-	char text[MIG_MSG_TEXT_MAX + 1], err[512] = "";
+	char text[MIG_MSG_TEXT_MAX + 1], err[512] = "", gwhy[256] = "";
+	enum handoff_gate g = HO_GATE_COMMIT;
 	enum mig_msg type;
 	int ret;
 
-	*cancelled_out = false;
+	memset(info, 0, sizeof(*info));
 	src_state(ops, opaque, HO_SRC_WAIT_READY);
 	ret = migrate_msg_recv(c, wait_ms, &type, text, sizeof(text));
 	if (ret) {
 		if (ops->cancelled && ops->cancelled(opaque)) {
-			*cancelled_out = true;
+			info->cancelled = true;
 			snprintf(why, len, "cancelled");
 			return src_abort(c, "cancelled by the operator at the source");
 		}
@@ -262,8 +269,26 @@ enum handoff_result handoff_source(struct conn *c, int wait_ms, const struct han
 		}
 		return src_abort(c, why);
 	}
-	if (ops->may_commit && !ops->may_commit(opaque)) {
-		*cancelled_out = true;
+	if (ops->gate) {
+		/* Released, not committed: the source still owns the VM while it waits. */
+		src_state(ops, opaque, HO_SRC_GATE);
+		g = ops->gate(opaque, gwhy, sizeof(gwhy));
+		if (g == HO_GATE_ABORT) {
+			info->gate_abort = true;
+			if (!gwhy[0])
+				snprintf(gwhy, sizeof(gwhy), "no COMMIT decided at the source's gate");
+			snprintf(why, len, "aborted at the commit gate: %s", gwhy);
+			if (ops->reacquire(opaque, err, sizeof(err))) {
+				snprintf(why, len, "aborted at the commit gate (%s), but the disks "
+					 "cannot be taken back here (%s)", gwhy, err);
+				(void)src_abort(c, gwhy);
+				return HANDOFF_IN_DOUBT;
+			}
+			return src_abort(c, gwhy);
+		}
+	}
+	if (g == HO_GATE_CANCEL || (ops->may_commit && !ops->may_commit(opaque))) {
+		info->cancelled = true;
 		snprintf(why, len, "cancelled");
 		if (ops->reacquire(opaque, err, sizeof(err))) {
 			snprintf(why, len, "cancelled, but the disks cannot be taken back here (%s)",
@@ -286,6 +311,16 @@ enum handoff_result handoff_source(struct conn *c, int wait_ms, const struct han
 	if (!ret && type == MIG_MSG_DONE) {
 		src_state(ops, opaque, HO_SRC_DONE);
 		return HANDOFF_THERE;
+	}
+	if (!ret && type == MIG_MSG_ERROR && ops->gate) {
+		/*
+		 * The destination says it will not run the VM, but the gate's decider
+		 * made it the owner before COMMIT: taking it back is its call, not ours.
+		 */
+		info->dest_refused = true;
+		snprintf(why, len, "in doubt: the destination refused the VM after COMMIT "
+			 "(%.300s); the disks were not taken back here", text);
+		return HANDOFF_IN_DOUBT;
 	}
 	if (!ret && type == MIG_MSG_ERROR) {
 		/* The destination says it did not and will not run the VM: ours again. */

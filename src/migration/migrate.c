@@ -10,12 +10,16 @@
  *     chunk is copied); until what is left fits the downtime limit
  *   vm_pause, dev_quiesce_all; the last dirty pages, VM/CPU/DEVICE, EOF
  *   READY -> COMMIT -> DONE: release the VM (exit EXIT_MIGRATED)
+ *   (with p.gate: READY, release, wait at the commit gate for migrate_commit(),
+ *   then COMMIT or ABORT)
  *
  * The thread pauses and resumes the VM itself: while a migration is busy
  * the API refuses pause, resume and snapshot (migrate_busy()), so nothing
  * else does.  m->lock protects the progress and the status; the status
  * changes to COMMITTING under it after checking `cancel`, so a cancel and
- * the COMMIT never cross.
+ * the COMMIT never cross.  At the gate, the thread waits on m->cond for
+ * `decision` (or `cancel`); migrate_commit() sets COMMITTING itself when it
+ * decides to commit, so a cancel after it is refused.
  */
 #include <errno.h>
 #include <netdb.h>
@@ -60,6 +64,7 @@ struct migration {
 	bool cancel;                 /* under lock */
 	bool in_handoff;             /* the stream is sent: a cancel leaves writing open (lock) */
 	bool reported;               /* a client read the final status (under lock) */
+	enum { GATE_WAIT, GATE_COMMIT, GATE_ABORT } decision;   /* at the gate (under lock) */
 	int fd;                      /* the connection (under lock for shutdown) */
 	struct migrate_params p;
 	struct migrate_progress prog;    /* under lock */
@@ -81,6 +86,7 @@ const char *migrate_status_name(enum mig_status s)
 	case MIG_CANCELLED:  return "cancelled";
 	case MIG_IN_DOUBT:   return "in-doubt";
 	case MIG_INCOMING:   return "incoming";
+	case MIG_COMMIT_WAIT: return "commit-wait";
 	}
 	return "unknown";
 }
@@ -620,8 +626,12 @@ static void src_state(void *opaque, enum handoff_state st)
 	case HO_SRC_RELEASING:
 		sh->r->ms_ready = ms_since(sh->t_pause);
 		break;
-	case HO_SRC_COMMITTED:
+	case HO_SRC_GATE:
 		sh->r->ms_released = ms_since(sh->t_pause);
+		break;
+	case HO_SRC_COMMITTED:
+		if (!m->p.gate)
+			sh->r->ms_released = ms_since(sh->t_pause);
 		sh->committed = true;
 		break;
 	default:
@@ -637,11 +647,45 @@ static bool src_may_commit(void *opaque)
 	bool ok;
 
 	pthread_mutex_lock(&m->lock);
-	ok = !m->cancel;
+	/* A COMMIT decided at the gate stands, even if godwit is stopping (migrate_fini). */
+	ok = !m->cancel || m->decision == GATE_COMMIT;
 	if (ok)
 		m->prog.status = MIG_COMMITTING;
 	pthread_mutex_unlock(&m->lock);
 	return ok;
+}
+
+/*
+ * The commit gate (p.gate): READY came, the disks are released, the VM is
+ * paused here.  Wait, as long as it takes, for migrate_commit() or a cancel.
+ */
+static enum handoff_gate src_gate(void *opaque, char *why, size_t len)
+{
+	struct src_handoff *sh = opaque;
+	struct migration *m = sh->r->m;
+	struct timespec t0;
+	enum handoff_gate g;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	pthread_mutex_lock(&m->lock);
+	if (!m->cancel) {
+		m->prog.status = MIG_COMMIT_WAIT;
+		pthread_cond_broadcast(&m->cond);
+		log_info("migrate: at the commit gate (the VM is paused here, its disks released): "
+			 "waiting for PUT /vm/migrate-commit");
+	}
+	while (m->decision == GATE_WAIT && !m->cancel)
+		pthread_cond_wait(&m->cond, &m->lock);
+	/* migrate_commit() set COMMITTING with its decision: a cancel is refused from then on. */
+	g = m->decision == GATE_COMMIT ? HO_GATE_COMMIT :
+	    m->decision == GATE_ABORT ? HO_GATE_ABORT : HO_GATE_CANCEL;
+	pthread_mutex_unlock(&m->lock);
+	log_info("migrate: commit gate: %s after %.0f ms", g == HO_GATE_COMMIT ? "COMMIT" :
+		 g == HO_GATE_ABORT ? "ABORT (the fleet did not commit)" : "cancelled",
+		 ms_since(&t0));
+	if (g == HO_GATE_ABORT)
+		snprintf(why, len, "the fleet did not commit");
+	return g;
 }
 
 static void *mig_thread(void *opaque)
@@ -706,19 +750,32 @@ static void *mig_thread(void *opaque)
 			.cancelled = src_cancelled, .may_commit = src_may_commit,
 			.release = src_release, .reacquire = src_reacquire, .state = src_state,
 		};
+		static const struct handoff_src_ops gate_ops = {
+			.cancelled = src_cancelled, .may_commit = src_may_commit,
+			.release = src_release, .reacquire = src_reacquire, .state = src_state,
+			.gate = src_gate,
+		};
 		struct src_handoff sh = { .r = &r, .t_pause = &t_pause };
-		bool cancelled;
+		struct handoff_src_info info;
 
-		switch (handoff_source(&r.c, MIG_IO_TIMEOUT_MS, &ops, &sh, &cancelled, r.err,
-				       sizeof(r.err))) {
+		switch (handoff_source(&r.c, MIG_IO_TIMEOUT_MS, m->p.gate ? &gate_ops : &ops, &sh,
+				       &info, r.err, sizeof(r.err))) {
 		case HANDOFF_THERE:
 			break;
 		case HANDOFF_HERE:
 			/* The disks are back with this side (handoff_source reacquired them). */
-			ret = cancelled ? -ECANCELED : -EPROTO;
+			ret = info.cancelled ? -ECANCELED : -EPROTO;
 			goto fail;
 		case HANDOFF_IN_DOUBT:
-			if (sh.committed)
+			if (info.dest_refused) {
+				pthread_mutex_lock(&m->lock);
+				m->prog.dest_refused = true;
+				pthread_mutex_unlock(&m->lock);
+				mig_fail(m, MIG_IN_DOUBT, "%s; the VM is paused here and not running "
+					 "there, but the commit gate named the destination as its "
+					 "owner: whoever decided there settles it with godwit "
+					 "migrate-resolve --resume or --discard", r.err);
+			} else if (sh.committed)
 				mig_fail(m, MIG_IN_DOUBT, "%s; the VM is paused here and may be "
 					 "running there: check the destination, then godwit "
 					 "migrate-resolve --resume or --discard", r.err);
@@ -882,6 +939,8 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 	m->prog.insecure = !p->tls && !migrate_addr_local(p->to);
 	m->prog.status = MIG_SETUP;
 	m->cancel = m->reported = m->in_handoff = false;
+	m->decision = GATE_WAIT;
+	m->prog.gate = p->gate;
 	m->fd = -1;
 	clock_gettime(CLOCK_MONOTONIC, &m->t_start);
 	pthread_mutex_unlock(&m->lock);
@@ -935,6 +994,11 @@ int migrate_cancel(struct vm *vm, char *err, size_t len)
 	}
 	pthread_mutex_lock(&m->lock);
 	switch (m->prog.status) {
+	case MIG_COMMIT_WAIT:
+		/* At the gate the thread waits on the condition, not the socket: ABORT goes out. */
+		m->cancel = true;
+		pthread_cond_broadcast(&m->cond);
+		break;
 	case MIG_SETUP:
 	case MIG_ACTIVE:
 	case MIG_STOP_COPY:
@@ -966,6 +1030,37 @@ int migrate_cancel(struct vm *vm, char *err, size_t len)
 		mig_join(m);
 	}
 	return ret;
+}
+
+int migrate_commit(struct vm *vm, bool commit, char *err, size_t len)
+{
+	struct migration *m = vm->mig;
+	enum mig_status st;
+
+	if (!m || m->incoming) {
+		snprintf(err, len, "no migration is waiting at the commit gate: no outgoing "
+			 "migration here");
+		return -ENOENT;
+	}
+	pthread_mutex_lock(&m->lock);
+	st = m->prog.status;
+	if (st != MIG_COMMIT_WAIT || m->decision != GATE_WAIT || m->cancel) {
+		pthread_mutex_unlock(&m->lock);
+		snprintf(err, len, "no migration is waiting at the commit gate (the migration is "
+			 "%s%s)", migrate_status_name(st),
+			 st == MIG_COMMIT_WAIT ? ", already decided" : !m->p.gate &&
+			 st != MIG_NONE ? ", started without \"gate\"" : "");
+		return -ENOENT;
+	}
+	m->decision = commit ? GATE_COMMIT : GATE_ABORT;
+	if (commit)
+		m->prog.status = MIG_COMMITTING;
+	pthread_cond_broadcast(&m->cond);
+	pthread_mutex_unlock(&m->lock);
+	log_info("migrate: commit gate: %s decided over the API", commit ? "COMMIT" : "ABORT");
+	if (!commit)
+		mig_join(m);         /* the VM runs here again when this returns */
+	return 0;
 }
 
 int migrate_resolve(struct vm *vm, bool resume, char *err, size_t len)
@@ -1032,7 +1127,8 @@ void migrate_fini(struct vm *vm)
 	pthread_mutex_lock(&m->lock);
 	m->cancel = true;
 	m->reported = true;
-	if (m->fd >= 0 && m->prog.status != MIG_COMMITTING)
+	/* At the gate, the thread waits on the condition: let its ABORT go out. */
+	if (m->fd >= 0 && m->prog.status != MIG_COMMITTING && m->prog.status != MIG_COMMIT_WAIT)
 		shutdown(m->fd, SHUT_RDWR);
 	pthread_cond_broadcast(&m->cond);
 	pthread_mutex_unlock(&m->lock);

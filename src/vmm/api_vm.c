@@ -269,6 +269,10 @@ static json_t *api_progress_json(const struct migrate_progress *p)
 		json_object_set_new(j, "tls", p->tls[0] ? json_string(p->tls) : json_null());
 		json_object_set_new(j, "insecure", json_boolean(p->insecure));
 	}
+	if (j) {
+		json_object_set_new(j, "gate", json_boolean(p->gate));
+		json_object_set_new(j, "dest_refused", json_boolean(p->dest_refused));
+	}
 	if (j && p->error[0])
 		json_object_set_new(j, "error", json_string(p->error));
 	return j;
@@ -335,8 +339,9 @@ static unsigned int api_migrate_tls(json_t *body, struct migrate_params *p, json
 /*
  * PUT /vm/migrate {"to": "tcp:HOST:PORT", "downtime_ms": 50, "max_bandwidth":
  * bytes/s, "max_rounds": 30, "min_rate": bytes/s, "tls": {...}, "insecure":
- * false}: start migrating (migrate.h); 202 with the progress.  GET
- * /vm/migration follows it.
+ * false, "gate": false}: start migrating (migrate.h); 202 with the progress.
+ * GET /vm/migration follows it; with "gate", it stops at "commit-wait" until
+ * PUT /vm/migrate-commit.
  */
 static unsigned int api_vm_migrate(struct api_server *s, json_t *body, json_t **out)
 {
@@ -391,6 +396,13 @@ static unsigned int api_vm_migrate(struct api_server *s, json_t *body, json_t **
 			return api_error(out, MHD_HTTP_BAD_REQUEST, "\"insecure\" must be true or false");
 		p.insecure = ji && json_is_true(ji);
 	}
+	{
+		json_t *jg = body ? json_object_get(body, "gate") : NULL;
+
+		if (jg && !json_is_boolean(jg))
+			return api_error(out, MHD_HTTP_BAD_REQUEST, "\"gate\" must be true or false");
+		p.gate = jg && json_is_true(jg);
+	}
 	switch (api_vm_state(s->vm)) {
 	case VM_STATE_RUNNING:
 		break;
@@ -443,6 +455,33 @@ static unsigned int api_vm_migrate_cancel(struct api_server *s, json_t *body, js
 	return MHD_HTTP_OK;
 }
 
+/*
+ * PUT /vm/migrate-commit {"commit": true | false}: the decision at the commit
+ * gate ("gate": true).  true: COMMIT goes (status "committing"; follow GET
+ * /vm/migration); false: ABORT, and the VM runs here again when the reply
+ * comes.  409 when no migration waits at the gate.
+ */
+static unsigned int api_vm_migrate_commit(struct api_server *s, json_t *body, json_t **out)
+{
+	json_t *jc = body ? json_object_get(body, "commit") : NULL;
+	struct migrate_progress prog;
+	char err[512] = "";
+	int ret;
+
+	if (!jc || !json_is_boolean(jc))
+		return api_error(out, MHD_HTTP_BAD_REQUEST, "\"commit\" (true: send COMMIT, "
+				 "false: abort and resume the VM here) is required");
+	ret = migrate_commit(s->vm, json_is_true(jc), err, sizeof(err));
+	if (ret == -ENOENT)
+		return api_error(out, MHD_HTTP_CONFLICT, "%s", err);
+	if (ret)
+		return api_error(out, MHD_HTTP_INTERNAL_SERVER_ERROR, "%s", err);
+	migrate_get_progress(s->vm, &prog, false);
+	*out = api_progress_json(&prog);
+	json_object_set_new(*out, "state", json_string(vm_state_name(api_vm_state(s->vm))));
+	return MHD_HTTP_OK;
+}
+
 /* PUT /vm/migrate-resolve {"action": "resume" | "discard"}. */
 static unsigned int api_vm_migrate_resolve(struct api_server *s, json_t *body, json_t **out)
 {
@@ -469,9 +508,10 @@ static unsigned int api_vm_migrate_resolve(struct api_server *s, json_t *body, j
 static const char *const api_snapshot_fields[] = { "path", "resume", NULL };
 static const char *const api_migrate_fields[] = {
 	"to", "downtime_ms", "max_bandwidth", "max_rounds", "min_rate", "with_disks", "tls",
-	"insecure", NULL
+	"insecure", "gate", NULL
 };
 static const char *const api_resolve_fields[] = { "action", NULL };
+static const char *const api_commit_fields[] = { "commit", NULL };
 
 const struct api_route api_routes[] = {
 	{ "/vm",          "GET", "GET, HEAD", api_vm_get,      NULL },
@@ -483,5 +523,6 @@ const struct api_route api_routes[] = {
 	{ "/vm/migration", "GET", "GET, HEAD", api_vm_migration, NULL },
 	{ "/vm/migrate-cancel", "PUT", "PUT", api_vm_migrate_cancel, NULL },
 	{ "/vm/migrate-resolve", "PUT", "PUT", api_vm_migrate_resolve, api_resolve_fields },
+	{ "/vm/migrate-commit", "PUT", "PUT", api_vm_migrate_commit, api_commit_fields },
 };
 const size_t api_nr_routes = ARRAY_SIZE(api_routes);

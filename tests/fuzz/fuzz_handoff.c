@@ -7,8 +7,10 @@
  * commit failing).
  *
  * The first byte picks the side (bit 0: destination) and how the fake VM's
- * operations fail (bits 1-3: release, reacquire, commit).  The rest is what
- * the peer sent, followed by the end of the connection.
+ * operations fail (bits 1-3: release, reacquire, commit); for the source,
+ * bit 5 gives it a commit gate that commits, or with bit 6 aborts: gated,
+ * a source that sent COMMIT never ends HERE.  The rest is what the peer
+ * sent, followed by the end of the connection.
  *
  * With bit 4 set, the messages are read one after another as every
  * receiver reads them (migrate_msg_recv: also the source's handshake in
@@ -63,6 +65,25 @@ static bool f_yes(void *o)
 	return true;
 }
 
+static bool commit_sent;
+
+static void f_state(void *o, enum handoff_state st)
+{
+	(void)o;
+	if (st == HO_SRC_COMMITTED)
+		commit_sent = true;
+}
+
+static enum handoff_gate f_gate(void *o, char *why, size_t len)
+{
+	(void)o;
+	if (fail_bits & 64) {
+		snprintf(why, len, "the fleet did not commit");
+		return HO_GATE_ABORT;
+	}
+	return HO_GATE_COMMIT;
+}
+
 /* Bit 4: every message as migrate_msg_recv() gives it, into a buffer of an exact size. */
 static int fuzz_recv(const uint8_t *data, size_t size)
 {
@@ -100,12 +121,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static const struct handoff_src_ops sops = {
 		.cancelled = f_no, .may_commit = f_yes, .release = f_release,
-		.reacquire = f_reacquire,
+		.reacquire = f_reacquire, .state = f_state,
+	};
+	static const struct handoff_src_ops gops = {
+		.cancelled = f_no, .may_commit = f_yes, .release = f_release,
+		.reacquire = f_reacquire, .state = f_state, .gate = f_gate,
 	};
 	static const struct handoff_dst_ops dops = { .commit = f_commit };
 	char why[512] = "";
 	enum handoff_result r;
-	bool cancelled;
+	struct handoff_src_info info;
 	struct conn c;
 	int sv[2];
 
@@ -129,8 +154,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (r != HANDOFF_HERE && !why[0])
 			abort();
 	} else {
-		r = handoff_source(&c, 1000, &sops, NULL, &cancelled, why, sizeof(why));
+		commit_sent = false;
+		r = handoff_source(&c, 1000, data[0] & 32 ? &gops : &sops, NULL, &info, why,
+				   sizeof(why));
 		if (r != HANDOFF_THERE && !why[0])
+			abort();
+		if ((data[0] & 32) && commit_sent && r == HANDOFF_HERE)
+			abort();    /* gated: taken back after COMMIT without being told */
+		if ((data[0] & 96) == 96 && commit_sent)
+			abort();    /* the gate said no, and COMMIT went anyway */
+		if (info.dest_refused && (!(data[0] & 32) || r != HANDOFF_IN_DOUBT))
 			abort();
 	}
 	(void)r;

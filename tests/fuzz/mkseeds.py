@@ -269,6 +269,11 @@ def api_seeds(out):
         'cancel-resolve': (RUNNING, http('PUT', '/api/v1/vm/migrate-cancel') +
                            http('PUT', '/api/v1/vm/migrate-resolve', '{"action": "resume"}') +
                            http('PUT', '/api/v1/vm/migrate-resolve', '{"action": "discard"}')),
+        'gate': (RUNNING, http('PUT', '/api/v1/vm/migrate', '{"to": "unix:/tmp/m.sock", "gate": true}') +
+                 http('PUT', '/api/v1/vm/migrate-commit', '{"commit": true}') +
+                 http('PUT', '/api/v1/vm/migrate-commit', '{"commit": false}') +
+                 http('PUT', '/api/v1/vm/migrate-commit', '{"commit": "yes"}') +
+                 http('PUT', '/api/v1/vm/migrate-commit')),
         'errors': (RUNNING, http('POST', '/api/v1/vm') + http('GET', '/api/v2/nope') +
                    http('PUT', '/api/v1/vm/pause', '{"x": 1}') + http('PUT', '/api/v1/vm/pause', '[1]') +
                    http('PUT', '/api/v1/vm/pause', '{"a":') + http('PUT', '/api/v1/vm/pause', '{"a":1,"a":2}')),

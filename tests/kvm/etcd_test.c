@@ -10,9 +10,13 @@
  *                                  never answers)
  *   etcd-test failover DEAD LIVE   the first endpoint refuses: the second serves
  *   etcd-test dead URL...          every endpoint refuses: -ECONNREFUSED, fast
+ *   etcd-test tls URL DIR          https with DIR's ca.pem, cert.pem, key.pem;
+ *                                  without them the request is refused
  *   etcd-test cluster URLS PID     3 members (URLS comma-separated): works,
  *                                  then kills PID (the member at the first
- *                                  URL, which the client is using) and works on
+ *                                  URL, which the client is using: the
+ *                                  leader) and works on once the others
+ *                                  elected a new leader (retries counted)
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -462,7 +466,49 @@ static void run_dead(const char *urls)
 	etcd_close(e);
 }
 
-/* Retry what an election may refuse for a moment; every retry is counted. */
+/* https with client certificates: works with tls_dir, refused (never sent) without. */
+static void run_tls(const char *url, const char *dir)
+{
+	char err[ERR_LEN] = "", k[128];
+	struct etcd_kvs kvs;
+	struct etcd *e;
+	int r;
+
+	t_begin("tls");
+	if (etcd_open(url, dir, 0, &e, err, sizeof(err))) {
+		t_fail("etcd_open(%s, %s): %s", url, dir, err);
+		return;
+	}
+	key(k, sizeof(k), "tls");
+	if (etcd_put(e, k, "secret", 0, err, sizeof(err)) || etcd_get(e, k, &kvs, err, sizeof(err))) {
+		t_fail("over TLS: %s", err);
+	} else {
+		if (kvs.n != 1 || strcmp(kvs.kv[0].value, "secret"))
+			t_fail("read back %zu keys", kvs.n);
+		etcd_kvs_free(&kvs);
+	}
+	etcd_close(e);
+	t_end();
+
+	t_begin("tls-untrusted");
+	if (etcd_open(url, NULL, 0, &e, err, sizeof(err))) {
+		t_fail("etcd_open(%s): %s", url, err);
+		return;
+	}
+	/* The system's CAs do not know the test CA: the request is never sent. */
+	r = etcd_put(e, k, "x", 0, err, sizeof(err));
+	if (r != -ECONNREFUSED)
+		t_fail("put without the test CA: %d: %s", r, err);
+	printf("# without the CA: %s\n", err);
+	etcd_close(e);
+	t_end();
+}
+
+/*
+ * Retry what an election refuses for a moment (a linearizable read waits for
+ * a leader, a member answers "leader changed"), as the agents do; every
+ * retry is printed and counted.
+ */
 static int retries;
 
 static int put_retry(struct etcd *e, const char *k, const char *v, char *err, size_t len)
@@ -472,6 +518,19 @@ static int put_retry(struct etcd *e, const char *k, const char *v, char *err, si
 
 	while ((r = etcd_put(e, k, v, 0, err, len)) && now_s() - t0 < 10) {
 		printf("# retry put after %d: %s\n", r, err);
+		retries++;
+		usleep(300 * 1000);
+	}
+	return r;
+}
+
+static int get_retry(struct etcd *e, const char *k, struct etcd_kvs *kvs, char *err, size_t len)
+{
+	double t0 = now_s();
+	int r;
+
+	while ((r = etcd_get(e, k, kvs, err, len)) && now_s() - t0 < 10) {
+		printf("# retry get after %d: %s\n", r, err);
 		retries++;
 		usleep(300 * 1000);
 	}
@@ -508,7 +567,7 @@ static void run_cluster(const char *urls, pid_t victim)
 		goto out;
 	}
 	usleep(300 * 1000);          /* its sockets close as it exits */
-	if (etcd_get(e, k, &kvs, err, sizeof(err))) {
+	if (get_retry(e, k, &kvs, err, sizeof(err))) {
 		t_fail("get after losing %s: %s", first, err);
 		goto out;
 	}
@@ -544,11 +603,13 @@ int main(int argc, char **argv)
 		run_failover(argv[2], argv[3]);
 	else if (argc == 3 && !strcmp(argv[1], "dead"))
 		run_dead(argv[2]);
+	else if (argc == 4 && !strcmp(argv[1], "tls"))
+		run_tls(argv[2], argv[3]);
 	else if (argc == 4 && !strcmp(argv[1], "cluster"))
 		run_cluster(argv[2], (pid_t)atoi(argv[3]));
 	else {
 		fprintf(stderr, "usage: etcd-test basic URL | failover DEAD LIVE | dead URLS | "
-			"cluster URLS PID\n");
+			"tls URL DIR | cluster URLS PID\n");
 		return 2;
 	}
 	return failures ? 1 : 0;

@@ -3,6 +3,7 @@
  * line) and prints one PASS/FAIL line each.  Exit status: 0 if all passed.
  */
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include "unit.h"
 
@@ -28,6 +29,16 @@ void unit_fail(const char *file, int line, const char *fmt, ...)
 	fputc('\n', stdout);
 }
 
+/* A test is wanted when an argument names it, or ends in '*' and starts it. */
+static bool unit_match(const char *arg, const char *name)
+{
+	size_t n = strlen(arg);
+
+	if (n && arg[n - 1] == '*')
+		return !strncmp(arg, name, n - 1);
+	return !strcmp(arg, name);
+}
+
 int main(int argc, char **argv)
 {
 	int passed = 0, failed = 0;
@@ -38,7 +49,7 @@ int main(int argc, char **argv)
 		if (argc > 1) {
 			int want = 0;
 			for (int i = 1; i < argc; i++)
-				want |= !strcmp(argv[i], t->name);
+				want |= unit_match(argv[i], t->name);
 			if (!want)
 				continue;
 		}
@@ -50,6 +61,17 @@ int main(int argc, char **argv)
 		} else {
 			printf("PASS %s/%s\n", tier, t->name);
 			passed++;
+		}
+	}
+	/* A name that matches nothing is a typo, never a silent pass. */
+	for (int i = 1; i < argc; i++) {
+		bool found = false;
+
+		for (struct unit_test *t = unit_head; t && !found; t = t->next)
+			found = unit_match(argv[i], t->name);
+		if (!found) {
+			printf("FAIL %s/%s: no such test\n", tier, argv[i]);
+			failed++;
 		}
 	}
 	fprintf(stderr, "unit: %d passed, %d failed\n", passed, failed);

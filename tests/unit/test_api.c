@@ -19,7 +19,9 @@
 #include <jansson.h>
 
 #include "godwit/api.h"
+#include "godwit/cmd.h"
 #include "godwit/loop.h"
+#include "godwit/migrate.h"
 #include "godwit/vm.h"
 #include "unit.h"
 
@@ -830,4 +832,80 @@ TEST(api_client_errors)
 		      strstr(c.err, "Connection refused"));
 		unlink(path);
 	}
+}
+
+/*
+ * The commit gate's endpoints without a migration: PUT /vm/migrate-commit
+ * checks its body, then says that nothing waits at the gate (409); "gate"
+ * in PUT /vm/migrate must be a boolean; GET /vm/migration has "gate" and
+ * "dest_refused"; godwit migrate-commit needs --commit or --abort.
+ */
+TEST(api_migrate_commit_gate)
+{
+	struct captured c;
+	struct reply r;
+	json_t *j;
+
+	if (!fx_start())
+		return;
+	CHECK_EQ(http("PUT", "/api/v1/vm/migrate-commit", NULL, &r), CURLE_OK);
+	CHECK_ERROR(r, 400, "\"commit\" (true: send COMMIT, false: abort and resume the VM "
+		    "here) is required");
+	CHECK_EQ(http("PUT", "/api/v1/vm/migrate-commit", "{\"commit\": 1}", &r), CURLE_OK);
+	CHECK_ERROR(r, 400, "\"commit\" (true: send COMMIT, false: abort and resume the VM "
+		    "here) is required");
+	CHECK_EQ(http("PUT", "/api/v1/vm/migrate-commit", "{\"commit\": true, \"x\": 1}", &r),
+		 CURLE_OK);
+	CHECK_ERROR(r, 400, "unknown field \"x\" in request body");
+	CHECK_EQ(http("PUT", "/api/v1/vm/migrate-commit", "{\"commit\": true}", &r), CURLE_OK);
+	CHECK_ERROR(r, 409, "no migration is waiting at the commit gate: no outgoing migration "
+		    "here");
+	CHECK_EQ(http("PUT", "/api/v1/vm/migrate-commit", "{\"commit\": false}", &r), CURLE_OK);
+	CHECK_EQ(r.status, 409);
+	CHECK_EQ(http("GET", "/api/v1/vm/migrate-commit", NULL, &r), CURLE_OK);
+	CHECK_EQ(r.status, 405);
+	CHECK_EQ(http("PUT", "/api/v1/vm/migrate", "{\"to\": \"unix:/tmp/x.sock\", \"gate\": 1}",
+		      &r), CURLE_OK);
+	CHECK_ERROR(r, 400, "\"gate\" must be true or false");
+	CHECK_EQ(http("GET", "/api/v1/vm/migration", NULL, &r), CURLE_OK);
+	CHECK_EQ(r.status, 200);
+	j = json_loads(r.body, 0, NULL);
+	CHECK_STR(json_string_value(json_object_get(j, "status")), "none");
+	CHECK(json_is_false(json_object_get(j, "gate")));
+	CHECK(json_is_false(json_object_get(j, "dest_refused")));
+	json_decref(j);
+	CHECK_STR(migrate_status_name(MIG_COMMIT_WAIT), "commit-wait");
+	CHECK(!migrate_status_final(MIG_COMMIT_WAIT));
+	{
+		char *argv[] = { "migrate-commit", "--api", fx.path, NULL };
+		run_cmd(cmd_migrate_commit, &c, 3, argv);
+		CHECK_EQ(c.ret, 2);
+		CHECK(strstr(c.err, "godwit: migrate-commit: --commit or --abort is required"));
+	}
+	{
+		char *argv[] = { "migrate-commit", "--api", fx.path, "--commit", "--abort", NULL };
+		run_cmd(cmd_migrate_commit, &c, 5, argv);
+		CHECK_EQ(c.ret, 2);
+		CHECK(strstr(c.err, "give --commit or --abort, once"));
+	}
+	{
+		char *argv[] = { "migrate-resolve", "--api", fx.path, "--commit", NULL };
+		run_cmd(cmd_migrate_resolve, &c, 4, argv);
+		CHECK_EQ(c.ret, 2);
+		CHECK(strstr(c.err, "unrecognized option '--commit'"));
+	}
+	{
+		char *argv[] = { "migrate-commit", "--api", fx.path, "--commit", NULL };
+		run_cmd(cmd_migrate_commit, &c, 4, argv);
+		CHECK_EQ(c.ret, 1);
+		CHECK_STR(c.out, "");
+		CHECK(strstr(c.err, "no migration is waiting at the commit gate"));
+	}
+	{
+		char *argv[] = { "migrate-commit", "--help", NULL };
+		run_cmd(cmd_migrate_commit, &c, 2, argv);
+		CHECK_EQ(c.ret, 0);
+		CHECK(strstr(c.out, "usage: godwit migrate-commit --api SOCKET --commit|--abort"));
+	}
+	fx_finish();
 }

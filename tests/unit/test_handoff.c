@@ -8,7 +8,9 @@
  * fail (release, reacquire, commit, a cancel), must end with the VM owned
  * by exactly one side, or by nobody but in doubt on at least one side: never
  * run twice, never lost; and a side that runs the VM holds the disk lock,
- * so the other's migrate-resolve --resume is refused (fencing).
+ * so the other's migrate-resolve --resume is refused (fencing).  The same
+ * with a commit gate (ops->gate) that commits, aborts or is cancelled:
+ * and there, once COMMIT went, the source never takes the VM back itself.
  */
 #include <errno.h>
 #include <poll.h>
@@ -35,11 +37,21 @@ enum ht_fault { F_NONE, F_DROP, F_DELAY, F_DUP, F_DAMAGE, F_CUT, F_NR };
 static const char *const ht_fault_name[] = { "none", "drop", "delay", "dup", "damage", "cut" };
 
 enum ht_scenario { S_OK, S_RELEASE_FAILS, S_BOTH_FAIL, S_COMMIT_FAILS, S_CANCEL,
-		   S_CANCEL_WAIT, S_NR };
+		   S_CANCEL_WAIT, S_GATE_COMMIT, S_GATE_ABORT, S_GATE_CANCEL, S_GATE_COMMIT_FAILS,
+		   S_NR,
+		   S_GATE_LATE = S_NR,   /* not in the matrix: the gate commits after the
+					    destination's wait for COMMIT */
+};
 static const char *const ht_scenario_name[] = {
 	"ok", "release-fails", "release-and-reacquire-fail", "commit-fails", "cancel",
-	"cancel-while-waiting",
+	"cancel-while-waiting", "gate-commit", "gate-abort", "gate-cancel",
+	"gate-commit-then-commit-fails", "gate-commit-late",
 };
+
+static bool ht_gated(enum ht_scenario sc)
+{
+	return sc >= S_GATE_COMMIT;
+}
 
 enum { LOCK_SRC, LOCK_NONE, LOCK_DST };
 
@@ -52,7 +64,11 @@ struct ht_world {
 	int src_fd, dst_fd;
 	int wait_ms;
 	enum handoff_result rs, rd;
+	struct handoff_src_info info;
 	bool cancelled;
+	bool at_gate;            /* the gate was called */
+	int disk_at_gate;        /* who held the disk lock then */
+	bool commit_sent;        /* the source entered HO_SRC_COMMITTED */
 	char src_why[512], dst_why[512];
 };
 
@@ -79,6 +95,44 @@ static bool w_may_commit(void *o)
 	w->committing = ok;
 	pthread_mutex_unlock(&w->lock);
 	return ok;
+}
+
+static enum handoff_gate w_gate(void *o, char *why, size_t len)
+{
+	struct ht_world *w = o;
+	enum handoff_gate g = HO_GATE_COMMIT;
+
+	pthread_mutex_lock(&w->lock);
+	w->at_gate = true;
+	w->disk_at_gate = w->disk;
+	switch (w->sc) {
+	case S_GATE_ABORT:
+		snprintf(why, len, "the fleet did not commit");
+		g = HO_GATE_ABORT;
+		break;
+	case S_GATE_CANCEL:
+		w->cancel = true;        /* migrate-cancel at the gate */
+		g = HO_GATE_CANCEL;
+		break;
+	default:
+		w->committing = true;
+		break;
+	}
+	pthread_mutex_unlock(&w->lock);
+	if (w->sc == S_GATE_LATE) {
+		struct timespec ts = { .tv_nsec = HT_DELAY_MS * 1000000L };
+
+		nanosleep(&ts, NULL);    /* past the destination's wait */
+	}
+	return g;
+}
+
+static void w_src_state(void *o, enum handoff_state st)
+{
+	struct ht_world *w = o;
+
+	if (st == HO_SRC_COMMITTED)
+		w->commit_sent = true;
 }
 
 static int w_release(void *o, char *err, size_t len)
@@ -121,7 +175,7 @@ static int w_commit(void *o, char *err, size_t len)
 	struct ht_world *w = o;
 	int ret = 0;
 
-	if (w->sc == S_COMMIT_FAILS) {
+	if (w->sc == S_COMMIT_FAILS || w->sc == S_GATE_COMMIT_FAILS) {
 		snprintf(err, len, "fake: cannot start the devices");
 		return -EIO;
 	}
@@ -140,13 +194,19 @@ static void *ht_src(void *o)
 {
 	static const struct handoff_src_ops ops = {
 		.cancelled = w_cancelled, .may_commit = w_may_commit,
-		.release = w_release, .reacquire = w_reacquire,
+		.release = w_release, .reacquire = w_reacquire, .state = w_src_state,
+	};
+	static const struct handoff_src_ops gate_ops = {
+		.cancelled = w_cancelled, .may_commit = w_may_commit,
+		.release = w_release, .reacquire = w_reacquire, .state = w_src_state,
+		.gate = w_gate,
 	};
 	struct ht_world *w = o;
 	struct conn c = conn_plain(w->src_fd);
 
-	w->rs = handoff_source(&c, w->wait_ms, &ops, w, &w->cancelled, w->src_why,
-			       sizeof(w->src_why));
+	w->rs = handoff_source(&c, w->wait_ms, ht_gated(w->sc) ? &gate_ops : &ops, w, &w->info,
+			       w->src_why, sizeof(w->src_why));
+	w->cancelled = w->info.cancelled;
 	close(w->src_fd);        /* as the source does once its thread ends */
 	return NULL;
 }
@@ -290,7 +350,7 @@ static void ht_case(enum ht_scenario sc, int fault_at, enum ht_fault fault, stru
 	memset(w, 0, sizeof(*w));
 	pthread_mutex_init(&w->lock, NULL);
 	w->sc = sc;
-	w->wait_ms = fault == F_NONE ? HT_WAIT_CLEAN_MS : HT_WAIT_MS;
+	w->wait_ms = fault == F_NONE && sc != S_GATE_LATE ? HT_WAIT_CLEAN_MS : HT_WAIT_MS;
 	w->disk = LOCK_SRC;
 	w->cancel = sc == S_CANCEL_WAIT;     /* cancelled while READY was awaited */
 	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s1), 0);
@@ -354,8 +414,20 @@ TEST(handoff_every_fault_at_every_message)
 				 */
 				if (f == F_CUT && w.rd == HANDOFF_THERE)
 					CASE_CHECK(strstr(w.dst_why, "aborted") ||
-						   (sc == S_COMMIT_FAILS &&
+						   ((sc == S_COMMIT_FAILS ||
+						     sc == S_GATE_COMMIT_FAILS) &&
 						    strstr(w.dst_why, "cannot start")));
+				/* The gate: reached only with the disks released, and only gated. */
+				CASE_CHECK(!w.at_gate || (ht_gated(sc) && w.disk_at_gate == LOCK_NONE));
+				/* Gated, the source never takes the VM back itself once COMMIT went. */
+				if (ht_gated(sc) && w.commit_sent)
+					CASE_CHECK(w.rs != HANDOFF_HERE);
+				/* A gate that did not commit: COMMIT never goes, the destination never runs it. */
+				if (sc == S_GATE_ABORT || sc == S_GATE_CANCEL)
+					CASE_CHECK(!w.commit_sent && w.rd != HANDOFF_HERE);
+				/* Only a gate's destination refusal is dest_refused. */
+				CASE_CHECK(!w.info.dest_refused ||
+					   (ht_gated(sc) && w.commit_sent && w.rs == HANDOFF_IN_DOUBT));
 				if (w.rs == HANDOFF_IN_DOUBT || w.rd == HANDOFF_IN_DOUBT)
 					doubt++;
 				if (f != F_NONE)
@@ -378,11 +450,56 @@ TEST(handoff_every_fault_at_every_message)
 				case S_BOTH_FAIL:
 					CASE_CHECK(w.rs == HANDOFF_IN_DOUBT && w.rd == HANDOFF_THERE);
 					break;
+				case S_GATE_COMMIT:
+					CASE_CHECK(w.at_gate && w.rs == HANDOFF_THERE &&
+						   w.rd == HANDOFF_HERE && w.disk == LOCK_DST);
+					break;
+				case S_GATE_ABORT:
+					/* ABORT with the gate's reason, the disks back here. */
+					CASE_CHECK(w.at_gate && w.rs == HANDOFF_HERE &&
+						   w.rd == HANDOFF_THERE && w.info.gate_abort &&
+						   !w.cancelled && w.disk == LOCK_SRC &&
+						   strstr(w.dst_why, "the fleet did not commit") &&
+						   strstr(w.src_why, "the fleet did not commit"));
+					break;
+				case S_GATE_CANCEL:
+					CASE_CHECK(w.at_gate && w.rs == HANDOFF_HERE &&
+						   w.rd == HANDOFF_THERE && w.cancelled &&
+						   w.disk == LOCK_SRC && strstr(w.dst_why, "aborted"));
+					break;
+				case S_GATE_COMMIT_FAILS:
+					/*
+					 * ERROR after COMMIT: without a gate the source resumes
+					 * (S_COMMIT_FAILS); gated it stays in doubt, the disks
+					 * not taken back.
+					 */
+					CASE_CHECK(w.rs == HANDOFF_IN_DOUBT && w.info.dest_refused &&
+						   w.rd == HANDOFF_THERE && w.disk == LOCK_NONE &&
+						   strstr(w.src_why, "refused the VM after COMMIT"));
+					break;
 				}
 			}
-	CHECK(n > 80);
+	CHECK(n > 150);
 	/* The faults did reach the states where doubt is the only safe answer. */
 	CHECK(doubt > 0);
+}
+
+/*
+ * A gate that commits after the destination stopped waiting for COMMIT: the
+ * destination is in doubt (it never ran the VM), COMMIT reaches nobody, the
+ * source is in doubt too, with the disks still released: the VM runs nowhere.
+ */
+TEST(handoff_gate_commit_too_late)
+{
+	struct ht_world w;
+	int sc = S_GATE_LATE, f = F_NONE, at = 0;
+
+	ht_case(S_GATE_LATE, 0, F_NONE, &w);
+	CASE_CHECK(w.at_gate && w.commit_sent);
+	CASE_CHECK(w.rd == HANDOFF_IN_DOUBT && strstr(w.dst_why, "no COMMIT after READY"));
+	CASE_CHECK(w.rs == HANDOFF_IN_DOUBT && !w.info.dest_refused &&
+		   strstr(w.src_why, "did not confirm"));
+	CASE_CHECK(w.disk == LOCK_NONE);
 }
 
 /* Messages a side does not expect at a state are refused, not obeyed. */
@@ -405,7 +522,7 @@ TEST(handoff_unexpected_messages)
 	c0 = conn_plain(sv[0]);
 	c1 = conn_plain(sv[1]);
 	CHECK_EQ(migrate_msg_send(&c1, MIG_MSG_DONE, NULL), 0);
-	CHECK_EQ(handoff_source(&c0, 200, &sops, &w, &w.cancelled, w.src_why,
+	CHECK_EQ(handoff_source(&c0, 200, &sops, &w, &w.info, w.src_why,
 				sizeof(w.src_why)), HANDOFF_HERE);
 	CHECK(strstr(w.src_why, "DONE instead of READY") != NULL);
 	CHECK_EQ(w.disk, LOCK_SRC);
@@ -434,6 +551,7 @@ TEST(handoff_owner_table)
 {
 	CHECK_EQ(handoff_state_owner(HO_SRC_WAIT_READY), HANDOFF_HERE);
 	CHECK_EQ(handoff_state_owner(HO_SRC_RELEASING), HANDOFF_HERE);
+	CHECK_EQ(handoff_state_owner(HO_SRC_GATE), HANDOFF_HERE);
 	CHECK_EQ(handoff_state_owner(HO_SRC_COMMITTED), HANDOFF_IN_DOUBT);
 	CHECK_EQ(handoff_state_owner(HO_SRC_DONE), HANDOFF_THERE);
 	CHECK_EQ(handoff_state_owner(HO_DST_WAIT_COMMIT), HANDOFF_THERE);
