@@ -35,6 +35,8 @@
 #   agent-remigrate  the same VM migrated again to b: veto/E of the failed attempt
 #                    is there, so a moves the owner "a 1" -> "a 2" first; then
 #                    "a 2" -> "b 3", the VM runs on b, memtest errors=0
+#   agent-cli        godwit fleet create vm4 --on b, fleet migrate vm4 --to a (owner
+#                    "a 2", memtest on a), fleet stop vm4: each exits 0
 #   agent-sanitizer  at the end: no sanitizer report in either agent's log
 #   agent-gate-veto  agents a (its etcd through tcpgate.py) and b again; a migrates
 #                    the VM (throttled) to b, and a's etcd is cut during the copy:
@@ -121,7 +123,7 @@ start_agent() {   # NAME PORT PORTS
 	mkdir -p "$T_TMP/$1"
 	"$GODWITD" --host "$1" --etcd "$URL" --state-dir "$T_TMP/$1" --listen "127.0.0.1:$2" \
 		--tls-dir "$T_TMP/certs/$1" --lease-ttl $TTL --migration-ports "$3" \
-		--mem-capacity 4G --cpu-capacity 2 --godwit "$GODWIT" -v \
+		--mem-capacity 4G --cpu-capacity 8 --godwit "$GODWIT" -v \
 		</dev/null >>"$T_TMP/$1.log" 2>&1 &
 	eval "${1^^}_PID=$!"
 }
@@ -387,7 +389,7 @@ URL_A=http://127.0.0.1:$GP
 start_agent_url() {   # NAME PORT PORTS URL
 	"$GODWITD" --host "$1" --etcd "$4" --state-dir "$T_TMP/$1" --listen "127.0.0.1:$2" \
 		--tls-dir "$T_TMP/certs/$1" --lease-ttl $TTL --migration-ports "$3" \
-		--mem-capacity 4G --cpu-capacity 2 --godwit "$GODWIT" -v \
+		--mem-capacity 4G --cpu-capacity 8 --godwit "$GODWIT" -v \
 		</dev/null >>"$T_TMP/$1.log" 2>&1 &
 	eval "${1^^}_PID=$!"
 }
@@ -453,6 +455,24 @@ if [ "$(eget /godwit/vms/vm3/owner)" = "b 3" ] && [ "$(efield /godwit/vms/vm3/st
 	t_pass agent-remigrate
 else
 	t_fail agent-remigrate "owner $(eget /godwit/vms/vm3/owner); migration $(eget /godwit/vms/vm3/migration | head -c 200); a: $(grep -a vm3 "$T_TMP/a.log" | tail -n 3 | tr '\n' '|')"
+fi
+
+# ---- the same through `godwit fleet` (create, migrate, stop) ----
+fl() { timeout 90 "$GODWIT" fleet --etcd "$URL" "$@" </dev/null >>"$T_TMP/fleet.out" 2>&1; }
+rc_c=0 rc_m=0 rc_s=0
+fl create vm4 --on b -- --kernel "$GUEST_ELF" --mem 128M --cpus 1 --cmdline "$CMDLINE" || rc_c=$?
+fl migrate vm4 --to a || rc_m=$?
+n=$(reports "$T_TMP/a/vms/vm4/console.log")
+ok=0
+[ "$(eget /godwit/vms/vm4/owner)" = "a 2" ] && [ "$(efield /godwit/vms/vm4/status host)" = a ] &&
+	wait_reports "$T_TMP/a/vms/vm4/console.log" $((n + 2)) 10 &&
+	[ -z "$(guest_errors "$T_TMP/a/vms/vm4/console.log")" ] && ok=1
+fl stop vm4 || rc_s=$?
+if [ $rc_c = 0 ] && [ $rc_m = 0 ] && [ $ok = 1 ] && [ $rc_s = 0 ] &&
+   [ "$(efield /godwit/vms/vm4/status state)" = stopped ]; then
+	t_pass agent-cli
+else
+	t_fail agent-cli "create $rc_c, migrate $rc_m (VM on a: $ok), stop $rc_s: $(tail -c 400 "$T_TMP/fleet.out")"
 fi
 
 # ---- no sanitizer report from any agent (make asan: GODWITD=build-asan/godwitd) ----
