@@ -473,6 +473,28 @@ static int peer_start_incoming(struct agent *a, json_t *req, json_t *spec, unsig
 	ret = vms_build_argv(a, vm, spec, pre, npre, &argv, err, len);
 	if (ret)
 		return ret;
+	/*
+	 * A source copy that migrated away lingers a few seconds (its VMM waits for
+	 * the report to be read): the owner is FROM now, so it is stale; end it.
+	 */
+	for (int i = 0; i < 50; i++) {
+		bool stale;
+
+		vms_reap(a);
+		pthread_mutex_lock(&a->lock);
+		v = vms_find(a, vm);
+		stale = v && (v->exit_status != -1 || !strcmp(v->state, "migrated"));
+		if (v && v->exit_status != -1 && !v->busy) {
+			v->used = false;      /* gone: forget it (the loop would do the same) */
+			v = NULL;
+		} else if (stale && !v->busy) {
+			vms_signal(v, SIGKILL);
+		}
+		pthread_mutex_unlock(&a->lock);
+		if (!v || !stale)
+			break;
+		agent_sleep_ms(100);
+	}
 	pthread_mutex_lock(&a->lock);
 	if (vms_find(a, vm)) {
 		pthread_mutex_unlock(&a->lock);

@@ -35,6 +35,12 @@
 #   agent-remigrate  the same VM migrated again to b: veto/E of the failed attempt
 #                    is there, so a moves the owner "a 1" -> "a 2" first; then
 #                    "a 2" -> "b 3", the VM runs on b, memtest errors=0
+#   agent-adopt-gate the VM (now on b) migrated to a, throttled; b's agent killed -9
+#                    during the copy and started again: it adopts the VM, which
+#                    reaches the commit gate with nobody to decide; the new agent
+#                    settles it from owner/veto (abort and resume, then the intent
+#                    is tried again or given up): the VM ends running on exactly
+#                    one host, the one the owner names, memtest errors=0
 #   agent-cli        godwit fleet create vm4 --on b, fleet migrate vm4 --to a (owner
 #                    "a 2", memtest on a), fleet stop vm4: each exits 0
 #   agent-sanitizer  at the end: no sanitizer report in either agent's log
@@ -76,7 +82,7 @@ cleanup_agent() {
 		mkdir -p "$AGENT_LOGS"
 		cp "$T_TMP"/*.log "$AGENT_LOGS"/ 2>/dev/null
 		for f in "$T_TMP"/[ab]/vms/*/console.log; do
-			[ -f "$f" ] && cp "$f" "$AGENT_LOGS/$(basename "$(dirname "$(dirname "$(dirname "$f")")")")-console.log"
+			[ -f "$f" ] && cp "$f" "$AGENT_LOGS/$(basename "$(dirname "$(dirname "$(dirname "$f")")")")-$(basename "$(dirname "$f")")-console.log"
 		done
 	fi
 	[ -n "${A_PID:-}" ] && kill -9 "$A_PID" 2>/dev/null
@@ -455,6 +461,41 @@ if [ "$(eget /godwit/vms/vm3/owner)" = "b 3" ] && [ "$(efield /godwit/vms/vm3/st
 	t_pass agent-remigrate
 else
 	t_fail agent-remigrate "owner $(eget /godwit/vms/vm3/owner); migration $(eget /godwit/vms/vm3/migration | head -c 200); a: $(grep -a vm3 "$T_TMP/a.log" | tail -n 3 | tr '\n' '|')"
+fi
+
+# ---- the source's agent killed mid-migration: adopted, settled at the gate ----
+ectl put /godwit/vms/vm3/intent '{"op":"migrate","to":"a","token":"t-agent-5","id":"m5","max_bandwidth":16777216}' >/dev/null
+killed=0
+for ((i = 0; i < 200; i++)); do
+	if [ "$(efield /godwit/vms/vm3/migration id)" = m5 ] &&
+	   [ "$(efield /godwit/vms/vm3/migration phase)" = copying ]; then
+		kill -9 "$B_PID"
+		killed=1
+		break
+	fi
+	sleep 0.05
+done
+if [ $killed = 1 ]; then
+	wait "$B_PID" 2>/dev/null
+	start_agent_url b "$PB" 49730-49749 "$URL"
+fi
+for ((i = 0; i < 400; i++)); do [ -z "$(eget /godwit/vms/vm3/intent)" ] && break; sleep 0.1; done
+sleep 1
+own=$(eget /godwit/vms/vm3/owner)
+host=${own% *}
+con=$T_TMP/$host/vms/vm3/console.log
+alive=0
+for f in "$T_TMP"/a/vms/vm3/pid "$T_TMP"/b/vms/vm3/pid; do
+	[ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && alive=$((alive + 1))
+done
+n=$(reports "$con")
+if [ $killed = 1 ] && grep -q 'VM vm3: adopted' "$T_TMP/b.log" && [ -z "$(eget /godwit/vms/vm3/intent)" ] &&
+   [ "$(efield /godwit/vms/vm3/status host)" = "$host" ] &&
+   [ "$(efield /godwit/vms/vm3/status state)" = running ] && [ $alive = 1 ] &&
+   wait_reports "$con" $((n + 2)) 10 && [ -z "$(guest_errors "$con")" ]; then
+	t_pass agent-adopt-gate
+else
+	t_fail agent-adopt-gate "killed=$killed owner $own, $alive process(es); status $(eget /godwit/vms/vm3/status | head -c 150); migration $(eget /godwit/vms/vm3/migration | head -c 200); b: $(grep -a 'vm3' "$T_TMP/b.log" | tail -n 4 | tr '\n' '|')"
 fi
 
 # ---- the same through `godwit fleet` (create, migrate, stop) ----
