@@ -727,6 +727,31 @@ static void agent_one(struct agent *a, struct etcd *e, struct fvm *f, const stru
 				next = "running";        /* failed, cancelled: it runs on here */
 			}
 			json_decref(m);
+			if (next && f->migration && strcmp(jstr(f->migration, "phase"), "done") &&
+			    strcmp(jstr(f->migration, "phase"), "failed") &&
+			    !strcmp(jstr(f->migration, "from"), a->host)) {
+				/* the worker that wrote this record died with the old agent */
+				char key[FLEET_KEY_MAX], err[AGENT_ERR_MAX], now[32];
+				json_t *rec = json_deep_copy(f->migration);
+				bool left = !strcmp(next, "migrated");
+				char *js;
+
+				agent_now_iso(now, sizeof(now));
+				json_object_set_new(rec, "phase", json_string(left ? "done" : "failed"));
+				if (!left)
+					json_object_set_new(rec, "error", json_string(
+						"the source's agent restarted during the migration; settled "
+						"from the owner record: the VM stays here"));
+				json_object_set_new(rec, "ended", json_string(now));
+				js = json_dumps(rec, JSON_COMPACT);
+				json_decref(rec);
+				fleet_key_vm(key, sizeof(key), f->name, "migration");
+				if (js && etcd_put(e, key, js, 0, err, sizeof(err)))
+					log_warnx("VM %s: migration record: %s", f->name, err);
+				free(js);
+			}
+			if (next && !strcmp(op, "migrate"))
+				agent_delete(e, f->name, "intent");
 			if (next) {
 				pthread_mutex_lock(&a->lock);
 				if ((lv = vms_find(a, f->name))) {

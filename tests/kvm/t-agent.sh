@@ -38,9 +38,9 @@
 #   agent-adopt-gate the VM (now on b) migrated to a, throttled; b's agent killed -9
 #                    during the copy and started again: it adopts the VM, which
 #                    reaches the commit gate with nobody to decide; the new agent
-#                    settles it from owner/veto (abort and resume, then the intent
-#                    is tried again or given up): the VM ends running on exactly
-#                    one host, the one the owner names, memtest errors=0
+#                    settles it from owner/veto (abort and resume; the migration
+#                    record "failed", the intent deleted): the VM ends running on
+#                    exactly one host, the one the owner names, memtest errors=0
 #   agent-cli        godwit fleet create vm4 --on b, fleet migrate vm4 --to a (owner
 #                    "a 2", memtest on a), fleet stop vm4: each exits 0
 #   agent-sanitizer  at the end: no sanitizer report in either agent's log
@@ -464,7 +464,7 @@ else
 fi
 
 # ---- the source's agent killed mid-migration: adopted, settled at the gate ----
-ectl put /godwit/vms/vm3/intent '{"op":"migrate","to":"a","token":"t-agent-5","id":"m5","max_bandwidth":16777216}' >/dev/null
+ectl put /godwit/vms/vm3/intent '{"op":"migrate","to":"a","token":"t-agent-5","id":"m5","max_bandwidth":50331648}' >/dev/null
 killed=0
 for ((i = 0; i < 200; i++)); do
 	if [ "$(efield /godwit/vms/vm3/migration id)" = m5 ] &&
@@ -490,6 +490,7 @@ for f in "$T_TMP"/a/vms/vm3/pid "$T_TMP"/b/vms/vm3/pid; do
 done
 n=$(reports "$con")
 if [ $killed = 1 ] && grep -q 'VM vm3: adopted' "$T_TMP/b.log" && [ -z "$(eget /godwit/vms/vm3/intent)" ] &&
+   [ "$(efield /godwit/vms/vm3/migration phase)" = failed ] &&
    [ "$(efield /godwit/vms/vm3/status host)" = "$host" ] &&
    [ "$(efield /godwit/vms/vm3/status state)" = running ] && [ $alive = 1 ] &&
    wait_reports "$con" $((n + 2)) 10 && [ -z "$(guest_errors "$con")" ]; then
