@@ -74,6 +74,7 @@ OBJS += src/migration/incoming.o
 OBJS += src/migration/disk.o
 OBJS += src/fleet/etcd.o
 OBJS += src/fleet/fleet.o
+OBJS += src/fleet/guard.o
 OBJS += src/cmd/stream_dump.o
 OBJS += src/cmd/run.o
 OBJS += src/cmd/restore.o

@@ -21,6 +21,7 @@
 
 struct loop;
 struct migration;
+struct fleet_guard;
 struct vm;
 
 
@@ -48,6 +49,9 @@ struct vm_config {
 	const char *snapshot_dir;
 	char snapshot_dir_real[4096];
 	int snapshot_dirfd;
+	/* --fleet-etcd, --fleet-lease: the host lease guard (guard.h); NULL/0: none. */
+	const char *fleet_etcd;
+	int64_t fleet_lease;
 };
 
 enum vm_state {
@@ -114,6 +118,7 @@ struct vm {
 	unsigned int nr_parked;         /* vCPU threads waiting in the pause point */
 	unsigned int nr_alive;          /* vCPU threads started and not exited */
 	bool pause_requested;
+	bool fenced;                    /* vm_fence(): the vCPUs stay parked whatever the state */
 	int exit_efd;                   /* eventfd: readable once an exit is requested */
 	int exit_code;                  /* valid once state == STOPPING */
 	char exit_reason[128];
@@ -121,6 +126,7 @@ struct vm {
 	bool dirty_manual;              /* KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 enabled */
 	bool dirty_logging;             /* vm_dirty_log_start() is in effect */
 	struct migration *mig;          /* the outgoing migration, or NULL (migrate.h) */
+	struct fleet_guard *guard;      /* --fleet-lease (guard.h), or NULL */
 
 	struct vm_devices *dev;         /* platform devices (devices.h) */
 	struct dev *devices;            /* every device, in save/load order (dev.h) */
@@ -133,6 +139,14 @@ struct vm {
  */
 int vm_host_check(const struct vm_config *cfg, char *err, size_t len) __must_check;
 int vm_create(struct vm *vm, const struct vm_config *cfg) __must_check;
+/*
+ * vm_fence - hold the vCPUs parked (on) or let them go (off), apart from
+ * vm_pause()/vm_resume(): a fenced VM that is resumed, started or restored
+ * still runs no guest code until the fence is lifted (guard.h).  On: returns
+ * once every vCPU is parked.
+ */
+void vm_fence(struct vm *vm, bool on);
+bool vm_fenced(struct vm *vm);
 void vm_destroy(struct vm *vm);
 /* Translate a guest-physical range to a host pointer, or NULL if not all RAM. */
 void *vm_gpa_to_host(struct vm *vm, uint64_t gpa, uint64_t len);

@@ -103,7 +103,8 @@ int restore_parse(int argc, char **argv, struct restore_args *a, bool incoming)
 				  incoming ? "godwit restore" : "godwit run --incoming");
 			return -1;
 		}
-		r = run_parse_sandbox(c, optarg, a->cmd, &a->sandbox, &a->snapshot_dir);
+		r = run_parse_sandbox(c, optarg, a->cmd, &(struct run_shared_opts){
+			&a->sandbox, &a->snapshot_dir, &a->fleet_etcd, &a->fleet_lease });
 		if (r < 0)
 			return -1;
 		if (r)
@@ -183,6 +184,10 @@ int restore_parse(int argc, char **argv, struct restore_args *a, bool incoming)
 				  incoming ? "stream" : "snapshot");
 			return -1;
 		}
+	}
+	if (!a->fleet_etcd != !a->fleet_lease) {
+		log_warnx("%s: --fleet-etcd and --fleet-lease go together", a->cmd);
+		return -1;
 	}
 	if (optind < argc) {
 		log_warnx("%s: unexpected argument %s", a->cmd, argv[optind]);
@@ -313,6 +318,8 @@ int cmd_restore(int argc, char **argv)
 	cfg.api_path = a.api_path;
 	cfg.sandbox = a.sandbox;
 	cfg.snapshot_dir = a.snapshot_dir;
+	cfg.fleet_etcd = a.fleet_etcd;
+	cfg.fleet_lease = a.fleet_lease;
 	code = run_vm(ctx, &cfg, run_fill_restore, &rf);
 out:
 	snapshot_restore_free(rf.sr);

@@ -27,6 +27,7 @@
 #include "godwit/dev.h"
 #include "godwit/devices.h"
 #include "godwit/disk.h"
+#include "godwit/guard.h"
 #include "godwit/incoming.h"
 #include "godwit/layout.h"
 #include "godwit/log.h"
@@ -177,9 +178,9 @@ static int uuid_random(uint8_t uuid[16])
 	return 0;
 }
 
-int run_parse_sandbox(int c, const char *arg, const char *cmd, struct sandbox_opts *sb,
-		      const char **snapshot_dir)
+int run_parse_sandbox(int c, const char *arg, const char *cmd, const struct run_shared_opts *o)
 {
+	struct sandbox_opts *sb = o->sandbox;
 	char err[512];
 
 	switch (c) {
@@ -210,7 +211,21 @@ int run_parse_sandbox(int c, const char *arg, const char *cmd, struct sandbox_op
 			log_warnx("%s: --snapshot-dir must not be empty", cmd);
 			return -1;
 		}
-		*snapshot_dir = arg;
+		*o->snapshot_dir = arg;
+		return 1;
+	case RUN_OPT_FLEET_ETCD:
+		if (strncmp(arg, "http://", 7)) {
+			log_warnx("%s: --fleet-etcd %s: give http:// URLs", cmd, arg);
+			return -1;
+		}
+		*o->fleet_etcd = arg;
+		return 1;
+	case RUN_OPT_FLEET_LEASE:
+		if (fleet_lease_parse(arg, o->fleet_lease)) {
+			log_warnx("%s: --fleet-lease %s: expected a lease ID (a positive decimal "
+				  "number)", cmd, arg);
+			return -1;
+		}
 		return 1;
 	}
 	return 0;
@@ -264,7 +279,8 @@ static int run_parse(int argc, char **argv, struct vm_config *cfg)
 		char *end;
 		long n;
 
-		r = run_parse_sandbox(c, optarg, "run", &cfg->sandbox, &cfg->snapshot_dir);
+		r = run_parse_sandbox(c, optarg, "run", &(struct run_shared_opts){
+			&cfg->sandbox, &cfg->snapshot_dir, &cfg->fleet_etcd, &cfg->fleet_lease });
 		if (r < 0)
 			return -1;
 		if (r)
@@ -320,6 +336,10 @@ static int run_parse(int argc, char **argv, struct vm_config *cfg)
 	}
 	if (optind < argc) {
 		log_warnx("run: unexpected argument %s", argv[optind]);
+		return -1;
+	}
+	if (!cfg->fleet_etcd != !cfg->fleet_lease) {
+		log_warnx("run: --fleet-etcd and --fleet-lease go together");
 		return -1;
 	}
 	if (!cfg->kernel) {
@@ -628,6 +648,16 @@ int run_vm(struct run_ctx *ctx, const struct vm_config *cfg, run_fill_fn fill, v
 			goto out_vm;
 		}
 	}
+	/*
+	 * A fleet's VM: no guest code runs until etcd renewed the host's lease.
+	 * Its thread starts inside the sandbox (entered with one thread).
+	 */
+	if (cfg->fleet_lease && (ret = fleet_guard_start(&ctx->vm, cfg->fleet_etcd, cfg->fleet_lease,
+							 &ctx->vm.guard, ctx->err,
+							 sizeof(ctx->err)))) {
+		log_warnx("cannot guard the host lease: %s", ctx->err);
+		goto out_vm;
+	}
 	/* The fill says why it failed itself (an incoming one to the source too). */
 	if (fill(ctx, opaque))
 		goto out_vm;
@@ -662,6 +692,8 @@ int run_vm(struct run_ctx *ctx, const struct vm_config *cfg, run_fill_fn fill, v
 		log_warnx("%s: %s (exit status %d)", cfg->name, ctx->vm.exit_reason, code);
 out_vm:
 	/* A migration thread and the device threads stop before guest RAM is unmapped. */
+	fleet_guard_stop(ctx->vm.guard);
+	ctx->vm.guard = NULL;
 	migrate_fini(&ctx->vm);
 	dev_destroy_all(&ctx->vm);
 	platform_destroy(&ctx->vm);

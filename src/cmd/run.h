@@ -28,13 +28,17 @@ enum {
 	RUN_OPT_USER,
 	RUN_OPT_SNAPSHOT_DIR,
 	RUN_OPT_JAIL,
+	RUN_OPT_FLEET_ETCD,
+	RUN_OPT_FLEET_LEASE,
 };
 #define RUN_SANDBOX_OPTIONS \
 	{ "sandbox",      required_argument, NULL, RUN_OPT_SANDBOX }, \
 	{ "no-sandbox",   no_argument,       NULL, RUN_OPT_NO_SANDBOX }, \
 	{ "user",         required_argument, NULL, RUN_OPT_USER }, \
 	{ "snapshot-dir", required_argument, NULL, RUN_OPT_SNAPSHOT_DIR }, \
-	{ "jail",         required_argument, NULL, RUN_OPT_JAIL }
+	{ "jail",         required_argument, NULL, RUN_OPT_JAIL }, \
+	{ "fleet-etcd",   required_argument, NULL, RUN_OPT_FLEET_ETCD }, \
+	{ "fleet-lease",  required_argument, NULL, RUN_OPT_FLEET_LEASE }
 /* Their --help lines. */
 #define RUN_SANDBOX_USAGE \
 "      --snapshot-dir DIR  snapshots (godwit snapshot, PUT /vm/snapshot) may be\n" \
@@ -52,15 +56,28 @@ enum {
 "      --no-sandbox        --sandbox off\n" \
 "      --jail DIR          run the VM in new PID and mount namespaces, chrooted\n" \
 "                          into DIR once set up, with its parent as a monitor;\n" \
-"                          paths given later (migrate's unix:PATH) are in DIR\n"
+"                          paths given later (migrate's unix:PATH) are in DIR\n" \
+"      --fleet-etcd URLS   with --fleet-lease: etcd's client URLs (http://)\n" \
+"      --fleet-lease ID    a fleet agent's host lease (docs/fleet.md, rule 5):\n" \
+"                          this process keeps it alive too, and holds the vCPUs\n" \
+"                          stopped until etcd first renewed it, whenever it could\n" \
+"                          not renew it for 2/3 of its TTL, and for good once\n" \
+"                          etcd says it is gone (until PUT /vm/fleet-lease)\n"
+
+/* Where run_parse_sandbox puts what it parses. */
+struct run_shared_opts {
+	struct sandbox_opts *sandbox;
+	const char **snapshot_dir;
+	const char **fleet_etcd;
+	int64_t *fleet_lease;
+};
 
 /*
  * run_parse_sandbox - one of the options above (getopt's c and optarg) into
- * sb and *snapshot_dir.  Returns 1 if c was one of them, 0 if not, -1 after
+ * o's fields.  Returns 1 if c was one of them, 0 if not, -1 after
  * saying why the value is wrong (cmd: "run" or "restore", for the message).
  */
-int run_parse_sandbox(int c, const char *arg, const char *cmd, struct sandbox_opts *sb,
-		      const char **snapshot_dir);
+int run_parse_sandbox(int c, const char *arg, const char *cmd, const struct run_shared_opts *o);
 
 struct run_ctx {
 	struct vm vm;
@@ -107,6 +124,8 @@ struct restore_args {
 	bool overwrite;          /* --incoming: a migrated disk may replace a non-empty file */
 	struct sandbox_opts sandbox;
 	const char *snapshot_dir;
+	const char *fleet_etcd;
+	int64_t fleet_lease;
 	uint32_t timeout_s;      /* --incoming-timeout */
 	uint64_t min_rate;       /* --incoming-min-rate */
 	const char *tls_dir;     /* --incoming: --tls-dir (ca.pem, cert.pem, key.pem) */

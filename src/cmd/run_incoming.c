@@ -164,6 +164,8 @@ int cmd_incoming(int argc, char **argv)
 	cfg.api_path = a.api_path;
 	cfg.sandbox = a.sandbox;
 	cfg.snapshot_dir = a.snapshot_dir;
+	cfg.fleet_etcd = a.fleet_etcd;
+	cfg.fleet_lease = a.fleet_lease;
 	cfg.incoming = true;
 	ctx->started = run_incoming_started;
 	code = run_vm(ctx, &cfg, run_fill_incoming, &ri);

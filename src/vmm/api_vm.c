@@ -12,6 +12,7 @@
 #include "godwit/dev.h"
 #include "godwit/log.h"
 #include "godwit/migrate.h"
+#include "godwit/guard.h"
 #include "godwit/tls.h"
 #include "godwit/snapshot.h"
 #include "godwit/vm.h"
@@ -29,17 +30,35 @@ static enum vm_state api_vm_state(struct vm *vm)
 	return state;
 }
 
+/* The state as the API says it: "fenced" for a running VM whose vCPUs a fence holds. */
+static const char *api_vm_state_name(struct vm *vm)
+{
+	enum vm_state state = api_vm_state(vm);
+
+	if (state == VM_STATE_RUNNING && vm_fenced(vm))
+		return "fenced";
+	return vm_state_name(state);
+}
+
 static unsigned int api_state_reply(struct api_server *s, unsigned int status, json_t **out)
 {
-	*out = json_pack("{s:s}", "state", vm_state_name(api_vm_state(s->vm)));
+	*out = json_pack("{s:s}", "state", api_vm_state_name(s->vm));
 	return status;
+}
+
+/* A lease ID as etcd writes it (a decimal string). */
+static const char *api_lease_str(int64_t id)
+{
+	static __thread char buf[24];
+
+	snprintf(buf, sizeof(buf), "%lld", (long long)id);
+	return buf;
 }
 
 static unsigned int api_vm_get(struct api_server *s, json_t *body, json_t **out)
 {
 	const struct vm_config *cfg = &s->vm->cfg;
 	const uint8_t *u = cfg->uuid;
-	enum vm_state state = api_vm_state(s->vm);
 	char uuid[37];
 
 	snprintf(uuid, sizeof(uuid),
@@ -50,7 +69,7 @@ static unsigned int api_vm_get(struct api_server *s, json_t *body, json_t **out)
 			 "s:s?}",
 			 "name", cfg->name,
 			 "uuid", uuid,
-			 "state", vm_state_name(state),
+			 "state", api_vm_state_name(s->vm),
 			 "vcpus", (json_int_t)cfg->ncpus,
 			 "memory_bytes", (json_int_t)cfg->mem_size,
 			 "cpu_model", cpu_model_name(cfg->cpu_model),
@@ -63,7 +82,35 @@ static unsigned int api_vm_get(struct api_server *s, json_t *body, json_t **out)
 			 "gid", (json_int_t)getgid(),
 			 "jail", cfg->sandbox.jail,
 			 "snapshot_dir", cfg->snapshot_dir ? cfg->snapshot_dir_real : NULL);
+	if (*out && s->vm->guard) {
+		struct fleet_guard_info gi;
+
+		fleet_guard_info(s->vm->guard, &gi);
+		json_object_set_new(*out, "fleet_lease", json_pack(
+			"{s:s, s:I, s:b, s:b, s:f, s:s}",
+			"lease", api_lease_str(gi.lease), "ttl_s", (json_int_t)gi.ttl_s,
+			"fenced", gi.fenced, "lease_gone", gi.lease_gone,
+			"since_renewed_ms", gi.since_ok_ms, "error", gi.error));
+	}
 	return MHD_HTTP_OK;
+}
+
+/* PUT /vm/fleet-lease {"lease": "ID"}: the agent's new host lease (guard.h). */
+static unsigned int api_vm_fleet_lease(struct api_server *s, json_t *body, json_t **out)
+{
+	json_t *jl = body ? json_object_get(body, "lease") : NULL;
+	char err[256];
+	int64_t id;
+
+	if (!s->vm->guard)
+		return api_error(out, MHD_HTTP_CONFLICT, "this VM has no host lease guard (it was "
+				 "not started with --fleet-lease)");
+	if (!jl || !json_is_string(jl) || fleet_lease_parse(json_string_value(jl), &id))
+		return api_error(out, MHD_HTTP_BAD_REQUEST, "\"lease\" must be a lease ID (a "
+				 "positive decimal number, as a string)");
+	if (fleet_guard_set_lease(s->vm->guard, id, err, sizeof(err)))
+		return api_error(out, MHD_HTTP_BAD_REQUEST, "%s", err);
+	return api_vm_get(s, NULL, out);
 }
 
 /* 409 while a migration owns the VM's run state (migrate_busy()). */
@@ -225,7 +272,7 @@ static unsigned int api_vm_snapshot(struct api_server *s, json_t *body, json_t *
 			 "ms", (double)(long long)(ms * 1000 + 0.5) / 1000,
 			 "ram_pages", (json_int_t)res.ram.pages,
 			 "zero_pages", (json_int_t)res.ram.zero_pages,
-			 "state", vm_state_name(api_vm_state(s->vm)));
+			 "state", api_vm_state_name(s->vm));
 	return MHD_HTTP_OK;
 }
 
@@ -478,7 +525,7 @@ static unsigned int api_vm_migrate_commit(struct api_server *s, json_t *body, js
 		return api_error(out, MHD_HTTP_INTERNAL_SERVER_ERROR, "%s", err);
 	migrate_get_progress(s->vm, &prog, false);
 	*out = api_progress_json(&prog);
-	json_object_set_new(*out, "state", json_string(vm_state_name(api_vm_state(s->vm))));
+	json_object_set_new(*out, "state", json_string(api_vm_state_name(s->vm)));
 	return MHD_HTTP_OK;
 }
 
@@ -501,7 +548,7 @@ static unsigned int api_vm_migrate_resolve(struct api_server *s, json_t *body, j
 		return api_error(out, MHD_HTTP_INTERNAL_SERVER_ERROR, "%s", err);
 	migrate_get_progress(s->vm, &prog, false);
 	*out = api_progress_json(&prog);
-	json_object_set_new(*out, "state", json_string(vm_state_name(api_vm_state(s->vm))));
+	json_object_set_new(*out, "state", json_string(api_vm_state_name(s->vm)));
 	return MHD_HTTP_OK;
 }
 
@@ -512,6 +559,7 @@ static const char *const api_migrate_fields[] = {
 };
 static const char *const api_resolve_fields[] = { "action", NULL };
 static const char *const api_commit_fields[] = { "commit", NULL };
+static const char *const api_lease_fields[] = { "lease", NULL };
 
 const struct api_route api_routes[] = {
 	{ "/vm",          "GET", "GET, HEAD", api_vm_get,      NULL },
@@ -524,5 +572,6 @@ const struct api_route api_routes[] = {
 	{ "/vm/migrate-cancel", "PUT", "PUT", api_vm_migrate_cancel, NULL },
 	{ "/vm/migrate-resolve", "PUT", "PUT", api_vm_migrate_resolve, api_resolve_fields },
 	{ "/vm/migrate-commit", "PUT", "PUT", api_vm_migrate_commit, api_commit_fields },
+	{ "/vm/fleet-lease", "PUT", "PUT",   api_vm_fleet_lease, api_lease_fields },
 };
 const size_t api_nr_routes = ARRAY_SIZE(api_routes);

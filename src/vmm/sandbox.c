@@ -298,6 +298,10 @@ static int sandbox_rules(scmp_filter_ctx ctx, bool monitor, char *err, size_t le
 	c[1] = SCMP_A2_32(SCMP_CMP_EQ, NETLINK_ROUTE);
 	if (!ret)
 		ret = sandbox_rule(ctx, "socket", 2, c, err, len);
+	/* libcurl's wake-up pair (the fleet's lease guard talks to etcd): UNIX only. */
+	c[0] = SCMP_A0_32(SCMP_CMP_EQ, AF_UNIX);
+	if (!ret)
+		ret = sandbox_rule(ctx, "socketpair", 1, c, err, len);
 	return ret;
 }
 

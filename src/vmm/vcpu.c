@@ -251,7 +251,8 @@ static bool vcpu_pause_point(struct vcpu *v)
 
 	pthread_mutex_lock(&vm->lock);
 	v->run->immediate_exit = 0;
-	if (vm->pause_requested && vm->state != VM_STATE_STOPPING && v->io_pending) {
+	if ((vm->pause_requested || vm->fenced) && vm->state != VM_STATE_STOPPING &&
+	    v->io_pending) {
 		/*
 		 * The last exit was port I/O or MMIO: KVM completes the
 		 * instruction only on the next KVM_RUN.  Do that now, with
@@ -268,7 +269,7 @@ static bool vcpu_pause_point(struct vcpu *v)
 		pthread_mutex_lock(&vm->lock);
 		v->run->immediate_exit = 0;
 	}
-	while (vm->pause_requested && vm->state != VM_STATE_STOPPING) {
+	while ((vm->pause_requested || vm->fenced) && vm->state != VM_STATE_STOPPING) {
 		vm->nr_parked++;
 		pthread_cond_broadcast(&vm->cond);
 		pthread_cond_wait(&vm->cond, &vm->lock);

@@ -17,7 +17,9 @@
  *      state may be read or written.
  *   4. vm_resume() clears pause_requested and broadcasts.
  * An exit request (vm_request_exit) uses the same kick, with state STOPPING,
- * and wakes the loop through exit_efd.
+ * and wakes the loop through exit_efd.  A fence (vm_fence, guard.h) is a
+ * second reason to park, kept apart from pause_requested: whoever pauses
+ * and resumes the VM (the API, a migration) cannot let a fenced VM run.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -539,6 +541,30 @@ int vm_resume(struct vm *vm)
 	}
 	pthread_mutex_unlock(&vm->lock);
 	return ret;
+}
+
+void vm_fence(struct vm *vm, bool on)
+{
+	pthread_mutex_lock(&vm->lock);
+	vm->fenced = on;
+	if (on) {
+		vm_kick_locked(vm);
+		while (vm->nr_parked < vm->nr_alive && vm->state != VM_STATE_STOPPING)
+			pthread_cond_wait(&vm->cond, &vm->lock);
+	} else {
+		pthread_cond_broadcast(&vm->cond);
+	}
+	pthread_mutex_unlock(&vm->lock);
+}
+
+bool vm_fenced(struct vm *vm)
+{
+	bool f;
+
+	pthread_mutex_lock(&vm->lock);
+	f = vm->fenced;
+	pthread_mutex_unlock(&vm->lock);
+	return f;
 }
 
 void vm_request_exit(struct vm *vm, int code, const char *why)

@@ -274,6 +274,9 @@ def api_seeds(out):
                  http('PUT', '/api/v1/vm/migrate-commit', '{"commit": false}') +
                  http('PUT', '/api/v1/vm/migrate-commit', '{"commit": "yes"}') +
                  http('PUT', '/api/v1/vm/migrate-commit')),
+        'fleet-lease': (RUNNING, http('PUT', '/api/v1/vm/fleet-lease', '{"lease": "7587888165234567"}') +
+                        http('PUT', '/api/v1/vm/fleet-lease', '{"lease": "-1"}') +
+                        http('PUT', '/api/v1/vm/fleet-lease', '{"lease": 5}')),
         'errors': (RUNNING, http('POST', '/api/v1/vm') + http('GET', '/api/v2/nope') +
                    http('PUT', '/api/v1/vm/pause', '{"x": 1}') + http('PUT', '/api/v1/vm/pause', '[1]') +
                    http('PUT', '/api/v1/vm/pause', '{"a":') + http('PUT', '/api/v1/vm/pause', '{"a":1,"a":2}')),

@@ -18,6 +18,7 @@
 
 #include "godwit/etcd.h"
 #include "godwit/fleet.h"
+#include "godwit/guard.h"
 #include "unit.h"
 
 TEST(fleet_names)
@@ -67,6 +68,25 @@ TEST(fleet_keys)
 	CHECK_STR(buf, "");
 	CHECK_EQ(fleet_key_host(buf, 17, "h1"), 0);
 	CHECK_EQ(fleet_key_vm(buf, 0, "web", "spec"), -ENAMETOOLONG);
+}
+
+/* A lease ID as --fleet-lease and PUT /vm/fleet-lease take it (guard.h). */
+TEST(fleet_lease_id)
+{
+	int64_t id = 0;
+
+	CHECK_EQ(fleet_lease_parse("7587888165234567", &id), 0);
+	CHECK(id == 7587888165234567LL);
+	CHECK_EQ(fleet_lease_parse("9223372036854775807", &id), 0);
+	CHECK_EQ(fleet_lease_parse("9223372036854775808", &id), -EINVAL);
+	CHECK_EQ(fleet_lease_parse("0", &id), -EINVAL);
+	CHECK_EQ(fleet_lease_parse("-5", &id), -EINVAL);
+	CHECK_EQ(fleet_lease_parse("+5", &id), -EINVAL);
+	CHECK_EQ(fleet_lease_parse("05", &id), -EINVAL);
+	CHECK_EQ(fleet_lease_parse("5x", &id), -EINVAL);
+	CHECK_EQ(fleet_lease_parse(" 5", &id), -EINVAL);
+	CHECK_EQ(fleet_lease_parse("", &id), -EINVAL);
+	CHECK_EQ(fleet_lease_parse(NULL, &id), -EINVAL);
 }
 
 TEST(fleet_owner)
