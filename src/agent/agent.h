@@ -89,6 +89,7 @@ struct agent {
 	int64_t lease;
 	bool fenced;
 	bool registered;
+	bool handover;           /* a new lease: the VMs' guards must be given it */
 	int migrations;          /* outgoing in flight */
 	volatile sig_atomic_t stop;
 };
@@ -103,6 +104,12 @@ void agent_sleep_ms(unsigned int ms);
 int agent_etcd_open(struct agent *a, int timeout_ms, struct etcd **out);
 
 /* ---- host.c ---- */
+/*
+ * The VMs' host lease guard (godwit run --fleet-etcd URLS --fleet-lease ID):
+ * the options to add, in args[0..3] (pointing into a and lease_buf), or 0 when
+ * the guard cannot be used (etcd over https, no lease yet).  Lock not held.
+ */
+int host_guard_args(struct agent *a, const char **args, char *lease_buf, size_t len);
 /* Grant or reuse the lease and register; 0 or -errno. */
 int host_register(struct agent *a, struct etcd *e);
 /* Rewrite /godwit/hosts/NAME with the current use. */

@@ -38,6 +38,33 @@ json_t *host_record(struct agent *a)
 			 "started", a->started);
 }
 
+int host_guard_args(struct agent *a, const char **args, char *lease_buf, size_t len)
+{
+	const char *p = a->etcd_urls;
+	int64_t lease;
+
+	/* the guard speaks http:// only */
+	for (;;) {
+		if (strncmp(p, "http://", 7))
+			return 0;
+		p = strchr(p, ',');
+		if (!p)
+			break;
+		p++;
+	}
+	pthread_mutex_lock(&a->lock);
+	lease = a->registered ? a->lease : 0;
+	pthread_mutex_unlock(&a->lock);
+	if (lease <= 0)
+		return 0;
+	snprintf(lease_buf, len, "%" PRId64, lease);
+	args[0] = "--fleet-etcd";
+	args[1] = a->etcd_urls;
+	args[2] = "--fleet-lease";
+	args[3] = lease_buf;
+	return 4;
+}
+
 static int host_put(struct agent *a, struct etcd *e, int64_t lease)
 {
 	char key[FLEET_KEY_MAX], err[AGENT_ERR_MAX];
@@ -114,6 +141,7 @@ static int host_new_lease(struct agent *a, struct etcd *e)
 	pthread_mutex_lock(&a->lock);
 	a->lease = id;
 	a->registered = true;
+	a->handover = true;
 	pthread_mutex_unlock(&a->lock);
 	log_info("host %s registered with lease %" PRIx64 " (TTL %d s)", a->host, (uint64_t)id,
 		 a->lease_ttl);
@@ -276,6 +304,78 @@ static void host_unfence(struct agent *a, struct etcd *e)
 	log_info("host %s reaches etcd again: no longer fenced", a->host);
 }
 
+/*
+ * A new lease: each VM's guard keeps the old one (gone: the guard holds the
+ * vCPUs for good).  Hand it the new one if the owner still names this host at
+ * its epoch (or it is an incoming VM, not ours yet: its migration decides);
+ * kill any other.  0, or -EAGAIN to try again.
+ */
+static int host_handover(struct agent *a, struct etcd *e)
+{
+	struct {
+		char name[FLEET_NAME_MAX], api[PATH_MAX];
+		uint64_t epoch;
+		bool incoming;
+	} *list;
+	char key[FLEET_KEY_MAX], err[AGENT_ERR_MAX], body[64];
+	int64_t lease;
+	int n = 0, ret = 0;
+
+	list = calloc(AGENT_MAX_VMS, sizeof(*list));
+	if (!list)
+		return -EAGAIN;
+	pthread_mutex_lock(&a->lock);
+	lease = a->lease;
+	for (int i = 0; i < AGENT_MAX_VMS; i++) {
+		struct agent_vm *v = &a->vms[i];
+
+		if (!v->used || v->exit_status != -1 || v->fenced)
+			continue;
+		snprintf(list[n].name, sizeof(list[n].name), "%s", v->name);
+		snprintf(list[n].api, sizeof(list[n].api), "%s", v->api);
+		list[n].epoch = v->epoch;
+		list[n].incoming = v->incoming;
+		n++;
+	}
+	pthread_mutex_unlock(&a->lock);
+	snprintf(body, sizeof(body), "{\"lease\":\"%" PRId64 "\"}", lease);
+	for (int i = 0; i < n; i++) {
+		struct etcd_kvs kvs = { 0 };
+		struct agent_vm *v;
+		bool ours;
+		json_t *r;
+
+		fleet_key_vm(key, sizeof(key), list[i].name, "owner");
+		if (etcd_get(e, key, &kvs, err, sizeof(err))) {
+			ret = -EAGAIN;
+			break;
+		}
+		ours = list[i].incoming ||
+		       (kvs.n == 1 && agent_owner_is(kvs.kv[0].value, a->host, list[i].epoch));
+		if (!ours) {
+			pthread_mutex_lock(&a->lock);
+			v = vms_find(a, list[i].name);
+			if (v && !v->incoming && !v->busy && strcmp(v->state, "migrated")) {
+				log_warnx("VM %s: its owner is now \"%s\", not \"%s %" PRIu64 "\": "
+					  "killed (another host runs it)", v->name,
+					  kvs.n ? kvs.kv[0].value : "(none)", a->host, v->epoch);
+				vms_signal(v, SIGKILL);
+			}
+			pthread_mutex_unlock(&a->lock);
+			etcd_kvs_free(&kvs);
+			continue;
+		}
+		etcd_kvs_free(&kvs);
+		r = agent_api(list[i].api, "PUT", "/api/v1/vm/fleet-lease", body, 3000);
+		if (r)
+			log_info("VM %s: given the new host lease %" PRIx64, list[i].name,
+				 (uint64_t)lease);
+		json_decref(r);  /* 409: started without the guard; nothing to do */
+	}
+	free(list);
+	return ret;
+}
+
 void *host_lease_thread(void *opaque)
 {
 	struct agent *a = opaque;
@@ -313,9 +413,19 @@ void *host_lease_thread(void *opaque)
 				last_log = now;
 			}
 			if (!ret) {
+				bool ho;
+
 				last_ok = agent_now_ms();
 				if (fenced)
 					host_unfence(a, e);
+				pthread_mutex_lock(&a->lock);
+				ho = a->handover && !a->fenced;
+				pthread_mutex_unlock(&a->lock);
+				if (ho && host_handover(a, e) == 0) {
+					pthread_mutex_lock(&a->lock);
+					a->handover = false;
+					pthread_mutex_unlock(&a->lock);
+				}
 			}
 		}
 		now = agent_now_ms();

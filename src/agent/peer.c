@@ -437,8 +437,8 @@ static int peer_start_incoming(struct agent *a, json_t *req, json_t *spec, unsig
 {
 	const char *vm = jstr(req, "vm"), *from = jstr(req, "from");
 	uint64_t epoch = (uint64_t)json_integer_value(json_object_get(req, "epoch"));
-	char addr[AGENT_ADDR_MAX + 16], api[PATH_MAX], dir[PATH_MAX];
-	const char *pre[12];
+	char addr[AGENT_ADDR_MAX + 16], api[PATH_MAX], dir[PATH_MAX], lease[32];
+	const char *pre[16];
 	size_t npre = 0;
 	struct agent_vm *v;
 	char **argv;
@@ -470,6 +470,7 @@ static int peer_start_incoming(struct agent *a, json_t *req, json_t *spec, unsig
 	} else if (a->insecure) {
 		pre[npre++] = "--insecure";
 	}
+	npre += (size_t)host_guard_args(a, pre + npre, lease, sizeof(lease));
 	ret = vms_build_argv(a, vm, spec, pre, npre, &argv, err, len);
 	if (ret)
 		return ret;

@@ -83,7 +83,7 @@ static bool vms_reserved(const char *o)
 {
 	static const char *const r[] = { "--api", "--name", "--incoming", "--tls-dir", "--tls-peer",
 					 "--insecure", "--incoming-timeout", "--help", "-a", "-n",
-					 "-h", NULL };
+					 "-h", "--fleet-etcd", "--fleet-lease", NULL };
 
 	for (int i = 0; r[i]; i++) {
 		size_t l = strlen(r[i]);
@@ -397,8 +397,9 @@ int vms_put_status(struct agent *a, struct etcd *e, const char *vm, uint64_t epo
 
 int vms_start(struct agent *a, struct etcd *e, const char *vm, json_t *spec, uint64_t epoch)
 {
-	char err[AGENT_ERR_MAX], api[PATH_MAX];
-	const char *pre[5];
+	char err[AGENT_ERR_MAX], api[PATH_MAX], lease[32];
+	const char *pre[9];
+	size_t npre = 5;
 	struct agent_vm *v;
 	char **argv;
 	pid_t pid;
@@ -410,7 +411,8 @@ int vms_start(struct agent *a, struct etcd *e, const char *vm, json_t *spec, uin
 	pre[2] = vm;
 	pre[3] = "--api";
 	pre[4] = api;
-	ret = vms_build_argv(a, vm, spec, pre, 5, &argv, err, sizeof(err));
+	npre += (size_t)host_guard_args(a, pre + 5, lease, sizeof(lease));
+	ret = vms_build_argv(a, vm, spec, pre, npre, &argv, err, sizeof(err));
 	if (ret) {
 		log_warnx("%s: %s", __func__, err);
 		vms_put_status(a, e, vm, epoch, "failed", 0, err);

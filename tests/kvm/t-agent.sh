@@ -9,6 +9,8 @@
 #   agent-create     spec + owner "a 1": agent a starts the VM (status running,
 #                    host a, epoch 1); the guest's memtest reports with errors=0
 #   agent-socket     a's local API (GET /v1/host, /v1/vms) lists the VM
+#   agent-guard      the VM runs with godwit run --fleet-lease (the host lease
+#                    guard), holding a's lease, not fenced
 #   agent-refuse     a prepare request that no intent asked for is refused
 #                    (ok:false, the reason) and starts nothing
 #   agent-garbage    bad records in etcd (owner, spec, args, intent, host) and bad
@@ -178,6 +180,15 @@ if [ "$(jq -r .name <<<"$h")" = a ] && [ "$(jq -r .fenced <<<"$h")" = false ] &&
 	t_pass agent-socket
 else
 	t_fail agent-socket "host: $h; vms: $v"
+fi
+# the VM runs with the host lease guard (godwit run --fleet-lease), given a's lease
+g=$(curl -s --unix-socket "$T_TMP/a/vms/vm1/api.sock" http://localhost/api/v1/vm)
+lease_a=$(cat "$T_TMP/a/lease")   # jq would round the 64-bit ID of etcd's JSON
+if [ -n "$lease_a" ] && [ "$(jq -r '.fleet_lease.lease' <<<"$g")" = "$lease_a" ] &&
+   [ "$(jq -r '.fleet_lease.fenced' <<<"$g")" = false ]; then
+	t_pass agent-guard
+else
+	t_fail agent-guard "lease $lease_a; VM: $(head -c 300 <<<"$g")"
 fi
 
 # ---- a prepare nobody asked for ----
