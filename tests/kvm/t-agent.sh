@@ -21,6 +21,9 @@
 #                    (pid) is adopted, still running, its status updated
 #   agent-fence      etcd stopped (SIGSTOP) past 2/3 of the lease: a's VM is
 #                    stopped (process state T); etcd back: it runs on
+#   agent-newlease   a's lease revoked (etcdctl lease revoke): a takes a new one
+#                    and hands it to its VM's guard (PUT /vm/fleet-lease): the
+#                    VM, same process, not fenced, runs on
 #   agent-migrate    intent migrate to b: owner "b 2", status host b running,
 #                    the migration record "done", the intent deleted, the VM
 #                    runs on b with memtest errors=0 and advancing, a's process
@@ -311,6 +314,25 @@ else
 fi
 # let the agents see etcd again
 for ((i = 0; i < 50; i++)); do [ -n "$(eget /godwit/hosts/a)" ] && break; sleep 0.2; done
+
+# ---- a's lease revoked: a new one, handed to the VM's guard ----
+old_lease=$(cat "$T_TMP/a/lease")
+ectl lease revoke "$(printf '%x' "$old_lease")" >/dev/null
+for ((i = 0; i < 100; i++)); do
+	[ "$(cat "$T_TMP/a/lease")" != "$old_lease" ] && grep -q 'VM vm1: given the new host lease' "$T_TMP/a.log" && break
+	sleep 0.1
+done
+sleep 1
+new_lease=$(cat "$T_TMP/a/lease")
+g=$(curl -s --unix-socket "$T_TMP/a/vms/vm1/api.sock" http://localhost/api/v1/vm)
+n=$(reports "$CON_A")
+if [ "$new_lease" != "$old_lease" ] && [ "$(jq -r '.fleet_lease.lease' <<<"$g")" = "$new_lease" ] &&
+   [ "$(jq -r '.fleet_lease.fenced' <<<"$g")" = false ] && [ "$(eget /godwit/vms/vm1/owner)" = "a 1" ] &&
+   kill -0 "$PID1" 2>/dev/null && wait_reports "$CON_A" $((n + 2)) 10 && [ -z "$(guest_errors "$CON_A")" ]; then
+	t_pass agent-newlease
+else
+	t_fail agent-newlease "lease $old_lease -> $new_lease; VM: $(jq -c .fleet_lease <<<"$g"); a: $(grep -a 'lease\|vm1' "$T_TMP/a.log" | tail -n 3 | tr '\n' '|')"
+fi
 
 # ---- migration ----
 ectl put /godwit/vms/vm1/intent '{"op":"migrate","to":"b","token":"t-agent-1","id":"m1"}' >/dev/null
