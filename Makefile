@@ -88,11 +88,20 @@ OBJS += src/cmd/fleet.o
 OBJS += src/cmd/fleet_ops.o
 OBJS += src/cmd/fleet_args.o
 MAIN_OBJ := src/main.o
+# godwitd, the host agent (docs/fleet.md): its own main(), and the objects above.
+AGENT_OBJS += src/agent/main.o
+AGENT_OBJS += src/agent/host.o
+AGENT_OBJS += src/agent/agent.o
+AGENT_OBJS += src/agent/vms.o
+AGENT_OBJS += src/agent/migrate.o
+AGENT_OBJS += src/agent/peer.o
+AGENT_OBJS += src/agent/http.o
 
 UNIT_SRCS := $(sort $(wildcard tests/unit/*.c))
 
 OBJS_B      := $(addprefix $(BUILD)/obj/,$(OBJS))
 MAIN_OBJ_B  := $(BUILD)/obj/$(MAIN_OBJ)
+AGENT_OBJS_B := $(addprefix $(BUILD)/obj/,$(AGENT_OBJS))
 UNIT_OBJS_B := $(addprefix $(BUILD)/obj/,$(UNIT_SRCS:.c=.o))
 # tests/kvm/state_test.c: vCPU/VM state save-load against /dev/kvm (t-state.sh runs it).
 STATE_TEST_OBJ_B := $(BUILD)/obj/tests/kvm/state_test.o
@@ -104,9 +113,12 @@ SANDBOX_OBJ_B := $(BUILD)/obj/src/vmm/sandbox.o
 HOOKS_OBJ_B   := $(BUILD)/obj/src/vmm/sandbox-hooks.o
 
 .PHONY: all
-all: $(BUILD)/godwit guest
+all: $(BUILD)/godwit $(BUILD)/godwitd guest
 
 $(BUILD)/godwit: $(MAIN_OBJ_B) $(OBJS_B)
+	$(call quiet,LINK,$@)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/godwitd: $(AGENT_OBJS_B) $(OBJS_B)
 	$(call quiet,LINK,$@)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/tests/unit-tests: $(UNIT_OBJS_B) $(OBJS_B)
@@ -199,8 +211,9 @@ bench-devices: all linux-guest
 	$(Q)bash bench/devices/run.sh
 
 .PHONY: install
-install: $(BUILD)/godwit
+install: $(BUILD)/godwit $(BUILD)/godwitd
 	install -D -m 0755 $(BUILD)/godwit $(DESTDIR)$(PREFIX)/bin/godwit
+	install -D -m 0755 $(BUILD)/godwitd $(DESTDIR)$(PREFIX)/bin/godwitd
 	install -D -m 0644 $(GUEST_ELF) $(DESTDIR)$(PREFIX)/share/godwit/godwit-guest.elf
 
 .PHONY: clean
@@ -209,6 +222,7 @@ clean:
 
 -include $(OBJS_B:.o=.d) $(MAIN_OBJ_B:.o=.d) $(UNIT_OBJS_B:.o=.d) $(STATE_TEST_OBJ_B:.o=.d) \
 	$(HOOKS_OBJ_B:.o=.d) $(ETCD_TEST_OBJ_B:.o=.d)
+-include $(AGENT_OBJS_B:.o=.d)
 
 # libFuzzer targets (clang).  `make fuzz`, then e.g.
 #   build-fuzz/fuzz-boot -max_total_time=60 build-fuzz/corpus-boot

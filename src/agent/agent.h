@@ -1,0 +1,198 @@
+/*
+ * agent.h - godwitd, the per-host agent (docs/fleet.md): what its files
+ * share.  main.c parses the options; host.c registers the host under its
+ * lease and fences the VMs when etcd is lost; agent.c is the reconcile loop;
+ * vms.c starts, adopts and watches the VM processes; migrate.c runs a
+ * migration's source side; peer.c the agents' protocol (the destination
+ * side); http.c the local UNIX socket.
+ *
+ * Locking: struct agent's mutex guards the VM table (vms[]), the lease
+ * fields and the fenced flag.  No etcd request and no API request is made
+ * with it held: callers copy what they need first.
+ */
+#ifndef GODWIT_AGENT_H
+#define GODWIT_AGENT_H
+
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <jansson.h>
+
+#include "godwit/fleet.h"
+
+#define AGENT_MAX_VMS        128
+#define AGENT_MAX_MAPS       16
+#define AGENT_MAX_MIGRATIONS 2           /* outgoing migrations in flight at once */
+#define AGENT_ADDR_MAX       128
+#define AGENT_STATE_MAX      16
+#define AGENT_ERR_MAX        512
+#define AGENT_LINE_MAX       (64 * 1024) /* one request or reply of the agents' protocol */
+#define AGENT_TICK_MS        300
+#define AGENT_VERSION        "0.1.0"
+
+struct etcd;
+
+struct agent_map {
+	char from[PATH_MAX / 4], to[PATH_MAX / 4];
+};
+
+/* One VM process this agent runs (or is bringing in). */
+struct agent_vm {
+	bool used;
+	char name[FLEET_NAME_MAX];
+	pid_t pid;
+	bool child;              /* ours to waitpid(); false: adopted */
+	uint64_t epoch;          /* the owner epoch it runs at (incoming: E+1) */
+	char state[AGENT_STATE_MAX];  /* starting, running, migrating, paused, in-doubt, incoming */
+	bool fenced;             /* SIGSTOPped by rule 5 */
+	bool busy;               /* a worker (migration, stop) acts on it */
+	bool incoming;           /* the destination of a migration, not running yet */
+	char from[FLEET_NAME_MAX];    /* incoming: the source host */
+	uint64_t mem;            /* bytes, from the spec */
+	unsigned int cpus;
+	char api[PATH_MAX / 2];
+	char console[PATH_MAX / 2];
+	char dir[PATH_MAX / 2];
+	bool status_written;     /* its status record matches state */
+	int exit_status;         /* -1 until it exited; then wait status, or -2: unknown */
+	uint64_t left_ms;        /* when it became "migrated" (agent_now_ms) */
+	uint64_t next_poll_ms;   /* incoming: do not ask its API before this */
+};
+
+struct agent {
+	/* options */
+	const char *host;
+	const char *etcd_urls;
+	const char *etcd_tls_dir;
+	const char *state_dir;
+	char listen[AGENT_ADDR_MAX];  /* HOST:PORT */
+	char listen_host[AGENT_ADDR_MAX];
+	unsigned int listen_port;
+	const char *tls_dir;
+	bool insecure;
+	uint64_t mem_capacity;
+	unsigned int cpu_capacity;
+	char godwit[PATH_MAX];
+	char socket[PATH_MAX];
+	int lease_ttl;
+	struct agent_map maps[AGENT_MAX_MAPS];
+	unsigned int nr_maps;
+	unsigned int port_lo, port_hi;
+	char started[32];
+
+	pthread_mutex_t lock;
+	struct agent_vm vms[AGENT_MAX_VMS];
+	int64_t lease;
+	bool fenced;
+	bool registered;
+	bool handover;           /* a new lease: the VMs' guards must be given it */
+	int migrations;          /* outgoing in flight */
+	volatile sig_atomic_t stop;
+};
+
+/* ---- main.c ---- */
+void agent_now_iso(char *buf, size_t len);
+/* snprintf for paths: 0, or -ENAMETOOLONG if it did not fit. */
+int agent_path(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+uint64_t agent_now_ms(void);
+void agent_sleep_ms(unsigned int ms);
+/* A client of the fleet's etcd for the calling thread (each thread has its own). */
+int agent_etcd_open(struct agent *a, int timeout_ms, struct etcd **out);
+
+/* ---- host.c ---- */
+/*
+ * The VMs' host lease guard (godwit run --fleet-etcd URLS --fleet-lease ID):
+ * the options to add, in args[0..3] (pointing into a and lease_buf), or 0 when
+ * the guard cannot be used (etcd over https, no lease yet).  Lock not held.
+ */
+int host_guard_args(struct agent *a, const char **args, char *lease_buf, size_t len);
+/* Grant or reuse the lease and register; 0 or -errno. */
+int host_register(struct agent *a, struct etcd *e);
+/* Rewrite /godwit/hosts/NAME with the current use. */
+int host_refresh(struct agent *a, struct etcd *e);
+/* This host's record (the JSON put in etcd), for http.c. */
+json_t *host_record(struct agent *a);
+/* The lease thread: keep-alive and rule 5. */
+void *host_lease_thread(void *opaque);
+
+/* ---- vms.c ---- */
+/* Find by name (lock held); NULL if none. */
+struct agent_vm *vms_find(struct agent *a, const char *name);
+/* A free slot, filled with name, dir, api and console paths (lock held). */
+struct agent_vm *vms_new(struct agent *a, const char *name);
+/* Rewrite spec args with --map-path into a NULL-terminated argv (free with vms_argv_free). */
+int vms_build_argv(struct agent *a, const char *vm, json_t *spec, const char *const *pre,
+		   size_t npre, char ***out, char *err, size_t len);
+void vms_argv_free(char **argv);
+/* Start `godwit ARGV` for vm in its own session, console to its dir; *pid. */
+int vms_spawn(struct agent *a, const char *vm, char **argv, pid_t *pid, char *err, size_t len);
+/* Cold start of vm at epoch (owner already names this host at it). */
+int vms_start(struct agent *a, struct etcd *e, const char *vm, json_t *spec, uint64_t epoch);
+/* Adopt the VMs left by a previous agent in the state dir. */
+void vms_adopt_all(struct agent *a);
+/* Reap children and notice adopted processes gone: mark exit_status. */
+void vms_reap(struct agent *a);
+/* The last lines of a console log, for an error. */
+void vms_console_tail(const char *path, char *buf, size_t len);
+/* Write vm's status record; extra (may be NULL) is merged.  0 or -errno. */
+int vms_put_status(struct agent *a, struct etcd *e, const char *vm, uint64_t epoch,
+		   const char *state, pid_t pid, const char *error);
+/* DIR/vms/VM/{pid,epoch,spec.json}, for adoption. */
+void vms_write_files(const char *dir, pid_t pid, uint64_t epoch, json_t *spec);
+/* Write DIR/NAME (atomically); 0 or -errno. */
+int vms_write_file(const char *dir, const char *name, const char *text);
+/* Rule 5 before the agent could register (etcd out at start-up): stop the VMs now. */
+void host_fence_now(struct agent *a);
+/* Remove vm's state dir (files we wrote and the console). */
+void vms_remove_dir(struct agent *a, const char *vm);
+/* SIGSTOP/SIGCONT/SIGKILL, checked against /proc that pid is still that VM. */
+int vms_signal(struct agent_vm *v, int sig);
+bool vms_alive(pid_t pid, const char *api);
+/* Sum of the spec sizes of the VMs run here. */
+void vms_usage(struct agent *a, uint64_t *mem, unsigned int *cpus, unsigned int *n);
+
+/* ---- agent.c ---- */
+void agent_loop(struct agent *a);
+/* Settle a source VM stopped at the commit gate or in doubt (rules 2-4), in etcd; the
+ * VMM's migration status st.  0 once settled, -EAGAIN to retry later. */
+int agent_settle_source(struct agent *a, struct etcd *e, const char *vm, const char *api,
+			uint64_t epoch, const char *st, bool dest_refused);
+
+/*
+ * If veto/E exists (an earlier migration at E was given up), move the owner
+ * "HOST E" -> "HOST E+1" (this host keeps the VM): a new migration's COMMIT
+ * at E could never succeed.  0 (*epoch updated if moved) or -errno.
+ */
+int agent_bump_epoch(struct agent *a, struct etcd *e, const char *vm, uint64_t *epoch);
+
+/* ---- migrate.c ---- */
+/* Start the outgoing migration of vm (intent in j) in a worker thread; 0 or -EBUSY. */
+int migrate_spawn(struct agent *a, const char *vm, uint64_t epoch, json_t *intent);
+/* JSON of the API, or NULL: GET/PUT on the VM's socket (messages logged). */
+json_t *agent_api(const char *api, const char *method, const char *path, const char *body,
+		  long timeout_ms);
+/* "tls": {ca, cert, key, peer} from --tls-dir, or NULL. */
+json_t *agent_tls_json(struct agent *a, const char *peer);
+
+/* ---- peer.c ---- */
+int peer_start(struct agent *a);
+void peer_stop(struct agent *a);
+/* The destination side of incoming VMs: called by the loop for each. */
+void peer_watch_incoming(struct agent *a, struct etcd *e, const char *vm);
+/* One request to the agent at addr (HOST:PORT), TLS peer name host: 0 and *reply, or -errno. */
+int peer_request(struct agent *a, const char *addr, const char *host, json_t *req,
+		 json_t **reply, char *err, size_t len);
+
+/* ---- http.c ---- */
+int http_start(struct agent *a);
+void http_stop(void);
+
+/* ---- small helpers (agent.c) ---- */
+const char *jstr(json_t *j, const char *k);
+bool agent_owner_is(const char *val, const char *host, uint64_t epoch);
+
+#endif
