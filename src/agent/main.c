@@ -61,8 +61,9 @@ static const char usage[] =
 "  -v, --verbose           debug logging\n"
 "  -h, --help              this text\n"
 "\n"
-"SIGTERM or SIGINT stops the agent only: its VMs keep running, and an agent\n"
-"started again within the lease's TTL adopts them.\n"
+"SIGTERM or SIGINT stops the agent only: its VMs keep running (and, with\n"
+"http:// etcd URLs, keep the host's lease alive themselves), and an agent\n"
+"started again adopts them.\n"
 "\n"
 "Exit status: 0 after SIGTERM/SIGINT, 1 a failure at start-up, 2 usage error.\n";
 
