@@ -61,6 +61,12 @@ struct agent_vm {
 	int exit_status;         /* -1 until it exited; then wait status, or -2: unknown */
 	uint64_t left_ms;        /* when it became "migrated" (agent_now_ms) */
 	uint64_t next_poll_ms;   /* incoming: do not ask its API before this */
+	/*
+	 * The token of the last migrate intent a worker finished here: the loop
+	 * may still hold a snapshot of /godwit/vms/ read before the worker
+	 * deleted that intent, and must not start it a second time.
+	 */
+	char done_token[256];
 };
 
 struct agent {

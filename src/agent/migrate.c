@@ -457,6 +457,7 @@ out:
 	if ((v = vms_find(a, j->vm))) {
 		v->busy = false;
 		v->status_written = false;
+		snprintf(v->done_token, sizeof(v->done_token), "%s", j->token);
 		snprintf(v->state, sizeof(v->state), "%s", left ? "migrated" : "running");
 		if (left) {
 			v->epoch = 0;       /* no longer ours at any epoch */
@@ -517,7 +518,7 @@ int migrate_spawn(struct agent *a, const char *vm, uint64_t epoch, json_t *inten
 
 	pthread_mutex_lock(&a->lock);
 	v = vms_find(a, vm);
-	if (!v || v->busy) {
+	if (!v || v->busy || (j->token[0] && !strcmp(v->done_token, j->token))) {
 		pthread_mutex_unlock(&a->lock);
 		json_decref(j->with_disks);
 		free(j);
