@@ -213,8 +213,8 @@ fleet_down() {
 		ip netns pids "$ns" 2>/dev/null | xargs -r kill -KILL 2>/dev/null
 		ip netns del "$ns" 2>/dev/null
 	done
-	for h in h1 h2 h3; do [ -n "${AGENT_PID[$h]:-}" ] && wait "${AGENT_PID[$h]}" 2>/dev/null; done
-	for n in e1 e2 e3; do [ -n "${ETCD_PID[$n]:-}" ] && wait "${ETCD_PID[$n]}" 2>/dev/null; done
+	for h in h1 h2 h3; do [ -n "${AGENT_PID[$h]:-}" ] && wait "${AGENT_PID[$h]}"; done
+	for n in e1 e2 e3; do [ -n "${ETCD_PID[$n]:-}" ] && wait "${ETCD_PID[$n]}"; done
 	if [ -n "$FLEET_DIR" ] && [ -z "${FLEET_KEEP:-}" ]; then rm -rf "$FLEET_DIR"; fi
 	return 0
-}
+} 2>/dev/null    # with the shell's "Killed" notices of the processes it kills
