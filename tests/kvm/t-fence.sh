@@ -142,4 +142,5 @@ else
 fi
 kill "$S_PID" 2>/dev/null
 wait "$S_PID" 2>/dev/null
+exit 0
 
