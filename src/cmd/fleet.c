@@ -810,8 +810,11 @@ int fleet_place_arrays(struct fleet_view *v, struct place_host **ph, struct plac
 			continue;
 		snprintf(p->name, sizeof(p->name), "%s", v->v[i].name);
 		snprintf(p->host, sizeof(p->host), "%s", v->v[i].owner.host);
-		p->mem = v->v[i].mem;
-		p->cpus = v->v[i].cpus;
+		/* A stopped VM is still the host's, but holds neither memory nor vCPUs there. */
+		if (strcmp(v->v[i].state, "stopped")) {
+			p->mem = v->v[i].mem;
+			p->cpus = v->v[i].cpus;
+		}
 		(*npv)++;
 	}
 	place_usage(*ph, v->nh, *pv, *npv);
