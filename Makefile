@@ -235,7 +235,7 @@ FUZZ_TARGETS ?=
 .PHONY: fuzz fuzz-long
 fuzz: build-fuzz/fuzz-boot build-fuzz/fuzz-virtq build-fuzz/fuzz-stream build-fuzz/fuzz-handoff \
 	build-fuzz/fuzz-devspec build-fuzz/fuzz-restore build-fuzz/fuzz-virtio-blk build-fuzz/fuzz-pci \
-	build-fuzz/fuzz-api build-fuzz/fuzz-etcd
+	build-fuzz/fuzz-api build-fuzz/fuzz-etcd build-fuzz/fuzz-agent
 fuzz-long: fuzz
 	$(Q)FUZZ_LONG=1 nice -n 10 bash tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 # The targets that need most of godwit link its objects built for fuzzing (instrumented,
@@ -259,6 +259,15 @@ build-fuzz/fuzz-pci: tests/fuzz/fuzz_pci.c $(FUZZ_OBJS)
 build-fuzz/fuzz-api: tests/fuzz/fuzz_api.c $(FUZZ_OBJS)
 	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -Wl,--wrap=snapshot_file_create \
 		-Wl,--wrap=migrate_start -o $@ $^ $(FUZZ_LIBS)
+# godwitd's parsers (fuzz_agent.c): the agent's objects and all of godwit's (src/cmd too:
+# the agent calls the API client); main.c's main() renamed, the fuzzer has its own.
+FUZZ_AGENT_OBJS := $(addprefix build-fuzz/obj/,$(AGENT_OBJS) $(filter src/cmd/%,$(OBJS)))
+-include $(FUZZ_AGENT_OBJS:.o=.d)
+build-fuzz/obj/src/agent/main.o: src/agent/main.c
+	@mkdir -p $(dir $@)
+	$(call quiet,FUZZCC,$<)clang $(FUZZ_OBJ_CFLAGS) -Dmain=godwitd_main -c -o $@ $<
+build-fuzz/fuzz-agent: tests/fuzz/fuzz_agent.c $(FUZZ_AGENT_OBJS) $(FUZZ_OBJS)
+	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ $^ $(FUZZ_LIBS)
 build-fuzz/fuzz-boot: tests/fuzz/fuzz_boot.c src/arch/x86/boot.c include/godwit/boot.h
 	@mkdir -p $(dir $@)
 	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_boot.c src/arch/x86/boot.c

@@ -32,6 +32,7 @@
 #define AGENT_ERR_MAX        512
 #define AGENT_LINE_MAX       (64 * 1024) /* one request or reply of the agents' protocol */
 #define AGENT_TICK_MS        300
+#define AGENT_TOKEN_MAX      256         /* a migration intent's token and id, NUL included */
 #define AGENT_VERSION        "0.1.0"
 
 struct etcd;
@@ -178,6 +179,17 @@ int agent_bump_epoch(struct agent *a, struct etcd *e, const char *vm, uint64_t *
 /* ---- migrate.c ---- */
 /* Start the outgoing migration of vm (intent in j) in a worker thread; 0 or -EBUSY. */
 int migrate_spawn(struct agent *a, const char *vm, uint64_t epoch, json_t *intent);
+/* A migration intent (/godwit/vms/VM/intent, op "migrate") read as migrate_spawn takes it. */
+struct agent_intent {
+	char to[FLEET_NAME_MAX];          /* "?" if not a host name */
+	char token[AGENT_TOKEN_MAX];      /* "" if missing or too long */
+	char id[AGENT_TOKEN_MAX];
+	json_t *with_disks;               /* NULL, true or a string (a reference: json_decref) */
+	json_int_t max_bandwidth, downtime_ms;  /* 0: the VMM's default */
+	char bad[AGENT_ERR_MAX];          /* "" or why the intent is invalid (then no with_disks) */
+};
+/* Check intent for a migration from host (pure: no etcd, no lock). */
+void migrate_parse_intent(const char *host, json_t *intent, struct agent_intent *mi);
 /* JSON of the API, or NULL: GET/PUT on the VM's socket (messages logged). */
 json_t *agent_api(const char *api, const char *method, const char *path, const char *body,
 		  long timeout_ms);
@@ -185,6 +197,14 @@ json_t *agent_api(const char *api, const char *method, const char *path, const c
 json_t *agent_tls_json(struct agent *a, const char *peer);
 
 /* ---- peer.c ---- */
+/*
+ * One line of the agents' protocol as received: n bytes that hold a newline (what
+ * follows it is ignored; a NUL anywhere refuses it), parsed: 0 and *out a JSON
+ * object, or -EBADMSG with err.
+ */
+int peer_parse_line(const char *buf, size_t n, json_t **out, char *err, size_t len);
+/* Strict checks of a prepare request received by host; 0 or -EINVAL with err. */
+int peer_check_request(const char *host, json_t *req, char *err, size_t len);
 int peer_start(struct agent *a);
 void peer_stop(struct agent *a);
 /* The destination side of incoming VMs: called by the loop for each. */

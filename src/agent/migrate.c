@@ -23,7 +23,7 @@
 #define MIG_RECORD_MS        500
 #define MIG_GATE_RETRY_MS    500
 #define MIG_GATE_LOG_MS      5000
-#define MIG_TOKEN_MAX        256
+#define MIG_TOKEN_MAX        AGENT_TOKEN_MAX
 #define MIG_API_MISSES       50      /* x 20 ms: the source's API gone */
 
 struct mig_job {
@@ -473,11 +473,47 @@ out:
 	return NULL;
 }
 
+void migrate_parse_intent(const char *host, json_t *intent, struct agent_intent *mi)
+{
+	json_t *wd = json_object_get(intent, "with_disks");
+	const char *to = jstr(intent, "to"), *token = jstr(intent, "token"), *id = jstr(intent, "id");
+
+	memset(mi, 0, sizeof(*mi));
+	snprintf(mi->id, sizeof(mi->id), "%s", strlen(id) < sizeof(mi->id) ? id : "");
+	if (!fleet_name_ok(to))
+		snprintf(mi->bad, sizeof(mi->bad), "intent: \"to\" is not a host name");
+	else if (!strcmp(to, host))
+		snprintf(mi->bad, sizeof(mi->bad), "intent: \"to\" is this host");
+	else if (!*token || strlen(token) >= sizeof(mi->token))
+		snprintf(mi->bad, sizeof(mi->bad), "intent: \"token\" missing or too long");
+	else if (wd && !json_is_boolean(wd) && !(json_is_string(wd) && strlen(jstr(intent, "with_disks")) < 256))
+		snprintf(mi->bad, sizeof(mi->bad), "intent: \"with_disks\" must be a boolean or a "
+			 "list of disk serials");
+	{
+		json_t *bw = json_object_get(intent, "max_bandwidth");
+		json_t *dt = json_object_get(intent, "downtime_ms");
+
+		if (bw && (!json_is_integer(bw) || json_integer_value(bw) < (1 << 20)))
+			snprintf(mi->bad, sizeof(mi->bad), "intent: \"max_bandwidth\" must be bytes "
+				 "per second, at least 1M");
+		else if (bw)
+			mi->max_bandwidth = json_integer_value(bw);
+		if (dt && (!json_is_integer(dt) || json_integer_value(dt) < 1 ||
+			   json_integer_value(dt) > 60000))
+			snprintf(mi->bad, sizeof(mi->bad), "intent: \"downtime_ms\" must be 1-60000");
+		else if (dt)
+			mi->downtime_ms = json_integer_value(dt);
+	}
+	snprintf(mi->to, sizeof(mi->to), "%s", fleet_name_ok(to) ? to : "?");
+	snprintf(mi->token, sizeof(mi->token), "%s", strlen(token) < sizeof(mi->token) ? token : "");
+	if (wd && !json_is_false(wd) && !mi->bad[0])
+		mi->with_disks = json_is_true(wd) ? json_true() : json_string(jstr(intent, "with_disks"));
+}
+
 int migrate_spawn(struct agent *a, const char *vm, uint64_t epoch, json_t *intent)
 {
 	struct mig_job *j = calloc(1, sizeof(*j));
-	json_t *wd = json_object_get(intent, "with_disks");
-	const char *to = jstr(intent, "to"), *token = jstr(intent, "token"), *id = jstr(intent, "id");
+	struct agent_intent mi;
 	struct agent_vm *v;
 	pthread_t th;
 
@@ -486,35 +522,14 @@ int migrate_spawn(struct agent *a, const char *vm, uint64_t epoch, json_t *inten
 	j->a = a;
 	j->epoch = epoch;
 	snprintf(j->vm, sizeof(j->vm), "%s", vm);
-	snprintf(j->id, sizeof(j->id), "%s", strlen(id) < sizeof(j->id) ? id : "");
-	if (!fleet_name_ok(to))
-		snprintf(j->bad, sizeof(j->bad), "intent: \"to\" is not a host name");
-	else if (!strcmp(to, a->host))
-		snprintf(j->bad, sizeof(j->bad), "intent: \"to\" is this host");
-	else if (!*token || strlen(token) >= sizeof(j->token))
-		snprintf(j->bad, sizeof(j->token), "intent: \"token\" missing or too long");
-	else if (wd && !json_is_boolean(wd) && !(json_is_string(wd) && strlen(jstr(intent, "with_disks")) < 256))
-		snprintf(j->bad, sizeof(j->bad), "intent: \"with_disks\" must be a boolean or a "
-			 "list of disk serials");
-	{
-		json_t *bw = json_object_get(intent, "max_bandwidth");
-		json_t *dt = json_object_get(intent, "downtime_ms");
-
-		if (bw && (!json_is_integer(bw) || json_integer_value(bw) < (1 << 20)))
-			snprintf(j->bad, sizeof(j->bad), "intent: \"max_bandwidth\" must be bytes "
-				 "per second, at least 1M");
-		else if (bw)
-			j->max_bandwidth = json_integer_value(bw);
-		if (dt && (!json_is_integer(dt) || json_integer_value(dt) < 1 ||
-			   json_integer_value(dt) > 60000))
-			snprintf(j->bad, sizeof(j->bad), "intent: \"downtime_ms\" must be 1-60000");
-		else if (dt)
-			j->downtime_ms = json_integer_value(dt);
-	}
-	snprintf(j->to, sizeof(j->to), "%s", fleet_name_ok(to) ? to : "?");
-	snprintf(j->token, sizeof(j->token), "%s", strlen(token) < sizeof(j->token) ? token : "");
-	if (wd && !json_is_false(wd) && !j->bad[0])
-		j->with_disks = json_is_true(wd) ? json_true() : json_string(jstr(intent, "with_disks"));
+	migrate_parse_intent(a->host, intent, &mi);
+	memcpy(j->to, mi.to, sizeof(j->to));
+	memcpy(j->token, mi.token, sizeof(j->token));
+	memcpy(j->id, mi.id, sizeof(j->id));
+	memcpy(j->bad, mi.bad, sizeof(j->bad));
+	j->with_disks = mi.with_disks;
+	j->max_bandwidth = mi.max_bandwidth;
+	j->downtime_ms = mi.downtime_ms;
 
 	pthread_mutex_lock(&a->lock);
 	v = vms_find(a, vm);

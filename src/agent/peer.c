@@ -82,13 +82,39 @@ static int peer_send_line(struct conn *c, json_t *j)
 	return 0;
 }
 
+int peer_parse_line(const char *buf, size_t n, json_t **out, char *err, size_t len)
+{
+	const char *nl;
+	json_error_t je;
+
+	*out = NULL;
+	/* the line ends at the first newline; a NUL inside it makes it invalid JSON */
+	if (memchr(buf, '\0', n)) {
+		snprintf(err, len, "a NUL byte in the line");
+		return -EBADMSG;
+	}
+	nl = memchr(buf, '\n', n);
+	if (!nl) {
+		snprintf(err, len, "no newline at the end of the line");
+		return -EBADMSG;
+	}
+	*out = json_loadb(buf, (size_t)(nl - buf), JSON_REJECT_DUPLICATES, &je);
+	if (!json_is_object(*out)) {
+		snprintf(err, len, "not a JSON object%s%s", *out ? "" : ": ", *out ? "" : je.text);
+		json_decref(*out);
+		*out = NULL;
+		return -EBADMSG;
+	}
+	return 0;
+}
+
 /* One line of at most AGENT_LINE_MAX bytes within timeout_ms, parsed: a JSON object. */
 static int peer_recv_line(struct conn *c, int timeout_ms, json_t **out, char *err, size_t len)
 {
 	char *buf = malloc(AGENT_LINE_MAX + 1);
 	uint64_t end = agent_now_ms() + (uint64_t)timeout_ms;
 	size_t n = 0;
-	json_error_t je;
+	int ret;
 
 	*out = NULL;
 	if (!buf) {
@@ -135,23 +161,9 @@ static int peer_recv_line(struct conn *c, int timeout_ms, json_t **out, char *er
 			return -EMSGSIZE;
 		}
 	}
-	buf[n] = '\0';
-	/* the line ends at the first newline; a NUL inside it makes it invalid JSON */
-	if (memchr(buf, '\0', n)) {
-		snprintf(err, len, "a NUL byte in the line");
-		free(buf);
-		return -EBADMSG;
-	}
-	*strchr(buf, '\n') = '\0';
-	*out = json_loads(buf, JSON_REJECT_DUPLICATES, &je);
+	ret = peer_parse_line(buf, n, out, err, len);
 	free(buf);
-	if (!json_is_object(*out)) {
-		snprintf(err, len, "not a JSON object%s%s", *out ? "" : ": ", *out ? "" : je.text);
-		json_decref(*out);
-		*out = NULL;
-		return -EBADMSG;
-	}
-	return 0;
+	return ret;
 }
 
 /* TCP connect within timeout; fd or -errno. */
@@ -330,8 +342,7 @@ static unsigned int peer_pick_port(struct agent *a)
 static const char *const peer_fields[] = { "op", "vm", "from", "epoch", "token", "with_disks",
 					   NULL };
 
-/* Strict checks of a prepare request; 0 or -EINVAL with err. */
-static int peer_check_request(struct agent *a, json_t *req, char *err, size_t len)
+int peer_check_request(const char *host, json_t *req, char *err, size_t len)
 {
 	const char *k;
 	json_t *v, *ep = json_object_get(req, "epoch"), *wd = json_object_get(req, "with_disks");
@@ -355,7 +366,7 @@ static int peer_check_request(struct agent *a, json_t *req, char *err, size_t le
 		snprintf(err, len, "\"vm\" and \"from\" must be names");
 		return -EINVAL;
 	}
-	if (!strcmp(jstr(req, "from"), a->host)) {
+	if (!strcmp(jstr(req, "from"), host)) {
 		snprintf(err, len, "\"from\" is this host");
 		return -EINVAL;
 	}
@@ -601,7 +612,7 @@ static void *peer_conn_thread(void *opaque)
 		snprintf(err, sizeof(err), "bad request: %.400s", e2);
 		goto reply;
 	}
-	ret = peer_check_request(a, req, e2, sizeof(e2));
+	ret = peer_check_request(a->host, req, e2, sizeof(e2));
 	if (ret) {
 		snprintf(err, sizeof(err), "bad request: %.400s", e2);
 		goto reply;

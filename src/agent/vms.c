@@ -23,6 +23,8 @@
 #define VMS_MAX_ARGS     256
 #define VMS_ARG_MAX      4096
 #define VMS_TAIL_BYTES   4096
+/* The short options of `godwit run` that take a value (run.c: run_parse's optstring). */
+#define VMS_RUN_VALUE_LETTERS "kicmpnadN"
 
 struct agent_vm *vms_find(struct agent *a, const char *name)
 {
@@ -78,18 +80,63 @@ static bool vms_is_path_opt(const char *o)
 	       !strcmp(o, "-d") || !strcmp(o, "-k") || !strcmp(o, "-i");
 }
 
-/* Options the agent sets itself: a spec may not carry them. */
+/*
+ * Options the agent sets itself: a spec may not carry them, in any form `godwit
+ * run`'s getopt_long takes: a long option also by a prefix ("--ap=X" is --api X),
+ * short ones also in a cluster with their value attached ("-vaX" is -v -a X).
+ */
 static bool vms_reserved(const char *o)
 {
-	static const char *const r[] = { "--api", "--name", "--incoming", "--tls-dir", "--tls-peer",
-					 "--insecure", "--incoming-timeout", "--help", "-a", "-n",
-					 "-h", "--fleet-etcd", "--fleet-lease", NULL };
+	static const char *const r[] = { "api", "name", "incoming", "tls-dir", "tls-peer",
+					 "insecure", "incoming-timeout", "help", "fleet-etcd",
+					 "fleet-lease", NULL };
 
-	for (int i = 0; r[i]; i++) {
-		size_t l = strlen(r[i]);
+	if (o[0] != '-')
+		return false;
+	if (o[1] == '-') {
+		size_t l = strcspn(o + 2, "=");
 
-		if (!strncmp(o, r[i], l) && (!o[l] || o[l] == '='))
+		if (!l)
+			return false;        /* "--", or "--=...": not an option of these */
+		for (int i = 0; r[i]; i++)
+			if (!strncmp(o + 2, r[i], l) && l <= strlen(r[i]))
+				return true;
+		return false;
+	}
+	/* getopt reads a cluster up to a letter that takes a value (the rest is its value) */
+	for (const char *p = o + 1; *p; p++) {
+		if (*p == 'a' || *p == 'n' || *p == 'h')
 			return true;
+		if (strchr(VMS_RUN_VALUE_LETTERS, *p))
+			break;
+	}
+	return false;
+}
+
+/*
+ * Path options written in a form the agent does not rewrite with --map-path: a
+ * prefix of the long name ("--dis X"), or a short one with its value attached
+ * ("-dX", "-vdX").  A spec writes --disk X, --disk=X or -d X.
+ */
+static bool vms_unmapped_path_opt(const char *o)
+{
+	static const char *const r[] = { "disk", "kernel", "initrd", NULL };
+
+	if (o[0] != '-')
+		return false;
+	if (o[1] == '-') {
+		size_t l = strcspn(o + 2, "=");
+
+		for (int i = 0; r[i] && l; i++)
+			if (!strncmp(o + 2, r[i], l) && l < strlen(r[i]))
+				return true;
+		return false;
+	}
+	for (const char *p = o + 1; *p; p++) {
+		if ((*p == 'd' || *p == 'k' || *p == 'i') && (p[1] || p != o + 1))
+			return true;
+		if (strchr(VMS_RUN_VALUE_LETTERS, *p))
+			break;
 	}
 	return false;
 }
@@ -144,6 +191,15 @@ int vms_build_argv(struct agent *a, const char *vm, json_t *spec, const char *co
 		return -EINVAL;
 	}
 	n = json_array_size(args);
+	/* `godwit run` looks for --incoming in every argument, an option's value too */
+	for (size_t i = 0; i < n; i++) {
+		const char *s = json_string_value(json_array_get(args, i));
+
+		if (s && (!strcmp(s, "--incoming") || !strncmp(s, "--incoming=", 11))) {
+			snprintf(err, len, "VM %s: spec.args may not hold %s (the agent sets it)", vm, s);
+			return -EINVAL;
+		}
+	}
 	argv = calloc(1 + npre + n + 5, sizeof(*argv));
 	if (!argv)
 		goto oom;
@@ -166,6 +222,11 @@ int vms_build_argv(struct agent *a, const char *vm, json_t *spec, const char *co
 		}
 		if (s[0] == '-' && vms_reserved(s)) {
 			snprintf(err, len, "VM %s: spec.args may not hold %s (the agent sets it)", vm, s);
+			goto bad;
+		}
+		if (vms_unmapped_path_opt(s)) {
+			snprintf(err, len, "VM %s: spec.args: write %s as --disk, --kernel or --initrd "
+				 "PATH (or =PATH), or -d, -k or -i PATH (the agent maps paths)", vm, s);
 			goto bad;
 		}
 		eq = s[0] == '-' && s[1] == '-' ? strchr(s, '=') : NULL;
