@@ -40,7 +40,8 @@ ETCD_URLS=http://198.18.7.21:2379
 [ "$FLEET_ETCD_N" -ge 2 ] && ETCD_URLS+=,http://198.18.7.22:2379
 [ "$FLEET_ETCD_N" -ge 3 ] && ETCD_URLS+=,http://198.18.7.23:2379
 FLEET_AGENT_PORT=${FLEET_AGENT_PORT:-7470}
-GODWITD=${GODWITD:-$BUILD/godwitd}
+# The agent beside the godwit under test (the ASan pass: build-asan/godwitd).
+GODWITD=${GODWITD:-$(dirname "$GODWIT")/godwitd}
 # The three "hosts" share this machine's cores: each may place more vCPUs than there are.
 FLEET_AGENT_OPTS=${FLEET_AGENT_OPTS:---cpu-capacity 8 --mem-capacity 4G}
 FLEET_DIR=${FLEET_DIR:-}

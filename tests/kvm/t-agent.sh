@@ -62,7 +62,8 @@
 . "$ROOT/tests/kvm/lib-vm.sh"
 . "$ROOT/tests/kvm/lib-migrate.sh"
 
-GODWITD=${GODWITD:-$BUILD/godwitd}
+# The agent beside the godwit under test (the ASan pass: build-asan/godwitd).
+GODWITD=${GODWITD:-$(dirname "$GODWIT")/godwitd}
 t_need_kvm agent || exit 0
 for b in etcd etcdctl jq; do
 	if ! command -v "$b" >/dev/null; then
