@@ -150,6 +150,7 @@ struct fleet_follow {
 	char last[256];          /* the last progress line printed */
 	bool progress;           /* print progress lines (stderr) */
 	unsigned int etcd_failed; /* polls etcd did not answer (said once) */
+	bool moved;              /* record done, owner moved: waiting for the new host's status */
 	double ms;               /* how long it took */
 };
 

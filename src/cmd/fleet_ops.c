@@ -502,7 +502,17 @@ void fleet_follow_poll(struct fleet_ctx *c, struct fleet_follow *f)
 		if (!strcmp(phase, "done")) {
 			if (vm.has_owner && !strcmp(vm.owner.host, f->to) &&
 			    vm.owner.epoch == f->epoch + 1) {
-				f->result = 1;
+				json_t *ep = vm.status ? json_object_get(vm.status, "epoch") : NULL;
+
+				/*
+				 * Moved; done once the new host's agent says it runs there,
+				 * so what `fleet ls` shows next is where the VM is.
+				 */
+				f->moved = true;
+				if (vm.status && !strcmp(vm.status_host, f->to) &&
+				    !strcmp(vm.state, "running") && json_is_integer(ep) &&
+				    json_integer_value(ep) == (json_int_t)(f->epoch + 1))
+					f->result = 1;
 			} else {
 				snprintf(f->error, sizeof(f->error), "its migration record says done "
 					 "but its owner is \"%s\", not \"%s %" PRIu64 "\"",
@@ -521,10 +531,15 @@ void fleet_follow_poll(struct fleet_ctx *c, struct fleet_follow *f)
 		const char *phase = f->migration ?
 			json_string_value(json_object_get(f->migration, "phase")) : NULL;
 
-		snprintf(f->error, sizeof(f->error), "the migration did not end within %.0f s "
-			 "(%s%s); it may still end either way: see godwit fleet ls", f->timeout_s,
-			 phase ? "phase " : "the host's agent has not reported it",
-			 phase ? phase : "");
+		if (f->moved)
+			snprintf(f->error, sizeof(f->error), "the VM moved (owner \"%s\"), but %s "
+				 "has not reported it running within %.0f s: see godwit fleet ls",
+				 f->owner, f->to, f->timeout_s);
+		else
+			snprintf(f->error, sizeof(f->error), "the migration did not end within %.0f s "
+				 "(%s%s); it may still end either way: see godwit fleet ls",
+				 f->timeout_s, phase ? "phase " : "the host's agent has not reported it",
+				 phase ? phase : "");
 		f->result = -1;
 	}
 	fleet_vm_free(&vm);

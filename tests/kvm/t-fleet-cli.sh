@@ -232,6 +232,9 @@ agent_migration() {  # VM PHASE [ERROR]: answer the next intent with PHASE
 	if [ "$2" = done ]; then
 		ec put "/godwit/vms/$1/owner" "$to 2" >/dev/null
 		ec put "/godwit/vms/$1/migration" "{\"id\":\"$id\",\"from\":\"a\",\"to\":\"$to\",\"epoch\":1,\"phase\":\"done\"}" >/dev/null
+		# the new host's agent reports it running a moment later
+		sleep 1
+		status "$1" "$to" 2 running
 	else
 		ec put "/godwit/vms/$1/migration" "{\"id\":\"$id\",\"from\":\"a\",\"to\":\"$to\",\"epoch\":1,\"phase\":\"failed\",\"error\":\"$3\"}" >/dev/null
 	fi
@@ -250,12 +253,18 @@ wait "$bg"
 check fleet-migrate-done-out "grep -Eq '^web1: a -> b in [0-9]+ ms' '$T_TMP/fleet-migrate-done.out'" \
 	"$(cat "$T_TMP/fleet-migrate-done.out")"
 check fleet-migrate-owner '[ "$(val /godwit/vms/web1/owner)" = "b 2" ]' "owner: $(val /godwit/vms/web1/owner)"
+# `fleet migrate` ends when the new host says the VM runs there (1 s after the record
+# said done, 1.5 s after the intent), not before.
+ms=$(sed -n 's/^web1: a -> b in \([0-9]*\) ms.*/\1/p' "$T_TMP/fleet-migrate-done.out")
+check fleet-migrate-waits-status '[ "${ms:-0}" -ge 1400 ]' "it ended after ${ms:-?} ms"
 # --json, and a record without an id (the revision tells it is ours).
 status web1 b 2 running
 (for ((i = 0; i < 100; i++)); do [ -n "$(val /godwit/vms/web1/intent)" ] && break; sleep 0.1; done
  ec put /godwit/vms/web1/owner 'a 3' >/dev/null
  ec put /godwit/vms/web1/migration '{"phase":"done"}' >/dev/null
- ec del /godwit/vms/web1/intent >/dev/null) &
+ ec del /godwit/vms/web1/intent >/dev/null
+ sleep 0.5
+ status web1 a 3 running) &
 bg=$!
 t_expect fleet-migrate-json 0 - "${FL[@]}" --json migrate web1 --to a --timeout 20 -q
 wait "$bg"
