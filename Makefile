@@ -205,6 +205,9 @@ bench-snapshot: all
 .PHONY: bench-migrate
 bench-migrate: all
 	$(Q)bash bench/migrate/run.sh
+.PHONY: bench-fleet
+bench-fleet: all
+	$(Q)bash bench/fleet/gate.sh
 
 .PHONY: bench-devices
 bench-devices: all linux-guest
