@@ -349,7 +349,7 @@ hw_check_memtest() {
 # wrapper) shows Seccomp 2, NoNewPrivs 1 and CapEff 0 in /proc/PID/task/*/status (read with
 # builtins).  Prints PASS or FAIL NAME; returns 0 on PASS.
 hw_check_sandbox() {
-	local name=$1 pid=$2 st k v why='' n=0 comm sc nnp ce threads=''
+	local name=$1 pid=$2 st k v why='' n=0 comm sc nnp ce threads='' try
 	local -a kids
 	read -r comm <"/proc/$pid/comm" 2>/dev/null
 	if [ "$comm" != godwit ] && [ -r "/proc/$pid/task/$pid/children" ]; then
@@ -358,15 +358,23 @@ hw_check_sandbox() {
 	fi
 	for st in /proc/"$pid"/task/*/status; do
 		[ -r "$st" ] || continue
-		comm='' sc='' nnp='' ce=''
-		while read -r k v _; do
-			case $k in
-			Name:) comm=$v ;;
-			Seccomp:) sc=$v ;;
-			NoNewPrivs:) nnp=$v ;;
-			CapEff:) ce=$v ;;
-			esac
-		done <"$st"
+		# bash reads the file in several read(2)s, and procfs makes each one afresh: a
+		# field that changed length in between (VmRSS while the guest runs) can tear a
+		# line.  So read it again until the three fields are whole (a real value is the
+		# same every time); a thread that exited meanwhile is not counted.
+		for try in 1 2 3 4 5; do
+			comm='' sc='' nnp='' ce=''
+			while read -r k v _; do
+				case $k in
+				Name:) comm=$v ;;
+				Seccomp:) sc=$v ;;
+				NoNewPrivs:) nnp=$v ;;
+				CapEff:) ce=$v ;;
+				esac
+			done <"$st" 2>/dev/null
+			[ -n "$sc" ] && [ -n "$nnp" ] && [ ${#ce} = 16 ] && break
+		done
+		[ -e "$st" ] || continue
 		n=$((n + 1))
 		threads+="$comm "
 		[ "$sc" = 2 ] && [ "$nnp" = 1 ] && [ "$ce" = 0000000000000000 ] ||
