@@ -59,6 +59,7 @@ OBJS += src/devices/virtio/net.o
 OBJS += src/devices/virtio/rng.o
 OBJS += src/net/tap.o
 OBJS += src/lib/state.o
+OBJS += src/lib/prom.o
 OBJS += src/migration/crc32c.o
 OBJS += src/migration/stream.o
 OBJS += src/migration/stream_config.o
