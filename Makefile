@@ -37,6 +37,7 @@ OBJS += src/vmm/vcpu.o
 OBJS += src/vmm/irq.o
 OBJS += src/vmm/api.o
 OBJS += src/vmm/api_vm.o
+OBJS += src/vmm/api_metrics.o
 OBJS += src/vmm/sandbox.o
 OBJS += src/arch/x86/cpuid.o
 OBJS += src/arch/x86/acpi.o
