@@ -195,6 +195,12 @@ static void mig_print_json(json_t *p)
 		json_object_set(o, "disk_bytes", json_object_get(p, "disk_bytes"));
 		json_object_set(o, "disk_rounds", json_object_get(p, "disk_rounds"));
 	}
+	/* What a timeline needs: the rounds, when the pause began and its phases. */
+	static const char *const extra[] = { "history", "pause_start_ms", "phases_ms", NULL };
+
+	for (unsigned int i = 0; extra[i]; i++)
+		if (json_object_get(p, extra[i]))
+			json_object_set(o, extra[i], json_object_get(p, extra[i]));
 	json_dumpf(o, stdout, JSON_COMPACT | JSON_REAL_PRECISION(15));
 	putchar('\n');
 	json_decref(o);
