@@ -25,7 +25,7 @@ ifeq ($(WERROR),1)
 CFLAGS   += -Werror
 endif
 CFLAGS   += $(EXTRA_CFLAGS)
-LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread
+LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
 
 # The VMM.  One object per line.
 OBJS += src/vmm/log.o
@@ -59,6 +59,7 @@ OBJS += src/devices/virtio/net.o
 OBJS += src/devices/virtio/rng.o
 OBJS += src/net/tap.o
 OBJS += src/lib/state.o
+OBJS += src/lib/timeline.o
 OBJS += src/migration/crc32c.o
 OBJS += src/migration/stream.o
 OBJS += src/migration/stream_config.o
@@ -82,6 +83,7 @@ OBJS += src/cmd/run_incoming.o
 OBJS += src/cmd/client.o
 OBJS += src/cmd/snapshot.o
 OBJS += src/cmd/migrate.o
+OBJS += src/cmd/report.o
 # godwit fleet: placement (pure), the command
 OBJS += src/fleet/place.o
 OBJS += src/cmd/fleet.o
@@ -294,7 +296,7 @@ FUZZ_TARGETS ?=
 .PHONY: fuzz fuzz-long
 fuzz: build-fuzz/fuzz-boot build-fuzz/fuzz-virtq build-fuzz/fuzz-stream build-fuzz/fuzz-handoff \
 	build-fuzz/fuzz-devspec build-fuzz/fuzz-restore build-fuzz/fuzz-virtio-blk build-fuzz/fuzz-pci \
-	build-fuzz/fuzz-api build-fuzz/fuzz-etcd build-fuzz/fuzz-agent
+	build-fuzz/fuzz-api build-fuzz/fuzz-etcd build-fuzz/fuzz-agent build-fuzz/fuzz-timeline
 fuzz-long: fuzz
 	$(Q)FUZZ_LONG=1 nice -n 10 bash tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 # The targets that need most of godwit link its objects built for fuzzing (instrumented,
@@ -303,7 +305,7 @@ FUZZ_OBJ_CFLAGS := -std=gnu11 -g -O1 -fsanitize=fuzzer-no-link,address,undefined
 	-D_GNU_SOURCE -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -MMD -MP \
 	-Wno-gnu-variable-sized-type-not-at-end
 FUZZ_OBJS := $(addprefix build-fuzz/obj/,$(filter-out src/cmd/%,$(OBJS)))
-FUZZ_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread
+FUZZ_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
 build-fuzz/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(call quiet,FUZZCC,$<)clang $(FUZZ_OBJ_CFLAGS) -c -o $@ $<
@@ -353,6 +355,12 @@ build-fuzz/fuzz-etcd: tests/fuzz/fuzz_etcd.c src/fleet/etcd.c include/godwit/etc
 	@mkdir -p $(dir $@)
 	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_etcd.c src/fleet/etcd.c \
 		$(shell pkg-config --libs jansson libcurl 2>/dev/null) -lpthread
+# The migration report's checks and its SVG timeline (src/lib/timeline.c).
+build-fuzz/fuzz-timeline: tests/fuzz/fuzz_timeline.c src/lib/timeline.c include/godwit/timeline.h \
+		tests/unit/xml_check.h
+	@mkdir -p $(dir $@)
+	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_timeline.c src/lib/timeline.c \
+		$(shell pkg-config --libs jansson 2>/dev/null) -lm
 build-fuzz/fuzz-virtq: tests/fuzz/fuzz_virtq.c src/devices/virtio/core.c src/vmm/log.c include/godwit/virtio.h include/godwit/vm.h
 	@mkdir -p $(dir $@)
 	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_virtq.c src/devices/virtio/core.c src/vmm/log.c -lpthread
