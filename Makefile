@@ -229,7 +229,7 @@ UNITDIR     ?= $(PREFIX)/lib/systemd/system
 SYSCONFDIR  ?= /etc
 # man/: one page per command; those that share a page are links to it (NAME lists them).
 MAN1       := godwit godwit-run godwit-status godwit-snapshot godwit-restore godwit-migrate \
-	      godwit-fleet godwit-stream-dump
+	      godwit-fleet godwit-stream-dump godwit-report
 MAN1_LINKS := godwit-pause:godwit-status godwit-resume:godwit-status \
 	      godwit-shutdown:godwit-status godwit-migrate-status:godwit-migrate \
 	      godwit-migrate-cancel:godwit-migrate godwit-migrate-resolve:godwit-migrate \

@@ -62,8 +62,8 @@ else t_fail man-godwit "man/godwit.1 lacks ${missing[*]} (godwit help lists them
 
 nopage=()
 for c in "${cmds[@]}"; do
-	page=$(page_of "godwit-$c") || { nopage+=("$c"); continue; }
 	"$GODWIT" "$c" --help >"$T_TMP/$c.help" 2>&1
+	page=$(page_of "godwit-$c") || { nopage+=("$c"); continue; }
 	check_opts "man-$c" "$T_TMP/$c.help" "$page"
 done
 if [ ${#nopage[@]} -eq 0 ]; then t_pass man-every-command
@@ -144,6 +144,7 @@ want compl-option '--tls-dir --tls-peer --to' godwit migrate --t
 want compl-address 'tcp: unix:' godwit migrate --api x --to ''
 want compl-unix-path "$T_TMP/cdir/guest.elf $T_TMP/cdir/guests" godwit migrate --to unix : "$T_TMP/cdir/gu"
 want compl-kernel-file "$T_TMP/cdir/guest.elf $T_TMP/cdir/guests" godwit run --kernel "$T_TMP/cdir/gu"
+want compl-report-file "$T_TMP/cdir/guest.elf $T_TMP/cdir/guests" godwit report "$T_TMP/cdir/gu"
 want compl-dir "$T_TMP/cdir/guests" godwit run --snapshot-dir "$T_TMP/cdir/gu"
 want compl-cpu-model 'x86-64-v2 x86-64-v3' godwit run --cpu-model x86-64-
 want compl-fleet-sub 'drain' godwit fleet --etcd http : //e1 : 2379 dr
