@@ -40,6 +40,8 @@ int parse_size(const char *s, uint64_t *out) __must_check;
 /* Milliseconds of CLOCK_MONOTONIC since t0 (taken with clock_gettime). */
 struct timespec;
 double ms_since(const struct timespec *t0);
+/* Milliseconds from t0 to t1 (negative if t1 is earlier). */
+double ms_between(const struct timespec *t0, const struct timespec *t1);
 /* True if s[0..len) is well-formed UTF-8 (no overlong forms, surrogates or > U+10FFFF). */
 bool utf8_valid(const char *s, size_t len);
 

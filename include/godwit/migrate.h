@@ -69,6 +69,32 @@ struct migrate_params {
 	bool gate;
 };
 
+/* The pause's phases, in order (GET /vm/migration "phases_ms"). */
+enum mig_phase {
+	MIG_PHASE_STOP,          /* vCPUs paused, devices quiesced */
+	MIG_PHASE_MEMORY,        /* the last dirty pages and disk blocks sent */
+	MIG_PHASE_STATE,         /* CPU and device state and the end of the stream sent */
+	MIG_PHASE_READY,         /* the destination loaded it and answered READY */
+	MIG_PHASE_RELEASE,       /* the disks released */
+	MIG_PHASE_GATE,          /* at the commit gate, waiting for the decision (p.gate only) */
+	MIG_PHASE_COMMIT,        /* COMMIT sent until DONE came */
+	MIG_PHASE_COUNT
+};
+/* "stop", "memory", "state", "ready", "release", "gate", "commit" */
+const char *migrate_phase_name(enum mig_phase ph);
+
+/* One finished pre-copy round (GET /vm/migration "history"). */
+struct migrate_round {
+	uint32_t round;              /* 1-based */
+	double start_ms;             /* since the migration started */
+	double ms;                   /* the round's duration */
+	uint64_t bytes;              /* stream bytes sent in the round (memory and disk) */
+	uint64_t remaining_bytes;    /* dirty memory and disk blocks left after it */
+	double dirty_rate;           /* bytes dirtied per second during it */
+	double bandwidth;            /* the link estimate after it, bytes per second */
+	double expected_downtime_ms; /* remaining / bandwidth */
+};
+
 struct migrate_progress {
 	enum mig_status status;
 	char to[MIG_ADDR_MAX];
@@ -81,6 +107,10 @@ struct migrate_progress {
 	double bandwidth;            /* bytes sent per second, last round */
 	double expected_downtime_ms; /* remaining / bandwidth */
 	double setup_ms, total_ms, downtime_ms;
+	double pause_start_ms;       /* since the start, once stop-and-copy began (paused) */
+	bool paused;                 /* stop-and-copy began: pause_start_ms is valid */
+	bool phases;                 /* completed: phase_ms holds the pause's phases */
+	double phase_ms[MIG_PHASE_COUNT];   /* durations; their sum is downtime_ms */
 	uint64_t disk_bytes;         /* disk extents sent (data and zero) */
 	uint64_t disk_remaining_bytes;   /* written blocks not sent yet, as last measured */
 	double disk_dirty_rate;      /* bytes of blocks written per second, last round */
@@ -115,6 +145,12 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err,
  * completed source exits (it waits up to 5 s for that).
  */
 void migrate_get_progress(struct vm *vm, struct migrate_progress *out, bool release);
+/*
+ * The finished pre-copy rounds of the last outgoing migration, oldest
+ * first: copies up to max into out and returns how many there are (may be
+ * more than max; 0 if none).
+ */
+size_t migrate_get_history(struct vm *vm, struct migrate_round *out, size_t max);
 /* True while a migration owns the VM's run state (between start and its end, or in doubt). */
 bool migrate_busy(struct vm *vm);
 /*

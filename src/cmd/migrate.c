@@ -26,6 +26,7 @@
 #include "godwit/common.h"
 #include "godwit/migrate.h"
 #include "godwit/tls.h"
+#include "report.h"
 
 #define MIG_POLL_MS       50
 #define MIG_REQ_TIMEOUT   10000
@@ -194,38 +195,15 @@ static void mig_print_json(json_t *p)
 		json_object_set(o, "disk_bytes", json_object_get(p, "disk_bytes"));
 		json_object_set(o, "disk_rounds", json_object_get(p, "disk_rounds"));
 	}
+	/* What a timeline needs: the rounds, when the pause began and its phases. */
+	static const char *const extra[] = { "history", "pause_start_ms", "phases_ms", NULL };
+
+	for (unsigned int i = 0; extra[i]; i++)
+		if (json_object_get(p, extra[i]))
+			json_object_set(o, extra[i], json_object_get(p, extra[i]));
 	json_dumpf(o, stdout, JSON_COMPACT | JSON_REAL_PRECISION(15));
 	putchar('\n');
 	json_decref(o);
-}
-
-static void mig_print_report(json_t *p)
-{
-	const char *st = jstr(p, "status");
-
-	if (!strcmp(st, "completed")) {
-		printf("migration completed: total %.1f ms, downtime %.1f ms, setup %.1f ms, "
-		       "%.1f MiB sent, %.0f pages (%.0f zero), %.0f rounds%s\n",
-		       jnum(p, "total_ms"), jnum(p, "downtime_ms"), jnum(p, "setup_ms"),
-		       jnum(p, "bytes") / (double)MiB, jnum(p, "pages"), jnum(p, "zero_pages"),
-		       jnum(p, "rounds"),
-		       json_is_true(json_object_get(p, "converged")) ? "" :
-		       " (did not converge under the downtime limit)");
-		if (json_object_get(p, "disk_bytes"))
-			printf("disks: %.1f MiB sent in %.0f passes\n",
-			       jnum(p, "disk_bytes") / (double)MiB, jnum(p, "disk_rounds"));
-		if (jstr(p, "tls")[0])
-			printf("channel: %s\n", jstr(p, "tls"));
-		else if (json_is_true(json_object_get(p, "insecure")))
-			printf("channel: insecure (no TLS, --insecure)\n");
-	} else if (!strcmp(st, "in-doubt")) {
-		fprintf(stderr, "godwit: migrate: %s\n", jstr(p, "error"));
-	} else if (!strcmp(st, "cancelled")) {
-		fprintf(stderr, "godwit: migrate: migration cancelled; the VM keeps running here\n");
-	} else {
-		fprintf(stderr, "godwit: migrate: migration %s: %s; the VM keeps running here\n",
-			st, jstr(p, "error"));
-	}
 }
 
 static int mig_sleep_ms(long ms)
@@ -459,7 +437,7 @@ int cmd_migrate(int argc, char **argv)
 	if (json)
 		mig_print_json(p);
 	else
-		mig_print_report(p);
+		report_print(p, true);
 	ret = !strcmp(jstr(p, "status"), "completed") ? 0 : 1;
 	if (fflush(stdout) == EOF) {
 		fprintf(stderr, "godwit: migrate: write error on stdout: %s\n", strerror(errno));

@@ -71,6 +71,8 @@ struct migration {
 	struct timespec t_start;
 	uint64_t *bitmap[2], *scratch[2];
 	struct disk_mig *dm;         /* --with-disks: the images copied (thread's) */
+	struct migrate_round *hist;  /* the finished pre-copy rounds (under lock) */
+	uint32_t nhist, hist_cap;    /* hist_cap = p.max_rounds */
 };
 
 const char *migrate_status_name(enum mig_status s)
@@ -87,6 +89,21 @@ const char *migrate_status_name(enum mig_status s)
 	case MIG_IN_DOUBT:   return "in-doubt";
 	case MIG_INCOMING:   return "incoming";
 	case MIG_COMMIT_WAIT: return "commit-wait";
+	}
+	return "unknown";
+}
+
+const char *migrate_phase_name(enum mig_phase ph)
+{
+	switch (ph) {
+	case MIG_PHASE_STOP:    return "stop";
+	case MIG_PHASE_MEMORY:  return "memory";
+	case MIG_PHASE_STATE:   return "state";
+	case MIG_PHASE_READY:   return "ready";
+	case MIG_PHASE_RELEASE: return "release";
+	case MIG_PHASE_GATE:    return "gate";
+	case MIG_PHASE_COMMIT:  return "commit";
+	case MIG_PHASE_COUNT:   break;
 	}
 	return "unknown";
 }
@@ -172,7 +189,8 @@ struct mig_run {
 	struct timespec t_pace;      /* bandwidth pacing: start of the current window */
 	uint64_t pace_bytes;         /* stream offset at t_pace */
 	bool pace;                   /* apply --max-bandwidth (not during stop-and-copy) */
-	double ms_ram, ms_state, ms_ready, ms_released;   /* downtime phases, from the pause */
+	/* The pause's phases: ms from the pause to the end of each (mig_phases()). */
+	double ms_stopped, ms_ram, ms_state, ms_ready, ms_released, ms_committed;
 };
 
 /* Publish the writer's counters. */
@@ -482,6 +500,17 @@ static int mig_precopy(struct mig_run *r)
 			worse = 0;
 		m->prog.not_converging = worse >= 3;
 		m->prog.rounds_done = round;
+		if (m->nhist < m->hist_cap)
+			m->hist[m->nhist++] = (struct migrate_round){
+				.round = round,
+				.start_ms = ms_between(&m->t_start, &t0),
+				.ms = ms,
+				.bytes = stream_writer_offset(r->w) - off0,
+				.remaining_bytes = (uint64_t)remaining,
+				.dirty_rate = m->prog.dirty_rate,
+				.bandwidth = bw_est,
+				.expected_downtime_ms = expect,
+			};
 		pthread_mutex_unlock(&m->lock);
 		log_debug("migrate: round %u: %.1f MiB in %.1f ms (%.0f MiB/s), %lld dirty pages, "
 			  "expected downtime %.1f ms", round,
@@ -519,6 +548,10 @@ static int mig_stop_copy(struct mig_run *r, struct timespec *t_pause)
 
 	mig_set_status(m, MIG_STOP_COPY);
 	clock_gettime(CLOCK_MONOTONIC, t_pause);
+	pthread_mutex_lock(&m->lock);
+	m->prog.paused = true;
+	m->prog.pause_start_ms = ms_between(&m->t_start, t_pause);
+	pthread_mutex_unlock(&m->lock);
 	ret = vm_pause(r->vm);
 	if (ret && ret != -EALREADY) {
 		snprintf(r->err, sizeof(r->err), "the VM stopped during the migration");
@@ -530,6 +563,7 @@ static int mig_stop_copy(struct mig_run *r, struct timespec *t_pause)
 		snprintf(r->err, sizeof(r->err), "cannot quiesce the devices: %s", strerror(-ret));
 		return ret;
 	}
+	r->ms_stopped = ms_since(t_pause);
 	r->pace = false;
 	dirty = mig_collect(r);
 	if (dirty < 0)
@@ -561,6 +595,27 @@ static int mig_stop_copy(struct mig_run *r, struct timespec *t_pause)
 	r->ms_state = ms_since(t_pause);
 	mig_publish(r);
 	return 0;
+}
+
+/*
+ * The pause's phases as durations from the marks taken on the way (each ms
+ * from the pause); a mark not reached is taken as the one before it, so
+ * the durations never go negative and always add up to downtime.
+ */
+static void mig_phases(const struct mig_run *r, double downtime, double out[MIG_PHASE_COUNT])
+{
+	const double marks[MIG_PHASE_COUNT] = {
+		r->ms_stopped, r->ms_ram, r->ms_state, r->ms_ready, r->ms_released,
+		r->ms_committed, downtime,
+	};
+	double prev = 0;
+
+	for (unsigned int i = 0; i < MIG_PHASE_COUNT; i++) {
+		double t = MIN(MAX(marks[i], prev), downtime);
+
+		out[i] = t - prev;
+		prev = t;
+	}
 }
 
 /* Before COMMIT: put the VM back as it was. */
@@ -630,8 +685,9 @@ static void src_state(void *opaque, enum handoff_state st)
 		sh->r->ms_released = ms_since(sh->t_pause);
 		break;
 	case HO_SRC_COMMITTED:
+		sh->r->ms_committed = ms_since(sh->t_pause);
 		if (!m->p.gate)
-			sh->r->ms_released = ms_since(sh->t_pause);
+			sh->r->ms_released = sh->r->ms_committed;
 		sh->committed = true;
 		break;
 	default:
@@ -791,9 +847,14 @@ static void *mig_thread(void *opaque)
 	}
 	pthread_mutex_lock(&m->lock);
 	m->prog.downtime_ms = ms_since(&t_pause);
-	log_debug("migrate: downtime %.2f ms: last pages %.2f, state+EOF %.2f, READY %.2f, "
-		  "disks released %.2f, DONE %.2f (ms from the pause)", m->prog.downtime_ms,
-		  r.ms_ram, r.ms_state, r.ms_ready, r.ms_released, m->prog.downtime_ms);
+	mig_phases(&r, m->prog.downtime_ms, m->prog.phase_ms);
+	m->prog.phases = true;
+	log_debug("migrate: downtime %.2f ms: stop %.2f, last pages %.2f, state+EOF %.2f, "
+		  "READY %.2f, release %.2f, gate %.2f, DONE %.2f", m->prog.downtime_ms,
+		  m->prog.phase_ms[MIG_PHASE_STOP], m->prog.phase_ms[MIG_PHASE_MEMORY],
+		  m->prog.phase_ms[MIG_PHASE_STATE], m->prog.phase_ms[MIG_PHASE_READY],
+		  m->prog.phase_ms[MIG_PHASE_RELEASE], m->prog.phase_ms[MIG_PHASE_GATE],
+		  m->prog.phase_ms[MIG_PHASE_COMMIT]);
 	m->prog.total_ms = ms_since(&m->t_start);
 	m->prog.status = MIG_COMPLETED;
 	m->prog.remaining_bytes = 0;
@@ -932,6 +993,23 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 	/* An incoming migration that ended (not in doubt: migrate_busy) is history. */
 	mig_join(m);
 	m->incoming = false;
+	{
+		struct migrate_round *h = calloc(p->max_rounds, sizeof(*h));
+
+		if (!h) {
+			disk_mig_free(m->dm);
+			m->dm = NULL;
+			snprintf(err, len, "out of memory");
+			ret = -ENOMEM;
+			goto fail;
+		}
+		pthread_mutex_lock(&m->lock);
+		free(m->hist);
+		m->hist = h;
+		m->nhist = 0;
+		m->hist_cap = p->max_rounds;
+		pthread_mutex_unlock(&m->lock);
+	}
 	pthread_mutex_lock(&m->lock);
 	m->p = *p;
 	memset(&m->prog, 0, sizeof(m->prog));
@@ -960,6 +1038,21 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 fail:
 	tls_creds_free(p->tls);
 	return ret;
+}
+
+size_t migrate_get_history(struct vm *vm, struct migrate_round *out, size_t max)
+{
+	struct migration *m = vm->mig;
+	size_t n;
+
+	if (!m)
+		return 0;
+	pthread_mutex_lock(&m->lock);
+	n = m->nhist;
+	if (n && max)
+		memcpy(out, m->hist, MIN(n, max) * sizeof(*out));
+	pthread_mutex_unlock(&m->lock);
+	return n;
 }
 
 void migrate_get_progress(struct vm *vm, struct migrate_progress *out, bool release)
@@ -1135,6 +1228,7 @@ void migrate_fini(struct vm *vm)
 	mig_join(m);
 	mig_free_bitmaps(m);
 	disk_mig_free(m->dm);
+	free(m->hist);
 	pthread_mutex_destroy(&m->lock);
 	pthread_cond_destroy(&m->cond);
 	free(m);

@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -320,9 +321,54 @@ static json_t *api_progress_json(const struct migrate_progress *p)
 		json_object_set_new(j, "gate", json_boolean(p->gate));
 		json_object_set_new(j, "dest_refused", json_boolean(p->dest_refused));
 	}
+	if (j && p->paused)
+		json_object_set_new(j, "pause_start_ms", json_real(api_round3(p->pause_start_ms)));
+	if (j && p->phases) {
+		json_t *ph = json_object();
+
+		for (unsigned int i = 0; ph && i < MIG_PHASE_COUNT; i++) {
+			/* The gate's phase exists only with a gate. */
+			if (i == MIG_PHASE_GATE && !p->gate)
+				continue;
+			json_object_set_new(ph, migrate_phase_name(i),
+					    json_real(api_round3(p->phase_ms[i])));
+		}
+		json_object_set_new(j, "phases_ms", ph);
+	}
 	if (j && p->error[0])
 		json_object_set_new(j, "error", json_string(p->error));
 	return j;
+}
+
+/* The finished pre-copy rounds, oldest first (GET /vm/migration "history"). */
+static json_t *api_history_json(struct vm *vm)
+{
+	struct migrate_round *h;
+	size_t n = migrate_get_history(vm, NULL, 0);
+	json_t *a = json_array();
+
+	if (!a || !n)
+		return a;
+	h = calloc(n, sizeof(*h));
+	if (!h) {
+		json_decref(a);
+		return NULL;
+	}
+	/* Rounds only grow: a second read may find more, never fewer. */
+	n = MIN(n, migrate_get_history(vm, h, n));
+	for (size_t i = 0; i < n; i++)
+		json_array_append_new(a, json_pack(
+			"{s:I, s:f, s:f, s:I, s:I, s:f, s:f, s:f}",
+			"round", (json_int_t)h[i].round,
+			"start_ms", api_round3(h[i].start_ms),
+			"ms", api_round3(h[i].ms),
+			"bytes", (json_int_t)h[i].bytes,
+			"remaining_bytes", (json_int_t)h[i].remaining_bytes,
+			"dirty_rate_bps", api_round3(h[i].dirty_rate),
+			"bandwidth_bps", api_round3(h[i].bandwidth),
+			"expected_downtime_ms", api_round3(h[i].expected_downtime_ms)));
+	free(h);
+	return a;
 }
 
 /* An optional non-negative integer field; false (and *out set) if present and invalid. */
@@ -486,6 +532,8 @@ static unsigned int api_vm_migration(struct api_server *s, json_t *body, json_t 
 
 	migrate_get_progress(s->vm, &prog, rel && !strcmp(rel, "1"));
 	*out = api_progress_json(&prog);
+	if (*out && prog.status != MIG_INCOMING)
+		json_object_set_new(*out, "history", api_history_json(s->vm));
 	return MHD_HTTP_OK;
 }
 

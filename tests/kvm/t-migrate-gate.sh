@@ -120,6 +120,11 @@ if want commit; then
 		elif [ $mrc -ne 0 ] || [ "$(jget "$M_OUT" status)" != completed ] ||
 			[ "$(jq -r .gate "$M_OUT" 2>/dev/null)" != true ]; then
 			t_fail $N-commit "godwit migrate exit $mrc (expected 0, completed, gate true): $(cat "$M_OUT" "$M_OUT.err")"
+		elif ! jq -e '(.phases_ms | keys_unsorted) == ["stop","memory","state","ready","release","gate","commit"]
+				and .phases_ms.gate >= 1000
+				and ((.phases_ms | add) - .downtime_ms | fabs) < 0.01' "$M_OUT" >/dev/null; then
+			# held_still kept it at the gate for 1 s: the report's pause says so.
+			t_fail $N-commit "the report's phases_ms lack a gate phase of >= 1 s adding up to downtime_ms: $(cat "$M_OUT")"
 		elif [ $src -ne 6 ]; then
 			t_fail $N-commit "the source exited $src, expected 6: $(tail -c 300 "$S_ERR")"
 		elif ! src_ok "$D_PID" "$D_SOCK" "$D_OUT"; then

@@ -88,6 +88,36 @@ check_report() {
 	elif ! awk -v d="$dt" -v b="$by" -v p="$pg" -v z="$zp" -v r="$rd" \
 		'BEGIN { exit !(d > 0 && b > 0 && p > 0 && z > 0 && r >= 1) }'; then
 		WHY="implausible report (want downtime_ms, bytes, pages, zero_pages > 0, rounds >= 1): $(cat "$MIG_JSON")"
+	elif ! WHY=$(python3 - "$MIG_JSON" <<'PY'
+# The timeline's data: one history entry per round, in time order, inside
+# the migration; the pause after the last round; its phases add up to it.
+import json, sys
+r = json.load(open(sys.argv[1]))
+h, ph = r.get("history"), r.get("phases_ms")
+def bad(why):
+    print(why + ": " + json.dumps({k: r.get(k) for k in
+          ("rounds", "total_ms", "downtime_ms", "pause_start_ms", "phases_ms", "history")}))
+    sys.exit(1)
+if not isinstance(h, list) or len(h) != r["rounds"]:
+    bad("history does not have one entry per round")
+end = 0.0
+for i, e in enumerate(h):
+    if e["round"] != i + 1 or e["start_ms"] < end - 0.01 or e["ms"] <= 0 or e["bytes"] <= 0:
+        bad("history entry %d out of order or empty" % (i + 1))
+    end = e["start_ms"] + e["ms"]
+if sum(e["bytes"] for e in h) > r["bytes"]:
+    bad("the rounds sent more than the whole stream")
+ps = r.get("pause_start_ms")
+if not isinstance(ps, (int, float)) or ps < end - 0.01 or ps + r["downtime_ms"] > r["total_ms"] + 0.01:
+    bad("the pause does not come after the rounds and inside the migration")
+want = ["stop", "memory", "state", "ready", "release", "commit"]
+if not isinstance(ph, dict) or list(ph) != want or min(ph.values()) < 0:
+    bad("phases_ms is not %s in that order, each >= 0" % want)
+if abs(sum(ph.values()) - r["downtime_ms"]) > 0.01:
+    bad("the phases do not add up to the downtime")
+PY
+	); then
+		:
 	else
 		return 0
 	fi
