@@ -232,14 +232,19 @@ int web_start(struct agent *a);
 void web_stop(void);
 /*
  * The page's JSON from a range of /godwit/ (any keys; each record validated):
- * {self, revision, hosts, vms, migrations}; timelines: link each ended
- * migration's picture.  NULL: out of memory.
+ * {self, revision, hosts, vms, migrations}, each ended migration linking its
+ * picture when its report can be drawn.  NULL: out of memory.
  */
-json_t *web_fleet_json(const struct etcd_kvs *kvs, const char *self, bool timelines);
+json_t *web_fleet_json(const struct etcd_kvs *kvs, const char *self);
 /* A migration report (the VMM's GET /vm/migration, kept in the record) reduced to
  * what the page shows: known numbers, a bounded history and phases_ms.  Never NULL
  * but for lack of memory. */
 json_t *web_report(json_t *prog);
+/* web_report of a migration record's progress, with the record's from, to (host
+ * names) and error: what the timeline draws.  NULL: out of memory. */
+json_t *web_record_report(json_t *rec);
+/* Can the timeline (src/lib/timeline.c) draw this report (it has rounds)? */
+bool web_timeline_ok(json_t *rep);
 
 /* ---- small helpers (agent.c) ---- */
 const char *jstr(json_t *j, const char *k);

@@ -32,6 +32,7 @@
 
 #include "godwit/etcd.h"
 #include "godwit/log.h"
+#include "godwit/timeline.h"
 #include "agent.h"
 
 #define WEB_CACHE_MS      500
@@ -72,13 +73,6 @@ static char web_host[AGENT_ADDR_MAX];
 /* The last /api/fleet answer (the polling thread's alone). */
 static char *web_cache;
 static uint64_t web_cache_ms;
-
-/*
- * The timeline renderer: draws a report (web_report's) as SVG into *svg
- * (malloc'd, NUL-terminated); 0 or -errno.  NULL: this build draws none, and
- * the page shows the report's rounds and phases as tables instead.
- */
-static int (*const web_timeline_svg)(json_t *report, char **svg) = NULL;
 
 int web_parse_addr(const char *s, char *host, size_t hlen, unsigned int *port)
 {
@@ -191,7 +185,7 @@ static enum MHD_Result web_fleet(struct MHD_Connection *c)
 			snprintf(msg, sizeof(msg), "cannot read the fleet from etcd: %s", err);
 			return web_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, msg);
 		}
-		j = web_fleet_json(&kvs, web_agent->host, web_timeline_svg != NULL);
+		j = web_fleet_json(&kvs, web_agent->host);
 		etcd_kvs_free(&kvs);
 		s = j ? json_dumps(j, JSON_COMPACT) : NULL;
 		json_decref(j);
@@ -213,12 +207,11 @@ static enum MHD_Result web_timeline(struct MHD_Connection *c, const char *vm)
 	json_t *rec, *rep;
 	const char *phase;
 	char *svg = NULL;
+	size_t len = 0;
 	int r;
 
 	if (!fleet_name_ok(vm) || fleet_key_vm(key, sizeof(key), vm, "migration"))
 		return web_error(c, MHD_HTTP_NOT_FOUND, "not a VM name");
-	if (!web_timeline_svg)
-		return web_error(c, MHD_HTTP_NOT_FOUND, "this godwitd draws no timelines");
 	r = web_etcd_ready(err, sizeof(err));
 	if (!r)
 		r = etcd_get(web_etcd, key, &kvs, err, sizeof(err));
@@ -231,7 +224,7 @@ static enum MHD_Result web_timeline(struct MHD_Connection *c, const char *vm)
 		json_decref(rec);
 		return web_error(c, MHD_HTTP_NOT_FOUND, "no ended migration of this VM");
 	}
-	rep = web_report(json_object_get(rec, "progress"));
+	rep = web_record_report(rec);
 	json_decref(rec);
 	if (!rep)
 		return web_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
@@ -239,11 +232,15 @@ static enum MHD_Result web_timeline(struct MHD_Connection *c, const char *vm)
 		json_decref(rep);
 		return web_error(c, MHD_HTTP_NOT_FOUND, "its report has no per-round history");
 	}
-	r = web_timeline_svg(rep, &svg);
+	r = timeline_svg_buf(rep, &svg, &len, err, sizeof(err));
 	json_decref(rep);
-	if (r || !svg)
-		return web_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot draw the timeline");
-	return web_send(c, MHD_HTTP_OK, "image/svg+xml", svg, strlen(svg), MHD_RESPMEM_MUST_FREE);
+	if (r) {
+		char msg[AGENT_ERR_MAX + 64];
+
+		snprintf(msg, sizeof(msg), "cannot draw its timeline: %s", err);
+		return web_error(c, MHD_HTTP_UNPROCESSABLE_CONTENT, msg);
+	}
+	return web_send(c, MHD_HTTP_OK, "image/svg+xml", svg, len, MHD_RESPMEM_MUST_FREE);
 }
 
 static enum MHD_Result web_handle(void *cls, struct MHD_Connection *c, const char *url,

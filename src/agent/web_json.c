@@ -5,11 +5,14 @@
  * a malformed record is left out or shown as such, never trusted), and each
  * VM's last migration from its `migration` record, its progress (the VMM's
  * report) copied field by field: only known numbers, a bounded per-round
- * `history` and `phases_ms`.  Pure (no etcd, no lock): fuzz_agent.c feeds it.
+ * `history` and `phases_ms`; an ended one whose report the timeline
+ * (src/lib/timeline.c) accepts links its picture.  Pure (no etcd, no lock):
+ * fuzz_agent.c feeds it.
  */
 #include <math.h>
 #include <string.h>
 
+#include "godwit/timeline.h"
 #include "../cmd/fleet.h"
 #include "agent.h"
 
@@ -17,7 +20,7 @@
 static const char *const web_prog_nums[] = {
 	"round", "rounds", "bytes", "pages", "zero_pages", "remaining_bytes", "dirty_rate_bps",
 	"bandwidth_bps", "expected_downtime_ms", "setup_ms", "total_ms", "downtime_ms",
-	"disk_bytes", "disk_rounds", "disk_remaining_bytes", "history_cut",
+	"disk_bytes", "disk_rounds", "disk_remaining_bytes", "history_cut", "pause_start_ms",
 };
 
 /* A finite number >= 0 (integer or real): true with *out. */
@@ -176,8 +179,26 @@ static void web_set_text(json_t *o, const char *k, json_t *rec, const char *rk, 
 	json_object_set_new(o, k, json_string(s));
 }
 
+json_t *web_record_report(json_t *rec)
+{
+	json_t *rep = web_report(json_object_get(rec, "progress"));
+	const char *from = json_string_value(json_object_get(rec, "from"));
+	const char *to = json_string_value(json_object_get(rec, "to"));
+
+	/* the hosts' names rather than the VMM's address: what the picture's title says */
+	if (rep && from && fleet_name_ok(from))
+		json_object_set_new(rep, "from", json_string(from));
+	if (rep && to && fleet_name_ok(to))
+		json_object_set_new(rep, "to", json_string(to));
+	if (rep)
+		web_set_text(rep, "error", rec, "error", 512);
+	if (rep && json_is_null(json_object_get(rep, "error")))
+		json_object_del(rep, "error");
+	return rep;
+}
+
 /* One VM's last migration (a valid record, fleet.c's checks); NULL: no memory. */
-static json_t *web_migration(const struct fleet_vm *vm, bool timelines)
+static json_t *web_migration(const struct fleet_vm *vm)
 {
 	json_t *rec = vm->migration, *id = json_object_get(rec, "id"), *rep, *o;
 	const char *phase = json_string_value(json_object_get(rec, "phase"));
@@ -204,11 +225,11 @@ static json_t *web_migration(const struct fleet_vm *vm, bool timelines)
 	web_set_text(o, "started", rec, "started", 32);
 	web_set_text(o, "ended", rec, "ended", 32);
 	json_object_set_new(o, "in_flight", json_boolean(!ended));
-	rep = web_report(json_object_get(rec, "progress"));
+	rep = web_record_report(rec);
 	pct = rep ? web_percent(rep, phase) : -1;
 	json_object_set_new(o, "percent", pct >= 0 ? json_real(pct) : json_null());
-	/* The picture exists for a migration that ended with a per-round history. */
-	if (timelines && ended && rep && json_array_size(json_object_get(rep, "history")))
+	/* The picture, for a migration that ended with a report the timeline can draw. */
+	if (ended && rep && web_timeline_ok(rep))
 		json_object_set_new(o, "timeline", json_sprintf("/api/migrations/%s/timeline.svg",
 								vm->name));
 	else
@@ -217,7 +238,14 @@ static json_t *web_migration(const struct fleet_vm *vm, bool timelines)
 	return o;
 }
 
-json_t *web_fleet_json(const struct etcd_kvs *kvs, const char *self, bool timelines)
+bool web_timeline_ok(json_t *rep)
+{
+	char err[256];
+
+	return json_array_size(json_object_get(rep, "history")) && timeline_check(rep, err, sizeof(err)) == 0;
+}
+
+json_t *web_fleet_json(const struct etcd_kvs *kvs, const char *self)
 {
 	struct fleet_ctx c = { .who = "godwitd web", .quiet = true };
 	struct fleet_view v;
@@ -247,7 +275,7 @@ json_t *web_fleet_json(const struct etcd_kvs *kvs, const char *self, bool timeli
 		}
 		json_array_append_new(vms, row);
 		if (v.v[i].migration) {
-			json_t *m = web_migration(&v.v[i], timelines);
+			json_t *m = web_migration(&v.v[i]);
 
 			if (!m)
 				goto oom;

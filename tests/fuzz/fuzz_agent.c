@@ -45,14 +45,13 @@
 #include "../../src/agent/agent.h"
 #include "../../src/cmd/run.h"
 #include "godwit/etcd.h"
+#include "godwit/timeline.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define HOST "host-b"
 
 static struct agent A;
-/* The first byte's bits above the mode (5: whether timelines are linked). */
-static unsigned int data_byte;
 
 /* The --map-path sets: no "to" starts with a "from", so a mapped path matches none. */
 static const struct agent_map map_sets[4][3] = {
@@ -431,7 +430,8 @@ static void check_report(json_t *rep)
 	if (!json_is_object(rep))
 		abort();
 	json_object_foreach(rep, k, v) {
-		if (!strcmp(k, "status")) {
+		if (!strcmp(k, "status") || !strcmp(k, "from") || !strcmp(k, "to") ||
+		    !strcmp(k, "error")) {
 			if (!json_is_string(v))
 				abort();
 		} else if (strcmp(k, "history") && strcmp(k, "phases_ms")) {
@@ -500,7 +500,7 @@ static void fuzz_web(const char *buf, size_t n)
 		}
 		p = vend < end ? vend + 1 : end;
 	}
-	out = web_fleet_json(&kvs, HOST, data_byte & 1);
+	out = web_fleet_json(&kvs, HOST);
 	if (!out || !json_is_array(json_object_get(out, "hosts")) ||
 	    !json_is_array(json_object_get(out, "vms")) ||
 	    !json_is_array(json_object_get(out, "migrations")))
@@ -525,8 +525,8 @@ static void fuzz_web(const char *buf, size_t n)
 					   json_number_value(pct) > 100))
 			abort();
 		snprintf(want, sizeof(want), "/api/migrations/%s/timeline.svg", vm);
-		if (!json_is_null(tl) && (!(data_byte & 1) || !json_is_string(tl) ||
-					  strcmp(json_string_value(tl), want)))
+		if (!json_is_null(tl) && (!json_is_string(tl) || strcmp(json_string_value(tl), want) ||
+					  !web_timeline_ok(json_object_get(x, "report"))))
 			abort();
 		if (!json_is_null(json_object_get(x, "report")))
 			check_report(json_object_get(x, "report"));
@@ -538,9 +538,19 @@ static void fuzz_web(const char *buf, size_t n)
 	/* a record's progress as the timeline's route reduces it */
 	for (i = 0; i < kvs.n; i++) {
 		json_t *rec = json_loads(kvs.kv[i].value, 0, NULL);
-		json_t *rep = web_report(json_object_get(rec, "progress"));
+		json_t *rep = web_record_report(rec);
+		char *svg = NULL;
+		size_t len = 0;
+		char err[256];
 
 		check_report(rep);
+		/* what the timeline's route draws: a well-formed picture or a reason */
+		if (web_timeline_ok(rep)) {
+			if (timeline_svg_buf(rep, &svg, &len, err, sizeof(err)) ||
+			    !strstr(svg, "<svg") || strlen(svg) != len)
+				abort();
+			free(svg);
+		}
 		json_decref(rep);
 		json_decref(rec);
 	}
@@ -562,7 +572,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		snprintf(A.godwit, sizeof(A.godwit), "/usr/local/bin/godwit");
 	}
 	skip = data[0] % 6 == 2 || data[0] % 6 == 3 ? 2 : 1;
-	data_byte = data[0] / 6;
 	if (size < skip)
 		return 0;
 	/* an exact-size copy, so that ASan sees any read past the end */

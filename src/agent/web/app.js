@@ -105,12 +105,12 @@ function drawInFlight(migs) {
 function reportTables(r) {
 	const box = el('div', { class: 'timeline-table' });
 	const hist = Array.isArray(r.history) ? r.history : [];
-	if (hist.length) {
-		const keys = [];
-		for (const h of hist)
-			for (const k of Object.keys(h || {}))
-				if (!keys.includes(k) && keys.length < 12)
-					keys.push(k);
+	const keys = [];
+	for (const h of hist)
+		for (const k of Object.keys(h || {}))
+			if (!keys.includes(k) && keys.length < 12)
+				keys.push(k);
+	if (keys.length) {
 		box.append(el('table', { class: 'rounds' },
 			el('thead', {}, el('tr', {}, ...keys.map(k => el('th', {}, k)))),
 			el('tbody', {}, ...hist.map(h => el('tr', {},
