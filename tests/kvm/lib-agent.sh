@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # tests/kvm/lib-agent.sh - one etcd and godwitd agents on loopback, for the tests
-# that need a small fleet without namespaces (t-fleet-page.sh).  Source tests/lib.sh
+# that need a small fleet without namespaces (t-agent.sh, t-fleet-page.sh).  Source tests/lib.sh
 # first (ROOT, GODWIT, T_TMP).
 #
 #   freeport                 a free TCP port on 127.0.0.1
