@@ -19,7 +19,8 @@
 #                  served as image/svg+xml, or without a renderer a row per round)
 #   page-hostile   records holding markup (a VM's status error, a migration's id and
 #                  error, a host's addr) are shown as text: nothing of them runs or
-#                  becomes an element; malformed records (not JSON, a bad key) break
+#                  becomes an element; malformed records (not JSON, a bad key, a host
+#                  record naming another host: up-malformed) break
 #                  nothing; evil's timeline is refused (422) with the reason
 #   page-sanitizer no sanitizer report in the agents' logs (GODWITD=build-asan/godwitd)
 # Needs etcd, etcdctl, jq, python3 and chromium (make deps).
@@ -81,6 +82,7 @@ ectl put /godwit/vms/evil/migration "$(jq -nc --arg e "$EVIL" \
 	             phases_ms: {($e): 1}}}')" >/dev/null
 ectl put /godwit/hosts/ghost2 "$(jq -nc --arg e "$ADDR" \
 	'{name: "ghost2", addr: $e, mem_capacity: 1048576, cpu_capacity: 1}')" >/dev/null
+ectl put /godwit/hosts/ghost3 '{"name": "someone-else"}' >/dev/null     # up-malformed
 ectl put '/godwit/hosts/<script>' '{}' >/dev/null
 ectl put /godwit/vms/junk/status 'not json' >/dev/null
 ectl put /godwit/vms/junk/migration '[1, 2' >/dev/null
