@@ -127,7 +127,7 @@ fi
 
 # ---- done: the page against the fleet ----
 for ((i = 0; i < 300; i++)); do
-	[ "$(efield /godwit/vms/vm1/migration phase)" = done ] &&
+	[ "$(efield /godwit/vms/vm1/migration phase)" = "done" ] &&
 		[ "$(efield /godwit/vms/vm1/status host)" = b ] &&
 		[ "$(efield /godwit/vms/vm1/status state)" = running ] && break
 	sleep 0.1
@@ -144,11 +144,11 @@ elif ! page --window-size=1280,1600 --screenshot="$SHOT" "$WEB/" >/dev/null ||
      [ "$(head -c 4 "$SHOT" | tail -c 3)" != PNG ]; then
 	t_fail page-fleet "no screenshot: $(tail -c 300 "$T_TMP/chromium.log")"
 else
-	t_pass "page-fleet (screenshot: ${SHOT#$ROOT/})"
+	t_pass "page-fleet (screenshot: ${SHOT#"$ROOT"/})"
 fi
 
 eget /godwit/vms/vm1/migration >"$T_TMP/vm1-migration.json"
-if ! out=$(python3 "$CHECK" done "$T_TMP/page.html" vm1 "$T_TMP/vm1-migration.json"); then
+if ! out=$(python3 "$CHECK" "done" "$T_TMP/page.html" vm1 "$T_TMP/vm1-migration.json"); then
 	t_fail page-done "$(tr '\n' '|' <<<"$out") (record: $(head -c 300 "$T_TMP/vm1-migration.json"))"
 elif grep -q '<img src="/api/migrations/vm1/timeline.svg"' "$T_TMP/page.html" &&
      ! { curl -s -D "$T_TMP/svg.hdr" -o "$T_TMP/timeline.svg" "$WEB/api/migrations/vm1/timeline.svg" &&
