@@ -100,6 +100,8 @@ AGENT_OBJS += src/agent/vms.o
 AGENT_OBJS += src/agent/migrate.o
 AGENT_OBJS += src/agent/peer.o
 AGENT_OBJS += src/agent/http.o
+AGENT_OBJS += src/agent/web.o
+AGENT_OBJS += src/agent/web_json.o
 
 UNIT_SRCS := $(sort $(wildcard tests/unit/*.c))
 
@@ -286,6 +288,9 @@ clean:
 -include $(OBJS_B:.o=.d) $(MAIN_OBJ_B:.o=.d) $(UNIT_OBJS_B:.o=.d) $(STATE_TEST_OBJ_B:.o=.d) \
 	$(HOOKS_OBJ_B:.o=.d) $(ETCD_TEST_OBJ_B:.o=.d)
 -include $(AGENT_OBJS_B:.o=.d)
+# The fleet page's files are taken into web.o as they are (.incbin): rebuild it when they change.
+WEB_FILES := $(wildcard src/agent/web/*)
+$(BUILD)/obj/src/agent/web.o build-fuzz/obj/src/agent/web.o: $(WEB_FILES)
 
 # libFuzzer targets (clang).  `make fuzz`, then e.g.
 #   build-fuzz/fuzz-boot -max_total_time=60 build-fuzz/corpus-boot

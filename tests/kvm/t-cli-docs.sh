@@ -149,6 +149,7 @@ want compl-dir "$T_TMP/cdir/guests" godwit run --snapshot-dir "$T_TMP/cdir/gu"
 want compl-cpu-model 'x86-64-v2 x86-64-v3' godwit run --cpu-model x86-64-
 want compl-fleet-sub 'drain' godwit fleet --etcd http : //e1 : 2379 dr
 want compl-fleet-sub-option '--parallel' godwit fleet drain h1 --pa
+want compl-fleet-create-run-options '--cpu-model --cpus' godwit fleet create vm1 --on h1 -- --kernel k --cp
 want compl-godwitd '--state-dir' godwitd --st
 want compl-godwitd-dir "$T_TMP/cdir/guests" godwitd --state-dir "$T_TMP/cdir/gu"
 # Every long option of every command's --help is offered after "--".
