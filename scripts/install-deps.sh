@@ -3,7 +3,7 @@
 set -euo pipefail
 PKGS="build-essential pkg-config clang libclang-rt-14-dev libmicrohttpd-dev libjansson-dev libcurl4-openssl-dev libssl-dev openssl libseccomp-dev libcap-ng-dev python3-cryptography
       qemu-system-x86 qemu-utils busybox-static cpio curl iproute2 acpica-tools kmod file jq
-      etcd-server etcd-client"
+      etcd-server etcd-client bsdutils"
 missing=()
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -680,7 +680,7 @@ static void tl_draw(const struct tl_report *t, FILE *o)
 	if (t->pause_start_ms >= 0)
 		xmax = fmax(xmax, t->pause_start_ms + t->downtime_ms);
 	xmax = fmax(xmax, t->setup_ms);
-	d.xmax = xmax > 0 ? xmax : 1;
+	d.xmax = xmax > 0 ? xmax * 1.02 : 1;    /* a margin: the end is not on the axis */
 	d.xunit = d.xmax >= 10000 ? 1000 : 1;
 	d.xname = d.xunit > 1 ? "s" : "ms";
 	tl_axis(lmax / TL_MIB, &d.lmax, &d.lstep);
