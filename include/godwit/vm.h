@@ -75,6 +75,22 @@ struct mem_region {
 	uint64_t *dev_dirty;
 };
 
+/* Why KVM_RUN returned, as GET /metrics counts it (vcpu_exit_names[]). */
+enum vcpu_exit {
+	VCPU_EXIT_IO,
+	VCPU_EXIT_MMIO,
+	VCPU_EXIT_HLT,
+	VCPU_EXIT_INTR,          /* a signal (a kick) or KVM_EXIT_INTR */
+	VCPU_EXIT_SHUTDOWN,
+	VCPU_EXIT_SYSTEM_EVENT,
+	VCPU_EXIT_INTERNAL_ERROR,
+	VCPU_EXIT_FAIL_ENTRY,
+	VCPU_EXIT_OTHER,
+	VCPU_EXIT_NR
+};
+/* "io", "mmio", "hlt", "intr", "shutdown", "system_event", "internal_error", ... */
+extern const char *const vcpu_exit_names[VCPU_EXIT_NR];
+
 struct vcpu {
 	struct vm *vm;
 	unsigned int index;
@@ -85,6 +101,8 @@ struct vcpu {
 	bool thread_started;
 	bool exited;             /* under vm->lock: the thread has left its loop */
 	bool io_pending;         /* vCPU thread only: last exit was PIO/MMIO, not yet completed */
+	/* KVM_RUN returns by reason (STAT_ADD by the vCPU thread; not saved: not guest state). */
+	_Atomic uint64_t exits[VCPU_EXIT_NR];
 };
 
 /* Port I/O and MMIO handlers registered by devices. */
