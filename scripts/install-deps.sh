@@ -1,6 +1,6 @@
 #!/bin/bash
 # Installs the Debian packages godwit needs to build and test; idempotent.
-# (chromium: t-fleet-page.sh loads godwitd's page headless; about 370 MB installed.)
+# (chromium: t-fleet-page.sh loads godwitd's page headless; about 390 MiB installed, 125 MB to download.)
 set -euo pipefail
 PKGS="build-essential pkg-config clang libclang-rt-14-dev libmicrohttpd-dev libjansson-dev libcurl4-openssl-dev libssl-dev openssl libseccomp-dev libcap-ng-dev python3-cryptography
       qemu-system-x86 qemu-utils busybox-static cpio curl iproute2 acpica-tools kmod file jq

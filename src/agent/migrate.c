@@ -336,7 +336,7 @@ static bool mig_follow(struct mig_job *j)
 	int misses = 0;
 
 	for (;;) {
-		json_t *p = agent_api(j->api, "GET", "/api/v1/vm/migration", NULL, 5000);
+		json_t *p = agent_api(j->api, "GET", "/api/v1/vm/migration?release=1", NULL, 5000);
 		const char *st;
 
 		if (!p) {

@@ -1,6 +1,6 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034
 # tests/kvm/lib-agent.sh - one etcd and godwitd agents on loopback, for the tests
-# that need a small fleet without namespaces (t-fleet-page.sh).  Source tests/lib.sh
+# that need a small fleet without namespaces (t-agent.sh, t-fleet-page.sh).  Source tests/lib.sh
 # first (ROOT, GODWIT, T_TMP).
 #
 #   freeport                 a free TCP port on 127.0.0.1
@@ -17,7 +17,7 @@
 # The agent beside the godwit under test (the ASan pass: build-asan/godwitd).
 GODWITD=${GODWITD:-$(dirname "$GODWIT")/godwitd}
 AGENT_TTL=${AGENT_TTL:-6}
-AGENT_ERR=
+AGENT_ERR=     # why agent_etcd_up or agent_up failed
 declare -A AGENT_PID
 
 freeport() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

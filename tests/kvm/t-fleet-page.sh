@@ -19,7 +19,8 @@
 #                  served as image/svg+xml, or without a renderer a row per round)
 #   page-hostile   records holding markup (a VM's status error, a migration's id and
 #                  error, a host's addr) are shown as text: nothing of them runs or
-#                  becomes an element; malformed records (not JSON, a bad key) break
+#                  becomes an element; malformed records (not JSON, a bad key, a host
+#                  record naming another host: up-malformed) break
 #                  nothing; evil's timeline is refused (422) with the reason
 #   page-sanitizer no sanitizer report in the agents' logs (GODWITD=build-asan/godwitd)
 # Needs etcd, etcdctl, jq, python3 and chromium (make deps).
@@ -81,6 +82,7 @@ ectl put /godwit/vms/evil/migration "$(jq -nc --arg e "$EVIL" \
 	             phases_ms: {($e): 1}}}')" >/dev/null
 ectl put /godwit/hosts/ghost2 "$(jq -nc --arg e "$ADDR" \
 	'{name: "ghost2", addr: $e, mem_capacity: 1048576, cpu_capacity: 1}')" >/dev/null
+ectl put /godwit/hosts/ghost3 '{"name": "someone-else"}' >/dev/null     # up-malformed
 ectl put '/godwit/hosts/<script>' '{}' >/dev/null
 ectl put /godwit/vms/junk/status 'not json' >/dev/null
 ectl put /godwit/vms/junk/migration '[1, 2' >/dev/null
@@ -125,7 +127,7 @@ fi
 
 # ---- done: the page against the fleet ----
 for ((i = 0; i < 300; i++)); do
-	[ "$(efield /godwit/vms/vm1/migration phase)" = done ] &&
+	[ "$(efield /godwit/vms/vm1/migration phase)" = "done" ] &&
 		[ "$(efield /godwit/vms/vm1/status host)" = b ] &&
 		[ "$(efield /godwit/vms/vm1/status state)" = running ] && break
 	sleep 0.1
@@ -142,11 +144,11 @@ elif ! page --window-size=1280,1600 --screenshot="$SHOT" "$WEB/" >/dev/null ||
      [ "$(head -c 4 "$SHOT" | tail -c 3)" != PNG ]; then
 	t_fail page-fleet "no screenshot: $(tail -c 300 "$T_TMP/chromium.log")"
 else
-	t_pass "page-fleet (screenshot: ${SHOT#$ROOT/})"
+	t_pass "page-fleet (screenshot: ${SHOT#"$ROOT"/})"
 fi
 
 eget /godwit/vms/vm1/migration >"$T_TMP/vm1-migration.json"
-if ! out=$(python3 "$CHECK" done "$T_TMP/page.html" vm1 "$T_TMP/vm1-migration.json"); then
+if ! out=$(python3 "$CHECK" "done" "$T_TMP/page.html" vm1 "$T_TMP/vm1-migration.json"); then
 	t_fail page-done "$(tr '\n' '|' <<<"$out") (record: $(head -c 300 "$T_TMP/vm1-migration.json"))"
 elif grep -q '<img src="/api/migrations/vm1/timeline.svg"' "$T_TMP/page.html" &&
      ! { curl -s -D "$T_TMP/svg.hdr" -o "$T_TMP/timeline.svg" "$WEB/api/migrations/vm1/timeline.svg" &&

@@ -174,7 +174,9 @@ function draw(f) {
 	drawHosts(Array.isArray(f.hosts) ? f.hosts : []);
 	drawVms(Array.isArray(f.vms) ? f.vms : []);
 	drawInFlight(migs.filter(m => m.in_flight === true));
-	drawDone(migs.filter(m => m.in_flight !== true));
+	// the latest first (ISO 8601 times sort as text)
+	drawDone(migs.filter(m => m.in_flight !== true)
+		.sort((x, y) => str(y.ended).localeCompare(str(x.ended))));
 	document.getElementById('meta').textContent = 'etcd revision ' + str(f.revision) +
 		', from host ' + str(f.self) + ', at ' + new Date().toLocaleTimeString();
 	document.body.setAttribute('data-revision', str(f.revision));
