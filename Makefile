@@ -86,6 +86,7 @@ OBJS += src/cmd/client.o
 OBJS += src/cmd/snapshot.o
 OBJS += src/cmd/migrate.o
 OBJS += src/cmd/report.o
+OBJS += src/cmd/progress.o
 # godwit fleet: placement (pure), the command
 OBJS += src/fleet/place.o
 OBJS += src/cmd/fleet.o

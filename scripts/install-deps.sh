@@ -6,7 +6,7 @@ PKGS="build-essential pkg-config clang libclang-rt-14-dev libmicrohttpd-dev libj
       qemu-system-x86 qemu-utils busybox-static cpio curl iproute2 acpica-tools kmod file jq
       etcd-server etcd-client python3-prometheus-client
       groff-base man-db lintian dpkg-dev systemd
-      chromium"
+      chromium bsdutils"
 missing=()
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

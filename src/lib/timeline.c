@@ -476,9 +476,9 @@ static void tl_bands(struct tl_draw *d)
 		tl_fmt_ms(a, sizeof(a), t->pause_start_ms);
 		tl_fmt_ms(b, sizeof(b), end - t->pause_start_ms);
 		fprintf(o, "<rect id=\"pause\" class=\"pause\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" "
-			"height=\"%.1f\" fill=\"" TL_C_PAUSE "\" fill-opacity=\"0.35\" "
+			"height=\"%.1f\" fill=\"" TL_C_PAUSE "\" fill-opacity=\"0.5\" "
 			"data-start-ms=\"%.15g\" data-downtime-ms=\"%.15g\"><title>pause (VM stopped):"
-			" %s from %s%s</title></rect>\n", x0, TL_TOP, fmax(x1 - x0, 3),
+			" %s from %s%s</title></rect>\n", x0, TL_TOP, fmax(x1 - x0, 4),
 			TL_BOTTOM - TL_TOP, t->pause_start_ms, t->downtime_ms, b, a,
 			done ? "" : " (did not complete)");
 		fprintf(o, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\" font-size=\"11\" "
@@ -680,7 +680,7 @@ static void tl_draw(const struct tl_report *t, FILE *o)
 	if (t->pause_start_ms >= 0)
 		xmax = fmax(xmax, t->pause_start_ms + t->downtime_ms);
 	xmax = fmax(xmax, t->setup_ms);
-	d.xmax = xmax > 0 ? xmax : 1;
+	d.xmax = xmax > 0 ? xmax * 1.02 : 1;    /* a margin: the end is not on the axis */
 	d.xunit = d.xmax >= 10000 ? 1000 : 1;
 	d.xname = d.xunit > 1 ? "s" : "ms";
 	tl_axis(lmax / TL_MIB, &d.lmax, &d.lstep);
