@@ -9,8 +9,10 @@
 # godwit on the same TAP is refused (busy); stopping godwit removes the TAP
 # it created.  An existing persistent TAP is attached to (with mac=) and
 # survives godwit.  Bad --net specs and interfaces that are not TAPs exit 1
-# with a clear message.
+# with a clear message.  GET /metrics afterwards: the virtio-net counters cover
+# the datagrams and bytes the client sent and got back.
 . "$(dirname "$0")/../lib.sh"
+. "$(dirname "$0")/lib-prom.sh"
 
 NS=gwt-net-$$
 IP_HOST=198.18.0.1
@@ -76,7 +78,8 @@ ip -n "$NS" link del gwtun0 2>/dev/null
 log=$T_TMP/net.log
 # (ip netns exec execs godwit: $! is godwit's pid; the EXIT trap kills what is left)
 ip netns exec "$NS" "$GODWIT" run --kernel "$GUEST_ELF" --mem 128M --name "$NAME" \
-	--net tap=gwt0 --cmdline "workload=net ip=$IP_GUEST" </dev/null >"$log" 2>&1 &
+	--api "$T_TMP/net.sock" --net tap=gwt0 --cmdline "workload=net ip=$IP_GUEST" \
+	</dev/null >"$log" 2>&1 &
 gpid=$!
 if ! t_wait_link "$NS" gwt0 10; then
 	t_fail net-tap-created "no interface gwt0 in the namespace 10 s after start; log: $(tail -c 500 "$log")"
@@ -205,6 +208,29 @@ else
 fi
 echo "# udp: $(tail -1 "$T_TMP/udp.out")"
 echo "# guest: $(t_complete "$log" | grep -a '^net: t=' | tail -1)"
+
+# Each datagram the client sent (resent ones too) is a frame to the guest, with more
+# bytes than its payload (headers); each echo a frame from it.
+if ! prom_scrape "$T_TMP/net.sock" "$T_TMP/nm.json"; then
+	t_fail net-metrics "$PROM_ERR"
+else
+	udp=$(tail -1 "$T_TMP/udp.out")
+	dg=$(t_field "$udp" datagrams) ub=$(t_field "$udp" bytes)
+	got=
+	for d in rx tx; do
+		for m in packets bytes dropped; do
+			got+=" $d-$m=$(prom_val "$T_TMP/nm.json" godwit_net_${m}_total tap=gwt0 direction=$d)"
+		done
+	done
+	read -r rxp rxb rxd txp txb txd <<<"$(sed 's/ [a-z-]*=/ /g' <<<"$got")"
+	if [ -z "$dg" ] || ! [ "$rxp" -ge "$dg" ] || ! [ "$txp" -ge "$dg" ] ||
+		! [ "$rxb" -gt "$ub" ] || ! [ "$txb" -gt "$ub" ]; then
+		t_fail net-metrics "$got; the client sent $dg datagrams, $ub bytes"
+	else
+		t_pass net-metrics
+	fi
+	echo "# metrics:$got"
+fi
 
 # Stopping godwit removes the TAP it created.
 kill -TERM "$gpid" 2>/dev/null
