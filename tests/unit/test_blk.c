@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "godwit/dev.h"
 #include "godwit/virtio.h"
 #include "unit.h"
 
@@ -330,6 +331,50 @@ TEST(blk_read_write)
 	/* Zero-length read and write are fine. */
 	req_build(&r, T_IN, IMG_SECTORS, NULL, 0, 0, NULL, 0);
 	CHECK_EQ(serve(b, &r), S_OK);
+	free(r.e);
+	virtio_blk_close(b);
+	remove_image(p);
+}
+
+/* GET /metrics's counters (dev.h): every answered request by type, bytes of those that succeeded. */
+TEST(blk_stats_counted)
+{
+	const char *p = make_image("stats.img", IMG_SECTORS * 512);
+	struct req r = { 0 };
+	uint8_t data[1536] = { 1 };
+	struct dev_stats st = { 0 };
+	struct virtio_dev *v;
+	struct blk *b = open_negotiated(p, "");
+
+	CHECK(b != NULL);
+	if (!b)
+		return;
+	v = virtio_blk_vdev(b);
+	req_build(&r, T_OUT, 5, data, sizeof(data), 0, NULL, 0);
+	CHECK_EQ(serve(b, &r), S_OK);
+	req_build(&r, T_IN, 5, NULL, 0, 1024, NULL, 0);
+	CHECK_EQ(serve(b, &r), S_OK);
+	req_build(&r, T_IN, IMG_SECTORS - 1, NULL, 0, 1024, NULL, 0);   /* beyond the end */
+	CHECK_EQ(serve(b, &r), S_IOERR);
+	req_build(&r, T_FLUSH, 0, NULL, 0, 0, NULL, 0);
+	CHECK_EQ(serve(b, &r), S_OK);
+	req_build(&r, T_GET_ID, 0, NULL, 0, 20, NULL, 0);
+	CHECK_EQ(serve(b, &r), S_OK);
+	req_build(&r, 99, 0, NULL, 0, 0, NULL, 0);
+	CHECK_EQ(serve(b, &r), S_UNSUPP);
+	CHECK(v->ops->stats != NULL);
+	v->ops->stats(v, &st);
+	CHECK_EQ(st.kind, DEV_STATS_BLK);
+	CHECK_STR(st.label, p);
+	CHECK_EQ(st.blk.requests[DEV_BLK_WRITE], 1);
+	CHECK_EQ(st.blk.requests[DEV_BLK_READ], 2);
+	CHECK_EQ(st.blk.requests[DEV_BLK_FLUSH], 1);
+	CHECK_EQ(st.blk.requests[DEV_BLK_GET_ID], 1);
+	CHECK_EQ(st.blk.requests[DEV_BLK_OTHER], 1);
+	CHECK_EQ(st.blk.requests[DEV_BLK_DISCARD], 0);
+	CHECK_EQ(st.blk.write_bytes, 1536);
+	CHECK_EQ(st.blk.read_bytes, 1024);
+	CHECK_EQ(st.blk.errors, 2);
 	free(r.e);
 	virtio_blk_close(b);
 	remove_image(p);
