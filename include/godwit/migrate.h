@@ -83,6 +83,10 @@ enum mig_phase {
 /* "stop", "memory", "state", "ready", "release", "gate", "commit" */
 const char *migrate_phase_name(enum mig_phase ph);
 
+/* The per-vCPU dirty rates a history entry keeps (the progress has every vCPU's). */
+#define MIG_ROUND_VCPUS 8
+#define MIG_MAX_VCPUS   255          /* = STREAM_MAX_VCPUS (checked in migrate.c) */
+
 /* One finished pre-copy round (GET /vm/migration "history"). */
 struct migrate_round {
 	uint32_t round;              /* 1-based */
@@ -93,6 +97,9 @@ struct migrate_round {
 	double dirty_rate;           /* bytes dirtied per second during it */
 	double bandwidth;            /* the link estimate after it, bytes per second */
 	double expected_downtime_ms; /* remaining / bandwidth */
+	/* with the dirty ring: bytes dirtied per second by vCPU 0, 1, ... (the first few) */
+	unsigned int nr_vcpu_rates;
+	double vcpu_dirty_rate[MIG_ROUND_VCPUS];
 };
 
 struct migrate_progress {
@@ -104,6 +111,9 @@ struct migrate_progress {
 	uint64_t pages, zero_pages;  /* RAM pages sent, of them zero (markers) */
 	uint64_t remaining_bytes;    /* dirty RAM not sent yet, as last measured */
 	double dirty_rate;           /* bytes dirtied per second, last round */
+	bool dirty_ring;             /* dirty pages tracked per vCPU (KVM's dirty ring) */
+	unsigned int nr_vcpu_rates;  /* dirty_ring: vCPUs in vcpu_dirty_rate, once a round ended */
+	double vcpu_dirty_rate[MIG_MAX_VCPUS];   /* bytes per second, last round, per vCPU */
 	double bandwidth;            /* bytes sent per second, last round */
 	double expected_downtime_ms; /* remaining / bandwidth */
 	double setup_ms, total_ms, downtime_ms;

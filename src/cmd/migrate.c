@@ -195,7 +195,9 @@ static void mig_print_json(json_t *p)
 		json_object_set(o, "disk_rounds", json_object_get(p, "disk_rounds"));
 	}
 	/* What a timeline needs: the rounds, when the pause began and its phases. */
-	static const char *const extra[] = { "history", "pause_start_ms", "phases_ms", NULL };
+	static const char *const extra[] = {
+		"history", "pause_start_ms", "phases_ms", "dirty_tracking", "vcpu_dirty_rate_bps", NULL
+	};
 
 	for (unsigned int i = 0; extra[i]; i++)
 		if (json_object_get(p, extra[i]))

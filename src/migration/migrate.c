@@ -398,11 +398,34 @@ static int mig_setup(struct mig_run *r)
 	return 0;
 }
 
+_Static_assert(MIG_MAX_VCPUS >= STREAM_MAX_VCPUS, "a rate for every vCPU");
+
+/*
+ * With the dirty ring: each vCPU's dirty rate over the last ms, from the
+ * pages its ring reported since *last (updated).  Under m->lock.
+ */
+static void mig_vcpu_rates(struct mig_run *r, uint64_t *last, double ms)
+{
+	struct migrate_progress *p = &r->m->prog;
+	unsigned int n = MIN(r->vm->cfg.ncpus, MIG_MAX_VCPUS);
+
+	if (!r->vm->dirty_ring)
+		return;
+	for (unsigned int c = 0; c < n; c++) {
+		uint64_t now = vm_vcpu_dirty_pages(r->vm, c);
+
+		p->vcpu_dirty_rate[c] = (double)(now - last[c]) * STREAM_PAGE_SIZE / ms * 1e3;
+		last[c] = now;
+	}
+	p->nr_vcpu_rates = n;
+}
+
 /* Pre-copy rounds until what is left fits the downtime limit (or the round limit). */
 static int mig_precopy(struct mig_run *r)
 {
 	struct migration *m = r->m;
 	struct vm *vm = r->vm;
+	uint64_t vcpu_pages[MIG_MAX_VCPUS] = { 0 };
 	double last_remaining = -1, bw_est = 0;
 	unsigned int worse = 0;
 	int64_t dirty;
@@ -442,6 +465,8 @@ static int mig_precopy(struct mig_run *r)
 			return -EIO;
 		}
 	}
+	for (unsigned int c = 0; c < MIN(vm->cfg.ncpus, MIG_MAX_VCPUS); c++)
+		vcpu_pages[c] = vm_vcpu_dirty_pages(vm, c);
 	mig_set_status(m, MIG_ACTIVE);
 	for (uint32_t round = 1; ; round++) {
 		struct timespec t0;
@@ -500,8 +525,11 @@ static int mig_precopy(struct mig_run *r)
 			worse = 0;
 		m->prog.not_converging = worse >= 3;
 		m->prog.rounds_done = round;
-		if (m->nhist < m->hist_cap)
-			m->hist[m->nhist++] = (struct migrate_round){
+		mig_vcpu_rates(r, vcpu_pages, ms);
+		if (m->nhist < m->hist_cap) {
+			struct migrate_round *h = &m->hist[m->nhist++];
+
+			*h = (struct migrate_round){
 				.round = round,
 				.start_ms = ms_between(&m->t_start, &t0),
 				.ms = ms,
@@ -510,7 +538,11 @@ static int mig_precopy(struct mig_run *r)
 				.dirty_rate = m->prog.dirty_rate,
 				.bandwidth = bw_est,
 				.expected_downtime_ms = expect,
+				.nr_vcpu_rates = MIN(m->prog.nr_vcpu_rates, MIG_ROUND_VCPUS),
 			};
+			memcpy(h->vcpu_dirty_rate, m->prog.vcpu_dirty_rate,
+			       h->nr_vcpu_rates * sizeof(double));
+		}
 		pthread_mutex_unlock(&m->lock);
 		log_debug("migrate: round %u: %.1f MiB in %.1f ms (%.0f MiB/s), %lld dirty pages, "
 			  "expected downtime %.1f ms", round,
@@ -1015,6 +1047,7 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 	memset(&m->prog, 0, sizeof(m->prog));
 	snprintf(m->prog.to, sizeof(m->prog.to), "%s", p->to);
 	m->prog.insecure = !p->tls && !migrate_addr_local(p->to);
+	m->prog.dirty_ring = vm->dirty_ring != 0;
 	m->prog.status = MIG_SETUP;
 	m->cancel = m->reported = m->in_handoff = false;
 	m->decision = GATE_WAIT;

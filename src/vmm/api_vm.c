@@ -282,6 +282,15 @@ static double api_round3(double v)
 	return (double)(long long)(v * 1000 + 0.5) / 1000;
 }
 
+static json_t *api_rates_json(const double *v, unsigned int n)
+{
+	json_t *a = json_array();
+
+	for (unsigned int i = 0; a && i < n; i++)
+		json_array_append_new(a, json_real(api_round3(v[i])));
+	return a;
+}
+
 static json_t *api_progress_json(const struct migrate_progress *p)
 {
 	json_t *j = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:f, "
@@ -321,6 +330,12 @@ static json_t *api_progress_json(const struct migrate_progress *p)
 		json_object_set_new(j, "gate", json_boolean(p->gate));
 		json_object_set_new(j, "dest_refused", json_boolean(p->dest_refused));
 	}
+	if (j && p->status != MIG_NONE && p->status != MIG_INCOMING) {
+		json_object_set_new(j, "dirty_tracking", json_string(p->dirty_ring ? "ring" : "log"));
+		if (p->nr_vcpu_rates)
+			json_object_set_new(j, "vcpu_dirty_rate_bps",
+					    api_rates_json(p->vcpu_dirty_rate, p->nr_vcpu_rates));
+	}
 	if (j && p->paused)
 		json_object_set_new(j, "pause_start_ms", json_real(api_round3(p->pause_start_ms)));
 	if (j && p->phases) {
@@ -356,8 +371,8 @@ static json_t *api_history_json(struct vm *vm)
 	}
 	/* Rounds only grow: a second read may find more, never fewer. */
 	n = MIN(n, migrate_get_history(vm, h, n));
-	for (size_t i = 0; i < n; i++)
-		json_array_append_new(a, json_pack(
+	for (size_t i = 0; i < n; i++) {
+		json_t *e = json_pack(
 			"{s:I, s:f, s:f, s:I, s:I, s:f, s:f, s:f}",
 			"round", (json_int_t)h[i].round,
 			"start_ms", api_round3(h[i].start_ms),
@@ -366,7 +381,14 @@ static json_t *api_history_json(struct vm *vm)
 			"remaining_bytes", (json_int_t)h[i].remaining_bytes,
 			"dirty_rate_bps", api_round3(h[i].dirty_rate),
 			"bandwidth_bps", api_round3(h[i].bandwidth),
-			"expected_downtime_ms", api_round3(h[i].expected_downtime_ms)));
+			"expected_downtime_ms", api_round3(h[i].expected_downtime_ms));
+
+		if (e && h[i].nr_vcpu_rates)
+			json_object_set_new(e, "vcpu_dirty_rate_bps",
+					    api_rates_json(h[i].vcpu_dirty_rate,
+							   MIN(h[i].nr_vcpu_rates, MIG_ROUND_VCPUS)));
+		json_array_append_new(a, e);
+	}
 	free(h);
 	return a;
 }

@@ -90,6 +90,18 @@ int vcpus_create(struct vm *vm)
 			v->run = NULL;
 			return -errno;
 		}
+		if (vm->dirty_ring) {
+			size_t bytes = (size_t)vm->dirty_ring * sizeof(struct kvm_dirty_gfn);
+			void *ring = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, v->fd,
+					  KVM_DIRTY_LOG_PAGE_OFFSET * sysconf(_SC_PAGESIZE));
+
+			if (ring == MAP_FAILED) {
+				ret = -errno;
+				log_warn("vcpu%u: cannot map the dirty ring", i);
+				return ret;
+			}
+			v->ring = ring;
+		}
 		if (i == 0) {
 			khz = ioctl(v->fd, KVM_GET_TSC_KHZ, 0);
 			vm->tsc_khz = khz > 0 ? (uint32_t)khz : 0;
@@ -115,6 +127,8 @@ void vcpus_destroy(struct vm *vm)
 
 		if (v->run)
 			munmap(v->run, v->run_size);
+		if (v->ring)
+			munmap(v->ring, (size_t)vm->dirty_ring * sizeof(struct kvm_dirty_gfn));
 		if (v->fd > 0)
 			close(v->fd);
 	}
@@ -194,6 +208,15 @@ static bool vcpu_handle_exit(struct vcpu *v)
 		return true;
 	case KVM_EXIT_INTR:
 		return true;
+	case KVM_EXIT_DIRTY_RING_FULL: {
+		/* Our ring is (nearly) full: empty them all, then KVM_RUN may go on. */
+		int ret = vm_dirty_ring_harvest(v->vm);
+
+		if (!ret)
+			return true;
+		snprintf(why, sizeof(why), "cannot reset the dirty rings: %s", strerror(-ret));
+		break;
+	}
 	case KVM_EXIT_HLT:
 		/* Only without an in-kernel LAPIC; treat as a spurious exit. */
 		return true;

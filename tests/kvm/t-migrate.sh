@@ -13,6 +13,9 @@
 #   migrate-50/-200   mem=128 at 50 and 200 MiB/s over unix: (200 may end
 #                     without converging under 50 ms: allowed, reported)
 #   migrate-2cpu      --cpus 2, 50 MiB/s
+#   migrate-dirty-log --cpus 2, 50 MiB/s, with KVM's dirty log instead of the dirty ring
+#   migrate-vcpu-rates --cpus 2: vCPU 0 writes 100 MiB/s, vCPU 1 idles; the report's
+#                     per-vCPU dirty rates (dirty ring) say so round by round
 #   migrate-devices   mem+disk+net: a read-only disk (both sides hold a shared
 #                     lock on the same image, filled beforehand by a writable
 #                     run), the guest's read passes land in its memory through
@@ -91,7 +94,7 @@ check_report() {
 	elif ! WHY=$(python3 - "$MIG_JSON" <<'PY'
 # The timeline's data: one history entry per round, in time order, inside
 # the migration; the pause after the last round; its phases add up to it.
-import json, sys
+import json, os, sys
 r = json.load(open(sys.argv[1]))
 h, ph = r.get("history"), r.get("phases_ms")
 def bad(why):
@@ -115,6 +118,21 @@ if not isinstance(ph, dict) or list(ph) != want or min(ph.values()) < 0:
     bad("phases_ms is not %s in that order, each >= 0" % want)
 if abs(sum(ph.values()) - r["downtime_ms"]) > 0.01:
     bad("the phases do not add up to the downtime")
+if os.environ.get("GODWIT_DIRTY_RING") == "off" and r.get("dirty_tracking") != "log":
+    bad("GODWIT_DIRTY_RING=off, yet dirty_tracking is not the log")
+if os.environ.get("VCPU_RATES"):
+    # Rounds of 100 ms or more: vCPU 0 dirties at about 100 MiB/s, vCPU 1 next to nothing.
+    if r.get("dirty_tracking") != "ring":
+        bad("dirty_tracking is not the dirty ring")
+    long = [e for e in h if e["ms"] >= 100]
+    if not long:
+        bad("no round of 100 ms or more")
+    for e in long:
+        v = e.get("vcpu_dirty_rate_bps")
+        if not isinstance(v, list) or len(v) != 2:
+            bad("round %d has no rate for each of the 2 vCPUs" % e["round"])
+        if not (30 << 20) <= v[0] <= (200 << 20) or v[1] > v[0] / 10:
+            bad("round %d: vCPU rates %s, expected vCPU 0 near 100 MiB/s and vCPU 1 under a tenth of it" % (e["round"], v))
 PY
 	); then
 		:
@@ -255,6 +273,14 @@ want 200 && simple_case migrate-200 unix 'workload=mem mem=128 rate=200 report=2
 	--mem 256M --cpus 1
 want 2cpu && simple_case migrate-2cpu unix 'workload=mem mem=128 rate=50 report=200' $((2 * 128 * 256)) 50 \
 	--mem 256M --cpus 2
+# The dirty log's bitmap, where KVM has no dirty ring (GODWIT_DIRTY_RING=off).
+want dirty-log && GODWIT_DIRTY_RING=off simple_case migrate-dirty-log unix \
+	'workload=mem mem=64 rate=50 report=200' $((2 * 64 * 256)) 50 --mem 256M --cpus 2
+# Per-vCPU dirty rates (KVM's dirty ring): vCPU 0 rewrites memory at 100 MiB/s,
+# vCPU 1 runs the rng workload (64 KiB once, then idle).
+want vcpu-rates && VCPU_RATES=1 simple_case migrate-vcpu-rates unix \
+	'workload=mem+rng mem=64 rate=100 rng_kib=64 report=200' $((64 * 256)) 100 \
+	--mem 256M --cpus 2 --rng
 
 # ---- 4: devices: a read-only disk shared by both sides, a TAP each on a bridge ---------------
 devices_case() {
