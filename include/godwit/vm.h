@@ -95,6 +95,10 @@ struct vcpu {
 	struct kvm_dirty_gfn *ring;
 	uint32_t ring_fetch;     /* next entry to harvest (free-running) */
 	uint64_t ring_pages;     /* entries harvested from this ring (atomic): its dirty pages */
+	/* throttle.h: the sleep at the start of each slice (µs, atomic; 0: runs free) */
+	uint32_t throttle_us;
+	uint32_t throttle_due;   /* atomic: the throttle kicked us; sleep before KVM_RUN */
+	uint64_t throttle_sleeps, throttle_slept_us;   /* atomic: what the throttle cost us */
 };
 
 /* Port I/O and MMIO handlers registered by devices. */

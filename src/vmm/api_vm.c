@@ -335,6 +335,11 @@ static json_t *api_progress_json(const struct migrate_progress *p)
 		if (p->nr_vcpu_rates)
 			json_object_set_new(j, "vcpu_dirty_rate_bps",
 					    api_rates_json(p->vcpu_dirty_rate, p->nr_vcpu_rates));
+		json_object_set_new(j, "throttle", json_boolean(p->throttle));
+		json_object_set_new(j, "throttle_budget_bps", json_real(api_round3(p->throttle_budget)));
+		if (p->nr_vcpu_throttle)
+			json_object_set_new(j, "vcpu_throttle_pct",
+					    api_rates_json(p->vcpu_throttle_pct, p->nr_vcpu_throttle));
 	}
 	if (j && p->paused)
 		json_object_set_new(j, "pause_start_ms", json_real(api_round3(p->pause_start_ms)));
@@ -387,6 +392,14 @@ static json_t *api_history_json(struct vm *vm)
 			json_object_set_new(e, "vcpu_dirty_rate_bps",
 					    api_rates_json(h[i].vcpu_dirty_rate,
 							   MIN(h[i].nr_vcpu_rates, MIG_ROUND_VCPUS)));
+		if (e && (h[i].throttle_budget > 0 || h[i].throttle_pct > 0)) {
+			json_object_set_new(e, "throttle_budget_bps",
+					    json_real(api_round3(h[i].throttle_budget)));
+			json_object_set_new(e, "throttle_pct", json_real(api_round3(h[i].throttle_pct)));
+			json_object_set_new(e, "vcpu_throttle_pct",
+					    api_rates_json(h[i].vcpu_throttle_pct,
+							   MIN(h[i].nr_vcpu_throttle, MIG_ROUND_VCPUS)));
+		}
 		json_array_append_new(a, e);
 	}
 	free(h);
@@ -518,6 +531,13 @@ static unsigned int api_vm_migrate(struct api_server *s, json_t *body, json_t **
 			return api_error(out, MHD_HTTP_BAD_REQUEST, "\"gate\" must be true or false");
 		p.gate = jg && json_is_true(jg);
 	}
+	{
+		json_t *jthr = body ? json_object_get(body, "throttle") : NULL;
+
+		if (jthr && !json_is_boolean(jthr))
+			return api_error(out, MHD_HTTP_BAD_REQUEST, "\"throttle\" must be true or false");
+		p.throttle = !jthr || json_is_true(jthr);
+	}
 	switch (api_vm_state(s->vm)) {
 	case VM_STATE_RUNNING:
 		break;
@@ -625,7 +645,7 @@ static unsigned int api_vm_migrate_resolve(struct api_server *s, json_t *body, j
 static const char *const api_snapshot_fields[] = { "path", "resume", NULL };
 static const char *const api_migrate_fields[] = {
 	"to", "downtime_ms", "max_bandwidth", "max_rounds", "min_rate", "with_disks", "tls",
-	"insecure", "gate", NULL
+	"insecure", "gate", "throttle", NULL
 };
 static const char *const api_resolve_fields[] = { "action", NULL };
 static const char *const api_commit_fields[] = { "commit", NULL };

@@ -303,6 +303,36 @@ static bool vcpu_pause_point(struct vcpu *v)
 	return go;
 }
 
+/*
+ * The throttle (throttle.h) kicked us at the start of a slice: sleep our
+ * share of it.  A kick for a pause or an exit ends the sleep early, so
+ * throttling never delays a pause.
+ */
+static void vcpu_throttle_point(struct vcpu *v)
+{
+	struct timespec until;
+	uint32_t us;
+
+	if (!__atomic_exchange_n(&v->throttle_due, 0, __ATOMIC_ACQ_REL))
+		return;
+	us = __atomic_load_n(&v->throttle_us, __ATOMIC_RELAXED);
+	if (!us)
+		return;
+	__atomic_fetch_add(&v->throttle_sleeps, 1, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&v->throttle_slept_us, us, __ATOMIC_RELAXED);
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_nsec += (long)us * 1000;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec += until.tv_nsec / 1000000000L;
+		until.tv_nsec %= 1000000000L;
+	}
+	/* vm_pause() and vm_request_exit() set their flag, then kick (EINTR). */
+	while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) == EINTR)
+		if (__atomic_load_n(&v->vm->pause_requested, __ATOMIC_ACQUIRE) ||
+		    __atomic_load_n(&v->vm->state, __ATOMIC_ACQUIRE) == VM_STATE_STOPPING)
+			return;
+}
+
 static void *vcpu_thread(void *arg)
 {
 	struct vcpu *v = arg;
@@ -317,7 +347,10 @@ static void *vcpu_thread(void *arg)
 	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 
 	while (vcpu_pause_point(v)) {
-		int r = ioctl(v->fd, KVM_RUN, 0);
+		int r;
+
+		vcpu_throttle_point(v);
+		r = ioctl(v->fd, KVM_RUN, 0);
 
 		v->io_pending = false;
 		if (r < 0) {
