@@ -25,7 +25,7 @@ ifeq ($(WERROR),1)
 CFLAGS   += -Werror
 endif
 CFLAGS   += $(EXTRA_CFLAGS)
-LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread
+LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
 
 # The VMM.  One object per line.
 OBJS += src/vmm/log.o
@@ -37,6 +37,7 @@ OBJS += src/vmm/vcpu.o
 OBJS += src/vmm/irq.o
 OBJS += src/vmm/api.o
 OBJS += src/vmm/api_vm.o
+OBJS += src/vmm/api_metrics.o
 OBJS += src/vmm/sandbox.o
 OBJS += src/arch/x86/cpuid.o
 OBJS += src/arch/x86/acpi.o
@@ -59,6 +60,8 @@ OBJS += src/devices/virtio/net.o
 OBJS += src/devices/virtio/rng.o
 OBJS += src/net/tap.o
 OBJS += src/lib/state.o
+OBJS += src/lib/prom.o
+OBJS += src/lib/timeline.o
 OBJS += src/migration/crc32c.o
 OBJS += src/migration/stream.o
 OBJS += src/migration/stream_config.o
@@ -83,6 +86,8 @@ OBJS += src/cmd/run_incoming.o
 OBJS += src/cmd/client.o
 OBJS += src/cmd/snapshot.o
 OBJS += src/cmd/migrate.o
+OBJS += src/cmd/report.o
+OBJS += src/cmd/progress.o
 # godwit fleet: placement (pure), the command
 OBJS += src/fleet/place.o
 OBJS += src/cmd/fleet.o
@@ -97,6 +102,8 @@ AGENT_OBJS += src/agent/vms.o
 AGENT_OBJS += src/agent/migrate.o
 AGENT_OBJS += src/agent/peer.o
 AGENT_OBJS += src/agent/http.o
+AGENT_OBJS += src/agent/web.o
+AGENT_OBJS += src/agent/web_json.o
 
 UNIT_SRCS := $(sort $(wildcard tests/unit/*.c))
 
@@ -214,11 +221,67 @@ bench-fleet: all
 bench-devices: all linux-guest
 	$(Q)bash bench/devices/run.sh
 
-.PHONY: install
-install: $(BUILD)/godwit $(BUILD)/godwitd
-	install -D -m 0755 $(BUILD)/godwit $(DESTDIR)$(PREFIX)/bin/godwit
-	install -D -m 0755 $(BUILD)/godwitd $(DESTDIR)$(PREFIX)/bin/godwitd
-	install -D -m 0644 $(GUEST_ELF) $(DESTDIR)$(PREFIX)/share/godwit/godwit-guest.elf
+# make install [PREFIX=/usr/local] [DESTDIR=...]: the binaries, the test guest, man pages,
+# bash completion, docs, the systemd unit and (unless one exists) /etc/default/godwitd.
+# make deb: build/godwit_VERSION-1_amd64.deb (scripts/mkdeb.sh; README.md, "Installing").
+BINDIR      ?= $(PREFIX)/bin
+DATADIR     ?= $(PREFIX)/share
+# The test guest: a guest image for x86-64, so under lib/, not share/.
+GUESTDIR    ?= $(PREFIX)/lib/godwit
+MANDIR      ?= $(DATADIR)/man
+DOCDIR      ?= $(DATADIR)/doc/godwit
+BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
+SYSCONFDIR  ?= /etc
+# man/: one page per command; those that share a page are links to it (NAME lists them).
+MAN1       := godwit godwit-run godwit-status godwit-snapshot godwit-restore godwit-migrate \
+	      godwit-fleet godwit-stream-dump godwit-report
+MAN1_LINKS := godwit-pause:godwit-status godwit-resume:godwit-status \
+	      godwit-shutdown:godwit-status godwit-migrate-status:godwit-migrate \
+	      godwit-migrate-cancel:godwit-migrate godwit-migrate-resolve:godwit-migrate \
+	      godwit-migrate-commit:godwit-migrate
+MAN8       := godwitd
+DOCS       := README.md $(wildcard docs/*.md)
+
+.PHONY: install uninstall deb
+install: $(BUILD)/godwit $(BUILD)/godwitd $(GUEST_ELF)
+	install -D -m 0755 $(BUILD)/godwit $(DESTDIR)$(BINDIR)/godwit
+	install -D -m 0755 $(BUILD)/godwitd $(DESTDIR)$(BINDIR)/godwitd
+	install -D -m 0644 $(GUEST_ELF) $(DESTDIR)$(GUESTDIR)/godwit-guest.elf
+	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DOCDIR)
+	install -m 0644 $(patsubst %,man/%.1,$(MAN1)) $(DESTDIR)$(MANDIR)/man1/
+	install -m 0644 $(patsubst %,man/%.8,$(MAN8)) $(DESTDIR)$(MANDIR)/man8/
+	$(foreach l,$(MAN1_LINKS),ln -sf $(word 2,$(subst :, ,$(l))).1 \
+		$(DESTDIR)$(MANDIR)/man1/$(word 1,$(subst :, ,$(l))).1 &&) true
+	install -D -m 0644 contrib/bash-completion/godwit $(DESTDIR)$(BASHCOMPDIR)/godwit
+	ln -sf godwit $(DESTDIR)$(BASHCOMPDIR)/godwitd
+	install -m 0644 $(DOCS) $(DESTDIR)$(DOCDIR)/
+	install -d $(DESTDIR)$(UNITDIR)
+	sed -e 's|/usr/local/bin/|$(BINDIR)/|g' -e 's|/etc/default/|$(SYSCONFDIR)/default/|g' \
+		-e 's|file:///usr/local/share/doc/godwit/|file://$(DOCDIR)/|g' \
+		contrib/godwitd.service >$(DESTDIR)$(UNITDIR)/godwitd.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/godwitd.service
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/default/godwitd ]; then \
+		echo "install: keeping $(DESTDIR)$(SYSCONFDIR)/default/godwitd"; \
+	else \
+		echo "install -D -m 0644 contrib/godwitd.default $(DESTDIR)$(SYSCONFDIR)/default/godwitd"; \
+		install -D -m 0644 contrib/godwitd.default $(DESTDIR)$(SYSCONFDIR)/default/godwitd; \
+	fi
+
+# Leaves $(SYSCONFDIR)/default/godwitd: it is the administrator's.
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/godwit $(DESTDIR)$(BINDIR)/godwitd
+	rm -f $(DESTDIR)$(GUESTDIR)/godwit-guest.elf
+	-rmdir $(DESTDIR)$(GUESTDIR)
+	rm -f $(patsubst %,$(DESTDIR)$(MANDIR)/man1/%.1,$(MAN1) $(foreach l,$(MAN1_LINKS),$(word 1,$(subst :, ,$(l)))))
+	rm -f $(patsubst %,$(DESTDIR)$(MANDIR)/man8/%.8,$(MAN8))
+	rm -f $(DESTDIR)$(BASHCOMPDIR)/godwit $(DESTDIR)$(BASHCOMPDIR)/godwitd
+	rm -f $(patsubst %,$(DESTDIR)$(DOCDIR)/%,$(notdir $(DOCS)))
+	-rmdir $(DESTDIR)$(DOCDIR)
+	rm -f $(DESTDIR)$(UNITDIR)/godwitd.service
+
+deb: all
+	$(Q)bash scripts/mkdeb.sh $(BUILD)
 
 .PHONY: clean
 clean:
@@ -227,6 +290,9 @@ clean:
 -include $(OBJS_B:.o=.d) $(MAIN_OBJ_B:.o=.d) $(UNIT_OBJS_B:.o=.d) $(STATE_TEST_OBJ_B:.o=.d) \
 	$(HOOKS_OBJ_B:.o=.d) $(ETCD_TEST_OBJ_B:.o=.d)
 -include $(AGENT_OBJS_B:.o=.d)
+# The fleet page's files are taken into web.o as they are (.incbin): rebuild it when they change.
+WEB_FILES := $(wildcard src/agent/web/*)
+$(BUILD)/obj/src/agent/web.o build-fuzz/obj/src/agent/web.o: $(WEB_FILES)
 
 # libFuzzer targets (clang).  `make fuzz`, then e.g.
 #   build-fuzz/fuzz-boot -max_total_time=60 build-fuzz/corpus-boot
@@ -239,7 +305,7 @@ FUZZ_TARGETS ?=
 .PHONY: fuzz fuzz-long
 fuzz: build-fuzz/fuzz-boot build-fuzz/fuzz-virtq build-fuzz/fuzz-stream build-fuzz/fuzz-handoff \
 	build-fuzz/fuzz-devspec build-fuzz/fuzz-restore build-fuzz/fuzz-virtio-blk build-fuzz/fuzz-pci \
-	build-fuzz/fuzz-api build-fuzz/fuzz-etcd build-fuzz/fuzz-agent
+	build-fuzz/fuzz-api build-fuzz/fuzz-etcd build-fuzz/fuzz-agent build-fuzz/fuzz-timeline
 fuzz-long: fuzz
 	$(Q)FUZZ_LONG=1 nice -n 10 bash tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 # The targets that need most of godwit link its objects built for fuzzing (instrumented,
@@ -248,7 +314,7 @@ FUZZ_OBJ_CFLAGS := -std=gnu11 -g -O1 -fsanitize=fuzzer-no-link,address,undefined
 	-D_GNU_SOURCE -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -MMD -MP \
 	-Wno-gnu-variable-sized-type-not-at-end
 FUZZ_OBJS := $(addprefix build-fuzz/obj/,$(filter-out src/cmd/%,$(OBJS)))
-FUZZ_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread
+FUZZ_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
 build-fuzz/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(call quiet,FUZZCC,$<)clang $(FUZZ_OBJ_CFLAGS) -c -o $@ $<
@@ -298,6 +364,12 @@ build-fuzz/fuzz-etcd: tests/fuzz/fuzz_etcd.c src/fleet/etcd.c include/godwit/etc
 	@mkdir -p $(dir $@)
 	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_etcd.c src/fleet/etcd.c \
 		$(shell pkg-config --libs jansson libcurl 2>/dev/null) -lpthread
+# The migration report's checks and its SVG timeline (src/lib/timeline.c).
+build-fuzz/fuzz-timeline: tests/fuzz/fuzz_timeline.c src/lib/timeline.c include/godwit/timeline.h \
+		tests/unit/xml_check.h
+	@mkdir -p $(dir $@)
+	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_timeline.c src/lib/timeline.c \
+		$(shell pkg-config --libs jansson 2>/dev/null) -lm
 build-fuzz/fuzz-virtq: tests/fuzz/fuzz_virtq.c src/devices/virtio/core.c src/vmm/log.c include/godwit/virtio.h include/godwit/vm.h
 	@mkdir -p $(dir $@)
 	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_virtq.c src/devices/virtio/core.c src/vmm/log.c -lpthread

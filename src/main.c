@@ -33,6 +33,7 @@ static const struct command commands[] = {
 	{ "migrate-cancel", cmd_migrate_cancel, "stop an outgoing migration; the VM stays" },
 	{ "migrate-resolve", cmd_migrate_resolve, "settle an in-doubt migration (--resume|--discard)" },
 	{ "migrate-commit", cmd_migrate_commit, "decide at a migration's commit gate (--commit|--abort)" },
+	{ "report",   cmd_report,   "show a saved migration report, or draw it as an SVG timeline" },
 	{ "fleet",    cmd_fleet,    "manage VMs across hosts (etcd, host agents)" },
 	{ "stream-dump", cmd_stream_dump, "list a snapshot/migration stream's sections, checking it" },
 };

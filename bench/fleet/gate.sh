@@ -4,7 +4,9 @@
 # between two hosts of a three-namespace fleet (tests/kvm/lib-fleet.sh, one etcd member)
 # N times with `godwit fleet migrate`, and as many times with plain `godwit migrate`
 # between two processes on loopback, alternating; prints each run's downtime as the
-# source VMM reports it and the medians, and writes build/bench/fleet-gate.json.
+# source VMM reports it and the medians, and writes build/bench/fleet-gate.json (and each
+# plain run's report with its SVG timeline, godwit report --svg, in
+# build/bench/fleet-gate-timelines/plain-N.{json,svg}).
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT" || exit 1
@@ -28,6 +30,8 @@ start_vm plain --mem 128M --cmdline "$CMDLINE"
 wait_reports "$S_OUT" 2 20
 P_SOCK=$S_SOCK
 fleet_dt=() plain_dt=()
+TL=build/bench/fleet-gate-timelines
+mkdir -p "$TL"
 to=h2
 for ((i = 1; i <= N; i++)); do
 	j=$(fleet --json migrate gb --to "$to" -q 2>/dev/null)
@@ -38,6 +42,9 @@ for ((i = 1; i <= N; i++)); do
 	for ((k = 0; k < 50; k++)); do [ -S "$T_TMP/m$i" ] && break; sleep 0.1; done
 	pj=$("$GODWIT" migrate --api "$P_SOCK" --to "unix:$T_TMP/m$i" --json -q 2>/dev/null)
 	plain_dt+=("$(jq -r '.downtime_ms // empty' <<<"$pj")")
+	printf '%s\n' "$pj" >"$TL/plain-$i.json"
+	"$GODWIT" report "$TL/plain-$i.json" --svg "$TL/plain-$i.svg" >/dev/null ||
+		echo "run $i: no timeline" >&2
 	P_SOCK=$d
 	echo "run $i: fleet ${fleet_dt[-1]:-?} ms, plain ${plain_dt[-1]:-?} ms"
 done

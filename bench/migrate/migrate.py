@@ -34,7 +34,9 @@ VMMs:
   source `godwit run --api S ...`, then `godwit migrate --api S --to
   tcp:127.0.0.1:PORT --json` with its defaults (unlimited bandwidth, downtime
   limit 50 ms, 30 rounds). Figures from its JSON: total_ms, downtime_ms (pause
-  to DONE, measured on the source), bytes, rounds.
+  to DONE, measured on the source), bytes, rounds. Each run's report and
+  its SVG timeline (`godwit report --svg`) are written beside the results:
+  OUT-timelines/CASE-VMM-runN.{json,svg} (OUT: --out without .json).
 - godwit-tls: the same with mutual TLS 1.3 (--tls-dir on both ends, each
   requiring the other's name; credentials from tests/kvm/mkcerts.py).
   Targets: total time <= 1.3 x godwit's, downtime within 1 ms of it.
@@ -523,6 +525,19 @@ def mem_check(mem):
 
 # ---- godwit ---------------------------------------------------------------
 
+def write_timeline(report, base):
+    """A godwit migration's --json report as BASE.json and its SVG timeline
+    (`godwit report BASE.json --svg BASE.svg`) as BASE.svg; the SVG's path."""
+    with open(base + '.json', 'w') as f:
+        json.dump(report, f)
+    r = subprocess.run([GODWIT, 'report', base + '.json', '--svg', base + '.svg'],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30)
+    if r.returncode != 0:
+        raise BenchError('godwit report --svg exited %d: %s' %
+                         (r.returncode, r.stderr.decode(errors='replace').strip()))
+    return base + '.svg'
+
+
 def run_godwit(mem, cmd, d, tmo, settle, img=None, tls=False):
     """img: the source's disk image (1G-disk; migrated with --with-disks to a
     new file) or None.  tls: mutual TLS (tests/kvm/mkcerts.py's src and dst
@@ -593,6 +608,7 @@ def run_godwit(mem, cmd, d, tmo, settle, img=None, tls=False):
                'wall_ms': wall * 1000, 'src_exit': src_rc,
                'cpu_src_vmm_ms': cpu[0], 'cpu_src_vcpu_ms': cpu[1], 'others_pct': others,
                'cpu_dst_vmm_ms': cpu[2], 'cpu_dst_vcpu_ms': cpu[3],
+               'report': j,
                'progress': [ln.strip() for ln in
                             r.stderr.decode(errors='replace').replace('\r', '\n').splitlines()
                             if ln.strip()][-40:]}
@@ -918,6 +934,10 @@ def main():
                           'multifd': True, 'multifd-channels': MULTIFD_CHANNELS},
            'godwit_params': 'defaults (unlimited bandwidth, downtime 50 ms, 30 rounds)',
            'binaries': bin_info, 'runs': a.runs, 'settle_s': a.settle, 'cases': {}}
+    # Each godwit run's report and its timeline, beside the results (FILE-timelines/).
+    tl_dir = os.path.splitext(a.out or os.path.join(ROOT, 'build', 'bench',
+                                                    'migrate.json'))[0] + '-timelines'
+    os.makedirs(tl_dir, exist_ok=True)
     t_start = time.monotonic()
     try:
         for name, mem, cmd, has_disk in CASES:
@@ -963,6 +983,10 @@ def main():
                     busy, waited = wait_quiet(a.quiet_wait, a.quiet_pct)
                     try:
                         r = vmms[k]()
+                        if r.get('report') is not None:
+                            r['timeline'] = os.path.relpath(write_timeline(
+                                r.pop('report'), os.path.join(tl_dir, '%s-%s-run%d' %
+                                                              (name, k, i + 1))), ROOT)
                         r['busy_before_pct'], r['quiet_wait_s'] = busy, waited
                         raw[k].append(r)
                         sys.stderr.write(

@@ -16,6 +16,8 @@ int cmd_migrate_status(int argc, char **argv);
 int cmd_migrate_cancel(int argc, char **argv);
 int cmd_migrate_resolve(int argc, char **argv);
 int cmd_migrate_commit(int argc, char **argv);
+/* `godwit report FILE.json [--svg OUT]`: a saved migration report (src/cmd/report.c) */
+int cmd_report(int argc, char **argv);
 /* `godwit fleet [options] SUBCOMMAND ...`: VMs across hosts, through etcd (src/cmd/fleet.c) */
 int cmd_fleet(int argc, char **argv);
 

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdbool.h>
+#include <stdatomic.h>
 
 #define __must_check __attribute__((warn_unused_result))
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
@@ -18,6 +19,13 @@
 #define KiB (1024ULL)
 #define MiB (1024ULL * KiB)
 #define GiB (1024ULL * MiB)
+
+/*
+ * Statistics counters (_Atomic uint64_t) kept for GET /metrics: relaxed,
+ * because nothing is ordered by them; they are never guest state.
+ */
+#define STAT_ADD(c, n) atomic_fetch_add_explicit(&(c), (uint64_t)(n), memory_order_relaxed)
+#define STAT_GET(c)    atomic_load_explicit(&(c), memory_order_relaxed)
 
 /* SQLite-style defensive checks: true when the "impossible" happens. */
 #define NEVER(x) __builtin_expect(!!(x), 0)

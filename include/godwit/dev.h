@@ -49,6 +49,37 @@ struct dev_disk_ops {
 	uint64_t (*track_take)(struct dev *d, uint64_t *bitmap);
 };
 
+/*
+ * A device's I/O counters, for GET /metrics (dev_ops.stats).  The device
+ * keeps them with STAT_ADD (common.h); they are not guest state and never go
+ * into the save/load stream (a migrated VM's counters start again at 0).
+ */
+enum dev_stats_kind { DEV_STATS_BLK, DEV_STATS_NET, DEV_STATS_RNG };
+enum dev_blk_op {
+	DEV_BLK_READ, DEV_BLK_WRITE, DEV_BLK_FLUSH, DEV_BLK_DISCARD, DEV_BLK_WRITE_ZEROES,
+	DEV_BLK_GET_ID, DEV_BLK_OTHER, DEV_BLK_NR_OPS
+};
+/* "read", "write", "flush", "discard", "write_zeroes", "get_id", "other" */
+extern const char *const dev_blk_op_names[DEV_BLK_NR_OPS];
+struct dev_stats {
+	enum dev_stats_kind kind;
+	const char *label;       /* blk: the image's path; net: the TAP's name; rng: NULL */
+	union {
+		struct {
+			uint64_t requests[DEV_BLK_NR_OPS];
+			uint64_t read_bytes, write_bytes;
+			uint64_t errors;         /* requests answered other than OK */
+		} blk;
+		struct {
+			uint64_t rx_packets, rx_bytes, rx_dropped;
+			uint64_t tx_packets, tx_bytes, tx_dropped;
+		} net;
+		struct {
+			uint64_t requests, bytes;
+		} rng;
+	};
+};
+
 struct dev_ops {
 	const char *name;          /* stream id; never rename, never reuse */
 	uint16_t version;          /* bump when the saved layout changes */
@@ -64,6 +95,8 @@ struct dev_ops {
 	int (*acquire)(struct dev *d);
 	void (*destroy)(struct dev *d);
 	const struct dev_disk_ops *disk; /* a disk image storage migration can copy, or NULL */
+	/* Fill st with the device's counters (any thread); NULL: it keeps none. */
+	void (*stats)(struct dev *d, struct dev_stats *st);
 };
 
 struct dev {

@@ -27,6 +27,7 @@
 
 struct vm;
 struct dev_disk_ops;
+struct dev_stats;
 struct vm_device_arg;
 struct virtio_dev;
 
@@ -160,6 +161,8 @@ struct virtio_dev_ops {
 	void (*destroy)(struct virtio_dev *vdev);
 	/* A disk image storage migration can copy (dev.h; the struct dev is the transport's). */
 	const struct dev_disk_ops *disk;
+	/* The device's I/O counters for GET /metrics (dev.h; may be NULL). */
+	void (*stats)(struct virtio_dev *vdev, struct dev_stats *st);
 };
 
 struct virtio_dev {

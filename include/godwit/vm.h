@@ -80,6 +80,21 @@ struct mem_region {
 /* KVM's dirty ring per vCPU, in entries: the largest KVM allows up to MAX (1 MiB), else none. */
 #define VM_DIRTY_RING_MIN 1024
 #define VM_DIRTY_RING_MAX 65536
+/* Why KVM_RUN returned, as GET /metrics counts it (vcpu_exit_names[]). */
+enum vcpu_exit {
+	VCPU_EXIT_IO,
+	VCPU_EXIT_MMIO,
+	VCPU_EXIT_HLT,
+	VCPU_EXIT_INTR,          /* a signal (a kick) or KVM_EXIT_INTR */
+	VCPU_EXIT_SHUTDOWN,
+	VCPU_EXIT_SYSTEM_EVENT,
+	VCPU_EXIT_INTERNAL_ERROR,
+	VCPU_EXIT_FAIL_ENTRY,
+	VCPU_EXIT_OTHER,
+	VCPU_EXIT_NR
+};
+/* "io", "mmio", "hlt", "intr", "shutdown", "system_event", "internal_error", ... */
+extern const char *const vcpu_exit_names[VCPU_EXIT_NR];
 
 struct vcpu {
 	struct vm *vm;
@@ -99,6 +114,8 @@ struct vcpu {
 	uint32_t throttle_us;
 	uint32_t throttle_due;   /* atomic: the throttle kicked us; sleep before KVM_RUN */
 	uint64_t throttle_sleeps, throttle_slept_us;   /* atomic: what the throttle cost us */
+	/* KVM_RUN returns by reason (STAT_ADD by the vCPU thread; not saved: not guest state). */
+	_Atomic uint64_t exits[VCPU_EXIT_NR];
 };
 
 /* Port I/O and MMIO handlers registered by devices. */

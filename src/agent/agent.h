@@ -4,7 +4,8 @@
  * lease and fences the VMs when etcd is lost; agent.c is the reconcile loop;
  * vms.c starts, adopts and watches the VM processes; migrate.c runs a
  * migration's source side; peer.c the agents' protocol (the destination
- * side); http.c the local UNIX socket.
+ * side); http.c the local UNIX socket; web.c the fleet's page (--web), from
+ * what web_json.c builds.
  *
  * Locking: struct agent's mutex guards the VM table (vms[]), the lease
  * fields and the fenced flag.  No etcd request and no API request is made
@@ -81,6 +82,7 @@ struct agent {
 	unsigned int listen_port;
 	const char *tls_dir;
 	bool insecure;
+	const char *web;              /* --web HOST:PORT, or NULL */
 	uint64_t mem_capacity;
 	unsigned int cpu_capacity;
 	char godwit[PATH_MAX];
@@ -216,6 +218,33 @@ int peer_request(struct agent *a, const char *addr, const char *host, json_t *re
 /* ---- http.c ---- */
 int http_start(struct agent *a);
 void http_stop(void);
+
+/* ---- web.c, web_json.c: the fleet's page (--web) ---- */
+#define WEB_KEY_MAX       32     /* a report's member names: [a-z0-9_], at most this */
+#define WEB_ROUND_FIELDS  32     /* members kept of one round of a report's history */
+#define WEB_HISTORY_MAX   512    /* rounds kept of a report's history */
+#define WEB_PHASES_MAX    32     /* members kept of a report's phases_ms */
+struct etcd_kvs;
+/* "HOST:PORT" (HOST may be [V6]): 0, or -EINVAL. */
+int web_parse_addr(const char *s, char *host, size_t hlen, unsigned int *port);
+/* Serve the page on a->web from a thread of its own (its own etcd client); 0 or -errno. */
+int web_start(struct agent *a);
+void web_stop(void);
+/*
+ * The page's JSON from a range of /godwit/ (any keys; each record validated):
+ * {self, revision, hosts, vms, migrations}, each ended migration linking its
+ * picture when its report can be drawn.  NULL: out of memory.
+ */
+json_t *web_fleet_json(const struct etcd_kvs *kvs, const char *self);
+/* A migration report (the VMM's GET /vm/migration, kept in the record) reduced to
+ * what the page shows: known numbers, a bounded history and phases_ms.  Never NULL
+ * but for lack of memory. */
+json_t *web_report(json_t *prog);
+/* web_report of a migration record's progress, with the record's from, to (host
+ * names) and error: what the timeline draws.  NULL: out of memory. */
+json_t *web_record_report(json_t *rec);
+/* Can the timeline (src/lib/timeline.c) draw this report (it has rounds)? */
+bool web_timeline_ok(json_t *rep);
 
 /* ---- small helpers (agent.c) ---- */
 const char *jstr(json_t *j, const char *k);

@@ -53,6 +53,10 @@ static const char usage[] =
 "  --cpu-capacity N        vCPUs for VMs (default: this host's cores)\n"
 "  --godwit PATH           the godwit binary (default: the one beside godwitd)\n"
 "  --socket PATH           the local HTTP API (default DIR/godwitd.sock, mode 0600)\n"
+"  --web HOST:PORT         serve the fleet's read-only page on plain HTTP (off by\n"
+"                          default): hosts, VMs, migrations, from etcd; bind it to\n"
+"                          loopback or a management network, or put a TLS proxy\n"
+"                          in front (docs/fleet.md, \"The page\")\n"
 "  --lease-ttl SECONDS     the host lease's TTL, 3-3600 (default 10); VMs are paused\n"
 "                          after 2/3 of it without reaching etcd\n"
 "  --map-path FROM=TO      rewrite the path prefix FROM to TO in --disk, --kernel\n"
@@ -237,6 +241,7 @@ int main(int argc, char **argv)
 		{ "lease-ttl",       required_argument, NULL, 'L' },
 		{ "map-path",        required_argument, NULL, 'M' },
 		{ "migration-ports", required_argument, NULL, 'P' },
+		{ "web",             required_argument, NULL, 'W' },
 		{ "verbose",         no_argument,       NULL, 'v' },
 		{ "help",            no_argument,       NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -325,6 +330,18 @@ bad_ports:
 			a->port_lo = (unsigned int)v;
 			a->port_hi = (unsigned int)v2;
 			break;
+		case 'W': {
+			char h[AGENT_ADDR_MAX];
+			unsigned int p;
+
+			if (web_parse_addr(optarg, h, sizeof(h), &p)) {
+				fprintf(stderr, "godwitd: --web %s: expected HOST:PORT, e.g. "
+					"127.0.0.1:7480\n", optarg);
+				return 2;
+			}
+			a->web = optarg;
+			break;
+		}
 		case 'v': log_verbose = 1; break;
 		case 'h':
 			fputs(usage, stdout);
@@ -452,12 +469,13 @@ bad_ports:
 		log_warnx("godwitd: cannot start the lease thread");
 		return 1;
 	}
-	if (peer_start(a) || http_start(a))
+	if (peer_start(a) || http_start(a) || web_start(a))
 		return 1;
 	agent_loop(a);
 	log_info("godwitd: stopping (the VMs keep running)");
 	peer_stop(a);
 	http_stop();
+	web_stop();
 	pthread_join(lease_th, NULL);
 out:
 	etcd_close(e);

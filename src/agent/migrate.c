@@ -25,6 +25,7 @@
 #define MIG_GATE_LOG_MS      5000
 #define MIG_TOKEN_MAX        AGENT_TOKEN_MAX
 #define MIG_API_MISSES       50      /* x 20 ms: the source's API gone */
+#define MIG_RECORD_MAX       (64 * 1024)  /* bytes of the migration record, at most */
 
 struct mig_job {
 	struct agent *a;
@@ -70,10 +71,35 @@ json_t *agent_tls_json(struct agent *a, const char *peer)
 	return t;
 }
 
+/*
+ * The record keeps the VMM's report (progress), whose per-round history
+ * grows with the rounds: past MIG_RECORD_MAX bytes only its last rounds are
+ * kept (history_cut: how many there were).  The reconcile loops read every
+ * VM's records several times a second.
+ */
+static char *mig_record_text(struct mig_job *j)
+{
+	json_t *prog = json_object_get(j->rec, "progress");
+	json_t *h = json_object_get(prog, "history");
+	size_t n = json_array_size(h);
+	char *s = json_dumps(j->rec, JSON_COMPACT);
+
+	while (s && strlen(s) > MIG_RECORD_MAX && json_array_size(h)) {
+		size_t keep = json_array_size(h) / 2;
+
+		free(s);
+		while (json_array_size(h) > keep)
+			json_array_remove(h, 0);
+		json_object_set_new(prog, "history_cut", json_integer((json_int_t)n));
+		s = json_dumps(j->rec, JSON_COMPACT);
+	}
+	return s;
+}
+
 static void mig_put_record(struct mig_job *j)
 {
 	char key[FLEET_KEY_MAX], err[AGENT_ERR_MAX];
-	char *s = json_dumps(j->rec, JSON_COMPACT);
+	char *s = mig_record_text(j);
 
 	if (!s)
 		return;
@@ -310,7 +336,7 @@ static bool mig_follow(struct mig_job *j)
 	int misses = 0;
 
 	for (;;) {
-		json_t *p = agent_api(j->api, "GET", "/api/v1/vm/migration", NULL, 5000);
+		json_t *p = agent_api(j->api, "GET", "/api/v1/vm/migration?release=1", NULL, 5000);
 		const char *st;
 
 		if (!p) {

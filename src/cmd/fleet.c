@@ -658,11 +658,20 @@ int fleet_load(struct fleet_ctx *c, struct fleet_view *v, bool quiet)
 	r = etcd_get_prefix(c->e, FLEET_PREFIX, &kvs, err, sizeof(err));
 	if (r)
 		return fleet_etcd_err(c, "reading " FLEET_PREFIX, r, err);
-	v->revision = kvs.revision;
-	for (size_t i = 0; i < kvs.n; i++)
-		if (!strncmp(kvs.kv[i].key, FLEET_PREFIX, strlen(FLEET_PREFIX)))
-			fleet_take_key(c, v, &kvs.kv[i], quiet);
+	r = fleet_view_from_kvs(c, &kvs, v, quiet);
 	etcd_kvs_free(&kvs);
+	return r;
+}
+
+int fleet_view_from_kvs(struct fleet_ctx *c, const struct etcd_kvs *kvs, struct fleet_view *v,
+			bool quiet)
+{
+	memset(v, 0, sizeof(*v));
+	v->revision = kvs->revision;
+	for (size_t i = 0; i < kvs->n; i++)
+		if (kvs->kv[i].key && kvs->kv[i].value &&
+		    !strncmp(kvs->kv[i].key, FLEET_PREFIX, strlen(FLEET_PREFIX)))
+			fleet_take_key(c, v, &kvs->kv[i], quiet);
 	/* Hosts that own VMs but have no record: lost. */
 	for (size_t i = 0; i < v->nv; i++)
 		if (v->v[i].has_owner && !fleet_add_host(v, v->v[i].owner.host)) {
@@ -940,6 +949,37 @@ static void fleet_mib(char *buf, size_t len, uint64_t used, uint64_t cap)
 		 (unsigned long long)(cap / MiB));
 }
 
+json_t *fleet_hosts_json(struct fleet_view *v)
+{
+	struct place_host *ph;
+	struct place_vm *pv;
+	json_t *out;
+	size_t npv;
+
+	if (fleet_place_arrays(v, &ph, &pv, &npv))
+		return NULL;
+	out = json_array();
+	for (size_t i = 0; i < v->nh && out; i++) {
+		struct fleet_host *h = &v->h[i];
+		json_t *names = json_array();
+
+		for (size_t k = 0; k < npv; k++)
+			if (!strcmp(pv[k].host, h->name))
+				json_array_append_new(names, json_string(pv[k].name));
+		json_array_append_new(out, json_pack(
+			"{s:s, s:s, s:b, s:s, s:I, s:I, s:I, s:I, s:o}",
+			"name", h->name, "state", h->up ? (h->bad ? "up-malformed" : "up") : "lost",
+			"cordoned", h->cordoned, "addr", h->addr,
+			"mem_used", (json_int_t)ph[i].mem_used,
+			"mem_capacity", (json_int_t)h->mem_capacity,
+			"cpus_used", (json_int_t)ph[i].cpus_used,
+			"cpu_capacity", (json_int_t)h->cpu_capacity, "vms", names));
+	}
+	free(ph);
+	free(pv);
+	return out;
+}
+
 static int fleet_cmd_hosts(struct fleet_ctx *c, int argc, char **argv)
 {
 	struct place_host *ph;
@@ -952,59 +992,44 @@ static int fleet_cmd_hosts(struct fleet_ctx *c, int argc, char **argv)
 		return r < 0 ? 0 : r;
 	if (fleet_load(c, &v, false))
 		return 1;
+	if (c->json) {
+		json_t *out = fleet_hosts_json(&v);
+
+		fleet_json_print(out);
+		json_decref(out);
+		fleet_view_free(&v);
+		return out ? 0 : 1;
+	}
 	if (fleet_place_arrays(&v, &ph, &pv, &npv)) {
 		fleet_view_free(&v);
 		fleet_err(c, "out of memory");
 		return 1;
 	}
-	json_t *out = c->json ? json_array() : NULL;
 	struct fleet_table t;
 
 	fleet_table_init(&t, 7);
-	if (!out)
-		fleet_table_add(&t, "HOST", "STATE", "CORDONED", "MEM", "CPUS", "VMS", "ADDR");
+	fleet_table_add(&t, "HOST", "STATE", "CORDONED", "MEM", "CPUS", "VMS", "ADDR");
 	for (size_t i = 0; i < v.nh; i++) {
 		struct fleet_host *h = &v.h[i];
 		char mem[64], cpus[32], nvms[16];
-		json_t *names = json_array();
 		size_t n = 0;
 
 		for (size_t k = 0; k < npv; k++)
-			if (!strcmp(pv[k].host, h->name)) {
-				json_array_append_new(names, json_string(pv[k].name));
-				n++;
-			}
+			n += !strcmp(pv[k].host, h->name);
 		fleet_mib(mem, sizeof(mem), ph[i].mem_used, h->mem_capacity);
 		snprintf(cpus, sizeof(cpus), "%u/%u", ph[i].cpus_used, h->cpu_capacity);
 		snprintf(nvms, sizeof(nvms), "%zu", n);
-		if (out) {
-			json_array_append_new(out, json_pack(
-				"{s:s, s:s, s:b, s:s, s:I, s:I, s:I, s:I, s:o}",
-				"name", h->name, "state", h->up ? (h->bad ? "up-malformed" : "up") : "lost",
-				"cordoned", h->cordoned, "addr", h->addr,
-				"mem_used", (json_int_t)ph[i].mem_used,
-				"mem_capacity", (json_int_t)h->mem_capacity,
-				"cpus_used", (json_int_t)ph[i].cpus_used,
-				"cpu_capacity", (json_int_t)h->cpu_capacity, "vms", names));
-		} else {
-			json_decref(names);
-			fleet_table_add(&t, h->name, h->up ? (h->bad ? "up-malformed" : "up") : "lost",
-					h->cordoned ? "yes" : "no", mem, cpus, nvms, h->addr);
-		}
+		fleet_table_add(&t, h->name, h->up ? (h->bad ? "up-malformed" : "up") : "lost",
+				h->cordoned ? "yes" : "no", mem, cpus, nvms, h->addr);
 	}
-	if (out) {
-		fleet_json_print(out);
-		json_decref(out);
-	}
-	fleet_table_print(&t);          /* empty with --json */
+	fleet_table_print(&t);
 	free(ph);
 	free(pv);
 	fleet_view_free(&v);
 	return 0;
 }
 
-/* The ls row's fields of one VM, in JSON. */
-static json_t *fleet_vm_json(struct fleet_view *v, const struct fleet_vm *vm)
+json_t *fleet_vm_json(struct fleet_view *v, const struct fleet_vm *vm)
 {
 	const char *console = "", *error = "", *phase, *to;
 	int64_t pid = 0;

@@ -85,6 +85,17 @@ int fleet_etcd_err(const struct fleet_ctx *c, const char *what, int r, const cha
 /* Read everything under /godwit/ (quiet: do not report malformed records).  0, or 1 said. */
 int fleet_load(struct fleet_ctx *c, struct fleet_view *v, bool quiet);
 /*
+ * The same from records already read (a range of /godwit/, e.g. by godwitd's
+ * page, src/agent/web_json.c): keys outside /godwit/ are skipped.  0, or 1
+ * (out of memory, said).
+ */
+int fleet_view_from_kvs(struct fleet_ctx *c, const struct etcd_kvs *kvs, struct fleet_view *v,
+			bool quiet);
+/* What `fleet hosts --json` prints: one object per host of the view; NULL: no memory. */
+json_t *fleet_hosts_json(struct fleet_view *v);
+/* What `fleet ls --json` prints for one VM (a row). */
+json_t *fleet_vm_json(struct fleet_view *v, const struct fleet_vm *vm);
+/*
  * Read one VM's records (vms/V/) into vm (zeroed first; nothing there: *found
  * false).  0, or 1 with etcd's failure in err (not printed: pollers say it once).
  */

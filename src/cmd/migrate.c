@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -26,6 +27,8 @@
 #include "godwit/common.h"
 #include "godwit/migrate.h"
 #include "godwit/tls.h"
+#include "progress.h"
+#include "report.h"
 
 #define MIG_POLL_MS       50
 #define MIG_REQ_TIMEOUT   10000
@@ -36,7 +39,10 @@ static const char migrate_usage[] =
 "Move the running VM served at SOCKET to the godwit waiting at the address\n"
 "(godwit run --incoming ADDR --api SOCKET2 ...) while the guest runs: memory\n"
 "by pre-copy rounds, then a short pause for the last pages and the CPU and\n"
-"device state.  Prints one progress line per round (stderr) and a report.\n"
+"device state.  On a terminal, one progress line on stderr is redrawn in\n"
+"place (phase, share of memory copied, rate, dirty rate, expected downtime,\n"
+"time left for the copy under way); elsewhere one line per round.  Then a\n"
+"report, with the pause broken down by phase.\n"
 "Once the destination runs the VM, the source godwit exits with status 6.\n"
 "\n"
 "  --api SOCKET            the VM's API socket\n"
@@ -79,7 +85,11 @@ static const char migrate_usage[] =
 "                          in doubt (dest_refused) for migrate-resolve\n"
 "  --json                  print one JSON object (status, total_ms, downtime_ms,\n"
 "                          setup_ms, bytes, pages, zero_pages, rounds, tls,\n"
-"                          insecure, gate, dest_refused, error)\n"
+"                          insecure, gate, dest_refused, error, and for a\n"
+"                          timeline: history, pause_start_ms, phases_ms)\n"
+"  --timeline FILE.svg     at the end (also of a failed migration, as far as\n"
+"                          it got) draw the report as an SVG timeline in\n"
+"                          FILE.svg (godwit report --help)\n"
 "  -q, --quiet             no progress lines\n"
 "  -h, --help              this text\n"
 "\n"
@@ -225,33 +235,51 @@ static void mig_print_json(json_t *p)
 	json_decref(o);
 }
 
-static void mig_print_report(json_t *p)
+/*
+ * --timeline FILE: checked before the migration starts, so that a path that
+ * cannot be written is said before the VM moves.  FILE is opened for
+ * writing without truncating it, and removed again if this made it.
+ * 0, or 1 with the error printed.
+ */
+static int mig_timeline_writable(const char *path)
 {
-	const char *st = jstr(p, "status");
+	bool existed = !access(path, F_OK);
+	FILE *f;
 
-	if (!strcmp(st, "completed")) {
-		printf("migration completed: total %.1f ms, downtime %.1f ms, setup %.1f ms, "
-		       "%.1f MiB sent, %.0f pages (%.0f zero), %.0f rounds%s\n",
-		       jnum(p, "total_ms"), jnum(p, "downtime_ms"), jnum(p, "setup_ms"),
-		       jnum(p, "bytes") / (double)MiB, jnum(p, "pages"), jnum(p, "zero_pages"),
-		       jnum(p, "rounds"),
-		       json_is_true(json_object_get(p, "converged")) ? "" :
-		       " (did not converge under the downtime limit)");
-		if (json_object_get(p, "disk_bytes"))
-			printf("disks: %.1f MiB sent in %.0f passes\n",
-			       jnum(p, "disk_bytes") / (double)MiB, jnum(p, "disk_rounds"));
-		if (jstr(p, "tls")[0])
-			printf("channel: %s\n", jstr(p, "tls"));
-		else if (json_is_true(json_object_get(p, "insecure")))
-			printf("channel: insecure (no TLS, --insecure)\n");
-	} else if (!strcmp(st, "in-doubt")) {
-		fprintf(stderr, "godwit: migrate: %s\n", jstr(p, "error"));
-	} else if (!strcmp(st, "cancelled")) {
-		fprintf(stderr, "godwit: migrate: migration cancelled; the VM keeps running here\n");
-	} else {
-		fprintf(stderr, "godwit: migrate: migration %s: %s; the VM keeps running here\n",
-			st, jstr(p, "error"));
+	if (!strcmp(path, "-")) {
+		fprintf(stderr, "godwit: migrate: --timeline -: give a file (stdout has the "
+			"report)\n");
+		return 1;
 	}
+	f = fopen(path, "a");
+	if (!f) {
+		fprintf(stderr, "godwit: migrate: --timeline %s: %s\n", path, strerror(errno));
+		return 1;
+	}
+	fclose(f);
+	if (!existed)
+		unlink(path);
+	return 0;
+}
+
+/*
+ * The live progress line: only when stderr is a terminal (not TERM=dumb).
+ * Its percentage needs the VM's memory size (GET /vm); without it the line
+ * shows the rest.  True if the line is to be drawn.
+ */
+static bool mig_live_view(struct prog_line *pl, const char *sock)
+{
+	const char *term = getenv("TERM");
+	json_t *vm = NULL;
+	double mem = 0;
+
+	if (!isatty(STDERR_FILENO) || (term && !strcmp(term, "dumb")))
+		return false;
+	if (!api_client_json("migrate", sock, "GET", "/api/v1/vm", NULL, MIG_REQ_TIMEOUT, &vm))
+		mem = json_number_value(json_object_get(vm, "memory_bytes"));
+	json_decref(vm);
+	prog_init(pl, stderr, mem);
+	return true;
 }
 
 static int mig_sleep_ms(long ms)
@@ -319,11 +347,14 @@ int cmd_migrate(int argc, char **argv)
 		{ "gate",          no_argument,       NULL, 'g' },
 		{ "no-throttle",   no_argument,       NULL, 'N' },
 		{ "json",          no_argument,       NULL, 'j' },
+		{ "timeline",      required_argument, NULL, 'L' },
 		{ "quiet",         no_argument,       NULL, 'q' },
 		{ "help",          no_argument,       NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *sock = NULL, *to = NULL, *tls_dir = NULL, *tls_peer = NULL;
+	const char *sock = NULL, *to = NULL, *tls_dir = NULL, *tls_peer = NULL, *timeline = NULL;
+	struct prog_line pl;
+	bool live = false;
 	bool insecure = false, gate = false, at_gate = false, no_throttle = false;
 	uint64_t downtime = MIG_DEFAULT_DOWNTIME_MS, rounds = MIG_DEFAULT_MAX_ROUNDS, bw = 0;
 	uint64_t min_rate = MIG_DEFAULT_MIN_RATE;
@@ -382,6 +413,13 @@ int cmd_migrate(int argc, char **argv)
 		case 'g': gate = true; break;
 		case 'N': no_throttle = true; break;
 		case 'j': json = true; break;
+		case 'L':
+			if (!*optarg) {
+				fprintf(stderr, "godwit: migrate: --timeline needs a file name\n");
+				goto usage;
+			}
+			timeline = optarg;
+			break;
 		case 'q': quiet = true; break;
 		case 'h':
 			fputs(migrate_usage, stdout);
@@ -421,6 +459,8 @@ int cmd_migrate(int argc, char **argv)
 			"to accept that\n", to);
 		goto usage;
 	}
+	if (timeline && mig_timeline_writable(timeline))
+		return 1;        /* printed; the VM was not asked */
 	req = json_pack("{s:s, s:I, s:I, s:I, s:I}", "to", to, "downtime_ms", (json_int_t)downtime,
 			"max_rounds", (json_int_t)rounds, "max_bandwidth", (json_int_t)bw,
 			"min_rate", (json_int_t)min_rate);
@@ -442,10 +482,15 @@ int cmd_migrate(int argc, char **argv)
 		fprintf(stderr, "godwit: migrate: out of memory\n");
 		return 1;
 	}
-	if (mig_request("migrate", sock, "PUT", "/api/v1/vm/migrate", body, &j))
+	if (mig_request("migrate", sock, "PUT", "/api/v1/vm/migrate", body, &j)) {
+		if (timeline)
+			fprintf(stderr, "godwit: migrate: no timeline written: the migration did not "
+				"start\n");
 		goto out;
+	}
 	json_decref(j);
 	j = NULL;
+	live = !quiet && mig_live_view(&pl, sock);
 	/* Follow the progress until the migration ends. */
 	for (;;) {
 		const char *st;
@@ -460,20 +505,29 @@ int cmd_migrate(int argc, char **argv)
 				mig_sleep_ms(MIG_POLL_MS);
 				continue;
 			}
+			if (live)
+				prog_clear(&pl);
 			fprintf(stderr, "godwit: migrate: lost the VM's API during the migration; "
 				"check the destination\n");
+			if (timeline)
+				fprintf(stderr, "godwit: migrate: no timeline written: no final report\n");
 			goto out;
 		}
 		misses = 0;
 		st = jstr(p, "status");
 		if (jnum(p, "rounds") > last_round) {
 			/* A pre-copy round finished since the last look. */
-			if (!quiet && !json)
+			if (!quiet && !json) {
+				if (live)
+					prog_clear(&pl);
 				mig_print_progress(p);
+			}
 			last_round = jnum(p, "rounds");
 		}
 		if (!strcmp(st, "commit-wait") && !at_gate) {
 			at_gate = true;
+			if (live)
+				prog_clear(&pl);
 			if (!quiet && !json)
 				fprintf(stderr, "migrate: at the commit gate: the VM is paused here and "
 					"loaded there; waiting for godwit migrate-commit --api %s "
@@ -482,15 +536,22 @@ int cmd_migrate(int argc, char **argv)
 		if (!strcmp(st, "completed") || !strcmp(st, "failed") ||
 		    !strcmp(st, "cancelled") || !strcmp(st, "in-doubt"))
 			break;
+		if (live)
+			prog_update(&pl, p, false);
 		json_decref(p);
 		p = NULL;
 		mig_sleep_ms(MIG_POLL_MS);
 	}
+	if (live)
+		prog_clear(&pl);
 	if (json)
 		mig_print_json(p);
 	else
-		mig_print_report(p);
+		report_print(p, true);
 	ret = !strcmp(jstr(p, "status"), "completed") ? 0 : 1;
+	/* The exit status stays the migration's: a timeline not written is only said. */
+	if (timeline && !report_svg_file(p, timeline, "migrate") && !quiet && !json)
+		printf("timeline: %s\n", timeline);
 	if (fflush(stdout) == EOF) {
 		fprintf(stderr, "godwit: migrate: write error on stdout: %s\n", strerror(errno));
 		ret = 1;

@@ -82,6 +82,12 @@ int dev_register(struct vm *vm, struct dev *d, const struct dev_ops *ops, void *
 	return 0;
 }
 
+const char *const dev_blk_op_names[DEV_BLK_NR_OPS] = {
+	[DEV_BLK_READ] = "read", [DEV_BLK_WRITE] = "write", [DEV_BLK_FLUSH] = "flush",
+	[DEV_BLK_DISCARD] = "discard", [DEV_BLK_WRITE_ZEROES] = "write_zeroes",
+	[DEV_BLK_GET_ID] = "get_id", [DEV_BLK_OTHER] = "other",
+};
+
 /* dev_first - the first device of vm (registration order), or NULL. */
 struct dev *dev_first(struct vm *vm)
 {

@@ -34,6 +34,7 @@
 #include "godwit/log.h"
 #include "godwit/loop.h"
 #include "godwit/migrate.h"
+#include "godwit/prom.h"
 #include "godwit/snapshot.h"
 #include "godwit/vm.h"
 #include "api_int.h"
@@ -191,6 +192,48 @@ static unsigned int api_check_body(const struct api_req *r, const struct api_rou
 	return status;
 }
 
+/*
+ * GET /metrics: the Prometheus text format (api_metrics.c), outside /api/v1
+ * because that is where a scraper looks.  It takes no body.
+ */
+static enum MHD_Result api_metrics(struct api_server *s, struct MHD_Connection *c,
+				   const char *method, const struct api_req *r)
+{
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+	json_t *out = NULL;
+	unsigned int status;
+	char err[256];
+	size_t len = 0;
+	char *text;
+
+	if (strcmp(method, MHD_HTTP_METHOD_GET)) {
+		status = api_error(&out, MHD_HTTP_METHOD_NOT_ALLOWED,
+				   "method %s not allowed on /metrics", method);
+		return api_send(c, status, out, "GET, HEAD");
+	}
+	if (r->too_big || r->len) {
+		status = api_error(&out, MHD_HTTP_BAD_REQUEST, "GET /metrics takes no body");
+		return api_send(c, status, out, NULL);
+	}
+	text = api_metrics_page(s, &len, err, sizeof(err));
+	if (!text) {
+		log_warnx("%s: %s", __func__, err);
+		status = api_error(&out, MHD_HTTP_INTERNAL_SERVER_ERROR, "%s", err);
+		return api_send(c, status, out, NULL);
+	}
+	resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+	if (!resp) {
+		free(text);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, PROM_CONTENT_TYPE);
+	ret = MHD_queue_response(c, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	log_debug("api: GET /metrics -> 200, %zu bytes", len);
+	return ret;
+}
+
 static enum MHD_Result api_dispatch(struct api_server *s, struct MHD_Connection *c,
 				    const char *url, const char *method,
 				    const struct api_req *r)
@@ -203,6 +246,8 @@ static enum MHD_Result api_dispatch(struct api_server *s, struct MHD_Connection 
 	/* HEAD is GET without the body, which MHD drops for us. */
 	if (!strcmp(method, MHD_HTTP_METHOD_HEAD))
 		method = MHD_HTTP_METHOD_GET;
+	if (!strcmp(url, "/metrics"))
+		return api_metrics(s, c, method, r);
 	if (!strncmp(url, API_PREFIX, plen)) {
 		for (size_t i = 0; i < api_nr_routes; i++) {
 			const struct api_route *rt = &api_routes[i];

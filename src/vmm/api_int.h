@@ -1,6 +1,7 @@
 /*
  * api_int.h - what the control API's server (api.c: the socket, MHD,
- * routing) and its /api/v1 handlers (api_vm.c) share.  Internal to src/vmm.
+ * routing), its /api/v1 handlers (api_vm.c) and GET /metrics
+ * (api_metrics.c) share.  Internal to src/vmm.
  */
 #ifndef GODWIT_API_INT_H
 #define GODWIT_API_INT_H
@@ -41,6 +42,12 @@ struct api_route {
 };
 extern const struct api_route api_routes[];
 extern const size_t api_nr_routes;
+
+/* The VM's state as the API says it: "fenced" for a running VM a fence holds (api_vm.c). */
+const char *api_vm_state_name(struct vm *vm);
+
+/* GET /metrics (api_metrics.c): the page, *len bytes, malloc()ed; NULL with err set. */
+char *api_metrics_page(struct api_server *s, size_t *len, char *err, size_t errlen);
 
 /* Set *out to {"error": message} and return status. */
 __attribute__((format(printf, 3, 4)))

@@ -32,7 +32,7 @@ static enum vm_state api_vm_state(struct vm *vm)
 }
 
 /* The state as the API says it: "fenced" for a running VM whose vCPUs a fence holds. */
-static const char *api_vm_state_name(struct vm *vm)
+const char *api_vm_state_name(struct vm *vm)
 {
 	enum vm_state state = api_vm_state(vm);
 

@@ -191,12 +191,40 @@ static void vcpu_handle_mmio(struct vcpu *v)
 	}
 }
 
+const char *const vcpu_exit_names[VCPU_EXIT_NR] = {
+	[VCPU_EXIT_IO] = "io",
+	[VCPU_EXIT_MMIO] = "mmio",
+	[VCPU_EXIT_HLT] = "hlt",
+	[VCPU_EXIT_INTR] = "intr",
+	[VCPU_EXIT_SHUTDOWN] = "shutdown",
+	[VCPU_EXIT_SYSTEM_EVENT] = "system_event",
+	[VCPU_EXIT_INTERNAL_ERROR] = "internal_error",
+	[VCPU_EXIT_FAIL_ENTRY] = "fail_entry",
+	[VCPU_EXIT_OTHER] = "other",
+};
+
+static enum vcpu_exit vcpu_exit_kind(uint32_t reason)
+{
+	switch (reason) {
+	case KVM_EXIT_IO:             return VCPU_EXIT_IO;
+	case KVM_EXIT_MMIO:           return VCPU_EXIT_MMIO;
+	case KVM_EXIT_HLT:            return VCPU_EXIT_HLT;
+	case KVM_EXIT_INTR:           return VCPU_EXIT_INTR;
+	case KVM_EXIT_SHUTDOWN:       return VCPU_EXIT_SHUTDOWN;
+	case KVM_EXIT_SYSTEM_EVENT:   return VCPU_EXIT_SYSTEM_EVENT;
+	case KVM_EXIT_INTERNAL_ERROR: return VCPU_EXIT_INTERNAL_ERROR;
+	case KVM_EXIT_FAIL_ENTRY:     return VCPU_EXIT_FAIL_ENTRY;
+	}
+	return VCPU_EXIT_OTHER;
+}
+
 /* Returns false when the vCPU must stop. */
 static bool vcpu_handle_exit(struct vcpu *v)
 {
 	struct kvm_run *run = v->run;
 	char why[128];
 
+	STAT_ADD(v->exits[vcpu_exit_kind(run->exit_reason)], 1);
 	switch (run->exit_reason) {
 	case KVM_EXIT_IO:
 		vcpu_handle_pio(v);
@@ -355,6 +383,7 @@ static void *vcpu_thread(void *arg)
 		v->io_pending = false;
 		if (r < 0) {
 			if (errno == EINTR || errno == EAGAIN) {
+				STAT_ADD(v->exits[VCPU_EXIT_INTR], 1);
 				/* KVM leaves the previous exit_reason: do not reuse it. */
 				v->run->exit_reason = KVM_EXIT_INTR;
 				continue;

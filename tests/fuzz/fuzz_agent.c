@@ -6,8 +6,12 @@
  *   1  a migration intent (migrate_parse_intent), as etcd holds it;
  *   2  a VM spec turned into `godwit run`'s argv for a cold start (vms_build_argv),
  *   3  the same for `godwit run --incoming` (a migration's destination);
- *   4  an owner record (fleet_owner_parse, agent_owner_is).
- * The first byte picks (modulo 5); for 2 and 3 the second byte picks the
+ *   4  an owner record (fleet_owner_parse, agent_owner_is);
+ *   5  the fleet page's JSON (web_fleet_json, web_report) from a range of etcd
+ *      records: the text is KEY\nVALUE\n pairs (a key without a leading "/" gets
+ *      /godwit/ before it; a key given again is dropped, as a range holds
+ *      each key once).
+ * The first byte picks (modulo 6); for 2 and 3 the second byte picks the
  * --map-path set and whether the lease guard's options come first; the rest is
  * the text as received (not NUL-terminated, in an exact-size copy).
  *
@@ -23,7 +27,12 @@
  * it holds none of the options the agent sets itself beyond those it put first,
  * no --incoming, and every --kernel/--initrd/--disk path was rewritten if it
  * matched a --map-path prefix; for --incoming, only the options run --incoming
- * takes are kept; an owner record accepted formats back to itself.
+ * takes are kept; an owner record accepted formats back to itself; the page's
+ * JSON is an object with arrays hosts, vms and migrations whose names are valid
+ * names, no intent's token, percentages within 0-100, a timeline link only of
+ * the form /api/migrations/VM/timeline.svg, reports of bounded history
+ * (WEB_HISTORY_MAX rounds of at most WEB_ROUND_FIELDS members named [a-z0-9_])
+ * whose numbers are finite and >= 0, and it dumps and parses back equal.
  *   make fuzz && build-fuzz/fuzz-agent -max_total_time=60 tests/fuzz/corpus/agent
  */
 #include <errno.h>
@@ -35,6 +44,8 @@
 
 #include "../../src/agent/agent.h"
 #include "../../src/cmd/run.h"
+#include "godwit/etcd.h"
+#include "godwit/timeline.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -401,6 +412,154 @@ static void fuzz_owner(const char *buf, size_t n)
 	free(s);
 }
 
+/* ---- 5: the fleet page's JSON ---- */
+
+static void check_num(json_t *v)
+{
+	if (json_is_integer(v) ? json_integer_value(v) < 0 :
+	    !json_is_real(v) || !(json_real_value(v) >= 0) || json_real_value(v) > 1e308)
+		abort();
+}
+
+static void check_report(json_t *rep)
+{
+	json_t *h = json_object_get(rep, "history"), *r, *v;
+	const char *k;
+	size_t i;
+
+	if (!json_is_object(rep))
+		abort();
+	json_object_foreach(rep, k, v) {
+		if (!strcmp(k, "status") || !strcmp(k, "from") || !strcmp(k, "to") ||
+		    !strcmp(k, "error")) {
+			if (!json_is_string(v))
+				abort();
+		} else if (strcmp(k, "history") && strcmp(k, "phases_ms")) {
+			check_num(v);
+		}
+	}
+	if (h && (!json_is_array(h) || json_array_size(h) > WEB_HISTORY_MAX))
+		abort();
+	json_array_foreach(h, i, r) {
+		if (!json_is_object(r) || json_object_size(r) > WEB_ROUND_FIELDS)
+			abort();
+		json_object_foreach(r, k, v)
+			if (!*k || strlen(k) > WEB_KEY_MAX ||
+			    strspn(k, "abcdefghijklmnopqrstuvwxyz0123456789_") != strlen(k) ||
+			    (!json_is_number(v) && !json_is_boolean(v) && !json_is_string(v)))
+				abort();
+	}
+	json_object_foreach(json_object_get(rep, "phases_ms"), k, v)
+		check_num(v);
+}
+
+static void fuzz_web(const char *buf, size_t n)
+{
+	struct etcd_kvs kvs = { .revision = 7 };
+	size_t cap = 0;
+	const char *p = buf, *end = buf + n;
+	json_t *out, *back, *x;
+	char *text, want[FLEET_NAME_MAX + 48];
+	size_t i;
+
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p)), *v, *vend;
+		struct etcd_kv *kv;
+
+		if (!nl)
+			break;
+		v = nl + 1;
+		vend = v < end ? memchr(v, '\n', (size_t)(end - v)) : NULL;
+		if (!vend)
+			vend = end;
+		if (kvs.n == cap) {
+			struct etcd_kv *nk = realloc(kvs.kv, (cap = cap * 2 + 4) * sizeof(*nk));
+
+			if (!nk)
+				break;
+			kvs.kv = nk;
+		}
+		/* etcd's client refuses a key or value holding a NUL: none gets here */
+		if (!memchr(p, 0, (size_t)(nl - p)) && !memchr(v, 0, (size_t)(vend - v))) {
+			kv = &kvs.kv[kvs.n++];
+			memset(kv, 0, sizeof(*kv));
+			kv->key = malloc((size_t)(nl - p) + sizeof(FLEET_PREFIX));
+			kv->value = strndup(v, (size_t)(vend - v));
+			if (!kv->key || !kv->value)
+				abort();
+			snprintf(kv->key, (size_t)(nl - p) + sizeof(FLEET_PREFIX), "%s%.*s",
+				 *p == '/' ? "" : FLEET_PREFIX, (int)(nl - p), p);
+			/* a range holds each key once */
+			for (i = 0; i + 1 < kvs.n; i++)
+				if (!strcmp(kvs.kv[i].key, kv->key)) {
+					free(kv->key);
+					free(kv->value);
+					kvs.n--;
+					break;
+				}
+		}
+		p = vend < end ? vend + 1 : end;
+	}
+	out = web_fleet_json(&kvs, HOST);
+	if (!out || !json_is_array(json_object_get(out, "hosts")) ||
+	    !json_is_array(json_object_get(out, "vms")) ||
+	    !json_is_array(json_object_get(out, "migrations")))
+		abort();
+	json_array_foreach(json_object_get(out, "hosts"), i, x)
+		if (!fleet_name_ok(json_string_value(json_object_get(x, "name"))))
+			abort();
+	json_array_foreach(json_object_get(out, "vms"), i, x) {
+		json_t *in = json_object_get(x, "intent");
+
+		if (!fleet_name_ok(json_string_value(json_object_get(x, "name"))) ||
+		    (in && !json_is_null(in) && json_object_get(in, "token")))
+			abort();
+	}
+	json_array_foreach(json_object_get(out, "migrations"), i, x) {
+		const char *vm = json_string_value(json_object_get(x, "vm"));
+		json_t *pct = json_object_get(x, "percent"), *tl = json_object_get(x, "timeline");
+
+		if (!fleet_name_ok(vm))
+			abort();
+		if (!json_is_null(pct) && (!json_is_number(pct) || json_number_value(pct) < 0 ||
+					   json_number_value(pct) > 100))
+			abort();
+		snprintf(want, sizeof(want), "/api/migrations/%s/timeline.svg", vm);
+		if (!json_is_null(tl) && (!json_is_string(tl) || strcmp(json_string_value(tl), want) ||
+					  !web_timeline_ok(json_object_get(x, "report"))))
+			abort();
+		if (!json_is_null(json_object_get(x, "report")))
+			check_report(json_object_get(x, "report"));
+	}
+	text = json_dumps(out, JSON_COMPACT);
+	back = text ? json_loads(text, 0, NULL) : NULL;
+	if (!back || !json_equal(out, back))
+		abort();
+	/* a record's progress as the timeline's route reduces it */
+	for (i = 0; i < kvs.n; i++) {
+		json_t *rec = json_loads(kvs.kv[i].value, 0, NULL);
+		json_t *rep = web_record_report(rec);
+		char *svg = NULL;
+		size_t len = 0;
+		char err[256];
+
+		check_report(rep);
+		/* what the timeline's route draws: a well-formed picture or a reason */
+		if (web_timeline_ok(rep)) {
+			if (timeline_svg_buf(rep, &svg, &len, err, sizeof(err)) ||
+			    !strstr(svg, "<svg") || strlen(svg) != len)
+				abort();
+			free(svg);
+		}
+		json_decref(rep);
+		json_decref(rec);
+	}
+	free(text);
+	json_decref(back);
+	json_decref(out);
+	etcd_kvs_free(&kvs);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	char *buf;
@@ -412,7 +571,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		A.host = HOST;
 		snprintf(A.godwit, sizeof(A.godwit), "/usr/local/bin/godwit");
 	}
-	skip = data[0] % 5 == 2 || data[0] % 5 == 3 ? 2 : 1;
+	skip = data[0] % 6 == 2 || data[0] % 6 == 3 ? 2 : 1;
 	if (size < skip)
 		return 0;
 	/* an exact-size copy, so that ASan sees any read past the end */
@@ -420,12 +579,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (!buf)
 		return 0;
 	memcpy(buf, data + skip, size - skip);
-	switch (data[0] % 5) {
+	switch (data[0] % 6) {
 	case 0: fuzz_line(buf, size - skip); break;
 	case 1: fuzz_intent(buf, size - skip); break;
 	case 2: fuzz_spec(buf, size - skip, data[1], false); break;
 	case 3: fuzz_spec(buf, size - skip, data[1], true); break;
 	case 4: fuzz_owner(buf, size - skip); break;
+	case 5: fuzz_web(buf, size - skip); break;
 	}
 	free(buf);
 	return 0;

@@ -7,8 +7,9 @@
  * writing out of bounds or leaking.  Every reply the server sends is
  * parsed: an HTTP/1.x status line, and wherever the Content-Type is
  * application/json, a body that is one JSON object (the API's errors and
- * replies); the check stops at libmicrohttpd's own error pages (HTML, and
- * the connection closes).
+ * replies); where it is Prometheus text (GET /metrics), a page whose every
+ * line is a godwit_* sample or its HELP/TYPE; the check stops at
+ * libmicrohttpd's own error pages (HTML, and the connection closes).
  *
  * Production code is unchanged: the input reaches the server through a
  * socket, as a client's would.  The VM is a hand-filled struct vm (as in
@@ -41,6 +42,7 @@
 #include "godwit/api.h"
 #include "godwit/loop.h"
 #include "godwit/migrate.h"
+#include "godwit/prom.h"
 #include "godwit/snapshot.h"
 #include "godwit/tls.h"
 #include "godwit/vm.h"
@@ -49,6 +51,7 @@
 #define MAX_ITERS   20000        /* loop iterations per input before giving up */
 
 static struct vm vm;
+static struct vcpu vcpus[2];     /* only their exit counters (GET /metrics) */
 static struct loop *loop;
 static struct api_server *api;
 static char dir[64], path[108];
@@ -140,6 +143,10 @@ static void fuzz_init(void)
 	vm.cfg.cpu_model = CPU_MODEL_X86_64_V2;
 	vm.cfg.kernel = "/boot/fuzz-kernel";
 	vm.kvm_fd = vm.vm_fd = vm.exit_efd = -1;
+	vm.vcpus = vcpus;
+	for (unsigned int i = 0; i < 2; i++)
+		for (int r = 0; r < VCPU_EXIT_NR; r++)
+			vcpus[i].exits[r] = (uint64_t)r << (i * 40);
 	pthread_mutex_init(&vm.lock, NULL);
 	pthread_cond_init(&vm.cond, NULL);
 	loop = loop_new();
@@ -171,6 +178,25 @@ static int fuzz_hook(struct loop *l, void *opaque)
 	}
 }
 
+/* A GET /metrics page: lines of "# HELP godwit_", "# TYPE godwit_" or "godwit_", each ended. */
+static void check_metrics(const char *p, size_t len)
+{
+	const char *end = p + len;
+
+	if (!len || p[len - 1] != '\n')
+		abort();
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+
+		if (strncmp(p, "# HELP godwit_", 14) && strncmp(p, "# TYPE godwit_", 14) &&
+		    strncmp(p, "godwit_", 7)) {
+			fprintf(stderr, "fuzz-api: a metrics line: %.*s\n", (int)(nl - p), p);
+			abort();
+		}
+		p = nl + 1;
+	}
+}
+
 /* Each reply: a status line, and a JSON object wherever the body is said to be JSON. */
 static void check_replies(void)
 {
@@ -180,7 +206,7 @@ static void check_replies(void)
 	while (p < end) {
 		char *hend = strstr(p, "\r\n\r\n"), *h, *line_end;
 		size_t clen = 0;
-		bool json = false, have_len = false;
+		bool json = false, have_len = false, prom = false;
 
 		if (strncmp(p, "HTTP/1.", 7) || !hend)
 			abort();        /* not an HTTP reply */
@@ -192,6 +218,9 @@ static void check_replies(void)
 			}
 			if (!strncasecmp(h, "Content-Type: application/json", 30))
 				json = true;
+			if (!strncasecmp(h, "Content-Type: " PROM_CONTENT_TYPE "\r\n",
+					 strlen("Content-Type: " PROM_CONTENT_TYPE "\r\n")))
+				prom = true;
 		}
 		p = hend + 4;
 		if (!strncmp(p, "HTTP/1.", 7))
@@ -204,6 +233,11 @@ static void check_replies(void)
 		 * 413 for an unparsable Content-Length twice, so what follows may not
 		 * be a reply.
 		 */
+		if (prom) {
+			check_metrics(p, clen);
+			p += clen;
+			continue;
+		}
 		if (!json)
 			return;
 		{

@@ -285,6 +285,10 @@ def api_seeds(out):
         'too-big': (RUNNING, b'PUT /api/v1/vm/pause HTTP/1.1\r\nHost: g\r\nContent-Length: 100000\r\n'
                     b'Expect: 100-continue\r\n\r\n'),
         'http10': (RUNNING, b'GET /api/v1/vm HTTP/1.0\r\n\r\n'),
+        'metrics': (RUNNING, http('GET', '/metrics') + http('HEAD', '/metrics') +
+                    http('POST', '/metrics') + http('GET', '/metrics', '{}') +
+                    http('GET', '/metrics?x=1')),
+        'metrics-paused': (PAUSED, http('GET', '/metrics')),
     }
     for name, (mode, b) in seeds.items():
         open(os.path.join(out, 'seed-' + name), 'wb').write(bytes([mode]) + b)

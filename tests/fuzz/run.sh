@@ -1,6 +1,6 @@
 #!/bin/bash
 # tests/fuzz/run.sh [SECONDS [TARGET...]] - a libFuzzer run of each fuzz target (or the
-# ones named: boot virtq stream handoff devspec restore virtio-blk pci api etcd agent), one after
+# ones named: boot virtq stream handoff devspec restore virtio-blk pci api etcd agent timeline), one after
 # another, from its seeds; a crash, leak or sanitizer report fails the test.
 #
 # Each target's corpus is build-fuzz/corpus-TARGET (generated seeds, and what the fuzzer
@@ -15,7 +15,7 @@ set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 secs=${1:-15}
 shift $(($# ? 1 : 0))
-ALL="boot virtq stream handoff devspec restore virtio-blk pci api etcd agent"
+ALL="boot virtq stream handoff devspec restore virtio-blk pci api etcd agent timeline"
 targets=${*:-$ALL}
 long=${FUZZ_LONG:-0}
 failed=0

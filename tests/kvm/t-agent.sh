@@ -61,9 +61,8 @@
 . "$(dirname "$0")/../lib.sh"
 . "$ROOT/tests/kvm/lib-vm.sh"
 . "$ROOT/tests/kvm/lib-migrate.sh"
+. "$ROOT/tests/kvm/lib-agent.sh"     # GODWITD, freeport, etcd (agent_etcd_up, ectl, eget, efield)
 
-# The agent beside the godwit under test (the ASan pass: build-asan/godwitd).
-GODWITD=${GODWITD:-$(dirname "$GODWIT")/godwitd}
 t_need_kvm agent || exit 0
 for b in etcd etcdctl jq; do
 	if ! command -v "$b" >/dev/null; then
@@ -72,14 +71,11 @@ for b in etcd etcdctl jq; do
 	fi
 done
 
-freeport() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-EC=$(freeport) EP=$(freeport) PA=$(freeport) PB=$(freeport)
-URL=http://127.0.0.1:$EC
-export ETCDCTL_API=3
-ectl() { etcdctl --endpoints "$URL" --dial-timeout 2s --command-timeout 3s "$@"; }
-eget() { ectl get --print-value-only "$1" 2>/dev/null; }
-# efield KEY FIELD: a field of the JSON at KEY.
-efield() { eget "$1" | jq -r --arg k "$2" '.[$k] // empty' 2>/dev/null; }
+PA=$(freeport) PB=$(freeport)
+if ! agent_etcd_up; then
+	t_fail agent "$AGENT_ERR"
+	exit 0
+fi
 
 # AGENT_LOGS=DIR keeps the agents' and etcd's logs and the consoles there.
 cleanup_agent() {
@@ -117,18 +113,8 @@ else
 	t_fail agent-usage "--help or the missing --host check"
 fi
 
-# ---- etcd, certificates, agents ----
-etcd --name default --data-dir "$T_TMP/etcd" --listen-client-urls "$URL" \
-	--advertise-client-urls "$URL" --listen-peer-urls "http://127.0.0.1:$EP" \
-	--initial-advertise-peer-urls "http://127.0.0.1:$EP" \
-	--initial-cluster "default=http://127.0.0.1:$EP" >"$T_TMP/etcd.log" 2>&1 &
-E_PID=$!
-for ((i = 0; i < 100; i++)); do ectl endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
-if ! ectl endpoint health >/dev/null 2>&1; then
-	t_fail agent "etcd did not start: $(tail -c 300 "$T_TMP/etcd.log")"
-	exit 0
-fi
-python3 "$ROOT/tests/kvm/mkcerts.py" "$T_TMP/certs" a b
+# ---- certificates, agents ----
+agent_certs a b
 
 TTL=6
 start_agent() {   # NAME PORT PORTS
@@ -423,7 +409,7 @@ fi
 
 # ---- the source cut from etcd at the gate: veto, abort (rules 3, 4, 5) ----
 GP=$(freeport)
-python3 "$ROOT/tests/kvm/tcpgate.py" "$GP" "$EC" "$T_TMP/cut" >"$T_TMP/gate.log" 2>&1 &
+python3 "$ROOT/tests/kvm/tcpgate.py" "$GP" "${URL##*:}" "$T_TMP/cut" >"$T_TMP/gate.log" 2>&1 &
 t_wait_for "$T_TMP/gate.log" listening 5
 URL_A=http://127.0.0.1:$GP
 start_agent_url() {   # NAME PORT PORTS URL

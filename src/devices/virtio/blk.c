@@ -135,6 +135,12 @@ struct blk {
 	atomic_bool broken;             /* a malformed ring: serve nothing until reset */
 	unsigned int ioerr_logs;
 
+	/*
+	 * I/O counters for GET /metrics (dev.h: STAT_ADD by whoever serves a
+	 * request, read by the API).  Not guest state: never saved.
+	 */
+	_Atomic uint64_t n_req[DEV_BLK_NR_OPS], n_read_bytes, n_write_bytes, n_errors;
+
 	/* Owned by the I/O thread (or a unit test calling virtio_blk_handle). */
 	struct vq_elem *elem;
 	struct iovec *slice;            /* VQ_MAX_SEGS segments: one data range */
@@ -637,6 +643,42 @@ static uint8_t blk_discard_wz(struct blk *b, const struct vq_elem *e, uint64_t d
 	return VIRTIO_BLK_S_OK;
 }
 
+/* Count one answered request of type with status st (moved: data bytes read or written). */
+static void blk_count(struct blk *b, uint32_t type, uint8_t st, uint64_t moved)
+{
+	enum dev_blk_op op;
+
+	switch (type) {
+	case VIRTIO_BLK_T_IN:           op = DEV_BLK_READ; break;
+	case VIRTIO_BLK_T_OUT:          op = DEV_BLK_WRITE; break;
+	case VIRTIO_BLK_T_FLUSH:        op = DEV_BLK_FLUSH; break;
+	case VIRTIO_BLK_T_DISCARD:      op = DEV_BLK_DISCARD; break;
+	case VIRTIO_BLK_T_WRITE_ZEROES: op = DEV_BLK_WRITE_ZEROES; break;
+	case VIRTIO_BLK_T_GET_ID:       op = DEV_BLK_GET_ID; break;
+	default:                        op = DEV_BLK_OTHER; break;
+	}
+	STAT_ADD(b->n_req[op], 1);
+	if (st != VIRTIO_BLK_S_OK)
+		STAT_ADD(b->n_errors, 1);
+	else if (op == DEV_BLK_READ)
+		STAT_ADD(b->n_read_bytes, moved);
+	else if (op == DEV_BLK_WRITE)
+		STAT_ADD(b->n_write_bytes, moved);
+}
+
+static void blk_stats(struct virtio_dev *vdev, struct dev_stats *st)
+{
+	struct blk *b = vdev->priv;
+
+	st->kind = DEV_STATS_BLK;
+	st->label = b->path;
+	for (int i = 0; i < DEV_BLK_NR_OPS; i++)
+		st->blk.requests[i] = STAT_GET(b->n_req[i]);
+	st->blk.read_bytes = STAT_GET(b->n_read_bytes);
+	st->blk.write_bytes = STAT_GET(b->n_write_bytes);
+	st->blk.errors = STAT_GET(b->n_errors);
+}
+
 /*
  * virtio_blk_handle - serve one request chain e.  Writes the status byte
  * (also returned in *status, for tests) into the last device-writable
@@ -649,7 +691,7 @@ uint32_t virtio_blk_handle(struct blk *b, const struct vq_elem *e, uint8_t *stat
 {
 	const struct iovec *in = e->iov + e->n_out;
 	uint8_t hdr[BLK_HDR_LEN], st = VIRTIO_BLK_S_IOERR;
-	uint64_t out_data, in_data, sector = 0;
+	uint64_t out_data, in_data, sector = 0, moved = 0;
 	uint32_t type = UINT32_MAX;
 	int n, ret;
 
@@ -709,6 +751,7 @@ uint32_t virtio_blk_handle(struct blk *b, const struct vq_elem *e, uint8_t *stat
 			break;
 		}
 		st = VIRTIO_BLK_S_OK;
+		moved = len;
 		break;
 	}
 	case VIRTIO_BLK_T_FLUSH:
@@ -761,6 +804,7 @@ uint32_t virtio_blk_handle(struct blk *b, const struct vq_elem *e, uint8_t *stat
 	}
 done:
 	*status = st;
+	blk_count(b, type, st, moved);
 	if (!iov_copy_to(in, e->n_in, in_data, &st, 1))
 		return 0;       /* cannot happen: in_len covers it */
 	return (uint32_t)e->in_len;
@@ -966,6 +1010,7 @@ static const struct dev_disk_ops blk_disk_ops;
 
 static const struct virtio_dev_ops blk_vdev_ops = {
 	.name = "virtio-blk",
+	.stats = blk_stats,
 	.device_id = 2,
 	.pci_class = 0x0180,            /* mass storage, other */
 	.nr_queues = 1,

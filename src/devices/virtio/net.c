@@ -55,6 +55,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -67,6 +68,7 @@
 #include <linux/if_tun.h>
 
 #include "godwit/le.h"
+#include "godwit/dev.h"
 #include "godwit/log.h"
 #include "godwit/tap.h"
 #include "godwit/virtio.h"
@@ -132,9 +134,13 @@ struct net_rx_chain {
 	uint32_t seq;                   /* n->rx_pops when it was popped */
 };
 
+/*
+ * Counted by the datapath thread (STAT_ADD), read by the API (GET /metrics)
+ * and logged at stop.  Not guest state: never saved.
+ */
 struct net_stats {
-	uint64_t rx_frames, rx_bytes, rx_dropped, rx_bad_chains;
-	uint64_t tx_frames, tx_bytes, tx_dropped, tx_bad_chains;
+	_Atomic uint64_t rx_frames, rx_bytes, rx_dropped, rx_bad_chains;
+	_Atomic uint64_t tx_frames, tx_bytes, tx_dropped, tx_bad_chains;
 };
 
 struct net {
@@ -284,7 +290,7 @@ static int net_rx_fill(struct net *n, struct virtqueue *vq, unsigned int *pushed
 			return ret < 0 ? ret : RX_FILL_EMPTY;
 		n->rx_pops++;
 		if (e->n_out || e->in_len < NET_HDR_LEN || e->in_len > UINT32_MAX) {
-			n->st.rx_bad_chains++;
+			STAT_ADD(n->st.rx_bad_chains, 1);
 			net_log(n, "RX chain %u unusable (%u readable segments, %llu writable bytes): skipped",
 				e->head, e->n_out, (unsigned long long)e->in_len);
 			vq_push(vq, e, 0);
@@ -320,7 +326,7 @@ static int net_rx_place(struct net *n, struct virtqueue *vq, unsigned int *pushe
 
 	if (!n->mrg_rxbuf && len > n->held[0].len) {
 		/* It did not fit the one buffer the driver gave (and no GSO was offered it). */
-		n->st.rx_dropped++;
+		STAT_ADD(n->st.rx_dropped, 1);
 		net_log(n, "RX frame of %zu bytes dropped: the driver's buffer has %zu", len,
 			n->held[0].len);
 		net_rx_mark(n, &n->held[0], MIN(direct, n->held[0].len));
@@ -354,8 +360,8 @@ static int net_rx_place(struct net *n, struct virtqueue *vq, unsigned int *pushe
 		net_rx_push(n, vq, &n->held[i], n->held[i].written);
 	*pushed += k;
 	net_rx_forget(n, k);
-	n->st.rx_frames++;
-	n->st.rx_bytes += len - NET_HDR_LEN;
+	STAT_ADD(n->st.rx_frames, 1);
+	STAT_ADD(n->st.rx_bytes, len - NET_HDR_LEN);
 	n->frame_len = 0;
 	return 1;
 }
@@ -383,7 +389,7 @@ static int net_rx_read(struct net *n)
 		return errno == EAGAIN || errno == EINTR ? 0 : -errno;
 	if ((size_t)r < NET_HDR_LEN + NET_ETH_HLEN || (size_t)r > direct + NET_HDR_LEN + NET_FRAME_MAX) {
 		/* Runt, or larger than anything we can hold (the TAP returns the full length). */
-		n->st.rx_dropped++;
+		STAT_ADD(n->st.rx_dropped, 1);
 		net_log(n, "RX frame of %zd bytes from the TAP dropped", r);
 		for (unsigned int i = 0; i < n->nheld; i++)
 			net_rx_mark(n, &n->held[i], n->held[i].len);
@@ -399,7 +405,7 @@ static void net_rx_drop_frame(struct net *n)
 {
 	if (!n->frame_len)
 		return;
-	n->st.rx_dropped++;
+	STAT_ADD(n->st.rx_dropped, 1);
 	for (unsigned int i = 0; i < n->nheld; i++) {
 		net_rx_mark(n, &n->held[i], n->held[i].written);
 		n->held[i].written = 0;
@@ -445,7 +451,7 @@ static int net_rx(struct net *n, struct virtqueue *vq, bool *want_tap)
 			break;
 		}
 		if (ret < 0) {
-			n->st.rx_dropped++;
+			STAT_ADD(n->st.rx_dropped, 1);
 			net_log(n, "reading the TAP: %s", strerror(-ret));
 			n->tap_error = true;
 			ret = 0;
@@ -479,7 +485,7 @@ static int net_tx(struct net *n, struct virtqueue *vq)
 		done++;
 		if (e->n_in || e->out_len < NET_HDR_LEN + NET_ETH_HLEN ||
 		    e->out_len > NET_HDR_LEN + NET_FRAME_MAX) {
-			n->st.tx_bad_chains++;
+			STAT_ADD(n->st.tx_bad_chains, 1);
 			net_log(n, "TX chain %u malformed (%u writable segments, %llu bytes): dropped",
 				e->head, e->n_in, (unsigned long long)e->out_len);
 			vq_push(vq, e, 0);
@@ -488,13 +494,13 @@ static int net_tx(struct net *n, struct virtqueue *vq)
 		w = writev(n->tap.fd, e->iov, (int)e->n_out);
 		if (w < 0) {
 			/* EINVAL: the host refused the header (GSO/checksum fields); EAGAIN: full. */
-			n->st.tx_dropped++;
+			STAT_ADD(n->st.tx_dropped, 1);
 			if (errno != EAGAIN && errno != ENOBUFS)
 				net_log(n, "TX frame of %llu bytes refused by the TAP: %s",
 					(unsigned long long)e->out_len, strerror(errno));
 		} else {
-			n->st.tx_frames++;
-			n->st.tx_bytes += e->out_len - NET_HDR_LEN;
+			STAT_ADD(n->st.tx_frames, 1);
+			STAT_ADD(n->st.tx_bytes, e->out_len - NET_HDR_LEN);
 		}
 		vq_push(vq, e, 0);
 	}
@@ -667,12 +673,12 @@ static void net_stop_locked(struct net *n)
 	n->running = false;
 	while (read(n->stop_fd, &v, sizeof(v)) > 0)
 		;
-	log_debug("virtio-net %s: rx %llu frames %llu bytes, %llu dropped, %llu bad chains; "
-		  "tx %llu frames %llu bytes, %llu dropped, %llu bad chains", n->tap.name,
-		  (unsigned long long)n->st.rx_frames, (unsigned long long)n->st.rx_bytes,
-		  (unsigned long long)n->st.rx_dropped, (unsigned long long)n->st.rx_bad_chains,
-		  (unsigned long long)n->st.tx_frames, (unsigned long long)n->st.tx_bytes,
-		  (unsigned long long)n->st.tx_dropped, (unsigned long long)n->st.tx_bad_chains);
+	log_debug("virtio-net %s: rx %" PRIu64 " frames %" PRIu64 " bytes, %" PRIu64 " dropped, %"
+		  PRIu64 " bad chains; tx %" PRIu64 " frames %" PRIu64 " bytes, %" PRIu64
+		  " dropped, %" PRIu64 " bad chains", n->tap.name,
+		  STAT_GET(n->st.rx_frames), STAT_GET(n->st.rx_bytes), STAT_GET(n->st.rx_dropped),
+		  STAT_GET(n->st.rx_bad_chains), STAT_GET(n->st.tx_frames), STAT_GET(n->st.tx_bytes),
+		  STAT_GET(n->st.tx_dropped), STAT_GET(n->st.tx_bad_chains));
 }
 
 /* A frame half placed is lost; held chains are forgotten (reset) or handed back (quiesce). */
@@ -825,8 +831,24 @@ static void net_destroy(struct virtio_dev *vdev)
 	net_free(vdev->priv);
 }
 
+/* GET /metrics: a malformed chain counts as a drop there. */
+static void net_dev_stats(struct virtio_dev *vdev, struct dev_stats *st)
+{
+	struct net *n = vdev->priv;
+
+	st->kind = DEV_STATS_NET;
+	st->label = n->tap.name;
+	st->net.rx_packets = STAT_GET(n->st.rx_frames);
+	st->net.rx_bytes = STAT_GET(n->st.rx_bytes);
+	st->net.rx_dropped = STAT_GET(n->st.rx_dropped) + STAT_GET(n->st.rx_bad_chains);
+	st->net.tx_packets = STAT_GET(n->st.tx_frames);
+	st->net.tx_bytes = STAT_GET(n->st.tx_bytes);
+	st->net.tx_dropped = STAT_GET(n->st.tx_dropped) + STAT_GET(n->st.tx_bad_chains);
+}
+
 static const struct virtio_dev_ops net_vdev_ops = {
 	.name = "virtio-net",
+	.stats = net_dev_stats,
 	.device_id = 1,
 	.pci_class = 0x0200,            /* network, Ethernet */
 	.nr_queues = 2,

@@ -652,6 +652,14 @@ static void vpci_dev_destroy(struct dev *d)
 	virtio_pci_destroy(vp->vdev);
 }
 
+/* The device's own counters (GET /metrics); the transport keeps none. */
+static void vpci_dev_stats(struct dev *d, struct dev_stats *st)
+{
+	struct virtio_pci *vp = d->priv;
+
+	vp->vdev->ops->stats(vp->vdev, st);
+}
+
 /*
  * virtio_pci_add - see virtio.h.  The device fills vdev->ops and
  * vdev->priv first; this initialises vdev->lock and every transport field.
@@ -727,6 +735,7 @@ int virtio_pci_add(struct vm *vm, unsigned int slot, struct virtio_dev *vdev)
 		.acquire = vpci_dev_acquire,
 		.destroy = vpci_dev_destroy,
 		.disk = ops->disk,
+		.stats = ops->stats ? vpci_dev_stats : NULL,
 	};
 	ret = dev_register(vm, &vp->dev, &vp->dev_ops, vp, slot);
 	if (ret) {

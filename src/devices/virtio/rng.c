@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <sys/random.h>
 
+#include "godwit/dev.h"
 #include "godwit/log.h"
 #include "godwit/virtio.h"
 #include "godwit/vm.h"
@@ -25,6 +26,8 @@ struct virtio_rng {
 	struct virtio_worker worker;
 	struct vq_elem *elem;           /* the thread's (too large for its stack) */
 	bool active;                    /* activated, not reset: resume restarts the thread */
+	/* For GET /metrics (STAT_ADD by the queue thread); not guest state: never saved. */
+	_Atomic uint64_t n_requests, n_bytes;
 };
 
 /* Fill the writable segments of e with up to max random bytes; returns the bytes written. */
@@ -61,7 +64,11 @@ static void rng_serve(struct virtqueue *vq)
 	int ret;
 
 	while ((ret = vq_pop(vq, rng->elem)) > 0) {
-		vq_push(vq, rng->elem, rng_fill(rng->elem, RNG_MAX_PER_CHAIN));
+		uint32_t got = rng_fill(rng->elem, RNG_MAX_PER_CHAIN);
+
+		vq_push(vq, rng->elem, got);
+		STAT_ADD(rng->n_requests, 1);
+		STAT_ADD(rng->n_bytes, got);
 		if (++n % RNG_NOTIFY_BATCH == 0)
 			vq_notify(vq);
 	}
@@ -117,6 +124,15 @@ static void rng_destroy(struct virtio_dev *vdev)
 	free(rng);
 }
 
+static void rng_stats(struct virtio_dev *vdev, struct dev_stats *st)
+{
+	struct virtio_rng *rng = vdev->priv;
+
+	st->kind = DEV_STATS_RNG;
+	st->rng.requests = STAT_GET(rng->n_requests);
+	st->rng.bytes = STAT_GET(rng->n_bytes);
+}
+
 static const struct virtio_dev_ops rng_ops = {
 	.name = "virtio-rng",
 	.device_id = 4,
@@ -129,6 +145,7 @@ static const struct virtio_dev_ops rng_ops = {
 	.quiesce = rng_quiesce,
 	.resume = rng_resume,
 	.destroy = rng_destroy,
+	.stats = rng_stats,
 };
 
 /*
