@@ -984,9 +984,9 @@ def main():
                     try:
                         r = vmms[k]()
                         if r.get('report') is not None:
-                            r['timeline'] = os.path.relpath(write_timeline(
+                            r['timeline'] = write_timeline(
                                 r.pop('report'), os.path.join(tl_dir, '%s-%s-run%d' %
-                                                              (name, k, i + 1))), ROOT)
+                                                              (name, k, i + 1)))
                         r['busy_before_pct'], r['quiet_wait_s'] = busy, waited
                         raw[k].append(r)
                         sys.stderr.write(

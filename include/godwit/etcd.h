@@ -28,6 +28,13 @@
 
 struct etcd;
 
+/*
+ * etcd_counters - this process's etcd requests so far (every client), and
+ * those that failed: no endpoint answered, no answer in time, or etcd's
+ * error (godwitd's GET /metrics).
+ */
+void etcd_counters(uint64_t *requests, uint64_t *errors);
+
 struct etcd_kv {
 	char *key;
 	char *value;

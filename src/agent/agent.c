@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "godwit/api.h"
@@ -858,12 +859,14 @@ void agent_loop(struct agent *a)
 	while (!a->stop) {
 		uint64_t t0 = agent_now_ms(), el;
 		struct etcd_kvs kvs = { 0 };
+		struct timespec ts0;
 		char err[AGENT_ERR_MAX];
 		struct fhost *h = NULL;
 		struct fvm *f = NULL;
 		size_t nf = 0, nh = 0;
 		bool fenced, hosts_ok;
 
+		clock_gettime(CLOCK_MONOTONIC, &ts0);
 		vms_reap(a);
 		pthread_mutex_lock(&a->lock);
 		fenced = a->fenced;
@@ -893,6 +896,8 @@ void agent_loop(struct agent *a)
 			last_refresh = t0;
 		}
 sleep:
+		STAT_ADD(a->n_reconcile, 1);
+		STAT_ADD(a->reconcile_us, (uint64_t)(ms_since(&ts0) * 1000));
 		el = agent_now_ms() - t0;
 		if (el < AGENT_TICK_MS)
 			agent_sleep_ms((unsigned int)(AGENT_TICK_MS - el));

@@ -23,6 +23,7 @@
 
 #include <jansson.h>
 
+#include "godwit/common.h"
 #include "godwit/fleet.h"
 
 #define AGENT_MAX_VMS        128
@@ -101,6 +102,11 @@ struct agent {
 	bool handover;           /* a new lease: the VMs' guards must be given it */
 	int migrations;          /* outgoing in flight */
 	volatile sig_atomic_t stop;
+
+	/* For GET /metrics (http.c): STAT_ADD by the threads that see them. */
+	_Atomic uint64_t lease_ok_ms;       /* the last keep-alive etcd answered (agent_now_ms) */
+	_Atomic uint64_t n_mig_started, n_mig_completed, n_mig_failed, n_mig_aborted;
+	_Atomic uint64_t n_reconcile, reconcile_us;   /* loop iterations, and their time */
 };
 
 /* ---- main.c ---- */

@@ -389,6 +389,7 @@ void *host_lease_thread(void *opaque)
 		timeout = 300;
 	if (agent_etcd_open(a, timeout, &e))
 		return NULL;
+	atomic_store(&a->lease_ok_ms, last_ok);
 	while (!a->stop) {
 		uint64_t now = agent_now_ms();
 		bool fenced, due;
@@ -416,6 +417,7 @@ void *host_lease_thread(void *opaque)
 				bool ho;
 
 				last_ok = agent_now_ms();
+				atomic_store(&a->lease_ok_ms, last_ok);
 				if (fenced)
 					host_unfence(a, e);
 				pthread_mutex_lock(&a->lock);

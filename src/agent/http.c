@@ -3,6 +3,7 @@
  * libmicrohttpd in a thread of its own:
  *   GET /v1/host   this host's record, and whether it is fenced
  *   GET /v1/vms    the VMs this agent runs: name, pid, epoch, state, api, console
+ *   GET /metrics   the agent's metrics, Prometheus text (prom.h; docs/fleet.md)
  */
 #include <errno.h>
 #include <stdio.h>
@@ -15,7 +16,9 @@
 
 #include <microhttpd.h>
 
+#include "godwit/etcd.h"
 #include "godwit/log.h"
+#include "godwit/prom.h"
 #include "agent.h"
 
 static struct MHD_Daemon *http_mhd;
@@ -64,6 +67,100 @@ static json_t *http_vms(struct agent *a)
 	return arr;
 }
 
+/* The agent's metrics page (a malloc()ed text of *len bytes), or NULL with err set. */
+static char *http_metrics_page(struct agent *a, size_t *len, char *err, size_t errlen)
+{
+	static const char *const states[] = {
+		"starting", "running", "migrating", "paused", "in-doubt", "incoming", "migrated",
+		"stopped", "failed", "exited",
+	};
+	unsigned int count[ARRAY_SIZE(states) + 1] = { 0 };
+	uint64_t now = agent_now_ms(), ok_ms = atomic_load(&a->lease_ok_ms);
+	uint64_t etcd_req, etcd_err;
+	bool fenced, registered;
+	struct prom p;
+	char *text;
+
+	pthread_mutex_lock(&a->lock);
+	fenced = a->fenced;
+	registered = a->registered;
+	for (int i = 0; i < AGENT_MAX_VMS; i++) {
+		const struct agent_vm *v = &a->vms[i];
+		const char *st = v->exit_status == -1 ? v->state : "exited";
+		size_t k = 0;
+
+		if (!v->used)
+			continue;
+		while (k < ARRAY_SIZE(states) && strcmp(st, states[k]))
+			k++;
+		count[k]++;              /* ARRAY_SIZE(states): "other" */
+	}
+	pthread_mutex_unlock(&a->lock);
+	etcd_counters(&etcd_req, &etcd_err);
+
+	prom_init(&p);
+	prom_family(&p, "godwit_agent_lease_alive", PROM_GAUGE, "1 while this host's etcd lease "
+		    "holds: the last keep-alive etcd answered is younger than the lease's TTL.");
+	prom_u64(&p, registered && ok_ms && now - ok_ms < (uint64_t)a->lease_ttl * 1000, NULL);
+	prom_family(&p, "godwit_agent_lease_renewed_age_seconds", PROM_GAUGE,
+		    "Seconds since the last keep-alive etcd answered.");
+	prom_f64(&p, ok_ms ? (double)(now - ok_ms) / 1000 : 0, NULL);
+	prom_family(&p, "godwit_agent_fenced", PROM_GAUGE, "1 while this host is fenced (rule 5: "
+		    "its VMs stopped because the lease could not be renewed).");
+	prom_u64(&p, fenced, NULL);
+	prom_family(&p, "godwit_agent_vms", PROM_GAUGE, "The VMs this agent runs or brings in, "
+		    "by the state it keeps for them (exited: the process ended).");
+	for (size_t k = 0; k < ARRAY_SIZE(states); k++)
+		prom_u64(&p, count[k], "state", states[k], NULL);
+	prom_u64(&p, count[ARRAY_SIZE(states)], "state", "other", NULL);
+	prom_family(&p, "godwit_agent_migrations_started_total", PROM_COUNTER,
+		    "Outgoing migrations this agent started (a worker took the intent).");
+	prom_u64(&p, STAT_GET(a->n_mig_started), NULL);
+	prom_family(&p, "godwit_agent_migrations_ended_total", PROM_COUNTER,
+		    "Outgoing migrations that ended: completed (the VM left), aborted (stopped at "
+		    "the commit gate, cancelled, or resumed here after doubt), failed (the rest).");
+	prom_u64(&p, STAT_GET(a->n_mig_completed), "result", "completed", NULL);
+	prom_u64(&p, STAT_GET(a->n_mig_failed), "result", "failed", NULL);
+	prom_u64(&p, STAT_GET(a->n_mig_aborted), "result", "aborted", NULL);
+	prom_family(&p, "godwit_agent_etcd_requests_total", PROM_COUNTER,
+		    "Requests to etcd from this agent's threads.");
+	prom_u64(&p, etcd_req, NULL);
+	prom_family(&p, "godwit_agent_etcd_errors_total", PROM_COUNTER, "Requests to etcd that "
+		    "failed: no endpoint answered, no answer in time, or etcd's error.");
+	prom_u64(&p, etcd_err, NULL);
+	prom_family(&p, "godwit_agent_reconcile_duration_seconds", PROM_SUMMARY,
+		    "Iterations of the reconcile loop (every 300 ms) and the time they took.");
+	prom_f64_suffix(&p, "_sum", (double)STAT_GET(a->reconcile_us) / 1e6, NULL);
+	prom_u64_suffix(&p, "_count", STAT_GET(a->n_reconcile), NULL);
+	text = prom_finish(&p, len);
+	if (!text)
+		snprintf(err, errlen, "metrics: %s", prom_error(&p));
+	return text;
+}
+
+static enum MHD_Result http_metrics(struct agent *a, struct MHD_Connection *c)
+{
+	struct MHD_Response *r;
+	enum MHD_Result ret;
+	char err[256];
+	size_t len = 0;
+	char *text = http_metrics_page(a, &len, err, sizeof(err));
+
+	if (!text) {
+		log_warnx("godwitd: GET /metrics: %s", err);
+		return http_send(c, MHD_HTTP_INTERNAL_SERVER_ERROR, json_pack("{s:s}", "error", err));
+	}
+	r = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+	if (!r) {
+		free(text);
+		return MHD_NO;
+	}
+	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, PROM_CONTENT_TYPE);
+	ret = MHD_queue_response(c, MHD_HTTP_OK, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
 static enum MHD_Result http_handle(void *cls, struct MHD_Connection *c, const char *url,
 				   const char *method, const char *version, const char *data,
 				   size_t *size, void **ctx)
@@ -97,6 +194,8 @@ static enum MHD_Result http_handle(void *cls, struct MHD_Connection *c, const ch
 	}
 	if (!strcmp(url, "/v1/vms"))
 		return http_send(c, MHD_HTTP_OK, json_pack("{s:o}", "vms", http_vms(a)));
+	if (!strcmp(url, "/metrics"))
+		return http_metrics(a, c);
 	return http_send(c, MHD_HTTP_NOT_FOUND, json_pack("{s:s}", "error", "no such endpoint"));
 }
 

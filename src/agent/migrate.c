@@ -40,6 +40,7 @@ struct mig_job {
 	char bad[AGENT_ERR_MAX]; /* the intent was invalid: why */
 	json_t *rec;             /* the migration record */
 	struct etcd *e;
+	bool aborted;            /* not left: stopped at the gate, cancelled, or resumed here */
 };
 
 json_t *agent_tls_json(struct agent *a, const char *peer)
@@ -386,6 +387,7 @@ static bool mig_follow(struct mig_job *j)
 					mig_phase(j, "committing", NULL);
 				} else {
 					json_decref(p);
+					j->aborted = true;
 					mig_phase(j, "failed", "the COMMIT transaction did not succeed "
 						  "(vetoed): the VM resumed here");
 					return false;
@@ -401,6 +403,7 @@ static bool mig_follow(struct mig_job *j)
 
 			snprintf(e, sizeof(e), "%s", json_is_string(json_object_get(p, "error")) ?
 				 jstr(p, "error") : st);
+			j->aborted = !strcmp(st, "cancelled");
 			json_object_set_new(j->rec, "progress", json_deep_copy(p));
 			json_decref(p);
 			mig_phase(j, "failed", e);
@@ -418,6 +421,7 @@ static bool mig_follow(struct mig_job *j)
 				mig_phase(j, "done", NULL);
 				return true;
 			}
+			j->aborted = true;
 			mig_phase(j, "failed", "in doubt; the owner record kept the VM here: resumed");
 			return false;
 		}
@@ -437,6 +441,7 @@ static void *mig_thread(void *opaque)
 	json_t *r;
 	char *body;
 
+	STAT_ADD(a->n_mig_started, 1);
 	agent_now_iso(now, sizeof(now));
 	j->rec = json_pack("{s:s, s:s, s:s, s:I, s:s, s:{}, s:n, s:s, s:n}", "id", j->id,
 			   "from", a->host, "to", j->to, "epoch", (json_int_t)j->epoch,
@@ -492,6 +497,7 @@ out:
 	}
 	a->migrations--;
 	pthread_mutex_unlock(&a->lock);
+	STAT_ADD(*(left ? &a->n_mig_completed : j->aborted ? &a->n_mig_aborted : &a->n_mig_failed), 1);
 	json_decref(j->rec);
 	json_decref(j->with_disks);
 	etcd_close(j->e);

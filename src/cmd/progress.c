@@ -215,16 +215,19 @@ static unsigned int prog_width(FILE *out)
 void prog_update(struct prog_line *l, json_t *p, bool force)
 {
 	double now = prog_now_ms();
-	const char *st = jstr(p, "status");
-	bool phase_change = strncmp(st, l->last_phase, sizeof(l->last_phase) - 1) != 0;
-	char line[512];
+	char line[512], phase[sizeof(l->last_phase)];
+	bool phase_change;
+
+	/* The phase as shown: the status, and the round under way. */
+	snprintf(phase, sizeof(phase), "%s %.0f", jstr(p, "status"), jnum(p, "round"));
+	phase_change = strcmp(phase, l->last_phase) != 0;
 
 	if (!force && !phase_change && now - l->t_drawn < PROG_REDRAW_MS) {
 		/* Keep the rate's samples and the round's mark current anyway. */
 		prog_format(l, p, now, line, sizeof(line), 512);
 		return;
 	}
-	snprintf(l->last_phase, sizeof(l->last_phase), "%s", st);
+	memcpy(l->last_phase, phase, sizeof(phase));
 	prog_format(l, p, now, line, sizeof(line), prog_width(l->out));
 	fprintf(l->out, "\r%s\033[K", line);
 	fflush(l->out);

@@ -39,6 +39,7 @@
 #include <curl/curl.h>
 #include <jansson.h>
 
+#include "godwit/common.h"
 #include "godwit/etcd.h"
 
 #define ETCD_URL_MAX        256      /* one endpoint's URL */
@@ -69,6 +70,15 @@ struct etcd_buf {
 	bool overflow;       /* larger than ETCD_REPLY_MAX */
 	bool nomem;
 };
+
+/* For godwitd's GET /metrics: every request of this process, and those that failed. */
+static _Atomic uint64_t etcd_nr_requests, etcd_nr_errors;
+
+void etcd_counters(uint64_t *requests, uint64_t *errors)
+{
+	*requests = STAT_GET(etcd_nr_requests);
+	*errors = STAT_GET(etcd_nr_errors);
+}
 
 static pthread_once_t etcd_curl_once = PTHREAD_ONCE_INIT;
 static CURLcode etcd_curl_init_rc;
@@ -839,6 +849,9 @@ static int etcd_call(struct etcd *e, enum etcd_kind kind, const char *path, cons
 out:
 	pthread_mutex_unlock(&e->lock);
 	curl_slist_free_all(hdr);
+	STAT_ADD(etcd_nr_requests, 1);
+	if (ret)
+		STAT_ADD(etcd_nr_errors, 1);
 	return ret;
 }
 

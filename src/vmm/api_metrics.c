@@ -220,6 +220,18 @@ static void metrics_migration(struct prom *p, struct vm *vm)
 			  "From the start to the end (so far, while under way).", m.total_ms * MS);
 	metrics_gauge_f64(p, "godwit_migration_downtime_seconds",
 			  "How long the VM was paused for the hand-over.", m.downtime_ms * MS);
+	if (m.paused)
+		metrics_gauge_f64(p, "godwit_migration_pause_start_seconds", "From the start to "
+				  "the pause (stop-and-copy).", m.pause_start_ms * MS);
+	if (m.phases) {
+		prom_family(p, "godwit_migration_downtime_phase_seconds", PROM_GAUGE,
+			    "The pause of a completed migration by phase (stop, memory, state, ready, "
+			    "release, gate: only with a commit gate, commit); they add up to the "
+			    "downtime.");
+		for (unsigned int i = 0; i < MIG_PHASE_COUNT; i++)
+			if (i != MIG_PHASE_GATE || m.gate)
+				prom_f64(p, m.phase_ms[i] * MS, "phase", migrate_phase_name(i), NULL);
+	}
 	metrics_gauge_u64(p, "godwit_migration_converged",
 			  "1 if pre-copy ended under the downtime limit.", m.converged);
 	metrics_gauge_u64(p, "godwit_migration_disk_bytes",

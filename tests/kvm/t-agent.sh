@@ -9,6 +9,10 @@
 #   agent-create     spec + owner "a 1": agent a starts the VM (status running,
 #                    host a, epoch 1); the guest's memtest reports with errors=0
 #   agent-socket     a's local API (GET /v1/host, /v1/vms) lists the VM
+#   agent-metrics    a's GET /metrics (format checked, tests/kvm/promcheck.py): lease
+#                    alive, not fenced, its VMs by state as `godwit fleet ls --json`
+#                    counts them for host a, reconcile iterations and etcd requests
+#                    moving between two scrapes
 #   agent-guard      the VM runs with godwit run --fleet-lease (the host lease
 #                    guard), holding a's lease, not fenced
 #   agent-refuse     a prepare request that no intent asked for is refused
@@ -21,6 +25,7 @@
 #                    (pid) is adopted, still running, its status updated
 #   agent-fence      etcd stopped (SIGSTOP) past 2/3 of the lease: a's VM is
 #                    stopped (process state T); etcd back: it runs on
+#   agent-metrics-fence  meanwhile a's metrics say fenced, and its etcd errors grew
 #   agent-newlease   a's lease revoked (etcdctl lease revoke): a takes a new one
 #                    and hands it to its VM's guard (PUT /vm/fleet-lease): the
 #                    VM, same process, not fenced, runs on
@@ -31,6 +36,9 @@
 #   agent-migrate-fail  intent migrate to a host that is not alive: the
 #                    migration record "failed" naming it, the intent deleted, the
 #                    VM runs on at b
+#   agent-metrics-migrations  a (restarted at agent-adopt) counts 1 migration
+#                    started and completed, b 1 started and failed; b's VMs by state
+#                    as fleet ls counts them
 #   agent-stop       intent stop: status "stopped", the process gone, intent
 #                    deleted
 #   agent-hostlost   a "restart: always" VM on b; b's agent and VM killed: once
@@ -62,6 +70,7 @@
 . "$ROOT/tests/kvm/lib-vm.sh"
 . "$ROOT/tests/kvm/lib-migrate.sh"
 . "$ROOT/tests/kvm/lib-agent.sh"     # GODWITD, freeport, etcd (agent_etcd_up, ectl, eget, efield)
+. "$ROOT/tests/kvm/lib-prom.sh"
 
 t_need_kvm agent || exit 0
 for b in etcd etcdctl jq; do
@@ -181,6 +190,49 @@ else
 	t_fail agent-guard "lease $lease_a; VM: $(head -c 300 <<<"$g")"
 fi
 
+# agent_vms HOST OUT: HOST's GET /metrics into OUT (prom_scrape), its VMs by state (those
+# with a process: starting, running, migrating, paused, in-doubt) compared with what
+# `godwit fleet ls --json` says of the VMs owned by HOST.  False with WHY.
+agent_vms() {
+	local ls st n m
+	prom_scrape "$T_TMP/$1/godwitd.sock" "$2" || { WHY=$PROM_ERR; return 1; }
+	# (stderr: the garbage records agent-garbage left, which fleet ls names and leaves out)
+	ls=$(timeout 20 "$GODWIT" fleet --etcd "$URL" ls --json 2>"$T_TMP/ls.err") ||
+		{ WHY="fleet ls: $(head -c 300 "$T_TMP/ls.err")"; return 1; }
+	for st in starting running migrating paused in-doubt; do
+		n=$(jq --arg h "$1" --arg s "$st" '[.[] | select(.host == $h and .state == $s)] | length' <<<"$ls")
+		m=$(prom_val "$2" godwit_agent_vms state="$st")
+		[ "$n" = "$m" ] || { WHY="$1's VMs $st: fleet ls $n, metrics $m: $ls"; return 1; }
+	done
+	WHY=
+}
+# ---- metrics ----
+if ! agent_vms a "$T_TMP/am1.json"; then
+	t_fail agent-metrics "$WHY"
+else
+	sleep 0.7
+	if ! prom_scrape "$T_TMP/a/godwitd.sock" "$T_TMP/am2.json"; then
+		t_fail agent-metrics "second scrape: $PROM_ERR"
+	else
+		r1=$(prom_val "$T_TMP/am1.json" godwit_agent_reconcile_duration_seconds_count)
+		r2=$(prom_val "$T_TMP/am2.json" godwit_agent_reconcile_duration_seconds_count)
+		e1=$(prom_val "$T_TMP/am1.json" godwit_agent_etcd_requests_total)
+		e2=$(prom_val "$T_TMP/am2.json" godwit_agent_etcd_requests_total)
+		got="alive=$(prom_val "$T_TMP/am2.json" godwit_agent_lease_alive)"
+		got+=" fenced=$(prom_val "$T_TMP/am2.json" godwit_agent_fenced)"
+		got+=" running=$(prom_val "$T_TMP/am2.json" godwit_agent_vms state=running)"
+		got+=" started=$(prom_val "$T_TMP/am2.json" godwit_agent_migrations_started_total)"
+		if [ "$got" != "alive=1 fenced=0 running=1 started=0" ]; then
+			t_fail agent-metrics "$got"
+		elif ! [ "$r2" -ge $((r1 + 1)) ] 2>/dev/null || ! [ "$e2" -gt "$e1" ] ||
+			! jq -en "$(prom_val "$T_TMP/am2.json" godwit_agent_reconcile_duration_seconds_sum) > 0" >/dev/null; then
+			t_fail agent-metrics "reconcile iterations $r1 -> $r2, etcd requests $e1 -> $e2 in 0.7 s"
+		else
+			t_pass agent-metrics
+		fi
+	fi
+fi
+
 # ---- a prepare nobody asked for ----
 rep=$(python3 - "$T_TMP/certs/a" "$PB" <<'EOF'
 import json, socket, ssl, sys
@@ -281,12 +333,22 @@ else
 fi
 
 # ---- fencing (rule 5) ----
+prom_scrape "$T_TMP/a/godwitd.sock" "$T_TMP/af1.json"
 kill -STOP "$E_PID"
 fenced=0
 for ((i = 0; i < 100; i++)); do
 	if grep -q '^State:.*T' "/proc/$PID1/status" 2>/dev/null; then fenced=1; break; fi
 	sleep 0.1
 done
+if ! prom_scrape "$T_TMP/a/godwitd.sock" "$T_TMP/af2.json"; then
+	t_fail agent-metrics-fence "$PROM_ERR"
+elif [ "$(prom_val "$T_TMP/af2.json" godwit_agent_fenced)" != 1 ] ||
+	! [ "$(prom_val "$T_TMP/af2.json" godwit_agent_etcd_errors_total)" -gt \
+	    "$(prom_val "$T_TMP/af1.json" godwit_agent_etcd_errors_total)" ]; then
+	t_fail agent-metrics-fence "fenced $(prom_val "$T_TMP/af2.json" godwit_agent_fenced), etcd errors $(prom_val "$T_TMP/af1.json" godwit_agent_etcd_errors_total) -> $(prom_val "$T_TMP/af2.json" godwit_agent_etcd_errors_total)"
+else
+	t_pass agent-metrics-fence
+fi
 kill -CONT "$E_PID"
 running=0
 for ((i = 0; i < 100; i++)); do
@@ -355,6 +417,23 @@ if [ "$(efield /godwit/vms/vm1/migration id)" = m2 ] &&
 	t_pass agent-migrate-fail
 else
 	t_fail agent-migrate-fail "migration $(eget /godwit/vms/vm1/migration | head -c 300); status $(eget /godwit/vms/vm1/status)"
+fi
+
+# ---- the migrations counted ----
+got=
+for h in a b; do
+	prom_scrape "$T_TMP/$h/godwitd.sock" "$T_TMP/mm-$h.json" || got+=" $h: $PROM_ERR"
+	got+=" $h:$(prom_val "$T_TMP/mm-$h.json" godwit_agent_migrations_started_total)"
+	for r in completed failed aborted; do
+		got+=",$(prom_val "$T_TMP/mm-$h.json" godwit_agent_migrations_ended_total result=$r)"
+	done
+done
+if [ "$got" != " a:1,1,0,0 b:1,0,1,0" ]; then
+	t_fail agent-metrics-migrations "started,completed,failed,aborted:$got (expected a:1,1,0,0 b:1,0,1,0)"
+elif ! agent_vms b "$T_TMP/mm-b2.json"; then
+	t_fail agent-metrics-migrations "$WHY"
+else
+	t_pass agent-metrics-migrations
 fi
 
 # ---- stop ----

@@ -8,6 +8,9 @@
 #                   migration completes, the source exits 6, the guest goes on at
 #                   the destination with errors=0.  Before: migrate-commit with
 #                   no migration at the gate is refused (exit 1).
+#   gate-metrics    GET /metrics at the gate: the source's status commit-wait,
+#                   paused, the time of the pause, no phases yet; after the
+#                   commit the destination's bytes received are the report's.
 #   gate-abort      migrate-commit --abort: the source runs on (errors=0, status
 #                   failed: "the fleet did not commit"), the destination discards
 #                   the VM and exits 1 saying so; then a migrate-cancel at the
@@ -28,6 +31,7 @@
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/lib-vm.sh"
 . "$(dirname "$0")/lib-migrate.sh"
+. "$(dirname "$0")/lib-prom.sh"
 
 N=migrate-gate
 t_need_guest $N || exit 0
@@ -107,6 +111,17 @@ if want commit; then
 		kill_pid "$D_PID"
 		end_vm
 	else
+		if ! prom_scrape "$S_SOCK" "$T_TMP/g1.m.json"; then
+			GWHY=$PROM_ERR
+		elif [ "$(prom_val "$T_TMP/g1.m.json" godwit_migration_status status=commit-wait)" != 1 ] ||
+			[ "$(prom_val "$T_TMP/g1.m.json" godwit_vm_state state=paused)" != 1 ] ||
+			! prom_has "$T_TMP/g1.m.json" godwit_migration_pause_start_seconds ||
+			prom_has "$T_TMP/g1.m.json" godwit_migration_downtime_phase_seconds ||
+			! [ "$(prom_val "$T_TMP/g1.m.json" godwit_migration_bytes)" -gt 0 ]; then
+			GWHY="at the gate: $(grep -a '^godwit_migration_\|^godwit_vm_state' "$T_TMP/g1.m.json.txt" | grep -v ' 0$' | tr '\n' ' ')"
+		else
+			GWHY=
+		fi
 		tg=$(date +%s%3N)
 		"$GODWIT" migrate-commit --api "$S_SOCK" --commit >"$T_TMP/g1.commit" 2>&1
 		crc=$?
@@ -134,6 +149,16 @@ if want commit; then
 		else
 			t_pass $N-commit
 			echo "# commit: source exited 6 $((td - tg)) ms after the decision; destination: $(grep -a '^memtest: t=' "$D_OUT" | tail -n 1)"
+		fi
+		if [ -n "$GWHY" ]; then
+			t_fail $N-metrics "$GWHY"
+		elif ! prom_scrape "$D_SOCK" "$T_TMP/g1.d.json"; then
+			t_fail $N-metrics "destination: $PROM_ERR"
+		elif [ "$(prom_val "$T_TMP/g1.d.json" godwit_migration_status status=incoming)" != 1 ] ||
+			[ "$(prom_val "$T_TMP/g1.d.json" godwit_migration_bytes)" != "$(jget "$M_OUT" bytes)" ]; then
+			t_fail $N-metrics "destination: $(grep -a '^godwit_migration_\(bytes\|status\)' "$T_TMP/g1.d.json.txt" | grep -v ' 0$' | tr '\n' ' ')(the report: $(jget "$M_OUT" bytes) bytes)"
+		else
+			t_pass $N-metrics
 		fi
 		end_vm "$D_PID" "$D_SOCK"
 		kill_pid "$S_PID"

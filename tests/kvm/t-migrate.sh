@@ -31,9 +31,14 @@
 #   migrate-progress  --max-bandwidth 20M, 256M guest: migrate-status shows
 #                     status active, round >= 1, bytes growing; pause refused
 #                     (exit 1, "migration")
+#   migrate-metrics   GET /metrics on both sides once a migration (started over
+#                     the API) completed: the figures of GET /vm/migration's
+#                     report, the pause's phases adding up to the downtime, the
+#                     destination's bytes received equal to the bytes sent
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/lib-vm.sh"
 . "$(dirname "$0")/lib-migrate.sh"
+. "$(dirname "$0")/lib-prom.sh"
 
 NS=gwt-mig-$$
 trap 't_netns_del "$NS"; t_cleanup' EXIT
@@ -599,6 +604,71 @@ progress_case() {
 	stop_dst
 }
 want progress && progress_case
+
+# ---- 7: GET /metrics on both sides of a completed migration ---------------------------------
+metrics_case() {
+	local name=migrate-metrics addr i st rep=$T_TMP/migrate-metrics.rep got want start
+	start=$(date +%s.%N)
+	addr=unix:$T_TMP/$name.mig
+	start_vm $name.src --mem 128M --cpus 1 --cmdline 'workload=mem mem=32 rate=10 report=200'
+	if ! wait_lines "$S_OUT" 2 || ! D_AT="$addr" start_dst $name.dst; then
+		t_fail $name "no source guest or no destination: $(tail -c 200 "$S_ERR" "$D_ERR")"
+		kill "$S_PID" "$D_PID" 2>/dev/null
+		return
+	fi
+	# Started and followed over the API without release=1: the completed source waits
+	# 5 s for a reader that releases it before it exits, time enough to scrape it.
+	curl -s --max-time 10 --unix-socket "$S_SOCK" -X PUT -d "{\"to\": \"$addr\"}" \
+		http://localhost/api/v1/vm/migrate >"$rep" 2>&1
+	for ((i = 0; i < 300; i++)); do
+		curl -s --max-time 5 --unix-socket "$S_SOCK" http://localhost/api/v1/vm/migration \
+			>"$rep" 2>/dev/null
+		st=$(jget "$rep" status)
+		[ "$st" = completed ] || [ "$st" = failed ] && break
+		sleep 0.05
+	done
+	if [ "$st" != completed ]; then
+		t_fail $name "the migration did not complete: $(cat "$rep")"
+	elif ! prom_scrape "$S_SOCK" "$T_TMP/$name.s.json"; then
+		t_fail $name "source: $PROM_ERR"
+	elif ! prom_scrape "$D_SOCK" "$T_TMP/$name.d.json"; then
+		t_fail $name "destination: $PROM_ERR"
+	else
+		# Exact: counts; seconds: the report's milliseconds are rounded to 0.001.
+		want=$(jq -r '"completed=1 bytes=\(.bytes) pages=\(.pages) zero=\(.zero_pages) rounds=\(.rounds)"' "$rep")
+		got="completed=$(prom_val "$T_TMP/$name.s.json" godwit_migration_status status=completed)"
+		got+=" bytes=$(prom_val "$T_TMP/$name.s.json" godwit_migration_bytes)"
+		got+=" pages=$(prom_val "$T_TMP/$name.s.json" godwit_migration_pages)"
+		got+=" zero=$(prom_val "$T_TMP/$name.s.json" godwit_migration_zero_pages)"
+		got+=" rounds=$(prom_val "$T_TMP/$name.s.json" godwit_migration_rounds)"
+		if [ "$got" != "$want" ]; then
+			t_fail $name "source metrics '$got', report '$want'"
+		elif ! jq -e --slurpfile r "$rep" '
+			[.[] | select(.name == "godwit_migration_downtime_phase_seconds")] as $ph |
+			([.[] | select(.name == "godwit_migration_downtime_seconds")][0].value) as $dt |
+			($ph | map(.labels.phase)) == ["stop","memory","state","ready","release","commit"]
+			and ($ph | all(.value >= 0))
+			and ((($ph | map(.value) | add) - $dt) | fabs) < 1e-6
+			and (($dt * 1000 - $r[0].downtime_ms) | fabs) < 0.001
+			and ([$ph[] | .value * 1000 - $r[0].phases_ms[.labels.phase] | fabs] | max) < 0.001
+			' "$T_TMP/$name.s.json" >/dev/null; then
+			t_fail $name "the phases do not add up to the downtime, or differ from the report's: $(grep -a 'downtime' "$T_TMP/$name.s.json.txt" | grep -v '^#' | tr '\n' ' '); report: $(jq -c '{downtime_ms, phases_ms}' "$rep")"
+		elif [ "$(prom_val "$T_TMP/$name.d.json" godwit_migration_status status=incoming)" != 1 ] ||
+			[ "$(prom_val "$T_TMP/$name.d.json" godwit_migration_bytes)" != "$(jget "$rep" bytes)" ] ||
+			[ "$(prom_val "$T_TMP/$name.d.json" godwit_vm_state state=running)" != 1 ]; then
+			t_fail $name "destination: $(grep -a '^godwit_migration_\(bytes\|status\)\|^godwit_vm_state' "$T_TMP/$name.d.json.txt" | grep -v ' 0$' | tr '\n' ' ')(sent $(jget "$rep" bytes) bytes)"
+		else
+			t_pass $name
+		fi
+	fi
+	# Released (as godwit migrate does), the source exits at once.
+	curl -s --max-time 5 --unix-socket "$S_SOCK" "http://localhost/api/v1/vm/migration?release=1" \
+		>/dev/null 2>&1
+	wait_exit "$S_PID" 10 >/dev/null
+	stop_dst
+	echo "#   case took $(elapsed "$start") s"
+}
+want metrics && metrics_case
 
 echo "# t-migrate: $(elapsed "$T0") s in all"
 exit 0

@@ -67,6 +67,28 @@ TEST(progress_line_fields)
 	CHECK(!strstr(buf, "ETA"));
 }
 
+TEST(progress_line_disks)
+{
+	struct prog_line l;
+	json_t *p = prog("active", 1, 0, 0, 40.0 * MiB, 0);
+	char buf[512];
+
+	prog_init(&l, stderr, 256.0 * MiB);
+	json_object_set_new(p, "disk_bytes", json_real(40.0 * MiB));
+	prog_format(&l, p, 0, buf, sizeof(buf), 200);
+	CHECK(strstr(buf, " | disk 40 MiB sent | "));
+	/* After a round: what is dirty on the disks too; memory's share leaves it out. */
+	json_object_set_new(p, "rounds", json_integer(1));
+	json_object_set_new(p, "round", json_integer(2));
+	json_object_set_new(p, "pages", json_real(65536));
+	json_object_set_new(p, "remaining_bytes", json_real(66.0 * MiB));
+	json_object_set_new(p, "disk_remaining_bytes", json_real(2.0 * MiB));
+	prog_format(&l, p, 100, buf, sizeof(buf), 200);
+	json_decref(p);
+	CHECK(!strncmp(buf, "migrate: pre-copy round 2 | mem 75% | ", 38));
+	CHECK(strstr(buf, " | disk 40 MiB sent, 2.0 MiB dirty | "));
+}
+
 TEST(progress_line_without_memory_size)
 {
 	struct prog_line l;
