@@ -70,6 +70,7 @@ OBJS += src/migration/stream_reader.o
 OBJS += src/migration/snapshot.o
 OBJS += src/migration/handoff.o
 OBJS += src/migration/migrate.o
+OBJS += src/migration/throttle.o
 OBJS += src/migration/migrate_addr.o
 OBJS += src/migration/conn.o
 OBJS += src/migration/tls.o

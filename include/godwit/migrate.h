@@ -46,6 +46,7 @@ bool migrate_status_final(enum mig_status s);
 #define MIG_MIN_BANDWIDTH       (1024 * 1024)   /* bytes/s */
 #define MIG_DEFAULT_MIN_RATE    (64 * 1024)     /* bytes/s, as incoming.h's */
 #define MIG_RATE_WINDOW_MS      10000
+#define MIG_MIN_THROTTLE_BUDGET (1024 * 1024)   /* bytes/s the vCPUs may always dirty */
 
 struct migrate_params {
 	char to[MIG_ADDR_MAX];   /* tcp:HOST:PORT or unix:PATH */
@@ -67,6 +68,11 @@ struct migrate_params {
 	 * being told (an ERROR from the destination leaves it in doubt).
 	 */
 	bool gate;
+	/*
+	 * Throttle the vCPUs that dirty memory faster than pre-copy converges
+	 * (throttle.h); false: never (--no-throttle, "throttle": false).
+	 */
+	bool throttle;
 };
 
 /* The pause's phases, in order (GET /vm/migration "phases_ms"). */
@@ -83,6 +89,10 @@ enum mig_phase {
 /* "stop", "memory", "state", "ready", "release", "gate", "commit" */
 const char *migrate_phase_name(enum mig_phase ph);
 
+/* The per-vCPU dirty rates a history entry keeps (the progress has every vCPU's). */
+#define MIG_ROUND_VCPUS 8
+#define MIG_MAX_VCPUS   255          /* = STREAM_MAX_VCPUS (checked in migrate.c) */
+
 /* One finished pre-copy round (GET /vm/migration "history"). */
 struct migrate_round {
 	uint32_t round;              /* 1-based */
@@ -93,6 +103,13 @@ struct migrate_round {
 	double dirty_rate;           /* bytes dirtied per second during it */
 	double bandwidth;            /* the link estimate after it, bytes per second */
 	double expected_downtime_ms; /* remaining / bandwidth */
+	double throttle_budget;      /* bytes/s all vCPUs may dirty from here on (0: none throttled) */
+	double throttle_pct;         /* the most throttled vCPU's share of time asleep, at its end */
+	unsigned int nr_vcpu_throttle;
+	double vcpu_throttle_pct[MIG_ROUND_VCPUS];  /* the first few vCPUs' */
+	/* with the dirty ring: bytes dirtied per second by vCPU 0, 1, ... (the first few) */
+	unsigned int nr_vcpu_rates;
+	double vcpu_dirty_rate[MIG_ROUND_VCPUS];
 };
 
 struct migrate_progress {
@@ -104,6 +121,13 @@ struct migrate_progress {
 	uint64_t pages, zero_pages;  /* RAM pages sent, of them zero (markers) */
 	uint64_t remaining_bytes;    /* dirty RAM not sent yet, as last measured */
 	double dirty_rate;           /* bytes dirtied per second, last round */
+	bool dirty_ring;             /* dirty pages tracked per vCPU (KVM's dirty ring) */
+	unsigned int nr_vcpu_rates;  /* dirty_ring: vCPUs in vcpu_dirty_rate, once a round ended */
+	double vcpu_dirty_rate[MIG_MAX_VCPUS];   /* bytes per second, last round, per vCPU */
+	bool throttle;               /* throttling allowed (p.throttle) */
+	double throttle_budget;      /* bytes/s the vCPUs may dirty (0: none throttled) */
+	unsigned int nr_vcpu_throttle;          /* vCPUs in vcpu_throttle_pct */
+	double vcpu_throttle_pct[MIG_MAX_VCPUS];   /* each vCPU's share of time asleep, now */
 	double bandwidth;            /* bytes sent per second, last round */
 	double expected_downtime_ms; /* remaining / bandwidth */
 	double setup_ms, total_ms, downtime_ms;

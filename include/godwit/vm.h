@@ -71,10 +71,15 @@ struct mem_region {
 	/*
 	 * Pages written by device emulation (one bit per 4 KiB page, set
 	 * atomically by any thread): KVM's dirty log sees only vCPU writes.
+	 * With the dirty ring, the pages harvested from the vCPUs' rings land
+	 * here too until vm_dirty_log_get() collects them.
 	 */
 	uint64_t *dev_dirty;
 };
 
+/* KVM's dirty ring per vCPU, in entries: the largest KVM allows up to MAX (1 MiB), else none. */
+#define VM_DIRTY_RING_MIN 1024
+#define VM_DIRTY_RING_MAX 65536
 /* Why KVM_RUN returned, as GET /metrics counts it (vcpu_exit_names[]). */
 enum vcpu_exit {
 	VCPU_EXIT_IO,
@@ -101,6 +106,14 @@ struct vcpu {
 	bool thread_started;
 	bool exited;             /* under vm->lock: the thread has left its loop */
 	bool io_pending;         /* vCPU thread only: last exit was PIO/MMIO, not yet completed */
+	/* KVM's dirty ring (vm->dirty_ring), mmap'd; ring_fetch under vm->ring_lock */
+	struct kvm_dirty_gfn *ring;
+	uint32_t ring_fetch;     /* next entry to harvest (free-running) */
+	uint64_t ring_pages;     /* entries harvested from this ring (atomic): its dirty pages */
+	/* throttle.h: the sleep at the start of each slice (µs, atomic; 0: runs free) */
+	uint32_t throttle_us;
+	uint32_t throttle_due;   /* atomic: the throttle kicked us; sleep before KVM_RUN */
+	uint64_t throttle_sleeps, throttle_slept_us;   /* atomic: what the throttle cost us */
 	/* KVM_RUN returns by reason (STAT_ADD by the vCPU thread; not saved: not guest state). */
 	_Atomic uint64_t exits[VCPU_EXIT_NR];
 };
@@ -142,6 +155,13 @@ struct vm {
 	char exit_reason[128];
 
 	bool dirty_manual;              /* KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 enabled */
+	/*
+	 * KVM's dirty ring: entries per vCPU ring (a power of two), 0 when the
+	 * dirty log's bitmap is used instead (KVM without the ring, or
+	 * GODWIT_DIRTY_RING=off).  ring_lock serializes harvesting.
+	 */
+	uint32_t dirty_ring;
+	pthread_mutex_t ring_lock;
 	bool dirty_logging;             /* vm_dirty_log_start() is in effect */
 	struct migration *mig;          /* the outgoing migration, or NULL (migrate.h) */
 	struct fleet_guard *guard;      /* --fleet-lease (guard.h), or NULL */
@@ -198,6 +218,15 @@ void vm_dirty_log_stop(struct vm *vm);
 int64_t vm_dirty_log_get(struct vm *vm, unsigned int i, uint64_t *bitmap, uint64_t *scratch);
 int vm_dirty_log_clear(struct vm *vm, unsigned int i, uint64_t first, uint64_t npages,
 		       uint64_t *bitmap) __must_check;
+/*
+ * With the dirty ring: move every vCPU's harvestable entries into the
+ * regions' dev_dirty bitmaps and give the entries back to KVM (which
+ * write-protects those pages again).  Any thread; a vCPU thread calls it
+ * on KVM_EXIT_DIRTY_RING_FULL.  0 or -errno.
+ */
+int vm_dirty_ring_harvest(struct vm *vm) __must_check;
+/* Pages the vCPU has dirtied so far, as its ring reported them (0 without the ring). */
+uint64_t vm_vcpu_dirty_pages(struct vm *vm, unsigned int cpu);
 /* Start the vCPU threads; the loop must already exist. */
 int vm_start(struct vm *vm) __must_check;
 /*

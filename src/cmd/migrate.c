@@ -51,6 +51,11 @@ static const char migrate_usage[] =
 "  --max-bandwidth RATE    bytes/s during pre-copy, e.g. 100M (K/M/G are powers\n"
 "                          of 1024; default unlimited)\n"
 "  --max-rounds N          pre-copy rounds before stopping anyway (default 30)\n"
+"  --no-throttle           never slow the guest down; by default, once pre-copy\n"
+"                          stops converging, the vCPUs that dirty memory the\n"
+"                          fastest run only part of each 10 ms slice, so that\n"
+"                          all together dirty about half of what the link\n"
+"                          carries (less if that is not enough)\n"
 "  --min-rate RATE         the destination must take at least 10 x RATE bytes\n"
 "                          in every 10 s spent waiting on it, or the migration\n"
 "                          fails (default 64K per second; 0: no minimum); one\n"
@@ -163,6 +168,18 @@ static void mig_print_progress(json_t *j)
 		jnum(j, "remaining_bytes") / (double)MiB, jnum(j, "dirty_rate_bps") / (double)MiB,
 		jnum(j, "bandwidth_bps") / (double)MiB, jnum(j, "expected_downtime_ms"),
 		json_is_true(json_object_get(j, "not_converging")) ? " (not converging)" : "");
+	if (jnum(j, "throttle_budget_bps") > 0) {
+		json_t *pct = json_object_get(j, "vcpu_throttle_pct");
+		double most = 0;
+		size_t i;
+		json_t *v;
+
+		json_array_foreach(pct, i, v)
+			most = MAX(most, json_number_value(v));
+		fprintf(stderr, "migrate:   throttled: the vCPUs may dirty %.1f MiB/s; the busiest "
+			"sleeps %.0f%% of the time\n", jnum(j, "throttle_budget_bps") / (double)MiB,
+			most);
+	}
 	if (json_object_get(j, "disk_bytes"))
 		fprintf(stderr, "migrate:   disks: sent %.1f MiB in %.0f passes, remaining %.1f MiB, "
 			"written %.1f MiB/s\n", jnum(j, "disk_bytes") / (double)MiB,
@@ -205,7 +222,10 @@ static void mig_print_json(json_t *p)
 		json_object_set(o, "disk_rounds", json_object_get(p, "disk_rounds"));
 	}
 	/* What a timeline needs: the rounds, when the pause began and its phases. */
-	static const char *const extra[] = { "history", "pause_start_ms", "phases_ms", NULL };
+	static const char *const extra[] = {
+		"history", "pause_start_ms", "phases_ms", "dirty_tracking", "vcpu_dirty_rate_bps",
+		"throttle", NULL
+	};
 
 	for (unsigned int i = 0; extra[i]; i++)
 		if (json_object_get(p, extra[i]))
@@ -325,6 +345,7 @@ int cmd_migrate(int argc, char **argv)
 		{ "tls-peer",      required_argument, NULL, 'P' },
 		{ "insecure",      no_argument,       NULL, 'S' },
 		{ "gate",          no_argument,       NULL, 'g' },
+		{ "no-throttle",   no_argument,       NULL, 'N' },
 		{ "json",          no_argument,       NULL, 'j' },
 		{ "timeline",      required_argument, NULL, 'L' },
 		{ "quiet",         no_argument,       NULL, 'q' },
@@ -334,7 +355,7 @@ int cmd_migrate(int argc, char **argv)
 	const char *sock = NULL, *to = NULL, *tls_dir = NULL, *tls_peer = NULL, *timeline = NULL;
 	struct prog_line pl;
 	bool live = false;
-	bool insecure = false, gate = false, at_gate = false;
+	bool insecure = false, gate = false, at_gate = false, no_throttle = false;
 	uint64_t downtime = MIG_DEFAULT_DOWNTIME_MS, rounds = MIG_DEFAULT_MAX_ROUNDS, bw = 0;
 	uint64_t min_rate = MIG_DEFAULT_MIN_RATE;
 	bool json = false, quiet = false;
@@ -390,6 +411,7 @@ int cmd_migrate(int argc, char **argv)
 		case 'P': tls_peer = optarg; break;
 		case 'S': insecure = true; break;
 		case 'g': gate = true; break;
+		case 'N': no_throttle = true; break;
 		case 'j': json = true; break;
 		case 'L':
 			if (!*optarg) {
@@ -448,6 +470,8 @@ int cmd_migrate(int argc, char **argv)
 		json_object_set_new(req, "insecure", json_true());
 	if (req && gate)
 		json_object_set_new(req, "gate", json_true());
+	if (req && no_throttle)
+		json_object_set_new(req, "throttle", json_false());
 	if (req && tls_dir && mig_tls_json(req, tls_dir, tls_peer)) {
 		json_decref(req);
 		return 1;        /* the VM was not asked: it runs on here */

@@ -41,6 +41,7 @@
 #include "godwit/dev.h"
 #include "godwit/disk.h"
 #include "godwit/log.h"
+#include "godwit/throttle.h"
 #include "godwit/migrate.h"
 #include "godwit/snapshot.h"
 #include "godwit/stream.h"
@@ -189,6 +190,8 @@ struct mig_run {
 	struct timespec t_pace;      /* bandwidth pacing: start of the current window */
 	uint64_t pace_bytes;         /* stream offset at t_pace */
 	bool pace;                   /* apply --max-bandwidth (not during stop-and-copy) */
+	struct throttle *thr;        /* p.throttle: the vCPUs' throttle during pre-copy */
+	double budget;               /* bytes/s the throttle lets the vCPUs dirty (0: none) */
 	/* The pause's phases: ms from the pause to the end of each (mig_phases()). */
 	double ms_stopped, ms_ram, ms_state, ms_ready, ms_released, ms_committed;
 };
@@ -398,11 +401,66 @@ static int mig_setup(struct mig_run *r)
 	return 0;
 }
 
+_Static_assert(MIG_MAX_VCPUS >= STREAM_MAX_VCPUS, "a rate for every vCPU");
+
+/*
+ * With the dirty ring: each vCPU's dirty rate over the last ms, from the
+ * pages its ring reported since *last (updated).  Under m->lock.
+ */
+static void mig_vcpu_rates(struct mig_run *r, uint64_t *last, double ms)
+{
+	struct migrate_progress *p = &r->m->prog;
+	unsigned int n = MIN(r->vm->cfg.ncpus, MIG_MAX_VCPUS);
+
+	if (!r->vm->dirty_ring)
+		return;
+	for (unsigned int c = 0; c < n; c++) {
+		uint64_t now = vm_vcpu_dirty_pages(r->vm, c);
+
+		p->vcpu_dirty_rate[c] = (double)(now - last[c]) * STREAM_PAGE_SIZE / ms * 1e3;
+		last[c] = now;
+	}
+	p->nr_vcpu_rates = n;
+}
+
+/*
+ * After a round, under m->lock: when what is left does not fit the downtime
+ * limit and no longer halves from round to round, let the vCPUs dirty only
+ * half of what the link carries (the throttle slows down those that write
+ * the most, throttle.h); if what is left still does not shrink by a
+ * quarter, halve that budget again (down to MIG_MIN_THROTTLE_BUDGET).  The
+ * progress gets the budget and each vCPU's throttle.
+ */
+static void mig_throttle(struct mig_run *r, uint32_t round, double remaining,
+			 double last_remaining, double bw, double expect)
+{
+	struct migrate_progress *p = &r->m->prog;
+
+	if (!r->thr)
+		return;
+	if (round >= 2 && expect > (double)r->m->p.downtime_ms && last_remaining >= 0 &&
+	    remaining > last_remaining * 0.5) {
+		if (!r->budget)
+			r->budget = bw * 0.5;
+		else if (remaining > last_remaining * 0.75)
+			r->budget *= 0.5;
+		r->budget = MAX(MIN(r->budget, bw * 0.5), MIG_MIN_THROTTLE_BUDGET);
+		throttle_set_budget(r->thr, r->budget, p->dirty_rate);
+		if (p->throttle_budget != r->budget)
+			log_info("migrate: round %u: %.1f MiB left, expected downtime %.0f ms: "
+				 "the vCPUs may dirty %.1f MiB/s from now on", round,
+				 remaining / (double)MiB, expect, r->budget / (double)MiB);
+	}
+	p->throttle_budget = r->budget;
+	p->nr_vcpu_throttle = throttle_get_pct(r->thr, p->vcpu_throttle_pct, MIG_MAX_VCPUS);
+}
+
 /* Pre-copy rounds until what is left fits the downtime limit (or the round limit). */
 static int mig_precopy(struct mig_run *r)
 {
 	struct migration *m = r->m;
 	struct vm *vm = r->vm;
+	uint64_t vcpu_pages[MIG_MAX_VCPUS] = { 0 };
 	double last_remaining = -1, bw_est = 0;
 	unsigned int worse = 0;
 	int64_t dirty;
@@ -441,6 +499,14 @@ static int mig_precopy(struct mig_run *r)
 			snprintf(r->err, sizeof(r->err), "cannot read the dirty log");
 			return -EIO;
 		}
+	}
+	for (unsigned int c = 0; c < MIN(vm->cfg.ncpus, MIG_MAX_VCPUS); c++)
+		vcpu_pages[c] = vm_vcpu_dirty_pages(vm, c);
+	if (m->p.throttle) {
+		ret = throttle_start(vm, &r->thr);
+		if (ret)
+			log_warnx("migrate: cannot start the throttle (%s): pre-copy may not converge",
+				  strerror(-ret));
 	}
 	mig_set_status(m, MIG_ACTIVE);
 	for (uint32_t round = 1; ; round++) {
@@ -500,8 +566,12 @@ static int mig_precopy(struct mig_run *r)
 			worse = 0;
 		m->prog.not_converging = worse >= 3;
 		m->prog.rounds_done = round;
-		if (m->nhist < m->hist_cap)
-			m->hist[m->nhist++] = (struct migrate_round){
+		mig_vcpu_rates(r, vcpu_pages, ms);
+		mig_throttle(r, round, remaining, last_remaining, bw_est, expect);
+		if (m->nhist < m->hist_cap) {
+			struct migrate_round *h = &m->hist[m->nhist++];
+
+			*h = (struct migrate_round){
 				.round = round,
 				.start_ms = ms_between(&m->t_start, &t0),
 				.ms = ms,
@@ -510,7 +580,17 @@ static int mig_precopy(struct mig_run *r)
 				.dirty_rate = m->prog.dirty_rate,
 				.bandwidth = bw_est,
 				.expected_downtime_ms = expect,
+				.nr_vcpu_rates = MIN(m->prog.nr_vcpu_rates, MIG_ROUND_VCPUS),
+				.throttle_budget = m->prog.throttle_budget,
+				.nr_vcpu_throttle = MIN(m->prog.nr_vcpu_throttle, MIG_ROUND_VCPUS),
 			};
+			for (unsigned int c = 0; c < h->nr_vcpu_throttle; c++) {
+				h->vcpu_throttle_pct[c] = m->prog.vcpu_throttle_pct[c];
+				h->throttle_pct = MAX(h->throttle_pct, h->vcpu_throttle_pct[c]);
+			}
+			memcpy(h->vcpu_dirty_rate, m->prog.vcpu_dirty_rate,
+			       h->nr_vcpu_rates * sizeof(double));
+		}
 		pthread_mutex_unlock(&m->lock);
 		log_debug("migrate: round %u: %.1f MiB in %.1f ms (%.0f MiB/s), %lld dirty pages, "
 			  "expected downtime %.1f ms", round,
@@ -795,6 +875,9 @@ static void *mig_thread(void *opaque)
 	m->prog.setup_ms = ms_since(&m->t_start);
 	pthread_mutex_unlock(&m->lock);
 	ret = mig_precopy(&r);
+	/* Every vCPU runs free again before the pause (or going on here). */
+	throttle_stop(r.thr);
+	r.thr = NULL;
 	if (ret)
 		goto fail;
 	ret = mig_stop_copy(&r, &t_pause);
@@ -1015,6 +1098,8 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 	memset(&m->prog, 0, sizeof(m->prog));
 	snprintf(m->prog.to, sizeof(m->prog.to), "%s", p->to);
 	m->prog.insecure = !p->tls && !migrate_addr_local(p->to);
+	m->prog.dirty_ring = vm->dirty_ring != 0;
+	m->prog.throttle = p->throttle;
 	m->prog.status = MIG_SETUP;
 	m->cancel = m->reported = m->in_handoff = false;
 	m->decision = GATE_WAIT;

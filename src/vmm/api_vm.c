@@ -282,6 +282,15 @@ static double api_round3(double v)
 	return (double)(long long)(v * 1000 + 0.5) / 1000;
 }
 
+static json_t *api_rates_json(const double *v, unsigned int n)
+{
+	json_t *a = json_array();
+
+	for (unsigned int i = 0; a && i < n; i++)
+		json_array_append_new(a, json_real(api_round3(v[i])));
+	return a;
+}
+
 static json_t *api_progress_json(const struct migrate_progress *p)
 {
 	json_t *j = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:f, "
@@ -321,6 +330,17 @@ static json_t *api_progress_json(const struct migrate_progress *p)
 		json_object_set_new(j, "gate", json_boolean(p->gate));
 		json_object_set_new(j, "dest_refused", json_boolean(p->dest_refused));
 	}
+	if (j && p->status != MIG_NONE && p->status != MIG_INCOMING) {
+		json_object_set_new(j, "dirty_tracking", json_string(p->dirty_ring ? "ring" : "log"));
+		if (p->nr_vcpu_rates)
+			json_object_set_new(j, "vcpu_dirty_rate_bps",
+					    api_rates_json(p->vcpu_dirty_rate, p->nr_vcpu_rates));
+		json_object_set_new(j, "throttle", json_boolean(p->throttle));
+		json_object_set_new(j, "throttle_budget_bps", json_real(api_round3(p->throttle_budget)));
+		if (p->nr_vcpu_throttle)
+			json_object_set_new(j, "vcpu_throttle_pct",
+					    api_rates_json(p->vcpu_throttle_pct, p->nr_vcpu_throttle));
+	}
 	if (j && p->paused)
 		json_object_set_new(j, "pause_start_ms", json_real(api_round3(p->pause_start_ms)));
 	if (j && p->phases) {
@@ -356,8 +376,8 @@ static json_t *api_history_json(struct vm *vm)
 	}
 	/* Rounds only grow: a second read may find more, never fewer. */
 	n = MIN(n, migrate_get_history(vm, h, n));
-	for (size_t i = 0; i < n; i++)
-		json_array_append_new(a, json_pack(
+	for (size_t i = 0; i < n; i++) {
+		json_t *e = json_pack(
 			"{s:I, s:f, s:f, s:I, s:I, s:f, s:f, s:f}",
 			"round", (json_int_t)h[i].round,
 			"start_ms", api_round3(h[i].start_ms),
@@ -366,7 +386,22 @@ static json_t *api_history_json(struct vm *vm)
 			"remaining_bytes", (json_int_t)h[i].remaining_bytes,
 			"dirty_rate_bps", api_round3(h[i].dirty_rate),
 			"bandwidth_bps", api_round3(h[i].bandwidth),
-			"expected_downtime_ms", api_round3(h[i].expected_downtime_ms)));
+			"expected_downtime_ms", api_round3(h[i].expected_downtime_ms));
+
+		if (e && h[i].nr_vcpu_rates)
+			json_object_set_new(e, "vcpu_dirty_rate_bps",
+					    api_rates_json(h[i].vcpu_dirty_rate,
+							   MIN(h[i].nr_vcpu_rates, MIG_ROUND_VCPUS)));
+		if (e && (h[i].throttle_budget > 0 || h[i].throttle_pct > 0)) {
+			json_object_set_new(e, "throttle_budget_bps",
+					    json_real(api_round3(h[i].throttle_budget)));
+			json_object_set_new(e, "throttle_pct", json_real(api_round3(h[i].throttle_pct)));
+			json_object_set_new(e, "vcpu_throttle_pct",
+					    api_rates_json(h[i].vcpu_throttle_pct,
+							   MIN(h[i].nr_vcpu_throttle, MIG_ROUND_VCPUS)));
+		}
+		json_array_append_new(a, e);
+	}
 	free(h);
 	return a;
 }
@@ -496,6 +531,13 @@ static unsigned int api_vm_migrate(struct api_server *s, json_t *body, json_t **
 			return api_error(out, MHD_HTTP_BAD_REQUEST, "\"gate\" must be true or false");
 		p.gate = jg && json_is_true(jg);
 	}
+	{
+		json_t *jthr = body ? json_object_get(body, "throttle") : NULL;
+
+		if (jthr && !json_is_boolean(jthr))
+			return api_error(out, MHD_HTTP_BAD_REQUEST, "\"throttle\" must be true or false");
+		p.throttle = !jthr || json_is_true(jthr);
+	}
 	switch (api_vm_state(s->vm)) {
 	case VM_STATE_RUNNING:
 		break;
@@ -603,7 +645,7 @@ static unsigned int api_vm_migrate_resolve(struct api_server *s, json_t *body, j
 static const char *const api_snapshot_fields[] = { "path", "resume", NULL };
 static const char *const api_migrate_fields[] = {
 	"to", "downtime_ms", "max_bandwidth", "max_rounds", "min_rate", "with_disks", "tls",
-	"insecure", "gate", NULL
+	"insecure", "gate", "throttle", NULL
 };
 static const char *const api_resolve_fields[] = { "action", NULL };
 static const char *const api_commit_fields[] = { "commit", NULL };

@@ -90,6 +90,18 @@ int vcpus_create(struct vm *vm)
 			v->run = NULL;
 			return -errno;
 		}
+		if (vm->dirty_ring) {
+			size_t bytes = (size_t)vm->dirty_ring * sizeof(struct kvm_dirty_gfn);
+			void *ring = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, v->fd,
+					  KVM_DIRTY_LOG_PAGE_OFFSET * sysconf(_SC_PAGESIZE));
+
+			if (ring == MAP_FAILED) {
+				ret = -errno;
+				log_warn("vcpu%u: cannot map the dirty ring", i);
+				return ret;
+			}
+			v->ring = ring;
+		}
 		if (i == 0) {
 			khz = ioctl(v->fd, KVM_GET_TSC_KHZ, 0);
 			vm->tsc_khz = khz > 0 ? (uint32_t)khz : 0;
@@ -115,6 +127,8 @@ void vcpus_destroy(struct vm *vm)
 
 		if (v->run)
 			munmap(v->run, v->run_size);
+		if (v->ring)
+			munmap(v->ring, (size_t)vm->dirty_ring * sizeof(struct kvm_dirty_gfn));
 		if (v->fd > 0)
 			close(v->fd);
 	}
@@ -222,6 +236,15 @@ static bool vcpu_handle_exit(struct vcpu *v)
 		return true;
 	case KVM_EXIT_INTR:
 		return true;
+	case KVM_EXIT_DIRTY_RING_FULL: {
+		/* Our ring is (nearly) full: empty them all, then KVM_RUN may go on. */
+		int ret = vm_dirty_ring_harvest(v->vm);
+
+		if (!ret)
+			return true;
+		snprintf(why, sizeof(why), "cannot reset the dirty rings: %s", strerror(-ret));
+		break;
+	}
 	case KVM_EXIT_HLT:
 		/* Only without an in-kernel LAPIC; treat as a spurious exit. */
 		return true;
@@ -308,6 +331,36 @@ static bool vcpu_pause_point(struct vcpu *v)
 	return go;
 }
 
+/*
+ * The throttle (throttle.h) kicked us at the start of a slice: sleep our
+ * share of it.  A kick for a pause or an exit ends the sleep early, so
+ * throttling never delays a pause.
+ */
+static void vcpu_throttle_point(struct vcpu *v)
+{
+	struct timespec until;
+	uint32_t us;
+
+	if (!__atomic_exchange_n(&v->throttle_due, 0, __ATOMIC_ACQ_REL))
+		return;
+	us = __atomic_load_n(&v->throttle_us, __ATOMIC_RELAXED);
+	if (!us)
+		return;
+	__atomic_fetch_add(&v->throttle_sleeps, 1, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&v->throttle_slept_us, us, __ATOMIC_RELAXED);
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_nsec += (long)us * 1000;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec += until.tv_nsec / 1000000000L;
+		until.tv_nsec %= 1000000000L;
+	}
+	/* vm_pause() and vm_request_exit() set their flag, then kick (EINTR). */
+	while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) == EINTR)
+		if (__atomic_load_n(&v->vm->pause_requested, __ATOMIC_ACQUIRE) ||
+		    __atomic_load_n(&v->vm->state, __ATOMIC_ACQUIRE) == VM_STATE_STOPPING)
+			return;
+}
+
 static void *vcpu_thread(void *arg)
 {
 	struct vcpu *v = arg;
@@ -322,7 +375,10 @@ static void *vcpu_thread(void *arg)
 	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 
 	while (vcpu_pause_point(v)) {
-		int r = ioctl(v->fd, KVM_RUN, 0);
+		int r;
+
+		vcpu_throttle_point(v);
+		r = ioctl(v->fd, KVM_RUN, 0);
 
 		v->io_pending = false;
 		if (r < 0) {

@@ -210,6 +210,9 @@ void vm_dirty_log_stop(struct vm *vm)
 {
 	if (!vm->dirty_logging)
 		return;
+	/* Give every entry back: a later start begins with empty rings. */
+	if (vm_dirty_ring_harvest(vm))
+		log_warn("KVM_RESET_DIRTY_RINGS");
 	for (unsigned int i = 0; i < vm->nr_mem; i++) {
 		int ret = vm_slot_set_flags(vm, &vm->mem[i], 0);
 
@@ -220,6 +223,70 @@ void vm_dirty_log_stop(struct vm *vm)
 	vm->dirty_logging = false;
 }
 
+/*
+ * One ring: entries KVM marked dirty, in order from ring_fetch, each
+ * taken (flags acquire-loaded: the slot and offset are valid once DIRTY is
+ * seen) and marked for reset.  Under ring_lock.  Returns the entries taken.
+ */
+static uint32_t vm_ring_collect(struct vm *vm, struct vcpu *v)
+{
+	uint32_t n = 0, mask = vm->dirty_ring - 1;
+
+	for (;;) {
+		struct kvm_dirty_gfn *e = &v->ring[v->ring_fetch & mask];
+		uint32_t flags = __atomic_load_n(&e->flags, __ATOMIC_ACQUIRE);
+		uint32_t slot = e->slot;
+		uint64_t off = e->offset;
+
+		if (!(flags & KVM_DIRTY_GFN_F_DIRTY))
+			break;
+		for (unsigned int i = 0; i < vm->nr_mem; i++) {
+			struct mem_region *r = &vm->mem[i];
+
+			/* From the kernel, but an offset past the slot would write past dev_dirty. */
+			if (r->slot == (slot & 0xffff) && !(slot >> 16) && off < r->size / 4096) {
+				__atomic_fetch_or(&r->dev_dirty[off / 64], 1ULL << (off % 64),
+						  __ATOMIC_RELAXED);
+				break;
+			}
+		}
+		__atomic_store_n(&e->flags, KVM_DIRTY_GFN_F_RESET, __ATOMIC_RELEASE);
+		v->ring_fetch++;
+		n++;
+		/* A ring is never fuller than its size: a kernel that says otherwise is stopped. */
+		if (n == vm->dirty_ring)
+			break;
+	}
+	if (n)
+		__atomic_fetch_add(&v->ring_pages, n, __ATOMIC_RELAXED);
+	return n;
+}
+
+int vm_dirty_ring_harvest(struct vm *vm)
+{
+	uint64_t n = 0;
+	int ret = 0;
+
+	if (!vm->dirty_ring)
+		return 0;
+	pthread_mutex_lock(&vm->ring_lock);
+	for (unsigned int c = 0; c < vm->cfg.ncpus; c++)
+		if (vm->vcpus[c].ring)
+			n += vm_ring_collect(vm, &vm->vcpus[c]);
+	/* Re-protects the pages just taken: their next write makes a new entry. */
+	if (n && ioctl(vm->vm_fd, KVM_RESET_DIRTY_RINGS, 0) < 0)
+		ret = -errno;
+	pthread_mutex_unlock(&vm->ring_lock);
+	return ret;
+}
+
+uint64_t vm_vcpu_dirty_pages(struct vm *vm, unsigned int cpu)
+{
+	if (cpu >= vm->cfg.ncpus || !vm->vcpus)
+		return 0;
+	return __atomic_load_n(&vm->vcpus[cpu].ring_pages, __ATOMIC_RELAXED);
+}
+
 int64_t vm_dirty_log_get(struct vm *vm, unsigned int i, uint64_t *bitmap, uint64_t *scratch)
 {
 	struct mem_region *r = &vm->mem[i];
@@ -227,8 +294,16 @@ int64_t vm_dirty_log_get(struct vm *vm, unsigned int i, uint64_t *bitmap, uint64
 	uint64_t npages = r->size / 4096, words = (npages + 63) / 64;
 	int64_t n = 0;
 
-	if (ioctl(vm->vm_fd, KVM_GET_DIRTY_LOG, &dl) < 0)
+	if (vm->dirty_ring) {
+		/* The rings' pages go into dev_dirty, collected with the devices' below. */
+		int ret = vm_dirty_ring_harvest(vm);
+
+		if (ret)
+			return ret;
+		memset(scratch, 0, words * sizeof(*scratch));
+	} else if (ioctl(vm->vm_fd, KVM_GET_DIRTY_LOG, &dl) < 0) {
 		return -errno;
+	}
 	for (uint64_t w = 0; w < words; w++) {
 		bitmap[w] |= scratch[w] | __atomic_exchange_n(&r->dev_dirty[w], 0, __ATOMIC_RELAXED);
 		n += __builtin_popcountll(bitmap[w]);
@@ -380,6 +455,7 @@ int vm_create(struct vm *vm, const struct vm_config *cfg)
 	vm->kvm_fd = vm->vm_fd = vm->exit_efd = -1;
 	pthread_mutex_init(&vm->lock, NULL);
 	pthread_cond_init(&vm->cond, NULL);
+	pthread_mutex_init(&vm->ring_lock, NULL);
 
 	ret = vm_host_check(cfg, why, sizeof(why));
 	if (ret) {
@@ -429,12 +505,43 @@ int vm_create(struct vm *vm, const struct vm_config *cfg)
 	}
 
 	/*
-	 * Manual dirty-log protection (migration clears dirty bits a chunk at a
-	 * time, right before copying the chunk) with the log initially all set,
-	 * so enabling it write-protects nothing.  Optional: without it,
-	 * KVM_GET_DIRTY_LOG clears the log as it reads it.
+	 * KVM's dirty ring where it has one: each vCPU reports the pages it
+	 * dirties in a ring of its own, so the migration sees who writes how
+	 * much (and a vCPU whose ring fills exits to us).  It replaces the
+	 * bitmap: KVM_GET_DIRTY_LOG and the manual protection below do not work
+	 * with it.  Must be enabled before the vCPUs exist.
 	 */
 	{
+		const char *env = getenv("GODWIT_DIRTY_RING");
+		int cap = KVM_CAP_DIRTY_LOG_RING_ACQ_REL;
+		int max = kvm_check_cap(vm->vm_fd, cap);
+
+		if (max <= 0) {
+			cap = KVM_CAP_DIRTY_LOG_RING;
+			max = kvm_check_cap(vm->vm_fd, cap);
+		}
+		if (max >= (int)(VM_DIRTY_RING_MIN * sizeof(struct kvm_dirty_gfn)) &&
+		    !(env && !strcmp(env, "off"))) {
+			uint32_t bytes = VM_DIRTY_RING_MAX * sizeof(struct kvm_dirty_gfn);
+			struct kvm_enable_cap ec = { .cap = (uint32_t)cap };
+
+			while (bytes > (uint32_t)max)
+				bytes /= 2;
+			ec.args[0] = bytes;
+			if (ioctl(vm->vm_fd, KVM_ENABLE_CAP, &ec) == 0)
+				vm->dirty_ring = bytes / sizeof(struct kvm_dirty_gfn);
+			else
+				log_warn("KVM_ENABLE_CAP(dirty ring, %u bytes): using the dirty log",
+					 bytes);
+		}
+	}
+	/*
+	 * Without the ring: manual dirty-log protection (migration clears dirty
+	 * bits a chunk at a time, right before copying the chunk) with the log
+	 * initially all set, so enabling it write-protects nothing.  Optional:
+	 * without it, KVM_GET_DIRTY_LOG clears the log as it reads it.
+	 */
+	if (!vm->dirty_ring) {
 		int m = kvm_check_cap(vm->vm_fd, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2);
 		uint64_t want = KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET;
 		struct kvm_enable_cap ec = {

@@ -13,6 +13,13 @@
 #   migrate-50/-200   mem=128 at 50 and 200 MiB/s over unix: (200 may end
 #                     without converging under 50 ms: allowed, reported)
 #   migrate-2cpu      --cpus 2, 50 MiB/s
+#   migrate-dirty-log --cpus 2, 50 MiB/s, with KVM's dirty log instead of the dirty ring
+#   migrate-vcpu-rates --cpus 2: vCPU 0 writes 100 MiB/s, vCPU 1 idles; the report's
+#                     per-vCPU dirty rates (dirty ring) say so round by round
+#   migrate-throttle  vCPU 0 dirties 200 MiB/s, vCPU 1 idles, --max-bandwidth 24M:
+#                     it converges, vCPU 0 throttled, vCPU 1 not (dirty ring)
+#   migrate-throttle-log  the same without the dirty ring: both vCPUs throttled
+#   migrate-no-throttle   --no-throttle: no round throttled, no convergence
 #   migrate-devices   mem+disk+net: a read-only disk (both sides hold a shared
 #                     lock on the same image, filled beforehand by a writable
 #                     run), the guest's read passes land in its memory through
@@ -96,7 +103,7 @@ check_report() {
 	elif ! WHY=$(python3 - "$MIG_JSON" <<'PY'
 # The timeline's data: one history entry per round, in time order, inside
 # the migration; the pause after the last round; its phases add up to it.
-import json, sys
+import json, os, sys
 r = json.load(open(sys.argv[1]))
 h, ph = r.get("history"), r.get("phases_ms")
 def bad(why):
@@ -120,6 +127,21 @@ if not isinstance(ph, dict) or list(ph) != want or min(ph.values()) < 0:
     bad("phases_ms is not %s in that order, each >= 0" % want)
 if abs(sum(ph.values()) - r["downtime_ms"]) > 0.01:
     bad("the phases do not add up to the downtime")
+if os.environ.get("GODWIT_DIRTY_RING") == "off" and r.get("dirty_tracking") != "log":
+    bad("GODWIT_DIRTY_RING=off, yet dirty_tracking is not the log")
+if os.environ.get("VCPU_RATES"):
+    # Rounds of 100 ms or more: vCPU 0 dirties at about 100 MiB/s, vCPU 1 next to nothing.
+    if r.get("dirty_tracking") != "ring":
+        bad("dirty_tracking is not the dirty ring")
+    long = [e for e in h if e["ms"] >= 100]
+    if not long:
+        bad("no round of 100 ms or more")
+    for e in long:
+        v = e.get("vcpu_dirty_rate_bps")
+        if not isinstance(v, list) or len(v) != 2:
+            bad("round %d has no rate for each of the 2 vCPUs" % e["round"])
+        if not (30 << 20) <= v[0] <= (200 << 20) or v[1] > v[0] / 10:
+            bad("round %d: vCPU rates %s, expected vCPU 0 near 100 MiB/s and vCPU 1 under a tenth of it" % (e["round"], v))
 PY
 	); then
 		:
@@ -260,6 +282,85 @@ want 200 && simple_case migrate-200 unix 'workload=mem mem=128 rate=200 report=2
 	--mem 256M --cpus 1
 want 2cpu && simple_case migrate-2cpu unix 'workload=mem mem=128 rate=50 report=200' $((2 * 128 * 256)) 50 \
 	--mem 256M --cpus 2
+# The dirty log's bitmap, where KVM has no dirty ring (GODWIT_DIRTY_RING=off).
+want dirty-log && GODWIT_DIRTY_RING=off simple_case migrate-dirty-log unix \
+	'workload=mem mem=64 rate=50 report=200' $((2 * 64 * 256)) 50 --mem 256M --cpus 2
+# Per-vCPU dirty rates (KVM's dirty ring): vCPU 0 rewrites memory at 100 MiB/s,
+# vCPU 1 runs the rng workload (64 KiB once, then idle).
+want vcpu-rates && VCPU_RATES=1 simple_case migrate-vcpu-rates unix \
+	'workload=mem+rng mem=64 rate=100 rng_kib=64 report=200' $((64 * 256)) 100 \
+	--mem 256M --cpus 2 --rng
+
+# ---- throttling: vCPU 0 dirties 32 MiB at 200 MiB/s, vCPU 1 idles, the link is 24 MiB/s -----
+# throttle_case NAME MODE MIGRATE_ARGS...: MODE ring (per-vCPU: only vCPU 0 is
+# slowed down, and it converges), log (GODWIT_DIRTY_RING=off: whole-VM, both
+# vCPUs slowed down alike, and it converges) or off (--no-throttle: no round
+# is throttled and it does not converge within the rounds given).
+throttle_case() {
+	local name=$1 mode=$2 start max
+	shift 2
+	start=$(date +%s.%N)
+	if [ "$mode" = log ]; then
+		export GODWIT_DIRTY_RING=off
+	fi
+	start_vm "$name.src" --mem 256M --cpus 2 --rng \
+		--cmdline 'workload=mem+rng mem=32 rate=200 rng_kib=64 report=100'
+	unset GODWIT_DIRTY_RING
+	if ! wait_lines "$S_OUT" 3 || ! start_dst "$name.dst"; then
+		t_fail "$name" "the guest or the destination did not start: $(tail -c 300 "$S_ERR" "$D_ERR")"
+		kill "$S_PID" "$D_PID" 2>/dev/null
+		return
+	fi
+	migrate "$name" "$D_ADDR" --max-bandwidth 24M "$@"
+	if [ "$mode" = off ]; then
+		WHY=
+		[ "$MIG_RC" -eq 0 ] || WHY="godwit migrate exited $MIG_RC: $(tail -c 300 "$MIG_ERR")"
+	elif ! check_report; then
+		:
+	else
+		check_guest "$S_OUT" "$D_OUT" $((32 * 256)) 200
+	fi
+	if [ -z "$WHY" ] && ! WHY=$(python3 - "$MIG_JSON" "$mode" <<'PY'
+import json, sys
+r, mode = json.load(open(sys.argv[1])), sys.argv[2]
+h = r.get("history") or []
+thr = [e for e in h if e.get("throttle_budget_bps", 0) > 0]
+def bad(why):
+    print(why + ": " + json.dumps({k: r.get(k) for k in ("converged", "rounds", "throttle", "history")}))
+    sys.exit(1)
+if mode == "off":
+    if r.get("throttle") is not False or thr or r.get("converged"):
+        bad("--no-throttle: expected throttle false, no round throttled and no convergence")
+    sys.exit(0)
+if r.get("throttle") is not True or not r.get("converged"):
+    bad("expected throttle true and convergence")
+if not thr:
+    bad("no round was throttled")
+busy = max(e["vcpu_throttle_pct"][0] for e in thr)
+idle = max(e["vcpu_throttle_pct"][1] for e in thr)
+if busy < 20:
+    bad("vCPU 0 was never throttled above 20 %")
+if mode == "ring" and idle != 0:
+    bad("per-vCPU throttling slowed down the idle vCPU 1 too")
+if mode == "log" and idle < 20:
+    bad("whole-VM throttling (no dirty ring) left vCPU 1 unthrottled")
+print("throttled rounds %d of %d, vCPU 0 up to %.0f %%, vCPU 1 up to %.0f %%" % (len(thr), len(h), busy, idle))
+PY
+	); then
+		t_fail "$name" "$WHY"
+	else
+		max=$(mt_lines "$S_OUT" | sed -n 's/.* stall_ms=\([0-9.]*\) .*/\1/p' | sort -n | tail -n 1)
+		t_pass "$name"
+		echo "# $name: $WHY; the guest's longest stall on the source (every 100 ms): $max ms"
+	fi
+	report_line "$name"
+	echo "#   case took $(elapsed "$start") s"
+	kill "$S_PID" 2>/dev/null
+	stop_dst
+}
+want throttle && throttle_case migrate-throttle ring
+want throttle-log && throttle_case migrate-throttle-log log
+want no-throttle && throttle_case migrate-no-throttle off --no-throttle --max-rounds 3
 
 # ---- 4: devices: a read-only disk shared by both sides, a TAP each on a bridge ---------------
 devices_case() {
