@@ -71,6 +71,7 @@ OBJS += src/migration/snapshot.o
 OBJS += src/migration/handoff.o
 OBJS += src/migration/migrate.o
 OBJS += src/migration/throttle.o
+OBJS += src/migration/postcopy.o
 OBJS += src/migration/migrate_addr.o
 OBJS += src/migration/conn.o
 OBJS += src/migration/tls.o

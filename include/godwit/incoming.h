@@ -34,6 +34,12 @@ struct incoming_params {
 	bool overwrite;              /* a migrated disk may replace a non-empty file */
 	struct tls_creds *tls;       /* mutual TLS (the caller's); NULL: plain */
 	bool insecure;               /* plain TCP beyond loopback, the operator's choice */
+	/*
+	 * Post-copy (postcopy.h): a userfaultfd made before the sandbox
+	 * (pc_uffd_open()), or -errno why there is none (a post-copy stream is
+	 * then refused before READY).  The incoming owns it.
+	 */
+	int uffd;
 };
 
 /*

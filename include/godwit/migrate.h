@@ -17,6 +17,7 @@
 #include "godwit/common.h"
 #include "godwit/devspec.h"
 #include "godwit/handoff.h"
+#include "godwit/postcopy.h"
 
 struct vm;
 struct tls_creds;
@@ -34,6 +35,11 @@ enum mig_status {
 	MIG_INCOMING,            /* destination: the VM came in and runs here */
 	MIG_COMMIT_WAIT,         /* paused, disks released, READY came: at the commit gate,
 				    waiting for migrate_commit() (p.gate) */
+	MIG_POSTCOPY,            /* post-copy: the VM runs on the destination, pages still
+				    moving (source and destination) */
+	MIG_POSTCOPY_FAILED,     /* source: the destination went away during post-copy; the VM
+				    is lost, it stays paused here and must not run (final, but
+				    busy: never resumed) */
 };
 /* "none", "setup", "active", "stop-and-copy", "commit-wait", "committing", "completed", ... */
 const char *migrate_status_name(enum mig_status s);
@@ -73,6 +79,11 @@ struct migrate_params {
 	 * (throttle.h); false: never (--no-throttle, "throttle": false).
 	 */
 	bool throttle;
+	/*
+	 * Post-copy (postcopy.h): off, auto (when throttling would exceed its
+	 * bound) or now (after round 1).  Not with TLS (yet).
+	 */
+	enum pc_mode postcopy;
 };
 
 /* The pause's phases, in order (GET /vm/migration "phases_ms"). */
@@ -145,6 +156,14 @@ struct migrate_progress {
 	bool insecure;               /* plain TCP beyond this host (--insecure) */
 	bool gate;                   /* started with a commit gate */
 	bool dest_refused;           /* gate: in doubt because the destination refused after COMMIT */
+	/* post-copy: the mode asked for; once switched, when and what moved how */
+	enum pc_mode postcopy;
+	bool postcopy_switched;
+	double postcopy_start_ms;        /* since the start: the switch (the pause) */
+	double postcopy_ms;              /* from COMMIT until every page was there */
+	uint64_t postcopy_pages;         /* pages the destination did not have at the switch */
+	uint64_t postcopy_requested, postcopy_pushed;   /* on demand, in the background */
+	double fault_median_ms, fault_max_ms;   /* the destination's fault latency */
 	char error[512];
 };
 
@@ -227,5 +246,13 @@ bool migrate_addr_local(const char *addr);
  */
 void migrate_incoming_done(struct vm *vm, enum mig_status st, const char *from,
 			   uint64_t bytes, const char *tls, bool insecure, const char *why);
+/*
+ * migrate_incoming_postcopy - record the destination's post-copy: st
+ * MIG_POSTCOPY before READY (requested: the pages missing; from here on
+ * the VM cannot be resumed here by migrate_resolve()), MIG_INCOMING once
+ * every page is here, with what came how and the fault latency.
+ */
+void migrate_incoming_postcopy(struct vm *vm, enum mig_status st, uint64_t requested,
+			       uint64_t pushed, double median_ms, double max_ms, double ms);
 
 #endif

@@ -129,6 +129,13 @@ int snapshot_restore_open_conn(const struct conn *c, const struct stream_watchdo
 const struct stream_config *snapshot_restore_stream_config(const struct snapshot_restore *sr);
 /* The clock mode the vCPUs and the VM are loaded with (default CPU_CLOCK_FROZEN). */
 void snapshot_restore_set_clock(struct snapshot_restore *sr, enum cpu_clock_mode mode);
+/*
+ * A migration destination able to do post-copy accepts the stream's
+ * "postcopy" VM section (postcopy.h; refused as unknown otherwise);
+ * snapshot_restore_postcopy() gives its payload after the load (NULL: none).
+ */
+void snapshot_restore_allow_postcopy(struct snapshot_restore *sr);
+const uint8_t *snapshot_restore_postcopy(const struct snapshot_restore *sr, size_t *len);
 /* Storage migration: DISK sections for device instance d[i].instance go to d[i]. */
 struct disk_recv;
 void snapshot_restore_set_disks(struct snapshot_restore *sr, struct disk_recv *d,

@@ -51,6 +51,13 @@ static const char migrate_usage[] =
 "  --max-bandwidth RATE    bytes/s during pre-copy, e.g. 100M (K/M/G are powers\n"
 "                          of 1024; default unlimited)\n"
 "  --max-rounds N          pre-copy rounds before stopping anyway (default 30)\n"
+"  --postcopy MODE         off (default), now: after the first round, run the\n"
+"                          VM on the destination at once and bring the pages\n"
+"                          it still lacks there (on demand first, the rest in\n"
+"                          the background); auto: only once throttling reached\n"
+"                          its bound and pre-copy still does not converge.\n"
+"                          During post-copy the VM exists only across both\n"
+"                          hosts: if either dies, it is lost (not with TLS yet)\n"
 "  --no-throttle           never slow the guest down; by default, once pre-copy\n"
 "                          stops converging, the vCPUs that dirty memory the\n"
 "                          fastest run only part of each 10 ms slice, so that\n"
@@ -193,7 +200,8 @@ static void mig_print_json(json_t *p)
 	const char *st = jstr(p, "status");
 	json_t *o = json_pack("{s:s, s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:O}",
 			      "status", !strcmp(st, "completed") ? "completed" :
-					!strcmp(st, "in-doubt") ? "in-doubt" : "failed",
+					!strcmp(st, "in-doubt") ? "in-doubt" :
+					!strcmp(st, "postcopy-failed") ? "postcopy-failed" : "failed",
 			      "total_ms", json_object_get(p, "total_ms"),
 			      "downtime_ms", json_object_get(p, "downtime_ms"),
 			      "setup_ms", json_object_get(p, "setup_ms"),
@@ -224,7 +232,9 @@ static void mig_print_json(json_t *p)
 	/* What a timeline needs: the rounds, when the pause began and its phases. */
 	static const char *const extra[] = {
 		"history", "pause_start_ms", "phases_ms", "dirty_tracking", "vcpu_dirty_rate_bps",
-		"throttle", NULL
+		"throttle", "postcopy", "postcopy_switched", "postcopy_start_ms", "postcopy_pages",
+		"postcopy_requested", "postcopy_pushed", "fault_latency_median_ms",
+		"fault_latency_max_ms", "postcopy_ms", NULL
 	};
 
 	for (unsigned int i = 0; extra[i]; i++)
@@ -346,6 +356,7 @@ int cmd_migrate(int argc, char **argv)
 		{ "insecure",      no_argument,       NULL, 'S' },
 		{ "gate",          no_argument,       NULL, 'g' },
 		{ "no-throttle",   no_argument,       NULL, 'N' },
+		{ "postcopy",      required_argument, NULL, 'O' },
 		{ "json",          no_argument,       NULL, 'j' },
 		{ "timeline",      required_argument, NULL, 'L' },
 		{ "quiet",         no_argument,       NULL, 'q' },
@@ -356,6 +367,7 @@ int cmd_migrate(int argc, char **argv)
 	struct prog_line pl;
 	bool live = false;
 	bool insecure = false, gate = false, at_gate = false, no_throttle = false;
+	enum pc_mode postcopy = PC_OFF;
 	uint64_t downtime = MIG_DEFAULT_DOWNTIME_MS, rounds = MIG_DEFAULT_MAX_ROUNDS, bw = 0;
 	uint64_t min_rate = MIG_DEFAULT_MIN_RATE;
 	bool json = false, quiet = false;
@@ -412,6 +424,13 @@ int cmd_migrate(int argc, char **argv)
 		case 'S': insecure = true; break;
 		case 'g': gate = true; break;
 		case 'N': no_throttle = true; break;
+		case 'O':
+			if (pc_mode_parse(optarg, &postcopy)) {
+				fprintf(stderr, "godwit: migrate: --postcopy %s: expected off, auto or "
+					"now\n", optarg);
+				goto usage;
+			}
+			break;
 		case 'j': json = true; break;
 		case 'L':
 			if (!*optarg) {
@@ -472,6 +491,8 @@ int cmd_migrate(int argc, char **argv)
 		json_object_set_new(req, "gate", json_true());
 	if (req && no_throttle)
 		json_object_set_new(req, "throttle", json_false());
+	if (req && postcopy != PC_OFF)
+		json_object_set_new(req, "postcopy", json_string(pc_mode_name(postcopy)));
 	if (req && tls_dir && mig_tls_json(req, tls_dir, tls_peer)) {
 		json_decref(req);
 		return 1;        /* the VM was not asked: it runs on here */
@@ -534,7 +555,8 @@ int cmd_migrate(int argc, char **argv)
 					"--commit or --abort\n", sock);
 		}
 		if (!strcmp(st, "completed") || !strcmp(st, "failed") ||
-		    !strcmp(st, "cancelled") || !strcmp(st, "in-doubt"))
+		    !strcmp(st, "cancelled") || !strcmp(st, "in-doubt") ||
+		    !strcmp(st, "postcopy-failed"))
 			break;
 		if (live)
 			prog_update(&pl, p, false);

@@ -106,6 +106,14 @@ void report_print(json_t *p, bool from_migrate)
 		       json_is_true(json_object_get(p, "converged")) ? "" :
 		       " (did not converge under the downtime limit)");
 		report_phases(p, stdout);
+		if (json_is_true(json_object_get(p, "postcopy_switched")))
+			printf("post-copy: switched at %.1f ms with %.0f pages missing there; %.0f "
+			       "requested on demand, %.0f pushed; fault latency median %.2f ms, max "
+			       "%.2f ms; all there %.1f ms after the switch\n",
+			       jnum(p, "postcopy_start_ms"), jnum(p, "postcopy_pages"),
+			       jnum(p, "postcopy_requested"), jnum(p, "postcopy_pushed"),
+			       jnum(p, "fault_latency_median_ms"), jnum(p, "fault_latency_max_ms"),
+			       jnum(p, "postcopy_ms"));
 		if (json_object_get(p, "disk_bytes"))
 			printf("disks: %.1f MiB sent in %.0f passes\n",
 			       jnum(p, "disk_bytes") / (double)MiB, jnum(p, "disk_rounds"));

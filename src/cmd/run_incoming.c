@@ -28,6 +28,7 @@
 #include "godwit/log.h"
 #include "godwit/loop.h"
 #include "godwit/migrate.h"
+#include "godwit/postcopy.h"
 #include "godwit/snapshot.h"
 #include "godwit/tls.h"
 #include "godwit/virtio.h"
@@ -132,11 +133,19 @@ int cmd_incoming(int argc, char **argv)
 		.handoff_ms = MIG_IO_TIMEOUT_MS,
 		.overwrite = a.overwrite,
 		.insecure = a.insecure,
+		/* Before the sandbox and before --user drops privileges (postcopy.h). */
+		.uffd = pc_uffd_open(),
 	};
+	if (p.uffd < 0)
+		log_debug("run: no userfaultfd (%s): a post-copy migration will be refused",
+			  strerror(-p.uffd));
 	if (a.tls_dir && tls_creds_load_dir(a.tls_dir, a.tls_peer, true, &p.tls, err, sizeof(err))) {
 		log_warnx("run: %s", err);
+		if (p.uffd >= 0)
+			close(p.uffd);
 		return EXIT_ERROR;
 	}
+	/* From here the incoming owns p.uffd. */
 	ret = incoming_accept(a.incoming, &p, &ri.in, err, sizeof(err));
 	/* The key is not needed once the session exists. */
 	tls_creds_free(p.tls);

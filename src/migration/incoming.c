@@ -13,12 +13,15 @@
 #include <unistd.h>
 #include <sys/socket.h>
 
+#include "godwit/le.h"
+
 #include "godwit/dev.h"
 #include "godwit/disk.h"
 #include "godwit/handoff.h"
 #include "godwit/incoming.h"
 #include "godwit/log.h"
 #include "godwit/migrate.h"
+#include "godwit/postcopy.h"
 #include "godwit/snapshot.h"
 #include "godwit/stream.h"
 #include "godwit/tls.h"
@@ -35,6 +38,10 @@ struct incoming {
 	bool taken;              /* the VM is ours, or in doubt: migrated disks stay */
 	bool in_doubt;
 	struct timespec t0;      /* the connection */
+	int lfd;                 /* the listener, until the hand-off ended (post-copy's channel) */
+	struct vm *vm;
+	struct pc_dest *pc;      /* post-copy: the pages still coming */
+	int rq;                  /* post-copy: the request channel, or -1 */
 };
 
 /*
@@ -139,6 +146,7 @@ int incoming_accept(const char *addr, const struct incoming_params *p,
 	}
 	in->p = *p;
 	in->c = conn_plain(-1);
+	in->lfd = in->rq = -1;
 	snprintf(in->addr, sizeof(in->addr), "%s", addr);
 	ret = migrate_listen(addr, &lfd, err, len);
 	if (ret)
@@ -190,7 +198,9 @@ int incoming_accept(const char *addr, const struct incoming_params *p,
 		log_warnx("incoming migration: the connection from %s was dropped: %s; still waiting "
 			  "for the source on %s", peer, why, addr);
 	}
-	migrate_unlisten(lfd, addr);
+	/* Kept until the hand-off: a post-copy source opens its request channel there. */
+	in->lfd = lfd;
+	snapshot_restore_allow_postcopy(in->sr);
 	*out = in;
 	return 0;
 fail:
@@ -264,14 +274,97 @@ static bool in_insecure(const struct incoming *in)
 	return !in->c.tls && !migrate_addr_local(in->addr);
 }
 
+/*
+ * Post-copy, after the load and before READY: the set of missing pages,
+ * RAM registered with userfaultfd and those pages discarded, then the
+ * source's request channel (a second connection with HELLO and the token).
+ */
+static int in_pc_prepare(struct incoming *in, struct vm *vm, char *err, size_t len)
+{
+	const uint8_t *buf;
+	size_t n;
+	uint64_t gpa[2], pages[2];
+	struct pc_set set;
+	struct timespec t0;
+	int ret;
+
+	buf = snapshot_restore_postcopy(in->sr, &n);
+	if (!buf)
+		return 0;
+	for (unsigned int i = 0; i < vm->nr_mem; i++) {
+		gpa[i] = vm->mem[i].gpa;
+		pages[i] = vm->mem[i].size / 4096;
+	}
+	ret = pc_set_decode(buf, n, vm->nr_mem, gpa, pages, &set, err, len);
+	if (ret)
+		return ret;
+	if (in->c.tls) {
+		pc_set_free(&set);
+		snprintf(err, len, "post-copy over TLS is not supported");
+		return -EPROTONOSUPPORT;
+	}
+	{
+		uint64_t token = set.token, missing = pc_set_count(&set);
+
+		ret = pc_dest_prepare(vm, in->p.uffd, &set, &in->pc, err, len);
+		pc_set_free(&set);
+		if (ret)
+			return ret;
+		migrate_incoming_postcopy(vm, MIG_POSTCOPY, missing, 0, 0, 0, 0);
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		/* The source connects right after EOF; strays are dropped. */
+		for (;;) {
+			double left = MIG_IO_TIMEOUT_MS - ms_since(&t0);
+			char peer[128], why[256];
+			uint8_t hdr[PC_HDR_LEN + 4];
+			struct pc_hdr h;
+			struct timeval tv = { MIG_IO_TIMEOUT_MS / 1000, 0 };
+			int fd;
+
+			if (left <= 0) {
+				snprintf(err, len, "the source did not open its post-copy request "
+					 "channel within %d s", MIG_IO_TIMEOUT_MS / 1000);
+				return -ETIMEDOUT;
+			}
+			ret = migrate_accept(in->lfd, in->addr, (int)left, &fd, peer, sizeof(peer),
+					     why, sizeof(why));
+			if (ret == -ETIMEDOUT || ret == -EINTR || ret == -EACCES ||
+			    ret == -ECONNABORTED)
+				continue;
+			if (ret) {
+				snprintf(err, len, "the post-copy request channel: %s", why);
+				return ret;
+			}
+			setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+			if (recv(fd, hdr, sizeof(hdr), MSG_WAITALL) == (ssize_t)sizeof(hdr) &&
+			    !pc_hdr_decode(hdr, &h, why, sizeof(why)) && h.type == PC_HELLO &&
+			    le32_get(hdr + PC_HDR_LEN) == pc_frame_crc(hdr, NULL, 0) &&
+			    h.gpa == token) {
+				in->rq = fd;
+				break;
+			}
+			log_warnx("incoming migration: a connection from %s was not the source's "
+				  "post-copy request channel: dropped", peer);
+			close(fd);
+		}
+	}
+	return 0;
+}
+
 /* COMMIT: the disks are ours now, and only now do the devices start. */
 static int in_commit(void *opaque, char *err, size_t len)
 {
-	struct vm *vm = opaque;
+	struct incoming *in = opaque;
+	struct vm *vm = in->vm;
 	int ret = dev_acquire_all(vm);
 
 	if (ret) {
 		snprintf(err, len, "cannot lock the disks: %s", strerror(-ret));
+		return ret;
+	}
+	/* Post-copy: pages are served before anything (a device's resume too) touches them. */
+	if (in->pc && (ret = pc_dest_start(in->pc, in->c.fd, in->rq))) {
+		snprintf(err, len, "cannot start post-copy: %s", strerror(-ret));
 		return ret;
 	}
 	ret = dev_resume_all(vm);
@@ -297,16 +390,21 @@ int incoming_load(struct incoming *in, struct vm *vm, bool *in_doubt, char *err,
 		log_warnx("incoming migration: %s", err);
 		return ret;
 	}
+	in->vm = vm;
 	ret = snapshot_restore_load(in->sr, vm, err, len);
 	/* Migrated disks on stable storage before we say READY. */
 	for (unsigned int i = 0; !ret && i < in->nr_disks; i++)
 		ret = disk_recv_sync(&in->disks[i], err, len);
+	if (!ret)
+		ret = in_pc_prepare(in, vm, err, len);
 	if (ret) {
 		incoming_failed(in, err);
 		return ret;
 	}
 	snapshot_restore_stats(in->sr, NULL, &bytes);
-	r = handoff_dest(&in->c, in->p.handoff_ms, &ops, vm, why, sizeof(why));
+	r = handoff_dest(&in->c, in->p.handoff_ms, &ops, in, why, sizeof(why));
+	migrate_unlisten(in->lfd, in->addr);
+	in->lfd = -1;
 	switch (r) {
 	case HANDOFF_HERE:
 		in->taken = true;
@@ -351,6 +449,13 @@ void incoming_close(struct incoming *in)
 		return;
 	for (unsigned int i = 0; i < in->nr_disks; i++)
 		disk_recv_close(&in->disks[i], !in->taken);
+	pc_dest_free(in->pc);
+	if (in->rq >= 0)
+		close(in->rq);
+	if (in->lfd >= 0)
+		migrate_unlisten(in->lfd, in->addr);
+	if (in->p.uffd >= 0)
+		close(in->p.uffd);
 	in_drop(in);
 	free(in);
 }

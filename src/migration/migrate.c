@@ -33,6 +33,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/random.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -40,9 +41,11 @@
 #include "godwit/crc32c.h"
 #include "godwit/dev.h"
 #include "godwit/disk.h"
+#include "godwit/le.h"
 #include "godwit/log.h"
 #include "godwit/throttle.h"
 #include "godwit/migrate.h"
+#include "godwit/postcopy.h"
 #include "godwit/snapshot.h"
 #include "godwit/stream.h"
 #include "godwit/tls.h"
@@ -74,6 +77,7 @@ struct migration {
 	struct disk_mig *dm;         /* --with-disks: the images copied (thread's) */
 	struct migrate_round *hist;  /* the finished pre-copy rounds (under lock) */
 	uint32_t nhist, hist_cap;    /* hist_cap = p.max_rounds */
+	bool pc_holes;               /* destination: post-copy pages are missing here (no resume) */
 };
 
 const char *migrate_status_name(enum mig_status s)
@@ -90,6 +94,8 @@ const char *migrate_status_name(enum mig_status s)
 	case MIG_IN_DOUBT:   return "in-doubt";
 	case MIG_INCOMING:   return "incoming";
 	case MIG_COMMIT_WAIT: return "commit-wait";
+	case MIG_POSTCOPY:   return "postcopy-active";
+	case MIG_POSTCOPY_FAILED: return "postcopy-failed";
 	}
 	return "unknown";
 }
@@ -111,7 +117,8 @@ const char *migrate_phase_name(enum mig_phase ph)
 
 bool migrate_status_final(enum mig_status s)
 {
-	return s == MIG_COMPLETED || s == MIG_FAILED || s == MIG_CANCELLED || s == MIG_INCOMING;
+	return s == MIG_COMPLETED || s == MIG_FAILED || s == MIG_CANCELLED || s == MIG_INCOMING ||
+	       s == MIG_POSTCOPY_FAILED;
 }
 
 /* ---- the migration record --------------------------------------------------------------- */
@@ -192,6 +199,10 @@ struct mig_run {
 	bool pace;                   /* apply --max-bandwidth (not during stop-and-copy) */
 	struct throttle *thr;        /* p.throttle: the vCPUs' throttle during pre-copy */
 	double budget;               /* bytes/s the throttle lets the vCPUs dirty (0: none) */
+	bool pc_switch;              /* switch to post-copy at the pause */
+	uint64_t pc_token;           /* names our request channel to the destination */
+	int pc_rq;                   /* the request channel, or -1 */
+	struct pc_src *pc;           /* its server */
 	/* The pause's phases: ms from the pause to the end of each (mig_phases()). */
 	double ms_stopped, ms_ram, ms_state, ms_ready, ms_released, ms_committed;
 };
@@ -596,6 +607,12 @@ static int mig_precopy(struct mig_run *r)
 			  "expected downtime %.1f ms", round,
 			  (double)(stream_writer_offset(r->w) - off0) / (double)MiB, ms,
 			  bw / (double)MiB, (long long)dirty, expect);
+		if (m->p.postcopy == PC_NOW) {
+			log_info("migrate: round %u done: switching to post-copy (%.1f MiB left)",
+				 round, remaining / (double)MiB);
+			r->pc_switch = true;
+			return 0;
+		}
 		/*
 		 * Under the limit, one more round costs about the downtime it
 		 * saves; take it while rounds still shrink what is left fast (to
@@ -617,6 +634,119 @@ static int mig_precopy(struct mig_run *r)
 		}
 		last_remaining = remaining;
 	}
+}
+
+/*
+ * Post-copy, at the pause: instead of the last dirty pages, the set of
+ * pages the destination does not have current (the dirty bitmap: round 1
+ * sent every page), in a VM section "postcopy" (postcopy.h).
+ */
+static int mig_pc_section(struct mig_run *r)
+{
+	struct migration *m = r->m;
+	size_t n = pc_set_size(r->vm);
+	uint8_t *buf = malloc(n);
+	uint64_t pages = 0;
+	int ret;
+
+	if (!buf) {
+		snprintf(r->err, sizeof(r->err), "out of memory");
+		return -ENOMEM;
+	}
+	if (getrandom(&r->pc_token, sizeof(r->pc_token), 0) != sizeof(r->pc_token)) {
+		free(buf);
+		snprintf(r->err, sizeof(r->err), "getrandom: %s", strerror(errno));
+		return -EIO;
+	}
+	for (unsigned int i = 0; i < r->vm->nr_mem; i++)
+		for (size_t w = 0; w < (r->vm->mem[i].size / STREAM_PAGE_SIZE + 63) / 64; w++)
+			pages += (uint64_t)__builtin_popcountll(m->bitmap[i][w]);
+	pc_set_encode(r->vm, r->pc_token, m->bitmap, buf);
+	ret = stream_put_section(r->w, STREAM_VM, 0, SNAPSHOT_ID_POSTCOPY, 1, 0, buf, n);
+	free(buf);
+	if (ret) {
+		snprintf(r->err, sizeof(r->err), "sending the post-copy set: %s",
+			 stream_writer_error(r->w));
+		return ret;
+	}
+	pthread_mutex_lock(&m->lock);
+	m->prog.postcopy_pages = pages;
+	pthread_mutex_unlock(&m->lock);
+	return 0;
+}
+
+/*
+ * After EOF: the request channel, a second connection to the destination
+ * (HELLO with the token), and its server, running before READY: the
+ * destination's vCPUs may fault as soon as COMMIT reached it.
+ */
+static int mig_pc_connect(struct mig_run *r)
+{
+	struct pc_hdr h = { .type = PC_HELLO, .gpa = r->pc_token };
+	uint8_t hdr[PC_HDR_LEN], crc[4];
+	int ret;
+
+	ret = migrate_connect(r->m->p.to, &r->pc_rq, r->err, sizeof(r->err));
+	if (ret) {
+		snprintf(r->err + strlen(r->err), sizeof(r->err) - strlen(r->err),
+			 " (the post-copy request channel)");
+		return ret;
+	}
+	pc_hdr_encode(hdr, &h);
+	le32_put(crc, pc_frame_crc(hdr, NULL, 0));
+	if (send(r->pc_rq, hdr, sizeof(hdr), MSG_NOSIGNAL) != sizeof(hdr) ||
+	    send(r->pc_rq, crc, sizeof(crc), MSG_NOSIGNAL) != sizeof(crc)) {
+		snprintf(r->err, sizeof(r->err), "the post-copy request channel: %s", strerror(errno));
+		return -EIO;
+	}
+	ret = pc_src_start(r->vm, r->m->bitmap, r->pc_rq, &r->pc);
+	if (ret)
+		snprintf(r->err, sizeof(r->err), "cannot serve post-copy requests: %s",
+			 strerror(-ret));
+	return ret;
+}
+
+static int mig_pc_progress(void *opaque)
+{
+	struct mig_run *r = opaque;
+	struct pc_src_stats st;
+
+	pc_src_stats(r->pc, &st);
+	pthread_mutex_lock(&r->m->lock);
+	r->m->prog.postcopy_requested = st.requested;
+	r->m->prog.postcopy_pushed = st.pushed;
+	r->m->prog.remaining_bytes = (r->m->prog.postcopy_pages - MIN(r->m->prog.postcopy_pages,
+				      st.requested + st.pushed)) * STREAM_PAGE_SIZE;
+	pthread_mutex_unlock(&r->m->lock);
+	return mig_vm_stopping(r->vm) ? -ESHUTDOWN : 0;
+}
+
+/*
+ * Post-copy after DONE: the VM runs there; push the rest of the set while
+ * the server answers requests.  Failure: the VM is lost (it ran there), so
+ * it stays paused here, never resumed (MIG_POSTCOPY_FAILED).  0 or -errno.
+ */
+static int mig_postcopy(struct mig_run *r)
+{
+	struct migration *m = r->m;
+	struct timespec t0;
+	struct pc_src_stats st;
+	int ret;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	mig_set_status(m, MIG_POSTCOPY);
+	ret = pc_src_push(r->pc, r->c.fd, m->p.max_bandwidth, mig_pc_progress, r, r->err,
+			  sizeof(r->err));
+	mig_pc_progress(r);
+	pc_src_stats(r->pc, &st);
+	pthread_mutex_lock(&m->lock);
+	m->prog.postcopy_ms = ms_since(&t0);
+	m->prog.fault_median_ms = st.lat_median_ms;
+	m->prog.fault_max_ms = st.lat_max_ms;
+	pthread_mutex_unlock(&m->lock);
+	pc_src_stop(r->pc);
+	r->pc = NULL;
+	return ret;
 }
 
 /* Pause, the last pages and the whole state, EOF. */
@@ -653,9 +783,15 @@ static int mig_stop_copy(struct mig_run *r, struct timespec *t_pause)
 		snprintf(r->err, sizeof(r->err), "sending memory: %s", stream_writer_error(r->w));
 		return ret;
 	}
-	ret = mig_send_dirty(r, false);
-	if (ret)
-		return ret;
+	if (!r->pc_switch) {
+		ret = mig_send_dirty(r, false);
+		if (ret)
+			return ret;
+	} else {
+		ret = mig_pc_section(r);
+		if (ret)
+			return ret;
+	}
 	if (r->m->dm) {
 		/* The devices are quiesced: no write is in flight any more. */
 		disk_mig_collect(r->m->dm);
@@ -674,6 +810,8 @@ static int mig_stop_copy(struct mig_run *r, struct timespec *t_pause)
 	}
 	r->ms_state = ms_since(t_pause);
 	mig_publish(r);
+	if (r->pc_switch)
+		return mig_pc_connect(r);
 	return 0;
 }
 
@@ -827,7 +965,7 @@ static enum handoff_gate src_gate(void *opaque, char *why, size_t len)
 static void *mig_thread(void *opaque)
 {
 	struct migration *m = opaque;
-	struct mig_run r = { .m = m, .vm = m->vm, .c = conn_plain(-1), .pace = true };
+	struct mig_run r = { .m = m, .vm = m->vm, .c = conn_plain(-1), .pace = true, .pc_rq = -1 };
 	struct timespec t_pause = { 0 };
 	int ret;
 
@@ -880,6 +1018,12 @@ static void *mig_thread(void *opaque)
 	r.thr = NULL;
 	if (ret)
 		goto fail;
+	if (r.pc_switch) {
+		pthread_mutex_lock(&m->lock);
+		m->prog.postcopy_switched = true;
+		m->prog.postcopy_start_ms = ms_since(&m->t_start);
+		pthread_mutex_unlock(&m->lock);
+	}
 	ret = mig_stop_copy(&r, &t_pause);
 	if (ret)
 		goto fail;
@@ -902,10 +1046,14 @@ static void *mig_thread(void *opaque)
 		case HANDOFF_THERE:
 			break;
 		case HANDOFF_HERE:
+			pc_src_stop(r.pc);
+			r.pc = NULL;
 			/* The disks are back with this side (handoff_source reacquired them). */
 			ret = info.cancelled ? -ECANCELED : -EPROTO;
 			goto fail;
 		case HANDOFF_IN_DOUBT:
+			pc_src_stop(r.pc);
+			r.pc = NULL;
 			if (info.dest_refused) {
 				pthread_mutex_lock(&m->lock);
 				m->prog.dest_refused = true;
@@ -938,6 +1086,28 @@ static void *mig_thread(void *opaque)
 		  m->prog.phase_ms[MIG_PHASE_STATE], m->prog.phase_ms[MIG_PHASE_READY],
 		  m->prog.phase_ms[MIG_PHASE_RELEASE], m->prog.phase_ms[MIG_PHASE_GATE],
 		  m->prog.phase_ms[MIG_PHASE_COMMIT]);
+	if (r.pc) {
+		pthread_mutex_unlock(&m->lock);
+		ret = mig_postcopy(&r);
+		pthread_mutex_lock(&m->lock);
+		if (ret) {
+			snprintf(m->prog.error, sizeof(m->prog.error), "post-copy failed: %s; the VM "
+				 "ran at the destination and cannot be resumed here (this side holds "
+				 "its memory only as of the switch): it is lost, and stays paused here "
+				 "until this godwit is shut down", r.err);
+			m->prog.status = MIG_POSTCOPY_FAILED;
+			m->prog.total_ms = ms_since(&m->t_start);
+			pthread_cond_broadcast(&m->cond);
+			pthread_mutex_unlock(&m->lock);
+			log_warnx("migrate: %s", m->prog.error);
+			goto out;
+		}
+		log_info("migrate: post-copy complete after %.0f ms: %llu pages requested, %llu "
+			 "pushed, fault latency median %.2f ms, max %.2f ms", m->prog.postcopy_ms,
+			 (unsigned long long)m->prog.postcopy_requested,
+			 (unsigned long long)m->prog.postcopy_pushed, m->prog.fault_median_ms,
+			 m->prog.fault_max_ms);
+	}
 	m->prog.total_ms = ms_since(&m->t_start);
 	m->prog.status = MIG_COMPLETED;
 	m->prog.remaining_bytes = 0;
@@ -960,6 +1130,8 @@ static void *mig_thread(void *opaque)
 	goto out;
 
 fail:
+	pc_src_stop(r.pc);
+	r.pc = NULL;
 	mig_unwind(&r);
 	/* A cancel shuts the socket down: whatever failed next is the cancel. */
 	if (ret == -ECANCELED || mig_cancelled(m)) {
@@ -976,6 +1148,8 @@ out:
 	m->fd = -1;
 	pthread_mutex_unlock(&m->lock);
 	stream_writer_free(r.w);
+	if (r.pc_rq >= 0)
+		close(r.pc_rq);
 	tls_sess_free(r.c.tls);
 	if (r.c.fd >= 0)
 		close(r.c.fd);
@@ -1008,7 +1182,8 @@ bool migrate_busy(struct vm *vm)
 	if (!m)
 		return false;
 	pthread_mutex_lock(&m->lock);
-	busy = m->prog.status != MIG_NONE && !migrate_status_final(m->prog.status);
+	busy = (m->prog.status != MIG_NONE && !migrate_status_final(m->prog.status)) ||
+	       m->prog.status == MIG_POSTCOPY_FAILED;
 	pthread_mutex_unlock(&m->lock);
 	return busy;
 }
@@ -1029,6 +1204,11 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 	}
 	if (!p->downtime_ms || p->downtime_ms > 60000 || !p->max_rounds || p->max_rounds > 1000) {
 		snprintf(err, len, "downtime_ms must be 1-60000 and max_rounds 1-1000");
+		ret = -EINVAL;
+		goto fail;
+	}
+	if (p->postcopy != PC_OFF && p->tls) {
+		snprintf(err, len, "post-copy over TLS is not supported yet");
 		ret = -EINVAL;
 		goto fail;
 	}
@@ -1104,6 +1284,7 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 	m->cancel = m->reported = m->in_handoff = false;
 	m->decision = GATE_WAIT;
 	m->prog.gate = p->gate;
+	m->prog.postcopy = p->postcopy;
 	m->fd = -1;
 	clock_gettime(CLOCK_MONOTONIC, &m->t_start);
 	pthread_mutex_unlock(&m->lock);
@@ -1251,6 +1432,12 @@ int migrate_resolve(struct vm *vm, bool resume, char *err, size_t len)
 		return -ENOENT;
 	}
 	mig_join(m);
+	if (resume && m->incoming && m->pc_holes) {
+		snprintf(err, len, "this side lacks the pages post-copy would have brought: it "
+			 "cannot run the VM (resume it at the source if it never ran here, or "
+			 "--discard)");
+		return -EPERM;
+	}
 	if (!resume) {
 		mig_fail(m, MIG_COMPLETED, "in doubt; discarded here by the operator");
 		vm_request_exit(vm, EXIT_MIGRATED, "in-doubt migration discarded by the operator");
@@ -1329,11 +1516,40 @@ void migrate_incoming_done(struct vm *vm, enum mig_status st, const char *from,
 		return;
 	pthread_mutex_lock(&m->lock);
 	m->incoming = true;
-	m->prog.status = st;
+	/* Post-copy: the VM runs here, but its pages are still coming. */
+	m->prog.status = st == MIG_INCOMING && m->pc_holes ? MIG_POSTCOPY : st;
 	m->prog.bytes = bytes;
 	snprintf(m->prog.to, sizeof(m->prog.to), "%s", from);
 	snprintf(m->prog.tls, sizeof(m->prog.tls), "%s", tls ? tls : "");
 	m->prog.insecure = insecure;
 	snprintf(m->prog.error, sizeof(m->prog.error), "%s", why ? why : "");
+	pthread_mutex_unlock(&m->lock);
+}
+
+void migrate_incoming_postcopy(struct vm *vm, enum mig_status st, uint64_t requested,
+			       uint64_t pushed, double median_ms, double max_ms, double ms)
+{
+	struct migration *m = mig_get(vm, true);
+
+	if (!m)
+		return;
+	pthread_mutex_lock(&m->lock);
+	m->incoming = true;
+	m->prog.postcopy = PC_NOW;
+	m->prog.postcopy_switched = true;
+	if (st == MIG_POSTCOPY) {
+		/* Before READY: from here the memory has holes only the source can fill. */
+		m->pc_holes = true;
+		m->prog.postcopy_pages = requested;
+	} else {
+		m->pc_holes = false;
+		if (m->prog.status == MIG_POSTCOPY)
+			m->prog.status = MIG_INCOMING;
+		m->prog.postcopy_requested = requested;
+		m->prog.postcopy_pushed = pushed;
+		m->prog.fault_median_ms = median_ms;
+		m->prog.fault_max_ms = max_ms;
+		m->prog.postcopy_ms = ms;
+	}
 	pthread_mutex_unlock(&m->lock);
 }

@@ -36,6 +36,7 @@
 #include "godwit/dev.h"
 #include "godwit/disk.h"
 #include "godwit/log.h"
+#include "godwit/postcopy.h"
 #include "godwit/snapshot.h"
 #include "godwit/state.h"
 #include "godwit/stream.h"
@@ -421,6 +422,9 @@ struct snapshot_restore {
 	uint64_t bytes;                 /* stream bytes read, once the reader is gone */
 	struct disk_recv *disks;        /* storage migration: where DISK sections go */
 	unsigned int nr_disks;
+	bool pc_allowed;                /* a migration destination that can do post-copy */
+	uint8_t *pc;                    /* the "postcopy" section's payload, or NULL */
+	size_t pc_len;
 };
 
 static struct kvm_cpuid2 *snap_supported_cpuid(void)
@@ -793,6 +797,21 @@ static int snap_load(struct snapshot_restore *sr, struct vm *vm, char *err, size
 				}
 				if (!ret)
 					ret = stream_skip(sr->r);
+			} else if (sr->pc_allowed && !strcmp(s.id, SNAPSHOT_ID_POSTCOPY) &&
+				   !s.instance) {
+				const uint8_t *p;
+
+				if (sr->pc)
+					ret = stream_refuse(sr->r, -EINVAL, "section given twice");
+				else if (!(ret = stream_read_payload(sr->r, &p))) {
+					sr->pc = malloc(s.len ? s.len : 1);
+					if (!sr->pc)
+						ret = stream_refuse(sr->r, -ENOMEM, "out of memory");
+					else {
+						memcpy(sr->pc, p, s.len);
+						sr->pc_len = s.len;
+					}
+				}
 			} else if (strcmp(s.id, SNAP_ID_VM) || s.instance)
 				ret = s.flags & STREAM_F_OPTIONAL ? stream_skip(sr->r) :
 				      stream_refuse(sr->r, -EPROTONOSUPPORT, "unknown required VM section");
@@ -916,10 +935,22 @@ int snapshot_restore_load(struct snapshot_restore *sr, struct vm *vm, char *err,
 	return ret;
 }
 
+void snapshot_restore_allow_postcopy(struct snapshot_restore *sr)
+{
+	sr->pc_allowed = true;
+}
+
+const uint8_t *snapshot_restore_postcopy(const struct snapshot_restore *sr, size_t *len)
+{
+	*len = sr->pc_len;
+	return sr->pc;
+}
+
 void snapshot_restore_free(struct snapshot_restore *sr)
 {
 	if (!sr)
 		return;
+	free(sr->pc);
 	stream_reader_free(sr->r);
 	for (unsigned int i = 0; i < sr->nr_specs; i++)
 		free(sr->specs[i]);

@@ -326,6 +326,24 @@ static json_t *api_progress_json(const struct migrate_progress *p)
 		json_object_set_new(j, "tls", p->tls[0] ? json_string(p->tls) : json_null());
 		json_object_set_new(j, "insecure", json_boolean(p->insecure));
 	}
+	if (j && (p->postcopy != PC_OFF || p->postcopy_switched)) {
+		json_object_set_new(j, "postcopy", json_string(pc_mode_name(p->postcopy)));
+		json_object_set_new(j, "postcopy_switched", json_boolean(p->postcopy_switched));
+		if (p->postcopy_switched) {
+			json_object_set_new(j, "postcopy_start_ms",
+					    json_real(api_round3(p->postcopy_start_ms)));
+			json_object_set_new(j, "postcopy_pages", json_integer((json_int_t)p->postcopy_pages));
+			json_object_set_new(j, "postcopy_requested",
+					    json_integer((json_int_t)p->postcopy_requested));
+			json_object_set_new(j, "postcopy_pushed",
+					    json_integer((json_int_t)p->postcopy_pushed));
+			json_object_set_new(j, "fault_latency_median_ms",
+					    json_real(api_round3(p->fault_median_ms)));
+			json_object_set_new(j, "fault_latency_max_ms",
+					    json_real(api_round3(p->fault_max_ms)));
+			json_object_set_new(j, "postcopy_ms", json_real(api_round3(p->postcopy_ms)));
+		}
+	}
 	if (j) {
 		json_object_set_new(j, "gate", json_boolean(p->gate));
 		json_object_set_new(j, "dest_refused", json_boolean(p->dest_refused));
@@ -532,6 +550,14 @@ static unsigned int api_vm_migrate(struct api_server *s, json_t *body, json_t **
 		p.gate = jg && json_is_true(jg);
 	}
 	{
+		json_t *jp = body ? json_object_get(body, "postcopy") : NULL;
+
+		if (jp && (!json_is_string(jp) ||
+			   pc_mode_parse(json_string_value(jp), &p.postcopy)))
+			return api_error(out, MHD_HTTP_BAD_REQUEST,
+					 "\"postcopy\" must be \"off\", \"auto\" or \"now\"");
+	}
+	{
 		json_t *jthr = body ? json_object_get(body, "throttle") : NULL;
 
 		if (jthr && !json_is_boolean(jthr))
@@ -645,7 +671,7 @@ static unsigned int api_vm_migrate_resolve(struct api_server *s, json_t *body, j
 static const char *const api_snapshot_fields[] = { "path", "resume", NULL };
 static const char *const api_migrate_fields[] = {
 	"to", "downtime_ms", "max_bandwidth", "max_rounds", "min_rate", "with_disks", "tls",
-	"insecure", "gate", "throttle", NULL
+	"insecure", "gate", "throttle", "postcopy", NULL
 };
 static const char *const api_resolve_fields[] = { "action", NULL };
 static const char *const api_commit_fields[] = { "commit", NULL };

@@ -42,6 +42,7 @@
 #include <termios.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
+#include <linux/userfaultfd.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -229,6 +230,8 @@ static const unsigned long sandbox_ioctls[] = {
 	SIOCOUTQ,               /* the migration writer: bytes still in the socket */
 	FIONREAD, FIONBIO,      /* sockets (libmicrohttpd, the resolver) */
 	TCGETS, TCSETS, TCSETSW, TCSETSF, TIOCGWINSZ,  /* the console; stdio's isatty */
+	/* post-copy's destination (postcopy.c): its userfaultfd is made before the sandbox */
+	UFFDIO_REGISTER, UFFDIO_UNREGISTER, UFFDIO_COPY, UFFDIO_ZEROPAGE,
 };
 
 static int sandbox_rules(scmp_filter_ctx ctx, bool monitor, char *err, size_t len)

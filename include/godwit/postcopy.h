@@ -1,0 +1,148 @@
+/*
+ * postcopy.h - post-copy live migration over userfaultfd (docs/migration.md
+ * "Post-copy"): the frames both sides exchange once the VM runs on the
+ * destination, the set of pages the destination does not have current, and
+ * each side's engine.
+ *
+ * At the switch the source sends, with the CPU and device state, a VM
+ * section "postcopy" (the missing set, pc_set_encode) and opens a second
+ * connection, the request channel, to the destination's listener.  After
+ * COMMIT the destination runs the VM with the missing pages discarded and
+ * its RAM registered with userfaultfd: a fault thread asks for each missing
+ * page the guest (or KVM, or a device) touches on the request channel,
+ * where the source answers at once, while the source pushes every other
+ * missing page on the main connection.  Pages are placed with UFFDIO_COPY.
+ *
+ * Frame (both connections, both ways):
+ *   u32 magic "GWPC" | u16 type | u16 0 | u64 gpa | u32 len | payload | u32 CRC32C
+ * of everything before it.  Types and their payloads:
+ *   PAGES    source -> dest: len / 4096 (1..PC_MAX_PAGES) pages from gpa
+ *   END      source -> dest: every missing page has been sent (len 0)
+ *   REQ      dest -> source, request channel: the page at gpa (len 0)
+ *   COMPLETE dest -> source: every page is here (len 24: pages requested,
+ *            the fault latency's median and maximum in µs, u64 each)
+ *   HELLO    source -> dest, first on the request channel: gpa = the token
+ *            of the postcopy section (len 0)
+ */
+#ifndef GODWIT_POSTCOPY_H
+#define GODWIT_POSTCOPY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "godwit/common.h"
+
+struct vm;
+
+#define PC_MAGIC        0x43505747u      /* "GWPC" little-endian */
+#define PC_HDR_LEN      20
+#define PC_MAX_PAGES    32
+#define PC_COMPLETE_LEN 24
+#define SNAPSHOT_ID_POSTCOPY "postcopy"
+
+enum pc_type {
+	PC_PAGES = 1,
+	PC_END = 2,
+	PC_REQ = 3,
+	PC_COMPLETE = 4,
+	PC_HELLO = 5,
+};
+
+enum pc_mode { PC_OFF, PC_AUTO, PC_NOW };
+/* "off", "auto", "now" */
+const char *pc_mode_name(enum pc_mode m);
+/* 0 and *m for "off", "auto", "now"; -EINVAL otherwise. */
+int pc_mode_parse(const char *s, enum pc_mode *m) __must_check;
+
+struct pc_hdr {
+	uint16_t type;
+	uint64_t gpa;
+	uint32_t len;
+};
+
+/* Encode a frame header into out[PC_HDR_LEN]. */
+void pc_hdr_encode(uint8_t *out, const struct pc_hdr *h);
+/*
+ * pc_hdr_decode - check a received header: magic, type, a length that
+ * type allows, gpa page-aligned for PAGES and REQ.  0 with *h, or -EBADMSG
+ * with why.
+ */
+int pc_hdr_decode(const uint8_t *in, struct pc_hdr *h, char *why, size_t len) __must_check;
+/* The CRC32C a frame ends with: over its header and payload. */
+uint32_t pc_frame_crc(const uint8_t *hdr, const void *payload, size_t len);
+
+/*
+ * The missing set, one bitmap per memory region (bit p: page p of the
+ * region), as the "postcopy" VM section carries it:
+ *   u64 token | u32 regions | per region: u64 gpa | u64 pages | bitmap words (u64 LE)
+ */
+struct pc_set {
+	uint64_t token;
+	unsigned int nr;
+	uint64_t gpa[2], pages[2];
+	uint64_t *bits[2];
+};
+/* Encoded size for a VM's regions. */
+size_t pc_set_size(const struct vm *vm);
+/* Encode token and bitmaps (one per vm->mem[i], KVM's layout) into out (pc_set_size bytes). */
+void pc_set_encode(const struct vm *vm, uint64_t token, uint64_t *const bits[], uint8_t *out);
+/*
+ * pc_set_decode - parse a section's payload for regions (gpa, pages)[nr]:
+ * every region must be there as here, bits past the end clear.  0 with *s
+ * (its bitmaps allocated: pc_set_free), or -EBADMSG/-ENOMEM with why.
+ */
+int pc_set_decode(const uint8_t *in, size_t len, unsigned int nr, const uint64_t *gpa,
+		  const uint64_t *pages, struct pc_set *s, char *why, size_t wlen) __must_check;
+void pc_set_free(struct pc_set *s);
+/* Pages set in s. */
+uint64_t pc_set_count(const struct pc_set *s);
+
+/* ---- destination (incoming.c) ---- */
+
+struct pc_dest;
+/*
+ * pc_dest_prepare - before READY: register the VM's RAM with uffd (created
+ * and UFFDIO_API'd before the sandbox), discard every page of the set.
+ * Takes *s.  0 and *out, or -errno with err.
+ */
+int pc_dest_prepare(struct vm *vm, int uffd, struct pc_set *s, struct pc_dest **out,
+		    char *err, size_t len) __must_check;
+/*
+ * pc_dest_start - start the fault and receive threads on the main
+ * connection fd and the request channel rq (both plain sockets, owned by
+ * the caller until pc_dest_free).  0 or -errno.  When every page has come, the threads send
+ * COMPLETE, unregister and record the outcome (migrate_incoming_postcopy);
+ * if the source goes away first, the VM is lost: they log it and the
+ * process exits with EXIT_ERROR.
+ */
+int pc_dest_start(struct pc_dest *d, int fd, int rq) __must_check;
+/* Join the threads (after completion or before exit); unregister; free. */
+void pc_dest_free(struct pc_dest *d);
+/* Create a userfaultfd (non-blocking, close-on-exec) and handshake its API: fd or -errno. */
+int pc_uffd_open(void);
+
+/* ---- source (migrate.c) ---- */
+
+struct pc_src_stats {
+	uint64_t requested;       /* pages asked for on the request channel */
+	uint64_t pushed;          /* pages sent in the background */
+	double lat_median_ms, lat_max_ms;   /* the destination's fault latency */
+};
+struct pc_src;
+/*
+ * pc_src_start - serve requests on rq (a thread) from the paused VM's
+ * memory, for the pages of bits[].  0 or -errno.
+ */
+int pc_src_start(struct vm *vm, uint64_t *const bits[], int rq_fd, struct pc_src **out) __must_check;
+/*
+ * pc_src_push - push every page of the set not requested yet on fd,
+ * paced to bw bytes/s (0: unlimited), then END; wait for COMPLETE.
+ * progress(opaque) after each batch (non-zero: stop).  0 or -errno with err.
+ */
+int pc_src_push(struct pc_src *s, int fd, uint64_t bw, int (*progress)(void *), void *opaque,
+		char *err, size_t len) __must_check;
+void pc_src_stats(struct pc_src *s, struct pc_src_stats *st);
+/* Stop serving (shuts rq down), join, free. */
+void pc_src_stop(struct pc_src *s);
+
+#endif

@@ -1,0 +1,936 @@
+/*
+ * postcopy.c - post-copy live migration over userfaultfd (postcopy.h,
+ * docs/migration.md "Post-copy"): the frames, the missing set, the
+ * source's request server and background push, the destination's fault and
+ * receive threads.
+ *
+ * Locking: none is shared with the VM or its devices.  The bitmaps are
+ * updated with atomic operations (any thread); the destination's table of
+ * outstanding requests and its latency samples are under d->lock, which is
+ * held only around those few words, never across I/O or an ioctl, so a
+ * device thread blocked on a missing page never holds anything the page's
+ * placer needs.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "godwit/crc32c.h"
+#include "godwit/handoff.h"
+#include "godwit/le.h"
+#include "godwit/log.h"
+#include "godwit/migrate.h"
+#include "godwit/postcopy.h"
+#include "godwit/vm.h"
+
+#define PC_PAGE         4096u
+#define PC_POLL_MS      200
+#define PC_LAT_MAX      65536           /* latency samples kept */
+#define PC_OUTSTANDING  256             /* requests tracked for their latency */
+
+const char *pc_mode_name(enum pc_mode m)
+{
+	return m == PC_NOW ? "now" : m == PC_AUTO ? "auto" : "off";
+}
+
+int pc_mode_parse(const char *s, enum pc_mode *m)
+{
+	if (!strcmp(s, "off"))
+		*m = PC_OFF;
+	else if (!strcmp(s, "auto"))
+		*m = PC_AUTO;
+	else if (!strcmp(s, "now"))
+		*m = PC_NOW;
+	else
+		return -EINVAL;
+	return 0;
+}
+
+/* ---- frames ---------------------------------------------------------------------------- */
+
+void pc_hdr_encode(uint8_t *out, const struct pc_hdr *h)
+{
+	le32_put(out, PC_MAGIC);
+	le16_put(out + 4, h->type);
+	le16_put(out + 6, 0);
+	le64_put(out + 8, h->gpa);
+	le32_put(out + 16, h->len);
+}
+
+int pc_hdr_decode(const uint8_t *in, struct pc_hdr *h, char *why, size_t len)
+{
+	h->type = le16_get(in + 4);
+	h->gpa = le64_get(in + 8);
+	h->len = le32_get(in + 16);
+	if (le32_get(in) != PC_MAGIC || le16_get(in + 6)) {
+		snprintf(why, len, "not a post-copy frame (magic %#x)", le32_get(in));
+		return -EBADMSG;
+	}
+	switch (h->type) {
+	case PC_PAGES:
+		if (!h->len || h->len % PC_PAGE || h->len > PC_MAX_PAGES * PC_PAGE)
+			goto bad_len;
+		break;
+	case PC_END:
+	case PC_REQ:
+	case PC_HELLO:
+		if (h->len)
+			goto bad_len;
+		break;
+	case PC_COMPLETE:
+		if (h->len != PC_COMPLETE_LEN)
+			goto bad_len;
+		break;
+	default:
+		snprintf(why, len, "unknown post-copy frame type %u", h->type);
+		return -EBADMSG;
+	}
+	if ((h->type == PC_PAGES || h->type == PC_REQ) &&
+	    (h->gpa % PC_PAGE || h->gpa > UINT64_MAX - PC_MAX_PAGES * PC_PAGE)) {
+		snprintf(why, len, "post-copy frame type %u: bad address %#llx", h->type,
+			 (unsigned long long)h->gpa);
+		return -EBADMSG;
+	}
+	return 0;
+bad_len:
+	snprintf(why, len, "post-copy frame type %u: bad length %u", h->type, h->len);
+	return -EBADMSG;
+}
+
+uint32_t pc_frame_crc(const uint8_t *hdr, const void *payload, size_t len)
+{
+	uint32_t c = crc32c(0, hdr, PC_HDR_LEN);
+
+	return len ? crc32c(c, payload, len) : c;
+}
+
+/* Send iov whole (blocking, SO_SNDTIMEO bounds each wait); 0 or -errno. */
+static int pc_sendv(int fd, struct iovec *iov, int n)
+{
+	while (n > 0) {
+		struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t)n };
+		ssize_t k = sendmsg(fd, &mh, MSG_NOSIGNAL);
+
+		if (k < 0) {
+			if (errno == EINTR)
+				continue;
+			return errno == EAGAIN ? -ETIMEDOUT : -errno;
+		}
+		while (n > 0 && (size_t)k >= iov->iov_len) {
+			k -= (ssize_t)iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (n > 0) {
+			iov->iov_base = (uint8_t *)iov->iov_base + k;
+			iov->iov_len -= (size_t)k;
+		}
+	}
+	return 0;
+}
+
+static int pc_send(int fd, const struct pc_hdr *h, const void *payload)
+{
+	uint8_t hdr[PC_HDR_LEN], crc[4];
+	struct iovec iov[3];
+
+	pc_hdr_encode(hdr, h);
+	le32_put(crc, pc_frame_crc(hdr, payload, h->len));
+	iov[0] = (struct iovec){ hdr, sizeof(hdr) };
+	iov[1] = (struct iovec){ (void *)payload, h->len };
+	iov[2] = (struct iovec){ crc, sizeof(crc) };
+	return pc_sendv(fd, iov, 3);
+}
+
+/* Read n bytes (SO_RCVTIMEO bounds each wait); 0, -ECONNRESET at the end, -errno. */
+static int pc_recv_all(int fd, void *buf, size_t n)
+{
+	uint8_t *p = buf;
+
+	while (n) {
+		ssize_t k = recv(fd, p, n, 0);
+
+		if (k == 0)
+			return -ECONNRESET;
+		if (k < 0) {
+			if (errno == EINTR)
+				continue;
+			return errno == EAGAIN ? -ETIMEDOUT : -errno;
+		}
+		p += k;
+		n -= (size_t)k;
+	}
+	return 0;
+}
+
+/* One whole frame into h and buf (PC_MAX_PAGES pages); 0 or -errno with why. */
+static int pc_recv(int fd, struct pc_hdr *h, uint8_t *buf, char *why, size_t len)
+{
+	uint8_t hdr[PC_HDR_LEN], crc[4];
+	int ret = pc_recv_all(fd, hdr, sizeof(hdr));
+
+	if (!ret)
+		ret = pc_hdr_decode(hdr, h, why, len);
+	else
+		snprintf(why, len, "%s", ret == -ECONNRESET ? "the peer closed the connection" :
+			 ret == -ETIMEDOUT ? "the peer sent nothing for 10 s" : strerror(-ret));
+	if (ret)
+		return ret;
+	ret = pc_recv_all(fd, buf, h->len);
+	if (!ret)
+		ret = pc_recv_all(fd, crc, sizeof(crc));
+	if (ret) {
+		snprintf(why, len, "a post-copy frame was cut short: %s", strerror(-ret));
+		return ret;
+	}
+	if (le32_get(crc) != pc_frame_crc(hdr, buf, h->len)) {
+		snprintf(why, len, "post-copy frame type %u: bad CRC", h->type);
+		return -EBADMSG;
+	}
+	return 0;
+}
+
+/* ---- the missing set --------------------------------------------------------------------- */
+
+static size_t pc_words(uint64_t pages)
+{
+	return (size_t)((pages + 63) / 64);
+}
+
+size_t pc_set_size(const struct vm *vm)
+{
+	size_t n = 12;
+
+	for (unsigned int i = 0; i < vm->nr_mem; i++)
+		n += 16 + 8 * pc_words(vm->mem[i].size / PC_PAGE);
+	return n;
+}
+
+void pc_set_encode(const struct vm *vm, uint64_t token, uint64_t *const bits[], uint8_t *out)
+{
+	le64_put(out, token);
+	le32_put(out + 8, vm->nr_mem);
+	out += 12;
+	for (unsigned int i = 0; i < vm->nr_mem; i++) {
+		uint64_t pages = vm->mem[i].size / PC_PAGE;
+
+		le64_put(out, vm->mem[i].gpa);
+		le64_put(out + 8, pages);
+		out += 16;
+		for (size_t w = 0; w < pc_words(pages); w++, out += 8)
+			le64_put(out, bits[i][w]);
+	}
+}
+
+int pc_set_decode(const uint8_t *in, size_t len, unsigned int nr, const uint64_t *gpa,
+		  const uint64_t *pages, struct pc_set *s, char *why, size_t wlen)
+{
+	size_t off = 12;
+
+	memset(s, 0, sizeof(*s));
+	if (len < 12 || nr > 2) {
+		snprintf(why, wlen, "the post-copy section is too short (%zu bytes)", len);
+		return -EBADMSG;
+	}
+	s->token = le64_get(in);
+	if (le32_get(in + 8) != nr) {
+		snprintf(why, wlen, "the post-copy section describes %u memory regions, this VM has %u",
+			 le32_get(in + 8), nr);
+		return -EBADMSG;
+	}
+	for (unsigned int i = 0; i < nr; i++) {
+		size_t words = pc_words(pages[i]);
+
+		if (len - off < 16 || le64_get(in + off) != gpa[i] ||
+		    le64_get(in + off + 8) != pages[i] || (len - off - 16) / 8 < words) {
+			snprintf(why, wlen, "the post-copy section's region %u does not match this "
+				 "VM's memory", i);
+			pc_set_free(s);
+			return -EBADMSG;
+		}
+		off += 16;
+		s->bits[i] = calloc(words ? words : 1, sizeof(uint64_t));
+		if (!s->bits[i]) {
+			snprintf(why, wlen, "out of memory");
+			pc_set_free(s);
+			return -ENOMEM;
+		}
+		for (size_t w = 0; w < words; w++, off += 8)
+			s->bits[i][w] = le64_get(in + off);
+		if (pages[i] % 64 && (s->bits[i][words - 1] >> (pages[i] % 64))) {
+			snprintf(why, wlen, "the post-copy section names pages past region %u", i);
+			pc_set_free(s);
+			return -EBADMSG;
+		}
+		s->gpa[i] = gpa[i];
+		s->pages[i] = pages[i];
+		s->nr = i + 1;
+	}
+	if (off != len) {
+		snprintf(why, wlen, "the post-copy section has %zu bytes too many", len - off);
+		pc_set_free(s);
+		return -EBADMSG;
+	}
+	return 0;
+}
+
+void pc_set_free(struct pc_set *s)
+{
+	for (unsigned int i = 0; i < 2; i++) {
+		free(s->bits[i]);
+		s->bits[i] = NULL;
+	}
+	s->nr = 0;
+}
+
+uint64_t pc_set_count(const struct pc_set *s)
+{
+	uint64_t n = 0;
+
+	for (unsigned int i = 0; i < s->nr; i++)
+		for (size_t w = 0; w < pc_words(s->pages[i]); w++)
+			n += (uint64_t)__builtin_popcountll(s->bits[i][w]);
+	return n;
+}
+
+static bool pc_test(const uint64_t *b, uint64_t p)
+{
+	return __atomic_load_n(&b[p / 64], __ATOMIC_RELAXED) & (1ULL << (p % 64));
+}
+
+/* Set bit p; true if it was clear. */
+static bool pc_test_set(uint64_t *b, uint64_t p)
+{
+	uint64_t bit = 1ULL << (p % 64);
+
+	return !(__atomic_fetch_or(&b[p / 64], bit, __ATOMIC_ACQ_REL) & bit);
+}
+
+/* The region and page of gpa in the VM's memory; false if not RAM. */
+static bool pc_locate(const struct vm *vm, uint64_t gpa, unsigned int *ri, uint64_t *page)
+{
+	for (unsigned int i = 0; i < vm->nr_mem; i++)
+		if (gpa >= vm->mem[i].gpa && gpa - vm->mem[i].gpa < vm->mem[i].size) {
+			*ri = i;
+			*page = (gpa - vm->mem[i].gpa) / PC_PAGE;
+			return true;
+		}
+	return false;
+}
+
+/* ---- source ------------------------------------------------------------------------------ */
+
+struct pc_src {
+	struct vm *vm;
+	uint64_t *const *bits;     /* the missing set (the migration's bitmaps, read only) */
+	uint64_t *sent[2];         /* pages sent (atomic): on request or pushed */
+	int rq;
+	pthread_t thread;
+	pthread_mutex_t lock;      /* the stats */
+	struct pc_src_stats st;
+};
+
+static void *pc_src_serve(void *opaque)
+{
+	struct pc_src *s = opaque;
+	uint8_t none[1];
+	char why[256];
+
+	for (;;) {
+		struct pc_hdr h;
+		unsigned int ri;
+		uint64_t pg;
+		int ret = pc_recv(s->rq, &h, none, why, sizeof(why));
+
+		if (ret == -ETIMEDOUT)
+			continue;              /* a guest that faults on nothing for a while */
+		if (ret) {
+			if (ret != -ECONNRESET && ret != -EINVAL)
+				log_warnx("migrate: post-copy request channel: %s", why);
+			return NULL;
+		}
+		if (h.type != PC_REQ || !pc_locate(s->vm, h.gpa, &ri, &pg) ||
+		    !pc_test(s->bits[ri], pg)) {
+			log_warnx("migrate: post-copy: a bad request (type %u, %#llx): the channel "
+				  "is closed", h.type, (unsigned long long)h.gpa);
+			shutdown(s->rq, SHUT_RDWR);
+			return NULL;
+		}
+		pc_test_set(s->sent[ri], pg);
+		h = (struct pc_hdr){ .type = PC_PAGES, .gpa = h.gpa, .len = PC_PAGE };
+		if (pc_send(s->rq, &h, s->vm->mem[ri].host + pg * PC_PAGE)) {
+			log_warnx("migrate: post-copy request channel: cannot send a page");
+			return NULL;
+		}
+		pthread_mutex_lock(&s->lock);
+		s->st.requested++;
+		pthread_mutex_unlock(&s->lock);
+	}
+}
+
+int pc_src_start(struct vm *vm, uint64_t *const bits[], int rq_fd, struct pc_src **out)
+{
+	struct pc_src *s = calloc(1, sizeof(*s));
+	int ret;
+
+	if (!s)
+		return -ENOMEM;
+	s->vm = vm;
+	s->bits = bits;
+	s->rq = rq_fd;
+	pthread_mutex_init(&s->lock, NULL);
+	for (unsigned int i = 0; i < vm->nr_mem; i++) {
+		s->sent[i] = calloc(pc_words(vm->mem[i].size / PC_PAGE), sizeof(uint64_t));
+		if (!s->sent[i]) {
+			ret = -ENOMEM;
+			goto fail;
+		}
+	}
+	ret = -pthread_create(&s->thread, NULL, pc_src_serve, s);
+	if (ret)
+		goto fail;
+	*out = s;
+	return 0;
+fail:
+	for (unsigned int i = 0; i < 2; i++)
+		free(s->sent[i]);
+	pthread_mutex_destroy(&s->lock);
+	free(s);
+	return ret;
+}
+
+int pc_src_push(struct pc_src *s, int fd, uint64_t bw, int (*progress)(void *), void *opaque,
+		char *err, size_t len)
+{
+	struct vm *vm = s->vm;
+	struct timespec t0;
+	uint64_t bytes = 0, since = 0;
+	uint8_t buf[PC_COMPLETE_LEN];
+	struct pc_hdr h;
+	char why[256];
+	int ret;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (unsigned int i = 0; i < vm->nr_mem; i++) {
+		uint64_t pages = vm->mem[i].size / PC_PAGE;
+
+		for (uint64_t p = 0; p < pages; ) {
+			uint64_t first, n = 0;
+
+			if (!(p % 64) && !s->bits[i][p / 64]) {
+				p += 64;
+				continue;
+			}
+			if (!pc_test(s->bits[i], p) || !pc_test_set(s->sent[i], p)) {
+				p++;
+				continue;
+			}
+			/* A run of pages nobody asked for yet. */
+			first = p++;
+			n = 1;
+			while (n < PC_MAX_PAGES && p < pages && pc_test(s->bits[i], p) &&
+			       pc_test_set(s->sent[i], p)) {
+				p++;
+				n++;
+			}
+			h = (struct pc_hdr){ .type = PC_PAGES, .gpa = vm->mem[i].gpa + first * PC_PAGE,
+					     .len = (uint32_t)(n * PC_PAGE) };
+			ret = pc_send(fd, &h, vm->mem[i].host + first * PC_PAGE);
+			if (ret) {
+				snprintf(err, len, "sending pages: %s", strerror(-ret));
+				return ret;
+			}
+			pthread_mutex_lock(&s->lock);
+			s->st.pushed += n;
+			pthread_mutex_unlock(&s->lock);
+			bytes += h.len;
+			if (bw) {
+				double due = (double)bytes / (double)bw * 1e3, el = ms_since(&t0);
+
+				if (due > el) {
+					struct timespec ts = { 0, (long)((due - el) * 1e6) };
+
+					if (due - el >= 1000)
+						ts = (struct timespec){ 1, 0 };
+					nanosleep(&ts, NULL);
+				}
+			}
+			if (bytes - since >= MiB) {
+				since = bytes;
+				ret = progress(opaque);
+				if (ret) {
+					snprintf(err, len, "stopped");
+					return ret;
+				}
+			}
+		}
+	}
+	h = (struct pc_hdr){ .type = PC_END };
+	ret = pc_send(fd, &h, NULL);
+	if (ret) {
+		snprintf(err, len, "sending the end of the pages: %s", strerror(-ret));
+		return ret;
+	}
+	/* The destination has every page once the requests in flight landed too. */
+	ret = pc_recv(fd, &h, buf, why, sizeof(why));
+	if (!ret && h.type != PC_COMPLETE) {
+		snprintf(why, sizeof(why), "post-copy frame type %u instead of COMPLETE", h.type);
+		ret = -EPROTO;
+	}
+	if (ret) {
+		snprintf(err, len, "waiting for the destination to confirm every page: %s", why);
+		return ret;
+	}
+	pthread_mutex_lock(&s->lock);
+	s->st.lat_median_ms = (double)le64_get(buf + 8) / 1e3;
+	s->st.lat_max_ms = (double)le64_get(buf + 16) / 1e3;
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
+
+void pc_src_stats(struct pc_src *s, struct pc_src_stats *st)
+{
+	pthread_mutex_lock(&s->lock);
+	*st = s->st;
+	pthread_mutex_unlock(&s->lock);
+}
+
+void pc_src_stop(struct pc_src *s)
+{
+	if (!s)
+		return;
+	shutdown(s->rq, SHUT_RDWR);
+	pthread_join(s->thread, NULL);
+	for (unsigned int i = 0; i < 2; i++)
+		free(s->sent[i]);
+	pthread_mutex_destroy(&s->lock);
+	free(s);
+}
+
+/* ---- destination ------------------------------------------------------------------------- */
+
+struct pc_dest {
+	struct vm *vm;
+	int uffd, fd, rq;
+	struct pc_set set;          /* the missing pages */
+	uint64_t *got[2];           /* placed (atomic) */
+	uint64_t *asked[2];         /* requested (fault thread only) */
+	uint64_t missing;
+	uint64_t received;          /* atomic */
+	bool registered;
+	int done;                   /* atomic: every page is here */
+	int stop;                   /* atomic: pc_dest_free */
+	pthread_t tf, tr;
+	bool started;
+	struct timespec t0;
+	pthread_mutex_t lock;       /* outstanding requests and latencies */
+	struct { uint64_t gpa; struct timespec t; } out[PC_OUTSTANDING];
+	unsigned int nout;
+	uint32_t *lat_us;
+	size_t nlat;
+	uint64_t requested, lat_max_us;
+};
+
+int pc_uffd_open(void)
+{
+	struct uffdio_api api = { .api = UFFD_API };
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+
+	if (fd < 0)
+		return -errno;
+	if (ioctl(fd, UFFDIO_API, &api)) {
+		int e = errno;
+
+		close(fd);
+		return -e;
+	}
+	return fd;
+}
+
+static void pc_dest_unregister(struct pc_dest *d)
+{
+	if (!d->registered)
+		return;
+	for (unsigned int i = 0; i < d->vm->nr_mem; i++) {
+		struct uffdio_range r = { (uintptr_t)d->vm->mem[i].host, d->vm->mem[i].size };
+
+		if (ioctl(d->uffd, UFFDIO_UNREGISTER, &r))
+			log_warn("incoming post-copy: cannot unregister guest RAM");
+	}
+	d->registered = false;
+}
+
+int pc_dest_prepare(struct vm *vm, int uffd, struct pc_set *s, struct pc_dest **out,
+		    char *err, size_t len)
+{
+	struct pc_dest *d = calloc(1, sizeof(*d));
+	int ret = -ENOMEM;
+
+	if (!d) {
+		snprintf(err, len, "out of memory");
+		return -ENOMEM;
+	}
+	d->vm = vm;
+	d->uffd = uffd;
+	d->fd = d->rq = -1;
+	d->set = *s;
+	memset(s, 0, sizeof(*s));
+	pthread_mutex_init(&d->lock, NULL);
+	d->missing = pc_set_count(&d->set);
+	d->lat_us = calloc(PC_LAT_MAX, sizeof(uint32_t));
+	if (!d->lat_us)
+		goto fail;
+	for (unsigned int i = 0; i < vm->nr_mem; i++) {
+		d->got[i] = calloc(pc_words(d->set.pages[i]) + 1, sizeof(uint64_t));
+		d->asked[i] = calloc(pc_words(d->set.pages[i]) + 1, sizeof(uint64_t));
+		if (!d->got[i] || !d->asked[i])
+			goto fail;
+	}
+	if (uffd < 0) {
+		snprintf(err, len, "this destination cannot take a post-copy migration: "
+			 "userfaultfd: %s", strerror(-uffd));
+		ret = uffd;
+		goto fail;
+	}
+	/* Registered first, then discarded: a touch in between faults instead of reading zeros. */
+	for (unsigned int i = 0; i < vm->nr_mem; i++) {
+		struct mem_region *mr = &vm->mem[i];
+		struct uffdio_register reg = {
+			.range = { (uintptr_t)mr->host, mr->size },
+			.mode = UFFDIO_REGISTER_MODE_MISSING,
+		};
+
+		if (ioctl(uffd, UFFDIO_REGISTER, &reg)) {
+			ret = -errno;
+			snprintf(err, len, "cannot register guest RAM with userfaultfd: %s",
+				 strerror(errno));
+			goto fail;
+		}
+		d->registered = true;
+	}
+	for (unsigned int i = 0; i < vm->nr_mem; i++) {
+		for (uint64_t p = 0; p < d->set.pages[i]; ) {
+			uint64_t first;
+
+			if (!pc_test(d->set.bits[i], p)) {
+				p++;
+				continue;
+			}
+			for (first = p; p < d->set.pages[i] && pc_test(d->set.bits[i], p); p++)
+				;
+			if (madvise(vm->mem[i].host + first * PC_PAGE, (p - first) * PC_PAGE,
+				    MADV_DONTNEED)) {
+				ret = -errno;
+				snprintf(err, len, "cannot discard stale guest pages: %s",
+					 strerror(errno));
+				goto fail;
+			}
+		}
+	}
+	clock_gettime(CLOCK_MONOTONIC, &d->t0);
+	log_info("incoming post-copy: %llu pages (%.1f MiB) to come after the switch",
+		 (unsigned long long)d->missing, (double)d->missing * PC_PAGE / (double)MiB);
+	*out = d;
+	return 0;
+fail:
+	pc_dest_free(d);
+	return ret;
+}
+
+/* The source went away before every page came: the VM cannot go on. */
+__attribute__((__noreturn__))
+static void pc_dest_lost(struct pc_dest *d, const char *why)
+{
+	uint64_t got = __atomic_load_n(&d->received, __ATOMIC_ACQUIRE);
+
+	log_warnx("incoming post-copy failed: %s; %llu of %llu pages never came: the VM cannot "
+		  "run without them and is lost here (exit status %d)", why,
+		  (unsigned long long)(d->missing - got), (unsigned long long)d->missing, EXIT_ERROR);
+	/* vCPUs and device threads are blocked on missing pages: nothing can be unwound. */
+	_exit(EXIT_ERROR);
+}
+
+static int pc_cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Every page is here: unregister, tell the source, record it. */
+static void pc_dest_complete(struct pc_dest *d)
+{
+	uint8_t buf[PC_COMPLETE_LEN];
+	struct pc_hdr h = { .type = PC_COMPLETE, .len = PC_COMPLETE_LEN };
+	uint64_t median = 0, req;
+	double ms = ms_since(&d->t0);
+
+	pc_dest_unregister(d);
+	pthread_mutex_lock(&d->lock);
+	if (d->nlat) {
+		qsort(d->lat_us, d->nlat, sizeof(uint32_t), pc_cmp_u32);
+		median = d->lat_us[d->nlat / 2];
+	}
+	req = d->requested;
+	pthread_mutex_unlock(&d->lock);
+	le64_put(buf, req);
+	le64_put(buf + 8, median);
+	le64_put(buf + 16, d->lat_max_us);
+	migrate_incoming_postcopy(d->vm, MIG_INCOMING, req, d->missing - req, (double)median / 1e3,
+				  (double)d->lat_max_us / 1e3, ms);
+	if (pc_send(d->fd, &h, buf))
+		log_warnx("incoming post-copy: every page is here, but the source did not hear it");
+	log_info("incoming post-copy: complete after %.0f ms: %llu pages requested, %llu pushed, "
+		 "fault latency median %.2f ms, max %.2f ms", ms, (unsigned long long)req,
+		 (unsigned long long)(d->missing - req), (double)median / 1e3,
+		 (double)d->lat_max_us / 1e3);
+	__atomic_store_n(&d->done, 1, __ATOMIC_RELEASE);
+}
+
+/* Place a frame's pages (those of the set not here yet). */
+static void pc_dest_place(struct pc_dest *d, uint64_t gpa, const uint8_t *data, uint32_t len)
+{
+	for (uint32_t off = 0; off < len; off += PC_PAGE) {
+		struct uffdio_copy c;
+		unsigned int ri;
+		uint64_t pg;
+		bool last = false;
+
+		if (!pc_locate(d->vm, gpa + off, &ri, &pg) || !pc_test(d->set.bits[ri], pg) ||
+		    pc_test(d->got[ri], pg))
+			continue;
+		c = (struct uffdio_copy){ .dst = (uintptr_t)(d->vm->mem[ri].host + pg * PC_PAGE),
+					  .src = (uintptr_t)(data + off), .len = PC_PAGE };
+		if (ioctl(d->uffd, UFFDIO_COPY, &c) && errno != EEXIST) {
+			char why[128];
+
+			snprintf(why, sizeof(why), "cannot place a page (UFFDIO_COPY): %s",
+				 strerror(errno));
+			pc_dest_lost(d, why);
+		}
+		if (!pc_test_set(d->got[ri], pg))
+			continue;
+		vm_mark_dirty(d->vm, gpa + off, PC_PAGE);
+		pthread_mutex_lock(&d->lock);
+		for (unsigned int k = 0; k < d->nout; k++)
+			if (d->out[k].gpa == gpa + off) {
+				double us = ms_since(&d->out[k].t) * 1e3;
+
+				if (d->nlat < PC_LAT_MAX)
+					d->lat_us[d->nlat++] = (uint32_t)MIN(us, 4e9);
+				d->lat_max_us = MAX(d->lat_max_us, (uint64_t)us);
+				d->out[k] = d->out[--d->nout];
+				break;
+			}
+		pthread_mutex_unlock(&d->lock);
+		last = __atomic_add_fetch(&d->received, 1, __ATOMIC_ACQ_REL) == d->missing;
+		if (last)
+			pc_dest_complete(d);
+	}
+}
+
+/* A fault: ask for the page (once), or give a page outside the set its zeros. */
+static void pc_dest_fault(struct pc_dest *d, uint64_t addr)
+{
+	uint64_t gpa = 0, pg = 0;
+	unsigned int ri = 0;
+	bool found = false;
+
+	for (unsigned int i = 0; i < d->vm->nr_mem; i++) {
+		struct mem_region *mr = &d->vm->mem[i];
+
+		if (addr >= (uintptr_t)mr->host && addr - (uintptr_t)mr->host < mr->size) {
+			ri = i;
+			pg = (addr - (uintptr_t)mr->host) / PC_PAGE;
+			gpa = mr->gpa + pg * PC_PAGE;
+			found = true;
+		}
+	}
+	if (!found)
+		return;
+	if (!pc_test(d->set.bits[ri], pg)) {
+		/* Never written here and not missing: a zero page the source skipped. */
+		struct uffdio_zeropage z = {
+			.range = { (uintptr_t)d->vm->mem[ri].host + pg * PC_PAGE, PC_PAGE },
+		};
+
+		if (ioctl(d->uffd, UFFDIO_ZEROPAGE, &z) && errno != EEXIST)
+			log_warn("incoming post-copy: cannot zero a page");
+		return;
+	}
+	if (pc_test(d->got[ri], pg) || !pc_test_set(d->asked[ri], pg))
+		return;
+	pthread_mutex_lock(&d->lock);
+	d->requested++;
+	if (d->nout < PC_OUTSTANDING) {
+		d->out[d->nout].gpa = gpa;
+		clock_gettime(CLOCK_MONOTONIC, &d->out[d->nout].t);
+		d->nout++;
+	}
+	pthread_mutex_unlock(&d->lock);
+	{
+		struct pc_hdr h = { .type = PC_REQ, .gpa = gpa };
+		int ret = pc_send(d->rq, &h, NULL);
+
+		if (ret) {
+			char why[128];
+
+			snprintf(why, sizeof(why), "cannot ask the source for a page: %s",
+				 strerror(-ret));
+			pc_dest_lost(d, why);
+		}
+	}
+}
+
+/* The fault thread: uffd events become requests; the request channel's pages are placed. */
+static void *pc_dest_fault_thread(void *opaque)
+{
+	struct pc_dest *d = opaque;
+	uint8_t *buf = malloc(PC_MAX_PAGES * PC_PAGE);
+	char why[256];
+
+	if (!buf)
+		pc_dest_lost(d, "out of memory");
+	while (!__atomic_load_n(&d->done, __ATOMIC_ACQUIRE) &&
+	       !__atomic_load_n(&d->stop, __ATOMIC_ACQUIRE)) {
+		struct pollfd p[2] = { { .fd = d->uffd, .events = POLLIN },
+				       { .fd = d->rq, .events = POLLIN } };
+		int n = poll(p, 2, PC_POLL_MS);
+
+		if (n < 0 && errno != EINTR)
+			pc_dest_lost(d, "poll failed");
+		if (n <= 0)
+			continue;
+		if (p[0].revents & POLLIN) {
+			struct uffd_msg msg[16];
+			ssize_t k = read(d->uffd, msg, sizeof(msg));
+
+			for (ssize_t i = 0; k > 0 && i < k / (ssize_t)sizeof(msg[0]); i++)
+				if (msg[i].event == UFFD_EVENT_PAGEFAULT)
+					pc_dest_fault(d, msg[i].arg.pagefault.address & ~(uint64_t)(PC_PAGE - 1));
+		}
+		if (p[1].revents & (POLLIN | POLLHUP | POLLERR)) {
+			struct pc_hdr h;
+			int ret = pc_recv(d->rq, &h, buf, why, sizeof(why));
+
+			if (!ret && h.type != PC_PAGES) {
+				snprintf(why, sizeof(why), "post-copy frame type %u on the request "
+					 "channel", h.type);
+				ret = -EPROTO;
+			}
+			if (ret && __atomic_load_n(&d->done, __ATOMIC_ACQUIRE))
+				break;
+			if (ret) {
+				char w[300];
+
+				snprintf(w, sizeof(w), "the request channel: %s", why);
+				pc_dest_lost(d, w);
+			}
+			pc_dest_place(d, h.gpa, buf, h.len);
+		}
+	}
+	free(buf);
+	return NULL;
+}
+
+/* The receive thread: the background push on the main connection. */
+static void *pc_dest_recv_thread(void *opaque)
+{
+	struct pc_dest *d = opaque;
+	uint8_t *buf = malloc(PC_MAX_PAGES * PC_PAGE);
+	struct timespec t_end;
+	bool end = false;
+	char why[256];
+
+	if (!buf)
+		pc_dest_lost(d, "out of memory");
+	while (!__atomic_load_n(&d->done, __ATOMIC_ACQUIRE) &&
+	       !__atomic_load_n(&d->stop, __ATOMIC_ACQUIRE)) {
+		struct pollfd p = { .fd = d->fd, .events = POLLIN };
+		struct pc_hdr h;
+		int n = poll(&p, 1, PC_POLL_MS), ret;
+
+		if (end && ms_since(&t_end) > MIG_IO_TIMEOUT_MS)
+			pc_dest_lost(d, "the pages asked for did not come within 10 s of the end "
+				     "of the push");
+		if (n <= 0)
+			continue;
+		ret = pc_recv(d->fd, &h, buf, why, sizeof(why));
+		if (ret && __atomic_load_n(&d->done, __ATOMIC_ACQUIRE))
+			break;
+		if (!ret && h.type != PC_PAGES && h.type != PC_END) {
+			snprintf(why, sizeof(why), "post-copy frame type %u from the source", h.type);
+			ret = -EPROTO;
+		}
+		if (ret) {
+			char w[300];
+
+			snprintf(w, sizeof(w), "the source's connection: %s", why);
+			pc_dest_lost(d, w);
+		}
+		if (h.type == PC_END) {
+			end = true;
+			clock_gettime(CLOCK_MONOTONIC, &t_end);
+			continue;
+		}
+		pc_dest_place(d, h.gpa, buf, h.len);
+	}
+	free(buf);
+	return NULL;
+}
+
+int pc_dest_start(struct pc_dest *d, int fd, int rq)
+{
+	int ret;
+
+	d->fd = fd;
+	d->rq = rq;
+	clock_gettime(CLOCK_MONOTONIC, &d->t0);
+	if (!d->missing) {
+		pc_dest_complete(d);
+		return 0;
+	}
+	ret = -pthread_create(&d->tf, NULL, pc_dest_fault_thread, d);
+	if (ret)
+		return ret;
+	ret = -pthread_create(&d->tr, NULL, pc_dest_recv_thread, d);
+	if (ret) {
+		__atomic_store_n(&d->stop, 1, __ATOMIC_RELEASE);
+		pthread_join(d->tf, NULL);
+		return ret;
+	}
+	d->started = true;
+	return 0;
+}
+
+void pc_dest_free(struct pc_dest *d)
+{
+	if (!d)
+		return;
+	if (d->started) {
+		__atomic_store_n(&d->stop, 1, __ATOMIC_RELEASE);
+		pthread_join(d->tf, NULL);
+		pthread_join(d->tr, NULL);
+	}
+	pc_dest_unregister(d);
+	pc_set_free(&d->set);
+	for (unsigned int i = 0; i < 2; i++) {
+		free(d->got[i]);
+		free(d->asked[i]);
+	}
+	free(d->lat_us);
+	pthread_mutex_destroy(&d->lock);
+	free(d);
+}

@@ -1,0 +1,168 @@
+#!/bin/bash
+# Tier 1: post-copy live migration over userfaultfd (docs/migration.md
+# "Post-copy") between two godwit processes on this host, the test guest's
+# memtest running (it verifies every page it wrote, all the time).
+#
+#   postcopy-now       --postcopy now, 1 vCPU dirtying 50 MiB/s: switched after round 1,
+#                      completed, pages requested on demand and pushed adding up to
+#                      at least the missing ones, the fault latency reported on both
+#                      sides (GET /vm/migration), the destination "incoming" once every
+#                      page came; the source exits 6; the guest goes on at the
+#                      destination with a full verification pass and errors=0
+#   postcopy-now-2cpu  the same with 2 vCPUs
+#   postcopy-throttle  vCPU 0 dirtying 200 MiB/s, --max-bandwidth 24M, --postcopy now
+#                      (the push paced too): completed after round 1, memory verified
+#   postcopy-src-killed  the source SIGKILLed during post-copy (--max-bandwidth 8M):
+#                      the destination says the VM is lost and exits 1 within 15 s
+#   postcopy-dst-killed  the destination SIGKILLed during post-copy: the source reports
+#                      postcopy-failed (migrate exits 1), stays paused, and refuses
+#                      resume and migrate-resolve
+. "$(dirname "$0")/../lib.sh"
+. "$(dirname "$0")/lib-vm.sh"
+. "$(dirname "$0")/lib-migrate.sh"
+
+trap 't_cleanup' EXIT
+t_need_guest postcopy || exit 0
+want() { t_want POSTCOPY_CASES "$1"; }
+
+# pc_check NAME: the post-copy figures of the source's report ($MIG_JSON) and of the
+# destination's GET /vm/migration; WHY on failure.
+pc_check() {
+	local dst
+	dst=$(mstat "$D_SOCK")
+	WHY=$(python3 - "$MIG_JSON" "$dst" <<'PY'
+import json, sys
+r, d = json.load(open(sys.argv[1])), json.loads(sys.argv[2])
+def bad(why, o):
+    print(why + ": " + json.dumps({k: v for k, v in o.items() if k.startswith(("postcopy", "fault", "status", "rounds"))}))
+    sys.exit(1)
+if r.get("postcopy") != "now" or r.get("postcopy_switched") is not True or r.get("rounds") != 1:
+    bad("source: expected postcopy now, switched after round 1", r)
+if not r.get("postcopy_pages", 0) > 0:
+    bad("source: no page was missing at the switch", r)
+if r["postcopy_requested"] + r["postcopy_pushed"] < r["postcopy_pages"]:
+    bad("source: requested + pushed < the pages missing", r)
+if not r.get("postcopy_start_ms", 0) > 0 or not r.get("postcopy_ms", 0) > 0:
+    bad("source: no switch time or duration", r)
+if d.get("status") != "incoming" or d.get("postcopy_switched") is not True:
+    bad("destination: expected status incoming after post-copy", d)
+if d.get("postcopy_pages") != r["postcopy_pages"]:
+    bad("destination: a different number of missing pages than the source's %d" % r["postcopy_pages"], d)
+if d["postcopy_requested"] + d["postcopy_pushed"] != d["postcopy_pages"]:
+    bad("destination: requested + pushed != missing", d)
+if d["postcopy_requested"] < 1:
+    bad("destination: the running guest asked for no page", d)
+if not 0 < d["fault_latency_median_ms"] <= d["fault_latency_max_ms"]:
+    bad("destination: implausible fault latency", d)
+if r["fault_latency_max_ms"] != d["fault_latency_max_ms"]:
+    bad("the source's fault latency is not the destination's", r)
+PY
+	)
+}
+
+# pc_case NAME CMDLINE NEED RATE RUN_ARGS... -- MIGRATE_ARGS...: one post-copy migration.
+pc_case() {
+	local name=$1 cmdline=$2 need=$3 rate=$4 start run=() mig=()
+	shift 4
+	while [ $# -gt 0 ] && [ "$1" != -- ]; do run+=("$1"); shift; done
+	[ "${1:-}" = -- ] && shift
+	mig=("$@")
+	start=$(date +%s.%N)
+	start_vm "$name.src" --mem 256M "${run[@]}" --cmdline "$cmdline"
+	if ! wait_lines "$S_OUT" 3 || ! start_dst "$name.dst"; then
+		t_fail "$name" "the guest or the destination did not start: $(tail -c 300 "$S_ERR" "$D_ERR")"
+		kill "$S_PID" "$D_PID" 2>/dev/null
+		return
+	fi
+	migrate "$name" "$D_ADDR" --postcopy now "${mig[@]}"
+	WHY=
+	check_report && pc_check
+	if [ -z "$WHY" ]; then
+		wait_exit "$S_PID"
+		rc=$?
+		[ $rc -eq 6 ] || WHY="the source godwit exited $rc, expected 6: $(tail -c 300 "$S_ERR")"
+	fi
+	[ -n "$WHY" ] || check_guest "$S_OUT" "$D_OUT" "$need" "$rate"
+	[ -n "$WHY" ] || ! s=$(sanitizer "$S_ERR" "$D_ERR" "$MIG_ERR") || [ -z "$s" ] || WHY="sanitizer: $s"
+	if [ -z "$WHY" ]; then
+		t_pass "$name"
+		echo "# $name: $(jq -c '{total_ms, downtime_ms, postcopy_pages, postcopy_requested, postcopy_pushed, fault_latency_median_ms, fault_latency_max_ms, postcopy_ms}' "$MIG_JSON") ($(elapsed "$start") s)"
+	else
+		t_fail "$name" "$WHY"
+	fi
+	kill "$S_PID" 2>/dev/null
+	end_vm "$D_PID" "$D_SOCK"
+}
+
+want now && pc_case postcopy-now 'workload=mem mem=64 rate=50 report=200' $((64 * 256)) 50
+want now-2cpu && pc_case postcopy-now-2cpu 'workload=mem mem=64 rate=50 report=200' $((64 * 256 * 2)) 50 --cpus 2
+want throttle && pc_case postcopy-throttle 'workload=mem+rng mem=32 rate=200 rng_kib=64 report=100' \
+	$((32 * 256)) 200 --cpus 2 --rng -- --max-bandwidth 24M
+
+# kill_case NAME src|dst: a post-copy held long by --max-bandwidth 8M; SIGKILL one side
+# once the destination says postcopy-active.
+kill_case() {
+	local name=$1 who=$2 start i st rc out
+	start=$(date +%s.%N)
+	start_vm "$name.src" --mem 256M --cmdline 'workload=mem mem=16 rate=100 report=200'
+	if ! wait_lines "$S_OUT" 3 || ! start_dst "$name.dst"; then
+		t_fail "$name" "the guest or the destination did not start: $(tail -c 300 "$S_ERR" "$D_ERR")"
+		kill "$S_PID" "$D_PID" 2>/dev/null
+		return
+	fi
+	MIG_JSON=$T_TMP/$name.json MIG_ERR=$T_TMP/$name.migerr
+	timeout 60 "$GODWIT" migrate --api "$S_SOCK" --to "$D_ADDR" --json --postcopy now \
+		--max-bandwidth 8M >"$MIG_JSON" 2>"$MIG_ERR" &
+	local mpid=$!
+	for ((i = 0; i < 300; i++)); do
+		st=$(jfield "$(mstat "$D_SOCK")" status)
+		[ "$st" = postcopy-active ] && break
+		sleep 0.05
+	done
+	WHY=
+	if [ "$st" != postcopy-active ]; then
+		WHY="the destination never said postcopy-active (last: '$st'): $(tail -c 300 "$D_ERR")"
+	elif [ "$who" = src ]; then
+		kill -9 "$(godwit_pid "$S_PID")"
+		wait_exit "$D_PID" 15
+		rc=$?
+		if [ $rc -ne 1 ]; then
+			WHY="the destination exited $rc (expected 1 within 15 s): $(tail -c 300 "$D_ERR")"
+		elif ! grep -q 'incoming post-copy failed: .*the VM cannot run without them and is lost' "$D_ERR"; then
+			WHY="the destination did not say the VM is lost: $(tail -c 300 "$D_ERR")"
+		fi
+	else
+		kill -9 "$(godwit_pid "$D_PID")"
+		wait_exit "$mpid" 20
+		rc=$?
+		st=$(jget "$MIG_JSON" status)
+		if [ $rc -ne 1 ] || [ "$st" != postcopy-failed ]; then
+			WHY="godwit migrate exited $rc with status '$st' (expected 1, postcopy-failed): $(cat "$MIG_JSON") $(tail -c 200 "$MIG_ERR")"
+		elif ! grep -q 'is lost' "$MIG_JSON"; then
+			WHY="the report does not say the VM is lost: $(cat "$MIG_JSON")"
+		elif [ "$(jfield "$("$GODWIT" status --api "$S_SOCK" --json 2>&1)" state)" != paused ]; then
+			WHY="the source is not paused: $("$GODWIT" status --api "$S_SOCK" --json 2>&1)"
+		elif out=$("$GODWIT" resume --api "$S_SOCK" 2>&1); then
+			WHY="the source resumed the VM: $out"
+		elif out=$("$GODWIT" migrate-resolve --api "$S_SOCK" --resume 2>&1); then
+			WHY="migrate-resolve --resume worked at the source: $out"
+		elif [ "$(jfield "$("$GODWIT" status --api "$S_SOCK" --json 2>&1)" state)" != paused ]; then
+			WHY="the source runs the VM after the refusals"
+		fi
+	fi
+	[ -n "$WHY" ] || ! s=$(sanitizer "$S_ERR" "$D_ERR" "$MIG_ERR") || [ -z "$s" ] || WHY="sanitizer: $s"
+	if [ -z "$WHY" ]; then
+		t_pass "$name"
+		echo "# $name: ($(elapsed "$start") s)"
+	else
+		t_fail "$name" "$WHY"
+	fi
+	kill "$mpid" 2>/dev/null
+	end_vm "$S_PID" "$S_SOCK"
+	kill "$D_PID" 2>/dev/null
+	wait "$S_PID" "$D_PID" 2>/dev/null
+}
+
+want src-killed && kill_case postcopy-src-killed src
+want dst-killed && kill_case postcopy-dst-killed dst
+exit 0
