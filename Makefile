@@ -72,6 +72,7 @@ OBJS += src/migration/handoff.o
 OBJS += src/migration/migrate.o
 OBJS += src/migration/throttle.o
 OBJS += src/migration/postcopy.o
+OBJS += src/migration/postcopy_wire.o
 OBJS += src/migration/migrate_addr.o
 OBJS += src/migration/conn.o
 OBJS += src/migration/tls.o
@@ -349,10 +350,12 @@ FUZZ_STREAM_SRCS := tests/fuzz/fuzz_stream.c src/migration/stream.c src/migratio
 build-fuzz/fuzz-stream: $(FUZZ_STREAM_SRCS) include/godwit/stream.h include/godwit/crc32c.h include/godwit/state.h
 	@mkdir -p $(dir $@)
 	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -o $@ $(FUZZ_STREAM_SRCS) -lssl -lcrypto
-# The control messages and both sides' hand-off (the first byte: side and failures).
+# The control messages and both sides' hand-off (the first byte: side and failures),
+# and post-copy's frames and missing set (the first byte's bit 7).
 FUZZ_HANDOFF_SRCS := tests/fuzz/fuzz_handoff.c src/migration/handoff.c src/migration/crc32c.c \
-	src/vmm/log.c src/vmm/util.c src/migration/conn.c src/migration/tls.c
-build-fuzz/fuzz-handoff: $(FUZZ_HANDOFF_SRCS) include/godwit/handoff.h
+	src/vmm/log.c src/vmm/util.c src/migration/conn.c src/migration/tls.c \
+	src/migration/postcopy_wire.c
+build-fuzz/fuzz-handoff: $(FUZZ_HANDOFF_SRCS) include/godwit/handoff.h include/godwit/postcopy.h
 	@mkdir -p $(dir $@)
 	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ $(FUZZ_HANDOFF_SRCS) -lssl -lcrypto
 # The --disk/--net parser (a restore rebuilds device specs from a stream's options).

@@ -466,6 +466,27 @@ static void mig_throttle(struct mig_run *r, uint32_t round, double remaining,
 	p->nr_vcpu_throttle = throttle_get_pct(r->thr, p->vcpu_throttle_pct, MIG_MAX_VCPUS);
 }
 
+/*
+ * --postcopy auto, after a round that did not fit the downtime limit
+ * (the migration thread: it alone writes those figures): switch once throttling would exceed its bound: the
+ * budget reached its floor, or the busiest vCPU slept MIG_PC_AUTO_PCT of
+ * its time or more at the end of two rounds in a row (*hot counts them);
+ * without throttling, once pre-copy stopped converging; and at the round
+ * limit rather than a long stop-and-copy.
+ */
+#define MIG_PC_AUTO_PCT 50.0
+static bool mig_pc_auto(struct mig_run *r, uint32_t round, unsigned int *hot)
+{
+	const struct migrate_progress *p = &r->m->prog;
+	double most = 0;
+
+	for (unsigned int c = 0; c < p->nr_vcpu_throttle; c++)
+		most = MAX(most, p->vcpu_throttle_pct[c]);
+	*hot = most >= MIG_PC_AUTO_PCT ? *hot + 1 : 0;
+	return *hot >= 2 || (r->budget > 0 && r->budget <= MIG_MIN_THROTTLE_BUDGET) ||
+	       (!r->thr && p->not_converging) || round >= r->m->p.max_rounds;
+}
+
 /* Pre-copy rounds until what is left fits the downtime limit (or the round limit). */
 static int mig_precopy(struct mig_run *r)
 {
@@ -473,7 +494,7 @@ static int mig_precopy(struct mig_run *r)
 	struct vm *vm = r->vm;
 	uint64_t vcpu_pages[MIG_MAX_VCPUS] = { 0 };
 	double last_remaining = -1, bw_est = 0;
-	unsigned int worse = 0;
+	unsigned int worse = 0, hot = 0;
 	int64_t dirty;
 	uint64_t disk_dirty = 0;
 	int ret;
@@ -607,9 +628,11 @@ static int mig_precopy(struct mig_run *r)
 			  "expected downtime %.1f ms", round,
 			  (double)(stream_writer_offset(r->w) - off0) / (double)MiB, ms,
 			  bw / (double)MiB, (long long)dirty, expect);
-		if (m->p.postcopy == PC_NOW) {
-			log_info("migrate: round %u done: switching to post-copy (%.1f MiB left)",
-				 round, remaining / (double)MiB);
+		if (m->p.postcopy == PC_NOW ||
+		    (m->p.postcopy == PC_AUTO && expect > (double)m->p.downtime_ms &&
+		     mig_pc_auto(r, round, &hot))) {
+			log_info("migrate: round %u done: switching to post-copy (%.1f MiB left, "
+				 "expected downtime %.0f ms)", round, remaining / (double)MiB, expect);
 			r->pc_switch = true;
 			return 0;
 		}
@@ -1091,7 +1114,7 @@ static void *mig_thread(void *opaque)
 		ret = mig_postcopy(&r);
 		pthread_mutex_lock(&m->lock);
 		if (ret) {
-			snprintf(m->prog.error, sizeof(m->prog.error), "post-copy failed: %s; the VM "
+			snprintf(m->prog.error, sizeof(m->prog.error), "post-copy failed: %.200s; the VM "
 				 "ran at the destination and cannot be resumed here (this side holds "
 				 "its memory only as of the switch): it is lost, and stays paused here "
 				 "until this godwit is shut down", r.err);

@@ -19,6 +19,14 @@
  * of exactly 1025, 1, 16 or 401 bytes (bits 5-6): each message received
  * has a known type and its text is NUL-terminated inside the buffer and
  * printable ASCII, as handoff.h promises.
+ *
+ * With bit 7 set, the rest goes to post-copy's decoders (postcopy_wire.c):
+ * the missing set for a VM of two regions (259 pages at 0, 69 pages at
+ * 4 GiB) out of the whole rest, and every 24 bytes as a frame header plus
+ * CRC: a set accepted names no page past its regions and counts at most
+ * their pages; a header accepted has a known type, a length that type
+ * allows, an aligned address for PAGES and REQ, and encodes back to the
+ * same bytes.
  *   make fuzz && build-fuzz/fuzz-handoff -max_total_time=60 build-fuzz/corpus-handoff
  */
 #include <stdint.h>
@@ -29,6 +37,7 @@
 #include <unistd.h>
 
 #include "godwit/handoff.h"
+#include "godwit/postcopy.h"
 
 static uint8_t fail_bits;
 
@@ -115,6 +124,49 @@ static int fuzz_recv(const uint8_t *data, size_t size)
 	return 0;
 }
 
+/* Bit 7: post-copy's frame headers and missing set. */
+static int fuzz_postcopy(const uint8_t *data, size_t size)
+{
+	static const uint64_t gpa[2] = { 0, 1ULL << 32 };
+	static const uint64_t pages[2] = { 256 + 3, 64 + 5 };
+	struct pc_set set;
+	char why[256];
+
+	if (!pc_set_decode(data, size, 2, gpa, pages, &set, why, sizeof(why))) {
+		if (set.nr != 2 || pc_set_count(&set) > pages[0] + pages[1])
+			abort();
+		if (set.bits[1][(pages[1] - 1) / 64] >> (pages[1] % 64))
+			abort();    /* a page past the region */
+		pc_set_free(&set);
+	} else if (!why[0]) {
+		abort();
+	}
+	for (size_t off = 0; off + PC_HDR_LEN <= size; off += PC_HDR_LEN + 4) {
+		struct pc_hdr h;
+		uint8_t back[PC_HDR_LEN];
+
+		why[0] = 0;
+		if (pc_hdr_decode(data + off, &h, why, sizeof(why))) {
+			if (!why[0])
+				abort();
+			continue;
+		}
+		if (h.type < PC_PAGES || h.type > PC_HELLO)
+			abort();
+		if (h.type == PC_PAGES && (!h.len || h.len % 4096 || h.len > PC_MAX_PAGES * 4096))
+			abort();
+		if ((h.type == PC_PAGES || h.type == PC_REQ) && h.gpa % 4096)
+			abort();
+		if (h.type != PC_PAGES && h.len != (h.type == PC_COMPLETE ? PC_COMPLETE_LEN : 0))
+			abort();
+		pc_hdr_encode(back, &h);
+		if (memcmp(back, data + off, PC_HDR_LEN))
+			abort();
+		(void)pc_frame_crc(data + off, data + off, MIN(h.len, size - off));
+	}
+	return 0;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -137,6 +189,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (!size || size > 16384)
 		return 0;
 	fail_bits = data[0];
+	if (data[0] & 128)
+		return fuzz_postcopy(data + 1, size - 1);
 	if (data[0] & 16)
 		return fuzz_recv(data, size);
 	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv))

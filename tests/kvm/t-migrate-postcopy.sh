@@ -12,6 +12,10 @@
 #   postcopy-now-2cpu  the same with 2 vCPUs
 #   postcopy-throttle  vCPU 0 dirtying 200 MiB/s, --max-bandwidth 24M, --postcopy now
 #                      (the push paced too): completed after round 1, memory verified
+#   postcopy-auto      the same with --postcopy auto: pre-copy throttles vCPU 0, and
+#                      once it slept half its time or more at the end of two rounds
+#                      in a row, or the budget reached its floor, it switches;
+#                      completed, memory verified
 #   postcopy-src-killed  the source SIGKILLed during post-copy (--max-bandwidth 8M):
 #                      the destination says the VM is lost and exits 1 within 15 s
 #   postcopy-dst-killed  the destination SIGKILLed during post-copy: the source reports
@@ -30,14 +34,22 @@ want() { t_want POSTCOPY_CASES "$1"; }
 pc_check() {
 	local dst
 	dst=$(mstat "$D_SOCK")
-	WHY=$(python3 - "$MIG_JSON" "$dst" <<'PY'
+	WHY=$(python3 - "$MIG_JSON" "$dst" "${PC_MODE:-now}" <<'PY'
 import json, sys
-r, d = json.load(open(sys.argv[1])), json.loads(sys.argv[2])
+r, d, mode = json.load(open(sys.argv[1])), json.loads(sys.argv[2]), sys.argv[3]
 def bad(why, o):
     print(why + ": " + json.dumps({k: v for k, v in o.items() if k.startswith(("postcopy", "fault", "status", "rounds"))}))
     sys.exit(1)
-if r.get("postcopy") != "now" or r.get("postcopy_switched") is not True or r.get("rounds") != 1:
+if mode == "now" and (r.get("postcopy") != "now" or r.get("postcopy_switched") is not True or r.get("rounds") != 1):
     bad("source: expected postcopy now, switched after round 1", r)
+if mode == "auto":
+    h = r.get("history") or []
+    thr = [e for e in h if e.get("throttle_budget_bps", 0) > 0]
+    if r.get("postcopy") != "auto" or r.get("postcopy_switched") is not True or r.get("converged"):
+        bad("source: expected postcopy auto, switched, not converged", r)
+    if not thr or not (sum(e.get("throttle_pct", 0) >= 50 for e in h[-2:]) == 2 or
+                       min(e["throttle_budget_bps"] for e in thr) <= 1048576):
+        bad("source: switched before throttling reached its bound: " + json.dumps(h), r)
 if not r.get("postcopy_pages", 0) > 0:
     bad("source: no page was missing at the switch", r)
 if r["postcopy_requested"] + r["postcopy_pushed"] < r["postcopy_pages"]:
@@ -74,7 +86,7 @@ pc_case() {
 		kill "$S_PID" "$D_PID" 2>/dev/null
 		return
 	fi
-	migrate "$name" "$D_ADDR" --postcopy now "${mig[@]}"
+	migrate "$name" "$D_ADDR" --postcopy "${PC_MODE:-now}" "${mig[@]}"
 	WHY=
 	check_report && pc_check
 	if [ -z "$WHY" ]; then
@@ -86,7 +98,7 @@ pc_case() {
 	[ -n "$WHY" ] || ! s=$(sanitizer "$S_ERR" "$D_ERR" "$MIG_ERR") || [ -z "$s" ] || WHY="sanitizer: $s"
 	if [ -z "$WHY" ]; then
 		t_pass "$name"
-		echo "# $name: $(jq -c '{total_ms, downtime_ms, postcopy_pages, postcopy_requested, postcopy_pushed, fault_latency_median_ms, fault_latency_max_ms, postcopy_ms}' "$MIG_JSON") ($(elapsed "$start") s)"
+		echo "# $name: $(jq -c '{rounds, total_ms, downtime_ms, postcopy_pages, postcopy_requested, postcopy_pushed, fault_latency_median_ms, fault_latency_max_ms, postcopy_ms}' "$MIG_JSON") ($(elapsed "$start") s)"
 	else
 		t_fail "$name" "$WHY"
 	fi
@@ -97,6 +109,8 @@ pc_case() {
 want now && pc_case postcopy-now 'workload=mem mem=64 rate=50 report=200' $((64 * 256)) 50
 want now-2cpu && pc_case postcopy-now-2cpu 'workload=mem mem=64 rate=50 report=200' $((64 * 256 * 2)) 50 --cpus 2
 want throttle && pc_case postcopy-throttle 'workload=mem+rng mem=32 rate=200 rng_kib=64 report=100' \
+	$((32 * 256)) 200 --cpus 2 --rng -- --max-bandwidth 24M
+want auto && PC_MODE=auto pc_case postcopy-auto 'workload=mem+rng mem=32 rate=200 rng_kib=64 report=100' \
 	$((32 * 256)) 200 --cpus 2 --rng -- --max-bandwidth 24M
 
 # kill_case NAME src|dst: a post-copy held long by --max-bandwidth 8M; SIGKILL one side
