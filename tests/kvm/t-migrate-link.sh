@@ -19,7 +19,7 @@
 #   migrate-link-stall       the guest's longest stall during the whole migration (the
 #                            source's memtest stall_ms lines from the request on, and the
 #                            destination's first two, which span the switch) is under
-#                            LINK_STALL_MAX_MS (default 150: docs/testing.md has the
+#                            LINK_STALL_MAX_MS (default 150; docs/testing.md has the
 #                            measured distribution and why this bound)
 #   migrate-link-no-throttle --no-throttle --max-rounds 5: no round throttled, and it does
 #                            not converge (the pause then holds everything left)
