@@ -2,7 +2,8 @@
 # tests/kvm/lib-migrate.sh - helpers the tier-1 migration tests share (t-migrate*.sh): a
 # source VM running the test guest's memtest ($CMDLINE), a
 # destination, the fault proxy (migproxy.py, $PROXY), and the checks that the VM runs
-# with its memory verified.  Source tests/lib.sh and lib-vm.sh first.
+# with its memory verified (memtest lines, godwit migrate --json's report, the guest going
+# on at the destination: check_all).  Source tests/lib.sh and lib-vm.sh first.
 
 PFX=()
 PROXY=${PROXY:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/migproxy.py}
@@ -138,8 +139,7 @@ end_vm() {
 	wait_exit "${1:-$S_PID}" 10 >/dev/null
 }
 
-# ---- shared with t-migrate.sh: the report and the guest checks ----
-
+# ---- memtest lines, godwit migrate --json and its checks (t-migrate.sh, t-migrate-link.sh) ----
 # mt_lines FILE: the complete memtest report lines of a console log.
 MT_RE='^memtest: t=[0-9.]+ gen=[0-9]+ verified=[0-9]+ dirtied=[0-9]+ errors=[0-9]+ stall_ms=[0-9.]+ max_stall_ms=[0-9]+\.[0-9]{3}$'
 mt_lines() { tr -d '\r' 2>/dev/null <"$1" | grep -aE "$MT_RE"; }
@@ -289,4 +289,36 @@ check_guest() {
 		return 0
 	fi
 	return 1
+}
+
+# check_all S_PID: report, source exit 6, the guest at the destination,
+# the destination still running, no sanitizer report.  Sets WHY.
+check_all() {
+	local spid=$1 need=$2 rate=$3 rc s
+	WHY=
+	check_report || return 1
+	wait_exit "$spid"
+	rc=$?
+	if [ $rc -ne 6 ]; then
+		WHY="the source godwit exited $rc, expected 6: $(tail -c 300 "$S_ERR")"
+		return 1
+	fi
+	check_guest "$S_OUT" "$D_OUT" "$need" "$rate" || return 1
+	if ! kill -0 "$D_PID" 2>/dev/null; then
+		WHY="the destination godwit is gone: $(tail -c 300 "$D_ERR")"
+		return 1
+	fi
+	s=$(sanitizer "$S_ERR" "$D_ERR" "$MIG_ERR")
+	if [ -n "$s" ]; then
+		WHY="sanitizer: $s"
+		return 1
+	fi
+	return 0
+}
+
+# report_line NAME: one "#" line with the report's figures.
+report_line() {
+	local tt dt st by rd cv
+	read -r tt dt st by rd cv <<<"$(jvals "$MIG_JSON" total_ms downtime_ms setup_ms bytes rounds converged)"
+	echo "# $1: total ${tt} ms, downtime ${dt} ms, setup ${st} ms, $((${by:-0} / 1048576)) MiB, ${rd} rounds, converged=${cv}"
 }

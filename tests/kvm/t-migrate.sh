@@ -48,38 +48,6 @@ T0=$(date +%s.%N)
 # MIGRATE_CASES="idle-tcp 50 ...": run only these cases (default: all).
 want() { t_want MIGRATE_CASES "$1"; }
 
-# check_all S_PID: report, source exit 6, the guest at the destination,
-# the destination still running, no sanitizer report.  Sets WHY.
-check_all() {
-	local spid=$1 need=$2 rate=$3 rc s
-	WHY=
-	check_report || return 1
-	wait_exit "$spid"
-	rc=$?
-	if [ $rc -ne 6 ]; then
-		WHY="the source godwit exited $rc, expected 6: $(tail -c 300 "$S_ERR")"
-		return 1
-	fi
-	check_guest "$S_OUT" "$D_OUT" "$need" "$rate" || return 1
-	if ! kill -0 "$D_PID" 2>/dev/null; then
-		WHY="the destination godwit is gone: $(tail -c 300 "$D_ERR")"
-		return 1
-	fi
-	s=$(sanitizer "$S_ERR" "$D_ERR" "$MIG_ERR")
-	if [ -n "$s" ]; then
-		WHY="sanitizer: $s"
-		return 1
-	fi
-	return 0
-}
-
-# report_line NAME: one "#" line with the report's figures.
-report_line() {
-	local tt dt st by rd cv
-	read -r tt dt st by rd cv <<<"$(jvals "$MIG_JSON" total_ms downtime_ms setup_ms bytes rounds converged)"
-	echo "# $1: total ${tt} ms, downtime ${dt} ms, setup ${st} ms, $((${by:-0} / 1048576)) MiB, ${rd} rounds, converged=${cv}"
-}
-
 # stop_dst: shut the destination down.
 stop_dst() {
 	kill "$D_PID" 2>/dev/null
