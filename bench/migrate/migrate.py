@@ -142,6 +142,14 @@ TUNED_BW = 100 << 30
 TUNED_DOWNTIME_MS = 50
 MULTIFD_CHANNELS = 2
 
+# Where the two VMMs run (bench/converge/ sets these: each side in a network namespace of
+# its own, joined by a shaped link): argv prefixes for the source's and the destination's
+# VMM process (e.g. ['ip', 'netns', 'exec', NS], which execs, so the PID stays the VMM's),
+# and the address the destination listens on.  Defaults: both here, over loopback.
+SRC_WRAP = []
+DST_WRAP = []
+MIG_HOST = '127.0.0.1'
+
 DISK_SIZE = 2 << 30                  # the 1G-disk image: 2 GiB raw
 DISK_DATA_MIB = 1024                 # its first GiB random data, the rest a hole
 DISK_GUEST_MIB = 1                   # the guest rewrites [0, 1 MiB)
@@ -373,6 +381,7 @@ def memtests(lines):
         m = MEMTEST_RE.match(ln)
         if m:
             out.append((t, {'t': float(m.group(1)), 'gen': int(m.group(2)),
+                            'dirtied': int(m.group(4)),
                             'errors': int(m.group(5)), 'stall_ms': float(m.group(6)),
                             'max_stall_ms': float(m.group(7))}))
     return out
@@ -387,8 +396,12 @@ def wait_guest_ready(con, tmo, settle):
     time.sleep(settle)
 
 
-def console_figures(src_lines, dst_lines, t_start, settle):
-    """The guest's view from both consoles; see the module doc."""
+def console_figures(src_lines, dst_lines, t_start, settle, t_end=None):
+    """The guest's view from both consoles; see the module doc.  With t_end (the host
+    time the migration ended) also whole_stall_ms: the longest stall_ms of the source's
+    lines from t_start on and of the destination's lines up to t_end and its first two
+    (a post-copy's faults come before t_end); and dirty_mib_s: what the guest dirtied
+    per second over the settle time before t_start (its `dirtied` pages)."""
     s = memtests(src_lines)
     d = memtests(dst_lines)
     r = {'src_lines': len(s), 'dst_lines': len(d)}
@@ -401,6 +414,13 @@ def console_figures(src_lines, dst_lines, t_start, settle):
     r['precopy_stall_ms'] = max(pre) if pre else None
     base = [x['stall_ms'] for t, x in s if t_start - settle <= t < t_start]
     r['baseline_stall_ms'] = max(base) if base else None
+    if t_end is not None:
+        whole = pre + [x['stall_ms'] for i, (t, x) in enumerate(d) if i < 2 or t <= t_end]
+        r['whole_stall_ms'] = max(whole)
+        w = [x for t, x in s if t_start - settle <= t < t_start]
+        r['dirty_mib_s'] = ((w[-1]['dirtied'] - w[0]['dirtied']) / 256.0 /
+                            (w[-1]['t'] - w[0]['t'])) if len(w) >= 2 and \
+            w[-1]['t'] > w[0]['t'] else None
     r['guest_t_src_last'] = s[-1][1]['t']
     r['guest_t_dst_first'] = d[0][1]['t']
     errs = [ln for _, ln in src_lines + dst_lines if ln.startswith('memtest: ERROR') or
@@ -538,15 +558,16 @@ def write_timeline(report, base):
     return base + '.svg'
 
 
-def run_godwit(mem, cmd, d, tmo, settle, img=None, tls=False):
+def run_godwit(mem, cmd, d, tmo, settle, img=None, tls=False, dst_args=(), mig_args=()):
     """img: the source's disk image (1G-disk; migrated with --with-disks to a
     new file) or None.  tls: mutual TLS (tests/kvm/mkcerts.py's src and dst
-    credentials, made once in d/certs)."""
+    credentials, made once in d/certs).  dst_args, mig_args: more options for the
+    destination's `godwit run` and for `godwit migrate` (e.g. --insecure)."""
     api, api2 = os.path.join(d, 'src.sock'), os.path.join(d, 'dst.sock')
     dimg = os.path.join(d, 'dst-disk.img')
     rm(api, api2, dimg)
     port = free_port()
-    addr = 'tcp:127.0.0.1:%d' % port
+    addr = 'tcp:%s:%d' % (MIG_HOST, port)
     src = dst = None
     try:
         certs = os.path.join(d, 'certs')
@@ -555,15 +576,16 @@ def run_godwit(mem, cmd, d, tmo, settle, img=None, tls=False):
                             certs], check=True, timeout=60)
         dtls = ['--tls-dir', os.path.join(certs, 'dst'), '--tls-peer', 'src.godwit.test']
         stls = ['--tls-dir', os.path.join(certs, 'src'), '--tls-peer', 'dst.godwit.test']
-        dst = Console([GODWIT, 'run', '--incoming', addr, '--api', api2] +
-                      (['--disk', dimg] if img else []) + (dtls if tls else []),
+        dst = Console(DST_WRAP + [GODWIT, 'run', '--incoming', addr, '--api', api2] +
+                      (['--disk', dimg] if img else []) + (dtls if tls else []) +
+                      list(dst_args),
                       os.path.join(d, 'dst.err'))
         deadline = time.monotonic() + tmo
         while b'waiting for an incoming migration' not in dst.stderr_tail(4096).encode():
             if dst.p.poll() is not None or time.monotonic() > deadline:
                 raise BenchError('godwit destination did not start: %s' % dst.stderr_tail())
             time.sleep(0.01)
-        src = Console([GODWIT, 'run', '--api', api, '--mem', mem, '--cpus', '1',
+        src = Console(SRC_WRAP + [GODWIT, 'run', '--api', api, '--mem', mem, '--cpus', '1',
                        '--cpu-model', 'host', '--kernel', ELF, '--cmdline', guest_cmd(cmd)] +
                       (['--disk', img] if img else []), os.path.join(d, 'src.err'))
         wait_guest_ready(src, tmo, settle)
@@ -573,7 +595,8 @@ def run_godwit(mem, cmd, d, tmo, settle, img=None, tls=False):
         h0 = host_jiffies()
         t0 = time.monotonic()
         r = subprocess.run([GODWIT, 'migrate', '--api', api, '--to', addr, '--json'] +
-                           (['--with-disks'] if img else []) + (stls if tls else []),
+                           (['--with-disks'] if img else []) + (stls if tls else []) +
+                           list(mig_args),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=tmo)
         t_end = time.monotonic()
         wall = t_end - t0
@@ -612,7 +635,7 @@ def run_godwit(mem, cmd, d, tmo, settle, img=None, tls=False):
                'progress': [ln.strip() for ln in
                             r.stderr.decode(errors='replace').replace('\r', '\n').splitlines()
                             if ln.strip()][-40:]}
-        res.update(console_figures(src.snapshot(), dst.snapshot(), t0, settle))
+        res.update(console_figures(src.snapshot(), dst.snapshot(), t0, settle, t_end))
         if img:
             res['disk_bytes'] = j.get('disk_bytes')
             res['disk_rounds'] = j.get('disk_rounds')
@@ -718,21 +741,25 @@ def qemu_argv(mem, cmd, extra, img=None):
 
 def run_qemu(mem, cmd, d, tmo, settle, mode, img=None):
     """img: the source's disk image (1G-disk: drive-mirror over NBD to a new
-    file, see the module doc) or None."""
+    file, see the module doc) or None.  mode: tuned, bw, default (the module doc), or
+    (bench/converge/) auto-converge (bw's parameters and the auto-converge capability)
+    or postcopy (bw's parameters, postcopy-ram on both sides, migrate-start-postcopy
+    once the first pass over RAM is done: dirty-sync-count 2)."""
     tuned = mode == 'tuned'
+    postcopy = mode == 'postcopy'
     sq, dq = os.path.join(d, 'src.qmp'), os.path.join(d, 'dst.qmp')
     dimg = os.path.join(d, 'dst-disk.img')
     rm(sq, dq, dimg)
     port = free_port()
-    uri = 'tcp:127.0.0.1:%d' % port
+    uri = 'tcp:%s:%d' % (MIG_HOST, port)
     src = dst = None
     sqmp = dqmp = None
     try:
         if img:
             with open(dimg, 'wb') as f:
                 f.truncate(os.path.getsize(img))
-        inc = 'defer' if tuned else uri
-        dst = Console(qemu_argv(mem, cmd, ['-qmp', 'unix:%s,server=on,wait=off' % dq,
+        inc = 'defer' if tuned or postcopy else uri
+        dst = Console(DST_WRAP + qemu_argv(mem, cmd, ['-qmp', 'unix:%s,server=on,wait=off' % dq,
                                            '-incoming', inc], dimg if img else None),
                       os.path.join(d, 'dst.err'))
         dqmp = QMP(dq, tmo)
@@ -741,12 +768,16 @@ def run_qemu(mem, cmd, d, tmo, settle, mode, img=None):
                      capabilities=[{'capability': 'multifd', 'state': True}])
             dqmp.cmd('migrate-set-parameters', **{'multifd-channels': MULTIFD_CHANNELS})
             dqmp.cmd('migrate-incoming', uri=uri)
+        if postcopy:
+            dqmp.cmd('migrate-set-capabilities',
+                     capabilities=[{'capability': 'postcopy-ram', 'state': True}])
+            dqmp.cmd('migrate-incoming', uri=uri)
         if img:
             nport = free_port()
             dqmp.cmd('nbd-server-start', addr={'type': 'inet', 'data': {
                 'host': '127.0.0.1', 'port': str(nport)}})
             dqmp.cmd('nbd-server-add', device='d0', writable=True)
-        src = Console(qemu_argv(mem, cmd, ['-qmp', 'unix:%s,server=on,wait=off' % sq], img),
+        src = Console(SRC_WRAP + qemu_argv(mem, cmd, ['-qmp', 'unix:%s,server=on,wait=off' % sq], img),
                       os.path.join(d, 'src.err'))
         sqmp = QMP(sq, tmo)
         if tuned:
@@ -755,9 +786,13 @@ def run_qemu(mem, cmd, d, tmo, settle, mode, img=None):
             sqmp.cmd('migrate-set-parameters', **{'multifd-channels': MULTIFD_CHANNELS,
                                                   'max-bandwidth': TUNED_BW,
                                                   'downtime-limit': TUNED_DOWNTIME_MS})
-        elif mode == 'bw':
+        elif mode in ('bw', 'auto-converge', 'postcopy'):
             sqmp.cmd('migrate-set-parameters', **{'max-bandwidth': TUNED_BW,
                                                   'downtime-limit': TUNED_DOWNTIME_MS})
+            cap = {'auto-converge': 'auto-converge', 'postcopy': 'postcopy-ram'}.get(mode)
+            if cap:
+                sqmp.cmd('migrate-set-capabilities',
+                         capabilities=[{'capability': cap, 'state': True}])
         params = sqmp.cmd('query-migrate-parameters')
         caps = {c['capability']: c['state'] for c in sqmp.cmd('query-migrate-capabilities')}
         wait_guest_ready(src, tmo, settle)
@@ -777,10 +812,15 @@ def run_qemu(mem, cmd, d, tmo, settle, mode, img=None):
             dres['mirror_ready_ms'] = (time.monotonic() - t0) * 1000
             dres['mirror_at_ready'] = ev.get('data')
         sqmp.cmd('migrate', uri=uri)
+        pc_ms = None
         while True:
             st = sqmp.cmd('query-migrate')
             if st.get('status') == 'completed':
                 break
+            if postcopy and pc_ms is None and \
+                    st.get('ram', {}).get('dirty-sync-count', 0) >= 2:
+                sqmp.cmd('migrate-start-postcopy')
+                pc_ms = (time.monotonic() - t0) * 1000
             if st.get('status') in ('failed', 'cancelled') or time.monotonic() - t0 > tmo:
                 raise BenchError('QEMU migrate: %s' % json.dumps(st))
             time.sleep(0.002)
@@ -816,7 +856,12 @@ def run_qemu(mem, cmd, d, tmo, settle, mode, img=None):
                'params': {k: params.get(k) for k in ('max-bandwidth', 'downtime-limit',
                                                       'multifd-channels')},
                'multifd': caps.get('multifd')}
-        res.update(console_figures(src.snapshot(), dst.snapshot(), t0, settle))
+        if mode in ('auto-converge', 'postcopy'):
+            res['caps'] = {k: caps.get(k) for k in ('auto-converge', 'postcopy-ram')}
+            res['cpu_throttle_pct'] = st.get('cpu-throttle-percentage')
+            res['postcopy_start_ms'] = pc_ms
+            res['postcopy_requests'] = ram.get('postcopy-requests')
+        res.update(console_figures(src.snapshot(), dst.snapshot(), t0, settle, t_end))
         if img:
             # from the start of the disk copy to the destination running
             res['migrate_total_ms'] = res['total_ms']
