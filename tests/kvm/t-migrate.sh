@@ -78,7 +78,8 @@ simple_case() {
 		kill "$S_PID" "$D_PID" 2>/dev/null
 		return
 	fi
-	migrate "$name" "$addr"
+	# shellcheck disable=SC2086
+	migrate "$name" "$addr" ${MIGRATE_ARGS:-}
 	if check_all "$S_PID" "$need" "$rate"; then
 		t_pass "$name"
 	else
@@ -104,7 +105,8 @@ want dirty-log && GODWIT_DIRTY_RING=off simple_case migrate-dirty-log unix \
 	'workload=mem mem=64 rate=50 report=200' $((2 * 64 * 256)) 50 --mem 256M --cpus 2
 # Per-vCPU dirty rates (KVM's dirty ring): vCPU 0 rewrites memory at 100 MiB/s,
 # vCPU 1 runs the rng workload (64 KiB once, then idle).
-want vcpu-rates && VCPU_RATES=1 simple_case migrate-vcpu-rates unix \
+# (--max-bandwidth 48M: rounds long enough to measure a rate, whatever the load.)
+want vcpu-rates && VCPU_RATES=1 MIGRATE_ARGS='--max-bandwidth 48M' simple_case migrate-vcpu-rates unix \
 	'workload=mem+rng mem=64 rate=100 rng_kib=64 report=200' $((64 * 256)) 100 \
 	--mem 256M --cpus 2 --rng
 
