@@ -24,6 +24,7 @@
 
 #include "godwit/api.h"
 #include "godwit/cmd.h"
+#include "godwit/snapshot.h"
 #include "godwit/common.h"
 #include "godwit/migrate.h"
 #include "godwit/tls.h"
@@ -51,6 +52,11 @@ static const char migrate_usage[] =
 "  --max-bandwidth RATE    bytes/s during pre-copy, e.g. 100M (K/M/G are powers\n"
 "                          of 1024; default unlimited)\n"
 "  --max-rounds N          pre-copy rounds before stopping anyway (default 30)\n"
+"  --reconnect-s N         if the connection breaks during pre-copy, connect\n"
+"                          again for up to N seconds (the VM runs on here) and\n"
+"                          go on from what the destination already has,\n"
+"                          sending only what it may lack; 0 (the default):\n"
+"                          the migration fails at once.  Not with --with-disks\n"
 "  --no-throttle           never slow the guest down; by default, once pre-copy\n"
 "                          stops converging, the vCPUs that dirty memory the\n"
 "                          fastest run only part of each 10 ms slice, so that\n"
@@ -224,7 +230,7 @@ static void mig_print_json(json_t *p)
 	/* What a timeline needs: the rounds, when the pause began and its phases. */
 	static const char *const extra[] = {
 		"history", "pause_start_ms", "phases_ms", "dirty_tracking", "vcpu_dirty_rate_bps",
-		"throttle", NULL
+		"throttle", "reconnects", "resent_pages", NULL
 	};
 
 	for (unsigned int i = 0; extra[i]; i++)
@@ -346,6 +352,7 @@ int cmd_migrate(int argc, char **argv)
 		{ "insecure",      no_argument,       NULL, 'S' },
 		{ "gate",          no_argument,       NULL, 'g' },
 		{ "no-throttle",   no_argument,       NULL, 'N' },
+		{ "reconnect-s",   required_argument, NULL, 'R' },
 		{ "json",          no_argument,       NULL, 'j' },
 		{ "timeline",      required_argument, NULL, 'L' },
 		{ "quiet",         no_argument,       NULL, 'q' },
@@ -356,6 +363,7 @@ int cmd_migrate(int argc, char **argv)
 	struct prog_line pl;
 	bool live = false;
 	bool insecure = false, gate = false, at_gate = false, no_throttle = false;
+	unsigned long long reconnect = 0;
 	uint64_t downtime = MIG_DEFAULT_DOWNTIME_MS, rounds = MIG_DEFAULT_MAX_ROUNDS, bw = 0;
 	uint64_t min_rate = MIG_DEFAULT_MIN_RATE;
 	bool json = false, quiet = false;
@@ -412,6 +420,18 @@ int cmd_migrate(int argc, char **argv)
 		case 'S': insecure = true; break;
 		case 'g': gate = true; break;
 		case 'N': no_throttle = true; break;
+		case 'R': {
+			char *e;
+
+			errno = 0;
+			reconnect = strtoull(optarg, &e, 10);
+			if (errno || *e || e == optarg || reconnect > SNAPSHOT_RECONNECT_MAX_S) {
+				fprintf(stderr, "godwit: migrate: --reconnect-s %s: expected seconds from "
+					"0 to %u\n", optarg, SNAPSHOT_RECONNECT_MAX_S);
+				goto usage;
+			}
+			break;
+		}
 		case 'j': json = true; break;
 		case 'L':
 			if (!*optarg) {
@@ -470,6 +490,8 @@ int cmd_migrate(int argc, char **argv)
 		json_object_set_new(req, "insecure", json_true());
 	if (req && gate)
 		json_object_set_new(req, "gate", json_true());
+	if (req && reconnect)
+		json_object_set_new(req, "reconnect_s", json_integer((json_int_t)reconnect));
 	if (req && no_throttle)
 		json_object_set_new(req, "throttle", json_false());
 	if (req && tls_dir && mig_tls_json(req, tls_dir, tls_peer)) {

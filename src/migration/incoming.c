@@ -35,6 +35,8 @@ struct incoming {
 	bool taken;              /* the VM is ours, or in doubt: migrated disks stay */
 	bool in_doubt;
 	struct timespec t0;      /* the connection */
+	int lfd;                 /* the listener, kept while pre-copy may be resumed (-1: closed) */
+	unsigned int resumed;    /* connections taken back after a break */
 };
 
 /*
@@ -114,15 +116,104 @@ static int in_open(struct incoming *in, int fd, const char *peer, char *why, siz
 	return ret;
 }
 
-/* Drop the connection in->c (a stray, or one that failed). */
-static void in_drop(struct incoming *in)
+/* Close the connection in->c. */
+static void in_close_conn(struct incoming *in)
 {
-	snapshot_restore_free(in->sr);
-	in->sr = NULL;
 	tls_sess_free(in->c.tls);
 	if (in->c.fd >= 0)
 		close(in->c.fd);
 	in->c = conn_plain(-1);
+}
+
+/* Drop the connection in->c (a stray, or one that failed) and what it brought. */
+static void in_drop(struct incoming *in)
+{
+	snapshot_restore_free(in->sr);
+	in->sr = NULL;
+	in_close_conn(in);
+}
+
+/* No source comes back any more: the listener goes, and the key with it. */
+static void in_unlisten(struct incoming *in)
+{
+	if (in->lfd >= 0)
+		migrate_unlisten(in->lfd, in->addr);
+	in->lfd = -1;
+	tls_creds_free(in->p.tls);
+	in->p.tls = NULL;
+}
+
+/*
+ * The connection broke in pre-copy and the source said it reconnects
+ * (snapshot_restore_reconnect_s()): wait that long on the listener for a
+ * connection that resumes this migration (TLS as the first, the same
+ * CONFIG, the token), answer RESUMED with the rounds whole here, and go on.
+ * Anything else that comes meanwhile is dropped and waited past.
+ */
+static int in_resume(void *opaque, struct snapshot_restore *sr, char *err, size_t len)
+{
+	struct incoming *in = opaque;
+	uint32_t secs = snapshot_restore_reconnect_s(sr);
+	struct timespec t;
+	struct stream_watchdog wd = {
+		.deadline_ms = 0,
+		.min_bytes = in->p.min_rate * (INCOMING_RATE_WINDOW_MS / 1000),
+		.window_ms = INCOMING_RATE_WINDOW_MS,
+	};
+
+	if (in->lfd < 0) {
+		snprintf(err, len, "no listener to take the source back on");
+		return -EPERM;
+	}
+	log_warnx("incoming migration: the connection broke in pre-copy; waiting up to %u s on %s "
+		  "for the source to come back", secs, in->addr);
+	in_close_conn(in);
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	for (;;) {
+		double left = secs * 1000.0 - ms_since(&t);
+		char peer[128] = "?", why[768] = "", text[32];
+		int fd = -1, ret;
+
+		if (left <= 0) {
+			snprintf(err, len, "the source did not come back within %u s", secs);
+			return -ETIMEDOUT;
+		}
+		ret = migrate_accept(in->lfd, in->addr, (int)left, &fd, peer, sizeof(peer), why,
+				     sizeof(why));
+		if (ret == -ETIMEDOUT || ret == -EINTR)
+			continue;
+		if (ret == -EACCES || ret == -ECONNABORTED)
+			continue;
+		if (ret) {
+			snprintf(err, len, "waiting for the source to come back: %s", why);
+			return ret;
+		}
+		in->c = conn_plain(fd);
+		if (in->p.tls) {
+			ret = in_not_tls(in, why, sizeof(why));
+			if (!ret)
+				ret = tls_handshake(in->p.tls, fd, MIG_IO_TIMEOUT_MS, &in->c.tls, why,
+						    sizeof(why));
+		}
+		if (!ret)
+			ret = snapshot_restore_resume(sr, &in->c, &wd, why, sizeof(why));
+		if (!ret) {
+			snprintf(text, sizeof(text), "round=%u", snapshot_restore_last_round(sr));
+			ret = migrate_msg_send(&in->c, MIG_MSG_RESUMED, text);
+			if (ret)
+				snprintf(why, sizeof(why), "cannot answer RESUMED: %s", strerror(-ret));
+		}
+		if (!ret) {
+			in->resumed++;
+			log_info("incoming migration: %s came back after %.1f s (%s): pre-copy goes on "
+				 "from round %u", peer, ms_since(&t) / 1000, text,
+				 snapshot_restore_last_round(sr));
+			return 0;
+		}
+		log_warnx("incoming migration: a connection from %s did not resume the migration: %s; "
+			  "still waiting", peer, why);
+		in_close_conn(in);
+	}
 }
 
 int incoming_accept(const char *addr, const struct incoming_params *p,
@@ -134,11 +225,13 @@ int incoming_accept(const char *addr, const struct incoming_params *p,
 	int lfd = -1, ret;
 
 	if (!in) {
+		tls_creds_free(p->tls);
 		snprintf(err, len, "out of memory");
 		return -ENOMEM;
 	}
 	in->p = *p;
 	in->c = conn_plain(-1);
+	in->lfd = -1;
 	snprintf(in->addr, sizeof(in->addr), "%s", addr);
 	ret = migrate_listen(addr, &lfd, err, len);
 	if (ret)
@@ -190,7 +283,12 @@ int incoming_accept(const char *addr, const struct incoming_params *p,
 		log_warnx("incoming migration: the connection from %s was dropped: %s; still waiting "
 			  "for the source on %s", peer, why, addr);
 	}
-	migrate_unlisten(lfd, addr);
+	/*
+	 * Kept open while loading (the sandbox allows accept, not listen): a
+	 * source whose connection breaks in pre-copy may come back on it.
+	 */
+	in->lfd = lfd;
+	snapshot_restore_set_resume(in->sr, in_resume, in);
 	*out = in;
 	return 0;
 fail:
@@ -298,6 +396,8 @@ int incoming_load(struct incoming *in, struct vm *vm, bool *in_doubt, char *err,
 		return ret;
 	}
 	ret = snapshot_restore_load(in->sr, vm, err, len);
+	/* The stream is whole (or lost): no source comes back any more. */
+	in_unlisten(in);
 	/* Migrated disks on stable storage before we say READY. */
 	for (unsigned int i = 0; !ret && i < in->nr_disks; i++)
 		ret = disk_recv_sync(&in->disks[i], err, len);
@@ -352,5 +452,6 @@ void incoming_close(struct incoming *in)
 	for (unsigned int i = 0; i < in->nr_disks; i++)
 		disk_recv_close(&in->disks[i], !in->taken);
 	in_drop(in);
+	in_unlisten(in);
 	free(in);
 }

@@ -40,6 +40,8 @@
 #include "godwit/crc32c.h"
 #include "godwit/dev.h"
 #include "godwit/disk.h"
+#include <sys/random.h>
+
 #include "godwit/log.h"
 #include "godwit/throttle.h"
 #include "godwit/migrate.h"
@@ -90,6 +92,7 @@ const char *migrate_status_name(enum mig_status s)
 	case MIG_IN_DOUBT:   return "in-doubt";
 	case MIG_INCOMING:   return "incoming";
 	case MIG_COMMIT_WAIT: return "commit-wait";
+	case MIG_RECONNECTING: return "reconnecting";
 	}
 	return "unknown";
 }
@@ -190,6 +193,11 @@ struct mig_run {
 	struct timespec t_pace;      /* bandwidth pacing: start of the current window */
 	uint64_t pace_bytes;         /* stream offset at t_pace */
 	bool pace;                   /* apply --max-bandwidth (not during stop-and-copy) */
+	uint32_t round;              /* the pre-copy round being sent */
+	uint64_t bytes_before, pages_before, zero_before;   /* of the connections before r->w */
+	/* p.reconnect_s: the round each page was last queued in (0: never), per region */
+	uint16_t *sent_round[2];
+	uint8_t token[SNAPSHOT_TOKEN_LEN];
 	struct throttle *thr;        /* p.throttle: the vCPUs' throttle during pre-copy */
 	double budget;               /* bytes/s the throttle lets the vCPUs dirty (0: none) */
 	/* The pause's phases: ms from the pause to the end of each (mig_phases()). */
@@ -203,9 +211,9 @@ static void mig_publish(struct mig_run *r)
 
 	stream_writer_ram_stats(r->w, &st);
 	pthread_mutex_lock(&r->m->lock);
-	r->m->prog.bytes = stream_writer_offset(r->w);
-	r->m->prog.pages = st.pages;
-	r->m->prog.zero_pages = st.zero_pages;
+	r->m->prog.bytes = r->bytes_before + stream_writer_offset(r->w);
+	r->m->prog.pages = r->pages_before + st.pages;
+	r->m->prog.zero_pages = r->zero_before + st.zero_pages;
 	if (r->m->dm) {
 		struct disk_mig_stats ds;
 
@@ -280,6 +288,15 @@ static int64_t mig_collect(struct mig_run *r)
  * dirty bits in KVM (manual protection), queue its pages, flush (the pages
  * are copied now), forget the chunk's bits.  Returns 0 or -errno.
  */
+/* Reconnecting: pages [first, first + n) set in bm go out in round r->round. */
+static void mig_mark_sent(struct mig_run *r, unsigned int i, uint64_t first, uint64_t n,
+			  const uint64_t *bm)
+{
+	for (uint64_t k = 0; k < n; k++)
+		if (bm[k / 64] & (1ULL << (k % 64)))
+			r->sent_round[i][first + k] = (uint16_t)r->round;
+}
+
 static int mig_send_dirty(struct mig_run *r, bool clear)
 {
 	struct vm *vm = r->vm;
@@ -310,6 +327,8 @@ static int mig_send_dirty(struct mig_run *r, bool clear)
 					return ret;
 				}
 			}
+			if (r->sent_round[i])
+				mig_mark_sent(r, i, first, n, bm + w0);
 			ret = stream_put_ram_dirty(r->w, mr->host + first * STREAM_PAGE_SIZE,
 						   mr->gpa + first * STREAM_PAGE_SIZE, n, bm + w0);
 			if (!ret)
@@ -337,7 +356,17 @@ static int mig_alloc_bitmaps(struct mig_run *r)
 		r->m->scratch[i] = calloc(words, sizeof(uint64_t));
 		if (!r->m->bitmap[i] || !r->m->scratch[i])
 			return -ENOMEM;
+		if (r->m->p.reconnect_s) {
+			r->sent_round[i] = calloc(r->vm->mem[i].size / STREAM_PAGE_SIZE,
+						  sizeof(uint16_t));
+			if (!r->sent_round[i])
+				return -ENOMEM;
+		}
 	}
+	/* The token the destination knows us by when we come back (SNAPSHOT_ID_RESUME). */
+	if (r->m->p.reconnect_s &&
+	    getrandom(r->token, sizeof(r->token), 0) != (ssize_t)sizeof(r->token))
+		return -EIO;
 	return 0;
 }
 
@@ -351,15 +380,16 @@ static void mig_free_bitmaps(struct migration *m)
 }
 
 /* Handshake: preamble + CONFIG, then the destination's verdict. */
-static int mig_setup(struct mig_run *r)
+/* The stream's preamble and CONFIG on r->w (not flushed); r->err on failure. */
+static int mig_begin_stream(struct mig_run *r)
 {
 	struct stream_config *cfg = calloc(1, sizeof(*cfg));
-	enum mig_msg type;
-	char text[MIG_MSG_TEXT_MAX + 1];
 	int ret;
 
-	if (!cfg)
+	if (!cfg) {
+		snprintf(r->err, sizeof(r->err), "out of memory");
 		return -ENOMEM;
+	}
 	ret = snapshot_config_from_vm(cfg, r->vm);
 	if (!ret && r->m->dm)
 		ret = disk_mig_config(r->m->dm, cfg);
@@ -371,6 +401,34 @@ static int mig_setup(struct mig_run *r)
 	}
 	ret = stream_begin(r->w, cfg);
 	free(cfg);
+	if (ret)
+		snprintf(r->err, sizeof(r->err), "sending the configuration: %s",
+			 stream_writer_error(r->w));
+	return ret;
+}
+
+static int mig_setup(struct mig_run *r)
+{
+	enum mig_msg type;
+	char text[MIG_MSG_TEXT_MAX + 1];
+	int ret;
+
+	ret = mig_begin_stream(r);
+	if (ret)
+		return ret;
+	if (r->sent_round[0]) {
+		/* Tell the destination we come back if the connection breaks, and how to know us. */
+		uint8_t p[4 + SNAPSHOT_TOKEN_LEN];
+		uint32_t secs = r->m->p.reconnect_s;
+
+		p[0] = (uint8_t)secs;
+		p[1] = (uint8_t)(secs >> 8);
+		p[2] = (uint8_t)(secs >> 16);
+		p[3] = (uint8_t)(secs >> 24);
+		memcpy(p + 4, r->token, SNAPSHOT_TOKEN_LEN);
+		ret = stream_put_section(r->w, STREAM_VM, STREAM_F_OPTIONAL, SNAPSHOT_ID_RECONNECT, 1,
+					 0, p, sizeof(p));
+	}
 	if (!ret)
 		ret = stream_flush(r->w);
 	if (ret) {
@@ -455,6 +513,204 @@ static void mig_throttle(struct mig_run *r, uint32_t round, double remaining,
 	p->nr_vcpu_throttle = throttle_get_pct(r->thr, p->vcpu_throttle_pct, MIG_MAX_VCPUS);
 }
 
+/* A failure in pre-copy that a new connection may get past (p.reconnect_s). */
+static bool mig_link_lost(struct mig_run *r, int ret)
+{
+	if (!r->m->p.reconnect_s || !r->sent_round[0] || mig_cancelled(r->m) ||
+	    mig_vm_stopping(r->vm))
+		return false;
+	switch (-ret) {
+	case EPIPE: case ECONNRESET: case ETIMEDOUT: case EIO: case ENOTCONN:
+	case ECONNABORTED: case EPROTO: case EHOSTUNREACH: case ENETUNREACH: case ENETDOWN:
+		return true;
+	}
+	return false;
+}
+
+/* Close the connection (the writer, TLS, the socket), keeping the counters. */
+static void mig_disconnect(struct mig_run *r)
+{
+	struct stream_ram_stats st;
+
+	if (r->w) {
+		stream_writer_ram_stats(r->w, &st);
+		r->bytes_before += stream_writer_offset(r->w);
+		r->pages_before += st.pages;
+		r->zero_before += st.zero_pages;
+		stream_writer_free(r->w);
+		r->w = NULL;
+	}
+	pthread_mutex_lock(&r->m->lock);
+	r->m->fd = -1;
+	pthread_mutex_unlock(&r->m->lock);
+	tls_sess_free(r->c.tls);
+	if (r->c.fd >= 0)
+		close(r->c.fd);
+	r->c = conn_plain(-1);
+}
+
+/* The writer on r->c, with TLS and the destination's minimum rate. */
+static int mig_writer(struct mig_run *r)
+{
+	struct stream_watchdog wd = {
+		.min_bytes = r->m->p.min_rate * (MIG_RATE_WINDOW_MS / 1000),
+		.window_ms = MIG_RATE_WINDOW_MS,
+	};
+	int ret = stream_writer_new(r->c.fd, &r->w);
+
+	if (ret)
+		return ret;
+	stream_writer_set_tls(r->w, r->c.tls);
+	stream_writer_set_watchdog(r->w, &wd);
+	return 0;
+}
+
+/*
+ * One try at taking the migration up again on a new connection: connect
+ * (TLS as before), the CONFIG again, the token; the destination answers
+ * RESUMED "round=N" (rounds before N are whole there).  0 and *whole; -EPERM
+ * if the destination refused (no point trying again); other -errno: try
+ * again.  r->err says why.
+ */
+static int mig_reconnect_once(struct mig_run *r, int timeout_ms, uint32_t *whole)
+{
+	struct migration *m = r->m;
+	char text[MIG_MSG_TEXT_MAX + 1];
+	enum mig_msg type;
+	unsigned int n;
+	int ret, fd = -1;
+
+	ret = migrate_connect(m->p.to, &fd, r->err, sizeof(r->err));
+	if (ret)
+		return ret == -ECONNREFUSED || ret == -ENOENT ? -EPERM : ret;
+	pthread_mutex_lock(&m->lock);
+	m->fd = fd;
+	pthread_mutex_unlock(&m->lock);
+	r->c = conn_plain(fd);
+	if (mig_cancelled(m))
+		return -ECANCELED;
+	if (m->p.tls) {
+		ret = tls_handshake(m->p.tls, fd, timeout_ms, &r->c.tls, r->err, sizeof(r->err));
+		if (ret)
+			return ret;
+	}
+	ret = mig_writer(r);
+	if (ret) {
+		snprintf(r->err, sizeof(r->err), "out of memory");
+		return ret;
+	}
+	ret = mig_begin_stream(r);
+	if (!ret)
+		ret = stream_put_section(r->w, STREAM_VM, 0, SNAPSHOT_ID_RESUME, 1, 0, r->token,
+					 sizeof(r->token));
+	if (!ret)
+		ret = stream_flush(r->w);
+	if (ret) {
+		snprintf(r->err, sizeof(r->err), "sending the resume request: %s",
+			 stream_writer_error(r->w));
+		return ret;
+	}
+	ret = migrate_msg_recv(&r->c, timeout_ms, &type, text, sizeof(text));
+	if (ret) {
+		snprintf(r->err, sizeof(r->err), "no answer to the resume request: %s",
+			 conn_strerror(&r->c, -ret));
+		return ret;
+	}
+	if (type == MIG_MSG_REFUSE || type == MIG_MSG_ERROR) {
+		snprintf(r->err, sizeof(r->err), "the destination refused to resume: %.400s", text);
+		return -EPERM;
+	}
+	if (type != MIG_MSG_RESUMED || sscanf(text, "round=%u%n", whole, &n) != 1 ||
+	    n != strlen(text) || *whole > r->round) {
+		snprintf(r->err, sizeof(r->err), "the destination answered %s \"%.100s\" to the "
+			 "resume request", mig_msg_name(type), text);
+		return -EPERM;
+	}
+	return 0;
+}
+
+/*
+ * Pre-copy's connection broke (r->err says how): connect again for up to
+ * p.reconnect_s seconds, the VM running on here meanwhile.  Once the
+ * destination is back, every page queued in a round it may not have whole
+ * is marked dirty again, so the next round sends it (with whatever the
+ * guest dirtied meanwhile).  0, or -errno with r->err set.
+ */
+static int mig_resume(struct mig_run *r)
+{
+	struct migration *m = r->m;
+	uint32_t secs = m->p.reconnect_s, whole = 0;
+	char first[512];
+	struct timespec t;
+	uint64_t again = 0;
+	int ret;
+
+	snprintf(first, sizeof(first), "%s", r->err);
+	log_warnx("migrate: the connection broke in round %u (%s); connecting again for up to %u s",
+		  r->round, first, secs);
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	pthread_mutex_lock(&m->lock);
+	m->prog.status = MIG_RECONNECTING;
+	m->prog.reconnects++;
+	pthread_mutex_unlock(&m->lock);
+	for (;;) {
+		double left = secs * 1000.0 - ms_since(&t);
+
+		mig_disconnect(r);
+		if (mig_cancelled(m))
+			return -ECANCELED;
+		if (mig_vm_stopping(r->vm)) {
+			snprintf(r->err, sizeof(r->err), "the VM stopped during the migration");
+			return -ESHUTDOWN;
+		}
+		if (left <= 0) {
+			snprintf(r->err, sizeof(r->err), "%.300s; the destination did not come back "
+				 "within %u s", first, secs);
+			return -ETIMEDOUT;
+		}
+		ret = mig_reconnect_once(r, (int)MIN(left, (double)MIG_IO_TIMEOUT_MS), &whole);
+		if (!ret)
+			break;
+		if (ret == -EPERM || ret == -ECANCELED) {
+			mig_disconnect(r);
+			if (ret == -EPERM) {
+				char why[512];
+
+				snprintf(why, sizeof(why), "%s", r->err);
+				snprintf(r->err, sizeof(r->err), "%.250s; then: %.250s", first, why);
+			}
+			return ret;
+		}
+		log_debug("migrate: reconnecting: %s", r->err);
+		{
+			struct timespec nap = { .tv_nsec = 200 * 1000000L };
+
+			nanosleep(&nap, NULL);
+		}
+	}
+	for (unsigned int i = 0; i < r->vm->nr_mem; i++) {
+		uint64_t npages = r->vm->mem[i].size / STREAM_PAGE_SIZE;
+
+		for (uint64_t p = 0; p < npages; p++)
+			if (r->sent_round[i][p] && r->sent_round[i][p] >= whole) {
+				if (!(m->bitmap[i][p / 64] & (1ULL << (p % 64))))
+					again++;
+				m->bitmap[i][p / 64] |= 1ULL << (p % 64);
+			}
+	}
+	r->err[0] = 0;
+	r->pace_bytes = 0;
+	clock_gettime(CLOCK_MONOTONIC, &r->t_pace);
+	pthread_mutex_lock(&m->lock);
+	m->prog.status = MIG_ACTIVE;
+	m->prog.resent_pages += again;
+	pthread_mutex_unlock(&m->lock);
+	log_info("migrate: connected again after %.1f s; the destination has rounds before %u "
+		 "whole: %llu pages to send again", ms_since(&t) / 1000, whole,
+		 (unsigned long long)again);
+	return 0;
+}
+
 /* Pre-copy rounds until what is left fits the downtime limit (or the round limit). */
 static int mig_precopy(struct mig_run *r)
 {
@@ -520,16 +776,23 @@ static int mig_precopy(struct mig_run *r)
 		pthread_mutex_lock(&m->lock);
 		m->prog.round = round;
 		pthread_mutex_unlock(&m->lock);
+		r->round = round;
 		if (round > 1) {
 			ret = stream_put_section(r->w, STREAM_VM, 0, SNAPSHOT_ID_PRECOPY, 1, round,
 						 NULL, 0);
-			if (ret) {
+			if (ret)
 				snprintf(r->err, sizeof(r->err), "sending memory: %s",
 					 stream_writer_error(r->w));
-				return ret;
-			}
 		}
-		ret = mig_send_dirty(r, true);
+		if (!ret)
+			ret = mig_send_dirty(r, true);
+		if (ret && mig_link_lost(r, ret)) {
+			/* Connected again: the next round sends what the destination may lack. */
+			ret = mig_resume(r);
+			if (ret)
+				return ret;
+			continue;
+		}
 		if (ret)
 			return ret;
 		if (m->dm) {
@@ -852,18 +1115,10 @@ static void *mig_thread(void *opaque)
 		pthread_mutex_unlock(&m->lock);
 		log_info("migrate: %s authenticated (%s)", m->p.to, tls_sess_desc(r.c.tls));
 	}
-	ret = stream_writer_new(r.c.fd, &r.w);
-	if (!ret) {
-		stream_writer_set_tls(r.w, r.c.tls);
-		/* A destination that takes the stream a trickle at a time has failed. */
-		struct stream_watchdog wd = {
-			.min_bytes = m->p.min_rate * (MIG_RATE_WINDOW_MS / 1000),
-			.window_ms = MIG_RATE_WINDOW_MS,
-		};
-
-		stream_writer_set_watchdog(r.w, &wd);
+	/* A destination that takes the stream a trickle at a time has failed (mig_writer). */
+	ret = mig_writer(&r);
+	if (!ret)
 		ret = mig_alloc_bitmaps(&r);
-	}
 	if (ret) {
 		snprintf(r.err, sizeof(r.err), "out of memory");
 		goto fail;
@@ -983,6 +1238,8 @@ out:
 	tls_creds_free(m->p.tls);
 	m->p.tls = NULL;
 	mig_free_bitmaps(m);
+	for (unsigned int i = 0; i < ARRAY_SIZE(r.sent_round); i++)
+		free(r.sent_round[i]);
 	if (m->prog.status != MIG_IN_DOUBT && m->prog.status != MIG_COMPLETED) {
 		disk_mig_free(m->dm);
 		m->dm = NULL;
@@ -1029,6 +1286,12 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 	}
 	if (!p->downtime_ms || p->downtime_ms > 60000 || !p->max_rounds || p->max_rounds > 1000) {
 		snprintf(err, len, "downtime_ms must be 1-60000 and max_rounds 1-1000");
+		ret = -EINVAL;
+		goto fail;
+	}
+	if (p->reconnect_s > SNAPSHOT_RECONNECT_MAX_S || (p->reconnect_s && p->with_disks)) {
+		snprintf(err, len, "reconnect_s must be 0-%u, and 0 with with_disks (a storage "
+			 "migration cannot be resumed yet)", SNAPSHOT_RECONNECT_MAX_S);
 		ret = -EINVAL;
 		goto fail;
 	}
