@@ -215,6 +215,9 @@ bench-snapshot: all
 .PHONY: bench-migrate
 bench-migrate: all
 	$(Q)bash bench/migrate/run.sh
+.PHONY: bench-converge
+bench-converge: all
+	$(Q)bash bench/converge/run.sh
 .PHONY: bench-fleet
 bench-fleet: all
 	$(Q)bash bench/fleet/gate.sh

@@ -38,6 +38,8 @@ enum mig_msg {
 	MIG_MSG_COMMIT = 5,      /* source: the VM is yours */
 	MIG_MSG_DONE   = 6,      /* destination: the VM runs here */
 	MIG_MSG_ABORT  = 7,      /* source, before COMMIT: drop the VM (text: why) */
+	MIG_MSG_RESUMED = 8,     /* destination: a broken pre-copy goes on over this new
+				    connection (text: "round=N": rounds before N are whole here) */
 };
 #define MIG_MSG_TEXT_MAX    1024
 #define MIG_IO_TIMEOUT_MS   10000   /* default: a peer silent this long has failed */

@@ -32,7 +32,12 @@ struct incoming_params {
 	uint64_t min_rate;           /* bytes/s over each 10 s of waiting; 0: none */
 	int handoff_ms;              /* wait for COMMIT after READY */
 	bool overwrite;              /* a migrated disk may replace a non-empty file */
-	struct tls_creds *tls;       /* mutual TLS (the caller's); NULL: plain */
+	/*
+	 * mutual TLS; NULL: plain.  incoming_accept() owns it from the call on
+	 * (even when it fails): the key is kept while a source whose connection
+	 * broke may come back, and freed once the stream is whole.
+	 */
+	struct tls_creds *tls;
 	bool insecure;               /* plain TCP beyond loopback, the operator's choice */
 	/*
 	 * Post-copy (postcopy.h): a userfaultfd made before the sandbox

@@ -40,6 +40,8 @@ enum mig_status {
 	MIG_POSTCOPY_FAILED,     /* source: the destination went away during post-copy; the VM
 				    is lost, it stays paused here and must not run (final, but
 				    busy: never resumed) */
+	MIG_RECONNECTING,        /* pre-copy's connection broke: connecting again
+				    (p.reconnect_s); the VM runs here */
 };
 /* "none", "setup", "active", "stop-and-copy", "commit-wait", "committing", "completed", ... */
 const char *migrate_status_name(enum mig_status s);
@@ -84,6 +86,13 @@ struct migrate_params {
 	 * bound) or now (after round 1).  Not with TLS (yet).
 	 */
 	enum pc_mode postcopy;
+	/*
+	 * A connection that breaks in pre-copy is tried again for this many
+	 * seconds (0: the migration fails at once, as before); the destination
+	 * keeps what it has, and only what it may lack is sent again.  Not
+	 * with with_disks.
+	 */
+	uint32_t reconnect_s;
 };
 
 /* The pause's phases, in order (GET /vm/migration "phases_ms"). */
@@ -136,6 +145,10 @@ struct migrate_progress {
 	unsigned int nr_vcpu_rates;  /* dirty_ring: vCPUs in vcpu_dirty_rate, once a round ended */
 	double vcpu_dirty_rate[MIG_MAX_VCPUS];   /* bytes per second, last round, per vCPU */
 	bool throttle;               /* throttling allowed (p.throttle) */
+	uint32_t downtime_limit_ms;  /* p.downtime_ms: the bound the pause is held to */
+	double switch_expected_ms;   /* the pause predicted when pre-copy ended */
+	uint32_t reconnects;         /* times the connection broke and was made again */
+	uint64_t resent_pages;       /* pages sent again after those breaks */
 	double throttle_budget;      /* bytes/s the vCPUs may dirty (0: none throttled) */
 	unsigned int nr_vcpu_throttle;          /* vCPUs in vcpu_throttle_pct */
 	double vcpu_throttle_pct[MIG_MAX_VCPUS];   /* each vCPU's share of time asleep, now */

@@ -149,6 +149,42 @@ void snapshot_restore_stats(const struct snapshot_restore *sr, struct stream_ram
  * again from there on, so a zero page must be cleared, not skipped.
  */
 #define SNAPSHOT_ID_PRECOPY "precopy"
+/*
+ * Pre-copy that survives a broken connection (docs/migration.md,
+ * "Reconnecting"): the source's first stream says, right after CONFIG, how
+ * long it tries to reconnect and a random token (VM section "reconnect",
+ * optional: u32 seconds, 16 token bytes).  A resumed stream is a new stream
+ * on a new connection: the same CONFIG, then VM section "resume" (required:
+ * the token), then pre-copy goes on.
+ */
+#define SNAPSHOT_ID_RECONNECT "reconnect"
+#define SNAPSHOT_ID_RESUME    "resume"
+#define SNAPSHOT_TOKEN_LEN    16
+#define SNAPSHOT_RECONNECT_MAX_S 3600
+
+struct conn;
+struct stream_watchdog;
+/*
+ * The destination's way back after a broken connection in pre-copy: given
+ * the restore, find the source's new connection and snapshot_restore_resume()
+ * on it; 0 to go on loading, or -errno with err set.
+ */
+typedef int (*snapshot_resume_fn)(void *opaque, struct snapshot_restore *sr, char *err,
+				  size_t len);
+void snapshot_restore_set_resume(struct snapshot_restore *sr, snapshot_resume_fn fn,
+				 void *opaque);
+/* Seconds the source said it tries to reconnect (0: it does not). */
+uint32_t snapshot_restore_reconnect_s(const struct snapshot_restore *sr);
+/* The pre-copy rounds whole here: the instance of the last "precopy" marker read (0: none). */
+uint32_t snapshot_restore_last_round(const struct snapshot_restore *sr);
+/*
+ * snapshot_restore_resume - take the source's new stream on c: its CONFIG
+ * must be the first one's and its "resume" token the one the first stream
+ * gave; loading then goes on from it.  0, or -EBADMSG/-EPERM/-ENOMEM with
+ * err set (c is left to the caller either way).
+ */
+int snapshot_restore_resume(struct snapshot_restore *sr, const struct conn *c,
+			    const struct stream_watchdog *wd, char *err, size_t len) __must_check;
 
 /*
  * snapshot_restore_config - the vm_config that rebuilds the stream's VM:

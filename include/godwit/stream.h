@@ -394,6 +394,12 @@ const struct stream_section *stream_reader_section(const struct stream_reader *r
 uint32_t stream_reader_format_version(const struct stream_reader *r);
 /* The first error's message ("" if none). */
 const char *stream_reader_error(const struct stream_reader *r);
+/*
+ * True once reading failed because the connection did: an I/O error, a
+ * timeout or the end of input before the end of the stream (not a stream
+ * that was read whole and found wrong).
+ */
+bool stream_reader_link_failed(const struct stream_reader *r);
 /* Stream bytes consumed so far. */
 uint64_t stream_reader_offset(const struct stream_reader *r);
 /* Sections read so far, the CONFIG and skipped ones included, EOF not. */

@@ -24,6 +24,7 @@
 
 #include "godwit/api.h"
 #include "godwit/cmd.h"
+#include "godwit/snapshot.h"
 #include "godwit/common.h"
 #include "godwit/migrate.h"
 #include "godwit/tls.h"
@@ -58,6 +59,11 @@ static const char migrate_usage[] =
 "                          its bound and pre-copy still does not converge.\n"
 "                          During post-copy the VM exists only across both\n"
 "                          hosts: if either dies, it is lost (not with TLS yet)\n"
+"  --reconnect-s N         if the connection breaks during pre-copy, connect\n"
+"                          again for up to N seconds (the VM runs on here) and\n"
+"                          go on from what the destination already has,\n"
+"                          sending only what it may lack; 0 (the default):\n"
+"                          the migration fails at once.  Not with --with-disks\n"
 "  --no-throttle           never slow the guest down; by default, once pre-copy\n"
 "                          stops converging, the vCPUs that dirty memory the\n"
 "                          fastest run only part of each 10 ms slice, so that\n"
@@ -232,7 +238,8 @@ static void mig_print_json(json_t *p)
 	/* What a timeline needs: the rounds, when the pause began and its phases. */
 	static const char *const extra[] = {
 		"history", "pause_start_ms", "phases_ms", "dirty_tracking", "vcpu_dirty_rate_bps",
-		"throttle", "postcopy", "postcopy_switched", "postcopy_start_ms", "postcopy_pages",
+		"throttle", "reconnects", "resent_pages", "downtime_limit_ms", "switch_expected_ms",
+		"over_limit", "postcopy", "postcopy_switched", "postcopy_start_ms", "postcopy_pages",
 		"postcopy_requested", "postcopy_pushed", "fault_latency_median_ms",
 		"fault_latency_max_ms", "postcopy_ms", NULL
 	};
@@ -357,6 +364,7 @@ int cmd_migrate(int argc, char **argv)
 		{ "gate",          no_argument,       NULL, 'g' },
 		{ "no-throttle",   no_argument,       NULL, 'N' },
 		{ "postcopy",      required_argument, NULL, 'O' },
+		{ "reconnect-s",   required_argument, NULL, 'R' },
 		{ "json",          no_argument,       NULL, 'j' },
 		{ "timeline",      required_argument, NULL, 'L' },
 		{ "quiet",         no_argument,       NULL, 'q' },
@@ -368,6 +376,7 @@ int cmd_migrate(int argc, char **argv)
 	bool live = false;
 	bool insecure = false, gate = false, at_gate = false, no_throttle = false;
 	enum pc_mode postcopy = PC_OFF;
+	unsigned long long reconnect = 0;
 	uint64_t downtime = MIG_DEFAULT_DOWNTIME_MS, rounds = MIG_DEFAULT_MAX_ROUNDS, bw = 0;
 	uint64_t min_rate = MIG_DEFAULT_MIN_RATE;
 	bool json = false, quiet = false;
@@ -431,6 +440,18 @@ int cmd_migrate(int argc, char **argv)
 				goto usage;
 			}
 			break;
+		case 'R': {
+			char *e;
+
+			errno = 0;
+			reconnect = strtoull(optarg, &e, 10);
+			if (errno || *e || e == optarg || reconnect > SNAPSHOT_RECONNECT_MAX_S) {
+				fprintf(stderr, "godwit: migrate: --reconnect-s %s: expected seconds from "
+					"0 to %u\n", optarg, SNAPSHOT_RECONNECT_MAX_S);
+				goto usage;
+			}
+			break;
+		}
 		case 'j': json = true; break;
 		case 'L':
 			if (!*optarg) {
@@ -489,6 +510,8 @@ int cmd_migrate(int argc, char **argv)
 		json_object_set_new(req, "insecure", json_true());
 	if (req && gate)
 		json_object_set_new(req, "gate", json_true());
+	if (req && reconnect)
+		json_object_set_new(req, "reconnect_s", json_integer((json_int_t)reconnect));
 	if (req && no_throttle)
 		json_object_set_new(req, "throttle", json_false());
 	if (req && postcopy != PC_OFF)

@@ -146,9 +146,8 @@ int cmd_incoming(int argc, char **argv)
 		return EXIT_ERROR;
 	}
 	/* From here the incoming owns p.uffd. */
+	/* incoming_accept() owns the credentials from here (and frees the key once it is done). */
 	ret = incoming_accept(a.incoming, &p, &ri.in, err, sizeof(err));
-	/* The key is not needed once the session exists. */
-	tls_creds_free(p.tls);
 	if (ret) {
 		log_warnx("run: %s", err);
 		return EXIT_ERROR;

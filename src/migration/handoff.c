@@ -41,6 +41,7 @@ const char *mig_msg_name(enum mig_msg type)
 	case MIG_MSG_COMMIT: return "COMMIT";
 	case MIG_MSG_DONE:   return "DONE";
 	case MIG_MSG_ABORT:  return "ABORT";
+	case MIG_MSG_RESUMED: return "RESUMED";
 	}
 	snprintf(buf, sizeof(buf), "message %d", (int)type);
 	return buf;
@@ -127,7 +128,7 @@ int migrate_msg_recv(struct conn *c, int timeout_ms, enum mig_msg *type, char *t
 	memcpy(&magic, buf, 4);
 	memcpy(&t, buf + 4, 2);
 	memcpy(&l, buf + 6, 2);
-	if (magic != MIG_MSG_MAGIC || l > MIG_MSG_TEXT_MAX || t < MIG_MSG_ACCEPT || t > MIG_MSG_ABORT)
+	if (magic != MIG_MSG_MAGIC || l > MIG_MSG_TEXT_MAX || t < MIG_MSG_ACCEPT || t > MIG_MSG_RESUMED)
 		return -EBADMSG;
 	ret = msg_recv_all(c, buf + MIG_MSG_HDR, (size_t)l + 4, &t0, timeout_ms);
 	if (ret)

@@ -38,7 +38,9 @@ struct incoming {
 	bool taken;              /* the VM is ours, or in doubt: migrated disks stay */
 	bool in_doubt;
 	struct timespec t0;      /* the connection */
-	int lfd;                 /* the listener, until the hand-off ended (post-copy's channel) */
+	int lfd;                 /* the listener, kept while pre-copy may be resumed and until
+				    post-copy's request channel came (-1: closed) */
+	unsigned int resumed;    /* connections taken back after a break */
 	struct vm *vm;
 	struct pc_dest *pc;      /* post-copy: the pages still coming */
 	int rq;                  /* post-copy: the request channel, or -1 */
@@ -121,15 +123,104 @@ static int in_open(struct incoming *in, int fd, const char *peer, char *why, siz
 	return ret;
 }
 
-/* Drop the connection in->c (a stray, or one that failed). */
-static void in_drop(struct incoming *in)
+/* Close the connection in->c. */
+static void in_close_conn(struct incoming *in)
 {
-	snapshot_restore_free(in->sr);
-	in->sr = NULL;
 	tls_sess_free(in->c.tls);
 	if (in->c.fd >= 0)
 		close(in->c.fd);
 	in->c = conn_plain(-1);
+}
+
+/* Drop the connection in->c (a stray, or one that failed) and what it brought. */
+static void in_drop(struct incoming *in)
+{
+	snapshot_restore_free(in->sr);
+	in->sr = NULL;
+	in_close_conn(in);
+}
+
+/* No source comes back any more: the listener goes, and the key with it. */
+static void in_unlisten(struct incoming *in)
+{
+	if (in->lfd >= 0)
+		migrate_unlisten(in->lfd, in->addr);
+	in->lfd = -1;
+	tls_creds_free(in->p.tls);
+	in->p.tls = NULL;
+}
+
+/*
+ * The connection broke in pre-copy and the source said it reconnects
+ * (snapshot_restore_reconnect_s()): wait that long on the listener for a
+ * connection that resumes this migration (TLS as the first, the same
+ * CONFIG, the token), answer RESUMED with the rounds whole here, and go on.
+ * Anything else that comes meanwhile is dropped and waited past.
+ */
+static int in_resume(void *opaque, struct snapshot_restore *sr, char *err, size_t len)
+{
+	struct incoming *in = opaque;
+	uint32_t secs = snapshot_restore_reconnect_s(sr);
+	struct timespec t;
+	struct stream_watchdog wd = {
+		.deadline_ms = 0,
+		.min_bytes = in->p.min_rate * (INCOMING_RATE_WINDOW_MS / 1000),
+		.window_ms = INCOMING_RATE_WINDOW_MS,
+	};
+
+	if (in->lfd < 0) {
+		snprintf(err, len, "no listener to take the source back on");
+		return -EPERM;
+	}
+	log_warnx("incoming migration: the connection broke in pre-copy; waiting up to %u s on %s "
+		  "for the source to come back", secs, in->addr);
+	in_close_conn(in);
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	for (;;) {
+		double left = secs * 1000.0 - ms_since(&t);
+		char peer[128] = "?", why[768] = "", text[32];
+		int fd = -1, ret;
+
+		if (left <= 0) {
+			snprintf(err, len, "the source did not come back within %u s", secs);
+			return -ETIMEDOUT;
+		}
+		ret = migrate_accept(in->lfd, in->addr, (int)left, &fd, peer, sizeof(peer), why,
+				     sizeof(why));
+		if (ret == -ETIMEDOUT || ret == -EINTR)
+			continue;
+		if (ret == -EACCES || ret == -ECONNABORTED)
+			continue;
+		if (ret) {
+			snprintf(err, len, "waiting for the source to come back: %s", why);
+			return ret;
+		}
+		in->c = conn_plain(fd);
+		if (in->p.tls) {
+			ret = in_not_tls(in, why, sizeof(why));
+			if (!ret)
+				ret = tls_handshake(in->p.tls, fd, MIG_IO_TIMEOUT_MS, &in->c.tls, why,
+						    sizeof(why));
+		}
+		if (!ret)
+			ret = snapshot_restore_resume(sr, &in->c, &wd, why, sizeof(why));
+		if (!ret) {
+			snprintf(text, sizeof(text), "round=%u", snapshot_restore_last_round(sr));
+			ret = migrate_msg_send(&in->c, MIG_MSG_RESUMED, text);
+			if (ret)
+				snprintf(why, sizeof(why), "cannot answer RESUMED: %s", strerror(-ret));
+		}
+		if (!ret) {
+			in->resumed++;
+			log_info("incoming migration: %s came back after %.1f s (%s): pre-copy goes on "
+				 "from round %u", peer, ms_since(&t) / 1000, text,
+				 snapshot_restore_last_round(sr));
+			return 0;
+		}
+		log_warnx("incoming migration: a connection from %s did not resume the migration: %s; "
+			  "still waiting", peer, why);
+		in_close_conn(in);
+	}
 }
 
 int incoming_accept(const char *addr, const struct incoming_params *p,
@@ -141,6 +232,7 @@ int incoming_accept(const char *addr, const struct incoming_params *p,
 	int lfd = -1, ret;
 
 	if (!in) {
+		tls_creds_free(p->tls);
 		snprintf(err, len, "out of memory");
 		return -ENOMEM;
 	}
@@ -198,8 +290,13 @@ int incoming_accept(const char *addr, const struct incoming_params *p,
 		log_warnx("incoming migration: the connection from %s was dropped: %s; still waiting "
 			  "for the source on %s", peer, why, addr);
 	}
-	/* Kept until the hand-off: a post-copy source opens its request channel there. */
+	/*
+	 * Kept open while loading (the sandbox allows accept, not listen): a
+	 * source whose connection breaks in pre-copy may come back on it, and
+	 * a post-copy source opens its request channel there.
+	 */
 	in->lfd = lfd;
+	snapshot_restore_set_resume(in->sr, in_resume, in);
 	snapshot_restore_allow_postcopy(in->sr);
 	*out = in;
 	return 0;
@@ -392,6 +489,13 @@ int incoming_load(struct incoming *in, struct vm *vm, bool *in_doubt, char *err,
 	}
 	in->vm = vm;
 	ret = snapshot_restore_load(in->sr, vm, err, len);
+	/* The stream is whole (or lost): no source comes back any more (post-copy: see below). */
+	{
+		size_t n;
+
+		if (ret || !snapshot_restore_postcopy(in->sr, &n))
+			in_unlisten(in);
+	}
 	/* Migrated disks on stable storage before we say READY. */
 	for (unsigned int i = 0; !ret && i < in->nr_disks; i++)
 		ret = disk_recv_sync(&in->disks[i], err, len);
@@ -403,8 +507,7 @@ int incoming_load(struct incoming *in, struct vm *vm, bool *in_doubt, char *err,
 	}
 	snapshot_restore_stats(in->sr, NULL, &bytes);
 	r = handoff_dest(&in->c, in->p.handoff_ms, &ops, in, why, sizeof(why));
-	migrate_unlisten(in->lfd, in->addr);
-	in->lfd = -1;
+	in_unlisten(in);
 	switch (r) {
 	case HANDOFF_HERE:
 		in->taken = true;
@@ -452,10 +555,9 @@ void incoming_close(struct incoming *in)
 	pc_dest_free(in->pc);
 	if (in->rq >= 0)
 		close(in->rq);
-	if (in->lfd >= 0)
-		migrate_unlisten(in->lfd, in->addr);
 	if (in->p.uffd >= 0)
 		close(in->p.uffd);
 	in_drop(in);
+	in_unlisten(in);
 	free(in);
 }

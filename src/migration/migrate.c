@@ -22,6 +22,7 @@
  * decides to commit, so a cancel after it is refused.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -42,6 +43,8 @@
 #include "godwit/dev.h"
 #include "godwit/disk.h"
 #include "godwit/le.h"
+#include <sys/random.h>
+
 #include "godwit/log.h"
 #include "godwit/throttle.h"
 #include "godwit/migrate.h"
@@ -55,6 +58,7 @@
 #define MIG_ACCEPT_TIMEOUT_MS 60000          /* the destination builds its VM meanwhile */
 /* The TLS handshake: a destination may first spend up to 10 s dropping a stray connection. */
 #define MIG_HANDSHAKE_TIMEOUT_MS 30000
+#define MIG_PAUSE_FIXED_MS 2.0               /* mig_fixed_pause_ms() */
 #define MIG_CHUNK_PAGES      4096            /* 16 MiB: clear, copy, send */
 #define MIG_RELEASE_WAIT_MS  5000            /* for a client to read the final report */
 
@@ -96,6 +100,7 @@ const char *migrate_status_name(enum mig_status s)
 	case MIG_COMMIT_WAIT: return "commit-wait";
 	case MIG_POSTCOPY:   return "postcopy-active";
 	case MIG_POSTCOPY_FAILED: return "postcopy-failed";
+	case MIG_RECONNECTING: return "reconnecting";
 	}
 	return "unknown";
 }
@@ -197,6 +202,11 @@ struct mig_run {
 	struct timespec t_pace;      /* bandwidth pacing: start of the current window */
 	uint64_t pace_bytes;         /* stream offset at t_pace */
 	bool pace;                   /* apply --max-bandwidth (not during stop-and-copy) */
+	uint32_t round;              /* the pre-copy round being sent */
+	uint64_t bytes_before, pages_before, zero_before;   /* of the connections before r->w */
+	/* p.reconnect_s: the round each page was last queued in (0: never), per region */
+	uint16_t *sent_round[2];
+	uint8_t token[SNAPSHOT_TOKEN_LEN];
 	struct throttle *thr;        /* p.throttle: the vCPUs' throttle during pre-copy */
 	double budget;               /* bytes/s the throttle lets the vCPUs dirty (0: none) */
 	bool pc_switch;              /* switch to post-copy at the pause */
@@ -214,9 +224,9 @@ static void mig_publish(struct mig_run *r)
 
 	stream_writer_ram_stats(r->w, &st);
 	pthread_mutex_lock(&r->m->lock);
-	r->m->prog.bytes = stream_writer_offset(r->w);
-	r->m->prog.pages = st.pages;
-	r->m->prog.zero_pages = st.zero_pages;
+	r->m->prog.bytes = r->bytes_before + stream_writer_offset(r->w);
+	r->m->prog.pages = r->pages_before + st.pages;
+	r->m->prog.zero_pages = r->zero_before + st.zero_pages;
 	if (r->m->dm) {
 		struct disk_mig_stats ds;
 
@@ -291,6 +301,15 @@ static int64_t mig_collect(struct mig_run *r)
  * dirty bits in KVM (manual protection), queue its pages, flush (the pages
  * are copied now), forget the chunk's bits.  Returns 0 or -errno.
  */
+/* Reconnecting: pages [first, first + n) set in bm go out in round r->round. */
+static void mig_mark_sent(struct mig_run *r, unsigned int i, uint64_t first, uint64_t n,
+			  const uint64_t *bm)
+{
+	for (uint64_t k = 0; k < n; k++)
+		if (bm[k / 64] & (1ULL << (k % 64)))
+			r->sent_round[i][first + k] = (uint16_t)r->round;
+}
+
 static int mig_send_dirty(struct mig_run *r, bool clear)
 {
 	struct vm *vm = r->vm;
@@ -321,6 +340,8 @@ static int mig_send_dirty(struct mig_run *r, bool clear)
 					return ret;
 				}
 			}
+			if (r->sent_round[i])
+				mig_mark_sent(r, i, first, n, bm + w0);
 			ret = stream_put_ram_dirty(r->w, mr->host + first * STREAM_PAGE_SIZE,
 						   mr->gpa + first * STREAM_PAGE_SIZE, n, bm + w0);
 			if (!ret)
@@ -348,7 +369,17 @@ static int mig_alloc_bitmaps(struct mig_run *r)
 		r->m->scratch[i] = calloc(words, sizeof(uint64_t));
 		if (!r->m->bitmap[i] || !r->m->scratch[i])
 			return -ENOMEM;
+		if (r->m->p.reconnect_s) {
+			r->sent_round[i] = calloc(r->vm->mem[i].size / STREAM_PAGE_SIZE,
+						  sizeof(uint16_t));
+			if (!r->sent_round[i])
+				return -ENOMEM;
+		}
 	}
+	/* The token the destination knows us by when we come back (SNAPSHOT_ID_RESUME). */
+	if (r->m->p.reconnect_s &&
+	    getrandom(r->token, sizeof(r->token), 0) != (ssize_t)sizeof(r->token))
+		return -EIO;
 	return 0;
 }
 
@@ -362,15 +393,16 @@ static void mig_free_bitmaps(struct migration *m)
 }
 
 /* Handshake: preamble + CONFIG, then the destination's verdict. */
-static int mig_setup(struct mig_run *r)
+/* The stream's preamble and CONFIG on r->w (not flushed); r->err on failure. */
+static int mig_begin_stream(struct mig_run *r)
 {
 	struct stream_config *cfg = calloc(1, sizeof(*cfg));
-	enum mig_msg type;
-	char text[MIG_MSG_TEXT_MAX + 1];
 	int ret;
 
-	if (!cfg)
+	if (!cfg) {
+		snprintf(r->err, sizeof(r->err), "out of memory");
 		return -ENOMEM;
+	}
 	ret = snapshot_config_from_vm(cfg, r->vm);
 	if (!ret && r->m->dm)
 		ret = disk_mig_config(r->m->dm, cfg);
@@ -382,6 +414,34 @@ static int mig_setup(struct mig_run *r)
 	}
 	ret = stream_begin(r->w, cfg);
 	free(cfg);
+	if (ret)
+		snprintf(r->err, sizeof(r->err), "sending the configuration: %s",
+			 stream_writer_error(r->w));
+	return ret;
+}
+
+static int mig_setup(struct mig_run *r)
+{
+	enum mig_msg type;
+	char text[MIG_MSG_TEXT_MAX + 1];
+	int ret;
+
+	ret = mig_begin_stream(r);
+	if (ret)
+		return ret;
+	if (r->sent_round[0]) {
+		/* Tell the destination we come back if the connection breaks, and how to know us. */
+		uint8_t p[4 + SNAPSHOT_TOKEN_LEN];
+		uint32_t secs = r->m->p.reconnect_s;
+
+		p[0] = (uint8_t)secs;
+		p[1] = (uint8_t)(secs >> 8);
+		p[2] = (uint8_t)(secs >> 16);
+		p[3] = (uint8_t)(secs >> 24);
+		memcpy(p + 4, r->token, SNAPSHOT_TOKEN_LEN);
+		ret = stream_put_section(r->w, STREAM_VM, STREAM_F_OPTIONAL, SNAPSHOT_ID_RECONNECT, 1,
+					 0, p, sizeof(p));
+	}
 	if (!ret)
 		ret = stream_flush(r->w);
 	if (ret) {
@@ -487,6 +547,223 @@ static bool mig_pc_auto(struct mig_run *r, uint32_t round, unsigned int *hot)
 	       (!r->thr && p->not_converging) || round >= r->m->p.max_rounds;
 }
 
+/*
+ * What the pause costs beyond the last pages, predicted: the CPU and
+ * device state, the destination loading it, pausing and starting the vCPUs
+ * (MIG_PAUSE_FIXED_MS, measured on the development hosts: 1-3 ms in all),
+ * and two round trips (EOF to READY, COMMIT to DONE), from the kernel's
+ * smoothed RTT of a TCP connection (a UNIX socket's is nil).
+ */
+static double mig_fixed_pause_ms(struct mig_run *r)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+	double rtt = 0;
+
+	if (r->c.fd >= 0 && !getsockopt(r->c.fd, IPPROTO_TCP, TCP_INFO, &ti, &len) &&
+	    len >= offsetof(struct tcp_info, tcpi_rtt) + sizeof(ti.tcpi_rtt))
+		rtt = ti.tcpi_rtt / 1000.0;
+	return MIG_PAUSE_FIXED_MS + 2 * rtt;
+}
+
+/* A failure in pre-copy that a new connection may get past (p.reconnect_s). */
+static bool mig_link_lost(struct mig_run *r, int ret)
+{
+	if (!r->m->p.reconnect_s || !r->sent_round[0] || mig_cancelled(r->m) ||
+	    mig_vm_stopping(r->vm))
+		return false;
+	switch (-ret) {
+	case EPIPE: case ECONNRESET: case ETIMEDOUT: case EIO: case ENOTCONN:
+	case ECONNABORTED: case EPROTO: case EHOSTUNREACH: case ENETUNREACH: case ENETDOWN:
+		return true;
+	}
+	return false;
+}
+
+/* Close the connection (the writer, TLS, the socket), keeping the counters. */
+static void mig_disconnect(struct mig_run *r)
+{
+	struct stream_ram_stats st;
+
+	if (r->w) {
+		stream_writer_ram_stats(r->w, &st);
+		r->bytes_before += stream_writer_offset(r->w);
+		r->pages_before += st.pages;
+		r->zero_before += st.zero_pages;
+		stream_writer_free(r->w);
+		r->w = NULL;
+	}
+	pthread_mutex_lock(&r->m->lock);
+	r->m->fd = -1;
+	pthread_mutex_unlock(&r->m->lock);
+	tls_sess_free(r->c.tls);
+	if (r->c.fd >= 0)
+		close(r->c.fd);
+	r->c = conn_plain(-1);
+}
+
+/* The writer on r->c, with TLS and the destination's minimum rate. */
+static int mig_writer(struct mig_run *r)
+{
+	struct stream_watchdog wd = {
+		.min_bytes = r->m->p.min_rate * (MIG_RATE_WINDOW_MS / 1000),
+		.window_ms = MIG_RATE_WINDOW_MS,
+	};
+	int ret = stream_writer_new(r->c.fd, &r->w);
+
+	if (ret)
+		return ret;
+	stream_writer_set_tls(r->w, r->c.tls);
+	stream_writer_set_watchdog(r->w, &wd);
+	return 0;
+}
+
+/*
+ * One try at taking the migration up again on a new connection: connect
+ * (TLS as before), the CONFIG again, the token; the destination answers
+ * RESUMED "round=N" (rounds before N are whole there).  0 and *whole; -EPERM
+ * if the destination refused (no point trying again); other -errno: try
+ * again.  r->err says why.
+ */
+static int mig_reconnect_once(struct mig_run *r, int timeout_ms, uint32_t *whole)
+{
+	struct migration *m = r->m;
+	char text[MIG_MSG_TEXT_MAX + 1];
+	enum mig_msg type;
+	unsigned int n;
+	int ret, fd = -1;
+
+	ret = migrate_connect(m->p.to, &fd, r->err, sizeof(r->err));
+	if (ret)
+		return ret == -ECONNREFUSED || ret == -ENOENT ? -EPERM : ret;
+	pthread_mutex_lock(&m->lock);
+	m->fd = fd;
+	pthread_mutex_unlock(&m->lock);
+	r->c = conn_plain(fd);
+	if (mig_cancelled(m))
+		return -ECANCELED;
+	if (m->p.tls) {
+		ret = tls_handshake(m->p.tls, fd, timeout_ms, &r->c.tls, r->err, sizeof(r->err));
+		if (ret)
+			return ret;
+	}
+	ret = mig_writer(r);
+	if (ret) {
+		snprintf(r->err, sizeof(r->err), "out of memory");
+		return ret;
+	}
+	ret = mig_begin_stream(r);
+	if (!ret)
+		ret = stream_put_section(r->w, STREAM_VM, 0, SNAPSHOT_ID_RESUME, 1, 0, r->token,
+					 sizeof(r->token));
+	if (!ret)
+		ret = stream_flush(r->w);
+	if (ret) {
+		snprintf(r->err, sizeof(r->err), "sending the resume request: %s",
+			 stream_writer_error(r->w));
+		return ret;
+	}
+	ret = migrate_msg_recv(&r->c, timeout_ms, &type, text, sizeof(text));
+	if (ret) {
+		snprintf(r->err, sizeof(r->err), "no answer to the resume request: %s",
+			 conn_strerror(&r->c, -ret));
+		return ret;
+	}
+	if (type == MIG_MSG_REFUSE || type == MIG_MSG_ERROR) {
+		snprintf(r->err, sizeof(r->err), "the destination refused to resume: %.400s", text);
+		return -EPERM;
+	}
+	if (type != MIG_MSG_RESUMED || sscanf(text, "round=%u%n", whole, &n) != 1 ||
+	    n != strlen(text) || *whole > r->round) {
+		snprintf(r->err, sizeof(r->err), "the destination answered %s \"%.100s\" to the "
+			 "resume request", mig_msg_name(type), text);
+		return -EPERM;
+	}
+	return 0;
+}
+
+/*
+ * Pre-copy's connection broke (r->err says how): connect again for up to
+ * p.reconnect_s seconds, the VM running on here meanwhile.  Once the
+ * destination is back, every page queued in a round it may not have whole
+ * is marked dirty again, so the next round sends it (with whatever the
+ * guest dirtied meanwhile).  0, or -errno with r->err set.
+ */
+static int mig_resume(struct mig_run *r)
+{
+	struct migration *m = r->m;
+	uint32_t secs = m->p.reconnect_s, whole = 0;
+	char first[512];
+	struct timespec t;
+	uint64_t again = 0;
+	int ret;
+
+	snprintf(first, sizeof(first), "%s", r->err);
+	log_warnx("migrate: the connection broke in round %u (%s); connecting again for up to %u s",
+		  r->round, first, secs);
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	pthread_mutex_lock(&m->lock);
+	m->prog.status = MIG_RECONNECTING;
+	m->prog.reconnects++;
+	pthread_mutex_unlock(&m->lock);
+	for (;;) {
+		double left = secs * 1000.0 - ms_since(&t);
+
+		mig_disconnect(r);
+		if (mig_cancelled(m))
+			return -ECANCELED;
+		if (mig_vm_stopping(r->vm)) {
+			snprintf(r->err, sizeof(r->err), "the VM stopped during the migration");
+			return -ESHUTDOWN;
+		}
+		if (left <= 0) {
+			snprintf(r->err, sizeof(r->err), "%.300s; the destination did not come back "
+				 "within %u s", first, secs);
+			return -ETIMEDOUT;
+		}
+		ret = mig_reconnect_once(r, (int)MIN(left, (double)MIG_IO_TIMEOUT_MS), &whole);
+		if (!ret)
+			break;
+		if (ret == -EPERM || ret == -ECANCELED) {
+			mig_disconnect(r);
+			if (ret == -EPERM) {
+				char why[512];
+
+				snprintf(why, sizeof(why), "%s", r->err);
+				snprintf(r->err, sizeof(r->err), "%.250s; then: %.250s", first, why);
+			}
+			return ret;
+		}
+		log_debug("migrate: reconnecting: %s", r->err);
+		{
+			struct timespec nap = { .tv_nsec = 200 * 1000000L };
+
+			nanosleep(&nap, NULL);
+		}
+	}
+	for (unsigned int i = 0; i < r->vm->nr_mem; i++) {
+		uint64_t npages = r->vm->mem[i].size / STREAM_PAGE_SIZE;
+
+		for (uint64_t p = 0; p < npages; p++)
+			if (r->sent_round[i][p] && r->sent_round[i][p] >= whole) {
+				if (!(m->bitmap[i][p / 64] & (1ULL << (p % 64))))
+					again++;
+				m->bitmap[i][p / 64] |= 1ULL << (p % 64);
+			}
+	}
+	r->err[0] = 0;
+	r->pace_bytes = 0;
+	clock_gettime(CLOCK_MONOTONIC, &r->t_pace);
+	pthread_mutex_lock(&m->lock);
+	m->prog.status = MIG_ACTIVE;
+	m->prog.resent_pages += again;
+	pthread_mutex_unlock(&m->lock);
+	log_info("migrate: connected again after %.1f s; the destination has rounds before %u "
+		 "whole: %llu pages to send again", ms_since(&t) / 1000, whole,
+		 (unsigned long long)again);
+	return 0;
+}
+
 /* Pre-copy rounds until what is left fits the downtime limit (or the round limit). */
 static int mig_precopy(struct mig_run *r)
 {
@@ -544,7 +821,7 @@ static int mig_precopy(struct mig_run *r)
 	for (uint32_t round = 1; ; round++) {
 		struct timespec t0;
 		uint64_t off0 = stream_writer_offset(r->w);
-		double ms, bw, remaining, expect;
+		double ms, bw, remaining, expect, expect_mem;
 
 		clock_gettime(CLOCK_MONOTONIC, &t0);
 		r->t_pace = t0;
@@ -552,16 +829,23 @@ static int mig_precopy(struct mig_run *r)
 		pthread_mutex_lock(&m->lock);
 		m->prog.round = round;
 		pthread_mutex_unlock(&m->lock);
+		r->round = round;
 		if (round > 1) {
 			ret = stream_put_section(r->w, STREAM_VM, 0, SNAPSHOT_ID_PRECOPY, 1, round,
 						 NULL, 0);
-			if (ret) {
+			if (ret)
 				snprintf(r->err, sizeof(r->err), "sending memory: %s",
 					 stream_writer_error(r->w));
-				return ret;
-			}
 		}
-		ret = mig_send_dirty(r, true);
+		if (!ret)
+			ret = mig_send_dirty(r, true);
+		if (ret && mig_link_lost(r, ret)) {
+			/* Connected again: the next round sends what the destination may lack. */
+			ret = mig_resume(r);
+			if (ret)
+				return ret;
+			continue;
+		}
 		if (ret)
 			return ret;
 		if (m->dm) {
@@ -584,7 +868,9 @@ static int mig_precopy(struct mig_run *r)
 		if (m->dm)
 			disk_dirty = disk_mig_collect(m->dm);
 		remaining = (double)dirty * STREAM_PAGE_SIZE + (double)disk_dirty;
-		expect = !remaining ? 0 : bw_est > 0 ? remaining / bw_est * 1e3 : 1e9;
+		expect_mem = !remaining ? 0 : bw_est > 0 ? remaining / bw_est * 1e3 : 1e9;
+		/* The pause is more than the last pages: the state, the hand-off's trips. */
+		expect = expect_mem + mig_fixed_pause_ms(r);
 		pthread_mutex_lock(&m->lock);
 		m->prog.disk_remaining_bytes = disk_dirty;
 		m->prog.disk_dirty_rate = (double)disk_dirty / ms * 1e3;
@@ -641,8 +927,11 @@ static int mig_precopy(struct mig_run *r)
 		 * saves; take it while rounds still shrink what is left fast (to
 		 * half or less), until the rest takes under a millisecond.
 		 */
+		pthread_mutex_lock(&m->lock);
+		m->prog.switch_expected_ms = expect;
+		pthread_mutex_unlock(&m->lock);
 		if (expect <= (double)m->p.downtime_ms &&
-		    (expect < 1.0 || round >= m->p.max_rounds || last_remaining < 0 ||
+		    (expect_mem < 1.0 || round >= m->p.max_rounds || last_remaining < 0 ||
 		     remaining > last_remaining / 2)) {
 			pthread_mutex_lock(&m->lock);
 			m->prog.converged = true;
@@ -1013,18 +1302,10 @@ static void *mig_thread(void *opaque)
 		pthread_mutex_unlock(&m->lock);
 		log_info("migrate: %s authenticated (%s)", m->p.to, tls_sess_desc(r.c.tls));
 	}
-	ret = stream_writer_new(r.c.fd, &r.w);
-	if (!ret) {
-		stream_writer_set_tls(r.w, r.c.tls);
-		/* A destination that takes the stream a trickle at a time has failed. */
-		struct stream_watchdog wd = {
-			.min_bytes = m->p.min_rate * (MIG_RATE_WINDOW_MS / 1000),
-			.window_ms = MIG_RATE_WINDOW_MS,
-		};
-
-		stream_writer_set_watchdog(r.w, &wd);
+	/* A destination that takes the stream a trickle at a time has failed (mig_writer). */
+	ret = mig_writer(&r);
+	if (!ret)
 		ret = mig_alloc_bitmaps(&r);
-	}
 	if (ret) {
 		snprintf(r.err, sizeof(r.err), "out of memory");
 		goto fail;
@@ -1132,6 +1413,11 @@ static void *mig_thread(void *opaque)
 			 m->prog.fault_max_ms);
 	}
 	m->prog.total_ms = ms_since(&m->t_start);
+	if (m->prog.downtime_ms > m->p.downtime_ms)
+		log_warnx("migrate: the pause took %.1f ms, over the limit of %u ms (%.1f ms were "
+			  "expected%s)", m->prog.downtime_ms, m->p.downtime_ms,
+			  m->prog.switch_expected_ms,
+			  m->prog.converged ? "" : "; pre-copy did not converge under it");
 	m->prog.status = MIG_COMPLETED;
 	m->prog.remaining_bytes = 0;
 	pthread_cond_broadcast(&m->cond);
@@ -1180,6 +1466,8 @@ out:
 	tls_creds_free(m->p.tls);
 	m->p.tls = NULL;
 	mig_free_bitmaps(m);
+	for (unsigned int i = 0; i < ARRAY_SIZE(r.sent_round); i++)
+		free(r.sent_round[i]);
 	if (m->prog.status != MIG_IN_DOUBT && m->prog.status != MIG_COMPLETED) {
 		disk_mig_free(m->dm);
 		m->dm = NULL;
@@ -1232,6 +1520,12 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 	}
 	if (p->postcopy != PC_OFF && p->tls) {
 		snprintf(err, len, "post-copy over TLS is not supported yet");
+		ret = -EINVAL;
+		goto fail;
+	}
+	if (p->reconnect_s > SNAPSHOT_RECONNECT_MAX_S || (p->reconnect_s && p->with_disks)) {
+		snprintf(err, len, "reconnect_s must be 0-%u, and 0 with with_disks (a storage "
+			 "migration cannot be resumed yet)", SNAPSHOT_RECONNECT_MAX_S);
 		ret = -EINVAL;
 		goto fail;
 	}
@@ -1303,6 +1597,7 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 	m->prog.insecure = !p->tls && !migrate_addr_local(p->to);
 	m->prog.dirty_ring = vm->dirty_ring != 0;
 	m->prog.throttle = p->throttle;
+	m->prog.downtime_limit_ms = p->downtime_ms;
 	m->prog.status = MIG_SETUP;
 	m->cancel = m->reported = m->in_handoff = false;
 	m->decision = GATE_WAIT;

@@ -425,6 +425,15 @@ struct snapshot_restore {
 	bool pc_allowed;                /* a migration destination that can do post-copy */
 	uint8_t *pc;                    /* the "postcopy" section's payload, or NULL */
 	size_t pc_len;
+	/* Reconnecting (SNAPSHOT_ID_RECONNECT): */
+	struct stream_reader *first;    /* the first stream's reader (sr->cfg is its), once resumed */
+	uint64_t bytes_before;          /* bytes of the streams before sr->r */
+	uint32_t reconnect_s;           /* the source's window; 0: it does not reconnect */
+	uint8_t token[SNAPSHOT_TOKEN_LEN];
+	uint32_t last_round;            /* the last "precopy" marker's instance */
+	bool paused_phase;              /* the last pass (marker 0) began: no resuming */
+	snapshot_resume_fn resume;
+	void *resume_opaque;
 };
 
 static struct kvm_cpuid2 *snap_supported_cpuid(void)
@@ -747,6 +756,110 @@ static const char *snap_sec_name(const struct snap_sec *s, char *buf, size_t len
 	return buf;
 }
 
+/* VM section "reconnect": the source's window and token (once, before any memory). */
+static int snap_reconnect(struct snapshot_restore *sr, const struct stream_section *s)
+{
+	const uint8_t *p;
+	uint32_t secs;
+	int ret;
+
+	if (s->len != 4 + SNAPSHOT_TOKEN_LEN)
+		return stream_refuse(sr->r, -EINVAL, "a reconnect section of %llu bytes, not %u",
+				     (unsigned long long)s->len, 4 + SNAPSHOT_TOKEN_LEN);
+	if (sr->reconnect_s || sr->precopy_rounds || sr->ram.pages)
+		return stream_refuse(sr->r, -EINVAL, "a reconnect section after the memory began");
+	ret = stream_read_payload(sr->r, &p);
+	if (ret)
+		return ret;
+	secs = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+	if (!secs || secs > SNAPSHOT_RECONNECT_MAX_S)
+		return stream_refuse(sr->r, -EINVAL, "a reconnect window of %u s (1-%u)", secs,
+				     SNAPSHOT_RECONNECT_MAX_S);
+	sr->reconnect_s = secs;
+	memcpy(sr->token, p + 4, SNAPSHOT_TOKEN_LEN);
+	return 0;
+}
+
+void snapshot_restore_set_resume(struct snapshot_restore *sr, snapshot_resume_fn fn, void *opaque)
+{
+	sr->resume = fn;
+	sr->resume_opaque = opaque;
+}
+
+uint32_t snapshot_restore_reconnect_s(const struct snapshot_restore *sr)
+{
+	return sr->reconnect_s;
+}
+
+uint32_t snapshot_restore_last_round(const struct snapshot_restore *sr)
+{
+	return sr->last_round;
+}
+
+int snapshot_restore_resume(struct snapshot_restore *sr, const struct conn *c,
+			    const struct stream_watchdog *wd, char *err, size_t len)
+{
+	const struct stream_config *cfg;
+	struct stream_reader *r;
+	struct stream_section s;
+	const uint8_t *p;
+	int ret;
+
+	if (!sr->reconnect_s || sr->paused_phase) {
+		snap_err(err, len, "this migration cannot be resumed");
+		return -EPERM;
+	}
+	ret = stream_reader_new(c->fd, &r);
+	if (ret) {
+		snap_err(err, len, "out of memory");
+		return ret;
+	}
+	stream_reader_set_watchdog(r, wd);
+	stream_reader_set_tls(r, c->tls);
+	ret = stream_read_header(r, &cfg);
+	if (ret) {
+		snap_err(err, len, "%s", stream_reader_error(r));
+		ret = -EBADMSG;
+		goto fail;
+	}
+	/* Both parsed by this reader into zeroed memory: equal configurations compare equal. */
+	if (memcmp(cfg, sr->cfg, sizeof(*cfg))) {
+		snap_err(err, len, "the resumed stream describes another VM");
+		ret = -EPERM;
+		goto fail;
+	}
+	ret = stream_next_section(r, &s);
+	if (ret <= 0 || s.type != STREAM_VM || strcmp(s.id, SNAPSHOT_ID_RESUME) ||
+	    s.len != SNAPSHOT_TOKEN_LEN) {
+		snap_err(err, len, "the new stream does not begin with a resume section%s%s",
+			 ret < 0 ? ": " : "", ret < 0 ? stream_reader_error(r) : "");
+		ret = -EBADMSG;
+		goto fail;
+	}
+	ret = stream_read_payload(r, &p);
+	if (ret) {
+		snap_err(err, len, "%s", stream_reader_error(r));
+		ret = -EBADMSG;
+		goto fail;
+	}
+	if (memcmp(p, sr->token, SNAPSHOT_TOKEN_LEN)) {
+		snap_err(err, len, "the resume token is not this migration's");
+		ret = -EPERM;
+		goto fail;
+	}
+	/* sr->cfg lives in the first reader: keep it; drop any later one. */
+	sr->bytes_before += stream_reader_offset(sr->r);
+	if (!sr->first)
+		sr->first = sr->r;
+	else
+		stream_reader_free(sr->r);
+	sr->r = r;
+	return 0;
+fail:
+	stream_reader_free(r);
+	return ret;
+}
+
 static int snap_load(struct snapshot_restore *sr, struct vm *vm, char *err, size_t len)
 {
 	struct cpu_load_opts opts = { .clock = sr->clock };
@@ -769,6 +882,7 @@ static int snap_load(struct snapshot_restore *sr, struct vm *vm, char *err, size
 		snap_err(err, len, "this VM does not match the snapshot: %s", why[0] ? why : strerror(-ret));
 		return ret;
 	}
+next:
 	while ((ret = stream_next_section(sr->r, &s)) > 0) {
 		switch (s.type) {
 		case STREAM_RAM:
@@ -782,6 +896,10 @@ static int snap_load(struct snapshot_restore *sr, struct vm *vm, char *err, size
 				/* Pages may come again from here on, zero ones included. */
 				stream_reader_set_target_zeroed(sr->r, false);
 				sr->precopy_rounds++;
+				if (s.instance)
+					sr->last_round = s.instance;
+				else
+					sr->paused_phase = true;
 				/*
 				 * Between pre-copy rounds, put the disk copies on stable
 				 * storage (the source is still running: this costs no
@@ -812,6 +930,8 @@ static int snap_load(struct snapshot_restore *sr, struct vm *vm, char *err, size
 						sr->pc_len = s.len;
 					}
 				}
+			} else if (!strcmp(s.id, SNAPSHOT_ID_RECONNECT)) {
+				ret = snap_reconnect(sr, &s);
 			} else if (strcmp(s.id, SNAP_ID_VM) || s.instance)
 				ret = s.flags & STREAM_F_OPTIONAL ? stream_skip(sr->r) :
 				      stream_refuse(sr->r, -EPROTONOSUPPORT, "unknown required VM section");
@@ -855,6 +975,17 @@ static int snap_load(struct snapshot_restore *sr, struct vm *vm, char *err, size
 	if (ret < 0) {
 		snap_err(err, len, "%s", stream_reader_error(sr->r)[0] ? stream_reader_error(sr->r) :
 			 strerror(-ret));
+		/* The connection broke in pre-copy: the source may come back (reconnect). */
+		if (sr->resume && sr->reconnect_s && !sr->paused_phase &&
+		    stream_reader_link_failed(sr->r)) {
+			char again[512] = "";
+
+			if (!sr->resume(sr->resume_opaque, sr, again, sizeof(again))) {
+				err[0] = 0;
+				goto next;
+			}
+			snap_err(err, len, "%s; %s", stream_reader_error(sr->r), again);
+		}
 		return ret;
 	}
 
@@ -929,9 +1060,11 @@ int snapshot_restore_load(struct snapshot_restore *sr, struct vm *vm, char *err,
 	free(sr->secs);
 	sr->secs = NULL;
 	sr->nr_secs = sr->cap_secs = 0;
-	sr->bytes = stream_reader_offset(sr->r);
+	sr->bytes = sr->bytes_before + stream_reader_offset(sr->r);
 	stream_reader_free(sr->r);
 	sr->r = NULL;
+	stream_reader_free(sr->first);
+	sr->first = NULL;
 	return ret;
 }
 
@@ -952,6 +1085,7 @@ void snapshot_restore_free(struct snapshot_restore *sr)
 		return;
 	free(sr->pc);
 	stream_reader_free(sr->r);
+	stream_reader_free(sr->first);
 	for (unsigned int i = 0; i < sr->nr_specs; i++)
 		free(sr->specs[i]);
 	for (unsigned int i = 0; i < sr->nr_secs; i++)

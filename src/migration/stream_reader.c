@@ -79,6 +79,7 @@ struct stream_reader {
 	struct rd_run *runs;
 	size_t runs_cap;
 	int err;
+	bool link_failed;            /* stream_reader_link_failed() */
 	char msg[400];
 };
 
@@ -212,6 +213,7 @@ static ssize_t r_read(struct stream_reader *r, void *dst, size_t n)
 		ssize_t k;
 		int saved;
 
+		r->link_failed = true;      /* unless this read brings data */
 		if (stream_wd_before(&r->wd, wd_why, sizeof(wd_why)))
 			return r_fail(r, -ETIMEDOUT, "read at offset 0x%llx: %s",
 				      (unsigned long long)(r->off + (r->end - r->pos)), wd_why);
@@ -223,8 +225,10 @@ static ssize_t r_read(struct stream_reader *r, void *dst, size_t n)
 			     sizeof(wd_why)))
 			return r_fail(r, -ETIMEDOUT, "read at offset 0x%llx: %s",
 				      (unsigned long long)(r->off + (r->end - r->pos)), wd_why);
+		if (k > 0)
+			r->link_failed = false;
 		if (k >= 0)
-			return k;
+			return k;     /* 0: the end of input; the caller says it is truncated */
 		if (saved != EINTR) {
 			int e = saved;
 			char buf[64];
@@ -760,6 +764,11 @@ uint32_t stream_reader_format_version(const struct stream_reader *r)
 const char *stream_reader_error(const struct stream_reader *r)
 {
 	return r->msg;
+}
+
+bool stream_reader_link_failed(const struct stream_reader *r)
+{
+	return r->err && r->link_failed;
 }
 
 uint64_t stream_reader_offset(const struct stream_reader *r)

@@ -87,7 +87,12 @@ static void throttle_update(struct throttle *t)
 	budget = t->budget;
 	vm_rate = t->vm_rate;
 	pthread_mutex_unlock(&t->lock);
-	if (vm->dirty_ring) {
+	/*
+	 * Only while throttling: a harvest re-protects the pages, so a page
+	 * rewritten within a round then counts once per period, not once per
+	 * round, and the rates read higher than the round's dirty rate.
+	 */
+	if (vm->dirty_ring && budget > 0) {
 		int ret = vm_dirty_ring_harvest(vm);
 
 		if (ret && !t->warned) {

@@ -190,6 +190,7 @@ static void metrics_migration(struct prom *p, struct vm *vm)
 		MIG_NONE, MIG_SETUP, MIG_ACTIVE, MIG_STOP_COPY, MIG_COMMIT_WAIT, MIG_COMMITTING,
 		MIG_COMPLETED, MIG_FAILED, MIG_CANCELLED, MIG_IN_DOUBT, MIG_INCOMING,
 		MIG_POSTCOPY, MIG_POSTCOPY_FAILED,
+		MIG_RECONNECTING,
 	};
 	struct migrate_progress m;
 
@@ -242,6 +243,33 @@ static void metrics_migration(struct prom *p, struct vm *vm)
 			  m.disk_remaining_bytes);
 	metrics_gauge_u64(p, "godwit_migration_disk_rounds", "Storage migration passes.",
 			  m.disk_rounds);
+	metrics_gauge_u64(p, "godwit_migration_reconnects", "Times pre-copy's connection broke "
+			  "and was made again (migrate --reconnect-s).", m.reconnects);
+	metrics_gauge_u64(p, "godwit_migration_resent_pages", "Pages sent again because of "
+			  "those breaks.", m.resent_pages);
+	metrics_gauge_f64(p, "godwit_migration_throttle_budget_bytes_per_second",
+			  "What the vCPUs may dirty together while throttled (0: none is).",
+			  m.throttle_budget);
+	if (m.nr_vcpu_rates) {
+		prom_family(p, "godwit_migration_vcpu_dirty_rate_bytes_per_second", PROM_GAUGE,
+			    "Each vCPU's dirty rate over the last pre-copy round (KVM's dirty ring).");
+		for (unsigned int i = 0; i < m.nr_vcpu_rates; i++) {
+			char cpu[16];
+
+			snprintf(cpu, sizeof(cpu), "%u", i);
+			prom_f64(p, m.vcpu_dirty_rate[i], "vcpu", cpu, NULL);
+		}
+	}
+	if (m.nr_vcpu_throttle) {
+		prom_family(p, "godwit_migration_vcpu_throttle_ratio", PROM_GAUGE,
+			    "Each vCPU's share of time asleep in the throttle, now (0 to 0.99).");
+		for (unsigned int i = 0; i < m.nr_vcpu_throttle; i++) {
+			char cpu[16];
+
+			snprintf(cpu, sizeof(cpu), "%u", i);
+			prom_f64(p, m.vcpu_throttle_pct[i] / 100, "vcpu", cpu, NULL);
+		}
+	}
 }
 
 /*

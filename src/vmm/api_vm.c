@@ -354,6 +354,11 @@ static json_t *api_progress_json(const struct migrate_progress *p)
 			json_object_set_new(j, "vcpu_dirty_rate_bps",
 					    api_rates_json(p->vcpu_dirty_rate, p->nr_vcpu_rates));
 		json_object_set_new(j, "throttle", json_boolean(p->throttle));
+		json_object_set_new(j, "downtime_limit_ms", json_integer(p->downtime_limit_ms));
+		json_object_set_new(j, "switch_expected_ms",
+				    json_real(api_round3(p->switch_expected_ms)));
+		json_object_set_new(j, "reconnects", json_integer(p->reconnects));
+		json_object_set_new(j, "resent_pages", json_integer((json_int_t)p->resent_pages));
 		json_object_set_new(j, "throttle_budget_bps", json_real(api_round3(p->throttle_budget)));
 		if (p->nr_vcpu_throttle)
 			json_object_set_new(j, "vcpu_throttle_pct",
@@ -361,6 +366,9 @@ static json_t *api_progress_json(const struct migrate_progress *p)
 	}
 	if (j && p->paused)
 		json_object_set_new(j, "pause_start_ms", json_real(api_round3(p->pause_start_ms)));
+	if (j && p->phases && p->status == MIG_COMPLETED)
+		json_object_set_new(j, "over_limit",
+				    json_boolean(p->downtime_ms > p->downtime_limit_ms));
 	if (j && p->phases) {
 		json_t *ph = json_object();
 
@@ -498,7 +506,7 @@ static unsigned int api_vm_migrate(struct api_server *s, json_t *body, json_t **
 	};
 	struct migrate_progress prog;
 	json_t *jt = body ? json_object_get(body, "to") : NULL;
-	uint64_t dt = p.downtime_ms, rounds = p.max_rounds, bw = 0;
+	uint64_t dt = p.downtime_ms, rounds = p.max_rounds, bw = 0, reconnect = 0;
 	unsigned int status = 0;
 	char err[512] = "";
 	int ret;
@@ -512,8 +520,10 @@ static unsigned int api_vm_migrate(struct api_server *s, json_t *body, json_t **
 	if (!api_get_uint(body, "downtime_ms", 60000, &dt, &status, out) ||
 	    !api_get_uint(body, "max_rounds", 1000, &rounds, &status, out) ||
 	    !api_get_uint(body, "max_bandwidth", UINT64_C(1) << 50, &bw, &status, out) ||
-	    !api_get_uint(body, "min_rate", GiB, &p.min_rate, &status, out))
+	    !api_get_uint(body, "min_rate", GiB, &p.min_rate, &status, out) ||
+	    !api_get_uint(body, "reconnect_s", SNAPSHOT_RECONNECT_MAX_S, &reconnect, &status, out))
 		return status;
+	p.reconnect_s = (uint32_t)reconnect;
 	if (!dt || !rounds)
 		return api_error(out, MHD_HTTP_BAD_REQUEST,
 				 "\"downtime_ms\" and \"max_rounds\" must be at least 1");
@@ -671,7 +681,7 @@ static unsigned int api_vm_migrate_resolve(struct api_server *s, json_t *body, j
 static const char *const api_snapshot_fields[] = { "path", "resume", NULL };
 static const char *const api_migrate_fields[] = {
 	"to", "downtime_ms", "max_bandwidth", "max_rounds", "min_rate", "with_disks", "tls",
-	"insecure", "gate", "throttle", "postcopy", NULL
+	"insecure", "gate", "throttle", "reconnect_s", "postcopy", NULL
 };
 static const char *const api_resolve_fields[] = { "action", NULL };
 static const char *const api_commit_fields[] = { "commit", NULL };

@@ -32,7 +32,13 @@
  * The first byte: bit 0 = section checksums ignored (the build defines
  * FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION), so mutations get past the
  * CRCs and the chain; bit 1 = CPU_CLOCK_ADVANCE instead of the default
- * FROZEN.  The rest is the stream.  Seeds: tests/data's golden snapshots
+ * FROZEN; bit 2 = a reconnected migration (docs/migration.md,
+ * "Reconnecting"): a u32 N follows, then the first stream's N bytes (which
+ * end early, as a broken connection does: with a `reconnect` section, the
+ * load asks for the source again) and the second stream, which the resume
+ * callback hands to snapshot_restore_resume() once; the first stream comes
+ * through a pipe (at most 60000 bytes), so it ends as a socket does.  The
+ * rest is the stream.  Seeds: tests/data's golden snapshots
  * (the Intel one restores on an Intel host), shrunk to a few RAM pages, and
  * tests/fuzz/corpus/restore (a snapshot of the test guest with two 1 MiB
  * disks, one read-only with a serial, and virtio-rng, shrunk the same way).
@@ -48,6 +54,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "godwit/conn.h"
 #include "godwit/dev.h"
 #include "godwit/devices.h"
 #include "godwit/devspec.h"
@@ -123,6 +130,29 @@ static void fuzz_save_all(struct vm *vm)
 	}
 }
 
+/* Bit 2: the second stream, taken once as the source's new connection. */
+static int fuzz_resume(void *opaque, struct snapshot_restore *sr, char *err, size_t len)
+{
+	int *fd2 = opaque;
+	struct conn c;
+	int ret;
+
+	if (*fd2 < 0) {
+		snprintf(err, len, "the source came back once already");
+		return -EPERM;
+	}
+	c = conn_plain(*fd2);
+	ret = snapshot_restore_resume(sr, &c, NULL, err, len);
+	if (ret && !err[0])
+		abort();                /* a refusal says why */
+	close(*fd2);
+	*fd2 = -1;
+	return ret;
+}
+
+/* Mode 4's first stream goes through a pipe: what fits its buffer at once. */
+#define FUZZ_PIPE_MAX 60000
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -134,7 +164,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	static struct vm_config cfg;
 	unsigned int nr_user = 0;
 	char err[512] = "";
-	int fd, ret, fds;
+	int fd, ret, fds, fd2 = -1;
 	bool loaded = false;
 
 	if (size < 1)
@@ -143,10 +173,43 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		fuzz_init();
 	fds = count_fds();
 	stream_fuzz_ignore_crc = data[0] & 1;
-	fd = memfd_create("fuzz-restore", MFD_CLOEXEC);
-	if (fd < 0 || write(fd, data + 1, size - 1) != (ssize_t)(size - 1) ||
-	    lseek(fd, 0, SEEK_SET) != 0)
-		abort();
+	{
+		const uint8_t *s1 = data + 1;
+		size_t n1 = size - 1;
+
+		if (data[0] & 4) {
+			uint32_t n;
+
+			if (size < 5)
+				return 0;
+			memcpy(&n, data + 1, 4);
+			s1 = data + 5;
+			n1 = MIN((size_t)n, size - 5);
+			fd2 = memfd_create("fuzz-restore-2", MFD_CLOEXEC);
+			if (fd2 < 0 ||
+			    write(fd2, s1 + n1, size - 5 - n1) != (ssize_t)(size - 5 - n1) ||
+			    lseek(fd2, 0, SEEK_SET) != 0)
+				abort();
+		}
+		if (data[0] & 4) {
+			/*
+			 * A pipe, not a file: its reader does not know where it ends, and
+			 * reaching the end early is what a broken connection looks like.
+			 */
+			int p[2];
+
+			if (n1 > FUZZ_PIPE_MAX)
+				return 0;
+			if (pipe2(p, O_CLOEXEC) || write(p[1], s1, n1) != (ssize_t)n1)
+				abort();
+			close(p[1]);
+			fd = p[0];
+		} else {
+			fd = memfd_create("fuzz-restore", MFD_CLOEXEC);
+			if (fd < 0 || write(fd, s1, n1) != (ssize_t)n1 || lseek(fd, 0, SEEK_SET) != 0)
+				abort();
+		}
+	}
 
 	ret = snapshot_restore_open(fd, NULL, &sr, err, sizeof(err));
 	if (ret) {
@@ -177,6 +240,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 	}
 	snapshot_restore_set_clock(sr, data[0] & 2 ? CPU_CLOCK_ADVANCE : CPU_CLOCK_FROZEN);
+	if (fd2 >= 0)
+		snapshot_restore_set_resume(sr, fuzz_resume, &fd2);
 	ret = snapshot_restore_config(sr, user, nr_user, &cfg, err, sizeof(err));
 	if (ret) {
 		if (!err[0])
@@ -202,6 +267,8 @@ out:
 		fprintf(stderr, "fuzz-restore: %s\n", err[0] ? err : loaded ? "loaded" : "skipped (harness limits)");
 	snapshot_restore_free(sr);
 	close(fd);
+	if (fd2 >= 0)
+		close(fd2);
 	if (count_fds() != fds)
 		abort();                        /* an fd leaked */
 	return 0;

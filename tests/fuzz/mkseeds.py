@@ -60,7 +60,8 @@ def section(typ, flags, sid, ver, inst, payload):
     return b + struct.pack('<I', crc32c(b))
 
 
-def shrink(buf):
+def shrink(buf, extra=b''):
+    """buf with its RAM cut down to two pages (and extra, a whole section, after CONFIG)."""
     out = bytearray(buf[:20])
     chain = crc32c(struct.pack('<I', struct.unpack_from('<I', buf, 16)[0]))
     count = 0
@@ -74,6 +75,10 @@ def shrink(buf):
         out += section(typ, flags, sid, ver, inst, payload)
         chain = crc32c(struct.pack('<I', crc), chain)
         count += 1
+        if count == 1 and extra:
+            out += extra
+            chain = crc32c(struct.pack('<I', struct.unpack_from('<I', extra, len(extra) - 4)[0]), chain)
+            count += 1
     # One RAM section: a zero run at 0 and a data page at 0x1000, page data 4 KiB-aligned.
     hdr = 4 + len(b"ram") + 14
     start = len(out) + hdr
@@ -89,6 +94,20 @@ def shrink(buf):
               struct.pack('<HII', 3, 4, chain))
     out += section(EOF, 0, b'eof', 1, 0, fields)
     return bytes(out)
+
+
+def resumed(buf):
+    """fuzz_restore's mode 4: a first stream with a reconnect section that breaks off
+    in its RAM, then the source's second stream (the same CONFIG, resume, the rest)."""
+    VM, OPTIONAL, token = 5, 1, bytes(range(16))
+    recon = section(VM, OPTIONAL, b'reconnect', 1, 0, struct.pack('<I', 30) + token)
+    whole = shrink(buf, recon)
+    conf = next(sections(whole))
+    # The preamble, CONFIG, reconnect, and the first bytes of RAM's header: then the break.
+    cut = 20 + len(section(*conf[:6])) + len(recon)
+    first = whole[:cut] + section(RAM, 0, b'ram', 1, 0, b'')[:10]
+    second = shrink(buf, section(VM, 0, b'resume', 1, 0, token))
+    return struct.pack('<I', len(first)) + first + second
 
 
 NEXT, WRITE, INDIRECT = 1, 2, 4
@@ -308,6 +327,8 @@ def main(argv):
         base = os.path.basename(g).replace('.gws', '')
         for mode in (0, 1):
             open(os.path.join(argv[2], 'seed-%02x-%s' % (mode, base)), 'wb').write(bytes([mode]) + small)
+        for mode in (4, 5):
+            open(os.path.join(argv[2], 'seed-%02x-%s' % (mode, base)), 'wb').write(bytes([mode]) + resumed(open(g, 'rb').read()))
 
 
 if __name__ == '__main__':

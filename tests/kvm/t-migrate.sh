@@ -78,7 +78,8 @@ simple_case() {
 		kill "$S_PID" "$D_PID" 2>/dev/null
 		return
 	fi
-	migrate "$name" "$addr"
+	# shellcheck disable=SC2086
+	migrate "$name" "$addr" ${MIGRATE_ARGS:-}
 	if check_all "$S_PID" "$need" "$rate"; then
 		t_pass "$name"
 	else
@@ -104,7 +105,8 @@ want dirty-log && GODWIT_DIRTY_RING=off simple_case migrate-dirty-log unix \
 	'workload=mem mem=64 rate=50 report=200' $((2 * 64 * 256)) 50 --mem 256M --cpus 2
 # Per-vCPU dirty rates (KVM's dirty ring): vCPU 0 rewrites memory at 100 MiB/s,
 # vCPU 1 runs the rng workload (64 KiB once, then idle).
-want vcpu-rates && VCPU_RATES=1 simple_case migrate-vcpu-rates unix \
+# (--max-bandwidth 48M: rounds long enough to measure a rate, whatever the load.)
+want vcpu-rates && VCPU_RATES=1 MIGRATE_ARGS='--max-bandwidth 48M' simple_case migrate-vcpu-rates unix \
 	'workload=mem+rng mem=64 rate=100 rng_kib=64 report=200' $((64 * 256)) 100 \
 	--mem 256M --cpus 2 --rng
 
@@ -470,6 +472,15 @@ metrics_case() {
 			and ([$ph[] | .value * 1000 - $r[0].phases_ms[.labels.phase] | fabs] | max) < 0.001
 			' "$T_TMP/$name.s.json" >/dev/null; then
 			t_fail $name "the phases do not add up to the downtime, or differ from the report's: $(grep -a 'downtime' "$T_TMP/$name.s.json.txt" | grep -v '^#' | tr '\n' ' '); report: $(jq -c '{downtime_ms, phases_ms}' "$rep")"
+		elif ! jq -e --slurpfile r "$rep" '
+			[.[] | select(.name == "godwit_migration_vcpu_dirty_rate_bytes_per_second")] as $v |
+			([.[] | select(.name == "godwit_migration_throttle_budget_bytes_per_second")][0].value) as $b |
+			($v | map(.labels.vcpu)) == ["0"]
+			and (($v[0].value - $r[0].vcpu_dirty_rate_bps[0]) | fabs) < 0.001
+			and (($b - $r[0].throttle_budget_bps) | fabs) < 0.001
+			and ([.[] | select(.name == "godwit_migration_reconnects")][0].value) == $r[0].reconnects
+			' "$T_TMP/$name.s.json" >/dev/null; then
+			t_fail $name "the per-vCPU dirty rate, the throttle budget or the reconnects differ from the report's: $(grep -a 'vcpu_dirty\|throttle\|reconnects' "$T_TMP/$name.s.json.txt" | grep -v '^#' | tr '\n' ' '); report: $(jq -c '{vcpu_dirty_rate_bps, throttle_budget_bps, reconnects}' "$rep")"
 		elif [ "$(prom_val "$T_TMP/$name.d.json" godwit_migration_status status=incoming)" != 1 ] ||
 			[ "$(prom_val "$T_TMP/$name.d.json" godwit_migration_bytes)" != "$(jget "$rep" bytes)" ] ||
 			[ "$(prom_val "$T_TMP/$name.d.json" godwit_vm_state state=running)" != 1 ]; then
