@@ -116,7 +116,12 @@ int pc_dest_prepare(struct vm *vm, int uffd, struct pc_set *s, struct pc_dest **
  * process exits with EXIT_ERROR.
  */
 int pc_dest_start(struct pc_dest *d, int fd, int rq) __must_check;
-/* Join the threads (after completion or before exit); unregister; free. */
+/* Every page is here. */
+bool pc_dest_done(struct pc_dest *d);
+/*
+ * Join the threads (after completion or before exit); unregister guest RAM
+ * (a fault still waiting is woken and reads zeros); free.
+ */
 void pc_dest_free(struct pc_dest *d);
 /* Create a userfaultfd (non-blocking, close-on-exec) and handshake its API: fd or -errno. */
 int pc_uffd_open(void);

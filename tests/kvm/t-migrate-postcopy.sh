@@ -3,7 +3,9 @@
 # "Post-copy") between two godwit processes on this host, the test guest's
 # memtest running (it verifies every page it wrote, all the time).
 #
-#   postcopy-now       --postcopy now, 1 vCPU dirtying 50 MiB/s: switched after round 1,
+#   postcopy-now       --postcopy now, 1 vCPU dirtying 50 MiB/s (--max-bandwidth 32M, so
+#                      that the push takes long enough for the guest to fault on a
+#                      missing page): switched after round 1,
 #                      completed, pages requested on demand and pushed adding up to
 #                      at least the missing ones, the fault latency reported on both
 #                      sides (GET /vm/migration), the destination "incoming" once every
@@ -18,6 +20,9 @@
 #                      completed, memory verified
 #   postcopy-src-killed  the source SIGKILLed during post-copy (--max-bandwidth 8M):
 #                      the destination says the VM is lost and exits 1 within 15 s
+#   postcopy-dst-shutdown  the destination shut down over its API during post-copy: it
+#                      exits within 10 s (its teardown lets go of the pages still
+#                      missing first; KVM's own pending faults on them would hold it)
 #   postcopy-dst-killed  the destination SIGKILLed during post-copy: the source reports
 #                      postcopy-failed (migrate exits 1), stays paused, and refuses
 #                      resume and migrate-resolve
@@ -106,8 +111,10 @@ pc_case() {
 	end_vm "$D_PID" "$D_SOCK"
 }
 
-want now && pc_case postcopy-now 'workload=mem mem=64 rate=50 report=200' $((64 * 256)) 50
-want now-2cpu && pc_case postcopy-now-2cpu 'workload=mem mem=64 rate=50 report=200' $((64 * 256 * 2)) 50 --cpus 2
+want now && pc_case postcopy-now 'workload=mem mem=32 rate=50 report=200' $((32 * 256)) 50 \
+	-- --max-bandwidth 32M
+want now-2cpu && pc_case postcopy-now-2cpu 'workload=mem mem=32 rate=50 report=200' $((32 * 256 * 2)) 50 \
+	--cpus 2 -- --max-bandwidth 32M
 want throttle && pc_case postcopy-throttle 'workload=mem+rng mem=32 rate=200 rng_kib=64 report=100' \
 	$((32 * 256)) 200 --cpus 2 --rng -- --max-bandwidth 24M
 want auto && PC_MODE=auto pc_case postcopy-auto 'workload=mem+rng mem=32 rate=200 rng_kib=64 report=100' \
@@ -136,6 +143,15 @@ kill_case() {
 	WHY=
 	if [ "$st" != postcopy-active ]; then
 		WHY="the destination never said postcopy-active (last: '$st'): $(tail -c 300 "$D_ERR")"
+	elif [ "$who" = shutdown ]; then
+		"$GODWIT" shutdown --api "$D_SOCK" >/dev/null 2>&1
+		wait_exit "$D_PID" 10
+		rc=$?
+		if [ $rc -eq 124 ]; then
+			WHY="the destination did not exit within 10 s of its shutdown: $(tail -c 300 "$D_ERR")"
+		elif ! grep -q 'incoming post-copy: the VM stops before every page came' "$D_ERR"; then
+			WHY="the destination did not say post-copy was cut short: $(tail -c 300 "$D_ERR")"
+		fi
 	elif [ "$who" = src ]; then
 		kill -9 "$(godwit_pid "$S_PID")"
 		wait_exit "$D_PID" 15
@@ -178,5 +194,6 @@ kill_case() {
 }
 
 want src-killed && kill_case postcopy-src-killed src
+want dst-shutdown && kill_case postcopy-dst-shutdown shutdown
 want dst-killed && kill_case postcopy-dst-killed dst
 exit 0
