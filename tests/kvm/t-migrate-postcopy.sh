@@ -14,7 +14,8 @@
 #   postcopy-now-2cpu  the same with 2 vCPUs
 #   postcopy-throttle  vCPU 0 dirtying 200 MiB/s, --max-bandwidth 24M, --postcopy now
 #                      (the push paced too): completed after round 1, memory verified
-#   postcopy-auto      the same with --postcopy auto: pre-copy throttles vCPU 0, and
+#   postcopy-auto      the same with --postcopy auto and --downtime-ms 5 (so that it does
+#                      not converge however loaded the host): pre-copy throttles vCPU 0, and
 #                      once it slept half its time or more at the end of two rounds
 #                      in a row, or the budget reached its floor, it switches;
 #                      completed, memory verified
@@ -118,7 +119,7 @@ want now-2cpu && pc_case postcopy-now-2cpu 'workload=mem mem=32 rate=50 report=2
 want throttle && pc_case postcopy-throttle 'workload=mem+rng mem=32 rate=200 rng_kib=64 report=100' \
 	$((32 * 256)) 200 --cpus 2 --rng -- --max-bandwidth 24M
 want auto && PC_MODE=auto pc_case postcopy-auto 'workload=mem+rng mem=32 rate=200 rng_kib=64 report=100' \
-	$((32 * 256)) 200 --cpus 2 --rng -- --max-bandwidth 24M
+	$((32 * 256)) 200 --cpus 2 --rng -- --max-bandwidth 24M --downtime-ms 5
 
 # kill_case NAME src|dst: a post-copy held long by --max-bandwidth 8M; SIGKILL one side
 # once the destination says postcopy-active.
