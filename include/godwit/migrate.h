@@ -134,6 +134,8 @@ struct migrate_progress {
 	unsigned int nr_vcpu_rates;  /* dirty_ring: vCPUs in vcpu_dirty_rate, once a round ended */
 	double vcpu_dirty_rate[MIG_MAX_VCPUS];   /* bytes per second, last round, per vCPU */
 	bool throttle;               /* throttling allowed (p.throttle) */
+	uint32_t downtime_limit_ms;  /* p.downtime_ms: the bound the pause is held to */
+	double switch_expected_ms;   /* the pause predicted when pre-copy ended */
 	uint32_t reconnects;         /* times the connection broke and was made again */
 	uint64_t resent_pages;       /* pages sent again after those breaks */
 	double throttle_budget;      /* bytes/s the vCPUs may dirty (0: none throttled) */

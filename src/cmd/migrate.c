@@ -230,7 +230,8 @@ static void mig_print_json(json_t *p)
 	/* What a timeline needs: the rounds, when the pause began and its phases. */
 	static const char *const extra[] = {
 		"history", "pause_start_ms", "phases_ms", "dirty_tracking", "vcpu_dirty_rate_bps",
-		"throttle", "reconnects", "resent_pages", NULL
+		"throttle", "reconnects", "resent_pages", "downtime_limit_ms", "switch_expected_ms",
+		"over_limit", NULL
 	};
 
 	for (unsigned int i = 0; extra[i]; i++)

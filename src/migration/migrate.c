@@ -22,6 +22,7 @@
  * decides to commit, so a cancel after it is refused.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -54,6 +55,7 @@
 #define MIG_ACCEPT_TIMEOUT_MS 60000          /* the destination builds its VM meanwhile */
 /* The TLS handshake: a destination may first spend up to 10 s dropping a stray connection. */
 #define MIG_HANDSHAKE_TIMEOUT_MS 30000
+#define MIG_PAUSE_FIXED_MS 2.0               /* mig_fixed_pause_ms() */
 #define MIG_CHUNK_PAGES      4096            /* 16 MiB: clear, copy, send */
 #define MIG_RELEASE_WAIT_MS  5000            /* for a client to read the final report */
 
@@ -513,6 +515,25 @@ static void mig_throttle(struct mig_run *r, uint32_t round, double remaining,
 	p->nr_vcpu_throttle = throttle_get_pct(r->thr, p->vcpu_throttle_pct, MIG_MAX_VCPUS);
 }
 
+/*
+ * What the pause costs beyond the last pages, predicted: the CPU and
+ * device state, the destination loading it, pausing and starting the vCPUs
+ * (MIG_PAUSE_FIXED_MS, measured on the development hosts: 1-3 ms in all),
+ * and two round trips (EOF to READY, COMMIT to DONE), from the kernel's
+ * smoothed RTT of a TCP connection (a UNIX socket's is nil).
+ */
+static double mig_fixed_pause_ms(struct mig_run *r)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+	double rtt = 0;
+
+	if (r->c.fd >= 0 && !getsockopt(r->c.fd, IPPROTO_TCP, TCP_INFO, &ti, &len) &&
+	    len >= offsetof(struct tcp_info, tcpi_rtt) + sizeof(ti.tcpi_rtt))
+		rtt = ti.tcpi_rtt / 1000.0;
+	return MIG_PAUSE_FIXED_MS + 2 * rtt;
+}
+
 /* A failure in pre-copy that a new connection may get past (p.reconnect_s). */
 static bool mig_link_lost(struct mig_run *r, int ret)
 {
@@ -768,7 +789,7 @@ static int mig_precopy(struct mig_run *r)
 	for (uint32_t round = 1; ; round++) {
 		struct timespec t0;
 		uint64_t off0 = stream_writer_offset(r->w);
-		double ms, bw, remaining, expect;
+		double ms, bw, remaining, expect, expect_mem;
 
 		clock_gettime(CLOCK_MONOTONIC, &t0);
 		r->t_pace = t0;
@@ -815,7 +836,9 @@ static int mig_precopy(struct mig_run *r)
 		if (m->dm)
 			disk_dirty = disk_mig_collect(m->dm);
 		remaining = (double)dirty * STREAM_PAGE_SIZE + (double)disk_dirty;
-		expect = !remaining ? 0 : bw_est > 0 ? remaining / bw_est * 1e3 : 1e9;
+		expect_mem = !remaining ? 0 : bw_est > 0 ? remaining / bw_est * 1e3 : 1e9;
+		/* The pause is more than the last pages: the state, the hand-off's trips. */
+		expect = expect_mem + mig_fixed_pause_ms(r);
 		pthread_mutex_lock(&m->lock);
 		m->prog.disk_remaining_bytes = disk_dirty;
 		m->prog.disk_dirty_rate = (double)disk_dirty / ms * 1e3;
@@ -864,8 +887,11 @@ static int mig_precopy(struct mig_run *r)
 		 * saves; take it while rounds still shrink what is left fast (to
 		 * half or less), until the rest takes under a millisecond.
 		 */
+		pthread_mutex_lock(&m->lock);
+		m->prog.switch_expected_ms = expect;
+		pthread_mutex_unlock(&m->lock);
 		if (expect <= (double)m->p.downtime_ms &&
-		    (expect < 1.0 || round >= m->p.max_rounds || last_remaining < 0 ||
+		    (expect_mem < 1.0 || round >= m->p.max_rounds || last_remaining < 0 ||
 		     remaining > last_remaining / 2)) {
 			pthread_mutex_lock(&m->lock);
 			m->prog.converged = true;
@@ -1194,6 +1220,11 @@ static void *mig_thread(void *opaque)
 		  m->prog.phase_ms[MIG_PHASE_RELEASE], m->prog.phase_ms[MIG_PHASE_GATE],
 		  m->prog.phase_ms[MIG_PHASE_COMMIT]);
 	m->prog.total_ms = ms_since(&m->t_start);
+	if (m->prog.downtime_ms > m->p.downtime_ms)
+		log_warnx("migrate: the pause took %.1f ms, over the limit of %u ms (%.1f ms were "
+			  "expected%s)", m->prog.downtime_ms, m->p.downtime_ms,
+			  m->prog.switch_expected_ms,
+			  m->prog.converged ? "" : "; pre-copy did not converge under it");
 	m->prog.status = MIG_COMPLETED;
 	m->prog.remaining_bytes = 0;
 	pthread_cond_broadcast(&m->cond);
@@ -1363,6 +1394,7 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 	m->prog.insecure = !p->tls && !migrate_addr_local(p->to);
 	m->prog.dirty_ring = vm->dirty_ring != 0;
 	m->prog.throttle = p->throttle;
+	m->prog.downtime_limit_ms = p->downtime_ms;
 	m->prog.status = MIG_SETUP;
 	m->cancel = m->reported = m->in_handoff = false;
 	m->decision = GATE_WAIT;

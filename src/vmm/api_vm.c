@@ -336,6 +336,9 @@ static json_t *api_progress_json(const struct migrate_progress *p)
 			json_object_set_new(j, "vcpu_dirty_rate_bps",
 					    api_rates_json(p->vcpu_dirty_rate, p->nr_vcpu_rates));
 		json_object_set_new(j, "throttle", json_boolean(p->throttle));
+		json_object_set_new(j, "downtime_limit_ms", json_integer(p->downtime_limit_ms));
+		json_object_set_new(j, "switch_expected_ms",
+				    json_real(api_round3(p->switch_expected_ms)));
 		json_object_set_new(j, "reconnects", json_integer(p->reconnects));
 		json_object_set_new(j, "resent_pages", json_integer((json_int_t)p->resent_pages));
 		json_object_set_new(j, "throttle_budget_bps", json_real(api_round3(p->throttle_budget)));
@@ -345,6 +348,9 @@ static json_t *api_progress_json(const struct migrate_progress *p)
 	}
 	if (j && p->paused)
 		json_object_set_new(j, "pause_start_ms", json_real(api_round3(p->pause_start_ms)));
+	if (j && p->phases && p->status == MIG_COMPLETED)
+		json_object_set_new(j, "over_limit",
+				    json_boolean(p->downtime_ms > p->downtime_limit_ms));
 	if (j && p->phases) {
 		json_t *ph = json_object();
 
