@@ -13,6 +13,8 @@ settle time before each migration is measured (dirty_mib_s).  The source VMM run
 namespace A, the destination in B, listening on --host: the stream crosses the link.
 bench/migrate/migrate.py drives the VMMs (imported, with its SRC_WRAP/DST_WRAP/MIG_HOST
 set to the namespaces), so every figure means what its module doc says, and:
+- wire_bytes: what crossed the link from A to B during the run (the interface's
+  tx_bytes; TCP/IP headers included): godwit's `bytes` leaves post-copy's pages out.
 - whole_stall_ms: the guest's longest stall during the whole migration: the source's
   stall_ms lines from the request on, the destination's up to the end and its first two
   (throttling, the pause and post-copy's page faults all show there).
@@ -52,8 +54,16 @@ mb.REPORT_MS = 100
 
 MEM = '1G'
 VMMS = ['godwit', 'godwit-postcopy', 'godwit-postcopy-now', 'qemu-ac', 'qemu-postcopy']
-FIELDS = ['total_ms', 'whole_stall_ms', 'guest_stall_ms', 'downtime_ms', 'bytes', 'rounds',
+FIELDS = ['total_ms', 'whole_stall_ms', 'guest_stall_ms', 'downtime_ms', 'bytes', 'wire_bytes',
+          'rounds',
           'cpu_src_vmm_ms', 'cpu_dst_vmm_ms', 'dirty_mib_s', 'others_pct', 'precopy_stall_ms']
+
+
+def tx_bytes(ns):
+    """Bytes the source's end of the link (gwl0 in namespace ns) has sent."""
+    r = subprocess.run(['ip', 'netns', 'exec', ns, 'cat', '/sys/class/net/gwl0/statistics/tx_bytes'],
+                       stdout=subprocess.PIPE, universal_newlines=True, timeout=10)
+    return int(r.stdout.strip())
 
 
 def has_postcopy():
@@ -135,7 +145,12 @@ def main():
             for k in order:
                 busy, waited = mb.wait_quiet(a.quiet_wait, a.quiet_pct)
                 try:
+                    tx0 = tx_bytes(a.src_ns)
                     r = run[k]()
+                    # Everything that crossed the link A -> B during the run (the VMMs
+                    # send nothing else over it): godwit's report leaves post-copy's
+                    # pages out of `bytes`, QEMU's counts only RAM.
+                    r['wire_bytes'] = tx_bytes(a.src_ns) - tx0
                     # QEMU 7.2 after a post-copy sometimes reports a downtime of hours
                     # (48210848 ms seen): kept apart, not summarised.
                     if r.get('downtime_ms') and r.get('total_ms') and \
@@ -191,18 +206,20 @@ def main():
     print('migration over a veth shaped to %d Mbit/s (measured %d), guest 1 GiB dirtying %d MiB/s '
           '(%s); medians (min-max) of the runs' % (a.link_mbit, a.measured_mbit, rate,
                                                    res['guest']['cmdline']))
-    print('%-19s %5s %22s %20s %18s %18s %14s %12s %9s %6s' %
+    print('%-19s %5s %22s %20s %18s %18s %14s %14s %12s %9s %6s' %
           ('vmm', 'runs', 'total_ms', 'whole_stall_ms', 'switch_stall_ms', 'downtime_ms',
-           'MiB sent', 'cpu_s/d ms', 'dirty/s', 'ok'))
+           'MiB sent', 'MiB on link', 'cpu_s/d ms', 'dirty/s', 'ok'))
     ok = True
     for k, v in res['vmm'].items():
         ok = ok and v['ok'] > 0 and not v['failed'] and v['integrity_ok']
-        print('%-19s %2d/%-2d %22s %20s %18s %18s %14s %12s %9s %6s' %
+        print('%-19s %2d/%-2d %22s %20s %18s %18s %14s %14s %12s %9s %6s' %
               (k, v['ok'], v['ok'] + v['failed'], mb.fmt(v['total_ms']),
                mb.fmt(v['whole_stall_ms'], 1), mb.fmt(v['guest_stall_ms'], 1),
                mb.fmt(v['downtime_ms'], 1),
                mb.fmt({x: y / 2**20 for x, y in v['bytes'].items() if x != 'n'}) if v['bytes']
                else '-',
+               mb.fmt({x: y / 2**20 for x, y in v['wire_bytes'].items() if x != 'n'})
+               if v['wire_bytes'] else '-',
                '%s/%s' % tuple('%.0f' % v[f]['median'] if v[f] else '-'
                                for f in ('cpu_src_vmm_ms', 'cpu_dst_vmm_ms')),
                '%.0f' % v['dirty_mib_s']['median'] if v['dirty_mib_s'] else '-',

@@ -309,7 +309,11 @@ check_all() {
 		WHY="the source godwit exited $rc, expected 6: $(tail -c 300 "$S_ERR")"
 		return 1
 	fi
-	check_guest "$S_OUT" "$D_OUT" "$need" "$rate" || return 1
+	if ! check_guest "$S_OUT" "$D_OUT" "$need" "$rate"; then
+		kill -0 "$D_PID" 2>/dev/null ||
+			WHY="$WHY; the destination godwit is gone: $(tail -c 300 "$D_ERR")"
+		return 1
+	fi
 	if ! kill -0 "$D_PID" 2>/dev/null; then
 		WHY="the destination godwit is gone: $(tail -c 300 "$D_ERR")"
 		return 1

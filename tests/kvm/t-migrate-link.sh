@@ -25,6 +25,12 @@
 #                            measured distribution and why this bound)
 #   migrate-link-no-throttle --no-throttle --max-rounds 5: no round throttled, and it does
 #                            not converge (the pause then holds everything left)
+#   migrate-link-postcopy-now   --postcopy now: switched to post-copy after round 1,
+#                            completes, memory verified on the destination
+#   migrate-link-postcopy-auto  --postcopy auto: completes, memory verified; whether it
+#                            switched (only once throttling reached its bound) is printed
+#                            (these two over plain TCP, --insecure: post-copy does not run
+#                            under TLS yet; the guest's longest stall is printed)
 # LINK_RUNS=N repeats the throttled migration N times (measuring the stall's spread);
 # each run is checked and its figures printed.
 # asan: no (the ASan build's sender is slower and its stall figures would need bounds of
@@ -72,7 +78,7 @@ stall_during() {
 # MIG_* (lib-migrate.sh's migrate), DIRTY (MiB/s), SKIP (the source's lines before the
 # request), WHY on a failure to start.
 one() {
-	local name=$1
+	local name=$1 dsec ssec
 	shift
 	WHY=
 	PFX=(ip netns exec "$LINK_A")
@@ -85,8 +91,13 @@ one() {
 	fi
 	PFX=(ip netns exec "$LINK_B")
 	PORT=$((PORT + 1))
-	if ! D_AT="tcp:$LINK_IP_B:$PORT" start_dst "$name.dst" --tls-dir "$C/dst" \
-		--tls-peer src.godwit.test; then
+	if [ "${SEC:-tls}" = tls ]; then
+		dsec=(--tls-dir "$C/dst" --tls-peer src.godwit.test)
+		ssec=(--tls-dir "$C/src" --tls-peer dst.godwit.test)
+	else
+		dsec=(--insecure) ssec=(--insecure)
+	fi
+	if ! D_AT="tcp:$LINK_IP_B:$PORT" start_dst "$name.dst" "${dsec[@]}"; then
 		WHY="the destination is not waiting: $(tail -c 300 "$D_ERR")"
 		PFX=()
 		return 1
@@ -94,7 +105,7 @@ one() {
 	PFX=()
 	DIRTY=$(dirty_mibs "$S_OUT")
 	SKIP=$(mt_lines "$S_OUT" | wc -l)
-	migrate "$name" "$D_ADDR" --tls-dir "$C/src" --tls-peer dst.godwit.test "$@"
+	migrate "$name" "$D_ADDR" "${ssec[@]}" "$@"
 	return 0
 }
 # premise: the guest dirtied more than the link carried (else WHY).
@@ -187,5 +198,30 @@ else
 	end_vm "$D_PID" "$D_SOCK"
 	kill_pid "$S_PID"
 fi
+
+# ---- post-copy: now, and auto (plain TCP: post-copy does not run under TLS yet) -----------------
+for mode in now auto; do
+	c=$N-postcopy-$mode
+	start=$(date +%s.%N)
+	if ! SEC=insecure one "$c" --postcopy "$mode"; then
+		t_fail $c "$WHY"
+		kill "$S_PID" "$D_PID" 2>/dev/null
+		continue
+	fi
+	sw=$(jq -r '.postcopy_switched' "$MIG_JSON" 2>/dev/null)
+	if ! premise || ! check_all "$S_PID" $((128 * 256)) 360; then
+		t_fail $c "$WHY"
+	elif [ "$mode" = now ] && [ "$sw" != true ]; then
+		t_fail $c "--postcopy now did not switch to post-copy: $(head -c 600 "$MIG_JSON")"
+	elif [ "$mode" = auto ] && [ "$sw" != true ] && [ "$sw" != false ]; then
+		t_fail $c "no postcopy_switched in the report: $(head -c 600 "$MIG_JSON")"
+	else
+		t_pass $c
+		echo "# $c: guest dirtied $DIRTY MiB/s; switched to post-copy: $sw; $(jq -r '"\(.total_ms / 1000 | .*10 | floor / 10) s, downtime \(.downtime_ms) ms, post-copy pages \(.postcopy_pages), fault latency median \(.fault_latency_median_ms) ms, max \(.fault_latency_max_ms) ms"' "$MIG_JSON"); the guest's longest stall $(stall_during "$SKIP") ms"
+	fi
+	echo "#   case took $(elapsed "$start") s"
+	end_vm "$D_PID" "$D_SOCK"
+	kill_pid "$S_PID"
+done
 echo "# t-migrate-link: $(elapsed "$T0") s in all"
 exit 0
