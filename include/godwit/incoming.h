@@ -78,6 +78,13 @@ int incoming_open_disks(struct incoming *in, const struct vm_config *cfg, char *
  */
 int incoming_load(struct incoming *in, struct vm *vm, bool *in_doubt, char *err,
 		  size_t len) __must_check;
+/*
+ * incoming_stop - the VM stops (its vCPUs joined): a post-copy still under
+ * way stops, and guest RAM leaves userfaultfd (a page still missing reads
+ * as zeros from here: the VM is lost anyway), so that nothing, KVM's own
+ * asynchronous faults included, waits on it any more.
+ */
+void incoming_stop(struct incoming *in);
 /* The vCPUs run: DONE to the source, logged. */
 void incoming_started(struct incoming *in);
 /* The VM could not be built: REFUSE with why (before ACCEPT) or ERROR. */

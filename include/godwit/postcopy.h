@@ -150,7 +150,10 @@ int pc_dest_accept_hello(int lfd, const char *addr, uint16_t type, uint64_t toke
 			 const int *stop, int *out, char *err, size_t len) __must_check;
 /* Every page is here. */
 bool pc_dest_done(struct pc_dest *d);
-/* Join the threads (after completion or before exit); unregister; free. */
+/*
+ * Join the threads (after completion or before exit); unregister guest RAM
+ * (a fault still waiting is woken and reads zeros); free.
+ */
 void pc_dest_free(struct pc_dest *d);
 /* Create a userfaultfd (non-blocking, close-on-exec) and handshake its API: fd or -errno. */
 int pc_uffd_open(void);

@@ -691,6 +691,8 @@ int run_vm(struct run_ctx *ctx, const struct vm_config *cfg, run_fill_fn fill, v
 	else
 		log_warnx("%s: %s (exit status %d)", cfg->name, ctx->vm.exit_reason, code);
 out_vm:
+	if (ctx->stopping)
+		ctx->stopping(ctx, opaque);
 	/* A migration thread and the device threads stop before guest RAM is unmapped. */
 	fleet_guard_stop(ctx->vm.guard);
 	ctx->vm.guard = NULL;

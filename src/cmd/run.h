@@ -92,6 +92,8 @@ struct run_ctx {
 	bool defer_start;        /* filled but not started (an in-doubt incoming VM) */
 	unsigned int announce_left;  /* RARP announcements still to send after a migration */
 	void (*started)(struct run_ctx *ctx, void *opaque);  /* after vm_start, or NULL */
+	/* before the devices and the VM are torn down (the vCPUs joined), or NULL */
+	void (*stopping)(struct run_ctx *ctx, void *opaque);
 	char err[512];           /* run_vm: why the VM could not be built or started */
 	int snapshot_dirfd;      /* --snapshot-dir, opened by run_vm (-1: none) */
 };

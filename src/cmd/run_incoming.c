@@ -102,6 +102,19 @@ static void run_incoming_started(struct run_ctx *ctx, void *opaque)
 	run_announce_start(ctx);
 }
 
+/*
+ * Before teardown: a post-copy still under way lets go of guest RAM first
+ * (incoming_stop()), or KVM's own pending faults on missing pages would
+ * hold the VM's teardown for ever.
+ */
+static void run_incoming_stopping(struct run_ctx *ctx, void *opaque)
+{
+	struct run_incoming *ri = opaque;
+
+	(void)ctx;
+	incoming_stop(ri->in);
+}
+
 int cmd_incoming(int argc, char **argv)
 {
 	struct run_incoming ri = { .in = NULL };
@@ -176,6 +189,7 @@ int cmd_incoming(int argc, char **argv)
 	cfg.fleet_lease = a.fleet_lease;
 	cfg.incoming = true;
 	ctx->started = run_incoming_started;
+	ctx->stopping = run_incoming_stopping;
 	code = run_vm(ctx, &cfg, run_fill_incoming, &ri);
 	/* The VM could not be built (ACCEPT never went) or loaded: tell the source. */
 	if (code == EXIT_ERROR && ctx->err[0])

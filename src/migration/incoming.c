@@ -517,6 +517,16 @@ void incoming_started(struct incoming *in)
 		 in->addr, ms_since(&in->t0));
 }
 
+void incoming_stop(struct incoming *in)
+{
+	if (!in || !in->pc)
+		return;
+	if (!pc_dest_done(in->pc))
+		log_warnx("incoming post-copy: the VM stops before every page came");
+	pc_dest_free(in->pc);
+	in->pc = NULL;
+}
+
 void incoming_close(struct incoming *in)
 {
 	if (!in)

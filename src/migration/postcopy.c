@@ -1044,6 +1044,11 @@ static void *pc_dest_recv_thread(void *opaque)
 	return NULL;
 }
 
+bool pc_dest_done(struct pc_dest *d)
+{
+	return __atomic_load_n(&d->done, __ATOMIC_ACQUIRE);
+}
+
 int pc_dest_start(struct pc_dest *d, int fd, int rq)
 {
 	int ret;
@@ -1066,11 +1071,6 @@ int pc_dest_start(struct pc_dest *d, int fd, int rq)
 	}
 	d->started = true;
 	return 0;
-}
-
-bool pc_dest_done(struct pc_dest *d)
-{
-	return __atomic_load_n(&d->done, __ATOMIC_ACQUIRE);
 }
 
 void pc_dest_free(struct pc_dest *d)

@@ -15,7 +15,7 @@
 
 LINK_IP_A=198.18.14.1
 LINK_IP_B=198.18.14.2
-LINK_A= LINK_B=
+LINK_A='' LINK_B=''
 LINK_PY=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/linkrate.py
 
 link_up() {
@@ -42,8 +42,8 @@ link_shape() {
 }
 
 link_check() {
-	local want=$1 port=5201 out rate
-	LINK_WHY= LINK_MEASURED_MBIT=
+	local want=$1 port=5201 out rate i
+	LINK_WHY='' LINK_MEASURED_MBIT=''
 	out=$(mktemp)
 	timeout 20 ip netns exec "$LINK_B" python3 "$LINK_PY" recv "$LINK_IP_B" $port 2.5 >"$out" 2>&1 &
 	local rpid=$!

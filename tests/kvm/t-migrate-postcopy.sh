@@ -3,7 +3,9 @@
 # "Post-copy") between two godwit processes on this host, the test guest's
 # memtest running (it verifies every page it wrote, all the time).
 #
-#   postcopy-now       --postcopy now, 1 vCPU dirtying 50 MiB/s: switched after round 1,
+#   postcopy-now       --postcopy now, 1 vCPU dirtying 50 MiB/s (--max-bandwidth 32M, so
+#                      that the push takes long enough for the guest to fault on a
+#                      missing page): switched after round 1,
 #                      completed, pages requested on demand and pushed adding up to
 #                      at least the missing ones, the fault latency reported on both
 #                      sides (GET /vm/migration), the destination "incoming" once every
@@ -12,7 +14,8 @@
 #   postcopy-now-2cpu  the same with 2 vCPUs
 #   postcopy-throttle  vCPU 0 dirtying 200 MiB/s, --max-bandwidth 24M, --postcopy now
 #                      (the push paced too): completed after round 1, memory verified
-#   postcopy-auto      the same with --postcopy auto: pre-copy throttles vCPU 0, and
+#   postcopy-auto      the same with --postcopy auto and --downtime-ms 5 (so that it does
+#                      not converge however loaded the host): pre-copy throttles vCPU 0, and
 #                      once it slept half its time or more at the end of two rounds
 #                      in a row, or the budget reached its floor, it switches;
 #                      completed, memory verified
@@ -24,6 +27,9 @@
 #   postcopy-src-killed  the source SIGKILLed during post-copy (--max-bandwidth 8M): the
 #                      destination waits for it --incoming-timeout (8 s), then says the VM
 #                      is lost and exits 1
+#   postcopy-dst-shutdown  the destination shut down over its API during post-copy: it
+#                      exits within 10 s (its teardown lets go of the pages still
+#                      missing first; KVM's own pending faults on them would hold it)
 #   postcopy-dst-killed  the destination SIGKILLed during post-copy (--reconnect-s 2): the
 #                      source reports postcopy-failed (migrate exits 1), stays paused, and
 #                      refuses resume and migrate-resolve
@@ -112,12 +118,14 @@ pc_case() {
 	end_vm "$D_PID" "$D_SOCK"
 }
 
-want now && pc_case postcopy-now 'workload=mem mem=64 rate=50 report=200' $((64 * 256)) 50
-want now-2cpu && pc_case postcopy-now-2cpu 'workload=mem mem=64 rate=50 report=200' $((64 * 256 * 2)) 50 --cpus 2
+want now && pc_case postcopy-now 'workload=mem mem=32 rate=50 report=200' $((32 * 256)) 50 \
+	-- --max-bandwidth 32M
+want now-2cpu && pc_case postcopy-now-2cpu 'workload=mem mem=32 rate=50 report=200' $((32 * 256 * 2)) 50 \
+	--cpus 2 -- --max-bandwidth 32M
 want throttle && pc_case postcopy-throttle 'workload=mem+rng mem=32 rate=200 rng_kib=64 report=100' \
 	$((32 * 256)) 200 --cpus 2 --rng -- --max-bandwidth 24M
 want auto && PC_MODE=auto pc_case postcopy-auto 'workload=mem+rng mem=32 rate=200 rng_kib=64 report=100' \
-	$((32 * 256)) 200 --cpus 2 --rng -- --max-bandwidth 24M
+	$((32 * 256)) 200 --cpus 2 --rng -- --max-bandwidth 24M --downtime-ms 5
 
 # kill_case NAME src|dst: a post-copy held long by --max-bandwidth 8M; SIGKILL one side
 # once the destination says postcopy-active.
@@ -142,6 +150,15 @@ kill_case() {
 	WHY=
 	if [ "$st" != postcopy-active ]; then
 		WHY="the destination never said postcopy-active (last: '$st'): $(tail -c 300 "$D_ERR")"
+	elif [ "$who" = shutdown ]; then
+		"$GODWIT" shutdown --api "$D_SOCK" >/dev/null 2>&1
+		wait_exit "$D_PID" 10
+		rc=$?
+		if [ $rc -eq 124 ]; then
+			WHY="the destination did not exit within 10 s of its shutdown: $(tail -c 300 "$D_ERR")"
+		elif ! grep -q 'incoming post-copy: the VM stops before every page came' "$D_ERR"; then
+			WHY="the destination did not say post-copy was cut short: $(tail -c 300 "$D_ERR")"
+		fi
 	elif [ "$who" = src ]; then
 		kill -9 "$(godwit_pid "$S_PID")"
 		wait_exit "$D_PID" 20
@@ -258,5 +275,6 @@ PY
 
 want cut && cut_case postcopy-cut
 want src-killed && kill_case postcopy-src-killed src
+want dst-shutdown && kill_case postcopy-dst-shutdown shutdown
 want dst-killed && kill_case postcopy-dst-killed dst
 exit 0
