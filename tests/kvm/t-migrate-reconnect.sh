@@ -136,3 +136,4 @@ if want gives-up; then
 	end_vm
 	kill_pid "$D_PID"
 fi
+exit 0

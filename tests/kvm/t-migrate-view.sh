@@ -26,7 +26,8 @@
 #                  saved JSON writes the same bytes, and godwit report prints
 #                  a line per round
 #   view-plain     C -> D without a terminal: stderr has only the line-per-round
-#                  format of before (no \r, no escape), stdout the report
+#                  format of before (no \r, no escape; a throttled round's
+#                  line may be followed by the throttle's), stdout the report
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/lib-vm.sh"
 . "$(dirname "$0")/lib-migrate.sh"
@@ -272,7 +273,9 @@ fi
 timeout 60 "$GODWIT" migrate --api "$C_SOCK" --to "$D_ADDR" --max-bandwidth $BW \
 	>"$T_TMP/plain.out" 2>"$T_TMP/plain.err" </dev/null
 rc=$?
-other=$(grep -vE "$ROUND_RE" "$T_TMP/plain.err" | head -n 2)
+# A round may be followed by the throttle's line (docs/migration.md, "Throttling").
+THROTTLE_RE='^migrate:   throttled: the vCPUs may dirty [0-9.]+ MiB/s; the busiest sleeps [0-9]+% of the time$'
+other=$(grep -vE "$ROUND_RE" "$T_TMP/plain.err" | grep -vE "$THROTTLE_RE" | head -n 2)
 if [ "$rc" -ne 0 ]; then
 	t_fail view-plain "migrate exited $rc: $(tail -c 300 "$T_TMP/plain.err")"
 elif LC_ALL=C grep -q $'[\r\x1b]' "$T_TMP/plain.err" "$T_TMP/plain.out"; then
