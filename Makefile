@@ -244,7 +244,7 @@ MAN1       := godwit godwit-run godwit-status godwit-snapshot godwit-restore god
 MAN1_LINKS := godwit-pause:godwit-status godwit-resume:godwit-status \
 	      godwit-shutdown:godwit-status godwit-migrate-status:godwit-migrate \
 	      godwit-migrate-cancel:godwit-migrate godwit-migrate-resolve:godwit-migrate \
-	      godwit-migrate-commit:godwit-migrate
+	      godwit-migrate-commit:godwit-migrate godwit-migrate-resume:godwit-migrate
 MAN8       := godwitd
 DOCS       := README.md $(wildcard docs/*.md)
 

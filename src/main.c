@@ -32,6 +32,7 @@ static const struct command commands[] = {
 	{ "migrate-status", cmd_migrate_status, "show a VM's migration progress or outcome" },
 	{ "migrate-cancel", cmd_migrate_cancel, "stop an outgoing migration; the VM stays" },
 	{ "migrate-resolve", cmd_migrate_resolve, "settle an in-doubt migration (--resume|--discard)" },
+	{ "migrate-resume", cmd_migrate_resume, "reconnect a post-copy migration whose link broke" },
 	{ "migrate-commit", cmd_migrate_commit, "decide at a migration's commit gate (--commit|--abort)" },
 	{ "report",   cmd_report,   "show a saved migration report, or draw it as an SVG timeline" },
 	{ "fleet",    cmd_fleet,    "manage VMs across hosts (etcd, host agents)" },

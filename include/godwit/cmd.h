@@ -15,6 +15,7 @@ int cmd_migrate(int argc, char **argv);
 int cmd_migrate_status(int argc, char **argv);
 int cmd_migrate_cancel(int argc, char **argv);
 int cmd_migrate_resolve(int argc, char **argv);
+int cmd_migrate_resume(int argc, char **argv);
 int cmd_migrate_commit(int argc, char **argv);
 /* `godwit report FILE.json [--svg OUT]`: a saved migration report (src/cmd/report.c) */
 int cmd_report(int argc, char **argv);

@@ -37,11 +37,13 @@ enum mig_status {
 				    waiting for migrate_commit() (p.gate) */
 	MIG_POSTCOPY,            /* post-copy: the VM runs on the destination, pages still
 				    moving (source and destination) */
-	MIG_POSTCOPY_FAILED,     /* source: the destination went away during post-copy; the VM
-				    is lost, it stays paused here and must not run (final, but
-				    busy: never resumed) */
+	MIG_POSTCOPY_FAILED,     /* source: the destination went away during post-copy and did
+				    not come back within reconnect_s; it stays paused here and
+				    must not run (final, but busy: never resumed); a
+				    migrate_resume() may still reach the destination */
 	MIG_RECONNECTING,        /* pre-copy's connection broke: connecting again
 				    (p.reconnect_s); the VM runs here */
+	MIG_POSTCOPY_PAUSED,     /* source: the link broke during post-copy; connecting again */
 };
 /* "none", "setup", "active", "stop-and-copy", "commit-wait", "committing", "completed", ... */
 const char *migrate_status_name(enum mig_status s);
@@ -90,7 +92,8 @@ struct migrate_params {
 	 * A connection that breaks in pre-copy is tried again for this many
 	 * seconds (0: the migration fails at once, as before); the destination
 	 * keeps what it has, and only what it may lack is sent again.  Not
-	 * with with_disks.
+	 * with with_disks.  A link that breaks in post-copy is tried again as
+	 * long too, then only on migrate_resume().
 	 */
 	uint32_t reconnect_s;
 };
@@ -177,6 +180,7 @@ struct migrate_progress {
 	uint64_t postcopy_pages;         /* pages the destination did not have at the switch */
 	uint64_t postcopy_requested, postcopy_pushed;   /* on demand, in the background */
 	double fault_median_ms, fault_max_ms;   /* the destination's fault latency */
+	uint32_t postcopy_breaks;        /* links broken and reconnected during post-copy */
 	char error[512];
 };
 
@@ -231,6 +235,12 @@ int migrate_commit(struct vm *vm, bool commit, char *err, size_t len) __must_che
  * Returns 0, or -ENOENT if nothing is in doubt here.
  */
 int migrate_resolve(struct vm *vm, bool resume, char *err, size_t len) __must_check;
+/*
+ * migrate_resume - a post-copy whose link broke (postcopy-paused or
+ * postcopy-failed): connect to the destination again, at `to` if given.
+ * 0 (follow the progress), -ENOENT if none waits, -EINVAL (err says why).
+ */
+int migrate_resume(struct vm *vm, const char *to, char *err, size_t len) __must_check;
 /* Cancel whatever is under way and wait for the thread: before the VM goes away. */
 void migrate_fini(struct vm *vm);
 

@@ -23,6 +23,18 @@
  *            the fault latency's median and maximum in µs, u64 each)
  *   HELLO    source -> dest, first on the request channel: gpa = the token
  *            of the postcopy section (len 0)
+ *   RESUME   source -> dest, first on a new main connection after the link
+ *            broke: gpa = the token (len 0)
+ *   MISSING  dest -> source, the answer to RESUME: the pages still missing,
+ *            encoded as the postcopy section (pc_set_encode), len 12 ..
+ *            PC_MISSING_MAX
+ *
+ * Recovery: when either connection breaks, both sides keep their halves:
+ * the destination's vCPUs wait on the missing pages, its listener takes a
+ * new main connection (RESUME) and request channel (HELLO), answers
+ * MISSING, and asks again for every page asked for and not placed; the
+ * source pushes what MISSING names.  UFFDIO_COPY never overwrites a placed
+ * page, so nothing is applied twice.
  */
 #ifndef GODWIT_POSTCOPY_H
 #define GODWIT_POSTCOPY_H
@@ -46,7 +58,10 @@ enum pc_type {
 	PC_REQ = 3,
 	PC_COMPLETE = 4,
 	PC_HELLO = 5,
+	PC_RESUME = 6,
+	PC_MISSING = 7,
 };
+#define PC_MISSING_MAX (32u << 20)
 
 enum pc_mode { PC_OFF, PC_AUTO, PC_NOW };
 /* "off", "auto", "now" */
@@ -96,6 +111,9 @@ int pc_set_decode(const uint8_t *in, size_t len, unsigned int nr, const uint64_t
 void pc_set_free(struct pc_set *s);
 /* Pages set in s. */
 uint64_t pc_set_count(const struct pc_set *s);
+/* pc_set_encode's size and encoding for s's own regions. */
+size_t pc_set_size_of(const struct pc_set *s);
+void pc_set_encode_set(const struct pc_set *s, uint8_t *out);
 
 /* ---- destination (incoming.c) ---- */
 
@@ -116,6 +134,20 @@ int pc_dest_prepare(struct vm *vm, int uffd, struct pc_set *s, struct pc_dest **
  * process exits with EXIT_ERROR.
  */
 int pc_dest_start(struct pc_dest *d, int fd, int rq) __must_check;
+/*
+ * pc_dest_set_listener - keep the listener lfd (on addr; pc_dest closes it)
+ * for a source coming back after the link broke, for up to wait_s seconds
+ * (0: for ever).  Without one, a broken link loses the VM.
+ */
+void pc_dest_set_listener(struct pc_dest *d, int lfd, const char *addr, uint32_t wait_s);
+/*
+ * pc_dest_accept_hello - a connection on lfd whose first frame is `type`
+ * (HELLO, RESUME) naming token, within wait_ms (<= 0: for ever); others are
+ * dropped.  With stop, -ECANCELED within a second once *stop is set.  0 and
+ * *out, or -errno with err.
+ */
+int pc_dest_accept_hello(int lfd, const char *addr, uint16_t type, uint64_t token, int wait_ms,
+			 const int *stop, int *out, char *err, size_t len) __must_check;
 /* Every page is here. */
 bool pc_dest_done(struct pc_dest *d);
 /*
@@ -147,6 +179,14 @@ int pc_src_start(struct vm *vm, uint64_t *const bits[], int rq_fd, struct pc_src
 int pc_src_push(struct pc_src *s, int fd, uint64_t bw, int (*progress)(void *), void *opaque,
 		char *err, size_t len) __must_check;
 void pc_src_stats(struct pc_src *s, struct pc_src_stats *st);
+/*
+ * pc_src_rejoin - after the link broke: RESUME on the new main connection
+ * fd, HELLO on the new request channel rq, the destination's MISSING (its
+ * token must be ours); from then on push (pc_src_push) exactly those pages
+ * and serve requests on rq.  0 or -errno with err.
+ */
+int pc_src_rejoin(struct pc_src *s, int fd, int rq, uint64_t token, char *err,
+		  size_t len) __must_check;
 /* Stop serving (shuts rq down), join, free. */
 void pc_src_stop(struct pc_src *s);
 

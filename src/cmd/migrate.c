@@ -63,7 +63,10 @@ static const char migrate_usage[] =
 "                          again for up to N seconds (the VM runs on here) and\n"
 "                          go on from what the destination already has,\n"
 "                          sending only what it may lack; 0 (the default):\n"
-"                          the migration fails at once.  Not with --with-disks\n"
+"                          the migration fails at once.  Not with --with-disks.\n"
+"                          In post-copy, a broken link is tried again as long\n"
+"                          (the VM waits there on its missing pages), then\n"
+"                          only on godwit migrate-resume\n"
 "  --no-throttle           never slow the guest down; by default, once pre-copy\n"
 "                          stops converging, the vCPUs that dirty memory the\n"
 "                          fastest run only part of each 10 ms slice, so that\n"
@@ -129,6 +132,23 @@ static const char cancel_usage[] =
 "(migrate --gate) it is an abort: the destination is told and discards it.\n"
 "\n"
 "Exit status: 0 cancelled, 1 nothing to cancel / too late / no VM, 2 usage error.\n";
+
+static const char resume_usage[] =
+"usage: godwit migrate-resume --api SOCKET [--to ADDR] [--json] [-q]\n"
+"\n"
+"A post-copy migration whose link broke (status postcopy-paused or\n"
+"postcopy-failed): connect to the destination again, at ADDR if given\n"
+"(tcp:HOST:PORT or unix:PATH; the destination listens on its --incoming\n"
+"address), and follow it to its end as godwit migrate does.  The VM waits at\n"
+"the destination on the pages only this side holds.\n"
+"\n"
+"  --api SOCKET   the source VM's API socket\n"
+"  --to ADDR      the destination's address, if not the one migrate was given\n"
+"  --json         print the final report as JSON\n"
+"  -q, --quiet    no progress\n"
+"\n"
+"Exit status: 0 completed, 1 otherwise (no post-copy waiting, it failed),\n"
+"2 usage error.\n";
 
 static const char commit_usage[] =
 "usage: godwit migrate-commit --api SOCKET --commit|--abort\n"
@@ -241,7 +261,7 @@ static void mig_print_json(json_t *p)
 		"throttle", "reconnects", "resent_pages", "downtime_limit_ms", "switch_expected_ms",
 		"over_limit", "postcopy", "postcopy_switched", "postcopy_start_ms", "postcopy_pages",
 		"postcopy_requested", "postcopy_pushed", "fault_latency_median_ms",
-		"fault_latency_max_ms", "postcopy_ms", NULL
+		"fault_latency_max_ms", "postcopy_ms", "postcopy_breaks", NULL
 	};
 
 	for (unsigned int i = 0; extra[i]; i++)
@@ -348,6 +368,91 @@ out:
 	return ret;
 }
 
+/*
+ * Follow the progress of the migration at sock until it ends (live line or
+ * a line per round), then its report (--json: JSON) and the timeline.
+ * 0 if it completed, 1 otherwise.
+ */
+static int mig_follow(const char *sock, bool json, bool quiet, const char *timeline)
+{
+	struct prog_line pl;
+	bool live, at_gate = false;
+	json_t *p = NULL;
+	double last_round = 0;
+	int ret = 1, misses = 0;
+
+	live = !quiet && mig_live_view(&pl, sock);
+	/* Follow the progress until the migration ends. */
+	for (;;) {
+		const char *st;
+
+		if (mig_request("migrate", sock, "GET", "/api/v1/vm/migration?release=1", NULL, &p)) {
+			/*
+			 * The source exits once the report was read or after a few seconds;
+			 * a socket gone right after COMMIT most likely means that, but
+			 * say what is known only.
+			 */
+			if (++misses < 3) {
+				mig_sleep_ms(MIG_POLL_MS);
+				continue;
+			}
+			if (live)
+				prog_clear(&pl);
+			fprintf(stderr, "godwit: migrate: lost the VM's API during the migration; "
+				"check the destination\n");
+			if (timeline)
+				fprintf(stderr, "godwit: migrate: no timeline written: no final report\n");
+			goto out;
+		}
+		misses = 0;
+		st = jstr(p, "status");
+		if (jnum(p, "rounds") > last_round) {
+			/* A pre-copy round finished since the last look. */
+			if (!quiet && !json) {
+				if (live)
+					prog_clear(&pl);
+				mig_print_progress(p);
+			}
+			last_round = jnum(p, "rounds");
+		}
+		if (!strcmp(st, "commit-wait") && !at_gate) {
+			at_gate = true;
+			if (live)
+				prog_clear(&pl);
+			if (!quiet && !json)
+				fprintf(stderr, "migrate: at the commit gate: the VM is paused here and "
+					"loaded there; waiting for godwit migrate-commit --api %s "
+					"--commit or --abort\n", sock);
+		}
+		if (!strcmp(st, "completed") || !strcmp(st, "failed") ||
+		    !strcmp(st, "cancelled") || !strcmp(st, "in-doubt") ||
+		    !strcmp(st, "postcopy-failed"))
+			break;
+		if (live)
+			prog_update(&pl, p, false);
+		json_decref(p);
+		p = NULL;
+		mig_sleep_ms(MIG_POLL_MS);
+	}
+	if (live)
+		prog_clear(&pl);
+	if (json)
+		mig_print_json(p);
+	else
+		report_print(p, true);
+	ret = !strcmp(jstr(p, "status"), "completed") ? 0 : 1;
+	/* The exit status stays the migration's: a timeline not written is only said. */
+	if (timeline && !report_svg_file(p, timeline, "migrate") && !quiet && !json)
+		printf("timeline: %s\n", timeline);
+	if (fflush(stdout) == EOF) {
+		fprintf(stderr, "godwit: migrate: write error on stdout: %s\n", strerror(errno));
+		ret = 1;
+	}
+out:
+	json_decref(p);
+	return ret;
+}
+
 int cmd_migrate(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -372,9 +477,7 @@ int cmd_migrate(int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *sock = NULL, *to = NULL, *tls_dir = NULL, *tls_peer = NULL, *timeline = NULL;
-	struct prog_line pl;
-	bool live = false;
-	bool insecure = false, gate = false, at_gate = false, no_throttle = false;
+	bool insecure = false, gate = false, no_throttle = false;
 	enum pc_mode postcopy = PC_OFF;
 	unsigned long long reconnect = 0;
 	uint64_t downtime = MIG_DEFAULT_DOWNTIME_MS, rounds = MIG_DEFAULT_MAX_ROUNDS, bw = 0;
@@ -383,8 +486,7 @@ int cmd_migrate(int argc, char **argv)
 	const char *disks = NULL;
 	json_t *req, *j = NULL, *p = NULL;
 	char *body = NULL, err[256];
-	double last_round = 0;
-	int opt, ret = 1, misses = 0;
+	int opt, ret = 1;
 
 	optind = 0;
 	opterr = 0;
@@ -534,73 +636,7 @@ int cmd_migrate(int argc, char **argv)
 	}
 	json_decref(j);
 	j = NULL;
-	live = !quiet && mig_live_view(&pl, sock);
-	/* Follow the progress until the migration ends. */
-	for (;;) {
-		const char *st;
-
-		if (mig_request("migrate", sock, "GET", "/api/v1/vm/migration?release=1", NULL, &p)) {
-			/*
-			 * The source exits once the report was read or after a few seconds;
-			 * a socket gone right after COMMIT most likely means that, but
-			 * say what is known only.
-			 */
-			if (++misses < 3) {
-				mig_sleep_ms(MIG_POLL_MS);
-				continue;
-			}
-			if (live)
-				prog_clear(&pl);
-			fprintf(stderr, "godwit: migrate: lost the VM's API during the migration; "
-				"check the destination\n");
-			if (timeline)
-				fprintf(stderr, "godwit: migrate: no timeline written: no final report\n");
-			goto out;
-		}
-		misses = 0;
-		st = jstr(p, "status");
-		if (jnum(p, "rounds") > last_round) {
-			/* A pre-copy round finished since the last look. */
-			if (!quiet && !json) {
-				if (live)
-					prog_clear(&pl);
-				mig_print_progress(p);
-			}
-			last_round = jnum(p, "rounds");
-		}
-		if (!strcmp(st, "commit-wait") && !at_gate) {
-			at_gate = true;
-			if (live)
-				prog_clear(&pl);
-			if (!quiet && !json)
-				fprintf(stderr, "migrate: at the commit gate: the VM is paused here and "
-					"loaded there; waiting for godwit migrate-commit --api %s "
-					"--commit or --abort\n", sock);
-		}
-		if (!strcmp(st, "completed") || !strcmp(st, "failed") ||
-		    !strcmp(st, "cancelled") || !strcmp(st, "in-doubt") ||
-		    !strcmp(st, "postcopy-failed"))
-			break;
-		if (live)
-			prog_update(&pl, p, false);
-		json_decref(p);
-		p = NULL;
-		mig_sleep_ms(MIG_POLL_MS);
-	}
-	if (live)
-		prog_clear(&pl);
-	if (json)
-		mig_print_json(p);
-	else
-		report_print(p, true);
-	ret = !strcmp(jstr(p, "status"), "completed") ? 0 : 1;
-	/* The exit status stays the migration's: a timeline not written is only said. */
-	if (timeline && !report_svg_file(p, timeline, "migrate") && !quiet && !json)
-		printf("timeline: %s\n", timeline);
-	if (fflush(stdout) == EOF) {
-		fprintf(stderr, "godwit: migrate: write error on stdout: %s\n", strerror(errno));
-		ret = 1;
-	}
+	ret = mig_follow(sock, json, quiet, timeline);
 out:
 	json_decref(p);
 	if (body)
@@ -749,6 +785,70 @@ out:
 	return ret;
 usage:
 	fprintf(stderr, "Try 'godwit %s --help'.\n", who);
+	return 2;
+}
+
+int cmd_migrate_resume(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "api",   required_argument, NULL, 'a' },
+		{ "to",    required_argument, NULL, 't' },
+		{ "json",  no_argument,       NULL, 'j' },
+		{ "quiet", no_argument,       NULL, 'q' },
+		{ "help",  no_argument,       NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *sock = NULL, *to = NULL;
+	bool json = false, quiet = false;
+	char err[256], *body;
+	json_t *req, *j = NULL;
+	int opt;
+
+	optind = 0;
+	opterr = 0;
+	while ((opt = getopt_long(argc, argv, ":qh", opts, NULL)) != -1) {
+		switch (opt) {
+		case 'a': sock = optarg; break;
+		case 't': to = optarg; break;
+		case 'j': json = true; break;
+		case 'q': quiet = true; break;
+		case 'h':
+			fputs(resume_usage, stdout);
+			return 0;
+		case ':':
+			fprintf(stderr, "godwit: migrate-resume: option %s needs an argument\n",
+				argv[optind - 1]);
+			goto usage;
+		default:
+			fprintf(stderr, "godwit: migrate-resume: unrecognized option '%s'\n",
+				argv[optind - 1]);
+			goto usage;
+		}
+	}
+	if (optind < argc || !sock || !*sock) {
+		fprintf(stderr, "godwit: migrate-resume: --api SOCKET is required\n");
+		goto usage;
+	}
+	if (to && migrate_addr_check(to, err, sizeof(err))) {
+		fprintf(stderr, "godwit: migrate-resume: --to %s\n", err);
+		goto usage;
+	}
+	req = to ? json_pack("{s:s}", "to", to) : json_object();
+	body = req ? json_dumps(req, JSON_COMPACT) : NULL;
+	json_decref(req);
+	if (!body) {
+		fprintf(stderr, "godwit: migrate-resume: out of memory\n");
+		return 1;
+	}
+	if (mig_request("migrate-resume", sock, "PUT", "/api/v1/vm/migrate-resume", body, &j)) {
+		free(body);
+		return 1;
+	}
+	free(body);
+	json_decref(j);
+	return mig_follow(sock, json, quiet, NULL);
+usage:
+	fprintf(stderr, "Try 'godwit migrate-resume --help'.\n");
 	return 2;
 }
 

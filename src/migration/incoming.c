@@ -382,7 +382,6 @@ static int in_pc_prepare(struct incoming *in, struct vm *vm, char *err, size_t l
 	size_t n;
 	uint64_t gpa[2], pages[2];
 	struct pc_set set;
-	struct timespec t0;
 	int ret;
 
 	buf = snapshot_restore_postcopy(in->sr, &n);
@@ -408,42 +407,14 @@ static int in_pc_prepare(struct incoming *in, struct vm *vm, char *err, size_t l
 		if (ret)
 			return ret;
 		migrate_incoming_postcopy(vm, MIG_POSTCOPY, missing, 0, 0, 0, 0);
-		clock_gettime(CLOCK_MONOTONIC, &t0);
 		/* The source connects right after EOF; strays are dropped. */
-		for (;;) {
-			double left = MIG_IO_TIMEOUT_MS - ms_since(&t0);
-			char peer[128], why[256];
-			uint8_t hdr[PC_HDR_LEN + 4];
-			struct pc_hdr h;
-			struct timeval tv = { MIG_IO_TIMEOUT_MS / 1000, 0 };
-			int fd;
-
-			if (left <= 0) {
-				snprintf(err, len, "the source did not open its post-copy request "
-					 "channel within %d s", MIG_IO_TIMEOUT_MS / 1000);
-				return -ETIMEDOUT;
-			}
-			ret = migrate_accept(in->lfd, in->addr, (int)left, &fd, peer, sizeof(peer),
-					     why, sizeof(why));
-			if (ret == -ETIMEDOUT || ret == -EINTR || ret == -EACCES ||
-			    ret == -ECONNABORTED)
-				continue;
-			if (ret) {
-				snprintf(err, len, "the post-copy request channel: %s", why);
-				return ret;
-			}
-			setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-			if (recv(fd, hdr, sizeof(hdr), MSG_WAITALL) == (ssize_t)sizeof(hdr) &&
-			    !pc_hdr_decode(hdr, &h, why, sizeof(why)) && h.type == PC_HELLO &&
-			    le32_get(hdr + PC_HDR_LEN) == pc_frame_crc(hdr, NULL, 0) &&
-			    h.gpa == token) {
-				in->rq = fd;
-				break;
-			}
-			log_warnx("incoming migration: a connection from %s was not the source's "
-				  "post-copy request channel: dropped", peer);
-			close(fd);
-		}
+		ret = pc_dest_accept_hello(in->lfd, in->addr, PC_HELLO, token, MIG_IO_TIMEOUT_MS,
+					   NULL, &in->rq, err, len);
+		if (ret)
+			return ret;
+		/* A source that comes back after a broken link connects there again. */
+		pc_dest_set_listener(in->pc, in->lfd, in->addr, in->p.timeout_s);
+		in->lfd = -1;
 	}
 	return 0;
 }

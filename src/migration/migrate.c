@@ -82,6 +82,7 @@ struct migration {
 	struct migrate_round *hist;  /* the finished pre-copy rounds (under lock) */
 	uint32_t nhist, hist_cap;    /* hist_cap = p.max_rounds */
 	bool pc_holes;               /* destination: post-copy pages are missing here (no resume) */
+	bool resume_req;             /* migrate_resume(): connect again (under lock) */
 };
 
 const char *migrate_status_name(enum mig_status s)
@@ -99,6 +100,7 @@ const char *migrate_status_name(enum mig_status s)
 	case MIG_INCOMING:   return "incoming";
 	case MIG_COMMIT_WAIT: return "commit-wait";
 	case MIG_POSTCOPY:   return "postcopy-active";
+	case MIG_POSTCOPY_PAUSED: return "postcopy-paused";
 	case MIG_POSTCOPY_FAILED: return "postcopy-failed";
 	case MIG_RECONNECTING: return "reconnecting";
 	}
@@ -1018,6 +1020,101 @@ static int mig_pc_connect(struct mig_run *r)
 	return ret;
 }
 
+/* After the link broke in post-copy: connect again (RESUME, HELLO, MISSING); 0 or -errno. */
+static int mig_pc_reconnect(struct mig_run *r, const char *to)
+{
+	int fd = -1, rq = -1, ret;
+
+	ret = migrate_connect(to, &fd, r->err, sizeof(r->err));
+	if (!ret)
+		ret = migrate_connect(to, &rq, r->err, sizeof(r->err));
+	if (!ret)
+		ret = pc_src_rejoin(r->pc, fd, rq, r->pc_token, r->err, sizeof(r->err));
+	if (ret) {
+		if (fd >= 0)
+			close(fd);
+		if (rq >= 0)
+			close(rq);
+		return ret;
+	}
+	pthread_mutex_lock(&r->m->lock);
+	r->m->fd = fd;
+	pthread_mutex_unlock(&r->m->lock);
+	close(r->c.fd);
+	close(r->pc_rq);
+	r->c.fd = fd;
+	r->pc_rq = rq;
+	return 0;
+}
+
+/*
+ * The link broke during post-copy: the VM waits at the destination, this
+ * side keeps its pages.  Reconnect every 0.5 s for p.reconnect_s; then
+ * (status postcopy-failed) wait for migrate_resume() or the end.  0 once
+ * connected again, -ECANCELED.
+ */
+static int mig_pc_recover(struct mig_run *r)
+{
+	struct migration *m = r->m;
+	struct timespec t0;
+	bool said = false;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		char to[MIG_ADDR_MAX];
+		bool asked, window;
+		struct timespec dl;
+
+		pthread_mutex_lock(&m->lock);
+		if (m->cancel) {
+			pthread_mutex_unlock(&m->lock);
+			return -ECANCELED;
+		}
+		asked = m->resume_req;
+		m->resume_req = false;
+		snprintf(to, sizeof(to), "%s", m->p.to);
+		pthread_mutex_unlock(&m->lock);
+		window = ms_since(&t0) < m->p.reconnect_s * 1000.0;
+		if (window || asked) {
+			if (!mig_pc_reconnect(r, to)) {
+				log_info("migrate: post-copy: connected to %s again", to);
+				return 0;
+			}
+			if (asked)
+				log_warnx("migrate: migrate-resume to %s: %s", to, r->err);
+			if (window) {
+				clock_gettime(CLOCK_REALTIME, &dl);
+				dl.tv_nsec += 500 * 1000000L;
+				if (dl.tv_nsec >= 1000000000L) {
+					dl.tv_sec++;
+					dl.tv_nsec -= 1000000000L;
+				}
+				pthread_mutex_lock(&m->lock);
+				if (!m->cancel && !m->resume_req)
+					pthread_cond_timedwait(&m->cond, &m->lock, &dl);
+				pthread_mutex_unlock(&m->lock);
+				continue;
+			}
+			said = false;
+		}
+		pthread_mutex_lock(&m->lock);
+		if (!said) {
+			snprintf(m->prog.error, sizeof(m->prog.error), "post-copy: the link to the "
+				 "destination broke and it did not come back (%.200s); the VM waits "
+				 "there on its missing pages, which only this side holds: godwit "
+				 "migrate-resume --api SOCKET [--to ADDR] connects again", r->err);
+			m->prog.status = MIG_POSTCOPY_FAILED;
+			m->prog.total_ms = ms_since(&m->t_start);
+			pthread_cond_broadcast(&m->cond);
+			log_warnx("migrate: %s", m->prog.error);
+			said = true;
+		}
+		while (!m->resume_req && !m->cancel)
+			pthread_cond_wait(&m->cond, &m->lock);
+		pthread_mutex_unlock(&m->lock);
+	}
+}
+
 static int mig_pc_progress(void *opaque)
 {
 	struct mig_run *r = opaque;
@@ -1047,8 +1144,26 @@ static int mig_postcopy(struct mig_run *r)
 
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	mig_set_status(m, MIG_POSTCOPY);
-	ret = pc_src_push(r->pc, r->c.fd, m->p.max_bandwidth, mig_pc_progress, r, r->err,
-			  sizeof(r->err));
+	for (;;) {
+		ret = pc_src_push(r->pc, r->c.fd, m->p.max_bandwidth, mig_pc_progress, r, r->err,
+				  sizeof(r->err));
+		if (!ret || mig_cancelled(m) || mig_vm_stopping(r->vm))
+			break;
+		log_warnx("migrate: post-copy: the link broke (%s); the VM waits at the "
+			  "destination, its missing pages are here: connecting again for %u s",
+			  r->err, m->p.reconnect_s);
+		pthread_mutex_lock(&m->lock);
+		m->prog.postcopy_breaks++;
+		pthread_mutex_unlock(&m->lock);
+		mig_set_status(m, MIG_POSTCOPY_PAUSED);
+		ret = mig_pc_recover(r);
+		if (ret)
+			break;
+		pthread_mutex_lock(&m->lock);
+		m->prog.error[0] = 0;
+		m->prog.status = MIG_POSTCOPY;
+		pthread_mutex_unlock(&m->lock);
+	}
 	mig_pc_progress(r);
 	pc_src_stats(r->pc, &st);
 	pthread_mutex_lock(&m->lock);
@@ -1398,7 +1513,8 @@ static void *mig_thread(void *opaque)
 			snprintf(m->prog.error, sizeof(m->prog.error), "post-copy failed: %.200s; the VM "
 				 "ran at the destination and cannot be resumed here (this side holds "
 				 "its memory only as of the switch): it is lost, and stays paused here "
-				 "until this godwit is shut down", r.err);
+				 "until this godwit is shut down",
+				 ret == -ECANCELED ? "stopped here" : r.err);
 			m->prog.status = MIG_POSTCOPY_FAILED;
 			m->prog.total_ms = ms_since(&m->t_start);
 			pthread_cond_broadcast(&m->cond);
@@ -1689,6 +1805,9 @@ int migrate_cancel(struct vm *vm, char *err, size_t len)
 		break;
 	case MIG_COMMITTING:
 	case MIG_COMPLETED:
+	case MIG_POSTCOPY:
+	case MIG_POSTCOPY_PAUSED:
+	case MIG_POSTCOPY_FAILED:
 		snprintf(err, len, "too late: the destination has been told to run the VM");
 		ret = -EALREADY;
 		break;
@@ -1870,4 +1989,38 @@ void migrate_incoming_postcopy(struct vm *vm, enum mig_status st, uint64_t reque
 		m->prog.postcopy_ms = ms;
 	}
 	pthread_mutex_unlock(&m->lock);
+}
+
+int migrate_resume(struct vm *vm, const char *to, char *err, size_t len)
+{
+	struct migration *m = vm->mig;
+
+	if (to && migrate_addr_check(to, err, len))
+		return -EINVAL;
+	if (to && !migrate_addr_local(to) && !(m && m->p.insecure)) {
+		snprintf(err, len, "%s is not on this host, and post-copy runs without TLS: start "
+			 "the migration with insecure to allow it", to);
+		return -EINVAL;
+	}
+	if (!m || m->incoming) {
+		snprintf(err, len, "no post-copy is waiting for its destination here");
+		return -ENOENT;
+	}
+	pthread_mutex_lock(&m->lock);
+	if (m->prog.status != MIG_POSTCOPY_PAUSED && m->prog.status != MIG_POSTCOPY_FAILED) {
+		pthread_mutex_unlock(&m->lock);
+		snprintf(err, len, "no post-copy is waiting for its destination here");
+		return -ENOENT;
+	}
+	if (to)
+		snprintf(m->p.to, sizeof(m->p.to), "%s", to);
+	snprintf(m->prog.to, sizeof(m->prog.to), "%s", m->p.to);
+	m->resume_req = true;
+	m->prog.status = MIG_POSTCOPY_PAUSED;
+	m->prog.error[0] = 0;
+	m->reported = false;
+	pthread_cond_broadcast(&m->cond);
+	pthread_mutex_unlock(&m->lock);
+	log_info("migrate: post-copy: connecting to %s again (migrate-resume)", m->p.to);
+	return 0;
 }

@@ -164,6 +164,7 @@ struct pc_src {
 	uint64_t *sent[2];         /* pages sent (atomic): on request or pushed */
 	int rq;
 	pthread_t thread;
+	bool serving;              /* the thread runs (the caller's thread only) */
 	pthread_mutex_t lock;      /* the stats */
 	struct pc_src_stats st;
 };
@@ -227,6 +228,7 @@ int pc_src_start(struct vm *vm, uint64_t *const bits[], int rq_fd, struct pc_src
 	ret = -pthread_create(&s->thread, NULL, pc_src_serve, s);
 	if (ret)
 		goto fail;
+	s->serving = true;
 	*out = s;
 	return 0;
 fail:
@@ -333,12 +335,95 @@ void pc_src_stats(struct pc_src *s, struct pc_src_stats *st)
 	pthread_mutex_unlock(&s->lock);
 }
 
+/* Stop serving requests on the current request channel. */
+static void pc_src_stop_serving(struct pc_src *s)
+{
+	if (!s->serving)
+		return;
+	shutdown(s->rq, SHUT_RDWR);
+	pthread_join(s->thread, NULL);
+	s->serving = false;
+}
+
+int pc_src_rejoin(struct pc_src *s, int fd, int rq, uint64_t token, char *err, size_t len)
+{
+	struct vm *vm = s->vm;
+	uint8_t hdr[PC_HDR_LEN], crc[4], *buf = NULL;
+	uint64_t gpa[2], pages[2];
+	struct pc_hdr h = { .type = PC_RESUME, .gpa = token };
+	struct pc_set set;
+	char why[256];
+	int ret;
+
+	pc_src_stop_serving(s);
+	ret = pc_send(fd, &h, NULL);
+	h = (struct pc_hdr){ .type = PC_HELLO, .gpa = token };
+	if (!ret)
+		ret = pc_send(rq, &h, NULL);
+	if (ret) {
+		snprintf(err, len, "sending RESUME: %s", strerror(-ret));
+		return ret;
+	}
+	ret = pc_recv_all(fd, hdr, sizeof(hdr));
+	if (!ret)
+		ret = pc_hdr_decode(hdr, &h, why, sizeof(why));
+	else
+		snprintf(why, sizeof(why), "%s", strerror(-ret));
+	if (!ret && h.type != PC_MISSING) {
+		snprintf(why, sizeof(why), "post-copy frame type %u instead of MISSING", h.type);
+		ret = -EPROTO;
+	}
+	if (!ret && !(buf = malloc(h.len))) {
+		snprintf(why, sizeof(why), "out of memory");
+		ret = -ENOMEM;
+	}
+	if (!ret)
+		ret = pc_recv_all(fd, buf, h.len);
+	if (!ret)
+		ret = pc_recv_all(fd, crc, sizeof(crc));
+	if (!ret && le32_get(crc) != pc_frame_crc(hdr, buf, h.len)) {
+		snprintf(why, sizeof(why), "MISSING: bad CRC");
+		ret = -EBADMSG;
+	}
+	for (unsigned int i = 0; i < vm->nr_mem; i++) {
+		gpa[i] = vm->mem[i].gpa;
+		pages[i] = vm->mem[i].size / PC_PAGE;
+	}
+	if (!ret)
+		ret = pc_set_decode(buf, h.len, vm->nr_mem, gpa, pages, &set, why, sizeof(why));
+	free(buf);
+	if (!ret && set.token != token) {
+		pc_set_free(&set);
+		snprintf(why, sizeof(why), "MISSING names another migration");
+		ret = -EPROTO;
+	}
+	if (ret) {
+		snprintf(err, len, "waiting for the destination's missing pages: %s", why);
+		return ret;
+	}
+	/* Push again exactly what is still missing there (and only pages of ours). */
+	for (unsigned int i = 0; i < vm->nr_mem; i++)
+		for (size_t w = 0; w < pc_words(pages[i]); w++)
+			__atomic_store_n(&s->sent[i][w], s->bits[i][w] & ~set.bits[i][w],
+					 __ATOMIC_RELEASE);
+	log_info("migrate: post-copy resumed: %llu pages still missing at the destination",
+		 (unsigned long long)pc_set_count(&set));
+	pc_set_free(&set);
+	s->rq = rq;
+	ret = -pthread_create(&s->thread, NULL, pc_src_serve, s);
+	if (ret) {
+		snprintf(err, len, "cannot serve post-copy requests: %s", strerror(-ret));
+		return ret;
+	}
+	s->serving = true;
+	return 0;
+}
+
 void pc_src_stop(struct pc_src *s)
 {
 	if (!s)
 		return;
-	shutdown(s->rq, SHUT_RDWR);
-	pthread_join(s->thread, NULL);
+	pc_src_stop_serving(s);
 	for (unsigned int i = 0; i < 2; i++)
 		free(s->sent[i]);
 	pthread_mutex_destroy(&s->lock);
@@ -349,10 +434,10 @@ void pc_src_stop(struct pc_src *s)
 
 struct pc_dest {
 	struct vm *vm;
-	int uffd, fd, rq;
+	int uffd;
 	struct pc_set set;          /* the missing pages */
 	uint64_t *got[2];           /* placed (atomic) */
-	uint64_t *asked[2];         /* requested (fault thread only) */
+	uint64_t *asked[2];         /* requested (atomic) */
 	uint64_t missing;
 	uint64_t received;          /* atomic */
 	bool registered;
@@ -361,6 +446,20 @@ struct pc_dest {
 	pthread_t tf, tr;
 	bool started;
 	struct timespec t0;
+	/*
+	 * The link: fd (main) and rq (request channel), replaced by the
+	 * receive thread when it broke (broken) and the source came back.
+	 * link_lock is held to read or swap them and around every use of rq
+	 * by the fault thread, never while waiting for anything but a send.
+	 */
+	pthread_mutex_t link_lock;
+	int fd, rq;
+	bool broken;
+	bool own_fds;               /* fd and rq came from a recovery (else the caller's) */
+	int lfd;                    /* the listener, kept for a source coming back; -1: none */
+	char addr[MIG_ADDR_MAX];
+	uint32_t wait_s;            /* how long to wait for it (0: for ever) */
+	unsigned int recoveries;
 	pthread_mutex_t lock;       /* outstanding requests and latencies */
 	struct { uint64_t gpa; struct timespec t; } out[PC_OUTSTANDING];
 	unsigned int nout;
@@ -410,10 +509,11 @@ int pc_dest_prepare(struct vm *vm, int uffd, struct pc_set *s, struct pc_dest **
 	}
 	d->vm = vm;
 	d->uffd = uffd;
-	d->fd = d->rq = -1;
+	d->fd = d->rq = d->lfd = -1;
 	d->set = *s;
 	memset(s, 0, sizeof(*s));
 	pthread_mutex_init(&d->lock, NULL);
+	pthread_mutex_init(&d->link_lock, NULL);
 	d->missing = pc_set_count(&d->set);
 	d->lat_us = calloc(PC_LAT_MAX, sizeof(uint32_t));
 	if (!d->lat_us)
@@ -475,7 +575,14 @@ fail:
 	return ret;
 }
 
-/* The source went away before every page came: the VM cannot go on. */
+void pc_dest_set_listener(struct pc_dest *d, int lfd, const char *addr, uint32_t wait_s)
+{
+	d->lfd = lfd;
+	snprintf(d->addr, sizeof(d->addr), "%s", addr);
+	d->wait_s = wait_s;
+}
+
+/* The source is gone for good before every page came: the VM cannot go on. */
 __attribute__((__noreturn__))
 static void pc_dest_lost(struct pc_dest *d, const char *why)
 {
@@ -502,6 +609,7 @@ static void pc_dest_complete(struct pc_dest *d)
 	struct pc_hdr h = { .type = PC_COMPLETE, .len = PC_COMPLETE_LEN };
 	uint64_t median = 0, req;
 	double ms = ms_since(&d->t0);
+	int fd;
 
 	pc_dest_unregister(d);
 	pthread_mutex_lock(&d->lock);
@@ -516,12 +624,15 @@ static void pc_dest_complete(struct pc_dest *d)
 	le64_put(buf + 16, d->lat_max_us);
 	migrate_incoming_postcopy(d->vm, MIG_INCOMING, req, d->missing - req, (double)median / 1e3,
 				  (double)d->lat_max_us / 1e3, ms);
-	if (pc_send(d->fd, &h, buf))
+	pthread_mutex_lock(&d->link_lock);
+	fd = d->fd;
+	if (d->broken || pc_send(fd, &h, buf))
 		log_warnx("incoming post-copy: every page is here, but the source did not hear it");
+	pthread_mutex_unlock(&d->link_lock);
 	log_info("incoming post-copy: complete after %.0f ms: %llu pages requested, %llu pushed, "
-		 "fault latency median %.2f ms, max %.2f ms", ms, (unsigned long long)req,
+		 "fault latency median %.2f ms, max %.2f ms%s", ms, (unsigned long long)req,
 		 (unsigned long long)(d->missing - req), (double)median / 1e3,
-		 (double)d->lat_max_us / 1e3);
+		 (double)d->lat_max_us / 1e3, d->recoveries ? " (after a broken link)" : "");
 	__atomic_store_n(&d->done, 1, __ATOMIC_RELEASE);
 }
 
@@ -532,7 +643,6 @@ static void pc_dest_place(struct pc_dest *d, uint64_t gpa, const uint8_t *data, 
 		struct uffdio_copy c;
 		unsigned int ri;
 		uint64_t pg;
-		bool last = false;
 
 		if (!pc_locate(d->vm, gpa + off, &ri, &pg) || !pc_test(d->set.bits[ri], pg) ||
 		    pc_test(d->got[ri], pg))
@@ -561,10 +671,34 @@ static void pc_dest_place(struct pc_dest *d, uint64_t gpa, const uint8_t *data, 
 				break;
 			}
 		pthread_mutex_unlock(&d->lock);
-		last = __atomic_add_fetch(&d->received, 1, __ATOMIC_ACQ_REL) == d->missing;
-		if (last)
+		if (__atomic_add_fetch(&d->received, 1, __ATOMIC_ACQ_REL) == d->missing)
 			pc_dest_complete(d);
 	}
+}
+
+/* Mark the link broken (any thread): both connections shut down, the receive thread recovers. */
+static void pc_dest_break(struct pc_dest *d, const char *why)
+{
+	pthread_mutex_lock(&d->link_lock);
+	if (!d->broken) {
+		d->broken = true;
+		shutdown(d->fd, SHUT_RDWR);
+		shutdown(d->rq, SHUT_RDWR);
+		log_warnx("incoming post-copy: the link to the source broke: %s", why);
+	}
+	pthread_mutex_unlock(&d->link_lock);
+}
+
+/* Ask for a page on the request channel (under link_lock); false if the link is broken. */
+static bool pc_dest_ask(struct pc_dest *d, uint64_t gpa)
+{
+	struct pc_hdr h = { .type = PC_REQ, .gpa = gpa };
+	bool ok;
+
+	pthread_mutex_lock(&d->link_lock);
+	ok = !d->broken && !pc_send(d->rq, &h, NULL);
+	pthread_mutex_unlock(&d->link_lock);
+	return ok;
 }
 
 /* A fault: ask for the page (once), or give a page outside the set its zeros. */
@@ -606,18 +740,9 @@ static void pc_dest_fault(struct pc_dest *d, uint64_t addr)
 		d->nout++;
 	}
 	pthread_mutex_unlock(&d->lock);
-	{
-		struct pc_hdr h = { .type = PC_REQ, .gpa = gpa };
-		int ret = pc_send(d->rq, &h, NULL);
-
-		if (ret) {
-			char why[128];
-
-			snprintf(why, sizeof(why), "cannot ask the source for a page: %s",
-				 strerror(-ret));
-			pc_dest_lost(d, why);
-		}
-	}
+	/* Broken: asked again once the source is back (pc_dest_recover). */
+	if (!pc_dest_ask(d, gpa))
+		pc_dest_break(d, "cannot send a request");
 }
 
 /* The fault thread: uffd events become requests; the request channel's pages are placed. */
@@ -631,10 +756,17 @@ static void *pc_dest_fault_thread(void *opaque)
 		pc_dest_lost(d, "out of memory");
 	while (!__atomic_load_n(&d->done, __ATOMIC_ACQUIRE) &&
 	       !__atomic_load_n(&d->stop, __ATOMIC_ACQUIRE)) {
-		struct pollfd p[2] = { { .fd = d->uffd, .events = POLLIN },
-				       { .fd = d->rq, .events = POLLIN } };
-		int n = poll(p, 2, PC_POLL_MS);
+		struct pollfd p[2] = { { .fd = d->uffd, .events = POLLIN }, { .fd = -1 } };
+		bool broken;
+		int n, rq;
 
+		pthread_mutex_lock(&d->link_lock);
+		broken = d->broken;
+		rq = d->rq;
+		pthread_mutex_unlock(&d->link_lock);
+		if (!broken)
+			p[1] = (struct pollfd){ .fd = rq, .events = POLLIN };
+		n = poll(p, 2, PC_POLL_MS);
 		if (n < 0 && errno != EINTR)
 			pc_dest_lost(d, "poll failed");
 		if (n <= 0)
@@ -647,10 +779,16 @@ static void *pc_dest_fault_thread(void *opaque)
 				if (msg[i].event == UFFD_EVENT_PAGEFAULT)
 					pc_dest_fault(d, msg[i].arg.pagefault.address & ~(uint64_t)(PC_PAGE - 1));
 		}
-		if (p[1].revents & (POLLIN | POLLHUP | POLLERR)) {
+		if (!broken && (p[1].revents & (POLLIN | POLLHUP | POLLERR))) {
 			struct pc_hdr h;
-			int ret = pc_recv(d->rq, &h, buf, why, sizeof(why));
+			int ret;
 
+			/* Under link_lock: the receive thread swaps rq only when we let it. */
+			pthread_mutex_lock(&d->link_lock);
+			ret = d->broken || d->rq != rq ? -EAGAIN : pc_recv(rq, &h, buf, why, sizeof(why));
+			pthread_mutex_unlock(&d->link_lock);
+			if (ret == -EAGAIN)
+				continue;
 			if (!ret && h.type != PC_PAGES) {
 				snprintf(why, sizeof(why), "post-copy frame type %u on the request "
 					 "channel", h.type);
@@ -662,7 +800,8 @@ static void *pc_dest_fault_thread(void *opaque)
 				char w[300];
 
 				snprintf(w, sizeof(w), "the request channel: %s", why);
-				pc_dest_lost(d, w);
+				pc_dest_break(d, w);
+				continue;
 			}
 			pc_dest_place(d, h.gpa, buf, h.len);
 		}
@@ -671,7 +810,177 @@ static void *pc_dest_fault_thread(void *opaque)
 	return NULL;
 }
 
-/* The receive thread: the background push on the main connection. */
+/* One frame of type `type` (len 0) with gpa == token on fd within 10 s. */
+static bool pc_dest_hello(int fd, uint16_t type, uint64_t token)
+{
+	struct timeval tv = { MIG_IO_TIMEOUT_MS / 1000, 0 };
+	uint8_t hdr[PC_HDR_LEN + 4];
+	struct pc_hdr h;
+	char why[128];
+
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	return recv(fd, hdr, sizeof(hdr), MSG_WAITALL) == (ssize_t)sizeof(hdr) &&
+	       !pc_hdr_decode(hdr, &h, why, sizeof(why)) && h.type == type &&
+	       le32_get(hdr + PC_HDR_LEN) == pc_frame_crc(hdr, NULL, 0) && h.gpa == token;
+}
+
+int pc_dest_accept_hello(int lfd, const char *addr, uint16_t type, uint64_t token, int wait_ms,
+			 const int *stop, int *out, char *err, size_t len)
+{
+	struct timespec t0;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		double left = wait_ms > 0 ? wait_ms - ms_since(&t0) : 60000;
+
+		if (stop && __atomic_load_n(stop, __ATOMIC_ACQUIRE)) {
+			snprintf(err, len, "stopped");
+			return -ECANCELED;
+		}
+		char peer[128], why[256];
+		int fd, ret;
+
+		if (left <= 0) {
+			snprintf(err, len, "the source did not connect within %d s", wait_ms / 1000);
+			return -ETIMEDOUT;
+		}
+		ret = migrate_accept(lfd, addr, (int)MIN(left, stop ? 1000.0 : 60000.0), &fd, peer,
+				     sizeof(peer), why, sizeof(why));
+		if (ret == -ETIMEDOUT || ret == -EINTR || ret == -EACCES || ret == -ECONNABORTED)
+			continue;
+		if (ret) {
+			snprintf(err, len, "%s", why);
+			return ret;
+		}
+		if (pc_dest_hello(fd, type, token)) {
+			*out = fd;
+			return 0;
+		}
+		log_warnx("incoming post-copy: a connection from %s was not the source's: dropped",
+			  peer);
+		close(fd);
+	}
+}
+
+/*
+ * The link broke: keep the VM as it is (its vCPUs wait on their pages),
+ * take the source's new connections on the listener (RESUME, then HELLO),
+ * answer MISSING, ask again for every page asked for and not placed.
+ * Gives up (the VM is lost) after d->wait_s.
+ */
+static void pc_dest_recover(struct pc_dest *d)
+{
+	int fd = -1, rq = -1, ret;
+	char err[256];
+	struct pc_set now = { .token = d->set.token, .nr = d->set.nr };
+	uint8_t hdr[PC_HDR_LEN], crc[4], *buf = NULL;
+	uint64_t left = d->missing - __atomic_load_n(&d->received, __ATOMIC_ACQUIRE);
+	size_t n;
+
+	char how[64] = "for ever";
+
+	if (d->lfd < 0)
+		pc_dest_lost(d, "the link to the source broke");
+	if (d->wait_s)
+		snprintf(how, sizeof(how), "up to %u s (--incoming-timeout)", d->wait_s);
+	log_warnx("incoming post-copy: %llu pages still missing; the vCPUs that need one wait; "
+		  "waiting %s for the source on %s (its own reconnect, or godwit migrate-resume "
+		  "there)", (unsigned long long)left, how, d->addr);
+	for (;;) {
+		ret = pc_dest_accept_hello(d->lfd, d->addr, PC_RESUME, d->set.token,
+					   d->wait_s ? (int)d->wait_s * 1000 : -1, &d->stop, &fd, err,
+					   sizeof(err));
+		if (!ret)
+			ret = pc_dest_accept_hello(d->lfd, d->addr, PC_HELLO, d->set.token,
+						   MIG_IO_TIMEOUT_MS, &d->stop, &rq, err, sizeof(err));
+		if (ret == -ECANCELED) {
+			if (fd >= 0)
+				close(fd);
+			return;
+		}
+		if (ret == -ETIMEDOUT && fd >= 0) {
+			/* RESUME without its request channel: wait for the next try. */
+			close(fd);
+			fd = -1;
+			continue;
+		}
+		if (ret) {
+			char w[300];
+
+			snprintf(w, sizeof(w), "the link to the source broke, and %s", err);
+			pc_dest_lost(d, w);
+		}
+		break;
+	}
+	/* MISSING: the pages of the set not placed yet. */
+	for (unsigned int i = 0; i < d->set.nr; i++) {
+		size_t words = pc_words(d->set.pages[i]);
+
+		now.gpa[i] = d->set.gpa[i];
+		now.pages[i] = d->set.pages[i];
+		now.bits[i] = calloc(words ? words : 1, sizeof(uint64_t));
+		if (!now.bits[i])
+			pc_dest_lost(d, "out of memory");
+		for (size_t w = 0; w < words; w++)
+			now.bits[i][w] = d->set.bits[i][w] &
+					 ~__atomic_load_n(&d->got[i][w], __ATOMIC_ACQUIRE);
+	}
+	n = pc_set_size_of(&now);
+	buf = malloc(n);
+	if (!buf)
+		pc_dest_lost(d, "out of memory");
+	pc_set_encode_set(&now, buf);
+	{
+		struct pc_hdr h = { .type = PC_MISSING, .len = (uint32_t)n };
+		struct iovec iov[3];
+
+		pc_hdr_encode(hdr, &h);
+		le32_put(crc, pc_frame_crc(hdr, buf, n));
+		iov[0] = (struct iovec){ hdr, sizeof(hdr) };
+		iov[1] = (struct iovec){ buf, n };
+		iov[2] = (struct iovec){ crc, sizeof(crc) };
+		ret = pc_sendv(fd, iov, 3);
+	}
+	free(buf);
+	if (ret) {
+		/* The new link broke already: the next recovery asks again. */
+		log_warnx("incoming post-copy: cannot send the missing pages to the source");
+	}
+	pthread_mutex_lock(&d->link_lock);
+	if (d->own_fds) {
+		close(d->fd);
+		close(d->rq);
+	}
+	d->own_fds = true;
+	d->fd = fd;
+	d->rq = rq;
+	d->broken = ret != 0;
+	d->recoveries++;
+	/* Every page asked for and not placed, asked again. */
+	for (unsigned int i = 0; !d->broken && i < d->set.nr; i++)
+		for (size_t w = 0; w < pc_words(d->set.pages[i]); w++) {
+			uint64_t bits = now.bits[i][w] & __atomic_load_n(&d->asked[i][w], __ATOMIC_ACQUIRE);
+
+			while (bits && !d->broken) {
+				uint64_t p = w * 64 + (uint64_t)__builtin_ctzll(bits);
+				struct pc_hdr h = { .type = PC_REQ, .gpa = d->set.gpa[i] + p * PC_PAGE };
+
+				bits &= bits - 1;
+				if (pc_send(d->rq, &h, NULL)) {
+					d->broken = true;
+					shutdown(d->fd, SHUT_RDWR);
+					shutdown(d->rq, SHUT_RDWR);
+				}
+			}
+		}
+	pthread_mutex_unlock(&d->link_lock);
+	log_info("incoming post-copy: the source is back (%llu pages still missing)",
+		 (unsigned long long)pc_set_count(&now));
+	pc_set_free(&now);
+}
+
+/* The receive thread: the background push on the main connection; recovers a broken link. */
 static void *pc_dest_recv_thread(void *opaque)
 {
 	struct pc_dest *d = opaque;
@@ -684,16 +993,28 @@ static void *pc_dest_recv_thread(void *opaque)
 		pc_dest_lost(d, "out of memory");
 	while (!__atomic_load_n(&d->done, __ATOMIC_ACQUIRE) &&
 	       !__atomic_load_n(&d->stop, __ATOMIC_ACQUIRE)) {
-		struct pollfd p = { .fd = d->fd, .events = POLLIN };
+		struct pollfd p = { .fd = -1, .events = POLLIN };
 		struct pc_hdr h;
-		int n = poll(&p, 1, PC_POLL_MS), ret;
+		bool broken;
+		int n, ret;
 
+		pthread_mutex_lock(&d->link_lock);
+		broken = d->broken;
+		p.fd = d->fd;
+		pthread_mutex_unlock(&d->link_lock);
+		if (broken) {
+			pc_dest_recover(d);
+			end = false;
+			continue;
+		}
 		if (end && ms_since(&t_end) > MIG_IO_TIMEOUT_MS)
-			pc_dest_lost(d, "the pages asked for did not come within 10 s of the end "
-				     "of the push");
+			pc_dest_break(d, "the pages asked for did not come within 10 s of the end of "
+				      "the push");
+		n = poll(&p, 1, PC_POLL_MS);
 		if (n <= 0)
 			continue;
-		ret = pc_recv(d->fd, &h, buf, why, sizeof(why));
+		/* Only this thread swaps fd: it stays valid while we read it. */
+		ret = pc_recv(p.fd, &h, buf, why, sizeof(why));
 		if (ret && __atomic_load_n(&d->done, __ATOMIC_ACQUIRE))
 			break;
 		if (!ret && h.type != PC_PAGES && h.type != PC_END) {
@@ -703,8 +1024,9 @@ static void *pc_dest_recv_thread(void *opaque)
 		if (ret) {
 			char w[300];
 
-			snprintf(w, sizeof(w), "the source's connection: %s", why);
-			pc_dest_lost(d, w);
+			snprintf(w, sizeof(w), "the main connection: %s", why);
+			pc_dest_break(d, w);
+			continue;
 		}
 		if (h.type == PC_END) {
 			end = true;
@@ -714,6 +1036,11 @@ static void *pc_dest_recv_thread(void *opaque)
 		pc_dest_place(d, h.gpa, buf, h.len);
 	}
 	free(buf);
+	/* Done: nobody comes back any more. */
+	if (d->lfd >= 0) {
+		migrate_unlisten(d->lfd, d->addr);
+		d->lfd = -1;
+	}
 	return NULL;
 }
 
@@ -756,6 +1083,12 @@ void pc_dest_free(struct pc_dest *d)
 		pthread_join(d->tr, NULL);
 	}
 	pc_dest_unregister(d);
+	if (d->own_fds) {
+		close(d->fd);
+		close(d->rq);
+	}
+	if (d->lfd >= 0)
+		migrate_unlisten(d->lfd, d->addr);
 	pc_set_free(&d->set);
 	for (unsigned int i = 0; i < 2; i++) {
 		free(d->got[i]);
@@ -763,5 +1096,6 @@ void pc_dest_free(struct pc_dest *d)
 	}
 	free(d->lat_us);
 	pthread_mutex_destroy(&d->lock);
+	pthread_mutex_destroy(&d->link_lock);
 	free(d);
 }

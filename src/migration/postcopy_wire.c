@@ -62,11 +62,16 @@ int pc_hdr_decode(const uint8_t *in, struct pc_hdr *h, char *why, size_t len)
 	case PC_END:
 	case PC_REQ:
 	case PC_HELLO:
+	case PC_RESUME:
 		if (h->len)
 			goto bad_len;
 		break;
 	case PC_COMPLETE:
 		if (h->len != PC_COMPLETE_LEN)
+			goto bad_len;
+		break;
+	case PC_MISSING:
+		if (h->len < 12 || h->len > PC_MISSING_MAX)
 			goto bad_len;
 		break;
 	default:
@@ -174,6 +179,29 @@ int pc_set_decode(const uint8_t *in, size_t len, unsigned int nr, const uint64_t
 		return -EBADMSG;
 	}
 	return 0;
+}
+
+size_t pc_set_size_of(const struct pc_set *s)
+{
+	size_t n = 12;
+
+	for (unsigned int i = 0; i < s->nr; i++)
+		n += 16 + 8 * pc_words(s->pages[i]);
+	return n;
+}
+
+void pc_set_encode_set(const struct pc_set *s, uint8_t *out)
+{
+	le64_put(out, s->token);
+	le32_put(out + 8, s->nr);
+	out += 12;
+	for (unsigned int i = 0; i < s->nr; i++) {
+		le64_put(out, s->gpa[i]);
+		le64_put(out + 8, s->pages[i]);
+		out += 16;
+		for (size_t w = 0; w < pc_words(s->pages[i]); w++, out += 8)
+			le64_put(out, s->bits[i][w]);
+	}
 }
 
 void pc_set_free(struct pc_set *s)

@@ -189,7 +189,7 @@ static void metrics_migration(struct prom *p, struct vm *vm)
 	static const enum mig_status all[] = {
 		MIG_NONE, MIG_SETUP, MIG_ACTIVE, MIG_STOP_COPY, MIG_COMMIT_WAIT, MIG_COMMITTING,
 		MIG_COMPLETED, MIG_FAILED, MIG_CANCELLED, MIG_IN_DOUBT, MIG_INCOMING,
-		MIG_POSTCOPY, MIG_POSTCOPY_FAILED,
+		MIG_POSTCOPY, MIG_POSTCOPY_PAUSED, MIG_POSTCOPY_FAILED,
 		MIG_RECONNECTING,
 	};
 	struct migrate_progress m;

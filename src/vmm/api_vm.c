@@ -342,6 +342,7 @@ static json_t *api_progress_json(const struct migrate_progress *p)
 			json_object_set_new(j, "fault_latency_max_ms",
 					    json_real(api_round3(p->fault_max_ms)));
 			json_object_set_new(j, "postcopy_ms", json_real(api_round3(p->postcopy_ms)));
+			json_object_set_new(j, "postcopy_breaks", json_integer(p->postcopy_breaks));
 		}
 	}
 	if (j) {
@@ -678,7 +679,34 @@ static unsigned int api_vm_migrate_resolve(struct api_server *s, json_t *body, j
 	return MHD_HTTP_OK;
 }
 
+/*
+ * PUT /vm/migrate-resume {"to": ADDR (optional)}: a post-copy whose link
+ * broke connects to its destination again (at ADDR if given).  409 when
+ * none waits; follow GET /vm/migration.
+ */
+static unsigned int api_vm_migrate_resume(struct api_server *s, json_t *body, json_t **out)
+{
+	json_t *jt = body ? json_object_get(body, "to") : NULL;
+	struct migrate_progress prog;
+	char err[512] = "";
+	int ret;
+
+	if (jt && (!json_is_string(jt) || !*json_string_value(jt) ||
+		   strlen(json_string_value(jt)) >= MIG_ADDR_MAX))
+		return api_error(out, MHD_HTTP_BAD_REQUEST,
+				 "\"to\" must be an address (tcp:HOST:PORT or unix:PATH)");
+	ret = migrate_resume(s->vm, jt ? json_string_value(jt) : NULL, err, sizeof(err));
+	if (ret == -ENOENT)
+		return api_error(out, MHD_HTTP_CONFLICT, "%s", err);
+	if (ret)
+		return api_error(out, MHD_HTTP_BAD_REQUEST, "%s", err);
+	migrate_get_progress(s->vm, &prog, false);
+	*out = api_progress_json(&prog);
+	return MHD_HTTP_OK;
+}
+
 static const char *const api_snapshot_fields[] = { "path", "resume", NULL };
+static const char *const api_resume_fields[] = { "to", NULL };
 static const char *const api_migrate_fields[] = {
 	"to", "downtime_ms", "max_bandwidth", "max_rounds", "min_rate", "with_disks", "tls",
 	"insecure", "gate", "throttle", "reconnect_s", "postcopy", NULL
@@ -698,6 +726,7 @@ const struct api_route api_routes[] = {
 	{ "/vm/migrate-cancel", "PUT", "PUT", api_vm_migrate_cancel, NULL },
 	{ "/vm/migrate-resolve", "PUT", "PUT", api_vm_migrate_resolve, api_resolve_fields },
 	{ "/vm/migrate-commit", "PUT", "PUT", api_vm_migrate_commit, api_commit_fields },
+	{ "/vm/migrate-resume", "PUT", "PUT", api_vm_migrate_resume, api_resume_fields },
 	{ "/vm/fleet-lease", "PUT", "PUT",   api_vm_fleet_lease, api_lease_fields },
 };
 const size_t api_nr_routes = ARRAY_SIZE(api_routes);

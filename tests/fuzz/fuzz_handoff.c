@@ -151,13 +151,16 @@ static int fuzz_postcopy(const uint8_t *data, size_t size)
 				abort();
 			continue;
 		}
-		if (h.type < PC_PAGES || h.type > PC_HELLO)
+		if (h.type < PC_PAGES || h.type > PC_MISSING)
+			abort();
+		if (h.type == PC_MISSING && (h.len < 12 || h.len > PC_MISSING_MAX))
 			abort();
 		if (h.type == PC_PAGES && (!h.len || h.len % 4096 || h.len > PC_MAX_PAGES * 4096))
 			abort();
 		if ((h.type == PC_PAGES || h.type == PC_REQ) && h.gpa % 4096)
 			abort();
-		if (h.type != PC_PAGES && h.len != (h.type == PC_COMPLETE ? PC_COMPLETE_LEN : 0))
+		if (h.type != PC_PAGES && h.type != PC_MISSING &&
+		    h.len != (h.type == PC_COMPLETE ? PC_COMPLETE_LEN : 0))
 			abort();
 		pc_hdr_encode(back, &h);
 		if (memcmp(back, data + off, PC_HDR_LEN))

@@ -139,7 +139,7 @@ mkdir -p "$BIN" "$T_TMP/cdir/guests"
 ln -sf "$GODWIT" "$BIN/godwit"
 ln -sf "$GODWITD" "$BIN/godwitd"
 touch "$T_TMP/cdir/guest.elf"
-want compl-command 'migrate migrate-cancel migrate-commit migrate-resolve migrate-status' godwit mig
+want compl-command 'migrate migrate-cancel migrate-commit migrate-resolve migrate-resume migrate-status' godwit mig
 want compl-option '--timeline --tls-dir --tls-peer --to' godwit migrate --t
 want compl-address 'tcp: unix:' godwit migrate --api x --to ''
 want compl-unix-path "$T_TMP/cdir/guest.elf $T_TMP/cdir/guests" godwit migrate --to unix : "$T_TMP/cdir/gu"

@@ -19,14 +19,20 @@
 #                      once it slept half its time or more at the end of two rounds
 #                      in a row, or the budget reached its floor, it switches;
 #                      completed, memory verified
-#   postcopy-src-killed  the source SIGKILLed during post-copy (--max-bandwidth 8M):
-#                      the destination says the VM is lost and exits 1 within 15 s
+#   postcopy-cut       the link (both connections, through tests/kvm/cutlink.py) cut for
+#                      3 s during post-copy (--max-bandwidth 4M): both sides wait, the
+#                      source reconnects by itself, the destination says what it still
+#                      misses; completed with postcopy_breaks 1, the guest stalled about
+#                      3 s and its memory verified
+#   postcopy-src-killed  the source SIGKILLed during post-copy (--max-bandwidth 8M): the
+#                      destination waits for it --incoming-timeout (8 s), then says the VM
+#                      is lost and exits 1
 #   postcopy-dst-shutdown  the destination shut down over its API during post-copy: it
 #                      exits within 10 s (its teardown lets go of the pages still
 #                      missing first; KVM's own pending faults on them would hold it)
-#   postcopy-dst-killed  the destination SIGKILLed during post-copy: the source reports
-#                      postcopy-failed (migrate exits 1), stays paused, and refuses
-#                      resume and migrate-resolve
+#   postcopy-dst-killed  the destination SIGKILLed during post-copy (--reconnect-s 2): the
+#                      source reports postcopy-failed (migrate exits 1), stays paused, and
+#                      refuses resume and migrate-resolve
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/lib-vm.sh"
 . "$(dirname "$0")/lib-migrate.sh"
@@ -127,14 +133,14 @@ kill_case() {
 	local name=$1 who=$2 start i st rc out
 	start=$(date +%s.%N)
 	start_vm "$name.src" --mem 256M --cmdline 'workload=mem mem=16 rate=100 report=200'
-	if ! wait_lines "$S_OUT" 3 || ! start_dst "$name.dst"; then
+	if ! wait_lines "$S_OUT" 3 || ! start_dst "$name.dst" --incoming-timeout 8; then
 		t_fail "$name" "the guest or the destination did not start: $(tail -c 300 "$S_ERR" "$D_ERR")"
 		kill "$S_PID" "$D_PID" 2>/dev/null
 		return
 	fi
 	MIG_JSON=$T_TMP/$name.json MIG_ERR=$T_TMP/$name.migerr
 	timeout 60 "$GODWIT" migrate --api "$S_SOCK" --to "$D_ADDR" --json --postcopy now \
-		--max-bandwidth 8M >"$MIG_JSON" 2>"$MIG_ERR" &
+		--max-bandwidth 8M --reconnect-s 2 >"$MIG_JSON" 2>"$MIG_ERR" &
 	local mpid=$!
 	for ((i = 0; i < 300; i++)); do
 		st=$(jfield "$(mstat "$D_SOCK")" status)
@@ -155,11 +161,13 @@ kill_case() {
 		fi
 	elif [ "$who" = src ]; then
 		kill -9 "$(godwit_pid "$S_PID")"
-		wait_exit "$D_PID" 15
+		wait_exit "$D_PID" 20
 		rc=$?
 		if [ $rc -ne 1 ]; then
-			WHY="the destination exited $rc (expected 1 within 15 s): $(tail -c 300 "$D_ERR")"
-		elif ! grep -q 'incoming post-copy failed: .*the VM cannot run without them and is lost' "$D_ERR"; then
+			WHY="the destination exited $rc (expected 1 within 20 s): $(tail -c 300 "$D_ERR")"
+		elif ! grep -q 'waiting up to 8 s (--incoming-timeout) for the source' "$D_ERR"; then
+			WHY="the destination did not say it waits for the source: $(tail -c 300 "$D_ERR")"
+		elif ! grep -q 'incoming post-copy failed: .*did not connect within 8 s.*the VM cannot run without them and is lost' "$D_ERR"; then
 			WHY="the destination did not say the VM is lost: $(tail -c 300 "$D_ERR")"
 		fi
 	else
@@ -169,8 +177,8 @@ kill_case() {
 		st=$(jget "$MIG_JSON" status)
 		if [ $rc -ne 1 ] || [ "$st" != postcopy-failed ]; then
 			WHY="godwit migrate exited $rc with status '$st' (expected 1, postcopy-failed): $(cat "$MIG_JSON") $(tail -c 200 "$MIG_ERR")"
-		elif ! grep -q 'is lost' "$MIG_JSON"; then
-			WHY="the report does not say the VM is lost: $(cat "$MIG_JSON")"
+		elif ! grep -q 'did not come back.*only this side holds' "$MIG_JSON"; then
+			WHY="the report does not say what was lost: $(cat "$MIG_JSON")"
 		elif [ "$(jfield "$("$GODWIT" status --api "$S_SOCK" --json 2>&1)" state)" != paused ]; then
 			WHY="the source is not paused: $("$GODWIT" status --api "$S_SOCK" --json 2>&1)"
 		elif out=$("$GODWIT" resume --api "$S_SOCK" 2>&1); then
@@ -194,6 +202,78 @@ kill_case() {
 	wait "$S_PID" "$D_PID" 2>/dev/null
 }
 
+# cut_case NAME: a post-copy through cutlink.py, its link cut for 3 s.
+cut_case() {
+	local name=$1 start i st ppid s
+	start=$(date +%s.%N)
+	start_vm "$name.src" --mem 256M --cmdline 'workload=mem mem=16 rate=100 report=200'
+	if ! wait_lines "$S_OUT" 3 || ! start_dst "$name.dst"; then
+		t_fail "$name" "the guest or the destination did not start: $(tail -c 300 "$S_ERR" "$D_ERR")"
+		kill "$S_PID" "$D_PID" 2>/dev/null
+		return
+	fi
+	local px=unix:$T_TMP/$name.px flag=$T_TMP/$name.cut
+	timeout 60 python3 "$ROOT/tests/kvm/cutlink.py" "$px" "$D_ADDR" "$flag" >"$T_TMP/$name.px.out" 2>&1 &
+	ppid=$!
+	t_wait_for "$T_TMP/$name.px.out" '^listening' 10
+	MIG_JSON=$T_TMP/$name.json MIG_ERR=$T_TMP/$name.migerr
+	timeout 60 "$GODWIT" migrate --api "$S_SOCK" --to "$px" --json --postcopy now \
+		--max-bandwidth 4M --reconnect-s 10 >"$MIG_JSON" 2>"$MIG_ERR" &
+	local mpid=$!
+	for ((i = 0; i < 300; i++)); do
+		st=$(jfield "$(mstat "$D_SOCK")" status)
+		[ "$st" = postcopy-active ] && break
+		sleep 0.05
+	done
+	WHY=
+	if [ "$st" != postcopy-active ]; then
+		WHY="the destination never said postcopy-active (last: '$st'): $(tail -c 300 "$D_ERR")"
+	else
+		sleep 0.3
+		touch "$flag"
+		sleep 1.5
+		st=$(jfield "$(mstat "$S_SOCK")" status)
+		[ "$st" = postcopy-paused ] || WHY="the source is '$st' while the link is cut, not postcopy-paused"
+		sleep 1.5
+		rm -f "$flag"
+		wait_exit "$mpid" 30
+		MIG_RC=$?
+	fi
+	[ -n "$WHY" ] || check_report
+	[ -n "$WHY" ] || WHY=$(python3 - "$MIG_JSON" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+if r.get("postcopy_switched") is not True or r.get("postcopy_breaks") != 1:
+    print("expected post-copy with one broken link: " + json.dumps({k: v for k, v in r.items() if k.startswith(("postcopy", "fault"))}))
+elif r["postcopy_requested"] + r["postcopy_pushed"] < r["postcopy_pages"]:
+    print("requested + pushed < missing: " + json.dumps(r))
+elif r["fault_latency_max_ms"] < 2500:
+    print("no fault waited out the 3 s cut (max %s ms): the cut did not cut" % r["fault_latency_max_ms"])
+PY
+	)
+	if [ -z "$WHY" ] && ! grep -q 'incoming post-copy: the source is back ([0-9]* pages still missing)' "$D_ERR"; then
+		WHY="the destination did not take the source back: $(tail -c 400 "$D_ERR")"
+	fi
+	if [ -z "$WHY" ]; then
+		wait_exit "$S_PID"
+		rc=$?
+		[ $rc -eq 6 ] || WHY="the source godwit exited $rc, expected 6: $(tail -c 300 "$S_ERR")"
+	fi
+	[ -n "$WHY" ] || check_guest "$S_OUT" "$D_OUT" $((16 * 256)) 100
+	[ -n "$WHY" ] || ! s=$(sanitizer "$S_ERR" "$D_ERR" "$MIG_ERR") || [ -z "$s" ] || WHY="sanitizer: $s"
+	if [ -z "$WHY" ]; then
+		t_pass "$name"
+		echo "# $name: $(jq -c '{total_ms, postcopy_pages, postcopy_requested, postcopy_pushed, postcopy_breaks, fault_latency_max_ms, postcopy_ms}' "$MIG_JSON") ($(elapsed "$start") s)"
+	else
+		t_fail "$name" "$WHY"
+	fi
+	kill "$mpid" "$ppid" 2>/dev/null
+	kill "$S_PID" 2>/dev/null
+	end_vm "$D_PID" "$D_SOCK"
+	wait "$ppid" 2>/dev/null
+}
+
+want cut && cut_case postcopy-cut
 want src-killed && kill_case postcopy-src-killed src
 want dst-shutdown && kill_case postcopy-dst-shutdown shutdown
 want dst-killed && kill_case postcopy-dst-killed dst
