@@ -624,6 +624,13 @@ static void pc_dest_complete(struct pc_dest *d)
 	le64_put(buf + 16, d->lat_max_us);
 	migrate_incoming_postcopy(d->vm, MIG_INCOMING, req, d->missing - req, (double)median / 1e3,
 				  (double)d->lat_max_us / 1e3, ms);
+	/*
+	 * Done before the source hears it: once it has COMPLETE it closes both
+	 * connections, and the threads that see them close must know by then
+	 * that this is the end, not a broken link (which, with no source
+	 * coming back, would fail a VM that has every page).
+	 */
+	__atomic_store_n(&d->done, 1, __ATOMIC_RELEASE);
 	pthread_mutex_lock(&d->link_lock);
 	fd = d->fd;
 	if (d->broken || pc_send(fd, &h, buf))
@@ -633,7 +640,6 @@ static void pc_dest_complete(struct pc_dest *d)
 		 "fault latency median %.2f ms, max %.2f ms%s", ms, (unsigned long long)req,
 		 (unsigned long long)(d->missing - req), (double)median / 1e3,
 		 (double)d->lat_max_us / 1e3, d->recoveries ? " (after a broken link)" : "");
-	__atomic_store_n(&d->done, 1, __ATOMIC_RELEASE);
 }
 
 /* Place a frame's pages (those of the set not here yet). */
@@ -679,6 +685,9 @@ static void pc_dest_place(struct pc_dest *d, uint64_t gpa, const uint8_t *data, 
 /* Mark the link broken (any thread): both connections shut down, the receive thread recovers. */
 static void pc_dest_break(struct pc_dest *d, const char *why)
 {
+	/* Every page is here: the source closing its connections is the end of it. */
+	if (__atomic_load_n(&d->done, __ATOMIC_ACQUIRE))
+		return;
 	pthread_mutex_lock(&d->link_lock);
 	if (!d->broken) {
 		d->broken = true;
@@ -880,6 +889,8 @@ static void pc_dest_recover(struct pc_dest *d)
 
 	char how[64] = "for ever";
 
+	if (__atomic_load_n(&d->done, __ATOMIC_ACQUIRE))
+		return;
 	if (d->lfd < 0)
 		pc_dest_lost(d, "the link to the source broke");
 	if (d->wait_s)
