@@ -131,6 +131,17 @@ def private_copies(d, paths, hint='run make'):
     return out
 
 
+def parse_variant(v):
+    """--variant NAME=ARGS: (NAME, (migrate args, destination args)); ARGS are
+    `godwit migrate`'s extra arguments, then optionally ' -- ' and the
+    destination `godwit run`'s."""
+    vn, sep, va = v.partition('=')
+    if not sep or not vn.startswith('godwit-'):
+        sys.exit('--variant %r: want NAME=ARGS, NAME starting with godwit-' % v)
+    margs, _, dargs = va.partition(' -- ')
+    return vn, (margs.split(), dargs.split())
+
+
 def summary(vals, ndigits=2):
     """median, min, max and n of the values that are not None (None if none
     is), rounded to ndigits."""

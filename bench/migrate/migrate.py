@@ -905,11 +905,10 @@ def main():
                     help='do not measure loopback TCP and memcpy bandwidth first')
     a = ap.parse_args()
     for v in a.variant:
-        vn, sep, va = v.partition('=')
-        if not sep or not vn.startswith('godwit') or vn in VMMS:
-            sys.exit('--variant %r: want NAME=ARGS, NAME a new name starting with godwit' % v)
-        margs, _, dargs = va.partition(' -- ')
-        VARIANTS[vn] = (margs.split(), dargs.split())
+        vn, args = benchlib.parse_variant(v)
+        if vn in VMMS:
+            sys.exit('--variant %r: %s is a VMM already' % (v, vn))
+        VARIANTS[vn] = args
     want = []
     for w in a.cases.split(','):
         w = w.strip()
