@@ -228,6 +228,12 @@ bench-migrate-tier2: all linux-guest
 .PHONY: bench-converge
 bench-converge: all
 	$(Q)bash bench/converge/run.sh
+.PHONY: bench-line-rate
+bench-line-rate: all
+	$(Q)BENCH_RUNS=$${BENCH_RUNS:-5} bash bench/migrate/run.sh line-rate --out build/bench/line-rate.json
+.PHONY: bench-compress
+bench-compress: all
+	$(Q)BENCH_FILLS="text random" bash bench/converge/run.sh
 .PHONY: bench-fleet
 bench-fleet: all
 	$(Q)bash bench/fleet/gate.sh
