@@ -74,6 +74,7 @@ OBJS += src/migration/migrate.o
 OBJS += src/migration/throttle.o
 OBJS += src/migration/postcopy.o
 OBJS += src/migration/postcopy_wire.o
+OBJS += src/migration/ram_place.o
 OBJS += src/migration/migrate_addr.o
 OBJS += src/migration/conn.o
 OBJS += src/migration/tls.o

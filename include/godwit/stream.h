@@ -337,6 +337,21 @@ void stream_reader_set_tls(struct stream_reader *r, struct tls_sess *tls);
 void stream_reader_target_zeroed(struct stream_reader *r);
 /* The same, on or off (a migration turns it off once pages may come again). */
 void stream_reader_set_target_zeroed(struct stream_reader *r, bool on);
+/*
+ * stream_reader_set_placer - data pages go through fn instead of being
+ * copied into the lookup's memory (NULL fn: copied, read straight into
+ * guest memory where the runs are large).  stream_read_ram() calls fn for
+ * every piece of a data run, in stream order, once its bytes are in the
+ * section CRC: len (a multiple of the page size, at most 256 KiB) bytes at
+ * src, for guest address gpa, whose host mapping (lookup's) is host.  src
+ * is valid only during the call.  fn returns 0 or a negative errno, which
+ * fails the read ("cannot place ...").  A destination uses it to place
+ * pages into fresh memory without the kernel zeroing them first (userfaultfd,
+ * ram_place.h); zero runs never reach it.
+ */
+typedef int (*stream_place_fn)(void *opaque, uint64_t gpa, void *host, const void *src,
+			       size_t len);
+void stream_reader_set_placer(struct stream_reader *r, stream_place_fn fn, void *opaque);
 /* A reader on len bytes at p (not copied; must outlive the reader). */
 int stream_reader_new_mem(const void *p, size_t len, struct stream_reader **out) __must_check;
 void stream_reader_free(struct stream_reader *r);
