@@ -16,7 +16,7 @@ Q :=
 quiet =
 endif
 
-PKGS     := libmicrohttpd jansson libcurl openssl libseccomp libcap-ng
+PKGS     := libmicrohttpd jansson libcurl openssl libseccomp libcap-ng libzstd
 CPPFLAGS += -Iinclude -D_GNU_SOURCE -MMD -MP
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=gnu11 -Wall -Wextra -Wshadow -Wno-unused-parameter -Wformat=2 \
