@@ -73,6 +73,8 @@ struct stream_reader {
 	uint32_t version;         /* the preamble's */
 	bool report_unknown;
 	bool target_zeroed;          /* stream_reader_target_zeroed(): skip zero-run checks */
+	stream_place_fn place;       /* stream_reader_set_placer() */
+	void *place_opaque;
 	struct stream_config cfg;
 	uint64_t mem_pages;
 	uint8_t *payload;
@@ -329,6 +331,41 @@ static int r_copy(struct stream_reader *r, uint8_t *dst, uint64_t n)
 		}
 		r->pos += k;
 		r->off += k;
+		n -= k;
+	}
+	return 0;
+}
+
+/*
+ * Data pages through the placer: at most R_STAGE bytes at a time, staged in
+ * the window (the socket's bytes land there, the CRC is taken there while
+ * they are in cache), then handed over.  The window is only moved when less
+ * than a page is buffered, so what is staged is never copied twice.
+ */
+#define R_STAGE (256u << 10)
+
+static int r_place(struct stream_reader *r, uint64_t gpa, uint8_t *host, uint64_t n)
+{
+	while (n) {
+		size_t want = (size_t)MIN(n, (uint64_t)R_STAGE), avail = r->end - r->pos, k;
+		int ret;
+
+		if (avail < want) {
+			size_t need = want;
+
+			if (r->cap - r->pos < want)     /* filling would move the window */
+				need = avail >= STREAM_PAGE_SIZE ? avail : STREAM_PAGE_SIZE;
+			if (r_fill(r, need))
+				return r->err;
+			avail = r->end - r->pos;
+		}
+		k = MIN(want, avail) & ~(size_t)(STREAM_PAGE_SIZE - 1);
+		ret = r->place(r->place_opaque, gpa, host, r_take(r, k, !r->nocrc), k);
+		if (ret)
+			return r_fail(r, ret < 0 ? ret : -EIO, "cannot place %zu bytes at gpa 0x%llx: %s",
+				      k, (unsigned long long)gpa, strerror(ret < 0 ? -ret : EIO));
+		gpa += k;
+		host += k;
 		n -= k;
 	}
 	return 0;
@@ -707,23 +744,46 @@ static int zstd_step(struct stream_reader *r, struct zstate *z, uint8_t *dst, si
 	return 0;
 }
 
-static int zstd_run(struct stream_reader *r, struct zstate *z, uint8_t *dst, uint64_t bytes)
+/*
+ * bytes of page data for gpa, whose host mapping is dst (NULL: only
+ * checked): decoded straight into dst, or through the placer (staged in the
+ * scratch buffer, ZSCRATCH bytes, a multiple of the page size, at a time).
+ */
+static int zstd_run(struct stream_reader *r, struct zstate *z, uint64_t gpa, uint8_t *dst,
+		    uint64_t bytes)
 {
-	while (bytes) {
-		size_t n = (size_t)(dst ? bytes : MIN(bytes, (uint64_t)ZSCRATCH)), got;
+	bool staged = !dst || r->place;
 
-		if (!z->ret || !z->zleft)
-			return r_fail(r, -EBADMSG, "the zstd frame holds %llu bytes of the %llu its "
-				      "data pages need", (unsigned long long)z->done,
-				      (unsigned long long)z->want);
-		if (!dst && !r->zscratch && !(r->zscratch = malloc(ZSCRATCH)))
-			return r_fail(r, -ENOMEM, "out of memory for decompressing");
-		if (zstd_step(r, z, dst ? dst : r->zscratch, n, &got))
-			return r->err;
-		bytes -= got;
-		z->done += got;
+	if (staged && !r->zscratch && !(r->zscratch = malloc(ZSCRATCH)))
+		return r_fail(r, -ENOMEM, "out of memory for decompressing");
+	while (bytes) {
+		size_t n = (size_t)(staged ? MIN(bytes, (uint64_t)ZSCRATCH) : bytes), filled = 0;
+		uint8_t *out = staged ? r->zscratch : dst;
+
+		while (filled < n) {
+			size_t got;
+
+			if (!z->ret || !z->zleft)
+				return r_fail(r, -EBADMSG, "the zstd frame holds %llu bytes of the %llu "
+					      "its data pages need", (unsigned long long)z->done,
+					      (unsigned long long)z->want);
+			if (zstd_step(r, z, out + filled, n - filled, &got))
+				return r->err;
+			filled += got;
+			z->done += got;
+		}
+		if (dst && r->place) {
+			int ret = r->place(r->place_opaque, gpa, dst, r->zscratch, n);
+
+			if (ret)
+				return r_fail(r, ret < 0 ? ret : -EIO, "cannot place %zu bytes at gpa "
+					      "0x%llx: %s", n, (unsigned long long)gpa,
+					      strerror(ret < 0 ? -ret : EIO));
+		}
+		bytes -= n;
+		gpa += n;
 		if (dst)
-			dst += got;
+			dst += n;
 	}
 	return 0;
 }
@@ -871,8 +931,9 @@ int stream_read_ram(struct stream_reader *r, stream_lookup_fn lookup, void *opaq
 					memset(run->host + o, 0, STREAM_PAGE_SIZE);
 			continue;
 		}
-		if ((flags & RAM_F_ZSTD) ? zstd_run(r, &z, run->host, bytes) :
-					   r_copy(r, run->host, bytes)) {
+		if ((flags & RAM_F_ZSTD) ? zstd_run(r, &z, run->gpa, run->host, bytes) :
+		    r->place && run->host ? r_place(r, run->gpa, run->host, bytes) :
+					    r_copy(r, run->host, bytes)) {
 			r->nocrc = false;
 			return r->err;
 		}
@@ -937,4 +998,10 @@ void stream_reader_target_zeroed(struct stream_reader *r)
 void stream_reader_set_target_zeroed(struct stream_reader *r, bool on)
 {
 	r->target_zeroed = on;
+}
+
+void stream_reader_set_placer(struct stream_reader *r, stream_place_fn fn, void *opaque)
+{
+	r->place = fn;
+	r->place_opaque = opaque;
 }
