@@ -24,16 +24,11 @@ static void metrics_vm(struct prom *p, struct vm *vm)
 	static const char *const states[] = { "created", "running", "paused", "stopping", "fenced" };
 	const struct vm_config *cfg = &vm->cfg;
 	const char *state = api_vm_state_name(vm);
-	const uint8_t *u = cfg->uuid;
-	char uuid[37];
+	char uuid[UUID_STR_LEN];
 
-	snprintf(uuid, sizeof(uuid),
-		 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-		 u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7],
-		 u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
 	prom_family(p, "godwit_vm_info", PROM_GAUGE, "The VM's name, UUID and CPU model (always 1).");
-	prom_u64(p, 1, "name", cfg->name, "uuid", uuid, "cpu_model", cpu_model_name(cfg->cpu_model),
-		 NULL);
+	prom_u64(p, 1, "name", cfg->name, "uuid", uuid_str(cfg->uuid, uuid),
+		 "cpu_model", cpu_model_name(cfg->cpu_model), NULL);
 	prom_family(p, "godwit_vm_state", PROM_GAUGE,
 		    "1 for the state the VM is in (as GET /api/v1/vm says it), 0 for the others.");
 	for (size_t i = 0; i < ARRAY_SIZE(states); i++)
