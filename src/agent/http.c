@@ -140,8 +140,6 @@ static char *http_metrics_page(struct agent *a, size_t *len, char *err, size_t e
 
 static enum MHD_Result http_metrics(struct agent *a, struct MHD_Connection *c)
 {
-	struct MHD_Response *r;
-	enum MHD_Result ret;
 	char err[256];
 	size_t len = 0;
 	char *text = http_metrics_page(a, &len, err, sizeof(err));
@@ -150,15 +148,7 @@ static enum MHD_Result http_metrics(struct agent *a, struct MHD_Connection *c)
 		log_warnx("godwitd: GET /metrics: %s", err);
 		return http_send(c, MHD_HTTP_INTERNAL_SERVER_ERROR, json_pack("{s:s}", "error", err));
 	}
-	r = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
-	if (!r) {
-		free(text);
-		return MHD_NO;
-	}
-	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, PROM_CONTENT_TYPE);
-	ret = MHD_queue_response(c, MHD_HTTP_OK, r);
-	MHD_destroy_response(r);
-	return ret;
+	return prom_respond(c, text, len);
 }
 
 static enum MHD_Result http_handle(void *cls, struct MHD_Connection *c, const char *url,
