@@ -55,8 +55,8 @@ void prom_family(struct prom *p, const char *name, enum prom_type type, const ch
  * A label value may hold any bytes (escaped; NULL counts as "").  For a
  * summary use prom_u64_suffix/prom_f64_suffix with "_sum" or "_count".
  */
-void prom_u64(struct prom *p, uint64_t v, ...) __attribute__((sentinel));
-void prom_f64(struct prom *p, double v, ...) __attribute__((sentinel));
+#define prom_u64(p, v, ...) prom_u64_suffix(p, NULL, v, __VA_ARGS__)
+#define prom_f64(p, v, ...) prom_f64_suffix(p, NULL, v, __VA_ARGS__)
 void prom_u64_suffix(struct prom *p, const char *suffix, uint64_t v, ...)
 	__attribute__((sentinel));
 void prom_f64_suffix(struct prom *p, const char *suffix, double v, ...)

@@ -237,27 +237,6 @@ static void prom_sample(struct prom *p, const char *suffix, const char *value, v
 	prom_puts(p, "\n");
 }
 
-void prom_u64(struct prom *p, uint64_t v, ...)
-{
-	char buf[24];
-	va_list ap;
-
-	snprintf(buf, sizeof(buf), "%" PRIu64, v);
-	va_start(ap, v);
-	prom_sample(p, NULL, buf, ap);
-	va_end(ap);
-}
-
-void prom_f64(struct prom *p, double v, ...)
-{
-	char buf[32];
-	va_list ap;
-
-	va_start(ap, v);
-	prom_sample(p, NULL, prom_fmt_double(v, buf, sizeof(buf)), ap);
-	va_end(ap);
-}
-
 void prom_u64_suffix(struct prom *p, const char *suffix, uint64_t v, ...)
 {
 	char buf[24];
