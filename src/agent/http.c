@@ -151,6 +151,19 @@ static enum MHD_Result http_metrics(struct agent *a, struct MHD_Connection *c)
 	return prom_respond(c, text, len);
 }
 
+bool http_request_whole(void **ctx, size_t *size)
+{
+	if (!*ctx) {             /* first call: headers only */
+		*ctx = (void *)1;
+		return false;
+	}
+	if (*size) {             /* a piece of a body: dropped */
+		*size = 0;
+		return false;
+	}
+	return true;
+}
+
 static enum MHD_Result http_handle(void *cls, struct MHD_Connection *c, const char *url,
 				   const char *method, const char *version, const char *data,
 				   size_t *size, void **ctx)
@@ -160,14 +173,8 @@ static enum MHD_Result http_handle(void *cls, struct MHD_Connection *c, const ch
 
 	(void)version;
 	(void)data;
-	if (!*ctx) {             /* first call: headers only */
-		*ctx = (void *)1;
+	if (!http_request_whole(ctx, size))
 		return MHD_YES;
-	}
-	if (*size) {             /* no request carries a body: drop it, answer at the end */
-		*size = 0;
-		return MHD_YES;
-	}
 	if (strcmp(method, "GET") && strcmp(method, "HEAD"))
 		return http_send(c, MHD_HTTP_METHOD_NOT_ALLOWED,
 				 json_pack("{s:s}", "error", "only GET"));

@@ -252,14 +252,8 @@ static enum MHD_Result web_handle(void *cls, struct MHD_Connection *c, const cha
 	(void)cls;
 	(void)version;
 	(void)data;
-	if (!*ctx) {             /* first call: headers only */
-		*ctx = (void *)1;
+	if (!http_request_whole(ctx, size))
 		return MHD_YES;
-	}
-	if (*size) {             /* no request carries a body: drop it, answer at the end */
-		*size = 0;
-		return MHD_YES;
-	}
 	if (strcmp(method, "GET") && strcmp(method, "HEAD"))
 		return web_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, "this page is read-only: GET only");
 	if (!web_host_ok(c))
