@@ -232,10 +232,7 @@ int pc_src_start(struct vm *vm, uint64_t *const bits[], int rq_fd, struct pc_src
 	*out = s;
 	return 0;
 fail:
-	for (unsigned int i = 0; i < 2; i++)
-		free(s->sent[i]);
-	pthread_mutex_destroy(&s->lock);
-	free(s);
+	pc_src_stop(s);
 	return ret;
 }
 
