@@ -880,7 +880,7 @@ static void pc_dest_recover(struct pc_dest *d)
 	int fd = -1, rq = -1, ret;
 	char err[256];
 	struct pc_set now = { .token = d->set.token, .nr = d->set.nr };
-	uint8_t hdr[PC_HDR_LEN], crc[4], *buf = NULL;
+	uint8_t *buf = NULL;
 	uint64_t left = d->missing - __atomic_load_n(&d->received, __ATOMIC_ACQUIRE);
 	size_t n;
 
@@ -939,17 +939,7 @@ static void pc_dest_recover(struct pc_dest *d)
 	if (!buf)
 		pc_dest_lost(d, "out of memory");
 	pc_set_encode_set(&now, buf);
-	{
-		struct pc_hdr h = { .type = PC_MISSING, .len = (uint32_t)n };
-		struct iovec iov[3];
-
-		pc_hdr_encode(hdr, &h);
-		le32_put(crc, pc_frame_crc(hdr, buf, n));
-		iov[0] = (struct iovec){ hdr, sizeof(hdr) };
-		iov[1] = (struct iovec){ buf, n };
-		iov[2] = (struct iovec){ crc, sizeof(crc) };
-		ret = pc_sendv(fd, iov, 3);
-	}
+	ret = pc_send(fd, &(struct pc_hdr){ .type = PC_MISSING, .len = (uint32_t)n }, buf);
 	free(buf);
 	if (ret) {
 		/* The new link broke already: the next recovery asks again. */
