@@ -215,6 +215,15 @@ bench-snapshot: all
 .PHONY: bench-migrate
 bench-migrate: all
 	$(Q)bash bench/migrate/run.sh
+# Tier 2 (tests/hwhost): the Linux guest migrated inside the emulated SVM host, godwit
+# beside QEMU tuned; BENCH_RUNS alternating runs (default 5), ~2 min a run here.
+.PHONY: bench-migrate-tier2
+bench-migrate-tier2: all linux-guest
+	$(Q)rm -f build/bench/migrate-tier2.txt
+	$(Q)rc=0; HW_BENCH_RUNS=$${BENCH_RUNS:-5} HWHOST_TEST_TIMEOUT=$${HWHOST_TEST_TIMEOUT:-2400} \
+		bash tests/hwhost/run.sh bench/migrate/tier2.sh >/dev/null || rc=1; \
+		cat build/bench/migrate-tier2.txt 2>/dev/null || echo "no result (see build/hwhost/run/)"; \
+		exit $$rc
 .PHONY: bench-converge
 bench-converge: all
 	$(Q)bash bench/converge/run.sh

@@ -34,7 +34,6 @@ guest's longest stall during the whole migration at most 50 ms (median and worst
 given)."""
 import argparse
 import importlib.util
-import json
 import os
 import platform
 import shutil
@@ -97,13 +96,8 @@ def main():
     d = os.path.join('/tmp', 'gw-bench-converge.%d' % os.getpid())
     os.makedirs(d)
     # Private copies: others may rebuild build/ while this runs.
-    for src_path, name in ((mb.GODWIT, 'godwit'), (mb.ELF, 'godwit-guest.elf')):
-        if not os.path.exists(src_path):
-            sys.exit('%s is missing: run make' % src_path)
-        shutil.copy2(src_path, os.path.join(d, name))
-    head = subprocess.run(['git', '-C', ROOT, 'rev-parse', '--short', 'HEAD'],
-                          stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
-    mb.GODWIT, mb.ELF = os.path.join(d, 'godwit'), os.path.join(d, 'godwit-guest.elf')
+    mb.GODWIT, mb.ELF = mb.benchlib.private_copies(d, [mb.GODWIT, mb.ELF])
+    head = mb.benchlib.git_head()
     mb.SRC_WRAP = ['ip', 'netns', 'exec', a.src_ns]
     mb.DST_WRAP = ['ip', 'netns', 'exec', a.dst_ns]
     mb.MIG_HOST = a.host
@@ -226,17 +220,9 @@ def main():
                'yes' if v['integrity_ok'] and v['ok'] else 'NO'))
         for f in v['failures'][:2]:
             print('    %s failed: %s' % (k, f[:300]))
-    print('targets:')
-    for t in tg:
-        print('  %-55s %10s  limit %8s  %s' %
-              (t['target'], '-' if t['value'] is None else '%.1f' % t['value'],
-               '-' if t['limit'] is None else '%.1f' % t['limit'],
-               {True: 'MET', False: 'NOT MET', None: 'n/a'}[t['met']]))
+    mb.benchlib.print_targets(tg)
     print('elapsed %.0f s' % res['elapsed_s'])
-    with open(out, 'w') as f:
-        json.dump(res, f, indent=2)
-    print('result: %s' % out)
-    return 0 if ok else 1
+    return mb.benchlib.finish(res, out, ok)
 
 
 if __name__ == '__main__':

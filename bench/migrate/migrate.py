@@ -126,14 +126,15 @@ import os
 import platform
 import re
 import shutil
-import socket
-import statistics
 import subprocess
 import sys
 import threading
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+sys.path.insert(0, os.path.join(ROOT, 'bench', 'lib'))
+import benchlib  # noqa: E402
+from benchlib import BenchError, QMP, fmt, free_port, rm, summary  # noqa: E402,F401
 GODWIT = os.environ.get('GODWIT', os.path.join(ROOT, 'build', 'godwit'))
 QEMU = os.environ.get('QEMU', 'qemu-system-x86_64')
 ELF = os.path.join(ROOT, 'build', 'guest', 'godwit-guest.elf')
@@ -174,10 +175,6 @@ MEMTEST_RE = re.compile(r'^memtest: t=([0-9.]+) gen=(\d+) verified=(\d+) dirtied
 
 DISK_RE = re.compile(r'^disk: t=([0-9.]+) gen=(\d+) written_mib=(\d+) read_mib=(\d+) '
                      r'errors=(\d+)')
-
-
-class BenchError(Exception):
-    pass
 
 
 class Console:
@@ -353,22 +350,6 @@ def kill(con):
         pass
     if not con.errf.closed:
         con.errf.close()
-
-
-def rm(*paths):
-    for p in paths:
-        try:
-            os.unlink(p)
-        except FileNotFoundError:
-            pass
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def guest_cmd(cmd):
@@ -656,73 +637,6 @@ def run_godwit(mem, cmd, d, tmo, settle, img=None, tls=False, dst_args=(), mig_a
 
 # ---- QEMU -----------------------------------------------------------------
 
-class QMP:
-    def __init__(self, path, timeout):
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.s = socket.socket(socket.AF_UNIX)
-                self.s.connect(path)
-                break
-            except OSError:
-                self.s.close()
-                if time.monotonic() > deadline:
-                    raise BenchError('no QMP socket at %s' % path)
-                time.sleep(0.02)
-        self.s.settimeout(timeout)
-        self.events = []                       # events seen, not yet taken
-        self.f = self.s.makefile('rb')
-        self.f.readline()                      # greeting
-        self.cmd('qmp_capabilities')
-
-    def cmd(self, name, **args):
-        msg = {'execute': name}
-        if args:
-            msg['arguments'] = args
-        self.s.sendall(json.dumps(msg).encode() + b'\n')
-        while True:
-            line = self.f.readline()
-            if not line:
-                raise BenchError('QMP closed during %s' % name)
-            r = json.loads(line)
-            if 'event' in r:
-                self.events.append(r)
-                del self.events[:-100]
-                continue
-            if 'error' in r:
-                raise BenchError('QMP %s: %s' % (name, r['error']))
-            return r['return']
-
-    def wait_event(self, names, timeout):
-        """Returns the first event (seen before or arriving within timeout s)
-        whose name is in names, and forgets it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for i, e in enumerate(self.events):
-                if e['event'] in names:
-                    return self.events.pop(i)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BenchError('no QMP event %s in %.0f s' % ('/'.join(names), timeout))
-            self.s.settimeout(left)
-            try:
-                line = self.f.readline()
-            except socket.timeout:
-                continue
-            if not line:
-                raise BenchError('QMP closed waiting for %s' % '/'.join(names))
-            r = json.loads(line)
-            if 'event' in r:
-                self.events.append(r)
-
-    def close(self):
-        try:
-            self.f.close()
-            self.s.close()
-        except OSError:
-            pass
-
-
 def qemu_argv(mem, cmd, extra, img=None):
     """microvm; or, with a disk image, pc with qboot (the guest drives
     virtio-pci only, and microvm has no PCI bus) and a virtio-blk-pci on it."""
@@ -901,21 +815,6 @@ FIELDS = ['total_ms', 'downtime_ms', 'guest_stall_ms', 'line_gap_ms', 'precopy_s
           'mirror_ready_ms', 'migrate_total_ms', 'wall_ms']
 
 
-def summary(vals):
-    vals = [v for v in vals if v is not None]
-    if not vals:
-        return None
-    return {'median': round(statistics.median(vals), 2), 'min': round(min(vals), 2),
-            'max': round(max(vals), 2), 'n': len(vals)}
-
-
-def fmt(s, prec=0):
-    if not s:
-        return '-'
-    f = '%%.%df' % prec
-    return (f + ' (' + f + '-' + f + ')') % (s['median'], s['min'], s['max'])
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--runs', type=int, default=3, help='alternating runs per case and VMM')
@@ -955,20 +854,12 @@ def main():
     # Private copies: others may rebuild build/ while this runs (both sides
     # of a migration must be the same binary and guest).
     global GODWIT, ELF
-    for src_path, name in ((GODWIT, 'godwit'), (ELF, 'godwit-guest.elf')):
-        if not os.path.exists(src_path):
-            sys.exit('%s is missing: run make and make guest' % src_path)
-        shutil.copy2(src_path, os.path.join(d, name))
     bin_info = {'godwit': GODWIT, 'godwit_mtime': time.strftime(
-        '%Y-%m-%dT%H:%M:%SZ', time.gmtime(os.path.getmtime(GODWIT))),
-        'guest_mtime': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(os.path.getmtime(ELF)))}
-    try:
-        bin_info['git_head'] = subprocess.run(['git', '-C', ROOT, 'rev-parse', '--short', 'HEAD'],
-                                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                              universal_newlines=True).stdout.strip()
-    except OSError:
-        pass
-    GODWIT, ELF = os.path.join(d, 'godwit'), os.path.join(d, 'godwit-guest.elf')
+        '%Y-%m-%dT%H:%M:%SZ', time.gmtime(os.path.getmtime(GODWIT))) if os.path.exists(GODWIT)
+        else None,
+        'guest_mtime': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(os.path.getmtime(ELF)))
+        if os.path.exists(ELF) else None, 'git_head': benchlib.git_head()}
+    GODWIT, ELF = benchlib.private_copies(d, [GODWIT, ELF], 'run make and make guest')
     res = {'bench': 'migrate', 'host': platform.node(),
            'date': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
            'transport': 'tcp over loopback (127.0.0.1)', 'report_ms': REPORT_MS,
@@ -1078,9 +969,7 @@ def main():
     tg = []
 
     def target(what, val, limit):
-        ok = val is not None and limit is not None and val <= limit
-        tg.append({'target': what, 'value': val, 'limit': limit,
-                   'met': ok if val is not None and limit is not None else None})
+        benchlib.target(tg, what, val, limit)
     for name, c in res['cases'].items():
         g, q = c['vmm'].get('godwit'), c['vmm'].get('qemu-tuned')
         gm = (lambda f: g[f]['median'] if g and g.get(f) else None)
@@ -1150,19 +1039,9 @@ def main():
                   (name, rt['total_ms'], rt['downtime_ms'], rt['guest_stall_ms']))
         print('%-11s host load average before %s, after %s' %
               (name, c['loadavg_before'], c['loadavg_after']))
-    print('targets:')
-    for t in tg:
-        print('  %-55s %10s  limit %8s  %s' %
-              (t['target'], '-' if t['value'] is None else '%.1f' % t['value'],
-               '-' if t['limit'] is None else '%.1f' % t['limit'],
-               {True: 'MET', False: 'NOT MET', None: 'n/a'}[t['met']]))
+    benchlib.print_targets(tg)
     print('elapsed %.0f s' % res['elapsed_s'])
-    out = a.out or os.path.join(ROOT, 'build', 'bench', 'migrate.json')
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, 'w') as f:
-        json.dump(res, f, indent=2)
-    print('result: %s' % out)
-    return 0 if ok else 1
+    return benchlib.finish(res, a.out or os.path.join(ROOT, 'build', 'bench', 'migrate.json'), ok)
 
 
 if __name__ == '__main__':

@@ -25,19 +25,19 @@ Both write F in --dir (default /tmp, the same file system as /work here); the
 file is in the page cache when it is restored (nothing is dropped).
 """
 import argparse
-import json
 import os
 import platform
 import re
 import shutil
-import socket
-import statistics
 import subprocess
 import sys
 import threading
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+sys.path.insert(0, os.path.join(ROOT, 'bench', 'lib'))
+import benchlib  # noqa: E402
+from benchlib import BenchError, QMP, fmt, rm  # noqa: E402
 GODWIT = os.environ.get('GODWIT', os.path.join(ROOT, 'build', 'godwit'))
 QEMU = os.environ.get('QEMU', 'qemu-system-x86_64')
 ELF = os.path.join(ROOT, 'build', 'guest', 'godwit-guest.elf')
@@ -50,10 +50,6 @@ CASES = [
     ('4G-idle', '4G', 'workload=idle'),
     ('4G-mem512', '4G', 'workload=mem mem=512 rate=0'),
 ]
-
-
-class BenchError(Exception):
-    pass
 
 
 class Console:
@@ -118,14 +114,6 @@ def kill(con):
         con.p.wait()
 
 
-def rm(*paths):
-    for p in paths:
-        try:
-            os.unlink(p)
-        except FileNotFoundError:
-            pass
-
-
 def report_prefix(cmd):
     return ['idle: t='] if 'workload=idle' in cmd else ['memtest: t=']
 
@@ -170,45 +158,6 @@ def run_godwit(mem, cmd, d, tmo):
 
 
 # ---- QEMU -----------------------------------------------------------------
-
-class QMP:
-    def __init__(self, path, timeout):
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.s = socket.socket(socket.AF_UNIX)
-                self.s.connect(path)
-                break
-            except OSError:
-                self.s.close()
-                if time.monotonic() > deadline:
-                    raise BenchError('no QMP socket at %s' % path)
-                time.sleep(0.02)
-        self.s.settimeout(timeout)
-        self.f = self.s.makefile('rb')
-        self.f.readline()                      # greeting
-        self.cmd('qmp_capabilities')
-
-    def cmd(self, name, **args):
-        msg = {'execute': name}
-        if args:
-            msg['arguments'] = args
-        self.s.sendall(json.dumps(msg).encode() + b'\n')
-        while True:
-            line = self.f.readline()
-            if not line:
-                raise BenchError('QMP closed during %s' % name)
-            r = json.loads(line)
-            if 'event' in r:
-                continue
-            if 'error' in r:
-                raise BenchError('QMP %s: %s' % (name, r['error']))
-            return r['return']
-
-    def close(self):
-        self.f.close()
-        self.s.close()
-
 
 def qemu_argv(mem, cmd, extra):
     return [QEMU, '-M', 'microvm', '-enable-kvm', '-cpu', 'host,-arch-capabilities',
@@ -276,17 +225,7 @@ def run_qemu(mem, cmd, d, tmo, tuned):
 # ---- main -----------------------------------------------------------------
 
 def summary(vals):
-    vals = [v for v in vals if v is not None]
-    if not vals:
-        return None
-    return {'median': round(statistics.median(vals), 1), 'min': round(min(vals), 1),
-            'max': round(max(vals), 1), 'n': len(vals)}
-
-
-def fmt(s):
-    if not s:
-        return '-'
-    return '%.0f (%.0f-%.0f)' % (s['median'], s['min'], s['max'])
+    return benchlib.summary(vals, 1)
 
 
 def main():
@@ -375,12 +314,8 @@ def main():
                   '(target <= 0.5)' % (name, c['ratio_save'], c['ratio_save_sync'],
                                        c['ratio_restore']))
     print('elapsed %.0f s' % res['elapsed_s'])
-    out = a.out or os.path.join(ROOT, 'build', 'bench', 'snapshot.json')
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, 'w') as f:
-        json.dump(res, f, indent=2)
-    print('result: %s' % out)
-    return 0 if ok else 1
+    return benchlib.finish(res, a.out or os.path.join(ROOT, 'build', 'bench', 'snapshot.json'),
+                           ok)
 
 
 if __name__ == '__main__':
