@@ -131,6 +131,17 @@ def private_copies(d, paths, hint='run make'):
     return out
 
 
+def parse_variant(v):
+    """--variant NAME=ARGS: (NAME, (migrate args, destination args)); ARGS are
+    `godwit migrate`'s extra arguments, then optionally ' -- ' and the
+    destination `godwit run`'s."""
+    vn, sep, va = v.partition('=')
+    if not sep or not vn.startswith('godwit-'):
+        sys.exit('--variant %r: want NAME=ARGS, NAME starting with godwit-' % v)
+    margs, _, dargs = va.partition(' -- ')
+    return vn, (margs.split(), dargs.split())
+
+
 def summary(vals, ndigits=2):
     """median, min, max and n of the values that are not None (None if none
     is), rounded to ndigits."""
@@ -149,9 +160,10 @@ def fmt(s, prec=0):
     return (f + ' (' + f + '-' + f + ')') % (s['median'], s['min'], s['max'])
 
 
-def target(tg, what, val, limit):
-    """Appends a target (met when val <= limit; None when either is unknown)."""
-    ok = val is not None and limit is not None and val <= limit
+def target(tg, what, val, limit, at_least=False):
+    """Appends a target (met when val <= limit, or >= with at_least; None when
+    either is unknown)."""
+    ok = val is not None and limit is not None and (val >= limit if at_least else val <= limit)
     tg.append({'target': what, 'value': val, 'limit': limit,
                'met': ok if val is not None and limit is not None else None})
 
@@ -173,3 +185,48 @@ def finish(res, out, ok):
         json.dump(res, f, indent=2)
     print('result: %s' % out)
     return 0 if ok else 1
+
+
+def physical_limits(seconds=1.0):
+    """What this host moves at most, measured here and now: loopback TCP (one
+    connection, a Python sender and a Python receiver in another process,
+    4 MiB sendall / recv_into) and memcpy (Python copying a 256 MiB buffer
+    into another: one memcpy); MiB/s.  Both are lower bounds of what the
+    machine does (iperf3 is not used: not installed here)."""
+    r = {}
+    rx = subprocess.Popen([sys.executable, '-c', """
+import socket, sys, time
+ls = socket.socket(); ls.bind(('127.0.0.1', 0)); ls.listen(1)
+print(ls.getsockname()[1], flush=True)
+c, _ = ls.accept(); mv = memoryview(bytearray(4 << 20)); n = 0; t0 = None
+while True:
+    k = c.recv_into(mv)
+    if t0 is None: t0 = time.monotonic()
+    if not k: break
+    n += k
+print(n / 2**20 / (time.monotonic() - t0), flush=True)
+"""], stdout=subprocess.PIPE, universal_newlines=True)
+    try:
+        port = int(rx.stdout.readline())
+        s = socket.create_connection(('127.0.0.1', port))
+        buf = bytearray(4 << 20)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            s.sendall(buf)
+        s.close()
+        r['tcp_loopback_mib_s'] = round(float(rx.stdout.readline()))
+    finally:
+        rx.kill() if rx.poll() is None else None
+        rx.wait()
+    r['tcp_how'] = 'one connection, Python sender and receiver processes, %.1f s' % seconds
+    a = bytearray(256 << 20)
+    b = bytearray(256 << 20)
+    b[:] = a                                    # fault both in first
+    best = 0
+    for _ in range(4):
+        t0 = time.monotonic()
+        b[:] = a
+        best = max(best, 256 / (time.monotonic() - t0))
+    r['memcpy_mib_s'] = round(best)
+    r['memcpy_how'] = '256 MiB, best of 4, one thread'
+    return r
