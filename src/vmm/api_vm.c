@@ -59,17 +59,12 @@ static const char *api_lease_str(int64_t id)
 static unsigned int api_vm_get(struct api_server *s, json_t *body, json_t **out)
 {
 	const struct vm_config *cfg = &s->vm->cfg;
-	const uint8_t *u = cfg->uuid;
-	char uuid[37];
+	char uuid[UUID_STR_LEN];
 
-	snprintf(uuid, sizeof(uuid),
-		 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-		 u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7],
-		 u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
 	*out = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:s?, s:f, s:I, s:{s:s, s:I, s:I, s:s?}, "
 			 "s:s?}",
 			 "name", cfg->name,
-			 "uuid", uuid,
+			 "uuid", uuid_str(cfg->uuid, uuid),
 			 "state", api_vm_state_name(s->vm),
 			 "vcpus", (json_int_t)cfg->ncpus,
 			 "memory_bytes", (json_int_t)cfg->mem_size,
