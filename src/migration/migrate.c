@@ -206,6 +206,7 @@ struct mig_run {
 	bool pace;                   /* apply --max-bandwidth (not during stop-and-copy) */
 	uint32_t round;              /* the pre-copy round being sent */
 	uint64_t bytes_before, pages_before, zero_before;   /* of the connections before r->w */
+	struct stream_compress_stats z_before;              /* the same, compression */
 	/* p.reconnect_s: the round each page was last queued in (0: never), per region */
 	uint16_t *sent_round[2];
 	uint8_t token[SNAPSHOT_TOKEN_LEN];
@@ -229,6 +230,16 @@ static void mig_publish(struct mig_run *r)
 	r->m->prog.bytes = r->bytes_before + stream_writer_offset(r->w);
 	r->m->prog.pages = r->pages_before + st.pages;
 	r->m->prog.zero_pages = r->zero_before + st.zero_pages;
+	{
+		struct stream_compress_stats z;
+
+		stream_writer_compress_stats(r->w, &z);
+		r->m->prog.compress_st.sections = r->z_before.sections + z.sections;
+		r->m->prog.compress_st.bytes_in = r->z_before.bytes_in + z.bytes_in;
+		r->m->prog.compress_st.bytes_out = r->z_before.bytes_out + z.bytes_out;
+		r->m->prog.compress_st.switches = r->z_before.switches + z.switches;
+		r->m->prog.compress_st.active = z.active;
+	}
 	if (r->m->dm) {
 		struct disk_mig_stats ds;
 
@@ -592,6 +603,15 @@ static void mig_disconnect(struct mig_run *r)
 		r->bytes_before += stream_writer_offset(r->w);
 		r->pages_before += st.pages;
 		r->zero_before += st.zero_pages;
+		{
+			struct stream_compress_stats z;
+
+			stream_writer_compress_stats(r->w, &z);
+			r->z_before.sections += z.sections;
+			r->z_before.bytes_in += z.bytes_in;
+			r->z_before.bytes_out += z.bytes_out;
+			r->z_before.switches += z.switches;
+		}
 		stream_writer_free(r->w);
 		r->w = NULL;
 	}
@@ -617,6 +637,9 @@ static int mig_writer(struct mig_run *r)
 		return ret;
 	stream_writer_set_tls(r->w, r->c.tls);
 	stream_writer_set_watchdog(r->w, &wd);
+	/* a socket: TCP's checksum or TLS's AEAD guards the pages (docs/stream-format.md) */
+	stream_writer_set_page_crc(r->w, false);
+	stream_writer_set_compress(r->w, r->m->p.compress);
 	return 0;
 }
 
@@ -1735,6 +1758,8 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 	m->decision = GATE_WAIT;
 	m->prog.gate = p->gate;
 	m->prog.postcopy = p->postcopy;
+	m->prog.compress = p->compress;
+	memset(&m->prog.compress_st, 0, sizeof(m->prog.compress_st));
 	m->fd = -1;
 	clock_gettime(CLOCK_MONOTONIC, &m->t_start);
 	pthread_mutex_unlock(&m->lock);
