@@ -13,6 +13,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
@@ -90,6 +91,41 @@ class QMP:
             self.s.close()
         except OSError:
             pass
+
+
+class Drain:
+    """Runs a process (stdin from /dev/null, stdout a pipe, stderr as given);
+    a thread drains its stdout and hands each chunk, with the host time it
+    arrived, to the subclass's _take() under self.cv (then wakes waiters).
+    self.eof is set once stdout closes."""
+
+    def __init__(self, argv, stderr):
+        self.t0 = time.monotonic()
+        self.cv = threading.Condition()
+        self.eof = False
+        self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=stderr)
+        self.th = threading.Thread(target=self._reader, daemon=True)
+        self.th.start()
+
+    def _take(self, chunk, now):
+        raise NotImplementedError
+
+    def _reader(self):
+        fd = self.p.stdout.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b''
+            now = time.monotonic()
+            with self.cv:
+                if not chunk:
+                    self.eof = True
+                    self.cv.notify_all()
+                    return
+                self._take(chunk, now)
+                self.cv.notify_all()
 
 
 def rm(*paths):

@@ -197,43 +197,24 @@ DISK_RE = re.compile(r'^disk: t=([0-9.]+) gen=(\d+) written_mib=(\d+) read_mib=(
                      r'errors=(\d+)')
 
 
-class Console:
+class Console(benchlib.Drain):
     """Runs a process; a thread drains its stdout (the guest's console) and
     keeps every complete line with the host time its newline arrived. stderr
     goes to a file (kept apart so VMM messages never split a guest line)."""
 
     def __init__(self, argv, errfile):
-        self.t0 = time.monotonic()
         self.errf = open(errfile, 'wb')
         self.errfile = errfile
-        self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=self.errf)
         self.partial = b''
         self.lines = []                      # (monotonic time, str)
-        self.cv = threading.Condition()
-        self.eof = False
-        self.th = threading.Thread(target=self._reader, daemon=True)
-        self.th.start()
+        super().__init__(argv, self.errf)
 
-    def _reader(self):
-        fd = self.p.stdout.fileno()
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                chunk = b''
-            now = time.monotonic()
-            with self.cv:
-                if not chunk:
-                    self.eof = True
-                    self.cv.notify_all()
-                    return
-                data = self.partial + chunk
-                parts = data.split(b'\n')
-                self.partial = parts.pop()
-                for ln in parts:
-                    self.lines.append((now, ln.decode(errors='replace')))
-                self.cv.notify_all()
+    def _take(self, chunk, now):
+        data = self.partial + chunk
+        parts = data.split(b'\n')
+        self.partial = parts.pop()
+        for ln in parts:
+            self.lines.append((now, ln.decode(errors='replace')))
 
     def wait(self, pred, timeout, what):
         """Waits until pred(lines) is true; returns its value."""

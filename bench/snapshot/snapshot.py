@@ -45,7 +45,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
@@ -66,34 +65,16 @@ CASES = [
 ]
 
 
-class Console:
+class Console(benchlib.Drain):
     """Drains a process's stdout+stderr on a thread; wait_line() waits for a
     line that starts with one of the prefixes, from a given offset on."""
 
     def __init__(self, argv):
-        self.t0 = time.monotonic()
-        self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT)
         self.buf = b''
-        self.cv = threading.Condition()
-        self.eof = False
-        self.th = threading.Thread(target=self._reader, daemon=True)
-        self.th.start()
+        super().__init__(argv, subprocess.STDOUT)
 
-    def _reader(self):
-        fd = self.p.stdout.fileno()
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                chunk = b''
-            with self.cv:
-                if not chunk:
-                    self.eof = True
-                    self.cv.notify_all()
-                    return
-                self.buf += chunk
-                self.cv.notify_all()
+    def _take(self, chunk, now):
+        self.buf += chunk
 
     def wait_line(self, prefixes, timeout, start=0):
         """Time (monotonic) at which a complete line starting with a prefix
