@@ -188,7 +188,8 @@ def run_godwit(mem, cmd, d, tmo, live=False):
         return {'save_ms': save * 1000, 'restore_ms': restore * 1000, 'size': size,
                 'vmm_pause_ms': float(m.group(1)) if m else None, 'first_line': line,
                 'guest_stall_ms': stall, 'baseline_stall_ms': base, 'reply': out.strip()[-400:],
-                'cpu_vmm_ms': cpu[0], 'cpu_ms_per_gib': cpu[0] / (size / 2**30) if size >= 64 << 20 else None}
+                'cpu_vmm_ms': cpu[0],
+                'cpu_ms_per_gib': cpu[0] / (size / 2**30) if size >= 64 << 20 else None}
     finally:
         kill(src)
         kill(dst)
