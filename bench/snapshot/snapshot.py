@@ -200,7 +200,8 @@ def run_godwit(mem, cmd, d, tmo, live=False):
 
 def qemu_argv(mem, cmd, extra):
     # debug-threads: the vCPU thread is named `CPU 0/KVM` (CpuMeter leaves it out)
-    return [QEMU, '-name', 'bench,debug-threads=on', '-M', 'microvm', '-enable-kvm', '-cpu', 'host,-arch-capabilities',
+    return [QEMU, '-name', 'bench,debug-threads=on', '-M', 'microvm', '-enable-kvm',
+            '-cpu', 'host,-arch-capabilities',
             '-m', mem, '-smp', '1', '-nodefaults', '-no-user-config', '-display', 'none',
             '-serial', 'stdio', '-kernel', ELF, '-append', guest_cmd(cmd)] + extra
 
