@@ -66,6 +66,7 @@ OBJS += src/migration/crc32c.o
 OBJS += src/migration/stream.o
 OBJS += src/migration/stream_config.o
 OBJS += src/migration/stream_writer.o
+OBJS += src/migration/stream_file.o
 OBJS += src/migration/stream_reader.o
 OBJS += src/migration/snapshot.o
 OBJS += src/migration/handoff.o
@@ -363,7 +364,7 @@ build-fuzz/fuzz-boot: tests/fuzz/fuzz_boot.c src/arch/x86/boot.c include/godwit/
 	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_boot.c src/arch/x86/boot.c
 # The stream reader, with its checksums optional (the target's first byte decides).
 FUZZ_STREAM_SRCS := tests/fuzz/fuzz_stream.c src/migration/stream.c src/migration/stream_config.c \
-	src/migration/stream_writer.c src/migration/stream_reader.c src/migration/crc32c.c \
+	src/migration/stream_writer.c src/migration/stream_file.c src/migration/stream_reader.c src/migration/crc32c.c \
 	src/lib/state.c src/arch/x86/cpuid.c src/vmm/util.c src/vmm/log.c src/migration/tls.c
 build-fuzz/fuzz-stream: $(FUZZ_STREAM_SRCS) include/godwit/stream.h include/godwit/crc32c.h include/godwit/state.h
 	@mkdir -p $(dir $@)

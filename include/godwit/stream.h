@@ -215,6 +215,18 @@ int stream_cpuid_check(const struct stream_config *stream, const struct kvm_cpui
  * Returns 0 and *out, or -ENOMEM.
  */
 int stream_writer_new(int fd, struct stream_writer **out) __must_check;
+/*
+ * stream_writer_to_file - w's fd is a snapshot file (a regular file, at
+ * offset 0 for O_DIRECT): written by a thread of the writer's own, the next
+ * buffer filled and checksummed while the last one is written, with
+ * O_DIRECT if direct and the filesystem takes it (else buffered, with one
+ * log line).  Call right after stream_writer_new().  0 or -errno.
+ */
+int stream_writer_to_file(struct stream_writer *w, bool direct) __must_check;
+/* A file sink: wait until what it was given is on the file.  0 or -errno. */
+int stream_writer_wait(struct stream_writer *w) __must_check;
+/* The file sink writes with O_DIRECT. */
+bool stream_writer_direct(const struct stream_writer *w);
 struct stream_watchdog;
 /* The same watchdog as a reader's (below), on the writer's peer taking the bytes. */
 void stream_writer_set_watchdog(struct stream_writer *w, const struct stream_watchdog *wd);
