@@ -301,6 +301,36 @@ uint64_t stream_writer_offset(const struct stream_writer *w);
 /* RAM totals written so far (sections counted once written). */
 void stream_writer_ram_stats(const struct stream_writer *w, struct stream_ram_stats *st);
 
+/*
+ * stream_writer_set_page_crc - off: RAM sections' CRC covers their header
+ * and run table but not the page data (RAM v2, RAM_F_NODATACRC), and on a
+ * plain socket the pages are sent from guest memory without a copy.  For
+ * a channel with its own integrity check (TCP, TLS); files keep it on (the
+ * default).  Before the first RAM call.
+ */
+void stream_writer_set_page_crc(struct stream_writer *w, bool on);
+/*
+ * Compression of RAM sections' page data (one zstd frame per section, level
+ * STREAM_ZSTD_LEVEL): off (default), zstd (always, where it makes the
+ * section smaller), auto (while the writer waits on the link rather than
+ * the CPU and the data compresses by STREAM_ZSTD_MIN_RATIO or more,
+ * measured as it writes).
+ */
+enum stream_compress { STREAM_COMPRESS_OFF, STREAM_COMPRESS_ZSTD, STREAM_COMPRESS_AUTO };
+#define STREAM_ZSTD_LEVEL     1
+#define STREAM_ZSTD_MIN_RATIO 1.3
+struct stream_compress_stats {
+	uint64_t sections;         /* RAM sections sent compressed */
+	uint64_t bytes_in, bytes_out;  /* their page data before and after */
+	uint64_t switches;         /* auto: times it turned compression on or off */
+	bool active;               /* compressing now */
+};
+void stream_writer_set_compress(struct stream_writer *w, enum stream_compress mode);
+void stream_writer_compress_stats(const struct stream_writer *w, struct stream_compress_stats *st);
+/* "off", "zstd", "auto"; and back (0, or -EINVAL for anything else). */
+const char *stream_compress_name(enum stream_compress mode);
+int stream_compress_parse(const char *s, enum stream_compress *mode) __must_check;
+
 /* ---- Reader ---- */
 
 /*
@@ -337,6 +367,21 @@ void stream_reader_set_tls(struct stream_reader *r, struct tls_sess *tls);
 void stream_reader_target_zeroed(struct stream_reader *r);
 /* The same, on or off (a migration turns it off once pages may come again). */
 void stream_reader_set_target_zeroed(struct stream_reader *r, bool on);
+/*
+ * stream_reader_set_placer - data pages go through fn instead of being
+ * copied into the lookup's memory (NULL fn: copied, read straight into
+ * guest memory where the runs are large).  stream_read_ram() calls fn for
+ * every piece of a data run, in stream order, once its bytes are in the
+ * section CRC: len (a multiple of the page size, at most 256 KiB) bytes at
+ * src, for guest address gpa, whose host mapping (lookup's) is host.  src
+ * is valid only during the call.  fn returns 0 or a negative errno, which
+ * fails the read ("cannot place ...").  A destination uses it to place
+ * pages into fresh memory without the kernel zeroing them first (userfaultfd,
+ * ram_place.h); zero runs never reach it.
+ */
+typedef int (*stream_place_fn)(void *opaque, uint64_t gpa, void *host, const void *src,
+			       size_t len);
+void stream_reader_set_placer(struct stream_reader *r, stream_place_fn fn, void *opaque);
 /* A reader on len bytes at p (not copied; must outlive the reader). */
 int stream_reader_new_mem(const void *p, size_t len, struct stream_reader **out) __must_check;
 void stream_reader_free(struct stream_reader *r);

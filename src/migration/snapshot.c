@@ -37,6 +37,7 @@
 #include "godwit/disk.h"
 #include "godwit/log.h"
 #include "godwit/postcopy.h"
+#include "godwit/ram_place.h"
 #include "godwit/snapshot.h"
 #include "godwit/state.h"
 #include "godwit/stream.h"
@@ -752,7 +753,14 @@ struct snapshot_restore {
 	bool paused_phase;              /* the last pass (marker 0) began: no resuming */
 	snapshot_resume_fn resume;
 	void *resume_opaque;
+	/* The first pass placed with userfaultfd (ram_place.h): */
+	int uffd;                       /* ours, opened before the sandbox; -errno if none */
+	pid_t uffd_pid;                 /* the process it belongs to (--jail forks after) */
+	struct ram_place *place;        /* while it runs */
+	struct ram_place_stats placed;
 };
+
+static void snap_place_stop(struct snapshot_restore *sr);
 
 static struct kvm_cpuid2 *snap_supported_cpuid(void)
 {
@@ -798,6 +806,12 @@ int snapshot_restore_open_conn(const struct conn *c, const struct stream_watchdo
 		snap_err(err, len, "out of memory");
 		return -ENOMEM;
 	}
+	/*
+	 * The first pass goes into fresh memory: a userfaultfd, opened here
+	 * (before the sandbox and any dropping of privileges), places it.
+	 */
+	sr->uffd = ram_place_wanted() ? pc_uffd_open() : -ECANCELED;
+	sr->uffd_pid = getpid();
 	ret = stream_reader_new(c->fd, &sr->r);
 	if (!ret) {
 		stream_reader_target_zeroed(sr->r);  /* guest RAM is freshly mapped */
@@ -1127,6 +1141,8 @@ int snapshot_restore_resume(struct snapshot_restore *sr, const struct conn *c,
 		snap_err(err, len, "this migration cannot be resumed");
 		return -EPERM;
 	}
+	/* A resumed stream reads into memory as it stands (its reader checks zero runs). */
+	snap_place_stop(sr);
 	ret = stream_reader_new(c->fd, &r);
 	if (ret) {
 		snap_err(err, len, "out of memory");
@@ -1178,7 +1194,71 @@ fail:
 	return ret;
 }
 
+/*
+ * The first pass: every page lands on memory nothing touched.  Placing it
+ * with UFFDIO_COPY spares the kernel clearing it first (ram_place.h).
+ * Without a userfaultfd, pages are copied as before; said once.
+ */
+static int snap_load_sections(struct snapshot_restore *sr, struct vm *vm, char *err,
+			      size_t len);
+
+static void snap_place_start(struct snapshot_restore *sr, struct vm *vm)
+{
+	struct ram_place_region rg[sizeof(vm->mem) / sizeof(vm->mem[0])];
+	char why[256] = "";
+	int ret = sr->uffd;
+
+	if (sr->uffd == -ECANCELED)
+		return;                 /* GODWIT_UFFD_PLACE=off */
+	if (ret >= 0 && sr->uffd_pid != getpid()) {
+		ret = -ECHILD;
+		snprintf(why, sizeof(why), "its userfaultfd belongs to the parent process "
+			 "(--jail)");
+	} else if (ret >= 0) {
+		for (unsigned int i = 0; i < vm->nr_mem; i++)
+			rg[i] = (struct ram_place_region){ vm->mem[i].host, vm->mem[i].size };
+		ret = ram_place_start(sr->uffd, rg, vm->nr_mem, &sr->place, why, sizeof(why));
+	} else {
+		snprintf(why, sizeof(why), "no userfaultfd: %s", strerror(-ret));
+	}
+	if (ret) {
+		log_info("restore: pages are copied into guest RAM (the kernel clears each "
+			 "first): %s", why);
+		return;
+	}
+	stream_reader_set_placer(sr->r, ram_place_put, sr->place);
+}
+
+/* The first pass is over (or the stream): guest RAM is plain memory again. */
+static void snap_place_stop(struct snapshot_restore *sr)
+{
+	struct ram_place_stats st;
+
+	if (!sr->place)
+		return;
+	if (sr->r)
+		stream_reader_set_placer(sr->r, NULL, NULL);
+	ram_place_stop(sr->place, &st);
+	sr->place = NULL;
+	sr->placed.copied += st.copied;
+	sr->placed.existing += st.existing;
+	sr->placed.faults += st.faults;
+	sr->placed.ioctls += st.ioctls;
+	log_info("restore: first pass placed: %llu pages by UFFDIO_COPY (%llu calls), %llu "
+		  "copied over, %llu faults answered with zeros",
+		  (unsigned long long)st.copied, (unsigned long long)st.ioctls,
+		  (unsigned long long)st.existing, (unsigned long long)st.faults);
+}
+
 static int snap_load(struct snapshot_restore *sr, struct vm *vm, char *err, size_t len)
+{
+	int ret = snap_load_sections(sr, vm, err, len);
+
+	snap_place_stop(sr);
+	return ret;
+}
+
+static int snap_load_sections(struct snapshot_restore *sr, struct vm *vm, char *err, size_t len)
 {
 	struct cpu_load_opts opts = { .clock = sr->clock };
 	struct stream_config *local = calloc(1, sizeof(*local));
@@ -1200,6 +1280,8 @@ static int snap_load(struct snapshot_restore *sr, struct vm *vm, char *err, size
 		snap_err(err, len, "this VM does not match the snapshot: %s", why[0] ? why : strerror(-ret));
 		return ret;
 	}
+	if (!sr->first && !sr->precopy_rounds)
+		snap_place_start(sr, vm);
 next:
 	while ((ret = stream_next_section(sr->r, &s)) > 0) {
 		switch (s.type) {
@@ -1212,6 +1294,7 @@ next:
 		case STREAM_VM:
 			if (!strcmp(s.id, SNAPSHOT_ID_PRECOPY)) {
 				/* Pages may come again from here on, zero ones included. */
+				snap_place_stop(sr);
 				stream_reader_set_target_zeroed(sr->r, false);
 				sr->precopy_rounds++;
 				if (s.instance)
@@ -1401,6 +1484,9 @@ void snapshot_restore_free(struct snapshot_restore *sr)
 {
 	if (!sr)
 		return;
+	snap_place_stop(sr);
+	if (sr->uffd >= 0)
+		close(sr->uffd);
 	free(sr->pc);
 	stream_reader_free(sr->r);
 	stream_reader_free(sr->first);
