@@ -95,7 +95,7 @@ int stream_wd_after(struct wd_state *s, uint64_t ns, uint64_t bytes, bool rd, ch
 const char *stream_io_err(int fd, bool rd, int *e, char *buf, size_t len);
 
 /*
- * The file sink (stream_file.c): fd, a regular file, written from a thread
+ * The file sink (stream_file.c): fd, a regular file, written by threads
  * of its own out of page-aligned buffers of bufsize bytes, with O_DIRECT if
  * direct and the filesystem takes it.  fsink_buf() is the buffer to fill;
  * fsink_submit() queues its first len bytes (direct and not final: only
