@@ -933,9 +933,9 @@ def main():
                 vmms[vn] = (lambda margs=margs, dargs=dargs:
                             run_godwit(mem, cmd, d, a.timeout, a.settle, img,
                                        dst_args=dargs, mig_args=margs))
-            vmm_want = a.vmms.split(',') if a.vmms else \
-                (LINE_RATE_VMMS if line_rate else CASE_VMMS).get(
-                    name, CASE_VMMS.get(name, DEFAULT_VMMS)) + list(VARIANTS)
+            vmm_want = (a.vmms.split(',') if a.vmms else
+                        (LINE_RATE_VMMS if line_rate else CASE_VMMS).get(
+                            name, CASE_VMMS.get(name, DEFAULT_VMMS))) + list(VARIANTS)
             for k in vmm_want:
                 if k not in vmms:
                     raise BenchError('unknown VMM %r (VMMs: %s)' % (k, ', '.join(vmms)))
