@@ -120,8 +120,9 @@ round1_mib_s (table: r1MiB/s): round 1's rate, bytes sent over its time: godwit'
 from its report's history (round 1's bytes and ms), QEMU's from query-migrate
 (ram.transferred when dirty-sync-count first reaches 2, over the host time since
 the migrate command; polled every 2 ms).
-cpu_ms_per_gib (table: cpu/GiB): cpu_src_vmm_ms + cpu_dst_vmm_ms per GiB of
-`bytes` (what the VMM says it sent).
+cpu_ms_per_gib (table: cpu/GiB): cpu_src_vmm_ms + cpu_dst_vmm_ms per GiB of guest
+memory moved: the non-zero pages sent, before any compression (godwit: pages -
+zero_pages of its report; QEMU: ram.normal), x 4 KiB.
 limits (printed first; --no-limits skips): loopback TCP (one connection, a
 Python sender and receiver process, 1 s) and memcpy (256 MiB, best of 4) on
 this host just before the runs: lower bounds of what the machine moves.
@@ -637,11 +638,23 @@ def round1_godwit(j):
     return h[0]['bytes'] / 2**20 / (h[0]['ms'] / 1000.0)
 
 
+def moved_bytes(r):
+    """Guest memory a migration moved: its non-zero pages sent, before any
+    compression (godwit: pages - zero_pages; QEMU: ram.normal), x 4 KiB; else
+    the bytes it reports."""
+    if r.get('pages') is not None and r.get('zero_pages') is not None:
+        return (r['pages'] - r['zero_pages']) * 4096
+    if r.get('normal') is not None:
+        return r['normal'] * 4096
+    return r.get('bytes')
+
+
 def cpu_per_gib(r):
-    """CPU ms the VMM threads of both sides used per GiB sent."""
-    if not r.get('bytes') or r.get('cpu_src_vmm_ms') is None or r.get('cpu_dst_vmm_ms') is None:
+    """CPU ms the VMM threads of both sides used per GiB of guest memory moved."""
+    m = moved_bytes(r)
+    if not m or r.get('cpu_src_vmm_ms') is None or r.get('cpu_dst_vmm_ms') is None:
         return None
-    return (r['cpu_src_vmm_ms'] + r['cpu_dst_vmm_ms']) / (r['bytes'] / 2**30)
+    return (r['cpu_src_vmm_ms'] + r['cpu_dst_vmm_ms']) / (m / 2**30)
 
 
 def run_qemu(mem, cmd, d, tmo, settle, mode, img=None):
@@ -933,9 +946,9 @@ def main():
                 vmms[vn] = (lambda margs=margs, dargs=dargs:
                             run_godwit(mem, cmd, d, a.timeout, a.settle, img,
                                        dst_args=dargs, mig_args=margs))
-            vmm_want = a.vmms.split(',') if a.vmms else \
-                (LINE_RATE_VMMS if line_rate else CASE_VMMS).get(
-                    name, CASE_VMMS.get(name, DEFAULT_VMMS)) + list(VARIANTS)
+            vmm_want = (a.vmms.split(',') if a.vmms else
+                        (LINE_RATE_VMMS if line_rate else CASE_VMMS).get(
+                            name, CASE_VMMS.get(name, DEFAULT_VMMS))) + list(VARIANTS)
             for k in vmm_want:
                 if k not in vmms:
                     raise BenchError('unknown VMM %r (VMMs: %s)' % (k, ', '.join(vmms)))
