@@ -254,6 +254,7 @@ FIELDS = [('total_ms', 'total', 0), ('downtime_ms', 'downtime', 0),
 
 
 def main():
+    global GODWIT, KERNEL, INITRD
     ap = argparse.ArgumentParser()
     ap.add_argument('--runs', type=int, default=5)
     ap.add_argument('--vmms', default=','.join(VMMS))
@@ -275,6 +276,10 @@ def main():
     a.rundir = os.path.splitext(a.out)[0] + '-runs'
     os.makedirs(a.rundir, exist_ok=True)
     d = os.environ.get('SCRATCH') or os.path.join(ROOT, 'build', 'bench')
+    # Private copies: others may rebuild build/ while this runs.
+    pd = os.path.join(d, 'tier2-bin')
+    os.makedirs(pd, exist_ok=True)
+    GODWIT, KERNEL, INITRD = mb.benchlib.private_copies(pd, [GODWIT, KERNEL, INITRD])
     fns = {'godwit': run_godwit, 'qemu-tuned': run_qemu}
     runs = {v: [] for v in vmms}
     fails = {v: [] for v in vmms}
@@ -301,6 +306,7 @@ def main():
                 break
     res = {'bench': 'migrate-tier2', 'runs': a.runs, 'host': platform.node(),
            'date': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+           'commit': mb.benchlib.git_head(),
            'scenario': {'guest': 'linux', 'cpus': 2, 'mem': '512M', 'cmdline': guest_cmdline(a),
                         'settle_s': a.settle},
            'qemu': {'multifd-channels': mb.MULTIFD_CHANNELS, 'max-bandwidth': mb.TUNED_BW,

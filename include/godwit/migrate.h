@@ -18,6 +18,7 @@
 #include "godwit/devspec.h"
 #include "godwit/handoff.h"
 #include "godwit/postcopy.h"
+#include "godwit/stream.h"
 
 struct vm;
 struct tls_creds;
@@ -96,6 +97,12 @@ struct migrate_params {
 	 * long too, then only on migrate_resume().
 	 */
 	uint32_t reconnect_s;
+	/*
+	 * Compression of the RAM pages on the link (stream.h): auto (the API's
+	 * default), off or zstd.  Pages go without a per-page CRC on every
+	 * socket (TCP's checksum or TLS's AEAD guards them).
+	 */
+	enum stream_compress compress;
 };
 
 /* The pause's phases, in order (GET /vm/migration "phases_ms"). */
@@ -181,6 +188,9 @@ struct migrate_progress {
 	uint64_t postcopy_requested, postcopy_pushed;   /* on demand, in the background */
 	double fault_median_ms, fault_max_ms;   /* the destination's fault latency */
 	uint32_t postcopy_breaks;        /* links broken and reconnected during post-copy */
+	/* compression: the mode asked for, and what the writers compressed */
+	enum stream_compress compress;
+	struct stream_compress_stats compress_st;
 	char error[512];
 };
 

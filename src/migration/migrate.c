@@ -206,6 +206,7 @@ struct mig_run {
 	bool pace;                   /* apply --max-bandwidth (not during stop-and-copy) */
 	uint32_t round;              /* the pre-copy round being sent */
 	uint64_t bytes_before, pages_before, zero_before;   /* of the connections before r->w */
+	struct stream_compress_stats z_before;              /* the same, compression */
 	/* p.reconnect_s: the round each page was last queued in (0: never), per region */
 	uint16_t *sent_round[2];
 	uint8_t token[SNAPSHOT_TOKEN_LEN];
@@ -229,6 +230,16 @@ static void mig_publish(struct mig_run *r)
 	r->m->prog.bytes = r->bytes_before + stream_writer_offset(r->w);
 	r->m->prog.pages = r->pages_before + st.pages;
 	r->m->prog.zero_pages = r->zero_before + st.zero_pages;
+	{
+		struct stream_compress_stats z;
+
+		stream_writer_compress_stats(r->w, &z);
+		r->m->prog.compress_st.sections = r->z_before.sections + z.sections;
+		r->m->prog.compress_st.bytes_in = r->z_before.bytes_in + z.bytes_in;
+		r->m->prog.compress_st.bytes_out = r->z_before.bytes_out + z.bytes_out;
+		r->m->prog.compress_st.switches = r->z_before.switches + z.switches;
+		r->m->prog.compress_st.active = z.active;
+	}
 	if (r->m->dm) {
 		struct disk_mig_stats ds;
 
@@ -592,6 +603,15 @@ static void mig_disconnect(struct mig_run *r)
 		r->bytes_before += stream_writer_offset(r->w);
 		r->pages_before += st.pages;
 		r->zero_before += st.zero_pages;
+		{
+			struct stream_compress_stats z;
+
+			stream_writer_compress_stats(r->w, &z);
+			r->z_before.sections += z.sections;
+			r->z_before.bytes_in += z.bytes_in;
+			r->z_before.bytes_out += z.bytes_out;
+			r->z_before.switches += z.switches;
+		}
 		stream_writer_free(r->w);
 		r->w = NULL;
 	}
@@ -617,6 +637,9 @@ static int mig_writer(struct mig_run *r)
 		return ret;
 	stream_writer_set_tls(r->w, r->c.tls);
 	stream_writer_set_watchdog(r->w, &wd);
+	/* a socket: TCP's checksum or TLS's AEAD guards the pages (docs/stream-format.md) */
+	stream_writer_set_page_crc(r->w, false);
+	stream_writer_set_compress(r->w, r->m->p.compress);
 	return 0;
 }
 
@@ -824,6 +847,7 @@ static int mig_precopy(struct mig_run *r)
 		struct timespec t0;
 		uint64_t off0 = stream_writer_offset(r->w);
 		double ms, bw, remaining, expect, expect_mem;
+		bool drained;
 
 		clock_gettime(CLOCK_MONOTONIC, &t0);
 		r->t_pace = t0;
@@ -916,8 +940,17 @@ static int mig_precopy(struct mig_run *r)
 			  "expected downtime %.1f ms", round,
 			  (double)(stream_writer_offset(r->w) - off0) / (double)MiB, ms,
 			  bw / (double)MiB, (long long)dirty, expect);
+		/*
+		 * Nothing left that another round could shorten (under a
+		 * millisecond of memory): what the pause costs besides, the
+		 * state and the hand-off's trips, is no round's to fix.  Where
+		 * that alone is over the limit (tier 2 here: a 30 ms loopback
+		 * RTT under emulation), rounds with nothing to send went on to
+		 * --max-rounds.
+		 */
+		drained = expect_mem < 1.0;
 		if (m->p.postcopy == PC_NOW ||
-		    (m->p.postcopy == PC_AUTO && expect > (double)m->p.downtime_ms &&
+		    (m->p.postcopy == PC_AUTO && expect > (double)m->p.downtime_ms && !drained &&
 		     mig_pc_auto(r, round, &hot))) {
 			log_info("migrate: round %u done: switching to post-copy (%.1f MiB left, "
 				 "expected downtime %.0f ms)", round, remaining / (double)MiB, expect);
@@ -932,12 +965,18 @@ static int mig_precopy(struct mig_run *r)
 		pthread_mutex_lock(&m->lock);
 		m->prog.switch_expected_ms = expect;
 		pthread_mutex_unlock(&m->lock);
-		if (expect <= (double)m->p.downtime_ms &&
-		    (expect_mem < 1.0 || round >= m->p.max_rounds || last_remaining < 0 ||
-		     remaining > last_remaining / 2)) {
+		if (drained || (expect <= (double)m->p.downtime_ms &&
+				(round >= m->p.max_rounds || last_remaining < 0 ||
+				 remaining > last_remaining / 2))) {
+			bool under = expect <= (double)m->p.downtime_ms;
+
 			pthread_mutex_lock(&m->lock);
-			m->prog.converged = true;
+			m->prog.converged = under;
 			pthread_mutex_unlock(&m->lock);
+			if (!under)
+				log_info("migrate: round %u: %.1f KiB left, but the pause's fixed part "
+					 "(%.0f ms) is over the limit of %u ms: stopping", round,
+					 remaining / 1024.0, expect - expect_mem, m->p.downtime_ms);
 			return 0;
 		}
 		if (round >= m->p.max_rounds) {
@@ -1719,6 +1758,8 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 	m->decision = GATE_WAIT;
 	m->prog.gate = p->gate;
 	m->prog.postcopy = p->postcopy;
+	m->prog.compress = p->compress;
+	memset(&m->prog.compress_st, 0, sizeof(m->prog.compress_st));
 	m->fd = -1;
 	clock_gettime(CLOCK_MONOTONIC, &m->t_start);
 	pthread_mutex_unlock(&m->lock);

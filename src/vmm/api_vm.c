@@ -59,17 +59,12 @@ static const char *api_lease_str(int64_t id)
 static unsigned int api_vm_get(struct api_server *s, json_t *body, json_t **out)
 {
 	const struct vm_config *cfg = &s->vm->cfg;
-	const uint8_t *u = cfg->uuid;
-	char uuid[37];
+	char uuid[UUID_STR_LEN];
 
-	snprintf(uuid, sizeof(uuid),
-		 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-		 u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7],
-		 u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
 	*out = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:s?, s:f, s:I, s:{s:s, s:I, s:I, s:s?}, "
 			 "s:s?}",
 			 "name", cfg->name,
-			 "uuid", uuid,
+			 "uuid", uuid_str(cfg->uuid, uuid),
 			 "state", api_vm_state_name(s->vm),
 			 "vcpus", (json_int_t)cfg->ncpus,
 			 "memory_bytes", (json_int_t)cfg->mem_size,
@@ -345,6 +340,15 @@ static json_t *api_progress_json(const struct migrate_progress *p)
 		json_object_set_new(j, "tls", p->tls[0] ? json_string(p->tls) : json_null());
 		json_object_set_new(j, "insecure", json_boolean(p->insecure));
 	}
+	if (j && p->status != MIG_NONE && p->status != MIG_INCOMING)
+		json_object_set_new(j, "compress", json_pack(
+			"{s:s, s:I, s:I, s:I, s:I, s:b}",
+			"mode", stream_compress_name(p->compress),
+			"sections", (json_int_t)p->compress_st.sections,
+			"bytes_in", (json_int_t)p->compress_st.bytes_in,
+			"bytes_out", (json_int_t)p->compress_st.bytes_out,
+			"switches", (json_int_t)p->compress_st.switches,
+			"active", p->compress_st.active));
 	if (j && (p->postcopy != PC_OFF || p->postcopy_switched)) {
 		json_object_set_new(j, "postcopy", json_string(pc_mode_name(p->postcopy)));
 		json_object_set_new(j, "postcopy_switched", json_boolean(p->postcopy_switched));
@@ -523,6 +527,7 @@ static unsigned int api_vm_migrate(struct api_server *s, json_t *body, json_t **
 		.downtime_ms = MIG_DEFAULT_DOWNTIME_MS,
 		.max_rounds = MIG_DEFAULT_MAX_ROUNDS,
 		.min_rate = MIG_DEFAULT_MIN_RATE,
+		.compress = STREAM_COMPRESS_AUTO,
 	};
 	struct migrate_progress prog;
 	json_t *jt = body ? json_object_get(body, "to") : NULL;
@@ -578,6 +583,14 @@ static unsigned int api_vm_migrate(struct api_server *s, json_t *body, json_t **
 		if (jg && !json_is_boolean(jg))
 			return api_error(out, MHD_HTTP_BAD_REQUEST, "\"gate\" must be true or false");
 		p.gate = jg && json_is_true(jg);
+	}
+	{
+		json_t *jz = body ? json_object_get(body, "compress") : NULL;
+
+		if (jz && (!json_is_string(jz) ||
+			   stream_compress_parse(json_string_value(jz), &p.compress)))
+			return api_error(out, MHD_HTTP_BAD_REQUEST,
+					 "\"compress\" must be \"auto\", \"off\" or \"zstd\"");
 	}
 	{
 		json_t *jp = body ? json_object_get(body, "postcopy") : NULL;
@@ -728,7 +741,7 @@ static const char *const api_snapshot_fields[] = { "path", "resume", "live", NUL
 static const char *const api_resume_fields[] = { "to", NULL };
 static const char *const api_migrate_fields[] = {
 	"to", "downtime_ms", "max_bandwidth", "max_rounds", "min_rate", "with_disks", "tls",
-	"insecure", "gate", "throttle", "reconnect_s", "postcopy", NULL
+	"insecure", "gate", "throttle", "reconnect_s", "postcopy", "compress", NULL
 };
 static const char *const api_resolve_fields[] = { "action", NULL };
 static const char *const api_commit_fields[] = { "commit", NULL };

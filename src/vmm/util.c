@@ -1,9 +1,12 @@
 /*
- * util.c - small parsing helpers shared by the command-line front ends.
+ * util.c - small helpers shared by every subsystem (common.h): parsing, time,
+ * UTF-8, iovecs, UUIDs.
  */
 #include <ctype.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/uio.h>
 #include <time.h>
 
 #include "godwit/common.h"
@@ -89,4 +92,29 @@ double ms_since(const struct timespec *t0)
 
 	clock_gettime(CLOCK_MONOTONIC, &t);
 	return ms_between(t0, &t);
+}
+
+void iov_advance(struct iovec **iov, int *n, size_t k)
+{
+	struct iovec *v = *iov;
+
+	while (*n > 0 && k >= v->iov_len) {
+		k -= v->iov_len;
+		v++;
+		(*n)--;
+	}
+	if (*n > 0) {
+		v->iov_base = (uint8_t *)v->iov_base + k;
+		v->iov_len -= k;
+	}
+	*iov = v;
+}
+
+const char *uuid_str(const uint8_t u[16], char s[UUID_STR_LEN])
+{
+	snprintf(s, UUID_STR_LEN,
+		 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+		 u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7],
+		 u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+	return s;
 }
