@@ -445,6 +445,7 @@ int snapshot_take_live(struct vm *vm, const struct snapshot_vm_ops *ops, struct 
 		goto out;
 	}
 	logging = true;
+	log_debug("snapshot --live: dirty logging on after %.1f ms", ms_since(&t0));
 	/* Pass 1: every page; this get starts KVM's log (clear and protect). */
 	for (unsigned int i = 0; i < vm->nr_mem; i++) {
 		uint64_t npages = vm->mem[i].size / STREAM_PAGE_SIZE;
@@ -539,6 +540,8 @@ int snapshot_take_live(struct vm *vm, const struct snapshot_vm_ops *ops, struct 
 		goto out;
 	vm_dirty_log_stop(vm);
 	logging = false;
+	log_debug("snapshot --live: paused at %.1f ms, last pass and state written, dirty "
+		  "logging off after %.1f ms more", ms_between(&t0, &tp), ms_since(&tp));
 	res->pause_ms = ms_since(&tp);
 	if (resume) {
 		if (dev_resume_all(vm))
