@@ -92,9 +92,12 @@ int chan_in_start(const struct chan_in_params *p, const struct snapshot_channel 
 int chan_in_wait(struct chan_in *ci, char *err, size_t len);
 /* Stream bytes read on channels 1..N-1. */
 uint64_t chan_in_bytes(struct chan_in *ci);
-/* The first channel's error, if one failed ("" otherwise). */
-void chan_in_error(struct chan_in *ci, char *err, size_t len);
 /* Stop (sockets shut down), join and free; NULL is fine. */
 void chan_in_free(struct chan_in *ci);
+/*
+ * The same after the main stream failed: the channels get a second to end
+ * by themselves; err (if not NULL) gets the first channel's error, or "".
+ */
+void chan_in_free_error(struct chan_in *ci, char *err, size_t len);
 
 #endif

@@ -28,6 +28,7 @@
 /* The source connects its channels right after ACCEPT; give it this long for all of them. */
 #define CHAN_IN_CONNECT_MS 30000
 #define CHAN_IN_POLL_MS    200
+#define CHAN_IN_GRACE_S    1
 
 struct chan_rd {
 	struct chan_in *ci;
@@ -154,8 +155,11 @@ static int ci_take(struct chan_in *ci, int fd, char *why, size_t len)
 	ci->rd[idx].started = true;
 	ci->connected++;
 	pthread_mutex_unlock(&ci->lock);
-	log_info("incoming migration: memory channel %u of %u connected%s%s", idx, ci->sc.count,
-		 c.tls ? " " : "", c.tls ? tls_sess_desc(c.tls) : "");
+	if (c.tls)
+		log_info("incoming migration: memory channel %u of %u connected (%s)", idx,
+			 ci->sc.count, tls_sess_desc(c.tls));
+	else
+		log_info("incoming migration: memory channel %u of %u connected", idx, ci->sc.count);
 	return 0;
 }
 
@@ -279,28 +283,32 @@ uint64_t chan_in_bytes(struct chan_in *ci)
 	return b;
 }
 
-void chan_in_error(struct chan_in *ci, char *err, size_t len)
+static void ci_free(struct chan_in *ci, bool grace, char *err, size_t len)
 {
-	if (!len)
-		return;
-	err[0] = 0;
+	if (err && len)
+		err[0] = 0;
 	if (!ci)
 		return;
 	pthread_mutex_lock(&ci->lock);
-	if (ci->failed && ci->err[0] && strcmp(ci->err, "stopped"))
-		snprintf(err, len, "%s", ci->err);
-	pthread_mutex_unlock(&ci->lock);
-}
+	/*
+	 * The main stream failed: a channel whose link broke too (the source
+	 * gone, a cut) ends by itself within moments, and its error says more
+	 * than the main stream's; give the readers that long.
+	 */
+	if (grace && !ci->failed && ci->finished < ci->connected) {
+		struct timespec dl;
 
-void chan_in_free(struct chan_in *ci)
-{
-	if (!ci)
-		return;
-	pthread_mutex_lock(&ci->lock);
-	if (ci->finished < ci->connected || ci->acceptor_started) {
+		clock_gettime(CLOCK_REALTIME, &dl);
+		dl.tv_sec += CHAN_IN_GRACE_S;
+		while (!ci->failed && ci->finished < ci->connected &&
+		       pthread_cond_timedwait(&ci->cond, &ci->lock, &dl) != ETIMEDOUT)
+			;
+	}
+	if (err && len && ci->failed && strcmp(ci->err, "stopped"))
+		snprintf(err, len, "%s", ci->err);
+	if (ci->finished < ci->connected || ci->acceptor_started)
 		/* Still loading: stop; the main connection is gone or failing anyway. */
 		ci_fail_locked(ci, -ECANCELED, "stopped");
-	}
 	ci->stop = true;
 	pthread_mutex_unlock(&ci->lock);
 	if (ci->acceptor_started)
@@ -318,4 +326,14 @@ void chan_in_free(struct chan_in *ci)
 	pthread_mutex_destroy(&ci->lock);
 	pthread_cond_destroy(&ci->cond);
 	free(ci);
+}
+
+void chan_in_free(struct chan_in *ci)
+{
+	ci_free(ci, false, NULL, 0);
+}
+
+void chan_in_free_error(struct chan_in *ci, char *err, size_t len)
+{
+	ci_free(ci, true, err, len);
 }

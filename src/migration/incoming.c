@@ -274,9 +274,9 @@ static void in_chan_abort(void *opaque)
 
 	if (!in->ci)
 		return;
-	if (!in->chan_err[0])
-		chan_in_error(in->ci, in->chan_err, sizeof(in->chan_err));
-	chan_in_free(in->ci);
+	/* A channel whose link broke too gets a moment to say so: its error is the better one. */
+	chan_in_free_error(in->ci, in->chan_err[0] ? NULL : in->chan_err,
+			   in->chan_err[0] ? 0 : sizeof(in->chan_err));
 	in->ci = NULL;
 }
 

@@ -31,8 +31,14 @@ def log(*a):
 
 
 def reset(s):
+    # Linger 0: the close resets the connection.  SHUT_RD first wakes the thread blocked
+    # reading it (a close alone would not, and the socket would live on until it returned).
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.shutdown(socket.SHUT_RD)
+    except OSError:
+        pass
+    try:
         s.close()
     except OSError:
         pass
