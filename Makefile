@@ -66,6 +66,7 @@ OBJS += src/migration/crc32c.o
 OBJS += src/migration/stream.o
 OBJS += src/migration/stream_config.o
 OBJS += src/migration/stream_writer.o
+OBJS += src/migration/stream_file.o
 OBJS += src/migration/stream_reader.o
 OBJS += src/migration/snapshot.o
 OBJS += src/migration/handoff.o
@@ -73,6 +74,7 @@ OBJS += src/migration/migrate.o
 OBJS += src/migration/throttle.o
 OBJS += src/migration/postcopy.o
 OBJS += src/migration/postcopy_wire.o
+OBJS += src/migration/ram_place.o
 OBJS += src/migration/migrate_addr.o
 OBJS += src/migration/conn.o
 OBJS += src/migration/tls.o
@@ -217,9 +219,24 @@ bench-snapshot: all
 .PHONY: bench-migrate
 bench-migrate: all
 	$(Q)bash bench/migrate/run.sh
+# Tier 2 (tests/hwhost): the Linux guest migrated inside the emulated SVM host, godwit
+# beside QEMU tuned; BENCH_RUNS alternating runs (default 5), ~2 min a run here.
+.PHONY: bench-migrate-tier2
+bench-migrate-tier2: all linux-guest
+	$(Q)rm -f build/bench/migrate-tier2.txt
+	$(Q)rc=0; HW_BENCH_RUNS=$${BENCH_RUNS:-5} HWHOST_TEST_TIMEOUT=$${HWHOST_TEST_TIMEOUT:-2400} \
+		bash tests/hwhost/run.sh bench/migrate/tier2.sh >/dev/null || rc=1; \
+		cat build/bench/migrate-tier2.txt 2>/dev/null || echo "no result (see build/hwhost/run/)"; \
+		exit $$rc
 .PHONY: bench-converge
 bench-converge: all
 	$(Q)bash bench/converge/run.sh
+.PHONY: bench-line-rate
+bench-line-rate: all
+	$(Q)BENCH_RUNS=$${BENCH_RUNS:-5} bash bench/migrate/run.sh line-rate --out build/bench/line-rate.json
+.PHONY: bench-compress
+bench-compress: all
+	$(Q)BENCH_FILLS="text random" bash bench/converge/run.sh
 .PHONY: bench-fleet
 bench-fleet: all
 	$(Q)bash bench/fleet/gate.sh
@@ -350,7 +367,7 @@ build-fuzz/fuzz-boot: tests/fuzz/fuzz_boot.c src/arch/x86/boot.c include/godwit/
 	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_boot.c src/arch/x86/boot.c
 # The stream reader, with its checksums optional (the target's first byte decides).
 FUZZ_STREAM_SRCS := tests/fuzz/fuzz_stream.c src/migration/stream.c src/migration/stream_config.c \
-	src/migration/stream_writer.c src/migration/stream_reader.c src/migration/crc32c.c \
+	src/migration/stream_writer.c src/migration/stream_file.c src/migration/stream_reader.c src/migration/crc32c.c \
 	src/lib/state.c src/arch/x86/cpuid.c src/vmm/util.c src/vmm/log.c src/migration/tls.c
 build-fuzz/fuzz-stream: $(FUZZ_STREAM_SRCS) include/godwit/stream.h include/godwit/crc32c.h include/godwit/state.h
 	@mkdir -p $(dir $@)

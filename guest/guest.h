@@ -24,6 +24,7 @@ struct config {
 	unsigned workload;	/* WL_* bits */
 	u64 mem_mib;		/* memory workload size */
 	u64 rate_mib;		/* MiB/s rewritten; 0 = verify only */
+	bool fill_text;		/* fill=text: pages of text (compressible), not random */
 	u64 runtime_s;		/* power off after this; 0 = never */
 	u64 report_ms;		/* report interval */
 	u64 disk_start_mib;	/* disk workload: first MiB of the range */

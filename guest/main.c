@@ -183,7 +183,15 @@ static void cmdline_parse(const char *s)
 			opt_u64("mem", eq, vlen, &cfg.mem_mib, 0);
 		else if (KEY("rate"))
 			opt_u64("rate", eq, vlen, &cfg.rate_mib, 0);
-		else if (KEY("runtime"))
+		else if (KEY("fill")) {
+			if (vlen == 4 && !strncmp(eq, "text", 4))
+				cfg.fill_text = true;
+			else if (vlen == 6 && !strncmp(eq, "random", 6))
+				cfg.fill_text = false;
+			else
+				gprintf("godwit-guest: bad value for fill, using %s\n",
+					cfg.fill_text ? "text" : "random");
+		} else if (KEY("runtime"))
 			opt_u64("runtime", eq, vlen, &cfg.runtime_s, 0);
 		else if (KEY("report"))
 			opt_u64("report", eq, vlen, &cfg.report_ms, 10);

@@ -13,6 +13,11 @@
  * gens[] is reported, counted and repaired.  After a migration that lost a
  * dirty page, that page still holds an older generation: "content=stale".
  *
+ * With fill=text a page's body is text instead (compressible, like a guest's
+ * page cache or heap of strings): a fixed passage of prose starting at an
+ * offset chosen by (index, generation), the same header with
+ * MEMTEST_TEXT_MAGIC and a checksum of the body's words.
+ *
  * The stall is the longest gap between consecutive TSC reads on one CPU.
  * They come every page (~1 us of work), so a gap of milliseconds means the
  * vCPU did not run: a VM pause, a migration's downtime, or host contention.
@@ -53,13 +58,80 @@ static u64 page_addr(u64 idx)
 	return 0;
 }
 
+#define MEMTEST_TEXT_MAGIC	0x21545854574447ULL	/* "GDWTXT!": fill=text pages */
+
+static const char text_src[] =
+	"It was the best of times, it was the worst of times, it was the age of wisdom, "
+	"it was the age of foolishness, it was the epoch of belief, it was the epoch of "
+	"incredulity, it was the season of Light, it was the season of Darkness, it was "
+	"the spring of hope, it was the winter of despair, we had everything before us, "
+	"we had nothing before us, we were all going direct to Heaven, we were all going "
+	"direct the other way; in short, the period was so far like the present period.\n";
+#define TEXT_LEN	(sizeof(text_src) - 1)
+
+/* text_src repeated: a page's body is the 4064 bytes from an offset < TEXT_LEN. */
+static u8 text_rep[TEXT_LEN + PATTERN_PAGE_SIZE];
+
+static void text_init(void)
+{
+	for (u64 i = 0; i < sizeof(text_rep); i++)
+		text_rep[i] = (u8)text_src[i % TEXT_LEN];
+}
+
+/* Body word i (PATTERN_HDR_WORDS..PATTERN_WORDS-1) of the text page starting at start. */
+static inline u64 text_word(u64 start, unsigned i)
+{
+	u64 w;
+
+	__builtin_memcpy(&w, text_rep + start + (u64)(i - PATTERN_HDR_WORDS) * 8, 8);
+	return w;
+}
+
+static inline u64 text_start(u64 idx, u64 gen)
+{
+	return (idx * 131 + gen * 17) % TEXT_LEN;
+}
+
+static void text_fill(u64 *p, u64 idx, u64 gen)
+{
+	u64 start = text_start(idx, gen), sum = 0;
+
+	memcpy(p + PATTERN_HDR_WORDS, text_rep + start, (PATTERN_WORDS - PATTERN_HDR_WORDS) * 8);
+	for (unsigned i = PATTERN_HDR_WORDS; i < PATTERN_WORDS; i++)
+		sum += p[i];
+	p[PATTERN_W_INDEX] = idx;
+	p[PATTERN_W_GEN] = gen;
+	p[PATTERN_W_CSUM] = sum;
+	p[PATTERN_W_MAGIC] = MEMTEST_TEXT_MAGIC;
+}
+
+static bool text_check(const u64 *p, u64 idx, u64 gen, unsigned *bad_words)
+{
+	u64 start = text_start(idx, gen), sum = 0;
+	unsigned bad = 0;
+
+	for (unsigned i = PATTERN_HDR_WORDS; i < PATTERN_WORDS; i++) {
+		bad += p[i] != text_word(start, i);
+		sum += p[i];
+	}
+	if (bad_words)
+		*bad_words = bad;
+	return !bad && p[PATTERN_W_INDEX] == idx && p[PATTERN_W_GEN] == gen &&
+	       p[PATTERN_W_MAGIC] == MEMTEST_TEXT_MAGIC && p[PATTERN_W_CSUM] == sum;
+}
+
 static inline void page_fill(u64 *p, u64 idx, u64 gen)
 {
-	pattern_fill(p, idx, gen, PATTERN_MEM_MAGIC);
+	if (cfg.fill_text)
+		text_fill(p, idx, gen);
+	else
+		pattern_fill(p, idx, gen, PATTERN_MEM_MAGIC);
 }
 
 static inline bool page_check(const u64 *p, u64 idx, u64 gen, unsigned *bad_words)
 {
+	if (cfg.fill_text)
+		return text_check(p, idx, gen, bad_words);
 	return pattern_check(p, idx, gen, PATTERN_MEM_MAGIC, bad_words);
 }
 
@@ -133,7 +205,17 @@ static void page_error(struct mt_cpu *c, unsigned slot, u64 *p, u64 idx)
 	struct pattern_found f;
 
 	c->errors++;
-	f = pattern_diagnose(p, idx, gens[idx], PATTERN_MEM_MAGIC);
+	if (cfg.fill_text) {
+		f.idx = p[PATTERN_W_INDEX];
+		f.gen = p[PATTERN_W_GEN];
+		text_check(p, idx, gens[idx], &f.bad_words);
+		if (f.idx == idx && text_check(p, idx, f.gen, NULL))
+			f.what = f.gen < gens[idx] ? "stale" : "newer";
+		else
+			f.what = "corrupt";
+	} else {
+		f = pattern_diagnose(p, idx, gens[idx], PATTERN_MEM_MAGIC);
+	}
 	if (now - c->err_window > ms_to_tsc(1000)) {
 		c->err_window = now;
 		c->err_prints = 0;
@@ -169,6 +251,8 @@ void memtest_setup(unsigned ncpu)
 			cfg.mem_mib, free / 256, free / 256);
 		want = free / 256 * 256;
 	}
+	if (cfg.fill_text)
+		text_init();
 	total_pages = want;
 	gens = (u32 *)boot_alloc(want * 4 + 1);
 	start = boot_alloc_end();
@@ -210,7 +294,7 @@ void memtest_run(unsigned slot)
 	struct mt_cpu *c = &mt[slot];
 	u64 report_ticks = ms_to_tsc(cfg.report_ms), backlog = ms_to_tsc(10);
 	u64 end = cfg.runtime_s ? boot_tsc + ms_to_tsc(cfg.runtime_s * 1000) : 0;
-	u64 next_report, now;
+	u64 next_report, now, t_in;
 
 	for (u64 i = 0; i < c->count; i++) {
 		u64 idx = c->first + i;
@@ -238,7 +322,14 @@ void memtest_run(unsigned slot)
 		}
 		now = tick(c);
 
-		while (c->dirty_ticks && (int64_t)(now - c->next_dirty) >= 0) {
+		/*
+		 * Rewrite what the rate allows; a rate above what the CPU can
+		 * write (e.g. rate=100000: as fast as it can) leaves the loop
+		 * every 10 ms to verify a page and report.
+		 */
+		t_in = now;
+		while (c->dirty_ticks && (int64_t)(now - c->next_dirty) >= 0 &&
+		       now - t_in < backlog) {
 			u64 idx = c->first + c->dcur;
 			u32 gen = gens[idx] + 1;
 

@@ -6,7 +6,6 @@ report, godwit beside QEMU, alternating runs; prints a table and writes JSON.
   boot.py --tier 2 [--runs N] [--out FILE]   Linux guest: godwit vs qemu -M pc (same kernel)
 """
 import argparse
-import json
 import os
 import platform
 import selectors
@@ -16,6 +15,8 @@ import sys
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+sys.path.insert(0, os.path.join(ROOT, 'bench', 'lib'))
+import benchlib  # noqa: E402
 GODWIT = os.environ.get('GODWIT', os.path.join(ROOT, 'build', 'godwit'))
 QEMU = os.environ.get('QEMU', 'qemu-system-x86_64')
 
@@ -120,12 +121,9 @@ def main():
         res['ratio_godwit_to_fastest_qemu'] = round(ratio, 3)
         res['fastest_qemu'] = best
         print('godwit/%s median ratio: %.3f (target <= 0.5)' % (best, ratio))
-    out = a.out or os.path.join(ROOT, 'build', 'bench', 'boot-tier%d.json' % a.tier)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, 'w') as f:
-        json.dump(res, f, indent=2)
-    print('result: %s' % out)
-    return 0 if all(r[n].get('ok') for n in names) else 1
+    return benchlib.finish(res, a.out or os.path.join(ROOT, 'build', 'bench',
+                                                      'boot-tier%d.json' % a.tier),
+                           all(r[n].get('ok') for n in names))
 
 
 if __name__ == '__main__':

@@ -31,10 +31,21 @@ VMMs:
   once the first pass over RAM is done.
 Targets (issue 14): godwit's median total at most half of the best QEMU median; the
 guest's longest stall during the whole migration at most 50 ms (median and worst
-given)."""
+given).
+
+Compression (issue 15; --fill text|random, run.sh with BENCH_FILLS="text random"): the
+guest rewrites --mem-mib (512) MiB of pages holding text (`fill=text`: prose, compresses
+well) or random data (`fill=random`, the default pattern: does not compress) at --rate
+(default a quarter of what the link carries, so that QEMU without compression converges
+too), and the VMMs are:
+- godwit: defaults, --insecure; godwit-compress: `godwit migrate --compress auto` (only
+  where `godwit migrate --help` offers --compress); more with --variant NAME=ARGS.
+- qemu-mfd: QEMU 7.2 multifd (2 channels), max-bandwidth 100 GiB/s, downtime-limit 50 ms;
+  qemu-mfd-zstd: the same with multifd-compression zstd on both sides.
+Targets: text: godwit-compress's median total at most half of qemu-mfd-zstd's; random:
+godwit-compress no slower than godwit (medians)."""
 import argparse
 import importlib.util
-import json
 import os
 import platform
 import shutil
@@ -54,9 +65,11 @@ mb.REPORT_MS = 100
 
 MEM = '1G'
 VMMS = ['godwit', 'godwit-postcopy', 'godwit-postcopy-now', 'qemu-ac', 'qemu-postcopy']
+COMPRESS_VMMS = ['godwit', 'godwit-compress', 'qemu-mfd', 'qemu-mfd-zstd']
 FIELDS = ['total_ms', 'whole_stall_ms', 'guest_stall_ms', 'downtime_ms', 'bytes', 'wire_bytes',
           'rounds',
-          'cpu_src_vmm_ms', 'cpu_dst_vmm_ms', 'dirty_mib_s', 'others_pct', 'precopy_stall_ms']
+          'cpu_src_vmm_ms', 'cpu_dst_vmm_ms', 'dirty_mib_s', 'others_pct', 'precopy_stall_ms',
+          'cpu_ms_per_gib']
 
 
 def tx_bytes(ns):
@@ -66,10 +79,11 @@ def tx_bytes(ns):
     return int(r.stdout.strip())
 
 
-def has_postcopy():
+def migrate_has(opt):
+    """True if `godwit migrate --help` lists opt."""
     r = subprocess.run([mb.GODWIT, 'migrate', '--help'], stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, universal_newlines=True, timeout=10)
-    return '--postcopy' in r.stdout
+    return opt in r.stdout
 
 
 def main():
@@ -88,31 +102,40 @@ def main():
     ap.add_argument('--quiet-wait', type=float, default=3)
     ap.add_argument('--quiet-pct', type=float, default=30)
     ap.add_argument('--out', default=None)
+    ap.add_argument('--fill', choices=('text', 'random'), default=None,
+                    help='the compression comparison: pages of text or random data')
+    ap.add_argument('--mem-mib', type=int, default=512, help='MiB the guest rewrites')
+    ap.add_argument('--variant', action='append', default=[], metavar='NAME=ARGS',
+                    help='a godwit variant: NAME=ARGS, extra arguments of `godwit migrate` '
+                         '(then optionally " -- " and the destination\'s); repeatable')
     a = ap.parse_args()
-    rate = a.rate or a.link_mbit * 1000000 * 3 // 8 // 1048576
-    cmd = 'workload=mem mem=512 rate=%d' % rate
-    out = a.out or os.path.join(ROOT, 'build', 'bench', 'converge-%dm.json' % a.link_mbit)
+    # issue 14: 3 x the link; the compression comparison: a quarter of it
+    rate = a.rate or a.link_mbit * 1000000 * (1 if a.fill else 12) // 4 // 8 // 1048576
+    cmd = 'workload=mem mem=%d rate=%d' % (a.mem_mib, rate)
+    if a.fill:
+        cmd += ' fill=%s' % a.fill
+    out = a.out or os.path.join(ROOT, 'build', 'bench', 'converge-%dm%s.json' %
+                                (a.link_mbit, '-' + a.fill if a.fill else ''))
     tl_dir = os.path.splitext(out)[0] + '-timelines'
     os.makedirs(tl_dir, exist_ok=True)
     d = os.path.join('/tmp', 'gw-bench-converge.%d' % os.getpid())
     os.makedirs(d)
     # Private copies: others may rebuild build/ while this runs.
-    for src_path, name in ((mb.GODWIT, 'godwit'), (mb.ELF, 'godwit-guest.elf')):
-        if not os.path.exists(src_path):
-            sys.exit('%s is missing: run make' % src_path)
-        shutil.copy2(src_path, os.path.join(d, name))
-    head = subprocess.run(['git', '-C', ROOT, 'rev-parse', '--short', 'HEAD'],
-                          stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
-    mb.GODWIT, mb.ELF = os.path.join(d, 'godwit'), os.path.join(d, 'godwit-guest.elf')
+    mb.GODWIT, mb.ELF = mb.benchlib.private_copies(d, [mb.GODWIT, mb.ELF])
+    head = mb.benchlib.git_head()
     mb.SRC_WRAP = ['ip', 'netns', 'exec', a.src_ns]
     mb.DST_WRAP = ['ip', 'netns', 'exec', a.dst_ns]
     mb.MIG_HOST = a.host
-    want = a.vmms.split(',') if a.vmms else list(VMMS)
-    if not has_postcopy():
-        for k in ('godwit-postcopy', 'godwit-postcopy-now'):
-            if k in want:
-                want.remove(k)
-                sys.stderr.write('godwit migrate has no --postcopy here: no %s column\n' % k)
+    variants = dict(mb.benchlib.parse_variant(v) for v in a.variant)
+    want = a.vmms.split(',') if a.vmms else list(COMPRESS_VMMS if a.fill else VMMS)
+    want += [k for k in variants if k not in want]
+    for opt, cols in (('--postcopy', ('godwit-postcopy', 'godwit-postcopy-now')),
+                      ('--compress', ('godwit-compress',))):
+        if not migrate_has(opt):
+            for k in cols:
+                if k in want:
+                    want.remove(k)
+                    sys.stderr.write('godwit migrate has no %s here: no %s column\n' % (opt, k))
     run = {'godwit': lambda: mb.run_godwit(MEM, cmd, d, a.timeout, a.settle,
                                            dst_args=['--insecure'], mig_args=['--insecure']),
            'godwit-postcopy': lambda: mb.run_godwit(MEM, cmd, d, a.timeout, a.settle,
@@ -123,8 +146,22 @@ def main():
                                                         dst_args=['--insecure'],
                                                         mig_args=['--insecure', '--postcopy',
                                                                   'now']),
+           'godwit-compress': lambda: mb.run_godwit(MEM, cmd, d, a.timeout, a.settle,
+                                                    dst_args=['--insecure'],
+                                                    mig_args=['--insecure', '--compress',
+                                                              'auto']),
+           'qemu-mfd': lambda: mb.run_qemu(MEM, cmd, d, a.timeout, a.settle, 'tuned'),
+           'qemu-mfd-zstd': lambda: mb.run_qemu(MEM, cmd, d, a.timeout, a.settle, 'tuned-zstd'),
            'qemu-ac': lambda: mb.run_qemu(MEM, cmd, d, a.timeout, a.settle, 'auto-converge'),
            'qemu-postcopy': lambda: mb.run_qemu(MEM, cmd, d, a.timeout, a.settle, 'postcopy')}
+    for vn, (margs, dargs) in variants.items():
+        run[vn] = (lambda margs=margs, dargs=dargs:
+                   mb.run_godwit(MEM, cmd, d, a.timeout, a.settle,
+                                 dst_args=['--insecure'] + dargs,
+                                 mig_args=['--insecure'] + margs))
+    for k in want:
+        if k not in run:
+            sys.exit('unknown VMM %r (VMMs: %s)' % (k, ', '.join(run)))
     res = {'bench': 'converge', 'host': platform.node(),
            'date': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'git_head': head,
            'link': {'shaped_mbit': a.link_mbit, 'measured_mbit': a.measured_mbit,
@@ -135,7 +172,9 @@ def main():
                                           universal_newlines=True).stdout.splitlines()[0],
            'qemu_params': {'max-bandwidth': mb.TUNED_BW, 'downtime-limit': mb.TUNED_DOWNTIME_MS},
            'godwit_params': 'defaults (throttling, downtime 50 ms, unlimited bandwidth), '
-                            '--insecure', 'runs': a.runs, 'settle_s': a.settle, 'vmm': {}}
+                            '--insecure', 'fill': a.fill or 'random',
+           'variants': {k: {'migrate_args': v[0], 'dst_args': v[1]} for k, v in variants.items()},
+           'runs': a.runs, 'settle_s': a.settle, 'vmm': {}}
     raw = {k: [] for k in want}
     fails = {k: [] for k in want}
     t_start = time.monotonic()
@@ -161,6 +200,7 @@ def main():
                         r['timeline'] = mb.write_timeline(
                             r.pop('report'), os.path.join(tl_dir, '%s-run%d' % (k, i + 1)))
                     r['busy_before_pct'], r['quiet_wait_s'] = busy, waited
+                    r['cpu_ms_per_gib'] = mb.cpu_per_gib(r)
                     raw[k].append(r)
                     sys.stderr.write('run %d %-19s total %8.0f ms, stall %7.1f ms (switch %6.1f), '
                                      'downtime %7.1f ms, %7.1f MiB, dirty %s MiB/s%s\n' %
@@ -190,7 +230,14 @@ def main():
         return v[f]['median'] if v and v.get(f) else None
     qbest = [med(k, 'total_ms') for k in ('qemu-ac', 'qemu-postcopy') if med(k, 'total_ms')]
     tg = []
-    for k in ('godwit', 'godwit-postcopy', 'godwit-postcopy-now'):
+    if a.fill == 'text':
+        q = med('qemu-mfd-zstd', 'total_ms')
+        mb.benchlib.target(tg, 'text: godwit-compress total <= 0.5 x qemu-mfd-zstd',
+                           med('godwit-compress', 'total_ms'), q * 0.5 if q else None)
+    elif a.fill == 'random':
+        mb.benchlib.target(tg, 'random: godwit-compress total <= godwit',
+                           med('godwit-compress', 'total_ms'), med('godwit', 'total_ms'))
+    for k in ('godwit', 'godwit-postcopy', 'godwit-postcopy-now') if not a.fill else ():
         if k not in res['vmm'] or not res['vmm'][k]['ok']:
             continue
         lim = min(qbest) * 0.5 if qbest else None
@@ -206,13 +253,13 @@ def main():
     print('migration over a veth shaped to %d Mbit/s (measured %d), guest 1 GiB dirtying %d MiB/s '
           '(%s); medians (min-max) of the runs' % (a.link_mbit, a.measured_mbit, rate,
                                                    res['guest']['cmdline']))
-    print('%-19s %5s %22s %20s %18s %18s %14s %14s %12s %9s %6s' %
+    print('%-19s %5s %22s %20s %18s %18s %14s %14s %12s %9s %8s %6s' %
           ('vmm', 'runs', 'total_ms', 'whole_stall_ms', 'switch_stall_ms', 'downtime_ms',
-           'MiB sent', 'MiB on link', 'cpu_s/d ms', 'dirty/s', 'ok'))
+           'MiB sent', 'MiB on link', 'cpu_s/d ms', 'dirty/s', 'cpu/GiB', 'ok'))
     ok = True
     for k, v in res['vmm'].items():
         ok = ok and v['ok'] > 0 and not v['failed'] and v['integrity_ok']
-        print('%-19s %2d/%-2d %22s %20s %18s %18s %14s %14s %12s %9s %6s' %
+        print('%-19s %2d/%-2d %22s %20s %18s %18s %14s %14s %12s %9s %8s %6s' %
               (k, v['ok'], v['ok'] + v['failed'], mb.fmt(v['total_ms']),
                mb.fmt(v['whole_stall_ms'], 1), mb.fmt(v['guest_stall_ms'], 1),
                mb.fmt(v['downtime_ms'], 1),
@@ -223,20 +270,13 @@ def main():
                '%s/%s' % tuple('%.0f' % v[f]['median'] if v[f] else '-'
                                for f in ('cpu_src_vmm_ms', 'cpu_dst_vmm_ms')),
                '%.0f' % v['dirty_mib_s']['median'] if v['dirty_mib_s'] else '-',
+               '%.0f' % v['cpu_ms_per_gib']['median'] if v['cpu_ms_per_gib'] else '-',
                'yes' if v['integrity_ok'] and v['ok'] else 'NO'))
         for f in v['failures'][:2]:
             print('    %s failed: %s' % (k, f[:300]))
-    print('targets:')
-    for t in tg:
-        print('  %-55s %10s  limit %8s  %s' %
-              (t['target'], '-' if t['value'] is None else '%.1f' % t['value'],
-               '-' if t['limit'] is None else '%.1f' % t['limit'],
-               {True: 'MET', False: 'NOT MET', None: 'n/a'}[t['met']]))
+    mb.benchlib.print_targets(tg)
     print('elapsed %.0f s' % res['elapsed_s'])
-    with open(out, 'w') as f:
-        json.dump(res, f, indent=2)
-    print('result: %s' % out)
-    return 0 if ok else 1
+    return mb.benchlib.finish(res, out, ok)
 
 
 if __name__ == '__main__':

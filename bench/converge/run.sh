@@ -5,7 +5,10 @@
 # transfer (the bench stops if it is off by more than 20 %), then converge.py: godwit
 # beside QEMU 7.2 on the same guest and link, BENCH_RUNS (default 5) alternating runs.
 # JSON in build/bench/converge-RATEm.json, godwit's timelines beside it; extra options go
-# to converge.py.  Needs root (namespaces), /dev/kvm, qemu-system-x86_64, make.
+# to converge.py.  BENCH_FILLS="text random" runs the compression comparison instead
+# (issue 15: the guest's pages text or random, godwit with --compress auto beside QEMU
+# multifd with and without zstd; converge-RATEm-FILL.json).
+# Needs root (namespaces), /dev/kvm, qemu-system-x86_64, make.
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
@@ -22,8 +25,17 @@ for mbit in ${BENCH_LINKS:-1000}; do
 		exit 1
 	fi
 	echo "link: shaped to $mbit Mbit/s, measured $LINK_MEASURED_MBIT Mbit/s" >&2
-	python3 bench/converge/converge.py --src-ns "$LINK_A" --dst-ns "$LINK_B" --host "$LINK_IP_B" \
-		--link-mbit "$mbit" --measured-mbit "$LINK_MEASURED_MBIT" --runs "${BENCH_RUNS:-5}" \
-		--out "build/bench/converge-${mbit}m.json" "$@" || rc=1
+	if [ -z "${BENCH_FILLS:-}" ]; then
+		python3 bench/converge/converge.py --src-ns "$LINK_A" --dst-ns "$LINK_B" \
+			--host "$LINK_IP_B" --link-mbit "$mbit" --measured-mbit "$LINK_MEASURED_MBIT" \
+			--runs "${BENCH_RUNS:-5}" --out "build/bench/converge-${mbit}m.json" "$@" || rc=1
+		continue
+	fi
+	for fill in $BENCH_FILLS; do
+		python3 bench/converge/converge.py --src-ns "$LINK_A" --dst-ns "$LINK_B" \
+			--host "$LINK_IP_B" --link-mbit "$mbit" --measured-mbit "$LINK_MEASURED_MBIT" \
+			--runs "${BENCH_RUNS:-5}" --fill "$fill" \
+			--out "build/bench/converge-${mbit}m-$fill.json" "$@" || rc=1
+	done
 done
 exit $rc

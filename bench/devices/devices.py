@@ -30,6 +30,8 @@ import tempfile
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+sys.path.insert(0, os.path.join(ROOT, 'bench', 'lib'))
+import benchlib  # noqa: E402
 GODWIT = os.environ.get('GODWIT', os.path.join(ROOT, 'build', 'godwit'))
 QEMU = os.environ.get('QEMU', 'qemu-system-x86_64')
 QBOOT = '/usr/share/qemu/qboot.rom'
@@ -468,12 +470,7 @@ def main():
            'loadavg': load, 'argv': cfgs, 'results': {}, 'failures': failures,
            'per_run': per_run}
     ok = report(res, names)
-    out = a.out or os.path.join(BENCH, 'devices-tier%d.json' % a.tier)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, 'w') as f:
-        json.dump(res, f, indent=2)
-    print('result: %s' % out)
-    return 0 if ok else 1
+    return benchlib.finish(res, a.out or os.path.join(BENCH, 'devices-tier%d.json' % a.tier), ok)
 
 
 if __name__ == '__main__':

@@ -21,23 +21,37 @@ report is printed after the fill).
   right after (what godwit's figure includes). Restore: the same command
   line with `-incoming "exec:cat F"`, from process start until a report.
 
+- godwit-live (where `godwit snapshot --help` offers --live): `godwit snapshot
+  --live --resume`: memory is written while the guest runs; the VM goes on
+  afterwards, so the guest's own stall meter shows what the snapshot cost it:
+  guest_stall_ms, the largest `stall_ms` of the memtest lines printed from the
+  request until 3 lines after it returned (each line's stall_ms is the longest
+  gap in its interval; report every 20 ms).  Target (issue 15): < 10 ms.
+  baseline_stall_ms (JSON): the same over the 1 s before the request, the
+  host's own noise.  The
+  VM is shut down after that, then restored as above.
+- godwit's own pause (vmm_pause_ms in the JSON) is from its reply.
+
+Targets (issue 15, case 1G-mem512): godwit's save at most half of QEMU tuned's
+save + fdatasync.
+
 Both write F in --dir (default /tmp, the same file system as /work here); the
 file is in the page cache when it is restored (nothing is dropped).
 """
 import argparse
-import json
 import os
 import platform
 import re
 import shutil
-import socket
-import statistics
 import subprocess
 import sys
 import threading
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+sys.path.insert(0, os.path.join(ROOT, 'bench', 'lib'))
+import benchlib  # noqa: E402
+from benchlib import BenchError, QMP, fmt, rm  # noqa: E402
 GODWIT = os.environ.get('GODWIT', os.path.join(ROOT, 'build', 'godwit'))
 QEMU = os.environ.get('QEMU', 'qemu-system-x86_64')
 ELF = os.path.join(ROOT, 'build', 'guest', 'godwit-guest.elf')
@@ -50,10 +64,6 @@ CASES = [
     ('4G-idle', '4G', 'workload=idle'),
     ('4G-mem512', '4G', 'workload=mem mem=512 rate=0'),
 ]
-
-
-class BenchError(Exception):
-    pass
 
 
 class Console:
@@ -118,14 +128,6 @@ def kill(con):
         con.p.wait()
 
 
-def rm(*paths):
-    for p in paths:
-        try:
-            os.unlink(p)
-        except FileNotFoundError:
-            pass
-
-
 def report_prefix(cmd):
     return ['idle: t='] if 'workload=idle' in cmd else ['memtest: t=']
 
@@ -136,7 +138,10 @@ def guest_cmd(cmd):
 
 # ---- godwit ---------------------------------------------------------------
 
-def run_godwit(mem, cmd, d, tmo):
+STALL_RE = re.compile(rb'memtest: t=[0-9.]+ [^\n]* stall_ms=([0-9.]+)')
+
+
+def run_godwit(mem, cmd, d, tmo, live=False):
     api, api2, snap = (os.path.join(d, n) for n in ('gw.sock', 'gw2.sock', 'gw.snap'))
     rm(api, api2, snap)
     pref = report_prefix(cmd)
@@ -145,14 +150,44 @@ def run_godwit(mem, cmd, d, tmo):
         src = Console([GODWIT, 'run', '--api', api, '--snapshot-dir', d, '--mem', mem, '--cpus', '1',
                        '--cpu-model', 'host', '--kernel', ELF, '--cmdline', guest_cmd(cmd)])
         src.wait_line(pref, tmo)
+        base = None
+        if live:
+            # 1 s of the guest running before: the host's own noise in its stall meter
+            with src.cv:
+                offb = len(src.buf)
+            time.sleep(1.0)
+            with src.cv:
+                st = [float(x) for x in STALL_RE.findall(src.buf[offb:])]
+            base = max(st) if st else None
+        with src.cv:
+            off0 = len(src.buf)
         t0 = time.monotonic()
-        r = subprocess.run([GODWIT, 'snapshot', '--api', api, '--out', snap],
+        r = subprocess.run([GODWIT, 'snapshot', '--api', api, '--out', snap] +
+                           (['--live', '--resume'] if live else []),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=tmo)
         save = time.monotonic() - t0
         out = r.stdout.decode(errors='replace')
         if r.returncode != 0:
             raise BenchError('godwit snapshot exited %d: %s' % (r.returncode, out.strip()))
         m = re.search(r' in ([0-9.]+) ms', out)
+        stall = None
+        if live:
+            # the guest goes on: 3 more report lines, then its stalls since the request
+            with src.cv:
+                off1 = len(src.buf)
+            for _ in range(3):
+                _, ln = src.wait_line(pref, tmo, off1)
+                with src.cv:
+                    off1 = src.buf.index(ln.encode(), off1) + len(ln)
+            with src.cv:
+                seen = src.buf[off0:]
+            st = [float(x) for x in STALL_RE.findall(seen)]
+            if b'memtest: ERROR' in seen or \
+                    any(int(x) for x in re.findall(rb'memtest: t=[^\n]* errors=(\d+)', seen)):
+                raise BenchError('the guest found memory errors after a live snapshot')
+            stall = max(st) if st else None
+            subprocess.run([GODWIT, 'shutdown', '--api', api], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=tmo)
         src.stop(tmo)
         size = os.path.getsize(snap)
         dst = Console([GODWIT, 'restore', '--from', snap, '--api', api2])
@@ -162,7 +197,8 @@ def run_godwit(mem, cmd, d, tmo):
                            stderr=subprocess.DEVNULL, timeout=tmo)
         dst.stop(tmo)
         return {'save_ms': save * 1000, 'restore_ms': restore * 1000, 'size': size,
-                'vmm_pause_ms': float(m.group(1)) if m else None, 'first_line': line}
+                'vmm_pause_ms': float(m.group(1)) if m else None, 'first_line': line,
+                'guest_stall_ms': stall, 'baseline_stall_ms': base, 'reply': out.strip()[-400:]}
     finally:
         kill(src)
         kill(dst)
@@ -170,45 +206,6 @@ def run_godwit(mem, cmd, d, tmo):
 
 
 # ---- QEMU -----------------------------------------------------------------
-
-class QMP:
-    def __init__(self, path, timeout):
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.s = socket.socket(socket.AF_UNIX)
-                self.s.connect(path)
-                break
-            except OSError:
-                self.s.close()
-                if time.monotonic() > deadline:
-                    raise BenchError('no QMP socket at %s' % path)
-                time.sleep(0.02)
-        self.s.settimeout(timeout)
-        self.f = self.s.makefile('rb')
-        self.f.readline()                      # greeting
-        self.cmd('qmp_capabilities')
-
-    def cmd(self, name, **args):
-        msg = {'execute': name}
-        if args:
-            msg['arguments'] = args
-        self.s.sendall(json.dumps(msg).encode() + b'\n')
-        while True:
-            line = self.f.readline()
-            if not line:
-                raise BenchError('QMP closed during %s' % name)
-            r = json.loads(line)
-            if 'event' in r:
-                continue
-            if 'error' in r:
-                raise BenchError('QMP %s: %s' % (name, r['error']))
-            return r['return']
-
-    def close(self):
-        self.f.close()
-        self.s.close()
-
 
 def qemu_argv(mem, cmd, extra):
     return [QEMU, '-M', 'microvm', '-enable-kvm', '-cpu', 'host,-arch-capabilities',
@@ -276,17 +273,7 @@ def run_qemu(mem, cmd, d, tmo, tuned):
 # ---- main -----------------------------------------------------------------
 
 def summary(vals):
-    vals = [v for v in vals if v is not None]
-    if not vals:
-        return None
-    return {'median': round(statistics.median(vals), 1), 'min': round(min(vals), 1),
-            'max': round(max(vals), 1), 'n': len(vals)}
-
-
-def fmt(s):
-    if not s:
-        return '-'
-    return '%.0f (%.0f-%.0f)' % (s['median'], s['min'], s['max'])
+    return benchlib.summary(vals, 1)
 
 
 def main():
@@ -299,7 +286,13 @@ def main():
     ap.add_argument('--dir', default='/tmp')
     ap.add_argument('--out', default=None)
     ap.add_argument('--timeout', type=float, default=90)
+    ap.add_argument('--vmms', default=None,
+                    help='default: godwit,qemu-tuned, and godwit-live where offered')
     a = ap.parse_args()
+    r = subprocess.run([GODWIT, 'snapshot', '--help'], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, universal_newlines=True, timeout=10)
+    main_vmms = a.vmms.split(',') if a.vmms else \
+        ['godwit', 'qemu-tuned'] + (['godwit-live'] if '--live' in r.stdout else [])
     want = a.cases.split(',')
     d = os.path.join(a.dir, 'gw-bench-snapshot.%d' % os.getpid())
     os.makedirs(d)
@@ -314,14 +307,13 @@ def main():
                 continue
             runs = a.runs_4g if mem == '4G' else a.runs
             vmms = {'godwit': lambda: run_godwit(mem, cmd, d, a.timeout),
+                    'godwit-live': lambda: run_godwit(mem, cmd, d, a.timeout, live=True),
                     'qemu-tuned': lambda: run_qemu(mem, cmd, d, a.timeout, True),
                     'qemu-default': lambda: run_qemu(mem, cmd, d, a.timeout, False)}
             raw = {k: [] for k in vmms}
             fails = {k: 0 for k in vmms}
             for i in range(runs):
-                order = ['godwit', 'qemu-tuned']
-                if i % 2:
-                    order.reverse()
+                order = main_vmms[i % len(main_vmms):] + main_vmms[:i % len(main_vmms)]
                 if i < a.default_runs:
                     order.append('qemu-default')
                 for k in order:
@@ -345,6 +337,9 @@ def main():
                     'save_sync_ms': summary([r.get('save_sync_ms', r['save_ms']) for r in v]),
                     'restore_ms': summary([r['restore_ms'] for r in v]),
                     'size_mib': summary([r['size'] / 2**20 for r in v]),
+                    'guest_stall_ms': summary([r.get('guest_stall_ms') for r in v]),
+                    'vmm_pause_ms': summary([r.get('vmm_pause_ms') for r in v]),
+                    'baseline_stall_ms': summary([r.get('baseline_stall_ms') for r in v]),
                     'raw': v}
             g, q = c['vmm'].get('godwit'), c['vmm'].get('qemu-tuned')
             if g and q and g['ok'] and q['ok']:
@@ -353,6 +348,10 @@ def main():
                                              q['save_sync_ms']['median'], 3)
                 c['ratio_restore'] = round(g['restore_ms']['median'] /
                                            q['restore_ms']['median'], 3)
+            lv = c['vmm'].get('godwit-live')
+            if lv and q and lv['ok'] and q['ok']:
+                c['ratio_live_save_sync'] = round(lv['save_ms']['median'] /
+                                                  q['save_sync_ms']['median'], 3)
             res['cases'][name] = c
     finally:
         shutil.rmtree(d, ignore_errors=True)
@@ -360,27 +359,44 @@ def main():
 
     print('snapshot save / restore, test guest 1 vCPU, files in %s, medians (min-max) in ms'
           % a.dir)
-    print('%-10s %-13s %4s %20s %20s %20s %9s' % ('case', 'vmm', 'runs', 'save', 'save+sync',
-                                                  'restore', 'size_MiB'))
+    print('%-10s %-13s %4s %20s %20s %20s %9s %20s' % ('case', 'vmm', 'runs', 'save', 'save+sync',
+                                                       'restore', 'size_MiB', 'guest_stall'))
     ok = True
+    tg = []
     for name, c in res['cases'].items():
         for k, v in c['vmm'].items():
             ok = ok and v['ok'] > 0 and not v['failed']
-            print('%-10s %-13s %2d/%d %20s %20s %20s %9s' %
+            print('%-10s %-13s %2d/%d %20s %20s %20s %9s %20s' %
                   (name, k, v['ok'], v['ok'] + v['failed'], fmt(v['save_ms']),
                    fmt(v['save_sync_ms']), fmt(v['restore_ms']),
-                   '%.1f' % v['size_mib']['median'] if v['size_mib'] else '-'))
+                   '%.1f' % v['size_mib']['median'] if v['size_mib'] else '-',
+                   fmt(v['guest_stall_ms'], 1)))
         if 'ratio_save' in c:
             print('%-10s godwit/qemu-tuned: save %.2f, save vs save+sync %.2f, restore %.2f '
                   '(target <= 0.5)' % (name, c['ratio_save'], c['ratio_save_sync'],
                                        c['ratio_restore']))
+        if 'ratio_live_save_sync' in c:
+            print('%-10s godwit-live save vs qemu-tuned save+sync %.2f' %
+                  (name, c['ratio_live_save_sync']))
+        if name == '1G-mem512':
+            g, q, lv = (c['vmm'].get(k) for k in ('godwit', 'qemu-tuned', 'godwit-live'))
+            qs = q['save_sync_ms']['median'] if q and q['save_sync_ms'] else None
+            if g and g['save_ms']:
+                benchlib.target(tg, '1G-mem512 godwit save <= 0.5 x qemu-tuned save+sync',
+                                g['save_ms']['median'], qs * 0.5 if qs else None)
+            if lv and lv['guest_stall_ms']:
+                benchlib.target(tg, '1G-mem512 godwit-live save <= 0.5 x qemu save+sync',
+                                lv['save_ms']['median'], qs * 0.5 if qs else None)
+                benchlib.target(tg, '1G-mem512 godwit-live guest stall (median) < 10 ms',
+                                lv['guest_stall_ms']['median'], 10)
+                benchlib.target(tg, '1G-mem512 godwit-live guest stall (max) < 10 ms',
+                                lv['guest_stall_ms']['max'], 10)
+    res['targets'] = tg
+    if tg:
+        benchlib.print_targets(tg)
     print('elapsed %.0f s' % res['elapsed_s'])
-    out = a.out or os.path.join(ROOT, 'build', 'bench', 'snapshot.json')
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, 'w') as f:
-        json.dump(res, f, indent=2)
-    print('result: %s' % out)
-    return 0 if ok else 1
+    return benchlib.finish(res, a.out or os.path.join(ROOT, 'build', 'bench', 'snapshot.json'),
+                           ok)
 
 
 if __name__ == '__main__':

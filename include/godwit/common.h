@@ -50,6 +50,9 @@ struct timespec;
 double ms_since(const struct timespec *t0);
 /* Milliseconds from t0 to t1 (negative if t1 is earlier). */
 double ms_between(const struct timespec *t0, const struct timespec *t1);
+/* A UUID as text: 36 lowercase hex digits and dashes (8-4-4-4-12), NUL-terminated. */
+#define UUID_STR_LEN 37
+const char *uuid_str(const uint8_t u[16], char s[UUID_STR_LEN]);
 /* True if s[0..len) is well-formed UTF-8 (no overlong forms, surrogates or > U+10FFFF). */
 bool utf8_valid(const char *s, size_t len);
 

@@ -17,6 +17,8 @@
 #ifndef GODWIT_PROM_H
 #define GODWIT_PROM_H
 
+#include <microhttpd.h>
+
 #include "godwit/common.h"
 
 #define PROM_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
@@ -53,8 +55,8 @@ void prom_family(struct prom *p, const char *name, enum prom_type type, const ch
  * A label value may hold any bytes (escaped; NULL counts as "").  For a
  * summary use prom_u64_suffix/prom_f64_suffix with "_sum" or "_count".
  */
-void prom_u64(struct prom *p, uint64_t v, ...) __attribute__((sentinel));
-void prom_f64(struct prom *p, double v, ...) __attribute__((sentinel));
+#define prom_u64(p, v, ...) prom_u64_suffix(p, NULL, v, __VA_ARGS__)
+#define prom_f64(p, v, ...) prom_f64_suffix(p, NULL, v, __VA_ARGS__)
 void prom_u64_suffix(struct prom *p, const char *suffix, uint64_t v, ...)
 	__attribute__((sentinel));
 void prom_f64_suffix(struct prom *p, const char *suffix, double v, ...)
@@ -69,6 +71,12 @@ char *prom_finish(struct prom *p, size_t *len);
 const char *prom_error(const struct prom *p);
 /* Free what p holds (after an error, or instead of prom_finish()). */
 void prom_free(struct prom *p);
+/*
+ * prom_respond - answer c with a page from prom_finish(): 200 with
+ * PROM_CONTENT_TYPE.  Takes text over (freed even when the response cannot
+ * be made).
+ */
+enum MHD_Result prom_respond(struct MHD_Connection *c, char *text, size_t len);
 /* Write v as the format does ("NaN", "+Inf", "1e+21", "0.1") into buf; returns buf. */
 const char *prom_fmt_double(double v, char *buf, size_t len);
 

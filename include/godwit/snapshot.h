@@ -34,6 +34,11 @@
 struct snapshot_result {
 	uint64_t bytes;                 /* stream bytes written */
 	struct stream_ram_stats ram;    /* RAM sections, runs, pages, zero pages */
+	bool direct;                    /* written with O_DIRECT */
+	/* snapshot --live (snapshot_take_live); a plain snapshot: passes 1, pause_ms = ms */
+	uint32_t passes;                /* passes over memory, the last one paused */
+	double pause_ms;                /* the guest stopped for this long */
+	double ms;                      /* the whole snapshot, file synced */
 };
 
 /*
@@ -105,6 +110,19 @@ enum snapshot_stage { SNAPSHOT_PAUSING, SNAPSHOT_WRITING };
 int snapshot_take(struct vm *vm, const struct snapshot_vm_ops *ops, struct snapshot_file *f,
 		  bool was_running, bool resume, struct snapshot_result *res, double *ms,
 		  enum snapshot_stage *stage, char *err, size_t len) __must_check;
+
+/*
+ * snapshot_take_live - the running VM into f while it keeps running:
+ * pre-copy passes into the file (dirty logging, "precopy" VM sections
+ * between passes, the throttle when the guest dirties faster than the
+ * disk takes), then a pause for the last dirty pages and the state; the VM
+ * runs again right after them with resume, else it stays paused.  f is
+ * committed or aborted; after a failure the VM runs again.  Returns 0 with
+ * *res (passes, pause_ms, ms), or -errno with *stage and err.
+ */
+int snapshot_take_live(struct vm *vm, const struct snapshot_vm_ops *ops, struct snapshot_file *f,
+		       bool resume, struct snapshot_result *res, enum snapshot_stage *stage,
+		       char *err, size_t len) __must_check;
 
 /* stream_config_from_vm() plus the virtio devices' options. */
 int snapshot_config_from_vm(struct stream_config *c, const struct vm *vm) __must_check;

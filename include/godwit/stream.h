@@ -215,6 +215,18 @@ int stream_cpuid_check(const struct stream_config *stream, const struct kvm_cpui
  * Returns 0 and *out, or -ENOMEM.
  */
 int stream_writer_new(int fd, struct stream_writer **out) __must_check;
+/*
+ * stream_writer_to_file - w's fd is a snapshot file (a regular file, at
+ * offset 0 for O_DIRECT): written by a thread of the writer's own, the next
+ * buffer filled and checksummed while the last one is written, with
+ * O_DIRECT if direct and the filesystem takes it (else buffered, with one
+ * log line).  Call right after stream_writer_new().  0 or -errno.
+ */
+int stream_writer_to_file(struct stream_writer *w, bool direct) __must_check;
+/* A file sink: wait until what it was given is on the file.  0 or -errno. */
+int stream_writer_wait(struct stream_writer *w) __must_check;
+/* The file sink writes with O_DIRECT. */
+bool stream_writer_direct(const struct stream_writer *w);
 struct stream_watchdog;
 /* The same watchdog as a reader's (below), on the writer's peer taking the bytes. */
 void stream_writer_set_watchdog(struct stream_writer *w, const struct stream_watchdog *wd);
@@ -325,6 +337,21 @@ void stream_reader_set_tls(struct stream_reader *r, struct tls_sess *tls);
 void stream_reader_target_zeroed(struct stream_reader *r);
 /* The same, on or off (a migration turns it off once pages may come again). */
 void stream_reader_set_target_zeroed(struct stream_reader *r, bool on);
+/*
+ * stream_reader_set_placer - data pages go through fn instead of being
+ * copied into the lookup's memory (NULL fn: copied, read straight into
+ * guest memory where the runs are large).  stream_read_ram() calls fn for
+ * every piece of a data run, in stream order, once its bytes are in the
+ * section CRC: len (a multiple of the page size, at most 256 KiB) bytes at
+ * src, for guest address gpa, whose host mapping (lookup's) is host.  src
+ * is valid only during the call.  fn returns 0 or a negative errno, which
+ * fails the read ("cannot place ...").  A destination uses it to place
+ * pages into fresh memory without the kernel zeroing them first (userfaultfd,
+ * ram_place.h); zero runs never reach it.
+ */
+typedef int (*stream_place_fn)(void *opaque, uint64_t gpa, void *host, const void *src,
+			       size_t len);
+void stream_reader_set_placer(struct stream_reader *r, stream_place_fn fn, void *opaque);
 /* A reader on len bytes at p (not copied; must outlive the reader). */
 int stream_reader_new_mem(const void *p, size_t len, struct stream_reader **out) __must_check;
 void stream_reader_free(struct stream_reader *r);

@@ -255,5 +255,12 @@ struct boot_entry;
 int vcpu_set_boot_regs(struct vcpu *v, const struct boot_entry *e) __must_check;
 /* Print a vCPU's registers to stderr (triple faults, internal errors). */
 void vcpu_dump_regs(struct vcpu *v);
+/*
+ * vcpu_kick_locked - under vm->lock, make v's running thread leave KVM_RUN
+ * soon: SIGUSR1 interrupts a KVM_RUN, and immediate_exit (which the thread
+ * clears under vm->lock before looking at its flags) ends the next one at
+ * once when the signal lands outside.  Set the flag v is to act on first.
+ */
+void vcpu_kick_locked(struct vcpu *v);
 
 #endif

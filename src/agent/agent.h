@@ -224,6 +224,14 @@ int peer_request(struct agent *a, const char *addr, const char *host, json_t *re
 /* ---- http.c ---- */
 int http_start(struct agent *a);
 void http_stop(void);
+/*
+ * For a libmicrohttpd access handler (ctx, size as it got them): true once
+ * the whole request is in.  The handler is called with the headers, then
+ * with each piece of a body, then once more; until then it answers MHD_YES.
+ * No request to godwitd carries a body: one is dropped, the request
+ * answered at the end.
+ */
+bool http_request_whole(void **ctx, size_t *size);
 
 /* ---- web.c, web_json.c: the fleet's page (--web) ---- */
 #define WEB_KEY_MAX       32     /* a report's member names: [a-z0-9_], at most this */

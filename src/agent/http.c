@@ -140,8 +140,6 @@ static char *http_metrics_page(struct agent *a, size_t *len, char *err, size_t e
 
 static enum MHD_Result http_metrics(struct agent *a, struct MHD_Connection *c)
 {
-	struct MHD_Response *r;
-	enum MHD_Result ret;
 	char err[256];
 	size_t len = 0;
 	char *text = http_metrics_page(a, &len, err, sizeof(err));
@@ -150,15 +148,20 @@ static enum MHD_Result http_metrics(struct agent *a, struct MHD_Connection *c)
 		log_warnx("godwitd: GET /metrics: %s", err);
 		return http_send(c, MHD_HTTP_INTERNAL_SERVER_ERROR, json_pack("{s:s}", "error", err));
 	}
-	r = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
-	if (!r) {
-		free(text);
-		return MHD_NO;
+	return prom_respond(c, text, len);
+}
+
+bool http_request_whole(void **ctx, size_t *size)
+{
+	if (!*ctx) {             /* first call: headers only */
+		*ctx = (void *)1;
+		return false;
 	}
-	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, PROM_CONTENT_TYPE);
-	ret = MHD_queue_response(c, MHD_HTTP_OK, r);
-	MHD_destroy_response(r);
-	return ret;
+	if (*size) {             /* a piece of a body: dropped */
+		*size = 0;
+		return false;
+	}
+	return true;
 }
 
 static enum MHD_Result http_handle(void *cls, struct MHD_Connection *c, const char *url,
@@ -170,14 +173,8 @@ static enum MHD_Result http_handle(void *cls, struct MHD_Connection *c, const ch
 
 	(void)version;
 	(void)data;
-	if (!*ctx) {             /* first call: headers only */
-		*ctx = (void *)1;
+	if (!http_request_whole(ctx, size))
 		return MHD_YES;
-	}
-	if (*size) {             /* no request carries a body: drop it, answer at the end */
-		*size = 0;
-		return MHD_YES;
-	}
 	if (strcmp(method, "GET") && strcmp(method, "HEAD"))
 		return http_send(c, MHD_HTTP_METHOD_NOT_ALLOWED,
 				 json_pack("{s:s}", "error", "only GET"));

@@ -252,19 +252,13 @@ static enum MHD_Result web_handle(void *cls, struct MHD_Connection *c, const cha
 	(void)cls;
 	(void)version;
 	(void)data;
-	if (!*ctx) {             /* first call: headers only */
-		*ctx = (void *)1;
+	if (!http_request_whole(ctx, size))
 		return MHD_YES;
-	}
-	if (*size) {             /* no request carries a body: drop it, answer at the end */
-		*size = 0;
-		return MHD_YES;
-	}
 	if (strcmp(method, "GET") && strcmp(method, "HEAD"))
 		return web_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, "this page is read-only: GET only");
 	if (!web_host_ok(c))
 		return web_error(c, MHD_HTTP_MISDIRECTED_REQUEST, "unknown Host");
-	for (size_t i = 0; i < sizeof(web_files) / sizeof(web_files[0]); i++)
+	for (size_t i = 0; i < ARRAY_SIZE(web_files); i++)
 		if (!strcmp(url, web_files[i].url))
 			return web_send(c, MHD_HTTP_OK, web_files[i].type, web_files[i].start,
 					(size_t)(web_files[i].end - web_files[i].start),

@@ -104,7 +104,7 @@ json_t *web_report(json_t *prog)
 		return NULL;
 	if (!json_is_object(prog))
 		return out;
-	for (size_t i = 0; i < sizeof(web_prog_nums) / sizeof(web_prog_nums[0]); i++) {
+	for (size_t i = 0; i < ARRAY_SIZE(web_prog_nums); i++) {
 		double d;
 
 		if (web_num(json_object_get(prog, web_prog_nums[i]), &d))

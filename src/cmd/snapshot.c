@@ -1,5 +1,5 @@
 /*
- * snapshot.c - `godwit snapshot --api SOCKET --out FILE [--resume]`: ask a
+ * snapshot.c - `godwit snapshot --api SOCKET --out FILE [--resume] [--live]`: ask a
  * running godwit to write its VM to FILE (PUT /api/v1/vm/snapshot,
  * docs/api.md) and print what it wrote.  A relative FILE is made absolute
  * here, against this command's working directory, since the VM's process
@@ -25,7 +25,7 @@
 
 
 static const char snapshot_usage[] =
-"usage: godwit snapshot --api SOCKET --out FILE [--resume]\n"
+"usage: godwit snapshot --api SOCKET --out FILE [--resume] [--live]\n"
 "\n"
 "Pause the VM served at SOCKET, write its whole state (configuration, vCPUs,\n"
 "devices, RAM) to FILE (mode 0600, replaced only once complete and synced),\n"
@@ -36,6 +36,8 @@ static const char snapshot_usage[] =
 "  --api SOCKET   the VM's API socket (godwit run --api SOCKET)\n"
 "  --out FILE     the snapshot file (in the VM's --snapshot-dir)\n"
 "  --resume       keep the VM running after the snapshot\n"
+"  --live         write memory while the guest runs (dirty-tracked passes),\n"
+"                 pausing it only for the last dirty pages and the state\n"
 "  --json         print the API's reply as JSON\n"
 "  -h, --help     show this help\n"
 "\n"
@@ -52,12 +54,13 @@ int cmd_snapshot(int argc, char **argv)
 		{ "api",    required_argument, NULL, 'a' },
 		{ "out",    required_argument, NULL, 'o' },
 		{ "resume", no_argument,       NULL, 'r' },
+		{ "live",   no_argument,       NULL, 'l' },
 		{ "json",   no_argument,       NULL, 'j' },
 		{ "help",   no_argument,       NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *sock = NULL, *file = NULL;
-	bool resume = false, json = false;
+	bool resume = false, json = false, live = false;
 	char *abs = NULL, *body = NULL;
 	json_t *j = NULL, *req;
 	int opt, ret = 1;
@@ -69,6 +72,7 @@ int cmd_snapshot(int argc, char **argv)
 		case 'a': sock = optarg; break;
 		case 'o': file = optarg; break;
 		case 'r': resume = true; break;
+		case 'l': live = true; break;
 		case 'j': json = true; break;
 		case 'h':
 			fputs(snapshot_usage, stdout);
@@ -119,7 +123,8 @@ int cmd_snapshot(int argc, char **argv)
 		}
 		free(dir);
 	}
-	req = abs ? json_pack("{s:s, s:b}", "path", abs, "resume", resume) : NULL;
+	req = abs ? json_pack("{s:s, s:b, s:b}", "path", abs, "resume", resume,
+				   "live", live) : NULL;
 	body = req ? json_dumps(req, JSON_COMPACT) : NULL;
 	json_decref(req);
 	if (!body) {
@@ -136,9 +141,13 @@ int cmd_snapshot(int argc, char **argv)
 		double bytes = (double)json_integer_value(json_object_get(j, "bytes"));
 		double ms = json_number_value(json_object_get(j, "ms"));
 		const char *state = json_string_value(json_object_get(j, "state"));
+		long long passes = json_integer_value(json_object_get(j, "passes"));
 
-		printf("snapshot %s: %.1f MiB in %.1f ms (%.0f MiB/s); VM %s\n", abs,
-		       bytes / (1 << 20), ms, ms > 0 ? bytes / (1 << 20) / (ms / 1e3) : 0.0,
+		printf("snapshot %s: %.1f MiB in %.1f ms (%.0f MiB/s); %lld pass%s, paused %.1f ms%s; "
+		       "VM %s\n", abs, bytes / (1 << 20), ms,
+		       ms > 0 ? bytes / (1 << 20) / (ms / 1e3) : 0.0, passes, passes == 1 ? "" : "es",
+		       json_number_value(json_object_get(j, "pause_ms")),
+		       json_is_true(json_object_get(j, "direct")) ? ", O_DIRECT" : "",
 		       state ? state : "?");
 	}
 	if (fflush(stdout) == EOF) {

@@ -51,13 +51,6 @@ static long count_fields(const uint8_t *p, uint64_t len)
 	return ret < 0 ? -1 : n;
 }
 
-static void uuid_str(const uint8_t *u, char *s)
-{
-	sprintf(s, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-		u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11],
-		u[12], u[13], u[14], u[15]);
-}
-
 /* A JSON string of s; names may hold bytes that are not UTF-8: then escaped. */
 static json_t *jstr(const char *s)
 {
@@ -76,7 +69,7 @@ static json_t *jstr(const char *s)
 static json_t *config_json(const struct stream_config *c, uint32_t version)
 {
 	json_t *o = json_object(), *regions = json_array(), *devs = json_array();
-	char uuid[40];
+	char uuid[UUID_STR_LEN];
 	uint64_t mem = 0;
 
 	uuid_str(c->uuid, uuid);
@@ -123,7 +116,7 @@ static const char *size_str(uint64_t n, char *buf, size_t len)
 
 static void config_text(const struct stream_config *c, uint32_t version)
 {
-	char uuid[40], sz[32];
+	char uuid[UUID_STR_LEN], sz[32];
 	uint64_t mem = 0;
 
 	uuid_str(c->uuid, uuid);

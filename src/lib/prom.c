@@ -237,27 +237,6 @@ static void prom_sample(struct prom *p, const char *suffix, const char *value, v
 	prom_puts(p, "\n");
 }
 
-void prom_u64(struct prom *p, uint64_t v, ...)
-{
-	char buf[24];
-	va_list ap;
-
-	snprintf(buf, sizeof(buf), "%" PRIu64, v);
-	va_start(ap, v);
-	prom_sample(p, NULL, buf, ap);
-	va_end(ap);
-}
-
-void prom_f64(struct prom *p, double v, ...)
-{
-	char buf[32];
-	va_list ap;
-
-	va_start(ap, v);
-	prom_sample(p, NULL, prom_fmt_double(v, buf, sizeof(buf)), ap);
-	va_end(ap);
-}
-
 void prom_u64_suffix(struct prom *p, const char *suffix, uint64_t v, ...)
 {
 	char buf[24];
@@ -315,4 +294,19 @@ char *prom_finish(struct prom *p, size_t *len)
 	}
 	prom_free(p);
 	return text;
+}
+
+enum MHD_Result prom_respond(struct MHD_Connection *c, char *text, size_t len)
+{
+	struct MHD_Response *r = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+	enum MHD_Result ret;
+
+	if (!r) {
+		free(text);
+		return MHD_NO;
+	}
+	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, PROM_CONTENT_TYPE);
+	ret = MHD_queue_response(c, MHD_HTTP_OK, r);
+	MHD_destroy_response(r);
+	return ret;
 }

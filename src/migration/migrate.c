@@ -890,6 +890,7 @@ static int mig_precopy(struct mig_run *r)
 		struct timespec t0;
 		uint64_t off0 = mig_sent(r);
 		double ms, bw, remaining, expect, expect_mem;
+		bool drained;
 
 		clock_gettime(CLOCK_MONOTONIC, &t0);
 		r->t_pace = t0;
@@ -988,8 +989,17 @@ static int mig_precopy(struct mig_run *r)
 			  "expected downtime %.1f ms", round,
 			  (double)(mig_sent(r) - off0) / (double)MiB, ms,
 			  bw / (double)MiB, (long long)dirty, expect);
+		/*
+		 * Nothing left that another round could shorten (under a
+		 * millisecond of memory): what the pause costs besides, the
+		 * state and the hand-off's trips, is no round's to fix.  Where
+		 * that alone is over the limit (tier 2 here: a 30 ms loopback
+		 * RTT under emulation), rounds with nothing to send went on to
+		 * --max-rounds.
+		 */
+		drained = expect_mem < 1.0;
 		if (m->p.postcopy == PC_NOW ||
-		    (m->p.postcopy == PC_AUTO && expect > (double)m->p.downtime_ms &&
+		    (m->p.postcopy == PC_AUTO && expect > (double)m->p.downtime_ms && !drained &&
 		     mig_pc_auto(r, round, &hot))) {
 			log_info("migrate: round %u done: switching to post-copy (%.1f MiB left, "
 				 "expected downtime %.0f ms)", round, remaining / (double)MiB, expect);
@@ -1004,12 +1014,18 @@ static int mig_precopy(struct mig_run *r)
 		pthread_mutex_lock(&m->lock);
 		m->prog.switch_expected_ms = expect;
 		pthread_mutex_unlock(&m->lock);
-		if (expect <= (double)m->p.downtime_ms &&
-		    (expect_mem < 1.0 || round >= m->p.max_rounds || last_remaining < 0 ||
-		     remaining > last_remaining / 2)) {
+		if (drained || (expect <= (double)m->p.downtime_ms &&
+				(round >= m->p.max_rounds || last_remaining < 0 ||
+				 remaining > last_remaining / 2))) {
+			bool under = expect <= (double)m->p.downtime_ms;
+
 			pthread_mutex_lock(&m->lock);
-			m->prog.converged = true;
+			m->prog.converged = under;
 			pthread_mutex_unlock(&m->lock);
+			if (!under)
+				log_info("migrate: round %u: %.1f KiB left, but the pause's fixed part "
+					 "(%.0f ms) is over the limit of %u ms: stopping", round,
+					 remaining / 1024.0, expect - expect_mem, m->p.downtime_ms);
 			return 0;
 		}
 		if (round >= m->p.max_rounds) {

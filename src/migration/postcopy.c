@@ -39,6 +39,7 @@
 #define PC_POLL_MS      200
 #define PC_LAT_MAX      65536           /* latency samples kept */
 #define PC_OUTSTANDING  256             /* requests tracked for their latency */
+#define PC_BUF          (PC_MAX_PAGES * PC_PAGE)  /* the destination's frames: PAGES at most */
 
 /* Send iov whole (blocking, SO_SNDTIMEO bounds each wait); 0 or -errno. */
 static int pc_sendv(int fd, struct iovec *iov, int n)
@@ -99,20 +100,26 @@ static int pc_recv_all(int fd, void *buf, size_t n)
 	return 0;
 }
 
-/* One whole frame into h and buf (PC_MAX_PAGES pages); 0 or -errno with why. */
-static int pc_recv(int fd, struct pc_hdr *h, uint8_t *buf, char *why, size_t len)
+/* A frame's header into hdr (PC_HDR_LEN bytes), decoded into h; 0 or -errno with why. */
+static int pc_recv_hdr(int fd, uint8_t *hdr, struct pc_hdr *h, char *why, size_t len)
 {
-	uint8_t hdr[PC_HDR_LEN], crc[4];
-	int ret = pc_recv_all(fd, hdr, sizeof(hdr));
+	int ret = pc_recv_all(fd, hdr, PC_HDR_LEN);
 
-	if (!ret)
-		ret = pc_hdr_decode(hdr, h, why, len);
-	else
+	if (ret) {
 		snprintf(why, len, "%s", ret == -ECONNRESET ? "the peer closed the connection" :
 			 ret == -ETIMEDOUT ? "the peer sent nothing for 10 s" : strerror(-ret));
-	if (ret)
 		return ret;
-	ret = pc_recv_all(fd, buf, h->len);
+	}
+	return pc_hdr_decode(hdr, h, why, len);
+}
+
+/* The rest of the frame whose header is hdr (h): h->len bytes into buf, and its CRC. */
+static int pc_recv_payload(int fd, const uint8_t *hdr, const struct pc_hdr *h, uint8_t *buf,
+			   char *why, size_t len)
+{
+	uint8_t crc[4];
+	int ret = pc_recv_all(fd, buf, h->len);
+
 	if (!ret)
 		ret = pc_recv_all(fd, crc, sizeof(crc));
 	if (ret) {
@@ -124,6 +131,26 @@ static int pc_recv(int fd, struct pc_hdr *h, uint8_t *buf, char *why, size_t len
 		return -EBADMSG;
 	}
 	return 0;
+}
+
+/*
+ * One whole frame into h and buf, which has room for cap bytes: 0, or
+ * -errno with why (-EMSGSIZE: a frame, valid as such, longer than cap,
+ * left unread).
+ */
+static int pc_recv(int fd, struct pc_hdr *h, uint8_t *buf, size_t cap, char *why, size_t len)
+{
+	uint8_t hdr[PC_HDR_LEN];
+	int ret = pc_recv_hdr(fd, hdr, h, why, len);
+
+	if (ret)
+		return ret;
+	if (h->len > cap) {
+		snprintf(why, len, "post-copy frame type %u: %u bytes where at most %zu fit",
+			 h->type, h->len, cap);
+		return -EMSGSIZE;
+	}
+	return pc_recv_payload(fd, hdr, h, buf, why, len);
 }
 
 static size_t pc_words(uint64_t pages)
@@ -172,23 +199,23 @@ struct pc_src {
 static void *pc_src_serve(void *opaque)
 {
 	struct pc_src *s = opaque;
-	uint8_t none[1];
 	char why[256];
 
 	for (;;) {
 		struct pc_hdr h;
 		unsigned int ri;
 		uint64_t pg;
-		int ret = pc_recv(s->rq, &h, none, why, sizeof(why));
+		int ret = pc_recv(s->rq, &h, NULL, 0, why, sizeof(why));
 
 		if (ret == -ETIMEDOUT)
 			continue;              /* a guest that faults on nothing for a while */
-		if (ret) {
+		if (ret && ret != -EMSGSIZE) {
 			if (ret != -ECONNRESET && ret != -EINVAL)
 				log_warnx("migrate: post-copy request channel: %s", why);
 			return NULL;
 		}
-		if (h.type != PC_REQ || !pc_locate(s->vm, h.gpa, &ri, &pg) ||
+		/* A request has no payload: a frame with one is a bad request too. */
+		if (ret || h.type != PC_REQ || !pc_locate(s->vm, h.gpa, &ri, &pg) ||
 		    !pc_test(s->bits[ri], pg)) {
 			log_warnx("migrate: post-copy: a bad request (type %u, %#llx): the channel "
 				  "is closed", h.type, (unsigned long long)h.gpa);
@@ -232,10 +259,7 @@ int pc_src_start(struct vm *vm, uint64_t *const bits[], int rq_fd, struct pc_src
 	*out = s;
 	return 0;
 fail:
-	for (unsigned int i = 0; i < 2; i++)
-		free(s->sent[i]);
-	pthread_mutex_destroy(&s->lock);
-	free(s);
+	pc_src_stop(s);
 	return ret;
 }
 
@@ -312,7 +336,7 @@ int pc_src_push(struct pc_src *s, int fd, uint64_t bw, int (*progress)(void *), 
 		return ret;
 	}
 	/* The destination has every page once the requests in flight landed too. */
-	ret = pc_recv(fd, &h, buf, why, sizeof(why));
+	ret = pc_recv(fd, &h, buf, sizeof(buf), why, sizeof(why));
 	if (!ret && h.type != PC_COMPLETE) {
 		snprintf(why, sizeof(why), "post-copy frame type %u instead of COMPLETE", h.type);
 		ret = -EPROTO;
@@ -348,7 +372,7 @@ static void pc_src_stop_serving(struct pc_src *s)
 int pc_src_rejoin(struct pc_src *s, int fd, int rq, uint64_t token, char *err, size_t len)
 {
 	struct vm *vm = s->vm;
-	uint8_t hdr[PC_HDR_LEN], crc[4], *buf = NULL;
+	uint8_t hdr[PC_HDR_LEN], *buf = NULL;
 	uint64_t gpa[2], pages[2];
 	struct pc_hdr h = { .type = PC_RESUME, .gpa = token };
 	struct pc_set set;
@@ -364,11 +388,7 @@ int pc_src_rejoin(struct pc_src *s, int fd, int rq, uint64_t token, char *err, s
 		snprintf(err, len, "sending RESUME: %s", strerror(-ret));
 		return ret;
 	}
-	ret = pc_recv_all(fd, hdr, sizeof(hdr));
-	if (!ret)
-		ret = pc_hdr_decode(hdr, &h, why, sizeof(why));
-	else
-		snprintf(why, sizeof(why), "%s", strerror(-ret));
+	ret = pc_recv_hdr(fd, hdr, &h, why, sizeof(why));
 	if (!ret && h.type != PC_MISSING) {
 		snprintf(why, sizeof(why), "post-copy frame type %u instead of MISSING", h.type);
 		ret = -EPROTO;
@@ -378,13 +398,7 @@ int pc_src_rejoin(struct pc_src *s, int fd, int rq, uint64_t token, char *err, s
 		ret = -ENOMEM;
 	}
 	if (!ret)
-		ret = pc_recv_all(fd, buf, h.len);
-	if (!ret)
-		ret = pc_recv_all(fd, crc, sizeof(crc));
-	if (!ret && le32_get(crc) != pc_frame_crc(hdr, buf, h.len)) {
-		snprintf(why, sizeof(why), "MISSING: bad CRC");
-		ret = -EBADMSG;
-	}
+		ret = pc_recv_payload(fd, hdr, &h, buf, why, sizeof(why));
 	for (unsigned int i = 0; i < vm->nr_mem; i++) {
 		gpa[i] = vm->mem[i].gpa;
 		pages[i] = vm->mem[i].size / PC_PAGE;
@@ -758,7 +772,7 @@ static void pc_dest_fault(struct pc_dest *d, uint64_t addr)
 static void *pc_dest_fault_thread(void *opaque)
 {
 	struct pc_dest *d = opaque;
-	uint8_t *buf = malloc(PC_MAX_PAGES * PC_PAGE);
+	uint8_t *buf = malloc(PC_BUF);
 	char why[256];
 
 	if (!buf)
@@ -794,7 +808,8 @@ static void *pc_dest_fault_thread(void *opaque)
 
 			/* Under link_lock: the receive thread swaps rq only when we let it. */
 			pthread_mutex_lock(&d->link_lock);
-			ret = d->broken || d->rq != rq ? -EAGAIN : pc_recv(rq, &h, buf, why, sizeof(why));
+			ret = d->broken || d->rq != rq ? -EAGAIN :
+			      pc_recv(rq, &h, buf, PC_BUF, why, sizeof(why));
 			pthread_mutex_unlock(&d->link_lock);
 			if (ret == -EAGAIN)
 				continue;
@@ -883,7 +898,7 @@ static void pc_dest_recover(struct pc_dest *d)
 	int fd = -1, rq = -1, ret;
 	char err[256];
 	struct pc_set now = { .token = d->set.token, .nr = d->set.nr };
-	uint8_t hdr[PC_HDR_LEN], crc[4], *buf = NULL;
+	uint8_t *buf = NULL;
 	uint64_t left = d->missing - __atomic_load_n(&d->received, __ATOMIC_ACQUIRE);
 	size_t n;
 
@@ -942,17 +957,7 @@ static void pc_dest_recover(struct pc_dest *d)
 	if (!buf)
 		pc_dest_lost(d, "out of memory");
 	pc_set_encode_set(&now, buf);
-	{
-		struct pc_hdr h = { .type = PC_MISSING, .len = (uint32_t)n };
-		struct iovec iov[3];
-
-		pc_hdr_encode(hdr, &h);
-		le32_put(crc, pc_frame_crc(hdr, buf, n));
-		iov[0] = (struct iovec){ hdr, sizeof(hdr) };
-		iov[1] = (struct iovec){ buf, n };
-		iov[2] = (struct iovec){ crc, sizeof(crc) };
-		ret = pc_sendv(fd, iov, 3);
-	}
+	ret = pc_send(fd, &(struct pc_hdr){ .type = PC_MISSING, .len = (uint32_t)n }, buf);
 	free(buf);
 	if (ret) {
 		/* The new link broke already: the next recovery asks again. */
@@ -995,7 +1000,7 @@ static void pc_dest_recover(struct pc_dest *d)
 static void *pc_dest_recv_thread(void *opaque)
 {
 	struct pc_dest *d = opaque;
-	uint8_t *buf = malloc(PC_MAX_PAGES * PC_PAGE);
+	uint8_t *buf = malloc(PC_BUF);
 	struct timespec t_end;
 	bool end = false;
 	char why[256];
@@ -1025,7 +1030,7 @@ static void *pc_dest_recv_thread(void *opaque)
 		if (n <= 0)
 			continue;
 		/* Only this thread swaps fd: it stays valid while we read it. */
-		ret = pc_recv(p.fd, &h, buf, why, sizeof(why));
+		ret = pc_recv(p.fd, &h, buf, PC_BUF, why, sizeof(why));
 		if (ret && __atomic_load_n(&d->done, __ATOMIC_ACQUIRE))
 			break;
 		if (!ret && h.type != PC_PAGES && h.type != PC_END) {

@@ -38,9 +38,11 @@
 #include "godwit/le.h"
 #include "godwit/log.h"
 #include "godwit/postcopy.h"
+#include "godwit/ram_place.h"
 #include "godwit/snapshot.h"
 #include "godwit/state.h"
 #include "godwit/stream.h"
+#include "godwit/throttle.h"
 #include "godwit/vm.h"
 
 #define SNAP_ID_CPU "cpu"
@@ -162,6 +164,29 @@ out:
 	return ret;
 }
 
+/*
+ * A regular file goes through the writer's file sink (O_DIRECT where the
+ * filesystem takes it); anything else (a pipe, the tests' descriptors) is
+ * written as before.
+ */
+static int snap_to_file(struct stream_writer *w, int fd, struct snapshot_result *res,
+			char *err, size_t len)
+{
+	struct stat st;
+	int ret;
+
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+		return 0;
+	ret = stream_writer_to_file(w, !getenv("GODWIT_SNAPSHOT_BUFFERED"));
+	if (ret) {
+		snap_err(err, len, "cannot set up the snapshot file's writer: %s", strerror(-ret));
+		return ret;
+	}
+	if (res)
+		res->direct = stream_writer_direct(w);
+	return 0;
+}
+
 int snapshot_write(struct vm *vm, int fd, struct snapshot_result *res, char *err, size_t len)
 {
 	struct stream_config *cfg = calloc(1, sizeof(*cfg));
@@ -185,6 +210,9 @@ int snapshot_write(struct vm *vm, int fd, struct snapshot_result *res, char *err
 		snap_err(err, len, "out of memory");
 		goto out;
 	}
+	ret = snap_to_file(w, fd, res, err, len);
+	if (ret)
+		goto out;
 	ret = stream_begin(w, cfg);
 	if (ret)
 		goto out_stream;
@@ -246,6 +274,11 @@ int snapshot_take(struct vm *vm, const struct snapshot_vm_ops *ops, struct snaps
 	else
 		snapshot_file_abort(f);
 	*ms = ms_since(&t0);
+	if (res) {
+		res->passes = 1;
+		res->pause_ms = was_running ? *ms : 0;
+		res->ms = *ms;
+	}
 	if (ret || resume) {
 		/* Devices first: the vCPUs find them serving when they run. */
 		if (dev_resume_all(vm))
@@ -253,6 +286,292 @@ int snapshot_take(struct vm *vm, const struct snapshot_vm_ops *ops, struct snaps
 		if (was_running && ops->resume(vm))
 			log_warnx("%s: the VM did not resume", __func__);
 	}
+	return ret;
+}
+
+/* ---- snapshot --live ------------------------------------------------------------------ */
+
+/*
+ * A live snapshot is pre-copy into the file (docs/migration.md): pass 1
+ * writes every page while the guest runs with dirty logging on, each later
+ * pass (after a "precopy" VM section with the pass number) the pages
+ * dirtied during the one before, until what is left would take under
+ * SNAP_LIVE_DONE_MS to write at the rate measured, or SNAP_LIVE_MAX_PASSES
+ * passes, or the file holds SNAP_LIVE_GROWTH times the guest's memory.  A
+ * pass that does not halve what is left turns the throttle on (throttle.h):
+ * the vCPUs may then dirty a quarter of what the disk writes.  Then the
+ * guest pauses for the last dirty pages (after "precopy" instance 0) and
+ * the device, VM and vCPU state; it runs again (with resume) as soon as
+ * they are copied into the writer's buffers, before they reach the disk.
+ */
+#define SNAP_LIVE_MAX_PASSES 8
+#define SNAP_LIVE_DONE_MS    2.0
+#define SNAP_LIVE_GROWTH     3
+#define SNAP_MAX_MEM ARRAY_SIZE(((struct vm *)0)->mem)
+#define SNAP_LIVE_CHUNK      4096    /* pages: clear their dirty bits, copy them */
+
+struct snap_live {
+	struct vm *vm;
+	struct stream_writer *w;
+	uint64_t *bm[SNAP_MAX_MEM];
+	uint64_t *scratch[SNAP_MAX_MEM];
+	char *err;
+	size_t len;
+};
+
+/* The dirty log of every region into the bitmaps; the pages set, or -errno. */
+static int64_t snap_live_collect(struct snap_live *l)
+{
+	int64_t total = 0;
+
+	for (unsigned int i = 0; i < l->vm->nr_mem; i++) {
+		int64_t n = vm_dirty_log_get(l->vm, i, l->bm[i], l->scratch[i]);
+
+		if (n < 0) {
+			snap_err(l->err, l->len, "cannot read the dirty log: %s", strerror((int)-n));
+			return n;
+		}
+		total += n;
+	}
+	return total;
+}
+
+/* The pages set in the bitmaps into the stream (clear: re-arm their dirty bits first). */
+static int snap_live_pass(struct snap_live *l, bool clear)
+{
+	struct vm *vm = l->vm;
+	int ret;
+
+	for (unsigned int i = 0; i < vm->nr_mem; i++) {
+		const struct mem_region *mr = &vm->mem[i];
+		uint64_t npages = mr->size / STREAM_PAGE_SIZE, *bm = l->bm[i];
+
+		for (uint64_t first = 0; first < npages; first += SNAP_LIVE_CHUNK) {
+			uint64_t n = MIN(SNAP_LIVE_CHUNK, npages - first);
+			uint64_t w0 = first / 64, nw = (n + 63) / 64, any = 0;
+
+			for (uint64_t k = 0; k < nw; k++)
+				any |= bm[w0 + k];
+			if (!any)
+				continue;
+			if (clear) {
+				ret = vm_dirty_log_clear(vm, i, first, n, bm);
+				if (ret) {
+					snap_err(l->err, l->len, "cannot clear the dirty log: %s",
+						 strerror(-ret));
+					return ret;
+				}
+			}
+			ret = stream_put_ram_dirty(l->w, mr->host + first * STREAM_PAGE_SIZE,
+						   mr->gpa + first * STREAM_PAGE_SIZE, n, bm + w0);
+			if (ret) {
+				snap_err(l->err, l->len, "%s", stream_writer_error(l->w));
+				return ret;
+			}
+			/* Queued: the copy (the guest's latest bytes) happens as the section fills. */
+			memset(bm + w0, 0, nw * sizeof(uint64_t));
+		}
+	}
+	return 0;
+}
+
+int snapshot_take_live(struct vm *vm, const struct snapshot_vm_ops *ops, struct snapshot_file *f,
+		       bool resume, struct snapshot_result *res, enum snapshot_stage *stage,
+		       char *err, size_t len)
+{
+	struct stream_config *cfg = calloc(1, sizeof(*cfg));
+	struct snap_live l = { .vm = vm, .err = err, .len = len };
+	struct throttle *thr = NULL;
+	struct timespec t0, tp;
+	uint64_t mem_bytes = 0;
+	double last_remaining = -1;
+	bool logging = false, paused = false;
+	uint32_t pass;
+	int64_t dirty;
+	int ret;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	*stage = SNAPSHOT_WRITING;
+	memset(res, 0, sizeof(*res));
+	if (!cfg) {
+		snap_err(err, len, "out of memory");
+		ret = -ENOMEM;
+		goto out;
+	}
+	ret = snapshot_config_from_vm(cfg, vm);
+	if (ret) {
+		snap_err(err, len, "the VM's configuration does not fit a stream: %s", strerror(-ret));
+		goto out;
+	}
+	ret = snapshot_check_migratable(vm, err, len);
+	if (ret)
+		goto out;
+	ret = stream_writer_new(f->fd, &l.w);
+	if (ret) {
+		snap_err(err, len, "out of memory");
+		goto out;
+	}
+	ret = snap_to_file(l.w, f->fd, res, err, len);
+	if (ret)
+		goto out;
+	for (unsigned int i = 0; i < vm->nr_mem; i++) {
+		size_t words = (vm->mem[i].size / STREAM_PAGE_SIZE + 63) / 64;
+
+		l.bm[i] = calloc(words, sizeof(uint64_t));
+		l.scratch[i] = calloc(words, sizeof(uint64_t));
+		if (!l.bm[i] || !l.scratch[i]) {
+			snap_err(err, len, "out of memory");
+			ret = -ENOMEM;
+			goto out;
+		}
+		mem_bytes += vm->mem[i].size;
+	}
+	ret = stream_begin(l.w, cfg);
+	if (ret)
+		goto out_stream;
+	ret = vm_dirty_log_start(vm);
+	if (ret) {
+		snap_err(err, len, "cannot track dirty memory: %s", strerror(-ret));
+		goto out;
+	}
+	logging = true;
+	/* Pass 1: every page; this get starts KVM's log (clear and protect). */
+	for (unsigned int i = 0; i < vm->nr_mem; i++) {
+		uint64_t npages = vm->mem[i].size / STREAM_PAGE_SIZE;
+
+		for (uint64_t p = 0; p < npages; p++)
+			l.bm[i][p / 64] |= 1ULL << (p % 64);
+	}
+	dirty = snap_live_collect(&l);
+	if (dirty < 0) {
+		ret = (int)dirty;
+		goto out;
+	}
+	for (pass = 1; ; pass++) {
+		struct timespec tw;
+		uint64_t off0 = stream_writer_offset(l.w);
+		double ms, rate, remaining, expect;
+
+		clock_gettime(CLOCK_MONOTONIC, &tw);
+		if (pass > 1) {
+			ret = stream_put_section(l.w, STREAM_VM, 0, SNAPSHOT_ID_PRECOPY, 1, pass, NULL, 0);
+			if (ret)
+				goto out_stream;
+		}
+		ret = snap_live_pass(&l, true);
+		if (!ret)
+			ret = stream_flush(l.w);
+		if (ret) {
+			if (!err[0])
+				snap_err(err, len, "%s", stream_writer_error(l.w));
+			goto out;
+		}
+		ms = MAX(ms_since(&tw), 0.001);
+		rate = (double)(stream_writer_offset(l.w) - off0) / ms * 1e3;
+		dirty = snap_live_collect(&l);
+		if (dirty < 0) {
+			ret = (int)dirty;
+			goto out;
+		}
+		remaining = (double)dirty * STREAM_PAGE_SIZE;
+		expect = rate > 0 ? remaining / rate * 1e3 : 0;
+		log_debug("snapshot --live: pass %u: %.1f MiB in %.1f ms, %lld pages dirty "
+			  "(%.1f ms to write)", pass,
+			  (double)(stream_writer_offset(l.w) - off0) / (double)MiB, ms,
+			  (long long)dirty, expect);
+		if (expect <= SNAP_LIVE_DONE_MS || pass >= SNAP_LIVE_MAX_PASSES ||
+		    stream_writer_offset(l.w) >= SNAP_LIVE_GROWTH * mem_bytes)
+			break;
+		if (last_remaining >= 0 && remaining > last_remaining / 2) {
+			/* Dirtied about as fast as written: slow the vCPUs down. */
+			if (!thr && throttle_start(vm, &thr))
+				thr = NULL;
+			if (thr)
+				throttle_set_budget(thr, rate / 4, remaining / ms * 1e3);
+		}
+		last_remaining = remaining;
+	}
+	/* The writer's queue drained now, so the pause waits for no earlier write. */
+	ret = stream_writer_wait(l.w);
+	if (ret)
+		goto out_stream;
+	throttle_stop(thr);
+	thr = NULL;
+
+	*stage = SNAPSHOT_PAUSING;
+	ret = ops->pause(vm);
+	if (ret) {
+		snap_err(err, len, "pause failed: %s", strerror(-ret));
+		goto out;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &tp);
+	paused = true;
+	*stage = SNAPSHOT_WRITING;
+	ret = dev_quiesce_all(vm);
+	if (ret) {
+		snap_err(err, len, "cannot quiesce the devices: %s", strerror(-ret));
+		goto out;
+	}
+	dirty = snap_live_collect(&l);
+	if (dirty < 0) {
+		ret = (int)dirty;
+		goto out;
+	}
+	ret = stream_put_section(l.w, STREAM_VM, 0, SNAPSHOT_ID_PRECOPY, 1, 0, NULL, 0);
+	if (ret)
+		goto out_stream;
+	ret = snap_live_pass(&l, false);
+	if (ret)
+		goto out;
+	/* The last pages are copied once the state sections follow them. */
+	ret = snapshot_write_state(vm, l.w, err, len);
+	if (ret)
+		goto out;
+	vm_dirty_log_stop(vm);
+	logging = false;
+	res->pause_ms = ms_since(&tp);
+	if (resume) {
+		if (dev_resume_all(vm))
+			log_warnx("%s: a device did not resume", __func__);
+		if (ops->resume(vm))
+			log_warnx("%s: the VM did not resume", __func__);
+		paused = false;
+		res->pause_ms = ms_since(&tp);
+	}
+	ret = stream_end(l.w);
+	if (ret)
+		goto out_stream;
+	res->bytes = stream_writer_offset(l.w);
+	stream_writer_ram_stats(l.w, &res->ram);
+	res->passes = pass + 1;
+	goto out;
+
+out_stream:
+	snap_err(err, len, "%s", stream_writer_error(l.w)[0] ? stream_writer_error(l.w) :
+		 strerror(-ret));
+out:
+	throttle_stop(thr);
+	if (logging)
+		vm_dirty_log_stop(vm);
+	stream_writer_free(l.w);        /* joins the file's writer thread */
+	if (!ret) {
+		ret = snapshot_file_commit(f, err, len);
+	} else {
+		snapshot_file_abort(f);
+	}
+	if (ret && paused) {
+		if (dev_resume_all(vm))
+			log_warnx("%s: a device did not resume", __func__);
+		if (ops->resume(vm))
+			log_warnx("%s: the VM did not resume", __func__);
+		res->pause_ms = ms_since(&tp);
+	}
+	for (unsigned int i = 0; i < SNAP_MAX_MEM; i++) {
+		free(l.bm[i]);
+		free(l.scratch[i]);
+	}
+	free(cfg);
+	res->ms = ms_since(&t0);
 	return ret;
 }
 
@@ -439,7 +758,14 @@ struct snapshot_restore {
 	const struct snapshot_channel_ops *chan_ops;
 	void *chan_opaque;
 	struct snapshot_channel chan;   /* count 0: no section (one channel) */
+	/* The first pass placed with userfaultfd (ram_place.h): */
+	int uffd;                       /* ours, opened before the sandbox; -errno if none */
+	pid_t uffd_pid;                 /* the process it belongs to (--jail forks after) */
+	struct ram_place *place;        /* while it runs */
+	struct ram_place_stats placed;
 };
+
+static void snap_place_stop(struct snapshot_restore *sr);
 
 static struct kvm_cpuid2 *snap_supported_cpuid(void)
 {
@@ -485,6 +811,12 @@ int snapshot_restore_open_conn(const struct conn *c, const struct stream_watchdo
 		snap_err(err, len, "out of memory");
 		return -ENOMEM;
 	}
+	/*
+	 * The first pass goes into fresh memory: a userfaultfd, opened here
+	 * (before the sandbox and any dropping of privileges), places it.
+	 */
+	sr->uffd = ram_place_wanted() ? pc_uffd_open() : -ECANCELED;
+	sr->uffd_pid = getpid();
 	ret = stream_reader_new(c->fd, &sr->r);
 	if (!ret) {
 		stream_reader_target_zeroed(sr->r);  /* guest RAM is freshly mapped */
@@ -814,6 +1146,8 @@ int snapshot_restore_resume(struct snapshot_restore *sr, const struct conn *c,
 		snap_err(err, len, "this migration cannot be resumed");
 		return -EPERM;
 	}
+	/* A resumed stream reads into memory as it stands (its reader checks zero runs). */
+	snap_place_stop(sr);
 	ret = stream_reader_new(c->fd, &r);
 	if (ret) {
 		snap_err(err, len, "out of memory");
@@ -1040,7 +1374,71 @@ int snapshot_restore_load_channel(struct snapshot_restore *sr, struct vm *vm, ch
 	return ret < 0 ? ret : 0;
 }
 
+/*
+ * The first pass: every page lands on memory nothing touched.  Placing it
+ * with UFFDIO_COPY spares the kernel clearing it first (ram_place.h).
+ * Without a userfaultfd, pages are copied as before; said once.
+ */
+static int snap_load_sections(struct snapshot_restore *sr, struct vm *vm, char *err,
+			      size_t len);
+
+static void snap_place_start(struct snapshot_restore *sr, struct vm *vm)
+{
+	struct ram_place_region rg[sizeof(vm->mem) / sizeof(vm->mem[0])];
+	char why[256] = "";
+	int ret = sr->uffd;
+
+	if (sr->uffd == -ECANCELED)
+		return;                 /* GODWIT_UFFD_PLACE=off */
+	if (ret >= 0 && sr->uffd_pid != getpid()) {
+		ret = -ECHILD;
+		snprintf(why, sizeof(why), "its userfaultfd belongs to the parent process "
+			 "(--jail)");
+	} else if (ret >= 0) {
+		for (unsigned int i = 0; i < vm->nr_mem; i++)
+			rg[i] = (struct ram_place_region){ vm->mem[i].host, vm->mem[i].size };
+		ret = ram_place_start(sr->uffd, rg, vm->nr_mem, &sr->place, why, sizeof(why));
+	} else {
+		snprintf(why, sizeof(why), "no userfaultfd: %s", strerror(-ret));
+	}
+	if (ret) {
+		log_info("restore: pages are copied into guest RAM (the kernel clears each "
+			 "first): %s", why);
+		return;
+	}
+	stream_reader_set_placer(sr->r, ram_place_put, sr->place);
+}
+
+/* The first pass is over (or the stream): guest RAM is plain memory again. */
+static void snap_place_stop(struct snapshot_restore *sr)
+{
+	struct ram_place_stats st;
+
+	if (!sr->place)
+		return;
+	if (sr->r)
+		stream_reader_set_placer(sr->r, NULL, NULL);
+	ram_place_stop(sr->place, &st);
+	sr->place = NULL;
+	sr->placed.copied += st.copied;
+	sr->placed.existing += st.existing;
+	sr->placed.faults += st.faults;
+	sr->placed.ioctls += st.ioctls;
+	log_info("restore: first pass placed: %llu pages by UFFDIO_COPY (%llu calls), %llu "
+		  "copied over, %llu faults answered with zeros",
+		  (unsigned long long)st.copied, (unsigned long long)st.ioctls,
+		  (unsigned long long)st.existing, (unsigned long long)st.faults);
+}
+
 static int snap_load(struct snapshot_restore *sr, struct vm *vm, char *err, size_t len)
+{
+	int ret = snap_load_sections(sr, vm, err, len);
+
+	snap_place_stop(sr);
+	return ret;
+}
+
+static int snap_load_sections(struct snapshot_restore *sr, struct vm *vm, char *err, size_t len)
 {
 	struct cpu_load_opts opts = { .clock = sr->clock };
 	struct stream_config *local = calloc(1, sizeof(*local));
@@ -1062,6 +1460,8 @@ static int snap_load(struct snapshot_restore *sr, struct vm *vm, char *err, size
 		snap_err(err, len, "this VM does not match the snapshot: %s", why[0] ? why : strerror(-ret));
 		return ret;
 	}
+	if (!sr->first && !sr->precopy_rounds)
+		snap_place_start(sr, vm);
 next:
 	while ((ret = stream_next_section(sr->r, &s)) > 0) {
 		switch (s.type) {
@@ -1074,6 +1474,7 @@ next:
 		case STREAM_VM:
 			if (!strcmp(s.id, SNAPSHOT_ID_PRECOPY)) {
 				/* Pages may come again from here on, zero ones included. */
+				snap_place_stop(sr);
 				stream_reader_set_target_zeroed(sr->r, false);
 				sr->precopy_rounds++;
 				if (s.instance)
@@ -1271,6 +1672,9 @@ void snapshot_restore_free(struct snapshot_restore *sr)
 {
 	if (!sr)
 		return;
+	snap_place_stop(sr);
+	if (sr->uffd >= 0)
+		close(sr->uffd);
 	free(sr->pc);
 	stream_reader_free(sr->r);
 	stream_reader_free(sr->first);

@@ -88,4 +88,22 @@ int stream_wd_after(struct wd_state *s, uint64_t ns, uint64_t bytes, bool rd, ch
 		    size_t len);
 const char *stream_io_err(int fd, bool rd, int *e, char *buf, size_t len);
 
+/*
+ * The file sink (stream_file.c): fd, a regular file, written from a thread
+ * of its own out of page-aligned buffers of bufsize bytes, with O_DIRECT if
+ * direct and the filesystem takes it.  fsink_buf() is the buffer to fill;
+ * fsink_submit() queues its first len bytes (direct and not final: only
+ * the 4 KiB-aligned part, the rest, *keep bytes, moved to the start of the
+ * next fsink_buf()); final: also waits until everything is written.
+ * Returns 0 or the first write error (-errno, at file offset *err_off).
+ */
+struct fsink;
+int fsink_new(int fd, size_t bufsize, bool direct, struct fsink **out);
+void fsink_free(struct fsink *fs);
+bool fsink_direct(const struct fsink *fs);
+uint8_t *fsink_buf(struct fsink *fs);
+int fsink_submit(struct fsink *fs, size_t len, bool final, size_t *keep, uint64_t *err_off);
+/* Wait until everything queued is written; 0 or the first write error. */
+int fsink_wait(struct fsink *fs, uint64_t *err_off);
+
 #endif

@@ -72,6 +72,8 @@ struct stream_reader {
 	uint32_t version;         /* the preamble's */
 	bool report_unknown;
 	bool target_zeroed;          /* stream_reader_target_zeroed(): skip zero-run checks */
+	stream_place_fn place;       /* stream_reader_set_placer() */
+	void *place_opaque;
 	struct stream_config cfg;
 	uint64_t mem_pages;
 	uint8_t *payload;
@@ -319,6 +321,41 @@ static int r_copy(struct stream_reader *r, uint8_t *dst, uint64_t n)
 		}
 		r->pos += k;
 		r->off += k;
+		n -= k;
+	}
+	return 0;
+}
+
+/*
+ * Data pages through the placer: at most R_STAGE bytes at a time, staged in
+ * the window (the socket's bytes land there, the CRC is taken there while
+ * they are in cache), then handed over.  The window is only moved when less
+ * than a page is buffered, so what is staged is never copied twice.
+ */
+#define R_STAGE (256u << 10)
+
+static int r_place(struct stream_reader *r, uint64_t gpa, uint8_t *host, uint64_t n)
+{
+	while (n) {
+		size_t want = (size_t)MIN(n, (uint64_t)R_STAGE), avail = r->end - r->pos, k;
+		int ret;
+
+		if (avail < want) {
+			size_t need = want;
+
+			if (r->cap - r->pos < want)     /* filling would move the window */
+				need = avail >= STREAM_PAGE_SIZE ? avail : STREAM_PAGE_SIZE;
+			if (r_fill(r, need))
+				return r->err;
+			avail = r->end - r->pos;
+		}
+		k = MIN(want, avail) & ~(size_t)(STREAM_PAGE_SIZE - 1);
+		ret = r->place(r->place_opaque, gpa, host, r_take(r, k, true), k);
+		if (ret)
+			return r_fail(r, ret < 0 ? ret : -EIO, "cannot place %zu bytes at gpa 0x%llx: %s",
+				      k, (unsigned long long)gpa, strerror(ret < 0 ? -ret : EIO));
+		gpa += k;
+		host += k;
 		n -= k;
 	}
 	return 0;
@@ -731,8 +768,12 @@ int stream_read_ram(struct stream_reader *r, stream_lookup_fn lookup, void *opaq
 					memset(run->host + o, 0, STREAM_PAGE_SIZE);
 			continue;
 		}
-		if (r_copy(r, run->host, bytes))
+		if (r->place && run->host) {
+			if (r_place(r, run->gpa, run->host, bytes))
+				return r->err;
+		} else if (r_copy(r, run->host, bytes)) {
 			return r->err;
+		}
 	}
 	r->left = 0;
 	if (r_end_section(r))
@@ -789,4 +830,10 @@ void stream_reader_target_zeroed(struct stream_reader *r)
 void stream_reader_set_target_zeroed(struct stream_reader *r, bool on)
 {
 	r->target_zeroed = on;
+}
+
+void stream_reader_set_placer(struct stream_reader *r, stream_place_fn fn, void *opaque)
+{
+	r->place = fn;
+	r->place_opaque = opaque;
 }

@@ -52,6 +52,7 @@ struct stream_writer {
 	int fd;
 	bool sock;
 	struct tls_sess *tls;     /* the socket's TLS session, if any */
+	struct fsink *fs;         /* a snapshot file's sink (stream_writer_to_file), or NULL */
 	struct wd_state wd;
 	enum wstate state;
 	uint8_t *buf;
@@ -121,9 +122,61 @@ void stream_writer_free(struct stream_writer *w)
 {
 	if (!w)
 		return;
+	if (w->fs) {
+		w->buf = NULL;          /* the sink's */
+		fsink_free(w->fs);
+	}
 	free(w->buf);
 	free(w->runs);
 	free(w);
+}
+
+int stream_writer_to_file(struct stream_writer *w, bool direct)
+{
+	int ret;
+
+	if (w->fs || w->sock || w->len || w->off)
+		return -EINVAL;
+	ret = fsink_new(w->fd, STREAM_WBUF_SIZE, direct, &w->fs);
+	if (ret)
+		return ret;
+	free(w->buf);
+	w->buf = fsink_buf(w->fs);
+	return 0;
+}
+
+bool stream_writer_direct(const struct stream_writer *w)
+{
+	return w->fs && fsink_direct(w->fs);
+}
+
+int stream_writer_wait(struct stream_writer *w)
+{
+	uint64_t at = 0;
+	int ret;
+
+	if (w->err || !w->fs)
+		return w->err;
+	ret = fsink_wait(w->fs, &at);
+	if (ret)
+		return w_fail(w, ret, "write at stream offset %llu: %s", (unsigned long long)at,
+			      strerror(-ret));
+	return 0;
+}
+
+/* w_drain for a file sink: hand the buffer to its thread, fill the next one. */
+static int w_drain_file(struct stream_writer *w)
+{
+	uint64_t at = 0;
+	size_t keep = 0;
+	int ret = fsink_submit(w->fs, w->len, w->state == W_ENDED, &keep, &at);
+
+	if (ret)
+		return w_fail(w, ret, "write at stream offset %llu: %s", (unsigned long long)at,
+			      strerror(-ret));
+	w->buf = fsink_buf(w->fs);
+	w->len = keep;
+	return 0;
 }
 
 /* Bytes queued on a socket that its peer has not taken (SIOCOUTQ); 0 if unknown. */
@@ -150,6 +203,8 @@ static int w_drain(struct stream_writer *w)
 	uint64_t stalled = 0, limit = 0, q0 = watched ? w_outq(w->fd) : 0;
 	size_t done = 0;
 
+	if (w->fs)
+		return w_drain_file(w);
 	if (watched) {
 		struct timeval tv = { 0 };
 		socklen_t tl = sizeof(tv);

@@ -13,7 +13,6 @@
  */
 #include <errno.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -143,14 +142,8 @@ static void throttle_kick(struct throttle *t)
 		if (!v->thread_started || v->exited ||
 		    !__atomic_load_n(&v->throttle_us, __ATOMIC_RELAXED))
 			continue;
-		/*
-		 * As vm_kick_locked(): immediate_exit (the vCPU thread clears it
-		 * under vm->lock before looking at its flags) makes a kick that
-		 * lands outside KVM_RUN end the next one at once.
-		 */
 		__atomic_store_n(&v->throttle_due, 1, __ATOMIC_RELEASE);
-		v->run->immediate_exit = 1;
-		pthread_kill(v->thread, SIGUSR1);
+		vcpu_kick_locked(v);
 	}
 	pthread_mutex_unlock(&vm->lock);
 }

@@ -199,7 +199,6 @@ static unsigned int api_check_body(const struct api_req *r, const struct api_rou
 static enum MHD_Result api_metrics(struct api_server *s, struct MHD_Connection *c,
 				   const char *method, const struct api_req *r)
 {
-	struct MHD_Response *resp;
 	enum MHD_Result ret;
 	json_t *out = NULL;
 	unsigned int status;
@@ -222,14 +221,7 @@ static enum MHD_Result api_metrics(struct api_server *s, struct MHD_Connection *
 		status = api_error(&out, MHD_HTTP_INTERNAL_SERVER_ERROR, "%s", err);
 		return api_send(c, status, out, NULL);
 	}
-	resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
-	if (!resp) {
-		free(text);
-		return MHD_NO;
-	}
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, PROM_CONTENT_TYPE);
-	ret = MHD_queue_response(c, MHD_HTTP_OK, resp);
-	MHD_destroy_response(resp);
+	ret = prom_respond(c, text, len);
 	log_debug("api: GET /metrics -> 200, %zu bytes", len);
 	return ret;
 }

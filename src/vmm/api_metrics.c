@@ -24,16 +24,11 @@ static void metrics_vm(struct prom *p, struct vm *vm)
 	static const char *const states[] = { "created", "running", "paused", "stopping", "fenced" };
 	const struct vm_config *cfg = &vm->cfg;
 	const char *state = api_vm_state_name(vm);
-	const uint8_t *u = cfg->uuid;
-	char uuid[37];
+	char uuid[UUID_STR_LEN];
 
-	snprintf(uuid, sizeof(uuid),
-		 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-		 u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7],
-		 u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
 	prom_family(p, "godwit_vm_info", PROM_GAUGE, "The VM's name, UUID and CPU model (always 1).");
-	prom_u64(p, 1, "name", cfg->name, "uuid", uuid, "cpu_model", cpu_model_name(cfg->cpu_model),
-		 NULL);
+	prom_u64(p, 1, "name", cfg->name, "uuid", uuid_str(cfg->uuid, uuid),
+		 "cpu_model", cpu_model_name(cfg->cpu_model), NULL);
 	prom_family(p, "godwit_vm_state", PROM_GAUGE,
 		    "1 for the state the VM is in (as GET /api/v1/vm says it), 0 for the others.");
 	for (size_t i = 0; i < ARRAY_SIZE(states); i++)
@@ -180,6 +175,21 @@ static void metrics_gauge_f64(struct prom *p, const char *name, const char *help
 	prom_f64(p, v, NULL);
 }
 
+/* A gauge with one sample per vCPU, v[i] / div labelled vcpu="i"; none when n is 0. */
+static void metrics_vcpu_gauge(struct prom *p, const char *name, const char *help,
+			       const double *v, unsigned int n, double div)
+{
+	char cpu[12];
+
+	if (!n)
+		return;
+	prom_family(p, name, PROM_GAUGE, help);
+	for (unsigned int i = 0; i < n; i++) {
+		snprintf(cpu, sizeof(cpu), "%u", i);
+		prom_f64(p, v[i] / div, "vcpu", cpu, NULL);
+	}
+}
+
 /*
  * The migration families: gauges, because they describe the current or last
  * migration (GET /api/v1/vm/migration) and start again with the next one.
@@ -250,26 +260,12 @@ static void metrics_migration(struct prom *p, struct vm *vm)
 	metrics_gauge_f64(p, "godwit_migration_throttle_budget_bytes_per_second",
 			  "What the vCPUs may dirty together while throttled (0: none is).",
 			  m.throttle_budget);
-	if (m.nr_vcpu_rates) {
-		prom_family(p, "godwit_migration_vcpu_dirty_rate_bytes_per_second", PROM_GAUGE,
-			    "Each vCPU's dirty rate over the last pre-copy round (KVM's dirty ring).");
-		for (unsigned int i = 0; i < m.nr_vcpu_rates; i++) {
-			char cpu[16];
-
-			snprintf(cpu, sizeof(cpu), "%u", i);
-			prom_f64(p, m.vcpu_dirty_rate[i], "vcpu", cpu, NULL);
-		}
-	}
-	if (m.nr_vcpu_throttle) {
-		prom_family(p, "godwit_migration_vcpu_throttle_ratio", PROM_GAUGE,
-			    "Each vCPU's share of time asleep in the throttle, now (0 to 0.99).");
-		for (unsigned int i = 0; i < m.nr_vcpu_throttle; i++) {
-			char cpu[16];
-
-			snprintf(cpu, sizeof(cpu), "%u", i);
-			prom_f64(p, m.vcpu_throttle_pct[i] / 100, "vcpu", cpu, NULL);
-		}
-	}
+	metrics_vcpu_gauge(p, "godwit_migration_vcpu_dirty_rate_bytes_per_second",
+			   "Each vCPU's dirty rate over the last pre-copy round (KVM's dirty ring).",
+			   m.vcpu_dirty_rate, m.nr_vcpu_rates, 1);
+	metrics_vcpu_gauge(p, "godwit_migration_vcpu_throttle_ratio",
+			   "Each vCPU's share of time asleep in the throttle, now (0 to 0.99).",
+			   m.vcpu_throttle_pct, m.nr_vcpu_throttle, 100);
 }
 
 /*

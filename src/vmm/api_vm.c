@@ -59,17 +59,12 @@ static const char *api_lease_str(int64_t id)
 static unsigned int api_vm_get(struct api_server *s, json_t *body, json_t **out)
 {
 	const struct vm_config *cfg = &s->vm->cfg;
-	const uint8_t *u = cfg->uuid;
-	char uuid[37];
+	char uuid[UUID_STR_LEN];
 
-	snprintf(uuid, sizeof(uuid),
-		 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-		 u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7],
-		 u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
 	*out = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:s?, s:f, s:I, s:{s:s, s:I, s:I, s:s?}, "
 			 "s:s?}",
 			 "name", cfg->name,
-			 "uuid", uuid,
+			 "uuid", uuid_str(cfg->uuid, uuid),
 			 "state", api_vm_state_name(s->vm),
 			 "vcpus", (json_int_t)cfg->ncpus,
 			 "memory_bytes", (json_int_t)cfg->mem_size,
@@ -216,6 +211,7 @@ static unsigned int api_vm_snapshot(struct api_server *s, json_t *body, json_t *
 {
 	json_t *jp = body ? json_object_get(body, "path") : NULL;
 	json_t *jr = body ? json_object_get(body, "resume") : NULL;
+	json_t *jl = body ? json_object_get(body, "live") : NULL;
 	const struct snapshot_vm_ops ops = { .pause = s->ops->pause, .resume = s->ops->resume };
 	const struct vm_config *cfg = &s->vm->cfg;
 	struct snapshot_result res = { 0 };
@@ -225,7 +221,7 @@ static unsigned int api_vm_snapshot(struct api_server *s, json_t *body, json_t *
 	const char *path;
 	char err[512] = "", why[128];
 	unsigned int status;
-	bool resume;
+	bool resume, live;
 	double ms;
 	int ret;
 
@@ -239,6 +235,9 @@ static unsigned int api_vm_snapshot(struct api_server *s, json_t *body, json_t *
 	if (jr && !json_is_boolean(jr))
 		return api_error(out, MHD_HTTP_BAD_REQUEST, "\"resume\" must be true or false");
 	resume = jr && json_is_true(jr);
+	if (jl && !json_is_boolean(jl))
+		return api_error(out, MHD_HTTP_BAD_REQUEST, "\"live\" must be true or false");
+	live = jl && json_is_true(jl);
 	status = api_migration_busy(s, out);
 	if (status)
 		return status;
@@ -247,12 +246,20 @@ static unsigned int api_vm_snapshot(struct api_server *s, json_t *body, json_t *
 		return api_error(out, MHD_HTTP_CONFLICT, "VM is stopping");
 	if (state != VM_STATE_RUNNING && state != VM_STATE_PAUSED)
 		return api_error(out, MHD_HTTP_CONFLICT, "VM is not running");
+	if (live && state != VM_STATE_RUNNING)
+		return api_error(out, MHD_HTTP_CONFLICT, "a live snapshot needs a running VM: "
+				 "this one is paused (take it without live, or resume it first)");
 	ret = snapshot_file_create(cfg->snapshot_dirfd, cfg->snapshot_dir_real, path, &f, err,
 				   sizeof(err));
 	if (ret)
 		return api_error(out, MHD_HTTP_BAD_REQUEST, "cannot write the snapshot: %s", err);
-	ret = snapshot_take(s->vm, &ops, &f, state == VM_STATE_RUNNING, resume, &res, &ms,
-			    &stage, err, sizeof(err));
+	if (live) {
+		ret = snapshot_take_live(s->vm, &ops, &f, resume, &res, &stage, err, sizeof(err));
+		ms = res.ms;
+	} else {
+		ret = snapshot_take(s->vm, &ops, &f, state == VM_STATE_RUNNING, resume, &res, &ms,
+				    &stage, err, sizeof(err));
+	}
 	if (ret && stage == SNAPSHOT_PAUSING)
 		return ret == -EBUSY ? api_error(out, MHD_HTTP_CONFLICT, "VM is stopping") :
 		       api_error(out, MHD_HTTP_INTERNAL_SERVER_ERROR, "pause failed: %s",
@@ -261,18 +268,25 @@ static unsigned int api_vm_snapshot(struct api_server *s, json_t *body, json_t *
 		log_warnx("%s: snapshot to %s failed: %s", __func__, path, err);
 		return api_error(out, MHD_HTTP_INTERNAL_SERVER_ERROR, "snapshot failed: %s", err);
 	}
-	log_info("snapshot to %s: %llu bytes in %.1f ms%s", path, (unsigned long long)res.bytes, ms,
-		 resume ? "" : "; stopping");
+	log_info("snapshot to %s: %llu bytes in %.1f ms, %u pass%s, paused %.1f ms%s%s", path,
+		 (unsigned long long)res.bytes, ms, res.passes, res.passes == 1 ? "" : "es",
+		 res.pause_ms, res.direct ? ", O_DIRECT" : "", resume ? "" : "; stopping");
 	if (!resume) {
 		snprintf(why, sizeof(why), "stopped after a snapshot");
 		s->ops->request_exit(s->vm, EXIT_POWEROFF, why);
 	}
-	*out = json_pack("{s:s, s:I, s:f, s:I, s:I, s:s}",
+	*out = json_pack("{s:s, s:I, s:f, s:I, s:I, s:b, s:I, s:f, s:f, s:b, s:s}",
 			 "path", path,
 			 "bytes", (json_int_t)res.bytes,
 			 "ms", (double)(long long)(ms * 1000 + 0.5) / 1000,
 			 "ram_pages", (json_int_t)res.ram.pages,
 			 "zero_pages", (json_int_t)res.ram.zero_pages,
+			 "live", live,
+			 "passes", (json_int_t)res.passes,
+			 "pause_ms", (double)(long long)(res.pause_ms * 1000 + 0.5) / 1000,
+			 "write_mib_s", ms > 0 ? (double)(long long)((double)res.bytes / MiB /
+								    (ms / 1e3) * 10 + 0.5) / 10 : 0.0,
+			 "direct", res.direct,
 			 "state", api_vm_state_name(s->vm));
 	return MHD_HTTP_OK;
 }
@@ -709,7 +723,7 @@ static unsigned int api_vm_migrate_resume(struct api_server *s, json_t *body, js
 	return MHD_HTTP_OK;
 }
 
-static const char *const api_snapshot_fields[] = { "path", "resume", NULL };
+static const char *const api_snapshot_fields[] = { "path", "resume", "live", NULL };
 static const char *const api_resume_fields[] = { "to", NULL };
 static const char *const api_migrate_fields[] = {
 	"to", "downtime_ms", "max_bandwidth", "max_rounds", "min_rate", "with_disks", "tls",

@@ -290,6 +290,12 @@ static void vcpu_kick_handler(int sig)
 	(void)sig;
 }
 
+void vcpu_kick_locked(struct vcpu *v)
+{
+	v->run->immediate_exit = 1;
+	pthread_kill(v->thread, SIGUSR1);
+}
+
 /*
  * The pause point.  Returns false when the thread must exit.  Clearing
  * immediate_exit under the lock, before looking at the flags, is what makes

@@ -23,7 +23,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -602,10 +601,8 @@ static void vm_kick_locked(struct vm *vm)
 	for (unsigned int i = 0; i < vm->cfg.ncpus; i++) {
 		struct vcpu *v = &vm->vcpus[i];
 
-		if (!v->thread_started || v->exited)
-			continue;
-		v->run->immediate_exit = 1;
-		pthread_kill(v->thread, SIGUSR1);
+		if (v->thread_started && !v->exited)
+			vcpu_kick_locked(v);
 	}
 }
 

@@ -8,7 +8,10 @@
  * past the CRCs and reach the config decoder, the RAM run checks and the
  * EOF record; bit 1 = RAM is only checked, not written; bit 2 = unknown
  * optional sections are reported (and skipped by the next call); bit 3 =
- * payloads are skipped, not read.  The rest is the stream.  Seeds: the .gws files in tests/data, with each mode byte
+ * payloads are skipped, not read; bit 4 = data pages go through a placer
+ * (stream_reader_set_placer) that checks what it is given (whole pages, at
+ * most 256 KiB, inside the input, at the lookup's address); bit 5 = that
+ * placer fails its first call.  The rest is the stream.  Seeds: the .gws files in tests/data, with each mode byte
  * (tests/fuzz/run.sh).
  *   make fuzz && build-fuzz/fuzz-stream -max_total_time=60 build-fuzz/corpus-stream
  */
@@ -38,6 +41,28 @@ static void *fuzz_lookup(void *opaque, uint64_t gpa, uint64_t len)
 	return fuzz_ram + gpa;
 }
 
+struct fuzz_placer {
+	const uint8_t *in;
+	size_t len;
+	bool fail;
+};
+
+static int fuzz_place(void *opaque, uint64_t gpa, void *host, const void *src, size_t len)
+{
+	struct fuzz_placer *fp = opaque;
+	const uint8_t *s = src;
+
+	if (!len || len % STREAM_PAGE_SIZE || len > 256u * 1024 || host != fuzz_lookup(NULL, gpa, len) ||
+	    s < fp->in || s + len > fp->in + fp->len)
+		abort();
+	if (fp->fail) {
+		fp->fail = false;
+		return -EIO;
+	}
+	memcpy(host, src, len);
+	return 0;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -49,6 +74,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	static struct stream_config local;
 	static struct kvm_cpuid2 *sup;
 	char err[256];
+	struct fuzz_placer fp;
 	uint8_t *copy;
 	int ret;
 
@@ -75,6 +101,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (stream_reader_new_mem(copy, size - 1, &r))
 		abort();
 	stream_reader_report_unknown(r, data[0] & 4);
+	fp = (struct fuzz_placer){ copy, size - 1, data[0] & 32 };
+	if (data[0] & 16)
+		stream_reader_set_placer(r, fuzz_place, &fp);
 	ret = stream_read_header(r, &cfg);
 	if (!ret) {
 		/* the compatibility checks read every field of a decoded config */

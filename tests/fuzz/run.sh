@@ -165,7 +165,7 @@ seed_stream() {
 	# The stream reader: the golden streams with each mode byte.
 	local g m
 	for g in "$ROOT"/tests/data/*.gws; do
-		for m in 00 01 03 05 08; do printf "\\x$m" | cat - "$g" >"$1/seed-$m-$(basename "$g")"; done
+		for m in 00 01 03 05 08 10 11 31; do printf "\\x$m" | cat - "$g" >"$1/seed-$m-$(basename "$g")"; done
 	done
 }
 

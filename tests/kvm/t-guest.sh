@@ -63,6 +63,16 @@ dirtied=$(t_complete "$log" | grep -a '^memtest: t=' | tail -1 | sed -n 's/.*dir
 if [ "${dirtied:-0}" -ge 6400 ]; then t_pass guest-dirty-rate
 else t_fail guest-dirty-rate "dirtied=${dirtied:-none} pages after ~2 s at 50 MiB/s (want >= 6400: half the paced rate, allowing for a loaded host)"; fi
 
+# As fast as it can (a rate above what a CPU writes) with text pages: the guest
+# must still report, verify without error and power off at its runtime.
+boot guest-text-max 1 256M "workload=mem mem=64 rate=100000 fill=text runtime=3 report=200"
+check_run guest-text-max 1 256
+dirtied=$(t_complete "$log" | grep -a '^memtest: t=' | tail -1 | sed -n 's/.*dirtied=\([0-9]*\).*/\1/p')
+if [ "${dirtied:-0}" -ge 51200 ]; then t_pass guest-text-max-dirtied
+else t_fail guest-text-max-dirtied "dirtied=${dirtied:-none} pages in ~2 s as fast as it can (want >= 51200: 100 MiB/s)"; fi
+if grep -q 'bad value for fill' "$log"; then t_fail guest-fill-text "fill=text refused: $(grep -m1 'bad value' "$log")"
+else t_pass guest-fill-text; fi
+
 boot guest-2cpu 2 512M "workload=mem mem=128 rate=200 runtime=3"
 check_run guest-2cpu 2 512
 if grep -q '^godwit-guest: cpu 1 online' "$log"; then t_pass guest-2cpu-ap-online

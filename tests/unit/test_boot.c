@@ -1,6 +1,7 @@
 /*
  * test_boot.c - the memory map, the bzImage and PVH ELF loaders (on
- * synthetic images, including truncated and corrupted ones) and parse_size.
+ * synthetic images, including truncated and corrupted ones), parse_size and
+ * uuid_str.
  */
 #include <elf.h>
 #include <errno.h>
@@ -431,4 +432,14 @@ TEST(parse_size_cases)
 	CHECK_EQ(parse_size("1G extra", &v), -EINVAL);
 	CHECK_EQ(parse_size("99999999999999999999", &v), -ERANGE);
 	CHECK_EQ(parse_size("99999999999T", &v), -ERANGE);
+}
+
+TEST(uuid_str_format)
+{
+	static const uint8_t u[16] = { 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef,
+				       0xf0, 0xe1, 0xd2, 0xc3, 0xb4, 0xa5, 0x96, 0x87 };
+	char s[UUID_STR_LEN];
+
+	CHECK(uuid_str(u, s) == s);
+	CHECK_STR(s, "01234567-89ab-cdef-f0e1-d2c3b4a59687");
 }
