@@ -1263,6 +1263,17 @@ static int snap_channel(struct snapshot_restore *sr, const struct stream_section
 				    sr->chan.index);
 	else if (ret)
 		ret = stream_refuse(sr->r, ret, "%s", why);
+	/*
+	 * The placer serves one stream: the other channels' readers would
+	 * fault on every fresh page and wait for its thread to answer each
+	 * (seconds on a loaded host).  With several channels the first pass is
+	 * copied, as without a userfaultfd.
+	 */
+	if (!ret && sr->place) {
+		log_info("restore: over %u channels: the first pass is copied, not placed",
+			 sr->chan.count);
+		snap_place_stop(sr);
+	}
 	if (!ret && (ret = sr->chan_ops->start(sr->chan_opaque, &sr->chan, why, sizeof(why))))
 		ret = stream_refuse(sr->r, ret, "%s", why);
 	if (ret)
