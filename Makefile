@@ -16,7 +16,7 @@ Q :=
 quiet =
 endif
 
-PKGS     := libmicrohttpd jansson libcurl openssl libseccomp libcap-ng
+PKGS     := libmicrohttpd jansson libcurl openssl libseccomp libcap-ng libzstd
 CPPFLAGS += -Iinclude -D_GNU_SOURCE -MMD -MP
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=gnu11 -Wall -Wextra -Wshadow -Wno-unused-parameter -Wformat=2 \
@@ -371,7 +371,7 @@ FUZZ_STREAM_SRCS := tests/fuzz/fuzz_stream.c src/migration/stream.c src/migratio
 	src/lib/state.c src/arch/x86/cpuid.c src/vmm/util.c src/vmm/log.c src/migration/tls.c
 build-fuzz/fuzz-stream: $(FUZZ_STREAM_SRCS) include/godwit/stream.h include/godwit/crc32c.h include/godwit/state.h
 	@mkdir -p $(dir $@)
-	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -o $@ $(FUZZ_STREAM_SRCS) -lssl -lcrypto
+	$(call quiet,FUZZ,$@)clang $(FUZZ_CFLAGS) -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -o $@ $(FUZZ_STREAM_SRCS) -lssl -lcrypto -lzstd
 # The control messages and both sides' hand-off (the first byte: side and failures),
 # and post-copy's frames and missing set (the first byte's bit 7).
 FUZZ_HANDOFF_SRCS := tests/fuzz/fuzz_handoff.c src/migration/handoff.c src/migration/crc32c.c \

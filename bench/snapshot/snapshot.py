@@ -169,7 +169,8 @@ def run_godwit(mem, cmd, d, tmo, live=False):
         out = r.stdout.decode(errors='replace')
         if r.returncode != 0:
             raise BenchError('godwit snapshot exited %d: %s' % (r.returncode, out.strip()))
-        m = re.search(r' in ([0-9.]+) ms', out)
+        # "paused X ms" (the vCPUs stopped; with --live only the last pass), else the whole time
+        m = re.search(r'paused ([0-9.]+) ms', out) or re.search(r' in ([0-9.]+) ms', out)
         stall = None
         if live:
             # the guest goes on: 3 more report lines, then its stalls since the request

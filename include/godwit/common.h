@@ -50,6 +50,13 @@ struct timespec;
 double ms_since(const struct timespec *t0);
 /* Milliseconds from t0 to t1 (negative if t1 is earlier). */
 double ms_between(const struct timespec *t0, const struct timespec *t1);
+/*
+ * iov_advance - drop the first k bytes (at most what they hold) of the *n
+ * buffers at *iov, after a short readv/writev: *iov and *n move past the
+ * buffers done, the first one left starts where the transfer stopped.
+ */
+struct iovec;
+void iov_advance(struct iovec **iov, int *n, size_t k);
 /* A UUID as text: 36 lowercase hex digits and dashes (8-4-4-4-12), NUL-terminated. */
 #define UUID_STR_LEN 37
 const char *uuid_str(const uint8_t u[16], char s[UUID_STR_LEN]);

@@ -18,6 +18,7 @@
 #include "godwit/devspec.h"
 #include "godwit/handoff.h"
 #include "godwit/postcopy.h"
+#include "godwit/stream.h"
 
 struct vm;
 struct tls_creds;
@@ -103,6 +104,12 @@ struct migrate_params {
 	 * More than one: not with reconnect_s, postcopy or with_disks.
 	 */
 	uint32_t channels;
+	/*
+	 * Compression of the RAM pages on the link (stream.h): auto (the API's
+	 * default), off or zstd.  Pages go without a per-page CRC on every
+	 * socket (TCP's checksum or TLS's AEAD guards them).
+	 */
+	enum stream_compress compress;
 };
 
 /* The pause's phases, in order (GET /vm/migration "phases_ms"). */
@@ -189,6 +196,9 @@ struct migrate_progress {
 	double fault_median_ms, fault_max_ms;   /* the destination's fault latency */
 	uint32_t postcopy_breaks;        /* links broken and reconnected during post-copy */
 	uint32_t channels;               /* connections the stream went over */
+	/* compression: the mode asked for, and what the writers compressed */
+	enum stream_compress compress;
+	struct stream_compress_stats compress_st;
 	char error[512];
 };
 

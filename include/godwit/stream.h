@@ -301,6 +301,36 @@ uint64_t stream_writer_offset(const struct stream_writer *w);
 /* RAM totals written so far (sections counted once written). */
 void stream_writer_ram_stats(const struct stream_writer *w, struct stream_ram_stats *st);
 
+/*
+ * stream_writer_set_page_crc - off: RAM sections' CRC covers their header
+ * and run table but not the page data (RAM v2, RAM_F_NODATACRC), and on a
+ * plain socket the pages are sent from guest memory without a copy.  For
+ * a channel with its own integrity check (TCP, TLS); files keep it on (the
+ * default).  Before the first RAM call.
+ */
+void stream_writer_set_page_crc(struct stream_writer *w, bool on);
+/*
+ * Compression of RAM sections' page data (one zstd frame per section, level
+ * STREAM_ZSTD_LEVEL): off (default), zstd (always, where it makes the
+ * section smaller), auto (while the writer waits on the link rather than
+ * the CPU and the data compresses by STREAM_ZSTD_MIN_RATIO or more,
+ * measured as it writes).
+ */
+enum stream_compress { STREAM_COMPRESS_OFF, STREAM_COMPRESS_ZSTD, STREAM_COMPRESS_AUTO };
+#define STREAM_ZSTD_LEVEL     1
+#define STREAM_ZSTD_MIN_RATIO 1.3
+struct stream_compress_stats {
+	uint64_t sections;         /* RAM sections sent compressed */
+	uint64_t bytes_in, bytes_out;  /* their page data before and after */
+	uint64_t switches;         /* auto: times it turned compression on or off */
+	bool active;               /* compressing now */
+};
+void stream_writer_set_compress(struct stream_writer *w, enum stream_compress mode);
+void stream_writer_compress_stats(const struct stream_writer *w, struct stream_compress_stats *st);
+/* "off", "zstd", "auto"; and back (0, or -EINVAL for anything else). */
+const char *stream_compress_name(enum stream_compress mode);
+int stream_compress_parse(const char *s, enum stream_compress *mode) __must_check;
+
 /* ---- Reader ---- */
 
 /*

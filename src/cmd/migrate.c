@@ -59,6 +59,10 @@ static const char migrate_usage[] =
 "                          its bound and pre-copy still does not converge.\n"
 "                          During post-copy the VM exists only across both\n"
 "                          hosts: if either dies, it is lost (not with TLS yet)\n"
+"  --compress MODE         the memory pages on the link: auto (default):\n"
+"                          zstd while the link, not the CPU, is the bottleneck\n"
+"                          and the pages compress (measured as it goes); zstd:\n"
+"                          always; off: never\n"
 "  --reconnect-s N         if the connection breaks during pre-copy, connect\n"
 "                          again for up to N seconds (the VM runs on here) and\n"
 "                          go on from what the destination already has,\n"
@@ -268,7 +272,7 @@ static void mig_print_json(json_t *p)
 		"throttle", "reconnects", "resent_pages", "channels", "downtime_limit_ms", "switch_expected_ms",
 		"over_limit", "postcopy", "postcopy_switched", "postcopy_start_ms", "postcopy_pages",
 		"postcopy_requested", "postcopy_pushed", "fault_latency_median_ms",
-		"fault_latency_max_ms", "postcopy_ms", "postcopy_breaks", NULL
+		"fault_latency_max_ms", "postcopy_ms", "postcopy_breaks", "compress", NULL
 	};
 
 	for (unsigned int i = 0; extra[i]; i++)
@@ -478,6 +482,7 @@ int cmd_migrate(int argc, char **argv)
 		{ "postcopy",      required_argument, NULL, 'O' },
 		{ "reconnect-s",   required_argument, NULL, 'R' },
 		{ "channels",      required_argument, NULL, 'C' },
+		{ "compress",      required_argument, NULL, 'Z' },
 		{ "json",          no_argument,       NULL, 'j' },
 		{ "timeline",      required_argument, NULL, 'L' },
 		{ "quiet",         no_argument,       NULL, 'q' },
@@ -487,6 +492,8 @@ int cmd_migrate(int argc, char **argv)
 	const char *sock = NULL, *to = NULL, *tls_dir = NULL, *tls_peer = NULL, *timeline = NULL;
 	bool insecure = false, gate = false, no_throttle = false;
 	enum pc_mode postcopy = PC_OFF;
+	enum stream_compress compress = STREAM_COMPRESS_AUTO;
+	bool compress_set = false;
 	unsigned long long reconnect = 0, channels = 0;
 	uint64_t downtime = MIG_DEFAULT_DOWNTIME_MS, rounds = MIG_DEFAULT_MAX_ROUNDS, bw = 0;
 	uint64_t min_rate = MIG_DEFAULT_MIN_RATE;
@@ -549,6 +556,14 @@ int cmd_migrate(int argc, char **argv)
 					"now\n", optarg);
 				goto usage;
 			}
+			break;
+		case 'Z':
+			if (stream_compress_parse(optarg, &compress)) {
+				fprintf(stderr, "godwit: migrate: --compress %s: expected auto, off or "
+					"zstd\n", optarg);
+				goto usage;
+			}
+			compress_set = true;
 			break;
 		case 'R': {
 			char *e;
@@ -640,6 +655,8 @@ int cmd_migrate(int argc, char **argv)
 		json_object_set_new(req, "throttle", json_false());
 	if (req && postcopy != PC_OFF)
 		json_object_set_new(req, "postcopy", json_string(pc_mode_name(postcopy)));
+	if (req && compress_set)
+		json_object_set_new(req, "compress", json_string(stream_compress_name(compress)));
 	if (req && tls_dir && mig_tls_json(req, tls_dir, tls_peer)) {
 		json_decref(req);
 		return 1;        /* the VM was not asked: it runs on here */

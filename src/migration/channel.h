@@ -48,6 +48,7 @@ struct chan_out_params {
 	struct tls_creds *tls;             /* NULL: plain */
 	uint64_t min_rate;                 /* the destination's minimum rate (bytes/s) */
 	uint64_t max_bandwidth;            /* this channel's share (bytes/s; 0: unlimited) */
+	enum stream_compress compress;     /* each channel's writer decides for itself (auto) */
 	uint64_t *const *bitmap;           /* the migration's dirty bitmaps, per region */
 	const struct stream_config *cfg;   /* the main stream's CONFIG */
 	struct snapshot_channel ch;        /* count and token (index: each channel's) */
@@ -70,6 +71,8 @@ int chan_out_wait(struct chan_out *co, char *err, size_t len);
 bool chan_out_failed(struct chan_out *co, char *err, size_t len);
 /* Stream bytes, pages and zero pages sent on channels 1..N-1 so far. */
 void chan_out_counters(struct chan_out *co, uint64_t *bytes, uint64_t *pages, uint64_t *zero);
+/* Their compression figures, added to *z (switches and sections summed; active: any). */
+void chan_out_compress_stats(struct chan_out *co, struct stream_compress_stats *z);
 /* Stop every channel (their sockets shut down), join, close, free; NULL is fine. */
 void chan_out_free(struct chan_out *co);
 

@@ -93,6 +93,7 @@ struct chan {
 	bool pace;
 	/* under co->lock */
 	uint64_t bytes, pages, zero;
+	struct stream_compress_stats z;
 	char err[512];
 };
 
@@ -124,8 +125,12 @@ static void chan_publish(struct chan *ch)
 {
 	struct stream_ram_stats st;
 
+	struct stream_compress_stats z;
+
 	stream_writer_ram_stats(ch->w, &st);
+	stream_writer_compress_stats(ch->w, &z);
 	pthread_mutex_lock(&ch->co->lock);
+	ch->z = z;
 	ch->bytes = stream_writer_offset(ch->w);
 	ch->pages = st.pages;
 	ch->zero = st.zero_pages;
@@ -287,6 +292,9 @@ static int chan_connect(struct chan_out *co, struct chan *ch, char *err, size_t 
 	}
 	stream_writer_set_tls(ch->w, ch->c.tls);
 	stream_writer_set_watchdog(ch->w, &wd);
+	/* As the main stream's: no per-page CRC on a socket (TCP, TLS), compression as asked. */
+	stream_writer_set_page_crc(ch->w, false);
+	stream_writer_set_compress(ch->w, co->p.compress);
 	sc.index = ch->idx;
 	snapshot_channel_encode(&sc, payload);
 	ret = stream_begin(ch->w, co->p.cfg);
@@ -391,6 +399,21 @@ void chan_out_counters(struct chan_out *co, uint64_t *bytes, uint64_t *pages, ui
 		*bytes += co->ch[i].bytes;
 		*pages += co->ch[i].pages;
 		*zero += co->ch[i].zero;
+	}
+	pthread_mutex_unlock(&co->lock);
+}
+
+void chan_out_compress_stats(struct chan_out *co, struct stream_compress_stats *z)
+{
+	if (!co)
+		return;
+	pthread_mutex_lock(&co->lock);
+	for (unsigned int i = 1; i < co->n; i++) {
+		z->sections += co->ch[i].z.sections;
+		z->bytes_in += co->ch[i].z.bytes_in;
+		z->bytes_out += co->ch[i].z.bytes_out;
+		z->switches += co->ch[i].z.switches;
+		z->active = z->active || co->ch[i].z.active;
 	}
 	pthread_mutex_unlock(&co->lock);
 }

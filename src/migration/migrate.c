@@ -207,6 +207,7 @@ struct mig_run {
 	bool pace;                   /* apply --max-bandwidth (not during stop-and-copy) */
 	uint32_t round;              /* the pre-copy round being sent */
 	uint64_t bytes_before, pages_before, zero_before;   /* of the connections before r->w */
+	struct stream_compress_stats z_before;              /* the same, compression */
 	/* p.reconnect_s: the round each page was last queued in (0: never), per region */
 	uint16_t *sent_round[2];
 	uint8_t token[SNAPSHOT_TOKEN_LEN];
@@ -236,6 +237,17 @@ static void mig_publish(struct mig_run *r)
 	r->m->prog.bytes = r->bytes_before + stream_writer_offset(r->w) + cb;
 	r->m->prog.pages = r->pages_before + st.pages + cp;
 	r->m->prog.zero_pages = r->zero_before + st.zero_pages + cz;
+	{
+		struct stream_compress_stats z;
+
+		stream_writer_compress_stats(r->w, &z);
+		chan_out_compress_stats(r->co, &z);
+		r->m->prog.compress_st.sections = r->z_before.sections + z.sections;
+		r->m->prog.compress_st.bytes_in = r->z_before.bytes_in + z.bytes_in;
+		r->m->prog.compress_st.bytes_out = r->z_before.bytes_out + z.bytes_out;
+		r->m->prog.compress_st.switches = r->z_before.switches + z.switches;
+		r->m->prog.compress_st.active = z.active;
+	}
 	if (r->m->dm) {
 		struct disk_mig_stats ds;
 
@@ -458,6 +470,7 @@ static int mig_chans_open(struct mig_run *r)
 	struct chan_out_params cp = {
 		.vm = r->vm, .to = r->m->p.to, .tls = r->m->p.tls, .min_rate = r->m->p.min_rate,
 		.max_bandwidth = r->m->p.max_bandwidth / r->nchan, .bitmap = r->m->bitmap,
+		.compress = r->m->p.compress,
 		.ch = r->sc, .stop = mig_chan_stop, .opaque = r,
 	};
 	int ret;
@@ -658,6 +671,15 @@ static void mig_disconnect(struct mig_run *r)
 		r->bytes_before += stream_writer_offset(r->w);
 		r->pages_before += st.pages;
 		r->zero_before += st.zero_pages;
+		{
+			struct stream_compress_stats z;
+
+			stream_writer_compress_stats(r->w, &z);
+			r->z_before.sections += z.sections;
+			r->z_before.bytes_in += z.bytes_in;
+			r->z_before.bytes_out += z.bytes_out;
+			r->z_before.switches += z.switches;
+		}
 		stream_writer_free(r->w);
 		r->w = NULL;
 	}
@@ -683,6 +705,9 @@ static int mig_writer(struct mig_run *r)
 		return ret;
 	stream_writer_set_tls(r->w, r->c.tls);
 	stream_writer_set_watchdog(r->w, &wd);
+	/* a socket: TCP's checksum or TLS's AEAD guards the pages (docs/stream-format.md) */
+	stream_writer_set_page_crc(r->w, false);
+	stream_writer_set_compress(r->w, r->m->p.compress);
 	return 0;
 }
 
@@ -1337,6 +1362,8 @@ static int mig_stop_copy(struct mig_run *r, struct timespec *t_pause)
 		r->bytes_before += cb;
 		r->pages_before += cp;
 		r->zero_before += cz;
+		chan_out_compress_stats(r->co, &r->z_before);
+		r->z_before.active = false;
 		chan_out_free(r->co);
 		r->co = NULL;
 	}
@@ -1862,6 +1889,8 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 	m->prog.gate = p->gate;
 	m->prog.postcopy = p->postcopy;
 	m->prog.channels = m->p.channels;
+	m->prog.compress = p->compress;
+	memset(&m->prog.compress_st, 0, sizeof(m->prog.compress_st));
 	m->fd = -1;
 	clock_gettime(CLOCK_MONOTONIC, &m->t_start);
 	pthread_mutex_unlock(&m->lock);

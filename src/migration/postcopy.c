@@ -53,15 +53,7 @@ static int pc_sendv(int fd, struct iovec *iov, int n)
 				continue;
 			return errno == EAGAIN ? -ETIMEDOUT : -errno;
 		}
-		while (n > 0 && (size_t)k >= iov->iov_len) {
-			k -= (ssize_t)iov->iov_len;
-			iov++;
-			n--;
-		}
-		if (n > 0) {
-			iov->iov_base = (uint8_t *)iov->iov_base + k;
-			iov->iov_len -= (size_t)k;
-		}
+		iov_advance(&iov, &n, (size_t)k);
 	}
 	return 0;
 }

@@ -1,8 +1,9 @@
 /*
  * stream_file.c - the stream writer's file sink (stream_writer_to_file(),
- * stream.h): a snapshot file written by a thread of its own from
- * FSINK_NBUF page-aligned buffers, so that while one buffer goes to the
- * disk the next one is filled (guest pages copied and checksummed, the
+ * stream.h): a snapshot file written by FSINK_THREADS threads of its own
+ * (two writes in flight: with O_DIRECT a single one leaves the disk idle
+ * between them) from FSINK_NBUF page-aligned buffers, so that while
+ * buffers go to the disk the next one is filled (guest pages copied and checksummed, the
  * stream writer's w_put).  With O_DIRECT (when the filesystem takes it)
  * the data skips the page cache: no copy into it, and the final fdatasync
  * has next to nothing left to write.
@@ -14,8 +15,8 @@
  * to the next buffer; the last write (the stream's end) clears O_DIRECT
  * for its unaligned tail.  The stream format is not changed.
  *
- * Why a thread and not io_uring: one write() per 4 MiB buffer is not where
- * the time goes, and a thread needs no new dependency; what matters is the
+ * Why threads and not io_uring: one write() per 4 MiB buffer is not where
+ * the time goes, and threads need no new dependency; what matters is the
  * overlap of the checksumming copy with the disk, which both give.
  */
 #include <errno.h>
@@ -29,8 +30,9 @@
 #include "godwit/log.h"
 #include "stream_int.h"
 
-#define FSINK_NBUF  3
-#define FSINK_ALIGN 4096u
+#define FSINK_NBUF    4
+#define FSINK_THREADS 2          /* writes in flight: a disk takes more than one at a time */
+#define FSINK_ALIGN   4096u
 
 struct fsink {
 	int fd;
@@ -39,13 +41,20 @@ struct fsink {
 	uint8_t *bufs[FSINK_NBUF];
 	pthread_mutex_t lock;
 	pthread_cond_t cv;
-	pthread_t thread;
-	bool started, stop;
-	/* The queue: buffers head .. head + count - 1 (mod FSINK_NBUF), in file order. */
+	pthread_t threads[FSINK_THREADS];
+	unsigned int nthreads;
+	bool stop;
+	/*
+	 * The queue: buffers head .. head + count - 1 (mod FSINK_NBUF), in file
+	 * order; the first issued of them are taken by a thread (written or being
+	 * written: done[] says which); a buffer is released, in order, once it
+	 * and every one before it are done.
+	 */
 	size_t qlen[FSINK_NBUF];
-	unsigned int head, count;
+	uint64_t qpos[FSINK_NBUF];   /* where each queued buffer goes in the file */
+	bool done[FSINK_NBUF];
+	unsigned int head, count, issued;
 	uint64_t qoff;           /* file offset after everything queued (filler) */
-	uint64_t woff;           /* file offset of the thread's next write */
 	int err;                 /* the first write error (-errno), sticky */
 	uint64_t err_off;        /* the file offset it happened at */
 };
@@ -78,26 +87,32 @@ static void *fsink_thread(void *opaque)
 		unsigned int i;
 		size_t len;
 		uint64_t off;
+		bool skip;
 		int ret = 0;
 
-		while (!fs->count && !fs->stop)
+		while (fs->issued == fs->count && !fs->stop)
 			pthread_cond_wait(&fs->cv, &fs->lock);
-		if (!fs->count)
+		if (fs->issued == fs->count)
 			break;
-		i = fs->head;
+		i = (fs->head + fs->issued++) % FSINK_NBUF;
 		len = fs->qlen[i];
-		off = fs->woff;
+		off = fs->qpos[i];
+		skip = fs->err != 0;    /* after a failure the rest is dropped */
 		pthread_mutex_unlock(&fs->lock);
-		if (!fs->err)           /* after a failure the rest is dropped */
+		if (!skip)
 			ret = fsink_pwrite(fs->fd, fs->bufs[i], len, off);
 		pthread_mutex_lock(&fs->lock);
 		if (ret && !fs->err) {
 			fs->err = ret;
 			fs->err_off = off;
 		}
-		fs->woff += len;
-		fs->head = (fs->head + 1) % FSINK_NBUF;
-		fs->count--;
+		fs->done[i] = true;
+		while (fs->count && fs->done[fs->head]) {
+			fs->done[fs->head] = false;
+			fs->head = (fs->head + 1) % FSINK_NBUF;
+			fs->count--;
+			fs->issued--;
+		}
 		pthread_cond_broadcast(&fs->cv);
 	}
 	pthread_mutex_unlock(&fs->lock);
@@ -108,13 +123,12 @@ void fsink_free(struct fsink *fs)
 {
 	if (!fs)
 		return;
-	if (fs->started) {
-		pthread_mutex_lock(&fs->lock);
-		fs->stop = true;
-		pthread_cond_broadcast(&fs->cv);
-		pthread_mutex_unlock(&fs->lock);
-		pthread_join(fs->thread, NULL);
-	}
+	pthread_mutex_lock(&fs->lock);
+	fs->stop = true;
+	pthread_cond_broadcast(&fs->cv);
+	pthread_mutex_unlock(&fs->lock);
+	for (unsigned int i = 0; i < fs->nthreads; i++)
+		pthread_join(fs->threads[i], NULL);
 	pthread_mutex_destroy(&fs->lock);
 	pthread_cond_destroy(&fs->cv);
 	for (unsigned int i = 0; i < FSINK_NBUF; i++)
@@ -141,7 +155,7 @@ int fsink_new(int fd, size_t bufsize, bool direct, struct fsink **out)
 		return -ENOMEM;
 	fs->fd = fd;
 	fs->bufsize = bufsize;
-	fs->qoff = fs->woff = (uint64_t)pos;
+	fs->qoff = (uint64_t)pos;
 	pthread_mutex_init(&fs->lock, NULL);
 	pthread_cond_init(&fs->cv, NULL);
 	for (unsigned int i = 0; i < FSINK_NBUF; i++) {
@@ -160,12 +174,14 @@ int fsink_new(int fd, size_t bufsize, bool direct, struct fsink **out)
 			log_info("snapshot file: O_DIRECT refused here (%s): buffered writes",
 				 strerror(errno));
 	}
-	ret = pthread_create(&fs->thread, NULL, fsink_thread, fs);
-	if (ret) {
-		fsink_free(fs);
-		return -ret;
+	for (unsigned int i = 0; i < FSINK_THREADS; i++) {
+		ret = pthread_create(&fs->threads[i], NULL, fsink_thread, fs);
+		if (ret) {
+			fsink_free(fs);
+			return -ret;
+		}
+		fs->nthreads++;
 	}
-	fs->started = true;
 	*out = fs;
 	return 0;
 }
@@ -227,9 +243,11 @@ int fsink_submit(struct fsink *fs, size_t len, bool final, size_t *keep, uint64_
 				fs->err_off = fs->qoff;
 			}
 			fs->qoff += whole;
-			fs->woff = fs->qoff;
 		} else {
-			fs->qlen[(fs->head + fs->count) % FSINK_NBUF] = whole;
+			unsigned int i = (fs->head + fs->count) % FSINK_NBUF;
+
+			fs->qlen[i] = whole;
+			fs->qpos[i] = fs->qoff;
 			fs->count++;
 			fs->qoff += whole;
 			pthread_cond_broadcast(&fs->cv);

@@ -36,11 +36,17 @@
 
 /* Versions of the sections this file writes and reads. */
 #define CONFIG_VERSION 1
-#define RAM_VERSION    1
+#define RAM_VERSION    1        /* RAM v1: the CRC covers everything */
+#define RAM_VERSION_2  2        /* RAM v2: a flags word (RAM_F_*) and the frame length */
 #define EOF_VERSION    1
 
 #define SEC_FIXED      18u      /* u8 type, u8 flags, u16 id_len, u16 version, u32 instance, u64 len */
 #define RAM_HDR        8u       /* u32 nruns, u32 pad */
+#define RAM_HDR2       16u      /* v2: u32 nruns, u32 pad, u32 flags, u32 zlen */
+#define RAM_F_NODATACRC 0x1u    /* v2: the section CRC does not cover the page data */
+#define RAM_F_ZSTD      0x2u    /* v2: the page data is one zstd frame of zlen bytes */
+#define RAM_F_KNOWN     (RAM_F_NODATACRC | RAM_F_ZSTD)
+#define RAM_ZSTD_WINDOW_LOG_MAX 23   /* a reader refuses frames needing a larger window */
 #define RAM_RUN        16u      /* u64 gpa, u32 npages, u32 flags */
 #define RUN_F_ZERO     0x1u
 
@@ -89,7 +95,7 @@ int stream_wd_after(struct wd_state *s, uint64_t ns, uint64_t bytes, bool rd, ch
 const char *stream_io_err(int fd, bool rd, int *e, char *buf, size_t len);
 
 /*
- * The file sink (stream_file.c): fd, a regular file, written from a thread
+ * The file sink (stream_file.c): fd, a regular file, written by threads
  * of its own out of page-aligned buffers of bufsize bytes, with O_DIRECT if
  * direct and the filesystem takes it.  fsink_buf() is the buffer to fill;
  * fsink_submit() queues its first len bytes (direct and not final: only

@@ -25,6 +25,7 @@
 #include <unistd.h>
 #include <linux/kvm.h>
 #include <linux/sockios.h>
+#include <zstd.h>
 
 #include "godwit/crc32c.h"
 #include "godwit/dev.h"
@@ -80,6 +81,9 @@ struct stream_reader {
 	size_t payload_cap;
 	struct rd_run *runs;
 	size_t runs_cap;
+	bool nocrc;               /* r_copy leaves the bytes out of the CRC (RAM_F_NODATACRC) */
+	ZSTD_DCtx *dctx;          /* RAM_F_ZSTD sections */
+	uint8_t *zscratch;        /* decompressed pages with no destination (no lookup) */
 	int err;
 	bool link_failed;            /* stream_reader_link_failed() */
 	char msg[400];
@@ -203,6 +207,8 @@ void stream_reader_free(struct stream_reader *r)
 	free(r->own);
 	free(r->payload);
 	free(r->runs);
+	ZSTD_freeDCtx(r->dctx);
+	free(r->zscratch);
 	free(r);
 }
 
@@ -299,7 +305,8 @@ static int r_copy(struct stream_reader *r, uint8_t *dst, uint64_t n)
 					return (int)got;
 				if (!got)
 					return r_truncated(r);
-				r->crc = crc32c(r->crc, dst, (size_t)got);
+				if (!r->nocrc)
+					r->crc = crc32c(r->crc, dst, (size_t)got);
 				r->off += (uint64_t)got;
 				dst += got;
 				n -= (uint64_t)got;
@@ -313,10 +320,13 @@ static int r_copy(struct stream_reader *r, uint8_t *dst, uint64_t n)
 			avail = r->end - r->pos;
 		}
 		k = (size_t)MIN((uint64_t)avail, n);
-		if (dst) {
+		if (dst && r->nocrc) {
+			memcpy(dst, r->data + r->pos, k);
+			dst += k;
+		} else if (dst) {
 			r->crc = crc32c_copy(r->crc, dst, r->data + r->pos, k);
 			dst += k;
-		} else {
+		} else if (!r->nocrc) {
 			r->crc = crc32c(r->crc, r->data + r->pos, k);
 		}
 		r->pos += k;
@@ -350,7 +360,7 @@ static int r_place(struct stream_reader *r, uint64_t gpa, uint8_t *host, uint64_
 			avail = r->end - r->pos;
 		}
 		k = MIN(want, avail) & ~(size_t)(STREAM_PAGE_SIZE - 1);
-		ret = r->place(r->place_opaque, gpa, host, r_take(r, k, true), k);
+		ret = r->place(r->place_opaque, gpa, host, r_take(r, k, !r->nocrc), k);
 		if (ret)
 			return r_fail(r, ret < 0 ? ret : -EIO, "cannot place %zu bytes at gpa 0x%llx: %s",
 				      k, (unsigned long long)gpa, strerror(ret < 0 ? -ret : EIO));
@@ -447,7 +457,7 @@ static uint64_t type_max(const struct stream_reader *r, unsigned int type)
 	case STREAM_EOF:    return STREAM_MAX_EOF;
 	case STREAM_DISK:   return STREAM_DISK_HDR + STREAM_DISK_MAX_DATA;
 	case STREAM_RAM:
-		return RAM_HDR + (uint64_t)STREAM_R_RAM_RUNS * RAM_RUN + STREAM_PAGE_SIZE +
+		return RAM_HDR2 + (uint64_t)STREAM_R_RAM_RUNS * RAM_RUN + STREAM_PAGE_SIZE +
 		       (r->mem_pages << STREAM_PAGE_SHIFT);
 	default:            return STREAM_MAX_SKIP;
 	}
@@ -640,7 +650,7 @@ int stream_next_section(struct stream_reader *r, struct stream_section *s)
 			ret = r_eof(r);
 			return ret ? ret : 0;
 		case STREAM_RAM:
-			ret = section_version_check(r, RAM_VERSION);
+			ret = section_version_check(r, RAM_VERSION_2);
 			if (ret)
 				return ret;
 			break;
@@ -670,26 +680,169 @@ static bool in_layout(const struct stream_config *c, uint64_t gpa, uint64_t npag
 	return false;
 }
 
+#define ZSCRATCH (128u << 10)
+
+/* Consume n (<= buffered) bytes of a zstd frame, in the CRC unless NODATACRC. */
+static void r_ztake(struct stream_reader *r, size_t n)
+{
+	if (!r->nocrc)
+		r->crc = crc32c(r->crc, r->data + r->pos, n);
+	r->pos += n;
+	r->off += n;
+}
+
+/*
+ * The section's zstd frame (zlen bytes) into its data runs' pages, a run at
+ * a time in table order (zstd_begin, zstd_run per data run, zstd_end).  The
+ * frame must decode to exactly the data pages of the run table: one that
+ * ends early, holds more, is corrupt or needs a window above
+ * 2^RAM_ZSTD_WINDOW_LOG_MAX is refused.  Nothing is allocated by the
+ * frame's say: the outputs are the pages (or, with no destination, a
+ * scratch buffer), the window is bounded.
+ */
+struct zstate {
+	uint64_t zlen, zleft, done, want;   /* frame bytes, left; page bytes out, expected */
+	size_t ret;                         /* ZSTD_decompressStream's last: 0 = frame ended */
+};
+
+static int zstd_fail(struct stream_reader *r, const struct zstate *z, size_t ret)
+{
+	return r_fail(r, -EBADMSG, "bad zstd frame (%s) after %llu of its %llu bytes",
+		      ZSTD_getErrorName(ret), (unsigned long long)(z->zlen - z->zleft),
+		      (unsigned long long)z->zlen);
+}
+
+static int zstd_begin(struct stream_reader *r, struct zstate *z, uint64_t zlen, uint64_t want)
+{
+	*z = (struct zstate){ .zlen = zlen, .zleft = zlen, .want = want, .ret = 1 };
+	if (!r->dctx) {
+		r->dctx = ZSTD_createDCtx();
+		if (!r->dctx)
+			return r_fail(r, -ENOMEM, "out of memory for the decompressor");
+		ZSTD_DCtx_setParameter(r->dctx, ZSTD_d_windowLogMax, RAM_ZSTD_WINDOW_LOG_MAX);
+	}
+	ZSTD_DCtx_reset(r->dctx, ZSTD_reset_session_only);
+	return 0;
+}
+
+/* Decode into n bytes at dst (NULL: only check); out is 1 byte past the pages' end. */
+static int zstd_step(struct stream_reader *r, struct zstate *z, uint8_t *dst, size_t n,
+		     size_t *got)
+{
+	ZSTD_outBuffer out = { dst, n, 0 };
+	ZSTD_inBuffer in;
+
+	if (r->end == r->pos && r_fill(r, 1))
+		return r->err;
+	in = (ZSTD_inBuffer){ r->data + r->pos, (size_t)MIN((uint64_t)(r->end - r->pos), z->zleft), 0 };
+	z->ret = ZSTD_decompressStream(r->dctx, &out, &in);
+	if (ZSTD_isError(z->ret))
+		return zstd_fail(r, z, z->ret);
+	r_ztake(r, in.pos);
+	z->zleft -= in.pos;
+	*got = out.pos;
+	return 0;
+}
+
+/*
+ * bytes of page data for gpa, whose host mapping is dst (NULL: only
+ * checked): decoded straight into dst, or through the placer (staged in the
+ * scratch buffer, ZSCRATCH bytes, a multiple of the page size, at a time).
+ */
+static int zstd_run(struct stream_reader *r, struct zstate *z, uint64_t gpa, uint8_t *dst,
+		    uint64_t bytes)
+{
+	bool staged = !dst || r->place;
+
+	if (staged && !r->zscratch && !(r->zscratch = malloc(ZSCRATCH)))
+		return r_fail(r, -ENOMEM, "out of memory for decompressing");
+	while (bytes) {
+		size_t n = (size_t)(staged ? MIN(bytes, (uint64_t)ZSCRATCH) : bytes), filled = 0;
+		uint8_t *out = staged ? r->zscratch : dst;
+
+		while (filled < n) {
+			size_t got;
+
+			if (!z->ret || !z->zleft)
+				return r_fail(r, -EBADMSG, "the zstd frame holds %llu bytes of the %llu "
+					      "its data pages need", (unsigned long long)z->done,
+					      (unsigned long long)z->want);
+			if (zstd_step(r, z, out + filled, n - filled, &got))
+				return r->err;
+			filled += got;
+			z->done += got;
+		}
+		if (dst && r->place) {
+			int ret = r->place(r->place_opaque, gpa, dst, r->zscratch, n);
+
+			if (ret)
+				return r_fail(r, ret < 0 ? ret : -EIO, "cannot place %zu bytes at gpa "
+					      "0x%llx: %s", n, (unsigned long long)gpa,
+					      strerror(ret < 0 ? -ret : EIO));
+		}
+		bytes -= n;
+		gpa += n;
+		if (dst)
+			dst += n;
+	}
+	return 0;
+}
+
+/* Every page is filled: the frame must end here, with its last byte. */
+static int zstd_end(struct stream_reader *r, struct zstate *z)
+{
+	while (z->ret && z->zleft) {
+		uint8_t extra;
+		uint64_t before = z->zleft;
+		size_t got;
+
+		if (zstd_step(r, z, &extra, 1, &got))
+			return r->err;
+		if (got)
+			return r_fail(r, -EBADMSG, "the zstd frame holds more than its %llu bytes "
+				      "of data pages", (unsigned long long)z->want);
+		if (before == z->zleft && z->ret)
+			break;
+	}
+	if (z->ret || z->zleft)
+		return r_fail(r, -EBADMSG, "the zstd frame %s (%llu of its %llu bytes left)",
+			      z->ret ? "does not end after its data pages" : "ends before its length",
+			      (unsigned long long)z->zleft, (unsigned long long)z->zlen);
+	return 0;
+}
+
 int stream_read_ram(struct stream_reader *r, stream_lookup_fn lookup, void *opaque,
 		    struct stream_ram_stats *st)
 {
-	uint64_t len = r->cur.len, data_pages = 0, zero_pages = 0, pages = 0, want, pad;
+	uint64_t len = r->cur.len, data_pages = 0, zero_pages = 0, pages = 0, want, pad, data;
+	uint32_t nruns, flags = 0, zlen = 0;
+	size_t hdr = r->cur.version >= RAM_VERSION_2 ? RAM_HDR2 : RAM_HDR;
+	struct zstate z;
 	const uint8_t *h;
-	uint32_t nruns;
 
 	if (r->err)
 		return r->err;
 	if (r->state != R_PAYLOAD || r->cur.type != STREAM_RAM || r->left != len)
 		return r_fail(r, -EINVAL, "stream_read_ram: no unread RAM section");
-	if (len < RAM_HDR)
+	if (len < hdr)
 		return r_fail(r, -EBADMSG, "length %llu is shorter than the RAM header",
 			      (unsigned long long)len);
-	if (r_fill(r, RAM_HDR))
+	if (r_fill(r, hdr))
 		return r->err;
-	h = r_take(r, RAM_HDR, true);
+	h = r_take(r, hdr, true);
 	nruns = (uint32_t)le_get(h, 4);
 	pad = le_get(h + 4, 4);
-	if (nruns > STREAM_R_RAM_RUNS || (uint64_t)nruns * RAM_RUN > len - RAM_HDR)
+	if (hdr == RAM_HDR2) {
+		flags = (uint32_t)le_get(h + 8, 4);
+		zlen = (uint32_t)le_get(h + 12, 4);
+		if (flags & ~RAM_F_KNOWN)
+			return r_fail(r, -EPROTONOSUPPORT, "unknown RAM flags 0x%x: this godwit "
+				      "cannot load it", flags & ~RAM_F_KNOWN);
+		if (!(flags & RAM_F_ZSTD) && zlen)
+			return r_fail(r, -EBADMSG, "a compressed length (%u) without compression",
+				      zlen);
+	}
+	if (nruns > STREAM_R_RAM_RUNS || (uint64_t)nruns * RAM_RUN > len - hdr)
 		return r_fail(r, -EBADMSG, "%u runs do not fit its length %llu (at most %u runs)",
 			      nruns, (unsigned long long)len, STREAM_R_RAM_RUNS);
 	if (nruns > r->runs_cap) {
@@ -728,19 +881,26 @@ int stream_read_ram(struct stream_reader *r, stream_lookup_fn lookup, void *opaq
 		 * pages than the guest has (the writer splits before that), and its
 		 * data must fit its length.  Nothing below can then wrap.
 		 */
-		if (pages > r->mem_pages || data_pages > len >> STREAM_PAGE_SHIFT)
+		if (pages > r->mem_pages ||
+		    (!(flags & RAM_F_ZSTD) && data_pages > len >> STREAM_PAGE_SHIFT))
 			return r_fail(r, -EBADMSG, "runs 0 to %u hold %llu pages (%llu with data): "
 				      "more than the guest has or the length holds", i,
 				      (unsigned long long)pages, (unsigned long long)data_pages);
 	}
-	want = data_pages ? (STREAM_PAGE_SIZE - (r->off & (STREAM_PAGE_SIZE - 1))) &
-			    (STREAM_PAGE_SIZE - 1) : 0;
+	want = data_pages && !(flags & RAM_F_ZSTD) ?
+	       (STREAM_PAGE_SIZE - (r->off & (STREAM_PAGE_SIZE - 1))) & (STREAM_PAGE_SIZE - 1) : 0;
 	if (pad != want)
 		return r_fail(r, -EBADMSG, "page data padding %llu, expected %llu",
 			      (unsigned long long)pad, (unsigned long long)want);
-	if (len != RAM_HDR + (uint64_t)nruns * RAM_RUN + pad + (data_pages << STREAM_PAGE_SHIFT))
-		return r_fail(r, -EBADMSG, "length %llu does not match its %u runs (%llu data pages)",
-			      (unsigned long long)len, nruns, (unsigned long long)data_pages);
+	if ((flags & RAM_F_ZSTD) && (!data_pages || !zlen ||
+				     zlen >= data_pages << STREAM_PAGE_SHIFT))
+		return r_fail(r, -EBADMSG, "a zstd frame of %u bytes for %llu data pages", zlen,
+			      (unsigned long long)data_pages);
+	data = flags & RAM_F_ZSTD ? zlen : data_pages << STREAM_PAGE_SHIFT;
+	if (len != hdr + (uint64_t)nruns * RAM_RUN + pad + data)
+		return r_fail(r, -EBADMSG, "length %llu does not match its %u runs (%llu data pages%s)",
+			      (unsigned long long)len, nruns, (unsigned long long)data_pages,
+			      flags & RAM_F_ZSTD ? ", compressed" : "");
 	if (lookup) {
 		for (uint32_t i = 0; i < nruns; i++) {
 			struct rd_run *run = &r->runs[i];
@@ -755,6 +915,9 @@ int stream_read_ram(struct stream_reader *r, stream_lookup_fn lookup, void *opaq
 	}
 	if (r_copy(r, NULL, pad))
 		return r->err;
+	r->nocrc = flags & RAM_F_NODATACRC;
+	if ((flags & RAM_F_ZSTD) && zstd_begin(r, &z, zlen, data_pages << STREAM_PAGE_SHIFT))
+		return r->err;
 	for (uint32_t i = 0; i < nruns; i++) {
 		struct rd_run *run = &r->runs[i];
 		uint64_t bytes = (uint64_t)run->npages << STREAM_PAGE_SHIFT;
@@ -768,13 +931,18 @@ int stream_read_ram(struct stream_reader *r, stream_lookup_fn lookup, void *opaq
 					memset(run->host + o, 0, STREAM_PAGE_SIZE);
 			continue;
 		}
-		if (r->place && run->host) {
-			if (r_place(r, run->gpa, run->host, bytes))
-				return r->err;
-		} else if (r_copy(r, run->host, bytes)) {
+		if ((flags & RAM_F_ZSTD) ? zstd_run(r, &z, run->gpa, run->host, bytes) :
+		    r->place && run->host ? r_place(r, run->gpa, run->host, bytes) :
+					    r_copy(r, run->host, bytes)) {
+			r->nocrc = false;
 			return r->err;
 		}
 	}
+	if ((flags & RAM_F_ZSTD) && zstd_end(r, &z)) {
+		r->nocrc = false;
+		return r->err;
+	}
+	r->nocrc = false;
 	r->left = 0;
 	if (r_end_section(r))
 		return r->err;

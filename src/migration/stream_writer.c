@@ -12,6 +12,13 @@
  * STREAM_W_RAM_DATA_PAGES data pages or STREAM_W_RAM_RUNS runs, with the run
  * table first and the page data after it, starting on a 4 KiB boundary of
  * the stream.
+ *
+ * Without the page CRC (stream_writer_set_page_crc(w, false): a socket,
+ * whose TCP checksum or TLS AEAD guards the bytes), RAM sections are v2
+ * with RAM_F_NODATACRC and, on a plain socket, their page data goes from
+ * guest memory straight to sendmsg() (ram_send_direct), with no copy into
+ * the buffer.  With compression on for a section (RAM_F_ZSTD), its data
+ * pages are one zstd frame, compressed before the header is written.
  */
 #include <errno.h>
 #include <poll.h>
@@ -24,9 +31,11 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #include <linux/kvm.h>
 #include <linux/sockios.h>
+#include <zstd.h>
 
 #include "godwit/crc32c.h"
 #include "godwit/dev.h"
@@ -72,6 +81,20 @@ struct stream_writer {
 	uint64_t pend_pages;      /* pages in the pending section, zero ones included */
 	uint64_t mem_pages;       /* the configured memory; no section holds more */
 	struct stream_ram_stats ram;
+	bool no_page_crc;         /* stream_writer_set_page_crc(w, false) */
+	unsigned int max_data_pages;  /* a section's; smaller with auto (decisions per section) */
+	uint64_t wait_ns;         /* time spent waiting for the socket to drain */
+	/* Compression (stream_writer_set_compress). */
+	enum stream_compress cmode;
+	ZSTD_CCtx *cctx;
+	uint8_t *zbuf;            /* one section's frame */
+	size_t zcap;
+	struct stream_compress_stats cst;
+	struct {                  /* auto: the current measuring window */
+		uint64_t t0, last, wait0, raw, zin, zout;
+		double rate_off;  /* raw bytes/s in the last window without compression */
+		unsigned int cooldown;  /* windows to stay off after compression did not pay */
+	} au;
 };
 
 __attribute__((format(printf, 3, 4)))
@@ -104,6 +127,7 @@ int stream_writer_new(int fd, struct stream_writer **out)
 	}
 	w->fd = fd;
 	w->sock = !fstat(fd, &st) && S_ISSOCK(st.st_mode);
+	w->max_data_pages = STREAM_W_RAM_DATA_PAGES;
 	*out = w;
 	return 0;
 }
@@ -128,6 +152,8 @@ void stream_writer_free(struct stream_writer *w)
 	}
 	free(w->buf);
 	free(w->runs);
+	ZSTD_freeCCtx(w->cctx);
+	free(w->zbuf);
 	free(w);
 }
 
@@ -245,6 +271,7 @@ static int w_drain(struct stream_writer *w)
 					saved = errno;
 					goto failed;
 				}
+				w->wait_ns += stream_wd_now_ns() - t0;
 			}
 			q1 = w_outq(w->fd);
 			moved = q0 + moved > q1 ? q0 + moved - q1 : 0;
@@ -270,6 +297,90 @@ failed:
 		done += (size_t)n;
 	}
 	w->len = 0;
+	return 0;
+}
+
+/*
+ * w_sendv - send cnt iovecs (total bytes) on the writer's plain socket,
+ * after the buffer: the socket half of w_drain() for memory that is not the
+ * buffer (guest pages).  The same non-blocking sends, polls and watchdog
+ * as w_drain(); w->off counts the bytes.
+ */
+static int w_sendv(struct stream_writer *w, struct iovec *iov, int cnt, uint64_t total)
+{
+	bool watched = w->wd.on;
+	uint64_t stalled = 0, limit = 0, q0 = watched ? w_outq(w->fd) : 0, done = 0;
+
+	if (w_drain(w))
+		return w->err;
+	if (watched) {
+		struct timeval tv = { 0 };
+		socklen_t tl = sizeof(tv);
+
+		if (getsockopt(w->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, &tl) == 0)
+			limit = (uint64_t)tv.tv_sec * 1000000000ull + (uint64_t)tv.tv_usec * 1000ull;
+	}
+	while (cnt) {
+		struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t)cnt };
+		char wd_why[160];
+		uint64_t t0, moved;
+		ssize_t n;
+		int saved;
+
+		if (stream_wd_before(&w->wd, wd_why, sizeof(wd_why)))
+			return w_fail(w, -ETIMEDOUT, "write at stream offset %llu: %s",
+				      (unsigned long long)(w->off + done), wd_why);
+		t0 = stream_wd_now_ns();
+		n = sendmsg(w->fd, &mh, MSG_NOSIGNAL | (watched ? MSG_DONTWAIT : 0));
+		saved = errno;
+		if (n < 0 && saved == EINTR)
+			continue;
+		moved = n > 0 ? (uint64_t)n : 0;
+		if (watched) {
+			uint64_t q1;
+
+			if (n < 0 && (saved == EAGAIN || saved == EWOULDBLOCK)) {
+				struct pollfd pfd = { .fd = w->fd, .events = POLLOUT };
+
+				if (limit && stalled >= limit)
+					goto failed;
+				if (poll(&pfd, 1, 1000) < 0 && errno != EINTR) {
+					saved = errno;
+					goto failed;
+				}
+				w->wait_ns += stream_wd_now_ns() - t0;
+			}
+			q1 = w_outq(w->fd);
+			moved = q0 + moved > q1 ? q0 + moved - q1 : 0;
+			q0 = q1;
+			stalled = moved ? 0 : stalled + (stream_wd_now_ns() - t0);
+		}
+		if (stream_wd_after(&w->wd, stream_wd_now_ns() - t0, moved, false, wd_why, sizeof(wd_why)))
+			return w_fail(w, -ETIMEDOUT, "write at stream offset %llu: %s",
+				      (unsigned long long)(w->off + done), wd_why);
+		if (n < 0 && watched && (saved == EAGAIN || saved == EWOULDBLOCK))
+			continue;
+failed:
+		if (n <= 0) {
+			int e = n < 0 ? saved : EIO;
+			char buf[64];
+			const char *why = stream_io_err(w->fd, false, &e, buf, sizeof(buf));
+
+			return w_fail(w, -e, "write at stream offset %llu: %s",
+				      (unsigned long long)(w->off + done), why);
+		}
+		done += (uint64_t)n;
+		while (cnt && (size_t)n >= iov->iov_len) {
+			n -= (ssize_t)iov->iov_len;
+			iov++;
+			cnt--;
+		}
+		if (cnt) {
+			iov->iov_base = (uint8_t *)iov->iov_base + n;
+			iov->iov_len -= (size_t)n;
+		}
+	}
+	w->off += total;
 	return 0;
 }
 
@@ -352,28 +463,248 @@ static int w_section(struct stream_writer *w, unsigned int type, unsigned int fl
 }
 
 /*
+ * ram_send_direct - the pending section's data pages, from guest memory
+ * to the socket (sendmsg with iovecs on the guest's pages), no copy.
+ *
+ * The guest may be running and rewrite a page while the kernel copies it
+ * into the socket: the destination then gets a torn page (part old, part
+ * new).  That is harmless because such a page is dirty in the log again
+ * (the write came after the dirty bitmap was fetched and cleared), so a
+ * later round sends it whole, and the last pass runs with the vCPUs
+ * paused, when nothing can tear.  No CRC is taken over these bytes (a CRC
+ * from guest memory could disagree with what the kernel copied a moment
+ * later); the socket's own integrity check covers them.
+ */
+static int ram_send_direct(struct stream_writer *w)
+{
+	struct iovec iov[256];
+	uint64_t total = 0;
+	int cnt = 0;
+
+	for (unsigned int i = 0; i < w->nruns; i++) {
+		const struct ram_run *r = &w->runs[i];
+		size_t n = (size_t)r->npages << STREAM_PAGE_SHIFT;
+
+		if (r->flags & RUN_F_ZERO)
+			continue;
+		if (cnt && (uint8_t *)iov[cnt - 1].iov_base + iov[cnt - 1].iov_len == r->host) {
+			iov[cnt - 1].iov_len += n;
+		} else {
+			if (cnt == (int)ARRAY_SIZE(iov)) {
+				if (w_sendv(w, iov, cnt, total))
+					return w->err;
+				cnt = 0;
+				total = 0;
+			}
+			iov[cnt].iov_base = (void *)r->host;
+			iov[cnt++].iov_len = n;
+		}
+		total += n;
+	}
+	return cnt ? w_sendv(w, iov, cnt, total) : 0;
+}
+
+/* The compressor and its output buffer (a section's data at most), once. */
+static int ram_zalloc(struct stream_writer *w)
+{
+	if (!w->cctx) {
+		w->cctx = ZSTD_createCCtx();
+		if (!w->cctx)
+			return -ENOMEM;
+		/* level 1: see docs/stream-format.md (RAM, compression) */
+		ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_compressionLevel, STREAM_ZSTD_LEVEL);
+		ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_windowLog, 20);
+	}
+	if (!w->zbuf) {
+		w->zbuf = malloc((size_t)STREAM_W_RAM_DATA_PAGES << STREAM_PAGE_SHIFT);
+		if (!w->zbuf)
+			return -ENOMEM;
+		w->zcap = (size_t)STREAM_W_RAM_DATA_PAGES << STREAM_PAGE_SHIFT;
+	}
+	return 0;
+}
+
+/*
+ * ram_compress - the pending section's data pages as one zstd frame in
+ * w->zbuf.  Returns its length, or 0 if it would not be smaller than the
+ * pages (or zstd failed: the pages then go as they are).  zstd's streaming
+ * call copies its input into its own window before working on it, so a
+ * page the guest rewrites meanwhile gives a frame that decodes to some
+ * version of the page (resent, as above), never an inconsistent frame.
+ */
+static size_t ram_compress(struct stream_writer *w)
+{
+	size_t raw = (size_t)w->data_pages << STREAM_PAGE_SHIFT;
+	ZSTD_outBuffer out;
+	size_t ret = 0;
+
+	if (ram_zalloc(w))
+		return 0;
+	ZSTD_CCtx_reset(w->cctx, ZSTD_reset_session_only);
+	ZSTD_CCtx_setPledgedSrcSize(w->cctx, raw);
+	/* Output bounded by raw - 1: a frame that does not fit is not worth it. */
+	out = (ZSTD_outBuffer){ w->zbuf, raw - 1, 0 };
+	for (unsigned int i = 0; i < w->nruns; i++) {
+		const struct ram_run *r = &w->runs[i];
+		ZSTD_inBuffer in;
+
+		if (r->flags & RUN_F_ZERO)
+			continue;
+		in = (ZSTD_inBuffer){ r->host, (size_t)r->npages << STREAM_PAGE_SHIFT, 0 };
+		while (in.pos < in.size) {
+			ret = ZSTD_compressStream2(w->cctx, &out, &in, ZSTD_e_continue);
+			if (ZSTD_isError(ret) || (out.pos == out.size && in.pos < in.size))
+				return 0;
+		}
+	}
+	do {
+		ZSTD_inBuffer in = { NULL, 0, 0 };
+
+		ret = ZSTD_compressStream2(w->cctx, &out, &in, ZSTD_e_end);
+		if (ZSTD_isError(ret) || (ret && out.pos == out.size))
+			return 0;
+	} while (ret);
+	return out.pos;
+}
+
+/*
+ * ram_sample - up to RAM_SAMPLE_BYTES / 4096 data pages of the pending
+ * section, evenly spread over it, copied to the start of w->zbuf (for auto's
+ * ratio estimate).  Returns the bytes copied (0: no buffer).
+ */
+#define RAM_SAMPLE_BYTES (64u << 10)
+static size_t ram_sample(struct stream_writer *w)
+{
+	unsigned int want = RAM_SAMPLE_BYTES >> STREAM_PAGE_SHIFT, step, got = 0;
+	uint64_t k = 0;
+
+	if (ram_zalloc(w) || !w->data_pages)
+		return 0;
+	step = MAX(w->data_pages / want, 1u);
+	for (unsigned int i = 0; i < w->nruns && got < want; i++) {
+		const struct ram_run *r = &w->runs[i];
+
+		if (r->flags & RUN_F_ZERO)
+			continue;
+		for (uint32_t p = 0; p < r->npages && got < want; p++, k++)
+			if (k % step == 0)
+				memcpy(w->zbuf + ((size_t)got++ << STREAM_PAGE_SHIFT),
+				       r->host + ((size_t)p << STREAM_PAGE_SHIFT), STREAM_PAGE_SIZE);
+	}
+	return (size_t)got << STREAM_PAGE_SHIFT;
+}
+
+/*
+ * ram_want_zstd - compress the pending section?  off: no; zstd: yes; auto:
+ * yes while the link, not this side's CPU, is the bottleneck and the data
+ * compresses.  Measured per writer over windows of >= 100 ms of sections:
+ * the share of the time spent waiting for the socket to drain (w->wait_ns)
+ * and, when that is high, the ratio zstd gets on a sample of the section.
+ * Compression goes off again when the data stops compressing (ratio below
+ * STREAM_ZSTD_MIN_RATIO) or when the writer no longer waits and moves guest
+ * memory slower than it did without compression (CPU-bound).
+ */
+static bool ram_want_zstd(struct stream_writer *w)
+{
+	uint64_t now, el, wait, raw = (uint64_t)w->data_pages << STREAM_PAGE_SHIFT;
+	double share;
+
+	if (w->cmode == STREAM_COMPRESS_OFF || !w->data_pages)
+		return false;
+	if (w->cmode == STREAM_COMPRESS_ZSTD)
+		return true;
+	now = stream_wd_now_ns();
+	if (!w->au.t0 || now - w->au.last > 200000000ull) {   /* first, or after a pause */
+		w->au.t0 = w->au.last = now;
+		w->au.wait0 = w->wait_ns;
+		w->au.raw = w->au.zin = w->au.zout = 0;
+		return w->cst.active;
+	}
+	w->au.last = now;
+	w->au.raw += raw;
+	el = now - w->au.t0;
+	if (el < 100000000ull)
+		return w->cst.active;
+	wait = w->wait_ns - w->au.wait0;
+	share = (double)wait / (double)el;
+	if (w->cst.active) {
+		double rate = (double)w->au.raw * 1e9 / (double)el;
+		bool poor = w->au.zout && (double)w->au.zin < STREAM_ZSTD_MIN_RATIO * (double)w->au.zout;
+
+		if (poor || (share < 0.2 && rate < w->au.rate_off)) {
+			w->cst.active = false;
+			w->cst.switches++;
+			w->au.cooldown = poor ? 4 : 8;
+		}
+	} else {
+		w->au.rate_off = (double)w->au.raw * 1e9 / (double)el;
+		if (w->au.cooldown) {
+			w->au.cooldown--;
+		} else if (share > 0.5) {
+			size_t n = ram_sample(w), z;
+
+			z = n ? ZSTD_compressCCtx(w->cctx, w->zbuf + RAM_SAMPLE_BYTES,
+						  w->zcap - RAM_SAMPLE_BYTES, w->zbuf, n,
+						  STREAM_ZSTD_LEVEL) : 0;
+			if (z && !ZSTD_isError(z) && (double)n > STREAM_ZSTD_MIN_RATIO * (double)z) {
+				w->cst.active = true;
+				w->cst.switches++;
+			}
+		}
+	}
+	w->au.t0 = now;
+	w->au.wait0 = w->wait_ns;
+	w->au.raw = w->au.zin = w->au.zout = 0;
+	return w->cst.active;
+}
+
+/*
  * ram_emit - write the pending RAM section: header, run table, padding to
- * a 4 KiB stream boundary (only if there is page data), the data pages of
- * the data runs in table order.
+ * a 4 KiB stream boundary (only if there is uncompressed page data), the
+ * data pages of the data runs in table order (or their zstd frame).  v1
+ * (the CRC covers everything) unless the page CRC is off or the section is
+ * compressed: then v2 with its flags.
  */
 static int ram_emit(struct stream_writer *w)
 {
-	uint64_t table_end, pad = 0, len;
+	uint64_t table_end, pad = 0, len, data;
+	uint32_t flags = w->no_page_crc ? RAM_F_NODATACRC : 0;
+	size_t zlen = 0, hdr;
 	uint8_t b[RAM_RUN];
 
 	if (!w->nruns)
 		return w->err;
-	table_end = w->off + sec_header_len("ram") + RAM_HDR + (uint64_t)w->nruns * RAM_RUN;
-	if (w->data_pages)
+	if (w->err)
+		return w->err;
+	if (ram_want_zstd(w)) {
+		zlen = ram_compress(w);
+		if (zlen) {
+			flags |= RAM_F_ZSTD;
+			w->cst.sections++;
+			w->cst.bytes_in += (uint64_t)w->data_pages << STREAM_PAGE_SHIFT;
+			w->cst.bytes_out += zlen;
+			w->au.zin += (uint64_t)w->data_pages << STREAM_PAGE_SHIFT;
+			w->au.zout += zlen;
+		} else {
+			/* did not compress: counts as a ratio of 1 for auto */
+			w->au.zin += (uint64_t)w->data_pages << STREAM_PAGE_SHIFT;
+			w->au.zout += (uint64_t)w->data_pages << STREAM_PAGE_SHIFT;
+		}
+	}
+	hdr = flags ? RAM_HDR2 : RAM_HDR;
+	table_end = w->off + sec_header_len("ram") + hdr + (uint64_t)w->nruns * RAM_RUN;
+	if (w->data_pages && !zlen)
 		pad = (STREAM_PAGE_SIZE - (table_end & (STREAM_PAGE_SIZE - 1))) &
 		      (STREAM_PAGE_SIZE - 1);
-	len = RAM_HDR + (uint64_t)w->nruns * RAM_RUN + pad +
-	      ((uint64_t)w->data_pages << STREAM_PAGE_SHIFT);
-	if (sec_begin(w, STREAM_RAM, 0, "ram", RAM_VERSION, 0, len))
+	data = zlen ? zlen : (uint64_t)w->data_pages << STREAM_PAGE_SHIFT;
+	len = hdr + (uint64_t)w->nruns * RAM_RUN + pad + data;
+	if (sec_begin(w, STREAM_RAM, 0, "ram", flags ? RAM_VERSION_2 : RAM_VERSION, 0, len))
 		return w->err;
 	le_put(b, w->nruns, 4);
 	le_put(b + 4, pad, 4);
-	if (w_put(w, b, RAM_HDR, true))
+	le_put(b + 8, flags, 4);
+	le_put(b + 12, zlen, 4);
+	if (w_put(w, b, hdr, true))
 		return w->err;
 	for (unsigned int i = 0; i < w->nruns; i++) {
 		le_put(b, w->runs[i].gpa, 8);
@@ -389,12 +720,24 @@ static int ram_emit(struct stream_writer *w)
 
 		w->ram.runs++;
 		w->ram.pages += r->npages;
-		if (r->flags & RUN_F_ZERO) {
+		if (r->flags & RUN_F_ZERO)
 			w->ram.zero_pages += r->npages;
-			continue;
-		}
-		if (w_put(w, r->host, (size_t)r->npages << STREAM_PAGE_SHIFT, true))
+	}
+	if (zlen) {
+		if (w_put(w, w->zbuf, zlen, !(flags & RAM_F_NODATACRC)))
 			return w->err;
+	} else if ((flags & RAM_F_NODATACRC) && w->sock && !w->tls && w->data_pages) {
+		if (ram_send_direct(w))
+			return w->err;
+	} else {
+		for (unsigned int i = 0; i < w->nruns; i++) {
+			const struct ram_run *r = &w->runs[i];
+
+			if (!(r->flags & RUN_F_ZERO) &&
+			    w_put(w, r->host, (size_t)r->npages << STREAM_PAGE_SHIFT,
+				  !(flags & RAM_F_NODATACRC)))
+				return w->err;
+		}
 	}
 	if (sec_end(w))
 		return w->err;
@@ -430,7 +773,7 @@ static int ram_add(struct stream_writer *w, const uint8_t *host, uint64_t gpa, u
 				gpa, 1, zero ? RUN_F_ZERO : 0, zero ? NULL : host,
 			};
 		}
-		if (!zero && ++w->data_pages == STREAM_W_RAM_DATA_PAGES && ram_emit(w))
+		if (!zero && ++w->data_pages == w->max_data_pages && ram_emit(w))
 			return w->err;
 	}
 	return 0;
@@ -678,4 +1021,47 @@ uint64_t stream_writer_offset(const struct stream_writer *w)
 void stream_writer_ram_stats(const struct stream_writer *w, struct stream_ram_stats *st)
 {
 	*st = w->ram;
+}
+
+void stream_writer_set_page_crc(struct stream_writer *w, bool on)
+{
+	w->no_page_crc = !on;
+}
+
+void stream_writer_set_compress(struct stream_writer *w, enum stream_compress mode)
+{
+	w->cmode = mode;
+	w->cst.active = mode == STREAM_COMPRESS_ZSTD;
+	/* auto decides per section: 8 MiB ones, so that a slow link is noticed within the first */
+	w->max_data_pages = mode == STREAM_COMPRESS_AUTO ? STREAM_W_RAM_DATA_PAGES / 4 :
+			    STREAM_W_RAM_DATA_PAGES;
+}
+
+void stream_writer_compress_stats(const struct stream_writer *w, struct stream_compress_stats *st)
+{
+	*st = w->cst;
+}
+
+const char *stream_compress_name(enum stream_compress mode)
+{
+	switch (mode) {
+	case STREAM_COMPRESS_OFF:  return "off";
+	case STREAM_COMPRESS_ZSTD: return "zstd";
+	case STREAM_COMPRESS_AUTO: return "auto";
+	}
+	return "unknown";
+}
+
+int stream_compress_parse(const char *s, enum stream_compress *mode)
+{
+	static const enum stream_compress all[] = {
+		STREAM_COMPRESS_OFF, STREAM_COMPRESS_ZSTD, STREAM_COMPRESS_AUTO,
+	};
+
+	for (size_t i = 0; s && i < ARRAY_SIZE(all); i++)
+		if (!strcmp(s, stream_compress_name(all[i]))) {
+			*mode = all[i];
+			return 0;
+		}
+	return -EINVAL;
 }

@@ -342,6 +342,15 @@ static json_t *api_progress_json(const struct migrate_progress *p)
 		json_object_set_new(j, "tls", p->tls[0] ? json_string(p->tls) : json_null());
 		json_object_set_new(j, "insecure", json_boolean(p->insecure));
 	}
+	if (j && p->status != MIG_NONE && p->status != MIG_INCOMING)
+		json_object_set_new(j, "compress", json_pack(
+			"{s:s, s:I, s:I, s:I, s:I, s:b}",
+			"mode", stream_compress_name(p->compress),
+			"sections", (json_int_t)p->compress_st.sections,
+			"bytes_in", (json_int_t)p->compress_st.bytes_in,
+			"bytes_out", (json_int_t)p->compress_st.bytes_out,
+			"switches", (json_int_t)p->compress_st.switches,
+			"active", p->compress_st.active));
 	if (j && (p->postcopy != PC_OFF || p->postcopy_switched)) {
 		json_object_set_new(j, "postcopy", json_string(pc_mode_name(p->postcopy)));
 		json_object_set_new(j, "postcopy_switched", json_boolean(p->postcopy_switched));
@@ -520,6 +529,7 @@ static unsigned int api_vm_migrate(struct api_server *s, json_t *body, json_t **
 		.downtime_ms = MIG_DEFAULT_DOWNTIME_MS,
 		.max_rounds = MIG_DEFAULT_MAX_ROUNDS,
 		.min_rate = MIG_DEFAULT_MIN_RATE,
+		.compress = STREAM_COMPRESS_AUTO,
 	};
 	struct migrate_progress prog;
 	json_t *jt = body ? json_object_get(body, "to") : NULL;
@@ -577,6 +587,14 @@ static unsigned int api_vm_migrate(struct api_server *s, json_t *body, json_t **
 		if (jg && !json_is_boolean(jg))
 			return api_error(out, MHD_HTTP_BAD_REQUEST, "\"gate\" must be true or false");
 		p.gate = jg && json_is_true(jg);
+	}
+	{
+		json_t *jz = body ? json_object_get(body, "compress") : NULL;
+
+		if (jz && (!json_is_string(jz) ||
+			   stream_compress_parse(json_string_value(jz), &p.compress)))
+			return api_error(out, MHD_HTTP_BAD_REQUEST,
+					 "\"compress\" must be \"auto\", \"off\" or \"zstd\"");
 	}
 	{
 		json_t *jp = body ? json_object_get(body, "postcopy") : NULL;
@@ -727,7 +745,7 @@ static const char *const api_snapshot_fields[] = { "path", "resume", "live", NUL
 static const char *const api_resume_fields[] = { "to", NULL };
 static const char *const api_migrate_fields[] = {
 	"to", "downtime_ms", "max_bandwidth", "max_rounds", "min_rate", "with_disks", "tls",
-	"insecure", "gate", "throttle", "reconnect_s", "postcopy", "channels", NULL
+	"insecure", "gate", "throttle", "reconnect_s", "postcopy", "compress", "channels", NULL
 };
 static const char *const api_resolve_fields[] = { "action", NULL };
 static const char *const api_commit_fields[] = { "commit", NULL };

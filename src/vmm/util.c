@@ -1,10 +1,12 @@
 /*
- * util.c - small parsing helpers shared by the command-line front ends.
+ * util.c - small helpers shared by every subsystem (common.h): parsing, time,
+ * UTF-8, iovecs, UUIDs.
  */
 #include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/uio.h>
 #include <time.h>
 
 #include "godwit/common.h"
@@ -90,6 +92,22 @@ double ms_since(const struct timespec *t0)
 
 	clock_gettime(CLOCK_MONOTONIC, &t);
 	return ms_between(t0, &t);
+}
+
+void iov_advance(struct iovec **iov, int *n, size_t k)
+{
+	struct iovec *v = *iov;
+
+	while (*n > 0 && k >= v->iov_len) {
+		k -= v->iov_len;
+		v++;
+		(*n)--;
+	}
+	if (*n > 0) {
+		v->iov_base = (uint8_t *)v->iov_base + k;
+		v->iov_len -= k;
+	}
+	*iov = v;
 }
 
 const char *uuid_str(const uint8_t u[16], char s[UUID_STR_LEN])

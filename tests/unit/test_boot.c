@@ -1,11 +1,12 @@
 /*
  * test_boot.c - the memory map, the bzImage and PVH ELF loaders (on
- * synthetic images, including truncated and corrupted ones), parse_size and
- * uuid_str.
+ * synthetic images, including truncated and corrupted ones), parse_size,
+ * uuid_str and iov_advance.
  */
 #include <elf.h>
 #include <errno.h>
 #include <stdlib.h>
+#include <sys/uio.h>
 
 #include "godwit/boot.h"
 #include "godwit/layout.h"
@@ -442,4 +443,21 @@ TEST(uuid_str_format)
 
 	CHECK(uuid_str(u, s) == s);
 	CHECK_STR(s, "01234567-89ab-cdef-f0e1-d2c3b4a59687");
+}
+
+TEST(iov_advance_cases)
+{
+	uint8_t a[4], b[8], c[2];
+	struct iovec v[3] = { { a, 4 }, { b, 8 }, { c, 2 } }, *p = v;
+	int n = 3;
+
+	iov_advance(&p, &n, 0);
+	CHECK(p == v && n == 3 && v[0].iov_len == 4);
+	iov_advance(&p, &n, 6);          /* all of a, 2 bytes of b */
+	CHECK(p == &v[1] && n == 2);
+	CHECK(p->iov_base == b + 2 && p->iov_len == 6);
+	iov_advance(&p, &n, 6);          /* the rest of b, exactly */
+	CHECK(p == &v[2] && n == 1 && p->iov_base == c && p->iov_len == 2);
+	iov_advance(&p, &n, 2);
+	CHECK(n == 0 && p == &v[3]);
 }

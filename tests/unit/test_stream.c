@@ -27,6 +27,8 @@
 #include <unistd.h>
 #include <linux/kvm.h>
 
+#include <zstd.h>
+
 #include "unit.h"
 #include "godwit/cmd.h"
 #include "godwit/crc32c.h"
@@ -233,6 +235,10 @@ static int golden_v1_write(struct stream_writer *w, struct guest *g, unsigned in
 
 /* ---- helpers: write into memory, load everything, walk and restamp ------------ */
 
+/* Writer options for the next sample_bytes() (RAM v2 tests); reset by it. */
+static bool sample_no_crc;
+static enum stream_compress sample_compress;
+
 /* The sample for a guest of (pa, pb) pages, as bytes (malloc()ed); g gets the memory. */
 static uint8_t *sample_bytes(struct guest *g, uint64_t pa, uint64_t pb, unsigned int extras,
 			     size_t *len)
@@ -245,6 +251,11 @@ static uint8_t *sample_bytes(struct guest *g, uint64_t pa, uint64_t pb, unsigned
 	guest_alloc(g, pa, pb);
 	if (fd < 0 || stream_writer_new(fd, &w))
 		abort();
+	stream_writer_set_page_crc(w, !sample_no_crc);
+	stream_writer_set_compress(w, sample_compress);
+	sample_no_crc = false;
+	sample_compress = STREAM_COMPRESS_OFF;
+
 	if (golden_v1_write(w, g, extras)) {
 		printf("#   sample: %s\n", stream_writer_error(w));
 		abort();
@@ -430,6 +441,18 @@ static void chain_put(uint32_t *chain, uint32_t crc)
 	*chain = crc32c(*chain, c, 4);
 }
 
+/* Where a section's CRC stops: before the page data of a RAM v2 section with NODATACRC. */
+static size_t ram_crc_end(const uint8_t *b, const struct wsec *s, size_t end)
+{
+	size_t idl = (size_t)le(b + s->off + 2, 2);
+	const uint8_t *p = b + s->payload;
+
+	if (s->type != STREAM_RAM || le(b + s->off + 4 + idl, 2) != 2 || s->len < 16 ||
+	    !(le(p + 8, 4) & 1))
+		return end;
+	return MIN(end, s->payload + 16 + 16 * (size_t)le(p, 4) + (size_t)le(p + 4, 4));
+}
+
 /*
  * restamp - recompute every checksum of an edited stream: the preamble's,
  * each section's, the chain in the EOF record (tag 3) and the EOF's own.
@@ -453,7 +476,7 @@ static void restamp(uint8_t *b, size_t len)
 				if (le(b + o, 2) == 3)
 					put_le(b + o + 6, chain, 4);
 		}
-		crc = crc32c(0, b + s[i].off, end - s[i].off);
+		crc = crc32c(0, b + s[i].off, ram_crc_end(b, &s[i], end) - s[i].off);
 		put_le(b + end, crc, 4);
 		if (s[i].type != STREAM_EOF)
 			chain_put(&chain, crc);
@@ -593,6 +616,7 @@ struct pipe_job {
 	struct guest *g;
 	int ret;
 	char err[256];
+	bool no_crc, watched;       /* RAM v2 from guest memory (a socket) */
 };
 
 static void *pipe_writer(void *arg)
@@ -602,6 +626,11 @@ static void *pipe_writer(void *arg)
 
 	j->ret = stream_writer_new(j->fd, &w);
 	if (!j->ret) {
+		struct stream_watchdog wd = { .deadline_ms = 60000 };
+
+		stream_writer_set_page_crc(w, !j->no_crc);
+		if (j->watched)
+			stream_writer_set_watchdog(w, &wd);
 		j->ret = golden_v1_write(w, j->g, 0);
 		snprintf(j->err, sizeof(j->err), "%s", stream_writer_error(w));
 		stream_writer_free(w);
@@ -1932,6 +1961,422 @@ TEST(stream_watchdog)
 	pthread_join(th, NULL);
 	close(sv[0]);
 	close(sv[1]);
+}
+
+/* ---- RAM v2: no CRC over page data, zstd ------------------------------------------ */
+
+/*
+ * With STREAM_SEED_DIR set, write b as fuzz seeds (tests/fuzz/corpus/stream:
+ * mode byte 0, checksums on, and 1, ignored) named NAME-0 and NAME-1.
+ */
+static void fuzz_seed(const char *name, const uint8_t *b, size_t len)
+{
+	const char *dir = getenv("STREAM_SEED_DIR");
+
+	for (unsigned int mode = 0; dir && mode < 2; mode++) {
+		char path[512];
+		uint8_t m = (uint8_t)mode;
+		FILE *f;
+
+		snprintf(path, sizeof(path), "%s/%s-%u", dir, name, mode);
+		f = fopen(path, "w");
+		CHECK(f != NULL);
+		if (!f)
+			return;
+		CHECK_EQ(fwrite(&m, 1, 1, f), 1);
+		CHECK_EQ(fwrite(b, 1, len, f), len);
+		fclose(f);
+	}
+}
+
+/* Is every RAM section of b (len bytes) of version v? */
+static bool ram_versions(const uint8_t *b, size_t len, unsigned int v, unsigned int *count)
+{
+	struct wsec s[64];
+	unsigned int n = walk(b, len, s, 64);
+	bool all = true;
+
+	*count = 0;
+	for (unsigned int i = 0; i < n; i++)
+		if (s[i].type == STREAM_RAM) {
+			size_t idl = (size_t)le(b + s[i].off + 2, 2);
+
+			all &= le(b + s[i].off + 4 + idl, 2) == v;
+			(*count)++;
+		}
+	return all;
+}
+
+TEST(stream_ram_v2_round_trip)
+{
+	struct loaded *L = malloc(sizeof(*L));
+
+	/* page CRC off; zstd on incompressible pages (sent as they are); both */
+	for (unsigned int k = 0; k < 3; k++) {
+		struct guest src, dst;
+		unsigned int n;
+		size_t len;
+		uint8_t *b;
+
+		sample_no_crc = k != 1;
+		sample_compress = k ? STREAM_COMPRESS_ZSTD : STREAM_COMPRESS_OFF;
+		if (!k) {                          /* a seed of the fuzzer's size (8 + 4 pages) */
+			sample_no_crc = true;
+			b = sample_bytes(&src, 8, 4, 0, &len);
+			fuzz_seed("v2-nocrc-sample", b, len);
+			free(b);
+			guest_free(&src);
+			sample_no_crc = true;
+		}
+		b = sample_bytes(&src, 512, 256, 0, &len);
+		guest_alloc(&dst, 512, 256);
+		CHECK(ram_versions(b, len, k == 1 ? 1 : 2, &n));
+		CHECK(n >= 2);
+		CHECK_EQ(load_mem(b, len, &dst, L), 0);
+		if (L->err[0])
+			printf("#   case %u: %s\n", k, L->err);
+		check_sample_loaded(L, &src, &dst, 0);
+		if (k != 1) {
+			/* a flipped page byte is not the CRC's to catch any more; the run table still is */
+			struct wsec ws[64];
+			unsigned int ns = walk(b, len, ws, 64);
+
+			for (unsigned int i = 0; i < ns; i++)
+				if (ws[i].type == STREAM_RAM) {
+					b[ws[i].payload + ws[i].len - 1] ^= 1;
+					CHECK_EQ(load_mem(b, len, &dst, L), 0);
+					b[ws[i].payload + ws[i].len - 1] ^= 1;
+					b[ws[i].off + 9] ^= 1;      /* the instance: in the CRC */
+					CHECK_EQ(load_mem(b, len, &dst, L), -EBADMSG);
+					CHECK(contains(L->err, "crc mismatch"));
+					b[ws[i].off + 9] ^= 1;
+					break;
+				}
+		}
+		free(b);
+		guest_free(&src);
+		guest_free(&dst);
+	}
+	free(L);
+}
+
+/* The same golden sample over a socket, page CRC off: pages go from guest memory (sendmsg). */
+TEST(stream_ram_v2_socket_direct)
+{
+	for (unsigned int watched = 0; watched < 2; watched++) {
+		struct guest src, dst, ref;
+		struct loaded *L = malloc(sizeof(*L));
+		struct stream_reader *r;
+		struct pipe_job job;
+		pthread_t t;
+		int sv[2];
+		size_t len;
+		uint8_t *b;
+
+		CHECK(L && !socketpair(AF_UNIX, SOCK_STREAM, 0, sv));
+		guest_alloc(&src, 4096, 256);      /* 16 MiB: many sends */
+		guest_alloc(&dst, 4096, 256);
+		job = (struct pipe_job){ .fd = sv[1], .g = &src, .no_crc = true, .watched = watched };
+		CHECK_EQ(pthread_create(&t, NULL, pipe_writer, &job), 0);
+		CHECK_EQ(stream_reader_new(sv[0], &r), 0);
+		CHECK_EQ(load_all(r, &dst, L), 0);
+		if (L->err[0])
+			printf("#   %s\n", L->err);
+		stream_reader_free(r);
+		close(sv[0]);
+		pthread_join(t, NULL);
+		if (job.ret)
+			printf("#   writer: %s\n", job.err);
+		CHECK_EQ(job.ret, 0);
+		check_sample_loaded(L, &src, &dst, 0);
+		b = sample_bytes(&ref, 4096, 256, 0, &len);
+		CHECK(guest_equal(&ref, &dst));
+		free(b);
+		free(L);
+		guest_free(&ref);
+		guest_free(&src);
+		guest_free(&dst);
+	}
+}
+
+/* Text-like pages (they compress), the same for a given gpa. */
+static void fill_text(uint8_t *p, uint64_t gpa)
+{
+	static const char *words[] = { "godwit ", "migrates ", "memory ", "at ", "line ",
+				       "rate, ", "page ", "after ", "page.\n" };
+	uint64_t x = gpa * 0x9e3779b97f4a7c15ull + 7;
+
+	for (size_t i = 0; i < PAGE;) {
+		const char *wd;
+		size_t n;
+
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		wd = words[x % ARRAY_SIZE(words)];
+		n = MIN(strlen(wd), PAGE - i);
+		memcpy(p + i, wd, n);
+		i += n;
+	}
+}
+
+/*
+ * A compressible guest (A: 24 pages, B: 16) written with zstd: A's first 16
+ * pages (page 3 queued zero, then text: the later run must win), B whole.
+ */
+static uint8_t *zstd_sample(struct guest *g, bool no_crc, size_t *len,
+			    struct stream_compress_stats *cs)
+{
+	struct stream_config *c = malloc(sizeof(*c));
+	struct stream_writer *w;
+	int fd = memfd_create("zstd", 0);
+	struct stat st;
+	uint8_t *b;
+
+	guest_alloc(g, 24, 16);
+	for (unsigned int i = 0; i < 16; i++)
+		fill_text(g->host[0] + i * PAGE, i * PAGE);
+	for (unsigned int i = 0; i < 16; i++)
+		fill_text(g->host[1] + i * PAGE, GB_GPA + i * PAGE);
+	memset(g->host[0] + 3 * PAGE, 0, PAGE);
+	guest_config(g, c);
+	if (fd < 0 || stream_writer_new(fd, &w))
+		abort();
+	stream_writer_set_page_crc(w, !no_crc);
+	stream_writer_set_compress(w, STREAM_COMPRESS_ZSTD);
+	CHECK_EQ(stream_begin(w, c), 0);
+	CHECK_EQ(stream_put_ram(w, g->host[0], 0, 16), 0);
+	fill_text(g->host[0] + 3 * PAGE, 3 * PAGE);
+	CHECK_EQ(stream_put_ram(w, g->host[0] + 3 * PAGE, 3 * PAGE, 1), 0);
+	CHECK_EQ(stream_put_ram(w, g->host[1], GB_GPA, 16), 0);
+	CHECK_EQ(stream_end(w), 0);
+	stream_writer_compress_stats(w, cs);
+	stream_writer_free(w);
+	free(c);
+	if (fstat(fd, &st) || !(b = malloc((size_t)st.st_size)) ||
+	    pread(fd, b, (size_t)st.st_size, 0) != st.st_size)
+		abort();
+	close(fd);
+	*len = (size_t)st.st_size;
+	return b;
+}
+
+/* The payload of the (only) RAM section of b. */
+static struct wsec zstd_ram(const uint8_t *b, size_t len)
+{
+	struct wsec s[16], none = { 0 };
+	unsigned int n = walk(b, len, s, 16);
+
+	for (unsigned int i = 0; i < n; i++)
+		if (s[i].type == STREAM_RAM)
+			return s[i];
+	return none;
+}
+
+/* A placer that copies and counts what it placed. */
+static int count_place(void *opaque, uint64_t gpa, void *host, const void *src, size_t len)
+{
+	uint64_t *placed = opaque;
+
+	if (len % PAGE || (gpa % PAGE))
+		return -EINVAL;
+	memcpy(host, src, len);
+	*placed += len;
+	return 0;
+}
+
+TEST(stream_ram_zstd_round_trip)
+{
+	for (unsigned int nc = 0; nc < 2; nc++) {
+		struct stream_compress_stats cs;
+		struct guest src, dst;
+		struct loaded *L = malloc(sizeof(*L));
+		struct stream_reader *r;
+		unsigned int n;
+		size_t len;
+		uint8_t *b = zstd_sample(&src, nc, &len, &cs);
+
+		fuzz_seed(nc ? "v2-zstd-nocrc" : "v2-zstd", b, len);
+		CHECK(ram_versions(b, len, 2, &n));
+		CHECK_EQ(n, 1);
+		CHECK_EQ(cs.sections, 1);
+		CHECK_EQ(cs.bytes_in, 32 * PAGE);
+		CHECK(cs.bytes_out * 3 < cs.bytes_in);
+		CHECK_EQ(le(b + zstd_ram(b, len).payload + 8, 4), 2u | (nc ? 1u : 0u));
+		guest_alloc(&dst, 24, 16);
+		memset(dst.host[0] + 20 * PAGE, 0x55, PAGE);      /* not sent: stays */
+		CHECK_EQ(load_mem(b, len, &dst, L), 0);
+		if (L->err[0])
+			printf("#   %s\n", L->err);
+		CHECK(!memcmp(dst.host[0], src.host[0], 16 * PAGE));
+		CHECK(!memcmp(dst.host[1], src.host[1], 16 * PAGE));
+		CHECK_EQ(dst.host[0][20 * PAGE], 0x55);
+		CHECK_EQ(L->ram.pages, 33);
+		CHECK_EQ(L->ram.zero_pages, 1);
+		/* only checked (stream-dump): decoded into scratch */
+		CHECK_EQ(load_mem(b, len, NULL, L), 0);
+		/* from an fd, a byte at a time would be slow: a pipe of the whole */
+		{
+			int p[2];
+
+			CHECK_EQ(pipe(p), 0);
+			CHECK_EQ(fcntl(p[1], F_SETPIPE_SZ, 1 << 20) >= (int)len, 1);
+			CHECK_EQ(write(p[1], b, len), (ssize_t)len);
+			close(p[1]);
+			CHECK_EQ(stream_reader_new(p[0], &r), 0);
+			memset(dst.host[0], 0, 16 * PAGE);
+			CHECK_EQ(load_all(r, &dst, L), 0);
+			CHECK(!memcmp(dst.host[0], src.host[0], 16 * PAGE));
+			stream_reader_free(r);
+			close(p[0]);
+		}
+		/* through a placer (dest's uffd placement): every data page, once */
+		{
+			uint64_t placed = 0;
+			uint8_t *c = malloc(len);
+
+			memcpy(c, b, len);
+			CHECK_EQ(stream_reader_new_mem(c, len, &r), 0);
+			stream_reader_set_placer(r, count_place, &placed);
+			memset(dst.host[0], 0, 16 * PAGE);
+			memset(dst.host[1], 0, 16 * PAGE);
+			CHECK_EQ(load_all(r, &dst, L), 0);
+			CHECK_EQ(placed, 32 * PAGE);
+			CHECK(!memcmp(dst.host[0], src.host[0], 16 * PAGE));
+			CHECK(!memcmp(dst.host[1], src.host[1], 16 * PAGE));
+			stream_reader_free(r);
+			free(c);
+		}
+		free(b);
+		free(L);
+		guest_free(&src);
+		guest_free(&dst);
+	}
+}
+
+/* Replace b's bytes [at, at + n) by m bytes at p; returns the new buffer (b freed). */
+static uint8_t *splice_bytes(uint8_t *b, size_t *len, size_t at, size_t n, const void *p,
+			     size_t m)
+{
+	uint8_t *c = malloc(*len - n + m);
+
+	memcpy(c, b, at);
+	memcpy(c + at, p, m);
+	memcpy(c + at + m, b + at + n, *len - at - n);
+	*len = *len - n + m;
+	free(b);
+	return c;
+}
+
+TEST(stream_ram_zstd_refused)
+{
+	struct stream_compress_stats cs;
+	struct guest src, dst;
+	struct loaded *L = malloc(sizeof(*L));
+	size_t len;
+	uint8_t *b = zstd_sample(&src, false, &len, &cs), *c = malloc(len);
+	struct wsec ram = zstd_ram(b, len);
+	size_t hdr = ram.payload, runs = hdr + 16, frame = runs + 16 * le(b + hdr, 4);
+	uint32_t zlen = (uint32_t)le(b + hdr + 12, 4);
+	struct {
+		size_t at;
+		unsigned int n;
+		uint64_t v;
+		int err;
+		const char *msg;
+	} cases[] = {
+		{ hdr + 8, 4, 0x2 | 0x4, -EPROTONOSUPPORT, "unknown RAM flags 0x4" },
+		{ hdr + 8, 4, 0, -EBADMSG, "a compressed length" },
+		{ hdr + 12, 4, 0, -EBADMSG, "a zstd frame of 0 bytes" },
+		{ hdr + 12, 4, zlen - 1, -EBADMSG, "does not match its" },
+		{ hdr + 12, 4, 32 * PAGE, -EBADMSG, "a zstd frame of 131072 bytes for 32 data pages" },
+		{ hdr + 4, 4, 8, -EBADMSG, "padding" },
+		/* run 0: A0-2, data: one page fewer -> the frame holds more; B (last) one more */
+		{ runs + 8, 4, 2, -EBADMSG, "the zstd frame holds more than" },
+		{ runs + 16 * 4 + 8, 4, 17, -EBADMSG, "outside the memory layout" },
+		{ runs + 16 * 2 + 8, 4, 13, -EBADMSG, "the zstd frame holds 131072 bytes of the 135168" },
+		{ frame, 4, 0x12345678, -EBADMSG, "bad zstd frame (Unknown frame descriptor)" },
+		{ frame + zlen / 2, 4, 0xdeadbeef, -EBADMSG, "zstd frame" },
+	};
+
+	CHECK_EQ(le(b + runs + 12, 4), 0);
+	CHECK_EQ(le(b + runs + 16 + 8, 4), 1);      /* run 1: A3, zero */
+	guest_alloc(&dst, 24, 16);
+	for (unsigned int i = 0; i < ARRAY_SIZE(cases); i++) {
+		int ret;
+
+		memcpy(c, b, len);
+		put_le(c + cases[i].at, cases[i].v, cases[i].n);
+		restamp(c, len);
+		ret = load_mem(c, len, &dst, L);
+		if (ret != cases[i].err || !contains(L->err, cases[i].msg))
+			printf("#   case %u: %d '%s'\n", i, ret, L->err);
+		CHECK_EQ(ret, cases[i].err);
+		CHECK(contains(L->err, "section 'ram' (ram, instance 0"));
+		CHECK(contains(L->err, cases[i].msg));
+	}
+	/* Bytes after the frame's end, inside zlen; a frame that needs a 128 MiB window. */
+	{
+		uint8_t *d = malloc(len);
+		size_t dl = len;
+		uint8_t junk[3] = { 0 };
+		ZSTD_CCtx *cc = ZSTD_createCCtx();
+		uint8_t *raw = malloc(32 * PAGE), *z = malloc(64 * PAGE);
+		ZSTD_outBuffer out = { z, 64 * PAGE, 0 };
+		ZSTD_inBuffer in;
+
+		memcpy(d, b, len);
+		d = splice_bytes(d, &dl, frame + zlen, 0, junk, sizeof(junk));
+		put_le(d + hdr + 12, zlen + 3, 4);
+		put_le(d + ram.off + 13, ram.len + 3, 8);     /* the section length ("ram": idl 3) */
+		restamp(d, dl);
+		CHECK_EQ(load_mem(d, dl, &dst, L), -EBADMSG);
+		CHECK(contains(L->err, "the zstd frame ends before its length (3 of its"));
+
+		memcpy(raw, src.host[0], 3 * PAGE);
+		memcpy(raw + 3 * PAGE, src.host[0] + 4 * PAGE, 12 * PAGE);
+		memcpy(raw + 15 * PAGE, src.host[0] + 3 * PAGE, PAGE);
+		memcpy(raw + 16 * PAGE, src.host[1], 16 * PAGE);
+		ZSTD_CCtx_setParameter(cc, ZSTD_c_windowLog, 27);
+		in = (ZSTD_inBuffer){ raw, 32 * PAGE, 0 };
+		CHECK(!ZSTD_isError(ZSTD_compressStream2(cc, &out, &in, ZSTD_e_continue)));
+		in = (ZSTD_inBuffer){ NULL, 0, 0 };
+		CHECK_EQ(ZSTD_compressStream2(cc, &out, &in, ZSTD_e_end), 0);
+		memcpy(d, b, len);
+		dl = len;
+		d = splice_bytes(d, &dl, frame, zlen, z, out.pos);
+		put_le(d + hdr + 12, out.pos, 4);
+		put_le(d + ram.off + 13, ram.len - zlen + out.pos, 8);
+		restamp(d, dl);
+		CHECK_EQ(load_mem(d, dl, &dst, L), -EBADMSG);
+		if (!contains(L->err, "too much memory"))
+			printf("#   %s\n", L->err);
+		CHECK(contains(L->err, "bad zstd frame (Frame requires too much memory"));
+		ZSTD_freeCCtx(cc);
+		free(raw);
+		free(z);
+		free(d);
+	}
+	free(c);
+	free(b);
+	free(L);
+	guest_free(&src);
+	guest_free(&dst);
+}
+
+TEST(stream_compress_names)
+{
+	enum stream_compress m;
+
+	CHECK_EQ(stream_compress_parse("auto", &m), 0);
+	CHECK_EQ(m, STREAM_COMPRESS_AUTO);
+	CHECK_EQ(stream_compress_parse("zstd", &m), 0);
+	CHECK_EQ(m, STREAM_COMPRESS_ZSTD);
+	CHECK_EQ(stream_compress_parse("off", &m), 0);
+	CHECK_EQ(m, STREAM_COMPRESS_OFF);
+	CHECK_EQ(stream_compress_parse("lz4", &m), -EINVAL);
+	CHECK_EQ(stream_compress_parse(NULL, &m), -EINVAL);
+	CHECK_STR(stream_compress_name(STREAM_COMPRESS_AUTO), "auto");
 }
 
 /* ---- the file sink (stream_writer_to_file): the same bytes as a plain writer ---------- */

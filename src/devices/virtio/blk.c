@@ -516,15 +516,7 @@ static int blk_rw(struct blk *b, struct iovec *iov, int n, off_t off, bool write
 		if (r == 0)
 			return -EIO;    /* the image shrank under us */
 		off += r;
-		while (n > 0 && (size_t)r >= iov->iov_len) {
-			r -= (ssize_t)iov->iov_len;
-			iov++;
-			n--;
-		}
-		if (n > 0) {
-			iov->iov_base = (uint8_t *)iov->iov_base + r;
-			iov->iov_len -= (size_t)r;
-		}
+		iov_advance(&iov, &n, (size_t)r);
 	}
 	return 0;
 }
