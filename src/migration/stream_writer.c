@@ -82,6 +82,7 @@ struct stream_writer {
 	uint64_t mem_pages;       /* the configured memory; no section holds more */
 	struct stream_ram_stats ram;
 	bool no_page_crc;         /* stream_writer_set_page_crc(w, false) */
+	unsigned int max_data_pages;  /* a section's; smaller with auto (decisions per section) */
 	uint64_t wait_ns;         /* time spent waiting for the socket to drain */
 	/* Compression (stream_writer_set_compress). */
 	enum stream_compress cmode;
@@ -126,6 +127,7 @@ int stream_writer_new(int fd, struct stream_writer **out)
 	}
 	w->fd = fd;
 	w->sock = !fstat(fd, &st) && S_ISSOCK(st.st_mode);
+	w->max_data_pages = STREAM_W_RAM_DATA_PAGES;
 	*out = w;
 	return 0;
 }
@@ -566,6 +568,33 @@ static size_t ram_compress(struct stream_writer *w)
 }
 
 /*
+ * ram_sample - up to RAM_SAMPLE_BYTES / 4096 data pages of the pending
+ * section, evenly spread over it, copied to the start of w->zbuf (for auto's
+ * ratio estimate).  Returns the bytes copied (0: no buffer).
+ */
+#define RAM_SAMPLE_BYTES (64u << 10)
+static size_t ram_sample(struct stream_writer *w)
+{
+	unsigned int want = RAM_SAMPLE_BYTES >> STREAM_PAGE_SHIFT, step, got = 0;
+	uint64_t k = 0;
+
+	if (ram_zalloc(w) || !w->data_pages)
+		return 0;
+	step = MAX(w->data_pages / want, 1u);
+	for (unsigned int i = 0; i < w->nruns && got < want; i++) {
+		const struct ram_run *r = &w->runs[i];
+
+		if (r->flags & RUN_F_ZERO)
+			continue;
+		for (uint32_t p = 0; p < r->npages && got < want; p++, k++)
+			if (k % step == 0)
+				memcpy(w->zbuf + ((size_t)got++ << STREAM_PAGE_SHIFT),
+				       r->host + ((size_t)p << STREAM_PAGE_SHIFT), STREAM_PAGE_SIZE);
+	}
+	return (size_t)got << STREAM_PAGE_SHIFT;
+}
+
+/*
  * ram_want_zstd - compress the pending section?  off: no; zstd: yes; auto:
  * yes while the link, not this side's CPU, is the bottleneck and the data
  * compresses.  Measured per writer over windows of >= 100 ms of sections:
@@ -612,16 +641,11 @@ static bool ram_want_zstd(struct stream_writer *w)
 		if (w->au.cooldown) {
 			w->au.cooldown--;
 		} else if (share > 0.5) {
-			/* a sample: the first run's first 64 pages, at most */
-			const struct ram_run *r = NULL;
-			size_t n, z;
+			size_t n = ram_sample(w), z;
 
-			for (unsigned int i = 0; i < w->nruns && !r; i++)
-				if (!(w->runs[i].flags & RUN_F_ZERO))
-					r = &w->runs[i];
-			n = (size_t)MIN(r->npages, 64u) << STREAM_PAGE_SHIFT;
-			z = ram_zalloc(w) ? 0 : ZSTD_compressCCtx(w->cctx, w->zbuf, w->zcap, r->host,
-								 n, STREAM_ZSTD_LEVEL);
+			z = n ? ZSTD_compressCCtx(w->cctx, w->zbuf + RAM_SAMPLE_BYTES,
+						  w->zcap - RAM_SAMPLE_BYTES, w->zbuf, n,
+						  STREAM_ZSTD_LEVEL) : 0;
 			if (z && !ZSTD_isError(z) && (double)n > STREAM_ZSTD_MIN_RATIO * (double)z) {
 				w->cst.active = true;
 				w->cst.switches++;
@@ -749,7 +773,7 @@ static int ram_add(struct stream_writer *w, const uint8_t *host, uint64_t gpa, u
 				gpa, 1, zero ? RUN_F_ZERO : 0, zero ? NULL : host,
 			};
 		}
-		if (!zero && ++w->data_pages == STREAM_W_RAM_DATA_PAGES && ram_emit(w))
+		if (!zero && ++w->data_pages == w->max_data_pages && ram_emit(w))
 			return w->err;
 	}
 	return 0;
@@ -1008,6 +1032,9 @@ void stream_writer_set_compress(struct stream_writer *w, enum stream_compress mo
 {
 	w->cmode = mode;
 	w->cst.active = mode == STREAM_COMPRESS_ZSTD;
+	/* auto decides per section: 8 MiB ones, so that a slow link is noticed within the first */
+	w->max_data_pages = mode == STREAM_COMPRESS_AUTO ? STREAM_W_RAM_DATA_PAGES / 4 :
+			    STREAM_W_RAM_DATA_PAGES;
 }
 
 void stream_writer_compress_stats(const struct stream_writer *w, struct stream_compress_stats *st)
