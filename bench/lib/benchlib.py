@@ -8,11 +8,13 @@ A script imports it with
 """
 import json
 import os
+import re
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
@@ -90,6 +92,103 @@ class QMP:
             self.s.close()
         except OSError:
             pass
+
+
+class Drain:
+    """Runs a process (stdin from /dev/null, stdout a pipe, stderr as given);
+    a thread drains its stdout and hands each chunk, with the host time it
+    arrived, to the subclass's _take() under self.cv (then wakes waiters).
+    self.eof is set once stdout closes."""
+
+    def __init__(self, argv, stderr):
+        self.t0 = time.monotonic()
+        self.cv = threading.Condition()
+        self.eof = False
+        self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=stderr)
+        self.th = threading.Thread(target=self._reader, daemon=True)
+        self.th.start()
+
+    def _take(self, chunk, now):
+        raise NotImplementedError
+
+    def _reader(self):
+        fd = self.p.stdout.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b''
+            now = time.monotonic()
+            with self.cv:
+                if not chunk:
+                    self.eof = True
+                    self.cv.notify_all()
+                    return
+                self._take(chunk, now)
+                self.cv.notify_all()
+
+
+VCPU_COMM = re.compile(r'^(vcpu\d+|CPU \d+/KVM)$')
+CLK_TCK = os.sysconf('SC_CLK_TCK')
+
+
+class CpuMeter:
+    """Samples /proc/PID/task/*/stat every 20 ms from start() to stop() and
+    adds up the CPU time (user+system) each thread used in between, vCPU
+    threads (godwit `vcpuN`, QEMU `CPU N/KVM`) apart from the others (the
+    VMM's own work: the migration). A thread's last sample counts after it
+    exits, so at most ~20 ms of a thread that ends is lost."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.base, self.last, self.vcpu = {}, {}, {}
+        self.stop_ev = threading.Event()
+        self.th = None
+
+    def _sample(self):
+        d = '/proc/%d/task' % self.pid
+        try:
+            tids = os.listdir(d)
+        except OSError:
+            return False
+        for tid in tids:
+            try:
+                with open('%s/%s/stat' % (d, tid)) as f:
+                    st = f.read()
+            except OSError:
+                continue
+            comm = st[st.index('(') + 1:st.rindex(')')]
+            f = st[st.rindex(')') + 2:].split()
+            t = int(f[11]) + int(f[12])
+            self.last[tid] = t
+            self.vcpu[tid] = bool(VCPU_COMM.match(comm))
+            if self.th is None:
+                self.base[tid] = t
+        return True
+
+    def start(self):
+        self._sample()
+        self.th = threading.Thread(target=self._run, daemon=True)
+        self.th.start()
+
+    def _run(self):
+        while not self.stop_ev.wait(0.02):
+            if not self._sample():
+                return
+
+    def stop(self):
+        self._sample()
+        self.stop_ev.set()
+        self.th.join(timeout=2)
+        vmm = vcpu = 0
+        for tid, t in self.last.items():
+            dt = t - self.base.get(tid, 0)
+            if self.vcpu.get(tid):
+                vcpu += dt
+            else:
+                vmm += dt
+        return vmm * 1000.0 / CLK_TCK, vcpu * 1000.0 / CLK_TCK
 
 
 def rm(*paths):

@@ -12,6 +12,11 @@ Cases (test guest, 1 vCPU, report=10 ms):
   1G-dirty100  1 GiB, `workload=mem mem=512 rate=100` (512 MiB, rewritten at
                100 MiB/s)
   4G-idle      4 GiB, `workload=mem mem=16 rate=0`
+  1G-dirtymax  1 GiB, `workload=mem mem=512 rate=100000`: 512 MiB rewritten as
+               fast as the guest's CPU writes (~2.5 GiB/s here, far above any
+               rate the migration reaches), issue 15
+  4G-data3g    4 GiB, `workload=mem mem=3072 rate=0`: 3 GiB of non-zero data
+               (filled once, then verified only), issue 15
   1G-disk      storage migration: 1 GiB RAM and a 2 GiB raw image holding
                1 GiB of random data (dd from /dev/urandom once, cached in
                build/bench/migrate-disk-2g.img, or --disk-image), `workload=
@@ -23,8 +28,9 @@ Cases (test guest, 1 vCPU, report=10 ms):
                which the bench measures from the source's `disk:` lines
                (disk_write_mib_s, during the migration; the settle time before
                it in the JSON) and prints.
-`--cases mem` = the three memory cases, `--cases disk` = 1G-disk (run.sh takes
-`mem`/`disk` as its first argument, or BENCH_CASES).
+`--cases mem` = 1G-idle, 1G-dirty100 and 4G-idle, `--cases disk` = 1G-disk,
+`--cases line-rate` = issue 15's 1G-dirty100, 1G-dirtymax and 4G-data3g (run.sh
+takes the group or case names as its first argument, or BENCH_CASES).
 The migration starts --settle s (default 1) after the guest's first `memtest:`
 line (printed once the fill is done), so a dirtying guest is in its steady
 state.
@@ -45,6 +51,13 @@ VMMs:
   multifd` + `multifd-channels 2`, then `migrate-incoming tcp:...` (QEMU needs
   multifd set before it listens); the source gets multifd, multifd-channels 2,
   max-bandwidth 100 GiB/s and downtime-limit 50 ms (godwit's default limit).
+- qemu-tuned-ac: qemu-tuned with the auto-converge capability (1G-dirtymax's
+  reference: without throttling QEMU never finishes it).
+- qemu-tuned-zstd: qemu-tuned with multifd-compression zstd on both sides.
+- --variant NAME=ARGS: a godwit variant (NAME starts with godwit-): ARGS are
+  extra arguments of `godwit migrate`, then optionally ' -- ' and extra
+  arguments of the destination's `godwit run`; e.g. --variant
+  'godwit-ch4=--channels 4'.  Runs in every case, after the case's defaults.
 - qemu-bw: as qemu-tuned without multifd (one connection, -incoming tcp:...):
   max-bandwidth 100 GiB/s, downtime-limit 50 ms.  Not a target; shows what
   multifd does on this 2-core host.
@@ -103,6 +116,16 @@ the destination's stdout, each read by a thread that timestamps every chunk):
   disturbed the guest (2 host cores: vCPU, sender, receiver compete);
   baseline_stall_ms (JSON only): the same over the settle time before it, the
   host's background noise.
+round1_mib_s (table: r1MiB/s): round 1's rate, bytes sent over its time: godwit's
+from its report's history (round 1's bytes and ms), QEMU's from query-migrate
+(ram.transferred when dirty-sync-count first reaches 2, over the host time since
+the migrate command; polled every 2 ms).
+cpu_ms_per_gib (table: cpu/GiB): cpu_src_vmm_ms + cpu_dst_vmm_ms per GiB of guest
+memory moved: the non-zero pages sent, before any compression (godwit: pages -
+zero_pages of its report; QEMU: ram.normal), x 4 KiB.
+limits (printed first; --no-limits skips): loopback TCP (one connection, a
+Python sender and receiver process, 1 s) and memcpy (256 MiB, best of 4) on
+this host just before the runs: lower bounds of what the machine moves.
 cpu_src_vmm_ms / cpu_dst_vmm_ms (table: cpu_s/d): CPU time the source's and the
 destination's VMM threads (all but the vCPU's) used from the migration request
 to its end, from /proc/PID/task/*/stat: the work the migration cost, less
@@ -116,7 +139,8 @@ lost or corrupted by the migration): `integrity` in the JSON.
 
 Targets (from the issue), on medians, godwit vs qemu-tuned: idle 1 GiB
 downtime <= 10 ms; downtime <= 0.5 x qemu-tuned's in every memory case;
-total time <= 0.5 x qemu-tuned's. Storage migration (1G-disk): total time
+total time <= 0.5 x qemu-tuned's (1G-dirtymax: qemu-tuned-ac's); in the
+line-rate cases godwit's round 1 at >= 2 GB/s. Storage migration (1G-disk): total time
 <= 0.5 x qemu-tuned's with no larger downtime (<= 1.0 x). Downtime checked
 both as reported by the VMM and as the guest saw it (guest_stall_ms).
 """
@@ -183,6 +207,8 @@ CASE_VMMS = {'1G-disk': DISK_VMMS,
              '1G-dirtymax': ['godwit', 'qemu-tuned-ac'],
              '4G-data3g': ['godwit', 'qemu-tuned']}
 DEFAULT_VMMS = ['godwit', 'godwit-tls', 'qemu-tuned', 'qemu-bw', 'qemu-default']
+# With --cases line-rate: godwit beside the reference QEMU only.
+LINE_RATE_VMMS = {'1G-dirty100': ['godwit', 'qemu-tuned']}
 # QEMU's reference for the targets, in order of preference.
 QEMU_REFS = ('qemu-tuned', 'qemu-tuned-ac')
 # godwit variants given on the command line (--variant NAME=ARGS): extra arguments for
@@ -197,43 +223,24 @@ DISK_RE = re.compile(r'^disk: t=([0-9.]+) gen=(\d+) written_mib=(\d+) read_mib=(
                      r'errors=(\d+)')
 
 
-class Console:
+class Console(benchlib.Drain):
     """Runs a process; a thread drains its stdout (the guest's console) and
     keeps every complete line with the host time its newline arrived. stderr
     goes to a file (kept apart so VMM messages never split a guest line)."""
 
     def __init__(self, argv, errfile):
-        self.t0 = time.monotonic()
         self.errf = open(errfile, 'wb')
         self.errfile = errfile
-        self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=self.errf)
         self.partial = b''
         self.lines = []                      # (monotonic time, str)
-        self.cv = threading.Condition()
-        self.eof = False
-        self.th = threading.Thread(target=self._reader, daemon=True)
-        self.th.start()
+        super().__init__(argv, self.errf)
 
-    def _reader(self):
-        fd = self.p.stdout.fileno()
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                chunk = b''
-            now = time.monotonic()
-            with self.cv:
-                if not chunk:
-                    self.eof = True
-                    self.cv.notify_all()
-                    return
-                data = self.partial + chunk
-                parts = data.split(b'\n')
-                self.partial = parts.pop()
-                for ln in parts:
-                    self.lines.append((now, ln.decode(errors='replace')))
-                self.cv.notify_all()
+    def _take(self, chunk, now):
+        data = self.partial + chunk
+        parts = data.split(b'\n')
+        self.partial = parts.pop()
+        for ln in parts:
+            self.lines.append((now, ln.decode(errors='replace')))
 
     def wait(self, pred, timeout, what):
         """Waits until pred(lines) is true; returns its value."""
@@ -272,66 +279,7 @@ class Console:
         self.errf.close()
 
 
-VCPU_COMM = re.compile(r'^(vcpu\d+|CPU \d+/KVM)$')
-CLK_TCK = os.sysconf('SC_CLK_TCK')
-
-
-class CpuMeter:
-    """Samples /proc/PID/task/*/stat every 20 ms from start() to stop() and
-    adds up the CPU time (user+system) each thread used in between, vCPU
-    threads (godwit `vcpuN`, QEMU `CPU N/KVM`) apart from the others (the
-    VMM's own work: the migration). A thread's last sample counts after it
-    exits, so at most ~20 ms of a thread that ends is lost."""
-
-    def __init__(self, pid):
-        self.pid = pid
-        self.base, self.last, self.vcpu = {}, {}, {}
-        self.stop_ev = threading.Event()
-        self.th = None
-
-    def _sample(self):
-        d = '/proc/%d/task' % self.pid
-        try:
-            tids = os.listdir(d)
-        except OSError:
-            return False
-        for tid in tids:
-            try:
-                with open('%s/%s/stat' % (d, tid)) as f:
-                    st = f.read()
-            except OSError:
-                continue
-            comm = st[st.index('(') + 1:st.rindex(')')]
-            f = st[st.rindex(')') + 2:].split()
-            t = int(f[11]) + int(f[12])
-            self.last[tid] = t
-            self.vcpu[tid] = bool(VCPU_COMM.match(comm))
-            if self.th is None:
-                self.base[tid] = t
-        return True
-
-    def start(self):
-        self._sample()
-        self.th = threading.Thread(target=self._run, daemon=True)
-        self.th.start()
-
-    def _run(self):
-        while not self.stop_ev.wait(0.02):
-            if not self._sample():
-                return
-
-    def stop(self):
-        self._sample()
-        self.stop_ev.set()
-        self.th.join(timeout=2)
-        vmm = vcpu = 0
-        for tid, t in self.last.items():
-            dt = t - self.base.get(tid, 0)
-            if self.vcpu.get(tid):
-                vcpu += dt
-            else:
-                vmm += dt
-        return vmm * 1000.0 / CLK_TCK, vcpu * 1000.0 / CLK_TCK
+VCPU_COMM, CLK_TCK, CpuMeter = benchlib.VCPU_COMM, benchlib.CLK_TCK, benchlib.CpuMeter
 
 
 def host_jiffies():
@@ -690,11 +638,23 @@ def round1_godwit(j):
     return h[0]['bytes'] / 2**20 / (h[0]['ms'] / 1000.0)
 
 
+def moved_bytes(r):
+    """Guest memory a migration moved: its non-zero pages sent, before any
+    compression (godwit: pages - zero_pages; QEMU: ram.normal), x 4 KiB; else
+    the bytes it reports."""
+    if r.get('pages') is not None and r.get('zero_pages') is not None:
+        return (r['pages'] - r['zero_pages']) * 4096
+    if r.get('normal') is not None:
+        return r['normal'] * 4096
+    return r.get('bytes')
+
+
 def cpu_per_gib(r):
-    """CPU ms the VMM threads of both sides used per GiB sent."""
-    if not r.get('bytes') or r.get('cpu_src_vmm_ms') is None or r.get('cpu_dst_vmm_ms') is None:
+    """CPU ms the VMM threads of both sides used per GiB of guest memory moved."""
+    m = moved_bytes(r)
+    if not m or r.get('cpu_src_vmm_ms') is None or r.get('cpu_dst_vmm_ms') is None:
         return None
-    return (r['cpu_src_vmm_ms'] + r['cpu_dst_vmm_ms']) / (r['bytes'] / 2**30)
+    return (r['cpu_src_vmm_ms'] + r['cpu_dst_vmm_ms']) / (m / 2**30)
 
 
 def run_qemu(mem, cmd, d, tmo, settle, mode, img=None):
@@ -910,6 +870,7 @@ def main():
             sys.exit('--variant %r: %s is a VMM already' % (v, vn))
         VARIANTS[vn] = args
     want = []
+    line_rate = 'line-rate' in a.cases.split(',')
     for w in a.cases.split(','):
         w = w.strip()
         if w in CASE_GROUPS:
@@ -985,8 +946,9 @@ def main():
                 vmms[vn] = (lambda margs=margs, dargs=dargs:
                             run_godwit(mem, cmd, d, a.timeout, a.settle, img,
                                        dst_args=dargs, mig_args=margs))
-            vmm_want = a.vmms.split(',') if a.vmms else \
-                CASE_VMMS.get(name, DEFAULT_VMMS) + list(VARIANTS)
+            vmm_want = (a.vmms.split(',') if a.vmms else
+                        (LINE_RATE_VMMS if line_rate else CASE_VMMS).get(
+                            name, CASE_VMMS.get(name, DEFAULT_VMMS))) + list(VARIANTS)
             for k in vmm_want:
                 if k not in vmms:
                     raise BenchError('unknown VMM %r (VMMs: %s)' % (k, ', '.join(vmms)))

@@ -35,6 +35,11 @@ report is printed after the fill).
 Targets (issue 15, case 1G-mem512): godwit's save at most half of QEMU tuned's
 save + fdatasync.
 
+cpu_vmm_ms / cpu_ms_per_gib (table: cpu/GiB): CPU time of the saving VMM's
+threads other than the vCPU's during the save, in all and per GiB of file (QEMU:
+its process, not the `cat` it writes through); per GiB only for files of 64 MiB
+or more.
+
 Both write F in --dir (default /tmp, the same file system as /work here); the
 file is in the page cache when it is restored (nothing is dropped).
 """
@@ -45,7 +50,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
@@ -66,34 +70,16 @@ CASES = [
 ]
 
 
-class Console:
+class Console(benchlib.Drain):
     """Drains a process's stdout+stderr on a thread; wait_line() waits for a
     line that starts with one of the prefixes, from a given offset on."""
 
     def __init__(self, argv):
-        self.t0 = time.monotonic()
-        self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT)
         self.buf = b''
-        self.cv = threading.Condition()
-        self.eof = False
-        self.th = threading.Thread(target=self._reader, daemon=True)
-        self.th.start()
+        super().__init__(argv, subprocess.STDOUT)
 
-    def _reader(self):
-        fd = self.p.stdout.fileno()
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                chunk = b''
-            with self.cv:
-                if not chunk:
-                    self.eof = True
-                    self.cv.notify_all()
-                    return
-                self.buf += chunk
-                self.cv.notify_all()
+    def _take(self, chunk, now):
+        self.buf += chunk
 
     def wait_line(self, prefixes, timeout, start=0):
         """Time (monotonic) at which a complete line starting with a prefix
@@ -161,11 +147,14 @@ def run_godwit(mem, cmd, d, tmo, live=False):
             base = max(st) if st else None
         with src.cv:
             off0 = len(src.buf)
+        cm = benchlib.CpuMeter(src.p.pid)
+        cm.start()
         t0 = time.monotonic()
         r = subprocess.run([GODWIT, 'snapshot', '--api', api, '--out', snap] +
                            (['--live', '--resume'] if live else []),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=tmo)
         save = time.monotonic() - t0
+        cpu = cm.stop()
         out = r.stdout.decode(errors='replace')
         if r.returncode != 0:
             raise BenchError('godwit snapshot exited %d: %s' % (r.returncode, out.strip()))
@@ -199,7 +188,9 @@ def run_godwit(mem, cmd, d, tmo, live=False):
         dst.stop(tmo)
         return {'save_ms': save * 1000, 'restore_ms': restore * 1000, 'size': size,
                 'vmm_pause_ms': float(m.group(1)) if m else None, 'first_line': line,
-                'guest_stall_ms': stall, 'baseline_stall_ms': base, 'reply': out.strip()[-400:]}
+                'guest_stall_ms': stall, 'baseline_stall_ms': base, 'reply': out.strip()[-400:],
+                'cpu_vmm_ms': cpu[0],
+                'cpu_ms_per_gib': cpu[0] / (size / 2**30) if size >= 64 << 20 else None}
     finally:
         kill(src)
         kill(dst)
@@ -209,7 +200,9 @@ def run_godwit(mem, cmd, d, tmo, live=False):
 # ---- QEMU -----------------------------------------------------------------
 
 def qemu_argv(mem, cmd, extra):
-    return [QEMU, '-M', 'microvm', '-enable-kvm', '-cpu', 'host,-arch-capabilities',
+    # debug-threads: the vCPU thread is named `CPU 0/KVM` (CpuMeter leaves it out)
+    return [QEMU, '-name', 'bench,debug-threads=on', '-M', 'microvm', '-enable-kvm',
+            '-cpu', 'host,-arch-capabilities',
             '-m', mem, '-smp', '1', '-nodefaults', '-no-user-config', '-display', 'none',
             '-serial', 'stdio', '-kernel', ELF, '-append', guest_cmd(cmd)] + extra
 
@@ -226,6 +219,8 @@ def run_qemu(mem, cmd, d, tmo, tuned):
         qmp = QMP(qs, tmo)
         if tuned:
             qmp.cmd('migrate-set-parameters', **{'max-bandwidth': TUNED_BW})
+        cm = benchlib.CpuMeter(src.p.pid)
+        cm.start()
         t0 = time.monotonic()
         qmp.cmd('migrate', uri='exec:cat > %s' % snap)
         while True:
@@ -249,6 +244,7 @@ def run_qemu(mem, cmd, d, tmo, tuned):
         os.fdatasync(fd)
         os.close(fd)
         sync = time.monotonic() - t1
+        cpu = cm.stop()
         qmp.cmd('quit')
         qmp.close()
         qmp = None
@@ -262,7 +258,8 @@ def run_qemu(mem, cmd, d, tmo, tuned):
         return {'save_ms': save * 1000, 'save_sync_ms': (save + sync) * 1000,
                 'restore_ms': restore * 1000, 'size': size,
                 'vmm_total_ms': st.get('total-time'), 'vmm_downtime_ms': st.get('downtime'),
-                'first_line': line}
+                'first_line': line, 'cpu_vmm_ms': cpu[0],
+                'cpu_ms_per_gib': cpu[0] / (size / 2**30) if size >= 64 << 20 else None}
     finally:
         if qmp:
             qmp.close()
@@ -341,6 +338,8 @@ def main():
                     'guest_stall_ms': summary([r.get('guest_stall_ms') for r in v]),
                     'vmm_pause_ms': summary([r.get('vmm_pause_ms') for r in v]),
                     'baseline_stall_ms': summary([r.get('baseline_stall_ms') for r in v]),
+                    'cpu_vmm_ms': summary([r.get('cpu_vmm_ms') for r in v]),
+                    'cpu_ms_per_gib': summary([r.get('cpu_ms_per_gib') for r in v]),
                     'raw': v}
             g, q = c['vmm'].get('godwit'), c['vmm'].get('qemu-tuned')
             if g and q and g['ok'] and q['ok']:
@@ -360,18 +359,20 @@ def main():
 
     print('snapshot save / restore, test guest 1 vCPU, files in %s, medians (min-max) in ms'
           % a.dir)
-    print('%-10s %-13s %4s %20s %20s %20s %9s %20s' % ('case', 'vmm', 'runs', 'save', 'save+sync',
-                                                       'restore', 'size_MiB', 'guest_stall'))
+    print('%-10s %-13s %4s %20s %20s %20s %9s %20s %8s' %
+          ('case', 'vmm', 'runs', 'save', 'save+sync', 'restore', 'size_MiB', 'guest_stall',
+           'cpu/GiB'))
     ok = True
     tg = []
     for name, c in res['cases'].items():
         for k, v in c['vmm'].items():
             ok = ok and v['ok'] > 0 and not v['failed']
-            print('%-10s %-13s %2d/%d %20s %20s %20s %9s %20s' %
+            print('%-10s %-13s %2d/%d %20s %20s %20s %9s %20s %8s' %
                   (name, k, v['ok'], v['ok'] + v['failed'], fmt(v['save_ms']),
                    fmt(v['save_sync_ms']), fmt(v['restore_ms']),
                    '%.1f' % v['size_mib']['median'] if v['size_mib'] else '-',
-                   fmt(v['guest_stall_ms'], 1)))
+                   fmt(v['guest_stall_ms'], 1),
+                   '%.0f' % v['cpu_ms_per_gib']['median'] if v['cpu_ms_per_gib'] else '-'))
         if 'ratio_save' in c:
             print('%-10s godwit/qemu-tuned: save %.2f, save vs save+sync %.2f, restore %.2f '
                   '(target <= 0.5)' % (name, c['ratio_save'], c['ratio_save_sync'],

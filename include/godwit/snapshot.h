@@ -100,9 +100,10 @@ enum snapshot_stage { SNAPSHOT_PAUSING, SNAPSHOT_WRITING };
 /*
  * snapshot_take - the whole VM into f (snapshot_file_create), in order:
  * pause the vCPUs (if was_running), quiesce the devices (nothing writes
- * guest memory or the disks after that), write and sync the stream, rename
- * the file over its path.  Then, with resume or after a failure, the devices
- * and (if was_running) the vCPUs go back to running.  f is committed or
+ * guest memory or the disks after that), write the stream; with resume the
+ * devices and (if was_running) the vCPUs go back to running now; sync the
+ * file and rename it over its path.  After a failure the VM goes back to
+ * running too.  f is committed or
  * aborted either way.  Returns 0 with *res and *ms (the time the VM was
  * stopped for), or -errno with *stage and err: a failed pause (-EBUSY: the
  * VM is stopping) leaves the VM as it was.

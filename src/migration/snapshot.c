@@ -249,6 +249,8 @@ int snapshot_take(struct vm *vm, const struct snapshot_vm_ops *ops, struct snaps
 		  enum snapshot_stage *stage, char *err, size_t len)
 {
 	struct timespec t0;
+	bool resumed = false;
+	double pause_ms = 0;
 	int ret;
 
 	clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -268,22 +270,31 @@ int snapshot_take(struct vm *vm, const struct snapshot_vm_ops *ops, struct snaps
 		snprintf(err, len, "cannot quiesce the devices: %s", strerror(-ret));
 	if (!ret)
 		ret = snapshot_write(vm, f->fd, res, err, len);
+	if (!ret && resume) {
+		/* The stream is written: the guest need not wait for the sync. */
+		resumed = true;
+		if (dev_resume_all(vm))
+			log_warnx("%s: a device did not resume", __func__);
+		if (was_running && ops->resume(vm))
+			log_warnx("%s: the VM did not resume", __func__);
+		pause_ms = was_running ? ms_since(&t0) : 0;
+	}
 	if (!ret)
 		ret = snapshot_file_commit(f, err, len);
 	else
 		snapshot_file_abort(f);
 	*ms = ms_since(&t0);
-	if (res) {
-		res->passes = 1;
-		res->pause_ms = was_running ? *ms : 0;
-		res->ms = *ms;
-	}
-	if (ret || resume) {
+	if ((ret || resume) && !resumed) {
 		/* Devices first: the vCPUs find them serving when they run. */
 		if (dev_resume_all(vm))
 			log_warnx("%s: a device did not resume", __func__);
 		if (was_running && ops->resume(vm))
 			log_warnx("%s: the VM did not resume", __func__);
+	}
+	if (res) {
+		res->passes = 1;
+		res->pause_ms = resumed ? pause_ms : was_running ? ms_since(&t0) : 0;
+		res->ms = *ms;
 	}
 	return ret;
 }
@@ -434,6 +445,7 @@ int snapshot_take_live(struct vm *vm, const struct snapshot_vm_ops *ops, struct 
 		goto out;
 	}
 	logging = true;
+	log_debug("snapshot --live: dirty logging on after %.1f ms", ms_since(&t0));
 	/* Pass 1: every page; this get starts KVM's log (clear and protect). */
 	for (unsigned int i = 0; i < vm->nr_mem; i++) {
 		uint64_t npages = vm->mem[i].size / STREAM_PAGE_SIZE;
@@ -528,6 +540,8 @@ int snapshot_take_live(struct vm *vm, const struct snapshot_vm_ops *ops, struct 
 		goto out;
 	vm_dirty_log_stop(vm);
 	logging = false;
+	log_debug("snapshot --live: paused at %.1f ms, last pass and state written, dirty "
+		  "logging off after %.1f ms more", ms_between(&t0, &tp), ms_since(&tp));
 	res->pause_ms = ms_since(&tp);
 	if (resume) {
 		if (dev_resume_all(vm))
