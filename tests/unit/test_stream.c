@@ -2470,6 +2470,8 @@ TEST(stream_file_sink_same_bytes)
 		/* direct wherever the filesystem takes O_DIRECT (ext4, xfs, tmpfs since 6.6) */
 		CHECK_EQ(stream_writer_direct(w), direct && odirect_ok(fd));
 		CHECK_EQ(flushy ? flushy_write(w, &g2) : golden_v1_write(w, &g2, 0), 0);
+		/* the descriptor's offset at the end, as after write()s */
+		CHECK_EQ(stream_writer_offset(w), (uint64_t)lseek(fd, 0, SEEK_CUR));
 		CHECK_EQ(stream_writer_offset(w), (uint64_t)lseek(fd, 0, SEEK_END));
 		stream_writer_free(w);
 		a = file_bytes(mfd, &la);
