@@ -55,6 +55,7 @@ bool migrate_status_final(enum mig_status s);
 #define MIG_DEFAULT_MAX_ROUNDS  30
 #define MIG_ADDR_MAX            256
 #define MIG_MIN_BANDWIDTH       (1024 * 1024)   /* bytes/s */
+#define MIG_MAX_CHANNELS        16              /* = SNAPSHOT_MAX_CHANNELS */
 #define MIG_DEFAULT_MIN_RATE    (64 * 1024)     /* bytes/s, as incoming.h's */
 #define MIG_RATE_WINDOW_MS      10000
 #define MIG_MIN_THROTTLE_BUDGET (1024 * 1024)   /* bytes/s the vCPUs may always dirty */
@@ -113,6 +114,12 @@ struct migrate_params {
 	 * long too, then only on migrate_resume().
 	 */
 	uint32_t reconnect_s;
+	/*
+	 * Connections the memory is split among (docs/migration.md,
+	 * "Channels"), 1..MIG_MAX_CHANNELS; 0: migrate_default_channels().
+	 * More than one: not with reconnect_s, postcopy or with_disks.
+	 */
+	uint32_t channels;
 	/*
 	 * Compression of the RAM pages on the link (stream.h): auto (the API's
 	 * default), off or zstd.  Pages go without a per-page CRC on every
@@ -204,6 +211,7 @@ struct migrate_progress {
 	uint64_t postcopy_requested, postcopy_pushed;   /* on demand, in the background */
 	double fault_median_ms, fault_max_ms;   /* the destination's fault latency */
 	uint32_t postcopy_breaks;        /* links broken and reconnected during post-copy */
+	uint32_t channels;               /* connections the stream went over */
 	/* compression: the mode asked for, and what the writers compressed */
 	enum stream_compress compress;
 	struct stream_compress_stats compress_st;
@@ -223,6 +231,12 @@ int migrate_addr_check(const char *addr, char *err, size_t len) __must_check;
  * Returns 0, -EBUSY if a migration is under way or in doubt, -EINVAL for
  * bad parameters or a VM that cannot migrate (err says why).
  */
+/*
+ * The channel count a migration to `to` gets by default: from this host's
+ * online CPUs (docs/migration.md, "Channels").
+ */
+unsigned int migrate_default_channels(const char *to);
+
 int migrate_start(struct vm *vm, const struct migrate_params *p, char *err,
 		  size_t len) __must_check;
 /*

@@ -206,6 +206,57 @@ int snapshot_restore_resume(struct snapshot_restore *sr, const struct conn *c,
 			    const struct stream_watchdog *wd, char *err, size_t len) __must_check;
 
 /*
+ * Several channels (docs/migration.md, "Channels"): a migration over N
+ * connections sends, right after CONFIG of each stream, a required VM
+ * section "channel": u32 index (0: the main stream, which carries
+ * everything else; 1..N-1: a memory channel), u32 N (2..SNAPSHOT_MAX_CHANNELS)
+ * and the migration's random 16-byte token.  A memory channel carries only
+ * RAM sections and "precopy" markers, then EOF.
+ */
+#define SNAPSHOT_ID_CHANNEL   "channel"
+#define SNAPSHOT_CHANNEL_LEN  (8 + SNAPSHOT_TOKEN_LEN)
+#define SNAPSHOT_MAX_CHANNELS 16
+struct snapshot_channel {
+	uint32_t index, count;
+	uint8_t token[SNAPSHOT_TOKEN_LEN];
+};
+/* Encode a "channel" payload (SNAPSHOT_CHANNEL_LEN bytes). */
+void snapshot_channel_encode(const struct snapshot_channel *c, uint8_t *out);
+/* Parse and check one: 0, or -EINVAL with err set. */
+int snapshot_channel_parse(const uint8_t *p, size_t n, struct snapshot_channel *out, char *err,
+			   size_t len) __must_check;
+/*
+ * The main stream's "channel" section came (before any memory): start
+ * taking the other channels (fn returns 0, or -errno with err set).  At the
+ * main stream's EOF, before any state is loaded, wait() must return 0:
+ * every channel reached its EOF intact.  If the load fails after start(),
+ * abort() stops the channels before the main stream's reader goes.
+ */
+struct snapshot_channel_ops {
+	int (*start)(void *opaque, const struct snapshot_channel *c, char *err, size_t len);
+	int (*wait)(void *opaque, char *err, size_t len);
+	void (*abort)(void *opaque);
+};
+void snapshot_restore_set_channels(struct snapshot_restore *sr,
+				   const struct snapshot_channel_ops *ops, void *opaque);
+/* The main stream's channel count (1: none), once its section came. */
+uint32_t snapshot_restore_channels(const struct snapshot_restore *sr);
+/*
+ * snapshot_restore_open_channel - a memory channel of the migration main
+ * loads, on c: the stream's header, the same CONFIG as main's, and its
+ * "channel" section with main's token and count and an index 1..N-1.
+ * 0 with *out and *index, -EBADMSG (not a godwit stream, not a channel),
+ * -EPERM (another migration's: a wrong token or count) with err set.
+ */
+int snapshot_restore_open_channel(const struct snapshot_restore *main, const struct conn *c,
+				  const struct stream_watchdog *wd,
+				  struct snapshot_restore **out, uint32_t *index, char *err,
+				  size_t len) __must_check;
+/* Load a memory channel opened so into vm, up to its EOF: 0, or -errno with err set. */
+int snapshot_restore_load_channel(struct snapshot_restore *sr, struct vm *vm, char *err,
+				  size_t len) __must_check;
+
+/*
  * snapshot_restore_config - the vm_config that rebuilds the stream's VM:
  * vCPUs, memory, name, UUID, CPU model and, in PCI-slot order, its disks
  * and NICs, each taking the host-local part of the matching user option

@@ -71,6 +71,12 @@ static const char migrate_usage[] =
 "                          In post-copy, a broken link is tried again as long\n"
 "                          (the VM waits there on its missing pages), then\n"
 "                          only on godwit migrate-resume\n"
+"  --channels N            split the memory among N connections (1-16), each\n"
+"                          with its own thread, socket and TLS session; page\n"
+"                          data of a 2 MiB range always goes the same way.\n"
+"                          Default: one per 4 online CPUs of this host, 1-8;\n"
+"                          1 with --reconnect-s, --postcopy or --with-disks,\n"
+"                          which take no more than one yet\n"
 "  --no-throttle           never slow the guest down; by default, once pre-copy\n"
 "                          stops converging, the vCPUs that dirty memory the\n"
 "                          fastest run only part of each 10 ms slice, so that\n"
@@ -104,7 +110,8 @@ static const char migrate_usage[] =
 "                          itself: a destination that then fails leaves it\n"
 "                          in doubt (dest_refused) for migrate-resolve\n"
 "  --json                  print one JSON object (status, total_ms, downtime_ms,\n"
-"                          setup_ms, bytes, pages, zero_pages, rounds, tls,\n"
+"                          setup_ms, bytes, pages, zero_pages, rounds, channels,\n"
+"                          tls,\n"
 "                          insecure, gate, dest_refused, error, and for a\n"
 "                          timeline: history, pause_start_ms, phases_ms)\n"
 "  --timeline FILE.svg     at the end (also of a failed migration, as far as\n"
@@ -262,7 +269,7 @@ static void mig_print_json(json_t *p)
 	/* What a timeline needs: the rounds, when the pause began and its phases. */
 	static const char *const extra[] = {
 		"history", "pause_start_ms", "phases_ms", "dirty_tracking", "vcpu_dirty_rate_bps",
-		"throttle", "reconnects", "resent_pages", "downtime_limit_ms", "switch_expected_ms",
+		"throttle", "reconnects", "resent_pages", "channels", "downtime_limit_ms", "switch_expected_ms",
 		"over_limit", "postcopy", "postcopy_switched", "postcopy_start_ms", "postcopy_pages",
 		"postcopy_requested", "postcopy_pushed", "fault_latency_median_ms",
 		"fault_latency_max_ms", "postcopy_ms", "postcopy_breaks", "compress", NULL
@@ -474,6 +481,7 @@ int cmd_migrate(int argc, char **argv)
 		{ "no-throttle",   no_argument,       NULL, 'N' },
 		{ "postcopy",      required_argument, NULL, 'O' },
 		{ "reconnect-s",   required_argument, NULL, 'R' },
+		{ "channels",      required_argument, NULL, 'C' },
 		{ "compress",      required_argument, NULL, 'Z' },
 		{ "json",          no_argument,       NULL, 'j' },
 		{ "timeline",      required_argument, NULL, 'L' },
@@ -486,7 +494,7 @@ int cmd_migrate(int argc, char **argv)
 	enum pc_mode postcopy = PC_OFF;
 	enum stream_compress compress = STREAM_COMPRESS_AUTO;
 	bool compress_set = false;
-	unsigned long long reconnect = 0;
+	unsigned long long reconnect = 0, channels = 0;
 	uint64_t downtime = MIG_DEFAULT_DOWNTIME_MS, rounds = MIG_DEFAULT_MAX_ROUNDS, bw = 0;
 	uint64_t min_rate = MIG_DEFAULT_MIN_RATE;
 	bool json = false, quiet = false;
@@ -569,6 +577,18 @@ int cmd_migrate(int argc, char **argv)
 			}
 			break;
 		}
+		case 'C': {
+			char *e;
+
+			errno = 0;
+			channels = strtoull(optarg, &e, 10);
+			if (errno || *e || e == optarg || !channels || channels > MIG_MAX_CHANNELS) {
+				fprintf(stderr, "godwit: migrate: --channels %s: expected a number of "
+					"connections from 1 to %u\n", optarg, MIG_MAX_CHANNELS);
+				goto usage;
+			}
+			break;
+		}
 		case 'j': json = true; break;
 		case 'L':
 			if (!*optarg) {
@@ -629,6 +649,8 @@ int cmd_migrate(int argc, char **argv)
 		json_object_set_new(req, "gate", json_true());
 	if (req && reconnect)
 		json_object_set_new(req, "reconnect_s", json_integer((json_int_t)reconnect));
+	if (req && channels)
+		json_object_set_new(req, "channels", json_integer((json_int_t)channels));
 	if (req && no_throttle)
 		json_object_set_new(req, "throttle", json_false());
 	if (req && postcopy != PC_OFF)

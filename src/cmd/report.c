@@ -117,6 +117,9 @@ void report_print(json_t *p, bool from_migrate)
 		if (json_object_get(p, "disk_bytes"))
 			printf("disks: %.1f MiB sent in %.0f passes\n",
 			       jnum(p, "disk_bytes") / (double)MiB, jnum(p, "disk_rounds"));
+		if (jnum(p, "channels") > 1)
+			printf("channels: %.0f connections%s\n", jnum(p, "channels"),
+			       jstr(p, "tls")[0] ? ", each with its own TLS session" : "");
 		if (jstr(p, "tls")[0])
 			printf("channel: %s\n", jstr(p, "tls"));
 		else if (json_is_true(json_object_get(p, "insecure")))

@@ -26,6 +26,7 @@
 #include "godwit/stream.h"
 #include "godwit/tls.h"
 #include "godwit/vm.h"
+#include "channel.h"
 
 struct incoming {
 	struct incoming_params p;
@@ -44,6 +45,10 @@ struct incoming {
 	struct vm *vm;
 	struct pc_dest *pc;      /* post-copy: the pages still coming */
 	int rq;                  /* post-copy: the request channel, or -1 */
+	struct chan_in *ci;      /* the memory channels besides this connection, or NULL */
+	uint32_t channels;       /* connections the migration came over (1: this one) */
+	uint64_t chan_bytes;     /* stream bytes they brought */
+	char chan_err[600];      /* why they failed, if they did */
 };
 
 /*
@@ -223,6 +228,62 @@ static int in_resume(void *opaque, struct snapshot_restore *sr, char *err, size_
 	}
 }
 
+/* The main stream's "channel" section came: take the other channels on the listener. */
+static int in_chan_start(void *opaque, const struct snapshot_channel *c, char *err, size_t len)
+{
+	struct incoming *in = opaque;
+	struct chan_in_params cp = {
+		.lfd = in->lfd,
+		.addr = in->addr,
+		.tls = in->p.tls,
+		.wd = {
+			.deadline_ms = (uint64_t)in->p.timeout_s * 1000,
+			.min_bytes = in->p.min_rate * (INCOMING_RATE_WINDOW_MS / 1000),
+			.window_ms = INCOMING_RATE_WINDOW_MS,
+		},
+		.main = in->sr,
+		.vm = in->vm,
+		.main_fd = in->c.fd,
+	};
+
+	if (!in->vm) {
+		snprintf(err, len, "memory channels before the VM was built");
+		return -EPROTO;
+	}
+	in->channels = c->count;
+	return chan_in_start(&cp, c, &in->ci, err, len);
+}
+
+/* The main stream's EOF: every channel must have reached its own. */
+static int in_chan_wait(void *opaque, char *err, size_t len)
+{
+	struct incoming *in = opaque;
+	int ret = chan_in_wait(in->ci, err, len);
+
+	if (ret)
+		snprintf(in->chan_err, sizeof(in->chan_err), "%s", err);
+	in->chan_bytes = chan_in_bytes(in->ci);
+	chan_in_free(in->ci);
+	in->ci = NULL;
+	return ret;
+}
+
+static void in_chan_abort(void *opaque)
+{
+	struct incoming *in = opaque;
+
+	if (!in->ci)
+		return;
+	/* A channel whose link broke too gets a moment to say so: its error is the better one. */
+	chan_in_free_error(in->ci, in->chan_err[0] ? NULL : in->chan_err,
+			   in->chan_err[0] ? 0 : sizeof(in->chan_err));
+	in->ci = NULL;
+}
+
+static const struct snapshot_channel_ops in_chan_ops = {
+	.start = in_chan_start, .wait = in_chan_wait, .abort = in_chan_abort,
+};
+
 int incoming_accept(const char *addr, const struct incoming_params *p,
 		    struct incoming **out, char *err, size_t len)
 {
@@ -298,6 +359,7 @@ int incoming_accept(const char *addr, const struct incoming_params *p,
 	in->lfd = lfd;
 	snapshot_restore_set_resume(in->sr, in_resume, in);
 	snapshot_restore_allow_postcopy(in->sr);
+	snapshot_restore_set_channels(in->sr, &in_chan_ops, in);
 	*out = in;
 	return 0;
 fail:
@@ -459,7 +521,11 @@ int incoming_load(struct incoming *in, struct vm *vm, bool *in_doubt, char *err,
 		return ret;
 	}
 	in->vm = vm;
+	in->channels = 1;
 	ret = snapshot_restore_load(in->sr, vm, err, len);
+	/* A memory channel that failed broke the main stream too: say why. */
+	if (ret && in->chan_err[0])
+		snprintf(err, len, "%s", in->chan_err);
 	/* The stream is whole (or lost): no source comes back any more (post-copy: see below). */
 	{
 		size_t n;
@@ -477,6 +543,9 @@ int incoming_load(struct incoming *in, struct vm *vm, bool *in_doubt, char *err,
 		return ret;
 	}
 	snapshot_restore_stats(in->sr, NULL, &bytes);
+	bytes += in->chan_bytes;
+	if (in->channels > 1)
+		log_info("incoming migration: the stream came over %u channels", in->channels);
 	r = handoff_dest(&in->c, in->p.handoff_ms, &ops, in, why, sizeof(why));
 	in_unlisten(in);
 	switch (r) {
@@ -533,6 +602,7 @@ void incoming_close(struct incoming *in)
 		return;
 	for (unsigned int i = 0; i < in->nr_disks; i++)
 		disk_recv_close(&in->disks[i], !in->taken);
+	chan_in_free(in->ci);
 	pc_dest_free(in->pc);
 	if (in->rq >= 0)
 		close(in->rq);

@@ -56,6 +56,7 @@
 #include "godwit/tls.h"
 #include "godwit/virtio.h"
 #include "godwit/vm.h"
+#include "channel.h"
 
 #define MIG_ACCEPT_TIMEOUT_MS 60000          /* the destination builds its VM meanwhile */
 /* The TLS handshake: a destination may first spend up to 10 s dropping a stray connection. */
@@ -220,6 +221,10 @@ struct mig_run {
 	uint64_t pc_token;           /* names our request channel to the destination */
 	int pc_rq;                   /* the request channel, or -1 */
 	struct pc_src *pc;           /* its server */
+	/* Several channels: channel 0 is r->w; co runs the others (channel.h). */
+	unsigned int nchan;
+	struct snapshot_channel sc;
+	struct chan_out *co;
 	/* The pause's phases: ms from the pause to the end of each (mig_phases()). */
 	double ms_stopped, ms_ram, ms_state, ms_ready, ms_released, ms_committed;
 };
@@ -228,16 +233,19 @@ struct mig_run {
 static void mig_publish(struct mig_run *r)
 {
 	struct stream_ram_stats st;
+	uint64_t cb, cp, cz;
 
 	stream_writer_ram_stats(r->w, &st);
+	chan_out_counters(r->co, &cb, &cp, &cz);
 	pthread_mutex_lock(&r->m->lock);
-	r->m->prog.bytes = r->bytes_before + stream_writer_offset(r->w);
-	r->m->prog.pages = r->pages_before + st.pages;
-	r->m->prog.zero_pages = r->zero_before + st.zero_pages;
+	r->m->prog.bytes = r->bytes_before + stream_writer_offset(r->w) + cb;
+	r->m->prog.pages = r->pages_before + st.pages + cp;
+	r->m->prog.zero_pages = r->zero_before + st.zero_pages + cz;
 	{
 		struct stream_compress_stats z;
 
 		stream_writer_compress_stats(r->w, &z);
+		chan_out_compress_stats(r->co, &z);
 		r->m->prog.compress_st.sections = r->z_before.sections + z.sections;
 		r->m->prog.compress_st.bytes_in = r->z_before.bytes_in + z.bytes_in;
 		r->m->prog.compress_st.bytes_out = r->z_before.bytes_out + z.bytes_out;
@@ -254,10 +262,20 @@ static void mig_publish(struct mig_run *r)
 	pthread_mutex_unlock(&r->m->lock);
 }
 
+/* Stream bytes sent on every channel so far (channels: as last published). */
+static uint64_t mig_sent(struct mig_run *r)
+{
+	uint64_t cb, cp, cz;
+
+	chan_out_counters(r->co, &cb, &cp, &cz);
+	return stream_writer_offset(r->w) + cb;
+}
+
 /* Sleep as needed to keep the average under max_bandwidth; false if cancelled. */
 static bool mig_pace(struct mig_run *r)
 {
-	uint64_t bw = r->m->p.max_bandwidth;
+	/* With several channels each keeps to its share. */
+	uint64_t bw = r->m->p.max_bandwidth / MAX(r->nchan, 1);
 
 	if (!r->pace || !bw)
 		return true;
@@ -286,6 +304,8 @@ static int mig_chunk_done(void *opaque)
 	mig_publish(r);
 	if (mig_cancelled(r->m))
 		return -ECANCELED;
+	if (r->co && chan_out_failed(r->co, r->err, sizeof(r->err)))
+		return -EPIPE;
 	if (mig_vm_stopping(r->vm)) {
 		snprintf(r->err, sizeof(r->err), "the VM stopped during the migration");
 		return -ESHUTDOWN;
@@ -337,6 +357,9 @@ static int mig_send_dirty(struct mig_run *r, bool clear)
 	/* Paced: chunks of ~100 ms at the limit, so the peer never sees a long silence. */
 	if (r->pace && r->m->p.max_bandwidth)
 		chunk = MAX(64, MIN(chunk, r->m->p.max_bandwidth / 10 / STREAM_PAGE_SIZE / 64 * 64));
+	if (r->nchan > 1)
+		return chan_send_dirty(vm, r->w, r->m->bitmap, 0, r->nchan, clear, chunk,
+				       mig_chunk_done, r, r->err, sizeof(r->err));
 	for (unsigned int i = 0; i < vm->nr_mem; i++) {
 		const struct mem_region *mr = &vm->mem[i];
 		uint64_t npages = mr->size / STREAM_PAGE_SIZE, *bm = r->m->bitmap[i];
@@ -437,6 +460,44 @@ static int mig_begin_stream(struct mig_run *r)
 	return ret;
 }
 
+static bool mig_chan_stop(void *opaque)
+{
+	struct mig_run *r = opaque;
+
+	return mig_cancelled(r->m) || mig_vm_stopping(r->vm);
+}
+
+/* After ACCEPT: the other channels connect (channel.h); the same CONFIG on each. */
+static int mig_chans_open(struct mig_run *r)
+{
+	struct stream_config *cfg = calloc(1, sizeof(*cfg));
+	struct chan_out_params cp = {
+		.vm = r->vm, .to = r->m->p.to, .tls = r->m->p.tls, .min_rate = r->m->p.min_rate,
+		.max_bandwidth = r->m->p.max_bandwidth / r->nchan, .bitmap = r->m->bitmap,
+		.compress = r->m->p.compress,
+		.ch = r->sc, .stop = mig_chan_stop, .opaque = r,
+	};
+	int ret;
+
+	if (!cfg) {
+		snprintf(r->err, sizeof(r->err), "out of memory");
+		return -ENOMEM;
+	}
+	ret = snapshot_config_from_vm(cfg, r->vm);
+	if (ret) {
+		snprintf(r->err, sizeof(r->err), "the VM's configuration does not fit a stream: %s",
+			 strerror(-ret));
+		free(cfg);
+		return ret;
+	}
+	cp.cfg = cfg;
+	ret = chan_out_open(&cp, &r->co, r->err, sizeof(r->err));
+	free(cfg);
+	if (!ret)
+		log_info("migrate: %u channels connected", r->nchan);
+	return ret;
+}
+
 static int mig_setup(struct mig_run *r)
 {
 	enum mig_msg type;
@@ -458,6 +519,13 @@ static int mig_setup(struct mig_run *r)
 		memcpy(p + 4, r->token, SNAPSHOT_TOKEN_LEN);
 		ret = stream_put_section(r->w, STREAM_VM, STREAM_F_OPTIONAL, SNAPSHOT_ID_RECONNECT, 1,
 					 0, p, sizeof(p));
+	}
+	if (!ret && r->nchan > 1) {
+		/* Required: a destination that does not take the other channels must refuse. */
+		uint8_t p[SNAPSHOT_CHANNEL_LEN];
+
+		snapshot_channel_encode(&r->sc, p);
+		ret = stream_put_section(r->w, STREAM_VM, 0, SNAPSHOT_ID_CHANNEL, 1, 0, p, sizeof(p));
 	}
 	if (!ret)
 		ret = stream_flush(r->w);
@@ -641,8 +709,12 @@ static int mig_writer(struct mig_run *r)
 		return ret;
 	stream_writer_set_tls(r->w, r->c.tls);
 	stream_writer_set_watchdog(r->w, &wd);
-	/* a socket: TCP's checksum or TLS's AEAD guards the pages (docs/stream-format.md) */
-	stream_writer_set_page_crc(r->w, false);
+	/*
+	 * a socket: TCP's checksum or TLS's AEAD guards the pages (docs/stream-format.md);
+	 * GODWIT_PAGE_CRC=on keeps the page CRC (RAM v1), for measuring what it costs
+	 */
+	stream_writer_set_page_crc(r->w, !(getenv("GODWIT_PAGE_CRC") &&
+					   !strcmp(getenv("GODWIT_PAGE_CRC"), "on")));
 	stream_writer_set_compress(r->w, r->m->p.compress);
 	return 0;
 }
@@ -910,7 +982,7 @@ static int mig_precopy(struct mig_run *r)
 	mig_set_status(m, MIG_ACTIVE);
 	for (uint32_t round = 1; ; round++) {
 		struct timespec t0;
-		uint64_t off0 = stream_writer_offset(r->w);
+		uint64_t off0 = mig_sent(r);
 		double ms, bw, remaining, expect, expect_mem;
 		enum mig_next next;
 
@@ -928,8 +1000,13 @@ static int mig_precopy(struct mig_run *r)
 				snprintf(r->err, sizeof(r->err), "sending memory: %s",
 					 stream_writer_error(r->w));
 		}
+		if (!ret && r->co)
+			chan_out_pass(r->co, round, true, false);
 		if (!ret)
 			ret = mig_send_dirty(r, true);
+		/* The other channels' share of the round (their errors stop ours at once). */
+		if (!ret && r->co)
+			ret = chan_out_wait(r->co, r->err, sizeof(r->err));
 		if (ret && mig_link_lost(r, ret)) {
 			/* Connected again: the next round sends what the destination may lack. */
 			ret = mig_resume(r);
@@ -950,9 +1027,10 @@ static int mig_precopy(struct mig_run *r)
 		}
 		mig_drain(r, bw_est);
 		ms = MAX(ms_since(&t0), 0.001);
-		bw = (double)(stream_writer_offset(r->w) - off0) / ms * 1e3;
+		mig_publish(r);
+		bw = (double)(mig_sent(r) - off0) / ms * 1e3;
 		/* A round too small to time says nothing about the link: keep the last estimate. */
-		if (stream_writer_offset(r->w) - off0 >= MiB || bw_est <= 0)
+		if (mig_sent(r) - off0 >= MiB || bw_est <= 0)
 			bw_est = bw;
 		dirty = mig_collect(r);
 		if (dirty < 0)
@@ -985,7 +1063,7 @@ static int mig_precopy(struct mig_run *r)
 				.round = round,
 				.start_ms = ms_between(&m->t_start, &t0),
 				.ms = ms,
-				.bytes = stream_writer_offset(r->w) - off0,
+				.bytes = mig_sent(r) - off0,
 				.remaining_bytes = (uint64_t)remaining,
 				.dirty_rate = m->prog.dirty_rate,
 				.bandwidth = bw_est,
@@ -1004,7 +1082,7 @@ static int mig_precopy(struct mig_run *r)
 		pthread_mutex_unlock(&m->lock);
 		log_debug("migrate: round %u: %.1f MiB in %.1f ms (%.0f MiB/s), %lld dirty pages, "
 			  "expected downtime %.1f ms", round,
-			  (double)(stream_writer_offset(r->w) - off0) / (double)MiB, ms,
+			  (double)(mig_sent(r) - off0) / (double)MiB, ms,
 			  bw / (double)MiB, (long long)dirty, expect);
 		next = migrate_precopy_next(expect, expect_mem, (double)m->p.downtime_ms, remaining,
 					    last_remaining, round, m->p.max_rounds);
@@ -1300,6 +1378,9 @@ static int mig_stop_copy(struct mig_run *r, struct timespec *t_pause)
 		snprintf(r->err, sizeof(r->err), "sending memory: %s", stream_writer_error(r->w));
 		return ret;
 	}
+	/* The other channels: their last pages and EOF, beside ours. */
+	if (r->co)
+		chan_out_pass(r->co, 0, false, true);
 	if (!r->pc_switch) {
 		ret = mig_send_dirty(r, false);
 		if (ret)
@@ -1324,6 +1405,22 @@ static int mig_stop_copy(struct mig_run *r, struct timespec *t_pause)
 	if (ret) {
 		snprintf(r->err, sizeof(r->err), "sending the state: %s", stream_writer_error(r->w));
 		return ret;
+	}
+	/* Every channel's stream sent whole before we wait for READY (the destination waits too). */
+	if (r->co) {
+		uint64_t cb, cp, cz;
+
+		ret = chan_out_wait(r->co, r->err, sizeof(r->err));
+		if (ret)
+			return ret;
+		chan_out_counters(r->co, &cb, &cp, &cz);
+		r->bytes_before += cb;
+		r->pages_before += cp;
+		r->zero_before += cz;
+		chan_out_compress_stats(r->co, &r->z_before);
+		r->z_before.active = false;
+		chan_out_free(r->co);
+		r->co = NULL;
 	}
 	r->ms_state = ms_since(t_pause);
 	mig_publish(r);
@@ -1482,7 +1579,8 @@ static enum handoff_gate src_gate(void *opaque, char *why, size_t len)
 static void *mig_thread(void *opaque)
 {
 	struct migration *m = opaque;
-	struct mig_run r = { .m = m, .vm = m->vm, .c = conn_plain(-1), .pace = true, .pc_rq = -1 };
+	struct mig_run r = { .m = m, .vm = m->vm, .c = conn_plain(-1), .pace = true, .pc_rq = -1,
+			     .nchan = MAX(m->p.channels, 1) };
 	struct timespec t_pause = { 0 };
 	int ret;
 
@@ -1511,11 +1609,18 @@ static void *mig_thread(void *opaque)
 	ret = mig_writer(&r);
 	if (!ret)
 		ret = mig_alloc_bitmaps(&r);
+	if (!ret && r.nchan > 1) {
+		r.sc.count = r.nchan;
+		if (getrandom(r.sc.token, sizeof(r.sc.token), 0) != (ssize_t)sizeof(r.sc.token))
+			ret = -EIO;
+	}
 	if (ret) {
 		snprintf(r.err, sizeof(r.err), "out of memory");
 		goto fail;
 	}
 	ret = mig_setup(&r);
+	if (!ret && r.nchan > 1)
+		ret = mig_chans_open(&r);
 	if (ret)
 		goto fail;
 	pthread_mutex_lock(&m->lock);
@@ -1645,6 +1750,9 @@ static void *mig_thread(void *opaque)
 	goto out;
 
 fail:
+	/* The other channels stop before anything they use goes. */
+	chan_out_free(r.co);
+	r.co = NULL;
 	pc_src_stop(r.pc);
 	r.pc = NULL;
 	mig_unwind(&r);
@@ -1662,6 +1770,7 @@ out:
 	pthread_mutex_lock(&m->lock);
 	m->fd = -1;
 	pthread_mutex_unlock(&m->lock);
+	chan_out_free(r.co);
 	stream_writer_free(r.w);
 	if (r.pc_rq >= 0)
 		close(r.pc_rq);
@@ -1705,6 +1814,15 @@ bool migrate_busy(struct vm *vm)
 	return busy;
 }
 
+unsigned int migrate_default_channels(const char *to)
+{
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+	(void)to;
+	/* Placeholder until measured: one channel per 4 online CPUs, 1 to 8. */
+	return (unsigned int)MAX(1, MIN(8, cpus / 4));
+}
+
 int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size_t len)
 {
 	struct migration *m;
@@ -1732,6 +1850,18 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 	if (p->reconnect_s > SNAPSHOT_RECONNECT_MAX_S || (p->reconnect_s && p->with_disks)) {
 		snprintf(err, len, "reconnect_s must be 0-%u, and 0 with with_disks (a storage "
 			 "migration cannot be resumed yet)", SNAPSHOT_RECONNECT_MAX_S);
+		ret = -EINVAL;
+		goto fail;
+	}
+	if (p->channels > MIG_MAX_CHANNELS) {
+		snprintf(err, len, "channels must be 1-%u (0: the default)", MIG_MAX_CHANNELS);
+		ret = -EINVAL;
+		goto fail;
+	}
+	if (p->channels > 1 && (p->reconnect_s || p->postcopy != PC_OFF || p->with_disks)) {
+		snprintf(err, len, "a migration over several channels (%u) cannot %s yet: give "
+			 "channels 1", p->channels, p->reconnect_s ? "reconnect (reconnect_s)" :
+			 p->postcopy != PC_OFF ? "switch to post-copy" : "copy disks (with_disks)");
 		ret = -EINVAL;
 		goto fail;
 	}
@@ -1798,6 +1928,10 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 	}
 	pthread_mutex_lock(&m->lock);
 	m->p = *p;
+	/* The default: one channel where more cannot help (reconnect, post-copy, disks). */
+	if (!m->p.channels)
+		m->p.channels = p->reconnect_s || p->postcopy != PC_OFF || p->with_disks ? 1 :
+				migrate_default_channels(p->to);
 	memset(&m->prog, 0, sizeof(m->prog));
 	snprintf(m->prog.to, sizeof(m->prog.to), "%s", p->to);
 	m->prog.insecure = !p->tls && !migrate_addr_local(p->to);
@@ -1809,6 +1943,7 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 	m->decision = GATE_WAIT;
 	m->prog.gate = p->gate;
 	m->prog.postcopy = p->postcopy;
+	m->prog.channels = m->p.channels;
 	m->prog.compress = p->compress;
 	memset(&m->prog.compress_st, 0, sizeof(m->prog.compress_st));
 	m->fd = -1;

@@ -35,6 +35,7 @@
 #include "godwit/cpuid.h"
 #include "godwit/dev.h"
 #include "godwit/disk.h"
+#include "godwit/le.h"
 #include "godwit/log.h"
 #include "godwit/postcopy.h"
 #include "godwit/ram_place.h"
@@ -445,6 +446,7 @@ int snapshot_take_live(struct vm *vm, const struct snapshot_vm_ops *ops, struct 
 		goto out;
 	}
 	logging = true;
+	log_debug("snapshot --live: dirty logging on after %.1f ms", ms_since(&t0));
 	/* Pass 1: every page; this get starts KVM's log (clear and protect). */
 	for (unsigned int i = 0; i < vm->nr_mem; i++) {
 		uint64_t npages = vm->mem[i].size / STREAM_PAGE_SIZE;
@@ -539,6 +541,8 @@ int snapshot_take_live(struct vm *vm, const struct snapshot_vm_ops *ops, struct 
 		goto out;
 	vm_dirty_log_stop(vm);
 	logging = false;
+	log_debug("snapshot --live: paused at %.1f ms, last pass and state written, dirty "
+		  "logging off after %.1f ms more", ms_between(&t0, &tp), ms_since(&tp));
 	res->pause_ms = ms_since(&tp);
 	if (resume) {
 		if (dev_resume_all(vm))
@@ -764,6 +768,10 @@ struct snapshot_restore {
 	bool paused_phase;              /* the last pass (marker 0) began: no resuming */
 	snapshot_resume_fn resume;
 	void *resume_opaque;
+	/* Several channels (SNAPSHOT_ID_CHANNEL): */
+	const struct snapshot_channel_ops *chan_ops;
+	void *chan_opaque;
+	struct snapshot_channel chan;   /* count 0: no section (one channel) */
 	/* The first pass placed with userfaultfd (ram_place.h): */
 	int uffd;                       /* ours, opened before the sandbox; -errno if none */
 	pid_t uffd_pid;                 /* the process it belongs to (--jail forks after) */
@@ -1205,6 +1213,192 @@ fail:
 	return ret;
 }
 
+void snapshot_channel_encode(const struct snapshot_channel *c, uint8_t *out)
+{
+	le32_put(out, c->index);
+	le32_put(out + 4, c->count);
+	memcpy(out + 8, c->token, SNAPSHOT_TOKEN_LEN);
+}
+
+int snapshot_channel_parse(const uint8_t *p, size_t n, struct snapshot_channel *out, char *err,
+			   size_t len)
+{
+	if (n != SNAPSHOT_CHANNEL_LEN) {
+		snap_err(err, len, "a channel section of %zu bytes, not %u", n, SNAPSHOT_CHANNEL_LEN);
+		return -EINVAL;
+	}
+	out->index = le32_get(p);
+	out->count = le32_get(p + 4);
+	memcpy(out->token, p + 8, SNAPSHOT_TOKEN_LEN);
+	if (out->count < 2 || out->count > SNAPSHOT_MAX_CHANNELS) {
+		snap_err(err, len, "a migration over %u channels (2-%u)", out->count,
+			 SNAPSHOT_MAX_CHANNELS);
+		return -EINVAL;
+	}
+	if (out->index >= out->count) {
+		snap_err(err, len, "channel %u of %u", out->index, out->count);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+void snapshot_restore_set_channels(struct snapshot_restore *sr,
+				   const struct snapshot_channel_ops *ops, void *opaque)
+{
+	sr->chan_ops = ops;
+	sr->chan_opaque = opaque;
+}
+
+uint32_t snapshot_restore_channels(const struct snapshot_restore *sr)
+{
+	return sr->chan.count ? sr->chan.count : 1;
+}
+
+/* The main stream's VM section "channel": once, first, index 0; then the others are taken. */
+static int snap_channel(struct snapshot_restore *sr, const struct stream_section *s)
+{
+	char why[256];
+	const uint8_t *p;
+	int ret;
+
+	if (!sr->chan_ops)
+		return stream_refuse(sr->r, -EPROTONOSUPPORT, "a stream over several channels, "
+				     "which only a migration destination takes");
+	if (sr->chan.count)
+		return stream_refuse(sr->r, -EINVAL, "section given twice");
+	if (sr->precopy_rounds || sr->ram.pages || sr->reconnect_s || sr->nr_secs)
+		return stream_refuse(sr->r, -EINVAL, "a channel section after the stream began");
+	ret = stream_read_payload(sr->r, &p);
+	if (ret)
+		return ret;
+	ret = snapshot_channel_parse(p, s->len, &sr->chan, why, sizeof(why));
+	if (!ret && sr->chan.index)
+		ret = stream_refuse(sr->r, -EINVAL, "the first stream is channel %u, not 0",
+				    sr->chan.index);
+	else if (ret)
+		ret = stream_refuse(sr->r, ret, "%s", why);
+	/*
+	 * The placer serves one stream: the other channels' readers would
+	 * fault on every fresh page and wait for its thread to answer each
+	 * (seconds on a loaded host).  With several channels the first pass is
+	 * copied, as without a userfaultfd.
+	 */
+	if (!ret && sr->place) {
+		log_info("restore: over %u channels: the first pass is copied, not placed",
+			 sr->chan.count);
+		snap_place_stop(sr);
+	}
+	if (!ret && (ret = sr->chan_ops->start(sr->chan_opaque, &sr->chan, why, sizeof(why))))
+		ret = stream_refuse(sr->r, ret, "%s", why);
+	if (ret)
+		memset(&sr->chan, 0, sizeof(sr->chan));
+	return ret;
+}
+
+int snapshot_restore_open_channel(const struct snapshot_restore *main, const struct conn *c,
+				  const struct stream_watchdog *wd,
+				  struct snapshot_restore **out, uint32_t *index, char *err,
+				  size_t len)
+{
+	struct snapshot_restore *sr = calloc(1, sizeof(*sr));
+	struct snapshot_channel ch;
+	struct stream_section s;
+	const uint8_t *p;
+	char why[256];
+	int ret;
+
+	if (!sr) {
+		snap_err(err, len, "out of memory");
+		return -ENOMEM;
+	}
+	ret = stream_reader_new(c->fd, &sr->r);
+	if (ret) {
+		snap_err(err, len, "out of memory");
+		goto fail;
+	}
+	stream_reader_target_zeroed(sr->r);
+	stream_reader_set_watchdog(sr->r, wd);
+	stream_reader_set_tls(sr->r, c->tls);
+	ret = stream_read_header(sr->r, &sr->cfg);
+	if (ret) {
+		snap_err(err, len, "%s", stream_reader_error(sr->r));
+		ret = ret == -ENOMEM ? ret : -EBADMSG;
+		goto fail;
+	}
+	ret = stream_next_section(sr->r, &s);
+	if (ret <= 0 || s.type != STREAM_VM || strcmp(s.id, SNAPSHOT_ID_CHANNEL)) {
+		snap_err(err, len, "the stream does not begin with a channel section%s%s",
+			 ret < 0 ? ": " : "", ret < 0 ? stream_reader_error(sr->r) : "");
+		ret = -EBADMSG;
+		goto fail;
+	}
+	ret = stream_read_payload(sr->r, &p);
+	if (!ret)
+		ret = snapshot_channel_parse(p, s.len, &ch, why, sizeof(why));
+	else
+		snprintf(why, sizeof(why), "%s", stream_reader_error(sr->r));
+	if (ret) {
+		snap_err(err, len, "%s", why);
+		ret = -EBADMSG;
+		goto fail;
+	}
+	if (!main->chan.count || memcmp(ch.token, main->chan.token, SNAPSHOT_TOKEN_LEN)) {
+		snap_err(err, len, "the channel's token is not this migration's");
+		ret = -EPERM;
+		goto fail;
+	}
+	if (ch.count != main->chan.count || !ch.index) {
+		snap_err(err, len, "channel %u of %u, in a migration over %u channels", ch.index,
+			 ch.count, main->chan.count);
+		ret = -EPERM;
+		goto fail;
+	}
+	/* Both parsed by this code into zeroed memory: equal configurations compare equal. */
+	if (memcmp(sr->cfg, main->cfg, sizeof(*sr->cfg))) {
+		snap_err(err, len, "the channel's stream describes another VM");
+		ret = -EPERM;
+		goto fail;
+	}
+	sr->chan = ch;
+	*index = ch.index;
+	*out = sr;
+	return 0;
+fail:
+	snapshot_restore_free(sr);
+	return ret;
+}
+
+int snapshot_restore_load_channel(struct snapshot_restore *sr, struct vm *vm, char *err,
+				  size_t len)
+{
+	struct stream_section s;
+	int ret;
+
+	while ((ret = stream_next_section(sr->r, &s)) > 0) {
+		if (s.type == STREAM_RAM) {
+			ret = stream_read_ram(sr->r, snap_lookup, vm, &sr->ram);
+		} else if (s.type == STREAM_VM && !strcmp(s.id, SNAPSHOT_ID_PRECOPY)) {
+			/* Pages may come again from here on, zero ones included. */
+			stream_reader_set_target_zeroed(sr->r, false);
+			sr->precopy_rounds++;
+			ret = stream_skip(sr->r);
+		} else if (s.flags & STREAM_F_OPTIONAL) {
+			ret = stream_skip(sr->r);
+		} else {
+			ret = stream_refuse(sr->r, -EPROTONOSUPPORT, "a memory channel carries a "
+					    "%s section '%s': only memory may travel there",
+					    stream_type_name(s.type), s.id);
+		}
+		if (ret < 0)
+			break;
+	}
+	if (ret < 0)
+		snap_err(err, len, "%s", stream_reader_error(sr->r)[0] ? stream_reader_error(sr->r) :
+			 strerror(-ret));
+	sr->bytes = stream_reader_offset(sr->r);
+	return ret < 0 ? ret : 0;
+}
+
 /*
  * The first pass: every page lands on memory nothing touched.  Placing it
  * with UFFDIO_COPY spares the kernel clearing it first (ram_place.h).
@@ -1344,6 +1538,8 @@ next:
 				}
 			} else if (!strcmp(s.id, SNAPSHOT_ID_RECONNECT)) {
 				ret = snap_reconnect(sr, &s);
+			} else if (!strcmp(s.id, SNAPSHOT_ID_CHANNEL)) {
+				ret = snap_channel(sr, &s);
 			} else if (strcmp(s.id, SNAP_ID_VM) || s.instance)
 				ret = s.flags & STREAM_F_OPTIONAL ? stream_skip(sr->r) :
 				      stream_refuse(sr->r, -EPROTONOSUPPORT, "unknown required VM section");
@@ -1401,6 +1597,9 @@ next:
 		return ret;
 	}
 
+	/* Every channel's memory is in before any state is loaded. */
+	if (sr->chan.count && (ret = sr->chan_ops->wait(sr->chan_opaque, err, len)))
+		return ret;
 	/* The whole stream is intact: everything must be there. */
 	if (!snap_find(sr, STREAM_VM, SNAP_ID_VM, 0)) {
 		snap_err(err, len, "the snapshot has no VM state section ('%s')", SNAP_ID_VM);
@@ -1466,6 +1665,9 @@ int snapshot_restore_load(struct snapshot_restore *sr, struct vm *vm, char *err,
 {
 	int ret = snap_load(sr, vm, err, len);
 
+	/* The channels still read the main stream's CONFIG: stop them first. */
+	if (ret && sr->chan.count)
+		sr->chan_ops->abort(sr->chan_opaque);
 	/* The sections and the reader's buffers are not needed any more; the specs are. */
 	for (unsigned int i = 0; i < sr->nr_secs; i++)
 		free(sr->secs[i].buf);

@@ -329,6 +329,8 @@ static json_t *api_progress_json(const struct migrate_progress *p)
 				    json_string(p->to));
 	if (j)
 		json_object_set_new(j, "rounds", json_integer(p->rounds_done));
+	if (j && p->channels)
+		json_object_set_new(j, "channels", json_integer(p->channels));
 	if (j && (p->disk_bytes || p->disk_rounds)) {
 		json_object_set_new(j, "disk_bytes", json_integer((json_int_t)p->disk_bytes));
 		json_object_set_new(j, "disk_rounds", json_integer(p->disk_rounds));
@@ -531,7 +533,7 @@ static unsigned int api_vm_migrate(struct api_server *s, json_t *body, json_t **
 	};
 	struct migrate_progress prog;
 	json_t *jt = body ? json_object_get(body, "to") : NULL;
-	uint64_t dt = p.downtime_ms, rounds = p.max_rounds, bw = 0, reconnect = 0;
+	uint64_t dt = p.downtime_ms, rounds = p.max_rounds, bw = 0, reconnect = 0, channels = 0;
 	unsigned int status = 0;
 	char err[512] = "";
 	int ret;
@@ -546,9 +548,11 @@ static unsigned int api_vm_migrate(struct api_server *s, json_t *body, json_t **
 	    !api_get_uint(body, "max_rounds", 1000, &rounds, &status, out) ||
 	    !api_get_uint(body, "max_bandwidth", UINT64_C(1) << 50, &bw, &status, out) ||
 	    !api_get_uint(body, "min_rate", GiB, &p.min_rate, &status, out) ||
-	    !api_get_uint(body, "reconnect_s", SNAPSHOT_RECONNECT_MAX_S, &reconnect, &status, out))
+	    !api_get_uint(body, "reconnect_s", SNAPSHOT_RECONNECT_MAX_S, &reconnect, &status, out) ||
+	    !api_get_uint(body, "channels", MIG_MAX_CHANNELS, &channels, &status, out))
 		return status;
 	p.reconnect_s = (uint32_t)reconnect;
+	p.channels = (uint32_t)channels;
 	if (!dt || !rounds)
 		return api_error(out, MHD_HTTP_BAD_REQUEST,
 				 "\"downtime_ms\" and \"max_rounds\" must be at least 1");
@@ -741,7 +745,7 @@ static const char *const api_snapshot_fields[] = { "path", "resume", "live", NUL
 static const char *const api_resume_fields[] = { "to", NULL };
 static const char *const api_migrate_fields[] = {
 	"to", "downtime_ms", "max_bandwidth", "max_rounds", "min_rate", "with_disks", "tls",
-	"insecure", "gate", "throttle", "reconnect_s", "postcopy", "compress", NULL
+	"insecure", "gate", "throttle", "reconnect_s", "postcopy", "compress", "channels", NULL
 };
 static const char *const api_resolve_fields[] = { "action", NULL };
 static const char *const api_commit_fields[] = { "commit", NULL };

@@ -37,8 +37,13 @@
  * end early, as a broken connection does: with a `reconnect` section, the
  * load asks for the source again) and the second stream, which the resume
  * callback hands to snapshot_restore_resume() once; the first stream comes
- * through a pipe (at most 60000 bytes), so it ends as a socket does.  The
- * rest is the stream.  Seeds: tests/data's golden snapshots
+ * through a pipe (at most 60000 bytes), so it ends as a socket does; bit 3
+ * (without bit 2) = a migration over two channels (docs/migration.md,
+ * "Channels"): a u32 N follows, then the main stream's N bytes and a memory
+ * channel's stream, which the main stream's `channel` section has opened
+ * (snapshot_restore_open_channel) and loaded (snapshot_restore_load_channel)
+ * into the same VM; the main stream's EOF gets its result.  The rest is
+ * the stream.  Seeds: tests/data's golden snapshots
  * (the Intel one restores on an Intel host), shrunk to a few RAM pages, and
  * tests/fuzz/corpus/restore (a snapshot of the test guest with two 1 MiB
  * disks, one read-only with a serial, and virtio-rng, shrunk the same way).
@@ -150,6 +155,53 @@ static int fuzz_resume(void *opaque, struct snapshot_restore *sr, char *err, siz
 	return ret;
 }
 
+/* Bit 3: the memory channel's stream (fd), opened and loaded when the main stream names it. */
+struct fuzz_chan {
+	int fd;
+	struct snapshot_restore *main;
+	struct vm *vm;
+	int ret;
+	char err[512];
+};
+
+static int fuzz_chan_start(void *opaque, const struct snapshot_channel *c, char *err, size_t len)
+{
+	struct fuzz_chan *fc = opaque;
+	struct snapshot_restore *csr = NULL;
+	struct conn conn = conn_plain(fc->fd);
+	uint32_t idx;
+
+	(void)err;
+	(void)len;
+	fc->ret = snapshot_restore_open_channel(fc->main, &conn, NULL, &csr, &idx, fc->err,
+						sizeof(fc->err));
+	if (!fc->ret && (idx != 1 || c->count != 2))
+		abort();                /* open_channel checks both against the main stream */
+	if (!fc->ret)
+		fc->ret = snapshot_restore_load_channel(csr, fc->vm, fc->err, sizeof(fc->err));
+	if (fc->ret && !fc->err[0])
+		abort();                /* a refusal says why */
+	snapshot_restore_free(csr);
+	return 0;
+}
+
+static int fuzz_chan_wait(void *opaque, char *err, size_t len)
+{
+	struct fuzz_chan *fc = opaque;
+
+	snprintf(err, len, "%s", fc->err);
+	return fc->ret;
+}
+
+static void fuzz_chan_abort(void *opaque)
+{
+	(void)opaque;
+}
+
+static const struct snapshot_channel_ops fuzz_chan_ops = {
+	.start = fuzz_chan_start, .wait = fuzz_chan_wait, .abort = fuzz_chan_abort,
+};
+
 /* Mode 4's first stream goes through a pipe: what fits its buffer at once. */
 #define FUZZ_PIPE_MAX 60000
 
@@ -165,7 +217,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	unsigned int nr_user = 0;
 	char err[512] = "";
 	int fd, ret, fds, fd2 = -1;
-	bool loaded = false;
+	bool loaded = false, chan = (data[0] & 12) == 8;
+	struct fuzz_chan fc = { .fd = -1 };
 
 	if (size < 1)
 		return 0;
@@ -177,7 +230,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		const uint8_t *s1 = data + 1;
 		size_t n1 = size - 1;
 
-		if (data[0] & 4) {
+		if (data[0] & 12) {
 			uint32_t n;
 
 			if (size < 5)
@@ -240,8 +293,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 	}
 	snapshot_restore_set_clock(sr, data[0] & 2 ? CPU_CLOCK_ADVANCE : CPU_CLOCK_FROZEN);
-	if (fd2 >= 0)
+	if (fd2 >= 0 && !chan)
 		snapshot_restore_set_resume(sr, fuzz_resume, &fd2);
+	if (chan) {
+		fc = (struct fuzz_chan){ .fd = fd2, .main = sr, .vm = &vm };
+		snapshot_restore_set_channels(sr, &fuzz_chan_ops, &fc);
+	}
 	ret = snapshot_restore_config(sr, user, nr_user, &cfg, err, sizeof(err));
 	if (ret) {
 		if (!err[0])

@@ -60,8 +60,9 @@ def section(typ, flags, sid, ver, inst, payload):
     return b + struct.pack('<I', crc32c(b))
 
 
-def shrink(buf, extra=b''):
-    """buf with its RAM cut down to two pages (and extra, a whole section, after CONFIG)."""
+def shrink(buf, extra=b'', only_ram=False):
+    """buf with its RAM cut down to two pages (and extra, a whole section, after CONFIG);
+    only_ram: nothing else but CONFIG (a memory channel's stream)."""
     out = bytearray(buf[:20])
     chain = crc32c(struct.pack('<I', struct.unpack_from('<I', buf, 16)[0]))
     count = 0
@@ -69,7 +70,7 @@ def shrink(buf, extra=b''):
     for typ, flags, sid, ver, inst, payload, crc in sections(buf):
         if typ == EOF:
             break
-        if typ == RAM:
+        if typ == RAM or (only_ram and count):
             ram_gpa = ram_gpa if ram_gpa is not None else 0
             continue
         out += section(typ, flags, sid, ver, inst, payload)
@@ -108,6 +109,15 @@ def resumed(buf):
     first = whole[:cut] + section(RAM, 0, b'ram', 1, 0, b'')[:10]
     second = shrink(buf, section(VM, 0, b'resume', 1, 0, token))
     return struct.pack('<I', len(first)) + first + second
+
+
+def channels(buf):
+    """fuzz_restore's mode 8: a migration over two channels: the main stream (with its
+    channel section, index 0 of 2), then a memory channel's stream (index 1)."""
+    VM, token = 5, bytes(range(16))
+    main = shrink(buf, section(VM, 0, b'channel', 1, 0, struct.pack('<II', 0, 2) + token))
+    mem = shrink(buf, section(VM, 0, b'channel', 1, 0, struct.pack('<II', 1, 2) + token), True)
+    return struct.pack('<I', len(main)) + main + mem
 
 
 NEXT, WRITE, INDIRECT = 1, 2, 4
@@ -279,6 +289,12 @@ def api_seeds(out):
         'shutdown': (STOPPING, http('PUT', '/api/v1/vm/shutdown') + http('GET', '/api/v1/vm')),
         'snapshot': (RUNNING, http('PUT', '/api/v1/vm/snapshot', '{"path": "/tmp/x.gws", "resume": true}')),
         'snapshot-bad': (PAUSED, http('PUT', '/api/v1/vm/snapshot', '{"path": "rel", "resume": 1}')),
+        'snapshot-live': (RUNNING, http('PUT', '/api/v1/vm/snapshot',
+                                        '{"path": "/tmp/x.gws", "resume": true, "live": true}')),
+        'snapshot-live-paused': (PAUSED, http('PUT', '/api/v1/vm/snapshot',
+                                              '{"path": "x.gws", "live": true}')),
+        'snapshot-live-bad': (RUNNING, http('PUT', '/api/v1/vm/snapshot',
+                                            '{"path": "x.gws", "live": "yes"}')),
         'migrate': (RUNNING, http('PUT', '/api/v1/vm/migrate',
                                   '{"to": "tcp:127.0.0.1:4444", "downtime_ms": 50, "max_bandwidth": 1000000, '
                                   '"max_rounds": 30, "min_rate": 65536, "with_disks": "root,data"}')),
@@ -329,6 +345,8 @@ def main(argv):
             open(os.path.join(argv[2], 'seed-%02x-%s' % (mode, base)), 'wb').write(bytes([mode]) + small)
         for mode in (4, 5):
             open(os.path.join(argv[2], 'seed-%02x-%s' % (mode, base)), 'wb').write(bytes([mode]) + resumed(open(g, 'rb').read()))
+        for mode in (8, 9):
+            open(os.path.join(argv[2], 'seed-%02x-%s' % (mode, base)), 'wb').write(bytes([mode]) + channels(open(g, 'rb').read()))
 
 
 if __name__ == '__main__':
