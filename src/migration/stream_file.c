@@ -256,8 +256,14 @@ int fsink_submit(struct fsink *fs, size_t len, bool final, size_t *keep, uint64_
 				memcpy(fs->bufs[next], cur + whole, tail);
 		}
 	}
-	if (final)
+	if (final) {
 		fsink_wait_idle(fs);
+		/* pwrite() leaves the offset: put it at the end, as write() would have */
+		if (!fs->err && lseek(fs->fd, (off_t)fs->qoff, SEEK_SET) < 0) {
+			fs->err = -errno;
+			fs->err_off = fs->qoff;
+		}
+	}
 	ret = fs->err;
 	if (err_off)
 		*err_off = fs->err_off;
