@@ -879,18 +879,25 @@ static int mig_resume(struct mig_run *r)
 static void mig_drain(struct mig_run *r, double bw_est)
 {
 	struct timespec t0;
-	int q;
 
 	if (r->c.fd < 0)
 		return;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	while (!ioctl(r->c.fd, SIOCOUTQ, &q) && q > MIG_DRAIN_BYTES &&
-	       ms_since(&t0) < MIG_DRAIN_MAX_MS && !mig_cancelled(r->m) &&
-	       !mig_vm_stopping(r->vm)) {
-		/* About a quarter of what is queued, at the last round's rate. */
-		double ms = bw_est > 0 ? (double)q / bw_est * 250.0 : 1.0;
+	for (;;) {
+		/* Every channel's queue (channel_out.c: the others'). */
+		int q0;
+		uint64_t q = r->co ? chan_out_unsent(r->co) : 0;
+		double ms;
 		struct timespec nap;
 
+		if (ioctl(r->c.fd, SIOCOUTQ, &q0))
+			return;
+		q += (uint64_t)MAX(q0, 0);
+		if (q <= (uint64_t)MIG_DRAIN_BYTES * MAX(r->nchan, 1) || ms_since(&t0) >= MIG_DRAIN_MAX_MS ||
+		    mig_cancelled(r->m) || mig_vm_stopping(r->vm))
+			return;
+		/* About a quarter of what is queued, at the last round's rate. */
+		ms = bw_est > 0 ? (double)q / bw_est * 250.0 : 1.0;
 		ms = MIN(MAX(ms, 0.2), 20.0);
 		nap.tv_sec = 0;
 		nap.tv_nsec = (long)(ms * 1e6);
