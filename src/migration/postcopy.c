@@ -175,6 +175,19 @@ static bool pc_locate(const struct vm *vm, uint64_t gpa, unsigned int *ri, uint6
 	return false;
 }
 
+/* The same for a host address in the VM's RAM mapping (a fault's). */
+static bool pc_locate_host(const struct vm *vm, uint64_t addr, unsigned int *ri, uint64_t *page)
+{
+	for (unsigned int i = 0; i < vm->nr_mem; i++)
+		if (addr >= (uintptr_t)vm->mem[i].host &&
+		    addr - (uintptr_t)vm->mem[i].host < vm->mem[i].size) {
+			*ri = i;
+			*page = (addr - (uintptr_t)vm->mem[i].host) / PC_PAGE;
+			return true;
+		}
+	return false;
+}
+
 /* ---- source ------------------------------------------------------------------------------ */
 
 struct pc_src {
@@ -719,22 +732,12 @@ static bool pc_dest_ask(struct pc_dest *d, uint64_t gpa)
 /* A fault: ask for the page (once), or give a page outside the set its zeros. */
 static void pc_dest_fault(struct pc_dest *d, uint64_t addr)
 {
-	uint64_t gpa = 0, pg = 0;
-	unsigned int ri = 0;
-	bool found = false;
+	uint64_t gpa, pg;
+	unsigned int ri;
 
-	for (unsigned int i = 0; i < d->vm->nr_mem; i++) {
-		struct mem_region *mr = &d->vm->mem[i];
-
-		if (addr >= (uintptr_t)mr->host && addr - (uintptr_t)mr->host < mr->size) {
-			ri = i;
-			pg = (addr - (uintptr_t)mr->host) / PC_PAGE;
-			gpa = mr->gpa + pg * PC_PAGE;
-			found = true;
-		}
-	}
-	if (!found)
+	if (!pc_locate_host(d->vm, addr, &ri, &pg))
 		return;
+	gpa = d->vm->mem[ri].gpa + pg * PC_PAGE;
 	if (!pc_test(d->set.bits[ri], pg)) {
 		/* Never written here and not missing: a zero page the source skipped. */
 		struct uffdio_zeropage z = {

@@ -1278,16 +1278,9 @@ static int snap_channel(struct snapshot_restore *sr, const struct stream_section
 	else if (ret)
 		ret = stream_refuse(sr->r, ret, "%s", why);
 	/*
-	 * The placer serves one stream: the other channels' readers would
-	 * fault on every fresh page and wait for its thread to answer each
-	 * (seconds on a loaded host).  With several channels the first pass is
-	 * copied, as without a userfaultfd.
+	 * The placer (if any) serves every channel's reader: it stays until
+	 * all of them are done (snap_load()), not only this stream's first pass.
 	 */
-	if (!ret && sr->place) {
-		log_info("restore: over %u channels: the first pass is copied, not placed",
-			 sr->chan.count);
-		snap_place_stop(sr);
-	}
 	if (!ret && (ret = sr->chan_ops->start(sr->chan_opaque, &sr->chan, why, sizeof(why))))
 		ret = stream_refuse(sr->r, ret, "%s", why);
 	if (ret)
@@ -1360,6 +1353,9 @@ int snapshot_restore_open_channel(const struct snapshot_restore *main, const str
 		goto fail;
 	}
 	sr->chan = ch;
+	/* The first pass lands on fresh memory: placed as the main stream's (ram_place.h). */
+	if (main->place)
+		stream_reader_set_placer(sr->r, ram_place_put, main->place);
 	*index = ch.index;
 	*out = sr;
 	return 0;
@@ -1459,6 +1455,9 @@ static int snap_load(struct snapshot_restore *sr, struct vm *vm, char *err, size
 {
 	int ret = snap_load_sections(sr, vm, err, len);
 
+	/* The channels still read the main stream's CONFIG and use its placer: stop them first. */
+	if (ret && sr->chan.count)
+		sr->chan_ops->abort(sr->chan_opaque);
 	snap_place_stop(sr);
 	return ret;
 }
@@ -1499,7 +1498,8 @@ next:
 		case STREAM_VM:
 			if (!strcmp(s.id, SNAPSHOT_ID_PRECOPY)) {
 				/* Pages may come again from here on, zero ones included. */
-				snap_place_stop(sr);
+				if (!sr->chan.count)
+					snap_place_stop(sr);
 				stream_reader_set_target_zeroed(sr->r, false);
 				sr->precopy_rounds++;
 				if (s.instance)
@@ -1665,9 +1665,6 @@ int snapshot_restore_load(struct snapshot_restore *sr, struct vm *vm, char *err,
 {
 	int ret = snap_load(sr, vm, err, len);
 
-	/* The channels still read the main stream's CONFIG: stop them first. */
-	if (ret && sr->chan.count)
-		sr->chan_ops->abort(sr->chan_opaque);
 	/* The sections and the reader's buffers are not needed any more; the specs are. */
 	for (unsigned int i = 0; i < sr->nr_secs; i++)
 		free(sr->secs[i].buf);

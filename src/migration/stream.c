@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <immintrin.h>
 #include <time.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -40,16 +41,64 @@ uint32_t stream_chain_add(uint32_t chain, uint32_t crc)
 }
 
 /* A page of zeroes?  Eight words per step, so a non-zero page exits early. */
-bool stream_page_is_zero(const uint8_t *p)
+/*
+ * stream_page_is_zero - is the 4 KiB page at p all zero bytes?  The first
+ * and last words first (most non-zero pages differ there: a page's header,
+ * its tail), then 256 bytes at a time OR-ed together, with AVX2 where the
+ * CPU has it (checked once).  Measured (make unit, stream_zero_check_speed).
+ */
+static bool page_is_zero_words(const uint8_t *p)
 {
-	for (size_t i = 0; i < STREAM_PAGE_SIZE; i += 64) {
-		uint64_t w[8];
+	for (size_t i = 0; i < STREAM_PAGE_SIZE; i += 256) {
+		uint64_t acc = 0;
 
-		memcpy(w, p + i, sizeof(w));
-		if (w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7])
+		for (size_t j = 0; j < 256; j += 8) {
+			uint64_t w;
+
+			memcpy(&w, p + i + j, 8);
+			acc |= w;
+		}
+		if (acc)
 			return false;
 	}
 	return true;
+}
+
+__attribute__((target("avx2")))
+static bool page_is_zero_avx2(const uint8_t *p)
+{
+	for (size_t i = 0; i < STREAM_PAGE_SIZE; i += 256) {
+		const __m256i *v = (const __m256i *)(const void *)(p + i);
+		__m256i acc = _mm256_or_si256(
+			_mm256_or_si256(_mm256_or_si256(_mm256_loadu_si256(v), _mm256_loadu_si256(v + 1)),
+					_mm256_or_si256(_mm256_loadu_si256(v + 2), _mm256_loadu_si256(v + 3))),
+			_mm256_or_si256(_mm256_or_si256(_mm256_loadu_si256(v + 4), _mm256_loadu_si256(v + 5)),
+					_mm256_or_si256(_mm256_loadu_si256(v + 6), _mm256_loadu_si256(v + 7))));
+
+		if (!_mm256_testz_si256(acc, acc))
+			return false;
+	}
+	return true;
+}
+
+static bool zero_avx2;
+
+__attribute__((constructor))
+static void page_is_zero_init(void)
+{
+	__builtin_cpu_init();
+	zero_avx2 = __builtin_cpu_supports("avx2");
+}
+
+bool stream_page_is_zero(const uint8_t *p)
+{
+	uint64_t a, b;
+
+	memcpy(&a, p, 8);
+	memcpy(&b, p + STREAM_PAGE_SIZE - 8, 8);
+	if (a | b)
+		return false;
+	return zero_avx2 ? page_is_zero_avx2(p) : page_is_zero_words(p);
 }
 
 const char *stream_type_name(unsigned int type)

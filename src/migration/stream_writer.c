@@ -33,6 +33,8 @@
 #include <sys/time.h>
 #include <sys/uio.h>
 #include <unistd.h>
+#include <netinet/in.h>
+#include <linux/errqueue.h>
 #include <linux/kvm.h>
 #include <linux/sockios.h>
 #include <zstd.h>
@@ -40,6 +42,7 @@
 #include "godwit/crc32c.h"
 #include "godwit/dev.h"
 #include "godwit/le.h"
+#include "godwit/log.h"
 #include "godwit/stream.h"
 #include "godwit/tls.h"
 #include "godwit/vm.h"
@@ -83,6 +86,13 @@ struct stream_writer {
 	struct stream_ram_stats ram;
 	bool no_page_crc;         /* stream_writer_set_page_crc(w, false) */
 	unsigned int max_data_pages;  /* a section's; smaller with auto (decisions per section) */
+	/*
+	 * How page data without a CRC goes on a plain socket (GODWIT_SEND, a
+	 * measuring knob: docs/stream-format.md): sendmsg from guest memory (the
+	 * default), copied into the buffer, or MSG_ZEROCOPY.
+	 */
+	enum { SEND_DIRECT, SEND_COPY, SEND_ZEROCOPY } send;
+	uint64_t zc_sent, zc_done, zc_copied;   /* MSG_ZEROCOPY sends, completions, copied ones */
 	uint64_t wait_ns;         /* time spent waiting for the socket to drain */
 	/* Compression (stream_writer_set_compress). */
 	enum stream_compress cmode;
@@ -128,6 +138,16 @@ int stream_writer_new(int fd, struct stream_writer **out)
 	w->fd = fd;
 	w->sock = !fstat(fd, &st) && S_ISSOCK(st.st_mode);
 	w->max_data_pages = STREAM_W_RAM_DATA_PAGES;
+	{
+		const char *e = getenv("GODWIT_SEND");
+		int one = 1;
+
+		if (e && !strcmp(e, "copy"))
+			w->send = SEND_COPY;
+		else if (e && !strcmp(e, "zerocopy") && w->sock &&
+			 !setsockopt(fd, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof(one)))
+			w->send = SEND_ZEROCOPY;
+	}
 	*out = w;
 	return 0;
 }
@@ -142,10 +162,54 @@ void stream_writer_set_tls(struct stream_writer *w, struct tls_sess *tls)
 	w->tls = tls;
 }
 
+/*
+ * MSG_ZEROCOPY: take the completions off the socket's error queue, waiting up
+ * to timeout_ms for all of them (0: only what is there).  The kernel holds
+ * the pages until then; the writer's counts say what it still owes.
+ */
+static void w_zc_reap(struct stream_writer *w, int timeout_ms)
+{
+	uint64_t t0 = stream_wd_now_ns();
+
+	while (w->zc_done < w->zc_sent) {
+		char control[256];
+		struct msghdr mh = { .msg_control = control, .msg_controllen = sizeof(control) };
+
+		if (recvmsg(w->fd, &mh, MSG_ERRQUEUE | MSG_DONTWAIT) < 0) {
+			struct pollfd pfd = { .fd = w->fd, .events = 0 };
+			uint64_t el = (stream_wd_now_ns() - t0) / 1000000;
+
+			if ((errno != EAGAIN && errno != EINTR) || el >= (uint64_t)timeout_ms ||
+			    poll(&pfd, 1, (int)((uint64_t)timeout_ms - el)) <= 0)
+				return;
+			continue;
+		}
+		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+			struct sock_extended_err ee;
+
+			if (!((cm->cmsg_level == SOL_IP && cm->cmsg_type == IP_RECVERR) ||
+			      (cm->cmsg_level == SOL_IPV6 && cm->cmsg_type == IPV6_RECVERR)))
+				continue;
+			memcpy(&ee, CMSG_DATA(cm), sizeof(ee));
+			if (ee.ee_origin != SO_EE_ORIGIN_ZEROCOPY || ee.ee_errno)
+				continue;
+			w->zc_done += (uint64_t)(ee.ee_data - ee.ee_info) + 1;
+			if (ee.ee_code & SO_EE_CODE_ZEROCOPY_COPIED)
+				w->zc_copied += (uint64_t)(ee.ee_data - ee.ee_info) + 1;
+		}
+	}
+}
+
 void stream_writer_free(struct stream_writer *w)
 {
 	if (!w)
 		return;
+	if (w->zc_sent > w->zc_done)
+		w_zc_reap(w, 2000);
+	if (w->zc_sent)
+		log_debug("stream: MSG_ZEROCOPY: %llu sends, %llu completed, %llu of them copied",
+			  (unsigned long long)w->zc_sent, (unsigned long long)w->zc_done,
+			  (unsigned long long)w->zc_copied);
 	if (w->fs) {
 		w->buf = NULL;          /* the sink's */
 		fsink_free(w->fs);
@@ -331,8 +395,18 @@ static int w_sendv(struct stream_writer *w, struct iovec *iov, int cnt, uint64_t
 			return w_fail(w, -ETIMEDOUT, "write at stream offset %llu: %s",
 				      (unsigned long long)(w->off + done), wd_why);
 		t0 = stream_wd_now_ns();
-		n = sendmsg(w->fd, &mh, MSG_NOSIGNAL | (watched ? MSG_DONTWAIT : 0));
+		n = sendmsg(w->fd, &mh, MSG_NOSIGNAL | (watched ? MSG_DONTWAIT : 0) |
+			    (w->send == SEND_ZEROCOPY ? MSG_ZEROCOPY : 0));
 		saved = errno;
+		if (w->send == SEND_ZEROCOPY) {
+			if (n > 0)
+				w->zc_sent++;
+			else if (n < 0 && saved == ENOBUFS) {   /* over the pinned-memory limit */
+				w_zc_reap(w, 100);
+				continue;
+			}
+			w_zc_reap(w, 0);
+		}
 		if (n < 0 && saved == EINTR)
 			continue;
 		moved = n > 0 ? (uint64_t)n : 0;
@@ -726,7 +800,8 @@ static int ram_emit(struct stream_writer *w)
 	if (zlen) {
 		if (w_put(w, w->zbuf, zlen, !(flags & RAM_F_NODATACRC)))
 			return w->err;
-	} else if ((flags & RAM_F_NODATACRC) && w->sock && !w->tls && w->data_pages) {
+	} else if ((flags & RAM_F_NODATACRC) && w->sock && !w->tls && w->data_pages &&
+		   w->send != SEND_COPY) {
 		if (ram_send_direct(w))
 			return w->err;
 	} else {

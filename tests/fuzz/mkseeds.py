@@ -289,6 +289,12 @@ def api_seeds(out):
         'shutdown': (STOPPING, http('PUT', '/api/v1/vm/shutdown') + http('GET', '/api/v1/vm')),
         'snapshot': (RUNNING, http('PUT', '/api/v1/vm/snapshot', '{"path": "/tmp/x.gws", "resume": true}')),
         'snapshot-bad': (PAUSED, http('PUT', '/api/v1/vm/snapshot', '{"path": "rel", "resume": 1}')),
+        'snapshot-live': (RUNNING, http('PUT', '/api/v1/vm/snapshot',
+                                        '{"path": "/tmp/x.gws", "resume": true, "live": true}')),
+        'snapshot-live-paused': (PAUSED, http('PUT', '/api/v1/vm/snapshot',
+                                              '{"path": "x.gws", "live": true}')),
+        'snapshot-live-bad': (RUNNING, http('PUT', '/api/v1/vm/snapshot',
+                                            '{"path": "x.gws", "live": "yes"}')),
         'migrate': (RUNNING, http('PUT', '/api/v1/vm/migrate',
                                   '{"to": "tcp:127.0.0.1:4444", "downtime_ms": 50, "max_bandwidth": 1000000, '
                                   '"max_rounds": 30, "min_rate": 65536, "with_disks": "root,data"}')),

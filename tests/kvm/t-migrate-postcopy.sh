@@ -84,6 +84,33 @@ PY
 	)
 }
 
+# pc_start NAME SRC_ARGS... [-- DST_ARGS...]: the source (256 MiB, SRC_ARGS) until its guest
+# reported, and the destination (DST_ARGS); false, the case failed, if either did not start.
+pc_start() {
+	local name=$1 src=()
+	shift
+	while [ $# -gt 0 ] && [ "$1" != -- ]; do src+=("$1"); shift; done
+	[ "${1:-}" = -- ] && shift
+	start_vm "$name.src" --mem 256M "${src[@]}"
+	wait_lines "$S_OUT" 3 && start_dst "$name.dst" "$@" && return 0
+	t_fail "$name" "the guest or the destination did not start: $(tail -c 300 "$S_ERR" "$D_ERR")"
+	kill "$S_PID" "$D_PID" 2>/dev/null
+	return 1
+}
+
+# pc_wait_active: up to 15 s for the destination to say postcopy-active; false with WHY.
+pc_wait_active() {
+	local i st
+	WHY=
+	for ((i = 0; i < 300; i++)); do
+		st=$(jfield "$(mstat "$D_SOCK")" status)
+		[ "$st" = postcopy-active ] && return 0
+		sleep 0.05
+	done
+	WHY="the destination never said postcopy-active (last: '$st'): $(tail -c 300 "$D_ERR")"
+	return 1
+}
+
 # pc_case NAME CMDLINE NEED RATE RUN_ARGS... -- MIGRATE_ARGS...: one post-copy migration.
 pc_case() {
 	local name=$1 cmdline=$2 need=$3 rate=$4 start run=() mig=()
@@ -92,12 +119,7 @@ pc_case() {
 	[ "${1:-}" = -- ] && shift
 	mig=("$@")
 	start=$(date +%s.%N)
-	start_vm "$name.src" --mem 256M "${run[@]}" --cmdline "$cmdline"
-	if ! wait_lines "$S_OUT" 3 || ! start_dst "$name.dst"; then
-		t_fail "$name" "the guest or the destination did not start: $(tail -c 300 "$S_ERR" "$D_ERR")"
-		kill "$S_PID" "$D_PID" 2>/dev/null
-		return
-	fi
+	pc_start "$name" "${run[@]}" --cmdline "$cmdline" || return
 	migrate "$name" "$D_ADDR" --postcopy "${PC_MODE:-now}" "${mig[@]}"
 	WHY=
 	check_report && pc_check
@@ -130,26 +152,16 @@ want auto && PC_MODE=auto pc_case postcopy-auto 'workload=mem+rng mem=32 rate=20
 # kill_case NAME src|dst: a post-copy held long by --max-bandwidth 8M; SIGKILL one side
 # once the destination says postcopy-active.
 kill_case() {
-	local name=$1 who=$2 start i st rc out
+	local name=$1 who=$2 start st rc out
 	start=$(date +%s.%N)
-	start_vm "$name.src" --mem 256M --cmdline 'workload=mem mem=16 rate=100 report=200'
-	if ! wait_lines "$S_OUT" 3 || ! start_dst "$name.dst" --incoming-timeout 8; then
-		t_fail "$name" "the guest or the destination did not start: $(tail -c 300 "$S_ERR" "$D_ERR")"
-		kill "$S_PID" "$D_PID" 2>/dev/null
+	pc_start "$name" --cmdline 'workload=mem mem=16 rate=100 report=200' -- --incoming-timeout 8 ||
 		return
-	fi
 	MIG_JSON=$T_TMP/$name.json MIG_ERR=$T_TMP/$name.migerr
 	timeout 60 "$GODWIT" migrate --api "$S_SOCK" --to "$D_ADDR" --json --postcopy now \
 		--max-bandwidth 8M --reconnect-s 2 >"$MIG_JSON" 2>"$MIG_ERR" &
 	local mpid=$!
-	for ((i = 0; i < 300; i++)); do
-		st=$(jfield "$(mstat "$D_SOCK")" status)
-		[ "$st" = postcopy-active ] && break
-		sleep 0.05
-	done
-	WHY=
-	if [ "$st" != postcopy-active ]; then
-		WHY="the destination never said postcopy-active (last: '$st'): $(tail -c 300 "$D_ERR")"
+	if ! pc_wait_active; then
+		:    # WHY says so
 	elif [ "$who" = shutdown ]; then
 		"$GODWIT" shutdown --api "$D_SOCK" >/dev/null 2>&1
 		wait_exit "$D_PID" 10
@@ -204,14 +216,9 @@ kill_case() {
 
 # cut_case NAME: a post-copy through cutlink.py, its link cut for 3 s.
 cut_case() {
-	local name=$1 start i st ppid s
+	local name=$1 start st ppid s
 	start=$(date +%s.%N)
-	start_vm "$name.src" --mem 256M --cmdline 'workload=mem mem=16 rate=100 report=200'
-	if ! wait_lines "$S_OUT" 3 || ! start_dst "$name.dst"; then
-		t_fail "$name" "the guest or the destination did not start: $(tail -c 300 "$S_ERR" "$D_ERR")"
-		kill "$S_PID" "$D_PID" 2>/dev/null
-		return
-	fi
+	pc_start "$name" --cmdline 'workload=mem mem=16 rate=100 report=200' || return
 	local px=unix:$T_TMP/$name.px flag=$T_TMP/$name.cut
 	timeout 60 python3 "$ROOT/tests/kvm/cutlink.py" "$px" "$D_ADDR" "$flag" >"$T_TMP/$name.px.out" 2>&1 &
 	ppid=$!
@@ -220,15 +227,7 @@ cut_case() {
 	timeout 60 "$GODWIT" migrate --api "$S_SOCK" --to "$px" --json --postcopy now \
 		--max-bandwidth 4M --reconnect-s 10 >"$MIG_JSON" 2>"$MIG_ERR" &
 	local mpid=$!
-	for ((i = 0; i < 300; i++)); do
-		st=$(jfield "$(mstat "$D_SOCK")" status)
-		[ "$st" = postcopy-active ] && break
-		sleep 0.05
-	done
-	WHY=
-	if [ "$st" != postcopy-active ]; then
-		WHY="the destination never said postcopy-active (last: '$st'): $(tail -c 300 "$D_ERR")"
-	else
+	if pc_wait_active; then
 		sleep 0.3
 		touch "$flag"
 		sleep 1.5
