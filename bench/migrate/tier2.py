@@ -5,8 +5,8 @@ prints a table and writes JSON.  Run by bench/migrate/tier2.sh through
 tests/hwhost/run.sh (`make bench-migrate-tier2`); also runs directly on a host
 whose /dev/kvm boots Linux.
 
-  tier2.py [--runs N] [--vmms godwit,qemu-tuned] [--out FILE] [--timeout S]
-           [--settle S] [--mem-mib M] [--rate R]
+  tier2.py [--runs N] [--vmms godwit,qemu-tuned] [--base BIN] [--out FILE]
+           [--timeout S] [--settle S] [--mem-mib M] [--rate R]
 
 The scenario (issue 15): the Linux guest (build/linux: Debian's cloud kernel and
 guest/linux/init), 2 vCPUs, 512 MiB, `godwit.workload=mem godwit.mem=256
@@ -27,6 +27,9 @@ migration starts --settle s (default 3) after the first such line, over TCP on
   50 ms; `query-migrate` every 10 ms until completed: total-time, downtime,
   ram.transferred, ram.dirty-sync-count (rounds).
 
+- godwit-base (with --base BIN): godwit as above with another binary, e.g. an
+  older commit's, in the same alternation (before/after figures).
+
 Per run also: guest_stall_ms, the guest's own stall (memtest's stall_ms, the
 longest gap between its clock reads) in the destination's first two report lines,
 i.e. the downtime the guest saw (both VMMs keep the guest's clock running);
@@ -41,6 +44,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -131,26 +135,27 @@ def dst_figures(src, dst, t0, a):
     return r
 
 
-def run_godwit(d, a, n):
+def run_godwit(d, a, n, godwit=None, tag='godwit'):
+    godwit = godwit or GODWIT
     api, api2 = os.path.join(d, 'src.sock'), os.path.join(d, 'dst.sock')
     mb.rm(api, api2)
     addr = 'tcp:127.0.0.1:%d' % mb.free_port()
     src = dst = None
     try:
-        dst = mb.Console([GODWIT, 'run', '--incoming', addr, '--api', api2],
+        dst = mb.Console([godwit, 'run', '--incoming', addr, '--api', api2],
                          os.path.join(d, 'dst.err'))
         deadline = time.monotonic() + a.timeout
         while b'waiting for an incoming migration' not in dst.stderr_tail(4096).encode():
             if dst.p.poll() is not None or time.monotonic() > deadline:
                 raise mb.BenchError('godwit destination did not start: %s' % dst.stderr_tail())
             time.sleep(0.05)
-        src = mb.Console([GODWIT, 'run', '--api', api, '--mem', '512M', '--cpus', '2',
+        src = mb.Console([godwit, 'run', '--api', api, '--mem', '512M', '--cpus', '2',
                           '--kernel', KERNEL, '--initrd', INITRD, '--cmdline', guest_cmdline(a)],
                          os.path.join(d, 'src.err'))
         wait_ready(src, a)
         ms, md = Meter(src.p.pid), Meter(dst.p.pid)
         t0 = time.monotonic()
-        r = subprocess.run([GODWIT, 'migrate', '--api', api, '--to', addr, '--json'],
+        r = subprocess.run([godwit, 'migrate', '--api', api, '--to', addr, '--json'],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=a.timeout)
         out = r.stdout.decode(errors='replace').strip()
         try:
@@ -175,10 +180,10 @@ def run_godwit(d, a, n):
                'bytes': j.get('bytes'), 'rounds': j.get('rounds'),
                'converged': j.get('converged'), 'src_exit': src.p.returncode,
                'cpu_src_ms': ms.stop(src_total), 'cpu_dst_ms': md.stop()}
-        with open(os.path.join(a.rundir, 'godwit-run%d.json' % n), 'w') as f:
+        with open(os.path.join(a.rundir, '%s-run%d.json' % (tag, n)), 'w') as f:
             json.dump(j, f)
         res.update(dst_figures(src, dst, t0, a))
-        subprocess.run([GODWIT, 'shutdown', '--api', api2], stdout=subprocess.DEVNULL,
+        subprocess.run([godwit, 'shutdown', '--api', api2], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, timeout=30)
         dst.stop(10)
         return res
@@ -264,10 +269,15 @@ def main():
     ap.add_argument('--mem-mib', type=int, default=256)
     ap.add_argument('--rate', type=int, default=30)
     ap.add_argument('--runtime', type=int, default=900)
+    ap.add_argument('--base', default=os.environ.get('GODWIT_BASE'),
+                    help='another godwit binary (e.g. an older commit\'s), run as godwit-base '
+                    'in the same alternation: before/after figures (env GODWIT_BASE)')
     a = ap.parse_args()
     vmms = a.vmms.split(',')
+    if a.base:
+        vmms.append('godwit-base')
     for v in vmms:
-        if v not in VMMS:
+        if v not in VMMS + ['godwit-base']:
             ap.error('unknown VMM %s (%s)' % (v, ', '.join(VMMS)))
     for f in (KERNEL, INITRD):
         if not os.path.exists(f):
@@ -280,7 +290,12 @@ def main():
     pd = os.path.join(d, 'tier2-bin')
     os.makedirs(pd, exist_ok=True)
     GODWIT, KERNEL, INITRD = mb.benchlib.private_copies(pd, [GODWIT, KERNEL, INITRD])
+    if a.base:
+        base = os.path.join(pd, 'godwit-base')
+        shutil.copy2(a.base, base)
     fns = {'godwit': run_godwit, 'qemu-tuned': run_qemu}
+    if a.base:
+        fns['godwit-base'] = lambda d_, a_, n_: run_godwit(d_, a_, n_, base, 'godwit-base')
     runs = {v: [] for v in vmms}
     fails = {v: [] for v in vmms}
     for i in range(a.runs):
@@ -324,15 +339,16 @@ def main():
         print('%-11s' % v + ''.join('%22s' % mb.fmt(s[k], p) for k, _, p in FIELDS) +
               '  %d/%d' % (len(runs[v]), a.runs))
     r = res['results']
-    if all(r[v]['runs'] for v in VMMS if v in r) and len(r) == 2:
-        g, q = r['godwit']['summary'], r['qemu-tuned']['summary']
-        res['ratios'] = {k: round(g[k]['median'] / q[k]['median'], 3)
-                         for k in ('total_ms', 'downtime_ms', 'guest_stall_ms', 'cpu_src_ms',
-                                   'cpu_dst_ms')
-                         if g.get(k) and q.get(k) and q[k]['median']}
-        print('godwit/qemu-tuned medians: ' +
-              ', '.join('%s %.2f' % (k, x) for k, x in res['ratios'].items()) +
-              ' (targets: total and downtime <= 1)')
+    for v in [x for x in ('godwit', 'godwit-base') if x in r]:
+        if not (r[v]['runs'] and 'qemu-tuned' in r and r['qemu-tuned']['runs']):
+            continue
+        g, q = r[v]['summary'], r['qemu-tuned']['summary']
+        rat = {k: round(g[k]['median'] / q[k]['median'], 3)
+               for k in ('total_ms', 'downtime_ms', 'guest_stall_ms', 'cpu_src_ms', 'cpu_dst_ms')
+               if g.get(k) and q.get(k) and q[k]['median']}
+        res['ratios' if v == 'godwit' else 'ratios_base'] = rat
+        print('%s/qemu-tuned medians: ' % v + ', '.join('%s %.2f' % (k, x) for k, x in rat.items()) +
+              (' (targets: total and downtime <= 1)' if v == 'godwit' else ''))
     for v in vmms:
         for f in fails[v]:
             print('%s failed %s' % (v, f))

@@ -60,6 +60,22 @@ bool migrate_status_final(enum mig_status s);
 #define MIG_RATE_WINDOW_MS      10000
 #define MIG_MIN_THROTTLE_BUDGET (1024 * 1024)   /* bytes/s the vCPUs may always dirty */
 
+/*
+ * Pre-copy's decision after a round (migrate.c, docs/migration.md): expect
+ * the predicted pause (ms), expect_mem its memory part, limit the downtime
+ * limit, remaining the bytes left, last_remaining those after the round
+ * before (< 0 after round 1).  The round limit's stop over the limit is
+ * the caller's.
+ */
+enum mig_next {
+	MIG_NEXT_ROUND,          /* another round */
+	MIG_STOP_UNDER,          /* stop: the pause fits the limit */
+	MIG_STOP_OVER,           /* stop: it does not, but no round would shorten it much */
+};
+enum mig_next migrate_precopy_next(double expect, double expect_mem, double limit,
+				   double remaining, double last_remaining, uint32_t round,
+				   uint32_t max_rounds);
+
 struct migrate_params {
 	char to[MIG_ADDR_MAX];   /* tcp:HOST:PORT or unix:PATH */
 	uint32_t downtime_ms;    /* 1..60000 */

@@ -879,23 +879,58 @@ static int mig_resume(struct mig_run *r)
 static void mig_drain(struct mig_run *r, double bw_est)
 {
 	struct timespec t0;
-	int q;
 
 	if (r->c.fd < 0)
 		return;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	while (!ioctl(r->c.fd, SIOCOUTQ, &q) && q > MIG_DRAIN_BYTES &&
-	       ms_since(&t0) < MIG_DRAIN_MAX_MS && !mig_cancelled(r->m) &&
-	       !mig_vm_stopping(r->vm)) {
-		/* About a quarter of what is queued, at the last round's rate. */
-		double ms = bw_est > 0 ? (double)q / bw_est * 250.0 : 1.0;
+	for (;;) {
+		/* Every channel's queue (channel_out.c: the others'). */
+		int q0;
+		uint64_t q = r->co ? chan_out_unsent(r->co) : 0;
+		double ms;
 		struct timespec nap;
 
+		if (ioctl(r->c.fd, SIOCOUTQ, &q0))
+			return;
+		q += (uint64_t)MAX(q0, 0);
+		if (q <= (uint64_t)MIG_DRAIN_BYTES * MAX(r->nchan, 1) || ms_since(&t0) >= MIG_DRAIN_MAX_MS ||
+		    mig_cancelled(r->m) || mig_vm_stopping(r->vm))
+			return;
+		/* About a quarter of what is queued, at the last round's rate. */
+		ms = bw_est > 0 ? (double)q / bw_est * 250.0 : 1.0;
 		ms = MIN(MAX(ms, 0.2), 20.0);
 		nap.tv_sec = 0;
 		nap.tv_nsec = (long)(ms * 1e6);
 		nanosleep(&nap, NULL);
 	}
+}
+
+/*
+ * After pre-copy round `round` (migrate.h).  Under the limit, one more round
+ * costs about the downtime it saves: take it while rounds still shrink what
+ * is left fast (to half or less).  And whatever the limit, stop once the
+ * memory part is under 1 ms, or under a quarter of the limit and no longer
+ * halving: what is over the limit then is the pause's fixed part (the state,
+ * the hand-off's trips), which no round shortens.  In tier 2 (an emulated
+ * host: a 10-30 ms loopback RTT, ~150 ms of state and hand-off) rounds
+ * with nothing to send went on to --max-rounds, or, with the guest
+ * dirtying, 0.2 MiB rounds went on until the throttle stopped the guest
+ * for most of its time: a 0.9 s stall where QEMU's was 0.25 s.
+ */
+enum mig_next migrate_precopy_next(double expect, double expect_mem, double limit,
+				   double remaining, double last_remaining, uint32_t round,
+				   uint32_t max_rounds)
+{
+	bool shrinking = last_remaining >= 0 && remaining <= last_remaining / 2;
+
+	if (expect <= limit && (round >= max_rounds || !shrinking))
+		return MIG_STOP_UNDER;
+	if (expect > limit &&
+	    (expect_mem < 1.0 || (expect_mem <= limit / 4 && last_remaining >= 0 && !shrinking)))
+		return MIG_STOP_OVER;
+	if (expect <= limit && expect_mem < 1.0)
+		return MIG_STOP_UNDER;
+	return MIG_NEXT_ROUND;
 }
 
 /* Pre-copy rounds until what is left fits the downtime limit (or the round limit). */
@@ -956,7 +991,7 @@ static int mig_precopy(struct mig_run *r)
 		struct timespec t0;
 		uint64_t off0 = mig_sent(r);
 		double ms, bw, remaining, expect, expect_mem;
-		bool drained;
+		enum mig_next next;
 
 		clock_gettime(CLOCK_MONOTONIC, &t0);
 		r->t_pace = t0;
@@ -1056,43 +1091,28 @@ static int mig_precopy(struct mig_run *r)
 			  "expected downtime %.1f ms", round,
 			  (double)(mig_sent(r) - off0) / (double)MiB, ms,
 			  bw / (double)MiB, (long long)dirty, expect);
-		/*
-		 * Nothing left that another round could shorten (under a
-		 * millisecond of memory): what the pause costs besides, the
-		 * state and the hand-off's trips, is no round's to fix.  Where
-		 * that alone is over the limit (tier 2 here: a 30 ms loopback
-		 * RTT under emulation), rounds with nothing to send went on to
-		 * --max-rounds.
-		 */
-		drained = expect_mem < 1.0;
+		next = migrate_precopy_next(expect, expect_mem, (double)m->p.downtime_ms, remaining,
+					    last_remaining, round, m->p.max_rounds);
 		if (m->p.postcopy == PC_NOW ||
-		    (m->p.postcopy == PC_AUTO && expect > (double)m->p.downtime_ms && !drained &&
-		     mig_pc_auto(r, round, &hot))) {
+		    (m->p.postcopy == PC_AUTO && next == MIG_NEXT_ROUND &&
+		     expect > (double)m->p.downtime_ms && mig_pc_auto(r, round, &hot))) {
 			log_info("migrate: round %u done: switching to post-copy (%.1f MiB left, "
 				 "expected downtime %.0f ms)", round, remaining / (double)MiB, expect);
 			r->pc_switch = true;
 			return 0;
 		}
-		/*
-		 * Under the limit, one more round costs about the downtime it
-		 * saves; take it while rounds still shrink what is left fast (to
-		 * half or less), until the rest takes under a millisecond.
-		 */
 		pthread_mutex_lock(&m->lock);
 		m->prog.switch_expected_ms = expect;
 		pthread_mutex_unlock(&m->lock);
-		if (drained || (expect <= (double)m->p.downtime_ms &&
-				(round >= m->p.max_rounds || last_remaining < 0 ||
-				 remaining > last_remaining / 2))) {
-			bool under = expect <= (double)m->p.downtime_ms;
-
+		if (next != MIG_NEXT_ROUND) {
 			pthread_mutex_lock(&m->lock);
-			m->prog.converged = under;
+			m->prog.converged = next == MIG_STOP_UNDER;
 			pthread_mutex_unlock(&m->lock);
-			if (!under)
-				log_info("migrate: round %u: %.1f KiB left, but the pause's fixed part "
-					 "(%.0f ms) is over the limit of %u ms: stopping", round,
-					 remaining / 1024.0, expect - expect_mem, m->p.downtime_ms);
+			if (next == MIG_STOP_OVER)
+				log_info("migrate: round %u: %.1f KiB left (%.1f ms), but the pause's fixed "
+					 "part (%.0f ms) is over the limit of %u ms: stopping", round,
+					 remaining / 1024.0, expect_mem, expect - expect_mem,
+					 m->p.downtime_ms);
 			return 0;
 		}
 		if (round >= m->p.max_rounds) {

@@ -93,7 +93,8 @@ struct stream_writer {
 	 */
 	enum { SEND_DIRECT, SEND_COPY, SEND_ZEROCOPY } send;
 	uint64_t zc_sent, zc_done, zc_copied;   /* MSG_ZEROCOPY sends, completions, copied ones */
-	uint64_t wait_ns;         /* time spent waiting for the socket to drain */
+	uint64_t wait_ns;         /* time spent waiting for the socket to drain (watched: in
+				     poll(); blocking: in send(), its copy included) */
 	/* Compression (stream_writer_set_compress). */
 	enum stream_compress cmode;
 	ZSTD_CCtx *cctx;
@@ -320,6 +321,8 @@ static int w_drain(struct stream_writer *w)
 		else
 			n = write(w->fd, w->buf + done, w->len - done);
 		saved = errno;
+		if (w->sock && !watched)        /* blocking: the link's time, near enough (auto) */
+			w->wait_ns += stream_wd_now_ns() - t0;
 		if (n < 0 && saved == EINTR)
 			continue;
 		moved = n > 0 ? (uint64_t)n : 0;
@@ -398,6 +401,8 @@ static int w_sendv(struct stream_writer *w, struct iovec *iov, int cnt, uint64_t
 		n = sendmsg(w->fd, &mh, MSG_NOSIGNAL | (watched ? MSG_DONTWAIT : 0) |
 			    (w->send == SEND_ZEROCOPY ? MSG_ZEROCOPY : 0));
 		saved = errno;
+		if (!watched)
+			w->wait_ns += stream_wd_now_ns() - t0;
 		if (w->send == SEND_ZEROCOPY) {
 			if (n > 0)
 				w->zc_sent++;

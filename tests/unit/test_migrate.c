@@ -44,6 +44,35 @@ TEST(migrate_addr_parsing)
 	}
 }
 
+/* Pre-copy's decision after a round (migrate_precopy_next, docs/migration.md). */
+TEST(migrate_precopy_decision)
+{
+	const double MB = 1 << 20;
+
+	/* Under the limit after round 1: stop. */
+	CHECK_EQ(migrate_precopy_next(20, 18, 50, 10 * MB, -1, 1, 30), MIG_STOP_UNDER);
+	/* Under the limit and halving: one more round; not halving: stop. */
+	CHECK_EQ(migrate_precopy_next(20, 18, 50, 4 * MB, 10 * MB, 2, 30), MIG_NEXT_ROUND);
+	CHECK_EQ(migrate_precopy_next(20, 18, 50, 6 * MB, 10 * MB, 2, 30), MIG_STOP_UNDER);
+	/* Under the limit, halving, at the round limit: stop. */
+	CHECK_EQ(migrate_precopy_next(20, 18, 50, 4 * MB, 10 * MB, 30, 30), MIG_STOP_UNDER);
+	/* Under the limit, under 1 ms of memory left: stop. */
+	CHECK_EQ(migrate_precopy_next(3, 0.5, 50, 4096, 3 * MB, 3, 30), MIG_STOP_UNDER);
+	/* Over the limit on memory: go on, shrinking or not (the throttle's case). */
+	CHECK_EQ(migrate_precopy_next(300, 290, 50, 60 * MB, 100 * MB, 2, 30), MIG_NEXT_ROUND);
+	CHECK_EQ(migrate_precopy_next(300, 290, 50, 90 * MB, 100 * MB, 2, 30), MIG_NEXT_ROUND);
+	/* Over the limit by the fixed part alone (tier 2): under 1 ms of memory: stop. */
+	CHECK_EQ(migrate_precopy_next(63.6, 0.0, 50, 0, 0, 8, 30), MIG_STOP_OVER);
+	CHECK_EQ(migrate_precopy_next(63.6, 0.5, 50, 8192, -1, 1, 30), MIG_STOP_OVER);
+	/* ... the memory part under a quarter of the limit and not halving: stop ... */
+	CHECK_EQ(migrate_precopy_next(59.5, 12, 50, 0.3 * MB, 0.1 * MB, 7, 30), MIG_STOP_OVER);
+	/* ... but halving: one more round; over a quarter: go on. */
+	CHECK_EQ(migrate_precopy_next(59.5, 12, 50, 0.1 * MB, 0.3 * MB, 7, 30), MIG_NEXT_ROUND);
+	CHECK_EQ(migrate_precopy_next(70, 20, 50, 0.4 * MB, 0.4 * MB, 7, 30), MIG_NEXT_ROUND);
+	/* After round 1 there is nothing to compare with: a round more. */
+	CHECK_EQ(migrate_precopy_next(59.5, 12, 50, 0.3 * MB, -1, 1, 30), MIG_NEXT_ROUND);
+}
+
 TEST(migrate_msg_roundtrip)
 {
 	enum mig_msg type;

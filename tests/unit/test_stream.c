@@ -2682,3 +2682,84 @@ TEST(stream_zero_check_speed)
 	CHECK(stream_page_is_zero(b));
 	free(b);
 }
+
+/* A reader that takes about rate bytes/s (sleeping between 256 KiB reads), discarding. */
+struct slow_job {
+	int fd;
+	uint64_t rate, got;
+};
+
+static void *slow_reader(void *arg)
+{
+	struct slow_job *j = arg;
+	static uint8_t buf[256 << 10];
+	ssize_t n;
+
+	while ((n = read(j->fd, buf, sizeof(buf))) > 0) {
+		struct timespec ts = { 0, (long)((uint64_t)n * 1000000000ull / j->rate) };
+
+		j->got += (uint64_t)n;
+		nanosleep(&ts, NULL);
+	}
+	return NULL;
+}
+
+/*
+ * --compress auto's decisions, on a socket drained at ~64 MiB/s (the link is
+ * the bottleneck): text-like pages switch compression on; random pages that
+ * follow switch it off again (the ratio falls under 1.3); random pages alone
+ * never switch it on (the sample does not compress).
+ */
+TEST(stream_compress_auto_decides)
+{
+	const uint64_t pages = (48 * MiB) / PAGE;
+	struct stream_config *c = malloc(sizeof(*c));
+	struct guest src;
+
+	guest_alloc(&src, pages, 0);
+	guest_config(&src, c);
+	for (unsigned int k = 0; k < 2; k++) {
+		struct slow_job job = { .rate = 64 * MiB };
+		struct stream_compress_stats zs;
+		struct stream_writer *w;
+		pthread_t t;
+		int sv[2];
+
+		for (uint64_t i = 0; i < pages; i++) {
+			if (!k && i < pages / 2)
+				fill_text(src.host[0] + i * PAGE, i * PAGE);
+			else
+				fill_page(src.host[0] + i * PAGE, i * PAGE, 1);
+		}
+		CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+		job.fd = sv[0];
+		CHECK_EQ(pthread_create(&t, NULL, slow_reader, &job), 0);
+		CHECK_EQ(stream_writer_new(sv[1], &w), 0);
+		stream_writer_set_page_crc(w, false);
+		stream_writer_set_compress(w, STREAM_COMPRESS_AUTO);
+		CHECK_EQ(stream_begin(w, c), 0);
+		CHECK_EQ(stream_put_ram(w, src.host[0], 0, pages), 0);
+		CHECK_EQ(stream_end(w), 0);
+		stream_writer_compress_stats(w, &zs);
+		stream_writer_free(w);
+		close(sv[1]);
+		pthread_join(t, NULL);
+		close(sv[0]);
+		printf("# auto, %s: %llu sections compressed, %.1f -> %.1f MiB, %llu switches, "
+		       "%.1f MiB sent\n", k ? "random" : "text then random",
+		       (unsigned long long)zs.sections, (double)zs.bytes_in / MiB,
+		       (double)zs.bytes_out / MiB, (unsigned long long)zs.switches,
+		       (double)job.got / MiB);
+		if (!k) {
+			CHECK(zs.sections > 0);
+			CHECK(zs.bytes_out * 2 < zs.bytes_in);
+			CHECK(zs.switches >= 2);
+			CHECK(!zs.active);
+		} else {
+			CHECK_EQ(zs.sections, 0);
+			CHECK_EQ(zs.switches, 0);
+		}
+	}
+	free(c);
+	guest_free(&src);
+}
