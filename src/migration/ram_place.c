@@ -255,6 +255,14 @@ int ram_place_put(void *opaque, uint64_t gpa, void *host, const void *src, size_
 			}
 			if (errno == EAGAIN || errno == EINTR)
 				continue;
+			if (errno == ENOENT) {
+				/* Not registered (any more): plain memory, plainly copied. */
+				memcpy(p->rg[ri].host + first * RP_PAGE, s + off * RP_PAGE,
+				       (pg - first) * RP_PAGE);
+				rp_mark(p->placed[ri], first, pg - first);
+				__atomic_add_fetch(&p->existing, pg - first, __ATOMIC_RELAXED);
+				break;
+			}
 			return -errno;
 		}
 	}
