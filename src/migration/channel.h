@@ -74,6 +74,8 @@ void chan_out_counters(struct chan_out *co, uint64_t *bytes, uint64_t *pages, ui
 /* Their compression figures, added to *z (switches and sections summed; active: any). */
 void chan_out_compress_stats(struct chan_out *co, struct stream_compress_stats *z);
 /* Stop every channel (their sockets shut down), join, close, free; NULL is fine. */
+/* Between passes: what the channels' sockets still queue (pre-copy's round end). */
+uint64_t chan_out_unsent(struct chan_out *co);
 void chan_out_free(struct chan_out *co);
 
 /* ---- destination: the memory channels 1..N-1 ---- */

@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -112,6 +114,20 @@ struct chan_out {
 	int ret;                       /* the first failure */
 	char err[600];
 };
+
+/* Bytes the channels' sockets hold that their peers have not acknowledged (SIOCOUTQ). */
+uint64_t chan_out_unsent(struct chan_out *co)
+{
+	uint64_t sum = 0;
+
+	for (unsigned int i = 1; i < co->n; i++) {
+		int q;
+
+		if (co->ch[i].c.fd >= 0 && !ioctl(co->ch[i].c.fd, SIOCOUTQ, &q) && q > 0)
+			sum += (uint64_t)q;
+	}
+	return sum;
+}
 
 static double chan_ms_since(const struct timespec *t)
 {
