@@ -1010,7 +1010,7 @@ static int mig_precopy(struct mig_run *r)
 					 stream_writer_error(r->w));
 		}
 		if (!ret && r->co)
-			chan_out_pass(r->co, round, true, false);
+			chan_out_pass(r->co, round, true, false, true);
 		if (!ret)
 			ret = mig_send_dirty(r, true);
 		/* The other channels' share of the round (their errors stop ours at once). */
@@ -1393,9 +1393,12 @@ static int mig_stop_copy(struct mig_run *r, struct timespec *t_pause)
 		snprintf(r->err, sizeof(r->err), "sending memory: %s", stream_writer_error(r->w));
 		return ret;
 	}
-	/* The other channels: their last pages and EOF, beside ours. */
+	/*
+	 * The other channels: their last pages and EOF, beside ours; switching
+	 * to post-copy, only EOF (the "postcopy" section names their pages too).
+	 */
 	if (r->co)
-		chan_out_pass(r->co, 0, false, true);
+		chan_out_pass(r->co, 0, false, true, !r->pc_switch);
 	if (!r->pc_switch) {
 		ret = mig_send_dirty(r, false);
 		if (ret)
@@ -1873,6 +1876,10 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 		ret = -EINVAL;
 		goto fail;
 	}
+	/*
+	 * Post-copy over several channels was tried: the destination then
+	 * waited for a page the source never pushed (every run; not found yet).
+	 */
 	if (p->channels > 1 && (p->reconnect_s || p->postcopy != PC_OFF || p->with_disks)) {
 		snprintf(err, len, "a migration over several channels (%u) cannot %s yet: give "
 			 "channels 1", p->channels, p->reconnect_s ? "reconnect (reconnect_s)" :
@@ -1943,7 +1950,7 @@ int migrate_start(struct vm *vm, const struct migrate_params *p, char *err, size
 	}
 	pthread_mutex_lock(&m->lock);
 	m->p = *p;
-	/* The default: one channel where more cannot help (reconnect, post-copy, disks). */
+	/* The default: one channel where more cannot work yet (reconnect, post-copy, disks). */
 	if (!m->p.channels)
 		m->p.channels = p->reconnect_s || p->postcopy != PC_OFF || p->with_disks ? 1 :
 				migrate_default_channels(p->to);
