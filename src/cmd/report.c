@@ -117,6 +117,17 @@ void report_print(json_t *p, bool from_migrate)
 		if (json_object_get(p, "disk_bytes"))
 			printf("disks: %.1f MiB sent in %.0f passes\n",
 			       jnum(p, "disk_bytes") / (double)MiB, jnum(p, "disk_rounds"));
+		{
+			json_t *z = json_object_get(p, "compress");
+
+			if (json_is_object(z) && jnum(z, "sections") > 0)
+				printf("compress: %s, %.0f sections, %.1f MiB of pages sent as %.1f MiB "
+				       "(ratio %.2f)\n", jstr(z, "mode"), jnum(z, "sections"),
+				       jnum(z, "bytes_in") / (double)MiB, jnum(z, "bytes_out") / (double)MiB,
+				       jnum(z, "bytes_out") > 0 ? jnum(z, "bytes_in") / jnum(z, "bytes_out") : 0);
+			else if (json_is_object(z))
+				printf("compress: %s, nothing compressed\n", jstr(z, "mode"));
+		}
 		if (jnum(p, "channels") > 1)
 			printf("channels: %.0f connections%s\n", jnum(p, "channels"),
 			       jstr(p, "tls")[0] ? ", each with its own TLS session" : "");

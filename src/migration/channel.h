@@ -61,10 +61,10 @@ int chan_out_open(const struct chan_out_params *p, struct chan_out **out, char *
 /*
  * Start a pass on every channel: round > 1 begins with its "precopy"
  * marker; final: the marker of the pause (instance 0), the pages (dirty
- * bits not cleared), then EOF.  The bitmaps stay the channels' until
- * chan_out_wait().
+ * bits not cleared; none if !pages: post-copy brings them), then EOF.  The
+ * bitmaps stay the channels' until chan_out_wait() (not touched if !pages).
  */
-void chan_out_pass(struct chan_out *co, uint32_t round, bool clear, bool final);
+void chan_out_pass(struct chan_out *co, uint32_t round, bool clear, bool final, bool pages);
 /* Wait for the pass: 0, or the first channel's error (-errno, err set). */
 int chan_out_wait(struct chan_out *co, char *err, size_t len);
 /* A channel failed (its error in err): the others are being stopped. */

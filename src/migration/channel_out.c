@@ -108,7 +108,7 @@ struct chan_out {
 	/* the pass (under lock) */
 	uint64_t gen;                  /* bumped by chan_out_pass() */
 	uint32_t round;
-	bool clear, final, quit;
+	bool clear, final, pages, quit;
 	unsigned int busy;             /* channels still in the pass */
 	bool failed;                   /* a channel failed: all stop */
 	int ret;                       /* the first failure */
@@ -192,7 +192,7 @@ static int chan_chunk_done(void *opaque)
 	}
 }
 
-static int chan_pass(struct chan *ch, uint32_t round, bool clear, bool final)
+static int chan_pass(struct chan *ch, uint32_t round, bool clear, bool final, bool pages)
 {
 	struct chan_out *co = ch->co;
 	uint64_t chunk = CHAN_STRIPE_PAGES;
@@ -210,8 +210,9 @@ static int chan_pass(struct chan *ch, uint32_t round, bool clear, bool final)
 		snprintf(ch->err, sizeof(ch->err), "sending memory: %s", stream_writer_error(ch->w));
 		return ret;
 	}
-	ret = chan_send_dirty(co->p.vm, ch->w, co->p.bitmap, ch->idx, co->n, clear, chunk,
-			      chan_chunk_done, ch, ch->err, sizeof(ch->err));
+	if (pages)
+		ret = chan_send_dirty(co->p.vm, ch->w, co->p.bitmap, ch->idx, co->n, clear, chunk,
+				      chan_chunk_done, ch, ch->err, sizeof(ch->err));
 	if (!ret && final) {
 		ret = stream_end(ch->w);
 		if (ret)
@@ -249,7 +250,7 @@ static void *chan_thread(void *opaque)
 	pthread_mutex_lock(&co->lock);
 	for (;;) {
 		uint32_t round;
-		bool clear, final, failed;
+		bool clear, final, pages, failed;
 		int ret;
 
 		while (!co->quit && co->gen == seen)
@@ -260,9 +261,10 @@ static void *chan_thread(void *opaque)
 		round = co->round;
 		clear = co->clear;
 		final = co->final;
+		pages = co->pages;
 		failed = co->failed;
 		pthread_mutex_unlock(&co->lock);
-		ret = failed ? -ECANCELED : chan_pass(ch, round, clear, final);
+		ret = failed ? -ECANCELED : chan_pass(ch, round, clear, final, pages);
 		pthread_mutex_lock(&co->lock);
 		if (ret && ret != -ECANCELED) {
 			char why[600];
@@ -367,10 +369,11 @@ int chan_out_open(const struct chan_out_params *p, struct chan_out **out, char *
 	return 0;
 }
 
-void chan_out_pass(struct chan_out *co, uint32_t round, bool clear, bool final)
+void chan_out_pass(struct chan_out *co, uint32_t round, bool clear, bool final, bool pages)
 {
 	pthread_mutex_lock(&co->lock);
 	co->round = round;
+	co->pages = pages;
 	co->clear = clear;
 	co->final = final;
 	co->busy = co->n - 1;

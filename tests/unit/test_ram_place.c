@@ -10,13 +10,16 @@
  * userfaultfd, with one page touched beforehand: the memory must equal
  * the source, pages sent twice and the touched one copied over, and a
  * page nothing placed reads as zero through the fault thread before the
- * placer stops (a fault nobody answered would hang here).
+ * placer stops (a fault nobody answered would hang here).  A range no longer
+ * registered is copied plainly; one outside the regions is refused.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#include <linux/userfaultfd.h>
 
 #include "unit.h"
 #include "godwit/postcopy.h"
@@ -290,4 +293,46 @@ out:
 	free(b);
 	mem_fini(&dst);
 	mem_fini(&src);
+}
+
+TEST(ram_place_unregistered_copies)
+{
+	/* A range no longer registered (ENOENT from UFFDIO_COPY) is plain memory: copied. */
+	struct ram_place_region rg;
+	struct ram_place_stats ps;
+	struct ram_place *p = NULL;
+	struct uffdio_range ur;
+	char err[256] = "";
+	int uffd = pc_uffd_open();
+	size_t sz = 16 * PG;
+	uint8_t *m, src[4 * PG];
+
+	CHECK(uffd >= 0);
+	if (uffd < 0)
+		return;
+	m = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(m != MAP_FAILED);
+	rg = (struct ram_place_region){ m, sz };
+	CHECK_EQ(ram_place_start(uffd, &rg, 1, &p, err, sizeof(err)), 0);
+	if (!p)
+		goto out;
+	memset(src, 0x77, sizeof(src));
+	CHECK_EQ(ram_place_put(p, 0, m, src, 2 * PG), 0);
+	ur = (struct uffdio_range){ (uintptr_t)m, sz };
+	CHECK_EQ(ioctl(uffd, UFFDIO_UNREGISTER, &ur), 0);
+	memset(src, 0x99, sizeof(src));
+	CHECK_EQ(ram_place_put(p, 8 * PG, m + 8 * PG, src, 4 * PG), 0);
+	/* Outside every region, or not page-sized: refused. */
+	CHECK_EQ(ram_place_put(p, 0, m + sz, src, PG), -EINVAL);
+	CHECK_EQ(ram_place_put(p, 0, m, src, 100), -EINVAL);
+	ram_place_stop(p, &ps);
+	CHECK_EQ(ps.copied, 2);
+	CHECK_EQ(ps.existing, 4);
+	CHECK_EQ(m[PG + 5], 0x77);
+	CHECK_EQ(m[8 * PG], 0x99);
+	CHECK_EQ(m[11 * PG + PG - 1], 0x99);
+	CHECK_EQ(m[12 * PG], 0);
+out:
+	munmap(m, sz);
+	close(uffd);
 }
