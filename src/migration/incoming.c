@@ -49,6 +49,7 @@ struct incoming {
 	uint32_t channels;       /* connections the migration came over (1: this one) */
 	uint64_t chan_bytes;     /* stream bytes they brought */
 	char chan_err[600];      /* why they failed, if they did */
+	pid_t uffd_pid;          /* the process p.uffd belongs to (--jail forks after it) */
 };
 
 /*
@@ -298,6 +299,7 @@ int incoming_accept(const char *addr, const struct incoming_params *p,
 		return -ENOMEM;
 	}
 	in->p = *p;
+	in->uffd_pid = getpid();
 	in->c = conn_plain(-1);
 	in->lfd = in->rq = -1;
 	snprintf(in->addr, sizeof(in->addr), "%s", addr);
@@ -464,6 +466,18 @@ static int in_pc_prepare(struct incoming *in, struct vm *vm, char *err, size_t l
 	{
 		uint64_t token = set.token, missing = pc_set_count(&set);
 
+		/*
+		 * Under --jail the VM runs in a child forked after the userfaultfd
+		 * was made: it would register the monitor's address space, where
+		 * guest RAM is not, and never see the guest's faults.
+		 */
+		if (in->p.uffd >= 0 && in->uffd_pid != getpid()) {
+			pc_set_free(&set);
+			snprintf(err, len, "this destination cannot take a post-copy migration: "
+				 "its userfaultfd belongs to the --jail monitor, not to the VM's "
+				 "process");
+			return -EPROTONOSUPPORT;
+		}
 		ret = pc_dest_prepare(vm, in->p.uffd, &set, &in->pc, err, len);
 		pc_set_free(&set);
 		if (ret)

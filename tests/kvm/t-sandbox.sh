@@ -366,6 +366,37 @@ else
 fi
 kill_pid $dtpid
 
+# Post-copy into a jailed destination: its userfaultfd is the monitor's, so it refuses the
+# switch by name; the source takes its VM back and the guest goes on there.
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+rm -rf "$T_TMP/jail3" && mkdir -p "$T_TMP/jail3"
+timeout 120 "$GODWIT" run --kernel "$GUEST_ELF" --mem 64M --api "$T_TMP/pcsrc.sock" \
+	--cmdline 'workload=mem mem=16 rate=50 report=100' </dev/null >"$T_TMP/pcsrc.out" \
+	2>"$T_TMP/pcsrc.err" &
+tpid=$!
+ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 timeout 120 "$GODWIT" run \
+	--incoming "tcp:127.0.0.1:$port" --api "$T_TMP/pcdst.sock" --jail "$T_TMP/jail3" \
+	</dev/null >"$T_TMP/pcdst.out" 2>"$T_TMP/pcdst.err" &
+dtpid=$!
+wait_reports "$T_TMP/pcsrc.out" 3 20
+for ((i = 0; i < 50; i++)); do grep -q 'waiting for an incoming' "$T_TMP/pcdst.err" && break; sleep 0.1; done
+timeout 60 "$GODWIT" migrate --api "$T_TMP/pcsrc.sock" --to "tcp:127.0.0.1:$port" \
+	--postcopy now >"$T_TMP/pcmig.out" 2>&1
+mrc=$?
+n0=$(reports "$T_TMP/pcsrc.out")
+st=$("$GODWIT" status --api "$T_TMP/pcsrc.sock" --json 2>/dev/null | jq -r .state)
+if [ $mrc -eq 0 ] || ! grep -q 'userfaultfd belongs to the --jail monitor' "$T_TMP/pcmig.out" "$T_TMP/pcdst.err"; then
+	t_fail sandbox-jail-postcopy "migrate exit $mrc (expected a refusal naming the jail): $(tail -c 300 "$T_TMP/pcmig.out") $(tail -c 300 "$T_TMP/pcdst.err")"
+elif [ "$st" != running ] || ! wait_reports "$T_TMP/pcsrc.out" $((n0 + 3)) 20; then
+	t_fail sandbox-jail-postcopy "the source's VM did not go on (state '$st'): $(tail -c 300 "$T_TMP/pcsrc.err")"
+elif [ -n "$(guest_errors "$T_TMP/pcsrc.out")" ]; then
+	t_fail sandbox-jail-postcopy "memory errors at the source: $(guest_errors "$T_TMP/pcsrc.out")"
+else
+	t_pass sandbox-jail-postcopy
+fi
+kill_pid $tpid
+kill_pid $dtpid
+
 # ---- the filter is live: a forbidden call kills with SIGSYS ----------------------------------
 HCMD=(run --kernel "$GUEST_ELF" --mem 64M --cmdline 'workload=mem mem=8 rate=5 report=200')
 GODWIT_TEST_SYSCALL=execve timeout 30 "$HOOKS" "${HCMD[@]}" </dev/null >"$T_TMP/k.out" 2>"$T_TMP/k.err"
