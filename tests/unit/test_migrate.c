@@ -49,8 +49,11 @@ TEST(migrate_precopy_decision)
 {
 	const double MB = 1 << 20;
 
-	/* Under the limit after round 1: stop. */
-	CHECK_EQ(migrate_precopy_next(20, 18, 50, 10 * MB, -1, 1, 30), MIG_STOP_UNDER);
+	/* Under the limit after round 1: nothing to compare with, a round more ... */
+	CHECK_EQ(migrate_precopy_next(20, 18, 50, 10 * MB, -1, 1, 30), MIG_NEXT_ROUND);
+	/* ... unless under 1 ms of memory is left, or round 1 was the last allowed. */
+	CHECK_EQ(migrate_precopy_next(2.5, 0.5, 50, 8192, -1, 1, 30), MIG_STOP_UNDER);
+	CHECK_EQ(migrate_precopy_next(20, 18, 50, 10 * MB, -1, 1, 1), MIG_STOP_UNDER);
 	/* Under the limit and halving: one more round; not halving: stop. */
 	CHECK_EQ(migrate_precopy_next(20, 18, 50, 4 * MB, 10 * MB, 2, 30), MIG_NEXT_ROUND);
 	CHECK_EQ(migrate_precopy_next(20, 18, 50, 6 * MB, 10 * MB, 2, 30), MIG_STOP_UNDER);
