@@ -808,8 +808,8 @@ static int mig_writer(struct mig_run *r)
 	 * a socket: TCP's checksum or TLS's AEAD guards the pages (docs/stream-format.md);
 	 * GODWIT_PAGE_CRC=on keeps the page CRC (RAM v1), for measuring what it costs
 	 */
-	stream_writer_set_page_crc(r->w, !(getenv("GODWIT_PAGE_CRC") &&
-					   !strcmp(getenv("GODWIT_PAGE_CRC"), "on")));
+	stream_writer_set_page_crc(r->w, getenv("GODWIT_PAGE_CRC") &&
+					 !strcmp(getenv("GODWIT_PAGE_CRC"), "on"));
 	stream_writer_set_compress(r->w, r->m->p.compress);
 	return 0;
 }
