@@ -102,7 +102,13 @@ struct stream_writer {
 	size_t zcap;
 	struct stream_compress_stats cst;
 	struct {                  /* auto: the current measuring window */
-		uint64_t t0, last, wait0, raw, zin, zout;
+		uint64_t t0, wait0, raw, zin, zout;
+		/*
+		 * When the last section was written out: a gap of more than
+		 * 200 ms before the next is a pause (a round's end), not the
+		 * link's time (a section takes longer than that on a slow one).
+		 */
+		uint64_t last;
 		double rate_off;  /* raw bytes/s in the last window without compression */
 		unsigned int cooldown;  /* windows to stay off after compression did not pay */
 	} au;
@@ -699,7 +705,6 @@ static bool ram_want_zstd(struct stream_writer *w)
 		w->au.raw = w->au.zin = w->au.zout = 0;
 		return w->cst.active;
 	}
-	w->au.last = now;
 	w->au.raw += raw;
 	el = now - w->au.t0;
 	if (el < 100000000ull)
@@ -822,6 +827,8 @@ static int ram_emit(struct stream_writer *w)
 	if (sec_end(w))
 		return w->err;
 	w->ram.sections++;
+	if (w->cmode == STREAM_COMPRESS_AUTO)
+		w->au.last = stream_wd_now_ns();
 	w->nruns = 0;
 	w->data_pages = 0;
 	w->pend_pages = 0;

@@ -8,7 +8,8 @@ numbering them from 1 in the order they came.  MODE:
   pass                     just forward
   cut N BYTES              connection N is cut (both sides reset) once BYTES
                            went from the client to the target
-  record N BYTES FILE      save the first BYTES connection N sent to FILE
+  record N BYTES FILE      save the first BYTES connection N sent to FILE; N may
+                           be a list (1,2), FILE then a pattern with %d for N
   stray N FILE             before connection N goes on, a stranger connects to
                            the target first and sends FILE (e.g. a channel of
                            another migration, recorded), and waits up to 15 s
@@ -93,8 +94,8 @@ def serve(c):
     cut_at = rec = None
     if mode == "cut" and n == int(args[0]):
         cut_at = int(args[1])
-    if mode == "record" and n == int(args[0]):
-        rec = (bytearray(), int(args[1]), args[2])
+    if mode == "record" and n in [int(x) for x in args[0].split(",")]:
+        rec = (bytearray(), int(args[1]), args[2] % n if "%d" in args[2] else args[2])
     if mode == "stray" and n == int(args[0]):
         stranger(args[1])
     t = socket.create_connection(("127.0.0.1", tport))

@@ -6,7 +6,9 @@
 # --reconnect-s, --postcopy or --with-disks (exit 1, the VM not asked to move).
 # Then the test guest (memtest rewriting 64 MiB at 20 MiB/s) migrates:
 #   two       2 channels, plain TCP through chanproxy.py (which records the
-#             first bytes of the memory channel's connection)
+#             first bytes of both connections): on each, the first RAM section is
+#             v2 with the page data outside its CRC (tests/kvm/ramhdr.py; a
+#             GODWIT_PAGE_CRC=on source fails this on the main connection)
 #   four-tls  4 channels under mutual TLS (each its own session), --compress zstd
 #             (pages of text: the report's compress figures count every channel)
 #   stray     2 channels; before the memory channel connects, a stranger replays
@@ -95,12 +97,23 @@ end_vm
 start_src two
 DP=$(free_port) PP=$(free_port)
 D_AT=tcp:127.0.0.1:$DP start_dst two.dst
-python3 "$PX" "$PP" "$DP" record 2 65536 "$T_TMP/chan1.rec" >"$T_TMP/two.px" 2>&1 &
+python3 "$PX" "$PP" "$DP" record 1,2 65536 "$T_TMP/conn%d.rec" >"$T_TMP/two.px" 2>&1 &
 P_PID=$!
 t_wait_for "$T_TMP/two.px" '^listening' 10
 run_ok two 2 "tcp:127.0.0.1:$PP"
 kill_pid "$P_PID"
 end_vm "$D_PID" "$D_SOCK"
+# A migration socket carries the page data outside the section CRC (RAM v2, NODATACRC:
+# TCP's checksum guards it), on the main connection as on the memory channel: the
+# first RAM section header each recorded.
+for c in 1 2; do
+	if ! ram=$(python3 "$ROOT/tests/kvm/ramhdr.py" "$T_TMP/conn$c.rec" 2>&1) ||
+		[ "$(jq -r '.version' <<<"$ram")" != 2 ] || [ "$(jq -r '.nodatacrc' <<<"$ram")" != true ]; then
+		t_fail $N-two-no-page-crc "connection $c: the first RAM section is not v2 without the page CRC: $ram"
+	else
+		t_pass $N-two-no-page-crc-$c
+	fi
+done
 
 # ---- four channels under mutual TLS ------------------------------------------------------------
 CMDLINE="$CMDLINE fill=text" start_src four
@@ -122,13 +135,13 @@ fi
 end_vm "$D_PID" "$D_SOCK"
 
 # ---- a stranger with another migration's token -------------------------------------------------
-if [ ! -s "$T_TMP/chan1.rec" ]; then
+if [ ! -s "$T_TMP/conn2.rec" ]; then
 	t_fail $N-stray "nothing recorded from the memory channel of 'two': $(cat "$T_TMP/two.px")"
 else
 	start_src stray
 	DP=$(free_port) PP=$(free_port)
 	D_AT=tcp:127.0.0.1:$DP start_dst stray.dst
-	python3 "$PX" "$PP" "$DP" stray 2 "$T_TMP/chan1.rec" >"$T_TMP/stray.px" 2>&1 &
+	python3 "$PX" "$PP" "$DP" stray 2 "$T_TMP/conn2.rec" >"$T_TMP/stray.px" 2>&1 &
 	P_PID=$!
 	t_wait_for "$T_TMP/stray.px" '^listening' 10
 	if run_ok stray 2 "tcp:127.0.0.1:$PP"; then

@@ -2705,7 +2705,7 @@ static void *slow_reader(void *arg)
 }
 
 /*
- * --compress auto's decisions, on a socket drained at ~64 MiB/s (the link is
+ * --compress auto's decisions, on a socket drained at ~32 MiB/s (the link is
  * the bottleneck): text-like pages switch compression on; random pages that
  * follow switch it off again (the ratio falls under 1.3); random pages alone
  * never switch it on (the sample does not compress).
@@ -2719,7 +2719,7 @@ TEST(stream_compress_auto_decides)
 	guest_alloc(&src, pages, 0);
 	guest_config(&src, c);
 	for (unsigned int k = 0; k < 2; k++) {
-		struct slow_job job = { .rate = 64 * MiB };
+		struct slow_job job = { .rate = 32 * MiB };
 		struct stream_compress_stats zs;
 		struct stream_writer *w;
 		pthread_t t;
