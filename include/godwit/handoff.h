@@ -40,6 +40,9 @@ enum mig_msg {
 	MIG_MSG_ABORT  = 7,      /* source, before COMMIT: drop the VM (text: why) */
 	MIG_MSG_RESUMED = 8,     /* destination: a broken pre-copy goes on over this new
 				    connection (text: "round=N": rounds before N are whole here) */
+	MIG_MSG_APPLIED = 9,     /* destination, in pre-copy, to a source that asked (VM
+				    section "acks"): the main stream's pass N is applied here
+				    (text: "pass=N"); the source reads these between rounds */
 };
 #define MIG_MSG_TEXT_MAX    1024
 #define MIG_IO_TIMEOUT_MS   10000   /* default: a peer silent this long has failed */

@@ -178,6 +178,16 @@ void snapshot_restore_stats(const struct snapshot_restore *sr, struct stream_ram
  */
 #define SNAPSHOT_ID_RECONNECT "reconnect"
 #define SNAPSHOT_ID_RESUME    "resume"
+/*
+ * Pre-copy acknowledgements (docs/migration.md, "How far behind the
+ * destination is"): a migration's source that reads MIG_MSG_APPLIED writes
+ * VM section "acks" (optional, empty) right after CONFIG; the destination
+ * then calls the applied hook with n - 1 at each "precopy" marker n >= 2.
+ */
+#define SNAPSHOT_ID_ACKS      "acks"
+typedef void (*snapshot_applied_fn)(void *opaque, uint32_t pass);
+void snapshot_restore_set_applied(struct snapshot_restore *sr, snapshot_applied_fn fn,
+				  void *opaque);
 #define SNAPSHOT_TOKEN_LEN    16
 #define SNAPSHOT_RECONNECT_MAX_S 3600
 

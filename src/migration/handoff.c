@@ -42,6 +42,7 @@ const char *mig_msg_name(enum mig_msg type)
 	case MIG_MSG_DONE:   return "DONE";
 	case MIG_MSG_ABORT:  return "ABORT";
 	case MIG_MSG_RESUMED: return "RESUMED";
+	case MIG_MSG_APPLIED: return "APPLIED";
 	}
 	snprintf(buf, sizeof(buf), "message %d", (int)type);
 	return buf;
@@ -128,7 +129,7 @@ int migrate_msg_recv(struct conn *c, int timeout_ms, enum mig_msg *type, char *t
 	memcpy(&magic, buf, 4);
 	memcpy(&t, buf + 4, 2);
 	memcpy(&l, buf + 6, 2);
-	if (magic != MIG_MSG_MAGIC || l > MIG_MSG_TEXT_MAX || t < MIG_MSG_ACCEPT || t > MIG_MSG_RESUMED)
+	if (magic != MIG_MSG_MAGIC || l > MIG_MSG_TEXT_MAX || t < MIG_MSG_ACCEPT || t > MIG_MSG_APPLIED)
 		return -EBADMSG;
 	ret = msg_recv_all(c, buf + MIG_MSG_HDR, (size_t)l + 4, &t0, timeout_ms);
 	if (ret)
@@ -235,7 +236,10 @@ enum handoff_result handoff_source(struct conn *c, int wait_ms, const struct han
 
 	memset(info, 0, sizeof(*info));
 	src_state(ops, opaque, HO_SRC_WAIT_READY);
-	ret = migrate_msg_recv(c, wait_ms, &type, text, sizeof(text));
+	/* Pre-copy's last APPLIED acknowledgements may still come before READY. */
+	do
+		ret = migrate_msg_recv(c, wait_ms, &type, text, sizeof(text));
+	while (!ret && type == MIG_MSG_APPLIED);
 	if (ret) {
 		if (ops->cancelled && ops->cancelled(opaque)) {
 			info->cancelled = true;

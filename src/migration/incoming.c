@@ -163,6 +163,23 @@ static void in_unlisten(struct incoming *in)
  * CONFIG, the token), answer RESUMED with the rounds whole here, and go on.
  * Anything else that comes meanwhile is dropped and waited past.
  */
+/*
+ * The main stream's pre-copy pass `pass` is applied (SNAPSHOT_ID_ACKS):
+ * APPLIED to the source, from the loading thread, the one that owns in->c.
+ * A failed send is the connection's failure, which the next read finds.
+ */
+static void in_applied(void *opaque, uint32_t pass)
+{
+	struct incoming *in = opaque;
+	char text[32];
+	int ret;
+
+	snprintf(text, sizeof(text), "pass=%u", pass);
+	ret = migrate_msg_send(&in->c, MIG_MSG_APPLIED, text);
+	if (ret)
+		log_debug("incoming migration: cannot send APPLIED %s: %s", text, strerror(-ret));
+}
+
 static int in_resume(void *opaque, struct snapshot_restore *sr, char *err, size_t len)
 {
 	struct incoming *in = opaque;
@@ -360,6 +377,7 @@ int incoming_accept(const char *addr, const struct incoming_params *p,
 	 */
 	in->lfd = lfd;
 	snapshot_restore_set_resume(in->sr, in_resume, in);
+	snapshot_restore_set_applied(in->sr, in_applied, in);
 	snapshot_restore_allow_postcopy(in->sr);
 	snapshot_restore_set_channels(in->sr, &in_chan_ops, in);
 	*out = in;
@@ -527,7 +545,8 @@ int incoming_load(struct incoming *in, struct vm *vm, bool *in_doubt, char *err,
 
 	*in_doubt = false;
 	in->accepted = true;
-	ret = migrate_msg_send(&in->c, MIG_MSG_ACCEPT, NULL);
+	/* "acks": this destination sends APPLIED to a source that asks (SNAPSHOT_ID_ACKS). */
+	ret = migrate_msg_send(&in->c, MIG_MSG_ACCEPT, "acks");
 	if (ret) {
 		snprintf(err, len, "the source went away before the memory came: %s",
 			 strerror(-ret));

@@ -66,6 +66,9 @@
 #define MIG_RELEASE_WAIT_MS  5000            /* for a client to read the final report */
 #define MIG_DRAIN_BYTES      (64 * 1024)     /* mig_drain(): "the send queue is empty" */
 #define MIG_DRAIN_MAX_MS     2000.0
+/* mig_wait_applied(): how long the source waits, VM running, for the destination to catch up. */
+#define MIG_APPLIED_WAIT_MS  5000.0
+#define MIG_LAG_ROUNDS       2               /* extra rounds taken for the destination's lag */
 /* Rounds smaller say nothing about the link: Linux's largest default TCP receive buffer is 6 MiB. */
 #define MIG_BW_MIN_BYTES     (8 * MiB)
 
@@ -227,6 +230,11 @@ struct mig_run {
 	unsigned int nchan;
 	struct snapshot_channel sc;
 	struct chan_out *co;
+	/* APPLIED (SNAPSHOT_ID_ACKS): the destination said it sends them; the last pass applied. */
+	bool acks;
+	bool acks_lost;              /* the connection failed reading them: not until resumed */
+	uint32_t applied;
+	unsigned int lag_rounds;     /* rounds taken because the destination was behind */
 	/* The pause's phases: ms from the pause to the end of each (mig_phases()). */
 	double ms_stopped, ms_ram, ms_state, ms_ready, ms_released, ms_committed;
 };
@@ -522,6 +530,10 @@ static int mig_setup(struct mig_run *r)
 		ret = stream_put_section(r->w, STREAM_VM, STREAM_F_OPTIONAL, SNAPSHOT_ID_RECONNECT, 1,
 					 0, p, sizeof(p));
 	}
+	/* Optional: a destination that does not know it never sends APPLIED. */
+	if (!ret)
+		ret = stream_put_section(r->w, STREAM_VM, STREAM_F_OPTIONAL, SNAPSHOT_ID_ACKS, 1, 0,
+					 NULL, 0);
 	if (!ret && r->nchan > 1) {
 		/* Required: a destination that does not take the other channels must refuse. */
 		uint8_t p[SNAPSHOT_CHANNEL_LEN];
@@ -556,7 +568,88 @@ static int mig_setup(struct mig_run *r)
 			 type);
 		return -EPROTO;
 	}
+	/* An older destination accepts with no text: it never sends APPLIED. */
+	r->acks = !strcmp(text, "acks");
 	return 0;
+}
+
+/*
+ * Read the APPLIED messages that came (SNAPSHOT_ID_ACKS), waiting up to
+ * timeout_ms for the first: 0, or -errno with r->err set (the destination
+ * failed, or broke the protocol).  Another message here is the
+ * destination's failure: it says why.
+ */
+static int mig_read_acks(struct mig_run *r, int timeout_ms)
+{
+	char text[MIG_MSG_TEXT_MAX + 1];
+	enum mig_msg type;
+	unsigned int pass;
+	int n = 0, ret;
+
+	while ((ret = conn_wait_input(&r->c, timeout_ms)) > 0) {
+		timeout_ms = 0;
+		/* A message is written whole: the rest of one begun comes within a round trip. */
+		ret = migrate_msg_recv(&r->c, MIG_IO_TIMEOUT_MS, &type, text, sizeof(text));
+		if (ret == -EBADMSG) {
+			snprintf(r->err, sizeof(r->err), "the destination sent something else than a "
+				 "control message in pre-copy");
+			return ret;
+		}
+		if (ret) {
+			/* The connection's failure: the next send finds it (and may reconnect). */
+			log_warnx("migrate: reading the destination's acknowledgements: %s; no longer "
+				  "waiting for them", conn_strerror(&r->c, -ret));
+			r->acks_lost = true;
+			return 0;
+		}
+		if (type == MIG_MSG_ERROR || type == MIG_MSG_REFUSE) {
+			snprintf(r->err, sizeof(r->err), "the destination failed: %.400s", text);
+			return -EIO;
+		}
+		if (type != MIG_MSG_APPLIED || sscanf(text, "pass=%u%n", &pass, &n) != 1 ||
+		    text[n] || pass >= r->round) {
+			snprintf(r->err, sizeof(r->err), "the destination sent %s \"%.64s\" in "
+				 "pre-copy (round %u)", mig_msg_name(type), text, r->round);
+			return -EPROTO;
+		}
+		r->applied = MAX(r->applied, pass);
+	}
+	if (ret < 0 && errno != EINTR) {
+		log_warnx("migrate: waiting for the destination's acknowledgements: %s",
+			  strerror(errno));
+		r->acks_lost = true;
+	}
+	return 0;
+}
+
+/*
+ * Before the pause: wait, the VM still running, until the destination has
+ * applied pass `pass` (at most MIG_APPLIED_WAIT_MS).  What it has not
+ * applied yet (in the two sockets' buffers: compressed, it can be hundreds
+ * of MiB of pages) would otherwise be placed inside the pause, unpredicted.
+ * The ms waited (>= 0), or -errno with r->err set.
+ */
+static double mig_wait_applied(struct mig_run *r, uint32_t pass)
+{
+	struct timespec t0;
+	double ms;
+	int ret;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (r->applied < pass && !r->acks_lost) {
+		ms = ms_since(&t0);
+		if (ms >= MIG_APPLIED_WAIT_MS) {
+			log_warnx("migrate: the destination has not applied round %u after %.0f ms "
+				  "(last applied: %u): pausing anyway", pass, ms, r->applied);
+			break;
+		}
+		if (mig_cancelled(r->m) || mig_vm_stopping(r->vm))
+			break;
+		ret = mig_read_acks(r, (int)MIN(MIG_APPLIED_WAIT_MS - ms, 100.0) + 1);
+		if (ret)
+			return ret;
+	}
+	return ms_since(&t0);
 }
 
 _Static_assert(MIG_MAX_VCPUS >= STREAM_MAX_VCPUS, "a rate for every vCPU");
@@ -864,6 +957,7 @@ static int mig_resume(struct mig_run *r)
 	log_info("migrate: connected again after %.1f s; the destination has rounds before %u "
 		 "whole: %llu pages to send again", ms_since(&t) / 1000, whole,
 		 (unsigned long long)again);
+	r->acks_lost = false;
 	return 0;
 }
 
@@ -1042,6 +1136,8 @@ static int mig_precopy(struct mig_run *r)
 				return ret;
 		}
 		mig_drain(r, bw_est);
+		if (r->acks && !r->acks_lost && (ret = mig_read_acks(r, 0)))
+			return ret;
 		ms = MAX(ms_since(&t0), 0.001);
 		mig_publish(r);
 		bw = (double)(mig_sent(r) - off0) / ms * 1e3;
@@ -1119,6 +1215,35 @@ static int mig_precopy(struct mig_run *r)
 		pthread_mutex_lock(&m->lock);
 		m->prog.switch_expected_ms = expect;
 		pthread_mutex_unlock(&m->lock);
+		if ((next != MIG_NEXT_ROUND || round >= m->p.max_rounds) && r->acks &&
+		    !r->acks_lost) {
+			/*
+			 * The destination acknowledges pass n when pass n + 1 begins:
+			 * after round 1 take one more (it costs about what is left);
+			 * after round n > 1, wait for pass n - 1, and if that took a
+			 * while, the guest dirtied meanwhile: one more round.
+			 */
+			double lag = 0;
+
+			if (round > 1) {
+				lag = mig_wait_applied(r, round - 1);
+				if (lag < 0)
+					return (int)lag;
+				if (lag >= 1.0)
+					log_info("migrate: round %u: the destination was %.0f ms behind "
+						 "(applied round %u)", round, lag, r->applied);
+			}
+			if (r->lag_rounds < MIG_LAG_ROUNDS && round < m->p.max_rounds &&
+			    (round == 1 || lag > MAX(1.0, (double)m->p.downtime_ms / 4))) {
+				r->lag_rounds++;
+				log_info("migrate: round %u: %.1f MiB left; one more round (%s)", round,
+					 remaining / (double)MiB, round == 1 ?
+					 "the destination acknowledges round 1 when round 2 begins" :
+					 "the guest ran while the destination caught up");
+				last_remaining = remaining;
+				continue;
+			}
+		}
 		if (next != MIG_NEXT_ROUND) {
 			pthread_mutex_lock(&m->lock);
 			m->prog.converged = next == MIG_STOP_UNDER;

@@ -768,6 +768,10 @@ struct snapshot_restore {
 	bool paused_phase;              /* the last pass (marker 0) began: no resuming */
 	snapshot_resume_fn resume;
 	void *resume_opaque;
+	bool acks;                      /* the source asked for APPLIED (SNAPSHOT_ID_ACKS) */
+	double slow_us_per_mib;         /* GODWIT_TEST_SLOW_APPLY_US_PER_MIB: snap_test_slow() */
+	snapshot_applied_fn applied;
+	void *applied_opaque;
 	/* Several channels (SNAPSHOT_ID_CHANNEL): */
 	const struct snapshot_channel_ops *chan_ops;
 	void *chan_opaque;
@@ -780,6 +784,25 @@ struct snapshot_restore {
 };
 
 static void snap_place_stop(struct snapshot_restore *sr);
+
+/*
+ * For the tests only (tests/kvm/t-migrate-compress.sh): a destination
+ * slower than the link.  With GODWIT_TEST_SLOW_APPLY_US_PER_MIB=U in the
+ * environment, the main stream's pre-copy passes (not the paused one) take
+ * U us more per MiB of page data.
+ */
+static void snap_test_slow(struct snapshot_restore *sr, uint64_t pages)
+{
+	double us = sr->slow_us_per_mib * (double)pages * STREAM_PAGE_SIZE / (1024.0 * 1024.0);
+	struct timespec t;
+
+	if (us < 1 || sr->paused_phase)
+		return;
+	us = MIN(us, 1e6);
+	t.tv_sec = (time_t)(us / 1e6);
+	t.tv_nsec = (long)((us - (double)t.tv_sec * 1e6) * 1e3);
+	nanosleep(&t, NULL);
+}
 
 static struct kvm_cpuid2 *snap_supported_cpuid(void)
 {
@@ -1137,6 +1160,20 @@ void snapshot_restore_set_resume(struct snapshot_restore *sr, snapshot_resume_fn
 	sr->resume_opaque = opaque;
 }
 
+void snapshot_restore_set_applied(struct snapshot_restore *sr, snapshot_applied_fn fn,
+				  void *opaque)
+{
+	const char *e = getenv("GODWIT_TEST_SLOW_APPLY_US_PER_MIB");
+
+	sr->applied = fn;
+	sr->applied_opaque = opaque;
+	if (e) {
+		sr->slow_us_per_mib = MIN(MAX(strtod(e, NULL), 0.0), 1e6);
+		log_warnx("incoming migration: GODWIT_TEST_SLOW_APPLY_US_PER_MIB=%.0f: pre-copy is "
+			  "slowed down on purpose (tests only)", sr->slow_us_per_mib);
+	}
+}
+
 uint32_t snapshot_restore_reconnect_s(const struct snapshot_restore *sr)
 {
 	return sr->reconnect_s;
@@ -1488,9 +1525,13 @@ static int snap_load_sections(struct snapshot_restore *sr, struct vm *vm, char *
 		snap_place_start(sr, vm);
 next:
 	while ((ret = stream_next_section(sr->r, &s)) > 0) {
+		uint64_t pages0 = sr->ram.pages;
+
 		switch (s.type) {
 		case STREAM_RAM:
 			ret = stream_read_ram(sr->r, snap_lookup, vm, &sr->ram);
+			if (sr->slow_us_per_mib > 0)
+				snap_test_slow(sr, sr->ram.pages - pages0);
 			break;
 		case STREAM_DISK:
 			ret = snap_disk(sr, &s);
@@ -1521,6 +1562,12 @@ next:
 				}
 				if (!ret)
 					ret = stream_skip(sr->r);
+				/* Everything before this marker is placed: tell the source. */
+				if (!ret && s.instance >= 2 && sr->acks && sr->applied)
+					sr->applied(sr->applied_opaque, s.instance - 1);
+			} else if (!strcmp(s.id, SNAPSHOT_ID_ACKS)) {
+				sr->acks = true;
+				ret = stream_skip(sr->r);
 			} else if (sr->pc_allowed && !strcmp(s.id, SNAPSHOT_ID_POSTCOPY) &&
 				   !s.instance) {
 				const uint8_t *p;

@@ -112,7 +112,7 @@ static int fuzz_recv(const uint8_t *data, size_t size)
 	while (migrate_msg_recv(&c, 1000, &type, text, len) == 0) {
 		size_t n = strnlen(text, len);
 
-		if (n == len || type < MIG_MSG_ACCEPT || type > MIG_MSG_ABORT || !mig_msg_name(type))
+		if (n == len || type < MIG_MSG_ACCEPT || type > MIG_MSG_APPLIED || !mig_msg_name(type))
 			abort();
 		for (size_t i = 0; i < n; i++)
 			if (text[i] < 0x20 || text[i] > 0x7e)

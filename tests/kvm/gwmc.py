@@ -24,7 +24,8 @@ import sys
 import time
 
 MAGIC = b"GWMC"
-TYPES = {"accept": 1, "refuse": 2, "ready": 3, "error": 4, "commit": 5, "done": 6, "abort": 7}
+TYPES = {"accept": 1, "refuse": 2, "ready": 3, "error": 4, "commit": 5, "done": 6, "abort": 7,
+         "resumed": 8, "applied": 9}
 
 
 def crc32c(data):
@@ -121,6 +122,7 @@ def slow_destination(addr):
 # the others make one of the VM operations fail.
 HANDOFF_SEEDS = {
     "src-ok": b"\x00" + msg("ready") + msg("done"),
+    "src-applied-ok": b"\x00" + msg("applied", b"pass=3") + msg("ready") + msg("done"),
     "src-error": b"\x00" + msg("ready") + msg("error", b"cannot lock"),
     "src-refused": b"\x00" + msg("error", b"no"),
     "src-release-fails": b"\x02" + msg("ready"),
