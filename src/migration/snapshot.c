@@ -1341,6 +1341,8 @@ int snapshot_restore_open_channel(const struct snapshot_restore *main, const str
 		snap_err(err, len, "out of memory");
 		return -ENOMEM;
 	}
+	/* No userfaultfd of its own (it places through the main stream's): not fd 0 from calloc. */
+	sr->uffd = -EBADF;
 	ret = stream_reader_new(c->fd, &sr->r);
 	if (ret) {
 		snap_err(err, len, "out of memory");
