@@ -285,7 +285,11 @@ static uint64_t w_outq(int fd)
 }
 
 /*
- * w_drain - write out the buffer: all of it, retrying short writes and EINTR.
+ * w_sendv - write cnt iovecs out on the writer's fd: all of them, retrying
+ * short writes and EINTR; off is the stream offset of their first byte (for
+ * the error messages).  The buffer (w_drain) is an iovec of one, and the
+ * only kind TLS sends; zc sends with MSG_ZEROCOPY (guest pages only: the
+ * buffer is reused at once).  Advances iov as it goes.
  * A watched socket (a migration's, stream_writer_set_watchdog) is written
  * without blocking, and waited on a second at a time: a blocking send()
  * would sit in one call for as long as each piece of the peer's queue drains
@@ -294,14 +298,11 @@ static uint64_t w_outq(int fd)
  * what went into the queue; a peer that takes nothing for SO_SNDTIMEO is the
  * usual silent-peer timeout ("took nothing for 10.000 s").
  */
-static int w_drain(struct stream_writer *w)
+static int w_sendv(struct stream_writer *w, struct iovec *iov, int cnt, uint64_t off, bool zc)
 {
 	bool watched = w->sock && w->wd.on;
-	uint64_t stalled = 0, limit = 0, q0 = watched ? w_outq(w->fd) : 0;
-	size_t done = 0;
+	uint64_t stalled = 0, limit = 0, q0 = watched ? w_outq(w->fd) : 0, done = 0;
 
-	if (w->fs)
-		return w_drain_file(w);
 	if (watched) {
 		struct timeval tv = { 0 };
 		socklen_t tl = sizeof(tv);
@@ -309,7 +310,8 @@ static int w_drain(struct stream_writer *w)
 		if (getsockopt(w->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, &tl) == 0)
 			limit = (uint64_t)tv.tv_sec * 1000000000ull + (uint64_t)tv.tv_usec * 1000ull;
 	}
-	while (done < w->len) {
+	while (cnt) {
+		struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t)cnt };
 		char wd_why[160];
 		uint64_t t0, moved;
 		ssize_t n;
@@ -317,18 +319,27 @@ static int w_drain(struct stream_writer *w)
 
 		if (stream_wd_before(&w->wd, wd_why, sizeof(wd_why)))
 			return w_fail(w, -ETIMEDOUT, "write at stream offset %llu: %s",
-				      (unsigned long long)(w->off - w->len + done), wd_why);
+				      (unsigned long long)(off + done), wd_why);
 		t0 = stream_wd_now_ns();
-		if (w->tls)
-			n = tls_send(w->tls, w->buf + done, w->len - done, watched ? MSG_DONTWAIT : 0);
+		if (w->tls)             /* the buffer: one iovec */
+			n = tls_send(w->tls, iov->iov_base, iov->iov_len, watched ? MSG_DONTWAIT : 0);
 		else if (w->sock)
-			n = send(w->fd, w->buf + done, w->len - done,
-				 MSG_NOSIGNAL | (watched ? MSG_DONTWAIT : 0));
+			n = sendmsg(w->fd, &mh, MSG_NOSIGNAL | (watched ? MSG_DONTWAIT : 0) |
+				    (zc ? MSG_ZEROCOPY : 0));
 		else
-			n = write(w->fd, w->buf + done, w->len - done);
+			n = writev(w->fd, iov, cnt);
 		saved = errno;
 		if (w->sock && !watched)        /* blocking: the link's time, near enough (auto) */
 			w->wait_ns += stream_wd_now_ns() - t0;
+		if (zc) {
+			if (n > 0)
+				w->zc_sent++;
+			else if (n < 0 && saved == ENOBUFS) {   /* over the pinned-memory limit */
+				w_zc_reap(w, 100);
+				continue;
+			}
+			w_zc_reap(w, 0);
+		}
 		if (n < 0 && saved == EINTR)
 			continue;
 		moved = n > 0 ? (uint64_t)n : 0;
@@ -353,7 +364,7 @@ static int w_drain(struct stream_writer *w)
 		}
 		if (stream_wd_after(&w->wd, stream_wd_now_ns() - t0, moved, false, wd_why, sizeof(wd_why)))
 			return w_fail(w, -ETIMEDOUT, "write at stream offset %llu: %s",
-				      (unsigned long long)(w->off - w->len + done), wd_why);
+				      (unsigned long long)(off + done), wd_why);
 		if (n < 0 && watched && (saved == EAGAIN || saved == EWOULDBLOCK))
 			continue;
 failed:
@@ -365,94 +376,7 @@ failed:
 			if (w->tls && e == EPROTO && tls_sess_error(w->tls)[0])
 				why = tls_sess_error(w->tls);
 			return w_fail(w, -e, "write at stream offset %llu: %s",
-				      (unsigned long long)(w->off - w->len + done), why);
-		}
-		done += (size_t)n;
-	}
-	w->len = 0;
-	return 0;
-}
-
-/*
- * w_sendv - send cnt iovecs (total bytes) on the writer's plain socket,
- * after the buffer: the socket half of w_drain() for memory that is not the
- * buffer (guest pages).  The same non-blocking sends, polls and watchdog
- * as w_drain(); w->off counts the bytes.
- */
-static int w_sendv(struct stream_writer *w, struct iovec *iov, int cnt, uint64_t total)
-{
-	bool watched = w->wd.on;
-	uint64_t stalled = 0, limit = 0, q0 = watched ? w_outq(w->fd) : 0, done = 0;
-
-	if (w_drain(w))
-		return w->err;
-	if (watched) {
-		struct timeval tv = { 0 };
-		socklen_t tl = sizeof(tv);
-
-		if (getsockopt(w->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, &tl) == 0)
-			limit = (uint64_t)tv.tv_sec * 1000000000ull + (uint64_t)tv.tv_usec * 1000ull;
-	}
-	while (cnt) {
-		struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t)cnt };
-		char wd_why[160];
-		uint64_t t0, moved;
-		ssize_t n;
-		int saved;
-
-		if (stream_wd_before(&w->wd, wd_why, sizeof(wd_why)))
-			return w_fail(w, -ETIMEDOUT, "write at stream offset %llu: %s",
-				      (unsigned long long)(w->off + done), wd_why);
-		t0 = stream_wd_now_ns();
-		n = sendmsg(w->fd, &mh, MSG_NOSIGNAL | (watched ? MSG_DONTWAIT : 0) |
-			    (w->send == SEND_ZEROCOPY ? MSG_ZEROCOPY : 0));
-		saved = errno;
-		if (!watched)
-			w->wait_ns += stream_wd_now_ns() - t0;
-		if (w->send == SEND_ZEROCOPY) {
-			if (n > 0)
-				w->zc_sent++;
-			else if (n < 0 && saved == ENOBUFS) {   /* over the pinned-memory limit */
-				w_zc_reap(w, 100);
-				continue;
-			}
-			w_zc_reap(w, 0);
-		}
-		if (n < 0 && saved == EINTR)
-			continue;
-		moved = n > 0 ? (uint64_t)n : 0;
-		if (watched) {
-			uint64_t q1;
-
-			if (n < 0 && (saved == EAGAIN || saved == EWOULDBLOCK)) {
-				struct pollfd pfd = { .fd = w->fd, .events = POLLOUT };
-
-				if (limit && stalled >= limit)
-					goto failed;
-				if (poll(&pfd, 1, 1000) < 0 && errno != EINTR) {
-					saved = errno;
-					goto failed;
-				}
-				w->wait_ns += stream_wd_now_ns() - t0;
-			}
-			q1 = w_outq(w->fd);
-			moved = q0 + moved > q1 ? q0 + moved - q1 : 0;
-			q0 = q1;
-			stalled = moved ? 0 : stalled + (stream_wd_now_ns() - t0);
-		}
-		if (stream_wd_after(&w->wd, stream_wd_now_ns() - t0, moved, false, wd_why, sizeof(wd_why)))
-			return w_fail(w, -ETIMEDOUT, "write at stream offset %llu: %s",
-				      (unsigned long long)(w->off + done), wd_why);
-		if (n < 0 && watched && (saved == EAGAIN || saved == EWOULDBLOCK))
-			continue;
-failed:
-		if (n <= 0) {
-			int e = n < 0 ? saved : EIO;
-			char buf[64];
-			const char *why = stream_io_err(w->fd, false, &e, buf, sizeof(buf));
-
-			return w_fail(w, -e, "write at stream offset %llu: %s",
-				      (unsigned long long)(w->off + done), why);
+				      (unsigned long long)(off + done), why);
 		}
 		done += (uint64_t)n;
 		while (cnt && (size_t)n >= iov->iov_len) {
@@ -465,6 +389,35 @@ failed:
 			iov->iov_len -= (size_t)n;
 		}
 	}
+	return 0;
+}
+
+/* w_drain - write out the buffer (w_sendv; a file sink's goes to its thread). */
+static int w_drain(struct stream_writer *w)
+{
+	struct iovec iov = { .iov_base = w->buf, .iov_len = w->len };
+	int err;
+
+	if (w->fs)
+		return w_drain_file(w);
+	err = w_sendv(w, &iov, w->len ? 1 : 0, w->off - w->len, false);
+	if (err)
+		return err;
+	w->len = 0;
+	return 0;
+}
+
+/*
+ * w_send_pages - send cnt iovecs (total bytes) of memory that is not the
+ * buffer (guest pages) on the writer's plain socket, after the buffer;
+ * w->off counts the bytes.
+ */
+static int w_send_pages(struct stream_writer *w, struct iovec *iov, int cnt, uint64_t total)
+{
+	if (w_drain(w))
+		return w->err;
+	if (w_sendv(w, iov, cnt, w->off, w->send == SEND_ZEROCOPY))
+		return w->err;
 	w->off += total;
 	return 0;
 }
@@ -576,7 +529,7 @@ static int ram_send_direct(struct stream_writer *w)
 			iov[cnt - 1].iov_len += n;
 		} else {
 			if (cnt == (int)ARRAY_SIZE(iov)) {
-				if (w_sendv(w, iov, cnt, total))
+				if (w_send_pages(w, iov, cnt, total))
 					return w->err;
 				cnt = 0;
 				total = 0;
@@ -586,7 +539,7 @@ static int ram_send_direct(struct stream_writer *w)
 		}
 		total += n;
 	}
-	return cnt ? w_sendv(w, iov, cnt, total) : 0;
+	return cnt ? w_send_pages(w, iov, cnt, total) : 0;
 }
 
 /* The compressor and its output buffer (a section's data at most), once. */
