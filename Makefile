@@ -82,6 +82,7 @@ OBJS += src/migration/incoming.o
 OBJS += src/migration/disk.o
 OBJS += src/migration/channel_out.o
 OBJS += src/migration/channel_in.o
+OBJS += src/migration/dirty_walk.o
 OBJS += src/fleet/etcd.o
 OBJS += src/fleet/fleet.o
 OBJS += src/fleet/guard.o

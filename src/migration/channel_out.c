@@ -21,11 +21,38 @@
 #include "godwit/tls.h"
 #include "godwit/vm.h"
 #include "channel.h"
+#include "dirty_walk.h"
+
+struct chan_send {
+	struct vm *vm;
+	struct stream_writer *w;
+	char *err;
+	size_t len;
+	int (*done)(void *opaque);
+	void *opaque;
+};
+
+static int chan_put_chunk(void *opaque, unsigned int i, uint64_t first, uint64_t n,
+			  const uint64_t *bits)
+{
+	struct chan_send *cs = opaque;
+
+	return dirty_send_chunk(cs->vm, cs->w, i, first, n, bits, cs->err, cs->len);
+}
+
+static int chan_send_done(void *opaque)
+{
+	struct chan_send *cs = opaque;
+
+	return cs->done(cs->opaque);
+}
 
 int chan_send_dirty(struct vm *vm, struct stream_writer *w, uint64_t *const *bitmap,
 		    unsigned int idx, unsigned int n, bool clear, uint64_t chunk,
 		    int (*done)(void *opaque), void *opaque, char *err, size_t len)
 {
+	struct chan_send cs = { .vm = vm, .w = w, .err = err, .len = len, .done = done,
+				.opaque = opaque };
 	int ret;
 
 	chunk = MAX(64, MIN(chunk, CHAN_STRIPE_PAGES) / 64 * 64);
@@ -43,40 +70,11 @@ int chan_send_dirty(struct vm *vm, struct stream_writer *w, uint64_t *const *bit
 				s = end;
 				continue;
 			}
-			for (uint64_t first = s; first < end;) {
-				uint64_t m = MIN(chunk, end - first);
-				uint64_t w0 = first / 64, nw = (m + 63) / 64, any = 0;
-
-				/* Regions and stripes start on 64-page boundaries (2 MiB aligned). */
-				for (uint64_t k = 0; k < nw; k++)
-					any |= bm[w0 + k];
-				if (!any) {
-					first += m;
-					continue;
-				}
-				if (clear) {
-					ret = vm_dirty_log_clear(vm, i, first, m, bm);
-					if (ret) {
-						snprintf(err, len, "cannot clear the dirty log: %s",
-							 strerror(-ret));
-						return ret;
-					}
-				}
-				ret = stream_put_ram_dirty(w, mr->host + first * STREAM_PAGE_SIZE,
-							   mr->gpa + first * STREAM_PAGE_SIZE, m,
-							   bm + w0);
-				if (!ret)
-					ret = stream_flush(w);
-				if (ret) {
-					snprintf(err, len, "sending memory: %s", stream_writer_error(w));
-					return ret;
-				}
-				memset(bm + w0, 0, nw * sizeof(uint64_t));
-				first += m;
-				ret = done(opaque);
-				if (ret)
-					return ret;
-			}
+			/* Regions and stripes start on 64-page boundaries (2 MiB aligned). */
+			ret = dirty_walk(vm, i, bm, s, end, chunk, clear, chan_put_chunk,
+					 chan_send_done, &cs, err, len);
+			if (ret)
+				return ret;
 			s = end;
 		}
 	}

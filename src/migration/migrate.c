@@ -57,6 +57,7 @@
 #include "godwit/virtio.h"
 #include "godwit/vm.h"
 #include "channel.h"
+#include "dirty_walk.h"
 
 #define MIG_ACCEPT_TIMEOUT_MS 60000          /* the destination builds its VM meanwhile */
 /* The TLS handshake: a destination may first spend up to 10 s dropping a stray connection. */
@@ -357,6 +358,17 @@ static void mig_mark_sent(struct mig_run *r, unsigned int i, uint64_t first, uin
 			r->sent_round[i][first + k] = (uint16_t)r->round;
 }
 
+/* One chunk of region i on the main connection, its pages marked sent this round. */
+static int mig_put_chunk(void *opaque, unsigned int i, uint64_t first, uint64_t n,
+			 const uint64_t *bits)
+{
+	struct mig_run *r = opaque;
+
+	if (r->sent_round[i])
+		mig_mark_sent(r, i, first, n, bits);
+	return dirty_send_chunk(r->vm, r->w, i, first, n, bits, r->err, sizeof(r->err));
+}
+
 static int mig_send_dirty(struct mig_run *r, bool clear)
 {
 	struct vm *vm = r->vm;
@@ -371,41 +383,11 @@ static int mig_send_dirty(struct mig_run *r, bool clear)
 		return chan_send_dirty(vm, r->w, r->m->bitmap, 0, r->nchan, clear, chunk,
 				       mig_chunk_done, r, r->err, sizeof(r->err));
 	for (unsigned int i = 0; i < vm->nr_mem; i++) {
-		const struct mem_region *mr = &vm->mem[i];
-		uint64_t npages = mr->size / STREAM_PAGE_SIZE, *bm = r->m->bitmap[i];
-
-		for (uint64_t first = 0; first < npages; first += chunk) {
-			uint64_t n = MIN(chunk, npages - first);
-			uint64_t w0 = first / 64, nw = (n + 63) / 64, any = 0;
-
-			for (uint64_t k = 0; k < nw; k++)
-				any |= bm[w0 + k];
-			if (!any)
-				continue;
-			if (clear) {
-				ret = vm_dirty_log_clear(vm, i, first, n, bm);
-				if (ret) {
-					snprintf(r->err, sizeof(r->err), "cannot clear the dirty log: %s",
-						 strerror(-ret));
-					return ret;
-				}
-			}
-			if (r->sent_round[i])
-				mig_mark_sent(r, i, first, n, bm + w0);
-			ret = stream_put_ram_dirty(r->w, mr->host + first * STREAM_PAGE_SIZE,
-						   mr->gpa + first * STREAM_PAGE_SIZE, n, bm + w0);
-			if (!ret)
-				ret = stream_flush(r->w);
-			if (ret) {
-				snprintf(r->err, sizeof(r->err), "sending memory: %s",
-					 stream_writer_error(r->w));
-				return ret;
-			}
-			memset(bm + w0, 0, nw * sizeof(uint64_t));
-			ret = mig_chunk_done(r);
-			if (ret)
-				return ret;
-		}
+		ret = dirty_walk(vm, i, r->m->bitmap[i], 0, vm->mem[i].size / STREAM_PAGE_SIZE,
+				 chunk, clear, mig_put_chunk, mig_chunk_done, r, r->err,
+				 sizeof(r->err));
+		if (ret)
+			return ret;
 	}
 	return 0;
 }

@@ -44,6 +44,7 @@
 #include "godwit/stream.h"
 #include "godwit/throttle.h"
 #include "godwit/vm.h"
+#include "dirty_walk.h"
 
 #define SNAP_ID_CPU "cpu"
 #define SNAP_ID_VM  "vm"
@@ -187,6 +188,29 @@ static int snap_to_file(struct stream_writer *w, int fd, struct snapshot_result 
 	return 0;
 }
 
+/* The stream's CONFIG from the VM, the VM checked migratable, and a writer on fd (snap_to_file). */
+static int snap_writer_open(struct vm *vm, struct stream_config *cfg, int fd,
+			    struct stream_writer **w, struct snapshot_result *res, char *err,
+			    size_t len)
+{
+	int ret;
+
+	ret = snapshot_config_from_vm(cfg, vm);
+	if (ret) {
+		snap_err(err, len, "the VM's configuration does not fit a stream: %s", strerror(-ret));
+		return ret;
+	}
+	ret = snapshot_check_migratable(vm, err, len);
+	if (ret)
+		return ret;
+	ret = stream_writer_new(fd, w);
+	if (ret) {
+		snap_err(err, len, "out of memory");
+		return ret;
+	}
+	return snap_to_file(*w, fd, res, err, len);
+}
+
 int snapshot_write(struct vm *vm, int fd, struct snapshot_result *res, char *err, size_t len)
 {
 	struct stream_config *cfg = calloc(1, sizeof(*cfg));
@@ -197,20 +221,7 @@ int snapshot_write(struct vm *vm, int fd, struct snapshot_result *res, char *err
 		snap_err(err, len, "out of memory");
 		return -ENOMEM;
 	}
-	ret = snapshot_config_from_vm(cfg, vm);
-	if (ret) {
-		snap_err(err, len, "the VM's configuration does not fit a stream: %s", strerror(-ret));
-		goto out;
-	}
-	ret = snapshot_check_migratable(vm, err, len);
-	if (ret)
-		goto out;
-	ret = stream_writer_new(fd, &w);
-	if (ret) {
-		snap_err(err, len, "out of memory");
-		goto out;
-	}
-	ret = snap_to_file(w, fd, res, err, len);
+	ret = snap_writer_open(vm, cfg, fd, &w, res, err, len);
 	if (ret)
 		goto out;
 	ret = stream_begin(w, cfg);
@@ -347,6 +358,21 @@ static int64_t snap_live_collect(struct snap_live *l)
 	return total;
 }
 
+/* One chunk of region i into the stream. */
+static int snap_live_put(void *opaque, unsigned int i, uint64_t first, uint64_t n,
+			 const uint64_t *bits)
+{
+	struct snap_live *l = opaque;
+	const struct mem_region *mr = &l->vm->mem[i];
+	int ret;
+
+	ret = stream_put_ram_dirty(l->w, mr->host + first * STREAM_PAGE_SIZE,
+				   mr->gpa + first * STREAM_PAGE_SIZE, n, bits);
+	if (ret)
+		snap_err(l->err, l->len, "%s", stream_writer_error(l->w));
+	return ret;
+}
+
 /* The pages set in the bitmaps into the stream (clear: re-arm their dirty bits first). */
 static int snap_live_pass(struct snap_live *l, bool clear)
 {
@@ -354,34 +380,10 @@ static int snap_live_pass(struct snap_live *l, bool clear)
 	int ret;
 
 	for (unsigned int i = 0; i < vm->nr_mem; i++) {
-		const struct mem_region *mr = &vm->mem[i];
-		uint64_t npages = mr->size / STREAM_PAGE_SIZE, *bm = l->bm[i];
-
-		for (uint64_t first = 0; first < npages; first += SNAP_LIVE_CHUNK) {
-			uint64_t n = MIN(SNAP_LIVE_CHUNK, npages - first);
-			uint64_t w0 = first / 64, nw = (n + 63) / 64, any = 0;
-
-			for (uint64_t k = 0; k < nw; k++)
-				any |= bm[w0 + k];
-			if (!any)
-				continue;
-			if (clear) {
-				ret = vm_dirty_log_clear(vm, i, first, n, bm);
-				if (ret) {
-					snap_err(l->err, l->len, "cannot clear the dirty log: %s",
-						 strerror(-ret));
-					return ret;
-				}
-			}
-			ret = stream_put_ram_dirty(l->w, mr->host + first * STREAM_PAGE_SIZE,
-						   mr->gpa + first * STREAM_PAGE_SIZE, n, bm + w0);
-			if (ret) {
-				snap_err(l->err, l->len, "%s", stream_writer_error(l->w));
-				return ret;
-			}
-			/* Queued: the copy (the guest's latest bytes) happens as the section fills. */
-			memset(bm + w0, 0, nw * sizeof(uint64_t));
-		}
+		ret = dirty_walk(vm, i, l->bm[i], 0, vm->mem[i].size / STREAM_PAGE_SIZE,
+				 SNAP_LIVE_CHUNK, clear, snap_live_put, NULL, l, l->err, l->len);
+		if (ret)
+			return ret;
 	}
 	return 0;
 }
@@ -409,20 +411,7 @@ int snapshot_take_live(struct vm *vm, const struct snapshot_vm_ops *ops, struct 
 		ret = -ENOMEM;
 		goto out;
 	}
-	ret = snapshot_config_from_vm(cfg, vm);
-	if (ret) {
-		snap_err(err, len, "the VM's configuration does not fit a stream: %s", strerror(-ret));
-		goto out;
-	}
-	ret = snapshot_check_migratable(vm, err, len);
-	if (ret)
-		goto out;
-	ret = stream_writer_new(f->fd, &l.w);
-	if (ret) {
-		snap_err(err, len, "out of memory");
-		goto out;
-	}
-	ret = snap_to_file(l.w, f->fd, res, err, len);
+	ret = snap_writer_open(vm, cfg, f->fd, &l.w, res, err, len);
 	if (ret)
 		goto out;
 	for (unsigned int i = 0; i < vm->nr_mem; i++) {
